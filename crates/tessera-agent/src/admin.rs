@@ -1,0 +1,225 @@
+//! The Admin API on the admin socket: registration entries, audit, status.
+
+use std::sync::Arc;
+
+use tessera_authority::Authority;
+use tessera_identity::{ClientId, ClientName};
+use tessera_proto::tessera::v1::admin_server::Admin;
+use tessera_proto::tessera::v1::{
+    AuditRecord, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, Entry,
+    GetEntryRequest, GetStatusRequest, ListAuditRequest, ListAuditResponse, ListEntriesRequest,
+    ListEntriesResponse, Status as AgentStatus,
+};
+use tessera_store::{NewEntry, Store, StoreError};
+use tonic::{Request, Response, Status};
+
+use crate::attest::Selector;
+use crate::metrics::Metrics;
+use crate::workload::peer_of;
+
+/// The `tessera.v1.Admin` service.
+#[derive(Clone, Debug)]
+pub struct AdminService {
+    store: Store,
+    authority: Arc<Authority>,
+    metrics: Arc<Metrics>,
+    allowed_uids: Arc<Vec<u32>>,
+}
+
+/// Most audit records returned in one page.
+const AUDIT_PAGE_DEFAULT: u32 = 100;
+
+impl AdminService {
+    /// A service for callers whose uid is root, the agent's own, or in `admin_uids`.
+    pub fn new(
+        store: Store,
+        authority: Arc<Authority>,
+        metrics: Arc<Metrics>,
+        admin_uids: &[u32],
+    ) -> Self {
+        let mut allowed = vec![0, nix::unistd::geteuid().as_raw()];
+        allowed.extend_from_slice(admin_uids);
+        allowed.sort_unstable();
+        allowed.dedup();
+        AdminService {
+            store,
+            authority,
+            metrics,
+            allowed_uids: Arc::new(allowed),
+        }
+    }
+
+    /// The socket is 0600 already; the uid check holds even if someone loosens it.
+    fn authorize<T>(&self, rpc: &'static str, req: &Request<T>) -> Result<String, Status> {
+        let peer = peer_of(req)?;
+        if !self.allowed_uids.contains(&peer.uid) {
+            self.metrics.rpc(rpc, tonic::Code::PermissionDenied);
+            tracing::warn!(uid = peer.uid, pid = ?peer.pid, rpc, "admin call refused");
+            return Err(Status::permission_denied(format!(
+                "uid {} may not use the admin API",
+                peer.uid
+            )));
+        }
+        Ok(format!("uid:{}", peer.uid))
+    }
+
+    fn to_proto(&self, e: tessera_store::Entry) -> Entry {
+        let spiffe_id = e
+            .client
+            .parse::<ClientName>()
+            .map(|name| {
+                ClientId {
+                    trust_domain: self.authority.trust_domain().clone(),
+                    name,
+                }
+                .to_string()
+            })
+            .unwrap_or_default();
+        Entry {
+            id: e.id,
+            client: e.client,
+            selectors: e.selectors,
+            svid_ttl_secs: e.svid_ttl_secs.unwrap_or(0),
+            created_at_unix: e.created_at,
+            spiffe_id,
+        }
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::DuplicateEntry { existing_id } => Status::already_exists(format!(
+            "an entry with the same client and selectors exists: {existing_id}"
+        )),
+        e @ (StoreError::InvalidClient { .. }
+        | StoreError::InvalidSelectorCount { .. }
+        | StoreError::InvalidSelector { .. }
+        | StoreError::InvalidSvidTtl) => Status::invalid_argument(e.to_string()),
+        e => {
+            tracing::error!(error = %e, "store error");
+            Status::internal("store error; see the agent's log")
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_entry(
+        &self,
+        req: Request<CreateEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        let actor = self.authorize("CreateEntry", &req)?;
+        let r = req.into_inner();
+        r.client
+            .parse::<ClientName>()
+            .map_err(|e| Status::invalid_argument(format!("client {:?}: {e}", r.client)))?;
+        if r.selectors.is_empty() {
+            return Err(Status::invalid_argument(
+                "an entry needs at least one selector (an entry without selectors would match every process)",
+            ));
+        }
+        let selectors = r
+            .selectors
+            .iter()
+            .map(|s| s.parse::<Selector>().map(|s| s.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let entry = self
+            .store
+            .create_entry(
+                NewEntry {
+                    client: r.client,
+                    selectors,
+                    svid_ttl_secs: (r.svid_ttl_secs > 0).then_some(r.svid_ttl_secs),
+                },
+                &actor,
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(entry = %entry.id, client = %entry.client, selectors = ?entry.selectors, %actor, "entry created");
+        self.metrics.rpc("CreateEntry", tonic::Code::Ok);
+        Ok(Response::new(self.to_proto(entry)))
+    }
+
+    async fn list_entries(
+        &self,
+        req: Request<ListEntriesRequest>,
+    ) -> Result<Response<ListEntriesResponse>, Status> {
+        self.authorize("ListEntries", &req)?;
+        let entries = self.store.list_entries().await.map_err(store_status)?;
+        Ok(Response::new(ListEntriesResponse {
+            entries: entries.into_iter().map(|e| self.to_proto(e)).collect(),
+        }))
+    }
+
+    async fn get_entry(&self, req: Request<GetEntryRequest>) -> Result<Response<Entry>, Status> {
+        self.authorize("GetEntry", &req)?;
+        let id = req.into_inner().id;
+        match self.store.get_entry(&id).await.map_err(store_status)? {
+            Some(e) => Ok(Response::new(self.to_proto(e))),
+            None => Err(Status::not_found(format!("no entry with id {id}"))),
+        }
+    }
+
+    async fn delete_entry(
+        &self,
+        req: Request<DeleteEntryRequest>,
+    ) -> Result<Response<DeleteEntryResponse>, Status> {
+        let actor = self.authorize("DeleteEntry", &req)?;
+        let id = req.into_inner().id;
+        let deleted = self
+            .store
+            .delete_entry(&id, &actor)
+            .await
+            .map_err(store_status)?;
+        if !deleted {
+            return Err(Status::not_found(format!("no entry with id {id}")));
+        }
+        tracing::info!(entry = %id, %actor, "entry deleted");
+        Ok(Response::new(DeleteEntryResponse { deleted }))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        self.authorize("ListAudit", &req)?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 {
+            AUDIT_PAGE_DEFAULT
+        } else {
+            r.limit
+        };
+        let records = self
+            .store
+            .list_audit(r.after_seq, limit)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(ListAuditResponse {
+            records: records
+                .into_iter()
+                .map(|a| AuditRecord {
+                    seq: a.seq,
+                    at_unix_ms: a.at_unix_ms,
+                    kind: a.kind,
+                    actor: a.actor,
+                    detail_json: a.detail.to_string(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        req: Request<GetStatusRequest>,
+    ) -> Result<Response<AgentStatus>, Status> {
+        self.authorize("GetStatus", &req)?;
+        let entries = self.store.list_entries().await.map_err(store_status)?.len();
+        Ok(Response::new(AgentStatus {
+            trust_domain: self.authority.trust_domain().as_str().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            bundle: self.authority.bundle().concat_der(),
+            entries: u32::try_from(entries).unwrap_or(u32::MAX),
+        }))
+    }
+}

@@ -1,0 +1,257 @@
+//! Unix workload attestation: uid, gids, user and group names, executable path and hash.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::PeerInfo;
+use super::selector::Selector;
+
+/// Why a caller could not be attested. Every variant denies.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    /// The kernel gave no pid for the peer (e.g. it is in another pid namespace).
+    #[error("the kernel reported no pid for the caller")]
+    NoPid,
+    /// The caller exited before or during attestation; its pid may name someone else now.
+    #[error("the caller (pid {pid}) exited during attestation")]
+    Exited {
+        /// The pid it had.
+        pid: i32,
+    },
+    /// /proc could not be read for the caller.
+    #[error("reading /proc/{pid}/{what}: {source}")]
+    Proc {
+        /// The caller's pid.
+        pid: i32,
+        /// Which file.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the agent learned about a caller.
+#[derive(Clone, Debug)]
+pub struct Attestation {
+    /// The caller's pid.
+    pub pid: i32,
+    /// Effective uid at connect time.
+    pub uid: u32,
+    /// Everything the caller is, as selectors.
+    pub selectors: BTreeSet<Selector>,
+}
+
+impl Attestation {
+    /// Whether every selector in `required` holds for this caller.
+    pub fn satisfies<'a>(&self, required: impl IntoIterator<Item = &'a str>) -> bool {
+        let mut any = false;
+        for s in required {
+            any = true;
+            if !self.selectors.iter().any(|have| have.as_str() == s) {
+                return false;
+            }
+        }
+        // An entry without selectors would match everyone: never.
+        any
+    }
+}
+
+/// Identifies an executable file's content without reading it: if any of these
+/// change, the hash is recomputed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+/// The unix attestor. Shared by all connections; caches executable hashes.
+#[derive(Debug)]
+pub struct UnixAttestor {
+    proc_root: PathBuf,
+    hashes: Mutex<HashMap<FileIdentity, String>>,
+}
+
+/// Hashes kept at most; a busy node runs far fewer distinct binaries.
+const HASH_CACHE_MAX: usize = 4096;
+
+impl Default for UnixAttestor {
+    fn default() -> Self {
+        UnixAttestor::new("/proc")
+    }
+}
+
+impl UnixAttestor {
+    /// An attestor reading the given procfs mount.
+    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+        UnixAttestor {
+            proc_root: proc_root.into(),
+            hashes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Attests the peer of a connection.
+    ///
+    /// Pid reuse: everything is read through `/proc/<pid>`, and afterwards the
+    /// connection's pidfd is checked. A pidfd names one process forever, and a pid
+    /// cannot be reused while its process lives (even as a zombie), so if the
+    /// pidfd's process has not exited after the reads, they described the caller.
+    pub fn attest(&self, peer: &PeerInfo) -> Result<Attestation, AttestError> {
+        let pid = peer.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
+        if peer.has_exited() {
+            return Err(AttestError::Exited { pid });
+        }
+        let dir = self.proc_root.join(pid.to_string());
+        let proc_err = |what, source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                AttestError::Exited { pid }
+            } else {
+                AttestError::Proc { pid, what, source }
+            }
+        };
+
+        let mut selectors = BTreeSet::new();
+        selectors.insert(Selector::attested("uid", peer.uid));
+        selectors.insert(Selector::attested("gid", peer.gid));
+        if let Ok(Some(user)) = nix::unistd::User::from_uid(peer.uid.into()) {
+            selectors.insert(Selector::attested("user", user.name));
+        }
+        if let Ok(Some(group)) = nix::unistd::Group::from_gid(peer.gid.into()) {
+            selectors.insert(Selector::attested("group", group.name));
+        }
+
+        let status =
+            std::fs::read_to_string(dir.join("status")).map_err(|e| proc_err("status", e))?;
+        for gid in supplementary_gids(&status) {
+            selectors.insert(Selector::attested("supplementary_gid", gid));
+            if let Ok(Some(group)) = nix::unistd::Group::from_gid(gid.into()) {
+                selectors.insert(Selector::attested("supplementary_group", group.name));
+            }
+        }
+
+        // The exe link opens the very inode the process runs, even if the path
+        // was since replaced or deleted; the path itself then ends in " (deleted)"
+        // and no longer matches a `unix:path` selector.
+        let exe_link = dir.join("exe");
+        let path = std::fs::read_link(&exe_link).map_err(|e| proc_err("exe", e))?;
+        let file = File::open(&exe_link).map_err(|e| proc_err("exe", e))?;
+        let hash = self.exe_hash(file).map_err(|e| proc_err("exe", e))?;
+        selectors.insert(Selector::attested("path", path.display()));
+        selectors.insert(Selector::attested("sha256", hash));
+
+        if peer.has_exited() {
+            return Err(AttestError::Exited { pid });
+        }
+        Ok(Attestation {
+            pid,
+            uid: peer.uid,
+            selectors,
+        })
+    }
+
+    fn exe_hash(&self, mut file: File) -> std::io::Result<String> {
+        let meta = file.metadata()?;
+        let id = FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        };
+        if let Some(h) = self.lock().get(&id) {
+            return Ok(h.clone());
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let hex = hex::encode(hasher.finalize());
+        let mut cache = self.lock();
+        if cache.len() >= HASH_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(id, hex.clone());
+        Ok(hex)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileIdentity, String>> {
+        self.hashes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The `Groups:` line of /proc/<pid>/status.
+fn supplementary_gids(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::PeerConn;
+
+    #[test]
+    fn groups_line_is_parsed() {
+        let status =
+            "Name:\tbash\nUid:\t1000\t1000\t1000\t1000\nGroups:\t4 27 1000 \nVmPeak:\t1 kB\n";
+        assert_eq!(supplementary_gids(status), vec![4, 27, 1000]);
+        assert!(supplementary_gids("Name:\tx\n").is_empty());
+    }
+
+    #[tokio::test]
+    async fn attests_this_process_with_its_own_exe_hash() {
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let conn = PeerConn::new(a).unwrap();
+        let att = UnixAttestor::default().attest(conn.info()).unwrap();
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let want = format!("unix:sha256:{}", hex::encode(Sha256::digest(&exe)));
+        assert!(att.satisfies([want.as_str()]), "{:?}", att.selectors);
+        let uid = format!("unix:uid:{}", nix::unistd::geteuid());
+        assert!(att.satisfies([uid.as_str(), want.as_str()]));
+        assert!(!att.satisfies([uid.as_str(), "unix:uid:4242424"]));
+        assert!(
+            !att.satisfies(std::iter::empty::<&str>()),
+            "empty entries match no one"
+        );
+    }
+
+    #[test]
+    fn exited_caller_is_refused() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let pidfd = crate::attest::sys::pidfd_open(pid).unwrap();
+        child.wait().unwrap();
+        let peer = PeerInfo {
+            conn_id: 0,
+            pid: Some(pid),
+            uid: 0,
+            gid: 0,
+            pidfd: Some(std::sync::Arc::new(pidfd)),
+            pidfd_from_kernel: false,
+        };
+        let err = UnixAttestor::default().attest(&peer).unwrap_err();
+        assert!(matches!(err, AttestError::Exited { .. }), "{err}");
+    }
+}

@@ -1,0 +1,400 @@
+//! Agent configuration: embedded defaults < TOML file < `TESSERA_*` environment < flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema (unknown keys are errors).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// An environment variable holds a value that does not parse.
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A setting is out of range or inconsistent with another.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid {
+        /// The TOML key.
+        key: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// Everything the agent can be told. Every field has a default, documented in the README.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Trust domain of every identity this agent issues.
+    pub trust_domain: String,
+    /// Directory for the CA and the SQLite store (created 0700).
+    pub data_dir: PathBuf,
+    /// Unix socket serving the SPIFFE Workload API (mode 0777: attestation decides).
+    pub workload_socket: PathBuf,
+    /// Unix socket serving the Admin API (mode 0600, caller uid checked).
+    pub admin_socket: PathBuf,
+    /// Loopback address for `/healthz`, `/readyz` and `/metrics`.
+    pub http_listen: SocketAddr,
+    /// Uids besides the agent's own (and root) allowed on the admin socket.
+    pub admin_uids: Vec<u32>,
+    /// Lifetime of client SVIDs, e.g. "1h".
+    #[serde(with = "humantime_serde")]
+    pub client_svid_ttl: Duration,
+    /// Lifetime of task SVIDs, e.g. "5m".
+    #[serde(with = "humantime_serde")]
+    pub task_svid_ttl: Duration,
+    /// The signing CA.
+    pub ca: CaConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Where the CA comes from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// "self-signed" (a root kept in `data_dir/ca`) or "upstream" (files below).
+    pub mode: CaModeName,
+    /// Lifetime of each self-signed root; rotation prepares the next at half life.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Upstream mode: intermediate certificate (then any further intermediates), PEM.
+    pub upstream_cert: Option<PathBuf>,
+    /// Upstream mode: the intermediate's private key, PEM, mode 0600.
+    pub upstream_key: Option<PathBuf>,
+    /// Upstream mode: the upstream root certificate(s), PEM.
+    pub upstream_bundle: Option<PathBuf>,
+}
+
+/// CA mode names as written in TOML.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaModeName {
+    /// A self-signed root.
+    SelfSigned,
+    /// An upstream intermediate.
+    Upstream,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "text" or "json".
+    pub format: LogFormat,
+    /// A tracing filter, e.g. "info" or "tessera_agent=debug,info". `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            trust_domain: "tessera.local".into(),
+            data_dir: "/var/lib/tessera".into(),
+            workload_socket: "/run/tessera/workload.sock".into(),
+            admin_socket: "/run/tessera/admin.sock".into(),
+            http_listen: "127.0.0.1:8089".parse().expect("static address"),
+            admin_uids: Vec::new(),
+            client_svid_ttl: Duration::from_secs(3600),
+            task_svid_ttl: Duration::from_secs(300),
+            ca: CaConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            mode: CaModeName::SelfSigned,
+            ttl: Duration::from_secs(365 * 24 * 3600),
+            upstream_cert: None,
+            upstream_key: None,
+            upstream_bundle: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Shortest SVID lifetime accepted: rotation at half life must stay meaningful.
+const MIN_TTL: Duration = Duration::from_secs(2);
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text over the defaults.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies `TESSERA_*` overrides from `lookup` (the process environment in
+    /// production, a map in tests).
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        fn dur(var: &'static str, v: String) -> Result<Duration, ConfigError> {
+            humantime::parse_duration(&v).map_err(|e| ConfigError::Env {
+                var,
+                value: v,
+                reason: e.to_string(),
+            })
+        }
+        if let Some(v) = lookup("TESSERA_TRUST_DOMAIN") {
+            self.trust_domain = v;
+        }
+        if let Some(v) = lookup("TESSERA_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = lookup("TESSERA_WORKLOAD_SOCKET") {
+            self.workload_socket = v.into();
+        }
+        if let Some(v) = lookup("TESSERA_ADMIN_SOCKET") {
+            self.admin_socket = v.into();
+        }
+        if let Some(v) = lookup("TESSERA_HTTP_LISTEN") {
+            self.http_listen =
+                v.parse()
+                    .map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                        var: "TESSERA_HTTP_LISTEN",
+                        value: v.clone(),
+                        reason: e.to_string(),
+                    })?;
+        }
+        if let Some(v) = lookup("TESSERA_ADMIN_UIDS") {
+            self.admin_uids = v
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().parse::<u32>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| ConfigError::Env {
+                    var: "TESSERA_ADMIN_UIDS",
+                    value: v.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        if let Some(v) = lookup("TESSERA_CLIENT_SVID_TTL") {
+            self.client_svid_ttl = dur("TESSERA_CLIENT_SVID_TTL", v)?;
+        }
+        if let Some(v) = lookup("TESSERA_TASK_SVID_TTL") {
+            self.task_svid_ttl = dur("TESSERA_TASK_SVID_TTL", v)?;
+        }
+        if let Some(v) = lookup("TESSERA_CA_TTL") {
+            self.ca.ttl = dur("TESSERA_CA_TTL", v)?;
+        }
+        if let Some(v) = lookup("TESSERA_LOG_FORMAT") {
+            self.log.format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "TESSERA_LOG_FORMAT",
+                        value: v,
+                        reason: "expected `text` or `json`".into(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = lookup("TESSERA_LOG_LEVEL") {
+            self.log.level = v;
+        }
+        Ok(())
+    }
+
+    /// Checks ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        tessera_identity::TrustDomain::try_from(self.trust_domain.as_str()).map_err(|e| {
+            ConfigError::Invalid {
+                key: "trust_domain",
+                reason: e.to_string(),
+            }
+        })?;
+        for (key, ttl) in [
+            ("client_svid_ttl", self.client_svid_ttl),
+            ("task_svid_ttl", self.task_svid_ttl),
+        ] {
+            if ttl < MIN_TTL {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be at least {}", humantime::format_duration(MIN_TTL)),
+                });
+            }
+        }
+        if self.ca.ttl < self.client_svid_ttl.max(self.task_svid_ttl) * 2 {
+            return Err(ConfigError::Invalid {
+                key: "ca.ttl",
+                reason: "must be at least twice the longest SVID TTL".into(),
+            });
+        }
+        if !self.http_listen.ip().is_loopback() {
+            // Metrics reveal entry counts and timings; keep them off the network
+            // unless an operator puts a proxy in front.
+            tracing::warn!(addr = %self.http_listen, "http_listen is not a loopback address");
+        }
+        if self.workload_socket == self.admin_socket {
+            return Err(ConfigError::Invalid {
+                key: "admin_socket",
+                reason: "must differ from workload_socket".into(),
+            });
+        }
+        if self.ca.mode == CaModeName::Upstream
+            && (self.ca.upstream_cert.is_none()
+                || self.ca.upstream_key.is_none()
+                || self.ca.upstream_bundle.is_none())
+        {
+            return Err(ConfigError::Invalid {
+                key: "ca.mode",
+                reason:
+                    "upstream mode needs ca.upstream_cert, ca.upstream_key and ca.upstream_bundle"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `tessera-agent print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+/// Serde helpers for durations written like "5m" or "1h".
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_toml() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_env_overrides_file() {
+        let mut c = Config::from_toml(
+            "trust_domain = \"acme.corp\"\nclient_svid_ttl = \"30m\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.trust_domain, "acme.corp");
+        assert_eq!(c.client_svid_ttl, Duration::from_secs(1800));
+        assert_eq!(c.log.format, LogFormat::Json);
+        let env: HashMap<&str, &str> = [
+            ("TESSERA_TRUST_DOMAIN", "prod.acme.corp"),
+            ("TESSERA_ADMIN_UIDS", "1000, 1001"),
+            ("TESSERA_TASK_SVID_TTL", "90s"),
+        ]
+        .into();
+        c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.trust_domain, "prod.acme.corp");
+        assert_eq!(c.admin_uids, vec![1000, 1001]);
+        assert_eq!(c.task_svid_ttl, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = Config::from_toml("trust_domian = \"x\"").unwrap_err();
+        assert!(err.contains("trust_domian"), "{err}");
+        let err = Config::from_toml("[ca]\nmdoe = \"upstream\"").unwrap_err();
+        assert!(err.contains("mdoe"), "{err}");
+    }
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        let cases: &[(&str, &str)] = &[
+            ("trust_domain = \"Bad Domain\"", "trust_domain"),
+            ("client_svid_ttl = \"1s\"", "client_svid_ttl"),
+            ("[ca]\nmode = \"upstream\"", "ca.mode"),
+            ("[ca]\nttl = \"1h\"", "ca.ttl"),
+            (
+                "workload_socket = \"/tmp/x.sock\"\nadmin_socket = \"/tmp/x.sock\"",
+                "admin_socket",
+            ),
+        ];
+        for (toml, key) in cases {
+            let c = Config::from_toml(toml).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let mut c = Config::default();
+        let err = c
+            .apply_env(|k| (k == "TESSERA_CLIENT_SVID_TTL").then(|| "soon".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("TESSERA_CLIENT_SVID_TTL"));
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics, served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label: what kind of SVID.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// "client", "task" or "server".
+    pub kind: &'static str,
+}
+
+impl KindLabel {
+    /// The client kind.
+    pub fn client() -> Self {
+        KindLabel { kind: "client" }
+    }
+}
+
+/// Labels of an RPC outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabel {
+    /// The RPC's name.
+    pub rpc: &'static str,
+    /// The gRPC status code name ("Ok", "PermissionDenied", ...).
+    pub code: String,
+}
+
+/// Label: attestation result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// "matched", "no_match" or "error".
+    pub result: &'static str,
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry rendering them.
+    pub registry: Registry,
+    /// SVIDs issued, by kind.
+    pub svids_issued: Family<KindLabel, Counter>,
+    /// Workload and Admin RPCs by outcome.
+    pub rpcs: Family<RpcLabel, Counter>,
+    /// Attestations by result.
+    pub attestations: Family<ResultLabel, Counter>,
+    /// Open FetchX509SVID / FetchX509Bundles streams.
+    pub open_streams: Gauge,
+    /// Registration entries.
+    pub entries: Gauge,
+    /// notAfter of the signing CA, unix seconds.
+    pub ca_not_after: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tessera");
+        let m = Metrics {
+            svids_issued: Family::default(),
+            rpcs: Family::default(),
+            attestations: Family::default(),
+            open_streams: Gauge::default(),
+            entries: Gauge::default(),
+            ca_not_after: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("svids_issued", "X.509-SVIDs issued", m.svids_issued.clone());
+        registry.register(
+            "rpcs",
+            "RPCs answered, by RPC and gRPC code",
+            m.rpcs.clone(),
+        );
+        registry.register(
+            "attestations",
+            "Workload attestations, by result",
+            m.attestations.clone(),
+        );
+        registry.register(
+            "open_streams",
+            "Open Workload API streams",
+            m.open_streams.clone(),
+        );
+        registry.register("entries", "Registration entries", m.entries.clone());
+        registry.register(
+            "ca_not_after_seconds",
+            "Expiry of the signing CA, unix seconds",
+            m.ca_not_after.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts one RPC outcome.
+    pub fn rpc(&self, rpc: &'static str, code: tonic::Code) {
+        self.rpcs
+            .get_or_create(&RpcLabel {
+                rpc,
+                code: format!("{code:?}"),
+            })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}

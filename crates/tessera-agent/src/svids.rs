@@ -1,0 +1,196 @@
+//! The agent's SVID cache: one client SVID per registration entry, rotated at
+//! half life with jitter, republished whenever entries, SVIDs or the bundle change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_authority::{Authority, IssuedSvid, SvidSpec, TrustBundle};
+use tessera_identity::{ClientId, ClientName};
+use tessera_store::{Entry, Store};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// A registration entry with the client SVID it grants.
+#[derive(Debug)]
+pub struct EntrySvid {
+    /// The stored entry.
+    pub entry: Entry,
+    /// `spiffe://<td>/client/<client>`.
+    pub client_id: ClientId,
+    /// The current SVID.
+    pub svid: Arc<IssuedSvid>,
+    /// When to replace it (unix seconds): half life minus jitter.
+    rotate_at: i64,
+}
+
+/// Everything a Workload API stream needs to answer, as one immutable value.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Entries with their SVIDs, in store order.
+    pub entries: Vec<Arc<EntrySvid>>,
+    /// The trust bundle.
+    pub bundle: Arc<TrustBundle>,
+}
+
+/// Keeps [`Snapshot`] current. Streams subscribe with [`SvidCache::subscribe`].
+#[derive(Debug)]
+pub struct SvidCache {
+    authority: Arc<Authority>,
+    store: Store,
+    client_ttl: Duration,
+    metrics: Arc<Metrics>,
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl SvidCache {
+    /// Loads entries and issues their SVIDs.
+    pub async fn new(
+        authority: Arc<Authority>,
+        store: Store,
+        client_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<SvidCache>> {
+        let (tx, _) = watch::channel(Arc::new(Snapshot {
+            entries: Vec::new(),
+            bundle: authority.bundle(),
+        }));
+        let cache = Arc::new(SvidCache {
+            authority,
+            store,
+            client_ttl,
+            metrics,
+            tx,
+        });
+        cache.reconcile(OffsetDateTime::now_utc()).await?;
+        Ok(cache)
+    }
+
+    /// The current snapshot and every later one.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// Runs until `shutdown` fires: reacts to entry and bundle changes, rotates
+    /// SVIDs when due and drives the CA rotation schedule.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut entries_rx = self.store.watch_entries();
+        let mut bundle_rx = self.authority.subscribe_bundle();
+        let mut ca_tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let next = self.next_rotation();
+            let wait = (next - OffsetDateTime::now_utc().unix_timestamp()).clamp(0, 3600);
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                r = entries_rx.changed() => if r.is_err() { return },
+                r = bundle_rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(wait as u64)) => {}
+                _ = ca_tick.tick() => {
+                    if let Err(e) = self.authority.tick(OffsetDateTime::now_utc()) {
+                        tracing::error!(error = %e, "CA rotation failed; will retry");
+                    }
+                    self.metrics.ca_not_after.set(self.authority.active_ca_not_after());
+                }
+            }
+            // A failed reconcile keeps the last good snapshot (still-valid SVIDs)
+            // and retries soon; it never publishes a partial state.
+            if let Err(e) = self.reconcile(OffsetDateTime::now_utc()).await {
+                tracing::error!(error = %e, "refreshing SVIDs failed; retrying in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    fn next_rotation(&self) -> i64 {
+        self.current()
+            .entries
+            .iter()
+            .map(|e| e.rotate_at)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Brings the snapshot in line with the store, the bundle and the clock.
+    async fn reconcile(&self, now: OffsetDateTime) -> anyhow::Result<()> {
+        let entries = self.store.list_entries().await?;
+        let old = self.current();
+        let by_id: HashMap<&str, &Arc<EntrySvid>> = old
+            .entries
+            .iter()
+            .map(|e| (e.entry.id.as_str(), e))
+            .collect();
+        let bundle = self.authority.bundle();
+        let ca_changed =
+            !Arc::ptr_eq(&bundle, &old.bundle) && bundle.certs.first() != old.bundle.certs.first();
+        let t = now.unix_timestamp();
+        let mut next = Vec::with_capacity(entries.len());
+        let mut changed = entries.len() != old.entries.len() || !Arc::ptr_eq(&bundle, &old.bundle);
+        for entry in entries {
+            match by_id.get(entry.id.as_str()) {
+                // Keep a current SVID unless it is due or the signing CA changed.
+                Some(e) if e.rotate_at > t && !ca_changed => next.push(Arc::clone(e)),
+                _ => {
+                    next.push(Arc::new(self.issue(entry, now)?));
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.metrics.entries.set(next.len() as i64);
+            self.tx.send_replace(Arc::new(Snapshot {
+                entries: next,
+                bundle,
+            }));
+        }
+        Ok(())
+    }
+
+    fn issue(&self, entry: Entry, now: OffsetDateTime) -> anyhow::Result<EntrySvid> {
+        let name: ClientName = entry.client.parse()?;
+        let client_id = ClientId {
+            trust_domain: self.authority.trust_domain().clone(),
+            name,
+        };
+        let ttl = entry
+            .svid_ttl_secs
+            .map(|s| Duration::from_secs(s.into()))
+            .unwrap_or(self.client_ttl);
+        let id = client_id.to_string();
+        let svid = self.authority.issue_at(
+            &SvidSpec {
+                spiffe_id: &id,
+                ttl,
+                not_after_cap: None,
+                claims: None,
+            },
+            now,
+        )?;
+        self.metrics
+            .svids_issued
+            .get_or_create(&crate::metrics::KindLabel::client())
+            .inc();
+        tracing::info!(spiffe_id = %id, serial = %svid.serial_hex, not_after = svid.not_after_unix, entry = %entry.id, "issued client SVID");
+        let rotate_at = rotation_time(&svid);
+        Ok(EntrySvid {
+            entry,
+            client_id,
+            svid: Arc::new(svid),
+            rotate_at,
+        })
+    }
+}
+
+/// Half life, brought forward by up to a tenth of the lifetime at random so
+/// that SVIDs issued together do not all renew in the same instant.
+pub(crate) fn rotation_time(svid: &IssuedSvid) -> i64 {
+    let life = (svid.not_after_unix - svid.not_before_unix).max(1);
+    let jitter = rand::random_range(0..=life / 10);
+    svid.half_life_unix() - jitter
+}

@@ -1,0 +1,329 @@
+//! The SPIFFE Workload API on the workload socket.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tessera_proto::WORKLOAD_HEADER;
+use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use tessera_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, WitBundlesRequest, WitBundlesResponse, WitsvidRequest,
+    WitsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
+    X509svidResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::attest::{Attestation, PeerInfo, UnixAttestor};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::svids::{EntrySvid, Snapshot, SvidCache};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The `SpiffeWorkloadAPI` service.
+#[derive(Clone, Debug)]
+pub struct WorkloadService {
+    cache: Arc<SvidCache>,
+    attestor: Arc<UnixAttestor>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The message SPIRE uses; clients and operators recognise it.
+const MISSING_HEADER: &str = "security header missing from request";
+const NO_IDENTITY: &str = "no identity issued";
+
+impl WorkloadService {
+    /// A service answering from `cache`, attesting with `attestor`.
+    pub fn new(
+        cache: Arc<SvidCache>,
+        attestor: Arc<UnixAttestor>,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        WorkloadService {
+            cache,
+            attestor,
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// Header check and attestation, shared by every RPC that hands out material.
+    fn admit<T>(
+        &self,
+        rpc: &'static str,
+        req: &Request<T>,
+    ) -> Result<(PeerInfo, Attestation), Status> {
+        let result = check_header(req).and_then(|()| {
+            let peer = peer_of(req)?;
+            let att = attest(&self.attestor, &self.metrics, &peer)?;
+            Ok((peer, att))
+        });
+        if let Err(status) = &result {
+            self.metrics.rpc(rpc, status.code());
+        }
+        result
+    }
+
+    /// Spawns the task feeding one stream: the first message now, then one per
+    /// change, re-attesting the caller each time (it may have exec'd or exited).
+    fn stream<T: Send + 'static>(
+        &self,
+        rpc: &'static str,
+        peer: PeerInfo,
+        build: fn(&Snapshot, &Attestation) -> Option<(T, Vec<String>)>,
+        first_att: Attestation,
+    ) -> Result<ResponseStream<T>, Status> {
+        let mut rx = self.cache.subscribe();
+        let snap = rx.borrow_and_update().clone();
+        let Some((first, mut last_key)) = build(&snap, &first_att) else {
+            self.metrics
+                .attestations
+                .get_or_create(&ResultLabel { result: "no_match" })
+                .inc();
+            self.metrics.rpc(rpc, Code::PermissionDenied);
+            tracing::info!(
+                pid = first_att.pid,
+                uid = first_att.uid,
+                rpc,
+                "caller matches no entry"
+            );
+            return Err(Status::permission_denied(NO_IDENTITY));
+        };
+        self.metrics
+            .attestations
+            .get_or_create(&ResultLabel { result: "matched" })
+            .inc();
+        self.metrics.rpc(rpc, Code::Ok);
+        let (tx, out) = mpsc::channel(4);
+        tx.try_send(Ok(first)).expect("fresh channel has room");
+        let attestor = Arc::clone(&self.attestor);
+        let metrics = Arc::clone(&self.metrics);
+        let mut shutdown = self.shutdown.clone();
+        metrics.open_streams.inc();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = shutdown.changed() => break,
+                    r = rx.changed() => if r.is_err() { break },
+                }
+                let snap = rx.borrow_and_update().clone();
+                let att = match attestor.attest(&peer) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::info!(conn = peer.conn_id, error = %e, "ending stream: caller no longer attests");
+                        let _ = tx.send(Err(Status::permission_denied(NO_IDENTITY))).await;
+                        break;
+                    }
+                };
+                match build(&snap, &att) {
+                    Some((msg, key)) => {
+                        if key != last_key {
+                            last_key = key;
+                            if tx.send(Ok(msg)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    None => {
+                        // Every entry for this caller is gone: say so, as SPIRE does.
+                        let _ = tx.send(Err(Status::permission_denied(NO_IDENTITY))).await;
+                        break;
+                    }
+                }
+            }
+            metrics.open_streams.dec();
+        });
+        Ok(Box::pin(ReceiverStream::new(out)))
+    }
+}
+
+fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get(WORKLOAD_HEADER) {
+        Some(v) if v == "true" => Ok(()),
+        _ => Err(Status::invalid_argument(MISSING_HEADER)),
+    }
+}
+
+pub(crate) fn peer_of<T>(req: &Request<T>) -> Result<PeerInfo, Status> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .ok_or_else(|| Status::internal("connection carries no peer credentials"))
+}
+
+fn attest(
+    attestor: &UnixAttestor,
+    metrics: &Metrics,
+    peer: &PeerInfo,
+) -> Result<Attestation, Status> {
+    attestor.attest(peer).map_err(|e| {
+        metrics
+            .attestations
+            .get_or_create(&ResultLabel { result: "error" })
+            .inc();
+        tracing::info!(conn = peer.conn_id, pid = ?peer.pid, error = %e, "attestation failed");
+        // The caller learns nothing about why beyond "no identity".
+        Status::permission_denied(NO_IDENTITY)
+    })
+}
+
+/// The entries whose selectors this caller satisfies, one per client id.
+fn matching<'a>(snap: &'a Snapshot, att: &Attestation) -> Vec<&'a Arc<EntrySvid>> {
+    let mut seen = std::collections::HashSet::new();
+    snap.entries
+        .iter()
+        .filter(|e| att.satisfies(e.entry.selectors.iter().map(String::as_str)))
+        .filter(|e| seen.insert(e.client_id.to_string()))
+        .collect()
+}
+
+/// Identifies the bundle's certificates cheaply (their signatures' last bytes),
+/// so a stream sends a message only when something it carries changed.
+fn bundle_key(snap: &Snapshot) -> impl Iterator<Item = String> + '_ {
+    snap.bundle
+        .certs
+        .iter()
+        .map(|c| hex::encode(&c[c.len().saturating_sub(16)..]))
+}
+
+fn build_svid_response(
+    snap: &Snapshot,
+    att: &Attestation,
+) -> Option<(X509svidResponse, Vec<String>)> {
+    let matched = matching(snap, att);
+    if matched.is_empty() {
+        return None;
+    }
+    let bundle = snap.bundle.concat_der();
+    let mut key: Vec<String> = matched.iter().map(|e| e.svid.serial_hex.clone()).collect();
+    key.extend(bundle_key(snap));
+    let svids = matched
+        .iter()
+        .map(|e| X509svid {
+            spiffe_id: e.client_id.to_string(),
+            x509_svid: e.svid.chain_concat(),
+            x509_svid_key: e.svid.key_pkcs8_der.to_vec(),
+            bundle: bundle.clone(),
+            hint: e.entry.client.clone(),
+        })
+        .collect();
+    Some((
+        X509svidResponse {
+            svids,
+            crl: Vec::new(),
+            federated_bundles: HashMap::new(),
+        },
+        key,
+    ))
+}
+
+fn build_bundles_response(
+    snap: &Snapshot,
+    att: &Attestation,
+) -> Option<(X509BundlesResponse, Vec<String>)> {
+    if matching(snap, att).is_empty() {
+        return None;
+    }
+    let key = bundle_key(snap).collect();
+    Some((
+        X509BundlesResponse {
+            crl: Vec::new(),
+            bundles: HashMap::from([(
+                snap.bundle.trust_domain.id_string(),
+                snap.bundle.concat_der(),
+            )]),
+        },
+        key,
+    ))
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadService {
+    type FetchX509SVIDStream = ResponseStream<X509svidResponse>;
+    type FetchX509BundlesStream = ResponseStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = ResponseStream<JwtBundlesResponse>;
+    type FetchWITSVIDStream = ResponseStream<WitsvidResponse>;
+    type FetchWITBundlesStream = ResponseStream<WitBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let (peer, att) = self.admit("FetchX509SVID", &req)?;
+        Ok(Response::new(self.stream(
+            "FetchX509SVID",
+            peer,
+            build_svid_response,
+            att,
+        )?))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let (peer, att) = self.admit("FetchX509Bundles", &req)?;
+        Ok(Response::new(self.stream(
+            "FetchX509Bundles",
+            peer,
+            build_bundles_response,
+            att,
+        )?))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        check_header(&req)?;
+        Err(jwt_unsupported())
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        check_header(&req)?;
+        Err(jwt_unsupported())
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        check_header(&req)?;
+        Err(jwt_unsupported())
+    }
+
+    async fn fetch_witsvid(
+        &self,
+        req: Request<WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        check_header(&req)?;
+        Err(Status::unimplemented(
+            "WIT-SVIDs are not supported by this agent",
+        ))
+    }
+
+    async fn fetch_wit_bundles(
+        &self,
+        req: Request<WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        check_header(&req)?;
+        Err(Status::unimplemented(
+            "WIT-SVIDs are not supported by this agent",
+        ))
+    }
+}
+
+fn jwt_unsupported() -> Status {
+    Status::unimplemented(
+        "JWT-SVIDs are not supported by this agent yet; use X.509-SVIDs (FetchX509SVID)",
+    )
+}

@@ -1,0 +1,162 @@
+//! One signing CA: its certificate, key and the chain it contributes to SVIDs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::AuthorityError;
+use crate::oid_patch::{ClaimsOid, PatchingKey};
+use crate::pem;
+
+/// A CA able to sign SVIDs.
+pub(crate) struct SigningCa {
+    /// File stem in the CA directory (self-signed) or "upstream".
+    pub(crate) name: String,
+    /// The CA certificate (DER).
+    pub(crate) cert_der: Vec<u8>,
+    /// Certificates that follow the leaf in an SVID chain (empty for a root).
+    pub(crate) chain_after_leaf: Vec<Vec<u8>>,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+    pub(crate) issuer: Issuer<'static, PatchingKey>,
+}
+
+impl std::fmt::Debug for SigningCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("SigningCa")
+            .field("name", &self.name)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh random, positive, minimally encoded 128-bit serial number.
+pub(crate) fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    // First byte in 0x01..=0x7f: positive and minimal DER INTEGER.
+    bytes[0] = (bytes[0] & 0x7f).max(1);
+    SerialNumber::from_slice(&bytes)
+}
+
+/// Validity of a DER certificate, unix seconds.
+pub(crate) fn validity(der: &[u8]) -> Result<(i64, i64), String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    Ok((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
+impl SigningCa {
+    /// Creates a new self-signed root CA for `trust_domain`, valid from `now` for `ttl`.
+    pub(crate) fn generate_root(
+        trust_domain: &tessera_identity::TrustDomain,
+        now: OffsetDateTime,
+        ttl: time::Duration,
+        oid: Arc<ClaimsOid>,
+    ) -> Result<(SigningCa, String), AuthorityError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Tessera");
+        dn.push(
+            DnType::CommonName,
+            format!("Tessera CA {}", trust_domain.as_str()),
+        );
+        params.distinguished_name = dn;
+        // A signing certificate may carry the trust domain's ID, without a path.
+        params.subject_alt_names =
+            vec![SanType::URI(trust_domain.id_string().try_into().map_err(
+                |_| AuthorityError::InvalidRequest("trust domain not IA5".into()),
+            )?)];
+        // pathLen 0: this root signs leaves only.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(random_serial());
+        params.not_before = now - time::Duration::seconds(10);
+        params.not_after = now + ttl;
+        let cert = params.self_signed(&key)?;
+        let cert_der = cert.der().to_vec();
+        let key_pem = key.serialize_pem();
+        let name = format!("ca-{}", hex_serial(&cert_der));
+        let ca = SigningCa::from_parts(name, cert_der, Vec::new(), key, oid)?;
+        Ok((ca, key_pem))
+    }
+
+    /// Assembles a CA from a certificate and its key; checks they belong together.
+    pub(crate) fn from_parts(
+        name: String,
+        cert_der: Vec<u8>,
+        chain_after_leaf: Vec<Vec<u8>>,
+        key: KeyPair,
+        oid: Arc<ClaimsOid>,
+    ) -> Result<SigningCa, AuthorityError> {
+        tessera_identity::check_signing_cert(&cert_der)
+            .map_err(|e| AuthorityError::UpstreamCa(e.to_string()))?;
+        let (_, parsed) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| AuthorityError::UpstreamCa(e.to_string()))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(AuthorityError::UpstreamKeyMismatch);
+        }
+        let not_before = parsed.validity().not_before.timestamp();
+        let not_after = parsed.validity().not_after.timestamp();
+        let issuer =
+            Issuer::from_ca_cert_der(&cert_der.as_slice().into(), PatchingKey::new(key, oid))?;
+        Ok(SigningCa {
+            name,
+            cert_der,
+            chain_after_leaf,
+            not_before,
+            not_after,
+            issuer,
+        })
+    }
+
+    /// Loads a CA written by [`SigningCa::save`].
+    pub(crate) fn load(
+        dir: &Path,
+        name: &str,
+        oid: Arc<ClaimsOid>,
+    ) -> Result<SigningCa, AuthorityError> {
+        let cert_path = dir.join(format!("{name}.crt.pem"));
+        let key_path = dir.join(format!("{name}.key.pem"));
+        let mut certs = pem::read_certs(&cert_path)?;
+        let key_pem = pem::read_key(&key_path)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| AuthorityError::BadPem {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let cert_der = certs.remove(0);
+        SigningCa::from_parts(name.to_owned(), cert_der, Vec::new(), key, oid)
+    }
+
+    /// Writes the key (0600) then the certificate into `dir`.
+    pub(crate) fn save(&self, dir: &Path, key_pem: &str) -> Result<(), AuthorityError> {
+        pem::write_atomic(
+            &dir.join(format!("{}.key.pem", self.name)),
+            key_pem.as_bytes(),
+            0o600,
+        )?;
+        pem::write_atomic(
+            &dir.join(format!("{}.crt.pem", self.name)),
+            pem::certs_to_pem(std::slice::from_ref(&self.cert_der)).as_bytes(),
+            0o644,
+        )
+    }
+}
+
+/// Lower-case hex of a certificate's serial number.
+pub(crate) fn hex_serial(der: &[u8]) -> String {
+    match X509Certificate::from_der(der) {
+        Ok((_, c)) => c.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
+        Err(_) => "unknown".into(),
+    }
+}

@@ -1,0 +1,28 @@
+//! Tessera's signing authority.
+//!
+//! Owns the CA keys, issues X.509-SVIDs in the profile the SPIFFE standard asks
+//! for (see `tessera_identity::check_leaf_svid`), rotates the CA with overlap and
+//! publishes the trust bundle.
+//!
+//! Two modes:
+//! - **self-signed** (default): a root CA is created on first start in the data
+//!   directory (key file mode 0600) and reused on restart; rotation is automatic
+//!   and two-phase (a *prepared* CA is published in the bundle before it signs).
+//! - **upstream**: an intermediate CA loaded from PEM files; SVID chains carry the
+//!   intermediate(s) and the bundle holds the upstream roots. Rotation then is the
+//!   operator's job (replace the files, restart).
+
+#![forbid(unsafe_code)]
+
+mod authority;
+mod bundle;
+mod ca;
+mod error;
+mod issue;
+mod oid_patch;
+mod pem;
+
+pub use authority::{Authority, AuthorityConfig, CaMode, RotationPolicy};
+pub use bundle::TrustBundle;
+pub use error::AuthorityError;
+pub use issue::{IssuedSvid, SvidSpec};

@@ -1,0 +1,97 @@
+//! `tessera status`: the agent's trust domain, version, entry count and trust bundle.
+
+use serde_json::json;
+use tessera_proto::tessera::v1 as pb;
+
+use crate::admin::Admin;
+use crate::inspect::{CertSummary, split_der};
+use crate::output::{self, OutputFormat};
+
+/// Help text shown after `tessera status --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  tessera status
+  tessera --admin-socket /var/run/tessera/admin.sock status --output json | jq .trust_domain";
+
+/// Runs `tessera status`.
+pub async fn run(admin: &mut Admin, format: OutputFormat) -> anyhow::Result<String> {
+    let status = admin.status().await?;
+    Ok(render(&status, format, output::now_unix()))
+}
+
+/// The status as text or JSON; `now` decides the "expires in" wording.
+pub fn render(status: &pb::Status, format: OutputFormat, now: i64) -> String {
+    let cas: Vec<Result<CertSummary, String>> = split_der(&status.bundle)
+        .into_iter()
+        .map(|der| CertSummary::parse(&der))
+        .collect();
+    match format {
+        OutputFormat::Json => output::json(&json!({
+            "trust_domain": status.trust_domain,
+            "version": status.version,
+            "entries": status.entries,
+            "bundle": cas.iter().map(|ca| match ca {
+                Ok(ca) => ca.to_json(),
+                Err(err) => json!({ "error": err }),
+            }).collect::<Vec<_>>(),
+        })),
+        OutputFormat::Text => {
+            let mut text = output::kv(
+                0,
+                &[
+                    ("trust domain", status.trust_domain.clone()),
+                    ("version", status.version.clone()),
+                    ("entries", status.entries.to_string()),
+                    ("bundle", format!("{} CA certificate(s)", cas.len())),
+                ],
+            );
+            for (i, ca) in cas.iter().enumerate() {
+                match ca {
+                    Ok(ca) => {
+                        text.push_str(&format!("  [{i}] {}\n", ca.subject));
+                        text.push_str(&output::kv(
+                            6,
+                            &[
+                                ("serial", ca.serial_hex.clone()),
+                                ("not after", format!(
+                                    "{} ({})",
+                                    output::rfc3339(ca.not_after_unix),
+                                    output::expiry(ca.not_after_unix, now)
+                                )),
+                            ],
+                        ));
+                    }
+                    Err(err) => text.push_str(&format!("  [{i}] unreadable certificate: {err}\n")),
+                }
+            }
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::test_certs;
+
+    #[test]
+    fn status_lists_each_ca_of_the_bundle() {
+        let ca = test_certs::ca();
+        let mut bundle = ca.cert.der().to_vec();
+        bundle.extend_from_slice(ca.cert.der());
+        let status = pb::Status {
+            trust_domain: "example.org".into(),
+            version: "0.1.0".into(),
+            bundle,
+            entries: 2,
+        };
+        let text = render(&status, OutputFormat::Text, output::now_unix());
+        assert!(text.contains("trust domain:  example.org"), "{text}");
+        assert!(text.contains("2 CA certificate(s)"), "{text}");
+        assert!(text.contains("[1] CN=Test CA"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&status, OutputFormat::Json, 0)).unwrap();
+        assert_eq!(json["bundle"].as_array().unwrap().len(), 2);
+        assert_eq!(json["entries"], 2);
+    }
+}

@@ -1,0 +1,425 @@
+//! `tessera svid`: fetch X.509-SVIDs from the Workload API like any SPIFFE workload would,
+//! and inspect SVID files.
+//!
+//! `fetch` uses the `spiffe` crate's client on purpose: if it works here, it works for every
+//! standard SPIFFE client, which is the point of speaking the Workload API.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+use pem::{EncodeConfig, LineEnding, Pem};
+use serde_json::json;
+use spiffe::transport::{GrpcStatusCode, TransportError};
+use spiffe::{WorkloadApiClient, WorkloadApiError, X509Context};
+use tessera_identity::TesseraId;
+use zeroize::Zeroizing;
+
+use crate::admin::current_uid;
+use crate::inspect::{CertSummary, InspectArgs, id_parts};
+use crate::output::{self, OutputFormat};
+
+const FETCH_EXAMPLES: &str = "\
+Examples:
+  # Show the identities this process gets (run it as the agent runtime's user):
+  tessera svid fetch
+  # Write them for tools that read files, like `spire-agent api fetch x509 -write`:
+  tessera svid fetch --write /tmp/svid
+  tessera svid inspect /tmp/svid/svid.0.pem
+
+With --write DIR, for each SVID N (0 is the default SVID):
+  svid.N.pem    the certificate chain, leaf first
+  svid.N.key    the private key, PKCS#8 PEM, created with mode 0600
+  bundle.N.pem  the CA certificates of the SVID's trust domain
+DIR is created with mode 0700 if missing. The private key is never printed.";
+
+/// `tessera svid …`.
+#[derive(Debug, Subcommand)]
+pub enum SvidCommand {
+    /// Fetch this process's X.509-SVIDs and trust bundles from the Workload API.
+    #[command(after_long_help = FETCH_EXAMPLES)]
+    Fetch(FetchArgs),
+    /// Show what an SVID certificate file says and check it against Tessera's SVID profile.
+    Inspect(InspectArgs),
+}
+
+/// Arguments of `tessera svid fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Also write the SVIDs, keys and bundles into DIR (see below).
+    #[arg(long, value_name = "DIR")]
+    pub write: Option<PathBuf>,
+
+    /// Give up after this long, e.g. 10s or 1m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::duration::parse_timeout)]
+    pub timeout: Duration,
+}
+
+/// Normalizes the workload endpoint: `unix:///abs/path`, `unix:/abs/path` or a bare
+/// absolute path become `unix:///abs/path`.
+pub fn workload_addr(input: &str) -> Result<String, String> {
+    let path = if let Some(rest) = input.strip_prefix("unix://") {
+        rest
+    } else if let Some(rest) = input.strip_prefix("unix:") {
+        rest
+    } else {
+        input
+    };
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err(format!(
+            "invalid workload endpoint {input:?}: expected unix:///absolute/path or /absolute/path"
+        ));
+    }
+    Ok(format!("unix://{path}"))
+}
+
+/// One fetched SVID, as displayed (never with its key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedSvid {
+    /// The SVID's SPIFFE ID.
+    pub spiffe_id: String,
+    /// The Workload API hint (Tessera: the task id for task SVIDs).
+    pub hint: Option<String>,
+    /// Leaf serial in hex.
+    pub serial_hex: String,
+    /// Leaf expiry.
+    pub not_after_unix: i64,
+    /// Certificates in the chain.
+    pub chain_len: usize,
+}
+
+/// One trust bundle, as displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedBundle {
+    /// The trust domain name.
+    pub trust_domain: String,
+    /// CA certificates in the bundle.
+    pub authorities: usize,
+}
+
+/// Runs `tessera svid fetch`.
+pub async fn fetch(args: &FetchArgs, socket: &str, format: OutputFormat) -> anyhow::Result<()> {
+    let addr = workload_addr(socket).map_err(|e| anyhow!(e))?;
+    let context = tokio::time::timeout(args.timeout, async {
+        let client = WorkloadApiClient::connect_to(&addr).await?;
+        client.fetch_x509_context().await
+    })
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "no answer from the Workload API at {addr} within {:?}: is tessera-agent running?",
+            args.timeout
+        )
+    })?
+    .map_err(|e| workload_error(&e, &addr))?;
+
+    let (svids, bundles) = summarize(&context);
+    let written = match &args.write {
+        Some(dir) => write_files(dir, &context)?,
+        None => Vec::new(),
+    };
+    output::print(&render_fetch(
+        &svids,
+        &bundles,
+        &written,
+        format,
+        output::now_unix(),
+    ))?;
+    Ok(())
+}
+
+/// Explains a Workload API failure.
+fn workload_error(err: &WorkloadApiError, addr: &str) -> anyhow::Error {
+    let uid = current_uid().map_or_else(|| "<uid>".to_owned(), |u| u.to_string());
+    let unreachable = || anyhow!("cannot reach the Workload API at {addr}: is tessera-agent running? ({err})");
+    match err {
+        WorkloadApiError::NoIdentityIssued | WorkloadApiError::PermissionDenied(_) => anyhow!(
+            "tessera-agent at {addr} has no identity for this process (uid {uid}): no registration entry \
+             matches it; an admin can add one with `tessera entry create --client NAME --selector unix:uid:{uid}` ({err})"
+        ),
+        WorkloadApiError::Transport(TransportError::Connect(_)) => unreachable(),
+        WorkloadApiError::Transport(TransportError::Status(s))
+            if s.code() == GrpcStatusCode::Unavailable =>
+        {
+            unreachable()
+        }
+        _ => anyhow!("fetching X.509-SVIDs from {addr} failed: {err}"),
+    }
+}
+
+/// The displayable facts of a fetched context.
+fn summarize(context: &X509Context) -> (Vec<FetchedSvid>, Vec<FetchedBundle>) {
+    let svids = context
+        .svids()
+        .iter()
+        .map(|svid| {
+            let leaf = CertSummary::parse(svid.leaf().as_bytes()).ok();
+            FetchedSvid {
+                spiffe_id: svid.spiffe_id().to_string(),
+                hint: svid.hint().map(str::to_owned),
+                serial_hex: leaf.as_ref().map_or_else(|| "?".to_owned(), |l| l.serial_hex.clone()),
+                not_after_unix: leaf.as_ref().map_or(0, |l| l.not_after_unix),
+                chain_len: svid.cert_chain().len(),
+            }
+        })
+        .collect();
+    let mut bundles: Vec<FetchedBundle> = context
+        .bundle_set()
+        .iter()
+        .map(|(td, bundle)| FetchedBundle {
+            trust_domain: td.to_string(),
+            authorities: bundle.authorities().len(),
+        })
+        .collect();
+    bundles.sort_by(|a, b| a.trust_domain.cmp(&b.trust_domain));
+    (svids, bundles)
+}
+
+/// The fetch report as text or JSON.
+pub fn render_fetch(
+    svids: &[FetchedSvid],
+    bundles: &[FetchedBundle],
+    written: &[PathBuf],
+    format: OutputFormat,
+    now: i64,
+) -> String {
+    match format {
+        OutputFormat::Json => output::json(&json!({
+            "svids": svids.iter().map(|s| json!({
+                "spiffe_id": s.spiffe_id,
+                "kind": kind_of(&s.spiffe_id),
+                "hint": s.hint,
+                "serial": s.serial_hex,
+                "not_after": output::rfc3339(s.not_after_unix),
+                "expires_in_secs": s.not_after_unix - now,
+                "chain_len": s.chain_len,
+            })).collect::<Vec<_>>(),
+            "bundles": bundles.iter().map(|b| json!({
+                "trust_domain": b.trust_domain,
+                "authorities": b.authorities,
+            })).collect::<Vec<_>>(),
+            "written": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        })),
+        OutputFormat::Text => {
+            let mut text = String::new();
+            for (i, s) in svids.iter().enumerate() {
+                let title = if i == 0 { " (default)" } else { "" };
+                text.push_str(&format!("SVID {i}{title}\n"));
+                text.push_str(&output::kv(
+                    2,
+                    &[
+                        ("spiffe id", s.spiffe_id.clone()),
+                        ("kind", kind_of(&s.spiffe_id).to_owned()),
+                        ("hint", s.hint.clone().unwrap_or_else(|| "(none)".to_owned())),
+                        ("serial", s.serial_hex.clone()),
+                        (
+                            "expires",
+                            format!(
+                                "{} ({})",
+                                output::rfc3339(s.not_after_unix),
+                                output::expiry(s.not_after_unix, now)
+                            ),
+                        ),
+                    ],
+                ));
+                text.push('\n');
+            }
+            let domains: Vec<String> = bundles
+                .iter()
+                .map(|b| format!("{} ({} CA)", b.trust_domain, b.authorities))
+                .collect();
+            text.push_str(&format!("bundle trust domains: {}\n", domains.join(", ")));
+            if !written.is_empty() {
+                text.push_str("written:\n");
+                for path in written {
+                    text.push_str(&format!("  {}\n", path.display()));
+                }
+            }
+            text
+        }
+    }
+}
+
+fn kind_of(spiffe_id: &str) -> &'static str {
+    spiffe_id
+        .parse::<TesseraId>()
+        .map_or("not a Tessera id", |id| id_parts(&id).0)
+}
+
+// === writing files ===
+
+/// Writes `svid.N.pem`, `svid.N.key` and `bundle.N.pem` for every SVID into `dir`.
+fn write_files(dir: &Path, context: &X509Context) -> anyhow::Result<Vec<PathBuf>> {
+    ensure_private_dir(dir)?;
+    let config = EncodeConfig::new().set_line_ending(LineEnding::LF);
+    let mut written = Vec::new();
+    for (i, svid) in context.svids().iter().enumerate() {
+        let chain: Vec<Pem> = svid
+            .cert_chain()
+            .iter()
+            .map(|c| Pem::new("CERTIFICATE", c.as_bytes()))
+            .collect();
+        written.push(write_atomic(
+            dir,
+            &format!("svid.{i}.pem"),
+            pem::encode_many_config(&chain, config).as_bytes(),
+            0o644,
+        )?);
+
+        let key = Pem::new("PRIVATE KEY", svid.private_key().as_bytes());
+        let key_pem = Zeroizing::new(pem::encode_config(&key, config));
+        // The DER copy inside `Pem` is wiped too.
+        drop(Zeroizing::new(key.into_contents()));
+        written.push(write_atomic(
+            dir,
+            &format!("svid.{i}.key"),
+            key_pem.as_bytes(),
+            0o600,
+        )?);
+
+        let trust_domain = svid.spiffe_id().trust_domain();
+        let bundle = context.bundle_set().get(trust_domain).with_context(|| {
+            format!("the Workload API sent no bundle for trust domain {trust_domain}")
+        })?;
+        let cas: Vec<Pem> = bundle
+            .authorities()
+            .iter()
+            .map(|c| Pem::new("CERTIFICATE", c.as_bytes()))
+            .collect();
+        written.push(write_atomic(
+            dir,
+            &format!("bundle.{i}.pem"),
+            pem::encode_many_config(&cas, config).as_bytes(),
+            0o644,
+        )?);
+    }
+    Ok(written)
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or checks the existing one.
+fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {
+            if meta.permissions().mode() & 0o022 != 0 {
+                eprintln!(
+                    "warning: {} is writable by other users; they could replace the files written there",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a directory", dir.display()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display())),
+        Err(err) => Err(err).with_context(|| format!("cannot use directory {}", dir.display())),
+    }
+}
+
+/// Writes `contents` to `dir/name` through a fresh temporary file created with `mode`
+/// (`O_CREAT|O_EXCL`, so the mode holds from the first byte and no symlink is followed),
+/// then renames it into place so readers never see a half-written file.
+fn write_atomic(dir: &Path, name: &str, contents: &[u8], mode: u32) -> anyhow::Result<PathBuf> {
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &target)
+    })();
+    if let Err(err) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("cannot write {}", target.display()));
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_addr_accepts_unix_uris_and_absolute_paths() {
+        assert_eq!(workload_addr("unix:///run/tessera/workload.sock").unwrap(), "unix:///run/tessera/workload.sock");
+        assert_eq!(workload_addr("unix:/tmp/w.sock").unwrap(), "unix:///tmp/w.sock");
+        assert_eq!(workload_addr("/tmp/w.sock").unwrap(), "unix:///tmp/w.sock");
+    }
+
+    #[test]
+    fn workload_addr_refuses_relative_paths_and_other_schemes() {
+        for bad in ["w.sock", "unix://host/w.sock", "tcp://127.0.0.1:8081", "unix:///", ""] {
+            let err = workload_addr(bad).unwrap_err();
+            assert!(err.contains("expected unix:///absolute/path"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn fetch_text_lists_ids_hints_and_trust_domains() {
+        let svids = [
+            FetchedSvid {
+                spiffe_id: "spiffe://example.org/client/demo".into(),
+                hint: None,
+                serial_hex: "0a".into(),
+                not_after_unix: 1_000 + 3_600,
+                chain_len: 2,
+            },
+            FetchedSvid {
+                spiffe_id: "spiffe://example.org/client/demo/task/01JB8X4Q6V3M2N7P5R9T0W1Y2Z".into(),
+                hint: Some("01JB8X4Q6V3M2N7P5R9T0W1Y2Z".into()),
+                serial_hex: "0b".into(),
+                not_after_unix: 1_000 + 300,
+                chain_len: 2,
+            },
+        ];
+        let bundles = [FetchedBundle { trust_domain: "example.org".into(), authorities: 1 }];
+        let text = render_fetch(&svids, &bundles, &[], OutputFormat::Text, 1_000);
+        assert!(text.starts_with("SVID 0 (default)\n  spiffe id:  spiffe://example.org/client/demo\n  kind:       client\n"), "{text}");
+        assert!(text.contains("  hint:       01JB8X4Q6V3M2N7P5R9T0W1Y2Z\n"), "{text}");
+        assert!(text.contains("  kind:       task\n"), "{text}");
+        assert!(text.contains("(expires in 5m)"), "{text}");
+        assert!(text.contains("bundle trust domains: example.org (1 CA)"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&render_fetch(&svids, &bundles, &[], OutputFormat::Json, 1_000)).unwrap();
+        assert_eq!(json["svids"][1]["hint"], "01JB8X4Q6V3M2N7P5R9T0W1Y2Z");
+        assert_eq!(json["svids"][0]["expires_in_secs"], 3_600);
+    }
+
+    #[test]
+    fn keys_are_created_0600_and_the_directory_0700() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("out/svid");
+        ensure_private_dir(&dir).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        let key = write_atomic(&dir, "svid.0.key", b"secret", 0o600).unwrap();
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        // Rewriting replaces a file that had a looser mode.
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&dir, "svid.0.key", b"secret2", 0o600).unwrap();
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&key).unwrap(), b"secret2");
+        let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[tokio::test]
+    async fn fetch_from_a_missing_socket_says_the_agent_is_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("workload.sock");
+        let args = FetchArgs { write: None, timeout: Duration::from_secs(5) };
+        let err = fetch(&args, &socket.display().to_string(), OutputFormat::Text)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().starts_with("cannot reach the Workload API at unix://"), "{err}");
+    }
+}

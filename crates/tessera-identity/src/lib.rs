@@ -1,0 +1,47 @@
+//! Tessera's identity model: what a Tessera identity *is*, independent of how certificates
+//! are issued or how TLS uses them.
+//!
+//! * [`TrustDomain`], [`ClientName`], [`ServerName`], [`TaskId`]: the validated parts.
+//! * [`ClientId`], [`TaskSpiffeId`], [`ServerId`], [`TesseraId`]: the three SPIFFE ID shapes
+//!   (`spiffe://td/client/<name>`, `.../client/<name>/task/<ulid>`, `spiffe://td/mcp/<name>`),
+//!   each parsing exactly what it prints; [`validate_spiffe_id`] for the generic SPIFFE rules.
+//! * [`Scope`], [`ScopeSet`]: which MCP operations a task may use.
+//! * [`TaskClaims`]: the DER task-claims extension of a task SVID.
+//! * [`check_leaf_svid`], [`check_signing_cert`]: X.509-SVID profile checks.
+//!
+//! The crate is pure: no I/O, no async, no clock (except [`TaskId::new`], which reads the
+//! system time to mint a ULID). Validity windows are returned for callers to compare with
+//! their own, injectable, time.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod claims;
+mod error;
+mod id;
+mod name;
+mod scope;
+mod spiffe_id;
+mod svid;
+mod task_id;
+mod trust_domain;
+
+pub use claims::{
+    ClaimsError, MAX_CLAIMS_DER_LEN, MAX_CONSENT_ID_LEN, MAX_PURPOSE_LEN, MAX_SCOPES,
+    MAX_SUBJECT_LEN, TASK_CLAIMS_OID, TASK_CLAIMS_OID_ARCS, TASK_CLAIMS_VERSION, TaskClaims,
+    TextField, task_claims_oid, task_claims_oid_der,
+};
+pub use error::IdError;
+pub use id::{ClientId, IdKind, ServerId, TaskSpiffeId, TesseraId};
+pub use name::{ClientName, MAX_NAME_LEN, ServerName};
+pub use scope::{MAX_RESOURCE_PATTERN_LEN, Scope, ScopeError, ScopeKind, ScopeSet};
+pub use spiffe_id::{MAX_SPIFFE_ID_LEN, validate_spiffe_id};
+pub use svid::{LeafSvid, ProfileError, check_leaf_svid, check_signing_cert};
+pub use task_id::TaskId;
+pub use trust_domain::{MAX_TRUST_DOMAIN_LEN, TrustDomain};
+
+/// Re-exported so callers can name [`TaskId::from_ulid`]'s argument without a direct dependency.
+pub use ulid::Ulid;
+
+#[cfg(test)]
+mod proptests;

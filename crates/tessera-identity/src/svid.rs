@@ -1,0 +1,417 @@
+//! X.509-SVID profile checks (`standards/X509-SVID.md`), plus Tessera's task claims.
+//!
+//! These are the structural checks a verifier runs on a certificate *in addition to*
+//! RFC 5280 path validation, which is done elsewhere (rustls/webpki against the trust
+//! bundle). Nothing here verifies signatures or looks at the clock: [`LeafSvid`] returns the
+//! validity window so callers compare it with their own (injectable) time.
+
+use std::collections::HashSet;
+
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
+use x509_parser::prelude::FromDer;
+
+use crate::claims::{ClaimsError, TaskClaims, task_claims_oid_der};
+use crate::error::IdError;
+use crate::id::{ClientId, TaskSpiffeId, TesseraId};
+use crate::spiffe_id::validate_spiffe_id;
+use crate::task_id::TaskId;
+use crate::trust_domain::TrustDomain;
+
+/// What a leaf X.509-SVID that passed [`check_leaf_svid`] says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeafSvid {
+    /// The SPIFFE ID from the single URI SAN, exactly as written in the certificate.
+    pub spiffe_id: String,
+    /// The trust domain of that SPIFFE ID.
+    pub trust_domain: TrustDomain,
+    /// The serial number, lowercase hex without separators or leading zero bytes
+    /// (at least two digits), for revocation lists and audit.
+    pub serial_hex: String,
+    /// Start of validity, seconds since the Unix epoch.
+    pub not_before_unix: i64,
+    /// End of validity, seconds since the Unix epoch.
+    pub not_after_unix: i64,
+    /// The task claims extension, if the certificate carries one. When `Some`, its task id
+    /// and client id equal those of the URI SAN.
+    pub claims: Option<TaskClaims>,
+    /// The SPIFFE ID as a Tessera identity, if it has one of the Tessera shapes; `None` for
+    /// other valid SPIFFE IDs (callers that only accept Tessera peers refuse those).
+    pub tessera_id: Option<TesseraId>,
+}
+
+/// A certificate that does not fit the X.509-SVID profile.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileError {
+    /// The bytes are not a DER X.509 certificate.
+    #[error("not a DER X.509 certificate: {reason}")]
+    Malformed {
+        /// The parser's message.
+        reason: String,
+    },
+    /// Bytes follow the certificate.
+    #[error("{len} bytes follow the certificate")]
+    TrailingData {
+        /// Number of trailing bytes.
+        len: usize,
+    },
+    /// An extension appears more than once (RFC 5280 forbids it).
+    #[error("extension {oid} appears more than once")]
+    DuplicateExtension {
+        /// Dotted OID of the extension.
+        oid: String,
+    },
+    /// A standard extension's contents do not parse.
+    #[error("extension {oid} is malformed")]
+    MalformedExtension {
+        /// Dotted OID of the extension.
+        oid: String,
+    },
+    /// A leaf does not have exactly one URI SAN.
+    #[error("leaf SVID must have exactly one URI SAN, found {found}")]
+    UriSanCount {
+        /// Number of URI SANs found (0 when there is no SAN extension at all).
+        found: usize,
+    },
+    /// A URI SAN is not a valid SPIFFE ID.
+    #[error("URI SAN {uri:?} is not a valid SPIFFE ID: {source}")]
+    InvalidSpiffeId {
+        /// The URI SAN.
+        uri: String,
+        /// The SPIFFE rule it breaks.
+        #[source]
+        source: IdError,
+    },
+    /// A leaf's SPIFFE ID has no path (it names a trust domain, not a workload).
+    #[error("leaf SVID SPIFFE ID {spiffe_id:?} has no path")]
+    LeafRootPath {
+        /// The SPIFFE ID.
+        spiffe_id: String,
+    },
+    /// A signing certificate's SPIFFE ID has a path.
+    #[error("signing certificate SPIFFE ID {spiffe_id:?} must not have a path")]
+    SigningCertPath {
+        /// The SPIFFE ID.
+        spiffe_id: String,
+    },
+    /// The subject is empty but the SAN extension is not critical (RFC 5280 §4.2.1.6).
+    #[error("subject is empty but the subjectAltName extension is not critical")]
+    SanNotCritical,
+    /// The BasicConstraints extension is missing.
+    #[error("BasicConstraints extension is missing")]
+    MissingBasicConstraints,
+    /// A leaf has `cA=true`.
+    #[error("leaf SVID has cA=true")]
+    LeafIsCa,
+    /// A signing certificate has `cA=false`.
+    #[error("signing certificate has cA=false")]
+    SigningCertNotCa,
+    /// The KeyUsage extension is missing.
+    #[error("KeyUsage extension is missing")]
+    MissingKeyUsage,
+    /// The KeyUsage extension is not critical.
+    #[error("KeyUsage extension is not critical")]
+    KeyUsageNotCritical,
+    /// A leaf lacks `digitalSignature`.
+    #[error("leaf SVID KeyUsage lacks digitalSignature")]
+    MissingDigitalSignature,
+    /// A leaf has `keyCertSign`.
+    #[error("leaf SVID KeyUsage has keyCertSign")]
+    LeafKeyCertSign,
+    /// A leaf has `cRLSign`.
+    #[error("leaf SVID KeyUsage has cRLSign")]
+    LeafCrlSign,
+    /// A signing certificate lacks `keyCertSign`.
+    #[error("signing certificate KeyUsage lacks keyCertSign")]
+    MissingKeyCertSign,
+    /// The ExtendedKeyUsage extension is present but lacks serverAuth or clientAuth.
+    #[error(
+        "ExtendedKeyUsage must contain serverAuth and clientAuth (serverAuth: {server_auth}, clientAuth: {client_auth})"
+    )]
+    ExtendedKeyUsage {
+        /// Whether serverAuth is present.
+        server_auth: bool,
+        /// Whether clientAuth is present.
+        client_auth: bool,
+    },
+    /// The task-claims extension is marked critical; it must not be, so plain SPIFFE
+    /// verifiers still accept the SVID.
+    #[error("task claims extension is critical")]
+    ClaimsCritical,
+    /// The task-claims extension does not decode or breaks a claims rule.
+    #[error("task claims extension is invalid: {0}")]
+    InvalidClaims(#[source] ClaimsError),
+    /// The certificate carries task claims, but its SPIFFE ID is not a task id.
+    #[error("task claims on an SVID whose SPIFFE ID {spiffe_id:?} is not a task id")]
+    ClaimsWithoutTaskId {
+        /// The SPIFFE ID.
+        spiffe_id: String,
+    },
+    /// The claims' task id differs from the task in the URI SAN.
+    #[error("task claims task id {claims} differs from URI SAN task id {san}")]
+    ClaimsTaskMismatch {
+        /// Task id in the URI SAN.
+        san: TaskId,
+        /// Task id in the claims.
+        claims: TaskId,
+    },
+    /// The claims' client id differs from the client in the URI SAN.
+    #[error("task claims client id {claims} differs from URI SAN client id {san}")]
+    ClaimsClientMismatch {
+        /// Client id in the URI SAN.
+        san: ClientId,
+        /// Client id in the claims.
+        claims: ClientId,
+    },
+}
+
+/// Checks a DER leaf certificate against the X.509-SVID profile and Tessera's claims rules.
+///
+/// Requires: exactly one URI SAN, a valid SPIFFE ID with a non-root path; BasicConstraints
+/// present with `cA=false`; KeyUsage present and critical, with `digitalSignature` and
+/// without `keyCertSign`/`cRLSign`; ExtendedKeyUsage, if present, with both serverAuth and
+/// clientAuth; a critical SAN extension when the subject is empty; no duplicate or
+/// malformed standard extensions. The task-claims extension, if present, must be
+/// non-critical, decode, and match the URI SAN, which must then be a [`TaskSpiffeId`].
+/// A task SAN without claims passes (`claims: None`): whether to require them is the
+/// caller's policy.
+///
+/// # Errors
+/// The first profile rule broken, as a [`ProfileError`].
+pub fn check_leaf_svid(der: &[u8]) -> Result<LeafSvid, ProfileError> {
+    let cert = parse(der)?;
+    let tbs = &cert.tbs_certificate;
+    check_extensions_well_formed(tbs.extensions())?;
+
+    let uris = uri_sans(&cert)?;
+    let [uri] = uris.as_slice() else {
+        return Err(ProfileError::UriSanCount { found: uris.len() });
+    };
+    let (trust_domain, path) =
+        validate_spiffe_id(uri).map_err(|source| ProfileError::InvalidSpiffeId {
+            uri: (*uri).to_owned(),
+            source,
+        })?;
+    if path.is_empty() {
+        return Err(ProfileError::LeafRootPath {
+            spiffe_id: (*uri).to_owned(),
+        });
+    }
+
+    let bc = tbs
+        .basic_constraints()
+        .map_err(|_| malformed_ext(&x509_parser::oid_registry::OID_X509_EXT_BASIC_CONSTRAINTS))?
+        .ok_or(ProfileError::MissingBasicConstraints)?;
+    if bc.value.ca {
+        return Err(ProfileError::LeafIsCa);
+    }
+
+    let ku = tbs
+        .key_usage()
+        .map_err(|_| malformed_ext(&x509_parser::oid_registry::OID_X509_EXT_KEY_USAGE))?
+        .ok_or(ProfileError::MissingKeyUsage)?;
+    if !ku.critical {
+        return Err(ProfileError::KeyUsageNotCritical);
+    }
+    if !ku.value.digital_signature() {
+        return Err(ProfileError::MissingDigitalSignature);
+    }
+    if ku.value.key_cert_sign() {
+        return Err(ProfileError::LeafKeyCertSign);
+    }
+    if ku.value.crl_sign() {
+        return Err(ProfileError::LeafCrlSign);
+    }
+
+    let eku = tbs
+        .extended_key_usage()
+        .map_err(|_| malformed_ext(&x509_parser::oid_registry::OID_X509_EXT_EXTENDED_KEY_USAGE))?;
+    if let Some(eku) = eku
+        && !(eku.value.server_auth && eku.value.client_auth)
+    {
+        return Err(ProfileError::ExtendedKeyUsage {
+            server_auth: eku.value.server_auth,
+            client_auth: eku.value.client_auth,
+        });
+    }
+
+    let tessera_id: Option<TesseraId> = uri.parse().ok();
+    let claims = match claims_extension(tbs.extensions()) {
+        None => None,
+        Some(ext) => {
+            if ext.critical {
+                return Err(ProfileError::ClaimsCritical);
+            }
+            let claims = TaskClaims::from_der(ext.value).map_err(ProfileError::InvalidClaims)?;
+            let Some(TesseraId::Task(san)) = &tessera_id else {
+                return Err(ProfileError::ClaimsWithoutTaskId {
+                    spiffe_id: (*uri).to_owned(),
+                });
+            };
+            check_claims_match(san, &claims)?;
+            Some(claims)
+        }
+    };
+
+    Ok(LeafSvid {
+        spiffe_id: (*uri).to_owned(),
+        trust_domain,
+        serial_hex: serial_hex(tbs.raw_serial()),
+        not_before_unix: tbs.validity().not_before.timestamp(),
+        not_after_unix: tbs.validity().not_after.timestamp(),
+        claims,
+        tessera_id,
+    })
+}
+
+/// Checks a DER CA certificate (root or intermediate) against the X.509-SVID profile for
+/// signing certificates.
+///
+/// Requires: BasicConstraints present with `cA=true`; KeyUsage present and critical with
+/// `keyCertSign`; every `spiffe:` URI SAN a valid SPIFFE ID without a path (a trust domain
+/// ID); a critical SAN extension when the subject is empty; no duplicate or malformed
+/// standard extensions.
+///
+/// # Errors
+/// The first profile rule broken, as a [`ProfileError`].
+pub fn check_signing_cert(der: &[u8]) -> Result<(), ProfileError> {
+    let cert = parse(der)?;
+    let tbs = &cert.tbs_certificate;
+    check_extensions_well_formed(tbs.extensions())?;
+
+    for uri in uri_sans(&cert)? {
+        // Only SPIFFE IDs are constrained; the scheme is matched case-insensitively here
+        // so `SPIFFE://..` cannot slip past as "not a SPIFFE ID".
+        let is_spiffe = uri
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"));
+        if !is_spiffe {
+            continue;
+        }
+        let (_, path) =
+            validate_spiffe_id(uri).map_err(|source| ProfileError::InvalidSpiffeId {
+                uri: uri.to_owned(),
+                source,
+            })?;
+        if !path.is_empty() {
+            return Err(ProfileError::SigningCertPath {
+                spiffe_id: uri.to_owned(),
+            });
+        }
+    }
+
+    let bc = tbs
+        .basic_constraints()
+        .map_err(|_| malformed_ext(&x509_parser::oid_registry::OID_X509_EXT_BASIC_CONSTRAINTS))?
+        .ok_or(ProfileError::MissingBasicConstraints)?;
+    if !bc.value.ca {
+        return Err(ProfileError::SigningCertNotCa);
+    }
+
+    let ku = tbs
+        .key_usage()
+        .map_err(|_| malformed_ext(&x509_parser::oid_registry::OID_X509_EXT_KEY_USAGE))?
+        .ok_or(ProfileError::MissingKeyUsage)?;
+    if !ku.critical {
+        return Err(ProfileError::KeyUsageNotCritical);
+    }
+    if !ku.value.key_cert_sign() {
+        return Err(ProfileError::MissingKeyCertSign);
+    }
+    Ok(())
+}
+
+/// Parses exactly one DER certificate.
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, ProfileError> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| ProfileError::Malformed {
+        reason: e.to_string(),
+    })?;
+    if !rest.is_empty() {
+        return Err(ProfileError::TrailingData { len: rest.len() });
+    }
+    Ok(cert)
+}
+
+/// Refuses duplicate extensions and standard extensions whose contents do not parse.
+fn check_extensions_well_formed(extensions: &[X509Extension<'_>]) -> Result<(), ProfileError> {
+    let mut seen = HashSet::new();
+    for ext in extensions {
+        if !seen.insert(ext.oid.as_bytes()) {
+            return Err(ProfileError::DuplicateExtension {
+                oid: ext.oid.to_id_string(),
+            });
+        }
+        if let ParsedExtension::ParseError { .. } = ext.parsed_extension() {
+            return Err(malformed_ext(&ext.oid));
+        }
+    }
+    Ok(())
+}
+
+/// The URI SANs of `cert`, checking SAN criticality when the subject is empty.
+fn uri_sans<'a>(cert: &'a X509Certificate<'a>) -> Result<Vec<&'a str>, ProfileError> {
+    let tbs = &cert.tbs_certificate;
+    let san = tbs
+        .subject_alternative_name()
+        .map_err(|_| malformed_ext(&x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME))?;
+    let Some(san) = san else {
+        return Ok(Vec::new());
+    };
+    if tbs.subject().iter().next().is_none() && !san.critical {
+        return Err(ProfileError::SanNotCritical);
+    }
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The task-claims extension, if present (duplicates were refused already).
+fn claims_extension<'a, 'b>(extensions: &'b [X509Extension<'a>]) -> Option<&'b X509Extension<'a>> {
+    extensions
+        .iter()
+        .find(|ext| ext.oid.as_bytes() == task_claims_oid_der())
+}
+
+/// Requires the claims to name the same task and client as the URI SAN.
+fn check_claims_match(san: &TaskSpiffeId, claims: &TaskClaims) -> Result<(), ProfileError> {
+    if claims.task_id != san.task {
+        return Err(ProfileError::ClaimsTaskMismatch {
+            san: san.task,
+            claims: claims.task_id,
+        });
+    }
+    if claims.client_id != san.client {
+        return Err(ProfileError::ClaimsClientMismatch {
+            san: san.client.clone(),
+            claims: claims.client_id.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// A `MalformedExtension` error for `oid`.
+fn malformed_ext(oid: &x509_parser::oid_registry::Oid<'_>) -> ProfileError {
+    ProfileError::MalformedExtension {
+        oid: oid.to_id_string(),
+    }
+}
+
+/// Lowercase hex of the serial's magnitude: leading zero bytes (DER sign padding) dropped,
+/// at least one byte kept.
+fn serial_hex(raw: &[u8]) -> String {
+    let start = raw
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    raw[start..].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+//! The append-only audit log.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use crate::{Store, StoreError};
+
+/// Longest audit kind accepted, in bytes (kinds are short dotted names like `entry.create`).
+pub const MAX_AUDIT_KIND_LEN: usize = 64;
+/// Longest audit actor accepted, in bytes: room for a full SPIFFE ID (at most 2048 bytes).
+pub const MAX_AUDIT_ACTOR_LEN: usize = 2048;
+/// Most records [`Store::list_audit`] returns per call; larger limits are clamped to this.
+pub const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// One audit log record.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AuditRecord {
+    /// Position in the log; strictly increasing, never reused.
+    pub seq: i64,
+    /// When it was written, unix milliseconds.
+    pub at_unix_ms: i64,
+    /// What happened, e.g. `entry.create`.
+    pub kind: String,
+    /// Who did it, e.g. the admin's uid or a SPIFFE ID. May be empty for the system itself.
+    pub actor: String,
+    /// Structured details of the event.
+    pub detail: serde_json::Value,
+}
+
+// === impl Store: audit ===
+
+impl Store {
+    /// Appends a record to the audit log in its own transaction and returns its sequence
+    /// number. Changes made through the store's own APIs (e.g. [`Store::create_entry`])
+    /// write their audit records themselves, in the change's transaction.
+    pub async fn append_audit(
+        &self,
+        kind: &str,
+        actor: &str,
+        detail: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        insert(&mut conn, kind, actor, detail).await
+    }
+
+    /// Up to `limit` records (clamped to [`MAX_AUDIT_PAGE`]) with `seq > after_seq`, in
+    /// sequence order. Page through the log by passing the last `seq` seen; start at 0.
+    pub async fn list_audit(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, actor, detail FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after_seq)
+        .bind(limit.min(MAX_AUDIT_PAGE))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+/// Writes one audit record on `conn` (a plain connection or an open transaction) and
+/// returns its sequence number.
+pub(crate) async fn insert(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    actor: &str,
+    detail: &serde_json::Value,
+) -> Result<i64, StoreError> {
+    validate_kind(kind)?;
+    validate_actor(actor)?;
+    let detail = serde_json::to_string(detail).expect("a serde_json::Value always serialises");
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO audit (at, kind, actor, detail) VALUES (?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(crate::store::unix_millis())
+    .bind(kind)
+    .bind(actor)
+    .bind(detail)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(seq)
+}
+
+fn validate_kind(kind: &str) -> Result<(), StoreError> {
+    if kind.is_empty() || kind.len() > MAX_AUDIT_KIND_LEN {
+        return Err(StoreError::InvalidAuditField {
+            field: "kind",
+            min: 1,
+            max: MAX_AUDIT_KIND_LEN,
+            len: kind.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks an actor's length; used before a change starts, so a bad actor fails early.
+pub(crate) fn validate_actor(actor: &str) -> Result<(), StoreError> {
+    if actor.len() > MAX_AUDIT_ACTOR_LEN {
+        return Err(StoreError::InvalidAuditField {
+            field: "actor",
+            min: 0,
+            max: MAX_AUDIT_ACTOR_LEN,
+            len: actor.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Decodes an `audit` row, reporting malformed detail JSON as [`StoreError::Corrupt`].
+fn decode(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+    let seq: i64 = row.try_get("seq")?;
+    let detail: String = row.try_get("detail")?;
+    let detail = serde_json::from_str(&detail).map_err(|error| StoreError::Corrupt {
+        table: "audit",
+        id: seq.to_string(),
+        reason: format!("detail: {error}"),
+    })?;
+    Ok(AuditRecord {
+        seq,
+        at_unix_ms: row.try_get("at")?,
+        kind: row.try_get("kind")?,
+        actor: row.try_get("actor")?,
+        detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::open_temp;
+
+    #[tokio::test]
+    async fn appended_records_page_in_sequence_order() {
+        let (_dir, _path, store) = open_temp().await;
+        let mut seqs = Vec::new();
+        for i in 0..5 {
+            let seq = store
+                .append_audit(
+                    "task.begin",
+                    "spiffe://acme.corp/client/a",
+                    &json!({ "i": i }),
+                )
+                .await
+                .unwrap();
+            seqs.push(seq);
+        }
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+
+        let first = store.list_audit(0, 2).await.unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].seq, seqs[0]);
+        assert_eq!(first[0].kind, "task.begin");
+        assert_eq!(first[0].actor, "spiffe://acme.corp/client/a");
+        assert_eq!(first[0].detail, json!({ "i": 0 }));
+        assert!(first[0].at_unix_ms > 1_600_000_000_000);
+
+        let rest = store.list_audit(first[1].seq, 100).await.unwrap();
+        let details: Vec<_> = rest.iter().map(|r| r.detail["i"].clone()).collect();
+        assert_eq!(details, [json!(2), json!(3), json!(4)]);
+        assert!(store.list_audit(seqs[4], 100).await.unwrap().is_empty());
+        assert!(store.list_audit(0, 0).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn list_limit_is_clamped() {
+        let (_dir, _path, store) = open_temp().await;
+        for _ in 0..(MAX_AUDIT_PAGE + 5) {
+            store.append_audit("k", "", &json!(null)).await.unwrap();
+        }
+        let page = store.list_audit(0, u32::MAX).await.unwrap();
+        assert_eq!(page.len(), MAX_AUDIT_PAGE as usize);
+    }
+
+    #[tokio::test]
+    async fn bad_kind_and_actor_are_rejected() {
+        let (_dir, _path, store) = open_temp().await;
+        let error = store.append_audit("", "a", &json!({})).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::InvalidAuditField { field: "kind", .. }),
+            "{error:?}"
+        );
+        let long_kind = "k".repeat(MAX_AUDIT_KIND_LEN + 1);
+        let error = store
+            .append_audit(&long_kind, "a", &json!({}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::InvalidAuditField { field: "kind", .. }),
+            "{error:?}"
+        );
+        let long_actor = "a".repeat(MAX_AUDIT_ACTOR_LEN + 1);
+        let error = store
+            .append_audit("k", &long_actor, &json!({}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::InvalidAuditField { field: "actor", .. }),
+            "{error:?}"
+        );
+        assert!(store.list_audit(0, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_are_never_reused() {
+        let (_dir, _path, store) = open_temp().await;
+        let first = store.append_audit("k", "", &json!({})).await.unwrap();
+        sqlx::query("DELETE FROM audit")
+            .execute(&store.inner.pool)
+            .await
+            .unwrap();
+        let second = store.append_audit("k", "", &json!({})).await.unwrap();
+        assert!(second > first);
+    }
+}

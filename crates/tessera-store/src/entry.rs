@@ -1,0 +1,565 @@
+//! Registration entries: a selector set that, when all of it matches a caller, makes the
+//! caller the entry's client.
+
+use serde_json::json;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use crate::{Store, StoreError, audit};
+
+/// Longest client name accepted, in bytes.
+pub const MAX_CLIENT_LEN: usize = 128;
+/// Most selectors one entry may have.
+pub const MAX_SELECTORS: usize = 32;
+/// Longest selector accepted, in bytes.
+pub const MAX_SELECTOR_LEN: usize = 1024;
+
+/// Audit kind written when an entry is created.
+const KIND_CREATE: &str = "entry.create";
+/// Audit kind written when an entry is deleted.
+const KIND_DELETE: &str = "entry.delete";
+
+/// A registration entry to create. The store assigns the id and the creation time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEntry {
+    /// The client name the matching caller becomes; validated against the identity scheme
+    /// by the caller, length-checked here (1..=[`MAX_CLIENT_LEN`] bytes).
+    pub client: String,
+    /// Selectors that must all match, e.g. `unix:uid:1001`. 1..=[`MAX_SELECTORS`] of them,
+    /// each 1..=[`MAX_SELECTOR_LEN`] bytes. Order and repeats do not matter: the set is
+    /// stored sorted and deduplicated.
+    pub selectors: Vec<String>,
+    /// TTL for this client's SVIDs; `None` for the agent's default. Must not be 0.
+    pub svid_ttl_secs: Option<u32>,
+}
+
+/// A stored registration entry.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Entry {
+    /// Store-generated ULID.
+    pub id: String,
+    /// The client name a matching caller becomes.
+    pub client: String,
+    /// The selector set, sorted and deduplicated.
+    pub selectors: Vec<String>,
+    /// TTL for this client's SVIDs; `None` for the agent's default.
+    pub svid_ttl_secs: Option<u32>,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+}
+
+impl NewEntry {
+    /// Checks the limits and returns the canonical (sorted, deduplicated) selector set.
+    fn validate(&self) -> Result<Vec<String>, StoreError> {
+        if self.client.is_empty() || self.client.len() > MAX_CLIENT_LEN {
+            return Err(StoreError::InvalidClient {
+                len: self.client.len(),
+            });
+        }
+        if self.selectors.is_empty() || self.selectors.len() > MAX_SELECTORS {
+            return Err(StoreError::InvalidSelectorCount {
+                count: self.selectors.len(),
+            });
+        }
+        for (index, selector) in self.selectors.iter().enumerate() {
+            if selector.is_empty() || selector.len() > MAX_SELECTOR_LEN {
+                return Err(StoreError::InvalidSelector {
+                    index,
+                    len: selector.len(),
+                });
+            }
+        }
+        if self.svid_ttl_secs == Some(0) {
+            return Err(StoreError::InvalidSvidTtl);
+        }
+        let mut selectors = self.selectors.clone();
+        selectors.sort_unstable();
+        selectors.dedup();
+        Ok(selectors)
+    }
+}
+
+// === impl Store: entries ===
+
+impl Store {
+    /// Creates an entry and its `entry.create` audit record in one transaction.
+    ///
+    /// Fails with [`StoreError::DuplicateEntry`] if the client already has an entry with
+    /// the same selector set (compared after sorting and deduplicating).
+    pub async fn create_entry(&self, new: NewEntry, actor: &str) -> Result<Entry, StoreError> {
+        let selectors = new.validate()?;
+        audit::validate_actor(actor)?;
+        let selectors_json =
+            serde_json::to_string(&selectors).expect("a Vec<String> always serialises to JSON");
+
+        let id = ulid::Ulid::new();
+        let created_at = i64::try_from(id.timestamp_ms() / 1000).unwrap_or(i64::MAX);
+        let entry = Entry {
+            id: id.to_string(),
+            client: new.client,
+            selectors,
+            svid_ttl_secs: new.svid_ttl_secs,
+            created_at,
+        };
+
+        // IMMEDIATE: take the write lock before the duplicate check, so the check and the
+        // insert see the same state and concurrent writers wait (busy_timeout) instead of
+        // failing to upgrade a read transaction.
+        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT id FROM entries WHERE client = ? AND selectors = ?")
+                .bind(&entry.client)
+                .bind(&selectors_json)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(existing_id) = existing {
+            return Err(StoreError::DuplicateEntry { existing_id });
+        }
+        sqlx::query(
+            "INSERT INTO entries (id, client, selectors, svid_ttl_secs, created_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&entry.id)
+        .bind(&entry.client)
+        .bind(&selectors_json)
+        .bind(entry.svid_ttl_secs.map(i64::from))
+        .bind(entry.created_at)
+        .execute(&mut *tx)
+        .await?;
+        audit::insert(&mut tx, KIND_CREATE, actor, &json!({ "entry": &entry })).await?;
+        tx.commit().await?;
+
+        self.bump_entries_revision();
+        tracing::info!(id = %entry.id, client = %entry.client, actor, "entry created");
+        Ok(entry)
+    }
+
+    /// All entries, oldest first (by creation time, then id).
+    pub async fn list_entries(&self) -> Result<Vec<Entry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, client, selectors, svid_ttl_secs, created_at
+             FROM entries ORDER BY created_at, id",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// The entry with this id, if any.
+    pub async fn get_entry(&self, id: &str) -> Result<Option<Entry>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, client, selectors, svid_ttl_secs, created_at FROM entries WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// Deletes the entry with this id and writes an `entry.delete` audit record (holding
+    /// the deleted entry) in the same transaction. Returns `false`, writing nothing, if
+    /// there was no such entry.
+    pub async fn delete_entry(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
+        audit::validate_actor(actor)?;
+        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "DELETE FROM entries WHERE id = ?
+             RETURNING id, client, selectors, svid_ttl_secs, created_at",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        // Decoding the deleted row keeps the audit record faithful, and refuses to
+        // delete (rolls back) a row we could not describe.
+        let entry = decode(&row)?;
+        audit::insert(&mut tx, KIND_DELETE, actor, &json!({ "entry": &entry })).await?;
+        tx.commit().await?;
+
+        self.bump_entries_revision();
+        tracing::info!(id, client = %entry.client, actor, "entry deleted");
+        Ok(true)
+    }
+}
+
+/// Decodes an `entries` row, reporting anything malformed as [`StoreError::Corrupt`].
+fn decode(row: &SqliteRow) -> Result<Entry, StoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        table: "entries",
+        id: id.clone(),
+        reason,
+    };
+    let selectors_json: String = row.try_get("selectors")?;
+    let selectors: Vec<String> = serde_json::from_str(&selectors_json)
+        .map_err(|error| corrupt(format!("selectors: {error}")))?;
+    if selectors.is_empty() {
+        return Err(corrupt("selectors: empty".to_owned()));
+    }
+    let svid_ttl_secs: Option<i64> = row.try_get("svid_ttl_secs")?;
+    let svid_ttl_secs = svid_ttl_secs
+        .map(u32::try_from)
+        .transpose()
+        .map_err(|error| corrupt(format!("svid_ttl_secs: {error}")))?;
+    Ok(Entry {
+        client: row.try_get("client")?,
+        selectors,
+        svid_ttl_secs,
+        created_at: row.try_get("created_at")?,
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::testing::{new_entry, open_temp};
+
+    #[tokio::test]
+    async fn create_list_get_delete_round_trip() {
+        let (_dir, _path, store) = open_temp().await;
+        let mut new = new_entry("code-reviewer", &["unix:uid:1001", "unix:sha256:ab"]);
+        new.svid_ttl_secs = Some(600);
+        let created = store.create_entry(new, "admin").await.unwrap();
+        assert!(ulid::Ulid::from_string(&created.id).is_ok());
+        assert_eq!(created.client, "code-reviewer");
+        assert_eq!(created.selectors, ["unix:sha256:ab", "unix:uid:1001"]);
+        assert_eq!(created.svid_ttl_secs, Some(600));
+        assert!(created.created_at > 1_600_000_000);
+
+        let other = store
+            .create_entry(new_entry("docs-bot", &["unix:uid:1002"]), "admin")
+            .await
+            .unwrap();
+
+        assert_eq!(
+            store.list_entries().await.unwrap(),
+            vec![created.clone(), other.clone()]
+        );
+        assert_eq!(
+            store.get_entry(&created.id).await.unwrap(),
+            Some(created.clone())
+        );
+        assert_eq!(
+            store.get_entry("01ARZ3NDEKTSV4RRFFQ69G5FAV").await.unwrap(),
+            None
+        );
+
+        assert!(store.delete_entry(&created.id, "admin").await.unwrap());
+        assert!(!store.delete_entry(&created.id, "admin").await.unwrap());
+        assert_eq!(store.get_entry(&created.id).await.unwrap(), None);
+        assert_eq!(store.list_entries().await.unwrap(), vec![other]);
+    }
+
+    #[tokio::test]
+    async fn duplicate_selector_set_is_refused_with_existing_id() {
+        let (_dir, _path, store) = open_temp().await;
+        let first = store
+            .create_entry(new_entry("a", &["k8s:ns:agents", "k8s:sa:a"]), "admin")
+            .await
+            .unwrap();
+        // Same set in another order, with a repeat: still the same set.
+        let error = store
+            .create_entry(
+                new_entry("a", &["k8s:sa:a", "k8s:ns:agents", "k8s:sa:a"]),
+                "admin",
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, StoreError::DuplicateEntry { existing_id } if *existing_id == first.id),
+            "{error:?}"
+        );
+        // Another client, or a different set, is not a duplicate.
+        store
+            .create_entry(new_entry("b", &["k8s:ns:agents", "k8s:sa:a"]), "admin")
+            .await
+            .unwrap();
+        store
+            .create_entry(new_entry("a", &["k8s:ns:agents"]), "admin")
+            .await
+            .unwrap();
+        assert_eq!(store.list_entries().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn entries_survive_close_and_reopen() {
+        let (_dir, path, store) = open_temp().await;
+        let created = store
+            .create_entry(new_entry("a", &["unix:uid:1"]), "admin")
+            .await
+            .unwrap();
+        store.close().await;
+
+        let store = Store::open(&path).await.unwrap();
+        assert_eq!(store.list_entries().await.unwrap(), vec![created.clone()]);
+        let audit = store.list_audit(0, 10).await.unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].detail["entry"]["id"], created.id.as_str());
+    }
+
+    #[tokio::test]
+    async fn entry_changes_are_audited_in_order() {
+        let (_dir, _path, store) = open_temp().await;
+        let before = store
+            .append_audit("test.marker", "t", &json!({}))
+            .await
+            .unwrap();
+        let created = store
+            .create_entry(new_entry("a", &["unix:uid:1"]), "uid:0")
+            .await
+            .unwrap();
+        let _ = store
+            .create_entry(new_entry("a", &["unix:uid:1"]), "uid:0")
+            .await
+            .unwrap_err();
+        assert!(!store.delete_entry("no-such-entry", "uid:0").await.unwrap());
+        store.delete_entry(&created.id, "uid:1").await.unwrap();
+
+        let audit = store.list_audit(before, 100).await.unwrap();
+        let kinds: Vec<_> = audit.iter().map(|r| r.kind.as_str()).collect();
+        // The refused duplicate and the no-op delete wrote nothing.
+        assert_eq!(kinds, ["entry.create", "entry.delete"]);
+        assert!(audit[0].seq > before && audit[1].seq > audit[0].seq);
+        assert!(audit[1].at_unix_ms >= audit[0].at_unix_ms);
+        assert_eq!(audit[0].actor, "uid:0");
+        assert_eq!(audit[1].actor, "uid:1");
+        let expected = serde_json::to_value(&created).unwrap();
+        assert_eq!(audit[0].detail["entry"], expected);
+        assert_eq!(audit[1].detail["entry"], expected);
+    }
+
+    #[tokio::test]
+    async fn entry_change_rolls_back_when_its_audit_record_fails() {
+        let (_dir, _path, store) = open_temp().await;
+        let kept = store
+            .create_entry(new_entry("a", &["unix:uid:1"]), "admin")
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TRIGGER audit_down BEFORE INSERT ON audit
+             BEGIN SELECT RAISE(ABORT, 'audit down'); END",
+        )
+        .execute(&store.inner.pool)
+        .await
+        .unwrap();
+        let revision = store.entries_revision();
+
+        let error = store
+            .create_entry(new_entry("b", &["unix:uid:2"]), "admin")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+        let error = store.delete_entry(&kept.id, "admin").await.unwrap_err();
+        assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+
+        assert_eq!(store.list_entries().await.unwrap(), vec![kept]);
+        assert_eq!(store.entries_revision(), revision);
+    }
+
+    #[tokio::test]
+    async fn revision_bumps_and_watchers_are_notified() {
+        let (_dir, _path, store) = open_temp().await;
+        let mut watch = store.watch_entries();
+        assert_eq!(store.entries_revision(), 0);
+        assert_eq!(*watch.borrow_and_update(), 0);
+
+        let created = store
+            .create_entry(new_entry("a", &["unix:uid:1"]), "admin")
+            .await
+            .unwrap();
+        assert_eq!(store.entries_revision(), 1);
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch.changed())
+            .await
+            .expect("notified")
+            .unwrap();
+        assert_eq!(*watch.borrow_and_update(), 1);
+
+        // Failures and no-ops do not bump.
+        let _ = store
+            .create_entry(new_entry("a", &["unix:uid:1"]), "admin")
+            .await
+            .unwrap_err();
+        assert!(!store.delete_entry("nope", "admin").await.unwrap());
+        assert_eq!(store.entries_revision(), 1);
+        assert!(!watch.has_changed().unwrap());
+
+        // A clone shares the counter.
+        let clone = store.clone();
+        clone.delete_entry(&created.id, "admin").await.unwrap();
+        assert_eq!(store.entries_revision(), 2);
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(*watch.borrow_and_update(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creates_from_16_tasks_all_land_with_unique_ids() {
+        let (_dir, _path, store) = open_temp().await;
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .create_entry(new_entry(&format!("client-{i}"), &["unix:uid:1"]), "admin")
+                        .await
+                })
+            })
+            .collect();
+        let mut ids = HashSet::new();
+        for task in tasks {
+            let entry = task.await.unwrap().unwrap();
+            assert!(ids.insert(entry.id));
+        }
+        assert_eq!(ids.len(), 16);
+        let listed: HashSet<_> = store
+            .list_entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(listed, ids);
+        assert_eq!(store.entries_revision(), 16);
+        assert_eq!(store.list_audit(0, 100).await.unwrap().len(), 16);
+    }
+
+    #[tokio::test]
+    async fn concurrent_duplicates_create_exactly_one_entry() {
+        let (_dir, _path, store) = open_temp().await;
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .create_entry(new_entry("a", &["unix:uid:1"]), "admin")
+                        .await
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(StoreError::DuplicateEntry { .. }) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(created, 1);
+    }
+
+    #[tokio::test]
+    async fn limits_are_rejected() {
+        let (_dir, _path, store) = open_temp().await;
+        let long_client = "c".repeat(MAX_CLIENT_LEN + 1);
+        let long_selector = "s".repeat(MAX_SELECTOR_LEN + 1);
+        let many: Vec<String> = (0..=MAX_SELECTORS).map(|i| format!("s:{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+
+        type Expect = fn(&StoreError) -> bool;
+        let cases: Vec<(NewEntry, Expect)> = vec![
+            (new_entry("", &["s"]), |e| {
+                matches!(e, StoreError::InvalidClient { len: 0 })
+            }),
+            (new_entry(&long_client, &["s"]), |e| {
+                matches!(e, StoreError::InvalidClient { len: 129 })
+            }),
+            (new_entry("a", &[]), |e| {
+                matches!(e, StoreError::InvalidSelectorCount { count: 0 })
+            }),
+            (new_entry("a", &many), |e| {
+                matches!(e, StoreError::InvalidSelectorCount { count: 33 })
+            }),
+            (new_entry("a", &["ok", ""]), |e| {
+                matches!(e, StoreError::InvalidSelector { index: 1, len: 0 })
+            }),
+            (new_entry("a", &[&long_selector]), |e| {
+                matches!(
+                    e,
+                    StoreError::InvalidSelector {
+                        index: 0,
+                        len: 1025
+                    }
+                )
+            }),
+            (
+                NewEntry {
+                    svid_ttl_secs: Some(0),
+                    ..new_entry("a", &["s"])
+                },
+                |e| matches!(e, StoreError::InvalidSvidTtl),
+            ),
+        ];
+        for (new, expected) in cases {
+            let error = store.create_entry(new.clone(), "admin").await.unwrap_err();
+            assert!(expected(&error), "{new:?} gave {error:?}");
+        }
+        let error = store
+            .create_entry(new_entry("a", &["s"]), &"x".repeat(3000))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::InvalidAuditField { field: "actor", .. }),
+            "{error:?}"
+        );
+
+        // The limits themselves are accepted.
+        let max_selectors: Vec<String> = (0..MAX_SELECTORS).map(|i| format!("s:{i}")).collect();
+        let max_selectors: Vec<&str> = max_selectors.iter().map(String::as_str).collect();
+        store
+            .create_entry(
+                new_entry(&"c".repeat(MAX_CLIENT_LEN), &max_selectors),
+                "admin",
+            )
+            .await
+            .unwrap();
+        store
+            .create_entry(new_entry("a", &[&"s".repeat(MAX_SELECTOR_LEN)]), "admin")
+            .await
+            .unwrap();
+        assert_eq!(store.list_entries().await.unwrap().len(), 2);
+        assert_eq!(store.entries_revision(), 2);
+    }
+
+    #[tokio::test]
+    async fn corrupt_selectors_are_an_error_not_skipped() {
+        let (_dir, _path, store) = open_temp().await;
+        store
+            .create_entry(new_entry("a", &["unix:uid:1"]), "admin")
+            .await
+            .unwrap();
+        // Valid JSON (passes the CHECK) but not an array of strings.
+        sqlx::query(
+            "INSERT INTO entries (id, client, selectors, svid_ttl_secs, created_at)
+             VALUES ('bad', 'b', '{\"uid\":1}', NULL, 0)",
+        )
+        .execute(&store.inner.pool)
+        .await
+        .unwrap();
+
+        let error = store.list_entries().await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupt { table: "entries", id, .. } if id == "bad"),
+            "{error:?}"
+        );
+        let error = store.get_entry("bad").await.unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn out_of_range_ttl_is_corrupt() {
+        let (_dir, _path, store) = open_temp().await;
+        sqlx::query(
+            "INSERT INTO entries (id, client, selectors, svid_ttl_secs, created_at)
+             VALUES ('big', 'b', '[\"s\"]', 5000000000, 0)",
+        )
+        .execute(&store.inner.pool)
+        .await
+        .unwrap();
+        let error = store.get_entry("big").await.unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    }
+}

@@ -1,0 +1,376 @@
+//! Opening the database file: permissions, connection settings, migrations.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::ErrorKind;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::watch;
+
+use crate::{StoreError, migrate};
+
+/// Connections in the pool. SQLite allows one writer at a time anyway; a few connections
+/// let reads proceed beside a write (WAL) without holding many file descriptors.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// How long a statement waits for another connection's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handle to the node agent's durable state. Cheap to clone; clones share one pool and one
+/// entry revision counter.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: SqlitePool,
+    path: PathBuf,
+    /// Bumped after every committed entry change. In memory only: it starts at 0 on each
+    /// open, and is meant for "has anything changed since I last looked", not as an id.
+    entries_revision: AtomicU64,
+    entries_tx: watch::Sender<u64>,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens (creating if missing) the database at `path` and migrates it to the current
+    /// schema.
+    ///
+    /// A new file is created with mode 0600. An existing file, or its `-wal`/`-shm`
+    /// companions, that grants any group or other access is refused with
+    /// [`StoreError::InsecurePermissions`] rather than silently tightened. A database whose
+    /// schema is newer than this binary is refused with [`StoreError::SchemaTooNew`].
+    /// The parent directory must already exist.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        create_private_file(path)?;
+        check_private(path, true)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut companion = path.as_os_str().to_owned();
+            companion.push(suffix);
+            check_private(Path::new(&companion), false)?;
+        }
+
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            // We created the file above; if it vanished in between, fail rather than
+            // letting SQLite create one with the process umask.
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss
+            // (they are durable only after the next checkpoint's fsync). A lost revocation
+            // or consent withdrawal would bring a dead credential back to life after a
+            // reboot, so every commit is fsynced. Our write rate (admin changes, task
+            // begin/end) is low enough that the extra fsync costs nothing that matters.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+
+        if let Err(error) = migrate::run(&pool).await {
+            pool.close().await;
+            return Err(error);
+        }
+
+        let (entries_tx, _) = watch::channel(0);
+        tracing::info!(path = %path.display(), "store opened");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                path: path.to_owned(),
+                entries_revision: AtomicU64::new(0),
+                entries_tx,
+            }),
+        })
+    }
+
+    /// The entry revision: increases by one after every committed entry change (create,
+    /// delete) through this store or its clones. Starts at 0 on each [`Store::open`].
+    pub fn entries_revision(&self) -> u64 {
+        self.inner.entries_revision.load(Ordering::Acquire)
+    }
+
+    /// A receiver that sees [`Store::entries_revision`] change, so the agent can recompute
+    /// its selector index when entries change instead of polling.
+    pub fn watch_entries(&self) -> watch::Receiver<u64> {
+        self.inner.entries_tx.subscribe()
+    }
+
+    /// Closes the pool, waiting for in-flight queries to finish. Every later operation on
+    /// this store or its clones fails with [`StoreError::Database`].
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    /// Records that entries changed: bumps the revision and notifies watchers. Called only
+    /// after the change is committed.
+    pub(crate) fn bump_entries_revision(&self) {
+        // Bumping inside send_modify serialises concurrent bumps, so watchers never see
+        // the revision go backwards.
+        self.inner.entries_tx.send_modify(|published| {
+            *published = self.inner.entries_revision.fetch_add(1, Ordering::AcqRel) + 1;
+        });
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("entries_revision", &self.entries_revision())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates `path` with mode 0600 if it does not exist. `create_new` makes this race-free:
+/// either we create the file with our mode, or it already existed and gets checked.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {
+            tracing::info!(path = %path.display(), "created store database file");
+            Ok(())
+        }
+        Err(error) if error.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Refuses a file that grants group or other any access. A missing file is an error only
+/// when `must_exist`.
+fn check_private(path: &Path, must_exist: bool) -> Result<(), StoreError> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if !must_exist && error.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    if !metadata.is_file() {
+        return Err(StoreError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(StoreError::InsecurePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Now, in unix seconds. A clock before 1970 reads as 0.
+pub(crate) fn unix_secs() -> i64 {
+    since_epoch().as_secs().try_into().unwrap_or(i64::MAX)
+}
+
+/// Now, in unix milliseconds. A clock before 1970 reads as 0.
+pub(crate) fn unix_millis() -> i64 {
+    since_epoch().as_millis().try_into().unwrap_or(i64::MAX)
+}
+
+fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::Permissions;
+
+    use sqlx::{ConnectOptions, Connection};
+
+    use super::*;
+    use crate::SCHEMA_VERSION;
+    use crate::testing::{new_entry, open_temp};
+
+    #[tokio::test]
+    async fn new_database_file_is_created_with_mode_0600() {
+        let (_dir, path, store) = open_temp().await;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // WAL companions inherit the database file's mode.
+        store
+            .create_entry(new_entry("a", &["x"]), "t")
+            .await
+            .unwrap();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let mode = std::fs::metadata(&wal).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn connections_use_wal_full_sync_and_foreign_keys() {
+        let (_dir, _path, store) = open_temp().await;
+        let mut conn = store.inner.pool.acquire().await.unwrap();
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(synchronous, 2, "FULL");
+        assert_eq!(foreign_keys, 1);
+        assert_eq!(busy, 5000);
+    }
+
+    #[tokio::test]
+    async fn group_readable_database_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+
+        let error = Store::open(&path).await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::InsecurePermissions { path: p, mode: 0o644 } if *p == path),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("0644"), "{message}");
+        // Refused, not repaired.
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+    }
+
+    #[tokio::test]
+    async fn loose_wal_file_is_refused() {
+        let (_dir, path, store) = open_temp().await;
+        store.close().await;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, Permissions::from_mode(0o660)).unwrap();
+        let error = Store::open(&path).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::InsecurePermissions { mode: 0o660, .. }),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn directory_instead_of_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = Store::open(dir.path()).await.unwrap_err();
+        assert!(matches!(error, StoreError::NotAFile { .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn missing_parent_directory_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent").join("tessera.db");
+        let error = Store::open(&path).await.unwrap_err();
+        assert!(matches!(error, StoreError::Io { .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn database_with_newer_schema_is_refused() {
+        let (_dir, path, store) = open_temp().await;
+        store.close().await;
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, description, applied_at)
+             VALUES (?, 'from the future', 0)",
+        )
+        .bind(SCHEMA_VERSION + 1)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+
+        let error = Store::open(&path).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION }
+                    if found == SCHEMA_VERSION + 1
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("newer"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn reopening_does_not_rerun_migrations() {
+        let (_dir, path, store) = open_temp().await;
+        store.close().await;
+        let store = Store::open(&path).await.unwrap();
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+            .fetch_all(&store.inner.pool)
+            .await
+            .unwrap();
+        assert_eq!(versions, vec![SCHEMA_VERSION]);
+    }
+
+    #[tokio::test]
+    async fn schema_v1_has_every_table() {
+        let (_dir, _path, store) = open_temp().await;
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+             ORDER BY name",
+        )
+        .fetch_all(&store.inner.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            tables,
+            [
+                "audit",
+                "consents",
+                "entries",
+                "revocations",
+                "schema_migrations",
+                "tasks"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn operations_after_close_fail() {
+        let (_dir, _path, store) = open_temp().await;
+        store.close().await;
+        let error = store.list_entries().await.unwrap_err();
+        assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+    }
+}
