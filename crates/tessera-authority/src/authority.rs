@@ -12,7 +12,6 @@ use tokio::sync::watch;
 
 use crate::ca::{SigningCa, validity};
 use crate::issue::{IssuedSvid, SvidSpec, issue};
-use crate::oid_patch::ClaimsOid;
 use crate::{AuthorityError, TrustBundle, pem};
 
 /// Where the signing CA comes from.
@@ -92,7 +91,6 @@ struct CaSet {
 /// The signing authority of one trust domain. Cheap to share behind an `Arc`.
 pub struct Authority {
     config: AuthorityConfig,
-    oid: Arc<ClaimsOid>,
     set: RwLock<CaSet>,
     bundle_tx: watch::Sender<Arc<TrustBundle>>,
 }
@@ -119,21 +117,19 @@ impl Authority {
         config: AuthorityConfig,
         now: OffsetDateTime,
     ) -> Result<Authority, AuthorityError> {
-        let oid = Arc::new(ClaimsOid::new(tessera_identity::task_claims_oid_der()));
         ensure_private_dir(&config.dir)?;
         let set = match &config.mode {
-            CaMode::SelfSigned => load_or_create_root(&config, &oid, now)?,
+            CaMode::SelfSigned => load_or_create_root(&config, now)?,
             CaMode::Upstream {
                 cert_chain,
                 key,
                 bundle,
-            } => load_upstream(cert_chain, key, bundle, &oid)?,
+            } => load_upstream(cert_chain, key, bundle)?,
         };
         let bundle = Arc::new(make_bundle(&config.trust_domain, &set, now));
         let (bundle_tx, _) = watch::channel(bundle);
         Ok(Authority {
             config,
-            oid,
             set: RwLock::new(set),
             bundle_tx,
         })
@@ -156,7 +152,7 @@ impl Authority {
         now: OffsetDateTime,
     ) -> Result<IssuedSvid, AuthorityError> {
         let active = Arc::clone(&self.read().active);
-        issue(&active, &self.oid, &self.config.trust_domain, spec, now)
+        issue(&active, &self.config.trust_domain, spec, now)
     }
 
     /// The current trust bundle.
@@ -211,8 +207,7 @@ impl Authority {
         self.require_self_signed()?;
         let ttl = time::Duration::try_from(self.config.rotation.ca_ttl)
             .map_err(|e| AuthorityError::InvalidRequest(e.to_string()))?;
-        let (ca, key_pem) =
-            SigningCa::generate_root(&self.config.trust_domain, now, ttl, Arc::clone(&self.oid))?;
+        let (ca, key_pem) = SigningCa::generate_root(&self.config.trust_domain, now, ttl)?;
         ca.save(&self.config.dir, &key_pem)?;
         let mut s = self.write();
         s.prepared = Some((Arc::new(ca), key_pem));
@@ -366,15 +361,13 @@ fn ensure_private_dir(dir: &Path) -> Result<(), AuthorityError> {
 
 fn load_or_create_root(
     config: &AuthorityConfig,
-    oid: &Arc<ClaimsOid>,
     now: OffsetDateTime,
 ) -> Result<CaSet, AuthorityError> {
     let state_path = config.dir.join(STATE_FILE);
     if !state_path.exists() {
         let ttl = time::Duration::try_from(config.rotation.ca_ttl)
             .map_err(|e| AuthorityError::InvalidRequest(e.to_string()))?;
-        let (ca, key_pem) =
-            SigningCa::generate_root(&config.trust_domain, now, ttl, Arc::clone(oid))?;
+        let (ca, key_pem) = SigningCa::generate_root(&config.trust_domain, now, ttl)?;
         ca.save(&config.dir, &key_pem)?;
         let state = StateFile {
             version: 1,
@@ -405,7 +398,7 @@ fn load_or_create_root(
     if state.version != 1 {
         return Err(corrupt(format!("unknown version {}", state.version)));
     }
-    let active = SigningCa::load(&config.dir, &state.active, Arc::clone(oid))?;
+    let active = SigningCa::load(&config.dir, &state.active)?;
     if active.cert_der.is_empty() || !trust_domain_matches(&active.cert_der, &config.trust_domain) {
         return Err(corrupt(format!(
             "CA {} is not for trust domain {}",
@@ -415,7 +408,7 @@ fn load_or_create_root(
     }
     let prepared = match &state.prepared {
         Some(name) => {
-            let ca = SigningCa::load(&config.dir, name, Arc::clone(oid))?;
+            let ca = SigningCa::load(&config.dir, name)?;
             let key_pem = pem::read_key(&config.dir.join(format!("{name}.key.pem")))?;
             Some((Arc::new(ca), key_pem))
         }
@@ -444,12 +437,7 @@ fn trust_domain_matches(cert_der: &[u8], td: &TrustDomain) -> bool {
         .any(|n| matches!(n, GeneralName::URI(u) if *u == td.id_string()))
 }
 
-fn load_upstream(
-    cert_chain: &Path,
-    key: &Path,
-    bundle: &Path,
-    oid: &Arc<ClaimsOid>,
-) -> Result<CaSet, AuthorityError> {
+fn load_upstream(cert_chain: &Path, key: &Path, bundle: &Path) -> Result<CaSet, AuthorityError> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let mut chain = pem::read_certs(cert_chain)?;
     let roots = pem::read_certs(bundle)?;
@@ -495,13 +483,9 @@ fn load_upstream(
     if na <= OffsetDateTime::now_utc().unix_timestamp() {
         return Err(AuthorityError::CaExpired { ca_not_after: na });
     }
-    let ca = SigningCa::from_parts(
-        "upstream".into(),
-        cert_der,
-        chain,
-        key_pair,
-        Arc::clone(oid),
-    )?;
+    // SVID chains carry the intermediate itself, then any further intermediates.
+    let after_leaf: Vec<Vec<u8>> = std::iter::once(cert_der.clone()).chain(chain).collect();
+    let ca = SigningCa::from_parts("upstream".into(), cert_der, after_leaf, key_pair)?;
     Ok(CaSet {
         active: Arc::new(ca),
         prepared: None,

@@ -1,7 +1,6 @@
 //! One signing CA: its certificate, key and the chain it contributes to SVIDs.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
@@ -11,7 +10,6 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::AuthorityError;
-use crate::oid_patch::{ClaimsOid, PatchingKey};
 use crate::pem;
 
 /// A CA able to sign SVIDs.
@@ -24,7 +22,7 @@ pub(crate) struct SigningCa {
     pub(crate) chain_after_leaf: Vec<Vec<u8>>,
     pub(crate) not_before: i64,
     pub(crate) not_after: i64,
-    pub(crate) issuer: Issuer<'static, PatchingKey>,
+    pub(crate) issuer: Issuer<'static, KeyPair>,
 }
 
 impl std::fmt::Debug for SigningCa {
@@ -61,7 +59,6 @@ impl SigningCa {
         trust_domain: &tessera_identity::TrustDomain,
         now: OffsetDateTime,
         ttl: time::Duration,
-        oid: Arc<ClaimsOid>,
     ) -> Result<(SigningCa, String), AuthorityError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
@@ -87,7 +84,7 @@ impl SigningCa {
         let cert_der = cert.der().to_vec();
         let key_pem = key.serialize_pem();
         let name = format!("ca-{}", hex_serial(&cert_der));
-        let ca = SigningCa::from_parts(name, cert_der, Vec::new(), key, oid)?;
+        let ca = SigningCa::from_parts(name, cert_der, Vec::new(), key)?;
         Ok((ca, key_pem))
     }
 
@@ -97,7 +94,6 @@ impl SigningCa {
         cert_der: Vec<u8>,
         chain_after_leaf: Vec<Vec<u8>>,
         key: KeyPair,
-        oid: Arc<ClaimsOid>,
     ) -> Result<SigningCa, AuthorityError> {
         tessera_identity::check_signing_cert(&cert_der)
             .map_err(|e| AuthorityError::UpstreamCa(e.to_string()))?;
@@ -108,8 +104,7 @@ impl SigningCa {
         }
         let not_before = parsed.validity().not_before.timestamp();
         let not_after = parsed.validity().not_after.timestamp();
-        let issuer =
-            Issuer::from_ca_cert_der(&cert_der.as_slice().into(), PatchingKey::new(key, oid))?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)?;
         Ok(SigningCa {
             name,
             cert_der,
@@ -121,11 +116,7 @@ impl SigningCa {
     }
 
     /// Loads a CA written by [`SigningCa::save`].
-    pub(crate) fn load(
-        dir: &Path,
-        name: &str,
-        oid: Arc<ClaimsOid>,
-    ) -> Result<SigningCa, AuthorityError> {
+    pub(crate) fn load(dir: &Path, name: &str) -> Result<SigningCa, AuthorityError> {
         let cert_path = dir.join(format!("{name}.crt.pem"));
         let key_path = dir.join(format!("{name}.key.pem"));
         let mut certs = pem::read_certs(&cert_path)?;
@@ -135,7 +126,7 @@ impl SigningCa {
             reason: e.to_string(),
         })?;
         let cert_der = certs.remove(0);
-        SigningCa::from_parts(name.to_owned(), cert_der, Vec::new(), key, oid)
+        SigningCa::from_parts(name.to_owned(), cert_der, Vec::new(), key)
     }
 
     /// Writes the key (0600) then the certificate into `dir`.

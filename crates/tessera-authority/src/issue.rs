@@ -12,7 +12,6 @@ use zeroize::Zeroizing;
 
 use crate::AuthorityError;
 use crate::ca::{SigningCa, random_serial};
-use crate::oid_patch::{ClaimsOid, patch_certificate};
 
 /// What to issue.
 #[derive(Clone, Copy, Debug)]
@@ -73,7 +72,6 @@ const BACKDATE: time::Duration = time::Duration::seconds(10);
 
 pub(crate) fn issue(
     ca: &SigningCa,
-    oid: &ClaimsOid,
     trust_domain: &tessera_identity::TrustDomain,
     spec: &SvidSpec<'_>,
     now: OffsetDateTime,
@@ -135,19 +133,16 @@ pub(crate) fn issue(
         claims
             .validate()
             .map_err(|e| AuthorityError::InvalidRequest(format!("task claims: {e}")))?;
-        let mut ext = CustomExtension::from_oid_content(&oid.placeholder_arcs, claims.to_der());
+        let mut ext = CustomExtension::from_oid_content(
+            tessera_identity::TASK_CLAIMS_OID_ARCS,
+            claims.to_der(),
+        );
         ext.set_criticality(false);
         params.custom_extensions.push(ext);
     }
 
     let cert = params.signed_by(&key, &ca.issuer)?;
-    let mut leaf = cert.der().to_vec();
-    let patched = patch_certificate(oid, &mut leaf)?;
-    if patched != spec.claims.is_some() {
-        return Err(AuthorityError::InvalidRequest(
-            "claims extension placement failed".into(),
-        ));
-    }
+    let leaf = cert.der().to_vec();
     // Parse back what we made: nothing that fails the profile leaves the authority.
     let checked = tessera_identity::check_leaf_svid(&leaf)?;
     if spec.claims.is_some() && checked.claims.is_none() {

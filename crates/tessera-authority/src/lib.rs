@@ -19,10 +19,12 @@ mod bundle;
 mod ca;
 mod error;
 mod issue;
-mod oid_patch;
 mod pem;
 
 pub use authority::{Authority, AuthorityConfig, CaMode, RotationPolicy};
 pub use bundle::TrustBundle;
 pub use error::AuthorityError;
 pub use issue::{IssuedSvid, SvidSpec};
+
+#[cfg(test)]
+mod tests;

@@ -169,7 +169,9 @@ fn status_message(
             let uid = uid.map_or_else(|| "(unknown)".to_owned(), |u| u.to_string());
             anyhow!("the admin socket refused uid {uid}: run as the agent's user or root{detail}")
         }
-        Code::Unavailable => anyhow!("cannot reach tessera-agent at {socket}: is it running?{detail}"),
+        Code::Unavailable => {
+            anyhow!("cannot reach tessera-agent at {socket}: is it running?{detail}")
+        }
         Code::DeadlineExceeded => {
             anyhow!("tessera-agent at {socket} did not answer in time{detail}")
         }
@@ -203,12 +205,7 @@ mod tests {
 
     #[test]
     fn unavailable_asks_whether_the_agent_runs() {
-        let err = status_message(
-            tonic::Code::Unavailable,
-            "",
-            Path::new("/tmp/a.sock"),
-            None,
-        );
+        let err = status_message(tonic::Code::Unavailable, "", Path::new("/tmp/a.sock"), None);
         assert_eq!(
             err.to_string(),
             "cannot reach tessera-agent at /tmp/a.sock: is it running?"

@@ -155,7 +155,10 @@ mod tests {
         let line = render_record(&record(), OutputFormat::Text);
         assert_eq!(line.lines().count(), 1);
         assert!(line.starts_with("      42  1970-01-01T00:00:01Z"), "{line}");
-        assert!(line.trim_end().ends_with(r#"{"client":"demo","id":"01A"}"#), "{line}");
+        assert!(
+            line.trim_end().ends_with(r#"{"client":"demo","id":"01A"}"#),
+            "{line}"
+        );
         assert_eq!(header().find("KIND"), line.find("entry.created"));
     }
 

@@ -120,7 +120,11 @@ mod tests {
     #[test]
     fn refuses_unknown_units_and_garbage() {
         assert!(parse_duration("5w").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("m").unwrap_err().contains("expected a number"));
+        assert!(
+            parse_duration("m")
+                .unwrap_err()
+                .contains("expected a number")
+        );
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999s").is_err());
     }
@@ -136,7 +140,11 @@ mod tests {
     fn format_secs_round_trips() {
         for secs in [1, 59, 60, 90, 3_600, 5_400, 86_400, 90_061] {
             let text = format_secs(secs);
-            assert_eq!(parse_duration(&text), Ok(Duration::from_secs(secs)), "{text}");
+            assert_eq!(
+                parse_duration(&text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
         }
         assert_eq!(format_secs(5_400), "1h30m");
     }

@@ -75,7 +75,11 @@ pub fn read_chain(bytes: &[u8], file: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
             bail!(
                 "no CERTIFICATE block in {} (found: {}); pass the certificate file, e.g. svid.0.pem",
                 file.display(),
-                if tags.is_empty() { "nothing".to_owned() } else { tags.join(", ") }
+                if tags.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    tags.join(", ")
+                }
             );
         }
         return Ok(certs);
@@ -156,11 +160,18 @@ impl CertSummary {
         let (rest, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| format!("not an X.509 certificate: {e}"))?;
         if !rest.is_empty() {
-            return Err(format!("{} trailing bytes after the certificate", rest.len()));
+            return Err(format!(
+                "{} trailing bytes after the certificate",
+                rest.len()
+            ));
         }
         let dn = |name: &x509_parser::x509::X509Name<'_>| {
             let text = name.to_string();
-            if text.is_empty() { "(empty)".to_owned() } else { text }
+            if text.is_empty() {
+                "(empty)".to_owned()
+            } else {
+                text
+            }
         };
         let uri_sans = match cert.subject_alternative_name() {
             Ok(Some(san)) => Ok(san
@@ -266,7 +277,9 @@ impl Inspection {
         match &self.profile {
             Ok(leaf) => vec![leaf.spiffe_id.clone()],
             Err(_) => match self.chain.first() {
-                Some(Ok(CertSummary { uri_sans: Ok(uris), .. })) => uris.clone(),
+                Some(Ok(CertSummary {
+                    uri_sans: Ok(uris), ..
+                })) => uris.clone(),
                 _ => Vec::new(),
             },
         }
@@ -291,7 +304,9 @@ impl Inspection {
                 leaf.not_before_unix,
                 leaf.not_after_unix,
             )),
-            (Err(_), Some(Ok(c))) => Some((c.serial_hex.clone(), c.not_before_unix, c.not_after_unix)),
+            (Err(_), Some(Ok(c))) => {
+                Some((c.serial_hex.clone(), c.not_before_unix, c.not_after_unix))
+            }
             _ => None,
         }
     }
@@ -341,14 +356,22 @@ fn render_text(ins: &Inspection, now: i64) -> String {
     if let Some((serial, not_before, not_after)) = ins.leaf_facts() {
         pairs.push(("serial", serial));
         let nb = if not_before > now {
-            format!("{} (not yet valid: starts {})", output::rfc3339(not_before), output::deadline(not_before, now))
+            format!(
+                "{} (not yet valid: starts {})",
+                output::rfc3339(not_before),
+                output::deadline(not_before, now)
+            )
         } else {
             output::rfc3339(not_before)
         };
         pairs.push(("not before", nb));
         pairs.push((
             "not after",
-            format!("{} ({})", output::rfc3339(not_after), output::expiry(not_after, now)),
+            format!(
+                "{} ({})",
+                output::rfc3339(not_after),
+                output::expiry(not_after, now)
+            ),
         ));
     }
     pairs.push((
@@ -376,7 +399,11 @@ fn render_text(ins: &Inspection, now: i64) -> String {
                     if c.scopes.is_empty() {
                         "(none)".to_owned()
                     } else {
-                        c.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+                        c.scopes
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n")
                     },
                 ),
                 ("consent id", c.consent_id.clone()),
@@ -468,7 +495,9 @@ pub mod test_certs {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, "Test CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Test CA");
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
@@ -522,17 +551,31 @@ mod tests {
     #[test]
     fn client_svid_shows_id_kind_validity_and_chain() {
         let ca = ca();
-        let leaf = leaf(&ca, &["spiffe://example.org/client/demo"], None, Duration::hours(1));
+        let leaf = leaf(
+            &ca,
+            &["spiffe://example.org/client/demo"],
+            None,
+            Duration::hours(1),
+        );
         let rendered = render_inspect(&chain(&leaf, &ca), OutputFormat::Text, output::now_unix());
         let text = &rendered.text;
         assert_eq!(rendered.profile_error, None, "{text}");
-        assert!(text.contains("SPIFFE ID:     spiffe://example.org/client/demo"), "{text}");
+        assert!(
+            text.contains("SPIFFE ID:     spiffe://example.org/client/demo"),
+            "{text}"
+        );
         assert!(text.contains("kind:          client\n"), "{text}");
         assert!(text.contains("client:        demo\n"), "{text}");
         assert!(text.contains("trust domain:  example.org\n"), "{text}");
-        assert!(text.contains("(expires in 59m") || text.contains("(expires in 1h"), "{text}");
+        assert!(
+            text.contains("(expires in 59m") || text.contains("(expires in 1h"),
+            "{text}"
+        );
         assert!(text.contains("profile:       ok"), "{text}");
-        assert!(text.contains("[0] subject: (empty)\n      issuer:  CN=Test CA"), "{text}");
+        assert!(
+            text.contains("[0] subject: (empty)\n      issuer:  CN=Test CA"),
+            "{text}"
+        );
         assert!(text.contains("[1] subject: CN=Test CA"), "{text}");
         assert!(!text.contains("task claims"), "{text}");
     }
@@ -542,15 +585,23 @@ mod tests {
         let ca = ca();
         let leaf = leaf(
             &ca,
-            &["spiffe://example.org/client/a", "spiffe://example.org/client/b"],
+            &[
+                "spiffe://example.org/client/a",
+                "spiffe://example.org/client/b",
+            ],
             None,
             Duration::hours(1),
         );
         let rendered = render_inspect(&chain(&leaf, &ca), OutputFormat::Text, output::now_unix());
-        let reason = rendered.profile_error.expect("two URI SANs must fail the profile");
+        let reason = rendered
+            .profile_error
+            .expect("two URI SANs must fail the profile");
         assert!(!reason.is_empty());
         let text = &rendered.text;
-        assert!(text.contains(&format!("profile:       FAILED: {reason}")), "{text}");
+        assert!(
+            text.contains(&format!("profile:       FAILED: {reason}")),
+            "{text}"
+        );
         assert!(text.contains("URI SANs:"), "{text}");
         assert!(text.contains("spiffe://example.org/client/b"), "{text}");
         assert!(text.contains("not after:"), "{text}");
@@ -560,18 +611,31 @@ mod tests {
     #[test]
     fn expired_leaf_says_how_long_ago() {
         let ca = ca();
-        let leaf = leaf(&ca, &["spiffe://example.org/mcp/github"], None, Duration::minutes(1));
+        let leaf = leaf(
+            &ca,
+            &["spiffe://example.org/mcp/github"],
+            None,
+            Duration::minutes(1),
+        );
         let later = output::now_unix() + 3_600;
         let text = render_inspect(&chain(&leaf, &ca), OutputFormat::Text, later).text;
         assert!(text.contains("kind:          server\n"), "{text}");
         assert!(text.contains("server:        github\n"), "{text}");
-        assert!(text.contains("(expired 59m") || text.contains("(expired 1h"), "{text}");
+        assert!(
+            text.contains("(expired 59m") || text.contains("(expired 1h"),
+            "{text}"
+        );
     }
 
     #[test]
     fn json_report_has_kind_parts_and_profile() {
         let ca = ca();
-        let leaf = leaf(&ca, &["spiffe://example.org/client/demo"], None, Duration::hours(1));
+        let leaf = leaf(
+            &ca,
+            &["spiffe://example.org/client/demo"],
+            None,
+            Duration::hours(1),
+        );
         let rendered = render_inspect(&chain(&leaf, &ca), OutputFormat::Json, output::now_unix());
         let value: Value = serde_json::from_str(&rendered.text).unwrap();
         assert_eq!(value["spiffe_id"], "spiffe://example.org/client/demo");
@@ -584,7 +648,12 @@ mod tests {
     #[test]
     fn reads_pem_chains_and_concatenated_der() {
         let ca = ca();
-        let leaf = leaf(&ca, &["spiffe://example.org/client/demo"], None, Duration::hours(1));
+        let leaf = leaf(
+            &ca,
+            &["spiffe://example.org/client/demo"],
+            None,
+            Duration::hours(1),
+        );
         let file = Path::new("svid.0.pem");
         let pem_text = format!("{}{}", leaf.pem(), ca.cert.pem());
         let from_pem = read_chain(pem_text.as_bytes(), file).unwrap();

@@ -1,1 +1,77 @@
-fn main() {}
+//! `tessera`: the admin and developer CLI for a Tessera node agent.
+//!
+//! Exit status: 0 on success, 1 on any error (printed as `error: …` on stderr), 2 for usage
+//! errors and for `svid inspect` on a certificate that fails the SVID profile.
+
+mod admin;
+mod audit;
+mod cli;
+mod duration;
+mod entry;
+mod inspect;
+mod output;
+mod status;
+mod svid;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::admin::Admin;
+use crate::cli::{Cli, Command};
+use crate::svid::SvidCommand;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        // `tessera audit | head` closes our stdout: that is a normal way to stop.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Dispatches a parsed command line.
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let format = cli.global.output;
+    match cli.command {
+        Command::Entry(command) => {
+            let mut admin = Admin::connect(&cli.global.admin_socket).await?;
+            output::print(&entry::run(&mut admin, command, format).await?)?;
+        }
+        Command::Status => {
+            let mut admin = Admin::connect(&cli.global.admin_socket).await?;
+            output::print(&status::run(&mut admin, format).await?)?;
+        }
+        Command::Audit(args) => {
+            let mut admin = Admin::connect(&cli.global.admin_socket).await?;
+            audit::run(&mut admin, args, format).await?;
+        }
+        Command::Svid(SvidCommand::Fetch(args)) => {
+            svid::fetch(&args, &cli.global.socket, format).await?;
+        }
+        Command::Svid(SvidCommand::Inspect(args)) => return inspect::run(&args, format),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -202,7 +202,11 @@ mod tests {
     #[test]
     fn table_pads_every_column_but_the_last() {
         let mut table = Table::new(["ID", "CLIENT", "SELECTORS"]);
-        table.row(vec!["01A".into(), "code-reviewer".into(), "unix:uid:1001".into()]);
+        table.row(vec![
+            "01A".into(),
+            "code-reviewer".into(),
+            "unix:uid:1001".into(),
+        ]);
         table.row(vec!["01BBBB".into(), "x".into(), "k8s:ns:agents".into()]);
         assert_eq!(
             table.render(),

@@ -53,11 +53,14 @@ pub fn render(status: &pb::Status, format: OutputFormat, now: i64) -> String {
                             6,
                             &[
                                 ("serial", ca.serial_hex.clone()),
-                                ("not after", format!(
-                                    "{} ({})",
-                                    output::rfc3339(ca.not_after_unix),
-                                    output::expiry(ca.not_after_unix, now)
-                                )),
+                                (
+                                    "not after",
+                                    format!(
+                                        "{} ({})",
+                                        output::rfc3339(ca.not_after_unix),
+                                        output::expiry(ca.not_after_unix, now)
+                                    ),
+                                ),
                             ],
                         ));
                     }

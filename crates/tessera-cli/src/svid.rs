@@ -135,7 +135,8 @@ pub async fn fetch(args: &FetchArgs, socket: &str, format: OutputFormat) -> anyh
 /// Explains a Workload API failure.
 fn workload_error(err: &WorkloadApiError, addr: &str) -> anyhow::Error {
     let uid = current_uid().map_or_else(|| "<uid>".to_owned(), |u| u.to_string());
-    let unreachable = || anyhow!("cannot reach the Workload API at {addr}: is tessera-agent running? ({err})");
+    let unreachable =
+        || anyhow!("cannot reach the Workload API at {addr}: is tessera-agent running? ({err})");
     match err {
         WorkloadApiError::NoIdentityIssued | WorkloadApiError::PermissionDenied(_) => anyhow!(
             "tessera-agent at {addr} has no identity for this process (uid {uid}): no registration entry \
@@ -161,7 +162,9 @@ fn summarize(context: &X509Context) -> (Vec<FetchedSvid>, Vec<FetchedBundle>) {
             FetchedSvid {
                 spiffe_id: svid.spiffe_id().to_string(),
                 hint: svid.hint().map(str::to_owned),
-                serial_hex: leaf.as_ref().map_or_else(|| "?".to_owned(), |l| l.serial_hex.clone()),
+                serial_hex: leaf
+                    .as_ref()
+                    .map_or_else(|| "?".to_owned(), |l| l.serial_hex.clone()),
                 not_after_unix: leaf.as_ref().map_or(0, |l| l.not_after_unix),
                 chain_len: svid.cert_chain().len(),
             }
@@ -214,7 +217,10 @@ pub fn render_fetch(
                     &[
                         ("spiffe id", s.spiffe_id.clone()),
                         ("kind", kind_of(&s.spiffe_id).to_owned()),
-                        ("hint", s.hint.clone().unwrap_or_else(|| "(none)".to_owned())),
+                        (
+                            "hint",
+                            s.hint.clone().unwrap_or_else(|| "(none)".to_owned()),
+                        ),
                         ("serial", s.serial_hex.clone()),
                         (
                             "expires",
@@ -351,16 +357,31 @@ mod tests {
 
     #[test]
     fn workload_addr_accepts_unix_uris_and_absolute_paths() {
-        assert_eq!(workload_addr("unix:///run/tessera/workload.sock").unwrap(), "unix:///run/tessera/workload.sock");
-        assert_eq!(workload_addr("unix:/tmp/w.sock").unwrap(), "unix:///tmp/w.sock");
+        assert_eq!(
+            workload_addr("unix:///run/tessera/workload.sock").unwrap(),
+            "unix:///run/tessera/workload.sock"
+        );
+        assert_eq!(
+            workload_addr("unix:/tmp/w.sock").unwrap(),
+            "unix:///tmp/w.sock"
+        );
         assert_eq!(workload_addr("/tmp/w.sock").unwrap(), "unix:///tmp/w.sock");
     }
 
     #[test]
     fn workload_addr_refuses_relative_paths_and_other_schemes() {
-        for bad in ["w.sock", "unix://host/w.sock", "tcp://127.0.0.1:8081", "unix:///", ""] {
+        for bad in [
+            "w.sock",
+            "unix://host/w.sock",
+            "tcp://127.0.0.1:8081",
+            "unix:///",
+            "",
+        ] {
             let err = workload_addr(bad).unwrap_err();
-            assert!(err.contains("expected unix:///absolute/path"), "{bad}: {err}");
+            assert!(
+                err.contains("expected unix:///absolute/path"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -375,22 +396,38 @@ mod tests {
                 chain_len: 2,
             },
             FetchedSvid {
-                spiffe_id: "spiffe://example.org/client/demo/task/01JB8X4Q6V3M2N7P5R9T0W1Y2Z".into(),
+                spiffe_id: "spiffe://example.org/client/demo/task/01JB8X4Q6V3M2N7P5R9T0W1Y2Z"
+                    .into(),
                 hint: Some("01JB8X4Q6V3M2N7P5R9T0W1Y2Z".into()),
                 serial_hex: "0b".into(),
                 not_after_unix: 1_000 + 300,
                 chain_len: 2,
             },
         ];
-        let bundles = [FetchedBundle { trust_domain: "example.org".into(), authorities: 1 }];
+        let bundles = [FetchedBundle {
+            trust_domain: "example.org".into(),
+            authorities: 1,
+        }];
         let text = render_fetch(&svids, &bundles, &[], OutputFormat::Text, 1_000);
         assert!(text.starts_with("SVID 0 (default)\n  spiffe id:  spiffe://example.org/client/demo\n  kind:       client\n"), "{text}");
-        assert!(text.contains("  hint:       01JB8X4Q6V3M2N7P5R9T0W1Y2Z\n"), "{text}");
+        assert!(
+            text.contains("  hint:       01JB8X4Q6V3M2N7P5R9T0W1Y2Z\n"),
+            "{text}"
+        );
         assert!(text.contains("  kind:       task\n"), "{text}");
         assert!(text.contains("(expires in 5m)"), "{text}");
-        assert!(text.contains("bundle trust domains: example.org (1 CA)"), "{text}");
-        let json: serde_json::Value =
-            serde_json::from_str(&render_fetch(&svids, &bundles, &[], OutputFormat::Json, 1_000)).unwrap();
+        assert!(
+            text.contains("bundle trust domains: example.org (1 CA)"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render_fetch(
+            &svids,
+            &bundles,
+            &[],
+            OutputFormat::Json,
+            1_000,
+        ))
+        .unwrap();
         assert_eq!(json["svids"][1]["hint"], "01JB8X4Q6V3M2N7P5R9T0W1Y2Z");
         assert_eq!(json["svids"][0]["expires_in_secs"], 3_600);
     }
@@ -400,13 +437,22 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("out/svid");
         ensure_private_dir(&dir).unwrap();
-        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         let key = write_atomic(&dir, "svid.0.key", b"secret", 0o600).unwrap();
-        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         // Rewriting replaces a file that had a looser mode.
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         write_atomic(&dir, "svid.0.key", b"secret2", 0o600).unwrap();
-        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(fs::read(&key).unwrap(), b"secret2");
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left behind");
@@ -416,10 +462,17 @@ mod tests {
     async fn fetch_from_a_missing_socket_says_the_agent_is_not_running() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("workload.sock");
-        let args = FetchArgs { write: None, timeout: Duration::from_secs(5) };
+        let args = FetchArgs {
+            write: None,
+            timeout: Duration::from_secs(5),
+        };
         let err = fetch(&args, &socket.display().to_string(), OutputFormat::Text)
             .await
             .unwrap_err();
-        assert!(err.to_string().starts_with("cannot reach the Workload API at unix://"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot reach the Workload API at unix://"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,230 @@
+//! Harness for cross-process tests: starts a real `tessera-agent` binary on
+//! real unix sockets in a temporary directory, and runs the real `tessera` CLI.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to the test
+//! executable (`target/<profile>/`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tessera_proto::tessera::v1::admin_client::AdminClient;
+use tessera_proto::tessera::v1::{CreateEntryRequest, Entry, GetStatusRequest};
+use tonic::transport::{Channel, Endpoint};
+
+/// Trust domain used by every test agent.
+pub const TRUST_DOMAIN: &str = "e2e.test";
+
+/// Path of a binary built by this workspace.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `cargo test --workspace` so the binaries are built",
+        path.display()
+    );
+    path
+}
+
+/// A running agent in its own temporary directory. Killed on drop.
+#[derive(Debug)]
+pub struct TestAgent {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// The agent process.
+    pub child: Option<Child>,
+    /// Config file the agent was started with.
+    pub config: PathBuf,
+    /// Workload API socket.
+    pub workload: PathBuf,
+    /// Admin API socket.
+    pub admin: PathBuf,
+    /// Health and metrics address.
+    pub http: SocketAddr,
+    /// Where the agent's stderr goes.
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl TestAgent {
+    /// Starts an agent with default test settings plus `extra_toml`.
+    pub async fn start(extra_toml: &str) -> anyhow::Result<TestAgent> {
+        let dir = tempfile::tempdir()?;
+        let sock_dir = dir.path().join("run");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let config = dir.path().join("agent.toml");
+        let toml = format!(
+            "trust_domain = \"{TRUST_DOMAIN}\"\n\
+             data_dir = \"{}\"\n\
+             workload_socket = \"{}\"\n\
+             admin_socket = \"{}\"\n\
+             http_listen = \"{http}\"\n\
+             {extra_toml}\n",
+            dir.path().join("data").display(),
+            sock_dir.join("workload.sock").display(),
+            sock_dir.join("admin.sock").display(),
+        );
+        std::fs::write(&config, toml)?;
+        let mut agent = TestAgent {
+            workload: sock_dir.join("workload.sock"),
+            admin: sock_dir.join("admin.sock"),
+            log: dir.path().join("agent.log"),
+            dir,
+            child: None,
+            config,
+            http,
+        };
+        agent.spawn().await?;
+        Ok(agent)
+    }
+
+    /// Starts (or restarts) the agent process and waits until it answers.
+    pub async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(bin("tessera-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .env_remove("TESSERA_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting tessera-agent")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "tessera-agent exited with {status} during start-up:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(mut admin) = self.admin_client().await
+                && admin.get_status(GetStatusRequest {}).await.is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("tessera-agent did not become ready:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `unix:///…` endpoint for SPIFFE clients.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.workload.display())
+    }
+
+    /// A gRPC channel over a unix socket.
+    pub async fn channel(path: &Path) -> anyhow::Result<Channel> {
+        let path = path.to_owned();
+        Ok(Endpoint::try_from("http://tessera.invalid")?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await?)
+    }
+
+    /// An Admin API client.
+    pub async fn admin_client(&self) -> anyhow::Result<AdminClient<Channel>> {
+        Ok(AdminClient::new(Self::channel(&self.admin).await?))
+    }
+
+    /// Registers this test process (its uid and exact executable) as `client`.
+    pub async fn register_self(&self, client: &str) -> anyhow::Result<Entry> {
+        let exe = std::fs::canonicalize(std::env::current_exe()?)?;
+        let uid = nix::unistd::geteuid();
+        Ok(self
+            .admin_client()
+            .await?
+            .create_entry(CreateEntryRequest {
+                client: client.into(),
+                selectors: vec![
+                    format!("unix:uid:{uid}"),
+                    format!("unix:path:{}", exe.display()),
+                ],
+                svid_ttl_secs: 0,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Runs the `tessera` CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("tessera"))
+            .arg("--admin-socket")
+            .arg(&self.admin)
+            .arg("--socket")
+            .arg(self.endpoint())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running tessera")
+    }
+
+    /// SIGKILLs the agent (no cleanup) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs the agent and waits up to `timeout` for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("agent not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("agent ignored SIGTERM for {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
