@@ -23,8 +23,9 @@ like an agent runtime would.";
 const EXAMPLES: &str = "\
 Examples:
   # Register an agent runtime by uid and binary hash:
-  sudo tessera entry create --client code-reviewer --selector unix:uid:1001 \\
-      --selector unix:sha256:$(sha256sum /opt/agents/code-reviewer | cut -d' ' -f1)
+  sudo tessera entry create --client code-reviewer \\
+      --selector unix:uid:1001 \\
+      --selector unix:sha256:$(sha256sum /opt/cr | cut -d' ' -f1)
   # As that runtime's user, see the identity it gets:
   tessera svid fetch --write /tmp/svid && tessera svid inspect /tmp/svid/svid.0.pem
   # Watch what the agent decides:
@@ -37,8 +38,7 @@ Examples:
     version,
     about = "Admin and developer CLI for a Tessera node agent",
     long_about = ABOUT_LONG,
-    after_long_help = EXAMPLES,
-    propagate_version = true
+    after_long_help = EXAMPLES
 )]
 pub struct Cli {
     /// Flags every subcommand accepts.
@@ -57,6 +57,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         value_name = "PATH",
         env = "TESSERA_ADMIN_SOCKET",
         default_value = "/run/tessera/admin.sock"
@@ -67,6 +68,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         value_name = "ADDR",
         env = "SPIFFE_ENDPOINT_SOCKET",
         default_value = "unix:///run/tessera/workload.sock"
@@ -74,7 +76,14 @@ pub struct GlobalArgs {
     pub socket: String,
 
     /// Output format.
-    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = OutputFormat::Text)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = OutputFormat::Text
+    )]
     pub output: OutputFormat,
 }
 
@@ -121,7 +130,8 @@ mod tests {
             for sub in cmd.get_subcommands() {
                 stack.push((format!("{path} {}", sub.get_name()), sub.clone()));
             }
-            if cmd.get_name() == "help" || cmd.has_subcommands() {
+            // `tessera help …` mirrors the tree without the help texts.
+            if path.split(' ').any(|part| part == "help") || cmd.has_subcommands() {
                 continue;
             }
             let help = cmd.render_long_help().to_string();

@@ -14,14 +14,15 @@ use crate::output::{self, OutputFormat, Table};
 
 const CREATE_EXAMPLES: &str = "\
 Examples:
-  # A runtime started by uid 1001 from one exact binary becomes spiffe://<td>/client/code-reviewer:
+  # uid 1001 running exactly /opt/cr becomes spiffe://<td>/client/code-reviewer:
   tessera entry create --client code-reviewer \\
       --selector unix:uid:1001 \\
-      --selector unix:sha256:$(sha256sum /opt/agents/code-reviewer | cut -d' ' -f1) \\
+      --selector unix:sha256:$(sha256sum /opt/cr | cut -d' ' -f1) \\
       --svid-ttl 30m
 
   # On Kubernetes, by namespace and service account:
-  tessera entry create --client code-reviewer --selector k8s:ns:agents --selector k8s:sa:code-reviewer
+  tessera entry create --client code-reviewer \\
+      --selector k8s:ns:agents --selector k8s:sa:code-reviewer
 
 A caller gets the identity only if it matches every selector of the entry.";
 
@@ -99,9 +100,6 @@ pub fn parse_selector(input: &str) -> Result<String, String> {
             "selector {input:?} needs both a type and a value, e.g. unix:uid:1001"
         ));
     }
-    if input.chars().any(char::is_whitespace) {
-        return Err(format!("selector {input:?} contains whitespace"));
-    }
     if let Some(hex) = input.strip_prefix("unix:sha256:") {
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(
@@ -110,6 +108,9 @@ pub fn parse_selector(input: &str) -> Result<String, String> {
             ));
         }
         return Ok(format!("unix:sha256:{}", hex.to_ascii_lowercase()));
+    }
+    if input.chars().any(char::is_whitespace) {
+        return Err(format!("selector {input:?} contains whitespace"));
     }
     Ok(input.to_owned())
 }

@@ -248,8 +248,6 @@ pub fn id_parts(id: &TesseraId) -> (&'static str, Vec<(&'static str, String)>) {
                 ("server", s.name.to_string()),
             ],
         ),
-        #[allow(unreachable_patterns)]
-        _ => ("other", Vec::new()),
     }
 }
 
@@ -351,6 +349,10 @@ fn render_text(ins: &Inspection, now: i64) -> String {
             pairs.push(("kind", kind.to_owned()));
             pairs.extend(parts);
         }
+        None if ins.uris().len() != 1 => pairs.push((
+            "kind",
+            "unknown: a SPIFFE ID needs exactly one URI SAN".to_owned(),
+        )),
         None => pairs.push(("kind", "not a Tessera client, task or server id".to_owned())),
     }
     if let Some((serial, not_before, not_after)) = ins.leaf_facts() {
@@ -518,6 +520,26 @@ pub mod test_certs {
         ttl: Duration,
     ) -> rcgen::Certificate {
         let key = KeyPair::generate().unwrap();
+        build_leaf(ca, &key, uris, extension, ttl)
+    }
+
+    /// Like [`leaf`], for a given key.
+    pub fn leaf_with_key(
+        ca: &Ca,
+        key: &KeyPair,
+        uris: &[&str],
+        ttl: Duration,
+    ) -> rcgen::Certificate {
+        build_leaf(ca, key, uris, None, ttl)
+    }
+
+    fn build_leaf(
+        ca: &Ca,
+        key: &KeyPair,
+        uris: &[&str],
+        extension: Option<CustomExtension>,
+        ttl: Duration,
+    ) -> rcgen::Certificate {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::ExplicitNoCa;
         params.distinguished_name = DistinguishedName::new();
@@ -534,7 +556,7 @@ pub mod test_certs {
         params.not_before = now - Duration::minutes(5);
         params.not_after = now + ttl;
         params.custom_extensions.extend(extension);
-        params.signed_by(&key, &ca.issuer).unwrap()
+        params.signed_by(key, &ca.issuer).unwrap()
     }
 }
 
@@ -543,6 +565,13 @@ mod tests {
     use super::test_certs::{ca, leaf};
     use super::*;
     use time::Duration;
+
+    /// The value of the `key:` line of a key/value block, whatever the alignment.
+    fn field<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{key}:")))
+            .map(str::trim)
+    }
 
     fn chain(leaf: &rcgen::Certificate, ca: &test_certs::Ca) -> Vec<Vec<u8>> {
         vec![leaf.der().to_vec(), ca.cert.der().to_vec()]
@@ -598,14 +627,111 @@ mod tests {
             .expect("two URI SANs must fail the profile");
         assert!(!reason.is_empty());
         let text = &rendered.text;
-        assert!(
-            text.contains(&format!("profile:       FAILED: {reason}")),
+        assert_eq!(
+            field(text, "profile"),
+            Some(format!("FAILED: {reason}").as_str()),
             "{text}"
         );
-        assert!(text.contains("URI SANs:"), "{text}");
+        assert!(reason.contains("URI SAN"), "{reason}");
+        assert_eq!(
+            field(text, "URI SANs"),
+            Some("spiffe://example.org/client/a"),
+            "{text}"
+        );
+        assert_eq!(
+            field(text, "kind"),
+            Some("unknown: a SPIFFE ID needs exactly one URI SAN")
+        );
         assert!(text.contains("spiffe://example.org/client/b"), "{text}");
         assert!(text.contains("not after:"), "{text}");
         assert!(text.contains("[1] subject: CN=Test CA"), "{text}");
+    }
+
+    #[test]
+    fn task_svid_shows_task_parts_and_claims() {
+        use tessera_identity::{TASK_CLAIMS_OID_ARCS, TASK_CLAIMS_VERSION};
+        let task = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        let uri = format!("spiffe://acme.corp/client/code-reviewer/task/{task}");
+        let deadline = output::now_unix() + 600;
+        let claims = TaskClaims {
+            version: TASK_CLAIMS_VERSION,
+            task_id: task.parse().unwrap(),
+            client_id: "spiffe://acme.corp/client/code-reviewer".parse().unwrap(),
+            subject: "alice@acme.corp".into(),
+            purpose: "Review PR #42".into(),
+            server: "spiffe://acme.corp/mcp/github".parse().unwrap(),
+            scopes: vec![
+                "github/tool/get_pull_request".parse().unwrap(),
+                "github/tool/list_*".parse().unwrap(),
+            ],
+            consent_id: "consent-7".into(),
+            deadline_unix: deadline,
+        };
+        let ext = rcgen::CustomExtension::from_oid_content(TASK_CLAIMS_OID_ARCS, claims.to_der());
+        let ca = ca();
+        let leaf = leaf(&ca, &[&uri], Some(ext), Duration::minutes(5));
+        let rendered = render_inspect(&chain(&leaf, &ca), OutputFormat::Text, output::now_unix());
+        let text = &rendered.text;
+        assert_eq!(rendered.profile_error, None, "{text}");
+        assert_eq!(field(text, "kind"), Some("task"), "{text}");
+        assert_eq!(field(text, "task id"), Some(task), "{text}");
+        assert!(text.contains("\ntask claims:\n"), "{text}");
+        assert_eq!(field(text, "  subject"), Some("alice@acme.corp"), "{text}");
+        assert_eq!(field(text, "  purpose"), Some("Review PR #42"), "{text}");
+        assert_eq!(
+            field(text, "  server"),
+            Some("spiffe://acme.corp/mcp/github"),
+            "{text}"
+        );
+        assert_eq!(
+            field(text, "  scopes"),
+            Some("github/tool/get_pull_request"),
+            "{text}"
+        );
+        assert!(text.contains("github/tool/list_*"), "{text}");
+        assert_eq!(field(text, "  consent id"), Some("consent-7"), "{text}");
+        assert!(
+            field(text, "  deadline").unwrap().ends_with("(in 10m)"),
+            "{text}"
+        );
+
+        let json: Value = serde_json::from_str(
+            &render_inspect(&chain(&leaf, &ca), OutputFormat::Json, output::now_unix()).text,
+        )
+        .unwrap();
+        assert_eq!(json["kind"], "task");
+        assert_eq!(json["parts"]["task_id"], task);
+        assert_eq!(json["claims"]["scopes"][1], "github/tool/list_*");
+    }
+
+    #[test]
+    fn run_exits_2_when_the_profile_check_fails() {
+        let ca = ca();
+        let dir = tempfile::tempdir().unwrap();
+        let bad = leaf(
+            &ca,
+            &[
+                "spiffe://example.org/client/a",
+                "spiffe://example.org/client/b",
+            ],
+            None,
+            Duration::hours(1),
+        );
+        let file = dir.path().join("bad.pem");
+        std::fs::write(&file, bad.pem()).unwrap();
+        let code = run(&InspectArgs { file }, OutputFormat::Text).unwrap();
+        assert_eq!(code, ExitCode::from(PROFILE_FAILED));
+
+        let good = leaf(
+            &ca,
+            &["spiffe://example.org/client/demo"],
+            None,
+            Duration::hours(1),
+        );
+        let file = dir.path().join("good.der");
+        std::fs::write(&file, good.der()).unwrap();
+        let code = run(&InspectArgs { file }, OutputFormat::Text).unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
     }
 
     #[test]

@@ -458,6 +458,61 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "no temporary files left behind");
     }
 
+    #[test]
+    fn write_files_lays_out_chain_key_and_bundle_like_spire() {
+        use std::sync::Arc;
+
+        use spiffe::{X509Bundle, X509BundleSet, X509Svid};
+
+        use crate::inspect::test_certs;
+
+        let ca = test_certs::ca();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf_cert = test_certs::leaf_with_key(
+            &ca,
+            &key,
+            &["spiffe://example.org/client/demo"],
+            time::Duration::hours(1),
+        );
+        let svid = X509Svid::parse_from_der(leaf_cert.der(), &key.serialize_der()).unwrap();
+        let td = svid.spiffe_id().trust_domain().clone();
+        let mut bundles = X509BundleSet::new();
+        bundles
+            .add_bundle(X509Bundle::from_x509_authorities(td, &[ca.cert.der().as_ref()]).unwrap());
+        let context = X509Context::new([Arc::new(svid)], bundles);
+
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("svid");
+        let written = write_files(&dir, &context).unwrap();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["svid.0.pem", "svid.0.key", "bundle.0.pem"]);
+
+        let mode = |name: &str| fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("svid.0.key"), 0o600);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+
+        let chain = pem::parse_many(fs::read(dir.join("svid.0.pem")).unwrap()).unwrap();
+        assert_eq!(chain.len(), 1);
+        assert_eq!(chain[0].contents(), leaf_cert.der().as_ref());
+        let key_text = fs::read_to_string(dir.join("svid.0.key")).unwrap();
+        assert!(
+            key_text.starts_with("-----BEGIN PRIVATE KEY-----\n"),
+            "LF line endings"
+        );
+        assert_eq!(
+            pem::parse(&key_text).unwrap().contents(),
+            key.serialize_der()
+        );
+        let bundle = pem::parse_many(fs::read(dir.join("bundle.0.pem")).unwrap()).unwrap();
+        assert_eq!(bundle[0].contents(), ca.cert.der().as_ref());
+    }
+
     #[tokio::test]
     async fn fetch_from_a_missing_socket_says_the_agent_is_not_running() {
         let dir = tempfile::tempdir().unwrap();
