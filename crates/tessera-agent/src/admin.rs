@@ -6,11 +6,16 @@ use tessera_authority::Authority;
 use tessera_identity::{ClientId, ClientName};
 use tessera_proto::tessera::v1::admin_server::Admin;
 use tessera_proto::tessera::v1::{
-    AuditRecord, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, Entry,
-    GetEntryRequest, GetStatusRequest, ListAuditRequest, ListAuditResponse, ListEntriesRequest,
-    ListEntriesResponse, Status as AgentStatus,
+    AuditRecord, Consent, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, Entry,
+    GetConsentRequest, GetEntryRequest, GetStatusRequest, GrantConsentRequest, ListAllTasksRequest,
+    ListAllTasksResponse, ListAuditRequest, ListAuditResponse, ListConsentsRequest,
+    ListConsentsResponse, ListEntriesRequest, ListEntriesResponse, RevokeTaskRequest,
+    RevokeTaskResponse, Status as AgentStatus, WithdrawConsentRequest, WithdrawConsentResponse,
 };
-use tessera_store::{NewEntry, Store, StoreError};
+use tessera_identity::{Scope, ServerName};
+use tessera_store::{ConsentFilter, NewConsent, NewEntry, Store, StoreError, TaskFilter};
+
+use crate::tasks::{EndReason, TaskError, TaskManager, task_to_proto};
 use tonic::{Request, Response, Status};
 
 use crate::attest::Selector;
@@ -21,6 +26,7 @@ use crate::workload::peer_of;
 #[derive(Clone, Debug)]
 pub struct AdminService {
     store: Store,
+    tasks: Arc<TaskManager>,
     authority: Arc<Authority>,
     metrics: Arc<Metrics>,
     allowed_uids: Arc<Vec<u32>>,
@@ -43,6 +49,7 @@ impl AdminService {
         allowed.dedup();
         AdminService {
             store,
+            tasks,
             authority,
             metrics,
             allowed_uids: Arc::new(allowed),
@@ -86,6 +93,35 @@ impl AdminService {
     }
 }
 
+fn consent_to_proto(c: tessera_store::Consent) -> Consent {
+    Consent {
+        id: c.id,
+        client: c.client,
+        subject: c.subject,
+        server: c.server,
+        scopes: c.scopes,
+        expires_at_unix: c.expires_at,
+        granted_by: c.granted_by,
+        granted_at_unix: c.granted_at,
+        withdrawn_at_unix: c.withdrawn_at.unwrap_or(0),
+    }
+}
+
+fn task_error_status(e: TaskError) -> Status {
+    match e {
+        TaskError::NotFound(id) => Status::not_found(format!("no task {id}")),
+        TaskError::InvalidArgument(m) => Status::invalid_argument(m),
+        TaskError::Store(e) => store_status(e),
+        e => {
+            tracing::error!(error = %e, "admin task operation failed");
+            Status::internal("task operation failed; see the agent's log")
+        }
+    }
+}
+
+/// Longest consent a grant may ask for; renewals are cheap, blanket grants are not.
+const MAX_CONSENT_SECS: i64 = 366 * 24 * 3600;
+
 fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::DuplicateEntry { existing_id } => Status::already_exists(format!(
@@ -95,6 +131,8 @@ fn store_status(e: StoreError) -> Status {
         | StoreError::InvalidSelectorCount { .. }
         | StoreError::InvalidSelector { .. }
         | StoreError::InvalidSvidTtl) => Status::invalid_argument(e.to_string()),
+        e @ StoreError::ConsentAlreadyWithdrawn { .. } => Status::failed_precondition(e.to_string()),
+        e @ StoreError::ConsentExpired { .. } => Status::invalid_argument(e.to_string()),
         e => {
             tracing::error!(error = %e, "store error");
             Status::internal("store error; see the agent's log")
@@ -206,6 +244,136 @@ impl Admin for AdminService {
                     detail_json: a.detail.to_string(),
                 })
                 .collect(),
+        }))
+    }
+
+    async fn grant_consent(&self, req: Request<GrantConsentRequest>) -> Result<Response<Consent>, Status> {
+        let actor = self.authorize("GrantConsent", &req)?;
+        let r = req.into_inner();
+        r.client
+            .parse::<ClientName>()
+            .map_err(|e| Status::invalid_argument(format!("client {:?}: {e}", r.client)))?;
+        let server: ServerName = r
+            .server
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("server {:?}: {e}", r.server)))?;
+        if r.subject.is_empty() {
+            return Err(Status::invalid_argument("subject is required"));
+        }
+        if r.scopes.is_empty() {
+            return Err(Status::invalid_argument("a consent grants at least one scope"));
+        }
+        let mut scopes = Vec::with_capacity(r.scopes.len());
+        for s in &r.scopes {
+            let scope: Scope = s
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("scope {s:?}: {e}")))?;
+            if scope.server() != &server {
+                return Err(Status::invalid_argument(format!(
+                    "scope {s:?} names server {:?}, but the consent is for {:?}",
+                    scope.server().as_str(),
+                    server.as_str()
+                )));
+            }
+            scopes.push(scope.to_string());
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let expires_at = match (r.expires_at_unix, r.ttl_secs) {
+            (0, 0) => return Err(Status::invalid_argument("set expires_at_unix or ttl_secs")),
+            (0, ttl) => now + i64::from(ttl),
+            (at, 0) => at,
+            _ => return Err(Status::invalid_argument("set only one of expires_at_unix and ttl_secs")),
+        };
+        if expires_at <= now || expires_at - now > MAX_CONSENT_SECS {
+            return Err(Status::invalid_argument(
+                "expiry must be in the future and at most 366 days away",
+            ));
+        }
+        let consent = self
+            .store
+            .grant_consent(
+                NewConsent {
+                    client: r.client,
+                    subject: r.subject,
+                    server: server.as_str().to_owned(),
+                    scopes,
+                    expires_at,
+                },
+                &actor,
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(consent = %consent.id, client = %consent.client, subject = %consent.subject, server = %consent.server, scopes = ?consent.scopes, expires_at, %actor, "consent granted");
+        Ok(Response::new(consent_to_proto(consent)))
+    }
+
+    async fn list_consents(
+        &self,
+        req: Request<ListConsentsRequest>,
+    ) -> Result<Response<ListConsentsResponse>, Status> {
+        self.authorize("ListConsents", &req)?;
+        let r = req.into_inner();
+        let filter = ConsentFilter {
+            client: (!r.client.is_empty()).then_some(r.client),
+            include_withdrawn: r.include_withdrawn,
+        };
+        let consents = self.store.list_consents(&filter).await.map_err(store_status)?;
+        Ok(Response::new(ListConsentsResponse {
+            consents: consents.into_iter().map(consent_to_proto).collect(),
+        }))
+    }
+
+    async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<Consent>, Status> {
+        self.authorize("GetConsent", &req)?;
+        let id = req.into_inner().id;
+        match self.store.get_consent(&id).await.map_err(store_status)? {
+            Some(c) => Ok(Response::new(consent_to_proto(c))),
+            None => Err(Status::not_found(format!("no consent with id {id}"))),
+        }
+    }
+
+    async fn withdraw_consent(
+        &self,
+        req: Request<WithdrawConsentRequest>,
+    ) -> Result<Response<WithdrawConsentResponse>, Status> {
+        let actor = self.authorize("WithdrawConsent", &req)?;
+        let id = req.into_inner().id;
+        match self.tasks.withdraw_consent(&id, &actor).await.map_err(task_error_status)? {
+            Some((consent, ended_tasks)) => Ok(Response::new(WithdrawConsentResponse {
+                consent: Some(consent_to_proto(consent)),
+                ended_tasks,
+            })),
+            None => Err(Status::not_found(format!("no consent with id {id}"))),
+        }
+    }
+
+    async fn list_all_tasks(
+        &self,
+        req: Request<ListAllTasksRequest>,
+    ) -> Result<Response<ListAllTasksResponse>, Status> {
+        self.authorize("ListAllTasks", &req)?;
+        let r = req.into_inner();
+        let filter = TaskFilter {
+            client: (!r.client.is_empty()).then_some(r.client),
+            include_ended: r.include_ended,
+        };
+        let td = self.authority.trust_domain().as_str().to_owned();
+        let tasks = self.store.list_tasks(&filter).await.map_err(store_status)?;
+        Ok(Response::new(ListAllTasksResponse {
+            tasks: tasks.into_iter().map(|t| task_to_proto(t, &td)).collect(),
+        }))
+    }
+
+    async fn revoke_task(&self, req: Request<RevokeTaskRequest>) -> Result<Response<RevokeTaskResponse>, Status> {
+        let actor = self.authorize("RevokeTask", &req)?;
+        let id = req.into_inner().task_id;
+        let task = self
+            .tasks
+            .end(&id, EndReason::Revoked, &actor, None)
+            .await
+            .map_err(task_error_status)?;
+        Ok(Response::new(RevokeTaskResponse {
+            task: Some(task_to_proto(task, self.authority.trust_domain().as_str())),
         }))
     }
 

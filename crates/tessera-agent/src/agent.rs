@@ -19,6 +19,10 @@ use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::socket;
 use crate::svids::SvidCache;
+use crate::tasks::{ConsentCache, RevocationsService, TaskConfig, TaskManager, TasksService};
+use crate::audit_log;
+use tessera_proto::tessera::v1::revocations_server::RevocationsServer;
+use tessera_proto::tessera::v1::tasks_server::TasksServer;
 use crate::workload::WorkloadService;
 
 /// Largest request message accepted on either socket. Workload API requests are
@@ -32,6 +36,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    raise_fd_limit();
     let trust_domain: TrustDomain = config.trust_domain.as_str().try_into()?;
     if !config.data_dir.exists() {
         std::fs::DirBuilder::new()
@@ -79,6 +84,30 @@ pub async fn run(
     .context("issuing SVIDs for registered entries")?;
     let cache_task = tokio::spawn(Arc::clone(&cache).run(stop_rx.clone()));
 
+    let consents = ConsentCache::load(store.clone()).await.context("loading consents")?;
+    let tasks = TaskManager::start(
+        Arc::clone(&authority),
+        store.clone(),
+        consents,
+        Arc::clone(&metrics),
+        TaskConfig {
+            svid_ttl: config.task_svid_ttl,
+            default_lifetime: config.task_default_lifetime,
+            max_lifetime: config.task_max_lifetime,
+        },
+    )
+    .await
+    .context("recovering tasks")?;
+    let tasks_task = tokio::spawn(Arc::clone(&tasks).run(stop_rx.clone()));
+    let audit_task = match &config.audit_log {
+        Some(path) => Some(tokio::spawn(audit_log::run(
+            path.clone(),
+            store.subscribe_audit(),
+            stop_rx.clone(),
+        ))),
+        None => None,
+    };
+
     let health = Health::new(Arc::clone(&metrics));
     let (http_addr, http_fut) = http::serve(
         config.http_listen,
@@ -94,13 +123,30 @@ pub async fn run(
     let attestor = Arc::new(UnixAttestor::default());
     let workload = SpiffeWorkloadApiServer::new(WorkloadService::new(
         Arc::clone(&cache),
-        attestor,
+        Arc::clone(&tasks),
+        Arc::clone(&attestor),
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let tasks_api = TasksServer::new(TasksService::new(
+        Arc::clone(&tasks),
+        Arc::clone(&cache),
+        Arc::clone(&attestor),
+        Arc::clone(&metrics),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let revocations_api = RevocationsServer::new(RevocationsService::new(
+        Arc::clone(&tasks),
+        Arc::clone(&cache),
+        Arc::clone(&attestor),
         Arc::clone(&metrics),
         stop_rx.clone(),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin = AdminServer::new(AdminService::new(
         store.clone(),
+        Arc::clone(&tasks),
         Arc::clone(&authority),
         Arc::clone(&metrics),
         &config.admin_uids,
@@ -111,6 +157,8 @@ pub async fn run(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(workload)
+            .add_service(tasks_api)
+            .add_service(revocations_api)
             .serve_with_incoming_shutdown(
                 socket::incoming(workload_listener),
                 stopped(stop_rx.clone()),
@@ -153,12 +201,30 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(grace, http_task).await;
     let _ = cache_task.await;
+    let _ = tasks_task.await;
+    if let Some(t) = audit_task {
+        let _ = t.await;
+    }
     store.close().await;
     for path in [&config.workload_socket, &config.admin_socket] {
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Each live task holds a pidfd and each client a socket: lift the soft
+/// descriptor limit to the hard one so thousands of them fit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
+    }
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

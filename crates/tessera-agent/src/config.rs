@@ -66,9 +66,17 @@ pub struct Config {
     /// Lifetime of client SVIDs, e.g. "1h".
     #[serde(with = "humantime_serde")]
     pub client_svid_ttl: Duration,
-    /// Lifetime of task SVIDs, e.g. "5m".
+    /// Lifetime of task SVIDs, e.g. "5m"; rotated at half life, never past the task's deadline.
     #[serde(with = "humantime_serde")]
     pub task_svid_ttl: Duration,
+    /// Task lifetime when BeginTask names none.
+    #[serde(with = "humantime_serde")]
+    pub task_default_lifetime: Duration,
+    /// Longest task lifetime BeginTask may ask for.
+    #[serde(with = "humantime_serde")]
+    pub task_max_lifetime: Duration,
+    /// Also append every audit record as a JSON line to this file (mode 0600).
+    pub audit_log: Option<PathBuf>,
     /// The signing CA.
     pub ca: CaConfig,
     /// Logging.
@@ -133,6 +141,9 @@ impl Default for Config {
             admin_uids: Vec::new(),
             client_svid_ttl: Duration::from_secs(3600),
             task_svid_ttl: Duration::from_secs(300),
+            task_default_lifetime: Duration::from_secs(15 * 60),
+            task_max_lifetime: Duration::from_secs(24 * 3600),
+            audit_log: None,
             ca: CaConfig::default(),
             log: LogConfig::default(),
         }
@@ -233,6 +244,15 @@ impl Config {
         if let Some(v) = lookup("TESSERA_TASK_SVID_TTL") {
             self.task_svid_ttl = dur("TESSERA_TASK_SVID_TTL", v)?;
         }
+        if let Some(v) = lookup("TESSERA_TASK_DEFAULT_LIFETIME") {
+            self.task_default_lifetime = dur("TESSERA_TASK_DEFAULT_LIFETIME", v)?;
+        }
+        if let Some(v) = lookup("TESSERA_TASK_MAX_LIFETIME") {
+            self.task_max_lifetime = dur("TESSERA_TASK_MAX_LIFETIME", v)?;
+        }
+        if let Some(v) = lookup("TESSERA_AUDIT_LOG") {
+            self.audit_log = (!v.is_empty()).then(|| v.into());
+        }
         if let Some(v) = lookup("TESSERA_CA_TTL") {
             self.ca.ttl = dur("TESSERA_CA_TTL", v)?;
         }
@@ -273,6 +293,12 @@ impl Config {
                     reason: format!("must be at least {}", humantime::format_duration(MIN_TTL)),
                 });
             }
+        }
+        if self.task_default_lifetime.is_zero() || self.task_default_lifetime > self.task_max_lifetime {
+            return Err(ConfigError::Invalid {
+                key: "task_default_lifetime",
+                reason: "must be positive and at most task_max_lifetime".into(),
+            });
         }
         if self.ca.ttl < self.client_svid_ttl.max(self.task_svid_ttl) * 2 {
             return Err(ConfigError::Invalid {
@@ -377,6 +403,7 @@ mod tests {
             ("client_svid_ttl = \"1s\"", "client_svid_ttl"),
             ("[ca]\nmode = \"upstream\"", "ca.mode"),
             ("[ca]\nttl = \"1h\"", "ca.ttl"),
+            ("task_default_lifetime = \"48h\"", "task_default_lifetime"),
             (
                 "workload_socket = \"/tmp/x.sock\"\nadmin_socket = \"/tmp/x.sock\"",
                 "admin_socket",

@@ -8,10 +8,12 @@
 pub mod admin;
 pub mod agent;
 pub mod attest;
+pub mod audit_log;
 pub mod config;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod socket;
 pub mod svids;
+pub mod tasks;
 pub mod workload;

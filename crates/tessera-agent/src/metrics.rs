@@ -20,6 +20,13 @@ impl KindLabel {
     }
 }
 
+/// Label: why a task ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The end reason ("ended", "process_exited", ...).
+    pub reason: &'static str,
+}
+
 /// Labels of an RPC outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabel {
@@ -53,6 +60,14 @@ pub struct Metrics {
     pub entries: Gauge,
     /// notAfter of the signing CA, unix seconds.
     pub ca_not_after: Gauge,
+    /// Tasks begun.
+    pub tasks_begun: Counter,
+    /// Tasks ended, by reason.
+    pub tasks_ended: Family<ReasonLabel, Counter>,
+    /// Live tasks.
+    pub live_tasks: Gauge,
+    /// Open revocation feed subscribers.
+    pub revocation_watchers: Gauge,
 }
 
 impl Default for Metrics {
@@ -65,6 +80,10 @@ impl Default for Metrics {
             open_streams: Gauge::default(),
             entries: Gauge::default(),
             ca_not_after: Gauge::default(),
+            tasks_begun: Counter::default(),
+            tasks_ended: Family::default(),
+            live_tasks: Gauge::default(),
+            revocation_watchers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("svids_issued", "X.509-SVIDs issued", m.svids_issued.clone());
@@ -88,6 +107,14 @@ impl Default for Metrics {
             "ca_not_after_seconds",
             "Expiry of the signing CA, unix seconds",
             m.ca_not_after.clone(),
+        );
+        registry.register("tasks_begun", "Tasks begun", m.tasks_begun.clone());
+        registry.register("tasks_ended", "Tasks ended, by reason", m.tasks_ended.clone());
+        registry.register("live_tasks", "Live tasks", m.live_tasks.clone());
+        registry.register(
+            "revocation_watchers",
+            "Open revocation feed streams",
+            m.revocation_watchers.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -35,6 +35,18 @@ pub struct Snapshot {
     pub bundle: Arc<TrustBundle>,
 }
 
+impl Snapshot {
+    /// The entries whose selectors `att` satisfies, one per client id, in store order.
+    pub fn clients_for(&self, att: &crate::attest::Attestation) -> Vec<&Arc<EntrySvid>> {
+        let mut seen = std::collections::HashSet::new();
+        self.entries
+            .iter()
+            .filter(|e| att.satisfies(e.entry.selectors.iter().map(String::as_str)))
+            .filter(|e| seen.insert(e.client_id.name.clone()))
+            .collect()
+    }
+}
+
 /// Keeps [`Snapshot`] current. Streams subscribe with [`SvidCache::subscribe`].
 #[derive(Debug)]
 pub struct SvidCache {

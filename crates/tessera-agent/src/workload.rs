@@ -19,14 +19,17 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::attest::{Attestation, PeerInfo, UnixAttestor};
 use crate::metrics::{Metrics, ResultLabel};
-use crate::svids::{EntrySvid, Snapshot, SvidCache};
+use crate::svids::{Snapshot, SvidCache};
+use crate::tasks::{TaskManager, TaskView};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+type BuildFn<T> = fn(&Snapshot, &[TaskView], &Attestation) -> Option<(T, Vec<String>)>;
 
 /// The `SpiffeWorkloadAPI` service.
 #[derive(Clone, Debug)]
 pub struct WorkloadService {
     cache: Arc<SvidCache>,
+    tasks: Arc<TaskManager>,
     attestor: Arc<UnixAttestor>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
@@ -40,12 +43,14 @@ impl WorkloadService {
     /// A service answering from `cache`, attesting with `attestor`.
     pub fn new(
         cache: Arc<SvidCache>,
+        tasks: Arc<TaskManager>,
         attestor: Arc<UnixAttestor>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         WorkloadService {
             cache,
+            tasks,
             attestor,
             metrics,
             shutdown,
@@ -53,7 +58,7 @@ impl WorkloadService {
     }
 
     /// Header check and attestation, shared by every RPC that hands out material.
-    fn admit<T>(
+    pub(crate) fn admit<T>(
         &self,
         rpc: &'static str,
         req: &Request<T>,
@@ -75,12 +80,19 @@ impl WorkloadService {
         &self,
         rpc: &'static str,
         peer: PeerInfo,
-        build: fn(&Snapshot, &Attestation) -> Option<(T, Vec<String>)>,
+        build: BuildFn<T>,
         first_att: Attestation,
+        with_tasks: bool,
     ) -> Result<ResponseStream<T>, Status> {
         let mut rx = self.cache.subscribe();
+        // Only streams that carry task SVIDs follow the caller's tasks.
+        let mut tasks_rx = with_tasks.then(|| self.tasks.subscribe_owner(first_att.pid));
         let snap = rx.borrow_and_update().clone();
-        let Some((first, mut last_key)) = build(&snap, &first_att) else {
+        let tasks = tasks_rx
+            .as_mut()
+            .map(|r| r.borrow_and_update().clone())
+            .unwrap_or_default();
+        let Some((first, mut last_key)) = build(&snap, &tasks, &first_att) else {
             self.metrics
                 .attestations
                 .get_or_create(&ResultLabel { result: "no_match" })
@@ -107,12 +119,23 @@ impl WorkloadService {
         metrics.open_streams.inc();
         tokio::spawn(async move {
             loop {
+                let tasks_changed = async {
+                    match tasks_rx.as_mut() {
+                        Some(r) => r.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = tx.closed() => break,
                     _ = shutdown.changed() => break,
                     r = rx.changed() => if r.is_err() { break },
+                    r = tasks_changed => if r.is_err() { break },
                 }
                 let snap = rx.borrow_and_update().clone();
+                let tasks = tasks_rx
+                    .as_mut()
+                    .map(|r| r.borrow_and_update().clone())
+                    .unwrap_or_default();
                 let att = match attestor.attest(&peer) {
                     Ok(a) => a,
                     Err(e) => {
@@ -121,7 +144,7 @@ impl WorkloadService {
                         break;
                     }
                 };
-                match build(&snap, &att) {
+                match build(&snap, &tasks, &att) {
                     Some((msg, key)) => {
                         if key != last_key {
                             last_key = key;
@@ -143,7 +166,7 @@ impl WorkloadService {
     }
 }
 
-fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+pub(crate) fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
     match req.metadata().get(WORKLOAD_HEADER) {
         Some(v) if v == "true" => Ok(()),
         _ => Err(Status::invalid_argument(MISSING_HEADER)),
@@ -171,16 +194,6 @@ fn attest(
         // The caller learns nothing about why beyond "no identity".
         Status::permission_denied(NO_IDENTITY)
     })
-}
-
-/// The entries whose selectors this caller satisfies, one per client id.
-fn matching<'a>(snap: &'a Snapshot, att: &Attestation) -> Vec<&'a Arc<EntrySvid>> {
-    let mut seen = std::collections::HashSet::new();
-    snap.entries
-        .iter()
-        .filter(|e| att.satisfies(e.entry.selectors.iter().map(String::as_str)))
-        .filter(|e| seen.insert(e.client_id.to_string()))
-        .collect()
 }
 
 /// Identifies the bundle's certificates cheaply (their signatures' last bytes),

@@ -42,10 +42,29 @@ pub struct AuditArgs {
 
 /// Runs `tessera audit`, printing records as they arrive.
 pub async fn run(admin: &mut Admin, args: AuditArgs, format: OutputFormat) -> anyhow::Result<()> {
+    let emit = |text: &str| Ok(output::print(text)?);
+    if !args.follow {
+        return stream(admin, &args, format, emit).await;
+    }
+    // One Ctrl-C listener for the whole run, so an interrupt during a request is not lost.
+    tokio::select! {
+        result = stream(admin, &args, format, emit) => result,
+        signal = tokio::signal::ctrl_c() => Ok(signal?),
+    }
+}
+
+/// Pages through the log (and follows it with `--follow`), handing each batch of rendered
+/// records to `emit` as soon as it arrives.
+async fn stream(
+    admin: &mut Admin,
+    args: &AuditArgs,
+    format: OutputFormat,
+    mut emit: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut after = args.after;
     let mut remaining = args.limit;
     if format == OutputFormat::Text {
-        output::print(&header())?;
+        emit(&header())?;
     }
     loop {
         // Drain every page available now.
@@ -75,15 +94,12 @@ pub async fn run(admin: &mut Admin, args: AuditArgs, format: OutputFormat) -> an
             for record in page {
                 text.push_str(&render_record(record, format));
             }
-            output::print(&text)?;
+            emit(&text)?;
         }
         if !args.follow {
             return Ok(());
         }
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            () = tokio::time::sleep(POLL_INTERVAL) => {}
-        }
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
@@ -139,6 +155,7 @@ pub fn render_record(record: &pb::AuditRecord, format: OutputFormat) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::testing::{Mock, serve};
 
     fn record() -> pb::AuditRecord {
         pb::AuditRecord {
@@ -169,6 +186,91 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["seq"], 42);
         assert_eq!(value["detail"]["client"], "demo");
+    }
+
+    async fn collect(mock: &Mock, args: AuditArgs, format: OutputFormat) -> Vec<String> {
+        let (_dir, socket) = serve(mock.clone()).await;
+        let mut admin = Admin::connect(&socket).await.unwrap();
+        let mut lines = Vec::new();
+        stream(&mut admin, &args, format, |text| {
+            lines.extend(text.lines().map(str::to_owned));
+            Ok(())
+        })
+        .await
+        .unwrap();
+        lines
+    }
+
+    fn seqs(lines: &[String]) -> Vec<i64> {
+        lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pages_through_the_whole_log() {
+        let mock = Mock::default();
+        for _ in 0..5 {
+            mock.audit("entry.created");
+        }
+        let args = AuditArgs {
+            after: 0,
+            limit: None,
+            follow: false,
+        };
+        let lines = collect(&mock, args, OutputFormat::Json).await;
+        assert_eq!(seqs(&lines), [1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn after_and_limit_select_a_window() {
+        let mock = Mock::default();
+        for _ in 0..6 {
+            mock.audit("entry.created");
+        }
+        let args = AuditArgs {
+            after: 2,
+            limit: Some(3),
+            follow: false,
+        };
+        let lines = collect(&mock, args, OutputFormat::Json).await;
+        assert_eq!(seqs(&lines), [3, 4, 5]);
+        let args = AuditArgs {
+            after: 0,
+            limit: Some(1),
+            follow: false,
+        };
+        let lines = collect(&mock, args, OutputFormat::Text).await;
+        assert_eq!(lines.len(), 2, "header and one record: {lines:?}");
+        assert!(lines[0].contains("SEQ"));
+    }
+
+    #[tokio::test]
+    async fn follow_prints_records_that_arrive_later() {
+        let mock = Mock::default();
+        mock.audit("entry.created");
+        let later = mock.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            later.audit("task.begun");
+        });
+        let args = AuditArgs {
+            after: 0,
+            limit: Some(2),
+            follow: true,
+        };
+        let lines = tokio::time::timeout(
+            Duration::from_secs(10),
+            collect(&mock, args, OutputFormat::Json),
+        )
+        .await
+        .expect("follow must see the new record");
+        assert_eq!(seqs(&lines), [1, 2]);
     }
 
     #[test]

@@ -302,6 +302,69 @@ mod tests {
         assert!(lines[2].contains("default"));
     }
 
+    #[tokio::test]
+    async fn create_show_list_delete_against_an_agent() {
+        use crate::admin::testing::{Mock, serve};
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+
+        let (_dir, socket) = serve(Mock::default()).await;
+        let mut admin = Admin::connect(&socket).await.unwrap();
+        let command = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(["tessera", "entry"].into_iter().chain(args.iter().copied()))
+                    .unwrap();
+            let Command::Entry(command) = cli.command else {
+                panic!()
+            };
+            command
+        };
+
+        let created = run(
+            &mut admin,
+            command(&[
+                "create",
+                "--client",
+                "demo",
+                "--selector",
+                "unix:uid:1001",
+                "--svid-ttl",
+                "1h",
+            ]),
+            OutputFormat::Json,
+        )
+        .await
+        .unwrap();
+        let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+        let id = created["id"].as_str().unwrap().to_owned();
+        assert_eq!(created["spiffe_id"], "spiffe://example.org/client/demo");
+        assert_eq!(created["svid_ttl_secs"], 3_600);
+
+        let shown = run(&mut admin, command(&["show", &id]), OutputFormat::Text)
+            .await
+            .unwrap();
+        assert!(shown.contains("selectors:  unix:uid:1001"), "{shown}");
+        let listed = run(&mut admin, command(&["list"]), OutputFormat::Text)
+            .await
+            .unwrap();
+        assert!(listed.contains(&id), "{listed}");
+
+        let deleted = run(&mut admin, command(&["delete", &id]), OutputFormat::Text)
+            .await
+            .unwrap();
+        assert_eq!(deleted, format!("deleted entry {id}\n"));
+        for again in [["show", id.as_str()], ["delete", id.as_str()]] {
+            let err = run(&mut admin, command(&again), OutputFormat::Text)
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("no entry with id {id:?}")),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn empty_list_says_how_to_add_one() {
         assert!(render_list(&[], OutputFormat::Text).contains("tessera entry create"));

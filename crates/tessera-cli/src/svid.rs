@@ -4,22 +4,18 @@
 //! `fetch` uses the `spiffe` crate's client on purpose: if it works here, it works for every
 //! standard SPIFFE client, which is the point of speaking the Workload API.
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
-use pem::{EncodeConfig, LineEnding, Pem};
 use serde_json::json;
 use spiffe::transport::{GrpcStatusCode, TransportError};
 use spiffe::{WorkloadApiClient, WorkloadApiError, X509Context};
 use tessera_identity::TesseraId;
-use zeroize::Zeroizing;
 
-use crate::admin::current_uid;
+use crate::admin::{current_uid, io_cause};
+use crate::files::{SvidFileNames, ensure_private_dir, write_svid_files};
 use crate::inspect::{CertSummary, InspectArgs, id_parts};
 use crate::output::{self, OutputFormat};
 
@@ -62,6 +58,12 @@ pub struct FetchArgs {
 /// Normalizes the workload endpoint: `unix:///abs/path`, `unix:/abs/path` or a bare
 /// absolute path become `unix:///abs/path`.
 pub fn workload_addr(input: &str) -> Result<String, String> {
+    Ok(format!("unix://{}", workload_path(input)?.display()))
+}
+
+/// The socket path of the workload endpoint (`unix:///abs/path`, `unix:/abs/path` or a bare
+/// absolute path).
+pub fn workload_path(input: &str) -> Result<PathBuf, String> {
     let path = if let Some(rest) = input.strip_prefix("unix://") {
         rest
     } else if let Some(rest) = input.strip_prefix("unix:") {
@@ -74,7 +76,7 @@ pub fn workload_addr(input: &str) -> Result<String, String> {
             "invalid workload endpoint {input:?}: expected unix:///absolute/path or /absolute/path"
         ));
     }
-    Ok(format!("unix://{path}"))
+    Ok(PathBuf::from(path))
 }
 
 /// One fetched SVID, as displayed (never with its key).
@@ -135,8 +137,21 @@ pub async fn fetch(args: &FetchArgs, socket: &str, format: OutputFormat) -> anyh
 /// Explains a Workload API failure.
 fn workload_error(err: &WorkloadApiError, addr: &str) -> anyhow::Error {
     let uid = current_uid().map_or_else(|| "<uid>".to_owned(), |u| u.to_string());
-    let unreachable =
-        || anyhow!("cannot reach the Workload API at {addr}: is tessera-agent running? ({err})");
+    let unreachable = || match io_cause(err) {
+        Some(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            anyhow!("cannot open the Workload API socket {addr} as uid {uid}: permission denied")
+        }
+        Some(io) if io.kind() == std::io::ErrorKind::NotFound => anyhow!(
+            "cannot reach the Workload API at {addr}: is tessera-agent running? (no socket at that \
+             path; set --socket or SPIFFE_ENDPOINT_SOCKET if it lives elsewhere)"
+        ),
+        Some(io) => {
+            anyhow!("cannot reach the Workload API at {addr}: is tessera-agent running? ({io})")
+        }
+        None => {
+            anyhow!("cannot reach the Workload API at {addr}: is tessera-agent running? ({err})")
+        }
+    };
     match err {
         WorkloadApiError::NoIdentityIssued | WorkloadApiError::PermissionDenied(_) => anyhow!(
             "tessera-agent at {addr} has no identity for this process (uid {uid}): no registration entry \
@@ -261,94 +276,32 @@ fn kind_of(spiffe_id: &str) -> &'static str {
 /// Writes `svid.N.pem`, `svid.N.key` and `bundle.N.pem` for every SVID into `dir`.
 fn write_files(dir: &Path, context: &X509Context) -> anyhow::Result<Vec<PathBuf>> {
     ensure_private_dir(dir)?;
-    let config = EncodeConfig::new().set_line_ending(LineEnding::LF);
     let mut written = Vec::new();
     for (i, svid) in context.svids().iter().enumerate() {
-        let chain: Vec<Pem> = svid
-            .cert_chain()
-            .iter()
-            .map(|c| Pem::new("CERTIFICATE", c.as_bytes()))
-            .collect();
-        written.push(write_atomic(
-            dir,
-            &format!("svid.{i}.pem"),
-            pem::encode_many_config(&chain, config).as_bytes(),
-            0o644,
-        )?);
-
-        let key = Pem::new("PRIVATE KEY", svid.private_key().as_bytes());
-        let key_pem = Zeroizing::new(pem::encode_config(&key, config));
-        // The DER copy inside `Pem` is wiped too.
-        drop(Zeroizing::new(key.into_contents()));
-        written.push(write_atomic(
-            dir,
-            &format!("svid.{i}.key"),
-            key_pem.as_bytes(),
-            0o600,
-        )?);
-
         let trust_domain = svid.spiffe_id().trust_domain();
         let bundle = context.bundle_set().get(trust_domain).with_context(|| {
             format!("the Workload API sent no bundle for trust domain {trust_domain}")
         })?;
-        let cas: Vec<Pem> = bundle
-            .authorities()
-            .iter()
-            .map(|c| Pem::new("CERTIFICATE", c.as_bytes()))
-            .collect();
-        written.push(write_atomic(
+        let chain: Vec<&[u8]> = svid.cert_chain().iter().map(|c| c.as_bytes()).collect();
+        let cas: Vec<&[u8]> = bundle.authorities().iter().map(|c| c.as_bytes()).collect();
+        let (chain_name, key_name, bundle_name) = (
+            format!("svid.{i}.pem"),
+            format!("svid.{i}.key"),
+            format!("bundle.{i}.pem"),
+        );
+        written.extend(write_svid_files(
             dir,
-            &format!("bundle.{i}.pem"),
-            pem::encode_many_config(&cas, config).as_bytes(),
-            0o644,
+            SvidFileNames {
+                chain: &chain_name,
+                key: &key_name,
+                bundle: &bundle_name,
+            },
+            &chain,
+            svid.private_key().as_bytes(),
+            &cas,
         )?);
     }
     Ok(written)
-}
-
-/// Creates `dir` (and missing parents) with mode 0700, or checks the existing one.
-fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
-    match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => {
-            if meta.permissions().mode() & 0o022 != 0 {
-                eprintln!(
-                    "warning: {} is writable by other users; they could replace the files written there",
-                    dir.display()
-                );
-            }
-            Ok(())
-        }
-        Ok(_) => anyhow::bail!("{} exists and is not a directory", dir.display()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create directory {}", dir.display())),
-        Err(err) => Err(err).with_context(|| format!("cannot use directory {}", dir.display())),
-    }
-}
-
-/// Writes `contents` to `dir/name` through a fresh temporary file created with `mode`
-/// (`O_CREAT|O_EXCL`, so the mode holds from the first byte and no symlink is followed),
-/// then renames it into place so readers never see a half-written file.
-fn write_atomic(dir: &Path, name: &str, contents: &[u8], mode: u32) -> anyhow::Result<PathBuf> {
-    let target = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &target)
-    })();
-    if let Err(err) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("cannot write {}", target.display()));
-    }
-    Ok(target)
 }
 
 #[cfg(test)]
@@ -433,33 +386,9 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_created_0600_and_the_directory_0700() {
-        let base = tempfile::tempdir().unwrap();
-        let dir = base.path().join("out/svid");
-        ensure_private_dir(&dir).unwrap();
-        assert_eq!(
-            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
-        let key = write_atomic(&dir, "svid.0.key", b"secret", 0o600).unwrap();
-        assert_eq!(
-            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        // Rewriting replaces a file that had a looser mode.
-        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-        write_atomic(&dir, "svid.0.key", b"secret2", 0o600).unwrap();
-        assert_eq!(
-            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(fs::read(&key).unwrap(), b"secret2");
-        let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "no temporary files left behind");
-    }
-
-    #[test]
     fn write_files_lays_out_chain_key_and_bundle_like_spire() {
+        use std::fs;
+        use std::os::unix::fs::PermissionsExt;
         use std::sync::Arc;
 
         use spiffe::{X509Bundle, X509BundleSet, X509Svid};

@@ -1,7 +1,7 @@
 -- Tessera store, schema v1.
 --
--- Units: every `*_at`, `expires_at`, `deadline` and `until` column is unix seconds, except
--- `audit.at`, which is unix milliseconds. JSON columns hold text checked with json_valid();
+-- Units: every `*_at`, `expires_at`, `deadline`, `not_after` and `until` column is unix seconds,
+-- except `audit.at` and `revocations.revoked_at_ms`, which are unix milliseconds. JSON columns hold text checked with json_valid();
 -- the store additionally decodes them on read and reports anything malformed as corruption.
 -- Tables are STRICT so a wrongly typed write fails instead of being coerced.
 
@@ -51,15 +51,27 @@ CREATE INDEX tasks_by_consent ON tasks (consent_id);
 CREATE INDEX tasks_by_client ON tasks (client, begun_at);
 CREATE INDEX tasks_live_by_deadline ON tasks (deadline) WHERE ended_at IS NULL;
 
+-- Every SVID issued for a task: the first one at BeginTask, then each rotation. A task's
+-- revocation lists all of them. Serials are lowercase hex; a CA never reuses one, so a repeat
+-- is a bug and is refused. The rowid keeps issuance order.
+CREATE TABLE task_svids (
+    serial    TEXT    PRIMARY KEY NOT NULL,
+    task_id   TEXT    NOT NULL REFERENCES tasks (id),
+    spiffe_id TEXT    NOT NULL,
+    not_after INTEGER NOT NULL
+) STRICT;
+CREATE INDEX task_svids_by_task ON task_svids (task_id);
+
 -- Revoked tasks, kept until `until` (when every SVID issued for the task has expired anyway).
 -- The foreign key has no ON DELETE action on purpose: a task cannot be pruned while its
 -- revocation is still live.
 CREATE TABLE revocations (
-    task_id    TEXT    PRIMARY KEY NOT NULL REFERENCES tasks (id),
-    serials    TEXT    NOT NULL CHECK (json_valid(serials)), -- JSON array of hex certificate serials
-    reason     TEXT    NOT NULL,
-    revoked_at INTEGER NOT NULL,
-    until      INTEGER NOT NULL
+    task_id       TEXT    PRIMARY KEY NOT NULL REFERENCES tasks (id),
+    spiffe_id     TEXT    NOT NULL,                        -- the task's SPIFFE ID
+    serials       TEXT    NOT NULL CHECK (json_valid(serials)), -- JSON array of hex certificate serials
+    reason        TEXT    NOT NULL,
+    revoked_at_ms INTEGER NOT NULL,                        -- unix milliseconds
+    until         INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX revocations_by_until ON revocations (until);
 

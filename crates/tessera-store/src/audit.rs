@@ -2,7 +2,9 @@
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
+use tokio::sync::broadcast;
 
+use crate::writer::{BoxFuture, Effects};
 use crate::{Store, StoreError};
 
 /// Longest audit kind accepted, in bytes (kinds are short dotted names like `entry.create`).
@@ -30,17 +32,22 @@ pub struct AuditRecord {
 // === impl Store: audit ===
 
 impl Store {
-    /// Appends a record to the audit log in its own transaction and returns its sequence
-    /// number. Changes made through the store's own APIs (e.g. [`Store::create_entry`])
-    /// write their audit records themselves, in the change's transaction.
+    /// Appends a record to the audit log and returns its sequence number, once committed.
+    /// Changes made through the store's own APIs (e.g. [`Store::create_entry`]) write
+    /// their audit records themselves, in the change's transaction.
     pub async fn append_audit(
         &self,
         kind: &str,
         actor: &str,
         detail: &serde_json::Value,
     ) -> Result<i64, StoreError> {
-        let mut conn = self.inner.pool.acquire().await?;
-        insert(&mut conn, kind, actor, detail).await
+        validate_kind(kind)?;
+        validate_actor(actor)?;
+        let state = (kind.to_owned(), actor.to_owned(), detail.clone());
+        self.inner
+            .writer
+            .write("audit.append", state, append_op)
+            .await
     }
 
     /// Up to `limit` records (clamped to [`MAX_AUDIT_PAGE`]) with `seq > after_seq`, in
@@ -59,28 +66,60 @@ impl Store {
         .await?;
         rows.iter().map(decode).collect()
     }
+
+    /// Every audit record committed through this store from now on, in `seq` order, each
+    /// delivered after its transaction committed (and before the call that wrote it
+    /// returns). For a JSON-lines sink or `tessera audit --follow`.
+    ///
+    /// A receiver that falls more than 16,384 records behind gets
+    /// [`broadcast::error::RecvError::Lagged`]; it can fill the gap from
+    /// [`Store::list_audit`] with the last `seq` it saw. Records written to the file by
+    /// anything other than this store (another process) are not broadcast.
+    pub fn subscribe_audit(&self) -> broadcast::Receiver<AuditRecord> {
+        self.inner.notifier.audit.subscribe()
+    }
 }
 
-/// Writes one audit record on `conn` (a plain connection or an open transaction) and
-/// returns its sequence number.
-pub(crate) async fn insert(
+fn append_op<'a>(
+    state: &'a mut (String, String, serde_json::Value),
+    conn: &'a mut SqliteConnection,
+    effects: &'a mut Effects,
+) -> BoxFuture<'a, Result<i64, StoreError>> {
+    Box::pin(async move {
+        let (kind, actor, detail) = state;
+        write(conn, effects, kind, actor, std::mem::take(detail)).await
+    })
+}
+
+/// Writes one audit record on the writer's connection, inside the current op, and queues
+/// it for publication once the op commits. Returns its sequence number.
+pub(crate) async fn write(
     conn: &mut SqliteConnection,
+    effects: &mut Effects,
     kind: &str,
     actor: &str,
-    detail: &serde_json::Value,
+    detail: serde_json::Value,
 ) -> Result<i64, StoreError> {
     validate_kind(kind)?;
     validate_actor(actor)?;
-    let detail = serde_json::to_string(detail).expect("a serde_json::Value always serialises");
+    let text = serde_json::to_string(&detail).expect("a serde_json::Value always serialises");
+    let at = crate::store::unix_millis();
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO audit (at, kind, actor, detail) VALUES (?, ?, ?, ?) RETURNING seq",
     )
-    .bind(crate::store::unix_millis())
+    .bind(at)
     .bind(kind)
     .bind(actor)
-    .bind(detail)
+    .bind(text)
     .fetch_one(&mut *conn)
     .await?;
+    effects.audit.push(AuditRecord {
+        seq,
+        at_unix_ms: at,
+        kind: kind.to_owned(),
+        actor: actor.to_owned(),
+        detail,
+    });
     Ok(seq)
 }
 

@@ -2,9 +2,10 @@
 //! caller the entry's client.
 
 use serde_json::json;
-use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
 
+use crate::writer::{BoxFuture, Effects};
 use crate::{Store, StoreError, audit};
 
 /// Longest client name accepted, in bytes.
@@ -101,36 +102,18 @@ impl Store {
             svid_ttl_secs: new.svid_ttl_secs,
             created_at,
         };
-
-        // IMMEDIATE: take the write lock before the duplicate check, so the check and the
-        // insert see the same state and concurrent writers wait (busy_timeout) instead of
-        // failing to upgrade a read transaction.
-        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT id FROM entries WHERE client = ? AND selectors = ?")
-                .bind(&entry.client)
-                .bind(&selectors_json)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(existing_id) = existing {
-            return Err(StoreError::DuplicateEntry { existing_id });
-        }
-        sqlx::query(
-            "INSERT INTO entries (id, client, selectors, svid_ttl_secs, created_at)
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&entry.id)
-        .bind(&entry.client)
-        .bind(&selectors_json)
-        .bind(entry.svid_ttl_secs.map(i64::from))
-        .bind(entry.created_at)
-        .execute(&mut *tx)
-        .await?;
-        audit::insert(&mut tx, KIND_CREATE, actor, &json!({ "entry": &entry })).await?;
-        tx.commit().await?;
-
-        self.bump_entries_revision();
-        tracing::info!(id = %entry.id, client = %entry.client, actor, "entry created");
+        let client = entry.client.clone();
+        let state = CreateEntry {
+            entry,
+            selectors_json,
+            actor: actor.to_owned(),
+        };
+        let entry = self
+            .inner
+            .writer
+            .write(KIND_CREATE, state, create_op)
+            .await?;
+        tracing::info!(id = %entry.id, %client, actor, "entry created");
         Ok(entry)
     }
 
@@ -161,27 +144,88 @@ impl Store {
     /// there was no such entry.
     pub async fn delete_entry(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
         audit::validate_actor(actor)?;
-        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let state = (id.to_owned(), actor.to_owned());
+        let deleted = self
+            .inner
+            .writer
+            .write(KIND_DELETE, state, delete_op)
+            .await?;
+        if let Some(entry) = &deleted {
+            tracing::info!(id, client = %entry.client, actor, "entry deleted");
+        }
+        Ok(deleted.is_some())
+    }
+}
+
+struct CreateEntry {
+    entry: Entry,
+    selectors_json: String,
+    actor: String,
+}
+
+fn create_op<'a>(
+    state: &'a mut CreateEntry,
+    conn: &'a mut SqliteConnection,
+    effects: &'a mut Effects,
+) -> BoxFuture<'a, Result<Entry, StoreError>> {
+    Box::pin(async move {
+        let CreateEntry {
+            entry,
+            selectors_json,
+            actor,
+        } = state;
+        // The writer runs one op at a time, so this check and the insert see the same
+        // state.
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT id FROM entries WHERE client = ? AND selectors = ?")
+                .bind(&entry.client)
+                .bind(&*selectors_json)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(existing_id) = existing {
+            return Err(StoreError::DuplicateEntry { existing_id });
+        }
+        sqlx::query(
+            "INSERT INTO entries (id, client, selectors, svid_ttl_secs, created_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&entry.id)
+        .bind(&entry.client)
+        .bind(&*selectors_json)
+        .bind(entry.svid_ttl_secs.map(i64::from))
+        .bind(entry.created_at)
+        .execute(&mut *conn)
+        .await?;
+        audit::write(conn, effects, KIND_CREATE, actor, json!({ "entry": &*entry })).await?;
+        effects.entries_changed += 1;
+        Ok(entry.clone())
+    })
+}
+
+fn delete_op<'a>(
+    state: &'a mut (String, String),
+    conn: &'a mut SqliteConnection,
+    effects: &'a mut Effects,
+) -> BoxFuture<'a, Result<Option<Entry>, StoreError>> {
+    Box::pin(async move {
+        let (id, actor) = state;
         let row = sqlx::query(
             "DELETE FROM entries WHERE id = ?
              RETURNING id, client, selectors, svid_ttl_secs, created_at",
         )
-        .bind(id)
-        .fetch_optional(&mut *tx)
+        .bind(&*id)
+        .fetch_optional(&mut *conn)
         .await?;
         let Some(row) = row else {
-            return Ok(false);
+            return Ok(None);
         };
         // Decoding the deleted row keeps the audit record faithful, and refuses to
         // delete (rolls back) a row we could not describe.
         let entry = decode(&row)?;
-        audit::insert(&mut tx, KIND_DELETE, actor, &json!({ "entry": &entry })).await?;
-        tx.commit().await?;
-
-        self.bump_entries_revision();
-        tracing::info!(id, client = %entry.client, actor, "entry deleted");
-        Ok(true)
-    }
+        audit::write(conn, effects, KIND_DELETE, actor, json!({ "entry": &entry })).await?;
+        effects.entries_changed += 1;
+        Ok(Some(entry))
+    })
 }
 
 /// Decodes an `entries` row, reporting anything malformed as [`StoreError::Corrupt`].

@@ -58,7 +58,8 @@ pub enum StoreError {
         source: sqlx::Error,
     },
 
-    /// Any other database error (I/O, lock timeout, closed pool, constraint).
+    /// Any other database error (I/O, lock timeout, closed pool, constraint such as a
+    /// repeated task id or certificate serial).
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 
@@ -107,6 +108,124 @@ pub enum StoreError {
         max: usize,
         /// The length given.
         len: usize,
+    },
+
+    /// A length-limited field is empty (where that is not allowed) or too long.
+    #[error("{field} must be {min}..={max} bytes, got {len}")]
+    InvalidField {
+        /// Which field, e.g. `subject`, `server`, `purpose`, `task id`.
+        field: &'static str,
+        /// Smallest length allowed.
+        min: usize,
+        /// Largest length allowed.
+        max: usize,
+        /// The length given.
+        len: usize,
+    },
+
+    /// A consent or task has no scopes or more than [`crate::MAX_SCOPES`].
+    #[error("scopes must have 1..={max} items, got {count}", max = crate::MAX_SCOPES)]
+    InvalidScopeCount {
+        /// The number of scopes given.
+        count: usize,
+    },
+
+    /// A scope is empty or longer than [`crate::MAX_SCOPE_LEN`] bytes.
+    #[error("scope #{index} must be 1..={max} bytes, got {len}", max = crate::MAX_SCOPE_LEN)]
+    InvalidScope {
+        /// Position of the scope in the list given.
+        index: usize,
+        /// Its length, in bytes.
+        len: usize,
+    },
+
+    /// A certificate serial is not 1..=[`crate::MAX_SERIAL_HEX_LEN`] hex digits.
+    #[error("certificate serial must be 1..={max} hex digits, got {serial:?}", max = crate::MAX_SERIAL_HEX_LEN)]
+    InvalidSerial {
+        /// The serial given.
+        serial: String,
+    },
+
+    /// A task's deadline is not after its start.
+    #[error("task deadline {deadline} is not after its start {begun_at}")]
+    InvalidDeadline {
+        /// The task's start, unix seconds.
+        begun_at: i64,
+        /// The deadline given, unix seconds.
+        deadline: i64,
+    },
+
+    /// A consent's expiry is not in the future: when granting it, or, for a task that
+    /// would rely on it, at the task's start.
+    #[error("consent expires at {expires_at}, which is not after {at}")]
+    ConsentExpired {
+        /// The consent's expiry, unix seconds.
+        expires_at: i64,
+        /// The time it was checked against, unix seconds.
+        at: i64,
+    },
+
+    /// The consent was withdrawn: it cannot be withdrawn again, nor can a task rely on it.
+    #[error("consent {id} has already been withdrawn (at {withdrawn_at})")]
+    ConsentAlreadyWithdrawn {
+        /// The consent's id.
+        id: String,
+        /// When it was withdrawn, unix seconds.
+        withdrawn_at: i64,
+    },
+
+    /// A task names a consent that does not exist.
+    #[error("no consent with id {id}")]
+    ConsentNotFound {
+        /// The id given.
+        id: String,
+    },
+
+    /// A task's client, subject or server differs from its consent's.
+    #[error("task {field} does not match consent {id}")]
+    ConsentMismatch {
+        /// The consent's id.
+        id: String,
+        /// Which field differs: `client`, `subject` or `server`.
+        field: &'static str,
+    },
+
+    /// No task with this id.
+    #[error("no task with id {id}")]
+    TaskNotFound {
+        /// The id given.
+        id: String,
+    },
+
+    /// The task has ended; nothing more can be issued for it.
+    #[error("task {id} has ended")]
+    TaskEnded {
+        /// The task's id.
+        id: String,
+    },
+
+    /// Tasks relying on the consent kept beginning while it was being withdrawn, and the
+    /// withdrawal gave up after this many attempts. Nothing was changed; retry (ideally
+    /// after stopping new tasks on this consent).
+    #[error("consent {id} could not be withdrawn: tasks kept beginning on it ({attempts} attempts)")]
+    WithdrawContended {
+        /// The consent's id.
+        id: String,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+
+    /// The store was closed (or its writer stopped); the write was not applied.
+    #[error("the store is closed")]
+    Closed,
+
+    /// The group commit holding this write failed (BEGIN, a savepoint, or COMMIT), so the
+    /// whole batch was rolled back and this write was not applied. The underlying database
+    /// error is shared by every write in the batch, hence only its text here.
+    #[error("group commit failed, write not applied: {reason}")]
+    CommitFailed {
+        /// The database error, as text.
+        reason: String,
     },
 
     /// A row read back from the database does not decode (malformed JSON, out-of-range

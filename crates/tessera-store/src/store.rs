@@ -6,36 +6,40 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::watch;
 
+use crate::writer::{Notifier, Writer};
 use crate::{StoreError, migrate};
 
-/// Connections in the pool. SQLite allows one writer at a time anyway; a few connections
-/// let reads proceed beside a write (WAL) without holding many file descriptors.
+/// Connections in the read pool. Writes use the writer's own connection (see
+/// [`crate::writer`]); a few pool connections let reads proceed beside it (WAL) without
+/// holding many file descriptors.
 const MAX_CONNECTIONS: u32 = 4;
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Handle to the node agent's durable state. Cheap to clone; clones share one pool and one
-/// entry revision counter.
+/// Handle to the node agent's durable state. Cheap to clone; clones share one read pool,
+/// one writer (see [`crate::writer`] for the group-commit design) and the revision
+/// counters.
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
+    /// For reads (and, in tests, raw statements); every write goes through `writer`.
     pub(crate) pool: SqlitePool,
+    pub(crate) writer: Writer,
+    /// Entry and consent revisions (bumped after every committed change; in memory only,
+    /// starting at 0 on each open, meant for "has anything changed since I last looked",
+    /// not as ids) and the audit broadcast.
+    pub(crate) notifier: Arc<Notifier>,
     path: PathBuf,
-    /// Bumped after every committed entry change. In memory only: it starts at 0 on each
-    /// open, and is meant for "has anything changed since I last looked", not as an id.
-    entries_revision: AtomicU64,
-    entries_tx: watch::Sender<u64>,
 }
 
 // === impl Store ===
@@ -67,14 +71,15 @@ impl Store {
             // FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss
             // (they are durable only after the next checkpoint's fsync). A lost revocation
             // or consent withdrawal would bring a dead credential back to life after a
-            // reboot, so every commit is fsynced. Our write rate (admin changes, task
-            // begin/end) is low enough that the extra fsync costs nothing that matters.
+            // reboot, so every commit is fsynced. Group commit (crate::writer) shares one
+            // fsync among all the writes that arrive together, so this does not cap the
+            // task rate.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
 
         if let Err(error) = migrate::run(&pool).await {
@@ -82,14 +87,21 @@ impl Store {
             return Err(error);
         }
 
-        let (entries_tx, _) = watch::channel(0);
+        let notifier = Arc::new(Notifier::new());
+        let writer = match Writer::start(&options, Arc::clone(&notifier)).await {
+            Ok(writer) => writer,
+            Err(error) => {
+                pool.close().await;
+                return Err(error);
+            }
+        };
         tracing::info!(path = %path.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
+                writer,
+                notifier,
                 path: path.to_owned(),
-                entries_revision: AtomicU64::new(0),
-                entries_tx,
             }),
         })
     }
@@ -97,29 +109,22 @@ impl Store {
     /// The entry revision: increases by one after every committed entry change (create,
     /// delete) through this store or its clones. Starts at 0 on each [`Store::open`].
     pub fn entries_revision(&self) -> u64 {
-        self.inner.entries_revision.load(Ordering::Acquire)
+        *self.inner.notifier.entries.borrow()
     }
 
     /// A receiver that sees [`Store::entries_revision`] change, so the agent can recompute
     /// its selector index when entries change instead of polling.
     pub fn watch_entries(&self) -> watch::Receiver<u64> {
-        self.inner.entries_tx.subscribe()
+        self.inner.notifier.entries.subscribe()
     }
 
-    /// Closes the pool, waiting for in-flight queries to finish. Every later operation on
-    /// this store or its clones fails with [`StoreError::Database`].
+    /// Closes the store: lets the writer commit every write already queued, stops it, then
+    /// closes the read pool, waiting for in-flight queries to finish. Later writes on this
+    /// store or its clones fail with [`StoreError::Closed`], later reads with
+    /// [`StoreError::Database`]. Idempotent.
     pub async fn close(&self) {
+        self.inner.writer.close().await;
         self.inner.pool.close().await;
-    }
-
-    /// Records that entries changed: bumps the revision and notifies watchers. Called only
-    /// after the change is committed.
-    pub(crate) fn bump_entries_revision(&self) {
-        // Bumping inside send_modify serialises concurrent bumps, so watchers never see
-        // the revision go backwards.
-        self.inner.entries_tx.send_modify(|published| {
-            *published = self.inner.entries_revision.fetch_add(1, Ordering::AcqRel) + 1;
-        });
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -24,6 +25,14 @@ pub enum AttestError {
     Exited {
         /// The pid it had.
         pid: i32,
+    },
+    /// The caller's parent cannot hold a task.
+    #[error("cannot bind to the parent of pid {pid}: {reason}")]
+    Parent {
+        /// The caller's pid.
+        pid: i32,
+        /// Why.
+        reason: String,
     },
     /// /proc could not be read for the caller.
     #[error("reading /proc/{pid}/{what}: {source}")]
@@ -159,6 +168,56 @@ impl UnixAttestor {
         })
     }
 
+    /// The caller's parent process, for tasks bound to it: its pid and a pidfd.
+    /// The parent must run as the caller's effective uid. The link is re-read
+    /// after the pidfd is opened, and the caller must still be alive, so the
+    /// pidfd names the process that really is the caller's parent.
+    pub fn parent_of(&self, peer: &PeerInfo) -> Result<(i32, OwnedFd), AttestError> {
+        let pid = peer.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
+        let ppid = self.ppid(pid)?;
+        if ppid <= 1 {
+            return Err(AttestError::Parent {
+                pid,
+                reason: "the caller has no parent to bind to (it was reparented to init)".into(),
+            });
+        }
+        let fd = super::sys::pidfd_open(ppid).map_err(|_| AttestError::Exited { pid: ppid })?;
+        if self.ppid(pid)? != ppid || peer.has_exited() {
+            return Err(AttestError::Exited { pid });
+        }
+        let status = std::fs::read_to_string(self.proc_root.join(ppid.to_string()).join("status"))
+            .map_err(|source| AttestError::Proc { pid: ppid, what: "status", source })?;
+        let euid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|u| u.parse::<u32>().ok());
+        if euid != Some(peer.uid) {
+            return Err(AttestError::Parent {
+                pid,
+                reason: format!("parent process {ppid} runs as another user"),
+            });
+        }
+        if super::sys::pidfd_exited(&fd).unwrap_or(true) {
+            return Err(AttestError::Exited { pid: ppid });
+        }
+        Ok((ppid, fd))
+    }
+
+    fn ppid(&self, pid: i32) -> Result<i32, AttestError> {
+        let stat = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat")).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                AttestError::Exited { pid }
+            } else {
+                AttestError::Proc { pid, what: "stat", source }
+            }
+        })?;
+        parse_ppid(&stat).ok_or_else(|| AttestError::Parent {
+            pid,
+            reason: "unreadable /proc stat".into(),
+        })
+    }
+
     fn exe_hash(&self, mut file: File) -> std::io::Result<String> {
         let meta = file.metadata()?;
         let id = FileIdentity {
@@ -194,6 +253,13 @@ impl UnixAttestor {
     }
 }
 
+/// Field 4 of /proc/<pid>/stat; the command name (field 2) may hold spaces and
+/// parentheses, so parsing starts after the last ')'.
+fn parse_ppid(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The `Groups:` line of /proc/<pid>/status.
 fn supplementary_gids(status: &str) -> Vec<u32> {
     status
@@ -211,6 +277,21 @@ fn supplementary_gids(status: &str) -> Vec<u32> {
 mod tests {
     use super::*;
     use crate::attest::PeerConn;
+
+    #[test]
+    fn ppid_is_read_after_the_last_parenthesis() {
+        assert_eq!(parse_ppid("123 (bash) S 77 123 123 0"), Some(77));
+        assert_eq!(parse_ppid("123 (a) b) (c) R 9 1"), Some(9));
+        assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn parent_of_this_process_is_our_parent() {
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let conn = PeerConn::new(a).unwrap();
+        let (ppid, _fd) = UnixAttestor::default().parent_of(conn.info()).unwrap();
+        assert_eq!(ppid as u32, std::os::unix::process::parent_id());
+    }
 
     #[test]
     fn groups_line_is_parsed() {

@@ -1,0 +1,133 @@
+//! Consent checks for BeginTask, against an in-memory copy of the live consents.
+
+use std::sync::{Arc, RwLock};
+
+use tessera_identity::{Scope, ScopeSet};
+use tessera_store::{Consent, ConsentFilter, Store};
+
+/// Live consents, reloaded whenever the store reports a consent change.
+#[derive(Debug)]
+pub struct ConsentCache {
+    store: Store,
+    consents: RwLock<Arc<Vec<ParsedConsent>>>,
+}
+
+/// A consent with its scopes parsed once.
+#[derive(Debug)]
+pub struct ParsedConsent {
+    /// The stored record.
+    pub consent: Consent,
+    /// Its scopes.
+    pub scopes: ScopeSet,
+}
+
+/// Why a consent check failed. The message names what is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentDenied {
+    /// No consent at all for this client, subject and server.
+    #[error("no live consent lets client {client:?} act for {subject:?} on server {server:?}")]
+    NoConsent {
+        /// Client name.
+        client: String,
+        /// Subject.
+        subject: String,
+        /// Server name.
+        server: String,
+    },
+    /// Consents exist, but none covers every requested scope.
+    #[error("no live consent for client {client:?}, subject {subject:?}, server {server:?} covers {missing}")]
+    ScopesNotCovered {
+        /// Client name.
+        client: String,
+        /// Subject.
+        subject: String,
+        /// Server name.
+        server: String,
+        /// The requested scopes left uncovered by the closest consent, comma-separated.
+        missing: String,
+    },
+}
+
+impl ConsentCache {
+    /// Loads the live consents.
+    pub async fn load(store: Store) -> Result<Arc<ConsentCache>, tessera_store::StoreError> {
+        let cache = Arc::new(ConsentCache {
+            store,
+            consents: RwLock::new(Arc::new(Vec::new())),
+        });
+        cache.reload().await?;
+        Ok(cache)
+    }
+
+    /// Re-reads the live consents from the store.
+    pub async fn reload(&self) -> Result<(), tessera_store::StoreError> {
+        let all = self.store.list_consents(&ConsentFilter::default()).await?;
+        let parsed = all
+            .into_iter()
+            .filter_map(|consent| {
+                let scopes: Result<ScopeSet, _> = consent.scopes.iter().map(|s| s.parse::<Scope>()).collect();
+                match scopes {
+                    Ok(scopes) => Some(ParsedConsent { consent, scopes }),
+                    Err(e) => {
+                        // Stored scopes were validated on grant; refuse to use one that no longer parses.
+                        tracing::error!(consent = %consent.id, error = %e, "consent has an invalid scope; ignoring it");
+                        None
+                    }
+                }
+            })
+            .collect();
+        *self.consents.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parsed);
+        Ok(())
+    }
+
+    /// Finds a live consent covering every requested scope.
+    pub fn check(
+        &self,
+        client: &str,
+        subject: &str,
+        server: &str,
+        requested: &[Scope],
+        now: i64,
+    ) -> Result<Consent, ConsentDenied> {
+        let consents = self.consents.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let candidates: Vec<&ParsedConsent> = consents
+            .iter()
+            .filter(|c| {
+                c.consent.client == client
+                    && c.consent.subject == subject
+                    && c.consent.server == server
+                    && c.consent.withdrawn_at.is_none()
+                    && c.consent.expires_at > now
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(ConsentDenied::NoConsent {
+                client: client.into(),
+                subject: subject.into(),
+                server: server.into(),
+            });
+        }
+        let mut best: Option<Vec<&Scope>> = None;
+        for c in &candidates {
+            let missing = c.scopes.uncovered(requested);
+            if missing.is_empty() {
+                return Ok(c.consent.clone());
+            }
+            if best.as_ref().is_none_or(|b| missing.len() < b.len()) {
+                best = Some(missing);
+            }
+        }
+        let missing = best
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(ConsentDenied::ScopesNotCovered {
+            client: client.into(),
+            subject: subject.into(),
+            server: server.into(),
+            missing,
+        })
+    }
+}

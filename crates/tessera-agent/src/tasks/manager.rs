@@ -1,0 +1,605 @@
+//! The task lifecycle: begin (consent check, SVID, durable record), rotation,
+//! and the five ways a task ends, each of which ends it exactly once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tessera_authority::{Authority, IssuedSvid, SvidSpec};
+use tessera_identity::{ClientId, Scope, ServerId, ServerName, TaskClaims, TaskId};
+use tessera_store::{EndOutcome, Revocation, StoreError, SvidIssued, TaskRecord};
+use time::OffsetDateTime;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch};
+
+use super::consent::{ConsentCache, ConsentDenied};
+use super::revocation::RevocationFeed;
+use crate::metrics::Metrics;
+
+/// Task lifetimes and SVID TTL.
+#[derive(Clone, Copy, Debug)]
+pub struct TaskConfig {
+    /// Lifetime of each task SVID (rotated at half life while the task lives).
+    pub svid_ttl: Duration,
+    /// Task lifetime when the request names none.
+    pub default_lifetime: Duration,
+    /// Longest task lifetime a request may ask for.
+    pub max_lifetime: Duration,
+}
+
+/// Why a task ended; the strings are stable (audit, feed, API).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// EndTask by its client.
+    Ended,
+    /// The process it was bound to exited.
+    ProcessExited,
+    /// Its deadline passed.
+    Deadline,
+    /// The consent it relied on was withdrawn.
+    ConsentWithdrawn,
+    /// An administrator revoked it.
+    Revoked,
+    /// The agent restarted while it was live (its process binding was lost).
+    AgentRestart,
+}
+
+impl EndReason {
+    /// The stable string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Ended => "ended",
+            EndReason::ProcessExited => "process_exited",
+            EndReason::Deadline => "deadline",
+            EndReason::ConsentWithdrawn => "consent_withdrawn",
+            EndReason::Revoked => "revoked",
+            EndReason::AgentRestart => "agent_restart",
+        }
+    }
+}
+
+/// Errors of the task API, each mapped to one gRPC code by the service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No consent covers the request.
+    #[error(transparent)]
+    Consent(#[from] ConsentDenied),
+    /// No such task for this caller.
+    #[error("no task {0} for this client")]
+    NotFound(String),
+    /// Issuing the SVID failed.
+    #[error("issuing the task SVID failed: {0}")]
+    Authority(#[from] tessera_authority::AuthorityError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a Workload API stream shows for one live task.
+#[derive(Clone, Debug)]
+pub struct TaskView {
+    /// Task id (the stream's hint).
+    pub id: String,
+    /// The task's SPIFFE ID.
+    pub spiffe_id: String,
+    /// Its current SVID.
+    pub svid: Arc<IssuedSvid>,
+    /// The process the task is bound to; once it has exited the view is withheld
+    /// even before the task is ended, so a process reusing the pid never sees it.
+    pub owner: Option<Arc<OwnedFd>>,
+}
+
+impl TaskView {
+    /// Whether the bound process is still running.
+    pub fn owner_alive(&self) -> bool {
+        self.owner
+            .as_ref()
+            .is_none_or(|fd| !crate::attest::sys::pidfd_exited(fd).unwrap_or(true))
+    }
+}
+
+/// A validated BeginTask request.
+#[derive(Debug)]
+pub struct BeginRequest {
+    /// Acting client identity.
+    pub client: ClientId,
+    /// Human subject.
+    pub subject: String,
+    /// Purpose text.
+    pub purpose: String,
+    /// Target server.
+    pub server: ServerName,
+    /// Requested scopes (non-empty, all for `server`).
+    pub scopes: Vec<Scope>,
+    /// Requested lifetime, if any.
+    pub lifetime: Option<Duration>,
+    /// Process the task is bound to.
+    pub owner_pid: i32,
+    /// Its pidfd.
+    pub owner_fd: Option<Arc<OwnedFd>>,
+    /// Who asked, for audit.
+    pub actor: String,
+}
+
+struct LiveTask {
+    record: TaskRecord,
+    spiffe_id: String,
+    claims: TaskClaims,
+    owner_pid: i32,
+    owner_fd: Option<Arc<OwnedFd>>,
+    svid: Mutex<Arc<IssuedSvid>>,
+    serials: Mutex<Vec<String>>,
+    until: AtomicI64,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+struct Owner {
+    tx: watch::Sender<Arc<Vec<TaskView>>>,
+    tasks: BTreeMap<String, TaskView>,
+}
+
+/// Owns every live task of this agent.
+pub struct TaskManager {
+    authority: Arc<Authority>,
+    store: tessera_store::Store,
+    consents: Arc<ConsentCache>,
+    feed: Arc<RevocationFeed>,
+    metrics: Arc<Metrics>,
+    config: TaskConfig,
+    live: Mutex<HashMap<String, Arc<LiveTask>>>,
+    owners: Mutex<HashMap<i32, Owner>>,
+    /// BeginTask holds it shared from consent check to durable insert; consent
+    /// withdrawal holds it exclusively, so no task can slip in on a consent
+    /// that is being withdrawn.
+    consent_gate: tokio::sync::RwLock<()>,
+}
+
+impl std::fmt::Debug for TaskManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskManager")
+            .field("live", &self.lock_live().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl TaskManager {
+    /// Creates the manager. Tasks left live by a previous run are ended with
+    /// reason `agent_restart`: their process bindings are gone, and a task whose
+    /// end the agent could no longer observe must not stay valid.
+    pub async fn start(
+        authority: Arc<Authority>,
+        store: tessera_store::Store,
+        consents: Arc<ConsentCache>,
+        metrics: Arc<Metrics>,
+        config: TaskConfig,
+    ) -> Result<Arc<TaskManager>, StoreError> {
+        let now = now_unix();
+        for task in store.live_tasks().await? {
+            let revocation = Revocation {
+                task_id: task.id.clone(),
+                spiffe_id: task_spiffe_id(&authority, &task),
+                serials: Vec::new(),
+                reason: EndReason::AgentRestart.as_str().into(),
+                revoked_at_ms: now_ms(),
+                until: now + i64::try_from(config.svid_ttl.as_secs()).unwrap_or(i64::MAX),
+            };
+            store
+                .end_task(&task.id, EndReason::AgentRestart.as_str(), now, revocation, "agent")
+                .await?;
+            tracing::info!(task = %task.id, "ended task left live by a previous run");
+        }
+        let feed = Arc::new(RevocationFeed::new(store.revocations(now).await?));
+        Ok(Arc::new(TaskManager {
+            authority,
+            store,
+            consents,
+            feed,
+            metrics,
+            config,
+            live: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+            consent_gate: tokio::sync::RwLock::new(()),
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &tessera_store::Store {
+        &self.store
+    }
+
+    /// The revocation feed.
+    pub fn feed(&self) -> &Arc<RevocationFeed> {
+        &self.feed
+    }
+
+    /// Number of live tasks.
+    pub fn live_count(&self) -> usize {
+        self.lock_live().len()
+    }
+
+    /// Live task views bound to `pid`, now and on every change.
+    pub fn subscribe_owner(&self, pid: i32) -> watch::Receiver<Arc<Vec<TaskView>>> {
+        let mut owners = self.lock_owners();
+        owners
+            .entry(pid)
+            .or_insert_with(|| Owner {
+                tx: watch::channel(Arc::new(Vec::new())).0,
+                tasks: BTreeMap::new(),
+            })
+            .tx
+            .subscribe()
+    }
+
+    /// Begins a task; returns its record and first SVID once it is durable.
+    pub async fn begin(self: &Arc<Self>, req: BeginRequest) -> Result<(TaskRecord, Arc<IssuedSvid>), TaskError> {
+        let lifetime = req.lifetime.unwrap_or(self.config.default_lifetime);
+        if lifetime > self.config.max_lifetime || lifetime.is_zero() {
+            return Err(TaskError::InvalidArgument(format!(
+                "lifetime must be between 1s and {}",
+                humantime::format_duration(self.config.max_lifetime)
+            )));
+        }
+        let gate = self.consent_gate.read().await;
+        let now = now_unix();
+        let consent = self.consents.check(
+            req.client.name.as_str(),
+            &req.subject,
+            req.server.as_str(),
+            &req.scopes,
+            now,
+        )?;
+        let deadline = (now + i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)).min(consent.expires_at);
+        let task_id = TaskId::new();
+        let spiffe = req.client.task(task_id);
+        let spiffe_id = spiffe.to_string();
+        let server_id = ServerId::new(self.authority.trust_domain().clone(), req.server.clone());
+        let claims = TaskClaims {
+            version: tessera_identity::TASK_CLAIMS_VERSION,
+            task_id,
+            client_id: req.client.clone(),
+            subject: req.subject.clone(),
+            purpose: req.purpose.clone(),
+            server: server_id,
+            scopes: req.scopes.clone(),
+            consent_id: consent.id.clone(),
+            deadline_unix: deadline,
+        };
+        claims
+            .validate()
+            .map_err(|e| TaskError::InvalidArgument(format!("task claims: {e}")))?;
+        let svid = Arc::new(self.issue(&spiffe_id, &claims, deadline)?);
+        let record = TaskRecord {
+            id: task_id.to_string(),
+            client: req.client.name.as_str().to_owned(),
+            subject: req.subject,
+            server: req.server.as_str().to_owned(),
+            scopes: req.scopes.iter().map(ToString::to_string).collect(),
+            purpose: req.purpose,
+            consent_id: consent.id,
+            pid: i64::from(req.owner_pid),
+            begun_at: now,
+            deadline,
+            ended_at: None,
+            end_reason: None,
+            serials: vec![svid.serial_hex.clone()],
+        };
+        self.store
+            .begin_task(
+                record.clone(),
+                SvidIssued {
+                    serial: svid.serial_hex.clone(),
+                    spiffe_id: spiffe_id.clone(),
+                    not_after: svid.not_after_unix,
+                },
+                &req.actor,
+            )
+            .await?;
+        drop(gate);
+
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let live = Arc::new(LiveTask {
+            record: record.clone(),
+            spiffe_id,
+            claims,
+            owner_pid: req.owner_pid,
+            owner_fd: req.owner_fd,
+            svid: Mutex::new(Arc::clone(&svid)),
+            serials: Mutex::new(vec![svid.serial_hex.clone()]),
+            until: AtomicI64::new(svid.not_after_unix),
+            stop: Mutex::new(Some(stop_tx)),
+        });
+        self.lock_live().insert(record.id.clone(), Arc::clone(&live));
+        self.publish(&live, Some(Arc::clone(&svid)));
+        self.metrics.tasks_begun.inc();
+        self.metrics.live_tasks.set(self.live_count() as i64);
+        self.metrics
+            .svids_issued
+            .get_or_create(&crate::metrics::KindLabel { kind: "task" })
+            .inc();
+        tracing::info!(task = %record.id, client = %record.client, subject = %record.subject, server = %record.server, scopes = ?record.scopes, deadline, serial = %svid.serial_hex, "task begun");
+        tokio::spawn(Arc::clone(self).watch_task(live, stop_rx));
+        Ok((record, svid))
+    }
+
+    fn issue(&self, spiffe_id: &str, claims: &TaskClaims, deadline: i64) -> Result<IssuedSvid, TaskError> {
+        Ok(self.authority.issue(&SvidSpec {
+            spiffe_id,
+            ttl: self.config.svid_ttl,
+            not_after_cap: Some(deadline),
+            claims: Some(claims),
+        })?)
+    }
+
+    /// Ends a live task exactly once. Returns the task as stored, or NotFound.
+    /// `client`, when given, restricts the call to that client's tasks.
+    pub async fn end(&self, task_id: &str, reason: EndReason, actor: &str, client: Option<&str>) -> Result<TaskRecord, TaskError> {
+        if let Some(client) = client {
+            // Another client's task does not exist as far as this caller can tell.
+            let owned = match self.lock_live().get(task_id) {
+                Some(t) => t.record.client == client,
+                None => self
+                    .store
+                    .get_task(task_id)
+                    .await?
+                    .is_some_and(|t| t.client == client),
+            };
+            if !owned {
+                return Err(TaskError::NotFound(task_id.to_owned()));
+            }
+        }
+        let Some(live) = self.lock_live().remove(task_id) else {
+            // Already ended (or never existed): report what the store knows.
+            return self
+                .store
+                .get_task(task_id)
+                .await?
+                .ok_or_else(|| TaskError::NotFound(task_id.to_owned()));
+        };
+        let revocation = self.revocation_of(&live, reason);
+        // Refuse first, then persist: verifiers learn of the end at once; a
+        // failed write can only leave the task more revoked, never less (a
+        // restart ends every task the store still thinks is live).
+        self.feed.add([revocation.clone()]);
+        self.retire(&live);
+        let outcome = self
+            .store
+            .end_task(task_id, reason.as_str(), now_unix(), revocation, actor)
+            .await?;
+        self.metrics
+            .tasks_ended
+            .get_or_create(&crate::metrics::ReasonLabel { reason: reason.as_str() })
+            .inc();
+        tracing::info!(task = %task_id, reason = reason.as_str(), %actor, "task ended");
+        match outcome {
+            EndOutcome::Ended(t, _) | EndOutcome::AlreadyEnded(t) => Ok(t),
+            EndOutcome::NotFound => Err(TaskError::NotFound(task_id.to_owned())),
+        }
+    }
+
+    /// Withdraws a consent and ends the tasks relying on it, atomically with
+    /// respect to BeginTask.
+    pub async fn withdraw_consent(
+        &self,
+        consent_id: &str,
+        actor: &str,
+    ) -> Result<Option<(tessera_store::Consent, Vec<String>)>, TaskError> {
+        let _gate = self.consent_gate.write().await;
+        let ttl = i64::try_from(self.config.svid_ttl.as_secs()).unwrap_or(i64::MAX);
+        let authority = Arc::clone(&self.authority);
+        // Serials and `until` of live tasks are known here; the store fills serials.
+        let untils: HashMap<String, i64> = self
+            .lock_live()
+            .values()
+            .filter(|t| t.record.consent_id == consent_id)
+            .map(|t| (t.record.id.clone(), t.until.load(Ordering::SeqCst)))
+            .collect();
+        let now = now_unix();
+        let revocation_for = move |t: &TaskRecord| Revocation {
+            task_id: t.id.clone(),
+            spiffe_id: task_spiffe_id(&authority, t),
+            serials: Vec::new(),
+            reason: EndReason::ConsentWithdrawn.as_str().into(),
+            revoked_at_ms: now_ms(),
+            until: untils.get(&t.id).copied().unwrap_or(now + ttl),
+        };
+        let Some((consent, revocations)) = self
+            .store
+            .withdraw_consent(consent_id, actor, now, &revocation_for)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let ended: Vec<String> = revocations.iter().map(|r| r.task_id.clone()).collect();
+        self.feed.add(revocations);
+        for id in &ended {
+            if let Some(live) = self.lock_live().remove(id) {
+                self.retire(&live);
+                self.metrics
+                    .tasks_ended
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: EndReason::ConsentWithdrawn.as_str(),
+                    })
+                    .inc();
+            }
+        }
+        self.consents.reload().await?;
+        tracing::info!(consent = %consent_id, ended = ended.len(), %actor, "consent withdrawn");
+        Ok(Some((consent, ended)))
+    }
+
+    fn revocation_of(&self, live: &LiveTask, reason: EndReason) -> Revocation {
+        Revocation {
+            task_id: live.record.id.clone(),
+            spiffe_id: live.spiffe_id.clone(),
+            serials: live.serials.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            reason: reason.as_str().into(),
+            revoked_at_ms: now_ms(),
+            until: live.until.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Stops the watcher and drops the SVID from its owner's streams.
+    fn retire(&self, live: &Arc<LiveTask>) {
+        if let Some(stop) = live.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        self.publish(live, None);
+        self.metrics.live_tasks.set(self.live_count() as i64);
+    }
+
+    /// Updates the owner's stream view of one task (`None` removes it).
+    fn publish(&self, live: &LiveTask, svid: Option<Arc<IssuedSvid>>) {
+        let mut owners = self.lock_owners();
+        let owner = owners.entry(live.owner_pid).or_insert_with(|| Owner {
+            tx: watch::channel(Arc::new(Vec::new())).0,
+            tasks: BTreeMap::new(),
+        });
+        match svid {
+            Some(svid) => {
+                owner.tasks.insert(
+                    live.record.id.clone(),
+                    TaskView {
+                        id: live.record.id.clone(),
+                        spiffe_id: live.spiffe_id.clone(),
+                        svid,
+                        owner: live.owner_fd.clone(),
+                    },
+                );
+            }
+            None => {
+                owner.tasks.remove(&live.record.id);
+            }
+        }
+        let views: Vec<TaskView> = owner.tasks.values().cloned().collect();
+        owner.tx.send_replace(Arc::new(views));
+        if owner.tasks.is_empty() && owner.tx.receiver_count() == 0 {
+            owners.remove(&live.owner_pid);
+        }
+    }
+
+    /// One watcher per live task: process exit, deadline, SVID rotation.
+    async fn watch_task(self: Arc<Self>, live: Arc<LiveTask>, mut stop: oneshot::Receiver<()>) {
+        let exit = live
+            .owner_fd
+            .as_ref()
+            .and_then(|fd| fd.try_clone().ok())
+            .and_then(|fd| AsyncFd::with_interest(fd, Interest::READABLE).ok());
+        let id = live.record.id.clone();
+        let deadline = live.record.deadline;
+        loop {
+            let rotate_at = crate::svids::rotation_time(&live.svid.lock().unwrap_or_else(|p| p.into_inner()));
+            let until = |t: i64| Duration::from_secs(u64::try_from(t - now_unix()).unwrap_or(0));
+            let exited = async {
+                match &exit {
+                    Some(fd) => {
+                        let _ = fd.readable().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let reason = tokio::select! {
+                _ = &mut stop => return,
+                _ = exited => EndReason::ProcessExited,
+                _ = tokio::time::sleep(until(deadline)) => EndReason::Deadline,
+                _ = tokio::time::sleep(until(rotate_at)), if rotate_at < deadline => {
+                    self.rotate(&live);
+                    continue;
+                }
+            };
+            if let Err(e) = self.end(&id, reason, "agent", None).await {
+                tracing::error!(task = %id, error = %e, "ending task failed");
+            }
+            return;
+        }
+    }
+
+    fn rotate(&self, live: &Arc<LiveTask>) {
+        match self.issue(&live.spiffe_id, &live.claims, live.record.deadline) {
+            Ok(svid) => {
+                let svid = Arc::new(svid);
+                live.serials
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(svid.serial_hex.clone());
+                live.until.fetch_max(svid.not_after_unix, Ordering::SeqCst);
+                *live.svid.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&svid);
+                if self.lock_live().contains_key(&live.record.id) {
+                    self.publish(live, Some(Arc::clone(&svid)));
+                }
+                let store = self.store.clone();
+                let task_id = live.record.id.clone();
+                let issued = SvidIssued {
+                    serial: svid.serial_hex.clone(),
+                    spiffe_id: live.spiffe_id.clone(),
+                    not_after: svid.not_after_unix,
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = store.record_task_svid(&task_id, issued).await {
+                        tracing::error!(task = %task_id, error = %e, "recording rotated task SVID failed");
+                    }
+                });
+                self.metrics
+                    .svids_issued
+                    .get_or_create(&crate::metrics::KindLabel { kind: "task" })
+                    .inc();
+            }
+            Err(e) => tracing::error!(task = %live.record.id, error = %e, "rotating task SVID failed; keeping the current one"),
+        }
+    }
+
+    /// Periodic upkeep until shutdown: prune expired revocations, follow consent changes.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut consents_rx = self.store.watch_consents();
+        let mut prune = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                r = consents_rx.changed() => {
+                    if r.is_err() { return }
+                    if let Err(e) = self.consents.reload().await {
+                        tracing::error!(error = %e, "reloading consents failed");
+                    }
+                }
+                _ = prune.tick() => {
+                    let now = now_unix();
+                    self.feed.prune(now);
+                    if let Err(e) = self.store.prune_revocations(now).await {
+                        tracing::error!(error = %e, "pruning revocations failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveTask>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Owner>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn task_spiffe_id(authority: &Authority, t: &TaskRecord) -> String {
+    format!(
+        "{}/client/{}/task/{}",
+        authority.trust_domain().id_string(),
+        t.client,
+        t.id
+    )
+}

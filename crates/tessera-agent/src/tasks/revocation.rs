@@ -1,0 +1,122 @@
+//! The revoked-task set published on the revocation feed.
+
+use std::sync::Arc;
+
+use tessera_store::Revocation;
+use tokio::sync::watch;
+
+/// One immutable version of the revoked set.
+#[derive(Debug, Default)]
+pub struct RevokedSet {
+    /// Increases with every change.
+    pub version: u64,
+    /// Revoked tasks whose SVIDs may still be valid.
+    pub revoked: Vec<Revocation>,
+}
+
+/// Holds the current [`RevokedSet`] and notifies watchers of changes.
+#[derive(Debug)]
+pub struct RevocationFeed {
+    tx: watch::Sender<Arc<RevokedSet>>,
+}
+
+impl RevocationFeed {
+    /// A feed starting from `initial` (loaded from the store at start-up).
+    pub fn new(initial: Vec<Revocation>) -> Self {
+        let (tx, _) = watch::channel(Arc::new(RevokedSet {
+            version: 1,
+            revoked: initial,
+        }));
+        RevocationFeed { tx }
+    }
+
+    /// Adds revocations and notifies every watcher once.
+    pub fn add(&self, new: impl IntoIterator<Item = Revocation>) {
+        let new: Vec<Revocation> = new.into_iter().collect();
+        if new.is_empty() {
+            return;
+        }
+        self.tx.send_modify(|cur| {
+            let mut revoked = cur.revoked.clone();
+            for r in new {
+                if !revoked.iter().any(|x| x.task_id == r.task_id) {
+                    revoked.push(r);
+                }
+            }
+            *cur = Arc::new(RevokedSet {
+                version: cur.version + 1,
+                revoked,
+            });
+        });
+    }
+
+    /// Drops entries whose SVIDs have all expired (`until <= now`).
+    pub fn prune(&self, now: i64) -> usize {
+        let mut removed = 0;
+        self.tx.send_if_modified(|cur| {
+            let keep: Vec<Revocation> = cur.revoked.iter().filter(|r| r.until > now).cloned().collect();
+            removed = cur.revoked.len() - keep.len();
+            if removed == 0 {
+                return false;
+            }
+            *cur = Arc::new(RevokedSet {
+                version: cur.version + 1,
+                revoked: keep,
+            });
+            true
+        });
+        removed
+    }
+
+    /// The current set.
+    pub fn current(&self) -> Arc<RevokedSet> {
+        self.tx.borrow().clone()
+    }
+
+    /// Current set first, then every change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<RevokedSet>> {
+        self.tx.subscribe()
+    }
+
+    /// Whether `task_id` is revoked.
+    pub fn contains(&self, task_id: &str) -> bool {
+        self.tx.borrow().revoked.iter().any(|r| r.task_id == task_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(id: &str, until: i64) -> Revocation {
+        Revocation {
+            task_id: id.into(),
+            spiffe_id: format!("spiffe://td/client/c/task/{id}"),
+            serials: vec!["01".into()],
+            reason: "ended".into(),
+            revoked_at_ms: 0,
+            until,
+        }
+    }
+
+    #[test]
+    fn add_is_idempotent_per_task_and_bumps_the_version() {
+        let feed = RevocationFeed::new(vec![rev("a", 100)]);
+        let mut rx = feed.subscribe();
+        rx.borrow_and_update();
+        feed.add([rev("b", 100), rev("a", 100)]);
+        assert!(rx.has_changed().unwrap());
+        let set = feed.current();
+        assert_eq!(set.version, 2);
+        assert_eq!(set.revoked.len(), 2);
+        assert!(feed.contains("b"));
+    }
+
+    #[test]
+    fn prune_keeps_entries_until_their_svids_expire() {
+        let feed = RevocationFeed::new(vec![rev("a", 100), rev("b", 200)]);
+        assert_eq!(feed.prune(99), 0);
+        assert_eq!(feed.prune(100), 1);
+        assert!(!feed.contains("a") && feed.contains("b"));
+    }
+}

@@ -1,0 +1,334 @@
+//! `tessera.v1.Tasks` and `tessera.v1.Revocations` on the workload socket.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tessera_identity::{ClientId, Scope, ServerId, ServerName};
+use tessera_proto::tessera::v1::revocations_server::Revocations;
+use tessera_proto::tessera::v1::tasks_server::Tasks;
+use tessera_proto::tessera::v1::{
+    BeginTaskRequest, BeginTaskResponse, EndTaskRequest, EndTaskResponse, ListTasksRequest,
+    ListTasksResponse, RevocationSet, RevokedTask, Task, TaskSvid, WatchRevocationsRequest,
+};
+use tessera_store::{TaskFilter, TaskRecord};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use super::{BeginRequest, EndReason, TaskError, TaskManager};
+use crate::attest::{Attestation, PeerInfo, UnixAttestor};
+use crate::metrics::Metrics;
+use crate::svids::SvidCache;
+use crate::workload::{attest, peer_of};
+
+/// Converts a stored task for the API.
+pub fn task_to_proto(t: TaskRecord, trust_domain: &str) -> Task {
+    Task {
+        spiffe_id: format!("spiffe://{trust_domain}/client/{}/task/{}", t.client, t.id),
+        id: t.id,
+        client: t.client,
+        subject: t.subject,
+        server: t.server,
+        scopes: t.scopes,
+        purpose: t.purpose,
+        consent_id: t.consent_id,
+        begun_at_unix: t.begun_at,
+        deadline_unix: t.deadline,
+        ended_at_unix: t.ended_at.unwrap_or(0),
+        end_reason: t.end_reason.unwrap_or_default(),
+        pid: u32::try_from(t.pid).unwrap_or(0),
+    }
+}
+
+fn task_status(e: TaskError) -> Status {
+    match e {
+        TaskError::InvalidArgument(m) => Status::invalid_argument(m),
+        TaskError::Consent(c) => Status::permission_denied(c.to_string()),
+        TaskError::NotFound(id) => Status::not_found(format!("no task {id} for this client")),
+        e => {
+            tracing::error!(error = %e, "task operation failed");
+            Status::internal("task operation failed; see the agent's log")
+        }
+    }
+}
+
+/// The Tasks service.
+#[derive(Clone, Debug)]
+pub struct TasksService {
+    manager: Arc<TaskManager>,
+    cache: Arc<SvidCache>,
+    attestor: Arc<UnixAttestor>,
+    metrics: Arc<Metrics>,
+}
+
+/// Longest free-text fields accepted before any other check.
+const MAX_SUBJECT: usize = 256;
+const MAX_PURPOSE: usize = 1024;
+const MAX_SCOPES: usize = 64;
+
+impl TasksService {
+    /// A service beginning tasks with `manager` for callers attested by `attestor`.
+    pub fn new(
+        manager: Arc<TaskManager>,
+        cache: Arc<SvidCache>,
+        attestor: Arc<UnixAttestor>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        TasksService {
+            manager,
+            cache,
+            attestor,
+            metrics,
+        }
+    }
+
+    /// The caller's client identities (at least one, or PermissionDenied).
+    fn clients<T>(&self, rpc: &'static str, req: &Request<T>) -> Result<(PeerInfo, Attestation, Vec<ClientId>), Status> {
+        let peer = peer_of(req)?;
+        let att = attest(&self.attestor, &self.metrics, &peer)?;
+        let snap = self.cache.current();
+        let clients: Vec<ClientId> = snap.clients_for(&att).iter().map(|e| e.client_id.clone()).collect();
+        if clients.is_empty() {
+            self.metrics.rpc(rpc, tonic::Code::PermissionDenied);
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        Ok((peer, att, clients))
+    }
+}
+
+#[tonic::async_trait]
+impl Tasks for TasksService {
+    async fn begin_task(&self, req: Request<BeginTaskRequest>) -> Result<Response<BeginTaskResponse>, Status> {
+        let (peer, att, clients) = self.clients("BeginTask", &req)?;
+        let r = req.into_inner();
+        let client = if r.client.is_empty() {
+            match clients.as_slice() {
+                [one] => one.clone(),
+                many => {
+                    return Err(Status::invalid_argument(format!(
+                        "this caller has several client identities ({}); name one in `client`",
+                        many.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        } else {
+            clients
+                .iter()
+                .find(|c| c.name.as_str() == r.client)
+                .cloned()
+                .ok_or_else(|| Status::permission_denied(format!("this caller is not client {:?}", r.client)))?
+        };
+        let td = client.trust_domain.clone();
+        let server: ServerName = if r.server.starts_with("spiffe://") {
+            let id: ServerId = r
+                .server
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("server {:?}: {e}", r.server)))?;
+            if id.trust_domain != td {
+                return Err(Status::invalid_argument(format!("server {} is not in trust domain {td}", r.server)));
+            }
+            id.name
+        } else {
+            r.server
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("server {:?}: {e}", r.server)))?
+        };
+        if r.subject.is_empty() || r.subject.len() > MAX_SUBJECT {
+            return Err(Status::invalid_argument(format!("subject must be 1..={MAX_SUBJECT} bytes")));
+        }
+        if r.purpose.len() > MAX_PURPOSE {
+            return Err(Status::invalid_argument(format!("purpose must be at most {MAX_PURPOSE} bytes")));
+        }
+        if r.scopes.is_empty() || r.scopes.len() > MAX_SCOPES {
+            return Err(Status::invalid_argument(format!("request 1..={MAX_SCOPES} scopes")));
+        }
+        let scopes = r
+            .scopes
+            .iter()
+            .map(|s| {
+                let scope: Scope = s.parse().map_err(|e| Status::invalid_argument(format!("scope {s:?}: {e}")))?;
+                if scope.server() != &server {
+                    return Err(Status::invalid_argument(format!(
+                        "scope {s:?} is for server {:?}, but the task is for {:?}",
+                        scope.server().as_str(),
+                        server.as_str()
+                    )));
+                }
+                Ok(scope)
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let (owner_pid, owner_fd) = if r.bind_to_parent {
+            let (ppid, fd) = self
+                .attestor
+                .parent_of(&peer)
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            (ppid, Some(Arc::new(fd)))
+        } else {
+            (att.pid, peer.pidfd.clone())
+        };
+        let actor = format!("{client} pid:{}", att.pid);
+        let (record, svid) = self
+            .manager
+            .begin(BeginRequest {
+                client,
+                subject: r.subject,
+                purpose: r.purpose,
+                server,
+                scopes,
+                lifetime: (r.lifetime_secs > 0).then(|| Duration::from_secs(r.lifetime_secs.into())),
+                owner_pid,
+                owner_fd,
+                actor,
+            })
+            .await
+            .map_err(|e| {
+                let status = task_status(e);
+                self.metrics.rpc("BeginTask", status.code());
+                status
+            })?;
+        self.metrics.rpc("BeginTask", tonic::Code::Ok);
+        let bundle = self.cache.current().bundle.concat_der();
+        let task = task_to_proto(record, td.as_str());
+        Ok(Response::new(BeginTaskResponse {
+            svid: Some(TaskSvid {
+                spiffe_id: task.spiffe_id.clone(),
+                x509_svid: svid.chain_concat(),
+                x509_svid_key: svid.key_pkcs8_der.to_vec(),
+                bundle,
+                hint: task.id.clone(),
+            }),
+            task: Some(task),
+        }))
+    }
+
+    async fn end_task(&self, req: Request<EndTaskRequest>) -> Result<Response<EndTaskResponse>, Status> {
+        let (_, att, clients) = self.clients("EndTask", &req)?;
+        let id = req.into_inner().task_id;
+        let td = clients[0].trust_domain.as_str().to_owned();
+        let mut last = Status::not_found(format!("no task {id} for this client"));
+        for client in &clients {
+            let actor = format!("{client} pid:{}", att.pid);
+            match self.manager.end(&id, EndReason::Ended, &actor, Some(client.name.as_str())).await {
+                Ok(t) => {
+                    self.metrics.rpc("EndTask", tonic::Code::Ok);
+                    return Ok(Response::new(EndTaskResponse {
+                        task: Some(task_to_proto(t, &td)),
+                    }));
+                }
+                Err(e @ TaskError::NotFound(_)) => last = task_status(e),
+                Err(e) => return Err(task_status(e)),
+            }
+        }
+        self.metrics.rpc("EndTask", last.code());
+        Err(last)
+    }
+
+    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        let (_, _, clients) = self.clients("ListTasks", &req)?;
+        let include_ended = req.into_inner().include_ended;
+        let td = clients[0].trust_domain.as_str().to_owned();
+        let mut tasks = Vec::new();
+        for client in &clients {
+            let filter = TaskFilter {
+                client: Some(client.name.as_str().to_owned()),
+                include_ended,
+            };
+            let found = self
+                .manager
+                .store()
+                .list_tasks(&filter)
+                .await
+                .map_err(|e| task_status(TaskError::Store(e)))?;
+            tasks.extend(found.into_iter().map(|t| task_to_proto(t, &td)));
+        }
+        Ok(Response::new(ListTasksResponse { tasks }))
+    }
+}
+
+type RevocationStream = Pin<Box<dyn Stream<Item = Result<RevocationSet, Status>> + Send + 'static>>;
+
+/// The revocation feed.
+#[derive(Clone, Debug)]
+pub struct RevocationsService {
+    manager: Arc<TaskManager>,
+    cache: Arc<SvidCache>,
+    attestor: Arc<UnixAttestor>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl RevocationsService {
+    /// A feed for attested callers (verifiers run as registered workloads).
+    pub fn new(
+        manager: Arc<TaskManager>,
+        cache: Arc<SvidCache>,
+        attestor: Arc<UnixAttestor>,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        RevocationsService {
+            manager,
+            cache,
+            attestor,
+            metrics,
+            shutdown,
+        }
+    }
+}
+
+fn to_proto(set: &super::RevokedSet, trust_domain: &str) -> RevocationSet {
+    RevocationSet {
+        version: set.version,
+        trust_domain: trust_domain.to_owned(),
+        revoked: set
+            .revoked
+            .iter()
+            .map(|r| RevokedTask {
+                task_id: r.task_id.clone(),
+                spiffe_id: r.spiffe_id.clone(),
+                serials: r.serials.clone(),
+                reason: r.reason.clone(),
+                revoked_at_unix_ms: r.revoked_at_ms,
+                until_unix: r.until,
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Revocations for RevocationsService {
+    type WatchStream = RevocationStream;
+
+    async fn watch(&self, req: Request<WatchRevocationsRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = peer_of(&req)?;
+        let att = attest(&self.attestor, &self.metrics, &peer)?;
+        let snap = self.cache.current();
+        if snap.clients_for(&att).is_empty() {
+            self.metrics.rpc("WatchRevocations", tonic::Code::PermissionDenied);
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        self.metrics.rpc("WatchRevocations", tonic::Code::Ok);
+        let td = snap.bundle.trust_domain.as_str().to_owned();
+        let mut rx = self.manager.feed().subscribe();
+        let mut shutdown = self.shutdown.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let (tx, out) = tokio::sync::mpsc::channel(4);
+        metrics.revocation_watchers.inc();
+        tokio::spawn(async move {
+            loop {
+                let set = rx.borrow_and_update().clone();
+                if tx.send(Ok(to_proto(&set, &td))).await.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = shutdown.changed() => break,
+                    r = rx.changed() => if r.is_err() { break },
+                }
+            }
+            metrics.revocation_watchers.dec();
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+    }
+}

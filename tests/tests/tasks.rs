@@ -1,0 +1,424 @@
+//! Tasks against a real agent: per-task SVIDs bounded by consent, and every way
+//! a task ends removing its SVID from the stream and putting it on the feed.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tessera_e2e::{TRUST_DOMAIN, TestAgent};
+use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
+use tessera_proto::tessera::v1::tasks_client::TasksClient;
+use tessera_proto::tessera::v1::{
+    BeginTaskRequest, BeginTaskResponse, EndTaskRequest, GrantConsentRequest, ListAllTasksRequest,
+    ListTasksRequest, RevocationSet, RevokeTaskRequest, WatchRevocationsRequest,
+    WithdrawConsentRequest,
+};
+use tonic::transport::Channel;
+
+const SUBJECT: &str = "alice@acme.corp";
+
+async fn setup(extra: &str) -> (TestAgent, String) {
+    let agent = TestAgent::start(extra).await.unwrap();
+    agent.register_self("code-reviewer").await.unwrap();
+    let consent = grant(&agent, "code-reviewer", &["github/tool/get_*", "github/tool/list_pulls"]).await;
+    (agent, consent)
+}
+
+async fn grant(agent: &TestAgent, client: &str, scopes: &[&str]) -> String {
+    agent
+        .admin_client()
+        .await
+        .unwrap()
+        .grant_consent(GrantConsentRequest {
+            client: client.into(),
+            subject: SUBJECT.into(),
+            server: "github".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            expires_at_unix: 0,
+            ttl_secs: 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+async fn tasks(agent: &TestAgent) -> TasksClient<Channel> {
+    TasksClient::new(TestAgent::channel(&agent.workload).await.unwrap())
+}
+
+fn begin_req(scopes: &[&str]) -> BeginTaskRequest {
+    BeginTaskRequest {
+        purpose: "review PR 42".into(),
+        subject: SUBJECT.into(),
+        server: "github".into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        lifetime_secs: 0,
+        client: String::new(),
+        bind_to_parent: false,
+    }
+}
+
+async fn begin(agent: &TestAgent, req: BeginTaskRequest) -> BeginTaskResponse {
+    tasks(agent).await.begin_task(req).await.unwrap().into_inner()
+}
+
+async fn feed(agent: &TestAgent) -> tonic::Streaming<RevocationSet> {
+    RevocationsClient::new(TestAgent::channel(&agent.workload).await.unwrap())
+        .watch(WatchRevocationsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until the feed lists `task_id`; returns the reason and how long it took.
+async fn await_revoked(feed: &mut tonic::Streaming<RevocationSet>, task_id: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let set = tokio::time::timeout(left, feed.next())
+            .await
+            .unwrap_or_else(|_| panic!("{task_id} not revoked within {within:?}"))
+            .expect("feed open")
+            .expect("feed message");
+        if let Some(r) = set.revoked.iter().find(|r| r.task_id == task_id) {
+            assert!(!r.serials.is_empty(), "revocation lists the task's serials");
+            return r.reason.clone();
+        }
+    }
+}
+
+/// Waits until the caller's FetchX509SVID stream no longer carries `hint`.
+async fn await_dropped<S>(stream: &mut S, hint: &str, within: Duration)
+where
+    S: futures::Stream<Item = Result<spiffe::X509Context, spiffe::WorkloadApiError>> + Unpin,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ctx = tokio::time::timeout(left, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("task SVID {hint} still in the stream after {within:?}"))
+            .expect("stream open")
+            .expect("stream message");
+        if !ctx.svids().iter().any(|s| s.hint() == Some(hint)) {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn task_svid_appears_in_the_stream_with_its_hint_and_claims() {
+    let (agent, consent) = setup("").await;
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let mut stream = client.stream_x509_contexts().await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.svids().len(), 1, "client SVID only");
+
+    let resp = begin(&agent, begin_req(&["github/tool/get_pull_request"])).await;
+    let task = resp.task.unwrap();
+    let svid = resp.svid.unwrap();
+    assert_eq!(task.spiffe_id, format!("spiffe://{TRUST_DOMAIN}/client/code-reviewer/task/{}", task.id));
+    assert_eq!(svid.hint, task.id);
+    assert_eq!(task.consent_id, consent);
+
+    let ctx = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(ctx.svids().len(), 2);
+    assert_eq!(ctx.default_svid().unwrap().hint(), Some("code-reviewer"), "client SVID stays the default");
+    let task_svid = ctx.svids().iter().find(|s| s.hint() == Some(task.id.as_str())).expect("task SVID by hint");
+    assert_eq!(task_svid.spiffe_id().to_string(), task.spiffe_id);
+
+    let leaf = tessera_identity::check_leaf_svid(task_svid.cert_chain()[0].as_ref()).unwrap();
+    let claims = leaf.claims.expect("claims extension");
+    assert_eq!(claims.task_id.to_string(), task.id);
+    assert_eq!(claims.subject, SUBJECT);
+    assert_eq!(claims.purpose, "review PR 42");
+    assert_eq!(claims.consent_id, consent);
+    assert_eq!(claims.scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ["github/tool/get_pull_request"]);
+    assert!(leaf.not_after_unix <= claims.deadline_unix, "never outlives the task");
+}
+
+#[tokio::test]
+async fn scopes_beyond_consent_are_refused_naming_what_is_missing() {
+    let (agent, _) = setup("").await;
+    let err = tasks(&agent)
+        .await
+        .begin_task(begin_req(&["github/tool/get_pull_request", "github/tool/delete_repo"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("github/tool/delete_repo"), "{}", err.message());
+    assert!(!err.message().contains("get_pull_request"), "only the missing scope: {}", err.message());
+
+    // Another subject has no consent at all.
+    let mut req = begin_req(&["github/tool/get_pull_request"]);
+    req.subject = "mallory@acme.corp".into();
+    let err = tasks(&agent).await.begin_task(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("no live consent"), "{}", err.message());
+
+    // A scope for another server is a malformed request.
+    let err = tasks(&agent)
+        .await
+        .begin_task(begin_req(&["gitlab/tool/get_pull_request"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn end_task_drops_the_svid_and_revokes_it() {
+    let (agent, _) = setup("").await;
+    let mut feed = feed(&agent).await;
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let mut stream = client.stream_x509_contexts().await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    let task = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
+    let ctx = stream.next().await.unwrap().unwrap();
+    assert!(ctx.svids().iter().any(|s| s.hint() == Some(task.id.as_str())));
+
+    let ended = tasks(&agent)
+        .await
+        .end_task(EndTaskRequest { task_id: task.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(ended.end_reason, "ended");
+    assert_eq!(await_revoked(&mut feed, &task.id, Duration::from_secs(2)).await, "ended");
+    await_dropped(&mut stream, &task.id, Duration::from_secs(2)).await;
+
+    // Ending twice is harmless and reports the same end.
+    let again = tasks(&agent)
+        .await
+        .end_task(EndTaskRequest { task_id: task.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(again.end_reason, "ended");
+}
+
+#[tokio::test]
+async fn deadline_ends_the_task() {
+    let (agent, _) = setup("").await;
+    let mut feed = feed(&agent).await;
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let mut stream = client.stream_x509_contexts().await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    let mut req = begin_req(&["github/tool/list_pulls"]);
+    req.lifetime_secs = 2;
+    let resp = begin(&agent, req).await;
+    let task = resp.task.unwrap();
+    assert!(task.deadline_unix - task.begun_at_unix <= 2);
+    assert_eq!(await_revoked(&mut feed, &task.id, Duration::from_secs(5)).await, "deadline");
+    await_dropped(&mut stream, &task.id, Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn withdrawing_consent_ends_its_tasks_only() {
+    let (agent, consent) = setup("").await;
+    let other = grant(&agent, "code-reviewer", &["github/tool/search_code"]).await;
+    let mut feed = feed(&agent).await;
+    let a = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
+    let b = begin(&agent, begin_req(&["github/tool/search_code"])).await.task.unwrap();
+    assert_eq!(a.consent_id, consent);
+    assert_eq!(b.consent_id, other);
+
+    let resp = agent
+        .admin_client()
+        .await
+        .unwrap()
+        .withdraw_consent(WithdrawConsentRequest { id: consent.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.ended_tasks, vec![a.id.clone()]);
+    assert_eq!(await_revoked(&mut feed, &a.id, Duration::from_secs(2)).await, "consent_withdrawn");
+    let live = tasks(&agent)
+        .await
+        .list_tasks(ListTasksRequest { include_ended: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(live.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), [b.id.as_str()]);
+
+    // The withdrawn consent no longer admits new tasks.
+    let err = tasks(&agent).await.begin_task(begin_req(&["github/tool/list_pulls"])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn admin_revoke_ends_the_task() {
+    let (agent, _) = setup("").await;
+    let mut feed = feed(&agent).await;
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let mut stream = client.stream_x509_contexts().await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    let task = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
+    let revoked = agent
+        .admin_client()
+        .await
+        .unwrap()
+        .revoke_task(RevokeTaskRequest { task_id: task.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(revoked.end_reason, "revoked");
+    assert_eq!(await_revoked(&mut feed, &task.id, Duration::from_secs(2)).await, "revoked");
+    await_dropped(&mut stream, &task.id, Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn process_exit_ends_the_task_bound_to_it() {
+    let (agent, _) = setup("").await;
+    let mut feed = feed(&agent).await;
+    // The CLI, registered as this client, begins a task bound to its parent
+    // shell (the default for `tessera task begin`); when the shell exits, the
+    // task must end.
+    let helper = tessera_e2e::bin("tessera");
+    agent
+        .admin_client()
+        .await
+        .unwrap()
+        .create_entry(tessera_proto::tessera::v1::CreateEntryRequest {
+            client: "code-reviewer".into(),
+            selectors: vec![
+                format!("unix:uid:{}", nix::unistd::geteuid()),
+                format!("unix:path:{}", std::fs::canonicalize(&helper).unwrap().display()),
+            ],
+            svid_ttl_secs: 0,
+        })
+        .await
+        .unwrap();
+    let script = format!(
+        "{} --socket {} task begin --server github --scope github/tool/list_pulls --subject {SUBJECT} && sleep 1",
+        helper.display(),
+        agent.endpoint()
+    );
+    let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let task_id = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().trim().to_owned();
+    assert_eq!(await_revoked(&mut feed, &task_id, Duration::from_secs(3)).await, "process_exited");
+    let all = agent
+        .admin_client()
+        .await
+        .unwrap()
+        .list_all_tasks(ListAllTasksRequest {
+            client: String::new(),
+            include_ended: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    let t = all.iter().find(|t| t.id == task_id).unwrap();
+    assert_eq!(t.end_reason, "process_exited");
+}
+
+#[tokio::test]
+async fn another_client_cannot_end_or_list_the_first_ones_tasks() {
+    let (agent, _) = setup("").await;
+    let task = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
+    // The CLI binary is registered as another client.
+    let cli = tessera_e2e::bin("tessera");
+    agent
+        .admin_client()
+        .await
+        .unwrap()
+        .create_entry(tessera_proto::tessera::v1::CreateEntryRequest {
+            client: "intruder".into(),
+            selectors: vec![format!("unix:path:{}", std::fs::canonicalize(&cli).unwrap().display())],
+            svid_ttl_secs: 0,
+        })
+        .await
+        .unwrap();
+    let out = agent.cli(&["task", "end", &task.id]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no task"), "{stderr}");
+    let out = agent.cli(&["task", "mine", "--all", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&task.id));
+    // Still live for its owner.
+    let mine = tasks(&agent)
+        .await
+        .list_tasks(ListTasksRequest { include_ended: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert!(mine.iter().any(|t| t.id == task.id && t.ended_at_unix == 0));
+}
+
+#[tokio::test]
+async fn revocation_survives_kill_9_and_restart() {
+    let (mut agent, _) = setup("").await;
+    let task = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
+    let live = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
+    tasks(&agent)
+        .await
+        .end_task(EndTaskRequest { task_id: task.id.clone() })
+        .await
+        .unwrap();
+    agent.kill();
+    agent.spawn().await.unwrap();
+    let mut feed = feed(&agent).await;
+    let set = feed.next().await.unwrap().unwrap();
+    let reason = |id: &str| set.revoked.iter().find(|r| r.task_id == id).map(|r| r.reason.clone());
+    assert_eq!(reason(&task.id).as_deref(), Some("ended"), "ended task stays revoked");
+    // A task live at the crash lost its process binding: it is revoked, not resurrected.
+    assert_eq!(reason(&live.id).as_deref(), Some("agent_restart"));
+}
+
+#[tokio::test]
+async fn parallel_begin_and_end_leave_the_store_consistent() {
+    let (agent, _) = setup("").await;
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let channel = TestAgent::channel(&agent.workload).await.unwrap();
+        handles.push(tokio::spawn(async move {
+            let mut client = TasksClient::new(channel);
+            let mut ids = Vec::new();
+            for _ in 0..25 {
+                let t = client
+                    .begin_task(begin_req(&["github/tool/list_pulls"]))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .task
+                    .unwrap();
+                client.end_task(EndTaskRequest { task_id: t.id.clone() }).await.unwrap();
+                ids.push(t.id);
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    assert_eq!(all.len(), 200);
+    let listed = agent
+        .admin_client()
+        .await
+        .unwrap()
+        .list_all_tasks(ListAllTasksRequest {
+            client: String::new(),
+            include_ended: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(listed.len(), 200);
+    assert!(listed.iter().all(|t| t.end_reason == "ended" && t.ended_at_unix > 0));
+    let set = feed(&agent).await.next().await.unwrap().unwrap();
+    for id in &all {
+        assert_eq!(set.revoked.iter().filter(|r| &r.task_id == id).count(), 1, "{id}");
+    }
+}
