@@ -400,7 +400,9 @@ pub mod testing {
             let mut state = self.check()?;
             let req = request.into_inner();
             if req.scopes.is_empty() {
-                return Err(Status::invalid_argument("a consent needs at least one scope"));
+                return Err(Status::invalid_argument(
+                    "a consent needs at least one scope",
+                ));
             }
             let now = crate::output::now_unix();
             let expires_at_unix = if req.expires_at_unix != 0 {

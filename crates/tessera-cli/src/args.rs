@@ -9,9 +9,7 @@ use std::str::FromStr;
 
 use clap::error::ErrorKind;
 use clap::{ArgMatches, Args, FromArgMatches};
-use tessera_identity::{
-    IdError, MAX_PURPOSE_LEN, MAX_SUBJECT_LEN, Scope, ServerId, ServerName,
-};
+use tessera_identity::{IdError, MAX_PURPOSE_LEN, MAX_SUBJECT_LEN, Scope, ServerId, ServerName};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -177,10 +175,16 @@ mod tests {
     #[test]
     fn scopes_must_all_be_for_the_server() {
         let github: ServerName = "github".parse().unwrap();
-        assert!(check_scope_servers(&github, &scopes(&["github/tool/*", "github/prompt/review"])).is_ok());
+        assert!(
+            check_scope_servers(&github, &scopes(&["github/tool/*", "github/prompt/review"]))
+                .is_ok()
+        );
         let err = check_scope_servers(&github, &scopes(&["github/tool/*", "docs/resource/x"]))
             .unwrap_err();
-        assert!(err.contains("--scope docs/resource/x is for server \"docs\""), "{err}");
+        assert!(
+            err.contains("--scope docs/resource/x is for server \"docs\""),
+            "{err}"
+        );
         assert!(err.contains("not for --server \"github\""), "{err}");
     }
 
@@ -197,8 +201,15 @@ mod tests {
 
     #[test]
     fn expires_must_be_rfc3339_and_in_the_future() {
-        assert_eq!(parse_expires("2099-01-01T00:00:00Z").unwrap(), 4_070_908_800);
-        assert!(parse_expires("2000-01-01T00:00:00Z").unwrap_err().contains("in the past"));
+        assert_eq!(
+            parse_expires("2099-01-01T00:00:00Z").unwrap(),
+            4_070_908_800
+        );
+        assert!(
+            parse_expires("2000-01-01T00:00:00Z")
+                .unwrap_err()
+                .contains("in the past")
+        );
         assert!(parse_expires("tomorrow").unwrap_err().contains("RFC 3339"));
     }
 
@@ -207,7 +218,10 @@ mod tests {
         let arg: ServerArg = "github".parse().unwrap();
         assert_eq!(arg.name.as_str(), "github");
         let arg: ServerArg = "spiffe://acme.corp/mcp/github".parse().unwrap();
-        assert_eq!((arg.name.as_str(), arg.raw.as_str()), ("github", "spiffe://acme.corp/mcp/github"));
+        assert_eq!(
+            (arg.name.as_str(), arg.raw.as_str()),
+            ("github", "spiffe://acme.corp/mcp/github")
+        );
         assert!("spiffe://acme.corp/client/x".parse::<ServerArg>().is_err());
         assert!("git hub".parse::<ServerArg>().is_err());
     }

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::audit::AuditArgs;
+use crate::consent::ConsentCommand;
 use crate::entry::EntryCommand;
 use crate::output::OutputFormat;
 use crate::svid::SvidCommand;
+use crate::task::TaskCommand;
 
 const ABOUT_LONG: &str = "\
 Admin and developer CLI for a Tessera node agent.
@@ -16,9 +18,9 @@ Tessera gives each AI agent runtime (a \"client\") an attested SPIFFE identity, 
 runs its own short-lived X.509-SVID, so MCP servers can check who is calling, for which task,
 on whose behalf, on every request.
 
-Admin commands (entry, status, audit) talk to tessera-agent's admin socket and usually need root
-or the agent's user. `svid fetch` talks to the SPIFFE Workload API as the calling process, exactly
-like an agent runtime would.";
+Admin commands (entry, consent, task list/revoke, status, audit) talk to tessera-agent's admin
+socket and usually need root or the agent's user. `svid fetch` and `task begin/end/mine` talk to
+the workload socket as the calling process, exactly like an agent runtime would.";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -26,6 +28,9 @@ Examples:
   sudo tessera entry create --client code-reviewer \\
       --selector unix:uid:1001 \\
       --selector unix:sha256:$(sha256sum /opt/cr | cut -d' ' -f1)
+  # alice lets it read pull requests for 8 hours:
+  sudo tessera consent grant --client code-reviewer --subject alice@acme.corp \\
+      --server github --scope github/tool/get_pull_request --ttl 8h
   # As that runtime's user, see the identity it gets:
   tessera svid fetch --write /tmp/svid && tessera svid inspect /tmp/svid/svid.0.pem
   # Watch what the agent decides:
@@ -93,6 +98,12 @@ pub enum Command {
     /// Manage registration entries: which workloads get which client identity.
     #[command(subcommand)]
     Entry(EntryCommand),
+    /// Grant, list and withdraw consents: which client may act for whom, on which MCP server.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
+    /// Tasks: list or revoke any client's (admin), or begin and end this process's own.
+    #[command(subcommand)]
+    Task(TaskCommand),
     /// Show the agent's trust domain, version, entry count and CA certificates.
     #[command(after_long_help = crate::status::EXAMPLES)]
     Status,

@@ -269,9 +269,11 @@ pub fn render_list(consents: &[pb::Consent], format: OutputFormat, now: i64) -> 
         OutputFormat::Json => output::json(&serde_json::Value::Array(
             consents.iter().map(|c| consent_json(c, now)).collect(),
         )),
-        OutputFormat::Text if consents.is_empty() => "no consents; grant one with `tessera consent \
+        OutputFormat::Text if consents.is_empty() => {
+            "no consents; grant one with `tessera consent \
              grant --client NAME --subject WHO --server NAME --scope SCOPE --ttl 8h`\n"
-            .to_owned(),
+                .to_owned()
+        }
         OutputFormat::Text => {
             let mut table = Table::new([
                 "ID", "CLIENT", "SUBJECT", "SERVER", "STATE", "EXPIRES", "SCOPES",

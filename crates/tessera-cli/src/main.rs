@@ -4,14 +4,20 @@
 //! errors and for `svid inspect` on a certificate that fails the SVID profile.
 
 mod admin;
+mod args;
 mod audit;
 mod cli;
+mod consent;
 mod duration;
 mod entry;
+mod files;
 mod inspect;
 mod output;
 mod status;
 mod svid;
+mod task;
+mod tasks_api;
+mod transport;
 
 use std::process::ExitCode;
 
@@ -51,6 +57,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Entry(command) => {
             let mut admin = Admin::connect(&cli.global.admin_socket).await?;
             output::print(&entry::run(&mut admin, command, format).await?)?;
+        }
+        Command::Consent(command) => {
+            let mut admin = Admin::connect(&cli.global.admin_socket).await?;
+            output::print(&consent::run(&mut admin, command, format).await?)?;
+        }
+        Command::Task(command) => {
+            let text = task::run(
+                command,
+                &cli.global.admin_socket,
+                &cli.global.socket,
+                format,
+            )
+            .await?;
+            output::print(&text)?;
         }
         Command::Status => {
             let mut admin = Admin::connect(&cli.global.admin_socket).await?;

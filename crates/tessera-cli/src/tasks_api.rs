@@ -37,7 +37,10 @@ impl TasksApi {
     }
 
     /// `BeginTask`.
-    pub async fn begin(&mut self, req: pb::BeginTaskRequest) -> anyhow::Result<pb::BeginTaskResponse> {
+    pub async fn begin(
+        &mut self,
+        req: pb::BeginTaskRequest,
+    ) -> anyhow::Result<pb::BeginTaskResponse> {
         self.client
             .begin_task(request(req))
             .await

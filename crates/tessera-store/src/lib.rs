@@ -9,21 +9,35 @@
 //! identity scheme; it deliberately does not depend on `tessera-identity`, so the schema
 //! and the identity rules can evolve separately.
 //!
-//! Only the entry and audit APIs exist so far; consents, tasks and revocations have their
-//! tables (schema v1) but no API yet.
+//! Every write goes through one writer task that group-commits concurrent writes (one
+//! fsynced transaction for many calls, each call still isolated in a savepoint); see
+//! [`writer`](crate::writer) for the design and its guarantees. Reads use a small
+//! connection pool.
 #![forbid(unsafe_code)]
 
 mod audit;
+mod consent;
 mod entry;
 mod error;
 mod migrate;
 mod store;
+mod task;
+pub mod writer;
 
 pub use audit::{AuditRecord, MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_PAGE};
+pub use consent::{
+    Consent, ConsentFilter, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SERVER_LEN, MAX_SUBJECT_LEN,
+    NewConsent,
+};
 pub use entry::{Entry, MAX_CLIENT_LEN, MAX_SELECTOR_LEN, MAX_SELECTORS, NewEntry};
 pub use error::StoreError;
 pub use migrate::SCHEMA_VERSION;
 pub use store::Store;
+pub use task::{
+    END_REASON_CONSENT_WITHDRAWN, EndOutcome, MAX_PURPOSE_LEN, MAX_REASON_LEN,
+    MAX_SERIAL_HEX_LEN, MAX_SPIFFE_ID_LEN, MAX_TASK_ID_LEN, Revocation, SvidIssued, TaskFilter,
+    TaskRecord,
+};
 
 #[cfg(test)]
 pub(crate) mod testing {

@@ -1,0 +1,640 @@
+//! Tasks, the SVIDs issued for them, and revocations.
+//!
+//! A task is begun (with its first SVID) once, may get rotated SVIDs while live, and is
+//! ended exactly once; ending it records a revocation listing every SVID serial it ever
+//! had, kept until all of them have expired anyway. All of these are writes through the
+//! group-commit writer ([`crate::writer`]): durable before they return.
+
+use serde_json::json;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, SqliteConnection};
+
+use crate::consent::{check_len, validate_parties, validate_scopes};
+use crate::writer::{BoxFuture, Effects};
+use crate::{Store, StoreError, audit};
+
+/// The task columns plus its serials (issuance order), for `concat!`.
+macro_rules! task_select {
+    () => {
+        "SELECT t.id, t.client, t.subject, t.server, t.scopes, t.purpose, t.consent_id, t.pid,
+                t.begun_at, t.deadline, t.ended_at, t.end_reason,
+                (SELECT json_group_array(s.serial ORDER BY s.rowid)
+                 FROM task_svids s WHERE s.task_id = t.id) AS serials
+         FROM tasks t"
+    };
+}
+
+/// Longest task id accepted, in bytes (task ids are ULIDs or UUIDv7s).
+pub const MAX_TASK_ID_LEN: usize = 64;
+/// Longest purpose accepted, in bytes.
+pub const MAX_PURPOSE_LEN: usize = 1024;
+/// Longest certificate serial accepted, in hex digits (RFC 5280 allows 20 octets; a
+/// little room for a sign byte and leading zeros).
+pub const MAX_SERIAL_HEX_LEN: usize = 64;
+/// Longest SPIFFE ID accepted, in bytes (the SPIFFE limit).
+pub const MAX_SPIFFE_ID_LEN: usize = 2048;
+/// Longest end or revocation reason accepted, in bytes.
+pub const MAX_REASON_LEN: usize = 128;
+
+/// The end reason [`Store::withdraw_consent`] gives the tasks it ends.
+pub const END_REASON_CONSENT_WITHDRAWN: &str = "consent_withdrawn";
+
+const KIND_BEGIN: &str = "task.begin";
+const KIND_END: &str = "task.end";
+const KIND_SVID: &str = "svid.issue";
+
+/// A task: one BeginTask, until it ends.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TaskRecord {
+    /// The task id (ULID or UUIDv7, chosen by the agent), 1..=[`MAX_TASK_ID_LEN`] bytes.
+    pub id: String,
+    /// The client running it.
+    pub client: String,
+    /// The human it acts for.
+    pub subject: String,
+    /// The MCP server it may call.
+    pub server: String,
+    /// Its scopes, as given (a subset of its consent's; the agent checks that).
+    pub scopes: Vec<String>,
+    /// Why it runs, 0..=[`MAX_PURPOSE_LEN`] bytes.
+    pub purpose: String,
+    /// The consent it relies on.
+    pub consent_id: String,
+    /// The runtime process that began it.
+    pub pid: i64,
+    /// When it began, unix seconds.
+    pub begun_at: i64,
+    /// When it must end at the latest, unix seconds.
+    pub deadline: i64,
+    /// When it ended, unix seconds; `None` while live.
+    pub ended_at: Option<i64>,
+    /// Why it ended (`end_task`'s reason); `None` while live.
+    pub end_reason: Option<String>,
+    /// Lowercase hex serials of every SVID issued for it, in issuance order.
+    pub serials: Vec<String>,
+}
+
+/// An SVID issued for a task.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SvidIssued {
+    /// The certificate serial in hex, 1..=[`MAX_SERIAL_HEX_LEN`] digits (either case;
+    /// stored lowercase). Must never repeat.
+    pub serial: String,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// Its expiry, unix seconds.
+    pub not_after: i64,
+}
+
+/// A revoked task: verifiers refuse its SPIFFE ID and serials until `until`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Revocation {
+    /// The task revoked.
+    pub task_id: String,
+    /// The task's SPIFFE ID.
+    pub spiffe_id: String,
+    /// Lowercase hex serials of every SVID issued for the task.
+    pub serials: Vec<String>,
+    /// Why, e.g. `ended`, `deadline`, `consent_withdrawn`.
+    pub reason: String,
+    /// When it was revoked, unix milliseconds.
+    pub revoked_at_ms: i64,
+    /// Keep it until then, unix seconds: by then every SVID issued for the task expired.
+    pub until: i64,
+}
+
+/// Which tasks [`Store::list_tasks`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    /// Only this client's tasks; `None` for all.
+    pub client: Option<String>,
+    /// Include ended tasks too.
+    pub include_ended: bool,
+}
+
+/// What [`Store::end_task`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndOutcome {
+    /// This call ended the task: the task as now stored, and its revocation.
+    Ended(TaskRecord, Revocation),
+    /// The task had already ended (it is returned as stored); nothing was written.
+    AlreadyEnded(TaskRecord),
+    /// No task with this id; nothing was written.
+    NotFound,
+}
+
+impl TaskRecord {
+    fn validate(&self) -> Result<(), StoreError> {
+        check_len("task id", &self.id, 1, MAX_TASK_ID_LEN)?;
+        validate_parties(&self.client, &self.subject, &self.server)?;
+        validate_scopes(&self.scopes)?;
+        check_len("purpose", &self.purpose, 0, MAX_PURPOSE_LEN)?;
+        check_len("consent id", &self.consent_id, 1, MAX_TASK_ID_LEN)?;
+        if self.deadline <= self.begun_at {
+            return Err(StoreError::InvalidDeadline {
+                begun_at: self.begun_at,
+                deadline: self.deadline,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl SvidIssued {
+    /// Checks the limits and lowercases the serial.
+    fn normalize(mut self) -> Result<SvidIssued, StoreError> {
+        if self.serial.is_empty()
+            || self.serial.len() > MAX_SERIAL_HEX_LEN
+            || !self.serial.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(StoreError::InvalidSerial {
+                serial: self.serial.chars().take(MAX_SERIAL_HEX_LEN + 8).collect(),
+            });
+        }
+        self.serial.make_ascii_lowercase();
+        check_len("spiffe id", &self.spiffe_id, 1, MAX_SPIFFE_ID_LEN)?;
+        Ok(self)
+    }
+}
+
+fn validate_revocation(revocation: &Revocation) -> Result<(), StoreError> {
+    check_len("spiffe id", &revocation.spiffe_id, 1, MAX_SPIFFE_ID_LEN)?;
+    check_len("revocation reason", &revocation.reason, 1, MAX_REASON_LEN)
+}
+
+// === impl Store: tasks ===
+
+impl Store {
+    /// Records a new live task (`ended_at` NULL; its `ended_at`, `end_reason` and
+    /// `serials` fields are ignored) with its first SVID, and the `task.begin` and
+    /// `svid.issue` audit records, in one transaction. Returns once durable (committed and
+    /// fsynced).
+    ///
+    /// Inside that transaction the task's consent must exist
+    /// ([`StoreError::ConsentNotFound`]), not be withdrawn
+    /// ([`StoreError::ConsentAlreadyWithdrawn`]), not have expired by `begun_at`
+    /// ([`StoreError::ConsentExpired`]), and name the same client, subject and server
+    /// ([`StoreError::ConsentMismatch`]), so a task can never slip in beside a concurrent
+    /// withdrawal. Checking the scopes against the consent's (wildcards) is the caller's
+    /// job. A repeated task id or serial is a [`StoreError::Database`] constraint error.
+    pub async fn begin_task(
+        &self,
+        task: TaskRecord,
+        svid: SvidIssued,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        task.validate()?;
+        let svid = svid.normalize()?;
+        audit::validate_actor(actor)?;
+        let state = BeginTask {
+            task,
+            svid,
+            actor: actor.to_owned(),
+        };
+        self.inner.writer.write(KIND_BEGIN, state, begin_op).await
+    }
+
+    /// Records a rotated SVID for a live task, with an `svid.issue` audit record. Fails
+    /// with [`StoreError::TaskEnded`] if the task has ended (then the SVID must not be
+    /// handed out: it would not be in the task's revocation) or
+    /// [`StoreError::TaskNotFound`].
+    pub async fn record_task_svid(&self, task_id: &str, svid: SvidIssued) -> Result<(), StoreError> {
+        check_len("task id", task_id, 1, MAX_TASK_ID_LEN)?;
+        let svid = svid.normalize()?;
+        let state = (task_id.to_owned(), svid);
+        self.inner.writer.write(KIND_SVID, state, record_svid_op).await
+    }
+
+    /// Ends a live task exactly once: sets `ended_at` and `end_reason` = `reason`, inserts
+    /// its revocation, and writes a `task.end` audit record, in one transaction.
+    ///
+    /// The caller supplies the revocation's `spiffe_id`, `reason`, `revoked_at_ms` and
+    /// `until`; the store sets `task_id`, fills `serials` with every serial issued for the
+    /// task, and raises `until` to the latest `not_after` among them if it is earlier (a
+    /// revocation must outlive every certificate it covers).
+    ///
+    /// Of concurrent calls for one task exactly one gets [`EndOutcome::Ended`]; the others
+    /// get [`EndOutcome::AlreadyEnded`] and write nothing.
+    pub async fn end_task(
+        &self,
+        task_id: &str,
+        reason: &str,
+        ended_at: i64,
+        revocation: Revocation,
+        actor: &str,
+    ) -> Result<EndOutcome, StoreError> {
+        check_len("end reason", reason, 1, MAX_REASON_LEN)?;
+        validate_revocation(&revocation)?;
+        audit::validate_actor(actor)?;
+        let state = EndTask {
+            task_id: task_id.to_owned(),
+            reason: reason.to_owned(),
+            ended_at,
+            revocation: Some(revocation),
+            actor: actor.to_owned(),
+        };
+        self.inner.writer.write(KIND_END, state, end_op).await
+    }
+
+    /// The task with this id, if any.
+    pub async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let row = sqlx::query(concat!(task_select!(), " WHERE t.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        row.as_ref().map(decode_task).transpose()
+    }
+
+    /// Tasks matching `filter`: live ones first, then ended ones; each group newest first
+    /// (by `begun_at`, then id).
+    pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            task_select!(),
+            " WHERE (?1 IS NULL OR t.client = ?1) AND (?2 OR t.ended_at IS NULL)
+              ORDER BY t.ended_at IS NOT NULL, t.begun_at DESC, t.id DESC"
+        ))
+        .bind(filter.client.as_deref())
+        .bind(filter.include_ended)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(decode_task).collect()
+    }
+
+    /// Every live task, oldest first. The agent resumes (or ends) these at startup.
+    pub async fn live_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            task_select!(),
+            " WHERE t.ended_at IS NULL ORDER BY t.begun_at, t.id"
+        ))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(decode_task).collect()
+    }
+
+    /// Revocations still in force at `now` (`until > now`), oldest first.
+    pub async fn revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT task_id, spiffe_id, serials, reason, revoked_at_ms, until
+             FROM revocations WHERE until > ? ORDER BY revoked_at_ms, task_id",
+        )
+        .bind(now)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(decode_revocation).collect()
+    }
+
+    /// Deletes revocations no longer needed at `now` (`until <= now`: every SVID they
+    /// cover has expired) and returns how many. The tasks themselves are kept.
+    pub async fn prune_revocations(&self, now: i64) -> Result<u64, StoreError> {
+        let pruned = self
+            .inner
+            .writer
+            .write("revocation.prune", now, prune_op)
+            .await?;
+        if pruned > 0 {
+            tracing::debug!(pruned, "pruned expired revocations");
+        }
+        Ok(pruned)
+    }
+}
+
+struct BeginTask {
+    task: TaskRecord,
+    svid: SvidIssued,
+    actor: String,
+}
+
+fn begin_op<'a>(
+    state: &'a mut BeginTask,
+    conn: &'a mut SqliteConnection,
+    effects: &'a mut Effects,
+) -> BoxFuture<'a, Result<(), StoreError>> {
+    Box::pin(async move {
+        let BeginTask { task, svid, actor } = state;
+        let scopes = serde_json::to_string(&task.scopes).expect("strings serialise");
+        // The consent check and the insert in one statement: it inserts only if the
+        // consent is usable; otherwise we find out why below.
+        let inserted = sqlx::query(
+            "INSERT INTO tasks (id, client, subject, server, scopes, purpose, consent_id, pid,
+                                begun_at, deadline)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, c.id, ?7, ?8, ?9 FROM consents c
+             WHERE c.id = ?10 AND c.withdrawn_at IS NULL AND c.expires_at > ?8
+               AND c.client = ?2 AND c.subject = ?3 AND c.server = ?4",
+        )
+        .bind(&task.id)
+        .bind(&task.client)
+        .bind(&task.subject)
+        .bind(&task.server)
+        .bind(scopes)
+        .bind(&task.purpose)
+        .bind(task.pid)
+        .bind(task.begun_at)
+        .bind(task.deadline)
+        .bind(&task.consent_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(unusable_consent(conn, task).await);
+        }
+        insert_svid(conn, &task.id, svid).await?;
+
+        task.ended_at = None;
+        task.end_reason = None;
+        task.serials = vec![svid.serial.clone()];
+        audit::write(conn, effects, KIND_BEGIN, actor, json!({ "task": &*task })).await?;
+        audit::write(conn, effects, KIND_SVID, actor, svid_detail(&task.id, svid)).await?;
+        Ok(())
+    })
+}
+
+/// Why `begin_op` inserted nothing.
+async fn unusable_consent(conn: &mut SqliteConnection, task: &TaskRecord) -> StoreError {
+    let row = sqlx::query(
+        "SELECT client, subject, server, expires_at, withdrawn_at FROM consents WHERE id = ?",
+    )
+    .bind(&task.consent_id)
+    .fetch_optional(&mut *conn)
+    .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return StoreError::ConsentNotFound {
+                id: task.consent_id.clone(),
+            };
+        }
+        Err(error) => return error.into(),
+    };
+    let diagnose = || -> Result<StoreError, sqlx::Error> {
+        let id = task.consent_id.clone();
+        if let Some(withdrawn_at) = row.try_get::<Option<i64>, _>("withdrawn_at")? {
+            return Ok(StoreError::ConsentAlreadyWithdrawn { id, withdrawn_at });
+        }
+        let expires_at: i64 = row.try_get("expires_at")?;
+        if expires_at <= task.begun_at {
+            return Ok(StoreError::ConsentExpired {
+                expires_at,
+                at: task.begun_at,
+            });
+        }
+        for (field, mine) in [
+            ("client", &task.client),
+            ("subject", &task.subject),
+            ("server", &task.server),
+        ] {
+            if row.try_get::<String, _>(field)? != *mine {
+                return Ok(StoreError::ConsentMismatch { id, field });
+            }
+        }
+        // Unreachable unless the row changed under us, which the writer rules out.
+        Ok(StoreError::ConsentNotFound { id })
+    };
+    diagnose().unwrap_or_else(StoreError::from)
+}
+
+async fn insert_svid(
+    conn: &mut SqliteConnection,
+    task_id: &str,
+    svid: &SvidIssued,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO task_svids (serial, task_id, spiffe_id, not_after) VALUES (?, ?, ?, ?)")
+        .bind(&svid.serial)
+        .bind(task_id)
+        .bind(&svid.spiffe_id)
+        .bind(svid.not_after)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn svid_detail(task_id: &str, svid: &SvidIssued) -> serde_json::Value {
+    json!({
+        "task_id": task_id,
+        "serial": svid.serial,
+        "spiffe_id": svid.spiffe_id,
+        "not_after": svid.not_after,
+    })
+}
+
+fn record_svid_op<'a>(
+    state: &'a mut (String, SvidIssued),
+    conn: &'a mut SqliteConnection,
+    effects: &'a mut Effects,
+) -> BoxFuture<'a, Result<(), StoreError>> {
+    Box::pin(async move {
+        let (task_id, svid) = state;
+        let ended_at: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT ended_at FROM tasks WHERE id = ?")
+                .bind(&*task_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match ended_at {
+            None => {
+                return Err(StoreError::TaskNotFound {
+                    id: task_id.clone(),
+                });
+            }
+            Some(Some(_)) => {
+                return Err(StoreError::TaskEnded {
+                    id: task_id.clone(),
+                });
+            }
+            Some(None) => {}
+        }
+        insert_svid(conn, task_id, svid).await?;
+        // The system itself rotates SVIDs: no actor.
+        audit::write(conn, effects, KIND_SVID, "", svid_detail(task_id, svid)).await?;
+        Ok(())
+    })
+}
+
+struct EndTask {
+    task_id: String,
+    reason: String,
+    ended_at: i64,
+    revocation: Option<Revocation>,
+    actor: String,
+}
+
+fn end_op<'a>(
+    state: &'a mut EndTask,
+    conn: &'a mut SqliteConnection,
+    effects: &'a mut Effects,
+) -> BoxFuture<'a, Result<EndOutcome, StoreError>> {
+    Box::pin(async move {
+        let row = sqlx::query(concat!(task_select!(), " WHERE t.id = ?"))
+            .bind(&state.task_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(task) = row.as_ref().map(decode_task).transpose()? else {
+            return Ok(EndOutcome::NotFound);
+        };
+        if task.ended_at.is_some() {
+            return Ok(EndOutcome::AlreadyEnded(task));
+        }
+        let revocation = state
+            .revocation
+            .take()
+            .expect("an op runs once, so its revocation is still there");
+        let (task, revocation) = end_live(
+            conn,
+            effects,
+            task,
+            &state.reason,
+            state.ended_at,
+            revocation,
+            &state.actor,
+        )
+        .await?;
+        Ok(EndOutcome::Ended(task, revocation))
+    })
+}
+
+/// Ends `task`, read live inside the current op: marks it ended, inserts its revocation
+/// (completed with the task's id, serials and a safe `until`) and a `task.end` audit
+/// record. Returns the task as now stored and the revocation.
+pub(crate) async fn end_live(
+    conn: &mut SqliteConnection,
+    effects: &mut Effects,
+    mut task: TaskRecord,
+    reason: &str,
+    ended_at: i64,
+    mut revocation: Revocation,
+    actor: &str,
+) -> Result<(TaskRecord, Revocation), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE tasks SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
+    )
+    .bind(ended_at)
+    .bind(reason)
+    .bind(&task.id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        // Cannot happen: the caller read it live in this same op and the writer runs one
+        // op at a time. Refuse rather than revoke twice.
+        return Err(StoreError::TaskEnded { id: task.id });
+    }
+    task.ended_at = Some(ended_at);
+    task.end_reason = Some(reason.to_owned());
+
+    let last_not_after: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(not_after) FROM task_svids WHERE task_id = ?")
+            .bind(&task.id)
+            .fetch_one(&mut *conn)
+            .await?;
+    revocation.task_id.clone_from(&task.id);
+    revocation.serials.clone_from(&task.serials);
+    revocation.until = revocation.until.max(last_not_after.unwrap_or(i64::MIN));
+    let serials = serde_json::to_string(&revocation.serials).expect("strings serialise");
+    sqlx::query(
+        "INSERT INTO revocations (task_id, spiffe_id, serials, reason, revoked_at_ms, until)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&revocation.task_id)
+    .bind(&revocation.spiffe_id)
+    .bind(serials)
+    .bind(&revocation.reason)
+    .bind(revocation.revoked_at_ms)
+    .bind(revocation.until)
+    .execute(&mut *conn)
+    .await?;
+    audit::write(
+        conn,
+        effects,
+        KIND_END,
+        actor,
+        json!({
+            "task_id": &task.id,
+            "reason": reason,
+            "ended_at": ended_at,
+            "revocation": &revocation,
+        }),
+    )
+    .await?;
+    Ok((task, revocation))
+}
+
+fn prune_op<'a>(
+    now: &'a mut i64,
+    conn: &'a mut SqliteConnection,
+    _effects: &'a mut Effects,
+) -> BoxFuture<'a, Result<u64, StoreError>> {
+    Box::pin(async move {
+        Ok(sqlx::query("DELETE FROM revocations WHERE until <= ?")
+            .bind(*now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected())
+    })
+}
+
+/// Live tasks relying on `consent_id`, read through `executor` (the pool, or the writer's
+/// connection inside an op).
+pub(crate) async fn live_tasks_for_consent<'e, E>(
+    executor: E,
+    consent_id: &str,
+) -> Result<Vec<TaskRecord>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query(concat!(
+        task_select!(),
+        " WHERE t.consent_id = ? AND t.ended_at IS NULL ORDER BY t.begun_at, t.id"
+    ))
+    .bind(consent_id)
+    .fetch_all(executor)
+    .await?;
+    rows.iter().map(decode_task).collect()
+}
+
+/// Decodes a [`task_select!`] row, reporting anything malformed as
+/// [`StoreError::Corrupt`].
+fn decode_task(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let json_list = |column: &str| -> Result<Vec<String>, StoreError> {
+        let text: String = row.try_get(column)?;
+        serde_json::from_str(&text).map_err(|error| StoreError::Corrupt {
+            table: "tasks",
+            id: id.clone(),
+            reason: format!("{column}: {error}"),
+        })
+    };
+    Ok(TaskRecord {
+        client: row.try_get("client")?,
+        subject: row.try_get("subject")?,
+        server: row.try_get("server")?,
+        scopes: json_list("scopes")?,
+        purpose: row.try_get("purpose")?,
+        consent_id: row.try_get("consent_id")?,
+        pid: row.try_get("pid")?,
+        begun_at: row.try_get("begun_at")?,
+        deadline: row.try_get("deadline")?,
+        ended_at: row.try_get("ended_at")?,
+        end_reason: row.try_get("end_reason")?,
+        serials: json_list("serials")?,
+        id,
+    })
+}
+
+fn decode_revocation(row: &SqliteRow) -> Result<Revocation, StoreError> {
+    let task_id: String = row.try_get("task_id")?;
+    let serials: String = row.try_get("serials")?;
+    let serials = serde_json::from_str(&serials).map_err(|error| StoreError::Corrupt {
+        table: "revocations",
+        id: task_id.clone(),
+        reason: format!("serials: {error}"),
+    })?;
+    Ok(Revocation {
+        spiffe_id: row.try_get("spiffe_id")?,
+        serials,
+        reason: row.try_get("reason")?,
+        revoked_at_ms: row.try_get("revoked_at_ms")?,
+        until: row.try_get("until")?,
+        task_id,
+    })
+}
+
+#[cfg(test)]
+mod tests;
