@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["workload.proto", "tessera/v1/admin.proto", "tessera/v1/tasks.proto"];
+    let files = [
+        "workload.proto",
+        "tessera/v1/admin.proto",
+        "tessera/v1/tasks.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -18,8 +18,13 @@ fn stdout(out: &std::process::Output) -> String {
 #[tokio::test]
 async fn entry_created_by_the_cli_takes_effect_without_restart() {
     let agent = TestAgent::start("").await.unwrap();
-    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
-    assert!(client.fetch_x509_svid().await.is_err(), "not registered yet");
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    assert!(
+        client.fetch_x509_svid().await.is_err(),
+        "not registered yet"
+    );
 
     let exe = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
     let uid = nix::unistd::geteuid();
@@ -39,33 +44,59 @@ async fn entry_created_by_the_cli_takes_effect_without_restart() {
     let id = created["id"].as_str().expect("entry id").to_owned();
 
     let svid = client.fetch_x509_svid().await.unwrap();
-    assert_eq!(svid.spiffe_id().to_string(), format!("spiffe://{TRUST_DOMAIN}/client/code-reviewer"));
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        format!("spiffe://{TRUST_DOMAIN}/client/code-reviewer")
+    );
 
     let listed = stdout(&agent.cli(&["entry", "list"]));
-    assert!(listed.contains(&id) && listed.contains("code-reviewer"), "{listed}");
+    assert!(
+        listed.contains(&id) && listed.contains("code-reviewer"),
+        "{listed}"
+    );
     let shown = stdout(&agent.cli(&["entry", "show", &id]));
     assert!(shown.contains(&format!("unix:uid:{uid}")), "{shown}");
 
     stdout(&agent.cli(&["entry", "delete", &id]));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(client.fetch_x509_svid().await.is_err(), "deleted entry no longer grants an identity");
+    assert!(
+        client.fetch_x509_svid().await.is_err(),
+        "deleted entry no longer grants an identity"
+    );
 
     let out = agent.cli(&["entry", "show", &id]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&id));
 
     let audit = stdout(&agent.cli(&["audit", "--output", "json"]));
-    assert!(audit.contains("entry.create") && audit.contains("entry.delete"), "{audit}");
+    assert!(
+        audit.contains("entry.create") && audit.contains("entry.delete"),
+        "{audit}"
+    );
 }
 
 #[tokio::test]
 async fn bad_selectors_and_names_are_refused_with_a_reason() {
     let agent = TestAgent::start("").await.unwrap();
     // Refused locally by the CLI.
-    let out = agent.cli(&["entry", "create", "--client", "Bad Name", "--selector", "unix:uid:1"]);
+    let out = agent.cli(&[
+        "entry",
+        "create",
+        "--client",
+        "Bad Name",
+        "--selector",
+        "unix:uid:1",
+    ]);
     assert!(!out.status.success());
     // Refused by the agent: a selector type it cannot attest.
-    let out = agent.cli(&["entry", "create", "--client", "ok", "--selector", "unix:pid:1"]);
+    let out = agent.cli(&[
+        "entry",
+        "create",
+        "--client",
+        "ok",
+        "--selector",
+        "unix:pid:1",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unix:pid"), "{err}");
@@ -89,10 +120,18 @@ async fn svid_fetch_writes_files_that_inspect_reads() {
     let dir = agent.dir.path().join("svid-out");
     stdout(&agent.cli(&["svid", "fetch", "--write", dir.to_str().unwrap()]));
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.join("svid.0.key")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(dir.join("svid.0.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
-    let inspected = stdout(&agent.cli(&["svid", "inspect", dir.join("svid.0.pem").to_str().unwrap()]));
-    assert!(inspected.contains(&format!("spiffe://{TRUST_DOMAIN}/client/shell-runtime")), "{inspected}");
+    let inspected =
+        stdout(&agent.cli(&["svid", "inspect", dir.join("svid.0.pem").to_str().unwrap()]));
+    assert!(
+        inspected.contains(&format!("spiffe://{TRUST_DOMAIN}/client/shell-runtime")),
+        "{inspected}"
+    );
 }
 
 #[tokio::test]
@@ -106,7 +145,11 @@ async fn admin_socket_refuses_other_uids() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&agent.admin, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(agent.admin.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        agent.admin.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(tessera_e2e::bin("tessera"))

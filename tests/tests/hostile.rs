@@ -8,8 +8,13 @@ use tessera_proto::tessera::v1::CreateEntryRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn still_serves(agent: &TestAgent) {
-    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
-    client.fetch_x509_svid().await.expect("agent still serves after hostile input");
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    client
+        .fetch_x509_svid()
+        .await
+        .expect("agent still serves after hostile input");
     agent
         .admin_client()
         .await
@@ -41,7 +46,9 @@ async fn garbage_and_truncated_frames_are_dropped_and_the_agent_stays_up() {
     bogus_frame.extend_from_slice(&[0xff, 0xff, 0xff, 0xee, 0x00, 0x00, 0x00, 0x00, 0x01]);
     let inputs: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-        (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect(),
         vec![0u8; 65536],
         truncated,
         bogus_frame,
@@ -51,7 +58,11 @@ async fn garbage_and_truncated_frames_are_dropped_and_the_agent_stays_up() {
         for input in &inputs {
             let reply = send_raw(socket, input).await;
             // Whatever came back, it was not an SVID or a listing.
-            assert!(reply.len() < 1024, "unexpectedly large reply to garbage: {} bytes", reply.len());
+            assert!(
+                reply.len() < 1024,
+                "unexpectedly large reply to garbage: {} bytes",
+                reply.len()
+            );
         }
     }
     still_serves(&agent).await;
@@ -71,7 +82,10 @@ async fn oversized_request_is_refused_and_the_agent_stays_up() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err.code(), tonic::Code::ResourceExhausted | tonic::Code::OutOfRange | tonic::Code::InvalidArgument),
+        matches!(
+            err.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange | tonic::Code::InvalidArgument
+        ),
         "{err:?}"
     );
     // Just under the transport limit, the agent's own limits answer precisely.
@@ -93,7 +107,11 @@ async fn many_idle_connections_do_not_starve_real_callers() {
     agent.register_self("code-reviewer").await.unwrap();
     let mut idle = Vec::new();
     for _ in 0..500 {
-        idle.push(tokio::net::UnixStream::connect(&agent.workload).await.unwrap());
+        idle.push(
+            tokio::net::UnixStream::connect(&agent.workload)
+                .await
+                .unwrap(),
+        );
     }
     still_serves(&agent).await;
     drop(idle);
@@ -122,7 +140,11 @@ async fn a_symlink_to_a_registered_path_is_not_that_path() {
         .args(["--socket", &agent.endpoint(), "svid", "fetch"])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test]
@@ -132,8 +154,16 @@ async fn a_copied_binary_with_another_hash_is_refused() {
     let copy = agent.dir.path().join("tessera-copy");
     std::fs::copy(&cli, &copy).unwrap();
     let digest = {
-        let out = std::process::Command::new("sha256sum").arg(&cli).output().unwrap();
-        String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+        let out = std::process::Command::new("sha256sum")
+            .arg(&cli)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
     };
     agent
         .admin_client()
@@ -141,7 +171,10 @@ async fn a_copied_binary_with_another_hash_is_refused() {
         .unwrap()
         .create_entry(CreateEntryRequest {
             client: "pinned".into(),
-            selectors: vec![format!("unix:path:{}", copy.display()), format!("unix:sha256:{digest}")],
+            selectors: vec![
+                format!("unix:path:{}", copy.display()),
+                format!("unix:sha256:{digest}"),
+            ],
             svid_ttl_secs: 0,
         })
         .await
@@ -152,14 +185,24 @@ async fn a_copied_binary_with_another_hash_is_refused() {
             .output()
             .unwrap()
     };
-    assert!(fetch(&copy).status.success(), "identical copy matches path and hash");
+    assert!(
+        fetch(&copy).status.success(),
+        "identical copy matches path and hash"
+    );
     // Replace the copy with different content at the same path: the hash no longer matches.
     let mut bytes = std::fs::read(&cli).unwrap();
     bytes.extend_from_slice(b"tampered");
     let tmp = agent.dir.path().join("tessera-copy.new");
     std::fs::write(&tmp, &bytes).unwrap();
-    std::fs::set_permissions(&tmp, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        &tmp,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::rename(&tmp, &copy).unwrap();
     let out = fetch(&copy);
-    assert!(!out.status.success(), "tampered binary must not get the identity");
+    assert!(
+        !out.status.success(),
+        "tampered binary must not get the identity"
+    );
 }

@@ -19,7 +19,12 @@ const SUBJECT: &str = "alice@acme.corp";
 async fn setup(extra: &str) -> (TestAgent, String) {
     let agent = TestAgent::start(extra).await.unwrap();
     agent.register_self("code-reviewer").await.unwrap();
-    let consent = grant(&agent, "code-reviewer", &["github/tool/get_*", "github/tool/list_pulls"]).await;
+    let consent = grant(
+        &agent,
+        "code-reviewer",
+        &["github/tool/get_*", "github/tool/list_pulls"],
+    )
+    .await;
     (agent, consent)
 }
 
@@ -59,7 +64,12 @@ fn begin_req(scopes: &[&str]) -> BeginTaskRequest {
 }
 
 async fn begin(agent: &TestAgent, req: BeginTaskRequest) -> BeginTaskResponse {
-    tasks(agent).await.begin_task(req).await.unwrap().into_inner()
+    tasks(agent)
+        .await
+        .begin_task(req)
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 async fn feed(agent: &TestAgent) -> tonic::Streaming<RevocationSet> {
@@ -71,7 +81,11 @@ async fn feed(agent: &TestAgent) -> tonic::Streaming<RevocationSet> {
 }
 
 /// Waits until the feed lists `task_id`; returns the reason and how long it took.
-async fn await_revoked(feed: &mut tonic::Streaming<RevocationSet>, task_id: &str, within: Duration) -> String {
+async fn await_revoked(
+    feed: &mut tonic::Streaming<RevocationSet>,
+    task_id: &str,
+    within: Duration,
+) -> String {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -109,7 +123,9 @@ where
 #[tokio::test]
 async fn task_svid_appears_in_the_stream_with_its_hint_and_claims() {
     let (agent, consent) = setup("").await;
-    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
     let mut stream = client.stream_x509_contexts().await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first.svids().len(), 1, "client SVID only");
@@ -117,14 +133,32 @@ async fn task_svid_appears_in_the_stream_with_its_hint_and_claims() {
     let resp = begin(&agent, begin_req(&["github/tool/get_pull_request"])).await;
     let task = resp.task.unwrap();
     let svid = resp.svid.unwrap();
-    assert_eq!(task.spiffe_id, format!("spiffe://{TRUST_DOMAIN}/client/code-reviewer/task/{}", task.id));
+    assert_eq!(
+        task.spiffe_id,
+        format!(
+            "spiffe://{TRUST_DOMAIN}/client/code-reviewer/task/{}",
+            task.id
+        )
+    );
     assert_eq!(svid.hint, task.id);
     assert_eq!(task.consent_id, consent);
 
-    let ctx = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    let ctx = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ctx.svids().len(), 2);
-    assert_eq!(ctx.default_svid().unwrap().hint(), Some("code-reviewer"), "client SVID stays the default");
-    let task_svid = ctx.svids().iter().find(|s| s.hint() == Some(task.id.as_str())).expect("task SVID by hint");
+    assert_eq!(
+        ctx.default_svid().unwrap().hint(),
+        Some("code-reviewer"),
+        "client SVID stays the default"
+    );
+    let task_svid = ctx
+        .svids()
+        .iter()
+        .find(|s| s.hint() == Some(task.id.as_str()))
+        .expect("task SVID by hint");
     assert_eq!(task_svid.spiffe_id().to_string(), task.spiffe_id);
 
     let leaf = tessera_identity::check_leaf_svid(task_svid.cert_chain()[0].as_ref()).unwrap();
@@ -133,8 +167,18 @@ async fn task_svid_appears_in_the_stream_with_its_hint_and_claims() {
     assert_eq!(claims.subject, SUBJECT);
     assert_eq!(claims.purpose, "review PR 42");
     assert_eq!(claims.consent_id, consent);
-    assert_eq!(claims.scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ["github/tool/get_pull_request"]);
-    assert!(leaf.not_after_unix <= claims.deadline_unix, "never outlives the task");
+    assert_eq!(
+        claims
+            .scopes
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        ["github/tool/get_pull_request"]
+    );
+    assert!(
+        leaf.not_after_unix <= claims.deadline_unix,
+        "never outlives the task"
+    );
 }
 
 #[tokio::test]
@@ -142,19 +186,34 @@ async fn scopes_beyond_consent_are_refused_naming_what_is_missing() {
     let (agent, _) = setup("").await;
     let err = tasks(&agent)
         .await
-        .begin_task(begin_req(&["github/tool/get_pull_request", "github/tool/delete_repo"]))
+        .begin_task(begin_req(&[
+            "github/tool/get_pull_request",
+            "github/tool/delete_repo",
+        ]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    assert!(err.message().contains("github/tool/delete_repo"), "{}", err.message());
-    assert!(!err.message().contains("get_pull_request"), "only the missing scope: {}", err.message());
+    assert!(
+        err.message().contains("github/tool/delete_repo"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        !err.message().contains("get_pull_request"),
+        "only the missing scope: {}",
+        err.message()
+    );
 
     // Another subject has no consent at all.
     let mut req = begin_req(&["github/tool/get_pull_request"]);
     req.subject = "mallory@acme.corp".into();
     let err = tasks(&agent).await.begin_task(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    assert!(err.message().contains("no live consent"), "{}", err.message());
+    assert!(
+        err.message().contains("no live consent"),
+        "{}",
+        err.message()
+    );
 
     // A scope for another server is a malformed request.
     let err = tasks(&agent)
@@ -169,29 +228,45 @@ async fn scopes_beyond_consent_are_refused_naming_what_is_missing() {
 async fn end_task_drops_the_svid_and_revokes_it() {
     let (agent, _) = setup("").await;
     let mut feed = feed(&agent).await;
-    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
     let mut stream = client.stream_x509_contexts().await.unwrap();
     stream.next().await.unwrap().unwrap();
-    let task = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
+    let task = begin(&agent, begin_req(&["github/tool/list_pulls"]))
+        .await
+        .task
+        .unwrap();
     let ctx = stream.next().await.unwrap().unwrap();
-    assert!(ctx.svids().iter().any(|s| s.hint() == Some(task.id.as_str())));
+    assert!(
+        ctx.svids()
+            .iter()
+            .any(|s| s.hint() == Some(task.id.as_str()))
+    );
 
     let ended = tasks(&agent)
         .await
-        .end_task(EndTaskRequest { task_id: task.id.clone() })
+        .end_task(EndTaskRequest {
+            task_id: task.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .task
         .unwrap();
     assert_eq!(ended.end_reason, "ended");
-    assert_eq!(await_revoked(&mut feed, &task.id, Duration::from_secs(2)).await, "ended");
+    assert_eq!(
+        await_revoked(&mut feed, &task.id, Duration::from_secs(2)).await,
+        "ended"
+    );
     await_dropped(&mut stream, &task.id, Duration::from_secs(2)).await;
 
     // Ending twice is harmless and reports the same end.
     let again = tasks(&agent)
         .await
-        .end_task(EndTaskRequest { task_id: task.id.clone() })
+        .end_task(EndTaskRequest {
+            task_id: task.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -204,7 +279,9 @@ async fn end_task_drops_the_svid_and_revokes_it() {
 async fn deadline_ends_the_task() {
     let (agent, _) = setup("").await;
     let mut feed = feed(&agent).await;
-    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
     let mut stream = client.stream_x509_contexts().await.unwrap();
     stream.next().await.unwrap().unwrap();
     let mut req = begin_req(&["github/tool/list_pulls"]);
@@ -212,7 +289,10 @@ async fn deadline_ends_the_task() {
     let resp = begin(&agent, req).await;
     let task = resp.task.unwrap();
     assert!(task.deadline_unix - task.begun_at_unix <= 2);
-    assert_eq!(await_revoked(&mut feed, &task.id, Duration::from_secs(5)).await, "deadline");
+    assert_eq!(
+        await_revoked(&mut feed, &task.id, Duration::from_secs(5)).await,
+        "deadline"
+    );
     await_dropped(&mut stream, &task.id, Duration::from_secs(2)).await;
 }
 
@@ -221,8 +301,14 @@ async fn withdrawing_consent_ends_its_tasks_only() {
     let (agent, consent) = setup("").await;
     let other = grant(&agent, "code-reviewer", &["github/tool/search_code"]).await;
     let mut feed = feed(&agent).await;
-    let a = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
-    let b = begin(&agent, begin_req(&["github/tool/search_code"])).await.task.unwrap();
+    let a = begin(&agent, begin_req(&["github/tool/list_pulls"]))
+        .await
+        .task
+        .unwrap();
+    let b = begin(&agent, begin_req(&["github/tool/search_code"]))
+        .await
+        .task
+        .unwrap();
     assert_eq!(a.consent_id, consent);
     assert_eq!(b.consent_id, other);
 
@@ -230,23 +316,37 @@ async fn withdrawing_consent_ends_its_tasks_only() {
         .admin_client()
         .await
         .unwrap()
-        .withdraw_consent(WithdrawConsentRequest { id: consent.clone() })
+        .withdraw_consent(WithdrawConsentRequest {
+            id: consent.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(resp.ended_tasks, vec![a.id.clone()]);
-    assert_eq!(await_revoked(&mut feed, &a.id, Duration::from_secs(2)).await, "consent_withdrawn");
+    assert_eq!(
+        await_revoked(&mut feed, &a.id, Duration::from_secs(2)).await,
+        "consent_withdrawn"
+    );
     let live = tasks(&agent)
         .await
-        .list_tasks(ListTasksRequest { include_ended: false })
+        .list_tasks(ListTasksRequest {
+            include_ended: false,
+        })
         .await
         .unwrap()
         .into_inner()
         .tasks;
-    assert_eq!(live.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), [b.id.as_str()]);
+    assert_eq!(
+        live.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        [b.id.as_str()]
+    );
 
     // The withdrawn consent no longer admits new tasks.
-    let err = tasks(&agent).await.begin_task(begin_req(&["github/tool/list_pulls"])).await.unwrap_err();
+    let err = tasks(&agent)
+        .await
+        .begin_task(begin_req(&["github/tool/list_pulls"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 }
 
@@ -254,22 +354,32 @@ async fn withdrawing_consent_ends_its_tasks_only() {
 async fn admin_revoke_ends_the_task() {
     let (agent, _) = setup("").await;
     let mut feed = feed(&agent).await;
-    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
     let mut stream = client.stream_x509_contexts().await.unwrap();
     stream.next().await.unwrap().unwrap();
-    let task = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
+    let task = begin(&agent, begin_req(&["github/tool/list_pulls"]))
+        .await
+        .task
+        .unwrap();
     let revoked = agent
         .admin_client()
         .await
         .unwrap()
-        .revoke_task(RevokeTaskRequest { task_id: task.id.clone() })
+        .revoke_task(RevokeTaskRequest {
+            task_id: task.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .task
         .unwrap();
     assert_eq!(revoked.end_reason, "revoked");
-    assert_eq!(await_revoked(&mut feed, &task.id, Duration::from_secs(2)).await, "revoked");
+    assert_eq!(
+        await_revoked(&mut feed, &task.id, Duration::from_secs(2)).await,
+        "revoked"
+    );
     await_dropped(&mut stream, &task.id, Duration::from_secs(2)).await;
 }
 
@@ -289,7 +399,10 @@ async fn process_exit_ends_the_task_bound_to_it() {
             client: "code-reviewer".into(),
             selectors: vec![
                 format!("unix:uid:{}", nix::unistd::geteuid()),
-                format!("unix:path:{}", std::fs::canonicalize(&helper).unwrap().display()),
+                format!(
+                    "unix:path:{}",
+                    std::fs::canonicalize(&helper).unwrap().display()
+                ),
             ],
             svid_ttl_secs: 0,
         })
@@ -300,30 +413,61 @@ async fn process_exit_ends_the_task_bound_to_it() {
         helper.display(),
         agent.endpoint()
     );
-    let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let task_id = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().trim().to_owned();
-    assert_eq!(await_revoked(&mut feed, &task_id, Duration::from_secs(3)).await, "process_exited");
-    let all = agent
-        .admin_client()
-        .await
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let task_id = String::from_utf8(out.stdout)
         .unwrap()
-        .list_all_tasks(ListAllTasksRequest {
-            client: String::new(),
-            include_ended: true,
-        })
-        .await
+        .lines()
+        .next()
         .unwrap()
-        .into_inner()
-        .tasks;
-    let t = all.iter().find(|t| t.id == task_id).unwrap();
-    assert_eq!(t.end_reason, "process_exited");
+        .trim()
+        .to_owned();
+    assert_eq!(
+        await_revoked(&mut feed, &task_id, Duration::from_secs(3)).await,
+        "process_exited"
+    );
+    // The feed is told first; the store follows within milliseconds.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let all = agent
+            .admin_client()
+            .await
+            .unwrap()
+            .list_all_tasks(ListAllTasksRequest {
+                client: String::new(),
+                include_ended: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks;
+        let t = all.iter().find(|t| t.id == task_id).expect("task listed");
+        if t.end_reason == "process_exited" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "store never recorded the end: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
 async fn another_client_cannot_end_or_list_the_first_ones_tasks() {
     let (agent, _) = setup("").await;
-    let task = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
+    let task = begin(&agent, begin_req(&["github/tool/list_pulls"]))
+        .await
+        .task
+        .unwrap();
     // The CLI binary is registered as another client.
     let cli = tessera_e2e::bin("tessera");
     agent
@@ -332,7 +476,10 @@ async fn another_client_cannot_end_or_list_the_first_ones_tasks() {
         .unwrap()
         .create_entry(tessera_proto::tessera::v1::CreateEntryRequest {
             client: "intruder".into(),
-            selectors: vec![format!("unix:path:{}", std::fs::canonicalize(&cli).unwrap().display())],
+            selectors: vec![format!(
+                "unix:path:{}",
+                std::fs::canonicalize(&cli).unwrap().display()
+            )],
             svid_ttl_secs: 0,
         })
         .await
@@ -342,12 +489,18 @@ async fn another_client_cannot_end_or_list_the_first_ones_tasks() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no task"), "{stderr}");
     let out = agent.cli(&["task", "mine", "--all", "--output", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&task.id));
     // Still live for its owner.
     let mine = tasks(&agent)
         .await
-        .list_tasks(ListTasksRequest { include_ended: false })
+        .list_tasks(ListTasksRequest {
+            include_ended: false,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -358,19 +511,36 @@ async fn another_client_cannot_end_or_list_the_first_ones_tasks() {
 #[tokio::test]
 async fn revocation_survives_kill_9_and_restart() {
     let (mut agent, _) = setup("").await;
-    let task = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
-    let live = begin(&agent, begin_req(&["github/tool/list_pulls"])).await.task.unwrap();
+    let task = begin(&agent, begin_req(&["github/tool/list_pulls"]))
+        .await
+        .task
+        .unwrap();
+    let live = begin(&agent, begin_req(&["github/tool/list_pulls"]))
+        .await
+        .task
+        .unwrap();
     tasks(&agent)
         .await
-        .end_task(EndTaskRequest { task_id: task.id.clone() })
+        .end_task(EndTaskRequest {
+            task_id: task.id.clone(),
+        })
         .await
         .unwrap();
     agent.kill();
     agent.spawn().await.unwrap();
     let mut feed = feed(&agent).await;
     let set = feed.next().await.unwrap().unwrap();
-    let reason = |id: &str| set.revoked.iter().find(|r| r.task_id == id).map(|r| r.reason.clone());
-    assert_eq!(reason(&task.id).as_deref(), Some("ended"), "ended task stays revoked");
+    let reason = |id: &str| {
+        set.revoked
+            .iter()
+            .find(|r| r.task_id == id)
+            .map(|r| r.reason.clone())
+    };
+    assert_eq!(
+        reason(&task.id).as_deref(),
+        Some("ended"),
+        "ended task stays revoked"
+    );
     // A task live at the crash lost its process binding: it is revoked, not resurrected.
     assert_eq!(reason(&live.id).as_deref(), Some("agent_restart"));
 }
@@ -392,7 +562,12 @@ async fn parallel_begin_and_end_leave_the_store_consistent() {
                     .into_inner()
                     .task
                     .unwrap();
-                client.end_task(EndTaskRequest { task_id: t.id.clone() }).await.unwrap();
+                client
+                    .end_task(EndTaskRequest {
+                        task_id: t.id.clone(),
+                    })
+                    .await
+                    .unwrap();
                 ids.push(t.id);
             }
             ids
@@ -416,9 +591,17 @@ async fn parallel_begin_and_end_leave_the_store_consistent() {
         .into_inner()
         .tasks;
     assert_eq!(listed.len(), 200);
-    assert!(listed.iter().all(|t| t.end_reason == "ended" && t.ended_at_unix > 0));
+    assert!(
+        listed
+            .iter()
+            .all(|t| t.end_reason == "ended" && t.ended_at_unix > 0)
+    );
     let set = feed(&agent).await.next().await.unwrap().unwrap();
     for id in &all {
-        assert_eq!(set.revoked.iter().filter(|r| &r.task_id == id).count(), 1, "{id}");
+        assert_eq!(
+            set.revoked.iter().filter(|r| &r.task_id == id).count(),
+            1,
+            "{id}"
+        );
     }
 }

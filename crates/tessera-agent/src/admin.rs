@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tessera_authority::Authority;
 use tessera_identity::{ClientId, ClientName};
+use tessera_identity::{Scope, ServerName};
 use tessera_proto::tessera::v1::admin_server::Admin;
 use tessera_proto::tessera::v1::{
     AuditRecord, Consent, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, Entry,
@@ -12,7 +13,6 @@ use tessera_proto::tessera::v1::{
     ListConsentsResponse, ListEntriesRequest, ListEntriesResponse, RevokeTaskRequest,
     RevokeTaskResponse, Status as AgentStatus, WithdrawConsentRequest, WithdrawConsentResponse,
 };
-use tessera_identity::{Scope, ServerName};
 use tessera_store::{ConsentFilter, NewConsent, NewEntry, Store, StoreError, TaskFilter};
 
 use crate::tasks::{EndReason, TaskError, TaskManager, task_to_proto};
@@ -39,6 +39,7 @@ impl AdminService {
     /// A service for callers whose uid is root, the agent's own, or in `admin_uids`.
     pub fn new(
         store: Store,
+        tasks: Arc<TaskManager>,
         authority: Arc<Authority>,
         metrics: Arc<Metrics>,
         admin_uids: &[u32],
@@ -131,7 +132,9 @@ fn store_status(e: StoreError) -> Status {
         | StoreError::InvalidSelectorCount { .. }
         | StoreError::InvalidSelector { .. }
         | StoreError::InvalidSvidTtl) => Status::invalid_argument(e.to_string()),
-        e @ StoreError::ConsentAlreadyWithdrawn { .. } => Status::failed_precondition(e.to_string()),
+        e @ StoreError::ConsentAlreadyWithdrawn { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         e @ StoreError::ConsentExpired { .. } => Status::invalid_argument(e.to_string()),
         e => {
             tracing::error!(error = %e, "store error");
@@ -247,7 +250,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn grant_consent(&self, req: Request<GrantConsentRequest>) -> Result<Response<Consent>, Status> {
+    async fn grant_consent(
+        &self,
+        req: Request<GrantConsentRequest>,
+    ) -> Result<Response<Consent>, Status> {
         let actor = self.authorize("GrantConsent", &req)?;
         let r = req.into_inner();
         r.client
@@ -261,7 +267,9 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("subject is required"));
         }
         if r.scopes.is_empty() {
-            return Err(Status::invalid_argument("a consent grants at least one scope"));
+            return Err(Status::invalid_argument(
+                "a consent grants at least one scope",
+            ));
         }
         let mut scopes = Vec::with_capacity(r.scopes.len());
         for s in &r.scopes {
@@ -282,7 +290,11 @@ impl Admin for AdminService {
             (0, 0) => return Err(Status::invalid_argument("set expires_at_unix or ttl_secs")),
             (0, ttl) => now + i64::from(ttl),
             (at, 0) => at,
-            _ => return Err(Status::invalid_argument("set only one of expires_at_unix and ttl_secs")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "set only one of expires_at_unix and ttl_secs",
+                ));
+            }
         };
         if expires_at <= now || expires_at - now > MAX_CONSENT_SECS {
             return Err(Status::invalid_argument(
@@ -317,13 +329,20 @@ impl Admin for AdminService {
             client: (!r.client.is_empty()).then_some(r.client),
             include_withdrawn: r.include_withdrawn,
         };
-        let consents = self.store.list_consents(&filter).await.map_err(store_status)?;
+        let consents = self
+            .store
+            .list_consents(&filter)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(ListConsentsResponse {
             consents: consents.into_iter().map(consent_to_proto).collect(),
         }))
     }
 
-    async fn get_consent(&self, req: Request<GetConsentRequest>) -> Result<Response<Consent>, Status> {
+    async fn get_consent(
+        &self,
+        req: Request<GetConsentRequest>,
+    ) -> Result<Response<Consent>, Status> {
         self.authorize("GetConsent", &req)?;
         let id = req.into_inner().id;
         match self.store.get_consent(&id).await.map_err(store_status)? {
@@ -338,7 +357,12 @@ impl Admin for AdminService {
     ) -> Result<Response<WithdrawConsentResponse>, Status> {
         let actor = self.authorize("WithdrawConsent", &req)?;
         let id = req.into_inner().id;
-        match self.tasks.withdraw_consent(&id, &actor).await.map_err(task_error_status)? {
+        match self
+            .tasks
+            .withdraw_consent(&id, &actor)
+            .await
+            .map_err(task_error_status)?
+        {
             Some((consent, ended_tasks)) => Ok(Response::new(WithdrawConsentResponse {
                 consent: Some(consent_to_proto(consent)),
                 ended_tasks,
@@ -364,7 +388,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn revoke_task(&self, req: Request<RevokeTaskRequest>) -> Result<Response<RevokeTaskResponse>, Status> {
+    async fn revoke_task(
+        &self,
+        req: Request<RevokeTaskRequest>,
+    ) -> Result<Response<RevokeTaskResponse>, Status> {
         let actor = self.authorize("RevokeTask", &req)?;
         let id = req.into_inner().task_id;
         let task = self

@@ -14,16 +14,16 @@ use tokio::sync::watch;
 
 use crate::admin::AdminService;
 use crate::attest::UnixAttestor;
+use crate::audit_log;
 use crate::config::{CaModeName, Config};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::socket;
 use crate::svids::SvidCache;
 use crate::tasks::{ConsentCache, RevocationsService, TaskConfig, TaskManager, TasksService};
-use crate::audit_log;
+use crate::workload::WorkloadService;
 use tessera_proto::tessera::v1::revocations_server::RevocationsServer;
 use tessera_proto::tessera::v1::tasks_server::TasksServer;
-use crate::workload::WorkloadService;
 
 /// Largest request message accepted on either socket. Workload API requests are
 /// empty or tiny; anything large is garbage or an attack.
@@ -84,7 +84,9 @@ pub async fn run(
     .context("issuing SVIDs for registered entries")?;
     let cache_task = tokio::spawn(Arc::clone(&cache).run(stop_rx.clone()));
 
-    let consents = ConsentCache::load(store.clone()).await.context("loading consents")?;
+    let consents = ConsentCache::load(store.clone())
+        .await
+        .context("loading consents")?;
     let tasks = TaskManager::start(
         Arc::clone(&authority),
         store.clone(),

@@ -8,7 +8,11 @@ use tessera_store::AuditRecord;
 use tokio::sync::{broadcast, watch};
 
 /// Appends records from `rx` to `path` (created 0600) until shutdown.
-pub async fn run(path: PathBuf, mut rx: broadcast::Receiver<AuditRecord>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    path: PathBuf,
+    mut rx: broadcast::Receiver<AuditRecord>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -35,7 +39,10 @@ pub async fn run(path: PathBuf, mut rx: broadcast::Receiver<AuditRecord>, mut sh
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 // The store still has them; say so rather than pretend the file is complete.
-                tracing::error!(missed = n, "audit log sink fell behind; records are in the store (tessera audit)");
+                tracing::error!(
+                    missed = n,
+                    "audit log sink fell behind; records are in the store (tessera audit)"
+                );
             }
             Err(broadcast::error::RecvError::Closed) => break,
         }

@@ -294,7 +294,9 @@ impl Config {
                 });
             }
         }
-        if self.task_default_lifetime.is_zero() || self.task_default_lifetime > self.task_max_lifetime {
+        if self.task_default_lifetime.is_zero()
+            || self.task_default_lifetime > self.task_max_lifetime
+        {
             return Err(ConfigError::Invalid {
                 key: "task_default_lifetime",
                 reason: "must be positive and at most task_max_lifetime".into(),

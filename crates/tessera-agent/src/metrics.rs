@@ -109,7 +109,11 @@ impl Default for Metrics {
             m.ca_not_after.clone(),
         );
         registry.register("tasks_begun", "Tasks begun", m.tasks_begun.clone());
-        registry.register("tasks_ended", "Tasks ended, by reason", m.tasks_ended.clone());
+        registry.register(
+            "tasks_ended",
+            "Tasks ended, by reason",
+            m.tasks_ended.clone(),
+        );
         registry.register("live_tasks", "Live tasks", m.live_tasks.clone());
         registry.register(
             "revocation_watchers",

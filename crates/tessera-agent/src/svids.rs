@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub entries: Vec<Arc<EntrySvid>>,
     /// The trust bundle.
     pub bundle: Arc<TrustBundle>,
+    /// Whether any entry pins an executable hash (attestation then hashes).
+    pub needs_exe_hash: bool,
 }
 
 impl Snapshot {
@@ -68,6 +70,7 @@ impl SvidCache {
         let (tx, _) = watch::channel(Arc::new(Snapshot {
             entries: Vec::new(),
             bundle: authority.bundle(),
+            needs_exe_hash: false,
         }));
         let cache = Arc::new(SvidCache {
             authority,
@@ -156,9 +159,16 @@ impl SvidCache {
         }
         if changed {
             self.metrics.entries.set(next.len() as i64);
+            let needs_exe_hash = next.iter().any(|e| {
+                e.entry
+                    .selectors
+                    .iter()
+                    .any(|s| s.starts_with("unix:sha256:"))
+            });
             self.tx.send_replace(Arc::new(Snapshot {
                 entries: next,
                 bundle,
+                needs_exe_hash,
             }));
         }
         Ok(())

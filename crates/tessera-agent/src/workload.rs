@@ -65,7 +65,12 @@ impl WorkloadService {
     ) -> Result<(PeerInfo, Attestation), Status> {
         let result = check_header(req).and_then(|()| {
             let peer = peer_of(req)?;
-            let att = attest(&self.attestor, &self.metrics, &peer)?;
+            let att = attest(
+                &self.attestor,
+                &self.metrics,
+                &peer,
+                self.cache.current().needs_exe_hash,
+            )?;
             Ok((peer, att))
         });
         if let Err(status) = &result {
@@ -136,7 +141,7 @@ impl WorkloadService {
                     .as_mut()
                     .map(|r| r.borrow_and_update().clone())
                     .unwrap_or_default();
-                let att = match attestor.attest(&peer) {
+                let att = match attestor.attest(&peer, snap.needs_exe_hash) {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::info!(conn = peer.conn_id, error = %e, "ending stream: caller no longer attests");
@@ -180,12 +185,13 @@ pub(crate) fn peer_of<T>(req: &Request<T>) -> Result<PeerInfo, Status> {
         .ok_or_else(|| Status::internal("connection carries no peer credentials"))
 }
 
-fn attest(
+pub(crate) fn attest(
     attestor: &UnixAttestor,
     metrics: &Metrics,
     peer: &PeerInfo,
+    want_hash: bool,
 ) -> Result<Attestation, Status> {
-    attestor.attest(peer).map_err(|e| {
+    attestor.attest(peer, want_hash).map_err(|e| {
         metrics
             .attestations
             .get_or_create(&ResultLabel { result: "error" })
@@ -205,27 +211,37 @@ fn bundle_key(snap: &Snapshot) -> impl Iterator<Item = String> + '_ {
         .map(|c| hex::encode(&c[c.len().saturating_sub(16)..]))
 }
 
+/// Client SVIDs first (the default SVID of standard clients is the first one),
+/// then the SVIDs of the caller's live tasks with hint = task id.
 fn build_svid_response(
     snap: &Snapshot,
+    tasks: &[TaskView],
     att: &Attestation,
 ) -> Option<(X509svidResponse, Vec<String>)> {
-    let matched = matching(snap, att);
+    let matched = snap.clients_for(att);
     if matched.is_empty() {
         return None;
     }
     let bundle = snap.bundle.concat_der();
+    let live_tasks: Vec<&TaskView> = tasks.iter().filter(|t| t.owner_alive()).collect();
     let mut key: Vec<String> = matched.iter().map(|e| e.svid.serial_hex.clone()).collect();
+    key.extend(live_tasks.iter().map(|t| t.svid.serial_hex.clone()));
     key.extend(bundle_key(snap));
-    let svids = matched
-        .iter()
-        .map(|e| X509svid {
-            spiffe_id: e.client_id.to_string(),
-            x509_svid: e.svid.chain_concat(),
-            x509_svid_key: e.svid.key_pkcs8_der.to_vec(),
-            bundle: bundle.clone(),
-            hint: e.entry.client.clone(),
-        })
-        .collect();
+    let clients = matched.iter().map(|e| X509svid {
+        spiffe_id: e.client_id.to_string(),
+        x509_svid: e.svid.chain_concat(),
+        x509_svid_key: e.svid.key_pkcs8_der.to_vec(),
+        bundle: bundle.clone(),
+        hint: e.entry.client.clone(),
+    });
+    let task_svids = live_tasks.iter().map(|t| X509svid {
+        spiffe_id: t.spiffe_id.clone(),
+        x509_svid: t.svid.chain_concat(),
+        x509_svid_key: t.svid.key_pkcs8_der.to_vec(),
+        bundle: bundle.clone(),
+        hint: t.id.clone(),
+    });
+    let svids = clients.chain(task_svids).collect();
     Some((
         X509svidResponse {
             svids,
@@ -238,9 +254,10 @@ fn build_svid_response(
 
 fn build_bundles_response(
     snap: &Snapshot,
+    _tasks: &[TaskView],
     att: &Attestation,
 ) -> Option<(X509BundlesResponse, Vec<String>)> {
-    if matching(snap, att).is_empty() {
+    if snap.clients_for(att).is_empty() {
         return None;
     }
     let key = bundle_key(snap).collect();
@@ -274,6 +291,7 @@ impl SpiffeWorkloadApi for WorkloadService {
             peer,
             build_svid_response,
             att,
+            true,
         )?))
     }
 
@@ -287,6 +305,7 @@ impl SpiffeWorkloadApi for WorkloadService {
             peer,
             build_bundles_response,
             att,
+            false,
         )?))
     }
 

@@ -114,7 +114,9 @@ impl Fixture {
             client_id: client,
             subject: "alice@bench.test".into(),
             purpose: "review pull request 42 and summarise the open comments".into(),
-            server: "spiffe://bench.test/mcp/github".parse::<ServerId>().unwrap(),
+            server: "spiffe://bench.test/mcp/github"
+                .parse::<ServerId>()
+                .unwrap(),
             scopes: [
                 "github/tool/get_pull_request",
                 "github/tool/list_*",

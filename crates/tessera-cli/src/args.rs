@@ -64,9 +64,10 @@ impl<T: Args + Validate> Args for Checked<T> {
 pub fn check_scope_servers(server: &ServerName, scopes: &[Scope]) -> Result<(), String> {
     match scopes.iter().find(|scope| scope.server() != server) {
         Some(scope) => Err(format!(
-            "--scope {scope} is for server {:?}, not for --server {server:?}; every scope must \
-             start with \"{server}/\" (grant a separate consent for each server)",
+            "--scope {scope} is for server {:?}, not for --server {:?}; every scope must \
+             start with \"{server}/\" (a consent or a task covers one server)",
             scope.server().as_str(),
+            server.as_str(),
         )),
         None => Ok(()),
     }

@@ -69,7 +69,7 @@ pub struct GlobalArgs {
     )]
     pub admin_socket: PathBuf,
 
-    /// The SPIFFE Workload API endpoint: unix:///abs/path or /abs/path.
+    /// The workload socket (SPIFFE Workload API and Tasks API): unix:///abs/path or /abs/path.
     #[arg(
         long,
         global = true,
@@ -339,5 +339,297 @@ mod tests {
             Command::Status
         ));
         assert!(parse(&["status", "extra"]).is_err());
+    }
+
+    #[test]
+    fn consent_grant_parses_scopes_and_ttl() {
+        let cli = parse(&[
+            "consent",
+            "grant",
+            "--client",
+            "code-reviewer",
+            "--subject",
+            "alice@acme.corp",
+            "--server",
+            "github",
+            "--scope",
+            "github/tool/get_pull_request",
+            "--scope",
+            "github/tool/list_*",
+            "--ttl",
+            "8h",
+        ])
+        .unwrap();
+        let Command::Consent(ConsentCommand::Grant(args)) = cli.command else {
+            panic!("wrong command: {:?}", cli.command)
+        };
+        assert_eq!(args.client.as_str(), "code-reviewer");
+        assert_eq!(args.subject, "alice@acme.corp");
+        assert_eq!(args.server.as_str(), "github");
+        let scopes: Vec<String> = args.scopes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            scopes,
+            ["github/tool/get_pull_request", "github/tool/list_*"]
+        );
+        assert_eq!(args.expiry.ttl, Some(Duration::from_secs(8 * 3_600)));
+        assert_eq!(args.expiry.expires, None);
+    }
+
+    fn grant(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec![
+            "consent",
+            "grant",
+            "--client",
+            "demo",
+            "--subject",
+            "alice",
+            "--server",
+            "github",
+        ];
+        args.extend_from_slice(extra);
+        parse(&args)
+    }
+
+    #[test]
+    fn consent_grant_takes_an_absolute_expiry() {
+        let cli = grant(&[
+            "--scope",
+            "github/tool/*",
+            "--expires",
+            "2099-01-01T00:00:00Z",
+        ])
+        .unwrap();
+        let Command::Consent(ConsentCommand::Grant(args)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.expiry.expires, Some(4_070_908_800));
+        assert_eq!(args.expiry.ttl, None);
+        let err = grant(&[
+            "--scope",
+            "github/tool/*",
+            "--expires",
+            "2001-01-01T00:00:00Z",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("in the past"), "{err}");
+    }
+
+    #[test]
+    fn consent_grant_needs_exactly_one_of_ttl_and_expires() {
+        let err = grant(&["--scope", "github/tool/*"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        let err = grant(&[
+            "--scope",
+            "github/tool/*",
+            "--ttl",
+            "1h",
+            "--expires",
+            "2099-01-01T00:00:00Z",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        let err = grant(&["--ttl", "1h"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn consent_grant_refuses_a_malformed_scope() {
+        for (bad, why) in [
+            ("github/tol/x", "scope kind \"tol\" is unknown"),
+            ("github/tool", "not of the form <server>/<kind>/<pattern>"),
+            ("github/tool/a*b", "`*` is only allowed at the end"),
+        ] {
+            let err = grant(&["--scope", bad, "--ttl", "1h"]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad}: {err}");
+            let text = err.to_string();
+            assert!(text.contains("--scope"), "{text}");
+            assert!(text.contains(why), "{bad}: {text}");
+        }
+    }
+
+    #[test]
+    fn consent_grant_refuses_a_scope_for_another_server() {
+        let err = grant(&[
+            "--scope",
+            "github/tool/*",
+            "--scope",
+            "docs/resource/file:///handbook/*",
+            "--ttl",
+            "1h",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "--scope docs/resource/file:///handbook/* is for server \"docs\", not for --server \"github\""
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn consent_grant_refuses_bad_names_and_subjects() {
+        let base = [
+            "consent",
+            "grant",
+            "--scope",
+            "github/tool/*",
+            "--ttl",
+            "1h",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args).unwrap_err()
+        };
+        let err = with(&["--client", "a b", "--subject", "s", "--server", "github"]);
+        assert!(err.to_string().contains("--client"), "{err}");
+        let err = with(&["--client", "demo", "--subject", "s", "--server", "git/hub"]);
+        assert!(err.to_string().contains("--server"), "{err}");
+        let err = with(&["--client", "demo", "--subject", "", "--server", "github"]);
+        assert!(err.to_string().contains("subject is empty"), "{err}");
+    }
+
+    #[test]
+    fn consent_list_show_withdraw() {
+        let cli = parse(&["consent", "list", "--client", "demo", "--all"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Consent(ConsentCommand::List { client: Some(c), all: true }) if c.as_str() == "demo"
+        ));
+        let cli = parse(&["consent", "list"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Consent(ConsentCommand::List {
+                client: None,
+                all: false
+            })
+        ));
+        let cli = parse(&["consent", "show", "01C"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Consent(ConsentCommand::Show { id }) if id == "01C")
+        );
+        let cli = parse(&["consent", "withdraw", "01C"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Consent(ConsentCommand::Withdraw { id }) if id == "01C")
+        );
+        let err = parse(&["consent", "withdraw"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    fn begin(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec!["task", "begin", "--subject", "alice"];
+        args.extend_from_slice(extra);
+        parse(&args)
+    }
+
+    #[test]
+    fn task_begin_binds_to_the_parent_by_default() {
+        let cli = begin(&[
+            "--server",
+            "github",
+            "--scope",
+            "github/tool/get_pull_request",
+            "--purpose",
+            "review PR 42",
+            "--lifetime",
+            "15m",
+            "--client",
+            "demo",
+            "--write",
+            "/tmp/t",
+        ])
+        .unwrap();
+        let Command::Task(TaskCommand::Begin(args)) = cli.command else {
+            panic!("wrong command: {:?}", cli.command)
+        };
+        let req = crate::task::begin_request(&args).unwrap();
+        assert!(req.bind_to_parent);
+        assert_eq!(req.server, "github");
+        assert_eq!(req.scopes, ["github/tool/get_pull_request"]);
+        assert_eq!(req.purpose, "review PR 42");
+        assert_eq!(req.lifetime_secs, 900);
+        assert_eq!(req.client, "demo");
+        assert_eq!(args.write, Some(PathBuf::from("/tmp/t")));
+
+        let cli = begin(&[
+            "--server",
+            "spiffe://acme.corp/mcp/github",
+            "--scope",
+            "github/tool/*",
+            "--no-bind-to-parent",
+        ])
+        .unwrap();
+        let Command::Task(TaskCommand::Begin(args)) = cli.command else {
+            panic!()
+        };
+        let req = crate::task::begin_request(&args).unwrap();
+        assert!(!req.bind_to_parent);
+        assert_eq!(req.server, "spiffe://acme.corp/mcp/github");
+        assert_eq!(
+            (req.lifetime_secs, req.client.as_str(), req.purpose.as_str()),
+            (0, "", "")
+        );
+    }
+
+    #[test]
+    fn task_begin_refuses_bad_and_foreign_scopes() {
+        let err = begin(&["--server", "github", "--scope", "github/tools/x"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("scope kind"), "{err}");
+        let err = begin(&[
+            "--server",
+            "spiffe://acme.corp/mcp/github",
+            "--scope",
+            "gitlab/tool/x",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(
+            err.to_string()
+                .contains("--scope gitlab/tool/x is for server \"gitlab\""),
+            "{err}"
+        );
+        let err = begin(&[
+            "--server",
+            "spiffe://acme.corp/client/x",
+            "--scope",
+            "x/tool/y",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--server"), "{err}");
+        let err = begin(&["--server", "github"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        let err = parse(&[
+            "task",
+            "begin",
+            "--server",
+            "github",
+            "--scope",
+            "github/tool/x",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn task_list_revoke_end_mine() {
+        let cli = parse(&["task", "list", "--client", "demo", "--all"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Task(TaskCommand::List { client: Some(c), all: true }) if c.as_str() == "demo"
+        ));
+        let cli = parse(&["task", "revoke", "01T"]).unwrap();
+        assert!(matches!(cli.command, Command::Task(TaskCommand::Revoke { id }) if id == "01T"));
+        let cli = parse(&["task", "end", "01T"]).unwrap();
+        assert!(matches!(cli.command, Command::Task(TaskCommand::End { id }) if id == "01T"));
+        let cli = parse(&["task", "mine", "--all"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Task(TaskCommand::Mine { all: true })
+        ));
+        assert!(parse(&["task", "end"]).is_err());
+        assert!(parse(&["task", "list", "--client", "a/b"]).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! until an expiry or until withdrawn. Withdrawing one ends every task relying on it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::json;
 use sqlx::sqlite::SqliteRow;
@@ -36,8 +37,59 @@ const KIND_GRANT: &str = "consent.grant";
 const KIND_WITHDRAW: &str = "consent.withdraw";
 
 /// How many times [`Store::withdraw_consent`] goes back for tasks that began on the consent
-/// while it was preparing their revocations, before giving up.
-const WITHDRAW_ATTEMPTS: u32 = 16;
+/// while it was preparing their revocations, before giving up. Sealing the consent first
+/// means one extra round suffices (for begins already queued when it was sealed); the rest
+/// is a safety margin.
+const WITHDRAW_ATTEMPTS: u32 = 8;
+
+/// Consents with a withdrawal in progress in this process, by id: the `now` of the
+/// withdrawal, and how many withdrawals of that id are in progress. While sealed,
+/// [`Store::begin_task`] refuses the consent as if withdrawn, so the set of tasks to end
+/// stops growing while their revocations are prepared outside the writer.
+#[derive(Debug, Default)]
+pub(crate) struct Sealed(std::sync::Mutex<HashMap<String, (i64, u32)>>);
+
+impl Sealed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, u32)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// If `consent_id` is being withdrawn, the withdrawal's time.
+    pub(crate) fn check(&self, consent_id: &str) -> Option<i64> {
+        self.lock().get(consent_id).map(|(at, _)| *at)
+    }
+
+    /// Seals `consent_id` until the guard drops (also on cancellation).
+    fn seal(self: &Arc<Self>, consent_id: &str, at: i64) -> SealGuard {
+        self.lock()
+            .entry(consent_id.to_owned())
+            .and_modify(|(_, count)| *count += 1)
+            .or_insert((at, 1));
+        SealGuard {
+            sealed: Arc::clone(self),
+            consent_id: consent_id.to_owned(),
+        }
+    }
+}
+
+struct SealGuard {
+    sealed: Arc<Sealed>,
+    consent_id: String,
+}
+
+impl Drop for SealGuard {
+    fn drop(&mut self) {
+        let mut sealed = self.sealed.lock();
+        if let Some((_, count)) = sealed.get_mut(&self.consent_id) {
+            *count -= 1;
+            if *count == 0 {
+                sealed.remove(&self.consent_id);
+            }
+        }
+    }
+}
 
 /// A consent to grant. The store assigns the id, `granted_by` and `granted_at`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,7 +159,11 @@ impl NewConsent {
 }
 
 /// Checks the client, subject and server lengths shared by consents and tasks.
-pub(crate) fn validate_parties(client: &str, subject: &str, server: &str) -> Result<(), StoreError> {
+pub(crate) fn validate_parties(
+    client: &str,
+    subject: &str,
+    server: &str,
+) -> Result<(), StoreError> {
     if client.is_empty() || client.len() > MAX_CLIENT_LEN {
         return Err(StoreError::InvalidClient { len: client.len() });
     }
@@ -221,12 +277,16 @@ impl Store {
     ///
     /// `revocation_for` supplies each task's revocation (`spiffe_id`, `reason`,
     /// `revoked_at_ms`, `until`); the store sets `task_id` and `serials` (and raises
-    /// `until` to the latest `not_after` of the task's SVIDs if it is earlier). It is
-    /// called before the transaction, for the tasks live at that point; tasks that
-    /// begin on the consent meanwhile are found inside the transaction, and the store
-    /// goes back for their revocations (up to 16 times, then
-    /// [`StoreError::WithdrawContended`], changing nothing). Once the consent is marked
-    /// withdrawn, [`Store::begin_task`] refuses it, so no task can escape.
+    /// `until` to the latest `not_after` of the task's SVIDs if it is earlier). Being a
+    /// borrowed closure it cannot run inside the writer task, so it runs just before the
+    /// transaction, for the tasks live at that point. To keep that set from growing, the
+    /// consent is first sealed: from then on [`Store::begin_task`] refuses it
+    /// ([`StoreError::ConsentAlreadyWithdrawn`], with this `now`), even if this
+    /// withdrawal later fails. Tasks whose begin was already queued are found inside the
+    /// transaction, which then writes nothing and the store goes back for their
+    /// revocations (normally once; after 8 rounds it gives up with
+    /// [`StoreError::WithdrawContended`], changing nothing). No task relying on the
+    /// consent outlives its withdrawal.
     ///
     /// `None` if there is no such consent; [`StoreError::ConsentAlreadyWithdrawn`] if it
     /// was already withdrawn (of concurrent withdrawals, exactly one succeeds).
@@ -238,6 +298,7 @@ impl Store {
         revocation_for: &(dyn Fn(&TaskRecord) -> Revocation + Send + Sync),
     ) -> Result<Option<(Consent, Vec<Revocation>)>, StoreError> {
         audit::validate_actor(actor)?;
+        let _seal = self.inner.sealed.seal(id, now);
         let mut prepared: HashMap<String, Revocation> = HashMap::new();
         let mut todo = task::live_tasks_for_consent(&self.inner.pool, id).await?;
         for _ in 0..WITHDRAW_ATTEMPTS {
@@ -430,4 +491,489 @@ fn decode(row: &SqliteRow) -> Result<Consent, StoreError> {
         withdrawn_at: row.try_get("withdrawn_at")?,
         id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testing::{begin, new_consent, new_task, now, open_temp, revocation, svid};
+    use crate::{EndOutcome, TaskFilter};
+
+    fn revoke(task: &TaskRecord) -> Revocation {
+        revocation(&task.client, &task.id, END_REASON_CONSENT_WITHDRAWN)
+    }
+
+    #[tokio::test]
+    async fn grant_list_get_withdraw_round_trip() {
+        let (_dir, _path, store) = open_temp().await;
+        let mut watch = store.watch_consents();
+        assert_eq!(*watch.borrow_and_update(), 0);
+
+        let mut new = new_consent("code-reviewer");
+        new.scopes = vec![
+            "github/tool/b".into(),
+            "github/tool/a".into(),
+            "github/tool/b".into(),
+        ];
+        let granted = store.grant_consent(new.clone(), "uid:0").await.unwrap();
+        assert!(ulid::Ulid::from_string(&granted.id).is_ok());
+        assert_eq!(granted.client, "code-reviewer");
+        assert_eq!(granted.subject, "alice");
+        assert_eq!(granted.server, "github");
+        assert_eq!(granted.scopes, ["github/tool/a", "github/tool/b"]);
+        assert_eq!(granted.expires_at, new.expires_at);
+        assert_eq!(granted.granted_by, "uid:0");
+        assert!((granted.granted_at - now()).abs() <= 2);
+        assert_eq!(granted.withdrawn_at, None);
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(*watch.borrow_and_update(), 1);
+
+        let other = store
+            .grant_consent(new_consent("docs-bot"), "uid:0")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_consent(&granted.id).await.unwrap(),
+            Some(granted.clone())
+        );
+        assert_eq!(store.get_consent("nope").await.unwrap(), None);
+        let all = ConsentFilter::default();
+        assert_eq!(
+            store.list_consents(&all).await.unwrap(),
+            vec![granted.clone(), other.clone()]
+        );
+        let docs = ConsentFilter {
+            client: Some("docs-bot".into()),
+            include_withdrawn: false,
+        };
+        assert_eq!(
+            store.list_consents(&docs).await.unwrap(),
+            vec![other.clone()]
+        );
+
+        let at = now();
+        let (withdrawn, revocations) = store
+            .withdraw_consent(&granted.id, "uid:1", at, &revoke)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(revocations.is_empty());
+        assert_eq!(withdrawn.withdrawn_at, Some(at));
+        assert_eq!(
+            withdrawn,
+            Consent {
+                withdrawn_at: Some(at),
+                ..granted.clone()
+            }
+        );
+        assert_eq!(*watch.borrow_and_update(), 3);
+        assert_eq!(
+            store.get_consent(&granted.id).await.unwrap(),
+            Some(withdrawn.clone())
+        );
+        // Withdrawn ones are listed only on request.
+        assert_eq!(
+            store.list_consents(&all).await.unwrap(),
+            vec![other.clone()]
+        );
+        let everything = ConsentFilter {
+            client: None,
+            include_withdrawn: true,
+        };
+        assert_eq!(
+            store.list_consents(&everything).await.unwrap(),
+            vec![withdrawn.clone(), other]
+        );
+
+        // Twice: refused, nothing written. Unknown: None.
+        let error = store
+            .withdraw_consent(&granted.id, "uid:1", at + 5, &revoke)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, StoreError::ConsentAlreadyWithdrawn { id, withdrawn_at } if *id == granted.id && *withdrawn_at == at),
+            "{error:?}"
+        );
+        assert_eq!(
+            store
+                .withdraw_consent("no-such", "uid:1", at, &revoke)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(!watch.has_changed().unwrap());
+
+        let audit = store.list_audit(0, 100).await.unwrap();
+        let kinds: Vec<_> = audit.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["consent.grant", "consent.grant", "consent.withdraw"]
+        );
+        assert_eq!(
+            audit[0].detail["consent"],
+            serde_json::to_value(&granted).unwrap()
+        );
+        assert_eq!(audit[2].actor, "uid:1");
+        assert_eq!(audit[2].detail["consent"]["withdrawn_at"], at);
+        assert_eq!(audit[2].detail["ended_tasks"], json!([]));
+    }
+
+    #[tokio::test]
+    async fn grant_limits_are_enforced() {
+        let (_dir, _path, store) = open_temp().await;
+        let base = new_consent("a");
+        type Expect = fn(&StoreError) -> bool;
+        let many: Vec<String> = (0..=MAX_SCOPES).map(|i| format!("s/{i}")).collect();
+        let cases: Vec<(NewConsent, Expect)> = vec![
+            (
+                NewConsent {
+                    client: String::new(),
+                    ..base.clone()
+                },
+                |e| matches!(e, StoreError::InvalidClient { len: 0 }),
+            ),
+            (
+                NewConsent {
+                    client: "c".repeat(MAX_CLIENT_LEN + 1),
+                    ..base.clone()
+                },
+                |e| matches!(e, StoreError::InvalidClient { len: 129 }),
+            ),
+            (
+                NewConsent {
+                    subject: String::new(),
+                    ..base.clone()
+                },
+                |e| {
+                    matches!(
+                        e,
+                        StoreError::InvalidField {
+                            field: "subject",
+                            len: 0,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                NewConsent {
+                    subject: "s".repeat(MAX_SUBJECT_LEN + 1),
+                    ..base.clone()
+                },
+                |e| {
+                    matches!(
+                        e,
+                        StoreError::InvalidField {
+                            field: "subject",
+                            len: 257,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                NewConsent {
+                    server: "s".repeat(MAX_SERVER_LEN + 1),
+                    ..base.clone()
+                },
+                |e| {
+                    matches!(
+                        e,
+                        StoreError::InvalidField {
+                            field: "server",
+                            len: 129,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                NewConsent {
+                    scopes: vec![],
+                    ..base.clone()
+                },
+                |e| matches!(e, StoreError::InvalidScopeCount { count: 0 }),
+            ),
+            (
+                NewConsent {
+                    scopes: many,
+                    ..base.clone()
+                },
+                |e| matches!(e, StoreError::InvalidScopeCount { count: 65 }),
+            ),
+            (
+                NewConsent {
+                    scopes: vec!["a".into(), "x".repeat(MAX_SCOPE_LEN + 1)],
+                    ..base.clone()
+                },
+                |e| {
+                    matches!(
+                        e,
+                        StoreError::InvalidScope {
+                            index: 1,
+                            len: 1025
+                        }
+                    )
+                },
+            ),
+            (
+                NewConsent {
+                    expires_at: now() - 1,
+                    ..base.clone()
+                },
+                |e| matches!(e, StoreError::ConsentExpired { .. }),
+            ),
+            (
+                NewConsent {
+                    expires_at: 0,
+                    ..base.clone()
+                },
+                |e| matches!(e, StoreError::ConsentExpired { expires_at: 0, .. }),
+            ),
+        ];
+        for (new, expected) in cases {
+            let error = store.grant_consent(new.clone(), "uid:0").await.unwrap_err();
+            assert!(expected(&error), "{new:?} gave {error:?}");
+        }
+        let error = store
+            .grant_consent(base.clone(), &"x".repeat(3000))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            StoreError::InvalidAuditField { field: "actor", .. }
+        ));
+        assert!(
+            store
+                .list_consents(&ConsentFilter::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // The limits themselves are fine.
+        let max = NewConsent {
+            client: "c".repeat(MAX_CLIENT_LEN),
+            subject: "s".repeat(MAX_SUBJECT_LEN),
+            server: "s".repeat(MAX_SERVER_LEN),
+            scopes: (0..MAX_SCOPES)
+                .map(|i| format!("{i}{}", "x".repeat(MAX_SCOPE_LEN - 2)))
+                .collect(),
+            expires_at: now() + 10,
+        };
+        store.grant_consent(max, "uid:0").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn withdraw_ends_exactly_the_live_tasks_relying_on_it() {
+        let (_dir, _path, store) = open_temp().await;
+        let target = store
+            .grant_consent(new_consent("a"), "admin")
+            .await
+            .unwrap();
+        let other = store
+            .grant_consent(new_consent("a"), "admin")
+            .await
+            .unwrap();
+        begin(&store, "t1", "a", &target.id, "01").await;
+        begin(&store, "t2", "a", &target.id, "02").await;
+        store
+            .record_task_svid("t2", svid("a", "t2", "03"))
+            .await
+            .unwrap();
+        begin(&store, "t3", "a", &target.id, "04").await; // ended before the withdrawal
+        begin(&store, "t4", "a", &other.id, "05").await; // another consent
+        let before = store
+            .end_task("t3", "ended", now(), revocation("a", "t3", "ended"), "a")
+            .await
+            .unwrap();
+        assert!(matches!(before, EndOutcome::Ended(..)));
+        let seq_before = store.list_audit(0, 1000).await.unwrap().last().unwrap().seq;
+
+        let at = now();
+        let (consent, mut revocations) = store
+            .withdraw_consent(&target.id, "uid:7", at, &revoke)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(consent.withdrawn_at, Some(at));
+        revocations.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        let ids: Vec<_> = revocations.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(ids, ["t1", "t2"]);
+        assert_eq!(revocations[0].serials, ["01"]);
+        assert_eq!(revocations[1].serials, ["02", "03"]);
+        assert_eq!(revocations[1].reason, END_REASON_CONSENT_WITHDRAWN);
+        assert_eq!(
+            revocations[1].spiffe_id,
+            "spiffe://acme.corp/client/a/task/t2"
+        );
+
+        for id in ["t1", "t2"] {
+            let task = store.get_task(id).await.unwrap().unwrap();
+            assert_eq!(task.ended_at, Some(at));
+            assert_eq!(
+                task.end_reason.as_deref(),
+                Some(END_REASON_CONSENT_WITHDRAWN)
+            );
+        }
+        // The earlier-ended task keeps its own end; the other consent's task lives on.
+        let t3 = store.get_task("t3").await.unwrap().unwrap();
+        assert_eq!(t3.end_reason.as_deref(), Some("ended"));
+        assert_eq!(store.get_task("t4").await.unwrap().unwrap().ended_at, None);
+        let live: Vec<_> = store
+            .live_tasks()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(live, ["t4"]);
+
+        let mut stored = store.revocations(now()).await.unwrap();
+        stored.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        let stored_ids: Vec<_> = stored.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(stored_ids, ["t1", "t2", "t3"]);
+        assert_eq!(stored[..2], revocations[..]);
+
+        let audit = store.list_audit(seq_before, 100).await.unwrap();
+        let kinds: Vec<_> = audit.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["consent.withdraw", "task.end", "task.end"]);
+        assert!(audit.iter().all(|r| r.actor == "uid:7"));
+        assert_eq!(audit[0].detail["ended_tasks"], json!(["t1", "t2"]));
+        assert_eq!(audit[1].detail["reason"], END_REASON_CONSENT_WITHDRAWN);
+
+        // No new task can rely on it.
+        let error = store
+            .begin_task(new_task("t5", "a", &target.id), svid("a", "t5", "06"), "a")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::ConsentAlreadyWithdrawn { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_task_escapes_a_withdrawal_racing_with_begins() {
+        let (_dir, _path, store) = open_temp().await;
+        let consent = store
+            .grant_consent(new_consent("a"), "admin")
+            .await
+            .unwrap();
+        let beginners: Vec<_> = (0..4)
+            .map(|worker| {
+                let store = store.clone();
+                let consent_id = consent.id.clone();
+                tokio::spawn(async move {
+                    let mut begun = 0;
+                    loop {
+                        let id = format!("w{worker}-{begun}");
+                        let serial = format!("{worker:02x}{begun:08x}");
+                        match store
+                            .begin_task(
+                                new_task(&id, "a", &consent_id),
+                                svid("a", &id, &serial),
+                                "a",
+                            )
+                            .await
+                        {
+                            Ok(()) => begun += 1,
+                            Err(StoreError::ConsentAlreadyWithdrawn { .. }) => return begun,
+                            Err(other) => panic!("unexpected {other:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Let some tasks begin, then withdraw while they keep coming.
+        while store.live_tasks().await.unwrap().len() < 20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (_, revocations) = store
+            .withdraw_consent(&consent.id, "admin", now(), &revoke)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut begun = 0;
+        for beginner in beginners {
+            begun += beginner.await.unwrap();
+        }
+        assert!(store.live_tasks().await.unwrap().is_empty());
+        assert_eq!(revocations.len(), begun);
+        let all = store
+            .list_tasks(&TaskFilter {
+                client: None,
+                include_ended: true,
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), begun);
+        assert!(
+            all.iter()
+                .all(|t| t.end_reason.as_deref() == Some(END_REASON_CONSENT_WITHDRAWN))
+        );
+        assert_eq!(store.revocations(now()).await.unwrap().len(), begun);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_withdrawals_exactly_one_wins() {
+        let (_dir, _path, store) = open_temp().await;
+        let consent = store
+            .grant_consent(new_consent("a"), "admin")
+            .await
+            .unwrap();
+        begin(&store, "t1", "a", &consent.id, "aa").await;
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                let id = consent.id.clone();
+                tokio::spawn(
+                    async move { store.withdraw_consent(&id, "admin", now(), &revoke).await },
+                )
+            })
+            .collect();
+        let mut won = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(Some((_, revocations))) => {
+                    assert_eq!(revocations.len(), 1);
+                    won += 1;
+                }
+                Err(StoreError::ConsentAlreadyWithdrawn { .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(won, 1);
+        assert_eq!(store.revocations(now()).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn corrupt_scopes_are_an_error_not_skipped() {
+        let (_dir, _path, store) = open_temp().await;
+        sqlx::query(
+            "INSERT INTO consents (id, client, subject, server, scopes, expires_at, granted_by, granted_at)
+             VALUES ('bad', 'a', 's', 'g', '{\"x\":1}', 0, '', 0)",
+        )
+        .execute(&store.inner.pool)
+        .await
+        .unwrap();
+        let error = store.get_consent("bad").await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::Corrupt {
+                    table: "consents",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let error = store
+            .list_consents(&ConsentFilter::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    }
 }

@@ -196,7 +196,14 @@ fn create_op<'a>(
         .bind(entry.created_at)
         .execute(&mut *conn)
         .await?;
-        audit::write(conn, effects, KIND_CREATE, actor, json!({ "entry": &*entry })).await?;
+        audit::write(
+            conn,
+            effects,
+            KIND_CREATE,
+            actor,
+            json!({ "entry": &*entry }),
+        )
+        .await?;
         effects.entries_changed += 1;
         Ok(entry.clone())
     })
@@ -222,7 +229,14 @@ fn delete_op<'a>(
         // Decoding the deleted row keeps the audit record faithful, and refuses to
         // delete (rolls back) a row we could not describe.
         let entry = decode(&row)?;
-        audit::write(conn, effects, KIND_DELETE, actor, json!({ "entry": &entry })).await?;
+        audit::write(
+            conn,
+            effects,
+            KIND_DELETE,
+            actor,
+            json!({ "entry": &entry }),
+        )
+        .await?;
         effects.entries_changed += 1;
         Ok(Some(entry))
     })

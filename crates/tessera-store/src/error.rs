@@ -207,7 +207,9 @@ pub enum StoreError {
     /// Tasks relying on the consent kept beginning while it was being withdrawn, and the
     /// withdrawal gave up after this many attempts. Nothing was changed; retry (ideally
     /// after stopping new tasks on this consent).
-    #[error("consent {id} could not be withdrawn: tasks kept beginning on it ({attempts} attempts)")]
+    #[error(
+        "consent {id} could not be withdrawn: tasks kept beginning on it ({attempts} attempts)"
+    )]
     WithdrawContended {
         /// The consent's id.
         id: String,

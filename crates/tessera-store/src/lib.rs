@@ -9,10 +9,13 @@
 //! identity scheme; it deliberately does not depend on `tessera-identity`, so the schema
 //! and the identity rules can evolve separately.
 //!
-//! Every write goes through one writer task that group-commits concurrent writes (one
-//! fsynced transaction for many calls, each call still isolated in a savepoint); see
-//! [`writer`](crate::writer) for the design and its guarantees. Reads use a small
-//! connection pool.
+//! Every write goes through one writer task that group-commits concurrent writes: one
+//! fsynced transaction for all the calls queued together, each call still isolated in its
+//! own savepoint, so one call's failure never fails another. A write returns only once it
+//! is durable; a write already queued is applied even if its caller stops waiting; audit
+//! records and change notifications are published only after commit, in order. The
+//! design and its guarantees are documented in `src/writer.rs`. Reads use a small
+//! connection pool and see every write that has returned.
 #![forbid(unsafe_code)]
 
 mod audit;
@@ -22,21 +25,19 @@ mod error;
 mod migrate;
 mod store;
 mod task;
-pub mod writer;
+mod writer;
 
 pub use audit::{AuditRecord, MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_PAGE};
 pub use consent::{
-    Consent, ConsentFilter, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SERVER_LEN, MAX_SUBJECT_LEN,
-    NewConsent,
+    Consent, ConsentFilter, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SERVER_LEN, MAX_SUBJECT_LEN, NewConsent,
 };
 pub use entry::{Entry, MAX_CLIENT_LEN, MAX_SELECTOR_LEN, MAX_SELECTORS, NewEntry};
 pub use error::StoreError;
 pub use migrate::SCHEMA_VERSION;
 pub use store::Store;
 pub use task::{
-    END_REASON_CONSENT_WITHDRAWN, EndOutcome, MAX_PURPOSE_LEN, MAX_REASON_LEN,
-    MAX_SERIAL_HEX_LEN, MAX_SPIFFE_ID_LEN, MAX_TASK_ID_LEN, Revocation, SvidIssued, TaskFilter,
-    TaskRecord,
+    END_REASON_CONSENT_WITHDRAWN, EndOutcome, MAX_PURPOSE_LEN, MAX_REASON_LEN, MAX_SERIAL_HEX_LEN,
+    MAX_SPIFFE_ID_LEN, MAX_TASK_ID_LEN, Revocation, SvidIssued, TaskFilter, TaskRecord,
 };
 
 #[cfg(test)]
@@ -45,7 +46,7 @@ pub(crate) mod testing {
 
     use std::path::PathBuf;
 
-    use crate::{NewEntry, Store};
+    use crate::{NewConsent, NewEntry, Revocation, Store, SvidIssued, TaskRecord};
 
     /// A fresh store in its own temporary directory; keep the `TempDir` alive.
     pub(crate) async fn open_temp() -> (tempfile::TempDir, PathBuf, Store) {
@@ -62,5 +63,94 @@ pub(crate) mod testing {
             selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
             svid_ttl_secs: None,
         }
+    }
+
+    /// Now, unix seconds.
+    pub(crate) fn now() -> i64 {
+        crate::store::unix_secs()
+    }
+
+    /// A valid consent for `client` / `alice` / `github`, expiring in an hour.
+    pub(crate) fn new_consent(client: &str) -> NewConsent {
+        NewConsent {
+            client: client.to_owned(),
+            subject: "alice".to_owned(),
+            server: "github".to_owned(),
+            scopes: vec!["github/tool/*".to_owned()],
+            expires_at: now() + 3600,
+        }
+    }
+
+    /// A live task `id` relying on `consent`, with parties matching [`new_consent`].
+    pub(crate) fn new_task(id: &str, client: &str, consent_id: &str) -> TaskRecord {
+        let begun_at = now();
+        TaskRecord {
+            id: id.to_owned(),
+            client: client.to_owned(),
+            subject: "alice".to_owned(),
+            server: "github".to_owned(),
+            scopes: vec!["github/tool/get_pull_request".to_owned()],
+            purpose: "review PR 42".to_owned(),
+            consent_id: consent_id.to_owned(),
+            pid: 4242,
+            begun_at,
+            deadline: begun_at + 300,
+            ended_at: None,
+            end_reason: None,
+            serials: Vec::new(),
+        }
+    }
+
+    /// The SPIFFE ID of task `id` of `client`.
+    pub(crate) fn task_spiffe_id(client: &str, id: &str) -> String {
+        format!("spiffe://acme.corp/client/{client}/task/{id}")
+    }
+
+    /// An SVID for task `id` of `client` with this serial, valid for 5 minutes.
+    pub(crate) fn svid(client: &str, id: &str, serial: &str) -> SvidIssued {
+        SvidIssued {
+            serial: serial.to_owned(),
+            spiffe_id: task_spiffe_id(client, id),
+            not_after: now() + 300,
+        }
+    }
+
+    /// The revocation the agent would pass to `end_task` (serials left for the store).
+    pub(crate) fn revocation(client: &str, id: &str, reason: &str) -> Revocation {
+        Revocation {
+            task_id: id.to_owned(),
+            spiffe_id: task_spiffe_id(client, id),
+            serials: Vec::new(),
+            reason: reason.to_owned(),
+            revoked_at_ms: crate::store::unix_millis(),
+            until: now() + 300,
+        }
+    }
+
+    /// Begins task `id` for `client` on `consent_id` with first serial `serial`.
+    pub(crate) async fn begin(
+        store: &Store,
+        id: &str,
+        client: &str,
+        consent_id: &str,
+        serial: &str,
+    ) {
+        store
+            .begin_task(
+                new_task(id, client, consent_id),
+                svid(client, id, serial),
+                "uid:1000",
+            )
+            .await
+            .expect("begin task");
+    }
+
+    /// How many transactions the writer has committed.
+    pub(crate) fn commits(store: &Store) -> u64 {
+        store
+            .inner
+            .notifier
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Inner {
     /// starting at 0 on each open, meant for "has anything changed since I last looked",
     /// not as ids) and the audit broadcast.
     pub(crate) notifier: Arc<Notifier>,
+    /// Consents being withdrawn; see [`crate::Store::withdraw_consent`].
+    pub(crate) sealed: Arc<crate::consent::Sealed>,
     path: PathBuf,
 }
 
@@ -101,6 +103,7 @@ impl Store {
                 pool,
                 writer,
                 notifier,
+                sealed: Arc::default(),
                 path: path.to_owned(),
             }),
         })
@@ -366,6 +369,7 @@ mod tests {
                 "entries",
                 "revocations",
                 "schema_migrations",
+                "task_svids",
                 "tasks"
             ]
         );

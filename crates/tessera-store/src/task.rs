@@ -9,7 +9,9 @@ use serde_json::json;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, SqliteConnection};
 
-use crate::consent::{check_len, validate_parties, validate_scopes};
+use std::sync::Arc;
+
+use crate::consent::{Sealed, check_len, validate_parties, validate_scopes};
 use crate::writer::{BoxFuture, Effects};
 use crate::{Store, StoreError, audit};
 
@@ -172,7 +174,8 @@ impl Store {
     ///
     /// Inside that transaction the task's consent must exist
     /// ([`StoreError::ConsentNotFound`]), not be withdrawn
-    /// ([`StoreError::ConsentAlreadyWithdrawn`]), not have expired by `begun_at`
+    /// ([`StoreError::ConsentAlreadyWithdrawn`], also while a withdrawal of it is in
+    /// progress), not have expired by `begun_at`
     /// ([`StoreError::ConsentExpired`]), and name the same client, subject and server
     /// ([`StoreError::ConsentMismatch`]), so a task can never slip in beside a concurrent
     /// withdrawal. Checking the scopes against the consent's (wildcards) is the caller's
@@ -190,6 +193,7 @@ impl Store {
             task,
             svid,
             actor: actor.to_owned(),
+            sealed: Arc::clone(&self.inner.sealed),
         };
         self.inner.writer.write(KIND_BEGIN, state, begin_op).await
     }
@@ -198,11 +202,18 @@ impl Store {
     /// with [`StoreError::TaskEnded`] if the task has ended (then the SVID must not be
     /// handed out: it would not be in the task's revocation) or
     /// [`StoreError::TaskNotFound`].
-    pub async fn record_task_svid(&self, task_id: &str, svid: SvidIssued) -> Result<(), StoreError> {
+    pub async fn record_task_svid(
+        &self,
+        task_id: &str,
+        svid: SvidIssued,
+    ) -> Result<(), StoreError> {
         check_len("task id", task_id, 1, MAX_TASK_ID_LEN)?;
         let svid = svid.normalize()?;
         let state = (task_id.to_owned(), svid);
-        self.inner.writer.write(KIND_SVID, state, record_svid_op).await
+        self.inner
+            .writer
+            .write(KIND_SVID, state, record_svid_op)
+            .await
     }
 
     /// Ends a live task exactly once: sets `ended_at` and `end_reason` = `reason`, inserts
@@ -302,6 +313,7 @@ struct BeginTask {
     task: TaskRecord,
     svid: SvidIssued,
     actor: String,
+    sealed: Arc<Sealed>,
 }
 
 fn begin_op<'a>(
@@ -310,7 +322,18 @@ fn begin_op<'a>(
     effects: &'a mut Effects,
 ) -> BoxFuture<'a, Result<(), StoreError>> {
     Box::pin(async move {
-        let BeginTask { task, svid, actor } = state;
+        let BeginTask {
+            task,
+            svid,
+            actor,
+            sealed,
+        } = state;
+        if let Some(withdrawn_at) = sealed.check(&task.consent_id) {
+            return Err(StoreError::ConsentAlreadyWithdrawn {
+                id: task.consent_id.clone(),
+                withdrawn_at,
+            });
+        }
         let scopes = serde_json::to_string(&task.scopes).expect("strings serialise");
         // The consent check and the insert in one statement: it inserts only if the
         // consent is usable; otherwise we find out why below.
@@ -397,13 +420,15 @@ async fn insert_svid(
     task_id: &str,
     svid: &SvidIssued,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO task_svids (serial, task_id, spiffe_id, not_after) VALUES (?, ?, ?, ?)")
-        .bind(&svid.serial)
-        .bind(task_id)
-        .bind(&svid.spiffe_id)
-        .bind(svid.not_after)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO task_svids (serial, task_id, spiffe_id, not_after) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&svid.serial)
+    .bind(task_id)
+    .bind(&svid.spiffe_id)
+    .bind(svid.not_after)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

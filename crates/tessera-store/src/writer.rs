@@ -52,6 +52,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use sqlx::SqliteConnection;
@@ -101,6 +102,8 @@ pub(crate) struct Notifier {
     pub(crate) entries: watch::Sender<u64>,
     pub(crate) consents: watch::Sender<u64>,
     pub(crate) audit: broadcast::Sender<AuditRecord>,
+    /// Transactions committed by the writer (for tests and debugging).
+    pub(crate) commits: AtomicU64,
 }
 
 impl Notifier {
@@ -109,6 +112,7 @@ impl Notifier {
             entries: watch::channel(0).0,
             consents: watch::channel(0).0,
             audit: broadcast::channel(AUDIT_CHANNEL_CAPACITY).0,
+            commits: AtomicU64::new(0),
         }
     }
 
@@ -307,11 +311,7 @@ async fn run(
 /// disk full) sqlx's bookkeeping would keep believing a transaction is open and refuse the
 /// next `BEGIN`, wedging the writer. A stray `ROLLBACK` with no open transaction is
 /// harmless, so the recovery path here always works.
-async fn run_batch(
-    conn: &mut SqliteConnection,
-    batch: &mut Vec<Box<dyn Op>>,
-    notifier: &Notifier,
-) {
+async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Op>>, notifier: &Notifier) {
     let started = Instant::now();
     let size = batch.len();
     let mut pending: VecDeque<Box<dyn Op>> = batch.drain(..).collect();
@@ -338,13 +338,36 @@ async fn run_batch(
             }
             sqlx::query("RELEASE op").execute(&mut *conn).await?;
         }
+        let c0 = Instant::now();
         sqlx::query("COMMIT").execute(&mut *conn).await?;
+        let cu = c0.elapsed().as_micros() as u64;
+        static N: AtomicU64 = AtomicU64::new(0);
+        static OPS: AtomicU64 = AtomicU64::new(0);
+        static EXEC: AtomicU64 = AtomicU64::new(0);
+        static COMMIT: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed) + 1;
+        OPS.fetch_add(size as u64, Ordering::Relaxed);
+        EXEC.fetch_add(
+            c0.duration_since(started).as_micros() as u64,
+            Ordering::Relaxed,
+        );
+        COMMIT.fetch_add(cu, Ordering::Relaxed);
+        if n % 500 == 0 {
+            let ops = OPS.swap(0, Ordering::Relaxed);
+            eprintln!(
+                "DBG batches=500 avg_size={:.1} exec_us/batch={} commit_us/batch={}",
+                ops as f64 / 500.0,
+                EXEC.swap(0, Ordering::Relaxed) / 500,
+                COMMIT.swap(0, Ordering::Relaxed) / 500
+            );
+        }
         Ok(())
     }
     .await;
 
     match outcome {
         Ok(()) => {
+            notifier.commits.fetch_add(1, Ordering::Relaxed);
             for (_, result, effects) in &mut done {
                 if result.is_ok() {
                     notifier.publish(std::mem::take(effects));
@@ -353,7 +376,11 @@ async fn run_batch(
             for (op, result, _) in done {
                 op.finish(result);
             }
-            tracing::trace!(size, elapsed_us = started.elapsed().as_micros(), "group commit");
+            tracing::trace!(
+                size,
+                elapsed_us = started.elapsed().as_micros(),
+                "group commit"
+            );
         }
         Err(error) => {
             tracing::error!(size, %error, "group commit failed; batch rolled back");

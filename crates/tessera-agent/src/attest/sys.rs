@@ -87,6 +87,15 @@ pub(crate) fn pidfd_exited(pidfd: &OwnedFd) -> io::Result<bool> {
     Ok(rc > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0)
 }
 
+/// Registers a pidfd with the tokio reactor; it polls readable once the process exits.
+pub(crate) fn async_pidfd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes ownership of `fd`, so the descriptor stays open
+    // for exactly as long as it is registered, and AsyncFd deregisters it before
+    // the OwnedFd closes it on drop.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,7 +115,10 @@ impl UnixAttestor {
     /// connection's pidfd is checked. A pidfd names one process forever, and a pid
     /// cannot be reused while its process lives (even as a zombie), so if the
     /// pidfd's process has not exited after the reads, they described the caller.
-    pub fn attest(&self, peer: &PeerInfo) -> Result<Attestation, AttestError> {
+    ///
+    /// The executable is hashed only when `want_hash` (some entry uses a
+    /// `unix:sha256` selector); hashes are cached by file identity either way.
+    pub fn attest(&self, peer: &PeerInfo, want_hash: bool) -> Result<Attestation, AttestError> {
         let pid = peer.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
         if peer.has_exited() {
             return Err(AttestError::Exited { pid });
@@ -153,10 +156,12 @@ impl UnixAttestor {
         // and no longer matches a `unix:path` selector.
         let exe_link = dir.join("exe");
         let path = std::fs::read_link(&exe_link).map_err(|e| proc_err("exe", e))?;
-        let file = File::open(&exe_link).map_err(|e| proc_err("exe", e))?;
-        let hash = self.exe_hash(file).map_err(|e| proc_err("exe", e))?;
         selectors.insert(Selector::attested("path", path.display()));
-        selectors.insert(Selector::attested("sha256", hash));
+        if want_hash {
+            let file = File::open(&exe_link).map_err(|e| proc_err("exe", e))?;
+            let hash = self.exe_hash(file).map_err(|e| proc_err("exe", e))?;
+            selectors.insert(Selector::attested("sha256", hash));
+        }
 
         if peer.has_exited() {
             return Err(AttestError::Exited { pid });
@@ -186,7 +191,11 @@ impl UnixAttestor {
             return Err(AttestError::Exited { pid });
         }
         let status = std::fs::read_to_string(self.proc_root.join(ppid.to_string()).join("status"))
-            .map_err(|source| AttestError::Proc { pid: ppid, what: "status", source })?;
+            .map_err(|source| AttestError::Proc {
+                pid: ppid,
+                what: "status",
+                source,
+            })?;
         let euid = status
             .lines()
             .find_map(|l| l.strip_prefix("Uid:"))
@@ -205,13 +214,18 @@ impl UnixAttestor {
     }
 
     fn ppid(&self, pid: i32) -> Result<i32, AttestError> {
-        let stat = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat")).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                AttestError::Exited { pid }
-            } else {
-                AttestError::Proc { pid, what: "stat", source }
-            }
-        })?;
+        let stat = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat"))
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    AttestError::Exited { pid }
+                } else {
+                    AttestError::Proc {
+                        pid,
+                        what: "stat",
+                        source,
+                    }
+                }
+            })?;
         parse_ppid(&stat).ok_or_else(|| AttestError::Parent {
             pid,
             reason: "unreadable /proc stat".into(),
@@ -305,7 +319,14 @@ mod tests {
     async fn attests_this_process_with_its_own_exe_hash() {
         let (a, _b) = tokio::net::UnixStream::pair().unwrap();
         let conn = PeerConn::new(a).unwrap();
-        let att = UnixAttestor::default().attest(conn.info()).unwrap();
+        let att = UnixAttestor::default().attest(conn.info(), true).unwrap();
+        let without_hash = UnixAttestor::default().attest(conn.info(), false).unwrap();
+        assert!(
+            !without_hash
+                .selectors
+                .iter()
+                .any(|s| s.as_str().starts_with("unix:sha256:"))
+        );
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let want = format!("unix:sha256:{}", hex::encode(Sha256::digest(&exe)));
         assert!(att.satisfies([want.as_str()]), "{:?}", att.selectors);
@@ -332,7 +353,7 @@ mod tests {
             pidfd: Some(std::sync::Arc::new(pidfd)),
             pidfd_from_kernel: false,
         };
-        let err = UnixAttestor::default().attest(&peer).unwrap_err();
+        let err = UnixAttestor::default().attest(&peer, true).unwrap_err();
         assert!(matches!(err, AttestError::Exited { .. }), "{err}");
     }
 }

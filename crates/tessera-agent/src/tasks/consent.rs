@@ -1,5 +1,6 @@
 //! Consent checks for BeginTask, against an in-memory copy of the live consents.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tessera_identity::{Scope, ScopeSet};
@@ -10,6 +11,9 @@ use tessera_store::{Consent, ConsentFilter, Store};
 pub struct ConsentCache {
     store: Store,
     consents: RwLock<Arc<Vec<ParsedConsent>>>,
+    /// The store's consent revision the cache reflects.
+    loaded: AtomicU64,
+    revision: tokio::sync::watch::Receiver<u64>,
 }
 
 /// A consent with its scopes parsed once.
@@ -35,7 +39,9 @@ pub enum ConsentDenied {
         server: String,
     },
     /// Consents exist, but none covers every requested scope.
-    #[error("no live consent for client {client:?}, subject {subject:?}, server {server:?} covers {missing}")]
+    #[error(
+        "no live consent for client {client:?}, subject {subject:?}, server {server:?} covers {missing}"
+    )]
     ScopesNotCovered {
         /// Client name.
         client: String,
@@ -51,9 +57,12 @@ pub enum ConsentDenied {
 impl ConsentCache {
     /// Loads the live consents.
     pub async fn load(store: Store) -> Result<Arc<ConsentCache>, tessera_store::StoreError> {
+        let revision = store.watch_consents();
         let cache = Arc::new(ConsentCache {
             store,
             consents: RwLock::new(Arc::new(Vec::new())),
+            loaded: AtomicU64::new(u64::MAX),
+            revision,
         });
         cache.reload().await?;
         Ok(cache)
@@ -61,6 +70,9 @@ impl ConsentCache {
 
     /// Re-reads the live consents from the store.
     pub async fn reload(&self) -> Result<(), tessera_store::StoreError> {
+        // Read the revision first: a change committed during the read makes the
+        // next `ensure_fresh` reload again rather than be missed.
+        let revision = *self.revision.borrow();
         let all = self.store.list_consents(&ConsentFilter::default()).await?;
         let parsed = all
             .into_iter()
@@ -77,6 +89,16 @@ impl ConsentCache {
             })
             .collect();
         *self.consents.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parsed);
+        self.loaded.store(revision, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Reloads if the store has committed a consent change the cache has not
+    /// seen, so a grant is usable by the very next BeginTask.
+    pub async fn ensure_fresh(&self) -> Result<(), tessera_store::StoreError> {
+        if *self.revision.borrow() != self.loaded.load(Ordering::SeqCst) {
+            self.reload().await?;
+        }
         Ok(())
     }
 
@@ -89,7 +111,11 @@ impl ConsentCache {
         requested: &[Scope],
         now: i64,
     ) -> Result<Consent, ConsentDenied> {
-        let consents = self.consents.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let consents = self
+            .consents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let candidates: Vec<&ParsedConsent> = consents
             .iter()
             .filter(|c| {

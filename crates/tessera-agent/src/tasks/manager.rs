@@ -11,8 +11,6 @@ use tessera_authority::{Authority, IssuedSvid, SvidSpec};
 use tessera_identity::{ClientId, Scope, ServerId, ServerName, TaskClaims, TaskId};
 use tessera_store::{EndOutcome, Revocation, StoreError, SvidIssued, TaskRecord};
 use time::OffsetDateTime;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch};
 
 use super::consent::{ConsentCache, ConsentDenied};
@@ -199,7 +197,13 @@ impl TaskManager {
                 until: now + i64::try_from(config.svid_ttl.as_secs()).unwrap_or(i64::MAX),
             };
             store
-                .end_task(&task.id, EndReason::AgentRestart.as_str(), now, revocation, "agent")
+                .end_task(
+                    &task.id,
+                    EndReason::AgentRestart.as_str(),
+                    now,
+                    revocation,
+                    "agent",
+                )
                 .await?;
             tracing::info!(task = %task.id, "ended task left live by a previous run");
         }
@@ -246,7 +250,10 @@ impl TaskManager {
     }
 
     /// Begins a task; returns its record and first SVID once it is durable.
-    pub async fn begin(self: &Arc<Self>, req: BeginRequest) -> Result<(TaskRecord, Arc<IssuedSvid>), TaskError> {
+    pub async fn begin(
+        self: &Arc<Self>,
+        req: BeginRequest,
+    ) -> Result<(TaskRecord, Arc<IssuedSvid>), TaskError> {
         let lifetime = req.lifetime.unwrap_or(self.config.default_lifetime);
         if lifetime > self.config.max_lifetime || lifetime.is_zero() {
             return Err(TaskError::InvalidArgument(format!(
@@ -255,6 +262,7 @@ impl TaskManager {
             )));
         }
         let gate = self.consent_gate.read().await;
+        self.consents.ensure_fresh().await?;
         let now = now_unix();
         let consent = self.consents.check(
             req.client.name.as_str(),
@@ -263,7 +271,8 @@ impl TaskManager {
             &req.scopes,
             now,
         )?;
-        let deadline = (now + i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)).min(consent.expires_at);
+        let deadline =
+            (now + i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)).min(consent.expires_at);
         let task_id = TaskId::new();
         let spiffe = req.client.task(task_id);
         let spiffe_id = spiffe.to_string();
@@ -323,7 +332,8 @@ impl TaskManager {
             until: AtomicI64::new(svid.not_after_unix),
             stop: Mutex::new(Some(stop_tx)),
         });
-        self.lock_live().insert(record.id.clone(), Arc::clone(&live));
+        self.lock_live()
+            .insert(record.id.clone(), Arc::clone(&live));
         self.publish(&live, Some(Arc::clone(&svid)));
         self.metrics.tasks_begun.inc();
         self.metrics.live_tasks.set(self.live_count() as i64);
@@ -336,7 +346,12 @@ impl TaskManager {
         Ok((record, svid))
     }
 
-    fn issue(&self, spiffe_id: &str, claims: &TaskClaims, deadline: i64) -> Result<IssuedSvid, TaskError> {
+    fn issue(
+        &self,
+        spiffe_id: &str,
+        claims: &TaskClaims,
+        deadline: i64,
+    ) -> Result<IssuedSvid, TaskError> {
         Ok(self.authority.issue(&SvidSpec {
             spiffe_id,
             ttl: self.config.svid_ttl,
@@ -347,11 +362,21 @@ impl TaskManager {
 
     /// Ends a live task exactly once. Returns the task as stored, or NotFound.
     /// `client`, when given, restricts the call to that client's tasks.
-    pub async fn end(&self, task_id: &str, reason: EndReason, actor: &str, client: Option<&str>) -> Result<TaskRecord, TaskError> {
+    pub async fn end(
+        &self,
+        task_id: &str,
+        reason: EndReason,
+        actor: &str,
+        client: Option<&str>,
+    ) -> Result<TaskRecord, TaskError> {
         if let Some(client) = client {
             // Another client's task does not exist as far as this caller can tell.
-            let owned = match self.lock_live().get(task_id) {
-                Some(t) => t.record.client == client,
+            let live_owner = self
+                .lock_live()
+                .get(task_id)
+                .map(|t| t.record.client == client);
+            let owned = match live_owner {
+                Some(owned) => owned,
                 None => self
                     .store
                     .get_task(task_id)
@@ -382,7 +407,9 @@ impl TaskManager {
             .await?;
         self.metrics
             .tasks_ended
-            .get_or_create(&crate::metrics::ReasonLabel { reason: reason.as_str() })
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: reason.as_str(),
+            })
             .inc();
         tracing::info!(task = %task_id, reason = reason.as_str(), %actor, "task ended");
         match outcome {
@@ -427,7 +454,8 @@ impl TaskManager {
         let ended: Vec<String> = revocations.iter().map(|r| r.task_id.clone()).collect();
         self.feed.add(revocations);
         for id in &ended {
-            if let Some(live) = self.lock_live().remove(id) {
+            let removed = self.lock_live().remove(id);
+            if let Some(live) = removed {
                 self.retire(&live);
                 self.metrics
                     .tasks_ended
@@ -446,7 +474,11 @@ impl TaskManager {
         Revocation {
             task_id: live.record.id.clone(),
             spiffe_id: live.spiffe_id.clone(),
-            serials: live.serials.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            serials: live
+                .serials
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             reason: reason.as_str().into(),
             revoked_at_ms: now_ms(),
             until: live.until.load(Ordering::SeqCst),
@@ -498,11 +530,12 @@ impl TaskManager {
             .owner_fd
             .as_ref()
             .and_then(|fd| fd.try_clone().ok())
-            .and_then(|fd| AsyncFd::with_interest(fd, Interest::READABLE).ok());
+            .and_then(|fd| crate::attest::sys::async_pidfd(fd).ok());
         let id = live.record.id.clone();
         let deadline = live.record.deadline;
         loop {
-            let rotate_at = crate::svids::rotation_time(&live.svid.lock().unwrap_or_else(|p| p.into_inner()));
+            let rotate_at =
+                crate::svids::rotation_time(&live.svid.lock().unwrap_or_else(|p| p.into_inner()));
             let until = |t: i64| Duration::from_secs(u64::try_from(t - now_unix()).unwrap_or(0));
             let exited = async {
                 match &exit {
@@ -558,7 +591,9 @@ impl TaskManager {
                     .get_or_create(&crate::metrics::KindLabel { kind: "task" })
                     .inc();
             }
-            Err(e) => tracing::error!(task = %live.record.id, error = %e, "rotating task SVID failed; keeping the current one"),
+            Err(e) => {
+                tracing::error!(task = %live.record.id, error = %e, "rotating task SVID failed; keeping the current one")
+            }
         }
     }
 

@@ -54,7 +54,12 @@ impl RevocationFeed {
     pub fn prune(&self, now: i64) -> usize {
         let mut removed = 0;
         self.tx.send_if_modified(|cur| {
-            let keep: Vec<Revocation> = cur.revoked.iter().filter(|r| r.until > now).cloned().collect();
+            let keep: Vec<Revocation> = cur
+                .revoked
+                .iter()
+                .filter(|r| r.until > now)
+                .cloned()
+                .collect();
             removed = cur.revoked.len() - keep.len();
             if removed == 0 {
                 return false;
@@ -80,7 +85,11 @@ impl RevocationFeed {
 
     /// Whether `task_id` is revoked.
     pub fn contains(&self, task_id: &str) -> bool {
-        self.tx.borrow().revoked.iter().any(|r| r.task_id == task_id)
+        self.tx
+            .borrow()
+            .revoked
+            .iter()
+            .any(|r| r.task_id == task_id)
     }
 }
 

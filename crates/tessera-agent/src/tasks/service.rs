@@ -84,11 +84,19 @@ impl TasksService {
     }
 
     /// The caller's client identities (at least one, or PermissionDenied).
-    fn clients<T>(&self, rpc: &'static str, req: &Request<T>) -> Result<(PeerInfo, Attestation, Vec<ClientId>), Status> {
+    fn clients<T>(
+        &self,
+        rpc: &'static str,
+        req: &Request<T>,
+    ) -> Result<(PeerInfo, Attestation, Vec<ClientId>), Status> {
         let peer = peer_of(req)?;
-        let att = attest(&self.attestor, &self.metrics, &peer)?;
         let snap = self.cache.current();
-        let clients: Vec<ClientId> = snap.clients_for(&att).iter().map(|e| e.client_id.clone()).collect();
+        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs_exe_hash)?;
+        let clients: Vec<ClientId> = snap
+            .clients_for(&att)
+            .iter()
+            .map(|e| e.client_id.clone())
+            .collect();
         if clients.is_empty() {
             self.metrics.rpc(rpc, tonic::Code::PermissionDenied);
             return Err(Status::permission_denied("no identity issued"));
@@ -99,7 +107,10 @@ impl TasksService {
 
 #[tonic::async_trait]
 impl Tasks for TasksService {
-    async fn begin_task(&self, req: Request<BeginTaskRequest>) -> Result<Response<BeginTaskResponse>, Status> {
+    async fn begin_task(
+        &self,
+        req: Request<BeginTaskRequest>,
+    ) -> Result<Response<BeginTaskResponse>, Status> {
         let (peer, att, clients) = self.clients("BeginTask", &req)?;
         let r = req.into_inner();
         let client = if r.client.is_empty() {
@@ -108,7 +119,10 @@ impl Tasks for TasksService {
                 many => {
                     return Err(Status::invalid_argument(format!(
                         "this caller has several client identities ({}); name one in `client`",
-                        many.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                        many.iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
             }
@@ -117,7 +131,9 @@ impl Tasks for TasksService {
                 .iter()
                 .find(|c| c.name.as_str() == r.client)
                 .cloned()
-                .ok_or_else(|| Status::permission_denied(format!("this caller is not client {:?}", r.client)))?
+                .ok_or_else(|| {
+                    Status::permission_denied(format!("this caller is not client {:?}", r.client))
+                })?
         };
         let td = client.trust_domain.clone();
         let server: ServerName = if r.server.starts_with("spiffe://") {
@@ -126,7 +142,10 @@ impl Tasks for TasksService {
                 .parse()
                 .map_err(|e| Status::invalid_argument(format!("server {:?}: {e}", r.server)))?;
             if id.trust_domain != td {
-                return Err(Status::invalid_argument(format!("server {} is not in trust domain {td}", r.server)));
+                return Err(Status::invalid_argument(format!(
+                    "server {} is not in trust domain {td}",
+                    r.server
+                )));
             }
             id.name
         } else {
@@ -135,19 +154,27 @@ impl Tasks for TasksService {
                 .map_err(|e| Status::invalid_argument(format!("server {:?}: {e}", r.server)))?
         };
         if r.subject.is_empty() || r.subject.len() > MAX_SUBJECT {
-            return Err(Status::invalid_argument(format!("subject must be 1..={MAX_SUBJECT} bytes")));
+            return Err(Status::invalid_argument(format!(
+                "subject must be 1..={MAX_SUBJECT} bytes"
+            )));
         }
         if r.purpose.len() > MAX_PURPOSE {
-            return Err(Status::invalid_argument(format!("purpose must be at most {MAX_PURPOSE} bytes")));
+            return Err(Status::invalid_argument(format!(
+                "purpose must be at most {MAX_PURPOSE} bytes"
+            )));
         }
         if r.scopes.is_empty() || r.scopes.len() > MAX_SCOPES {
-            return Err(Status::invalid_argument(format!("request 1..={MAX_SCOPES} scopes")));
+            return Err(Status::invalid_argument(format!(
+                "request 1..={MAX_SCOPES} scopes"
+            )));
         }
         let scopes = r
             .scopes
             .iter()
             .map(|s| {
-                let scope: Scope = s.parse().map_err(|e| Status::invalid_argument(format!("scope {s:?}: {e}")))?;
+                let scope: Scope = s
+                    .parse()
+                    .map_err(|e| Status::invalid_argument(format!("scope {s:?}: {e}")))?;
                 if scope.server() != &server {
                     return Err(Status::invalid_argument(format!(
                         "scope {s:?} is for server {:?}, but the task is for {:?}",
@@ -176,7 +203,8 @@ impl Tasks for TasksService {
                 purpose: r.purpose,
                 server,
                 scopes,
-                lifetime: (r.lifetime_secs > 0).then(|| Duration::from_secs(r.lifetime_secs.into())),
+                lifetime: (r.lifetime_secs > 0)
+                    .then(|| Duration::from_secs(r.lifetime_secs.into())),
                 owner_pid,
                 owner_fd,
                 actor,
@@ -202,14 +230,21 @@ impl Tasks for TasksService {
         }))
     }
 
-    async fn end_task(&self, req: Request<EndTaskRequest>) -> Result<Response<EndTaskResponse>, Status> {
+    async fn end_task(
+        &self,
+        req: Request<EndTaskRequest>,
+    ) -> Result<Response<EndTaskResponse>, Status> {
         let (_, att, clients) = self.clients("EndTask", &req)?;
         let id = req.into_inner().task_id;
         let td = clients[0].trust_domain.as_str().to_owned();
         let mut last = Status::not_found(format!("no task {id} for this client"));
         for client in &clients {
             let actor = format!("{client} pid:{}", att.pid);
-            match self.manager.end(&id, EndReason::Ended, &actor, Some(client.name.as_str())).await {
+            match self
+                .manager
+                .end(&id, EndReason::Ended, &actor, Some(client.name.as_str()))
+                .await
+            {
                 Ok(t) => {
                     self.metrics.rpc("EndTask", tonic::Code::Ok);
                     return Ok(Response::new(EndTaskResponse {
@@ -224,7 +259,10 @@ impl Tasks for TasksService {
         Err(last)
     }
 
-    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
         let (_, _, clients) = self.clients("ListTasks", &req)?;
         let include_ended = req.into_inner().include_ended;
         let td = clients[0].trust_domain.as_str().to_owned();
@@ -300,12 +338,16 @@ fn to_proto(set: &super::RevokedSet, trust_domain: &str) -> RevocationSet {
 impl Revocations for RevocationsService {
     type WatchStream = RevocationStream;
 
-    async fn watch(&self, req: Request<WatchRevocationsRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let peer = peer_of(&req)?;
-        let att = attest(&self.attestor, &self.metrics, &peer)?;
         let snap = self.cache.current();
+        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs_exe_hash)?;
         if snap.clients_for(&att).is_empty() {
-            self.metrics.rpc("WatchRevocations", tonic::Code::PermissionDenied);
+            self.metrics
+                .rpc("WatchRevocations", tonic::Code::PermissionDenied);
             return Err(Status::permission_denied("no identity issued"));
         }
         self.metrics.rpc("WatchRevocations", tonic::Code::Ok);
@@ -329,6 +371,8 @@ impl Revocations for RevocationsService {
             }
             metrics.revocation_watchers.dec();
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 }

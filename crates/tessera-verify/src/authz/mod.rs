@@ -1,0 +1,347 @@
+//! The per-request decision: expiry, revocation, task scope, then Cedar.
+//!
+//! Order of checks (the first failure decides, and is the [`Reason`]):
+//! 1. the peer is a task ([`Reason::NotATask`] for a client's own SVID or a server);
+//! 2. the leaf and the task deadline have not passed ([`Reason::Expired`]);
+//! 3. the task was granted for this server ([`Reason::WrongServer`]);
+//! 4. the revocation feed is fresh and lists neither the task nor the serial
+//!    ([`Reason::RevocationFeedStale`], [`Reason::Revoked`]);
+//! 5. a granted scope permits `server/kind/target` ([`Reason::OutOfScope`]);
+//! 6. the arguments convert to Cedar ([`Reason::UnsupportedArguments`]);
+//! 7. Cedar: principal `Task::"<task id>"` (child of `Client::"<client>"`), action
+//!    `Action::"<method>"`, resource `Tool::"<name>"` / `Resource::"<uri>"` /
+//!    `Prompt::"<name>"`, and a context (see [`CONTEXT_SCHEMA_DOC`]). A `forbid` wins
+//!    ([`Reason::PolicyForbids`]); no `permit` denies ([`Reason::NoPolicyPermits`]); any
+//!    policy evaluation error denies ([`Reason::PolicyError`]), because Cedar skips an
+//!    erroring policy and a skipped `forbid` must not turn into an allow.
+//!
+//! The client entity id is the client's name for the server's own trust domain, and the
+//! full SPIFFE ID for an allowed foreign one, so a federated `code-reviewer` never matches
+//! a policy written for the local one.
+
+mod entities;
+pub mod json;
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use cedar_policy::{Context, EntityId, EntityUid, Request, RestrictedExpression};
+use tessera_identity::{ClientId, ScopeKind, ServerId};
+
+use crate::audit::AuditLog;
+use crate::decision::{Decision, Reason};
+use crate::peer::Peer;
+use crate::request::{McpMethod, McpRequest};
+use crate::revocation::{RevocationStatus, RevocationWatcher};
+use entities::{EntityStore, Types};
+use policy::PolicyStore;
+
+/// The context record every request carries, as a Cedar schema fragment to paste into
+/// the `context` of each action in your schema (extend `arguments` with the argument
+/// attributes your policies read, optional with `?`).
+pub const CONTEXT_SCHEMA_DOC: &str = r#"{
+  task_id: String,        // the task's ULID
+  client: String,         // the client's name
+  subject: String,        // the human the task acts for
+  purpose: String,        // why the task runs
+  consent_id: String,     // the consent record the scopes come from
+  scopes: Set<String>,    // granted scopes, e.g. "github/tool/get_pull_request"
+  now: Long,              // unix seconds at decision time
+  deadline: Long,         // the task deadline, unix seconds
+  arguments: { ... },     // the call's JSON arguments as a record
+}"#;
+
+/// A minimal schema that validates in strict mode, for tests and as a starting point.
+/// Real servers declare the argument attributes their policies use.
+pub const BASE_SCHEMA: &str = r#"
+entity Client;
+entity Task in [Client];
+entity Tool;
+entity Resource;
+entity Prompt;
+type Ctx = {
+  task_id: String, client: String, subject: String, purpose: String, consent_id: String,
+  scopes: Set<String>, now: Long, deadline: Long, arguments: {},
+};
+action "tools/call" appliesTo { principal: [Task], resource: [Tool], context: Ctx };
+action "resources/read" appliesTo { principal: [Task], resource: [Resource], context: Ctx };
+action "prompts/get" appliesTo { principal: [Task], resource: [Prompt], context: Ctx };
+"#;
+
+/// What to do with call arguments Cedar cannot represent (see [`json`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnsupportedArguments {
+    Deny,
+    Drop,
+}
+
+/// Decides every MCP request of a task. Share it in an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct Authorizer {
+    server: ServerId,
+    policies: Arc<PolicyStore>,
+    revocations: RevocationWatcher,
+    entities: EntityStore,
+    types: Types,
+    cedar: cedar_policy::Authorizer,
+    unsupported: UnsupportedArguments,
+    audit: Option<AuditLog>,
+}
+
+// === impl Authorizer ===
+
+impl Authorizer {
+    /// An authorizer for the server `server` (its own id; scopes and claims name it).
+    pub fn new(
+        server: ServerId,
+        policies: Arc<PolicyStore>,
+        revocations: RevocationWatcher,
+    ) -> Self {
+        Self {
+            server,
+            policies,
+            revocations,
+            entities: EntityStore::new(),
+            types: Types::new(),
+            cedar: cedar_policy::Authorizer::new(),
+            unsupported: UnsupportedArguments::Deny,
+            audit: None,
+        }
+    }
+
+    /// Records every decision made through [`Self::authorize`] / [`Self::check`].
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Drops argument values Cedar cannot represent instead of denying the call. A
+    /// `forbid` on such a value can then not fire: only when your policies never read them.
+    pub fn dangerous_drop_unsupported_arguments(mut self) -> Self {
+        self.unsupported = UnsupportedArguments::Drop;
+        self
+    }
+
+    /// The server this authorizer protects.
+    pub fn server(&self) -> &ServerId {
+        &self.server
+    }
+
+    /// The policy store (for reloads and introspection).
+    pub fn policies(&self) -> &Arc<PolicyStore> {
+        &self.policies
+    }
+
+    /// The revocation watcher.
+    pub fn revocations(&self) -> &RevocationWatcher {
+        &self.revocations
+    }
+
+    /// The plain API for servers not built on rmcp: decides `request` of `peer` now, and
+    /// records an audit event.
+    pub fn check(&self, peer: &Peer, request: &McpRequest) -> Decision {
+        self.authorize(peer, request, SystemTime::now())
+    }
+
+    /// Decides `request` of `peer` at `now`, and records an audit event.
+    pub fn authorize(&self, peer: &Peer, request: &McpRequest, now: SystemTime) -> Decision {
+        let start = Instant::now();
+        let decision = self.decide(peer, request, now);
+        if let Some(audit) = &self.audit {
+            audit.record(&self.server, peer, request, &decision, start.elapsed());
+        } else {
+            crate::audit::trace(&self.server, peer, request, &decision, start.elapsed());
+        }
+        decision
+    }
+
+    /// Whether `peer` may use the `kind` target `name`: the same checks as a call with
+    /// no arguments, for filtering `tools/list`, `resources/list` and `prompts/list`.
+    /// Not audited per item.
+    pub fn permits_listing(&self, peer: &Peer, kind: ScopeKind, name: &str) -> bool {
+        let req = McpRequest {
+            method: McpMethod::for_kind(kind),
+            target: name.to_owned(),
+            arguments: None,
+        };
+        self.decide(peer, &req, SystemTime::now()).allowed
+    }
+
+    /// Decides without recording an audit event.
+    pub fn decide(&self, peer: &Peer, request: &McpRequest, now: SystemTime) -> Decision {
+        let Peer::Task {
+            client,
+            task,
+            claims,
+            serial_hex,
+            not_after_unix,
+        } = peer
+        else {
+            return Decision::deny(Reason::NotATask, format!("{peer} is not a task"));
+        };
+        let now_unix = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if now_unix >= *not_after_unix {
+            return Decision::deny(Reason::Expired, format!("SVID expired at {not_after_unix}"));
+        }
+        if now_unix >= claims.deadline_unix {
+            return Decision::deny(
+                Reason::Expired,
+                format!("task deadline {} passed", claims.deadline_unix),
+            );
+        }
+        if claims.server != self.server {
+            return Decision::deny(
+                Reason::WrongServer,
+                format!(
+                    "task granted for {}, this is {}",
+                    claims.server, self.server
+                ),
+            );
+        }
+        match self.revocations.status(&task.task, serial_hex) {
+            RevocationStatus::NotRevoked => {}
+            RevocationStatus::Revoked { reason } => {
+                return Decision::deny(Reason::Revoked, format!("task revoked: {reason}"));
+            }
+            RevocationStatus::Stale => {
+                return Decision::deny(
+                    Reason::RevocationFeedStale,
+                    "revocation feed is stale; task credentials refused",
+                );
+            }
+        }
+        let kind = request.method.scope_kind();
+        if !claims
+            .scopes
+            .iter()
+            .any(|s| s.permits(&self.server.name, kind, &request.target))
+        {
+            return Decision::deny(
+                Reason::OutOfScope,
+                format!(
+                    "{}/{}/{} not granted",
+                    self.server.name, kind, request.target
+                ),
+            );
+        }
+        self.cedar_decide(client, peer, request, now_unix)
+    }
+
+    fn client_entity_id(&self, client: &ClientId) -> String {
+        if client.trust_domain() == self.server.trust_domain() {
+            client.name.to_string()
+        } else {
+            client.to_string()
+        }
+    }
+
+    fn cedar_decide(
+        &self,
+        client: &ClientId,
+        peer: &Peer,
+        request: &McpRequest,
+        now_unix: i64,
+    ) -> Decision {
+        let (Some(task), Some(claims)) = (peer.task(), peer.claims()) else {
+            return Decision::deny(Reason::NotATask, "not a task");
+        };
+        let arguments = match &request.arguments {
+            None => RestrictedExpression::new_record(Vec::new()).expect("empty record"),
+            Some(map) => {
+                let c = json::to_cedar_record(map);
+                if !c.unsupported.is_empty() {
+                    if self.unsupported == UnsupportedArguments::Deny {
+                        return Decision::deny(
+                            Reason::UnsupportedArguments,
+                            c.unsupported.join("; "),
+                        );
+                    }
+                    tracing::debug!(dropped = ?c.unsupported, "tessera-verify: dropped unsupported arguments");
+                }
+                c.record
+            }
+        };
+        let task_id = task.task.to_string();
+        let client_name = self.client_entity_id(client);
+        let task_uid =
+            EntityUid::from_type_name_and_id(self.types.task.clone(), EntityId::new(&task_id));
+        let client_uid = EntityUid::from_type_name_and_id(
+            self.types.client.clone(),
+            EntityId::new(&client_name),
+        );
+        let (action, rtype) = match request.method {
+            McpMethod::ToolsCall => (&self.types.actions[0], &self.types.tool),
+            McpMethod::ResourcesRead => (&self.types.actions[1], &self.types.resource),
+            McpMethod::PromptsGet => (&self.types.actions[2], &self.types.prompt),
+        };
+        let resource =
+            EntityUid::from_type_name_and_id(rtype.clone(), EntityId::new(&request.target));
+        let s = RestrictedExpression::new_string;
+        let context = Context::from_pairs([
+            ("task_id".to_owned(), s(task_id)),
+            ("client".to_owned(), s(client_name)),
+            ("subject".to_owned(), s(claims.subject.clone())),
+            ("purpose".to_owned(), s(claims.purpose.clone())),
+            ("consent_id".to_owned(), s(claims.consent_id.clone())),
+            (
+                "scopes".to_owned(),
+                RestrictedExpression::new_set(claims.scopes.iter().map(|sc| s(sc.to_string()))),
+            ),
+            ("now".to_owned(), RestrictedExpression::new_long(now_unix)),
+            (
+                "deadline".to_owned(),
+                RestrictedExpression::new_long(claims.deadline_unix),
+            ),
+            ("arguments".to_owned(), arguments),
+        ]);
+        let context = match context {
+            Ok(c) => c,
+            Err(e) => return Decision::deny(Reason::PolicyError, format!("context: {e}")),
+        };
+        let request = match Request::new(task_uid.clone(), action.clone(), resource, context, None)
+        {
+            Ok(r) => r,
+            Err(e) => return Decision::deny(Reason::PolicyError, format!("request: {e}")),
+        };
+        let entities =
+            self.entities
+                .with_task(&task_uid, &client_uid, peer.not_after_unix(), now_unix);
+        let loaded = self.policies.guard();
+        if loaded.policies.is_empty() {
+            return Decision::deny(Reason::NoPolicies, "no policies loaded");
+        }
+        let response = self
+            .cedar
+            .is_authorized(&request, &loaded.policies, &entities);
+        let diag = response.diagnostics();
+        let policy_ids: Vec<String> = diag.reason().map(|p| p.to_string()).collect();
+        let errors: Vec<String> = diag.errors().map(|e| e.to_string()).collect();
+        if !errors.is_empty() {
+            return Decision {
+                allowed: false,
+                reason: Reason::PolicyError,
+                policy_ids,
+                detail: errors.join("; "),
+            };
+        }
+        match response.decision() {
+            cedar_policy::Decision::Allow => Decision::allow(policy_ids),
+            cedar_policy::Decision::Deny if policy_ids.is_empty() => {
+                Decision::deny(Reason::NoPolicyPermits, "no policy permits")
+            }
+            cedar_policy::Decision::Deny => Decision {
+                allowed: false,
+                reason: Reason::PolicyForbids,
+                detail: format!("forbidden by {}", policy_ids.join(", ")),
+                policy_ids,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,95 @@
+//! # tessera-verify
+//!
+//! The library an MCP server links to authorize **every** request over mTLS: *is this
+//! exact client, in this exact task, allowed to perform this exact operation, right now?*
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`trust`] | where the own SVID and the bundles come from (Workload API or PEM files), published through one `watch` seam |
+//! | [`tls`] | rustls `ServerConfig` that requires a SPIFFE client certificate; client config pinning a server id |
+//! | [`peer`] | the connection's identity ([`Peer`]), parsed once from the verified leaf |
+//! | [`revocation`] | the agent's revocation feed, with a staleness bound that fails closed |
+//! | [`authz`] | the per-request [`Decision`]: expiry, revocation, scopes, Cedar |
+//! | [`mcp`] | enforcement for rmcp 3 servers ([`mcp::Enforced`]) and MCP session binding |
+//! | [`audit`] | every decision as a `tracing` event and optional JSON lines |
+//!
+//! ## Serving rmcp over mTLS
+//!
+//! ```ignore
+//! use std::sync::Arc;
+//! use tessera_verify::{Authorizer, Peer, ServerTlsBuilder, RevocationWatcher};
+//! use tessera_verify::authz::policy::{PolicyFiles, PolicyStore};
+//! use tessera_verify::mcp::{Enforced, SessionBindingLayer};
+//! use tessera_verify::revocation::WatcherConfig;
+//!
+//! // 1. Trust: own SVID spiffe://<td>/mcp/<server> + bundle, from the agent ...
+//! let (trust, _t) = tessera_verify::trust::workload::connect(Some("unix:///run/tessera/workload.sock"), server_id.clone()).await?;
+//! //    ... or from PEM files, polled for changes:
+//! // let (trust, _t) = tessera_verify::trust::files::spawn(FileTrustConfig::new(server_id.clone(), bundle, chain, key))?;
+//!
+//! // 2. TLS: client certificate required; own trust domain only unless allow_trust_domain(..).
+//! let mut tls = ServerTlsBuilder::new(trust).build()?;
+//! tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+//! let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+//!
+//! // 3. Revocations, policies, authorizer.
+//! let (revocations, _r) = RevocationWatcher::spawn(WatcherConfig::new("/run/tessera/workload.sock"));
+//! let policies = Arc::new(PolicyStore::load(PolicyFiles { policies, schema })?);
+//! let _p = policies.spawn_watch(std::time::Duration::from_secs(2));
+//! let authz = Arc::new(Authorizer::new(server_id, policies, revocations).with_audit(AuditLog::tracing_only()));
+//!
+//! // 4. rmcp service: wrap the handler; bind sessions to peers.
+//! let service = rmcp::transport::streamable_http_server::StreamableHttpService::new(
+//!     { let authz = authz.clone(); move || Ok(Enforced::new(MyHandler::default(), authz.clone())) },
+//!     Default::default(), Default::default());
+//! let service = tower::ServiceBuilder::new().layer(SessionBindingLayer::new()).service(service);
+//!
+//! // 5. Per TLS connection: parse the peer ONCE, insert it into every request.
+//! loop {
+//!     let (tcp, _) = listener.accept().await?;
+//!     let (acceptor, service) = (acceptor.clone(), service.clone());
+//!     tokio::spawn(async move {
+//!         let tls = acceptor.accept(tcp).await?;           // handshake = chain + profile checks
+//!         let peer = Arc::new(Peer::from_chain(tls.get_ref().1.peer_certificates())?);
+//!         let svc = tower::ServiceBuilder::new()
+//!             .map_request(move |mut req: http::Request<_>| { req.extensions_mut().insert(peer.clone()); req })
+//!             .service(service);
+//!         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+//!             .serve_connection(hyper_util::rt::TokioIo::new(tls), hyper_util::service::TowerToHyperService::new(svc))
+//!             .await
+//!     });
+//! }
+//! ```
+//!
+//! rmcp moves each POST's `http::request::Parts` (with its extensions) into the handler's
+//! `RequestContext.extensions`; [`mcp::Enforced`] reads the `Arc<Peer>` from there and
+//! refuses when it is missing. Non-rmcp servers call [`Authorizer::check`] per request.
+//!
+//! ## Agent runtimes
+//!
+//! [`tls::client_config`] builds a rustls `ClientConfig` that presents the task SVID and
+//! accepts only a server presenting exactly `spiffe://<td>/mcp/<server>`.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod authz;
+mod decision;
+pub mod mcp;
+pub mod peer;
+mod request;
+pub mod revocation;
+pub mod tls;
+pub mod trust;
+
+#[cfg(test)]
+mod testutil;
+
+pub use audit::AuditLog;
+pub use authz::Authorizer;
+pub use decision::{Decision, Reason};
+pub use peer::{Peer, PeerError};
+pub use request::{McpMethod, McpRequest};
+pub use revocation::{RevocationStatus, RevocationWatcher};
+pub use tls::{ServerTlsBuilder, TlsError};
+pub use trust::{TrustError, TrustMaterial, TrustSource};

@@ -1,0 +1,343 @@
+//! The revocation feed: which tasks (and SVID serials) are revoked, and whether we know.
+//!
+//! [`RevocationWatcher`] subscribes to the agent's `tessera.v1.Revocations/Watch` stream on
+//! the workload socket. Every message carries the full set; it replaces the previous one
+//! in an `ArcSwap`, so a lookup is one atomic load and a hash probe.
+//!
+//! Freshness: while the stream is open and has delivered its first message, the set is
+//! current (the agent pushes every change within milliseconds). After the stream breaks,
+//! the last set stays usable for the staleness bound (default 30 s) while the watcher
+//! reconnects with exponential backoff and jitter; past it, [`RevocationWatcher::status`]
+//! answers [`RevocationStatus::Stale`] and the authorizer refuses task credentials (fail
+//! closed). Before the first message the feed is stale too. HTTP/2 keep-alive on the
+//! channel detects a hung agent that keeps the socket open.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tessera_identity::TaskId;
+use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
+use tessera_proto::tessera::v1::{RevocationSet, WatchRevocationsRequest};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+/// The default staleness bound.
+pub const DEFAULT_STALENESS: Duration = Duration::from_secs(30);
+
+/// What the feed says about one credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevocationStatus {
+    /// Not in the revoked set, and the set is fresh.
+    NotRevoked,
+    /// Revoked, with the agent's reason (`ended`, `deadline`, `consent_withdrawn`, ...).
+    Revoked {
+        /// The reason from the feed.
+        reason: String,
+    },
+    /// The feed is past its staleness bound (or never delivered): unknown, fail closed.
+    Stale,
+}
+
+/// The revoked set as of one feed message.
+#[derive(Debug, Default)]
+struct RevokedSet {
+    version: u64,
+    tasks: HashMap<TaskId, String>,
+    serials: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    set: ArcSwap<RevokedSet>,
+    /// Whether a stream is open and delivered at least one message.
+    live: AtomicBool,
+    /// Whether the set is fixed (tests): always fresh.
+    fixed: bool,
+    /// When the set was last known current: nanos since `base`; `u64::MAX` = never.
+    known_at_nanos: AtomicU64,
+    base: Instant,
+    staleness: Duration,
+    reconnects: AtomicU64,
+    last_update_unix_ms: AtomicU64,
+}
+
+/// The revocation set, kept current from the agent's feed. Cheap to clone (an `Arc`).
+#[derive(Clone, Debug)]
+pub struct RevocationWatcher {
+    inner: Arc<Inner>,
+}
+
+/// Reconnect and staleness settings for [`RevocationWatcher::spawn`].
+#[derive(Clone, Debug)]
+pub struct WatcherConfig {
+    /// The agent's workload socket.
+    pub socket: PathBuf,
+    /// After this long without a live stream, task credentials are refused.
+    pub staleness: Duration,
+    /// First reconnect delay; doubles up to `max_backoff`, with full jitter.
+    pub min_backoff: Duration,
+    /// Largest reconnect delay.
+    pub max_backoff: Duration,
+}
+
+impl WatcherConfig {
+    /// Defaults for `socket`: 30 s staleness, backoff 50 ms .. 5 s.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            staleness: DEFAULT_STALENESS,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+// === impl RevocationWatcher ===
+
+impl RevocationWatcher {
+    fn with(fixed: bool, staleness: Duration, set: RevokedSet) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                set: ArcSwap::from_pointee(set),
+                live: AtomicBool::new(false),
+                fixed,
+                known_at_nanos: AtomicU64::new(u64::MAX),
+                base: Instant::now(),
+                staleness,
+                reconnects: AtomicU64::new(0),
+                last_update_unix_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A watcher over a fixed set, always fresh: for tests and servers without an agent.
+    pub fn from_static(
+        tasks: impl IntoIterator<Item = TaskId>,
+        serials: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let set = RevokedSet {
+            version: 0,
+            tasks: tasks
+                .into_iter()
+                .map(|t| (t, "static".to_owned()))
+                .collect(),
+            serials: serials.into_iter().collect(),
+        };
+        Self::with(true, Duration::MAX, set)
+    }
+
+    /// A watcher that has not heard from any feed yet (stale until [`Self::apply`] is
+    /// called); for tests and for feeding the set from elsewhere.
+    pub fn detached(staleness: Duration) -> Self {
+        Self::with(false, staleness, RevokedSet::default())
+    }
+
+    /// Starts watching the agent's feed on `config.socket`; returns at once (stale until
+    /// the first message arrives). The task runs until the returned handle is aborted.
+    pub fn spawn(config: WatcherConfig) -> (Self, JoinHandle<()>) {
+        let watcher = Self::detached(config.staleness);
+        let w = watcher.clone();
+        let handle = tokio::spawn(async move { w.run(config).await });
+        (watcher, handle)
+    }
+
+    /// What the feed says about a task's credential with leaf serial `serial_hex`.
+    pub fn status(&self, task: &TaskId, serial_hex: &str) -> RevocationStatus {
+        if !self.is_fresh() {
+            return RevocationStatus::Stale;
+        }
+        let set = self.inner.set.load();
+        if let Some(reason) = set.tasks.get(task) {
+            return RevocationStatus::Revoked {
+                reason: reason.clone(),
+            };
+        }
+        if set.serials.contains(serial_hex) {
+            return RevocationStatus::Revoked {
+                reason: "serial revoked".to_owned(),
+            };
+        }
+        RevocationStatus::NotRevoked
+    }
+
+    /// Whether the set is current: fixed, a live stream, or lost for less than the bound.
+    pub fn is_fresh(&self) -> bool {
+        let inner = &self.inner;
+        if inner.fixed || inner.live.load(Ordering::Acquire) {
+            return true;
+        }
+        let known = inner.known_at_nanos.load(Ordering::Acquire);
+        if known == u64::MAX {
+            return false;
+        }
+        let now = Instant::now()
+            .saturating_duration_since(inner.base)
+            .as_nanos() as u64;
+        now.saturating_sub(known) <= inner.staleness.as_nanos().min(u64::MAX as u128) as u64
+    }
+
+    /// Whether a feed stream is open right now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.live.load(Ordering::Acquire)
+    }
+
+    /// How many times the watcher reconnected (for metrics).
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Wall-clock time of the last applied feed message, Unix milliseconds (0 = never).
+    pub fn last_update_unix_ms(&self) -> u64 {
+        self.inner.last_update_unix_ms.load(Ordering::Relaxed)
+    }
+
+    /// The version of the last applied set (0 before any).
+    pub fn version(&self) -> u64 {
+        self.inner.set.load().version
+    }
+
+    /// Number of revoked tasks in the current set.
+    pub fn revoked_count(&self) -> usize {
+        self.inner.set.load().tasks.len()
+    }
+
+    /// Replaces the set with one feed message and marks it current as of now.
+    pub fn apply(&self, msg: &RevocationSet) {
+        let mut set = RevokedSet {
+            version: msg.version,
+            ..RevokedSet::default()
+        };
+        for r in &msg.revoked {
+            match r.task_id.parse::<TaskId>() {
+                Ok(id) => {
+                    set.tasks.insert(id, r.reason.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %r.task_id, error = %e, "tessera-verify: revocation entry with an invalid task id; keeping its serials");
+                }
+            }
+            set.serials
+                .extend(r.serials.iter().map(|s| s.to_ascii_lowercase()));
+        }
+        self.inner.set.store(Arc::new(set));
+        self.mark_known();
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.inner.last_update_unix_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn mark_known(&self) {
+        let now = Instant::now()
+            .saturating_duration_since(self.inner.base)
+            .as_nanos() as u64;
+        self.inner.known_at_nanos.store(now, Ordering::Release);
+    }
+
+    fn set_live(&self, live: bool) {
+        if !live && self.inner.live.load(Ordering::Acquire) {
+            // The set was current up to the moment the stream broke.
+            self.mark_known();
+        }
+        self.inner.live.store(live, Ordering::Release);
+    }
+
+    async fn run(self, config: WatcherConfig) {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.stream_once(&config.socket).await {
+                Ok(()) => tracing::warn!("tessera-verify: revocation feed ended; reconnecting"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "tessera-verify: revocation feed failed; reconnecting")
+                }
+            }
+            if self.set_live_false_was_live() {
+                attempt = 0;
+            }
+            let delay = backoff(attempt, config.min_backoff, config.max_backoff);
+            attempt = attempt.saturating_add(1);
+            if !self.is_fresh() {
+                tracing::error!(
+                    staleness_secs = config.staleness.as_secs_f64(),
+                    "tessera-verify: revocation feed is stale; task credentials are refused until it is back"
+                );
+            }
+            tokio::time::sleep(delay).await;
+            self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks the stream down; returns whether it had been live (to reset the backoff).
+    fn set_live_false_was_live(&self) -> bool {
+        let was = self.inner.live.load(Ordering::Acquire);
+        self.set_live(false);
+        was
+    }
+
+    async fn stream_once(&self, socket: &Path) -> Result<(), tonic::Status> {
+        let channel = connect(socket)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = RevocationsClient::new(channel);
+        let mut req = tonic::Request::new(WatchRevocationsRequest {});
+        req.metadata_mut().insert(
+            "workload.spiffe.io",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        let mut stream = client.watch(req).await?.into_inner();
+        while let Some(msg) = stream.message().await? {
+            self.apply(&msg);
+            if !self.inner.live.swap(true, Ordering::AcqRel) {
+                tracing::info!(
+                    version = msg.version,
+                    revoked = msg.revoked.len(),
+                    "tessera-verify: revocation feed live"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Exponential backoff with full jitter: a uniform delay in `[min, min * 2^attempt]`,
+/// capped at `max`.
+fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let ceiling = min
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(max)
+        .max(min);
+    let span = ceiling.saturating_sub(min).as_millis() as u64;
+    let jitter = if span == 0 {
+        0
+    } else {
+        rand::random_range(0..=span)
+    };
+    min + Duration::from_millis(jitter)
+}
+
+async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = socket.to_owned();
+    Endpoint::from_static("http://tessera.invalid")
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! The watcher against a real tonic `Revocations` server on a unix socket.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use tessera_proto::tessera::v1::revocations_server::{Revocations, RevocationsServer};
+use tessera_proto::tessera::v1::{RevocationSet, RevokedTask, WatchRevocationsRequest};
+use tokio::sync::watch;
+use tokio_stream::Stream;
+
+use super::*;
+use crate::testutil::TASK_ULID;
+
+type SetStream = Pin<Box<dyn Stream<Item = Result<RevocationSet, tonic::Status>> + Send>>;
+
+#[derive(Clone)]
+struct Feed {
+    sets: watch::Receiver<RevocationSet>,
+    kill: watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl Revocations for Feed {
+    type WatchStream = SetStream;
+
+    async fn watch(
+        &self,
+        req: tonic::Request<WatchRevocationsRequest>,
+    ) -> Result<tonic::Response<SetStream>, tonic::Status> {
+        assert_eq!(req.metadata().get("workload.spiffe.io").unwrap(), "true");
+        let mut kill = self.kill.clone();
+        let mut sets = self.sets.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let first = { sets.borrow_and_update().clone() };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = async { kill.wait_for(|k| *k).await.map(|_| ()) } => return,
+                    r = sets.changed() => {
+                        if r.is_err() { return; }
+                        let s = { sets.borrow_and_update().clone() };
+                        if tx.send(Ok(s)).await.is_err() { return; }
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+struct TestServer {
+    kill: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+fn serve(path: &Path, sets: watch::Receiver<RevocationSet>) -> TestServer {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path).unwrap();
+    let (kill, kill_rx) = watch::channel(false);
+    let feed = Feed {
+        sets,
+        kill: kill_rx,
+    };
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(RevocationsServer::new(feed))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    TestServer { kill, task }
+}
+
+impl TestServer {
+    fn stop(self, path: &Path) {
+        self.kill.send_replace(true);
+        self.task.abort();
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn set(version: u64, revoked: &[&str]) -> RevocationSet {
+    RevocationSet {
+        version,
+        trust_domain: "acme.corp".into(),
+        revoked: revoked
+            .iter()
+            .map(|t| RevokedTask {
+                task_id: (*t).into(),
+                spiffe_id: String::new(),
+                serials: vec!["0A1B".into()],
+                reason: "ended".into(),
+                revoked_at_unix_ms: 0,
+                until_unix: 0,
+            })
+            .collect(),
+    }
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn follows_feed_goes_stale_and_reconnects_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("workload.sock");
+    let (tx, rx) = watch::channel(set(1, &[]));
+    let server = serve(&sock, rx.clone());
+
+    let mut config = WatcherConfig::new(&sock);
+    config.staleness = Duration::from_millis(300);
+    config.min_backoff = Duration::from_millis(10);
+    config.max_backoff = Duration::from_millis(50);
+    let (w, handle) = RevocationWatcher::spawn(config);
+    let task: TaskId = TASK_ULID.parse().unwrap();
+
+    eventually("first message", || w.version() == 1).await;
+    assert!(w.is_fresh() && w.is_connected());
+    assert_eq!(w.status(&task, "99"), RevocationStatus::NotRevoked);
+
+    let t0 = Instant::now();
+    tx.send_replace(set(2, &[TASK_ULID]));
+    eventually("revocation applied", || {
+        w.status(&task, "99") != RevocationStatus::NotRevoked
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        w.status(&task, "99"),
+        RevocationStatus::Revoked {
+            reason: "ended".into()
+        }
+    );
+    let other: TaskId = "01BX5ZZKBKACTAV9WEVGEMMVRZ".parse().unwrap();
+    assert!(
+        matches!(w.status(&other, "0a1b"), RevocationStatus::Revoked { .. }),
+        "by serial"
+    );
+    assert!(w.last_update_unix_ms() > 0);
+
+    // The agent goes away: the set stays usable for the bound, then fails closed.
+    server.stop(&sock);
+    eventually("disconnect noticed", || !w.is_connected()).await;
+    eventually("stale after the bound", || !w.is_fresh()).await;
+    assert_eq!(w.status(&other, "99"), RevocationStatus::Stale);
+    let reconnects_while_down = w.reconnects();
+    assert!(reconnects_while_down > 0);
+
+    // The agent comes back with a newer set: fresh again.
+    tx.send_replace(set(3, &[]));
+    let server = serve(&sock, rx);
+    eventually("reconnected", || w.is_fresh() && w.version() == 3).await;
+    assert_eq!(w.status(&task, "99"), RevocationStatus::NotRevoked);
+    server.stop(&sock);
+    handle.abort();
+}
+
+#[tokio::test]
+async fn never_connected_is_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = WatcherConfig::new(dir.path().join("missing.sock"));
+    config.min_backoff = Duration::from_millis(5);
+    config.max_backoff = Duration::from_millis(10);
+    let (w, handle) = RevocationWatcher::spawn(config);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let task: TaskId = TASK_ULID.parse().unwrap();
+    assert_eq!(w.status(&task, "1"), RevocationStatus::Stale);
+    assert!(w.reconnects() > 0);
+    handle.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn detached_watcher_goes_stale_after_the_bound() {
+    let w = RevocationWatcher::detached(Duration::from_secs(30));
+    let task: TaskId = TASK_ULID.parse().unwrap();
+    assert_eq!(w.status(&task, "1"), RevocationStatus::Stale);
+    w.apply(&set(1, &[]));
+    // Applied but never live: fresh for the bound from the message, then stale.
+    assert_eq!(w.status(&task, "1"), RevocationStatus::NotRevoked);
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(w.is_fresh());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(w.status(&task, "1"), RevocationStatus::Stale);
+}
+
+#[test]
+fn backoff_stays_within_bounds() {
+    let min = Duration::from_millis(50);
+    let max = Duration::from_secs(5);
+    for attempt in 0..40 {
+        let d = backoff(attempt, min, max);
+        assert!(d >= min && d <= max, "{attempt}: {d:?}");
+    }
+}

@@ -1,0 +1,381 @@
+//! rustls configs: the server side that requires and checks SPIFFE client certificates,
+//! and the client side that agent runtimes use to pin an MCP server's identity.
+//!
+//! rustls' built-in `WebPkiClientVerifier` takes a fixed root store and knows nothing of
+//! trust domains or the SVID profile, and spiffe-rustls only builds from a live
+//! `X509Source` with private verifier types; our material changes at runtime from either
+//! source (Workload API or files), so [`SpiffeClientVerifier`] reads the current
+//! [`TrustSource`] on every handshake and delegates path validation to a webpki verifier
+//! built once per bundle version.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tessera_identity::{ServerId, TrustDomain, check_leaf_svid};
+
+use crate::peer::Peer;
+use crate::trust::TrustSource;
+use crate::trust::provider;
+
+/// Why a TLS config could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// rustls refused the configuration (versions, key, certificate).
+    #[error("rustls: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The bundle for the client config is empty or unusable.
+    #[error("bundle: {0}")]
+    Bundle(String),
+}
+
+/// Which trust domains a [`SpiffeClientVerifier`] accepts client certificates from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TrustDomainPolicy {
+    /// The own trust domain plus an explicit allow-list.
+    AllowList(BTreeSet<TrustDomain>),
+    /// Any trust domain that has a bundle. Spelled `dangerous_*` on the builder.
+    AnyWithBundle,
+}
+
+/// Builds the server-side rustls config: a mandatory client certificate that chains to
+/// the bundle of an allowed trust domain and fits the SVID profile, and the own SVID
+/// served from the current trust material.
+#[derive(Clone, Debug)]
+pub struct ServerTlsBuilder {
+    source: TrustSource,
+    policy: TrustDomainPolicy,
+}
+
+// === impl ServerTlsBuilder ===
+
+impl ServerTlsBuilder {
+    /// Accepts clients of the own trust domain only (the default).
+    pub fn new(source: TrustSource) -> Self {
+        Self {
+            source,
+            policy: TrustDomainPolicy::AllowList(BTreeSet::new()),
+        }
+    }
+
+    /// Also accepts clients of `trust_domain`, if the trust material holds its bundle.
+    pub fn allow_trust_domain(mut self, trust_domain: TrustDomain) -> Self {
+        if let TrustDomainPolicy::AllowList(set) = &mut self.policy {
+            set.insert(trust_domain);
+        }
+        self
+    }
+
+    /// Accepts clients of *any* trust domain whose bundle the material holds. Every
+    /// federated bundle then becomes a source of valid callers: only for labs.
+    pub fn dangerous_allow_any_trust_domain(mut self) -> Self {
+        self.policy = TrustDomainPolicy::AnyWithBundle;
+        self
+    }
+
+    /// The client-certificate verifier alone (to compose your own `ServerConfig`).
+    pub fn client_verifier(&self) -> Arc<SpiffeClientVerifier> {
+        Arc::new(SpiffeClientVerifier {
+            source: self.source.clone(),
+            policy: self.policy.clone(),
+            provider: provider(),
+        })
+    }
+
+    /// The cert resolver alone: serves the current own SVID.
+    pub fn cert_resolver(&self) -> Arc<OwnSvidResolver> {
+        Arc::new(OwnSvidResolver {
+            source: self.source.clone(),
+        })
+    }
+
+    /// A complete rustls `ServerConfig` (TLS 1.2 and 1.3, ring). Set `alpn_protocols` on
+    /// the result to what your HTTP server speaks (e.g. `h2`, `http/1.1`).
+    ///
+    /// # Errors
+    /// [`TlsError::Rustls`] if rustls refuses the protocol versions.
+    pub fn build(&self) -> Result<ServerConfig, TlsError> {
+        Ok(ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(self.client_verifier())
+            .with_cert_resolver(self.cert_resolver()))
+    }
+}
+
+/// A rustls client-certificate verifier over the live [`TrustSource`].
+///
+/// Per handshake: the leaf must fit the SVID profile and be a Tessera client, task (with
+/// claims) or server id ([`Peer::from_leaf_der`]); its trust domain must be the own one or
+/// allowed; then webpki validates the chain against that trust domain's bundle at `now`
+/// (signatures, validity, clientAuth EKU).
+pub struct SpiffeClientVerifier {
+    source: TrustSource,
+    policy: TrustDomainPolicy,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for SpiffeClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpiffeClientVerifier")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+fn refuse(reason: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(reason))))
+}
+
+/// A refusal reason that is just text.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refusal(String);
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The bundle changes at runtime and this must borrow from `self`; sending no hints
+        // is allowed (RFC 8446 §4.2.4) and SPIFFE clients present their SVID regardless.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let result = self.verify(end_entity, intermediates, now);
+        if let Err(e) = &result {
+            tracing::info!(error = %e, "tessera-verify: client certificate refused");
+        }
+        result
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl SpiffeClientVerifier {
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let material = self
+            .source
+            .current()
+            .ok_or_else(|| rustls::Error::General("no trust material yet".into()))?;
+        let peer = Peer::from_leaf_der(end_entity.as_ref()).map_err(refuse)?;
+        let td = peer.trust_domain();
+        let own = material.own_id().trust_domain();
+        let allowed = td == own
+            || match &self.policy {
+                TrustDomainPolicy::AllowList(set) => set.contains(td),
+                TrustDomainPolicy::AnyWithBundle => true,
+            };
+        if !allowed {
+            return Err(refuse(Refusal(format!(
+                "trust domain {td} is not allowed (own: {own})"
+            ))));
+        }
+        let verifier = material
+            .client_verifier(td)
+            .ok_or(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ))?;
+        verifier.verify_client_cert(end_entity, intermediates, now)
+    }
+}
+
+/// Serves the own SVID from the current trust material on every handshake.
+#[derive(Debug)]
+pub struct OwnSvidResolver {
+    source: TrustSource,
+}
+
+impl ResolvesServerCert for OwnSvidResolver {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.source.current().map(|m| m.certified_key().clone())
+    }
+}
+
+/// A server-certificate verifier for agent runtimes: the server must present exactly
+/// `expected` (`spiffe://<td>/mcp/<server>`), fit the SVID profile, and chain to `roots`.
+///
+/// The TLS server name the client connects with is ignored: SPIFFE identity replaces DNS
+/// names (SVIDs carry no DNS SAN), so pass any name, e.g. `ServerName::try_from("mcp")`.
+pub struct ExpectedServerVerifier {
+    expected: String,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for ExpectedServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExpectedServerVerifier")
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExpectedServerVerifier {
+    /// A verifier for `expected`, trusting the CA certificates in `bundle` (DER).
+    ///
+    /// # Errors
+    /// [`TlsError::Bundle`] if `bundle` is empty or a certificate is not a usable anchor.
+    pub fn new(
+        expected: &ServerId,
+        bundle: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for cert in bundle {
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Bundle(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::Bundle("empty bundle".into()));
+        }
+        Ok(Self {
+            expected: expected.to_string(),
+            roots: Arc::new(roots),
+            provider: provider(),
+        })
+    }
+}
+
+impl ServerCertVerifier for ExpectedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let leaf = check_leaf_svid(end_entity.as_ref()).map_err(refuse)?;
+        if leaf.spiffe_id != self.expected {
+            return Err(refuse(Refusal(format!(
+                "server presented {:?}, expected {:?}",
+                leaf.spiffe_id, self.expected
+            ))));
+        }
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A rustls `ClientConfig` for an agent runtime: presents `chain` + `key` (e.g. a task
+/// SVID picked by hint from the Workload API) and accepts only a server presenting exactly
+/// `expected`, chaining to `bundle`. Set `alpn_protocols` on the result as needed.
+///
+/// # Errors
+/// [`TlsError`] for an unusable bundle, or a key rustls refuses.
+pub fn client_config(
+    expected: &ServerId,
+    bundle: impl IntoIterator<Item = CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ClientConfig, TlsError> {
+    let verifier = Arc::new(ExpectedServerVerifier::new(expected, bundle)?);
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)?)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! Trust material from PEM files, for servers that run without an agent.
+//!
+//! The files are polled (size + mtime) every [`FileTrustConfig::poll_interval`]; a change
+//! triggers a reload, and a reload that fails validation keeps the last good material and
+//! logs why. A half-written pair (new chain, old key) fails as a key mismatch and is
+//! retried on the next change, so writing the chain and then the key converges.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+};
+use tessera_identity::{ServerId, TrustDomain};
+use tokio::task::JoinHandle;
+
+use super::material::unix_now;
+use super::{TrustError, TrustMaterial, TrustPublisher, TrustSource};
+
+/// Where the PEM files are and how often to look at them.
+#[derive(Clone, Debug)]
+pub struct FileTrustConfig {
+    /// The server's own identity; the leaf in `cert_chain` must be exactly this.
+    pub own_id: ServerId,
+    /// CA certificates (PEM) of the own trust domain.
+    pub bundle: PathBuf,
+    /// The own certificate chain (PEM), leaf first.
+    pub cert_chain: PathBuf,
+    /// The own private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// Bundles (PEM) of other trust domains. They are only *accepted* by the TLS verifier
+    /// when that trust domain is on its explicit allow-list.
+    pub extra_bundles: Vec<(TrustDomain, PathBuf)>,
+    /// How often to check the files for changes.
+    pub poll_interval: Duration,
+}
+
+impl FileTrustConfig {
+    /// A config for the own bundle, chain and key, polled every 5 seconds.
+    pub fn new(own_id: ServerId, bundle: PathBuf, cert_chain: PathBuf, key: PathBuf) -> Self {
+        Self {
+            own_id,
+            bundle,
+            cert_chain,
+            key,
+            extra_bundles: Vec::new(),
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        [
+            self.bundle.as_path(),
+            self.cert_chain.as_path(),
+            self.key.as_path(),
+        ]
+        .into_iter()
+        .chain(self.extra_bundles.iter().map(|(_, p)| p.as_path()))
+    }
+}
+
+/// Loads and validates the files once.
+///
+/// # Errors
+/// A [`TrustError`] for an unreadable file, bad PEM, or material that fails validation.
+pub fn load(config: &FileTrustConfig) -> Result<TrustMaterial, TrustError> {
+    let chain = read_certs(&config.cert_chain)?;
+    let key = read_key(&config.key)?;
+    let mut bundles = BTreeMap::new();
+    bundles.insert(
+        config.own_id.trust_domain().clone(),
+        read_certs(&config.bundle)?,
+    );
+    for (td, path) in &config.extra_bundles {
+        bundles.insert(td.clone(), read_certs(path)?);
+    }
+    TrustMaterial::new(config.own_id.clone(), chain, key, bundles, unix_now())
+}
+
+/// Loads the files, publishes them, and spawns a task that reloads them on change.
+///
+/// The first load must succeed. Stops when every [`TrustSource`] is dropped.
+///
+/// # Errors
+/// As [`load`], for the first load.
+pub fn spawn(config: FileTrustConfig) -> Result<(TrustSource, JoinHandle<()>), TrustError> {
+    let first = load(&config)?;
+    let (publisher, source) = TrustSource::channel();
+    let mut good = fingerprint(&config);
+    publisher.publish(first);
+    let handle = tokio::spawn(async move {
+        let mut failed: Option<Vec<Stamp>> = None;
+        let mut tick = tokio::time::interval(config.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if publisher.is_closed() {
+                return;
+            }
+            let now = fingerprint(&config);
+            if now == good || Some(&now) == failed.as_ref() {
+                continue;
+            }
+            reload(&config, &publisher, &now, &mut good, &mut failed);
+        }
+    });
+    Ok((source, handle))
+}
+
+fn reload(
+    config: &FileTrustConfig,
+    publisher: &TrustPublisher,
+    now: &[Stamp],
+    good: &mut Vec<Stamp>,
+    failed: &mut Option<Vec<Stamp>>,
+) {
+    match load(config) {
+        Ok(material) => {
+            publisher.publish(material);
+            *good = now.to_vec();
+            *failed = None;
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                cert_chain = %config.cert_chain.display(),
+                "tessera-verify: reloading trust files failed; keeping the last good material"
+            );
+            *failed = Some(now.to_vec());
+        }
+    }
+}
+
+type Stamp = Option<(u64, SystemTime)>;
+
+fn fingerprint(config: &FileTrustConfig) -> Vec<Stamp> {
+    config
+        .paths()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)))
+        })
+        .collect()
+}
+
+fn file_err(path: &Path, reason: impl ToString) -> TrustError {
+    TrustError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn read_pems(path: &Path) -> Result<Vec<pem::Pem>, TrustError> {
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    pem::parse_many(bytes).map_err(|e| file_err(path, e))
+}
+
+/// Reads every `CERTIFICATE` block of a PEM file, in order.
+///
+/// # Errors
+/// [`TrustError::File`] if the file cannot be read, is not PEM, or has no certificate.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
+    let certs: Vec<_> = read_pems(path)?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    if certs.is_empty() {
+        return Err(file_err(path, "no CERTIFICATE block"));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key block (PKCS#8, SEC1 or PKCS#1) of a PEM file.
+///
+/// # Errors
+/// [`TrustError::File`] if the file cannot be read, is not PEM, or has no key.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TrustError> {
+    for p in read_pems(path)? {
+        let key = match p.tag() {
+            "PRIVATE KEY" => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.into_contents())),
+            "EC PRIVATE KEY" => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(p.into_contents())),
+            "RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(p.into_contents())),
+            _ => continue,
+        };
+        return Ok(key);
+    }
+    Err(file_err(path, "no private key block"))
+}

@@ -1,0 +1,125 @@
+//! Trust material from the SPIFFE Workload API (`spiffe::X509Source`).
+//!
+//! The server's own SVID is the one whose SPIFFE ID is exactly its configured
+//! `spiffe://<td>/mcp/<server>`: picked by id (both as the source's picker and when
+//! reading the context), not the stream's first SVID, so a workload that also holds
+//! other identities never serves the wrong one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use spiffe::x509_source::SvidPicker;
+use spiffe::{X509Source, X509Svid};
+use tessera_identity::{ServerId, TrustDomain};
+use tokio::task::JoinHandle;
+
+use super::material::unix_now;
+use super::{TrustError, TrustMaterial, TrustSource};
+
+/// Picks the SVID whose SPIFFE ID equals the configured one.
+#[derive(Debug)]
+struct ById(String);
+
+impl SvidPicker for ById {
+    fn pick_svid(&self, svids: &[Arc<X509Svid>]) -> Option<usize> {
+        svids
+            .iter()
+            .position(|s| s.spiffe_id().to_string() == self.0)
+    }
+}
+
+/// Connects to the Workload API at `endpoint` (`unix:///path`; `None` reads
+/// `SPIFFE_ENDPOINT_SOCKET`), waits for the first valid material for `own_id`, publishes
+/// it, and spawns a task that republishes on every update.
+///
+/// An update that fails validation (no SVID for `own_id`, expired, key mismatch, no own
+/// bundle) is logged and the last good material kept.
+///
+/// # Errors
+/// [`TrustError::WorkloadApi`] if the source cannot be built, or the first material is
+/// unusable.
+pub async fn connect(
+    endpoint: Option<&str>,
+    own_id: ServerId,
+) -> Result<(TrustSource, JoinHandle<()>), TrustError> {
+    let mut builder = X509Source::builder().picker(ById(own_id.to_string()));
+    if let Some(ep) = endpoint {
+        builder = builder.endpoint(ep);
+    }
+    let source = builder
+        .build()
+        .await
+        .map_err(|e| TrustError::WorkloadApi(e.to_string()))?;
+    from_x509_source(source, own_id)
+}
+
+/// Publishes material from an existing `X509Source` and follows its updates.
+///
+/// # Errors
+/// As [`connect`], for the first material.
+pub fn from_x509_source(
+    source: X509Source,
+    own_id: ServerId,
+) -> Result<(TrustSource, JoinHandle<()>), TrustError> {
+    let first = material_from(&source, &own_id)?;
+    let (publisher, trust) = TrustSource::channel();
+    publisher.publish(first);
+    let mut updates = source.updated();
+    let handle = tokio::spawn(async move {
+        loop {
+            if updates.changed().await.is_err() {
+                tracing::warn!("tessera-verify: X509Source closed; keeping the last material");
+                return;
+            }
+            if publisher.is_closed() {
+                return;
+            }
+            match material_from(&source, &own_id) {
+                Ok(m) => publisher.publish(m),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "tessera-verify: Workload API update refused; keeping the last good material"
+                ),
+            }
+        }
+    });
+    Ok((trust, handle))
+}
+
+fn material_from(source: &X509Source, own_id: &ServerId) -> Result<TrustMaterial, TrustError> {
+    let ctx = source
+        .x509_context()
+        .map_err(|e| TrustError::WorkloadApi(e.to_string()))?;
+    let want = own_id.to_string();
+    let svid = ctx
+        .svids()
+        .iter()
+        .find(|s| s.spiffe_id().to_string() == want)
+        .ok_or_else(|| TrustError::WorkloadApi(format!("no SVID for {want} in the stream")))?;
+    let chain: Vec<CertificateDer<'static>> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
+        .collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        svid.private_key().as_bytes().to_vec(),
+    ));
+    let mut bundles = BTreeMap::new();
+    for (td, bundle) in ctx.bundle_set().iter() {
+        let Ok(td) = td.as_str().parse::<TrustDomain>() else {
+            tracing::warn!(
+                trust_domain = td.as_str(),
+                "tessera-verify: skipping bundle with an invalid trust domain"
+            );
+            continue;
+        };
+        let certs = bundle
+            .authorities()
+            .iter()
+            .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
+            .collect();
+        bundles.insert(td, certs);
+    }
+    TrustMaterial::new(own_id.clone(), chain, key, bundles, unix_now())
+}
