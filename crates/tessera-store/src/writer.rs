@@ -20,7 +20,10 @@
 //! 1. wait for one op, then take whatever else is already queued, up to [`MAX_BATCH`] ops;
 //! 2. `BEGIN IMMEDIATE`; run each op inside its own `SAVEPOINT`: an op that fails (a typed
 //!    error, or a database error such as a constraint violation) is rolled back to its
-//!    savepoint and fails alone, and the other ops in the batch still commit;
+//!    savepoint and fails alone, and the other ops in the batch still commit. (Savepoints
+//!    nest instead of being released, and the hot ops open theirs in the same query as
+//!    their statements: every statement is a round trip to sqlx's connection thread,
+//!    which costs tens of µs on a busy 2-core machine, so BeginTask is one round trip);
 //! 3. `COMMIT` once (one fsync);
 //! 4. publish what the batch changed (audit rows to [`crate::Store::subscribe_audit`] in
 //!    sequence order, entry and consent revision bumps), then reply to each op.
@@ -84,9 +87,13 @@ pub(crate) type RunFn<S, T> = for<'a> fn(
     &'a mut Effects,
 ) -> BoxFuture<'a, Result<T, StoreError>>;
 
-/// What a committed op publishes. Discarded if the op rolls back.
+/// What a committed op publishes (discarded if the op rolls back), and how it ran.
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
+    /// Set by an op queued with [`Writer::write_fused`] once it has sent the query that
+    /// opens its savepoint (`SAVEPOINT op` as the first statement), whether or not the
+    /// query then succeeded.
+    pub(crate) savepoint_opened: bool,
     /// Audit rows written, in `seq` order.
     pub(crate) audit: Vec<AuditRecord>,
     /// Registration entries created or deleted.
@@ -136,6 +143,8 @@ impl Notifier {
 /// One queued write, type-erased.
 trait Op: Send {
     fn name(&self) -> &'static str;
+    /// Whether the op opens its own savepoint (see [`Writer::write_fused`]).
+    fn own_savepoint(&self) -> bool;
     /// Runs the write; on `Ok` the op holds its output until [`Op::finish`].
     fn apply<'a>(
         &'a mut self,
@@ -149,6 +158,7 @@ trait Op: Send {
 /// A write with state `S` producing `T`.
 struct Job<S, T> {
     name: &'static str,
+    own_savepoint: bool,
     state: S,
     run: RunFn<S, T>,
     output: Option<T>,
@@ -158,6 +168,10 @@ struct Job<S, T> {
 impl<S: Send, T: Send> Op for Job<S, T> {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn own_savepoint(&self) -> bool {
+        self.own_savepoint
     }
 
     fn apply<'a>(
@@ -225,9 +239,41 @@ impl Writer {
         S: Send + 'static,
         T: Send + 'static,
     {
+        self.queue(name, false, state, run).await
+    }
+
+    /// Like [`Writer::write`], for a hot op that saves a round trip to the connection
+    /// thread by opening its own savepoint: its first query must start with the statement
+    /// `SAVEPOINT op`, it must set [`Effects::savepoint_opened`] as soon as it has sent
+    /// that query, and it must run no statement before it.
+    pub(crate) async fn write_fused<S, T>(
+        &self,
+        name: &'static str,
+        state: S,
+        run: RunFn<S, T>,
+    ) -> Result<T, StoreError>
+    where
+        S: Send + 'static,
+        T: Send + 'static,
+    {
+        self.queue(name, true, state, run).await
+    }
+
+    async fn queue<S, T>(
+        &self,
+        name: &'static str,
+        own_savepoint: bool,
+        state: S,
+        run: RunFn<S, T>,
+    ) -> Result<T, StoreError>
+    where
+        S: Send + 'static,
+        T: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             name,
+            own_savepoint,
             state,
             run,
             output: None,
@@ -320,47 +366,30 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Op>>, no
     let outcome: Result<(), sqlx::Error> = async {
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         while let Some(mut op) = pending.pop_front() {
-            if let Err(error) = sqlx::query("SAVEPOINT op").execute(&mut *conn).await {
-                pending.push_front(op);
-                return Err(error);
-            }
             let mut effects = Effects::default();
+            if !op.own_savepoint() {
+                if let Err(error) = sqlx::query("SAVEPOINT op").execute(&mut *conn).await {
+                    pending.push_front(op);
+                    return Err(error);
+                }
+                effects.savepoint_opened = true;
+            }
             let result = op.apply(conn, &mut effects).await;
-            let failed = result.is_err();
+            let rollback = result.is_err() && effects.savepoint_opened;
             if let Err(error) = &result {
                 tracing::debug!(op = op.name(), %error, "store write failed; rolled back alone");
             }
             done.push((op, result, effects));
-            if failed {
+            if rollback {
                 // If SQLite already rolled back the whole transaction, this fails and the
                 // batch is abandoned below.
                 sqlx::query("ROLLBACK TO op").execute(&mut *conn).await?;
             }
-            sqlx::query("RELEASE op").execute(&mut *conn).await?;
+            // Savepoints are not released: each op's nests in the previous one's, which
+            // saves a round trip per op; ROLLBACK TO targets the innermost (this op's),
+            // and COMMIT ends them all.
         }
-        let c0 = Instant::now();
         sqlx::query("COMMIT").execute(&mut *conn).await?;
-        let cu = c0.elapsed().as_micros() as u64;
-        static N: AtomicU64 = AtomicU64::new(0);
-        static OPS: AtomicU64 = AtomicU64::new(0);
-        static EXEC: AtomicU64 = AtomicU64::new(0);
-        static COMMIT: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed) + 1;
-        OPS.fetch_add(size as u64, Ordering::Relaxed);
-        EXEC.fetch_add(
-            c0.duration_since(started).as_micros() as u64,
-            Ordering::Relaxed,
-        );
-        COMMIT.fetch_add(cu, Ordering::Relaxed);
-        if n % 500 == 0 {
-            let ops = OPS.swap(0, Ordering::Relaxed);
-            eprintln!(
-                "DBG batches=500 avg_size={:.1} exec_us/batch={} commit_us/batch={}",
-                ops as f64 / 500.0,
-                EXEC.swap(0, Ordering::Relaxed) / 500,
-                COMMIT.swap(0, Ordering::Relaxed) / 500
-            );
-        }
         Ok(())
     }
     .await;
