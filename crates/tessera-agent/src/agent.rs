@@ -13,7 +13,7 @@ use tessera_store::Store;
 use tokio::sync::watch;
 
 use crate::admin::AdminService;
-use crate::attest::UnixAttestor;
+use crate::attest::{Attestor, UnixAttestor, k8s::K8sAttestor};
 use crate::audit_log;
 use crate::config::{CaModeName, Config};
 use crate::http::{self, Health};
@@ -122,7 +122,16 @@ pub async fn run(
     let workload_listener = socket::bind(&config.workload_socket, 0o777)?;
     let admin_listener = socket::bind(&config.admin_socket, 0o600)?;
 
-    let attestor = Arc::new(UnixAttestor::default());
+    // Attestation: unix selectors, plus k8s selectors when [kubernetes] is enabled.
+    let k8s = if config.kubernetes.enabled {
+        let k8s = K8sAttestor::from_config("/proc", &config.kubernetes)
+            .context("setting up the Kubernetes workload attestor")?;
+        tracing::info!(kubelet = %config.kubernetes.kubelet_url, "Kubernetes workload attestor enabled");
+        Some(k8s)
+    } else {
+        None
+    };
+    let attestor = Arc::new(Attestor::new(UnixAttestor::default(), k8s));
     let workload = SpiffeWorkloadApiServer::new(WorkloadService::new(
         Arc::clone(&cache),
         Arc::clone(&tasks),

@@ -81,6 +81,8 @@ pub struct Config {
     pub ca: CaConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Kubernetes workload attestor (`k8s:*` selectors); off unless enabled.
+    pub kubernetes: KubernetesConfig,
 }
 
 /// Where the CA comes from.
@@ -130,6 +132,175 @@ pub enum LogFormat {
     Json,
 }
 
+// === [kubernetes] ===
+
+/// The Kubernetes workload attestor: caller pid → cgroup → pod UID and container
+/// id → the kubelet's `/pods` → `k8s:*` selectors, added to the unix ones.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Attest callers' pods through the kubelet. Needs the host's pid namespace
+    /// (`hostPID: true`) so `/proc/<pid>` names the caller.
+    pub enabled: bool,
+    /// Base URL of the kubelet's secure port (https only); `/pods` is appended.
+    pub kubelet_url: String,
+    /// PEM CA bundle the kubelet's serving certificate must chain to; the
+    /// in-cluster CA (`/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`) when unset.
+    pub kubelet_ca: Option<PathBuf>,
+    /// Name the kubelet's certificate must carry (DNS name or IP); the URL's host when unset.
+    pub kubelet_server_name: Option<String>,
+    /// Accept any kubelet certificate. Whoever can answer on `kubelet_url` then
+    /// chooses callers' pod metadata, hence their identities. For kubelets with
+    /// self-signed serving certificates, reached over loopback, only.
+    pub insecure_skip_kubelet_verify: bool,
+    /// Service-account token presented to the kubelet; re-read on every request.
+    pub token_file: PathBuf,
+    /// How long a fetched pod list answers hits without a refresh (labels can change).
+    #[serde(with = "humantime_serde")]
+    pub pod_cache_ttl: Duration,
+    /// Least time between two pod-list fetches, whatever the misses.
+    #[serde(with = "humantime_serde")]
+    pub refresh_min_interval: Duration,
+    /// Extra fetches for a container the kubelet does not list yet, before denying.
+    pub retry_attempts: u32,
+    /// Pause between those fetches.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// Deadline for one kubelet request (connect, TLS, response, body).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// The in-cluster CA and token, as every pod with a service account has them.
+pub const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// See [`IN_CLUSTER_CA`].
+pub const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enabled: false,
+            kubelet_url: "https://127.0.0.1:10250".into(),
+            kubelet_ca: None,
+            kubelet_server_name: None,
+            insecure_skip_kubelet_verify: false,
+            token_file: IN_CLUSTER_TOKEN.into(),
+            pod_cache_ttl: Duration::from_secs(10),
+            refresh_min_interval: Duration::from_millis(200),
+            retry_attempts: 5,
+            retry_interval: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl KubernetesConfig {
+    /// The kubelet URL, checked: https, a host, no path beyond `/`, no query.
+    pub fn kubelet_uri(&self) -> Result<http::Uri, ConfigError> {
+        let bad = |reason: String| ConfigError::Invalid {
+            key: "kubernetes.kubelet_url",
+            reason,
+        };
+        let uri: http::Uri = self
+            .kubelet_url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(bad(
+                "must be https (the token must not travel in clear; the read-only port is not supported)".into(),
+            ));
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(bad("has no host".into()));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("must be a base URL such as https://127.0.0.1:10250".into()));
+        }
+        Ok(uri)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.kubelet_uri()?;
+        if self.insecure_skip_kubelet_verify && self.kubelet_ca.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "kubernetes.insecure_skip_kubelet_verify",
+                reason: "conflicts with kubernetes.kubelet_ca: choose one".into(),
+            });
+        }
+        if self.insecure_skip_kubelet_verify {
+            tracing::warn!(
+                url = %self.kubelet_url,
+                "kubernetes.insecure_skip_kubelet_verify is set: the kubelet's certificate is not checked"
+            );
+        }
+        if self.retry_attempts > 20 {
+            return Err(ConfigError::Invalid {
+                key: "kubernetes.retry_attempts",
+                reason: "at most 20 (callers wait for every attempt)".into(),
+            });
+        }
+        for (key, d) in [
+            ("kubernetes.retry_interval", self.retry_interval),
+            ("kubernetes.refresh_min_interval", self.refresh_min_interval),
+            ("kubernetes.request_timeout", self.request_timeout),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(60) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be positive and at most 60s".into(),
+                });
+            }
+        }
+        if self.pod_cache_ttl > Duration::from_secs(600) {
+            return Err(ConfigError::Invalid {
+                key: "kubernetes.pod_cache_ttl",
+                reason: "at most 10m (pod labels are selectors and can change)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `TESSERA_KUBERNETES_*` overrides.
+    fn apply_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn boolean(var: &'static str, v: String) -> Result<bool, ConfigError> {
+            match v.as_str() {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(ConfigError::Env {
+                    var,
+                    value: v,
+                    reason: "expected true or false".into(),
+                }),
+            }
+        }
+        if let Some(v) = lookup("TESSERA_KUBERNETES_ENABLED") {
+            self.enabled = boolean("TESSERA_KUBERNETES_ENABLED", v)?;
+        }
+        if let Some(v) = lookup("TESSERA_KUBERNETES_KUBELET_URL") {
+            self.kubelet_url = v;
+        }
+        if let Some(v) = lookup("TESSERA_KUBERNETES_KUBELET_CA") {
+            self.kubelet_ca = (!v.is_empty()).then(|| v.into());
+        }
+        if let Some(v) = lookup("TESSERA_KUBERNETES_KUBELET_SERVER_NAME") {
+            self.kubelet_server_name = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = lookup("TESSERA_KUBERNETES_INSECURE_SKIP_KUBELET_VERIFY") {
+            self.insecure_skip_kubelet_verify =
+                boolean("TESSERA_KUBERNETES_INSECURE_SKIP_KUBELET_VERIFY", v)?;
+        }
+        if let Some(v) = lookup("TESSERA_KUBERNETES_TOKEN_FILE") {
+            self.token_file = v.into();
+        }
+        Ok(())
+    }
+}
+
+// === end [kubernetes] ===
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -146,6 +317,7 @@ impl Default for Config {
             audit_log: None,
             ca: CaConfig::default(),
             log: LogConfig::default(),
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -272,6 +444,7 @@ impl Config {
         if let Some(v) = lookup("TESSERA_LOG_LEVEL") {
             self.log.level = v;
         }
+        self.kubernetes.apply_env(&lookup)?;
         Ok(())
     }
 
@@ -331,6 +504,7 @@ impl Config {
                         .into(),
             });
         }
+        self.kubernetes.validate()?;
         Ok(())
     }
 
@@ -416,6 +590,78 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn kubernetes_is_off_by_default_and_configurable_from_file_and_env() {
+        let c = Config::default();
+        assert!(!c.kubernetes.enabled);
+        let mut c = Config::from_toml(
+            "[kubernetes]\nenabled = true\nkubelet_url = \"https://10.0.0.7:10250\"\n\
+             kubelet_server_name = \"node-a\"\nretry_attempts = 3\nretry_interval = \"100ms\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.kubernetes.enabled);
+        assert_eq!(c.kubernetes.retry_attempts, 3);
+        assert_eq!(c.kubernetes.retry_interval, Duration::from_millis(100));
+        let env: HashMap<&str, &str> = [
+            ("TESSERA_KUBERNETES_KUBELET_URL", "https://[fd00::7]:10250"),
+            ("TESSERA_KUBERNETES_KUBELET_CA", "/etc/tessera/kubelet-ca.pem"),
+            ("TESSERA_KUBERNETES_KUBELET_SERVER_NAME", ""),
+            ("TESSERA_KUBERNETES_TOKEN_FILE", "/var/run/secrets/tokens/kubelet"),
+        ]
+        .into();
+        c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.kubernetes.kubelet_url, "https://[fd00::7]:10250");
+        assert_eq!(
+            c.kubernetes.kubelet_ca.as_deref(),
+            Some(Path::new("/etc/tessera/kubelet-ca.pem"))
+        );
+        assert_eq!(c.kubernetes.kubelet_server_name, None);
+        assert_eq!(
+            c.kubernetes.token_file,
+            Path::new("/var/run/secrets/tokens/kubelet")
+        );
+        c.validate().unwrap();
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "TESSERA_KUBERNETES_ENABLED").then(|| "true".into()))
+            .unwrap();
+        assert!(c.kubernetes.enabled);
+        let err = c
+            .apply_env(|k| (k == "TESSERA_KUBERNETES_ENABLED").then(|| "yes please".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("TESSERA_KUBERNETES_ENABLED"), "{err}");
+    }
+
+    #[test]
+    fn invalid_kubernetes_settings_are_refused() {
+        let cases: &[(&str, &str)] = &[
+            ("kubelet_url = \"http://127.0.0.1:10255\"", "kubernetes.kubelet_url"),
+            ("kubelet_url = \"https://127.0.0.1:10250/pods\"", "kubernetes.kubelet_url"),
+            ("kubelet_url = \"not a url\"", "kubernetes.kubelet_url"),
+            (
+                "insecure_skip_kubelet_verify = true\nkubelet_ca = \"/ca.pem\"",
+                "kubernetes.insecure_skip_kubelet_verify",
+            ),
+            ("retry_attempts = 1000", "kubernetes.retry_attempts"),
+            ("retry_interval = \"0s\"", "kubernetes.retry_interval"),
+            ("request_timeout = \"10m\"", "kubernetes.request_timeout"),
+            ("pod_cache_ttl = \"1h\"", "kubernetes.pod_cache_ttl"),
+        ];
+        for (body, key) in cases {
+            let toml = format!("[kubernetes]\nenabled = true\n{body}\n");
+            let c = Config::from_toml(&toml).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+            // Disabled, the section is not checked: it is not used.
+            let off = Config::from_toml(&toml.replace("enabled = true", "enabled = false")).unwrap();
+            off.validate().unwrap();
+        }
+        let err = Config::from_toml("[kubernetes]\nkubelet_ulr = \"x\"").unwrap_err();
+        assert!(err.contains("kubelet_ulr"), "{err}");
     }
 
     #[test]

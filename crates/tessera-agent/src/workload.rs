@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
-use crate::attest::{Attestation, PeerInfo, UnixAttestor};
+use crate::attest::{Attestation, Attestor, PeerInfo};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::svids::{Snapshot, SvidCache};
 use crate::tasks::{TaskManager, TaskView};
@@ -30,7 +30,7 @@ type BuildFn<T> = fn(&Snapshot, &[TaskView], &Attestation) -> Option<(T, Vec<Str
 pub struct WorkloadService {
     cache: Arc<SvidCache>,
     tasks: Arc<TaskManager>,
-    attestor: Arc<UnixAttestor>,
+    attestor: Arc<Attestor>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 }
@@ -44,7 +44,7 @@ impl WorkloadService {
     pub fn new(
         cache: Arc<SvidCache>,
         tasks: Arc<TaskManager>,
-        attestor: Arc<UnixAttestor>,
+        attestor: Arc<Attestor>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -58,21 +58,24 @@ impl WorkloadService {
     }
 
     /// Header check and attestation, shared by every RPC that hands out material.
-    pub(crate) fn admit<T>(
+    pub(crate) async fn admit<T>(
         &self,
         rpc: &'static str,
         req: &Request<T>,
     ) -> Result<(PeerInfo, Attestation), Status> {
-        let result = check_header(req).and_then(|()| {
+        let result = async {
+            check_header(req)?;
             let peer = peer_of(req)?;
             let att = attest(
                 &self.attestor,
                 &self.metrics,
                 &peer,
                 self.cache.current().needs_exe_hash,
-            )?;
+            )
+            .await?;
             Ok((peer, att))
-        });
+        }
+        .await;
         if let Err(status) = &result {
             self.metrics.rpc(rpc, status.code());
         }
@@ -141,7 +144,7 @@ impl WorkloadService {
                     .as_mut()
                     .map(|r| r.borrow_and_update().clone())
                     .unwrap_or_default();
-                let att = match attestor.attest(&peer, snap.needs_exe_hash) {
+                let att = match attestor.attest(&peer, snap.needs_exe_hash).await {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::info!(conn = peer.conn_id, error = %e, "ending stream: caller no longer attests");
@@ -185,13 +188,13 @@ pub(crate) fn peer_of<T>(req: &Request<T>) -> Result<PeerInfo, Status> {
         .ok_or_else(|| Status::internal("connection carries no peer credentials"))
 }
 
-pub(crate) fn attest(
-    attestor: &UnixAttestor,
+pub(crate) async fn attest(
+    attestor: &Attestor,
     metrics: &Metrics,
     peer: &PeerInfo,
     want_hash: bool,
 ) -> Result<Attestation, Status> {
-    attestor.attest(peer, want_hash).map_err(|e| {
+    attestor.attest(peer, want_hash).await.map_err(|e| {
         metrics
             .attestations
             .get_or_create(&ResultLabel { result: "error" })
@@ -285,7 +288,7 @@ impl SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let (peer, att) = self.admit("FetchX509SVID", &req)?;
+        let (peer, att) = self.admit("FetchX509SVID", &req).await?;
         Ok(Response::new(self.stream(
             "FetchX509SVID",
             peer,
@@ -299,7 +302,7 @@ impl SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let (peer, att) = self.admit("FetchX509Bundles", &req)?;
+        let (peer, att) = self.admit("FetchX509Bundles", &req).await?;
         Ok(Response::new(self.stream(
             "FetchX509Bundles",
             peer,

@@ -113,14 +113,27 @@ pub(crate) async fn write(
     .bind(text)
     .fetch_one(&mut *conn)
     .await?;
+    published(effects, seq, at, kind, actor, detail);
+    Ok(seq)
+}
+
+/// Queues an audit record that an op inserted itself (fused into a larger query) for
+/// publication once the op commits.
+pub(crate) fn published(
+    effects: &mut Effects,
+    seq: i64,
+    at_unix_ms: i64,
+    kind: &str,
+    actor: &str,
+    detail: serde_json::Value,
+) {
     effects.audit.push(AuditRecord {
         seq,
-        at_unix_ms: at,
+        at_unix_ms,
         kind: kind.to_owned(),
         actor: actor.to_owned(),
         detail,
     });
-    Ok(seq)
 }
 
 fn validate_kind(kind: &str) -> Result<(), StoreError> {

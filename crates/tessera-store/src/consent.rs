@@ -453,10 +453,10 @@ fn withdraw_op<'a>(
                 .prepared
                 .remove(&task.id)
                 .expect("checked above: every live task has a prepared revocation");
-            let (_, revocation) = task::end_live(
+            let revocation = task::end_live(
                 conn,
                 effects,
-                task,
+                &task,
                 END_REASON_CONSENT_WITHDRAWN,
                 state.now,
                 revocation,

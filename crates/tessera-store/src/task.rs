@@ -195,7 +195,10 @@ impl Store {
             actor: actor.to_owned(),
             sealed: Arc::clone(&self.inner.sealed),
         };
-        self.inner.writer.write(KIND_BEGIN, state, begin_op).await
+        self.inner
+            .writer
+            .write_fused(KIND_BEGIN, state, begin_op)
+            .await
     }
 
     /// Records a rotated SVID for a live task, with an `svid.issue` audit record. Fails
@@ -244,7 +247,7 @@ impl Store {
             revocation: Some(revocation),
             actor: actor.to_owned(),
         };
-        self.inner.writer.write(KIND_END, state, end_op).await
+        self.inner.writer.write_fused(KIND_END, state, end_op).await
     }
 
     /// The task with this id, if any.
@@ -334,15 +337,30 @@ fn begin_op<'a>(
                 withdrawn_at,
             });
         }
+        task.ended_at = None;
+        task.end_reason = None;
+        task.serials = vec![svid.serial.clone()];
         let scopes = serde_json::to_string(&task.scopes).expect("strings serialise");
-        // The consent check and the insert in one statement: it inserts only if the
-        // consent is usable; otherwise we find out why below.
-        let inserted = sqlx::query(
-            "INSERT INTO tasks (id, client, subject, server, scopes, purpose, consent_id, pid,
+        let task_detail = json!({ "task": &*task });
+        let svid_detail = svid_detail(&task.id, svid);
+        let at = crate::store::unix_millis();
+
+        // One round trip (see write_fused). The task is inserted only if its consent is
+        // usable; if it is not, the SVID insert fails its foreign key to the task, and we
+        // find out below what was wrong with the consent.
+        effects.savepoint_opened = true;
+        let inserted: Result<Vec<(i64, String)>, sqlx::Error> = sqlx::query_as(
+            "SAVEPOINT op;
+             INSERT INTO tasks (id, client, subject, server, scopes, purpose, consent_id, pid,
                                 begun_at, deadline)
              SELECT ?1, ?2, ?3, ?4, ?5, ?6, c.id, ?7, ?8, ?9 FROM consents c
              WHERE c.id = ?10 AND c.withdrawn_at IS NULL AND c.expires_at > ?8
-               AND c.client = ?2 AND c.subject = ?3 AND c.server = ?4",
+               AND c.client = ?2 AND c.subject = ?3 AND c.server = ?4;
+             INSERT INTO task_svids (serial, task_id, spiffe_id, not_after)
+             VALUES (?11, ?1, ?12, ?13);
+             INSERT INTO audit (at, kind, actor, detail)
+             VALUES (?14, 'task.begin', ?15, ?16), (?14, 'svid.issue', ?15, ?17)
+             RETURNING seq, kind",
         )
         .bind(&task.id)
         .bind(&task.client)
@@ -354,65 +372,78 @@ fn begin_op<'a>(
         .bind(task.begun_at)
         .bind(task.deadline)
         .bind(&task.consent_id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Err(unusable_consent(conn, task).await);
-        }
-        insert_svid(conn, &task.id, svid).await?;
-
-        task.ended_at = None;
-        task.end_reason = None;
-        task.serials = vec![svid.serial.clone()];
-        audit::write(conn, effects, KIND_BEGIN, actor, json!({ "task": &*task })).await?;
-        audit::write(conn, effects, KIND_SVID, actor, svid_detail(&task.id, svid)).await?;
+        .bind(&svid.serial)
+        .bind(&svid.spiffe_id)
+        .bind(svid.not_after)
+        .bind(at)
+        .bind(&*actor)
+        .bind(task_detail.to_string())
+        .bind(svid_detail.to_string())
+        .fetch_all(&mut *conn)
+        .await;
+        let mut rows = match inserted {
+            Ok(rows) => rows,
+            Err(error) => {
+                return Err(match unusable_consent(conn, task).await {
+                    Ok(Some(why)) => why,
+                    Ok(None) => error.into(),
+                    Err(diagnosis) => diagnosis,
+                });
+            }
+        };
+        rows.sort_unstable();
+        let [(begin_seq, begin_kind), (svid_seq, svid_kind)] = &rows[..] else {
+            let reason = format!("audit insert returned {} rows, expected 2", rows.len());
+            return Err(sqlx::Error::Protocol(reason).into());
+        };
+        debug_assert_eq!(
+            (begin_kind.as_str(), svid_kind.as_str()),
+            (KIND_BEGIN, KIND_SVID)
+        );
+        audit::published(effects, *begin_seq, at, KIND_BEGIN, actor, task_detail);
+        audit::published(effects, *svid_seq, at, KIND_SVID, actor, svid_detail);
         Ok(())
     })
 }
 
-/// Why `begin_op` inserted nothing.
-async fn unusable_consent(conn: &mut SqliteConnection, task: &TaskRecord) -> StoreError {
+/// Why a task relying on this consent cannot begin, if anything is wrong with it.
+async fn unusable_consent(
+    conn: &mut SqliteConnection,
+    task: &TaskRecord,
+) -> Result<Option<StoreError>, StoreError> {
     let row = sqlx::query(
         "SELECT client, subject, server, expires_at, withdrawn_at FROM consents WHERE id = ?",
     )
     .bind(&task.consent_id)
     .fetch_optional(&mut *conn)
-    .await;
-    let row = match row {
-        Ok(Some(row)) => row,
-        Ok(None) => {
-            return StoreError::ConsentNotFound {
-                id: task.consent_id.clone(),
-            };
-        }
-        Err(error) => return error.into(),
+    .await?;
+    let id = task.consent_id.clone();
+    let Some(row) = row else {
+        return Ok(Some(StoreError::ConsentNotFound { id }));
     };
-    let diagnose = || -> Result<StoreError, sqlx::Error> {
-        let id = task.consent_id.clone();
-        if let Some(withdrawn_at) = row.try_get::<Option<i64>, _>("withdrawn_at")? {
-            return Ok(StoreError::ConsentAlreadyWithdrawn { id, withdrawn_at });
+    if let Some(withdrawn_at) = row.try_get::<Option<i64>, _>("withdrawn_at")? {
+        return Ok(Some(StoreError::ConsentAlreadyWithdrawn {
+            id,
+            withdrawn_at,
+        }));
+    }
+    let expires_at: i64 = row.try_get("expires_at")?;
+    if expires_at <= task.begun_at {
+        return Ok(Some(StoreError::ConsentExpired {
+            expires_at,
+            at: task.begun_at,
+        }));
+    }
+    for (field, mine) in [
+        ("client", &task.client),
+        ("subject", &task.subject),
+        ("server", &task.server),
+    ] {
+        if row.try_get::<String, _>(field)? != *mine {
+            return Ok(Some(StoreError::ConsentMismatch { id, field }));
         }
-        let expires_at: i64 = row.try_get("expires_at")?;
-        if expires_at <= task.begun_at {
-            return Ok(StoreError::ConsentExpired {
-                expires_at,
-                at: task.begun_at,
-            });
-        }
-        for (field, mine) in [
-            ("client", &task.client),
-            ("subject", &task.subject),
-            ("server", &task.server),
-        ] {
-            if row.try_get::<String, _>(field)? != *mine {
-                return Ok(StoreError::ConsentMismatch { id, field });
-            }
-        }
-        // Unreachable unless the row changed under us, which the writer rules out.
-        Ok(StoreError::ConsentNotFound { id })
-    };
-    diagnose().unwrap_or_else(StoreError::from)
+    }
+    Ok(None)
 }
 
 async fn insert_svid(
@@ -487,26 +518,27 @@ fn end_op<'a>(
     effects: &'a mut Effects,
 ) -> BoxFuture<'a, Result<EndOutcome, StoreError>> {
     Box::pin(async move {
-        let row = sqlx::query(concat!(task_select!(), " WHERE t.id = ?"))
-            .bind(&state.task_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let Some(task) = row.as_ref().map(decode_task).transpose()? else {
-            return Ok(EndOutcome::NotFound);
+        effects.savepoint_opened = true;
+        let ended = mark_ended(conn, true, &state.task_id, &state.reason, state.ended_at).await?;
+        let Some((task, last_not_after)) = ended else {
+            let row = sqlx::query(concat!(task_select!(), " WHERE t.id = ?"))
+                .bind(&state.task_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            return Ok(match row.as_ref().map(decode_task).transpose()? {
+                Some(task) => EndOutcome::AlreadyEnded(task),
+                None => EndOutcome::NotFound,
+            });
         };
-        if task.ended_at.is_some() {
-            return Ok(EndOutcome::AlreadyEnded(task));
-        }
         let revocation = state
             .revocation
             .take()
             .expect("an op runs once, so its revocation is still there");
-        let (task, revocation) = end_live(
+        let revocation = record_end(
             conn,
             effects,
-            task,
-            &state.reason,
-            state.ended_at,
+            &task,
+            last_not_after,
             revocation,
             &state.actor,
         )
@@ -515,47 +547,74 @@ fn end_op<'a>(
     })
 }
 
-/// Ends `task`, read live inside the current op: marks it ended, inserts its revocation
-/// (completed with the task's id, serials and a safe `until`) and a `task.end` audit
-/// record. Returns the task as now stored and the revocation.
-pub(crate) async fn end_live(
+/// The columns `mark_ended` returns: the task as updated, its serials, and the latest
+/// `not_after` among its SVIDs.
+macro_rules! ended_returning {
+    () => {
+        "UPDATE tasks SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL
+         RETURNING id, client, subject, server, scopes, purpose, consent_id, pid, begun_at,
+                   deadline, ended_at, end_reason,
+                   (SELECT json_group_array(s.serial ORDER BY s.rowid)
+                    FROM task_svids s WHERE s.task_id = tasks.id) AS serials,
+                   (SELECT MAX(s.not_after) FROM task_svids s WHERE s.task_id = tasks.id)
+                       AS last_not_after"
+    };
+}
+
+/// Marks the task ended if it is live, in one round trip (opening the op's savepoint in
+/// the same query when `open_savepoint`). Returns the task as now stored and the latest
+/// `not_after` of its SVIDs, or `None` if it is not live (or does not exist).
+async fn mark_ended(
     conn: &mut SqliteConnection,
-    effects: &mut Effects,
-    mut task: TaskRecord,
+    open_savepoint: bool,
+    task_id: &str,
     reason: &str,
     ended_at: i64,
+) -> Result<Option<(TaskRecord, Option<i64>)>, StoreError> {
+    let sql = if open_savepoint {
+        concat!("SAVEPOINT op; ", ended_returning!())
+    } else {
+        ended_returning!()
+    };
+    let row = sqlx::query(sql)
+        .bind(task_id)
+        .bind(ended_at)
+        .bind(reason)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| Ok((decode_task(&row)?, row.try_get("last_not_after")?)))
+        .transpose()
+}
+
+/// Records the end of `task` (just marked ended in this op): completes `revocation` with
+/// the task's id, serials and a safe `until`, and inserts it with the `task.end` audit
+/// record in one round trip.
+async fn record_end(
+    conn: &mut SqliteConnection,
+    effects: &mut Effects,
+    task: &TaskRecord,
+    last_not_after: Option<i64>,
     mut revocation: Revocation,
     actor: &str,
-) -> Result<(TaskRecord, Revocation), StoreError> {
-    let updated = sqlx::query(
-        "UPDATE tasks SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
-    )
-    .bind(ended_at)
-    .bind(reason)
-    .bind(&task.id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if updated != 1 {
-        // Cannot happen: the caller read it live in this same op and the writer runs one
-        // op at a time. Refuse rather than revoke twice.
-        return Err(StoreError::TaskEnded { id: task.id });
-    }
-    task.ended_at = Some(ended_at);
-    task.end_reason = Some(reason.to_owned());
-
-    let last_not_after: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(not_after) FROM task_svids WHERE task_id = ?")
-            .bind(&task.id)
-            .fetch_one(&mut *conn)
-            .await?;
+) -> Result<Revocation, StoreError> {
     revocation.task_id.clone_from(&task.id);
     revocation.serials.clone_from(&task.serials);
-    revocation.until = revocation.until.max(last_not_after.unwrap_or(i64::MIN));
+    if let Some(last) = last_not_after {
+        revocation.until = revocation.until.max(last);
+    }
     let serials = serde_json::to_string(&revocation.serials).expect("strings serialise");
-    sqlx::query(
+    let detail = json!({
+        "task_id": &task.id,
+        "reason": &task.end_reason,
+        "ended_at": task.ended_at,
+        "revocation": &revocation,
+    });
+    let at = crate::store::unix_millis();
+    let seq: i64 = sqlx::query_scalar(
         "INSERT INTO revocations (task_id, spiffe_id, serials, reason, revoked_at_ms, until)
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6);
+         INSERT INTO audit (at, kind, actor, detail) VALUES (?7, 'task.end', ?8, ?9)
+         RETURNING seq",
     )
     .bind(&revocation.task_id)
     .bind(&revocation.spiffe_id)
@@ -563,22 +622,35 @@ pub(crate) async fn end_live(
     .bind(&revocation.reason)
     .bind(revocation.revoked_at_ms)
     .bind(revocation.until)
-    .execute(&mut *conn)
+    .bind(at)
+    .bind(actor)
+    .bind(detail.to_string())
+    .fetch_one(&mut *conn)
     .await?;
-    audit::write(
-        conn,
-        effects,
-        KIND_END,
-        actor,
-        json!({
-            "task_id": &task.id,
-            "reason": reason,
-            "ended_at": ended_at,
-            "revocation": &revocation,
-        }),
-    )
-    .await?;
-    Ok((task, revocation))
+    audit::published(effects, seq, at, KIND_END, actor, detail);
+    Ok(revocation)
+}
+
+/// Ends `task`, read live inside the current op (which has its savepoint open): marks it
+/// ended, inserts its revocation and a `task.end` audit record. Returns the revocation.
+pub(crate) async fn end_live(
+    conn: &mut SqliteConnection,
+    effects: &mut Effects,
+    task: &TaskRecord,
+    reason: &str,
+    ended_at: i64,
+    revocation: Revocation,
+    actor: &str,
+) -> Result<Revocation, StoreError> {
+    let Some((task, last_not_after)) = mark_ended(conn, false, &task.id, reason, ended_at).await?
+    else {
+        // Cannot happen: the caller read it live in this same op and the writer runs one
+        // op at a time. Refuse rather than revoke twice.
+        return Err(StoreError::TaskEnded {
+            id: task.id.clone(),
+        });
+    };
+    record_end(conn, effects, &task, last_not_after, revocation, actor).await
 }
 
 fn prune_op<'a>(

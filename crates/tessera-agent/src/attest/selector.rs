@@ -12,7 +12,7 @@ pub enum SelectorError {
     Shape(String),
     /// The type/key pair is not one the agent can attest.
     #[error(
-        "unknown selector {0:?}; known: unix:uid, unix:gid, unix:user, unix:group, unix:supplementary_gid, unix:supplementary_group, unix:path, unix:sha256"
+        "unknown selector {0:?}; known: unix:uid, unix:gid, unix:user, unix:group, unix:supplementary_gid, unix:supplementary_group, unix:path, unix:sha256, k8s:ns, k8s:sa, k8s:pod-name, k8s:pod-uid, k8s:pod-label, k8s:container-name, k8s:container-image, k8s:node-name"
     )]
     Unknown(String),
     /// The value does not fit the key.
@@ -41,6 +41,16 @@ impl Selector {
     /// Builds a selector the attestor produced (already canonical).
     pub(crate) fn attested(kind: &str, value: impl fmt::Display) -> Selector {
         Selector(format!("unix:{kind}:{value}"))
+    }
+
+    // === k8s selectors (Kubernetes workload attestor) ===
+
+    /// Builds a `k8s:KIND:VALUE` selector from what the kubelet reported,
+    /// through the same validation an admin's selector goes through, so an
+    /// attested selector always has the form a registered one can match.
+    /// `None` for values that form no valid selector (they can match nothing).
+    pub(crate) fn k8s(kind: &str, value: impl fmt::Display) -> Option<Selector> {
+        format!("k8s:{kind}:{value}").parse().ok()
     }
 }
 
@@ -98,10 +108,61 @@ impl FromStr for Selector {
                     return Err(bad("expected 64 lower-case hex digits"));
                 }
             }
+            // === k8s selectors (Kubernetes workload attestor) ===
+            ("k8s", "ns" | "container-name") => {
+                if !is_dns_label(value) {
+                    return Err(bad("expected a DNS label (lower-case a-z, 0-9, '-')"));
+                }
+            }
+            ("k8s", "sa" | "pod-name" | "node-name") => {
+                if !is_dns_subdomain(value) {
+                    return Err(bad("expected a DNS subdomain (lower-case a-z, 0-9, '-', '.')"));
+                }
+            }
+            ("k8s", "pod-uid") => {
+                let canonical = value.len() == 36
+                    && value.bytes().enumerate().all(|(i, b)| match i {
+                        8 | 13 | 18 | 23 => b == b'-',
+                        _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+                    });
+                if !canonical {
+                    return Err(bad("expected a lower-case UUID"));
+                }
+            }
+            ("k8s", "pod-label") => {
+                // KEY:VALUE; label keys hold no ':', values may be empty.
+                let Some((k, v)) = value.split_once(':') else {
+                    return Err(bad("expected KEY:VALUE"));
+                };
+                if k.is_empty() || k.len() > 317 || k.contains(char::is_whitespace) {
+                    return Err(bad("expected a label key"));
+                }
+                if v.len() > 63 || v.contains(char::is_whitespace) {
+                    return Err(bad("expected a label value"));
+                }
+            }
+            ("k8s", "container-image") => {
+                if value.contains(char::is_whitespace) {
+                    return Err(bad("image references contain no whitespace"));
+                }
+            }
             _ => return Err(SelectorError::Unknown(s.to_owned())),
         }
         Ok(Selector(s.to_owned()))
     }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 #[cfg(test)]
@@ -120,6 +181,15 @@ mod tests {
             "unix:path:/usr/bin/python3",
             "unix:path:/opt/my agent/bin",
             &format!("unix:sha256:{}", "ab".repeat(32)),
+            "k8s:ns:agents",
+            "k8s:sa:code-reviewer",
+            "k8s:pod-name:runtime-7d9f-abcde",
+            "k8s:pod-uid:2c48913c-b29f-11e7-9350-020968147796",
+            "k8s:pod-label:app.kubernetes.io/name:agent-runtime",
+            "k8s:pod-label:tier:",
+            "k8s:container-name:runtime",
+            "k8s:container-image:ghcr.io/acme/runtime:1.2@sha256:abcd",
+            "k8s:node-name:ip-10-0-1-7.eu-west-1.compute.internal",
         ] {
             assert_eq!(s.parse::<Selector>().unwrap().as_str(), s);
         }
@@ -147,6 +217,21 @@ mod tests {
                 matches!(e, SelectorError::Value { .. })
             }),
             ("unix:user:a\nb", |e| {
+                matches!(e, SelectorError::Value { .. })
+            }),
+            ("k8s:namespace:x", |e| matches!(e, SelectorError::Unknown(_))),
+            ("k8s:ns:Agents", |e| matches!(e, SelectorError::Value { .. })),
+            ("k8s:sa:-bad", |e| matches!(e, SelectorError::Value { .. })),
+            ("k8s:pod-uid:2C48913C-B29F-11E7-9350-020968147796", |e| {
+                matches!(e, SelectorError::Value { .. })
+            }),
+            ("k8s:pod-label:app", |e| {
+                matches!(e, SelectorError::Value { .. })
+            }),
+            ("k8s:pod-label::x", |e| {
+                matches!(e, SelectorError::Value { .. })
+            }),
+            ("k8s:container-image:a b", |e| {
                 matches!(e, SelectorError::Value { .. })
             }),
         ];

@@ -45,6 +45,15 @@ pub enum AttestError {
         #[source]
         source: std::io::Error,
     },
+    /// The caller runs in a pod the Kubernetes attestor could not resolve.
+    #[error("pid {pid}: {source}")]
+    Kubernetes {
+        /// The caller's pid.
+        pid: i32,
+        /// Why.
+        #[source]
+        source: super::k8s::K8sAttestError,
+    },
 }
 
 /// What the agent learned about a caller.

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::{BeginRequest, EndReason, TaskError, TaskManager};
-use crate::attest::{Attestation, PeerInfo, UnixAttestor};
+use crate::attest::{Attestation, Attestor, PeerInfo};
 use crate::metrics::Metrics;
 use crate::svids::SvidCache;
 use crate::workload::{attest, peer_of};
@@ -58,7 +58,7 @@ fn task_status(e: TaskError) -> Status {
 pub struct TasksService {
     manager: Arc<TaskManager>,
     cache: Arc<SvidCache>,
-    attestor: Arc<UnixAttestor>,
+    attestor: Arc<Attestor>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,7 +72,7 @@ impl TasksService {
     pub fn new(
         manager: Arc<TaskManager>,
         cache: Arc<SvidCache>,
-        attestor: Arc<UnixAttestor>,
+        attestor: Arc<Attestor>,
         metrics: Arc<Metrics>,
     ) -> Self {
         TasksService {
@@ -84,14 +84,14 @@ impl TasksService {
     }
 
     /// The caller's client identities (at least one, or PermissionDenied).
-    fn clients<T>(
+    async fn clients<T>(
         &self,
         rpc: &'static str,
         req: &Request<T>,
     ) -> Result<(PeerInfo, Attestation, Vec<ClientId>), Status> {
         let peer = peer_of(req)?;
         let snap = self.cache.current();
-        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs_exe_hash)?;
+        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs_exe_hash).await?;
         let clients: Vec<ClientId> = snap
             .clients_for(&att)
             .iter()
@@ -111,7 +111,7 @@ impl Tasks for TasksService {
         &self,
         req: Request<BeginTaskRequest>,
     ) -> Result<Response<BeginTaskResponse>, Status> {
-        let (peer, att, clients) = self.clients("BeginTask", &req)?;
+        let (peer, att, clients) = self.clients("BeginTask", &req).await?;
         let r = req.into_inner();
         let client = if r.client.is_empty() {
             match clients.as_slice() {
@@ -234,7 +234,7 @@ impl Tasks for TasksService {
         &self,
         req: Request<EndTaskRequest>,
     ) -> Result<Response<EndTaskResponse>, Status> {
-        let (_, att, clients) = self.clients("EndTask", &req)?;
+        let (_, att, clients) = self.clients("EndTask", &req).await?;
         let id = req.into_inner().task_id;
         let td = clients[0].trust_domain.as_str().to_owned();
         let mut last = Status::not_found(format!("no task {id} for this client"));
@@ -263,7 +263,7 @@ impl Tasks for TasksService {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        let (_, _, clients) = self.clients("ListTasks", &req)?;
+        let (_, _, clients) = self.clients("ListTasks", &req).await?;
         let include_ended = req.into_inner().include_ended;
         let td = clients[0].trust_domain.as_str().to_owned();
         let mut tasks = Vec::new();
@@ -291,7 +291,7 @@ type RevocationStream = Pin<Box<dyn Stream<Item = Result<RevocationSet, Status>>
 pub struct RevocationsService {
     manager: Arc<TaskManager>,
     cache: Arc<SvidCache>,
-    attestor: Arc<UnixAttestor>,
+    attestor: Arc<Attestor>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 }
@@ -301,7 +301,7 @@ impl RevocationsService {
     pub fn new(
         manager: Arc<TaskManager>,
         cache: Arc<SvidCache>,
-        attestor: Arc<UnixAttestor>,
+        attestor: Arc<Attestor>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -344,7 +344,7 @@ impl Revocations for RevocationsService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let peer = peer_of(&req)?;
         let snap = self.cache.current();
-        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs_exe_hash)?;
+        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs_exe_hash).await?;
         if snap.clients_for(&att).is_empty() {
             self.metrics
                 .rpc("WatchRevocations", tonic::Code::PermissionDenied);

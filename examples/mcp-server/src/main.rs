@@ -1,0 +1,338 @@
+//! `tessera-example-mcp-server`: an rmcp streamable-HTTP MCP server over mTLS, with every
+//! request authorized by tessera-verify (identity, task scope, revocation, Cedar policy).
+//!
+//! Prints exactly one line to stdout once it accepts connections:
+//! `listening on <addr>`; everything else (logs, audit) goes to stderr.
+
+mod tools;
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tessera_identity::{ServerId, TrustDomain};
+use tessera_verify::authz::policy::{PolicyFiles, PolicyStore};
+use tessera_verify::mcp::{Enforced, SessionBindingLayer};
+use tessera_verify::revocation::WatcherConfig;
+use tessera_verify::trust::files::FileTrustConfig;
+use tessera_verify::{AuditLog, Authorizer, Peer, RevocationWatcher, ServerTlsBuilder};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use tools::GitHub;
+
+const DEFAULT_POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/github.cedar");
+const DEFAULT_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/github.cedarschema");
+
+/// An example MCP server ("github") that authorizes every request with tessera-verify.
+///
+/// Trust comes from the SPIFFE Workload API (the agent issues this server's SVID
+/// spiffe://<td>/mcp/<server-name>) or from PEM files (--bundle, --cert, --key).
+/// Revocations come from the agent's feed on the workload socket; the server starts
+/// listening only once the feed is current.
+#[derive(Debug, Parser)]
+#[command(name = "tessera-example-mcp-server", version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port; the chosen one is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+
+    /// This server's name: its identity is spiffe://<trust-domain>/mcp/<server-name>.
+    #[arg(long, default_value = "github")]
+    server_name: String,
+
+    /// The trust domain, e.g. acme.corp.
+    #[arg(long, env = "TESSERA_TRUST_DOMAIN")]
+    trust_domain: String,
+
+    /// The agent's workload socket (path or unix:///path): trust material (unless PEM
+    /// files are given) and the revocation feed.
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
+    workload_socket: Option<String>,
+
+    /// CA bundle (PEM) of the trust domain; with --cert and --key, trust comes from
+    /// files (reloaded on change) instead of the Workload API.
+    #[arg(long, requires_all = ["cert", "key"])]
+    bundle: Option<PathBuf>,
+
+    /// This server's certificate chain (PEM, leaf first).
+    #[arg(long, requires = "bundle")]
+    cert: Option<PathBuf>,
+
+    /// This server's private key (PEM).
+    #[arg(long, requires = "bundle")]
+    key: Option<PathBuf>,
+
+    /// Cedar policies.
+    #[arg(long, default_value = DEFAULT_POLICIES)]
+    policies: PathBuf,
+
+    /// Cedar schema the policies are validated against.
+    #[arg(long, default_value = DEFAULT_SCHEMA)]
+    schema: PathBuf,
+
+    /// Also write every authorization decision as a JSON line to this file.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+
+    /// Answer a denied tools/call as "Unknown tool" instead of naming the reason.
+    #[arg(long)]
+    hide_denied_tools: bool,
+
+    /// Refuse task credentials once the revocation feed has been down this long.
+    #[arg(long, default_value_t = 30)]
+    revocation_staleness_secs: u64,
+
+    /// How long to wait at start-up for the revocation feed to become current.
+    #[arg(long, default_value_t = 15)]
+    ready_timeout_secs: u64,
+
+    /// Also accept Host headers naming this host (the listen address and loopback
+    /// names are always accepted).
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
+
+    /// Benchmark baseline only: keep mTLS (client certificates still required and
+    /// verified) but skip every per-request check (no scopes, revocation, policy,
+    /// session binding). Never use this to protect anything.
+    #[arg(long)]
+    dangerous_no_authorization: bool,
+}
+
+fn socket_path(s: &str) -> PathBuf {
+    PathBuf::from(s.strip_prefix("unix://").unwrap_or(s))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    run(args).await
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let td: TrustDomain = args
+        .trust_domain
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--trust-domain {:?}: {e}", args.trust_domain))?;
+    let server_id: ServerId = format!("{}/mcp/{}", td.id_string(), args.server_name)
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--server-name {:?}: {e}", args.server_name))?;
+
+    // 1. Trust: own SVID + bundle.
+    let (trust, _trust_task) = match (&args.bundle, &args.cert, &args.key) {
+        (Some(bundle), Some(cert), Some(key)) => {
+            let mut cfg =
+                FileTrustConfig::new(server_id.clone(), bundle.clone(), cert.clone(), key.clone());
+            cfg.poll_interval = Duration::from_secs(2);
+            tessera_verify::trust::files::spawn(cfg).context("loading trust from PEM files")?
+        }
+        _ => {
+            let Some(sock) = &args.workload_socket else {
+                bail!("give --workload-socket (or SPIFFE_ENDPOINT_SOCKET), or --bundle/--cert/--key");
+            };
+            let endpoint = format!("unix://{}", socket_path(sock).display());
+            tokio::time::timeout(
+                Duration::from_secs(args.ready_timeout_secs),
+                tessera_verify::trust::workload::connect(Some(&endpoint), server_id.clone()),
+            )
+            .await
+            .context("timed out waiting for this server's SVID from the Workload API")?
+            .with_context(|| format!("Workload API: no SVID for {server_id}"))?
+        }
+    };
+    trust.ready().await?;
+
+    // 2. TLS: client certificate required (own trust domain only), h2 and http/1.1.
+    let mut tls = ServerTlsBuilder::new(trust).build()?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+        args.listen.ip().to_string(),
+    ];
+    hosts.extend(args.allowed_hosts.iter().cloned());
+    let http_config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_sse_keep_alive(None);
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    if args.dangerous_no_authorization {
+        tracing::warn!(
+            "--dangerous-no-authorization: mTLS only, NO per-request authorization (benchmark baseline)"
+        );
+        let service = StreamableHttpService::new(
+            || Ok(GitHub::default()),
+            Arc::new(LocalSessionManager::default()),
+            http_config,
+        );
+        announce(addr)?;
+        return serve(listener, acceptor, service, false).await;
+    }
+
+    // 3. Revocations (wait until current), policies, authorizer.
+    let revocations = match &args.workload_socket {
+        Some(sock) => {
+            let mut cfg = WatcherConfig::new(socket_path(sock));
+            cfg.staleness = Duration::from_secs(args.revocation_staleness_secs);
+            let (w, _task) = RevocationWatcher::spawn(cfg);
+            let deadline = Instant::now() + Duration::from_secs(args.ready_timeout_secs);
+            while !w.is_fresh() {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the revocation feed on {sock} did not become current within {}s \
+                         (is this binary registered with the agent?)",
+                        args.ready_timeout_secs
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            w
+        }
+        None => {
+            tracing::warn!(
+                "no --workload-socket: no revocation feed, ended tasks stay usable until their SVIDs expire"
+            );
+            RevocationWatcher::from_static([], [])
+        }
+    };
+    let policies = Arc::new(
+        PolicyStore::load(PolicyFiles {
+            policies: args.policies.clone(),
+            schema: args.schema.clone(),
+        })
+        .context("loading Cedar policies")?,
+    );
+    tracing::info!(policies = ?policies.policy_ids(), "policies loaded");
+    let _watch = policies.spawn_watch(Duration::from_secs(2));
+    let audit = match &args.audit_log {
+        Some(path) => AuditLog::with_json_file(path)
+            .with_context(|| format!("opening audit log {}", path.display()))?,
+        None => AuditLog::tracing_only(),
+    };
+    let authz =
+        Arc::new(Authorizer::new(server_id.clone(), policies, revocations).with_audit(audit));
+
+    // 4. rmcp service: enforce in the handler, bind sessions to peers.
+    let hide = args.hide_denied_tools;
+    let service = StreamableHttpService::new(
+        move || {
+            let e = Enforced::new(GitHub::default(), authz.clone());
+            Ok(if hide { e.hide_denied_tools() } else { e })
+        },
+        Arc::new(LocalSessionManager::default()),
+        http_config,
+    );
+    let service = tower::ServiceBuilder::new()
+        .layer(SessionBindingLayer::new())
+        .service(service);
+    tracing::info!(%server_id, %addr, "serving MCP over mTLS");
+    announce(addr)?;
+    serve(listener, acceptor, service, true).await
+}
+
+fn announce(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {addr}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Accepts TLS connections; per connection parses the peer once and serves HTTP (h2 or
+/// http/1.1) with the `Arc<Peer>` inserted into every request.
+async fn serve<S, B>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    service: S,
+    insert_peer: bool,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => r?,
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, service) = (acceptor.clone(), service.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::info!(%remote, error = %e, "TLS handshake refused");
+                    return;
+                }
+            };
+            let peer = if insert_peer {
+                match Peer::from_chain(tls.get_ref().1.peer_certificates()) {
+                    Ok(p) => Some(Arc::new(p)),
+                    Err(e) => {
+                        tracing::info!(%remote, error = %e, "connection refused: no usable peer identity");
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            tracing::info!(
+                %remote,
+                peer = %peer.as_ref().map(|p| p.spiffe_id()).unwrap_or_default(),
+                "connection accepted"
+            );
+            let svc = tower::ServiceBuilder::new()
+                .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                    if let Some(p) = &peer {
+                        req.extensions_mut().insert(p.clone());
+                    }
+                    req
+                })
+                .service(service);
+            let result = hyper_util::server::conn::auto::Builder::new(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(tls),
+                hyper_util::service::TowerToHyperService::new(svc),
+            )
+            .await;
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
