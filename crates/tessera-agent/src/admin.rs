@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tessera_authority::Authority;
 use tessera_identity::{ClientId, ClientName};
-use tessera_identity::{Scope, ServerName};
+use tessera_identity::{Scope, ServerId, ServerName};
 use tessera_proto::tessera::v1::admin_server::Admin;
 use tessera_proto::tessera::v1::{
     AuditRecord, Consent, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, Entry,
@@ -13,7 +13,7 @@ use tessera_proto::tessera::v1::{
     ListConsentsResponse, ListEntriesRequest, ListEntriesResponse, RevokeTaskRequest,
     RevokeTaskResponse, Status as AgentStatus, WithdrawConsentRequest, WithdrawConsentResponse,
 };
-use tessera_store::{ConsentFilter, NewConsent, NewEntry, Store, StoreError, TaskFilter};
+use tessera_store::{ConsentFilter, EntryKind, NewConsent, NewEntry, Store, StoreError, TaskFilter};
 
 use crate::tasks::{EndReason, TaskError, TaskManager, task_to_proto};
 use tonic::{Request, Response, Status};
@@ -72,24 +72,33 @@ impl AdminService {
     }
 
     fn to_proto(&self, e: tessera_store::Entry) -> Entry {
-        let spiffe_id = e
-            .client
-            .parse::<ClientName>()
-            .map(|name| {
-                ClientId {
-                    trust_domain: self.authority.trust_domain().clone(),
-                    name,
-                }
-                .to_string()
-            })
-            .unwrap_or_default();
+        let td = self.authority.trust_domain().clone();
+        let (spiffe_id, client, server) = match e.kind {
+            EntryKind::Client => (
+                e.client
+                    .parse::<ClientName>()
+                    .map(|name| ClientId::new(td, name).to_string())
+                    .unwrap_or_default(),
+                e.client,
+                String::new(),
+            ),
+            EntryKind::Server => (
+                e.client
+                    .parse::<ServerName>()
+                    .map(|name| ServerId::new(td, name).to_string())
+                    .unwrap_or_default(),
+                String::new(),
+                e.client,
+            ),
+        };
         Entry {
             id: e.id,
-            client: e.client,
+            client,
             selectors: e.selectors,
             svid_ttl_secs: e.svid_ttl_secs.unwrap_or(0),
             created_at_unix: e.created_at,
             spiffe_id,
+            server,
         }
     }
 }
@@ -151,9 +160,25 @@ impl Admin for AdminService {
     ) -> Result<Response<Entry>, Status> {
         let actor = self.authorize("CreateEntry", &req)?;
         let r = req.into_inner();
-        r.client
-            .parse::<ClientName>()
-            .map_err(|e| Status::invalid_argument(format!("client {:?}: {e}", r.client)))?;
+        let (kind, name) = match (r.client.is_empty(), r.server.is_empty()) {
+            (false, true) => {
+                r.client
+                    .parse::<ClientName>()
+                    .map_err(|e| Status::invalid_argument(format!("client {:?}: {e}", r.client)))?;
+                (EntryKind::Client, r.client)
+            }
+            (true, false) => {
+                r.server
+                    .parse::<ServerName>()
+                    .map_err(|e| Status::invalid_argument(format!("server {:?}: {e}", r.server)))?;
+                (EntryKind::Server, r.server)
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "set exactly one of `client` (an agent runtime) and `server` (an MCP server)",
+                ));
+            }
+        };
         if r.selectors.is_empty() {
             return Err(Status::invalid_argument(
                 "an entry needs at least one selector (an entry without selectors would match every process)",
@@ -169,7 +194,8 @@ impl Admin for AdminService {
             .store
             .create_entry(
                 NewEntry {
-                    client: r.client,
+                    kind,
+                    client: name,
                     selectors,
                     svid_ttl_secs: (r.svid_ttl_secs > 0).then_some(r.svid_ttl_secs),
                 },

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_authority::{Authority, IssuedSvid, SvidSpec, TrustBundle};
-use tessera_identity::{ClientId, ClientName};
-use tessera_store::{Entry, Store};
+use tessera_identity::{ClientId, ClientName, ServerId, ServerName};
+use tessera_store::{Entry, EntryKind, Store};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -18,8 +18,10 @@ use crate::metrics::Metrics;
 pub struct EntrySvid {
     /// The stored entry.
     pub entry: Entry,
-    /// `spiffe://<td>/client/<client>`.
-    pub client_id: ClientId,
+    /// The SPIFFE ID the entry grants.
+    pub spiffe_id: String,
+    /// `spiffe://<td>/client/<client>` for client entries; `None` for server entries.
+    pub client_id: Option<ClientId>,
     /// The current SVID.
     pub svid: Arc<IssuedSvid>,
     /// When to replace it (unix seconds): half life minus jitter.
@@ -38,13 +40,21 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The entries whose selectors `att` satisfies, one per client id, in store order.
-    pub fn clients_for(&self, att: &crate::attest::Attestation) -> Vec<&Arc<EntrySvid>> {
+    /// The entries whose selectors `att` satisfies, one per SPIFFE ID, in store order.
+    pub fn identities_for(&self, att: &crate::attest::Attestation) -> Vec<&Arc<EntrySvid>> {
         let mut seen = std::collections::HashSet::new();
         self.entries
             .iter()
             .filter(|e| att.satisfies(e.entry.selectors.iter().map(String::as_str)))
-            .filter(|e| seen.insert(e.client_id.name.clone()))
+            .filter(|e| seen.insert(e.spiffe_id.as_str()))
+            .collect()
+    }
+
+    /// The client identities `att` has (server entries excluded).
+    pub fn clients_for(&self, att: &crate::attest::Attestation) -> Vec<ClientId> {
+        self.identities_for(att)
+            .into_iter()
+            .filter_map(|e| e.client_id.clone())
             .collect()
     }
 }
@@ -175,16 +185,19 @@ impl SvidCache {
     }
 
     fn issue(&self, entry: Entry, now: OffsetDateTime) -> anyhow::Result<EntrySvid> {
-        let name: ClientName = entry.client.parse()?;
-        let client_id = ClientId {
-            trust_domain: self.authority.trust_domain().clone(),
-            name,
+        let td = self.authority.trust_domain().clone();
+        let (spiffe_id, client_id) = match entry.kind {
+            EntryKind::Client => {
+                let id = ClientId::new(td, entry.client.parse::<ClientName>()?);
+                (id.to_string(), Some(id))
+            }
+            EntryKind::Server => (ServerId::new(td, entry.client.parse::<ServerName>()?).to_string(), None),
         };
         let ttl = entry
             .svid_ttl_secs
             .map(|s| Duration::from_secs(s.into()))
             .unwrap_or(self.client_ttl);
-        let id = client_id.to_string();
+        let id = spiffe_id.clone();
         let svid = self.authority.issue_at(
             &SvidSpec {
                 spiffe_id: &id,
@@ -194,14 +207,19 @@ impl SvidCache {
             },
             now,
         )?;
+        let kind = match entry.kind {
+            EntryKind::Client => "client",
+            EntryKind::Server => "server",
+        };
         self.metrics
             .svids_issued
-            .get_or_create(&crate::metrics::KindLabel::client())
+            .get_or_create(&crate::metrics::KindLabel { kind })
             .inc();
-        tracing::info!(spiffe_id = %id, serial = %svid.serial_hex, not_after = svid.not_after_unix, entry = %entry.id, "issued client SVID");
+        tracing::info!(spiffe_id = %id, serial = %svid.serial_hex, not_after = svid.not_after_unix, entry = %entry.id, kind, "issued SVID");
         let rotate_at = rotation_time(&svid);
         Ok(EntrySvid {
             entry,
+            spiffe_id,
             client_id,
             svid: Arc::new(svid),
             rotate_at,

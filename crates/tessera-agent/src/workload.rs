@@ -63,7 +63,7 @@ impl WorkloadService {
         rpc: &'static str,
         req: &Request<T>,
     ) -> Result<(PeerInfo, Attestation), Status> {
-        let result = async {
+        let result: Result<(PeerInfo, Attestation), Status> = async {
             check_header(req)?;
             let peer = peer_of(req)?;
             let att = attest(
@@ -221,7 +221,7 @@ fn build_svid_response(
     tasks: &[TaskView],
     att: &Attestation,
 ) -> Option<(X509svidResponse, Vec<String>)> {
-    let matched = snap.clients_for(att);
+    let matched = snap.identities_for(att);
     if matched.is_empty() {
         return None;
     }
@@ -231,7 +231,7 @@ fn build_svid_response(
     key.extend(live_tasks.iter().map(|t| t.svid.serial_hex.clone()));
     key.extend(bundle_key(snap));
     let clients = matched.iter().map(|e| X509svid {
-        spiffe_id: e.client_id.to_string(),
+        spiffe_id: e.spiffe_id.clone(),
         x509_svid: e.svid.chain_concat(),
         x509_svid_key: e.svid.key_pkcs8_der.to_vec(),
         bundle: bundle.clone(),
@@ -260,7 +260,7 @@ fn build_bundles_response(
     _tasks: &[TaskView],
     att: &Attestation,
 ) -> Option<(X509BundlesResponse, Vec<String>)> {
-    if snap.clients_for(att).is_empty() {
+    if snap.identities_for(att).is_empty() {
         return None;
     }
     let key = bundle_key(snap).collect();

@@ -333,6 +333,7 @@ pub mod testing {
                 selectors: req.selectors,
                 svid_ttl_secs: req.svid_ttl_secs,
                 created_at_unix: 0,
+                server: req.server,
             };
             state.entries.push(entry.clone());
             Ok(Response::new(entry))

@@ -212,7 +212,7 @@ mod tests {
         let Command::Entry(EntryCommand::Create(args)) = cli.command else {
             panic!("wrong command: {:?}", cli.command)
         };
-        assert_eq!(args.client.as_str(), "code-reviewer");
+        assert_eq!(args.client.as_ref().map(|c| c.as_str()), Some("code-reviewer"));
         assert_eq!(args.selectors, vec!["unix:uid:1001".to_owned(), sha]);
         assert_eq!(args.svid_ttl, Some(Duration::from_secs(1_800)));
     }

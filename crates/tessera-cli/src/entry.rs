@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use tessera_identity::ClientName;
+use tessera_identity::{ClientName, ServerName};
 use tessera_proto::tessera::v1 as pb;
 
 use crate::admin::Admin;
@@ -70,8 +70,12 @@ pub enum EntryCommand {
 pub struct CreateArgs {
     /// The client name, the last segment of spiffe://<td>/client/<NAME>: 1 to 128 characters of
     /// [a-zA-Z0-9._-].
+    #[arg(long, value_name = "NAME", required_unless_present = "server", conflicts_with = "server")]
+    pub client: Option<ClientName>,
+
+    /// Register an MCP server instead: matching callers get spiffe://<td>/mcp/<NAME>.
     #[arg(long, value_name = "NAME")]
-    pub client: ClientName,
+    pub server: Option<ServerName>,
 
     /// A selector the caller must match, as TYPE:VALUE; repeat for more (all must match).
     ///
@@ -130,7 +134,8 @@ pub async fn run(
             };
             let entry = admin
                 .create_entry(pb::CreateEntryRequest {
-                    client: args.client.to_string(),
+                    client: args.client.map(|c| c.to_string()).unwrap_or_default(),
+                    server: args.server.map(|s| s.to_string()).unwrap_or_default(),
                     selectors: args.selectors,
                     svid_ttl_secs,
                 })
@@ -165,7 +170,8 @@ fn not_found(id: &str) -> String {
 pub fn entry_json(entry: &pb::Entry) -> serde_json::Value {
     json!({
         "id": entry.id,
-        "client": entry.client,
+        "client": (!entry.client.is_empty()).then_some(&entry.client),
+        "server": (!entry.server.is_empty()).then_some(&entry.server),
         "spiffe_id": entry.spiffe_id,
         "selectors": entry.selectors,
         "svid_ttl_secs": (entry.svid_ttl_secs != 0).then_some(entry.svid_ttl_secs),
@@ -190,7 +196,11 @@ pub fn render_entry(entry: &pb::Entry, format: OutputFormat) -> String {
             &[
                 ("id", entry.id.clone()),
                 ("spiffe id", entry.spiffe_id.clone()),
-                ("client", entry.client.clone()),
+                if entry.server.is_empty() {
+                    ("client", entry.client.clone())
+                } else {
+                    ("server", entry.server.clone())
+                },
                 ("selectors", entry.selectors.join("\n")),
                 ("svid ttl", ttl_text(entry)),
                 ("created", output::rfc3339(entry.created_at_unix)),
@@ -240,6 +250,7 @@ mod tests {
             svid_ttl_secs: 1_800,
             created_at_unix: 0,
             spiffe_id: "spiffe://acme.corp/client/code-reviewer".into(),
+            server: String::new(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Registration entries: a selector set that, when all of it matches a caller, makes the
-//! caller the entry's client.
+//! caller the entry's client (`spiffe://<td>/client/<name>`) or, for server entries, an
+//! MCP server (`spiffe://<td>/mcp/<name>`).
 
 use serde_json::json;
 use sqlx::sqlite::SqliteRow;
@@ -20,11 +21,35 @@ const KIND_CREATE: &str = "entry.create";
 /// Audit kind written when an entry is deleted.
 const KIND_DELETE: &str = "entry.delete";
 
+/// What identity an entry grants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// An agent runtime: `spiffe://<td>/client/<name>`.
+    #[default]
+    Client,
+    /// An MCP server: `spiffe://<td>/mcp/<name>`.
+    Server,
+}
+
+impl EntryKind {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Client => "client",
+            EntryKind::Server => "server",
+        }
+    }
+}
+
 /// A registration entry to create. The store assigns the id and the creation time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEntry {
-    /// The client name the matching caller becomes; validated against the identity scheme
-    /// by the caller, length-checked here (1..=[`MAX_CLIENT_LEN`] bytes).
+    /// Client or server entry.
+    pub kind: EntryKind,
+    /// The client (or, for server entries, server) name the matching caller becomes;
+    /// validated against the identity scheme by the caller, length-checked here
+    /// (1..=[`MAX_CLIENT_LEN`] bytes).
     pub client: String,
     /// Selectors that must all match, e.g. `unix:uid:1001`. 1..=[`MAX_SELECTORS`] of them,
     /// each 1..=[`MAX_SELECTOR_LEN`] bytes. Order and repeats do not matter: the set is
@@ -39,7 +64,9 @@ pub struct NewEntry {
 pub struct Entry {
     /// Store-generated ULID.
     pub id: String,
-    /// The client name a matching caller becomes.
+    /// Client or server entry.
+    pub kind: EntryKind,
+    /// The client (or server) name a matching caller becomes.
     pub client: String,
     /// The selector set, sorted and deduplicated.
     pub selectors: Vec<String>,
@@ -97,6 +124,7 @@ impl Store {
         let created_at = i64::try_from(id.timestamp_ms() / 1000).unwrap_or(i64::MAX);
         let entry = Entry {
             id: id.to_string(),
+            kind: new.kind,
             client: new.client,
             selectors,
             svid_ttl_secs: new.svid_ttl_secs,
@@ -120,7 +148,7 @@ impl Store {
     /// All entries, oldest first (by creation time, then id).
     pub async fn list_entries(&self) -> Result<Vec<Entry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, client, selectors, svid_ttl_secs, created_at
+            "SELECT id, kind, client, selectors, svid_ttl_secs, created_at
              FROM entries ORDER BY created_at, id",
         )
         .fetch_all(&self.inner.pool)
@@ -131,7 +159,7 @@ impl Store {
     /// The entry with this id, if any.
     pub async fn get_entry(&self, id: &str) -> Result<Option<Entry>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, client, selectors, svid_ttl_secs, created_at FROM entries WHERE id = ?",
+            "SELECT id, kind, client, selectors, svid_ttl_secs, created_at FROM entries WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&self.inner.pool)
@@ -177,7 +205,8 @@ fn create_op<'a>(
         // The writer runs one op at a time, so this check and the insert see the same
         // state.
         let existing: Option<String> =
-            sqlx::query_scalar("SELECT id FROM entries WHERE client = ? AND selectors = ?")
+            sqlx::query_scalar("SELECT id FROM entries WHERE kind = ? AND client = ? AND selectors = ?")
+                .bind(entry.kind.as_str())
                 .bind(&entry.client)
                 .bind(&*selectors_json)
                 .fetch_optional(&mut *conn)
@@ -186,10 +215,11 @@ fn create_op<'a>(
             return Err(StoreError::DuplicateEntry { existing_id });
         }
         sqlx::query(
-            "INSERT INTO entries (id, client, selectors, svid_ttl_secs, created_at)
-             VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO entries (id, kind, client, selectors, svid_ttl_secs, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(&entry.id)
+        .bind(entry.kind.as_str())
         .bind(&entry.client)
         .bind(&*selectors_json)
         .bind(entry.svid_ttl_secs.map(i64::from))
@@ -218,7 +248,7 @@ fn delete_op<'a>(
         let (id, actor) = state;
         let row = sqlx::query(
             "DELETE FROM entries WHERE id = ?
-             RETURNING id, client, selectors, svid_ttl_secs, created_at",
+             RETURNING id, kind, client, selectors, svid_ttl_secs, created_at",
         )
         .bind(&*id)
         .fetch_optional(&mut *conn)
@@ -261,7 +291,13 @@ fn decode(row: &SqliteRow) -> Result<Entry, StoreError> {
         .map(u32::try_from)
         .transpose()
         .map_err(|error| corrupt(format!("svid_ttl_secs: {error}")))?;
+    let kind = match row.try_get::<String, _>("kind")?.as_str() {
+        "client" => EntryKind::Client,
+        "server" => EntryKind::Server,
+        other => return Err(corrupt(format!("kind: unknown {other:?}"))),
+    };
     Ok(Entry {
+        kind,
         client: row.try_get("client")?,
         selectors,
         svid_ttl_secs,

@@ -31,7 +31,7 @@ pub use audit::{AuditRecord, MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_
 pub use consent::{
     Consent, ConsentFilter, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SERVER_LEN, MAX_SUBJECT_LEN, NewConsent,
 };
-pub use entry::{Entry, MAX_CLIENT_LEN, MAX_SELECTOR_LEN, MAX_SELECTORS, NewEntry};
+pub use entry::{Entry, EntryKind, MAX_CLIENT_LEN, MAX_SELECTOR_LEN, MAX_SELECTORS, NewEntry};
 pub use error::StoreError;
 pub use migrate::SCHEMA_VERSION;
 pub use store::Store;
@@ -59,6 +59,7 @@ pub(crate) mod testing {
     /// A valid new entry for `client` with these selectors.
     pub(crate) fn new_entry(client: &str, selectors: &[&str]) -> NewEntry {
         NewEntry {
+            kind: crate::EntryKind::Client,
             client: client.to_owned(),
             selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
             svid_ttl_secs: None,

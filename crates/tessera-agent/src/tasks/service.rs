@@ -92,11 +92,7 @@ impl TasksService {
         let peer = peer_of(req)?;
         let snap = self.cache.current();
         let att = attest(&self.attestor, &self.metrics, &peer, snap.needs_exe_hash).await?;
-        let clients: Vec<ClientId> = snap
-            .clients_for(&att)
-            .iter()
-            .map(|e| e.client_id.clone())
-            .collect();
+        let clients: Vec<ClientId> = snap.clients_for(&att);
         if clients.is_empty() {
             self.metrics.rpc(rpc, tonic::Code::PermissionDenied);
             return Err(Status::permission_denied("no identity issued"));
@@ -345,7 +341,8 @@ impl Revocations for RevocationsService {
         let peer = peer_of(&req)?;
         let snap = self.cache.current();
         let att = attest(&self.attestor, &self.metrics, &peer, snap.needs_exe_hash).await?;
-        if snap.clients_for(&att).is_empty() {
+        // Verifiers (MCP servers) and clients alike may watch.
+        if snap.identities_for(&att).is_empty() {
             self.metrics
                 .rpc("WatchRevocations", tonic::Code::PermissionDenied);
             return Err(Status::permission_denied("no identity issued"));
