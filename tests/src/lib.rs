@@ -176,6 +176,7 @@ impl TestAgent {
                     format!("unix:path:{}", exe.display()),
                 ],
                 svid_ttl_secs: 0,
+                server: String::new(),
             })
             .await?
             .into_inner())

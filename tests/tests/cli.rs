@@ -114,6 +114,7 @@ async fn svid_fetch_writes_files_that_inspect_reads() {
             client: "shell-runtime".into(),
             selectors: vec![format!("unix:path:{}", cli.display())],
             svid_ttl_secs: 0,
+            server: String::new(),
         })
         .await
         .unwrap();

@@ -78,6 +78,7 @@ async fn oversized_request_is_refused_and_the_agent_stays_up() {
             client: "big".into(),
             selectors: vec![format!("unix:path:/{}", "a".repeat(256 * 1024))],
             svid_ttl_secs: 0,
+            server: String::new(),
         })
         .await
         .unwrap_err();
@@ -94,6 +95,7 @@ async fn oversized_request_is_refused_and_the_agent_stays_up() {
             client: "big".into(),
             selectors: vec![format!("unix:path:/{}", "a".repeat(16 * 1024))],
             svid_ttl_secs: 0,
+            server: String::new(),
         })
         .await
         .unwrap_err();
@@ -133,6 +135,7 @@ async fn a_symlink_to_a_registered_path_is_not_that_path() {
             client: "by-link".into(),
             selectors: vec![format!("unix:path:{}", link.display())],
             svid_ttl_secs: 0,
+            server: String::new(),
         })
         .await
         .unwrap();
@@ -176,6 +179,7 @@ async fn a_copied_binary_with_another_hash_is_refused() {
                 format!("unix:sha256:{digest}"),
             ],
             svid_ttl_secs: 0,
+            server: String::new(),
         })
         .await
         .unwrap();

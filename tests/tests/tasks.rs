@@ -405,6 +405,7 @@ async fn process_exit_ends_the_task_bound_to_it() {
                 ),
             ],
             svid_ttl_secs: 0,
+            server: String::new(),
         })
         .await
         .unwrap();
@@ -481,6 +482,7 @@ async fn another_client_cannot_end_or_list_the_first_ones_tasks() {
                 std::fs::canonicalize(&cli).unwrap().display()
             )],
             svid_ttl_secs: 0,
+            server: String::new(),
         })
         .await
         .unwrap();

@@ -120,6 +120,7 @@ async fn unregistered_caller_is_permission_denied() {
             client: "someone-else".into(),
             selectors: vec!["unix:uid:4242424".into()],
             svid_ttl_secs: 0,
+            server: String::new(),
         })
         .await
         .unwrap();

@@ -101,14 +101,13 @@ pub async fn run(
     .await
     .context("recovering tasks")?;
     let tasks_task = tokio::spawn(Arc::clone(&tasks).run(stop_rx.clone()));
-    let audit_task = match &config.audit_log {
-        Some(path) => Some(tokio::spawn(audit_log::run(
+    let audit_task = config.audit_log.as_ref().map(|path| {
+        tokio::spawn(audit_log::run(
             path.clone(),
             store.subscribe_audit(),
             stop_rx.clone(),
-        ))),
-        None => None,
-    };
+        ))
+    });
 
     let health = Health::new(Arc::clone(&metrics));
     let (http_addr, http_fut) = http::serve(

@@ -214,7 +214,9 @@ impl KubernetesConfig {
             return Err(bad("has no host".into()));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(bad("must be a base URL such as https://127.0.0.1:10250".into()));
+            return Err(bad(
+                "must be a base URL such as https://127.0.0.1:10250".into()
+            ));
         }
         Ok(uri)
     }
@@ -607,9 +609,15 @@ mod tests {
         assert_eq!(c.kubernetes.retry_interval, Duration::from_millis(100));
         let env: HashMap<&str, &str> = [
             ("TESSERA_KUBERNETES_KUBELET_URL", "https://[fd00::7]:10250"),
-            ("TESSERA_KUBERNETES_KUBELET_CA", "/etc/tessera/kubelet-ca.pem"),
+            (
+                "TESSERA_KUBERNETES_KUBELET_CA",
+                "/etc/tessera/kubelet-ca.pem",
+            ),
             ("TESSERA_KUBERNETES_KUBELET_SERVER_NAME", ""),
-            ("TESSERA_KUBERNETES_TOKEN_FILE", "/var/run/secrets/tokens/kubelet"),
+            (
+                "TESSERA_KUBERNETES_TOKEN_FILE",
+                "/var/run/secrets/tokens/kubelet",
+            ),
         ]
         .into();
         c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
@@ -633,14 +641,23 @@ mod tests {
         let err = c
             .apply_env(|k| (k == "TESSERA_KUBERNETES_ENABLED").then(|| "yes please".into()))
             .unwrap_err();
-        assert!(err.to_string().contains("TESSERA_KUBERNETES_ENABLED"), "{err}");
+        assert!(
+            err.to_string().contains("TESSERA_KUBERNETES_ENABLED"),
+            "{err}"
+        );
     }
 
     #[test]
     fn invalid_kubernetes_settings_are_refused() {
         let cases: &[(&str, &str)] = &[
-            ("kubelet_url = \"http://127.0.0.1:10255\"", "kubernetes.kubelet_url"),
-            ("kubelet_url = \"https://127.0.0.1:10250/pods\"", "kubernetes.kubelet_url"),
+            (
+                "kubelet_url = \"http://127.0.0.1:10255\"",
+                "kubernetes.kubelet_url",
+            ),
+            (
+                "kubelet_url = \"https://127.0.0.1:10250/pods\"",
+                "kubernetes.kubelet_url",
+            ),
             ("kubelet_url = \"not a url\"", "kubernetes.kubelet_url"),
             (
                 "insecure_skip_kubelet_verify = true\nkubelet_ca = \"/ca.pem\"",
@@ -657,7 +674,8 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{toml}: {err}");
             // Disabled, the section is not checked: it is not used.
-            let off = Config::from_toml(&toml.replace("enabled = true", "enabled = false")).unwrap();
+            let off =
+                Config::from_toml(&toml.replace("enabled = true", "enabled = false")).unwrap();
             off.validate().unwrap();
         }
         let err = Config::from_toml("[kubernetes]\nkubelet_ulr = \"x\"").unwrap_err();

@@ -204,13 +204,14 @@ fn create_op<'a>(
         } = state;
         // The writer runs one op at a time, so this check and the insert see the same
         // state.
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT id FROM entries WHERE kind = ? AND client = ? AND selectors = ?")
-                .bind(entry.kind.as_str())
-                .bind(&entry.client)
-                .bind(&*selectors_json)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM entries WHERE kind = ? AND client = ? AND selectors = ?",
+        )
+        .bind(entry.kind.as_str())
+        .bind(&entry.client)
+        .bind(&*selectors_json)
+        .fetch_optional(&mut *conn)
+        .await?;
         if let Some(existing_id) = existing {
             return Err(StoreError::DuplicateEntry { existing_id });
         }

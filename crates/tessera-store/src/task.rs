@@ -349,19 +349,23 @@ fn begin_op<'a>(
         // usable; if it is not, the SVID insert fails its foreign key to the task, and we
         // find out below what was wrong with the consent.
         effects.savepoint_opened = true;
+        //
+        // Only positional `?` parameters in multi-statement queries: sqlx binds each
+        // statement's parameters from a running offset and stops at a numbering gap, so
+        // `?NNN` numbers shared across statements would leave later ones unbound (NULL).
         let inserted: Result<Vec<(i64, String)>, sqlx::Error> = sqlx::query_as(
             "SAVEPOINT op;
              INSERT INTO tasks (id, client, subject, server, scopes, purpose, consent_id, pid,
                                 begun_at, deadline)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, c.id, ?7, ?8, ?9 FROM consents c
-             WHERE c.id = ?10 AND c.withdrawn_at IS NULL AND c.expires_at > ?8
-               AND c.client = ?2 AND c.subject = ?3 AND c.server = ?4;
-             INSERT INTO task_svids (serial, task_id, spiffe_id, not_after)
-             VALUES (?11, ?1, ?12, ?13);
+             SELECT ?, ?, ?, ?, ?, ?, c.id, ?, ?, ? FROM consents c
+             WHERE c.id = ? AND c.withdrawn_at IS NULL AND c.expires_at > ?
+               AND c.client = ? AND c.subject = ? AND c.server = ?;
+             INSERT INTO task_svids (serial, task_id, spiffe_id, not_after) VALUES (?, ?, ?, ?);
              INSERT INTO audit (at, kind, actor, detail)
-             VALUES (?14, 'task.begin', ?15, ?16), (?14, 'svid.issue', ?15, ?17)
+             VALUES (?, 'task.begin', ?, ?), (?, 'svid.issue', ?, ?)
              RETURNING seq, kind",
         )
+        // tasks
         .bind(&task.id)
         .bind(&task.client)
         .bind(&task.subject)
@@ -372,12 +376,21 @@ fn begin_op<'a>(
         .bind(task.begun_at)
         .bind(task.deadline)
         .bind(&task.consent_id)
+        .bind(task.begun_at)
+        .bind(&task.client)
+        .bind(&task.subject)
+        .bind(&task.server)
+        // task_svids
         .bind(&svid.serial)
+        .bind(&task.id)
         .bind(&svid.spiffe_id)
         .bind(svid.not_after)
+        // audit
         .bind(at)
         .bind(&*actor)
         .bind(task_detail.to_string())
+        .bind(at)
+        .bind(&*actor)
         .bind(svid_detail.to_string())
         .fetch_all(&mut *conn)
         .await;
@@ -551,7 +564,7 @@ fn end_op<'a>(
 /// `not_after` among its SVIDs.
 macro_rules! ended_returning {
     () => {
-        "UPDATE tasks SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL
+        "UPDATE tasks SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL
          RETURNING id, client, subject, server, scopes, purpose, consent_id, pid, begun_at,
                    deadline, ended_at, end_reason,
                    (SELECT json_group_array(s.serial ORDER BY s.rowid)
@@ -577,9 +590,9 @@ async fn mark_ended(
         ended_returning!()
     };
     let row = sqlx::query(sql)
-        .bind(task_id)
         .bind(ended_at)
         .bind(reason)
+        .bind(task_id)
         .fetch_optional(&mut *conn)
         .await?;
     row.map(|row| Ok((decode_task(&row)?, row.try_get("last_not_after")?)))
@@ -612,8 +625,8 @@ async fn record_end(
     let at = crate::store::unix_millis();
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO revocations (task_id, spiffe_id, serials, reason, revoked_at_ms, until)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6);
-         INSERT INTO audit (at, kind, actor, detail) VALUES (?7, 'task.end', ?8, ?9)
+         VALUES (?, ?, ?, ?, ?, ?);
+         INSERT INTO audit (at, kind, actor, detail) VALUES (?, 'task.end', ?, ?)
          RETURNING seq",
     )
     .bind(&revocation.task_id)

@@ -349,7 +349,7 @@ impl McpConnection {
     pub fn server_info(&self) -> Option<String> {
         self.client
             .peer_info()
-            .and_then(|i| i.server_info.as_ref())
+            .and_then(|i| i.server_info.clone())
             .map(|s| format!("{} {}", s.name, s.version))
     }
 

@@ -116,7 +116,9 @@ impl FromStr for Selector {
             }
             ("k8s", "sa" | "pod-name" | "node-name") => {
                 if !is_dns_subdomain(value) {
-                    return Err(bad("expected a DNS subdomain (lower-case a-z, 0-9, '-', '.')"));
+                    return Err(bad(
+                        "expected a DNS subdomain (lower-case a-z, 0-9, '-', '.')",
+                    ));
                 }
             }
             ("k8s", "pod-uid") => {
@@ -197,7 +199,8 @@ mod tests {
 
     #[test]
     fn invalid_selectors_are_refused_with_a_reason() {
-        let cases: &[(&str, fn(&SelectorError) -> bool)] = &[
+        type Case<'a> = (&'a str, fn(&SelectorError) -> bool);
+        let cases: &[Case] = &[
             ("uid:1001", |e| matches!(e, SelectorError::Shape(_))),
             ("unix:uid:", |e| matches!(e, SelectorError::Shape(_))),
             ("unix:pid:1", |e| matches!(e, SelectorError::Unknown(_))),
@@ -219,8 +222,12 @@ mod tests {
             ("unix:user:a\nb", |e| {
                 matches!(e, SelectorError::Value { .. })
             }),
-            ("k8s:namespace:x", |e| matches!(e, SelectorError::Unknown(_))),
-            ("k8s:ns:Agents", |e| matches!(e, SelectorError::Value { .. })),
+            ("k8s:namespace:x", |e| {
+                matches!(e, SelectorError::Unknown(_))
+            }),
+            ("k8s:ns:Agents", |e| {
+                matches!(e, SelectorError::Value { .. })
+            }),
             ("k8s:sa:-bad", |e| matches!(e, SelectorError::Value { .. })),
             ("k8s:pod-uid:2C48913C-B29F-11E7-9350-020968147796", |e| {
                 matches!(e, SelectorError::Value { .. })

@@ -143,7 +143,9 @@ mod tests {
     const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
     const CID: &str = "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961";
 
-    fn ok() -> Result<Option<PodContainer>, CgroupError> {
+    type Parsed = Result<Option<PodContainer>, CgroupError>;
+
+    fn ok() -> Parsed {
         Ok(Some(PodContainer {
             pod_uid: UID.into(),
             container_id: CID.into(),
@@ -154,7 +156,7 @@ mod tests {
     #[test]
     fn cgroup_files_from_each_runtime_and_driver() {
         let u = UID.replace('-', "_");
-        let cases: Vec<(&str, String, Result<Option<PodContainer>, CgroupError>)> = vec![
+        let cases: Vec<(&str, String, Parsed)> = vec![
             (
                 "containerd, systemd driver, cgroup v2",
                 format!(
@@ -238,9 +240,7 @@ mod tests {
             ),
             (
                 "kind node on cgroup v1 (nested under the node's docker cgroup)",
-                format!(
-                    "4:memory:/docker/4f1e3c0a/kubepods/besteffort/pod{UID}/{CID}\n"
-                ),
+                format!("4:memory:/docker/4f1e3c0a/kubepods/besteffort/pod{UID}/{CID}\n"),
                 ok(),
             ),
             // ---- negatives ----
@@ -259,27 +259,29 @@ mod tests {
                 format!("0::/system.slice/docker-{CID}.scope\n"),
                 Ok(None),
             ),
-            (
-                "empty file",
-                String::new(),
-                Ok(None),
-            ),
+            ("empty file", String::new(), Ok(None)),
             (
                 "CRI-O conmon (a runtime helper inside the pod slice)",
                 format!(
                     "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/crio-conmon-{CID}.scope\n"
                 ),
-                Err(CgroupError::NoContainer { pod_uid: UID.into() }),
+                Err(CgroupError::NoContainer {
+                    pod_uid: UID.into(),
+                }),
             ),
             (
                 "pod-level cgroup without a container",
                 format!("0::/kubepods/besteffort/pod{UID}\n"),
-                Err(CgroupError::NoContainer { pod_uid: UID.into() }),
+                Err(CgroupError::NoContainer {
+                    pod_uid: UID.into(),
+                }),
             ),
             (
                 "truncated container id",
                 format!("0::/kubepods/besteffort/pod{UID}/{}\n", &CID[..63]),
-                Err(CgroupError::NoContainer { pod_uid: UID.into() }),
+                Err(CgroupError::NoContainer {
+                    pod_uid: UID.into(),
+                }),
             ),
             (
                 "malformed pod uid is not a pod",

@@ -115,30 +115,38 @@ async fn start_kubelet(pods: Pods) -> FakeKubelet {
                 return;
             };
             let acceptor = acceptor.clone();
-            let (pods, req_count, rej_count) =
-                (Arc::clone(&pods), Arc::clone(&req_count), Arc::clone(&rej_count));
+            let (pods, req_count, rej_count) = (
+                Arc::clone(&pods),
+                Arc::clone(&req_count),
+                Arc::clone(&rej_count),
+            );
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let authorized = req
-                        .headers()
-                        .get(http::header::AUTHORIZATION)
-                        .is_some_and(|v| v.as_bytes() == format!("Bearer {TOKEN}").as_bytes());
-                    let resp = if !authorized {
-                        rej_count.fetch_add(1, Ordering::SeqCst);
-                        http::Response::builder().status(401).body(Full::new(Bytes::from("Unauthorized")))
-                    } else if req.method() != http::Method::GET || req.uri().path() != "/pods" {
-                        http::Response::builder().status(404).body(Full::new(Bytes::new()))
-                    } else {
-                        let n = req_count.fetch_add(1, Ordering::SeqCst);
-                        http::Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from(pods(n).to_string())))
-                    };
-                    async move { resp }
-                });
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let authorized = req
+                            .headers()
+                            .get(http::header::AUTHORIZATION)
+                            .is_some_and(|v| v.as_bytes() == format!("Bearer {TOKEN}").as_bytes());
+                        let resp = if !authorized {
+                            rej_count.fetch_add(1, Ordering::SeqCst);
+                            http::Response::builder()
+                                .status(401)
+                                .body(Full::new(Bytes::from("Unauthorized")))
+                        } else if req.method() != http::Method::GET || req.uri().path() != "/pods" {
+                            http::Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::new()))
+                        } else {
+                            let n = req_count.fetch_add(1, Ordering::SeqCst);
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(pods(n).to_string())))
+                        };
+                        async move { resp }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
                     .await;
@@ -207,8 +215,20 @@ async fn setup(pods: Pods, token: &str, trust: Option<KubeletTrust>) -> Setup {
 fn two_pods() -> Pods {
     Arc::new(|_| {
         pod_list(vec![
-            pod(POD_A, "agents", "code-reviewer-0", "code-reviewer", &[("runtime", CTR_A)]),
-            pod(POD_B, "tools", "github-mcp-0", "github-mcp", &[("server", CTR_B)]),
+            pod(
+                POD_A,
+                "agents",
+                "code-reviewer-0",
+                "code-reviewer",
+                &[("runtime", CTR_A)],
+            ),
+            pod(
+                POD_B,
+                "tools",
+                "github-mcp-0",
+                "github-mcp",
+                &[("server", CTR_B)],
+            ),
         ])
     })
 }
@@ -245,15 +265,31 @@ async fn caller_in_a_listed_pod_gets_its_pod_selectors_over_verified_tls() {
     let sels = s.attestor.selectors(4343).await.unwrap();
     assert!(sels.iter().any(|s| s.as_str() == "k8s:sa:github-mcp"));
     assert!(!sels.iter().any(|s| s.as_str() == "k8s:sa:code-reviewer"));
-    assert_eq!(s.kubelet.requests.load(Ordering::SeqCst), 1, "one fetch serves both");
+    assert_eq!(
+        s.kubelet.requests.load(Ordering::SeqCst),
+        1,
+        "one fetch serves both"
+    );
 }
 
 #[tokio::test]
 async fn container_not_yet_listed_is_found_after_a_retry() {
     let pods: Pods = Arc::new(|n| {
-        let mut items = vec![pod(POD_A, "agents", "code-reviewer-0", "code-reviewer", &[("runtime", CTR_A)])];
+        let mut items = vec![pod(
+            POD_A,
+            "agents",
+            "code-reviewer-0",
+            "code-reviewer",
+            &[("runtime", CTR_A)],
+        )];
         if n >= 2 {
-            items.push(pod(POD_B, "agents", "late-0", "late", &[("runtime", CTR_LATE)]));
+            items.push(pod(
+                POD_B,
+                "agents",
+                "late-0",
+                "late",
+                &[("runtime", CTR_LATE)],
+            ));
         }
         pod_list(items)
     });
@@ -271,12 +307,19 @@ async fn container_not_yet_listed_is_found_after_a_retry() {
 async fn caller_in_an_unknown_pod_is_denied_after_bounded_retries() {
     let s = setup(two_pods(), TOKEN, None).await;
     let proc = s.dir.path().join("proc");
-    fake_proc(&proc, 20, &containerd_v2("00000000-0000-4000-8000-000000000000", CTR_A));
+    fake_proc(
+        &proc,
+        20,
+        &containerd_v2("00000000-0000-4000-8000-000000000000", CTR_A),
+    );
     let started = std::time::Instant::now();
     let err = s.attestor.selectors(20).await.unwrap_err();
     assert!(matches!(err, K8sAttestError::NotListed { .. }), "{err}");
     // One fetch, then retry_attempts more, and no more than that.
-    assert_eq!(s.kubelet.requests.load(Ordering::SeqCst), 1 + timing().retry_attempts as usize);
+    assert_eq!(
+        s.kubelet.requests.load(Ordering::SeqCst),
+        1 + timing().retry_attempts as usize
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
@@ -294,14 +337,22 @@ async fn container_id_of_one_pod_under_another_pods_uid_is_denied() {
 async fn host_process_gets_no_k8s_selectors_and_costs_no_request() {
     let s = setup(two_pods(), TOKEN, None).await;
     let proc = s.dir.path().join("proc");
-    fake_proc(&proc, 40, "0::/user.slice/user-1000.slice/session-3.scope\n");
+    fake_proc(
+        &proc,
+        40,
+        "0::/user.slice/user-1000.slice/session-3.scope\n",
+    );
     assert!(s.attestor.selectors(40).await.unwrap().is_empty());
     assert_eq!(s.kubelet.requests.load(Ordering::SeqCst), 0);
     // A runtime helper inside a pod slice is not a container: denied, not ignored.
-    fake_proc(&proc, 41, &format!(
-        "0::/kubepods.slice/kubepods-pod{}.slice/crio-conmon-{CTR_A}.scope\n",
-        POD_A.replace('-', "_")
-    ));
+    fake_proc(
+        &proc,
+        41,
+        &format!(
+            "0::/kubepods.slice/kubepods-pod{}.slice/crio-conmon-{CTR_A}.scope\n",
+            POD_A.replace('-', "_")
+        ),
+    );
     let err = s.attestor.selectors(41).await.unwrap_err();
     assert!(matches!(err, K8sAttestError::Cgroup { .. }), "{err}");
 }
@@ -313,7 +364,10 @@ async fn wrong_token_is_refused_by_the_kubelet_and_the_caller_denied() {
     fake_proc(&proc, 50, &containerd_v2(POD_A, CTR_A));
     let err = s.attestor.selectors(50).await.unwrap_err();
     assert!(
-        matches!(err, K8sAttestError::Kubelet(KubeletError::Unauthorized { status: 401, .. })),
+        matches!(
+            err,
+            K8sAttestError::Kubelet(KubeletError::Unauthorized { status: 401, .. })
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("nodes/pods"), "{err}");
@@ -335,9 +389,18 @@ async fn kubelet_certificate_from_another_ca_is_refused_unless_dangerously_skipp
     fake_proc(&proc, 60, &containerd_v2(POD_A, CTR_A));
     let err = s.attestor.selectors(60).await.unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
-    assert_eq!(s.kubelet.requests.load(Ordering::SeqCst), 0, "no request on an unverified connection");
+    assert_eq!(
+        s.kubelet.requests.load(Ordering::SeqCst),
+        0,
+        "no request on an unverified connection"
+    );
 
-    let s = setup(two_pods(), TOKEN, Some(KubeletTrust::DangerousAcceptAnyCertificate)).await;
+    let s = setup(
+        two_pods(),
+        TOKEN,
+        Some(KubeletTrust::DangerousAcceptAnyCertificate),
+    )
+    .await;
     fake_proc(&s.dir.path().join("proc"), 60, &containerd_v2(POD_A, CTR_A));
     assert!(!s.attestor.selectors(60).await.unwrap().is_empty());
 }
@@ -404,7 +467,10 @@ async fn composed_attestation_is_unix_selectors_plus_k8s_selectors() {
     };
     for (pid, cgroup) in [
         (80, containerd_v2(POD_A, CTR_A)),
-        (81, containerd_v2("00000000-0000-4000-8000-000000000000", CTR_A)),
+        (
+            81,
+            containerd_v2("00000000-0000-4000-8000-000000000000", CTR_A),
+        ),
     ] {
         let d = proc.join(pid.to_string());
         fake_proc(&proc, pid, &cgroup);
@@ -412,12 +478,23 @@ async fn composed_attestation_is_unix_selectors_plus_k8s_selectors() {
         std::os::unix::fs::symlink("/usr/local/bin/runtime", d.join("exe")).unwrap();
     }
     let att = attestor.attest(&peer(80), false).await.unwrap();
-    assert!(att.satisfies(["unix:uid:1000", "unix:path:/usr/local/bin/runtime", "k8s:ns:agents", "k8s:sa:code-reviewer"]));
+    assert!(att.satisfies([
+        "unix:uid:1000",
+        "unix:path:/usr/local/bin/runtime",
+        "k8s:ns:agents",
+        "k8s:sa:code-reviewer"
+    ]));
     assert!(!att.satisfies(["k8s:sa:github-mcp"]));
 
     let err = attestor.attest(&peer(81), false).await.unwrap_err();
-    assert!(matches!(err, crate::attest::AttestError::Kubernetes { .. }), "{err}");
+    assert!(
+        matches!(err, crate::attest::AttestError::Kubernetes { .. }),
+        "{err}"
+    );
     // A pid with no /proc entry has exited: refused as such.
     let err = attestor.attest(&peer(82), false).await.unwrap_err();
-    assert!(matches!(err, crate::attest::AttestError::Exited { .. }), "{err}");
+    assert!(
+        matches!(err, crate::attest::AttestError::Exited { .. }),
+        "{err}"
+    );
 }

@@ -1,0 +1,619 @@
+//! The deployment manifests, parsed into typed Kubernetes objects and checked
+//! against the agent's own configuration: socket paths, ports, probes, config
+//! keys, RBAC, security context. The Helm chart, rendered with its default
+//! values (by a small renderer for the template subset it uses, no `helm`
+//! binary here), must produce the same objects as the kustomize base.
+
+#[path = "deploy/helm_render.rs"]
+mod helm_render;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, Namespace, Pod, PodSpec, Service, ServiceAccount, Volume,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_norway::Value;
+use tessera_agent::config::Config;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// One manifest object, typed.
+#[derive(Debug, Clone, PartialEq)]
+enum Object {
+    Namespace(Namespace),
+    ServiceAccount(ServiceAccount),
+    ClusterRole(ClusterRole),
+    ClusterRoleBinding(ClusterRoleBinding),
+    ConfigMap(ConfigMap),
+    DaemonSet(DaemonSet),
+    Pod(Pod),
+    Deployment(Deployment),
+    Service(Service),
+}
+
+impl Object {
+    fn parse(doc: Value, origin: &str) -> Object {
+        let kind = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{origin}: an object without kind"))
+            .to_owned();
+        fn typed<T: serde::de::DeserializeOwned>(doc: Value, origin: &str, kind: &str) -> T {
+            serde_norway::from_value(doc)
+                .unwrap_or_else(|e| panic!("{origin}: not a valid {kind}: {e}"))
+        }
+        match kind.as_str() {
+            "Namespace" => Object::Namespace(typed(doc, origin, &kind)),
+            "ServiceAccount" => Object::ServiceAccount(typed(doc, origin, &kind)),
+            "ClusterRole" => Object::ClusterRole(typed(doc, origin, &kind)),
+            "ClusterRoleBinding" => Object::ClusterRoleBinding(typed(doc, origin, &kind)),
+            "ConfigMap" => Object::ConfigMap(typed(doc, origin, &kind)),
+            "DaemonSet" => Object::DaemonSet(typed(doc, origin, &kind)),
+            "Pod" => Object::Pod(typed(doc, origin, &kind)),
+            "Deployment" => Object::Deployment(typed(doc, origin, &kind)),
+            "Service" => Object::Service(typed(doc, origin, &kind)),
+            other => panic!("{origin}: unexpected kind {other}"),
+        }
+    }
+
+    fn key(&self) -> (&'static str, String) {
+        let (kind, meta) = match self {
+            Object::Namespace(o) => ("Namespace", &o.metadata),
+            Object::ServiceAccount(o) => ("ServiceAccount", &o.metadata),
+            Object::ClusterRole(o) => ("ClusterRole", &o.metadata),
+            Object::ClusterRoleBinding(o) => ("ClusterRoleBinding", &o.metadata),
+            Object::ConfigMap(o) => ("ConfigMap", &o.metadata),
+            Object::DaemonSet(o) => ("DaemonSet", &o.metadata),
+            Object::Pod(o) => ("Pod", &o.metadata),
+            Object::Deployment(o) => ("Deployment", &o.metadata),
+            Object::Service(o) => ("Service", &o.metadata),
+        };
+        (kind, meta.name.clone().unwrap_or_default())
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        match self {
+            Object::Namespace(_) | Object::ClusterRole(_) | Object::ClusterRoleBinding(_) => None,
+            Object::ServiceAccount(o) => o.metadata.namespace.as_deref(),
+            Object::ConfigMap(o) => o.metadata.namespace.as_deref(),
+            Object::DaemonSet(o) => o.metadata.namespace.as_deref(),
+            Object::Pod(o) => o.metadata.namespace.as_deref(),
+            Object::Deployment(o) => o.metadata.namespace.as_deref(),
+            Object::Service(o) => o.metadata.namespace.as_deref(),
+        }
+    }
+}
+
+/// Every YAML document in `text`, typed.
+fn parse_docs(text: &str, origin: &str) -> Vec<Object> {
+    serde_norway::Deserializer::from_str(text)
+        .map(|d| {
+            <Value as serde::Deserialize>::deserialize(d)
+                .unwrap_or_else(|e| panic!("{origin}: {e}"))
+        })
+        .filter(|v| !v.is_null())
+        .map(|v| Object::parse(v, origin))
+        .collect()
+}
+
+/// A kustomization's output: its resources, in order. Refuses transformers
+/// this test does not model, and checks the namespace transformer is a no-op.
+fn kustomize(dir: &Path) -> Vec<Object> {
+    let k: Value =
+        serde_norway::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
+            .unwrap();
+    for key in k.as_mapping().unwrap().keys() {
+        let key = key.as_str().unwrap();
+        assert!(
+            ["apiVersion", "kind", "namespace", "resources"].contains(&key),
+            "{}: `{key}` is a transformer this test does not model",
+            dir.display()
+        );
+    }
+    let ns = k.get("namespace").and_then(Value::as_str);
+    let mut out = Vec::new();
+    for r in k["resources"].as_sequence().unwrap() {
+        let file = dir.join(r.as_str().unwrap());
+        let objs = parse_docs(
+            &std::fs::read_to_string(&file).unwrap(),
+            &file.display().to_string(),
+        );
+        for o in &objs {
+            if let (Some(want), Some(have)) = (ns, o.namespace()) {
+                assert_eq!(
+                    have,
+                    want,
+                    "{}: {:?} is not in the kustomization's namespace",
+                    file.display(),
+                    o.key()
+                );
+            }
+        }
+        out.extend(objs);
+    }
+    out
+}
+
+fn helm(values_override: Option<&str>) -> Vec<Object> {
+    let chart_dir = repo().join("deploy/helm/tessera");
+    let mut values: Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart_dir.join("values.yaml")).unwrap())
+            .unwrap();
+    if let Some(o) = values_override {
+        merge(&mut values, serde_norway::from_str(o).unwrap());
+    }
+    let chart: Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart_dir.join("Chart.yaml")).unwrap())
+            .unwrap();
+    let chart = serde_norway::to_value(BTreeMap::from([
+        ("Name", chart["name"].clone()),
+        ("Version", chart["version"].clone()),
+        ("AppVersion", chart["appVersion"].clone()),
+    ]))
+    .unwrap();
+    let ctx = helm_render::Context {
+        values,
+        release_name: "tessera".into(),
+        release_namespace: "tessera-system".into(),
+        chart,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart_dir.join("templates"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let rendered = helm_render::render(&std::fs::read_to_string(&f).unwrap(), &ctx)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        out.extend(parse_docs(&rendered, &f.display().to_string()));
+    }
+    out
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn find<'a, T>(objs: &'a [Object], pick: impl Fn(&'a Object) -> Option<&'a T>) -> &'a T {
+    let found: Vec<&T> = objs.iter().filter_map(pick).collect();
+    assert_eq!(found.len(), 1, "expected exactly one");
+    found[0]
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e: &&EnvVar| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+fn volume<'a>(spec: &'a PodSpec, name: &str) -> &'a Volume {
+    spec.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// The volume mounted at `dir` in `c`, and whether read-only.
+fn mount_at<'a>(spec: &'a PodSpec, c: &Container, dir: &Path) -> (&'a Volume, bool) {
+    let m = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| Path::new(&m.mount_path) == dir)
+        .unwrap_or_else(|| panic!("{}: nothing mounted at {}", c.name, dir.display()));
+    (volume(spec, &m.name), m.read_only.unwrap_or(false))
+}
+
+/// The agent's effective config inside the DaemonSet: the ConfigMap's TOML,
+/// then the container's TESSERA_* environment, as the agent loads it.
+fn agent_config(objs: &[Object]) -> (Config, DaemonSet, ConfigMap) {
+    let ds = find(objs, |o| match o {
+        Object::DaemonSet(d) => Some(d),
+        _ => None,
+    })
+    .clone();
+    let spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &spec.containers[0];
+    let config_path = PathBuf::from(env(c, "TESSERA_CONFIG").expect("TESSERA_CONFIG is set"));
+    let (vol, ro) = mount_at(spec, c, config_path.parent().unwrap());
+    assert!(ro, "the config mount is read-only");
+    let cm_name = vol
+        .config_map
+        .as_ref()
+        .expect("config comes from a ConfigMap")
+        .name
+        .clone();
+    let cm = find(objs, |o| match o {
+        Object::ConfigMap(m) if m.metadata.name.as_deref() == Some(cm_name.as_str()) => Some(m),
+        _ => None,
+    })
+    .clone();
+    let key = config_path.file_name().unwrap().to_str().unwrap();
+    let toml = &cm.data.as_ref().unwrap()[key];
+    let mut config = Config::from_toml(toml).unwrap_or_else(|e| panic!("ConfigMap {key}: {e}"));
+    config
+        .apply_env(|k| env(c, k).map(|v| v.replace("$(NODE_IP)", "10.0.0.7")))
+        .unwrap();
+    config.validate().unwrap();
+    (config, ds, cm)
+}
+
+fn port_number(p: &IntOrString, c: &Container) -> i32 {
+    match p {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|cp| cp.name.as_deref() == Some(name))
+            .map(|cp| cp.container_port)
+            .unwrap_or_else(|| panic!("no port named {name}")),
+    }
+}
+
+fn check_agent(objs: &[Object], origin: &str) -> Config {
+    let (config, ds, _) = agent_config(objs);
+    let spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &spec.containers[0];
+
+    assert_eq!(
+        spec.host_pid,
+        Some(true),
+        "{origin}: SO_PEERCRED pids must name /proc entries"
+    );
+    assert!(
+        config.kubernetes.enabled,
+        "{origin}: the Kubernetes attestor is on"
+    );
+    assert_eq!(
+        config.kubernetes.kubelet_url, "https://10.0.0.7:10250",
+        "{origin}"
+    );
+
+    // The workload socket's directory is the same hostPath on the node as in the container.
+    let sock_dir = config.workload_socket.parent().unwrap();
+    assert_eq!(sock_dir, Path::new("/run/tessera"), "{origin}");
+    let (vol, ro) = mount_at(spec, c, sock_dir);
+    assert!(!ro, "{origin}: the agent creates the socket");
+    assert_eq!(
+        vol.host_path.as_ref().map(|h| h.path.as_str()),
+        Some(sock_dir.to_str().unwrap()),
+        "{origin}: socket directory is a hostPath at the same path"
+    );
+    // The admin socket is not shared with the node's pods.
+    let admin_dir = config.admin_socket.parent().unwrap();
+    assert_ne!(admin_dir, sock_dir, "{origin}");
+    let (vol, _) = mount_at(spec, c, admin_dir);
+    assert!(
+        vol.empty_dir.is_some() && vol.host_path.is_none(),
+        "{origin}: admin socket stays in the pod"
+    );
+    assert_eq!(
+        env(c, "TESSERA_ADMIN_SOCKET").map(PathBuf::from),
+        Some(config.admin_socket.clone()),
+        "{origin}: the in-pod CLI finds the admin socket"
+    );
+    // Data survives restarts and is writable under a read-only root.
+    let (vol, ro) = mount_at(spec, c, &config.data_dir);
+    assert!(!ro && vol.host_path.is_some(), "{origin}");
+
+    // Probes and metrics on the agent's http_listen port.
+    let port = i32::from(config.http_listen.port());
+    assert!(
+        config.http_listen.ip().is_unspecified(),
+        "{origin}: probes come from the kubelet, on the pod IP"
+    );
+    let live = c
+        .liveness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("liveness probe");
+    let ready = c
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("readiness probe");
+    assert_eq!(live.path.as_deref(), Some("/healthz"), "{origin}");
+    assert_eq!(ready.path.as_deref(), Some("/readyz"), "{origin}");
+    assert_eq!(port_number(&live.port, c), port, "{origin}");
+    assert_eq!(port_number(&ready.port, c), port, "{origin}");
+    assert!(
+        c.ports.iter().flatten().any(|p| p.container_port == port),
+        "{origin}"
+    );
+    let ann = ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap();
+    assert_eq!(ann["prometheus.io/scrape"], "true", "{origin}");
+    assert_eq!(ann["prometheus.io/port"], port.to_string(), "{origin}");
+    assert_eq!(ann["prometheus.io/path"], "/metrics", "{origin}");
+
+    // Least privilege: read-only root, no escalation, only CAP_SYS_PTRACE.
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert_eq!(sc.read_only_root_filesystem, Some(true), "{origin}");
+    assert_eq!(sc.allow_privilege_escalation, Some(false), "{origin}");
+    assert_ne!(sc.privileged, Some(true), "{origin}");
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(
+        caps.drop.as_deref(),
+        Some(&["ALL".to_string()][..]),
+        "{origin}"
+    );
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["SYS_PTRACE".to_string()][..]),
+        "{origin}"
+    );
+    let res = c.resources.as_ref().expect("resources");
+    for (what, m) in [("requests", &res.requests), ("limits", &res.limits)] {
+        let m = m.as_ref().unwrap_or_else(|| panic!("{origin}: no {what}"));
+        assert!(
+            m.contains_key("cpu") && m.contains_key("memory"),
+            "{origin}: {what}"
+        );
+    }
+
+    // RBAC: the DaemonSet's service account, bound to get nodes/pods and nothing else.
+    let sa = spec.service_account_name.as_deref().unwrap();
+    let ns = ds.metadata.namespace.as_deref().unwrap();
+    find(objs, |o| match o {
+        Object::ServiceAccount(s) if s.metadata.name.as_deref() == Some(sa) => Some(s),
+        _ => None,
+    });
+    let crb = find(objs, |o| match o {
+        Object::ClusterRoleBinding(b) => Some(b),
+        _ => None,
+    });
+    let subj = &crb.subjects.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            subj.kind.as_str(),
+            subj.name.as_str(),
+            subj.namespace.as_deref()
+        ),
+        ("ServiceAccount", sa, Some(ns))
+    );
+    let cr = find(objs, |o| match o {
+        Object::ClusterRole(r)
+            if r.metadata.name.as_deref() == Some(crb.role_ref.name.as_str()) =>
+        {
+            Some(r)
+        }
+        _ => None,
+    });
+    let rules = cr.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1, "{origin}: {rules:?}");
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["nodes/pods".to_string()][..])
+    );
+    assert_eq!(rules[0].verbs, vec!["get".to_string()]);
+    config
+}
+
+/// Every container of `spec` that has SPIFFE_ENDPOINT_SOCKET mounts the agent's
+/// socket directory read-only from the same hostPath.
+fn check_workload(spec: &PodSpec, config: &Config, origin: &str) -> usize {
+    let mut n = 0;
+    for c in &spec.containers {
+        let Some(ep) = env(c, "SPIFFE_ENDPOINT_SOCKET") else {
+            continue;
+        };
+        n += 1;
+        assert_eq!(
+            ep,
+            format!("unix://{}", config.workload_socket.display()),
+            "{origin}/{}",
+            c.name
+        );
+        let dir = config.workload_socket.parent().unwrap();
+        let (vol, ro) = mount_at(spec, c, dir);
+        assert!(
+            ro,
+            "{origin}: workloads mount the socket directory read-only"
+        );
+        assert_eq!(
+            vol.host_path.as_ref().map(|h| h.path.as_str()),
+            Some(dir.to_str().unwrap()),
+            "{origin}"
+        );
+    }
+    n
+}
+
+#[test]
+fn kustomize_base_agrees_with_the_agent_config() {
+    let objs = kustomize(&repo().join("deploy/kubernetes/base"));
+    let ns = find(&objs, |o| match o {
+        Object::Namespace(n) => Some(n),
+        _ => None,
+    });
+    assert_eq!(ns.metadata.name.as_deref(), Some("tessera-system"));
+    let labels = ns.metadata.labels.as_ref().unwrap();
+    assert_eq!(
+        labels["pod-security.kubernetes.io/enforce"], "privileged",
+        "hostPID needs it"
+    );
+    check_agent(&objs, "kustomize base");
+}
+
+#[test]
+fn example_workloads_mount_the_agent_socket() {
+    let base = kustomize(&repo().join("deploy/kubernetes/base"));
+    let (config, _, _) = agent_config(&base);
+    let objs = kustomize(&repo().join("deploy/kubernetes/examples"));
+    let mut checked = 0;
+    for o in &objs {
+        match o {
+            Object::Pod(p) => {
+                checked += check_workload(p.spec.as_ref().unwrap(), &config, "example pod")
+            }
+            Object::Deployment(d) => {
+                checked += check_workload(
+                    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap(),
+                    &config,
+                    "example deployment",
+                )
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(checked, 2, "the agent runtime and the MCP server");
+    // The selectors the examples' comments register are ones the agent accepts.
+    for text in ["agent-runtime-pod.yaml", "mcp-server-deployment.yaml"] {
+        let src =
+            std::fs::read_to_string(repo().join("deploy/kubernetes/examples").join(text)).unwrap();
+        for sel in src.split_whitespace().filter(|w| w.starts_with("k8s:")) {
+            sel.parse::<tessera_agent::attest::Selector>()
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn legacy_nodes_proxy_component_patches_the_agent_role() {
+    let k: Value = serde_norway::from_str(
+        &std::fs::read_to_string(
+            repo().join("deploy/kubernetes/components/legacy-nodes-proxy/kustomization.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(k["kind"].as_str(), Some("Component"));
+    let base = kustomize(&repo().join("deploy/kubernetes/base"));
+    let role = find(&base, |o| match o {
+        Object::ClusterRole(r) => Some(r),
+        _ => None,
+    });
+    let patch = &k["patches"][0];
+    assert_eq!(
+        patch["target"]["name"].as_str(),
+        role.metadata.name.as_deref()
+    );
+    assert!(patch["patch"].as_str().unwrap().contains("nodes/proxy"));
+}
+
+#[test]
+fn helm_chart_with_default_values_renders_the_kustomize_base() {
+    let base = kustomize(&repo().join("deploy/kubernetes/base"));
+    let chart = helm(None);
+    let config = check_agent(&chart, "helm defaults");
+    let (base_config, _, _) = agent_config(&base);
+    assert_eq!(config, base_config, "same effective agent configuration");
+
+    // Same objects, field for field, except: the Namespace (Helm installs into
+    // a namespace made beforehand) and the ConfigMap's TOML text (comments
+    // differ; its parsed meaning was compared above).
+    let strip = |objs: &[Object]| -> BTreeMap<(&'static str, String), Object> {
+        objs.iter()
+            .filter(|o| !matches!(o, Object::Namespace(_)))
+            .map(|o| {
+                let mut o = o.clone();
+                if let Object::ConfigMap(m) = &mut o {
+                    m.data = None;
+                }
+                (o.key(), o)
+            })
+            .collect()
+    };
+    let (want, got) = (strip(&base), strip(&chart));
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>()
+    );
+    for (k, w) in &want {
+        assert_eq!(&got[k], w, "{k:?} differs between kustomize and helm");
+    }
+}
+
+#[test]
+fn helm_chart_values_reach_the_objects() {
+    let objs = helm(Some(
+        "trustDomain: prod.acme.corp\n\
+         ttl: {clientSvid: 30m, taskSvid: 2m}\n\
+         upstreamCA: {secretName: tessera-upstream-ca}\n\
+         image: {repository: registry.acme.corp/tessera, tag: 0.2.0}\n\
+         metrics: {port: 9100}\n\
+         kubelet: {insecureSkipVerify: true, legacyNodesProxy: true}\n\
+         nodeSelector: {kubernetes.io/os: linux}\n\
+         tolerations: []\n",
+    ));
+    let (config, ds, _) = agent_config(&objs);
+    assert_eq!(config.trust_domain, "prod.acme.corp");
+    assert_eq!(config.client_svid_ttl.as_secs(), 1800);
+    assert_eq!(config.task_svid_ttl.as_secs(), 120);
+    assert_eq!(config.http_listen.port(), 9100);
+    assert!(config.kubernetes.insecure_skip_kubelet_verify);
+    assert_eq!(config.ca.mode, tessera_agent::config::CaModeName::Upstream);
+    let spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &spec.containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.acme.corp/tessera:0.2.0"));
+    for f in [
+        &config.ca.upstream_cert,
+        &config.ca.upstream_key,
+        &config.ca.upstream_bundle,
+    ] {
+        let dir = f.as_ref().unwrap().parent().unwrap();
+        let (vol, ro) = mount_at(spec, c, dir);
+        assert!(ro);
+        assert_eq!(
+            vol.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("tessera-upstream-ca")
+        );
+    }
+    assert_eq!(
+        spec.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+        "linux"
+    );
+    assert!(spec.tolerations.is_none());
+    let probe = c
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(port_number(&probe.port, c), 9100);
+    let role = find(&objs, |o| match o {
+        Object::ClusterRole(r) => Some(r),
+        _ => None,
+    });
+    assert!(
+        role.rules
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|r| r.resources.as_deref() == Some(&["nodes/proxy".to_string()][..]))
+    );
+}

@@ -1,0 +1,444 @@
+//! MCP over mTLS across processes: a real agent, the example MCP server process
+//! (tessera-verify), and real MCP clients (rmcp's client in this process, and the
+//! example agent-runtime binary).
+
+#[path = "support/mcp.rs"]
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{AgentCa, Env, Leaf, RUNTIME_BIN, SUBJECT, foreign_ca, mint};
+use tessera_e2e::{TRUST_DOMAIN, bin};
+use tessera_example_agent_runtime::{
+    CallOutcome, McpConnection, TaskCredential, TaskRequest, Workload, http_client,
+    install_crypto_provider, measure_refusal_after_end, tls_config,
+};
+use tessera_proto::tessera::v1::Task;
+use time::OffsetDateTime;
+
+fn args(v: Value) -> Option<serde_json::Map<String, Value>> {
+    v.as_object().cloned()
+}
+
+async fn begin(env: &Env, scopes: &[&str]) -> (Workload, Task, TaskCredential) {
+    install_crypto_provider();
+    let w = Workload::connect(&env.agent.endpoint()).await.unwrap();
+    let task = w
+        .begin_task(&TaskRequest {
+            server: "github".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            subject: SUBJECT.into(),
+            purpose: "review PR 42".into(),
+            lifetime_secs: 0,
+        })
+        .await
+        .unwrap();
+    let cred = w
+        .task_credential(&task.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(cred.spiffe_id, task.spiffe_id);
+    (w, task, cred)
+}
+
+async fn connect(env: &Env, cred: &TaskCredential) -> McpConnection {
+    McpConnection::connect(&env.server.url, tls_config(cred, "github").unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nserver log:\n{}", env.server.log_text()))
+}
+
+fn audit(env: &Env) -> Vec<Value> {
+    std::fs::read_to_string(&env.server.audit)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn allowed_out_of_scope_and_policy_forbidden_calls() {
+    let env = Env::start(&[]).await.unwrap();
+    let (_w, task, cred) = begin(
+        &env,
+        &[
+            "github/tool/get_pull_request",
+            "github/tool/list_pulls",
+            "github/tool/delete_branch",
+        ],
+    )
+    .await;
+    let conn = connect(&env, &cred).await;
+
+    // tools/list shows only what the task may use (search_code is out of its scopes).
+    let mut tools = conn.list_tools().await.unwrap();
+    tools.sort();
+    assert_eq!(tools, ["delete_branch", "get_pull_request", "list_pulls"]);
+
+    // An allowed call runs the tool, with argument-dependent data.
+    let out = conn
+        .call(
+            "get_pull_request",
+            args(json!({"repo": "acme/api", "number": 42})),
+        )
+        .await;
+    let CallOutcome::Ok { text } = &out else {
+        panic!("expected success, got {out:?}");
+    };
+    let pr: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(pr["repo"], "acme/api");
+    assert_eq!(pr["number"], 42);
+
+    // Outside the task's scopes: a tool error naming the reason.
+    let out = conn
+        .call("search_code", args(json!({"query": "fn main"})))
+        .await;
+    assert_eq!(out.denial_reason(), Some("out_of_scope"), "{out:?}");
+
+    // Within scope, but Cedar forbids it by argument: the policy id is in the denial.
+    let out = conn
+        .call(
+            "delete_branch",
+            args(json!({"repo": "acme/api", "branch": "main"})),
+        )
+        .await;
+    match &out {
+        CallOutcome::Denied {
+            reason, policy_ids, ..
+        } => {
+            assert_eq!(reason, "policy_forbids");
+            assert_eq!(policy_ids, &["protect-default-branch"]);
+        }
+        other => panic!("expected a policy denial, got {other:?}"),
+    }
+    // The same tool with another argument is allowed.
+    let out = conn
+        .call(
+            "delete_branch",
+            args(json!({"repo": "acme/api", "branch": "fix/42"})),
+        )
+        .await;
+    assert!(out.is_ok(), "{out:?}");
+
+    // Every decision is audited with client, task, reason and policy ids.
+    let events = audit(&env);
+    let forbid = events
+        .iter()
+        .find(|e| e["reason"] == "policy_forbids")
+        .expect("audit event for the forbidden call");
+    assert_eq!(forbid["client"], "code-reviewer");
+    assert_eq!(forbid["task"], task.id);
+    assert_eq!(forbid["subject"], SUBJECT);
+    assert_eq!(forbid["target"], "delete_branch");
+    assert_eq!(forbid["policy_ids"], json!(["protect-default-branch"]));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "out_of_scope" && e["target"] == "search_code")
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["decision"] == "allow" && e["target"] == "get_pull_request")
+    );
+    conn.close().await;
+}
+
+#[tokio::test]
+async fn end_task_refuses_the_next_call_on_the_open_connection_within_100ms() {
+    let env = Env::start(&[]).await.unwrap();
+    let (w, task, cred) = begin(&env, &["github/tool/get_pull_request"]).await;
+    let conn = connect(&env, &cred).await;
+    let a = args(json!({"repo": "acme/api", "number": 7}));
+    assert!(conn.call("get_pull_request", a.clone()).await.is_ok());
+
+    let m = measure_refusal_after_end(
+        &w,
+        &conn,
+        &task.id,
+        "get_pull_request",
+        a,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(m.outcome.denial_reason(), Some("revoked"), "{:?}", m.outcome);
+    assert!(
+        m.elapsed < Duration::from_millis(100),
+        "refused only after {:?} ({} attempts)",
+        m.elapsed,
+        m.attempts
+    );
+    // It was the same connection: the server accepted exactly one for this task.
+    let accepted = env
+        .server
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("connection accepted") && l.contains(&task.spiffe_id))
+        .count();
+    assert_eq!(accepted, 1, "server log:\n{}", env.server.log_text());
+    eprintln!(
+        "EndTask → refusal: {:?} (EndTask RPC {:?}, {} attempts)",
+        m.elapsed, m.end_task_rtt, m.attempts
+    );
+}
+
+/// A client config presenting `chain`/`key` to the server, trusting the agent's CA.
+fn hostile_tls(
+    ca: &AgentCa,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> rustls::ClientConfig {
+    let expected = format!("spiffe://{TRUST_DOMAIN}/mcp/github").parse().unwrap();
+    let mut cfg =
+        tessera_verify::tls::client_config(&expected, ca.bundle.clone(), chain, key).unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg
+}
+
+#[tokio::test]
+async fn hostile_certificates_are_refused_at_the_handshake() {
+    let env = Env::start(&[]).await.unwrap();
+    let ca = AgentCa::load(&env.agent).unwrap();
+    // A real task, to copy its id and signed claims into forgeries that differ from it
+    // in exactly one property.
+    let (_w, task, cred) = begin(&env, &["github/tool/get_pull_request"]).await;
+    let leaf = tessera_identity::check_leaf_svid(cred.chain[0].as_ref()).unwrap();
+    let claims_der = leaf.claims.as_ref().unwrap().to_der();
+
+    // Control: a forgery with nothing wrong (same id, claims, CA) gets through, so the
+    // refusals below are about the one property under test.
+    let mut ok = Leaf::new(&task.spiffe_id, &ca.issuer);
+    ok.claims_der = Some(claims_der.clone());
+    let m = mint(&ok).unwrap();
+    let conn = McpConnection::connect(&env.server.url, hostile_tls(&ca, m.chain, m.key))
+        .await
+        .expect("a well-formed certificate from the agent's CA is accepted");
+    let out = conn
+        .call(
+            "get_pull_request",
+            args(json!({"repo": "acme/api", "number": 1})),
+        )
+        .await;
+    assert!(out.is_ok(), "{out:?}");
+    conn.close().await;
+
+    let (evil, _) = foreign_ca().unwrap();
+    let foreign_id = task.spiffe_id.replace(TRUST_DOMAIN, "evil.test");
+    let now = OffsetDateTime::now_utc();
+    let cases: Vec<(&str, Leaf<'_>, &str)> = vec![
+        (
+            "another trust domain",
+            Leaf {
+                claims_der: Some(claims_der.clone()),
+                ..Leaf::new(&foreign_id, &evil)
+            },
+            "trust domain evil.test is not allowed",
+        ),
+        (
+            "expired",
+            Leaf {
+                claims_der: Some(claims_der.clone()),
+                not_before: now - time::Duration::hours(2),
+                not_after: now - time::Duration::hours(1),
+                ..Leaf::new(&task.spiffe_id, &ca.issuer)
+            },
+            "Expired",
+        ),
+        (
+            "two URI SANs",
+            Leaf {
+                uris: vec![
+                    task.spiffe_id.clone(),
+                    format!("spiffe://{TRUST_DOMAIN}/client/other"),
+                ],
+                claims_der: Some(claims_der.clone()),
+                ..Leaf::new(&task.spiffe_id, &ca.issuer)
+            },
+            "URI",
+        ),
+        (
+            "no task claims",
+            Leaf::new(&task.spiffe_id, &ca.issuer),
+            "carries no task claims",
+        ),
+    ];
+    for (name, leaf, log_says) in cases {
+        let m = mint(&leaf).unwrap();
+        let before = env.server.log_text().matches("TLS handshake refused").count();
+        let result =
+            McpConnection::connect(&env.server.url, hostile_tls(&ca, m.chain, m.key)).await;
+        assert!(result.is_err(), "{name}: connection was accepted");
+        let log = env.server.log_text();
+        assert!(
+            log.matches("TLS handshake refused").count() > before,
+            "{name}: no handshake refusal logged:\n{log}"
+        );
+        assert!(
+            log.contains(log_says),
+            "{name}: log does not say {log_says:?}:\n{log}"
+        );
+    }
+    // None of them reached the authorizer.
+    assert!(
+        audit(&env)
+            .iter()
+            .all(|e| e["peer"] == task.spiffe_id.as_str())
+    );
+}
+
+/// Posts one JSON-RPC message with `session` and returns (status, session id header, body).
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (u16, Option<String>, String) {
+    let mut req = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&body);
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let sid = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, sid, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_hijacked_session_id_is_refused() {
+    let env = Env::start(&[]).await.unwrap();
+    let (_w1, _t1, alice) = begin(&env, &["github/tool/get_pull_request"]).await;
+    let (_w2, _t2, mallory) = begin(&env, &["github/tool/get_pull_request"]).await;
+    let url = env.server.url.clone();
+    let owner = http_client(tls_config(&alice, "github").unwrap()).unwrap();
+    let thief = http_client(tls_config(&mallory, "github").unwrap()).unwrap();
+
+    // A session-based (2025-06-18) client opens a session.
+    let (status, sid, body) = post(
+        &owner,
+        &url,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "0"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sid = sid.expect("a session id");
+    let (status, _, body) = post(
+        &owner,
+        &url,
+        Some(&sid),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert!(status == 202 || status == 200, "{status} {body}");
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let (status, _, body) = post(&owner, &url, Some(&sid), list.clone()).await;
+    assert_eq!(status, 200, "the owner uses its session: {body}");
+    assert!(body.contains("get_pull_request"), "{body}");
+
+    // Another peer (another task of the same client) presents the same id: 404, as for
+    // an unknown session, without reaching rmcp.
+    let (status, _, body) = post(&thief, &url, Some(&sid), list.clone()).await;
+    assert_eq!(status, 404, "hijacked session accepted: {body}");
+    // The owner is unaffected.
+    let (status, _, _) = post(&owner, &url, Some(&sid), list).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_agent_runtime_binary_runs_a_task_end_to_end() {
+    let env = Env::start(&[]).await.unwrap();
+    let out = tokio::process::Command::new(bin(RUNTIME_BIN))
+        .arg("--workload-socket")
+        .arg(&env.agent.workload)
+        .args(["--url", &env.server.url, "--server", "github"])
+        .args(["--subject", SUBJECT, "--purpose", "review PR 42"])
+        .args([
+            "--scope",
+            "github/tool/get_pull_request",
+            "--scope",
+            "github/tool/delete_branch",
+        ])
+        .args(["--list", "--json"])
+        .args([
+            "--call",
+            "get_pull_request",
+            r#"{"repo":"acme/api","number":42}"#,
+        ])
+        .args(["--call", "list_pulls", r#"{"repo":"acme/api"}"#])
+        .args([
+            "--call",
+            "delete_branch",
+            r#"{"repo":"acme/api","branch":"master"}"#,
+        ])
+        .args([
+            "--after-end",
+            "get_pull_request",
+            r#"{"repo":"acme/api","number":42}"#,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.server.log_text()
+    );
+    let doc: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(doc["task"]["client"], "code-reviewer");
+    assert_eq!(
+        doc["svid"]["claims"]["scopes"],
+        json!(["github/tool/get_pull_request", "github/tool/delete_branch"])
+    );
+    assert_eq!(
+        doc["server"]["spiffe_id"],
+        format!("spiffe://{TRUST_DOMAIN}/mcp/github")
+    );
+    let mut tools: Vec<&str> = doc["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    tools.sort();
+    assert_eq!(tools, ["delete_branch", "get_pull_request"]);
+    let calls = doc["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["outcome"], "ok");
+    assert_eq!(calls[1]["outcome"], "denied");
+    assert_eq!(calls[1]["reason"], "out_of_scope");
+    assert_eq!(calls[2]["outcome"], "denied");
+    assert_eq!(calls[2]["reason"], "policy_forbids");
+    assert_eq!(calls[2]["policy_ids"], json!(["protect-default-branch"]));
+    assert_eq!(doc["after_end"]["reason"], "revoked");
+    assert!(doc["after_end"]["refused_after_ms"].as_f64().unwrap() < 100.0);
+
+    // A client without consent cannot even begin the task.
+    let out = tokio::process::Command::new(bin(RUNTIME_BIN))
+        .arg("--workload-socket")
+        .arg(&env.agent.workload)
+        .args(["--url", &env.server.url, "--subject", "mallory@acme.corp"])
+        .args(["--scope", "github/tool/get_pull_request", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["stage"], "begin_task");
+    assert_eq!(doc["error"]["detail"]["code"], "PermissionDenied");
+}

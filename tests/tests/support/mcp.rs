@@ -1,0 +1,295 @@
+//! Shared by `tests/mcp.rs` and `benches/mcp_roundtrip.rs`: a real agent, the example MCP
+//! server process (its SVID signed by the agent's CA), and certificates minted with
+//! the agent's CA key for hostile-certificate cases.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rcgen::{
+    CertificateParams, CustomExtension, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tessera_e2e::{TRUST_DOMAIN, TestAgent, bin};
+use tessera_proto::tessera::v1::{CreateEntryRequest, GrantConsentRequest};
+use time::OffsetDateTime;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const SUBJECT: &str = "alice@acme.corp";
+pub const SERVER_BIN: &str = "tessera-example-mcp-server";
+pub const RUNTIME_BIN: &str = "tessera-example-agent-runtime";
+
+/// Registers `exe` (by uid and exact path) as `client`.
+pub async fn register(agent: &TestAgent, client: &str, exe: &Path) -> anyhow::Result<()> {
+    let exe = std::fs::canonicalize(exe)?;
+    let uid = nix::unistd::geteuid();
+    agent
+        .admin_client()
+        .await?
+        .create_entry(CreateEntryRequest {
+            client: client.into(),
+            selectors: vec![
+                format!("unix:uid:{uid}"),
+                format!("unix:path:{}", exe.display()),
+            ],
+            svid_ttl_secs: 0,
+            server: String::new(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Grants `client` the `scopes` on `github` for [`SUBJECT`]; returns the consent id.
+pub async fn grant(agent: &TestAgent, client: &str, scopes: &[&str]) -> anyhow::Result<String> {
+    Ok(agent
+        .admin_client()
+        .await?
+        .grant_consent(GrantConsentRequest {
+            client: client.into(),
+            subject: SUBJECT.into(),
+            server: "github".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            expires_at_unix: 0,
+            ttl_secs: 3600,
+        })
+        .await?
+        .into_inner()
+        .id)
+}
+
+/// The agent's signing CA, read from `<data_dir>/ca/`.
+pub struct AgentCa {
+    pub issuer: Issuer<'static, KeyPair>,
+    pub bundle_pem: String,
+    pub bundle: Vec<CertificateDer<'static>>,
+}
+
+impl AgentCa {
+    pub fn load(agent: &TestAgent) -> anyhow::Result<AgentCa> {
+        let dir = agent.dir.path().join("data").join("ca");
+        let mut keys: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(".key.pem"))
+            .collect();
+        keys.sort();
+        let key_path = keys.first().context("no CA key in the agent's data dir")?;
+        let name = key_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".key.pem"))
+            .context("key file name")?;
+        let crt_pem = std::fs::read_to_string(dir.join(format!("{name}.crt.pem")))?;
+        let key = KeyPair::from_pem(&std::fs::read_to_string(key_path)?)?;
+        let issuer = Issuer::from_ca_cert_pem(&crt_pem, key)?;
+        let bundle = pem_certs(&crt_pem)?;
+        Ok(AgentCa {
+            issuer,
+            bundle_pem: crt_pem,
+            bundle,
+        })
+    }
+}
+
+/// A self-signed CA of another trust domain.
+pub fn foreign_ca() -> anyhow::Result<(Issuer<'static, KeyPair>, CertificateDer<'static>)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.subject_alt_names = vec![SanType::URI("spiffe://evil.test".try_into()?)];
+    params.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    params.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let cert = params.self_signed(&key)?;
+    let der = cert.der().clone();
+    Ok((Issuer::new(params, key), der))
+}
+
+fn pem_certs(pem_text: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let out: Vec<_> = pem::parse_many(pem_text)?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    if out.is_empty() {
+        bail!("no certificate in PEM");
+    }
+    Ok(out)
+}
+
+/// What to put in a minted leaf.
+pub struct Leaf<'a> {
+    pub uris: Vec<String>,
+    pub claims_der: Option<Vec<u8>>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub issuer: &'a Issuer<'static, KeyPair>,
+}
+
+impl<'a> Leaf<'a> {
+    /// A leaf fitting the SVID profile, valid for an hour.
+    pub fn new(uri: &str, issuer: &'a Issuer<'static, KeyPair>) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            uris: vec![uri.to_owned()],
+            claims_der: None,
+            not_before: now - time::Duration::minutes(1),
+            not_after: now + time::Duration::hours(1),
+            issuer,
+        }
+    }
+}
+
+/// A minted leaf: DER chain, key, and PEM forms.
+pub struct Minted {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub fn mint(leaf: &Leaf<'_>) -> anyhow::Result<Minted> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = leaf
+        .uris
+        .iter()
+        .map(|u| Ok(SanType::URI(u.as_str().try_into()?)))
+        .collect::<anyhow::Result<_>>()?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let serial: [u8; 16] = rand::random();
+    params.serial_number = Some(SerialNumber::from_slice(&[&[0x01u8][..], &serial].concat()));
+    params.not_before = leaf.not_before;
+    params.not_after = leaf.not_after;
+    if let Some(der) = &leaf.claims_der {
+        let mut ext =
+            CustomExtension::from_oid_content(tessera_identity::TASK_CLAIMS_OID_ARCS, der.clone());
+        ext.set_criticality(false);
+        params.custom_extensions.push(ext);
+    }
+    let cert = params.signed_by(&key, leaf.issuer)?;
+    Ok(Minted {
+        chain: vec![cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The example MCP server process. Killed on drop.
+pub struct McpServer {
+    pub child: Child,
+    pub url: String,
+    pub log: PathBuf,
+    pub audit: PathBuf,
+}
+
+impl McpServer {
+    /// Starts `tessera-example-mcp-server` with trust from PEM files (its SVID
+    /// `spiffe://<td>/mcp/github` minted with the agent's CA) and revocations from the
+    /// agent's feed (the binary must be registered), plus `extra` flags.
+    pub async fn start(agent: &TestAgent, tag: &str, extra: &[&str]) -> anyhow::Result<McpServer> {
+        let ca = AgentCa::load(agent)?;
+        let dir = agent.dir.path().join(format!("mcp-{tag}"));
+        std::fs::create_dir_all(&dir)?;
+        let minted = mint(&Leaf::new(
+            &format!("spiffe://{TRUST_DOMAIN}/mcp/github"),
+            &ca.issuer,
+        ))?;
+        let (bundle, cert, key) = (
+            dir.join("bundle.pem"),
+            dir.join("svid.pem"),
+            dir.join("svid.key.pem"),
+        );
+        std::fs::write(&bundle, &ca.bundle_pem)?;
+        std::fs::write(&cert, &minted.cert_pem)?;
+        std::fs::write(&key, &minted.key_pem)?;
+        let log = dir.join("server.log");
+        let audit = dir.join("audit.jsonl");
+        let mut child = Command::new(bin(SERVER_BIN))
+            .arg("--trust-domain")
+            .arg(TRUST_DOMAIN)
+            .arg("--workload-socket")
+            .arg(&agent.workload)
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg("--audit-log")
+            .arg(&audit)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the example MCP server")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+        let Some(addr) = line.as_deref().and_then(|l| l.strip_prefix("listening on ")) else {
+            bail!(
+                "MCP server did not announce its port (got {line:?}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Ok(McpServer {
+            url: format!("https://{}/mcp", addr.trim()),
+            child,
+            log,
+            audit,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// One agent with the test process and the runtime binary registered as `code-reviewer`
+/// (consent for every github tool but `search_code`), and a running server.
+pub struct Env {
+    pub agent: TestAgent,
+    pub server: McpServer,
+    pub consent: String,
+}
+
+pub const CONSENTED: &[&str] = &[
+    "github/tool/get_pull_request",
+    "github/tool/list_pulls",
+    "github/tool/delete_branch",
+];
+
+impl Env {
+    pub async fn start(server_flags: &[&str]) -> anyhow::Result<Env> {
+        let agent = TestAgent::start("").await?;
+        agent.register_self("code-reviewer").await?;
+        register(&agent, "code-reviewer", &bin(RUNTIME_BIN)).await?;
+        register(&agent, "mcp-github", &bin(SERVER_BIN)).await?;
+        let consent = grant(&agent, "code-reviewer", CONSENTED).await?;
+        let server = McpServer::start(&agent, "main", server_flags).await?;
+        Ok(Env {
+            agent,
+            server,
+            consent,
+        })
+    }
+}
