@@ -9,7 +9,8 @@ use tessera_e2e::TestAgent;
 use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
 use tessera_proto::tessera::v1::tasks_client::TasksClient;
 use tessera_proto::tessera::v1::{
-    BeginTaskRequest, EndTaskRequest, GrantConsentRequest, ListAllTasksRequest, WatchRevocationsRequest,
+    BeginTaskRequest, EndTaskRequest, GrantConsentRequest, ListAllTasksRequest,
+    WatchRevocationsRequest,
 };
 
 fn begin_req() -> BeginTaskRequest {
@@ -53,9 +54,16 @@ async fn sigkill_during_begin_and_end_leaves_a_consistent_store() {
                 let mut client = TasksClient::new(channel);
                 let mut seen = Vec::new();
                 loop {
-                    let Ok(resp) = client.begin_task(begin_req()).await else { break };
+                    let Ok(resp) = client.begin_task(begin_req()).await else {
+                        break;
+                    };
                     let id = resp.into_inner().task.unwrap().id;
-                    let ended = client.end_task(EndTaskRequest { task_id: id.clone() }).await.is_ok();
+                    let ended = client
+                        .end_task(EndTaskRequest {
+                            task_id: id.clone(),
+                        })
+                        .await
+                        .is_ok();
                     seen.push((id, ended));
                     if !ended {
                         break;
@@ -90,11 +98,19 @@ async fn sigkill_during_begin_and_end_leaves_a_consistent_store() {
             .tasks;
         let by_id: HashMap<&str, &tessera_proto::tessera::v1::Task> =
             tasks.iter().map(|t| (t.id.as_str(), t)).collect();
-        assert!(tasks.iter().all(|t| t.ended_at_unix > 0), "round {round}: a task survived the crash live");
+        assert!(
+            tasks.iter().all(|t| t.ended_at_unix > 0),
+            "round {round}: a task survived the crash live"
+        );
         for (id, ended) in &acknowledged_end {
-            let t = by_id.get(id.as_str()).unwrap_or_else(|| panic!("round {round}: begun task {id} lost"));
+            let t = by_id
+                .get(id.as_str())
+                .unwrap_or_else(|| panic!("round {round}: begun task {id} lost"));
             if *ended {
-                assert_eq!(t.end_reason, "ended", "round {round}: {id} was acknowledged as ended");
+                assert_eq!(
+                    t.end_reason, "ended",
+                    "round {round}: {id} was acknowledged as ended"
+                );
             }
         }
         // Every ended task is on the revocation feed.
@@ -112,5 +128,8 @@ async fn sigkill_during_begin_and_end_leaves_a_consistent_store() {
             );
         }
     }
-    assert!(acknowledged_end.len() > 4, "the test should have begun tasks");
+    assert!(
+        acknowledged_end.len() > 4,
+        "the test should have begun tasks"
+    );
 }

@@ -34,7 +34,7 @@ async fn begin(env: &Env, scopes: &[&str]) -> (Workload, Task, TaskCredential) {
             lifetime_secs: 0,
         })
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("BeginTask: {e}\nagent log:\n{}", env.agent.log_text()));
     let cred = w
         .task_credential(&task.id, Duration::from_secs(5))
         .await
@@ -163,7 +163,12 @@ async fn end_task_refuses_the_next_call_on_the_open_connection_within_100ms() {
     )
     .await
     .unwrap();
-    assert_eq!(m.outcome.denial_reason(), Some("revoked"), "{:?}", m.outcome);
+    assert_eq!(
+        m.outcome.denial_reason(),
+        Some("revoked"),
+        "{:?}",
+        m.outcome
+    );
     assert!(
         m.elapsed < Duration::from_millis(100),
         "refused only after {:?} ({} attempts)",
@@ -190,7 +195,9 @@ fn hostile_tls(
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
 ) -> rustls::ClientConfig {
-    let expected = format!("spiffe://{TRUST_DOMAIN}/mcp/github").parse().unwrap();
+    let expected = format!("spiffe://{TRUST_DOMAIN}/mcp/github")
+        .parse()
+        .unwrap();
     let mut cfg =
         tessera_verify::tls::client_config(&expected, ca.bundle.clone(), chain, key).unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -226,12 +233,16 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
 
     let (evil, _) = foreign_ca().unwrap();
     let foreign_id = task.spiffe_id.replace(TRUST_DOMAIN, "evil.test");
+    // A consistent task of the other trust domain: its claims name that domain too.
+    let mut foreign_claims = leaf.claims.clone().unwrap();
+    foreign_claims.client_id = "spiffe://evil.test/client/code-reviewer".parse().unwrap();
+    foreign_claims.server = "spiffe://evil.test/mcp/github".parse().unwrap();
     let now = OffsetDateTime::now_utc();
     let cases: Vec<(&str, Leaf<'_>, &str)> = vec![
         (
             "another trust domain",
             Leaf {
-                claims_der: Some(claims_der.clone()),
+                claims_der: Some(foreign_claims.to_der()),
                 ..Leaf::new(&foreign_id, &evil)
             },
             "trust domain evil.test is not allowed",
@@ -244,7 +255,7 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
                 not_after: now - time::Duration::hours(1),
                 ..Leaf::new(&task.spiffe_id, &ca.issuer)
             },
-            "Expired",
+            "certificate expired",
         ),
         (
             "two URI SANs",
@@ -266,7 +277,11 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
     ];
     for (name, leaf, log_says) in cases {
         let m = mint(&leaf).unwrap();
-        let before = env.server.log_text().matches("TLS handshake refused").count();
+        let before = env
+            .server
+            .log_text()
+            .matches("TLS handshake refused")
+            .count();
         let result =
             McpConnection::connect(&env.server.url, hostile_tls(&ca, m.chain, m.key)).await;
         assert!(result.is_err(), "{name}: connection was accepted");

@@ -13,7 +13,9 @@ use tessera_proto::tessera::v1::{
     ListConsentsResponse, ListEntriesRequest, ListEntriesResponse, RevokeTaskRequest,
     RevokeTaskResponse, Status as AgentStatus, WithdrawConsentRequest, WithdrawConsentResponse,
 };
-use tessera_store::{ConsentFilter, EntryKind, NewConsent, NewEntry, Store, StoreError, TaskFilter};
+use tessera_store::{
+    ConsentFilter, EntryKind, NewConsent, NewEntry, Store, StoreError, TaskFilter,
+};
 
 use crate::tasks::{EndReason, TaskError, TaskManager, task_to_proto};
 use tonic::{Request, Response, Status};

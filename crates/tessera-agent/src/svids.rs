@@ -191,7 +191,10 @@ impl SvidCache {
                 let id = ClientId::new(td, entry.client.parse::<ClientName>()?);
                 (id.to_string(), Some(id))
             }
-            EntryKind::Server => (ServerId::new(td, entry.client.parse::<ServerName>()?).to_string(), None),
+            EntryKind::Server => (
+                ServerId::new(td, entry.client.parse::<ServerName>()?).to_string(),
+                None,
+            ),
         };
         let ttl = entry
             .svid_ttl_secs

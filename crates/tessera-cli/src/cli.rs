@@ -112,6 +112,9 @@ pub enum Command {
     /// Fetch X.509-SVIDs from the Workload API, or inspect SVID files.
     #[command(subcommand)]
     Svid(SvidCommand),
+    /// Run the end-to-end demo: a real agent, an MCP server and an agent runtime, in a
+    /// temporary directory, telling the whole story step by step.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[cfg(test)]
@@ -212,7 +215,10 @@ mod tests {
         let Command::Entry(EntryCommand::Create(args)) = cli.command else {
             panic!("wrong command: {:?}", cli.command)
         };
-        assert_eq!(args.client.as_ref().map(|c| c.as_str()), Some("code-reviewer"));
+        assert_eq!(
+            args.client.as_ref().map(|c| c.as_str()),
+            Some("code-reviewer")
+        );
         assert_eq!(args.selectors, vec!["unix:uid:1001".to_owned(), sha]);
         assert_eq!(args.svid_ttl, Some(Duration::from_secs(1_800)));
     }

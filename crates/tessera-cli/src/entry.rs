@@ -70,7 +70,12 @@ pub enum EntryCommand {
 pub struct CreateArgs {
     /// The client name, the last segment of spiffe://<td>/client/<NAME>: 1 to 128 characters of
     /// [a-zA-Z0-9._-].
-    #[arg(long, value_name = "NAME", required_unless_present = "server", conflicts_with = "server")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        required_unless_present = "server",
+        conflicts_with = "server"
+    )]
     pub client: Option<ClientName>,
 
     /// Register an MCP server instead: matching callers get spiffe://<td>/mcp/<NAME>.

@@ -8,6 +8,7 @@ mod args;
 mod audit;
 mod cli;
 mod consent;
+mod demo;
 mod duration;
 mod entry;
 mod files;
@@ -84,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             svid::fetch(&args, &cli.global.socket, format).await?;
         }
         Command::Svid(SvidCommand::Inspect(args)) => return inspect::run(&args, format),
+        Command::Demo(args) => demo::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,8 +8,31 @@ use crate::Target;
 
 /// Tokens worth splicing into IDs, scopes, DER and TOML.
 const TOKENS: &[&[u8]] = &[
-    b"/", b"//", b".", b"..", b"*", b"%2e", b"%", b":", b"@", b"?", b"#", b"spiffe://", b"task", b"client", b"mcp",
-    b"\0", b"\n", b"\xff", b"\x30\x82", b"\x0c\x00", b"\"", b"=", b"[", b"]", "\u{202e}".as_bytes(),
+    b"/",
+    b"//",
+    b".",
+    b"..",
+    b"*",
+    b"%2e",
+    b"%",
+    b":",
+    b"@",
+    b"?",
+    b"#",
+    b"spiffe://",
+    b"task",
+    b"client",
+    b"mcp",
+    b"\0",
+    b"\n",
+    b"\xff",
+    b"\x30\x82",
+    b"\x0c\x00",
+    b"\"",
+    b"=",
+    b"[",
+    b"]",
+    "\u{202e}".as_bytes(),
 ];
 
 /// A xorshift-driven byte mutator.
@@ -34,7 +57,11 @@ impl Mutator {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 
     /// Applies 1–4 random mutations to `input`.
@@ -101,7 +128,9 @@ pub fn run_for(target: &Target, budget: Duration, max_execs: u64, seed: u64) -> 
                 target.name,
                 String::from_utf8_lossy(&input),
                 input.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-                e.downcast_ref::<String>().map(String::as_str).or(e.downcast_ref::<&str>().copied())
+                e.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or(e.downcast_ref::<&str>().copied())
             );
         }
         execs += 1;
@@ -127,8 +156,12 @@ mod tests {
 
     #[test]
     fn mutator_is_deterministic() {
-        let a: Vec<_> = (0..10).map(|_| Mutator::new(42).mutate(b"spiffe://a/b")).collect();
-        let b: Vec<_> = (0..10).map(|_| Mutator::new(42).mutate(b"spiffe://a/b")).collect();
+        let a: Vec<_> = (0..10)
+            .map(|_| Mutator::new(42).mutate(b"spiffe://a/b"))
+            .collect();
+        let b: Vec<_> = (0..10)
+            .map(|_| Mutator::new(42).mutate(b"spiffe://a/b"))
+            .collect();
         assert_eq!(a, b);
     }
 }

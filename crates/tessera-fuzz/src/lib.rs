@@ -17,7 +17,9 @@ use tessera_identity::{Scope, TaskClaims, TesseraId};
 
 /// SPIFFE and Tessera ID parsing: never panics; what parses prints back identically.
 pub fn fuzz_id(data: &[u8]) {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     let _ = tessera_identity::validate_spiffe_id(s);
     if let Ok(id) = TesseraId::from_str(s) {
         let printed = id.to_string();
@@ -28,7 +30,9 @@ pub fn fuzz_id(data: &[u8]) {
 
 /// Scope parsing: what parses prints back identically and covers itself.
 pub fn fuzz_scope(data: &[u8]) {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(scope) = Scope::from_str(s) {
         assert_eq!(scope.to_string(), s, "Scope must round-trip exactly");
         assert!(scope.covers(&scope), "a scope covers itself");
@@ -58,10 +62,13 @@ pub fn fuzz_svid(data: &[u8]) {
 
 /// Agent config parsing and validation: never panics.
 pub fn fuzz_config(data: &[u8]) {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(config) = tessera_agent::config::Config::from_toml(s) {
         let _ = config.validate();
-        let again = tessera_agent::config::Config::from_toml(&config.to_toml()).expect("printed config parses");
+        let again = tessera_agent::config::Config::from_toml(&config.to_toml())
+            .expect("printed config parses");
         assert_eq!(again, config, "config must round-trip through TOML");
     }
 }
@@ -140,17 +147,23 @@ pub mod seeds {
     }
 
     pub(crate) fn sample_claims() -> TaskClaims {
-        let client: ClientId = "spiffe://acme.corp/client/code-reviewer".parse().expect("static id");
+        let client: ClientId = "spiffe://acme.corp/client/code-reviewer"
+            .parse()
+            .expect("static id");
         TaskClaims {
             version: tessera_identity::TASK_CLAIMS_VERSION,
             task_id: TaskId::new(),
             client_id: client,
             subject: "alice@acme.corp".into(),
             purpose: "review PR 42".into(),
-            server: "spiffe://acme.corp/mcp/github".parse::<ServerId>().expect("static id"),
+            server: "spiffe://acme.corp/mcp/github"
+                .parse::<ServerId>()
+                .expect("static id"),
             scopes: vec![
                 "github/tool/get_*".parse::<Scope>().expect("static scope"),
-                "github/tool/list_pulls".parse::<Scope>().expect("static scope"),
+                "github/tool/list_pulls"
+                    .parse::<Scope>()
+                    .expect("static scope"),
             ],
             consent_id: "01J9Z8Q6W5K3M2N1P0R9S8T7V6".into(),
             deadline_unix: 1_900_000_000,
@@ -165,8 +178,8 @@ pub mod seeds {
     /// A client leaf and a task leaf with claims.
     pub fn svids() -> Vec<Vec<u8>> {
         use rcgen::{
-            CertificateParams, CustomExtension, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-            KeyUsagePurpose, SanType,
+            CertificateParams, CustomExtension, DistinguishedName, ExtendedKeyUsagePurpose, IsCa,
+            KeyPair, KeyUsagePurpose, SanType,
         };
         let ca_key = KeyPair::generate().expect("keygen");
         let mut ca = CertificateParams::default();
@@ -181,10 +194,15 @@ pub mod seeds {
             p.subject_alt_names = vec![SanType::URI(uri.try_into().expect("ia5"))];
             p.is_ca = IsCa::ExplicitNoCa;
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
             if let Some(c) = claims {
-                p.custom_extensions
-                    .push(CustomExtension::from_oid_content(tessera_identity::TASK_CLAIMS_OID_ARCS, c));
+                p.custom_extensions.push(CustomExtension::from_oid_content(
+                    tessera_identity::TASK_CLAIMS_OID_ARCS,
+                    c,
+                ));
             }
             p.signed_by(&key, &issuer).expect("leaf").der().to_vec()
         };
@@ -200,8 +218,11 @@ pub mod seeds {
     /// A full config file.
     pub fn configs() -> Vec<Vec<u8>> {
         vec![
-            tessera_agent::config::Config::default().to_toml().into_bytes(),
-            b"trust_domain = \"acme.corp\"\nclient_svid_ttl = \"30m\"\n[ca]\nmode = \"upstream\"\n".to_vec(),
+            tessera_agent::config::Config::default()
+                .to_toml()
+                .into_bytes(),
+            b"trust_domain = \"acme.corp\"\nclient_svid_ttl = \"30m\"\n[ca]\nmode = \"upstream\"\n"
+                .to_vec(),
         ]
     }
 }

@@ -2,6 +2,11 @@
 //! on a real database file (WAL, synchronous=FULL: every answered call is fsynced).
 //!
 //! `cargo bench -p tessera-store -- --warm-up-time 1 --measurement-time 5`
+//!
+//! The database goes in a temporary directory under `TESSERA_BENCH_DIR` if set (e.g. the
+//! agent's state directory, to measure its disk), else the system temp directory. The
+//! result is bounded by the disk's fsync latency: with N callers each waiting for its
+//! commit, at most N calls share one fsync.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +59,11 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = match std::env::var_os("TESSERA_BENCH_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+    .expect("tempdir");
     let store = rt
         .block_on(Store::open(&dir.path().join("bench.db")))
         .expect("open store");

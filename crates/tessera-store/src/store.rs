@@ -78,6 +78,11 @@ impl Store {
             // task rate.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Savepoint sub-journals in memory: the writer nests one savepoint per op in a
+            // group commit, and a file-backed sub-journal spills to a temp file after
+            // 64 KiB, which more than doubled the cost of each BeginTask. A batch holds at
+            // most MAX_BATCH ops of a few pages each, so this stays a few MiB at worst.
+            .pragma("temp_store", "memory")
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::{Value, json};
 use tessera_example_agent_runtime::{
-    McpConnection, TaskRequest, Workload, install_crypto_provider,
-    measure_refusal_after_end, parse_arguments, svid_json, task_json, tls_config,
+    McpConnection, TaskRequest, Workload, install_crypto_provider, measure_refusal_after_end,
+    parse_arguments, svid_json, task_json, tls_config,
 };
 
 /// An example agent runtime: one task, a few MCP tool calls over mTLS, then EndTask.
@@ -99,9 +99,9 @@ impl Report {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     install_crypto_provider();
@@ -238,7 +238,11 @@ async fn run(args: Args) -> ExitCode {
         .await
         {
             Ok(m) => {
-                r.line(format!("ended   {} (EndTask took {:.1} ms)", task.id, ms(m.end_task_rtt)));
+                r.line(format!(
+                    "ended   {} (EndTask took {:.1} ms)",
+                    task.id,
+                    ms(m.end_task_rtt)
+                ));
                 r.line(format!(
                     "✘ call  {tool} on the same connection → {} after {:.1} ms ({} attempt{})",
                     m.outcome,

@@ -114,9 +114,9 @@ fn socket_path(s: &str) -> PathBuf {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -143,7 +143,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => {
             let Some(sock) = &args.workload_socket else {
-                bail!("give --workload-socket (or SPIFFE_ENDPOINT_SOCKET), or --bundle/--cert/--key");
+                bail!(
+                    "give --workload-socket (or SPIFFE_ENDPOINT_SOCKET), or --bundle/--cert/--key"
+                );
             };
             let endpoint = format!("unix://{}", socket_path(sock).display());
             tokio::time::timeout(
@@ -322,14 +324,13 @@ where
                     req
                 })
                 .service(service);
-            let result = hyper_util::server::conn::auto::Builder::new(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .serve_connection(
-                hyper_util::rt::TokioIo::new(tls),
-                hyper_util::service::TowerToHyperService::new(svc),
-            )
-            .await;
+            let result =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(tls),
+                        hyper_util::service::TowerToHyperService::new(svc),
+                    )
+                    .await;
             if let Err(e) = result {
                 tracing::debug!(%remote, error = %e, "connection ended with an error");
             }

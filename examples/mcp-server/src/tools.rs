@@ -56,8 +56,9 @@ impl Default for GitHub {
 
 /// A stable small number derived from text, so answers depend on the arguments.
 fn mix(s: &str) -> u64 {
-    s.bytes()
-        .fold(1469598103934665603u64, |h, b| (h ^ u64::from(b)).wrapping_mul(1099511628211))
+    s.bytes().fold(1469598103934665603u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(1099511628211)
+    })
 }
 
 #[tool_router]

@@ -245,7 +245,10 @@ impl McpServer {
             .ok()
             .and_then(|r| r.ok())
             .flatten();
-        let Some(addr) = line.as_deref().and_then(|l| l.strip_prefix("listening on ")) else {
+        let Some(addr) = line
+            .as_deref()
+            .and_then(|l| l.strip_prefix("listening on "))
+        else {
             bail!(
                 "MCP server did not announce its port (got {line:?}):\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()

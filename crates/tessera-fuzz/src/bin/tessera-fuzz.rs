@@ -11,10 +11,17 @@ fn main() {
     let mut names = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--seconds N")
+            }
             "--seed" => seed = args.next().and_then(|v| v.parse().ok()).expect("--seed S"),
             "-h" | "--help" => {
-                println!("usage: tessera-fuzz [--seconds N] [--seed S] [id|scope|claims|svid|config]…");
+                println!(
+                    "usage: tessera-fuzz [--seconds N] [--seed S] [id|scope|claims|svid|config]…"
+                );
                 return;
             }
             other => names.push(other.to_owned()),
@@ -25,6 +32,9 @@ fn main() {
             continue;
         }
         let n = tessera_fuzz::run_for(&target, Duration::from_secs(seconds), u64::MAX, seed);
-        println!("{:<8} {n:>9} executions in {seconds}s, no failures", target.name);
+        println!(
+            "{:<8} {n:>9} executions in {seconds}s, no failures",
+            target.name
+        );
     }
 }
