@@ -229,3 +229,55 @@ impl Drop for TestAgent {
         self.kill();
     }
 }
+
+/// For benches: builds `bins` (package, binary) with the bench's own profile so
+/// [`bin`] finds current binaries. `TESSERA_BENCH_NO_BUILD=1` skips the build.
+pub fn ensure_built(bins: &[(&str, &str)]) {
+    if std::env::var_os("TESSERA_BENCH_NO_BUILD").is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "release");
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.arg("build").current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (package, binary) in bins {
+        cmd.args(["-p", package, "--bin", binary]);
+    }
+    if release {
+        cmd.arg("--release");
+    }
+    eprintln!("building: {cmd:?}");
+    let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("warning: the build failed; benchmarking the binaries that exist");
+    }
+}
+
+/// Latency samples with percentiles, for benches.
+#[derive(Debug, Default, Clone)]
+pub struct Samples(pub Vec<Duration>);
+
+impl Samples {
+    /// The `p` quantile (0.0..=1.0), nearest-rank.
+    pub fn pct(&self, p: f64) -> Duration {
+        let mut v = self.0.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i]
+    }
+
+    /// The mean.
+    pub fn mean(&self) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        self.0.iter().sum::<Duration>() / u32::try_from(self.0.len()).unwrap_or(u32::MAX)
+    }
+}

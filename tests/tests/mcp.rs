@@ -267,7 +267,7 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
                 claims_der: Some(claims_der.clone()),
                 ..Leaf::new(&task.spiffe_id, &ca.issuer)
             },
-            "URI",
+            "UriSanCount { found: 2 }",
         ),
         (
             "no task claims",
