@@ -325,9 +325,6 @@ async fn run(
             }
             Some(Msg::Op(op)) => batch.push(op),
         }
-        // Let callers answered by the previous commit (woken, maybe not yet run) queue
-        // their next write before we take the batch; costs a few µs, fills batches.
-        tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(Msg::Op(op)) => batch.push(op),
@@ -353,6 +350,9 @@ async fn run(
     }
 }
 
+/// An op that has run inside the open transaction: its result and what it will publish.
+type Ran = (Box<dyn Op>, Result<(), StoreError>, Effects);
+
 /// Runs `batch` (emptying it) in one transaction, then publishes and replies.
 ///
 /// The transaction is driven with plain `BEGIN`/`COMMIT`/`ROLLBACK` statements rather than
@@ -364,7 +364,7 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Op>>, no
     let started = Instant::now();
     let size = batch.len();
     let mut pending: VecDeque<Box<dyn Op>> = batch.drain(..).collect();
-    let mut done: Vec<(Box<dyn Op>, Result<(), StoreError>, Effects)> = Vec::with_capacity(size);
+    let mut done: Vec<Ran> = Vec::with_capacity(size);
 
     let outcome: Result<(), sqlx::Error> = async {
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;

@@ -82,7 +82,8 @@ async fn begin_get_and_audit() {
 async fn begin_checks_the_consent_inside_the_transaction() {
     let (_dir, _path, store) = open_temp().await;
     let c = consent(&store, "a").await;
-    let cases: Vec<(TaskRecord, fn(&StoreError) -> bool)> = vec![
+    type Expect = fn(&StoreError) -> bool;
+    let cases: Vec<(TaskRecord, Expect)> = vec![
         (
             new_task("t", "a", "no-such-consent"),
             |e| matches!(e, StoreError::ConsentNotFound { id } if id == "no-such-consent"),
