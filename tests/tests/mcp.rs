@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{AgentCa, Env, Leaf, RUNTIME_BIN, SUBJECT, foreign_ca, mint};
+use support::{AgentCa, Env, Leaf, RUNTIME_BIN, SUBJECT, Trust, foreign_ca, mint};
 use tessera_e2e::{TRUST_DOMAIN, bin};
 use tessera_example_agent_runtime::{
     CallOutcome, McpConnection, TaskCredential, TaskRequest, Workload, http_client,
@@ -59,7 +59,7 @@ fn audit(env: &Env) -> Vec<Value> {
 
 #[tokio::test]
 async fn allowed_out_of_scope_and_policy_forbidden_calls() {
-    let env = Env::start(&[]).await.unwrap();
+    let env = Env::start(Trust::Workload, &[]).await.unwrap();
     let (_w, task, cred) = begin(
         &env,
         &[
@@ -147,7 +147,7 @@ async fn allowed_out_of_scope_and_policy_forbidden_calls() {
 
 #[tokio::test]
 async fn end_task_refuses_the_next_call_on_the_open_connection_within_100ms() {
-    let env = Env::start(&[]).await.unwrap();
+    let env = Env::start(Trust::Workload, &[]).await.unwrap();
     let (w, task, cred) = begin(&env, &["github/tool/get_pull_request"]).await;
     let conn = connect(&env, &cred).await;
     let a = args(json!({"repo": "acme/api", "number": 7}));
@@ -206,7 +206,9 @@ fn hostile_tls(
 
 #[tokio::test]
 async fn hostile_certificates_are_refused_at_the_handshake() {
-    let env = Env::start(&[]).await.unwrap();
+    // This server takes its SVID and bundle from PEM files (the path for servers
+    // without an agent-issued identity); the others use the Workload API.
+    let env = Env::start(Trust::Files, &[]).await.unwrap();
     let ca = AgentCa::load(&env.agent).unwrap();
     // A real task, to copy its id and signed claims into forgeries that differ from it
     // in exactly one property.
@@ -272,7 +274,7 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
         (
             "no task claims",
             Leaf::new(&task.spiffe_id, &ca.issuer),
-            "carries no task claims",
+            "MissingClaims",
         ),
     ];
     for (name, leaf, log_says) in cases {
@@ -331,7 +333,7 @@ async fn post(
 
 #[tokio::test]
 async fn a_hijacked_session_id_is_refused() {
-    let env = Env::start(&[]).await.unwrap();
+    let env = Env::start(Trust::Workload, &[]).await.unwrap();
     let (_w1, _t1, alice) = begin(&env, &["github/tool/get_pull_request"]).await;
     let (_w2, _t2, mallory) = begin(&env, &["github/tool/get_pull_request"]).await;
     let url = env.server.url.clone();
@@ -374,7 +376,7 @@ async fn a_hijacked_session_id_is_refused() {
 
 #[tokio::test]
 async fn the_agent_runtime_binary_runs_a_task_end_to_end() {
-    let env = Env::start(&[]).await.unwrap();
+    let env = Env::start(Trust::Workload, &[]).await.unwrap();
     let out = tokio::process::Command::new(bin(RUNTIME_BIN))
         .arg("--workload-socket")
         .arg(&env.agent.workload)

@@ -28,6 +28,7 @@ use crate::workload::peer_of;
 #[derive(Clone, Debug)]
 pub struct AdminService {
     store: Store,
+    cache: Arc<crate::svids::SvidCache>,
     tasks: Arc<TaskManager>,
     authority: Arc<Authority>,
     metrics: Arc<Metrics>,
@@ -41,6 +42,7 @@ impl AdminService {
     /// A service for callers whose uid is root, the agent's own, or in `admin_uids`.
     pub fn new(
         store: Store,
+        cache: Arc<crate::svids::SvidCache>,
         tasks: Arc<TaskManager>,
         authority: Arc<Authority>,
         metrics: Arc<Metrics>,
@@ -52,10 +54,19 @@ impl AdminService {
         allowed.dedup();
         AdminService {
             store,
+            cache,
             tasks,
             authority,
             metrics,
             allowed_uids: Arc::new(allowed),
+        }
+    }
+
+    /// Entry changes answer only once the Workload API serves them: a created entry
+    /// grants, and a deleted one stops granting, from the very next call.
+    async fn await_entries_applied(&self) {
+        if !self.cache.wait_applied(std::time::Duration::from_secs(5)).await {
+            tracing::warn!("entry change not yet applied to the SVID cache after 5 s");
         }
     }
 
@@ -206,6 +217,7 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry = %entry.id, client = %entry.client, selectors = ?entry.selectors, %actor, "entry created");
+        self.await_entries_applied().await;
         self.metrics.rpc("CreateEntry", tonic::Code::Ok);
         Ok(Response::new(self.to_proto(entry)))
     }
@@ -245,6 +257,7 @@ impl Admin for AdminService {
             return Err(Status::not_found(format!("no entry with id {id}")));
         }
         tracing::info!(entry = %id, %actor, "entry deleted");
+        self.await_entries_applied().await;
         Ok(Response::new(DeleteEntryResponse { deleted }))
     }
 

@@ -156,6 +156,7 @@ pub async fn run(
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin = AdminServer::new(AdminService::new(
         store.clone(),
+        Arc::clone(&cache),
         Arc::clone(&tasks),
         Arc::clone(&authority),
         Arc::clone(&metrics),

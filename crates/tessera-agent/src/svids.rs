@@ -67,6 +67,8 @@ pub struct SvidCache {
     client_ttl: Duration,
     metrics: Arc<Metrics>,
     tx: watch::Sender<Arc<Snapshot>>,
+    /// The store's entries revision the published snapshot reflects.
+    applied: watch::Sender<u64>,
 }
 
 impl SvidCache {
@@ -88,6 +90,7 @@ impl SvidCache {
             client_ttl,
             metrics,
             tx,
+            applied: watch::channel(0).0,
         });
         cache.reconcile(OffsetDateTime::now_utc()).await?;
         Ok(cache)
@@ -144,6 +147,9 @@ impl SvidCache {
 
     /// Brings the snapshot in line with the store, the bundle and the clock.
     async fn reconcile(&self, now: OffsetDateTime) -> anyhow::Result<()> {
+        // Read the revision first: a change committed during the listing is then
+        // reconciled again on the next round instead of being marked applied.
+        let revision = self.store.entries_revision();
         let entries = self.store.list_entries().await?;
         let old = self.current();
         let by_id: HashMap<&str, &Arc<EntrySvid>> = old
@@ -181,7 +187,23 @@ impl SvidCache {
                 needs_exe_hash,
             }));
         }
+        self.applied.send_if_modified(|a| {
+            let newer = revision > *a;
+            *a = (*a).max(revision);
+            newer
+        });
         Ok(())
+    }
+
+    /// Waits until the served snapshot reflects every entry change committed so
+    /// far, so an entry an administrator just created (or deleted) takes effect
+    /// for the very next call. Gives up after `timeout`.
+    pub async fn wait_applied(&self, timeout: Duration) -> bool {
+        let target = self.store.entries_revision();
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|a| *a >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn issue(&self, entry: Entry, now: OffsetDateTime) -> anyhow::Result<EntrySvid> {

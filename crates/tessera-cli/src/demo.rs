@@ -68,7 +68,6 @@ impl Binaries {
             let mut cmd = Command::new(cargo);
             cmd.args([
                 "build",
-                "--quiet",
                 "-p",
                 "tessera-agent",
                 "-p",

@@ -25,6 +25,21 @@ pub const RUNTIME_BIN: &str = "tessera-example-agent-runtime";
 
 /// Registers `exe` (by uid and exact path) as `client`.
 pub async fn register(agent: &TestAgent, client: &str, exe: &Path) -> anyhow::Result<()> {
+    register_entry(agent, client, "", exe).await
+}
+
+/// Registers `exe` (by uid and exact path) as the MCP server `server`
+/// (`spiffe://<td>/mcp/<server>`).
+pub async fn register_server(agent: &TestAgent, server: &str, exe: &Path) -> anyhow::Result<()> {
+    register_entry(agent, "", server, exe).await
+}
+
+async fn register_entry(
+    agent: &TestAgent,
+    client: &str,
+    server: &str,
+    exe: &Path,
+) -> anyhow::Result<()> {
     let exe = std::fs::canonicalize(exe)?;
     let uid = nix::unistd::geteuid();
     agent
@@ -37,7 +52,7 @@ pub async fn register(agent: &TestAgent, client: &str, exe: &Path) -> anyhow::Re
                 format!("unix:path:{}", exe.display()),
             ],
             svid_ttl_secs: 0,
-            server: String::new(),
+            server: server.into(),
         })
         .await?;
     Ok(())
@@ -187,6 +202,15 @@ pub fn mint(leaf: &Leaf<'_>) -> anyhow::Result<Minted> {
     })
 }
 
+/// Where the example server gets its own SVID and bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// From the Workload API (the binary is registered as server `github`).
+    Workload,
+    /// From PEM files: an SVID minted with the agent's CA key.
+    Files,
+}
+
 /// The example MCP server process. Killed on drop.
 pub struct McpServer {
     pub child: Child,
@@ -196,25 +220,48 @@ pub struct McpServer {
 }
 
 impl McpServer {
-    /// Starts `tessera-example-mcp-server` with trust from PEM files (its SVID
-    /// `spiffe://<td>/mcp/github` minted with the agent's CA) and revocations from the
-    /// agent's feed (the binary must be registered), plus `extra` flags.
-    pub async fn start(agent: &TestAgent, tag: &str, extra: &[&str]) -> anyhow::Result<McpServer> {
-        let ca = AgentCa::load(agent)?;
+    /// Starts `tessera-example-mcp-server` with its trust from `trust`, revocations from
+    /// the agent's feed (the binary must be registered as server `github`), plus `extra`
+    /// flags; waits for its `listening on` line.
+    pub async fn start(
+        agent: &TestAgent,
+        tag: &str,
+        trust: Trust,
+        extra: &[&str],
+    ) -> anyhow::Result<McpServer> {
+        Self::start_with_log(agent, tag, trust, extra, "info").await
+    }
+
+    /// As [`Self::start`], with `RUST_LOG=<log_filter>` for the server.
+    pub async fn start_with_log(
+        agent: &TestAgent,
+        tag: &str,
+        trust: Trust,
+        extra: &[&str],
+        log_filter: &str,
+    ) -> anyhow::Result<McpServer> {
         let dir = agent.dir.path().join(format!("mcp-{tag}"));
         std::fs::create_dir_all(&dir)?;
-        let minted = mint(&Leaf::new(
-            &format!("spiffe://{TRUST_DOMAIN}/mcp/github"),
-            &ca.issuer,
-        ))?;
-        let (bundle, cert, key) = (
-            dir.join("bundle.pem"),
-            dir.join("svid.pem"),
-            dir.join("svid.key.pem"),
-        );
-        std::fs::write(&bundle, &ca.bundle_pem)?;
-        std::fs::write(&cert, &minted.cert_pem)?;
-        std::fs::write(&key, &minted.key_pem)?;
+        let mut files: Vec<std::ffi::OsString> = Vec::new();
+        if trust == Trust::Files {
+            let ca = AgentCa::load(agent)?;
+            let minted = mint(&Leaf::new(
+                &format!("spiffe://{TRUST_DOMAIN}/mcp/github"),
+                &ca.issuer,
+            ))?;
+            let (bundle, cert, key) = (
+                dir.join("bundle.pem"),
+                dir.join("svid.pem"),
+                dir.join("svid.key.pem"),
+            );
+            std::fs::write(&bundle, &ca.bundle_pem)?;
+            std::fs::write(&cert, &minted.cert_pem)?;
+            std::fs::write(&key, &minted.key_pem)?;
+            for (flag, path) in [("--bundle", bundle), ("--cert", cert), ("--key", key)] {
+                files.push(flag.into());
+                files.push(path.into());
+            }
+        }
         let log = dir.join("server.log");
         let audit = dir.join("audit.jsonl");
         let mut child = Command::new(bin(SERVER_BIN))
@@ -222,16 +269,11 @@ impl McpServer {
             .arg(TRUST_DOMAIN)
             .arg("--workload-socket")
             .arg(&agent.workload)
-            .arg("--bundle")
-            .arg(&bundle)
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
+            .args(&files)
             .arg("--audit-log")
             .arg(&audit)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
@@ -282,13 +324,13 @@ pub const CONSENTED: &[&str] = &[
 ];
 
 impl Env {
-    pub async fn start(server_flags: &[&str]) -> anyhow::Result<Env> {
+    pub async fn start(trust: Trust, server_flags: &[&str]) -> anyhow::Result<Env> {
         let agent = TestAgent::start("").await?;
         agent.register_self("code-reviewer").await?;
         register(&agent, "code-reviewer", &bin(RUNTIME_BIN)).await?;
-        register(&agent, "mcp-github", &bin(SERVER_BIN)).await?;
+        register_server(&agent, "github", &bin(SERVER_BIN)).await?;
         let consent = grant(&agent, "code-reviewer", CONSENTED).await?;
-        let server = McpServer::start(&agent, "main", server_flags).await?;
+        let server = McpServer::start(&agent, "main", trust, server_flags).await?;
         Ok(Env {
             agent,
             server,
