@@ -65,7 +65,11 @@ impl AdminService {
     /// Entry changes answer only once the Workload API serves them: a created entry
     /// grants, and a deleted one stops granting, from the very next call.
     async fn await_entries_applied(&self) {
-        if !self.cache.wait_applied(std::time::Duration::from_secs(5)).await {
+        if !self
+            .cache
+            .wait_applied(std::time::Duration::from_secs(5))
+            .await
+        {
             tracing::warn!("entry change not yet applied to the SVID cache after 5 s");
         }
     }

@@ -193,7 +193,10 @@ fn rotation_overlaps_old_and_new_until_the_old_ones_svids_expire() {
     let svid = auth
         .issue_at(&spec("spiffe://acme.corp/client/a"), t1)
         .unwrap();
-    assert!(verifies_under_bundle(&svid.chain_der[0], &[old_ca.clone()]));
+    assert!(verifies_under_bundle(
+        &svid.chain_der[0],
+        std::slice::from_ref(&old_ca)
+    ));
 
     // Two thirds: the new CA signs; the old one stays for max_svid_ttl.
     let t2 = t0 + time::Duration::days(20) + time::Duration::seconds(1);
@@ -206,7 +209,7 @@ fn rotation_overlaps_old_and_new_until_the_old_ones_svids_expire() {
         .unwrap();
     assert!(!verifies_under_bundle(
         &new_svid.chain_der[0],
-        &[old_ca.clone()]
+        std::slice::from_ref(&old_ca)
     ));
     assert!(verifies_under_bundle(&new_svid.chain_der[0], &bundle.certs));
     assert!(verifies_under_bundle(&old_svid.chain_der[0], &bundle.certs));
