@@ -159,13 +159,13 @@ fn unix_time() -> i64 {
 
 /// Runs the demo.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
     say("Tessera demo: one login is not permission for every client.");
     say("An agent runtime gets its own identity, each task its own short-lived credential,");
     say("and an MCP server checks client, task, scope and policy on every single call.\n");
 
     let no_build = args.no_build || std::env::var_os("TESSERA_DEMO_NO_BUILD").is_some();
     let bins = Binaries::locate(!no_build)?;
+    let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("tessera-demo-").tempdir()?;
     let root = dir.path().to_owned();
     let workload = root.join("run/workload.sock");
