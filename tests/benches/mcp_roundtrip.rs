@@ -20,7 +20,8 @@
 //! ```
 //!
 //! The bench builds the agent and the example server with its own profile first (set
-//! `TESSERA_BENCH_NO_BUILD=1` to use the binaries as they are).
+//! `TESSERA_BENCH_NO_BUILD=1` to use the binaries as they are). The servers log with
+//! `RUST_LOG=warn,tessera_verify::audit=info` (override: `TESSERA_BENCH_SERVER_LOG`).
 
 #[path = "../tests/support/mcp.rs"]
 mod support;
@@ -151,16 +152,23 @@ async fn run() {
     grant(&agent, "code-reviewer", CONSENTED).await.unwrap();
     // Audit events stay on (they are part of the checks); rmcp's own info chatter is off
     // for both servers.
-    let log = "warn,tessera_verify::audit=info";
-    let checked = McpServer::start_with_log(&agent, "checked", Trust::Workload, &[], log)
-        .await
-        .unwrap();
+    // TESSERA_BENCH_SERVER_LOG overrides the filter (e.g. `warn` to leave audit out).
+    let log = std::env::var("TESSERA_BENCH_SERVER_LOG")
+        .unwrap_or_else(|_| "warn,tessera_verify::audit=info".to_owned());
+    let log = log.as_str();
+    // TESSERA_BENCH_AUDIT_FILE=0 leaves out the JSON-lines audit file.
+    let audit_file = std::env::var("TESSERA_BENCH_AUDIT_FILE").as_deref() != Ok("0");
+    let checked =
+        McpServer::start_with_log(&agent, "checked", Trust::Workload, &[], log, audit_file)
+            .await
+            .unwrap();
     let plain = McpServer::start_with_log(
         &agent,
         "plain",
         Trust::Workload,
         &["--dangerous-no-authorization"],
         log,
+        false,
     )
     .await
     .unwrap();

@@ -229,16 +229,18 @@ impl McpServer {
         trust: Trust,
         extra: &[&str],
     ) -> anyhow::Result<McpServer> {
-        Self::start_with_log(agent, tag, trust, extra, "info").await
+        Self::start_with_log(agent, tag, trust, extra, "info", true).await
     }
 
-    /// As [`Self::start`], with `RUST_LOG=<log_filter>` for the server.
+    /// As [`Self::start`], with `RUST_LOG=<log_filter>` for the server, and the JSON-lines
+    /// audit file on or off.
     pub async fn start_with_log(
         agent: &TestAgent,
         tag: &str,
         trust: Trust,
         extra: &[&str],
         log_filter: &str,
+        audit_file: bool,
     ) -> anyhow::Result<McpServer> {
         let dir = agent.dir.path().join(format!("mcp-{tag}"));
         std::fs::create_dir_all(&dir)?;
@@ -264,14 +266,16 @@ impl McpServer {
         }
         let log = dir.join("server.log");
         let audit = dir.join("audit.jsonl");
+        if audit_file {
+            files.push("--audit-log".into());
+            files.push(audit.clone().into());
+        }
         let mut child = Command::new(bin(SERVER_BIN))
             .arg("--trust-domain")
             .arg(TRUST_DOMAIN)
             .arg("--workload-socket")
             .arg(&agent.workload)
             .args(&files)
-            .arg("--audit-log")
-            .arg(&audit)
             .args(extra)
             .env("RUST_LOG", log_filter)
             .stdin(Stdio::null())

@@ -239,14 +239,15 @@ impl TaskManager {
     /// Live task views bound to `pid`, now and on every change.
     pub fn subscribe_owner(&self, pid: i32) -> watch::Receiver<Arc<Vec<TaskView>>> {
         let mut owners = self.lock_owners();
-        owners
-            .entry(pid)
-            .or_insert_with(|| Owner {
-                tx: watch::channel(Arc::new(Vec::new())).0,
-                tasks: BTreeMap::new(),
-            })
-            .tx
-            .subscribe()
+        let owner = owners.entry(pid).or_insert_with(|| Owner {
+            tx: watch::channel(Arc::new(Vec::new())).0,
+            tasks: BTreeMap::new(),
+        });
+        if owner.tx.receiver_count() == 0 {
+            // Views are not maintained while nobody watches: bring it up to date.
+            owner.tx.send_replace(Arc::new(owner.tasks.values().cloned().collect()));
+        }
+        owner.tx.subscribe()
     }
 
     /// Begins a task; returns its record and first SVID once it is durable.
@@ -517,9 +518,12 @@ impl TaskManager {
                 owner.tasks.remove(&live.record.id);
             }
         }
-        let views: Vec<TaskView> = owner.tasks.values().cloned().collect();
-        owner.tx.send_replace(Arc::new(views));
-        if owner.tasks.is_empty() && owner.tx.receiver_count() == 0 {
+        // Building the view is O(tasks of this process); skip it when no stream
+        // of that process is watching (subscribe_owner builds it on demand).
+        if owner.tx.receiver_count() > 0 {
+            let views: Vec<TaskView> = owner.tasks.values().cloned().collect();
+            owner.tx.send_replace(Arc::new(views));
+        } else if owner.tasks.is_empty() {
             owners.remove(&live.owner_pid);
         }
     }
