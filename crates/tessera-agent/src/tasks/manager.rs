@@ -245,7 +245,9 @@ impl TaskManager {
         });
         if owner.tx.receiver_count() == 0 {
             // Views are not maintained while nobody watches: bring it up to date.
-            owner.tx.send_replace(Arc::new(owner.tasks.values().cloned().collect()));
+            owner
+                .tx
+                .send_replace(Arc::new(owner.tasks.values().cloned().collect()));
         }
         owner.tx.subscribe()
     }
