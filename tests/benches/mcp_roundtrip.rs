@@ -26,13 +26,11 @@
 #[path = "../tests/support/mcp.rs"]
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::{CONSENTED, McpServer, SUBJECT, Trust, grant, register_server};
-use tessera_e2e::TestAgent;
+use tessera_e2e::{Samples, TestAgent};
 use tessera_example_agent_runtime::{
     McpConnection, TaskRequest, Workload, install_crypto_provider, measure_refusal_after_end,
     tls_config,
@@ -44,73 +42,14 @@ const N_TASKS: usize = 200;
 const TARGET_RATIO: f64 = 1.10;
 const TARGET_REFUSAL_P99: Duration = Duration::from_millis(20);
 
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(std::path::Path::parent)
-        .expect("target/<profile>")
-        .to_owned()
-}
-
-/// Builds the agent and the example server with the bench's profile.
-fn ensure_built() {
-    let dir = target_dir();
-    let bins = ["tessera-agent", support::SERVER_BIN];
-    if std::env::var_os("TESSERA_BENCH_NO_BUILD").is_some() {
-        for b in bins {
-            assert!(dir.join(b).exists(), "{} missing", dir.join(b).display());
-        }
-        return;
-    }
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args([
-        "build",
-        "-p",
-        "tessera-agent",
-        "-p",
-        "tessera-example-mcp-server",
-        "--bins",
-    ])
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-        cmd.arg("--release");
-    }
-    eprintln!("building: {cmd:?}");
-    let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
-    for b in bins {
-        assert!(
-            dir.join(b).exists(),
-            "{} missing and could not be built",
-            dir.join(b).display()
-        );
-    }
-    if !ok {
-        eprintln!("warning: build failed; benchmarking the existing binaries");
-    }
-}
-
-#[derive(Default)]
-struct Samples(Vec<Duration>);
-
-impl Samples {
-    fn pct(&self, p: f64) -> Duration {
-        let mut v = self.0.clone();
-        v.sort_unstable();
-        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
-        v[i]
-    }
-    fn mean(&self) -> Duration {
-        self.0.iter().sum::<Duration>() / u32::try_from(self.0.len()).unwrap()
-    }
-    fn row(&self, name: &str) {
-        println!(
-            "{name:<44} n={:<5} p50={:>9.1?} p99={:>9.1?} mean={:>9.1?}",
-            self.0.len(),
-            self.pct(0.50),
-            self.pct(0.99),
-            self.mean()
-        );
-    }
+fn row(s: &Samples, name: &str) {
+    println!(
+        "{name:<44} n={:<5} p50={:>9.1?} p99={:>9.1?} mean={:>9.1?}",
+        s.0.len(),
+        s.pct(0.50),
+        s.pct(0.99),
+        s.mean()
+    );
 }
 
 async fn begin(w: &Workload, scopes: &[&str]) -> (String, McpCred) {
@@ -134,7 +73,10 @@ async fn begin(w: &Workload, scopes: &[&str]) -> (String, McpCred) {
 type McpCred = tessera_example_agent_runtime::TaskCredential;
 
 fn main() {
-    ensure_built();
+    tessera_e2e::ensure_built(&[
+        ("tessera-agent", "tessera-agent"),
+        ("tessera-example-mcp-server", support::SERVER_BIN),
+    ]);
     install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -210,8 +152,8 @@ async fn run() {
             assert!(out.is_ok(), "{out:?}");
         }
     }
-    sc.row("with Tessera checks");
-    sp.row("plain rustls mTLS, no checks");
+    row(&sc, "with Tessera checks");
+    row(&sp, "plain rustls mTLS, no checks");
     let r50 = sc.pct(0.5).as_secs_f64() / sp.pct(0.5).as_secs_f64();
     let r99 = sc.pct(0.99).as_secs_f64() / sp.pct(0.99).as_secs_f64();
     let rmean = sc.mean().as_secs_f64() / sp.mean().as_secs_f64();
@@ -256,8 +198,8 @@ async fn run() {
         attempts += m.attempts;
         conn.close().await;
     }
-    refusal.row("EndTask sent → refused call answered");
-    end_rpc.row("  of which the EndTask RPC");
+    row(&refusal, "EndTask sent → refused call answered");
+    row(&end_rpc, "  of which the EndTask RPC");
     println!(
         "calls per refusal: {:.2} (1.00 = the first call after EndTask was refused)",
         f64::from(attempts) / N_TASKS as f64

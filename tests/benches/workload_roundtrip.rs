@@ -20,12 +20,10 @@
 //! The bench runs `cargo build --release -p tessera-agent` first so it measures the
 //! current agent (set `TESSERA_BENCH_NO_BUILD=1` to skip that and use the binary as is).
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_e2e::{TRUST_DOMAIN, TestAgent};
+use tessera_e2e::{Samples, TRUST_DOMAIN, TestAgent};
 use tessera_proto::WORKLOAD_HEADER;
 use tessera_proto::workload::X509svidRequest;
 use tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -38,68 +36,6 @@ const CONCURRENCY: usize = 4;
 const N_CONNECT: usize = 500;
 const WARMUP: usize = 100;
 const TARGET_P99: Duration = Duration::from_millis(2);
-
-/// Where `tessera_e2e::bin` looks: `target/<profile>/` above `deps/`.
-fn agent_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(std::path::Path::parent)
-        .expect("target/<profile>")
-        .join("tessera-agent")
-}
-
-/// Builds the agent with the bench's profile so `TestAgent::start` finds a current binary.
-fn ensure_agent_built() {
-    let path = agent_path();
-    if std::env::var_os("TESSERA_BENCH_NO_BUILD").is_some() {
-        assert!(
-            path.exists(),
-            "{} missing: run `cargo build --release -p tessera-agent`",
-            path.display()
-        );
-        return;
-    }
-    let profile_dir = path
-        .parent()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .unwrap_or("release");
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args(["build", "-p", "tessera-agent", "--bin", "tessera-agent"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir == "release" {
-        cmd.arg("--release");
-    }
-    eprintln!("building the agent: {cmd:?}");
-    let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
-    match (ok, path.exists()) {
-        (true, true) => {}
-        (false, true) => eprintln!(
-            "warning: building tessera-agent failed; benchmarking the existing {}",
-            path.display()
-        ),
-        (_, false) => panic!(
-            "{} missing and could not be built: run `cargo build --release -p tessera-agent`",
-            path.display()
-        ),
-    }
-}
-
-#[derive(Default)]
-struct Samples(Vec<Duration>);
-
-impl Samples {
-    fn pct(&self, p: f64) -> Duration {
-        let mut v = self.0.clone();
-        v.sort_unstable();
-        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
-        v[i]
-    }
-
-    fn mean(&self) -> Duration {
-        self.0.iter().sum::<Duration>() / u32::try_from(self.0.len()).unwrap()
-    }
-}
 
 struct Row {
     name: &'static str,
@@ -291,7 +227,7 @@ fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         return Ok(());
     }
-    ensure_agent_built();
+    tessera_e2e::ensure_built(&[("tessera-agent", "tessera-agent")]);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

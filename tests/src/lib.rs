@@ -234,6 +234,9 @@ impl Drop for TestAgent {
 /// [`bin`] finds current binaries. `TESSERA_BENCH_NO_BUILD=1` skips the build.
 pub fn ensure_built(bins: &[(&str, &str)]) {
     if std::env::var_os("TESSERA_BENCH_NO_BUILD").is_some() {
+        for (_, binary) in bins {
+            bin(binary);
+        }
         return;
     }
     let exe = std::env::current_exe().expect("current exe");
@@ -252,6 +255,9 @@ pub fn ensure_built(bins: &[(&str, &str)]) {
     }
     eprintln!("building: {cmd:?}");
     let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+    for (_, binary) in bins {
+        bin(binary);
+    }
     if !ok {
         eprintln!("warning: the build failed; benchmarking the binaries that exist");
     }
