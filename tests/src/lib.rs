@@ -2,7 +2,11 @@
 //! real unix sockets in a temporary directory, and runs the real `tessera` CLI.
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to the test
-//! executable (`target/<profile>/`).
+//! executable (`target/<profile>/`). Cargo builds a package's binaries only for
+//! that package's own integration tests, so every package whose binary is started
+//! here (agent, CLI, both examples) has an integration test of its own under its
+//! `tests/`; a new binary used here needs one too. `cargo test -p tessera-e2e` alone does not
+//! rebuild them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[non_exhaustive]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("reading config file {path}: {source}")]
+    #[error("reading config file {path}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -133,6 +133,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--server-name {:?}: {e}", args.server_name))?;
 
+    // 0. Local files first: a typo in a policy fails at once, not after the
+    // wait for an SVID.
+    let local = if args.dangerous_no_authorization {
+        None
+    } else {
+        let policies = Arc::new(
+            PolicyStore::load(PolicyFiles {
+                policies: args.policies.clone(),
+                schema: args.schema.clone(),
+            })
+            .context("loading Cedar policies")?,
+        );
+        tracing::info!(policies = ?policies.policy_ids(), "policies loaded");
+        let audit = match &args.audit_log {
+            Some(path) => AuditLog::with_json_file(path)
+                .with_context(|| format!("opening audit log {}", path.display()))?,
+            None => AuditLog::tracing_only(),
+        };
+        Some((policies, audit))
+    };
+
     // 1. Trust: own SVID + bundle.
     let (trust, _trust_task) = match (&args.bundle, &args.cert, &args.key) {
         (Some(bundle), Some(cert), Some(key)) => {
@@ -180,7 +201,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
 
-    if args.dangerous_no_authorization {
+    let Some((policies, audit)) = local else {
         tracing::warn!(
             "--dangerous-no-authorization: mTLS only, NO per-request authorization (benchmark baseline)"
         );
@@ -191,9 +212,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         announce(addr)?;
         return serve(listener, acceptor, service, false).await;
-    }
+    };
 
-    // 3. Revocations (wait until current), policies, authorizer.
+    // 3. Revocations (wait until current), then the authorizer.
     let revocations = match &args.workload_socket {
         Some(sock) => {
             let mut cfg = WatcherConfig::new(socket_path(sock));
@@ -219,20 +240,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             RevocationWatcher::from_static([], [])
         }
     };
-    let policies = Arc::new(
-        PolicyStore::load(PolicyFiles {
-            policies: args.policies.clone(),
-            schema: args.schema.clone(),
-        })
-        .context("loading Cedar policies")?,
-    );
-    tracing::info!(policies = ?policies.policy_ids(), "policies loaded");
     let _watch = policies.spawn_watch(Duration::from_secs(2));
-    let audit = match &args.audit_log {
-        Some(path) => AuditLog::with_json_file(path)
-            .with_context(|| format!("opening audit log {}", path.display()))?,
-        None => AuditLog::tracing_only(),
-    };
     let authz =
         Arc::new(Authorizer::new(server_id.clone(), policies, revocations).with_audit(audit));
 

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use miette::Diagnostic;
 use tokio::task::JoinHandle;
 
 /// Why a policy set was refused.
@@ -27,15 +28,30 @@ pub enum PolicyError {
         /// Why.
         reason: String,
     },
-    /// The schema does not parse.
-    #[error("schema: {0}")]
-    Schema(String),
-    /// The policies do not parse.
-    #[error("policies: {0}")]
-    Parse(String),
+    /// The schema does not parse. The message gives line and column of each error.
+    #[error("schema {origin}: {detail}")]
+    Schema {
+        /// The file, or `<text>` for a store built from strings.
+        origin: String,
+        /// Cedar's errors, one per `; `-separated part.
+        detail: String,
+    },
+    /// The policies do not parse. The message gives line and column of each error.
+    #[error("policies {origin}: {detail}")]
+    Parse {
+        /// The file, or `<text>`.
+        origin: String,
+        /// Cedar's errors.
+        detail: String,
+    },
     /// The policies do not validate against the schema in strict mode.
-    #[error("policies fail strict validation: {0}")]
-    Validation(String),
+    #[error("policies {origin} fail strict validation: {detail}")]
+    Validation {
+        /// The file, or `<text>`.
+        origin: String,
+        /// Each validation error with its line and column.
+        detail: String,
+    },
     /// Two policies share an `@id`.
     #[error("duplicate policy id {0:?}")]
     DuplicateId(String),
@@ -80,7 +96,7 @@ impl PolicyStore {
     /// [`PolicyError`] if they do not parse or validate.
     pub fn from_strs(policies: &str, schema: &str) -> Result<Self, PolicyError> {
         Ok(Self {
-            current: ArcSwap::from_pointee(compile(policies, schema)?),
+            current: ArcSwap::from_pointee(compile(policies, schema, &Origins::text())?),
             files: None,
         })
     }
@@ -112,7 +128,8 @@ impl PolicyStore {
     /// # Errors
     /// [`PolicyError`] if the new text does not parse or validate.
     pub fn replace_from_strs(&self, policies: &str, schema: &str) -> Result<(), PolicyError> {
-        self.current.store(Arc::new(compile(policies, schema)?));
+        self.current
+            .store(Arc::new(compile(policies, schema, &Origins::text())?));
         Ok(())
     }
 
@@ -190,17 +207,79 @@ fn read(path: &Path) -> Result<String, PolicyError> {
 }
 
 fn load_files(files: &PolicyFiles) -> Result<LoadedPolicies, PolicyError> {
-    compile(&read(&files.policies)?, &read(&files.schema)?)
+    let origins = Origins {
+        policies: files.policies.display().to_string(),
+        schema: files.schema.display().to_string(),
+    };
+    compile(&read(&files.policies)?, &read(&files.schema)?, &origins)
+}
+
+/// Names for error messages: the files, or `<text>`.
+struct Origins {
+    policies: String,
+    schema: String,
+}
+
+impl Origins {
+    fn text() -> Self {
+        Self {
+            policies: "<text>".to_owned(),
+            schema: "<text>".to_owned(),
+        }
+    }
+}
+
+/// Cedar's errors are miette diagnostics whose `Debug` is unreadable and whose
+/// `Display` names only the first error without a position; an operator who
+/// mistyped a policy needs every error with its line and column.
+fn describe(diagnostic: &dyn Diagnostic, src: &str) -> String {
+    let mut parts = vec![describe_one(diagnostic, src)];
+    if let Some(related) = diagnostic.related() {
+        parts.extend(related.map(|d| describe_one(d, src)));
+    }
+    parts.join("; ")
+}
+
+fn describe_one(diagnostic: &dyn Diagnostic, src: &str) -> String {
+    let mut out = String::new();
+    if let Some(span) = diagnostic.labels().and_then(|mut labels| labels.next()) {
+        let (line, column) = line_and_column(src, span.offset());
+        out.push_str(&format!("line {line}, column {column}: "));
+    }
+    out.push_str(&diagnostic.to_string());
+    if let Some(help) = diagnostic.help() {
+        out.push_str(&format!(" (help: {help})"));
+    }
+    out
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_and_column(src: &str, offset: usize) -> (usize, usize) {
+    let before = src.get(..offset.min(src.len())).unwrap_or(src);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |tail| tail.chars().count())
+        + 1;
+    (line, column)
 }
 
 /// Parses, renames to `@id`, and validates in strict mode.
-fn compile(policies: &str, schema: &str) -> Result<LoadedPolicies, PolicyError> {
+fn compile(policies: &str, schema: &str, origins: &Origins) -> Result<LoadedPolicies, PolicyError> {
+    let schema_src = schema;
     let (schema, warnings) =
-        Schema::from_cedarschema_str(schema).map_err(|e| PolicyError::Schema(format!("{e:?}")))?;
+        Schema::from_cedarschema_str(schema).map_err(|e| PolicyError::Schema {
+            origin: origins.schema.clone(),
+            detail: describe(&e, schema_src),
+        })?;
     for w in warnings {
         tracing::warn!(warning = %w, "tessera-verify: Cedar schema warning");
     }
-    let parsed = PolicySet::from_str(policies).map_err(|e| PolicyError::Parse(format!("{e:?}")))?;
+    let parsed = PolicySet::from_str(policies).map_err(|e| PolicyError::Parse {
+        origin: origins.policies.clone(),
+        detail: describe(&e, policies),
+    })?;
     if parsed.templates().next().is_some() {
         return Err(PolicyError::Templates);
     }
@@ -215,8 +294,14 @@ fn compile(policies: &str, schema: &str) -> Result<LoadedPolicies, PolicyError> 
     }
     let result = Validator::new(schema.clone()).validate(&named, ValidationMode::Strict);
     if !result.validation_passed() {
-        let msgs: Vec<String> = result.validation_errors().map(|e| format!("{e}")).collect();
-        return Err(PolicyError::Validation(msgs.join("; ")));
+        let msgs: Vec<String> = result
+            .validation_errors()
+            .map(|e| describe_one(e, policies))
+            .collect();
+        return Err(PolicyError::Validation {
+            origin: origins.policies.clone(),
+            detail: msgs.join("; "),
+        });
     }
     Ok(LoadedPolicies {
         policies: named,

@@ -255,16 +255,25 @@ fn listing_uses_the_same_checks() {
 
 #[test]
 fn policies_must_validate_strictly() {
-    let typo = r#"permit(principal, action == Action::"tools/call", resource) when { context.argumentz has path };"#;
-    assert!(matches!(
-        PolicyStore::from_strs(typo, SCHEMA),
-        Err(PolicyError::Validation(_))
-    ));
+    let typo = "// comment\npermit(principal, action == Action::\"tools/call\", resource)\n  when { context.argumentz has path };";
+    let err = PolicyStore::from_strs(typo, SCHEMA).unwrap_err();
+    assert!(matches!(err, PolicyError::Validation { .. }), "{err}");
+    assert!(
+        err.to_string().contains("line 3, column 10") && err.to_string().contains("argumentz"),
+        "the operator is told where the typo is: {err}"
+    );
     let syntax = "permit(principal action resource);";
-    assert!(matches!(
-        PolicyStore::from_strs(syntax, SCHEMA),
-        Err(PolicyError::Parse(_))
-    ));
+    let err = PolicyStore::from_strs(syntax, SCHEMA).unwrap_err();
+    assert!(matches!(err, PolicyError::Parse { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("policies <text>: line 1, column 18: "),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("ParseErrors("),
+        "no Debug dump: {err}"
+    );
     let dup = r#"@id("a") permit(principal, action, resource); @id("a") forbid(principal, action, resource);"#;
     assert!(matches!(
         PolicyStore::from_strs(dup, SCHEMA),
