@@ -136,6 +136,16 @@ impl TestAgent {
         }
     }
 
+    /// The agent process's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The agent's resident memory now and at its peak, from `/proc/<pid>/status`.
+    pub fn memory(&self) -> anyhow::Result<ProcMemory> {
+        proc_memory(self.pid().context("agent not running")?)
+    }
+
     /// The agent's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -290,4 +300,36 @@ impl Samples {
         }
         self.0.iter().sum::<Duration>() / u32::try_from(self.0.len()).unwrap_or(u32::MAX)
     }
+}
+
+/// Resident memory of a process in bytes, as the kernel reports it in `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcMemory {
+    /// `VmRSS`: resident now.
+    pub rss: u64,
+    /// `VmHWM`: the most it has been resident since it started.
+    pub peak_rss: u64,
+}
+
+/// Reads `VmRSS` and `VmHWM` of `pid`.
+pub fn proc_memory(pid: u32) -> anyhow::Result<ProcMemory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib = |key: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .with_context(|| format!("no {key} in /proc/{pid}/status"))?;
+        let n: u64 = line
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .with_context(|| format!("{key}{line}"))?;
+        Ok(n * 1024)
+    };
+    Ok(ProcMemory {
+        rss: kib("VmRSS:")?,
+        peak_rss: kib("VmHWM:")?,
+    })
 }
