@@ -8,54 +8,17 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
+use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose};
 use serde_json::{Value, json};
-use support::{AgentCa, Env, Leaf, RUNTIME_BIN, SUBJECT, Trust, foreign_ca, mint};
+use support::{
+    AgentCa, Env, Leaf, RUNTIME_BIN, SUBJECT, Trust, args, audit, begin, connect, foreign_ca,
+    hostile_tls, mint, post,
+};
 use tessera_e2e::{TRUST_DOMAIN, bin};
 use tessera_example_agent_runtime::{
-    CallOutcome, McpConnection, TaskCredential, TaskRequest, Workload, http_client,
-    install_crypto_provider, measure_refusal_after_end, tls_config,
+    CallOutcome, McpConnection, http_client, measure_refusal_after_end, tls_config,
 };
-use tessera_proto::tessera::v1::Task;
 use time::OffsetDateTime;
-
-fn args(v: Value) -> Option<serde_json::Map<String, Value>> {
-    v.as_object().cloned()
-}
-
-async fn begin(env: &Env, scopes: &[&str]) -> (Workload, Task, TaskCredential) {
-    install_crypto_provider();
-    let w = Workload::connect(&env.agent.endpoint()).await.unwrap();
-    let task = w
-        .begin_task(&TaskRequest {
-            server: "github".into(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            subject: SUBJECT.into(),
-            purpose: "review PR 42".into(),
-            lifetime_secs: 0,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("BeginTask: {e}\nagent log:\n{}", env.agent.log_text()));
-    let cred = w
-        .task_credential(&task.id, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(cred.spiffe_id, task.spiffe_id);
-    (w, task, cred)
-}
-
-async fn connect(env: &Env, cred: &TaskCredential) -> McpConnection {
-    McpConnection::connect(&env.server.url, tls_config(cred, "github").unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\nserver log:\n{}", env.server.log_text()))
-}
-
-fn audit(env: &Env) -> Vec<Value> {
-    std::fs::read_to_string(&env.server.audit)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
 
 #[tokio::test]
 async fn allowed_out_of_scope_and_policy_forbidden_calls() {
@@ -189,21 +152,6 @@ async fn end_task_refuses_the_next_call_on_the_open_connection_within_100ms() {
     );
 }
 
-/// A client config presenting `chain`/`key` to the server, trusting the agent's CA.
-fn hostile_tls(
-    ca: &AgentCa,
-    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
-    key: rustls_pki_types::PrivateKeyDer<'static>,
-) -> rustls::ClientConfig {
-    let expected = format!("spiffe://{TRUST_DOMAIN}/mcp/github")
-        .parse()
-        .unwrap();
-    let mut cfg =
-        tessera_verify::tls::client_config(&expected, ca.bundle.clone(), chain, key).unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    cfg
-}
-
 #[tokio::test]
 async fn hostile_certificates_are_refused_at_the_handshake() {
     // This server takes its SVID and bundle from PEM files (the path for servers
@@ -218,21 +166,37 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
 
     // Control: a forgery with nothing wrong (same id, claims, CA) gets through, so the
     // refusals below are about the one property under test.
-    let mut ok = Leaf::new(&task.spiffe_id, &ca.issuer);
-    ok.claims_der = Some(claims_der.clone());
-    let m = mint(&ok).unwrap();
-    let conn = McpConnection::connect(&env.server.url, hostile_tls(&ca, m.chain, m.key))
-        .await
-        .expect("a well-formed certificate from the agent's CA is accepted");
-    let out = conn
-        .call(
-            "get_pull_request",
-            args(json!({"repo": "acme/api", "number": 1})),
-        )
-        .await;
-    assert!(out.is_ok(), "{out:?}");
-    conn.close().await;
+    let good = || Leaf {
+        claims_der: Some(claims_der.clone()),
+        ..Leaf::new(&task.spiffe_id, &ca.issuer)
+    };
+    let control = async |good: Leaf<'_>| {
+        let m = mint(&good).unwrap();
+        let conn = McpConnection::connect(&env.server.url, hostile_tls(&ca, m.chain, m.key))
+            .await
+            .expect("a well-formed certificate from the agent's CA is accepted");
+        let out = conn
+            .call(
+                "get_pull_request",
+                args(json!({"repo": "acme/api", "number": 1})),
+            )
+            .await;
+        assert!(out.is_ok(), "{out:?}");
+        conn.close().await;
+    };
+    control(good()).await;
 
+    // Another live task of the same client: its claims are genuine, just not this URI's.
+    let (_w2, other_task, other_cred) = begin(&env, &["github/tool/get_pull_request"]).await;
+    let other_claims = tessera_identity::check_leaf_svid(other_cred.chain[0].as_ref())
+        .unwrap()
+        .claims
+        .unwrap()
+        .to_der();
+    // The agent CA's name and key id, but another key: only the signature is wrong.
+    let impostor =
+        rcgen::Issuer::from_ca_cert_pem(&ca.bundle_pem, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
     let (evil, _) = foreign_ca().unwrap();
     let foreign_id = task.spiffe_id.replace(TRUST_DOMAIN, "evil.test");
     // A consistent task of the other trust domain: its claims name that domain too.
@@ -276,6 +240,74 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
             Leaf::new(&task.spiffe_id, &ca.issuer),
             "MissingClaims",
         ),
+        (
+            "a CA certificate as the leaf",
+            Leaf {
+                is_ca: IsCa::Ca(BasicConstraints::Unconstrained),
+                ..good()
+            },
+            "LeafIsCa",
+        ),
+        (
+            "no BasicConstraints",
+            Leaf {
+                is_ca: IsCa::NoCa,
+                ..good()
+            },
+            "MissingBasicConstraints",
+        ),
+        (
+            "keyCertSign without digitalSignature",
+            Leaf {
+                key_usages: vec![KeyUsagePurpose::KeyCertSign],
+                ..good()
+            },
+            "MissingDigitalSignature",
+        ),
+        (
+            "digitalSignature plus keyCertSign",
+            Leaf {
+                key_usages: vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyCertSign,
+                ],
+                ..good()
+            },
+            "LeafKeyCertSign",
+        ),
+        (
+            "not yet valid",
+            Leaf {
+                not_before: now + time::Duration::hours(1),
+                not_after: now + time::Duration::hours(2),
+                ..good()
+            },
+            "certificate not valid yet",
+        ),
+        (
+            "signed by another key under the agent CA's name",
+            Leaf {
+                issuer: &impostor,
+                ..good()
+            },
+            "BadSignature",
+        ),
+        (
+            "claims extension that is not DER",
+            Leaf {
+                claims_der: Some(b"\x30\x84\xff\xff\xff\xffnot DER".to_vec()),
+                ..good()
+            },
+            "InvalidClaims",
+        ),
+        (
+            "claims of another task",
+            Leaf {
+                claims_der: Some(other_claims),
+                ..good()
+            },
+            "ClaimsTaskMismatch",
+        ),
     ];
     for (name, leaf, log_says) in cases {
         let m = mint(&leaf).unwrap();
@@ -297,38 +329,66 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
             "{name}: log does not say {log_says:?}:\n{log}"
         );
     }
-    // None of them reached the authorizer.
+    // The server is still up and serves a good credential.
+    control(good()).await;
+    // None of them reached the authorizer: the only allows are the two control calls.
+    let events = audit(&env);
     assert!(
-        audit(&env)
-            .iter()
-            .all(|e| e["peer"] == task.spiffe_id.as_str())
+        events.iter().all(|e| e["peer"] == task.spiffe_id.as_str()),
+        "{events:#?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["task"] == other_task.id.as_str()),
+        "{events:#?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| e["decision"] == "allow").count(),
+        2,
+        "{events:#?}"
     );
 }
 
-/// Posts one JSON-RPC message with `session` and returns (status, session id header, body).
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    session: Option<&str>,
-    body: Value,
-) -> (u16, Option<String>, String) {
-    let mut req = http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-06-18")
-        .json(&body);
-    if let Some(s) = session {
-        req = req.header("mcp-session-id", s);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let sid = resp
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    (status, sid, resp.text().await.unwrap_or_default())
+// KNOWN GAP (defence in depth), kept failing on purpose and ignored so the suite stays
+// green; run it with `cargo test -p tessera-e2e --test mcp -- --ignored`.
+//
+// The agent's self-signed root has pathLenConstraint 0 ("signs leaves only"), but the
+// verifier hands path validation to webpki, whose trust anchors keep only subject, key
+// and name constraints: the anchor's BasicConstraints are never read. A leaf signed by
+// an intermediate that the root signed is accepted, and its calls are authorized. Only
+// the CA key can mint that intermediate, so this needs the key (or a mis-issued CA
+// certificate) first; the fix belongs in tessera-verify's TLS verifier (check each
+// anchor's pathLen against the presented chain, or refuse intermediates when the
+// bundle's CA is pathLen 0).
+#[tokio::test]
+#[ignore = "KNOWN GAP: the root's pathLen 0 is not enforced; a leaf under an extra intermediate is accepted"]
+async fn a_leaf_under_an_intermediate_beyond_the_roots_path_length_is_refused() {
+    let env = Env::start(Trust::Files, &[]).await.unwrap();
+    let ca = AgentCa::load(&env.agent).unwrap();
+    let (_w, task, cred) = begin(&env, &["github/tool/get_pull_request"]).await;
+    let claims = tessera_identity::check_leaf_svid(cred.chain[0].as_ref())
+        .unwrap()
+        .claims
+        .unwrap()
+        .to_der();
+    let m = mint(&Leaf {
+        claims_der: Some(claims),
+        via_intermediate: true,
+        ..Leaf::new(&task.spiffe_id, &ca.issuer)
+    })
+    .unwrap();
+    assert_eq!(m.chain.len(), 2, "leaf and intermediate are both sent");
+    let Ok(conn) = McpConnection::connect(&env.server.url, hostile_tls(&ca, m.chain, m.key)).await
+    else {
+        return;
+    };
+    let out = conn
+        .call(
+            "get_pull_request",
+            args(json!({"repo": "acme/api", "number": 1})),
+        )
+        .await;
+    conn.close().await;
+    panic!("a chain one CA longer than the root allows was accepted; its call: {out:?}");
 }
 
 #[tokio::test]

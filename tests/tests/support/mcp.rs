@@ -13,8 +13,12 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::Value;
 use tessera_e2e::{TRUST_DOMAIN, TestAgent, bin};
-use tessera_proto::tessera::v1::{CreateEntryRequest, GrantConsentRequest};
+use tessera_example_agent_runtime::{
+    McpConnection, TaskCredential, TaskRequest, Workload, install_crypto_provider, tls_config,
+};
+use tessera_proto::tessera::v1::{CreateEntryRequest, GrantConsentRequest, Task};
 use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -143,6 +147,12 @@ pub struct Leaf<'a> {
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub issuer: &'a Issuer<'static, KeyPair>,
+    /// `ExplicitNoCa` fits the profile; `NoCa` omits BasicConstraints.
+    pub is_ca: IsCa,
+    pub key_usages: Vec<KeyUsagePurpose>,
+    /// Signs the leaf with a fresh intermediate CA (itself signed by `issuer`) and sends
+    /// both: one link more than the agent's pathLen-0 root allows.
+    pub via_intermediate: bool,
 }
 
 impl<'a> Leaf<'a> {
@@ -155,6 +165,9 @@ impl<'a> Leaf<'a> {
             not_before: now - time::Duration::minutes(1),
             not_after: now + time::Duration::hours(1),
             issuer,
+            is_ca: IsCa::ExplicitNoCa,
+            key_usages: vec![KeyUsagePurpose::DigitalSignature],
+            via_intermediate: false,
         }
     }
 }
@@ -176,8 +189,8 @@ pub fn mint(leaf: &Leaf<'_>) -> anyhow::Result<Minted> {
         .iter()
         .map(|u| Ok(SanType::URI(u.as_str().try_into()?)))
         .collect::<anyhow::Result<_>>()?;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.is_ca = leaf.is_ca;
+    params.key_usages = leaf.key_usages.clone();
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -193,13 +206,41 @@ pub fn mint(leaf: &Leaf<'_>) -> anyhow::Result<Minted> {
         ext.set_criticality(false);
         params.custom_extensions.push(ext);
     }
-    let cert = params.signed_by(&key, leaf.issuer)?;
+    let (cert, intermediate) = if leaf.via_intermediate {
+        let (issuer, der) = intermediate_ca(leaf.issuer)?;
+        (params.signed_by(&key, &issuer)?, Some(der))
+    } else {
+        (params.signed_by(&key, leaf.issuer)?, None)
+    };
     Ok(Minted {
-        chain: vec![cert.der().clone()],
+        chain: std::iter::once(cert.der().clone())
+            .chain(intermediate)
+            .collect(),
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// A well-formed intermediate CA of the test trust domain, signed by `parent`.
+fn intermediate_ca(
+    parent: &Issuer<'static, KeyPair>,
+) -> anyhow::Result<(Issuer<'static, KeyPair>, CertificateDer<'static>)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, "e2e intermediate");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://{TRUST_DOMAIN}").as_str().try_into()?,
+    )];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    params.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let der = params.signed_by(&key, parent)?.der().clone();
+    Ok((Issuer::new(params, key), der))
 }
 
 /// Where the example server gets its own SVID and bundle.
@@ -341,4 +382,91 @@ impl Env {
             consent,
         })
     }
+}
+
+// === MCP client helpers ===
+
+/// `tools/call` arguments from a JSON object.
+pub fn args(v: Value) -> Option<serde_json::Map<String, Value>> {
+    v.as_object().cloned()
+}
+
+/// Begins a task for [`SUBJECT`] on `github` with `scopes`, as this (registered) test
+/// process, and picks its SVID from the Workload API stream.
+pub async fn begin(env: &Env, scopes: &[&str]) -> (Workload, Task, TaskCredential) {
+    install_crypto_provider();
+    let w = Workload::connect(&env.agent.endpoint()).await.unwrap();
+    let task = w
+        .begin_task(&TaskRequest {
+            server: "github".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            subject: SUBJECT.into(),
+            purpose: "review PR 42".into(),
+            lifetime_secs: 0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("BeginTask: {e}\nagent log:\n{}", env.agent.log_text()));
+    let cred = w
+        .task_credential(&task.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(cred.spiffe_id, task.spiffe_id);
+    (w, task, cred)
+}
+
+/// An MCP session with the example server, presenting `cred`.
+pub async fn connect(env: &Env, cred: &TaskCredential) -> McpConnection {
+    McpConnection::connect(&env.server.url, tls_config(cred, "github").unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nserver log:\n{}", env.server.log_text()))
+}
+
+/// The server's audit trail so far, one JSON object per decision.
+pub fn audit(env: &Env) -> Vec<Value> {
+    std::fs::read_to_string(&env.server.audit)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A client config presenting `chain`/`key` to the server, trusting the agent's CA.
+pub fn hostile_tls(
+    ca: &AgentCa,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> rustls::ClientConfig {
+    let expected = format!("spiffe://{TRUST_DOMAIN}/mcp/github")
+        .parse()
+        .unwrap();
+    let mut cfg =
+        tessera_verify::tls::client_config(&expected, ca.bundle.clone(), chain, key).unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg
+}
+
+/// Posts one JSON-RPC message with `session` and returns (status, session id header, body).
+pub async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (u16, Option<String>, String) {
+    let mut req = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&body);
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let sid = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, sid, resp.text().await.unwrap_or_default())
 }
