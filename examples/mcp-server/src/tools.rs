@@ -125,6 +125,9 @@ impl GitHub {
         &self,
         Parameters(BranchArgs { repo, branch }): Parameters<BranchArgs>,
     ) -> String {
+        // The one destructive tool says when it runs, so tests can tell from the
+        // server's log that a forbidden call never reached it.
+        tracing::info!(%repo, %branch, "tool delete_branch ran");
         json!({"repo": repo, "branch": branch, "deleted": true}).to_string()
     }
 }
