@@ -1,11 +1,16 @@
 //! Hostile input on the agent's sockets: each gets a clear error or a closed
 //! connection, the agent stays up, and nothing is granted.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tessera_e2e::TestAgent;
-use tessera_proto::tessera::v1::CreateEntryRequest;
+use tessera_e2e::{TRUST_DOMAIN, TestAgent};
+use tessera_proto::tessera::v1::{CreateEntryRequest, ListEntriesRequest};
+use tessera_proto::workload::X509svidRequest;
+use tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::codegen::Body as _;
+use tonic::codegen::http;
+use tower::ServiceExt;
 
 async fn still_serves(agent: &TestAgent) {
     let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
@@ -209,4 +214,238 @@ async fn a_copied_binary_with_another_hash_is_refused() {
         !out.status.success(),
         "tampered binary must not get the identity"
     );
+}
+
+/// Sends one gRPC request whose body is exactly `body` (length-prefixed messages as
+/// the caller wrote them, right or wrong) over a well-formed HTTP/2 connection, and
+/// returns the status the agent answers with. A body that is not valid UTF-8 cannot
+/// be sent this way; the cases below keep every byte ASCII.
+async fn raw_grpc(socket: &std::path::Path, method: &str, body: String) -> tonic::Status {
+    let channel = TestAgent::channel(socket).await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://tessera.invalid{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("workload.spiffe.io", "true")
+        .body(tonic::body::Body::new(body))
+        .unwrap();
+    let answer = async {
+        let mut resp = channel.oneshot(req).await.unwrap();
+        if let Some(status) = tonic::Status::from_header_map(resp.headers()) {
+            return status;
+        }
+        loop {
+            let frame =
+                std::future::poll_fn(|cx| std::pin::Pin::new(resp.body_mut()).poll_frame(cx))
+                    .await
+                    .expect("the agent ends the response with a grpc-status")
+                    .expect("a well-formed response body");
+            if let Some(status) = frame
+                .trailers_ref()
+                .and_then(tonic::Status::from_header_map)
+            {
+                return status;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .unwrap_or_else(|_| panic!("{method}: no answer within 10 s"))
+}
+
+/// The 5-byte gRPC message prefix: compressed flag, then the length, big-endian.
+fn prefix(compressed: bool, len: u32) -> String {
+    let mut bytes = vec![u8::from(compressed)];
+    bytes.extend_from_slice(&len.to_be_bytes());
+    String::from_utf8(bytes).expect("an ASCII length")
+}
+
+#[tokio::test]
+async fn malformed_grpc_messages_on_the_admin_socket_get_a_clear_status() {
+    let agent = TestAgent::start("").await.unwrap();
+    agent.register_self("code-reviewer").await.unwrap();
+    let entries = || async {
+        agent
+            .admin_client()
+            .await
+            .unwrap()
+            .list_entries(ListEntriesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .len()
+    };
+    let before = entries().await;
+    const CREATE: &str = "/tessera.v1.Admin/CreateEntry";
+    let cases: Vec<(&str, &str, String, &[tonic::Code])> = vec![
+        (
+            "a message cut short (1124 bytes announced, 10 sent)",
+            CREATE,
+            prefix(false, 0x464) + "\x0a\x08truncat",
+            &[tonic::Code::Internal, tonic::Code::Cancelled],
+        ),
+        (
+            "a 64 MiB message announced",
+            CREATE,
+            prefix(false, 0x0400_0000) + "\x0a\x03big",
+            &[tonic::Code::ResourceExhausted, tonic::Code::OutOfRange],
+        ),
+        (
+            "bytes that are not protobuf (wire type 7)",
+            CREATE,
+            prefix(false, 3) + "\x0f\x0f\x0f",
+            &[tonic::Code::Internal, tonic::Code::InvalidArgument],
+        ),
+        (
+            "the compressed flag without a grpc-encoding",
+            CREATE,
+            prefix(true, 3) + "\x0a\x01x",
+            &[tonic::Code::Internal, tonic::Code::Unimplemented],
+        ),
+    ];
+    for (what, method, body, expected) in cases {
+        let status = raw_grpc(&agent.admin, method, body).await;
+        eprintln!("{what}: {:?} {}", status.code(), status.message());
+        assert!(
+            expected.contains(&status.code()),
+            "{what}: expected one of {expected:?}, got {status:?}"
+        );
+        assert!(
+            !status.message().is_empty(),
+            "{what}: a status without a message"
+        );
+    }
+    // The same framing errors on the workload socket.
+    let status = raw_grpc(
+        &agent.workload,
+        "/SpiffeWorkloadAPI/FetchX509SVID",
+        prefix(false, 0x464) + "\x0a\x08truncat",
+    )
+    .await;
+    assert_ne!(status.code(), tonic::Code::Ok, "{status:?}");
+    // Control: the same path with a well-formed empty message succeeds.
+    let status = raw_grpc(
+        &agent.admin,
+        "/tessera.v1.Admin/ListEntries",
+        prefix(false, 0),
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::Ok, "{status:?}");
+
+    assert_eq!(entries().await, before, "no entry was created");
+    still_serves(&agent).await;
+}
+
+/// Lifts this process's soft open-file limit to at least `want` (up to the hard limit).
+fn raise_nofile(want: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < want {
+        assert!(
+            hard >= want,
+            "this test needs {want} open files; the hard limit is {hard}"
+        );
+        setrlimit(Resource::RLIMIT_NOFILE, want, hard).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_open_svid_streams_are_all_served_and_a_new_caller_still_is() {
+    const STREAMS: usize = 1000;
+    // One connection per stream, as 1,000 separate runtimes would have, plus headroom.
+    raise_nofile(STREAMS as u64 + 512);
+    let agent = TestAgent::start("").await.unwrap();
+    agent.register_self("code-reviewer").await.unwrap();
+    let want = format!("spiffe://{TRUST_DOMAIN}/client/code-reviewer");
+
+    let started = Instant::now();
+    // Bounded concurrency while connecting only (the listen backlog is finite); every
+    // stream stays open to the end.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..STREAMS {
+        let (gate, socket, want) = (gate.clone(), agent.workload.clone(), want.clone());
+        opening.spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let mut client = SpiffeWorkloadApiClient::new(TestAgent::channel(&socket).await?);
+            let mut req = tonic::Request::new(X509svidRequest {});
+            req.metadata_mut()
+                .insert("workload.spiffe.io", "true".parse().unwrap());
+            let mut stream = client.fetch_x509svid(req).await?.into_inner();
+            let first = stream.message().await?.expect("a first message");
+            assert_eq!(first.svids.len(), 1);
+            assert_eq!(first.svids[0].spiffe_id, want);
+            anyhow::Ok((client, stream))
+        });
+    }
+    let mut open = Vec::with_capacity(STREAMS);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while let Some(joined) = tokio::time::timeout_at(deadline, opening.join_next())
+        .await
+        .unwrap_or_else(|_| panic!("only {} streams served within 25 s", open.len()))
+    {
+        open.push(joined.unwrap().unwrap_or_else(|e| {
+            panic!("stream {} failed: {e:#}\n{}", open.len(), agent.log_text())
+        }));
+    }
+    let all_served = started.elapsed();
+    assert_eq!(open.len(), STREAMS);
+
+    // The agent counts them, and a new caller is served while they are all open.
+    tessera_example_agent_runtime::install_crypto_provider();
+    let metrics = reqwest::get(format!("http://{}/metrics", agent.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open_streams: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tessera_open_streams "))
+        .expect("tessera_open_streams in /metrics")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        open_streams >= STREAMS as f64,
+        "tessera_open_streams {open_streams}"
+    );
+    let newcomer = Instant::now();
+    still_serves(&agent).await;
+    let newcomer = newcomer.elapsed();
+
+    // Every open stream still follows changes: a new entry for this process reaches all.
+    let fanout = Instant::now();
+    agent
+        .admin_client()
+        .await
+        .unwrap()
+        .create_entry(CreateEntryRequest {
+            client: "second-identity".into(),
+            selectors: vec![format!("unix:uid:{}", nix::unistd::geteuid())],
+            svid_ttl_secs: 0,
+            server: String::new(),
+        })
+        .await
+        .unwrap();
+    for (i, (_, stream)) in open.iter_mut().enumerate() {
+        let next = tokio::time::timeout(Duration::from_secs(15), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} got no update within 15 s"))
+            .unwrap()
+            .expect("stream still open");
+        assert_eq!(next.svids.len(), 2, "stream {i}");
+    }
+    let fanout = fanout.elapsed();
+    let mem = agent.memory().unwrap();
+    eprintln!(
+        "{STREAMS} streams: all first SVIDs in {all_served:?}; newcomer served in {newcomer:?}; \
+         entry change reached all in {fanout:?}; agent VmRSS {} MiB, VmHWM {} MiB",
+        mem.rss >> 20,
+        mem.peak_rss >> 20
+    );
+    drop(open);
+    still_serves(&agent).await;
 }
