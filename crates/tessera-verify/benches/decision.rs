@@ -11,15 +11,15 @@ use tessera_verify::{Authorizer, McpRequest, Peer, RevocationWatcher};
 
 const SCHEMA: &str = r#"
 entity Client;
-entity Task in [Client];
+entity Task in [Client] = {
+  client: String, subject: String, purpose: String, consent_id: String,
+  scopes: Set<String>, deadline: Long,
+};
 entity Tool;
 entity Resource;
 entity Prompt;
 type Args = { path?: String, force?: Bool, limit?: Long };
-type Ctx = {
-  task_id: String, client: String, subject: String, purpose: String, consent_id: String,
-  scopes: Set<String>, now: Long, deadline: Long, arguments: Args,
-};
+type Ctx = { now: Long, arguments: Args };
 action "tools/call" appliesTo { principal: [Task], resource: [Tool], context: Ctx };
 action "resources/read" appliesTo { principal: [Task], resource: [Resource], context: Ctx };
 action "prompts/get" appliesTo { principal: [Task], resource: [Prompt], context: Ctx };
@@ -30,10 +30,10 @@ const POLICIES: &str = r#"
 @id("p2") permit(principal, action == Action::"resources/read", resource);
 @id("p3") forbid(principal, action == Action::"tools/call", resource) when { context.arguments has path && context.arguments.path like "/etc/*" };
 @id("p4") forbid(principal, action, resource == Tool::"push") when { context.arguments has force && context.arguments.force };
-@id("p5") forbid(principal, action, resource) when { context.now > context.deadline };
+@id("p5") forbid(principal, action, resource) when { context.now > principal.deadline };
 @id("p6") permit(principal in Client::"deployer", action == Action::"tools/call", resource == Tool::"deploy");
 @id("p7") forbid(principal, action == Action::"tools/call", resource) when { context.arguments has limit && context.arguments.limit > 1000 };
-@id("p8") permit(principal, action == Action::"prompts/get", resource) when { context.subject like "*@acme.corp" };
+@id("p8") permit(principal, action == Action::"prompts/get", resource) when { principal.subject like "*@acme.corp" };
 "#;
 
 fn setup() -> (Authorizer, Peer, McpRequest) {

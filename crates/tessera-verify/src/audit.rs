@@ -6,11 +6,14 @@
 //! `latency_us`, `peer` (the full SPIFFE ID), `detail`.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use tessera_identity::ServerId;
 
 use crate::decision::Decision;
@@ -20,10 +23,46 @@ use crate::request::McpRequest;
 /// The `tracing` target of audit events.
 pub const AUDIT_TARGET: &str = "tessera_verify::audit";
 
+/// Lines queued for the file writer before a request waits for it. A full queue
+/// slows requests down rather than dropping a record.
+const QUEUE_LINES: usize = 8192;
+
 /// Where decisions are recorded. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct AuditLog {
-    file: Option<Arc<Mutex<File>>>,
+    file: Option<Arc<FileSink>>,
+}
+
+/// The JSON-lines file, written by a thread of its own: a request serializes its line
+/// and queues it; the `write` (and its wait on the disk) happens off the request path.
+#[derive(Debug)]
+struct FileSink {
+    queue: Option<SyncSender<Message>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+enum Message {
+    Line(Vec<u8>),
+    /// Answered once every line queued before it has been written.
+    Flush(SyncSender<()>),
+}
+
+/// One audit record, as written to the file.
+#[derive(Serialize)]
+struct Line<'a> {
+    ts_ms: u64,
+    peer: String,
+    client: Option<&'a str>,
+    task: Option<String>,
+    subject: Option<&'a str>,
+    server: &'a str,
+    method: &'a str,
+    target: &'a str,
+    decision: &'a str,
+    reason: &'a str,
+    policy_ids: &'a [String],
+    detail: &'a str,
+    latency_us: u64,
 }
 
 // === impl AuditLog ===
@@ -35,14 +74,24 @@ impl AuditLog {
     }
 
     /// Audit through `tracing` and as JSON lines appended to `path` (created 0600-ish by
-    /// umask; rotate it externally with copy-truncate).
+    /// umask; rotate it externally with copy-truncate). Lines are written by a
+    /// background thread in the order decisions were made, each within microseconds
+    /// of its decision; [`Self::flush`] waits for them, and dropping the last clone
+    /// writes every queued line before it returns.
     ///
     /// # Errors
-    /// The I/O error opening the file.
+    /// The I/O error opening the file or starting the writer thread.
     pub fn with_json_file(path: &Path) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let (queue, lines) = sync_channel(QUEUE_LINES);
+        let writer = std::thread::Builder::new()
+            .name("tessera-audit".into())
+            .spawn(move || write_lines(file, lines))?;
         Ok(Self {
-            file: Some(Arc::new(Mutex::new(file))),
+            file: Some(Arc::new(FileSink {
+                queue: Some(queue),
+                writer: Some(writer),
+            })),
         })
     }
 
@@ -57,30 +106,92 @@ impl AuditLog {
     ) {
         trace(server, peer, request, decision, latency);
         let Some(file) = &self.file else { return };
-        let ts_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let line = serde_json::json!({
-            "ts_ms": ts_ms,
-            "peer": peer.spiffe_id(),
-            "client": peer.client().map(|c| c.name.to_string()),
-            "task": peer.task().map(|t| t.task.to_string()),
-            "subject": peer.claims().map(|c| c.subject.as_str()),
-            "server": server.name.to_string(),
-            "method": request.method.as_str(),
-            "target": request.target,
-            "decision": if decision.allowed { "allow" } else { "deny" },
-            "reason": decision.reason.as_str(),
-            "policy_ids": decision.policy_ids,
-            "detail": decision.detail,
-            "latency_us": latency.as_micros() as u64,
-        });
-        let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = writeln!(f, "{line}") {
-            tracing::error!(error = %e, "tessera-verify: writing the audit file failed");
+        let line = Line {
+            ts_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            peer: peer.spiffe_id(),
+            client: peer.client().map(|c| c.name.as_str()),
+            task: peer.task().map(|t| t.task.to_string()),
+            subject: peer.claims().map(|c| c.subject.as_str()),
+            server: server.name.as_str(),
+            method: request.method.as_str(),
+            target: &request.target,
+            decision: if decision.allowed { "allow" } else { "deny" },
+            reason: decision.reason.as_str(),
+            policy_ids: &decision.policy_ids,
+            detail: &decision.detail,
+            latency_us: latency.as_micros() as u64,
+        };
+        let mut bytes = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut bytes, &line).is_err() {
+            // Serializing strings and numbers into a Vec cannot fail; if it ever did,
+            // say so rather than write half a line.
+            tracing::error!("tessera-verify: serializing an audit record failed");
+            return;
+        }
+        bytes.push(b'\n');
+        file.send(Message::Line(bytes));
+    }
+
+    /// Waits until every record made before this call is in the file (written, not
+    /// fsynced). A no-op without a file.
+    pub fn flush(&self) {
+        let Some(file) = &self.file else { return };
+        let (done, wait) = sync_channel(1);
+        file.send(Message::Flush(done));
+        let _ = wait.recv();
+    }
+}
+
+// === impl FileSink ===
+
+impl FileSink {
+    fn send(&self, message: Message) {
+        let sent = self.queue.as_ref().map(|q| q.send(message));
+        if !matches!(sent, Some(Ok(()))) {
+            tracing::error!("tessera-verify: the audit writer thread is gone; record lost");
         }
     }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer drain it and exit.
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The writer thread: writes what is queued, flushing whenever the queue runs dry,
+/// so a burst costs one `write` and a quiet log is never left in a buffer.
+fn write_lines(file: File, lines: Receiver<Message>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, file);
+    let mut waiting = Vec::new();
+    while let Ok(first) = lines.recv() {
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                Message::Line(bytes) => {
+                    if let Err(e) = out.write_all(&bytes) {
+                        tracing::error!(error = %e, "tessera-verify: writing the audit file failed");
+                    }
+                }
+                Message::Flush(done) => waiting.push(done),
+            }
+            next = lines.try_recv().ok();
+        }
+        if let Err(e) = out.flush() {
+            tracing::error!(error = %e, "tessera-verify: writing the audit file failed");
+        }
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+    }
+    let _ = out.flush();
 }
 
 /// Emits the `tracing` audit event.

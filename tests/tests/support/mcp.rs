@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rcgen::{
@@ -422,12 +422,28 @@ pub async fn connect(env: &Env, cred: &TaskCredential) -> McpConnection {
 }
 
 /// The server's audit trail so far, one JSON object per decision.
+///
+/// The server writes the file from a background thread, a moment after each decision;
+/// the same decision's `tracing` event is on its stderr synchronously. So this waits
+/// (up to 5 s) until the file holds as many records as the log shows decisions.
 pub fn audit(env: &Env) -> Vec<Value> {
-    std::fs::read_to_string(&env.server.audit)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let decided = env
+            .server
+            .log_text()
+            .matches("authorization decision")
+            .count();
+        let events: Vec<Value> = std::fs::read_to_string(&env.server.audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if events.len() >= decided || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A client config presenting `chain`/`key` to the server, trusting the agent's CA.

@@ -1,88 +1,135 @@
-//! One long-lived Cedar entity store of live tasks and their clients.
+//! Per-task Cedar entities, built once per task and reused by every request of it.
 //!
-//! Rebuilding entities per request costs ≈ 40 µs (see reference/cedar.md); keeping one
-//! store costs a hash probe. A task is added the first time it is seen (one copy of the
-//! store and a transitive-closure pass, once per task), and expired tasks are pruned when
-//! the store has grown enough.
+//! A task's facts (client, subject, purpose, consent, scopes, deadline) are signed into
+//! its SVID and never change, so they are attributes of the principal `Task` entity,
+//! evaluated once, rather than request context rebuilt and re-evaluated on every call
+//! (that rebuild was a quarter of a decision). Each task gets its own two-entity store
+//! (`Task` in `Client`): adding a task costs the same with ten live tasks or ten
+//! thousand, where one shared store would be copied whole on every new task.
+//!
+//! The cache is keyed by task id but an entry is used only if the peer's signed claims
+//! are exactly the ones it was built from: a federated trust domain may mint the same
+//! task id, and it must not inherit another task's client or scopes.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
-use arc_swap::ArcSwap;
-use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid};
+use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use tessera_identity::{TaskClaims, TaskId};
+
+/// Below this many cached tasks, expired ones are not pruned.
+const PRUNE_FLOOR: usize = 1024;
+
+/// The Cedar view of one task.
+#[derive(Debug)]
+pub(crate) struct TaskEntities {
+    /// The claims this was built from.
+    claims: TaskClaims,
+    /// The client entity id (name, or full SPIFFE ID for a foreign trust domain).
+    client_name: String,
+    /// `Task::"<task id>"`, the principal.
+    pub(crate) principal: EntityUid,
+    /// The task (with attributes, child of its client) and the client.
+    pub(crate) entities: Entities,
+    /// When the leaf it was first seen with expires, for pruning.
+    not_after: i64,
+}
 
 #[derive(Debug)]
 pub(crate) struct EntityStore {
-    entities: ArcSwap<Entities>,
-    /// task uid → (client uid, not_after): what is in `entities`, for pruning.
-    live: Mutex<HashMap<EntityUid, (EntityUid, i64)>>,
-    prune_at: Mutex<usize>,
+    tasks: RwLock<HashMap<TaskId, Arc<TaskEntities>>>,
+    prune_at: RwLock<usize>,
 }
 
 impl EntityStore {
     pub(crate) fn new() -> Self {
         Self {
-            entities: ArcSwap::from_pointee(Entities::empty()),
-            live: Mutex::new(HashMap::new()),
-            prune_at: Mutex::new(1024),
+            tasks: RwLock::new(HashMap::new()),
+            prune_at: RwLock::new(PRUNE_FLOOR),
         }
     }
 
-    /// The store, containing `task` (child of `client`).
-    pub(crate) fn with_task(
+    /// The entities of the task `claims` describe, whose client entity id is
+    /// `client_name`; built on first sight.
+    ///
+    /// # Errors
+    /// Cedar refused to build the entities (a claim Cedar cannot hold); the caller denies.
+    pub(crate) fn task(
         &self,
-        task: &EntityUid,
-        client: &EntityUid,
+        types: &Types,
+        claims: &TaskClaims,
+        client_name: &str,
         not_after: i64,
         now: i64,
-    ) -> Arc<Entities> {
-        let current = self.entities.load_full();
-        if current.get(task).is_some() {
-            return current;
+    ) -> Result<Arc<TaskEntities>, String> {
+        let id = claims.task_id;
+        if let Some(hit) = read(&self.tasks).get(&id)
+            && hit.claims == *claims
+            && hit.client_name == client_name
+        {
+            return Ok(Arc::clone(hit));
         }
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.entities.load_full();
-        if current.get(task).is_some() {
-            return current;
+        let built = Arc::new(build(types, claims, client_name, not_after)?);
+        let mut tasks = self.tasks.write().unwrap_or_else(|e| e.into_inner());
+        tasks.insert(id, Arc::clone(&built));
+        let mut prune_at = self.prune_at.write().unwrap_or_else(|e| e.into_inner());
+        if tasks.len() >= *prune_at {
+            tasks.retain(|_, t| t.not_after > now);
+            *prune_at = (tasks.len() * 2).max(PRUNE_FLOOR);
         }
-        live.insert(task.clone(), (client.clone(), not_after));
-        let mut prune_at = self.prune_at.lock().unwrap_or_else(|e| e.into_inner());
-        let rebuilt = if live.len() >= *prune_at {
-            live.retain(|_, (_, na)| *na > now);
-            *prune_at = (live.len() * 2).max(1024);
-            build(live.iter())
-        } else {
-            (*current)
-                .clone()
-                .add_entities(entities_for(task, client), None)
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "tessera-verify: entity store add failed; rebuilding");
-                    build(live.iter())
-                })
-        };
-        let rebuilt = Arc::new(rebuilt);
-        self.entities.store(rebuilt.clone());
-        rebuilt
+        Ok(built)
+    }
+
+    /// How many tasks are cached.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        read(&self.tasks).len()
     }
 }
 
-fn entities_for(task: &EntityUid, client: &EntityUid) -> [Entity; 2] {
-    [
-        Entity::new_no_attrs(task.clone(), [client.clone()].into_iter().collect()),
-        Entity::new_no_attrs(client.clone(), Default::default()),
-    ]
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves a consistent map (inserts and
+    // retains are single calls), so a poisoned lock is still usable.
+    lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn build<'a>(live: impl Iterator<Item = (&'a EntityUid, &'a (EntityUid, i64))>) -> Entities {
-    let mut by_uid: HashMap<EntityUid, Entity> = HashMap::new();
-    for (task, (client, _)) in live {
-        for e in entities_for(task, client) {
-            by_uid.insert(e.uid(), e);
-        }
-    }
-    Entities::from_entities(by_uid.into_values(), None).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "tessera-verify: entity store rebuild failed");
-        Entities::empty()
+fn build(
+    types: &Types,
+    claims: &TaskClaims,
+    client_name: &str,
+    not_after: i64,
+) -> Result<TaskEntities, String> {
+    let principal = EntityUid::from_type_name_and_id(
+        types.task.clone(),
+        EntityId::new(claims.task_id.to_string()),
+    );
+    let client = EntityUid::from_type_name_and_id(types.client.clone(), EntityId::new(client_name));
+    let s = RestrictedExpression::new_string;
+    let attrs = HashMap::from([
+        ("client".to_owned(), s(client_name.to_owned())),
+        ("subject".to_owned(), s(claims.subject.clone())),
+        ("purpose".to_owned(), s(claims.purpose.clone())),
+        ("consent_id".to_owned(), s(claims.consent_id.clone())),
+        (
+            "scopes".to_owned(),
+            RestrictedExpression::new_set(claims.scopes.iter().map(|sc| s(sc.to_string()))),
+        ),
+        (
+            "deadline".to_owned(),
+            RestrictedExpression::new_long(claims.deadline_unix),
+        ),
+    ]);
+    let task = Entity::new(principal.clone(), attrs, HashSet::from([client.clone()]))
+        .map_err(|e| format!("task entity: {e}"))?;
+    let entities =
+        Entities::from_entities([task, Entity::new_no_attrs(client, HashSet::new())], None)
+            .map_err(|e| format!("task entities: {e}"))?;
+    Ok(TaskEntities {
+        claims: claims.clone(),
+        client_name: client_name.to_owned(),
+        principal,
+        entities,
+        not_after,
     })
 }
 

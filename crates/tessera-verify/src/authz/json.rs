@@ -33,36 +33,55 @@ pub struct Converted {
 /// Converts a JSON object into a Cedar record (see the module docs for the mapping).
 pub fn to_cedar_record(map: &Map<String, Value>) -> Converted {
     let mut unsupported = Vec::new();
-    let record = record(map, "", 0, &mut unsupported);
+    let record = record(map, &Pointer::Root, 0, &mut unsupported);
     Converted {
         record,
         unsupported,
     }
 }
 
+/// Where a value sits, as a JSON pointer rendered only when a value is refused:
+/// building the pointer for every field of every call would cost more than the
+/// conversion itself.
+enum Pointer<'a> {
+    Root,
+    Key(&'a Pointer<'a>, &'a str),
+    Index(&'a Pointer<'a>, usize),
+}
+
+impl std::fmt::Display for Pointer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pointer::Root => Ok(()),
+            Pointer::Key(parent, key) => {
+                write!(f, "{parent}/{}", key.replace('~', "~0").replace('/', "~1"))
+            }
+            Pointer::Index(parent, i) => write!(f, "{parent}/{i}"),
+        }
+    }
+}
+
 fn record(
     map: &Map<String, Value>,
-    path: &str,
+    path: &Pointer<'_>,
     depth: usize,
     bad: &mut Vec<String>,
 ) -> RestrictedExpression {
     let fields: Vec<(String, RestrictedExpression)> = map
         .iter()
         .filter_map(|(k, v)| {
-            let p = format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"));
             if v.is_null() {
                 return None;
             }
-            value(v, &p, depth + 1, bad).map(|e| (k.clone(), e))
+            value(v, &Pointer::Key(path, k), depth + 1, bad).map(|e| (k.clone(), e))
         })
         .collect();
-    // Keys of a JSON object are unique, so this cannot fail.
     RestrictedExpression::new_record(fields).expect("JSON object keys are unique")
 }
 
 fn value(
     v: &Value,
-    path: &str,
+    path: &Pointer<'_>,
     depth: usize,
     bad: &mut Vec<String>,
 ) -> Option<RestrictedExpression> {
@@ -94,7 +113,7 @@ fn value(
             let elems: Vec<_> = items
                 .iter()
                 .enumerate()
-                .filter_map(|(i, e)| value(e, &format!("{path}/{i}"), depth + 1, bad))
+                .filter_map(|(i, e)| value(e, &Pointer::Index(path, i), depth + 1, bad))
                 .collect();
             if bad.len() > before {
                 bad.push(format!(
@@ -108,7 +127,6 @@ fn value(
     }
 }
 
-/// The Cedar `decimal` literal for `x`, if it has at most 4 fractional digits and fits.
 fn decimal(x: f64) -> Option<String> {
     if !x.is_finite() || x.abs() >= 922_337_203_685_477.0 {
         return None;

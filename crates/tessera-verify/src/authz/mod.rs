@@ -8,9 +8,10 @@
 //!    ([`Reason::RevocationFeedStale`], [`Reason::Revoked`]);
 //! 5. a granted scope permits `server/kind/target` ([`Reason::OutOfScope`]);
 //! 6. the arguments convert to Cedar ([`Reason::UnsupportedArguments`]);
-//! 7. Cedar: principal `Task::"<task id>"` (child of `Client::"<client>"`), action
-//!    `Action::"<method>"`, resource `Tool::"<name>"` / `Resource::"<uri>"` /
-//!    `Prompt::"<name>"`, and a context (see [`CONTEXT_SCHEMA_DOC`]). A `forbid` wins
+//! 7. Cedar: principal `Task::"<task id>"` (child of `Client::"<client>"`, with the
+//!    task's signed facts as attributes), action `Action::"<method>"`, resource
+//!    `Tool::"<name>"` / `Resource::"<uri>"` / `Prompt::"<name>"`, and a context of the
+//!    time and the call's arguments (see [`SCHEMA_DOC`], [`BASE_SCHEMA`]). A `forbid` wins
 //!    ([`Reason::PolicyForbids`]); no `permit` denies ([`Reason::NoPolicyPermits`]); any
 //!    policy evaluation error denies ([`Reason::PolicyError`]), because Cedar skips an
 //!    erroring policy and a skipped `forbid` must not turn into an allow.
@@ -22,6 +23,7 @@
 mod entities;
 pub mod json;
 pub mod policy;
+mod slice;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -37,18 +39,23 @@ use crate::revocation::{RevocationStatus, RevocationWatcher};
 use entities::{EntityStore, Types};
 use policy::PolicyStore;
 
-/// The context record every request carries, as a Cedar schema fragment to paste into
-/// the `context` of each action in your schema (extend `arguments` with the argument
-/// attributes your policies read, optional with `?`).
-pub const CONTEXT_SCHEMA_DOC: &str = r#"{
-  task_id: String,        // the task's ULID
-  client: String,         // the client's name
+/// What the authorizer hands Cedar, as schema fragments for your own schema.
+///
+/// The task's facts are attributes of the principal (`principal.subject`,
+/// `principal.scopes`, ...): they are signed into the SVID and never change while the
+/// task lives, so they are evaluated once per task. The context holds what changes per
+/// request. Extend `arguments` with the argument attributes your policies read,
+/// optional with `?`.
+pub const SCHEMA_DOC: &str = r#"entity Task in [Client] = {
+  client: String,         // the client's entity id (its name; the full SPIFFE ID if foreign)
   subject: String,        // the human the task acts for
   purpose: String,        // why the task runs
   consent_id: String,     // the consent record the scopes come from
   scopes: Set<String>,    // granted scopes, e.g. "github/tool/get_pull_request"
-  now: Long,              // unix seconds at decision time
   deadline: Long,         // the task deadline, unix seconds
+};
+context: {
+  now: Long,              // unix seconds at decision time
   arguments: { ... },     // the call's JSON arguments as a record
 }"#;
 
@@ -56,14 +63,14 @@ pub const CONTEXT_SCHEMA_DOC: &str = r#"{
 /// Real servers declare the argument attributes their policies use.
 pub const BASE_SCHEMA: &str = r#"
 entity Client;
-entity Task in [Client];
+entity Task in [Client] = {
+  client: String, subject: String, purpose: String, consent_id: String,
+  scopes: Set<String>, deadline: Long,
+};
 entity Tool;
 entity Resource;
 entity Prompt;
-type Ctx = {
-  task_id: String, client: String, subject: String, purpose: String, consent_id: String,
-  scopes: Set<String>, now: Long, deadline: Long, arguments: {},
-};
+type Ctx = { now: Long, arguments: {} };
 action "tools/call" appliesTo { principal: [Task], resource: [Tool], context: Ctx };
 action "resources/read" appliesTo { principal: [Task], resource: [Resource], context: Ctx };
 action "prompts/get" appliesTo { principal: [Task], resource: [Prompt], context: Ctx };
@@ -246,7 +253,7 @@ impl Authorizer {
         request: &McpRequest,
         now_unix: i64,
     ) -> Decision {
-        let (Some(task), Some(claims)) = (peer.task(), peer.claims()) else {
+        let Some(claims) = peer.claims() else {
             return Decision::deny(Reason::NotATask, "not a task");
         };
         let arguments = match &request.arguments {
@@ -265,14 +272,17 @@ impl Authorizer {
                 c.record
             }
         };
-        let task_id = task.task.to_string();
         let client_name = self.client_entity_id(client);
-        let task_uid =
-            EntityUid::from_type_name_and_id(self.types.task.clone(), EntityId::new(&task_id));
-        let client_uid = EntityUid::from_type_name_and_id(
-            self.types.client.clone(),
-            EntityId::new(&client_name),
-        );
+        let task_entities = match self.entities.task(
+            &self.types,
+            claims,
+            &client_name,
+            peer.not_after_unix(),
+            now_unix,
+        ) {
+            Ok(t) => t,
+            Err(e) => return Decision::deny(Reason::PolicyError, e),
+        };
         let (action, rtype) = match request.method {
             McpMethod::ToolsCall => (&self.types.actions[0], &self.types.tool),
             McpMethod::ResourcesRead => (&self.types.actions[1], &self.types.resource),
@@ -280,43 +290,32 @@ impl Authorizer {
         };
         let resource =
             EntityUid::from_type_name_and_id(rtype.clone(), EntityId::new(&request.target));
-        let s = RestrictedExpression::new_string;
         let context = Context::from_pairs([
-            ("task_id".to_owned(), s(task_id)),
-            ("client".to_owned(), s(client_name)),
-            ("subject".to_owned(), s(claims.subject.clone())),
-            ("purpose".to_owned(), s(claims.purpose.clone())),
-            ("consent_id".to_owned(), s(claims.consent_id.clone())),
-            (
-                "scopes".to_owned(),
-                RestrictedExpression::new_set(claims.scopes.iter().map(|sc| s(sc.to_string()))),
-            ),
             ("now".to_owned(), RestrictedExpression::new_long(now_unix)),
-            (
-                "deadline".to_owned(),
-                RestrictedExpression::new_long(claims.deadline_unix),
-            ),
             ("arguments".to_owned(), arguments),
         ]);
         let context = match context {
             Ok(c) => c,
             Err(e) => return Decision::deny(Reason::PolicyError, format!("context: {e}")),
         };
-        let request = match Request::new(task_uid.clone(), action.clone(), resource, context, None)
-        {
-            Ok(r) => r,
-            Err(e) => return Decision::deny(Reason::PolicyError, format!("request: {e}")),
-        };
-        let entities =
-            self.entities
-                .with_task(&task_uid, &client_uid, peer.not_after_unix(), now_unix);
         let loaded = self.policies.guard();
         if loaded.policies.is_empty() {
             return Decision::deny(Reason::NoPolicies, "no policies loaded");
         }
+        let applicable = loaded.applicable(action, &resource);
+        let request = match Request::new(
+            task_entities.principal.clone(),
+            action.clone(),
+            resource,
+            context,
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return Decision::deny(Reason::PolicyError, format!("request: {e}")),
+        };
         let response = self
             .cedar
-            .is_authorized(&request, &loaded.policies, &entities);
+            .is_authorized(&request, &applicable, &task_entities.entities);
         let diag = response.diagnostics();
         let policy_ids: Vec<String> = diag.reason().map(|p| p.to_string()).collect();
         let errors: Vec<String> = diag.errors().map(|e| e.to_string()).collect();

@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use miette::Diagnostic;
 use tokio::task::JoinHandle;
+
+use super::slice::Slices;
 
 /// Why a policy set was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +71,15 @@ pub struct LoadedPolicies {
     pub schema: Schema,
     /// When they were loaded.
     pub loaded_at: SystemTime,
+    /// Per (action, resource): the policies that can apply.
+    slices: Slices,
+}
+
+impl LoadedPolicies {
+    /// The policies that can apply to `action` on `resource` (see [`super::slice`]).
+    pub(crate) fn applicable(&self, action: &EntityUid, resource: &EntityUid) -> Arc<PolicySet> {
+        self.slices.get(&self.policies, action, resource)
+    }
 }
 
 /// Where policies and schema live on disk.
@@ -307,5 +318,6 @@ fn compile(policies: &str, schema: &str, origins: &Origins) -> Result<LoadedPoli
         policies: named,
         schema,
         loaded_at: SystemTime::now(),
+        slices: Slices::default(),
     })
 }

@@ -12,15 +12,15 @@ use crate::testutil::{SERVER, TASK_ULID, task_peer};
 
 pub(crate) const SCHEMA: &str = r#"
 entity Client;
-entity Task in [Client];
+entity Task in [Client] = {
+  client: String, subject: String, purpose: String, consent_id: String,
+  scopes: Set<String>, deadline: Long,
+};
 entity Tool;
 entity Resource;
 entity Prompt;
 type Args = { path?: String, force?: Bool };
-type Ctx = {
-  task_id: String, client: String, subject: String, purpose: String, consent_id: String,
-  scopes: Set<String>, now: Long, deadline: Long, arguments: Args,
-};
+type Ctx = { now: Long, arguments: Args };
 action "tools/call" appliesTo { principal: [Task], resource: [Tool], context: Ctx };
 action "resources/read" appliesTo { principal: [Task], resource: [Resource], context: Ctx };
 action "prompts/get" appliesTo { principal: [Task], resource: [Prompt], context: Ctx };
@@ -361,4 +361,55 @@ fn foreign_client_is_not_confused_with_local_one() {
         a.client_entity_id(&"spiffe://other.td/client/x".parse().unwrap()),
         "spiffe://other.td/client/x"
     );
+}
+
+/// The task's signed facts are principal attributes a policy can use.
+#[test]
+fn task_facts_are_principal_attributes() {
+    let policies = r#"
+@id("alice-in-work-hours")
+permit(principal, action == Action::"tools/call", resource)
+when {
+  principal.subject like "*@acme.corp" &&
+  principal.client == "code-reviewer" &&
+  principal.consent_id == "consent-1" &&
+  principal.purpose like "review*" &&
+  principal.scopes.contains("github/tool/get_pull_request") &&
+  context.now < principal.deadline
+};
+@id("not-for-bob") forbid(principal, action, resource) when { principal.subject == "bob@acme.corp" };
+"#;
+    let store = Arc::new(PolicyStore::from_strs(policies, SCHEMA).unwrap());
+    let a = Authorizer::new(SERVER.parse().unwrap(), store, fresh());
+    let d = decide(&a, McpRequest::call_tool("get_pull_request", None));
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.policy_ids, ["alice-in-work-hours"]);
+
+    // Same task id, other signed facts (as a federated CA could mint): the cached
+    // entity of the first is not reused, the new facts decide.
+    let Peer::Task {
+        client,
+        task,
+        mut claims,
+        serial_hex,
+        not_after_unix,
+    } = task_peer(SCOPES)
+    else {
+        unreachable!()
+    };
+    claims.subject = "bob@acme.corp".into();
+    let bob = Peer::Task {
+        client,
+        task,
+        claims,
+        serial_hex,
+        not_after_unix,
+    };
+    let req = McpRequest::call_tool("get_pull_request", None);
+    let d = a.decide(&bob, &req, SystemTime::now());
+    assert_eq!(d.reason, Reason::PolicyForbids, "{d:?}");
+    assert_eq!(d.policy_ids, ["not-for-bob"]);
+    assert_eq!(a.entities.len(), 1, "one entry per task id, replaced");
+    // And back: alice's facts are rebuilt, not bob's kept.
+    assert!(decide(&a, McpRequest::call_tool("get_pull_request", None)).allowed);
 }
