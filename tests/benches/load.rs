@@ -72,6 +72,29 @@ const TARGET_RSS_TASKS: usize = 10_000;
 /// tonic's default limit on a received message, which the `spiffe` crate's client keeps.
 const TONIC_DEFAULT_MAX_MESSAGE: usize = 4 << 20;
 
+const AFTER_HELP: &str = "\
+Prints, as it goes and then as a markdown table:
+  - throughput: tasks/s and calls/s over the load phase, and tasks/s per quarter of it
+    (a falling rate means a cost that grows with the tasks already done);
+  - p50 / p99 / max of each step: begin (BeginTask RPC), SVID pushed on an open
+    FetchX509SVID stream (from BeginTask sent), SVID fetched by hint on a new stream,
+    connect (TLS handshake + MCP initialize), call, end (EndTask RPC), close;
+  - revocation propagation: EndTask sent -> the task on a Revocations.Watch subscriber
+    (every task), and -> a call on the task's still-open connection refused (sampled);
+  - the agent's RSS (VmRSS, and VmHWM = peak) after the load, and with --live-tasks tasks
+    held open on a fresh agent: per live task, extrapolated to the 10,000-task target;
+  - baselines: rcgen P-256 keygen + leaf signing on one thread, and tools/call against a
+    --dangerous-no-authorization server interleaved with the checked one.
+
+Environment: TESSERA_BENCH_NO_BUILD=1 uses the built binaries as they are;
+TESSERA_BENCH_SERVER_LOG sets the servers' RUST_LOG (default
+warn,tessera_verify::audit=info); TESSERA_BENCH_AUDIT_FILE=0 drops the audit file.
+
+Examples:
+  cargo bench -p tessera-e2e --bench load -- --quick
+  cargo bench -p tessera-e2e --bench load -- --runtimes 16 --duration 30 --calls 10
+  cargo bench -p tessera-e2e --bench load -- --live-tasks 0 --sample-every 1";
+
 /// Load test of a real tessera-agent and the example MCP server, with baselines.
 ///
 /// Simulated agent runtimes (all in this process) loop BeginTask → task SVID from the
@@ -84,7 +107,7 @@ const TONIC_DEFAULT_MAX_MESSAGE: usize = 4 << 20;
 ///
 /// Run with `cargo bench -p tessera-e2e --bench load -- FLAGS`.
 #[derive(Parser, Debug)]
-#[command(name = "load", verbatim_doc_comment)]
+#[command(name = "load", verbatim_doc_comment, after_long_help = AFTER_HELP)]
 struct Args {
     /// Concurrent simulated runtimes, each with its own Workload API connection and
     /// running one task at a time.
@@ -920,7 +943,7 @@ async fn run(args: Args, rcgen: Option<(Samples, Rate)>) -> anyhow::Result<()> {
     let rc = rcgen.as_ref();
     let vs_rcgen_rate = |r: Rate| {
         rc.map_or("—".into(), |(_, raw)| {
-            format!("{:.2}× rcgen/s", r.per_s() / raw.per_s())
+            format!("{:.3}× rcgen/s", r.per_s() / raw.per_s())
         })
     };
     let vs_rcgen_p50 = |s: &Samples| {
