@@ -6,7 +6,7 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose};
 use serde_json::{Value, json};
@@ -319,7 +319,13 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
         let result =
             McpConnection::connect(&env.server.url, hostile_tls(&ca, m.chain, m.key)).await;
         assert!(result.is_err(), "{name}: connection was accepted");
-        let log = env.server.log_text();
+        // The client sees the alert before the server has logged why: wait for the line.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut log = env.server.log_text();
+        while log.matches("TLS handshake refused").count() <= before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            log = env.server.log_text();
+        }
         assert!(
             log.matches("TLS handshake refused").count() > before,
             "{name}: no handshake refusal logged:\n{log}"
@@ -348,19 +354,12 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
     );
 }
 
-// KNOWN GAP (defence in depth), kept failing on purpose and ignored so the suite stays
-// green; run it with `cargo test -p tessera-e2e --test mcp -- --ignored`.
-//
-// The agent's self-signed root has pathLenConstraint 0 ("signs leaves only"), but the
-// verifier hands path validation to webpki, whose trust anchors keep only subject, key
-// and name constraints: the anchor's BasicConstraints are never read. A leaf signed by
-// an intermediate that the root signed is accepted, and its calls are authorized. Only
-// the CA key can mint that intermediate, so this needs the key (or a mis-issued CA
-// certificate) first; the fix belongs in tessera-verify's TLS verifier (check each
-// anchor's pathLen against the presented chain, or refuse intermediates when the
-// bundle's CA is pathLen 0).
+// The agent's self-signed root has pathLenConstraint 0 ("signs leaves only"). webpki's
+// trust anchors keep only subject, key and name constraints, so tessera-verify applies
+// the anchor's constraint itself (tls/path_len.rs): a leaf under an intermediate the
+// root signed must be refused at the handshake. Minting that intermediate needs the CA
+// key (or a mis-issued CA certificate): this is defence in depth.
 #[tokio::test]
-#[ignore = "KNOWN GAP: the root's pathLen 0 is not enforced; a leaf under an extra intermediate is accepted"]
 async fn a_leaf_under_an_intermediate_beyond_the_roots_path_length_is_refused() {
     let env = Env::start(Trust::Files, &[]).await.unwrap();
     let ca = AgentCa::load(&env.agent).unwrap();
@@ -377,18 +376,33 @@ async fn a_leaf_under_an_intermediate_beyond_the_roots_path_length_is_refused() 
     })
     .unwrap();
     assert_eq!(m.chain.len(), 2, "leaf and intermediate are both sent");
-    let Ok(conn) = McpConnection::connect(&env.server.url, hostile_tls(&ca, m.chain, m.key)).await
-    else {
-        return;
-    };
-    let out = conn
-        .call(
-            "get_pull_request",
-            args(json!({"repo": "acme/api", "number": 1})),
-        )
-        .await;
+    if let Ok(conn) =
+        McpConnection::connect(&env.server.url, hostile_tls(&ca, m.chain, m.key)).await
+    {
+        let out = conn
+            .call(
+                "get_pull_request",
+                args(json!({"repo": "acme/api", "number": 1})),
+            )
+            .await;
+        conn.close().await;
+        panic!("a chain one CA longer than the root allows was accepted; its call: {out:?}");
+    }
+    let log = env.server.log_text();
+    assert!(log.contains("PathLenConstraintViolated"), "{log}");
+    // The same leaf signed by the root itself is fine: the refusal is the path length.
+    let direct = mint(&Leaf {
+        claims_der: tessera_identity::check_leaf_svid(cred.chain[0].as_ref())
+            .unwrap()
+            .claims
+            .map(|c| c.to_der()),
+        ..Leaf::new(&task.spiffe_id, &ca.issuer)
+    })
+    .unwrap();
+    let conn = McpConnection::connect(&env.server.url, hostile_tls(&ca, direct.chain, direct.key))
+        .await
+        .expect("the leaf without the intermediate is accepted");
     conn.close().await;
-    panic!("a chain one CA longer than the root allows was accepted; its call: {out:?}");
 }
 
 #[tokio::test]

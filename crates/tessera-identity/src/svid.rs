@@ -322,6 +322,24 @@ pub fn check_signing_cert(der: &[u8]) -> Result<(), ProfileError> {
     Ok(())
 }
 
+/// The `pathLenConstraint` of a CA certificate: how many intermediate CAs may follow it
+/// on the way to a leaf. `None` when it sets none (or has no BasicConstraints).
+///
+/// Trust anchors are not certificates to webpki (only a name and a key), so it never
+/// applies an anchor's constraint; verifiers that honour it read it here.
+///
+/// # Errors
+/// [`ProfileError::Malformed`] if `der` is not one certificate, or a malformed
+/// BasicConstraints extension.
+pub fn ca_path_len(der: &[u8]) -> Result<Option<u32>, ProfileError> {
+    let cert = parse(der)?;
+    let bc = cert
+        .tbs_certificate
+        .basic_constraints()
+        .map_err(|_| malformed_ext(&x509_parser::oid_registry::OID_X509_EXT_BASIC_CONSTRAINTS))?;
+    Ok(bc.and_then(|bc| bc.value.path_len_constraint))
+}
+
 /// Parses exactly one DER certificate.
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, ProfileError> {
     let (rest, cert) = X509Certificate::from_der(der).map_err(|e| ProfileError::Malformed {

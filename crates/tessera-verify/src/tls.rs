@@ -27,6 +27,7 @@ use tessera_identity::{ServerId, TrustDomain, check_leaf_svid};
 use crate::peer::Peer;
 use crate::trust::TrustSource;
 use crate::trust::provider;
+use path_len::AnchorLimits;
 
 /// Why a TLS config could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +235,20 @@ impl SpiffeClientVerifier {
             .ok_or(rustls::Error::InvalidCertificate(
                 CertificateError::UnknownIssuer,
             ))?;
-        verifier.verify_client_cert(end_entity, intermediates, now)
+        let verified = verifier.verify_client_cert(end_entity, intermediates, now)?;
+        if let Some((roots, limits)) = material.anchor_limits(td) {
+            limits
+                .check(
+                    roots,
+                    end_entity,
+                    intermediates,
+                    now,
+                    webpki::KeyUsage::client_auth(),
+                    &self.provider,
+                )
+                .map_err(refuse)?;
+        }
+        Ok(verified)
     }
 }
 
@@ -258,6 +272,7 @@ impl ResolvesServerCert for OwnSvidResolver {
 pub struct ExpectedServerVerifier {
     expected: String,
     roots: Arc<RootCertStore>,
+    limits: AnchorLimits,
     provider: Arc<CryptoProvider>,
 }
 
@@ -278,6 +293,8 @@ impl ExpectedServerVerifier {
         expected: &ServerId,
         bundle: impl IntoIterator<Item = CertificateDer<'static>>,
     ) -> Result<Self, TlsError> {
+        let bundle: Vec<_> = bundle.into_iter().collect();
+        let limits = AnchorLimits::of(&bundle).map_err(TlsError::Bundle)?;
         let mut roots = RootCertStore::empty();
         for cert in bundle {
             roots
@@ -290,6 +307,7 @@ impl ExpectedServerVerifier {
         Ok(Self {
             expected: expected.to_string(),
             roots: Arc::new(roots),
+            limits,
             provider: provider(),
         })
     }
@@ -319,6 +337,16 @@ impl ServerCertVerifier for ExpectedServerVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
+        self.limits
+            .check(
+                &self.roots,
+                end_entity,
+                intermediates,
+                now,
+                webpki::KeyUsage::server_auth(),
+                &self.provider,
+            )
+            .map_err(refuse)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -376,6 +404,8 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)?)
 }
+
+pub(crate) mod path_len;
 
 #[cfg(test)]
 mod tests;

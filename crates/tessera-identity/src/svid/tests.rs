@@ -492,3 +492,17 @@ fn serial_hex_strips_sign_padding() {
     assert_eq!(serial_hex(&[0x00]), "00");
     assert_eq!(serial_hex(&[]), "");
 }
+
+#[test]
+fn ca_path_len_reads_the_constraint() {
+    let mut unconstrained = ca();
+    unconstrained.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    assert_eq!(ca_path_len(&der(&unconstrained)).unwrap(), None);
+    let mut zero = ca();
+    zero.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    assert_eq!(ca_path_len(&der(&zero)).unwrap(), Some(0));
+    let mut two = ca();
+    two.is_ca = IsCa::Ca(BasicConstraints::Constrained(2));
+    assert_eq!(ca_path_len(&der(&two)).unwrap(), Some(2));
+    assert!(ca_path_len(b"not a certificate").is_err());
+}

@@ -9,6 +9,8 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+
+use crate::tls::path_len::AnchorLimits;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tessera_identity::{ProfileError, ServerId, TrustDomain, check_leaf_svid};
@@ -88,6 +90,7 @@ pub struct TrustMaterial {
 struct Bundle {
     roots: Arc<RootCertStore>,
     verifier: Arc<dyn ClientCertVerifier>,
+    limits: AnchorLimits,
 }
 
 /// The crypto provider used everywhere in this crate: ring.
@@ -151,6 +154,8 @@ impl TrustMaterial {
             if certs.is_empty() {
                 return Err(bundle_err("empty bundle".into()));
             }
+            let limits = AnchorLimits::of(&certs)
+                .map_err(|e| bundle_err(format!("unusable trust anchor: {e}")))?;
             let mut roots = RootCertStore::empty();
             for cert in certs {
                 roots
@@ -162,7 +167,14 @@ impl TrustMaterial {
                 WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .build()
                     .map_err(|e| bundle_err(format!("building verifier: {e}")))?;
-            built.insert(td, Bundle { roots, verifier });
+            built.insert(
+                td,
+                Bundle {
+                    roots,
+                    verifier,
+                    limits,
+                },
+            );
         }
         let own_td = own_id.trust_domain().clone();
         let own_bundle = built
@@ -217,6 +229,16 @@ impl TrustMaterial {
         trust_domain: &TrustDomain,
     ) -> Option<&Arc<dyn ClientCertVerifier>> {
         self.bundles.get(trust_domain).map(|b| &b.verifier)
+    }
+
+    /// The path-length limits of `trust_domain`'s anchors, with its root store.
+    pub(crate) fn anchor_limits(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Option<(&RootCertStore, &AnchorLimits)> {
+        self.bundles
+            .get(trust_domain)
+            .map(|b| (b.roots.as_ref(), &b.limits))
     }
 }
 
