@@ -26,6 +26,8 @@ pub struct PeerInfo {
     pub gid: u32,
     /// A pidfd naming exactly the connecting process (SO_PEERPIDFD), or one
     /// opened right after accept on older kernels; `pidfd_from_kernel` says which.
+    /// Always set on accepted connections ([`PeerConn::new`] refuses a peer it
+    /// cannot pin); `None` only in hand-built test peers.
     pub pidfd: Option<Arc<OwnedFd>>,
     /// Whether `pidfd` came from SO_PEERPIDFD (immune to pid reuse).
     pub pidfd_from_kernel: bool,
@@ -45,13 +47,29 @@ impl PeerConn {
     pub fn new(stream: UnixStream) -> io::Result<PeerConn> {
         let cred = stream.peer_cred()?;
         let pid = cred.pid();
+        // Without a pidfd, nothing tells a live caller from a reused pid, so such a
+        // connection is refused rather than attested by pid alone.
         let (pidfd, from_kernel) = match sys::peer_pidfd(&stream)? {
-            Some(fd) => (Some(Arc::new(fd)), true),
+            Some(fd) => (fd, true),
             None => match pid {
-                Some(p) if p > 0 => (sys::pidfd_open(p).ok().map(Arc::new), false),
-                _ => (None, false),
+                Some(p) if p > 0 => {
+                    let fd = sys::pidfd_open(p).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("cannot pin the connecting process {p} (pidfd_open: {e})"),
+                        )
+                    })?;
+                    (fd, false)
+                }
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the kernel gave no pid for the connecting process",
+                    ));
+                }
             },
         };
+        let pidfd = Some(Arc::new(pidfd));
         Ok(PeerConn {
             stream,
             info: PeerInfo {

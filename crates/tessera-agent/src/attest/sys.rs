@@ -15,7 +15,7 @@ const SO_PEERPIDFD: libc::c_int = 77;
 
 /// A pidfd for the process that connected to `sock`, taken by the kernel at
 /// connect time. Unlike a pid, it can never come to name another process.
-/// `Ok(None)` when the kernel does not support it.
+/// `Ok(None)` when the kernel does not support it; an error when the peer is gone.
 pub(crate) fn peer_pidfd(sock: &impl AsRawFd) -> io::Result<Option<OwnedFd>> {
     #[cfg(any(
         target_arch = "x86_64",
@@ -39,7 +39,15 @@ pub(crate) fn peer_pidfd(sock: &impl AsRawFd) -> io::Result<Option<OwnedFd>> {
         if rc != 0 {
             let err = io::Error::last_os_error();
             return match err.raw_os_error() {
-                Some(libc::ENOPROTOOPT) | Some(libc::EINVAL) => Ok(None),
+                // Kernels before 6.5 do not know the option.
+                Some(libc::ENOPROTOOPT) => Ok(None),
+                // Kernels that know it answer EINVAL (6.5-6.15) or ESRCH when the
+                // peer has already been reaped: its pid may name another process by
+                // now, so there is no one to attest. Never fall back to the pid here.
+                Some(libc::EINVAL) | Some(libc::ESRCH) => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the connecting process is already gone (SO_PEERPIDFD: {err})"),
+                )),
                 _ => Err(err),
             };
         }
