@@ -11,6 +11,7 @@ use tessera_store::{Entry, EntryKind, Store};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use crate::attest::Needs;
 use crate::metrics::Metrics;
 
 /// A registration entry with the client SVID it grants.
@@ -35,8 +36,8 @@ pub struct Snapshot {
     pub entries: Vec<Arc<EntrySvid>>,
     /// The trust bundle.
     pub bundle: Arc<TrustBundle>,
-    /// Whether any entry pins an executable hash (attestation then hashes).
-    pub needs_exe_hash: bool,
+    /// The costly selectors some entry uses (attestation computes only those).
+    pub needs: Needs,
 }
 
 impl Snapshot {
@@ -82,7 +83,7 @@ impl SvidCache {
         let (tx, _) = watch::channel(Arc::new(Snapshot {
             entries: Vec::new(),
             bundle: authority.bundle(),
-            needs_exe_hash: false,
+            needs: Needs::default(),
         }));
         let cache = Arc::new(SvidCache {
             authority,
@@ -175,16 +176,14 @@ impl SvidCache {
         }
         if changed {
             self.metrics.entries.set(next.len() as i64);
-            let needs_exe_hash = next.iter().any(|e| {
-                e.entry
-                    .selectors
-                    .iter()
-                    .any(|s| s.starts_with("unix:sha256:"))
-            });
+            let needs = Needs::of(
+                next.iter()
+                    .flat_map(|e| e.entry.selectors.iter().map(String::as_str)),
+            );
             self.tx.send_replace(Arc::new(Snapshot {
                 entries: next,
                 bundle,
-                needs_exe_hash,
+                needs,
             }));
         }
         self.applied.send_if_modified(|a| {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
-use crate::attest::{Attestation, Attestor, PeerInfo};
+use crate::attest::{Attestation, Attestor, Needs, PeerInfo};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::svids::{Snapshot, SvidCache};
 use crate::tasks::{TaskManager, TaskView};
@@ -70,7 +70,7 @@ impl WorkloadService {
                 &self.attestor,
                 &self.metrics,
                 &peer,
-                self.cache.current().needs_exe_hash,
+                self.cache.current().needs,
             )
             .await?;
             Ok((peer, att))
@@ -144,7 +144,7 @@ impl WorkloadService {
                     .as_mut()
                     .map(|r| r.borrow_and_update().clone())
                     .unwrap_or_default();
-                let att = match attestor.attest(&peer, snap.needs_exe_hash).await {
+                let att = match attestor.attest(&peer, snap.needs).await {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::info!(conn = peer.conn_id, error = %e, "ending stream: caller no longer attests");
@@ -192,9 +192,9 @@ pub(crate) async fn attest(
     attestor: &Attestor,
     metrics: &Metrics,
     peer: &PeerInfo,
-    want_hash: bool,
+    needs: Needs,
 ) -> Result<Attestation, Status> {
-    attestor.attest(peer, want_hash).await.map_err(|e| {
+    attestor.attest(peer, needs).await.map_err(|e| {
         metrics
             .attestations
             .get_or_create(&ResultLabel { result: "error" })

@@ -24,6 +24,38 @@ pub struct Attestor {
     k8s: Option<k8s::K8sAttestor>,
 }
 
+/// The selectors attestation may skip unless some registration entry uses them: the
+/// executable's hash reads the whole binary, and user and group names go through NSS
+/// (reading /etc/passwd and /etc/group on every call). Uids, gids and the path are
+/// always attested.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// `unix:sha256`.
+    pub exe_hash: bool,
+    /// `unix:user`, `unix:group`, `unix:supplementary_group`.
+    pub names: bool,
+}
+
+impl Needs {
+    /// Everything.
+    pub const ALL: Needs = Needs {
+        exe_hash: true,
+        names: true,
+    };
+
+    /// What entries with these selectors (canonical text, e.g. `unix:user:alice`) need.
+    pub fn of<'a>(selectors: impl IntoIterator<Item = &'a str>) -> Needs {
+        let mut needs = Needs::default();
+        for s in selectors {
+            needs.exe_hash |= s.starts_with("unix:sha256:");
+            needs.names |= s.starts_with("unix:user:")
+                || s.starts_with("unix:group:")
+                || s.starts_with("unix:supplementary_group:");
+        }
+        needs
+    }
+}
+
 impl Attestor {
     /// Composes `unix` with an optional Kubernetes attestor.
     pub fn new(unix: UnixAttestor, k8s: Option<k8s::K8sAttestor>) -> Self {
@@ -35,13 +67,9 @@ impl Attestor {
     /// The cgroup is read before the unix attestor's reads, whose final pidfd
     /// check then covers it too; the kubelet lookup afterwards is keyed by
     /// what was read, not by the pid.
-    pub async fn attest(
-        &self,
-        peer: &PeerInfo,
-        want_hash: bool,
-    ) -> Result<Attestation, AttestError> {
+    pub async fn attest(&self, peer: &PeerInfo, needs: Needs) -> Result<Attestation, AttestError> {
         let Some(k8s) = &self.k8s else {
-            return self.unix.attest(peer, want_hash);
+            return self.unix.attest(peer, needs);
         };
         let pid = peer.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
         let placement = k8s.placement(pid).map_err(|source| match source {
@@ -52,7 +80,7 @@ impl Attestor {
             }
             source => AttestError::Kubernetes { pid, source },
         })?;
-        let mut att = self.unix.attest(peer, want_hash)?;
+        let mut att = self.unix.attest(peer, needs)?;
         if let Some(pc) = placement {
             let sels = k8s
                 .resolve(&pc)
@@ -66,5 +94,34 @@ impl Attestor {
     /// The caller's parent process (see [`UnixAttestor::parent_of`]).
     pub fn parent_of(&self, peer: &PeerInfo) -> Result<(i32, OwnedFd), AttestError> {
         self.unix.parent_of(peer)
+    }
+}
+
+#[cfg(test)]
+mod needs_tests {
+    use super::Needs;
+
+    #[test]
+    fn needs_follow_the_selectors_entries_use() {
+        assert_eq!(
+            Needs::of(["unix:uid:1000", "unix:path:/bin/x"]),
+            Needs::default()
+        );
+        assert_eq!(
+            Needs::of(["unix:uid:1000", "unix:sha256:ab"]),
+            Needs {
+                exe_hash: true,
+                names: false
+            }
+        );
+        for named in [
+            "unix:user:alice",
+            "unix:group:dev",
+            "unix:supplementary_group:docker",
+        ] {
+            assert!(Needs::of([named]).names, "{named}");
+        }
+        // A path that merely contains the word does not count.
+        assert_eq!(Needs::of(["unix:path:/opt/unix:user:x"]), Needs::default());
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use super::PeerInfo;
 use super::selector::Selector;
+use super::{Needs, PeerInfo};
 
 /// Why a caller could not be attested. Every variant denies.
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +125,9 @@ impl UnixAttestor {
     /// cannot be reused while its process lives (even as a zombie), so if the
     /// pidfd's process has not exited after the reads, they described the caller.
     ///
-    /// The executable is hashed only when `want_hash` (some entry uses a
-    /// `unix:sha256` selector); hashes are cached by file identity either way.
-    pub fn attest(&self, peer: &PeerInfo, want_hash: bool) -> Result<Attestation, AttestError> {
+    /// The executable is hashed, and user and group names looked up, only when
+    /// some entry uses them (`needs`); hashes are cached by file identity.
+    pub fn attest(&self, peer: &PeerInfo, needs: Needs) -> Result<Attestation, AttestError> {
         let pid = peer.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
         if peer.has_exited() {
             return Err(AttestError::Exited { pid });
@@ -144,17 +144,22 @@ impl UnixAttestor {
         let mut selectors = BTreeSet::new();
         selectors.insert(Selector::attested("uid", peer.uid));
         selectors.insert(Selector::attested("gid", peer.gid));
-        if let Ok(Some(user)) = nix::unistd::User::from_uid(peer.uid.into()) {
-            selectors.insert(Selector::attested("user", user.name));
-        }
-        if let Ok(Some(group)) = nix::unistd::Group::from_gid(peer.gid.into()) {
-            selectors.insert(Selector::attested("group", group.name));
+        if needs.names {
+            if let Ok(Some(user)) = nix::unistd::User::from_uid(peer.uid.into()) {
+                selectors.insert(Selector::attested("user", user.name));
+            }
+            if let Ok(Some(group)) = nix::unistd::Group::from_gid(peer.gid.into()) {
+                selectors.insert(Selector::attested("group", group.name));
+            }
         }
 
         let status =
             std::fs::read_to_string(dir.join("status")).map_err(|e| proc_err("status", e))?;
         for gid in supplementary_gids(&status) {
             selectors.insert(Selector::attested("supplementary_gid", gid));
+            if !needs.names {
+                continue;
+            }
             if let Ok(Some(group)) = nix::unistd::Group::from_gid(gid.into()) {
                 selectors.insert(Selector::attested("supplementary_group", group.name));
             }
@@ -166,7 +171,7 @@ impl UnixAttestor {
         let exe_link = dir.join("exe");
         let path = std::fs::read_link(&exe_link).map_err(|e| proc_err("exe", e))?;
         selectors.insert(Selector::attested("path", path.display()));
-        if want_hash {
+        if needs.exe_hash {
             let file = File::open(&exe_link).map_err(|e| proc_err("exe", e))?;
             let hash = self.exe_hash(file).map_err(|e| proc_err("exe", e))?;
             selectors.insert(Selector::attested("sha256", hash));
@@ -328,14 +333,35 @@ mod tests {
     async fn attests_this_process_with_its_own_exe_hash() {
         let (a, _b) = tokio::net::UnixStream::pair().unwrap();
         let conn = PeerConn::new(a).unwrap();
-        let att = UnixAttestor::default().attest(conn.info(), true).unwrap();
-        let without_hash = UnixAttestor::default().attest(conn.info(), false).unwrap();
-        assert!(
-            !without_hash
-                .selectors
+        let att = UnixAttestor::default()
+            .attest(conn.info(), Needs::ALL)
+            .unwrap();
+        let lean = UnixAttestor::default()
+            .attest(conn.info(), Needs::default())
+            .unwrap();
+        let kinds = |a: &Attestation| {
+            a.selectors
                 .iter()
-                .any(|s| s.as_str().starts_with("unix:sha256:"))
-        );
+                .map(|s| s.as_str().rsplit_once(':').unwrap().0.to_owned())
+                .collect::<BTreeSet<_>>()
+        };
+        // Without entries that use them, no hash and no NSS lookups; uid, gid and path
+        // are always there.
+        for always in ["unix:uid", "unix:gid", "unix:path"] {
+            assert!(kinds(&lean).contains(always), "{always}");
+        }
+        for costly in [
+            "unix:sha256",
+            "unix:user",
+            "unix:group",
+            "unix:supplementary_group",
+        ] {
+            assert!(!kinds(&lean).contains(costly), "{costly}");
+        }
+        assert!(kinds(&att).contains("unix:sha256"));
+        if nix::unistd::User::from_uid(conn.info().uid.into()).is_ok_and(|u| u.is_some()) {
+            assert!(kinds(&att).contains("unix:user"), "{:?}", kinds(&att));
+        }
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let want = format!("unix:sha256:{}", hex::encode(Sha256::digest(&exe)));
         assert!(att.satisfies([want.as_str()]), "{:?}", att.selectors);
@@ -362,7 +388,9 @@ mod tests {
             pidfd: Some(std::sync::Arc::new(pidfd)),
             pidfd_from_kernel: false,
         };
-        let err = UnixAttestor::default().attest(&peer, true).unwrap_err();
+        let err = UnixAttestor::default()
+            .attest(&peer, Needs::ALL)
+            .unwrap_err();
         assert!(matches!(err, AttestError::Exited { .. }), "{err}");
     }
 }

@@ -91,7 +91,7 @@ impl TasksService {
     ) -> Result<(PeerInfo, Attestation, Vec<ClientId>), Status> {
         let peer = peer_of(req)?;
         let snap = self.cache.current();
-        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs_exe_hash).await?;
+        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs).await?;
         let clients: Vec<ClientId> = snap.clients_for(&att);
         if clients.is_empty() {
             self.metrics.rpc(rpc, tonic::Code::PermissionDenied);
@@ -340,7 +340,7 @@ impl Revocations for RevocationsService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let peer = peer_of(&req)?;
         let snap = self.cache.current();
-        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs_exe_hash).await?;
+        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs).await?;
         // Verifiers (MCP servers) and clients alike may watch.
         if snap.identities_for(&att).is_empty() {
             self.metrics

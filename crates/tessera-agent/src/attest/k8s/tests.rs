@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::attest::{Attestor, PeerInfo, UnixAttestor};
+use crate::attest::{Attestor, Needs, PeerInfo, UnixAttestor};
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.test-service-account-token.sig";
 const POD_A: &str = "2c48913c-b29f-11e7-9350-020968147796";
@@ -477,7 +477,7 @@ async fn composed_attestation_is_unix_selectors_plus_k8s_selectors() {
         std::fs::write(d.join("status"), "Name:\truntime\nGroups:\t\n").unwrap();
         std::os::unix::fs::symlink("/usr/local/bin/runtime", d.join("exe")).unwrap();
     }
-    let att = attestor.attest(&peer(80), false).await.unwrap();
+    let att = attestor.attest(&peer(80), Needs::default()).await.unwrap();
     assert!(att.satisfies([
         "unix:uid:1000",
         "unix:path:/usr/local/bin/runtime",
@@ -486,13 +486,19 @@ async fn composed_attestation_is_unix_selectors_plus_k8s_selectors() {
     ]));
     assert!(!att.satisfies(["k8s:sa:github-mcp"]));
 
-    let err = attestor.attest(&peer(81), false).await.unwrap_err();
+    let err = attestor
+        .attest(&peer(81), Needs::default())
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, crate::attest::AttestError::Kubernetes { .. }),
         "{err}"
     );
     // A pid with no /proc entry has exited: refused as such.
-    let err = attestor.attest(&peer(82), false).await.unwrap_err();
+    let err = attestor
+        .attest(&peer(82), Needs::default())
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, crate::attest::AttestError::Exited { .. }),
         "{err}"
