@@ -71,6 +71,8 @@ const TARGET_RSS: u64 = 64 << 20;
 const TARGET_RSS_TASKS: usize = 10_000;
 /// tonic's default limit on a received message, which the `spiffe` crate's client keeps.
 const TONIC_DEFAULT_MAX_MESSAGE: usize = 4 << 20;
+/// The agent's default `task_svid_ttl`, which the bench's agents run with.
+const TASK_SVID_TTL: Duration = Duration::from_secs(300);
 
 const AFTER_HELP: &str = "\
 Prints, as it goes and then as a markdown table:
@@ -141,8 +143,12 @@ struct Args {
     /// rcgen keygen+sign operations in the issuance baseline (0: skip).
     #[arg(long, default_value_t = 2000, value_name = "N")]
     rcgen: usize,
+    /// 4 KiB append + fdatasync rounds in the agent's data directory (0: skip): the floor
+    /// under BeginTask and EndTask, each durable before it is answered.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    fsync: usize,
     /// Smoke run: 2 s of load, 200 live tasks, 100 baseline call pairs, 200 rcgen
-    /// operations (flags given explicitly still win).
+    /// operations, 50 fsyncs (flags given explicitly still win).
     #[arg(long)]
     quick: bool,
     /// Passed by `cargo bench`; without it (`cargo test --benches`) the bench does nothing.
@@ -167,6 +173,9 @@ impl Args {
         }
         if default("rcgen") {
             self.rcgen = 200;
+        }
+        if default("fsync") {
+            self.fsync = 50;
         }
         if default("warmup_tasks") {
             self.warmup_tasks = 1;
@@ -343,6 +352,59 @@ fn rcgen_baseline(n: usize) -> (Samples, Rate) {
         wall: wall.elapsed(),
     };
     (samples, rate)
+}
+
+/// Appends 4 KiB and `fdatasync`s, `n` times, in `dir`: what one durable SQLite WAL
+/// commit costs at least on this disk.
+fn fsync_baseline(dir: &std::path::Path, n: usize) -> anyhow::Result<Samples> {
+    use std::io::Write;
+    let path = dir.join("load-bench-fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let page = [0u8; 4096];
+    let mut s = Samples(Vec::with_capacity(n));
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&page)?;
+        f.sync_data()?;
+        s.0.push(t.elapsed());
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(s)
+}
+
+/// CPU time used so far by the agent, the checked server and this bench.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    agent: Duration,
+    server: Duration,
+    bench: Duration,
+}
+
+fn cpu_now(agent: &TestAgent, server: &McpServer) -> Option<Cpu> {
+    Some(Cpu {
+        agent: tessera_e2e::proc_cpu_time(agent.pid()?).ok()?,
+        server: tessera_e2e::proc_cpu_time(server.child.id()?).ok()?,
+        bench: tessera_e2e::proc_cpu_time(std::process::id()).ok()?,
+    })
+}
+
+/// Share of one core each process used between `a` and `b`, over `wall`.
+fn cpu_shares(a: Cpu, b: Cpu, wall: Duration) -> String {
+    let pct = |x: Duration, y: Duration| {
+        100.0 * y.saturating_sub(x).as_secs_f64() / wall.as_secs_f64().max(f64::EPSILON)
+    };
+    let (ag, sv, be) = (
+        pct(a.agent, b.agent),
+        pct(a.server, b.server),
+        pct(a.bench, b.bench),
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    format!(
+        "agent {ag:.0}% · checked server {sv:.0}% · bench (runtimes) {be:.0}% of one core; \
+         together {:.0}% of {cpus} cores",
+        (ag + sv + be) / cpus as f64
+    )
 }
 
 // === shared pieces ===
@@ -674,6 +736,7 @@ struct Live {
     begin: Samples,
     wall: Duration,
     live_metric: Option<String>,
+    fds: Option<(usize, usize)>,
     stream_bytes: anyhow::Result<(usize, Duration)>,
     spiffe_client: anyhow::Result<Duration>,
 }
@@ -691,6 +754,7 @@ async fn live_phase(m: usize, callers: usize) -> anyhow::Result<Live> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = agent.memory()?;
+    let fds_before = agent.pid().and_then(|p| tessera_e2e::proc_open_fds(p).ok());
 
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -720,6 +784,7 @@ async fn live_phase(m: usize, callers: usize) -> anyhow::Result<Live> {
     // Each live task's watcher is spawned after BeginTask answers; let them all start.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = agent.memory()?;
+    let fds_after = agent.pid().and_then(|p| tessera_e2e::proc_open_fds(p).ok());
     let live_metric = live_tasks_metric(&agent).await;
 
     // What a FetchX509SVID stream of this process now receives: every live task's SVID
@@ -756,6 +821,7 @@ async fn live_phase(m: usize, callers: usize) -> anyhow::Result<Live> {
         begin: Samples(by_index.into_iter().map(|(_, d)| d).collect()),
         wall,
         live_metric,
+        fds: fds_before.zip(fds_after),
         stream_bytes,
         spiffe_client,
     })
@@ -809,6 +875,18 @@ async fn run(args: Args, rcgen: Option<(Samples, Rate)>) -> anyhow::Result<()> {
     )
     .await?;
     let endpoint = agent.endpoint();
+    let fsync = if args.fsync > 0 {
+        let dir = agent.dir.path().join("data");
+        let n = args.fsync;
+        let s = tokio::task::spawn_blocking(move || fsync_baseline(&dir, n)).await??;
+        println!(
+            "4 KiB append + fdatasync in the agent's data dir: {}",
+            dist(&s)
+        );
+        Some(s)
+    } else {
+        None
+    };
 
     let baseline = if args.baseline_calls > 0 {
         let (sc, sp) =
@@ -853,10 +931,16 @@ async fn run(args: Args, rcgen: Option<(Samples, Rate)>) -> anyhow::Result<()> {
             None => format!("{} s", args.duration),
         }
     );
+    let cpu_start = cpu_now(&agent, &checked);
     let start = Instant::now();
     let rec = run_runtimes(&ctx, args.runtimes, limit).await?;
     let wall = start.elapsed();
     let mem_load = agent.memory()?;
+    let cpu = match (cpu_start, cpu_now(&agent, &checked)) {
+        (Some(a), Some(b)) => cpu_shares(a, b, wall),
+        _ => "unavailable".to_owned(),
+    };
+    println!("CPU during the load: {cpu}");
     // The watchers may still be reading the last messages.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stream_watch.abort();
@@ -978,7 +1062,17 @@ async fn run(args: Args, rcgen: Option<(Samples, Rate)>) -> anyhow::Result<()> {
             format!("{} (first: {})", rec.errors.len(), rec.errors[0]),
         ));
     }
-    rows.push(row("begin: BeginTask RPC", dist(&rec.begin)).ratio(vs_rcgen_p50(&rec.begin)));
+    let vs_fsync_p50 = |s: &Samples| {
+        fsync.as_ref().map_or(String::new(), |f| {
+            format!("; {:.1}× fsync p50", ratio(s.pct(0.5), f.pct(0.5)))
+        })
+    };
+    rows.push(row("CPU during the load phase", cpu));
+    rows.push(row("begin: BeginTask RPC", dist(&rec.begin)).ratio(format!(
+        "{}{}",
+        vs_rcgen_p50(&rec.begin),
+        vs_fsync_p50(&rec.begin)
+    )));
     let mut push_value = dist(&push);
     if push_missing > 0 {
         let _ = write!(push_value, ", {push_missing} never seen");
@@ -1003,7 +1097,10 @@ async fn run(args: Args, rcgen: Option<(Samples, Rate)>) -> anyhow::Result<()> {
             }),
         ),
     );
-    rows.push(row("end: EndTask RPC", dist(&rec.end)));
+    rows.push(
+        row("end: EndTask RPC", dist(&rec.end))
+            .ratio(vs_fsync_p50(&rec.end).trim_start_matches("; ").to_owned()),
+    );
     rows.push(row("close: MCP session close", dist(&rec.close)));
     let mut feed_value = dist(&feed);
     if feed_missing > 0 {
@@ -1020,15 +1117,29 @@ async fn run(args: Args, rcgen: Option<(Samples, Rate)>) -> anyhow::Result<()> {
             verdict(!feed.0.is_empty() && feed.pct(0.99) < TARGET_PROPAGATION_P99)
         )),
     );
-    rows.push(row(
-        "revoked set on the feed at the end (one message)",
-        format!(
-            "{} tasks, {} KiB; {} messages reached the subscriber",
-            feed_stats.last_len,
-            feed_stats.last_bytes / 1024,
-            feed_stats.messages
-        ),
-    ));
+    // Revoked entries stay on the feed until their SVIDs expire, and every change sends
+    // the whole set: at a steady end rate the message settles at rate × SVID TTL entries.
+    let per_entry = feed_stats.last_bytes as f64 / feed_stats.last_len.max(1) as f64;
+    let steady = tasks.per_s() * TASK_SVID_TTL.as_secs_f64();
+    rows.push(
+        row(
+            "revoked set on the feed at the end (one message)",
+            format!(
+                "{} tasks in {} KiB ({per_entry:.0} B each), {} messages to the subscriber; \
+                 at {:.0} ends/s it settles near {steady:.0} tasks = {} per message",
+                feed_stats.last_len,
+                feed_stats.last_bytes / 1024,
+                feed_stats.messages,
+                tasks.per_s(),
+                mib((steady * per_entry) as u64)
+            ),
+        )
+        .target(format!(
+            "< 4 MiB (verifiers' tonic limit) — {} ({:.0} ends/s max over 5 min)",
+            verdict(steady * per_entry < TONIC_DEFAULT_MAX_MESSAGE as f64),
+            TONIC_DEFAULT_MAX_MESSAGE as f64 / per_entry / TASK_SVID_TTL.as_secs_f64()
+        )),
+    );
     if args.sample_every > 0 {
         let attempts = if rec.refusal.0.is_empty() {
             0.0
@@ -1129,6 +1240,15 @@ async fn run(args: Args, rcgen: Option<(Samples, Rate)>) -> anyhow::Result<()> {
                 ms(last.pct(0.99))
             ),
         ));
+        if let Some((b, a)) = l.fds {
+            rows.push(row(
+                format!("agent open file descriptors with {} live tasks", l.m),
+                format!(
+                    "{b} → {a} ({:.2} per live task; RLIMIT_NOFILE bounds the live tasks)",
+                    (a.saturating_sub(b)) as f64 / l.m as f64
+                ),
+            ));
+        }
         rows.push(row(
             format!("FetchX509SVID message of the process holding {} tasks", l.m),
             match &l.stream_bytes {
@@ -1149,7 +1269,11 @@ async fn run(args: Args, rcgen: Option<(Samples, Rate)>) -> anyhow::Result<()> {
             "spiffe crate fetch_x509_context with those tasks",
             match &l.spiffe_client {
                 Ok(t) => format!("ok in {}", ms(*t)),
-                Err(e) => format!("error: {e:#}"),
+                // tonic repeats the message in its Display; its first clause says it all.
+                Err(e) => format!(
+                    "error: {}",
+                    e.to_string().split(": code:").next().unwrap_or_default()
+                ),
             },
         ));
     }

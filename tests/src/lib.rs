@@ -333,3 +333,31 @@ pub fn proc_memory(pid: u32) -> anyhow::Result<ProcMemory> {
         peak_rss: kib("VmHWM:")?,
     })
 }
+
+/// CPU time (user + system) `pid` has used so far, from `/proc/<pid>/stat`.
+pub fn proc_cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: fields are counted after its last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("no ')' in /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .with_context(|| format!("/proc/{pid}/stat: field {}", i + 3))?
+            .parse()?)
+    };
+    // The kernel reports these in USER_HZ, which is 100 on every Linux ABI.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// Number of open file descriptors of `pid`.
+pub fn proc_open_fds(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("listing /proc/{pid}/fd"))?
+        .count())
+}
