@@ -85,7 +85,10 @@ Prints, as it goes and then as a markdown table:
     (every task), and -> a call on the task's still-open connection refused (sampled);
   - the agent's RSS (VmRSS, and VmHWM = peak) after the load, and with --live-tasks tasks
     held open on a fresh agent: per live task, extrapolated to the 10,000-task target;
-  - baselines: rcgen P-256 keygen + leaf signing on one thread, and tools/call against a
+  - the CPU share of agent, checked server and bench during the load, and the agent's
+    open file descriptors per live task;
+  - baselines: rcgen P-256 keygen + leaf signing on one thread, 4 KiB append + fdatasync
+    in the agent's data directory, and tools/call against a
     --dangerous-no-authorization server interleaved with the checked one.
 
 Environment: TESSERA_BENCH_NO_BUILD=1 uses the built binaries as they are;
