@@ -83,7 +83,17 @@ pub struct WatcherConfig {
     pub min_backoff: Duration,
     /// Largest reconnect delay.
     pub max_backoff: Duration,
+    /// Largest feed message accepted. Every message carries the whole revoked set
+    /// (about 160 bytes per task, kept until its SVIDs expire): 64 MiB holds some
+    /// 400,000 revocations, where tonic's 4 MiB default would stop a verifier at
+    /// about 26,000 (under a minute and a half of 300 task ends a second with 5-minute
+    /// SVIDs). A message over the limit ends the stream, and the watcher fails closed
+    /// once stale.
+    pub max_message_bytes: usize,
 }
+
+/// Default [`WatcherConfig::max_message_bytes`].
+pub const DEFAULT_MAX_FEED_MESSAGE_BYTES: usize = 64 << 20;
 
 impl WatcherConfig {
     /// Defaults for `socket`: 30 s staleness, backoff 50 ms .. 5 s.
@@ -93,6 +103,7 @@ impl WatcherConfig {
             staleness: DEFAULT_STALENESS,
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
+            max_message_bytes: DEFAULT_MAX_FEED_MESSAGE_BYTES,
         }
     }
 }
@@ -251,7 +262,10 @@ impl RevocationWatcher {
     async fn run(self, config: WatcherConfig) {
         let mut attempt: u32 = 0;
         loop {
-            match self.stream_once(&config.socket).await {
+            match self
+                .stream_once(&config.socket, config.max_message_bytes)
+                .await
+            {
                 Ok(()) => tracing::warn!("tessera-verify: revocation feed ended; reconnecting"),
                 Err(e) => {
                     tracing::warn!(error = %e, "tessera-verify: revocation feed failed; reconnecting")
@@ -280,11 +294,16 @@ impl RevocationWatcher {
         was
     }
 
-    async fn stream_once(&self, socket: &Path) -> Result<(), tonic::Status> {
+    async fn stream_once(
+        &self,
+        socket: &Path,
+        max_message_bytes: usize,
+    ) -> Result<(), tonic::Status> {
         let channel = connect(socket)
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut client = RevocationsClient::new(channel);
+        let mut client =
+            RevocationsClient::new(channel).max_decoding_message_size(max_message_bytes);
         let mut req = tonic::Request::new(WatchRevocationsRequest {});
         req.metadata_mut().insert(
             "workload.spiffe.io",

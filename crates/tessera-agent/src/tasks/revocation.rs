@@ -1,6 +1,13 @@
 //! The revoked-task set published on the revocation feed.
+//!
+//! Every change publishes a new immutable version (watchers read whole versions), so a
+//! change costs a copy of the set: entries are shared (`Arc`), so the copy is one
+//! pointer per entry, and which tasks are in the set is kept in an index beside it
+//! rather than found by scanning. A busy agent ends hundreds of tasks a second while
+//! tens of thousands of revocations wait out their SVIDs.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use tessera_store::Revocation;
 use tokio::sync::watch;
@@ -11,38 +18,59 @@ pub struct RevokedSet {
     /// Increases with every change.
     pub version: u64,
     /// Revoked tasks whose SVIDs may still be valid.
-    pub revoked: Vec<Revocation>,
+    pub revoked: Vec<Arc<Revocation>>,
 }
 
 /// Holds the current [`RevokedSet`] and notifies watchers of changes.
 #[derive(Debug)]
 pub struct RevocationFeed {
     tx: watch::Sender<Arc<RevokedSet>>,
+    /// Task ids in the current set; changed under the same `send_modify` as the set.
+    index: Mutex<HashSet<String>>,
 }
 
 impl RevocationFeed {
     /// A feed starting from `initial` (loaded from the store at start-up).
     pub fn new(initial: Vec<Revocation>) -> Self {
+        let mut index = HashSet::with_capacity(initial.len());
+        let mut revoked = Vec::with_capacity(initial.len());
+        for r in initial {
+            if index.insert(r.task_id.clone()) {
+                revoked.push(Arc::new(r));
+            }
+        }
         let (tx, _) = watch::channel(Arc::new(RevokedSet {
             version: 1,
-            revoked: initial,
+            revoked,
         }));
-        RevocationFeed { tx }
+        RevocationFeed {
+            tx,
+            index: Mutex::new(index),
+        }
     }
 
-    /// Adds revocations and notifies every watcher once.
+    fn index(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Every change to the index is a single insert or retain; a panic elsewhere
+        // cannot leave it half-done.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds revocations (a task already in the set keeps its first entry) and notifies
+    /// every watcher once.
     pub fn add(&self, new: impl IntoIterator<Item = Revocation>) {
-        let new: Vec<Revocation> = new.into_iter().collect();
+        let mut index = self.index();
+        let new: Vec<Arc<Revocation>> = new
+            .into_iter()
+            .filter(|r| index.insert(r.task_id.clone()))
+            .map(Arc::new)
+            .collect();
         if new.is_empty() {
             return;
         }
         self.tx.send_modify(|cur| {
-            let mut revoked = cur.revoked.clone();
-            for r in new {
-                if !revoked.iter().any(|x| x.task_id == r.task_id) {
-                    revoked.push(r);
-                }
-            }
+            let mut revoked = Vec::with_capacity(cur.revoked.len() + new.len());
+            revoked.extend(cur.revoked.iter().cloned());
+            revoked.extend(new);
             *cur = Arc::new(RevokedSet {
                 version: cur.version + 1,
                 revoked,
@@ -52,9 +80,10 @@ impl RevocationFeed {
 
     /// Drops entries whose SVIDs have all expired (`until <= now`).
     pub fn prune(&self, now: i64) -> usize {
+        let mut index = self.index();
         let mut removed = 0;
         self.tx.send_if_modified(|cur| {
-            let keep: Vec<Revocation> = cur
+            let keep: Vec<Arc<Revocation>> = cur
                 .revoked
                 .iter()
                 .filter(|r| r.until > now)
@@ -63,6 +92,9 @@ impl RevocationFeed {
             removed = cur.revoked.len() - keep.len();
             if removed == 0 {
                 return false;
+            }
+            for gone in cur.revoked.iter().filter(|r| r.until <= now) {
+                index.remove(&gone.task_id);
             }
             *cur = Arc::new(RevokedSet {
                 version: cur.version + 1,
@@ -85,11 +117,7 @@ impl RevocationFeed {
 
     /// Whether `task_id` is revoked.
     pub fn contains(&self, task_id: &str) -> bool {
-        self.tx
-            .borrow()
-            .revoked
-            .iter()
-            .any(|r| r.task_id == task_id)
+        self.index().contains(task_id)
     }
 }
 

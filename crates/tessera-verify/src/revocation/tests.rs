@@ -202,3 +202,45 @@ fn backoff_stays_within_bounds() {
         assert!(d >= min && d <= max, "{attempt}: {d:?}");
     }
 }
+
+/// A revoked set past tonic's 4 MiB default still reaches the verifier; past the
+/// configured limit the stream ends and nothing is applied.
+#[tokio::test]
+async fn feed_messages_beyond_four_mib_are_accepted_up_to_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("workload.sock");
+    // About 110 bytes each: some 6.5 MiB in one message.
+    let ids: Vec<String> = (0..60_000).map(|_| TaskId::new().to_string()).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut big = set(1, &refs);
+    for r in &mut big.revoked {
+        r.spiffe_id = format!("spiffe://acme.corp/client/code-reviewer/task/{}", r.task_id);
+    }
+    let (_tx, rx) = watch::channel(big);
+    let server = serve(&sock, rx);
+
+    let mut config = WatcherConfig::new(&sock);
+    config.min_backoff = Duration::from_millis(10);
+    config.max_backoff = Duration::from_millis(50);
+    let (w, handle) = RevocationWatcher::spawn(config.clone());
+    eventually("the large set applied", || w.version() == 1).await;
+    let last: TaskId = ids[ids.len() - 1].parse().unwrap();
+    assert!(matches!(
+        w.status(&last, "ff"),
+        RevocationStatus::Revoked { .. }
+    ));
+    handle.abort();
+
+    // With tonic's default limit the same message never applies.
+    config.max_message_bytes = 4 << 20;
+    let (small, handle) = RevocationWatcher::spawn(config);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        small.version(),
+        0,
+        "a message over the limit is never applied"
+    );
+    assert!(!small.is_fresh());
+    handle.abort();
+    server.stop(&sock);
+}
