@@ -11,6 +11,10 @@
 //! the relay pumps bytes between that socket and a unix socket the test's gRPC
 //! client connects to. The agent only ever sees the connector as the peer.
 
+#[path = "support/serving.rs"]
+mod serving;
+use serving::still_serves;
+
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -284,19 +288,6 @@ async fn create_entry(agent: &TestAgent, client: &str, selectors: Vec<String>) {
         })
         .await
         .unwrap();
-}
-
-/// The agent still answers a real caller (this process) and has not exited.
-async fn still_serves(agent: &mut TestAgent) {
-    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
-        .await
-        .unwrap();
-    client
-        .fetch_x509_svid()
-        .await
-        .expect("agent still serves a registered caller");
-    let status = agent.child.as_mut().unwrap().try_wait().unwrap();
-    assert!(status.is_none(), "agent exited: {status:?}");
 }
 
 fn uid_selector() -> String {

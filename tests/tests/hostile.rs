@@ -1,6 +1,10 @@
 //! Hostile input on the agent's sockets: each gets a clear error or a closed
 //! connection, the agent stays up, and nothing is granted.
 
+#[path = "support/serving.rs"]
+mod serving;
+use serving::still_serves;
+
 use std::time::{Duration, Instant};
 
 use tessera_e2e::{TRUST_DOMAIN, TestAgent};
@@ -11,23 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::codegen::Body as _;
 use tonic::codegen::http;
 use tower::ServiceExt;
-
-async fn still_serves(agent: &TestAgent) {
-    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
-        .await
-        .unwrap();
-    client
-        .fetch_x509_svid()
-        .await
-        .expect("agent still serves after hostile input");
-    agent
-        .admin_client()
-        .await
-        .unwrap()
-        .list_entries(tessera_proto::tessera::v1::ListEntriesRequest {})
-        .await
-        .expect("admin API still answers");
-}
 
 /// Writes `bytes` and reads until the agent closes (or 2 s pass).
 async fn send_raw(path: &std::path::Path, bytes: &[u8]) -> Vec<u8> {
@@ -40,7 +27,7 @@ async fn send_raw(path: &std::path::Path, bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn garbage_and_truncated_frames_are_dropped_and_the_agent_stays_up() {
-    let agent = TestAgent::start("").await.unwrap();
+    let mut agent = TestAgent::start("").await.unwrap();
     agent.register_self("code-reviewer").await.unwrap();
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut truncated = preface.to_vec();
@@ -70,12 +57,12 @@ async fn garbage_and_truncated_frames_are_dropped_and_the_agent_stays_up() {
             );
         }
     }
-    still_serves(&agent).await;
+    still_serves(&mut agent).await;
 }
 
 #[tokio::test]
 async fn oversized_request_is_refused_and_the_agent_stays_up() {
-    let agent = TestAgent::start("").await.unwrap();
+    let mut agent = TestAgent::start("").await.unwrap();
     agent.register_self("code-reviewer").await.unwrap();
     let mut admin = agent.admin_client().await.unwrap();
     let err = admin
@@ -105,12 +92,12 @@ async fn oversized_request_is_refused_and_the_agent_stays_up() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-    still_serves(&agent).await;
+    still_serves(&mut agent).await;
 }
 
 #[tokio::test]
 async fn many_idle_connections_do_not_starve_real_callers() {
-    let agent = TestAgent::start("").await.unwrap();
+    let mut agent = TestAgent::start("").await.unwrap();
     agent.register_self("code-reviewer").await.unwrap();
     let mut idle = Vec::new();
     for _ in 0..500 {
@@ -120,7 +107,7 @@ async fn many_idle_connections_do_not_starve_real_callers() {
                 .unwrap(),
         );
     }
-    still_serves(&agent).await;
+    still_serves(&mut agent).await;
     drop(idle);
 }
 
@@ -263,7 +250,7 @@ fn prefix(compressed: bool, len: u32) -> String {
 
 #[tokio::test]
 async fn malformed_grpc_messages_on_the_admin_socket_get_a_clear_status() {
-    let agent = TestAgent::start("").await.unwrap();
+    let mut agent = TestAgent::start("").await.unwrap();
     agent.register_self("code-reviewer").await.unwrap();
     let entries = || async {
         agent
@@ -335,7 +322,7 @@ async fn malformed_grpc_messages_on_the_admin_socket_get_a_clear_status() {
     assert_eq!(status.code(), tonic::Code::Ok, "{status:?}");
 
     assert_eq!(entries().await, before, "no entry was created");
-    still_serves(&agent).await;
+    still_serves(&mut agent).await;
 }
 
 /// Lifts this process's soft open-file limit to at least `want` (up to the hard limit).
@@ -356,7 +343,7 @@ async fn a_thousand_open_svid_streams_are_all_served_and_a_new_caller_still_is()
     const STREAMS: usize = 1000;
     // One connection per stream, as 1,000 separate runtimes would have, plus headroom.
     raise_nofile(STREAMS as u64 + 512);
-    let agent = TestAgent::start("").await.unwrap();
+    let mut agent = TestAgent::start("").await.unwrap();
     agent.register_self("code-reviewer").await.unwrap();
     let want = format!("spiffe://{TRUST_DOMAIN}/client/code-reviewer");
 
@@ -413,7 +400,7 @@ async fn a_thousand_open_svid_streams_are_all_served_and_a_new_caller_still_is()
         "tessera_open_streams {open_streams}"
     );
     let newcomer = Instant::now();
-    still_serves(&agent).await;
+    still_serves(&mut agent).await;
     let newcomer = newcomer.elapsed();
 
     // Every open stream still follows changes: a new entry for this process reaches all.
@@ -447,5 +434,5 @@ async fn a_thousand_open_svid_streams_are_all_served_and_a_new_caller_still_is()
         mem.peak_rss >> 20
     );
     drop(open);
-    still_serves(&agent).await;
+    still_serves(&mut agent).await;
 }

@@ -560,7 +560,10 @@ impl TaskManager {
                     continue;
                 }
             };
-            if let Err(e) = self.end(&id, reason, "agent", None).await {
+            // Boxed: an async fn's state is as large as its largest await, and this
+            // one waits, parked at the select above, once per live task; inlining the
+            // store write of `end` would make every waiting task carry it.
+            if let Err(e) = Box::pin(self.end(&id, reason, "agent", None)).await {
                 tracing::error!(task = %id, error = %e, "ending task failed");
             }
             return;

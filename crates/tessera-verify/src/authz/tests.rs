@@ -63,6 +63,28 @@ fn args(v: serde_json::Value) -> Option<serde_json::Map<String, serde_json::Valu
     Some(v.as_object().unwrap().clone())
 }
 
+/// `peer` (a task) with its claims edited by `edit`.
+fn with_claims(peer: Peer, edit: impl FnOnce(&mut tessera_identity::TaskClaims)) -> Peer {
+    let Peer::Task {
+        client,
+        task,
+        mut claims,
+        serial_hex,
+        not_after_unix,
+    } = peer
+    else {
+        panic!("not a task peer: {peer}")
+    };
+    edit(&mut claims);
+    Peer::Task {
+        client,
+        task,
+        claims,
+        serial_hex,
+        not_after_unix,
+    }
+}
+
 fn decide(a: &Authorizer, req: McpRequest) -> Decision {
     a.authorize(&task_peer(SCOPES), &req, SystemTime::now())
 }
@@ -186,24 +208,7 @@ fn expired_certificate_and_deadline_are_refused() {
         later,
     );
     assert_eq!(d.reason, Reason::Expired);
-    let Peer::Task {
-        client,
-        task,
-        mut claims,
-        serial_hex,
-        not_after_unix,
-    } = peer
-    else {
-        unreachable!()
-    };
-    claims.deadline_unix = 1;
-    let peer = Peer::Task {
-        client,
-        task,
-        claims,
-        serial_hex,
-        not_after_unix,
-    };
+    let peer = with_claims(peer, |c| c.deadline_unix = 1);
     let d = a.authorize(
         &peer,
         &McpRequest::call_tool("get_pull_request", None),
@@ -387,24 +392,7 @@ when {
 
     // Same task id, other signed facts (as a federated CA could mint): the cached
     // entity of the first is not reused, the new facts decide.
-    let Peer::Task {
-        client,
-        task,
-        mut claims,
-        serial_hex,
-        not_after_unix,
-    } = task_peer(SCOPES)
-    else {
-        unreachable!()
-    };
-    claims.subject = "bob@acme.corp".into();
-    let bob = Peer::Task {
-        client,
-        task,
-        claims,
-        serial_hex,
-        not_after_unix,
-    };
+    let bob = with_claims(task_peer(SCOPES), |c| c.subject = "bob@acme.corp".into());
     let req = McpRequest::call_tool("get_pull_request", None);
     let d = a.decide(&bob, &req, SystemTime::now());
     assert_eq!(d.reason, Reason::PolicyForbids, "{d:?}");
