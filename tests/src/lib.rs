@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tessera_proto::tessera::v1::admin_client::AdminClient;
-use tessera_proto::tessera::v1::{CreateEntryRequest, Entry, GetStatusRequest};
-use tonic::transport::{Channel, Endpoint};
+use tessera_proto::tessera::v1::{
+    CreateEntryRequest, Entry, GetStatusRequest, GrantConsentRequest,
+};
+use tonic::transport::Channel;
 
 /// Trust domain used by every test agent.
 pub const TRUST_DOMAIN: &str = "e2e.test";
@@ -158,17 +160,7 @@ impl TestAgent {
 
     /// A gRPC channel over a unix socket.
     pub async fn channel(path: &Path) -> anyhow::Result<Channel> {
-        let path = path.to_owned();
-        Ok(Endpoint::try_from("http://tessera.invalid")?
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await?)
+        Ok(tessera_proto::connect_unix(tessera_proto::unix_endpoint(), path).await?)
     }
 
     /// An Admin API client.
@@ -178,7 +170,19 @@ impl TestAgent {
 
     /// Registers this test process (its uid and exact executable) as `client`.
     pub async fn register_self(&self, client: &str) -> anyhow::Result<Entry> {
-        let exe = std::fs::canonicalize(std::env::current_exe()?)?;
+        self.register_exe(client, "", &std::env::current_exe()?)
+            .await
+    }
+
+    /// Registers the program `exe` (by uid and exact path) as `client`, or as the MCP
+    /// server `server` (`spiffe://<td>/mcp/<server>`) when `client` is empty.
+    pub async fn register_exe(
+        &self,
+        client: &str,
+        server: &str,
+        exe: &Path,
+    ) -> anyhow::Result<Entry> {
+        let exe = std::fs::canonicalize(exe)?;
         let uid = nix::unistd::geteuid();
         Ok(self
             .admin_client()
@@ -190,10 +194,35 @@ impl TestAgent {
                     format!("unix:path:{}", exe.display()),
                 ],
                 svid_ttl_secs: 0,
-                server: String::new(),
+                server: server.into(),
             })
             .await?
             .into_inner())
+    }
+
+    /// Grants `client` the `scopes` on `server` for `subject`, for an hour; returns
+    /// the consent id.
+    pub async fn grant(
+        &self,
+        client: &str,
+        subject: &str,
+        server: &str,
+        scopes: &[&str],
+    ) -> anyhow::Result<String> {
+        Ok(self
+            .admin_client()
+            .await?
+            .grant_consent(GrantConsentRequest {
+                client: client.into(),
+                subject: subject.into(),
+                server: server.into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                expires_at_unix: 0,
+                ttl_secs: 3600,
+            })
+            .await?
+            .into_inner()
+            .id)
     }
 
     /// Runs the `tessera` CLI against this agent.

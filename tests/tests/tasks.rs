@@ -8,9 +8,8 @@ use tessera_e2e::{TRUST_DOMAIN, TestAgent};
 use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
 use tessera_proto::tessera::v1::tasks_client::TasksClient;
 use tessera_proto::tessera::v1::{
-    BeginTaskRequest, BeginTaskResponse, EndTaskRequest, GrantConsentRequest, ListAllTasksRequest,
-    ListTasksRequest, RevocationSet, RevokeTaskRequest, WatchRevocationsRequest,
-    WithdrawConsentRequest,
+    BeginTaskRequest, BeginTaskResponse, EndTaskRequest, ListAllTasksRequest, ListTasksRequest,
+    RevocationSet, RevokeTaskRequest, WatchRevocationsRequest, WithdrawConsentRequest,
 };
 use tonic::transport::Channel;
 
@@ -30,21 +29,9 @@ async fn setup(extra: &str) -> (TestAgent, String) {
 
 async fn grant(agent: &TestAgent, client: &str, scopes: &[&str]) -> String {
     agent
-        .admin_client()
+        .grant(client, SUBJECT, "github", scopes)
         .await
         .unwrap()
-        .grant_consent(GrantConsentRequest {
-            client: client.into(),
-            subject: SUBJECT.into(),
-            server: "github".into(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            expires_at_unix: 0,
-            ttl_secs: 3600,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .id
 }
 
 async fn tasks(agent: &TestAgent) -> TasksClient<Channel> {

@@ -24,7 +24,7 @@ use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
 use tessera_proto::tessera::v1::{RevocationSet, WatchRevocationsRequest};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The default staleness bound.
 pub const DEFAULT_STALENESS: Duration = Duration::from_secs(30);
@@ -341,21 +341,15 @@ fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
 }
 
 async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = socket.to_owned();
-    Endpoint::from_static("http://tessera.invalid")
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
+    tessera_proto::connect_unix(
+        tessera_proto::unix_endpoint()
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_timeout(Duration::from_secs(5)),
+        socket,
+    )
+    .await
 }
 
 #[cfg(test)]

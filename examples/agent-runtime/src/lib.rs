@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use tessera_identity::ServerId;
 use tessera_proto::tessera::v1::tasks_client::TasksClient;
 use tessera_proto::tessera::v1::{BeginTaskRequest, EndTaskRequest, Task};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The JSON-RPC code tessera-verify uses for denials outside `tools/call`.
 pub const DENIAL_CODE: i32 = tessera_verify::mcp::DENIAL_CODE;
@@ -166,16 +166,7 @@ impl Workload {
     /// When the socket cannot be reached.
     pub async fn connect(socket: &str) -> anyhow::Result<Self> {
         let socket = socket_path(socket);
-        let path = socket.clone();
-        let channel = Endpoint::try_from("http://tessera.invalid")?
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
+        let channel = tessera_proto::connect_unix(tessera_proto::unix_endpoint(), &socket)
             .await
             .with_context(|| format!("connecting to the workload socket {}", socket.display()))?;
         Ok(Self {

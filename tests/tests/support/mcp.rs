@@ -18,7 +18,7 @@ use tessera_e2e::{TRUST_DOMAIN, TestAgent, bin};
 use tessera_example_agent_runtime::{
     McpConnection, TaskCredential, TaskRequest, Workload, install_crypto_provider, tls_config,
 };
-use tessera_proto::tessera::v1::{CreateEntryRequest, GrantConsentRequest, Task};
+use tessera_proto::tessera::v1::Task;
 use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -44,40 +44,12 @@ async fn register_entry(
     server: &str,
     exe: &Path,
 ) -> anyhow::Result<()> {
-    let exe = std::fs::canonicalize(exe)?;
-    let uid = nix::unistd::geteuid();
-    agent
-        .admin_client()
-        .await?
-        .create_entry(CreateEntryRequest {
-            client: client.into(),
-            selectors: vec![
-                format!("unix:uid:{uid}"),
-                format!("unix:path:{}", exe.display()),
-            ],
-            svid_ttl_secs: 0,
-            server: server.into(),
-        })
-        .await?;
-    Ok(())
+    agent.register_exe(client, server, exe).await.map(drop)
 }
 
 /// Grants `client` the `scopes` on `github` for [`SUBJECT`]; returns the consent id.
 pub async fn grant(agent: &TestAgent, client: &str, scopes: &[&str]) -> anyhow::Result<String> {
-    Ok(agent
-        .admin_client()
-        .await?
-        .grant_consent(GrantConsentRequest {
-            client: client.into(),
-            subject: SUBJECT.into(),
-            server: "github".into(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            expires_at_unix: 0,
-            ttl_secs: 3600,
-        })
-        .await?
-        .into_inner()
-        .id)
+    agent.grant(client, SUBJECT, "github", scopes).await
 }
 
 /// The agent's signing CA, read from `<data_dir>/ca/`.

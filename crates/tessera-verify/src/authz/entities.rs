@@ -38,14 +38,12 @@ pub(crate) struct TaskEntities {
 #[derive(Debug)]
 pub(crate) struct EntityStore {
     tasks: RwLock<HashMap<TaskId, Arc<TaskEntities>>>,
-    prune_at: RwLock<usize>,
 }
 
 impl EntityStore {
     pub(crate) fn new() -> Self {
         Self {
             tasks: RwLock::new(HashMap::new()),
-            prune_at: RwLock::new(PRUNE_FLOOR),
         }
     }
 
@@ -71,12 +69,12 @@ impl EntityStore {
         }
         let built = Arc::new(build(types, claims, client_name, not_after)?);
         let mut tasks = self.tasks.write().unwrap_or_else(|e| e.into_inner());
-        tasks.insert(id, Arc::clone(&built));
-        let mut prune_at = self.prune_at.write().unwrap_or_else(|e| e.into_inner());
-        if tasks.len() >= *prune_at {
+        // Prune when the map must grow anyway: its capacity doubles at each growth, so
+        // pruning stays amortised O(1) per insert without a threshold of its own.
+        if tasks.len() >= PRUNE_FLOOR && tasks.len() == tasks.capacity() {
             tasks.retain(|_, t| t.not_after > now);
-            *prune_at = (tasks.len() * 2).max(PRUNE_FLOOR);
         }
+        tasks.insert(id, Arc::clone(&built));
         Ok(built)
     }
 
