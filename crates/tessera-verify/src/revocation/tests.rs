@@ -240,6 +240,10 @@ async fn feed_messages_beyond_four_mib_are_accepted_up_to_the_limit() {
         0,
         "a message over the limit is never applied"
     );
+    assert!(
+        small.reconnects() > 0,
+        "the stream was opened and ended by the oversized message, then retried"
+    );
     assert!(!small.is_fresh());
     handle.abort();
     server.stop(&sock);
