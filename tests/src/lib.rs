@@ -106,7 +106,11 @@ impl TestAgent {
         let child = Command::new(bin("tessera-agent"))
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            // TESSERA_E2E_AGENT_LOG raises the agent's log level while investigating.
+            .env(
+                "RUST_LOG",
+                std::env::var("TESSERA_E2E_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("TESSERA_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
