@@ -25,8 +25,11 @@ pub struct Attestor {
 }
 
 /// The selectors attestation may skip unless some registration entry uses them: the
-/// executable's hash reads the whole binary, and user and group names go through NSS
-/// (reading /etc/passwd and /etc/group on every call). Uids, gids and the path are
+/// executable's hash reads the whole binary, user and group names go through NSS
+/// (reading /etc/passwd and /etc/group on every call), and supplementary groups need
+/// `/proc/<pid>/status` read and parsed (5–6 % of the agent's CPU under BeginTask load).
+/// An entry matches only if every one of its selectors is attested, so leaving out a
+/// kind no entry names cannot change which entries match. The uid, gid and path are
 /// always attested.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Needs {
@@ -34,6 +37,8 @@ pub struct Needs {
     pub exe_hash: bool,
     /// `unix:user`, `unix:group`, `unix:supplementary_group`.
     pub names: bool,
+    /// `unix:supplementary_gid`, `unix:supplementary_group`.
+    pub groups: bool,
 }
 
 impl Needs {
@@ -41,6 +46,7 @@ impl Needs {
     pub const ALL: Needs = Needs {
         exe_hash: true,
         names: true,
+        groups: true,
     };
 
     /// What entries with these selectors (canonical text, e.g. `unix:user:alice`) need.
@@ -50,6 +56,8 @@ impl Needs {
             needs.exe_hash |= s.starts_with("unix:sha256:");
             needs.names |= s.starts_with("unix:user:")
                 || s.starts_with("unix:group:")
+                || s.starts_with("unix:supplementary_group:");
+            needs.groups |= s.starts_with("unix:supplementary_gid:")
                 || s.starts_with("unix:supplementary_group:");
         }
         needs
@@ -111,7 +119,7 @@ mod needs_tests {
             Needs::of(["unix:uid:1000", "unix:sha256:ab"]),
             Needs {
                 exe_hash: true,
-                names: false
+                ..Needs::default()
             }
         );
         for named in [
@@ -120,6 +128,10 @@ mod needs_tests {
             "unix:supplementary_group:docker",
         ] {
             assert!(Needs::of([named]).names, "{named}");
+        }
+        assert!(!Needs::of(["unix:user:alice", "unix:gid:4"]).groups);
+        for grouped in ["unix:supplementary_gid:27", "unix:supplementary_group:docker"] {
+            assert!(Needs::of([grouped]).groups, "{grouped}");
         }
         // A path that merely contains the word does not count.
         assert_eq!(Needs::of(["unix:path:/opt/unix:user:x"]), Needs::default());

@@ -125,8 +125,9 @@ impl UnixAttestor {
     /// cannot be reused while its process lives (even as a zombie), so if the
     /// pidfd's process has not exited after the reads, they described the caller.
     ///
-    /// The executable is hashed, and user and group names looked up, only when
-    /// some entry uses them (`needs`); hashes are cached by file identity.
+    /// The executable is hashed, user and group names looked up, and supplementary
+    /// groups read only when some entry uses them (`needs`); hashes are cached by
+    /// file identity.
     pub fn attest(&self, peer: &PeerInfo, needs: Needs) -> Result<Attestation, AttestError> {
         let pid = peer.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
         if peer.has_exited() {
@@ -153,15 +154,17 @@ impl UnixAttestor {
             }
         }
 
-        let status =
-            std::fs::read_to_string(dir.join("status")).map_err(|e| proc_err("status", e))?;
-        for gid in supplementary_gids(&status) {
-            selectors.insert(Selector::attested("supplementary_gid", gid));
-            if !needs.names {
-                continue;
-            }
-            if let Ok(Some(group)) = nix::unistd::Group::from_gid(gid.into()) {
-                selectors.insert(Selector::attested("supplementary_group", group.name));
+        if needs.groups {
+            let status =
+                std::fs::read_to_string(dir.join("status")).map_err(|e| proc_err("status", e))?;
+            for gid in supplementary_gids(&status) {
+                selectors.insert(Selector::attested("supplementary_gid", gid));
+                if !needs.names {
+                    continue;
+                }
+                if let Ok(Some(group)) = nix::unistd::Group::from_gid(gid.into()) {
+                    selectors.insert(Selector::attested("supplementary_group", group.name));
+                }
             }
         }
 
@@ -354,11 +357,16 @@ mod tests {
             "unix:sha256",
             "unix:user",
             "unix:group",
+            "unix:supplementary_gid",
             "unix:supplementary_group",
         ] {
             assert!(!kinds(&lean).contains(costly), "{costly}");
         }
         assert!(kinds(&att).contains("unix:sha256"));
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        if !supplementary_gids(&own).is_empty() {
+            assert!(kinds(&att).contains("unix:supplementary_gid"));
+        }
         if nix::unistd::User::from_uid(conn.info().uid.into()).is_ok_and(|u| u.is_some()) {
             assert!(kinds(&att).contains("unix:user"), "{:?}", kinds(&att));
         }
