@@ -51,11 +51,17 @@ fn demo_tells_the_whole_story_and_every_step_holds() {
         "entry.create",
         "consent.grant",
         "task.begin",
-        "svid.issue",
         "task.end",
     ] {
         assert!(audit.contains(kind), "audit trail lacks {kind}:\n{audit}");
     }
+    // The first SVID is audited with its task.
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("task.begin") && l.contains("serial=")),
+        "{audit}"
+    );
     assert!(
         audit.contains("deny    tools/call         delete_branch"),
         "{audit}"

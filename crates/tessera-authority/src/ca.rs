@@ -36,11 +36,30 @@ impl std::fmt::Debug for SigningCa {
     }
 }
 
-/// A fresh random, positive, minimally encoded 128-bit serial number.
+/// A fresh, positive, minimally encoded 128-bit serial number: the issuing time in
+/// unix milliseconds (48 bits, big-endian) followed by 80 random bits.
+///
+/// Why time first: the store indexes every task SVID by serial, and random serials
+/// scatter those inserts over the whole index, so each durable BeginTask commit wrote
+/// one more index page to the WAL and fsynced it (~30 µs per page here). Time-ordered
+/// serials append to the index's last page, which a group commit shares. The 80 random
+/// bits keep serials unguessable and unique (CA/Browser Forum BR 7.1 asks for at
+/// least 64 bits from a CSPRNG); the time adds nothing an attacker does not already
+/// read in `notBefore`.
 pub(crate) fn random_serial() -> SerialNumber {
-    let mut bytes: [u8; 16] = rand::random();
-    // First byte in 0x01..=0x7f: positive and minimal DER INTEGER.
-    bytes[0] = (bytes[0] & 0x7f).max(1);
+    serial_at(
+        OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000,
+        rand::random(),
+    )
+}
+
+fn serial_at(unix_ms: i128, random: [u8; 10]) -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    // 48 bits of milliseconds last until the year 10889; clamping keeps the first
+    // byte in 0x01..=0x7f (a positive, minimal DER INTEGER) whatever the clock says.
+    let ms = u64::try_from(unix_ms).unwrap_or(0).clamp(1 << 40, (1 << 47) - 1);
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&random);
     SerialNumber::from_slice(&bytes)
 }
 
@@ -149,5 +168,40 @@ pub(crate) fn hex_serial(der: &[u8]) -> String {
     match X509Certificate::from_der(der) {
         Ok((_, c)) => c.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
         Err(_) => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod serial_tests {
+    use super::serial_at;
+
+    fn hex(ms: i128, random: [u8; 10]) -> String {
+        serial_at(ms, random)
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn serials_sort_by_issuing_time_as_hex_text() {
+        // The store compares serials as lowercase hex text.
+        let earlier = hex(1_764_190_000_000, [0xff; 10]);
+        let later = hex(1_764_190_000_001, [0x00; 10]);
+        assert_eq!(earlier.len(), 32);
+        assert!(earlier < later, "{earlier} !< {later}");
+    }
+
+    #[test]
+    fn serials_stay_positive_and_minimal_whatever_the_clock() {
+        for ms in [-5, 0, 1_764_190_000_000, i128::MAX] {
+            let bytes = serial_at(ms, [0xff; 10]).to_bytes();
+            assert_eq!(bytes.len(), 16);
+            assert!((0x01..=0x7f).contains(&bytes[0]), "{ms}: {bytes:02x?}");
+        }
+        assert_ne!(
+            super::random_serial().to_bytes(),
+            super::random_serial().to_bytes()
+        );
     }
 }

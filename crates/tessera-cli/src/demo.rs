@@ -504,7 +504,6 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "entry.create",
         "consent.grant",
         "task.begin",
-        "svid.issue",
         "task.end",
     ] {
         if !kinds.contains(&needed) {
@@ -513,6 +512,17 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 format!("the agent's audit log has no {needed} record"),
             ));
         }
+    }
+    // The task's first SVID is audited inside its task.begin record.
+    if !records.iter().any(|r| {
+        r.kind == "task.begin"
+            && serde_json::from_str::<Value>(&r.detail_json)
+                .is_ok_and(|d| d["svid"]["serial"].is_string())
+    }) {
+        return Err(fail(
+            7,
+            "the agent's task.begin record names no SVID serial",
+        ));
     }
     say("   MCP server (decisions):");
     let decisions = std::fs::read_to_string(&server_audit).unwrap_or_default();
@@ -644,7 +654,8 @@ fn summarize(detail_json: &str) -> String {
                     .get(*k)
                     .or_else(|| v.get("entry").and_then(|e| e.get(*k)))
                     .or_else(|| v.get("task").and_then(|t| t.get(*k)))
-                    .or_else(|| v.get("consent").and_then(|c| c.get(*k)))?;
+                    .or_else(|| v.get("consent").and_then(|c| c.get(*k)))
+                    .or_else(|| v.get("svid").and_then(|c| c.get(*k)))?;
                 let s = match x {
                     Value::String(s) => s.clone(),
                     Value::Array(_) => join(x),

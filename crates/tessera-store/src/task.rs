@@ -168,9 +168,12 @@ fn validate_revocation(revocation: &Revocation) -> Result<(), StoreError> {
 
 impl Store {
     /// Records a new live task (`ended_at` NULL; its `ended_at`, `end_reason` and
-    /// `serials` fields are ignored) with its first SVID, and the `task.begin` and
-    /// `svid.issue` audit records, in one transaction. Returns once durable (committed and
-    /// fsynced).
+    /// `serials` fields are ignored) with its first SVID, and one `task.begin` audit
+    /// record in one transaction. Returns once durable (committed and fsynced). The
+    /// record's detail is `{"task": …, "svid": {"serial", "spiffe_id", "not_after"}}`:
+    /// the first SVID is audited with the task it belongs to, and only later rotations
+    /// get `svid.issue` records of their own. (One row instead of two: each row and
+    /// index entry is WAL pages that every durable commit writes and fsyncs.)
     ///
     /// Inside that transaction the task's consent must exist
     /// ([`StoreError::ConsentNotFound`]), not be withdrawn
@@ -341,8 +344,14 @@ fn begin_op<'a>(
         task.end_reason = None;
         task.serials = vec![svid.serial.clone()];
         let scopes = serde_json::to_string(&task.scopes).expect("strings serialise");
-        let task_detail = json!({ "task": &*task });
-        let svid_detail = svid_detail(&task.id, svid);
+        let detail = json!({
+            "task": &*task,
+            "svid": {
+                "serial": svid.serial,
+                "spiffe_id": svid.spiffe_id,
+                "not_after": svid.not_after,
+            },
+        });
         let at = crate::store::unix_millis();
 
         // One round trip (see write_fused). The task is inserted only if its consent is
@@ -353,7 +362,7 @@ fn begin_op<'a>(
         // Only positional `?` parameters in multi-statement queries: sqlx binds each
         // statement's parameters from a running offset and stops at a numbering gap, so
         // `?NNN` numbers shared across statements would leave later ones unbound (NULL).
-        let inserted: Result<Vec<(i64, String)>, sqlx::Error> = sqlx::query_as(
+        let inserted: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(
             "SAVEPOINT op;
              INSERT INTO tasks (id, client, subject, server, scopes, purpose, consent_id, pid,
                                 begun_at, deadline)
@@ -361,9 +370,8 @@ fn begin_op<'a>(
              WHERE c.id = ? AND c.withdrawn_at IS NULL AND c.expires_at > ?
                AND c.client = ? AND c.subject = ? AND c.server = ?;
              INSERT INTO task_svids (serial, task_id, spiffe_id, not_after) VALUES (?, ?, ?, ?);
-             INSERT INTO audit (at, kind, actor, detail)
-             VALUES (?, 'task.begin', ?, ?), (?, 'svid.issue', ?, ?)
-             RETURNING seq, kind",
+             INSERT INTO audit (at, kind, actor, detail) VALUES (?, 'task.begin', ?, ?)
+             RETURNING seq",
         )
         // tasks
         .bind(&task.id)
@@ -388,13 +396,10 @@ fn begin_op<'a>(
         // audit
         .bind(at)
         .bind(&*actor)
-        .bind(task_detail.to_string())
-        .bind(at)
-        .bind(&*actor)
-        .bind(svid_detail.to_string())
+        .bind(detail.to_string())
         .fetch_all(&mut *conn)
         .await;
-        let mut rows = match inserted {
+        let rows = match inserted {
             Ok(rows) => rows,
             Err(error) => {
                 return Err(match unusable_consent(conn, task).await {
@@ -404,17 +409,11 @@ fn begin_op<'a>(
                 });
             }
         };
-        rows.sort_unstable();
-        let [(begin_seq, begin_kind), (svid_seq, svid_kind)] = &rows[..] else {
-            let reason = format!("audit insert returned {} rows, expected 2", rows.len());
+        let [seq] = rows[..] else {
+            let reason = format!("audit insert returned {} rows, expected 1", rows.len());
             return Err(sqlx::Error::Protocol(reason).into());
         };
-        debug_assert_eq!(
-            (begin_kind.as_str(), svid_kind.as_str()),
-            (KIND_BEGIN, KIND_SVID)
-        );
-        audit::published(effects, *begin_seq, at, KIND_BEGIN, actor, task_detail);
-        audit::published(effects, *svid_seq, at, KIND_SVID, actor, svid_detail);
+        audit::published(effects, seq, at, KIND_BEGIN, actor, detail);
         Ok(())
     })
 }
