@@ -12,7 +12,7 @@ use sqlx::{Row, Sqlite, SqliteConnection};
 use std::sync::Arc;
 
 use crate::consent::{Sealed, check_len, validate_parties, validate_scopes};
-use crate::writer::{BoxFuture, Effects};
+use crate::writer::{BoxFuture, Effects, Opening, fused_query};
 use crate::{Store, StoreError, audit};
 
 /// The task columns plus its serials (issuance order), for `concat!`.
@@ -362,43 +362,44 @@ fn begin_op<'a>(
         // Only positional `?` parameters in multi-statement queries: sqlx binds each
         // statement's parameters from a running offset and stops at a numbering gap, so
         // `?NNN` numbers shared across statements would leave later ones unbound (NULL).
-        let inserted: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(
-            "SAVEPOINT op;
-             INSERT INTO tasks (id, client, subject, server, scopes, purpose, consent_id, pid,
+        let sql = fused_query!(
+            effects.opening,
+            "INSERT INTO tasks (id, client, subject, server, scopes, purpose, consent_id, pid,
                                 begun_at, deadline)
              SELECT ?, ?, ?, ?, ?, ?, c.id, ?, ?, ? FROM consents c
              WHERE c.id = ? AND c.withdrawn_at IS NULL AND c.expires_at > ?
                AND c.client = ? AND c.subject = ? AND c.server = ?;
              INSERT INTO task_svids (serial, task_id, spiffe_id, not_after) VALUES (?, ?, ?, ?);
              INSERT INTO audit (at, kind, actor, detail) VALUES (?, 'task.begin', ?, ?)
-             RETURNING seq",
-        )
-        // tasks
-        .bind(&task.id)
-        .bind(&task.client)
-        .bind(&task.subject)
-        .bind(&task.server)
-        .bind(scopes)
-        .bind(&task.purpose)
-        .bind(task.pid)
-        .bind(task.begun_at)
-        .bind(task.deadline)
-        .bind(&task.consent_id)
-        .bind(task.begun_at)
-        .bind(&task.client)
-        .bind(&task.subject)
-        .bind(&task.server)
-        // task_svids
-        .bind(&svid.serial)
-        .bind(&task.id)
-        .bind(&svid.spiffe_id)
-        .bind(svid.not_after)
-        // audit
-        .bind(at)
-        .bind(&*actor)
-        .bind(detail.to_string())
-        .fetch_all(&mut *conn)
-        .await;
+             RETURNING seq"
+        );
+        let inserted: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(sql)
+            // tasks
+            .bind(&task.id)
+            .bind(&task.client)
+            .bind(&task.subject)
+            .bind(&task.server)
+            .bind(scopes)
+            .bind(&task.purpose)
+            .bind(task.pid)
+            .bind(task.begun_at)
+            .bind(task.deadline)
+            .bind(&task.consent_id)
+            .bind(task.begun_at)
+            .bind(&task.client)
+            .bind(&task.subject)
+            .bind(&task.server)
+            // task_svids
+            .bind(&svid.serial)
+            .bind(&task.id)
+            .bind(&svid.spiffe_id)
+            .bind(svid.not_after)
+            // audit
+            .bind(at)
+            .bind(&*actor)
+            .bind(detail.to_string())
+            .fetch_all(&mut *conn)
+            .await;
         let rows = match inserted {
             Ok(rows) => rows,
             Err(error) => {
@@ -531,7 +532,9 @@ fn end_op<'a>(
 ) -> BoxFuture<'a, Result<EndOutcome, StoreError>> {
     Box::pin(async move {
         effects.savepoint_opened = true;
-        let ended = mark_ended(conn, true, &state.task_id, &state.reason, state.ended_at).await?;
+        let opening = Some(effects.opening);
+        let ended =
+            mark_ended(conn, opening, &state.task_id, &state.reason, state.ended_at).await?;
         let Some((task, last_not_after)) = ended else {
             let row = sqlx::query(concat!(task_select!(), " WHERE t.id = ?"))
                 .bind(&state.task_id)
@@ -578,15 +581,14 @@ macro_rules! ended_returning {
 /// `not_after` of its SVIDs, or `None` if it is not live (or does not exist).
 async fn mark_ended(
     conn: &mut SqliteConnection,
-    open_savepoint: bool,
+    opening: Option<Opening>,
     task_id: &str,
     reason: &str,
     ended_at: i64,
 ) -> Result<Option<(TaskRecord, Option<i64>)>, StoreError> {
-    let sql = if open_savepoint {
-        concat!("SAVEPOINT op; ", ended_returning!())
-    } else {
-        ended_returning!()
+    let sql = match opening {
+        Some(opening) => fused_query!(opening, ended_returning!()),
+        None => ended_returning!(),
     };
     let row = sqlx::query(sql)
         .bind(ended_at)
@@ -654,7 +656,7 @@ pub(crate) async fn end_live(
     revocation: Revocation,
     actor: &str,
 ) -> Result<Revocation, StoreError> {
-    let Some((task, last_not_after)) = mark_ended(conn, false, &task.id, reason, ended_at).await?
+    let Some((task, last_not_after)) = mark_ended(conn, None, &task.id, reason, ended_at).await?
     else {
         // Cannot happen: the caller read it live in this same op and the writer runs one
         // op at a time. Refuse rather than revoke twice.

@@ -22,8 +22,9 @@
 //!    error, or a database error such as a constraint violation) is rolled back to its
 //!    savepoint and fails alone, and the other ops in the batch still commit. (Savepoints
 //!    nest instead of being released, and the hot ops open theirs in the same query as
-//!    their statements: every statement is a round trip to sqlx's connection thread,
-//!    which costs tens of µs on a busy 2-core machine, so BeginTask is one round trip);
+//!    their statements, the first of them the transaction too: every query is a round
+//!    trip to sqlx's connection thread, ~100 µs of latency on a busy 2-core machine, so
+//!    a batch of one BeginTask is two round trips, its query and `COMMIT`);
 //! 3. `COMMIT` once (one fsync);
 //! 4. publish what the batch changed (audit rows to [`crate::Store::subscribe_audit`] in
 //!    sequence order, entry and consent revision bumps), then reply to each op.
@@ -87,12 +88,40 @@ pub(crate) type RunFn<S, T> = for<'a> fn(
     &'a mut Effects,
 ) -> BoxFuture<'a, Result<T, StoreError>>;
 
+/// What the first query of an op queued with [`Writer::write_fused`] opens before its
+/// own statements; [`fused_query!`] writes both forms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Opening {
+    /// The op's savepoint: `SAVEPOINT op; …`.
+    #[default]
+    Savepoint,
+    /// The batch's transaction, then the op's savepoint: `BEGIN IMMEDIATE; SAVEPOINT op;
+    /// …`. For the first op of a batch, which saves the batch a round trip.
+    TransactionAndSavepoint,
+}
+
+/// The first query of a fused op: `$sql` (a string literal, or a macro expanding to
+/// one) preceded by what `$opening` (an [`Opening`]) asks for.
+macro_rules! fused_query {
+    ($opening:expr, $sql:expr) => {
+        match $opening {
+            $crate::writer::Opening::Savepoint => concat!("SAVEPOINT op; ", $sql),
+            $crate::writer::Opening::TransactionAndSavepoint => {
+                concat!("BEGIN IMMEDIATE; SAVEPOINT op; ", $sql)
+            }
+        }
+    };
+}
+pub(crate) use fused_query;
+
 /// What a committed op publishes (discarded if the op rolls back), and how it ran.
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
+    /// For an op queued with [`Writer::write_fused`]: what its first query must open.
+    pub(crate) opening: Opening,
     /// Set by an op queued with [`Writer::write_fused`] once it has sent the query that
-    /// opens its savepoint (`SAVEPOINT op` as the first statement), whether or not the
-    /// query then succeeded.
+    /// opens its savepoint (see [`fused_query!`]), whether or not the query then
+    /// succeeded.
     pub(crate) savepoint_opened: bool,
     /// Audit rows written, in `seq` order.
     pub(crate) audit: Vec<AuditRecord>,
@@ -242,10 +271,11 @@ impl Writer {
         self.queue(name, false, state, run).await
     }
 
-    /// Like [`Writer::write`], for a hot op that saves a round trip to the connection
-    /// thread by opening its own savepoint: its first query must start with the statement
-    /// `SAVEPOINT op`, it must set [`Effects::savepoint_opened`] as soon as it has sent
-    /// that query, and it must run no statement before it.
+    /// Like [`Writer::write`], for a hot op that saves round trips to the connection
+    /// thread by opening its own savepoint, and when it comes first in its batch the
+    /// batch's transaction too: its first query must be built with [`fused_query!`] from
+    /// [`Effects::opening`], it must set [`Effects::savepoint_opened`] as soon as it has
+    /// sent that query, and it must run no statement before it.
     pub(crate) async fn write_fused<S, T>(
         &self,
         name: &'static str,
@@ -367,9 +397,20 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Op>>, no
     let mut done: Vec<Ran> = Vec::with_capacity(size);
 
     let outcome: Result<(), sqlx::Error> = async {
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        // A fused op first in the batch opens the transaction in its own first query.
+        // If that query fails at BEGIN, its savepoint does not exist, so the ROLLBACK TO
+        // below fails and the batch is abandoned as for any failed BEGIN.
+        let mut opening = if pending.front().is_some_and(|op| op.own_savepoint()) {
+            Opening::TransactionAndSavepoint
+        } else {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            Opening::Savepoint
+        };
         while let Some(mut op) = pending.pop_front() {
-            let mut effects = Effects::default();
+            let mut effects = Effects {
+                opening: std::mem::take(&mut opening),
+                ..Effects::default()
+            };
             if !op.own_savepoint() {
                 if let Err(error) = sqlx::query("SAVEPOINT op").execute(&mut *conn).await {
                     pending.push_front(op);
