@@ -1,5 +1,7 @@
 //! The per-request decision: expiry, revocation, scopes, Cedar (8 policies, with
-//! arguments). Prints p50/p99 over 100,000 single decisions, then runs criterion.
+//! arguments). Prints p50/p99 over 100,000 single decisions beside a no-op baseline of
+//! the same length (the VM's own noise, measured interleaved in the same run), then
+//! runs criterion.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -78,28 +80,88 @@ fn setup() -> (Authorizer, Peer, McpRequest) {
     (authz, peer, req)
 }
 
+/// Samples per percentile run; `TESSERA_DECISION_SAMPLES` overrides it (e.g. a small
+/// count under callgrind, where only the instruction count matters).
+fn samples() -> usize {
+    std::env::var("TESSERA_DECISION_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// Work that allocates nothing and touches no shared state, sized to take about as
+/// long as a decision: its tail is the VM's own (interrupts, steal, frequency), so a
+/// decision's tail beyond it is ours.
+fn spin(rounds: u64) -> u64 {
+    let mut x = black_box(0x9e37_79b9_7f4a_7c15_u64);
+    for _ in 0..rounds {
+        x = black_box(x.rotate_left(7) ^ (x >> 3)).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    }
+    x
+}
+
+/// Rounds of [`spin`] that take about `target`.
+fn calibrate(target: std::time::Duration) -> u64 {
+    let mut rounds = 1024u64;
+    loop {
+        let t = Instant::now();
+        for _ in 0..100 {
+            black_box(spin(rounds));
+        }
+        let each = t.elapsed() / 100;
+        if each >= target / 2 {
+            return (rounds as f64 * target.as_secs_f64() / each.as_secs_f64()) as u64;
+        }
+        rounds *= 2;
+    }
+}
+
+/// One timed decision. Not inlined, so that callgrind can count exactly its
+/// instructions: `--toggle-collect='decision::timed_decision'`.
+#[inline(never)]
+fn timed_decision(authz: &Authorizer, peer: &Peer, req: &McpRequest) -> u64 {
+    let t = Instant::now();
+    black_box(authz.decide(black_box(peer), black_box(req), SystemTime::now()));
+    t.elapsed().as_nanos() as u64
+}
+
+fn pct(samples: &mut [u64], q: f64) -> f64 {
+    samples.sort_unstable();
+    samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)] as f64 / 1000.0
+}
+
+fn report(name: &str, samples: &mut [u64]) {
+    println!(
+        "{name}: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
+        pct(samples, 0.50),
+        pct(samples, 0.90),
+        pct(samples, 0.99),
+        pct(samples, 0.999)
+    );
+}
+
+/// Decisions and same-length no-op spins, interleaved so both see the same noise.
 fn percentiles() {
     let (authz, peer, req) = setup();
-    for _ in 0..10_000 {
+    let n = samples();
+    for _ in 0..(n / 10).max(1) {
         assert!(authz.decide(&peer, &req, SystemTime::now()).allowed);
     }
-    let mut samples = Vec::with_capacity(100_000);
-    for _ in 0..100_000 {
-        let t = Instant::now();
-        black_box(authz.decide(black_box(&peer), black_box(&req), SystemTime::now()));
-        samples.push(t.elapsed().as_nanos() as u64);
+    let mut warm = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        warm.push(timed_decision(&authz, &peer, &req));
     }
-    samples.sort_unstable();
-    let p = |q: f64| {
-        samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)] as f64 / 1000.0
-    };
-    println!(
-        "decision (8 policies, 5 arguments): p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
-        p(0.50),
-        p(0.90),
-        p(0.99),
-        p(0.999)
-    );
+    warm.sort_unstable();
+    let rounds = calibrate(std::time::Duration::from_nanos(warm[warm.len() / 2]));
+    let (mut decisions, mut baseline) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        decisions.push(timed_decision(&authz, &peer, &req));
+        let t = Instant::now();
+        black_box(spin(black_box(rounds)));
+        baseline.push(t.elapsed().as_nanos() as u64);
+    }
+    report("decision (8 policies, 5 arguments)", &mut decisions);
+    report("no-op baseline of the same length", &mut baseline);
 }
 
 fn bench(c: &mut Criterion) {

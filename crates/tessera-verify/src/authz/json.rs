@@ -16,7 +16,9 @@
 //! value a policy cannot see never slips past a `forbid` on it.
 
 use cedar_policy::RestrictedExpression;
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
+
+use super::reads::ArgumentReads;
 
 /// Deepest nesting converted.
 pub const MAX_DEPTH: usize = 16;
@@ -32,10 +34,35 @@ pub struct Converted {
 
 /// Converts a JSON object into a Cedar record (see the module docs for the mapping).
 pub fn to_cedar_record(map: &Map<String, Value>) -> Converted {
+    to_cedar_record_reading(map, &ArgumentReads::All)
+}
+
+/// As [`to_cedar_record`], but the record holds only the top-level fields `reads`
+/// names; the others are checked to be representable (and reported exactly as
+/// [`to_cedar_record`] reports them) without building Cedar values for them.
+pub(crate) fn to_cedar_record_reading(
+    map: &Map<String, Value>,
+    reads: &ArgumentReads,
+) -> Converted {
     let mut unsupported = Vec::new();
-    let record = record(map, &Pointer::Root, 0, &mut unsupported);
+    let path = &Pointer::Root;
+    let fields: Vec<(String, RestrictedExpression)> = map
+        .iter()
+        .filter_map(|(k, v)| {
+            if v.is_null() {
+                return None;
+            }
+            let path = &Pointer::Key(path, k);
+            if reads.reads(k) {
+                value(v, path, 1, &mut unsupported).map(|e| (k.clone(), e))
+            } else {
+                check(v, path, 1, &mut unsupported);
+                None
+            }
+        })
+        .collect();
     Converted {
-        record,
+        record: RestrictedExpression::new_record(fields).expect("JSON object keys are unique"),
         unsupported,
     }
 }
@@ -96,18 +123,14 @@ fn value(
         }
         Value::Bool(b) => Some(RestrictedExpression::new_bool(*b)),
         Value::String(s) => Some(RestrictedExpression::new_string(s.clone())),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                return Some(RestrictedExpression::new_long(i));
+        Value::Number(n) => match number(n) {
+            Some(Num::Long(i)) => Some(RestrictedExpression::new_long(i)),
+            Some(Num::Decimal(d)) => Some(RestrictedExpression::new_decimal(d)),
+            None => {
+                bad.push(unrepresentable(path, n));
+                None
             }
-            match n.as_f64().and_then(decimal) {
-                Some(d) => Some(RestrictedExpression::new_decimal(d)),
-                None => {
-                    bad.push(format!("{path}: number {n} fits neither Long nor decimal"));
-                    None
-                }
-            }
-        }
+        },
         Value::Array(items) => {
             let before = bad.len();
             let elems: Vec<_> = items
@@ -125,6 +148,66 @@ fn value(
         }
         Value::Object(m) => Some(record(m, path, depth, bad)),
     }
+}
+
+/// The rules of [`value`] without building anything: whether `v` converts, with the
+/// same reports for what does not.
+fn check(v: &Value, path: &Pointer<'_>, depth: usize, bad: &mut Vec<String>) -> bool {
+    if depth > MAX_DEPTH {
+        bad.push(format!("{path}: nested deeper than {MAX_DEPTH}"));
+        return false;
+    }
+    match v {
+        Value::Null => {
+            bad.push(format!("{path}: null inside an array"));
+            false
+        }
+        Value::Bool(_) | Value::String(_) => true,
+        Value::Number(n) => {
+            let ok = number(n).is_some();
+            if !ok {
+                bad.push(unrepresentable(path, n));
+            }
+            ok
+        }
+        Value::Array(items) => {
+            let before = bad.len();
+            for (i, e) in items.iter().enumerate() {
+                check(e, &Pointer::Index(path, i), depth + 1, bad);
+            }
+            if bad.len() > before {
+                bad.push(format!(
+                    "{path}: array dropped because an element is unsupported"
+                ));
+                return false;
+            }
+            true
+        }
+        Value::Object(m) => {
+            for (k, e) in m {
+                if !e.is_null() {
+                    check(e, &Pointer::Key(path, k), depth + 1, bad);
+                }
+            }
+            true
+        }
+    }
+}
+
+enum Num {
+    Long(i64),
+    Decimal(String),
+}
+
+fn number(n: &Number) -> Option<Num> {
+    if let Some(i) = n.as_i64() {
+        return Some(Num::Long(i));
+    }
+    n.as_f64().and_then(decimal).map(Num::Decimal)
+}
+
+fn unrepresentable(path: &Pointer<'_>, n: &Number) -> String {
+    format!("{path}: number {n} fits neither Long nor decimal")
 }
 
 fn decimal(x: f64) -> Option<String> {
@@ -200,6 +283,57 @@ mod tests {
         assert!(joined.contains("/pi"), "{joined}");
         assert!(joined.contains("/arr"), "{joined}");
         assert!(!joined.contains("/ok"), "{joined}");
+    }
+
+    /// Arguments no policy reads are left out of the record but refused for exactly
+    /// the same reasons, in the same order, as when they are converted.
+    #[test]
+    fn unread_arguments_are_checked_like_converted_ones() {
+        let mut deep = json!(1);
+        for _ in 0..(MAX_DEPTH + 2) {
+            deep = json!({ "x": deep });
+        }
+        let mut deep_array = json!([1]);
+        for _ in 0..MAX_DEPTH {
+            deep_array = json!([deep_array]);
+        }
+        let cases = [
+            json!({"path": "/src", "n": 1, "ok": true, "r": 0.5, "gone": null}),
+            json!({"big": u64::MAX, "pi": 1.23456789, "arr": [1, null], "ok": 1}),
+            json!({"nested": {"a": [1, 2, {"b": null, "c": 1e300}], "d": null}}),
+            json!({"deep": deep, "deep_array": deep_array, "s": "x"}),
+            json!({"mixed": [[1, [null]], {"k": -0.00001}], "t": "~/a"}),
+        ];
+        for args in cases {
+            let map = args.as_object().unwrap();
+            let all = to_cedar_record(map);
+            for reads in [
+                ArgumentReads::default(),
+                ArgumentReads::Keys(map.keys().take(1).cloned().collect()),
+                ArgumentReads::Keys(map.keys().skip(1).cloned().collect()),
+            ] {
+                let some = to_cedar_record_reading(map, &reads);
+                assert_eq!(
+                    some.unsupported, all.unsupported,
+                    "{args} reading {reads:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_read_arguments_are_in_the_record() {
+        let args = json!({"path": "/etc/x", "owner": "acme", "n": 3});
+        let reads = ArgumentReads::Keys(["path".to_owned(), "absent".to_owned()].into());
+        let c = to_cedar_record_reading(args.as_object().unwrap(), &reads);
+        let ctx = Context::from_pairs([("arguments".to_owned(), c.record)]).unwrap();
+        let Some(cedar_policy::EvalResult::Record(r)) = ctx.get("arguments") else {
+            panic!("arguments is a record")
+        };
+        assert_eq!(
+            r.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["path"]
+        );
     }
 
     #[test]

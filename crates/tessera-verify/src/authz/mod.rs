@@ -23,6 +23,7 @@
 mod entities;
 pub mod json;
 pub mod policy;
+mod reads;
 mod slice;
 
 use std::sync::Arc;
@@ -256,10 +257,21 @@ impl Authorizer {
         let Some(claims) = peer.claims() else {
             return Decision::deny(Reason::NotATask, "not a task");
         };
+        let (action, rtype) = match request.method {
+            McpMethod::ToolsCall => (&self.types.actions[0], &self.types.tool),
+            McpMethod::ResourcesRead => (&self.types.actions[1], &self.types.resource),
+            McpMethod::PromptsGet => (&self.types.actions[2], &self.types.prompt),
+        };
+        let resource =
+            EntityUid::from_type_name_and_id(rtype.clone(), EntityId::new(&request.target));
+        let loaded = self.policies.guard();
+        // The slice is looked up first so that only the arguments its policies can
+        // read are converted; the checks still decide in the documented order.
+        let applicable = loaded.applicable(action, &resource);
         let arguments = match &request.arguments {
             None => RestrictedExpression::new_record(Vec::new()).expect("empty record"),
             Some(map) => {
-                let c = json::to_cedar_record(map);
+                let c = json::to_cedar_record_reading(map, &applicable.arguments);
                 if !c.unsupported.is_empty() {
                     if self.unsupported == UnsupportedArguments::Deny {
                         return Decision::deny(
@@ -283,13 +295,6 @@ impl Authorizer {
             Ok(t) => t,
             Err(e) => return Decision::deny(Reason::PolicyError, e),
         };
-        let (action, rtype) = match request.method {
-            McpMethod::ToolsCall => (&self.types.actions[0], &self.types.tool),
-            McpMethod::ResourcesRead => (&self.types.actions[1], &self.types.resource),
-            McpMethod::PromptsGet => (&self.types.actions[2], &self.types.prompt),
-        };
-        let resource =
-            EntityUid::from_type_name_and_id(rtype.clone(), EntityId::new(&request.target));
         let context = Context::from_pairs([
             ("now".to_owned(), RestrictedExpression::new_long(now_unix)),
             ("arguments".to_owned(), arguments),
@@ -298,11 +303,9 @@ impl Authorizer {
             Ok(c) => c,
             Err(e) => return Decision::deny(Reason::PolicyError, format!("context: {e}")),
         };
-        let loaded = self.policies.guard();
         if loaded.policies.is_empty() {
             return Decision::deny(Reason::NoPolicies, "no policies loaded");
         }
-        let applicable = loaded.applicable(action, &resource);
         let request = match Request::new(
             task_entities.principal.clone(),
             action.clone(),
@@ -313,9 +316,9 @@ impl Authorizer {
             Ok(r) => r,
             Err(e) => return Decision::deny(Reason::PolicyError, format!("request: {e}")),
         };
-        let response = self
-            .cedar
-            .is_authorized(&request, &applicable, &task_entities.entities);
+        let response =
+            self.cedar
+                .is_authorized(&request, &applicable.policies, &task_entities.entities);
         let diag = response.diagnostics();
         let policy_ids: Vec<String> = diag.reason().map(|p| p.to_string()).collect();
         let errors: Vec<String> = diag.errors().map(|e| e.to_string()).collect();

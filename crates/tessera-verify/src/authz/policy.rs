@@ -16,7 +16,7 @@ use cedar_policy::{EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Valid
 use miette::Diagnostic;
 use tokio::task::JoinHandle;
 
-use super::slice::Slices;
+use super::slice::{Slice, Slices};
 
 /// Why a policy set was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -77,8 +77,8 @@ pub struct LoadedPolicies {
 
 impl LoadedPolicies {
     /// The policies that can apply to `action` on `resource` (see [`super::slice`]).
-    pub(crate) fn applicable(&self, action: &EntityUid, resource: &EntityUid) -> Arc<PolicySet> {
-        self.slices.get(&self.policies, action, resource)
+    pub(crate) fn applicable(&self, action: &EntityUid, resource: &EntityUid) -> Arc<Slice> {
+        self.slices.get(action, resource)
     }
 }
 
@@ -315,9 +315,9 @@ fn compile(policies: &str, schema: &str, origins: &Origins) -> Result<LoadedPoli
         });
     }
     Ok(LoadedPolicies {
+        slices: Slices::new(named.clone()),
         policies: named,
         schema,
         loaded_at: SystemTime::now(),
-        slices: Slices::default(),
     })
 }

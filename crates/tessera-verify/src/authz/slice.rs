@@ -15,51 +15,100 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use cedar_policy::{ActionConstraint, EntityUid, Policy, PolicySet, ResourceConstraint};
+use cedar_policy::{ActionConstraint, EntityUid, Policy, PolicyId, PolicySet, ResourceConstraint};
+
+use super::reads::ArgumentReads;
 
 /// At most this many (action, resource) slices are kept; past it, a slice is computed
 /// per request (resource names come from requests, and must not grow memory without
 /// bound).
 const MAX_SLICES: usize = 4096;
 
-#[derive(Debug, Default)]
+/// The policies that can apply to one (action, resource), and what they read.
+#[derive(Debug)]
+pub(crate) struct Slice {
+    /// The policies Cedar evaluates.
+    pub(crate) policies: PolicySet,
+    /// The call arguments any of them can read (see [`super::reads`]).
+    pub(crate) arguments: ArgumentReads,
+}
+
+#[derive(Debug)]
 pub(crate) struct Slices {
-    cache: RwLock<HashMap<(EntityUid, EntityUid), Arc<PolicySet>>>,
+    all: PolicySet,
+    /// Per policy, computed once at load: a slice only unions them.
+    reads: HashMap<PolicyId, ArgumentReads>,
+    cache: RwLock<Cache>,
+}
+
+/// Keyed by action, then resource, so that a lookup borrows the request's uids
+/// instead of cloning them into a pair.
+#[derive(Debug, Default)]
+struct Cache {
+    slices: HashMap<EntityUid, HashMap<EntityUid, Arc<Slice>>>,
+    len: usize,
 }
 
 impl Slices {
-    /// The policies of `all` that can apply to `action` on `resource`.
-    pub(crate) fn get(
-        &self,
-        all: &PolicySet,
-        action: &EntityUid,
-        resource: &EntityUid,
-    ) -> Arc<PolicySet> {
-        let key = (action.clone(), resource.clone());
+    /// Slices of `all`.
+    pub(crate) fn new(all: PolicySet) -> Self {
+        let reads = all
+            .policies()
+            .map(|p| (p.id().clone(), ArgumentReads::of_policy(p)))
+            .collect();
+        Self {
+            all,
+            reads,
+            cache: RwLock::default(),
+        }
+    }
+
+    /// The policies of the whole set that can apply to `action` on `resource`.
+    pub(crate) fn get(&self, action: &EntityUid, resource: &EntityUid) -> Arc<Slice> {
         if let Some(hit) = self
             .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .slices
+            .get(action)
+            .and_then(|by_resource| by_resource.get(resource))
         {
             return Arc::clone(hit);
         }
-        let slice = Arc::new(slice(all, action, resource));
+        let slice = Arc::new(self.slice(action, resource));
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        if cache.len() < MAX_SLICES {
-            cache.insert(key, Arc::clone(&slice));
+        if cache.len < MAX_SLICES {
+            let by_resource = cache.slices.entry(action.clone()).or_default();
+            if by_resource
+                .insert(resource.clone(), Arc::clone(&slice))
+                .is_none()
+            {
+                cache.len += 1;
+            }
         }
         slice
     }
-}
 
-fn slice(all: &PolicySet, action: &EntityUid, resource: &EntityUid) -> PolicySet {
-    let applicable = all
-        .policies()
-        .filter(|p| may_apply(p, action, resource))
-        .cloned();
-    // The policies come from a valid set, so their ids are unique.
-    PolicySet::from_policies(applicable).unwrap_or_else(|_| all.clone())
+    fn slice(&self, action: &EntityUid, resource: &EntityUid) -> Slice {
+        let applicable: Vec<&Policy> = self
+            .all
+            .policies()
+            .filter(|p| may_apply(p, action, resource))
+            .collect();
+        let mut arguments = ArgumentReads::default();
+        for p in &applicable {
+            // Every policy was analysed at load; a missing one would be a bug here,
+            // and reading everything is the safe answer to it.
+            arguments.extend(self.reads.get(p.id()).unwrap_or(&ArgumentReads::All));
+        }
+        // The policies come from a valid set, so their ids are unique.
+        let policies = PolicySet::from_policies(applicable.into_iter().cloned())
+            .unwrap_or_else(|_| self.all.clone());
+        Slice {
+            policies,
+            arguments,
+        }
+    }
 }
 
 fn may_apply(policy: &Policy, action: &EntityUid, resource: &EntityUid) -> bool {
@@ -107,7 +156,7 @@ mod tests {
     #[test]
     fn slicing_changes_no_decision() {
         let all = PolicySet::from_str(POLICIES).unwrap();
-        let slices = Slices::default();
+        let slices = Slices::new(all.clone());
         let task = cedar_policy::Entity::new_no_attrs(
             uid(r#"Task::"t""#),
             [uid(r#"Client::"a""#)].into_iter().collect(),
@@ -127,7 +176,7 @@ mod tests {
         let mut sliced_smaller = 0;
         for action in actions.map(|a| uid(&format!("Action::{a:?}"))) {
             for resource in resources.map(uid) {
-                let slice = slices.get(&all, &action, &resource);
+                let slice = &slices.get(&action, &resource).policies;
                 if slice.policies().count() < all.policies().count() {
                     sliced_smaller += 1;
                 }
@@ -144,7 +193,7 @@ mod tests {
                     )
                     .unwrap();
                     let full = authorizer.is_authorized(&request, &all, &entities);
-                    let part = authorizer.is_authorized(&request, &slice, &entities);
+                    let part = authorizer.is_authorized(&request, slice, &entities);
                     let why = |r: &cedar_policy::Response| {
                         let d = r.diagnostics();
                         (
@@ -165,12 +214,13 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded() {
-        let all = PolicySet::from_str(POLICIES).unwrap();
-        let slices = Slices::default();
+        let slices = Slices::new(PolicySet::from_str(POLICIES).unwrap());
         let action = uid(r#"Action::"tools/call""#);
         for i in 0..MAX_SLICES + 100 {
-            slices.get(&all, &action, &uid(&format!("Tool::\"t{i}\"")));
+            slices.get(&action, &uid(&format!("Tool::\"t{i}\"")));
         }
-        assert_eq!(slices.cache.read().unwrap().len(), MAX_SLICES);
+        let cache = slices.cache.read().unwrap();
+        assert_eq!(cache.len, MAX_SLICES);
+        assert_eq!(cache.slices[&action].len(), MAX_SLICES);
     }
 }

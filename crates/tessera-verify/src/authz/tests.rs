@@ -401,3 +401,181 @@ when {
     // And back: alice's facts are rebuilt, not bob's kept.
     assert!(decide(&a, McpRequest::call_tool("get_pull_request", None)).allowed);
 }
+
+/// Policies that read arguments by name, as a whole, in depth, not at all, and one that
+/// errors on some values: for the argument-reading equivalence test.
+const READING_SCHEMA: &str = r#"
+entity Client;
+entity Task in [Client] = {
+  client: String, subject: String, purpose: String, consent_id: String,
+  scopes: Set<String>, deadline: Long,
+};
+entity Tool;
+entity Resource;
+entity Prompt;
+type Args = { path?: String, force?: Bool, limit?: Long, tags?: Set<String>, opts?: { depth?: Long } };
+type Ctx = { now: Long, arguments: Args };
+action "tools/call" appliesTo { principal: [Task], resource: [Tool], context: Ctx };
+action "resources/read" appliesTo { principal: [Task], resource: [Resource], context: Ctx };
+action "prompts/get" appliesTo { principal: [Task], resource: [Prompt], context: Ctx };
+"#;
+
+const READING_POLICIES: &str = r#"
+@id("call") permit(principal in Client::"code-reviewer", action == Action::"tools/call", resource);
+@id("no-etc") forbid(principal, action == Action::"tools/call", resource == Tool::"get_pull_request")
+  when { context.arguments has path && context.arguments.path like "/etc/*" };
+@id("no-force") forbid(principal, action, resource == Tool::"push")
+  when { context.arguments has force && context.arguments.force };
+@id("whole") forbid(principal, action, resource == Tool::"list_whole")
+  when { (if context.now > 0 then context.arguments else context.arguments) has limit };
+@id("deep") forbid(principal, action, resource == Tool::"list_deep")
+  when { context.arguments has opts.depth && context.arguments.opts.depth > 3 };
+@id("overflow") forbid(principal, action, resource == Tool::"list_overflow")
+  when { context has arguments.limit && context.arguments.limit * 1000000000000 > 0 };
+@id("deadline") forbid(principal, action, resource) when { context.now > principal.deadline };
+@id("prompt") permit(principal, action == Action::"prompts/get", resource)
+  when { context.arguments has tags && context.arguments.tags.contains("ok") };
+"#;
+
+/// What Cedar decides over the whole, unsliced set with every argument converted:
+/// the (allowed, reason, deciding policies, error count) the authorizer must match.
+fn unsliced_reference(
+    a: &Authorizer,
+    peer: &Peer,
+    req: &McpRequest,
+    now: i64,
+) -> (bool, Reason, std::collections::BTreeSet<String>, usize) {
+    let arguments = match &req.arguments {
+        None => RestrictedExpression::new_record(Vec::new()).unwrap(),
+        Some(map) => {
+            let c = json::to_cedar_record(map);
+            if !c.unsupported.is_empty() {
+                return (false, Reason::UnsupportedArguments, Default::default(), 0);
+            }
+            c.record
+        }
+    };
+    let Peer::Task { client, claims, .. } = peer else {
+        unreachable!()
+    };
+    let t = a
+        .entities
+        .task(&a.types, claims, &a.client_entity_id(client), i64::MAX, now)
+        .unwrap();
+    let resource: EntityUid = format!("{}::{:?}", req.method.resource_type(), req.target)
+        .parse()
+        .unwrap();
+    let action: EntityUid = format!("Action::{:?}", req.method.as_str())
+        .parse()
+        .unwrap();
+    let context = Context::from_pairs([
+        ("now".to_owned(), RestrictedExpression::new_long(now)),
+        ("arguments".to_owned(), arguments),
+    ])
+    .unwrap();
+    let request = Request::new(t.principal.clone(), action, resource, context, None).unwrap();
+    let all = &a.policies().current().policies;
+    let r = a.cedar.is_authorized(&request, all, &t.entities);
+    let ids: std::collections::BTreeSet<String> =
+        r.diagnostics().reason().map(ToString::to_string).collect();
+    let errors = r.diagnostics().errors().count();
+    let reason = match (r.decision(), errors, ids.is_empty()) {
+        (_, 1.., _) => Reason::PolicyError,
+        (cedar_policy::Decision::Allow, ..) => Reason::Allowed,
+        (cedar_policy::Decision::Deny, _, true) => Reason::NoPolicyPermits,
+        (cedar_policy::Decision::Deny, _, false) => Reason::PolicyForbids,
+    };
+    (reason == Reason::Allowed, reason, ids, errors)
+}
+
+/// Converting only the arguments a slice's policies read changes no decision: every
+/// request here is decided as Cedar decides it over the whole set with every argument
+/// converted, whether its slice reads no argument, some by name, or all of them.
+#[test]
+fn reading_only_used_arguments_changes_no_decision() {
+    let store = Arc::new(PolicyStore::from_strs(READING_POLICIES, READING_SCHEMA).unwrap());
+    let a = Authorizer::new(SERVER.parse().unwrap(), store, fresh());
+    let peer = task_peer(&["github/tool/*", "github/prompt/*"]);
+    let tools = [
+        "get_pull_request",
+        "push",
+        "list_whole",
+        "list_deep",
+        "list_overflow",
+        "other",
+    ];
+    let argument_sets = [
+        None,
+        args(json!({})),
+        args(json!({"path": "/etc/passwd"})),
+        args(json!({"path": "/src", "owner": "acme", "number": 42})),
+        args(json!({"path": 5})),
+        args(json!({"force": true, "path": "/etc/x"})),
+        args(json!({"force": "yes"})),
+        args(json!({"limit": 2})),
+        args(json!({"limit": 20_000_000})),
+        args(json!({"limit": "many", "tags": ["ok"]})),
+        args(json!({"opts": {"depth": 4}, "extra": {"deep": [1, 2]}})),
+        args(json!({"opts": {"depth": "4"}})),
+        args(json!({"opts": {"other": 1}})),
+        args(json!({"tags": ["ok", "no"]})),
+        args(json!({"tags": ["no"], "ratio": 0.5})),
+        args(json!({"unread": 1.23456789})),
+        args(json!({"unread": [1, null], "path": "/etc/passwd"})),
+        args(json!({"path": null, "force": null})),
+    ];
+    let now = SystemTime::now();
+    let now_unix = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut seen = std::collections::HashSet::new();
+    let requests = tools
+        .iter()
+        .map(|t| (McpMethod::ToolsCall, *t))
+        .chain([(McpMethod::PromptsGet, "review")]);
+    for (method, target) in requests {
+        for arguments in &argument_sets {
+            let req = McpRequest {
+                method,
+                target: target.to_owned(),
+                arguments: arguments.clone(),
+            };
+            let d = a.decide(&peer, &req, now);
+            let (allowed, reason, ids, _) = unsliced_reference(&a, &peer, &req, now_unix);
+            let got: std::collections::BTreeSet<String> = d.policy_ids.iter().cloned().collect();
+            assert_eq!(
+                (d.allowed, d.reason),
+                (allowed, reason),
+                "{target} {arguments:?}: {d:?}"
+            );
+            if reason != Reason::UnsupportedArguments {
+                assert_eq!(got, ids, "{target} {arguments:?}");
+            }
+            seen.insert(reason);
+        }
+    }
+    // The table exercises every outcome Cedar can give, not only allows.
+    for r in [
+        Reason::Allowed,
+        Reason::PolicyForbids,
+        Reason::NoPolicyPermits,
+        Reason::PolicyError,
+        Reason::UnsupportedArguments,
+    ] {
+        assert!(seen.contains(&r), "no case ends in {r}");
+    }
+    let loaded = a.policies().current();
+    let reads = |m: McpMethod, t: &str| {
+        let action: EntityUid = format!("Action::{:?}", m.as_str()).parse().unwrap();
+        let resource: EntityUid = format!("{}::{t:?}", m.resource_type()).parse().unwrap();
+        loaded.applicable(&action, &resource).arguments.clone()
+    };
+    // And the slices really do differ in what they read.
+    assert!(reads(McpMethod::ToolsCall, "other").is_none());
+    assert_eq!(
+        reads(McpMethod::ToolsCall, "get_pull_request"),
+        reads::ArgumentReads::Keys(["path".to_owned()].into())
+    );
+    assert_eq!(
+        reads(McpMethod::ToolsCall, "list_whole"),
+        reads::ArgumentReads::All
+    );
+}
