@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod checkpoint;
 mod consent;
 mod entry;
 mod error;

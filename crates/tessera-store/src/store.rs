@@ -12,6 +12,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::watch;
 
+use crate::checkpoint::{self, CheckpointState};
 use crate::writer::{Notifier, Writer};
 use crate::{StoreError, migrate};
 
@@ -35,6 +36,12 @@ pub(crate) struct Inner {
     /// For reads (and, in tests, raw statements); every write goes through `writer`.
     pub(crate) pool: SqlitePool,
     pub(crate) writer: Writer,
+    /// Shared with the writer and the checkpointer (see [`crate::checkpoint`]); kept
+    /// here for tests to read its counters.
+    #[cfg(test)]
+    pub(crate) checkpoints: Arc<CheckpointState>,
+    /// Stops the checkpointer; taken by [`Store::close`].
+    checkpointer: std::sync::Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     /// Entry and consent revisions (bumped after every committed change; in memory only,
     /// starting at 0 on each open, meant for "has anything changed since I last looked",
     /// not as ids) and the audit broadcast.
@@ -95,18 +102,34 @@ impl Store {
         }
 
         let notifier = Arc::new(Notifier::new());
-        let writer = match Writer::start(&options, Arc::clone(&notifier)).await {
-            Ok(writer) => writer,
-            Err(error) => {
-                pool.close().await;
-                return Err(error);
-            }
-        };
+        let checkpoints = Arc::new(CheckpointState::default());
+        let (stop_checkpoints, stopped) = watch::channel(false);
+        let checkpointer =
+            match checkpoint::start(&options, Arc::clone(&checkpoints), stopped).await {
+                Ok(task) => task,
+                Err(error) => {
+                    pool.close().await;
+                    return Err(error);
+                }
+            };
+        let writer =
+            match Writer::start(&options, Arc::clone(&notifier), Arc::clone(&checkpoints)).await {
+                Ok(writer) => writer,
+                Err(error) => {
+                    let _ = stop_checkpoints.send(true);
+                    let _ = checkpointer.await;
+                    pool.close().await;
+                    return Err(error);
+                }
+            };
         tracing::info!(path = %path.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
                 writer,
+                #[cfg(test)]
+                checkpoints,
+                checkpointer: std::sync::Mutex::new(Some((stop_checkpoints, checkpointer))),
                 notifier,
                 sealed: Arc::default(),
                 path: path.to_owned(),
@@ -132,6 +155,18 @@ impl Store {
     /// [`StoreError::Database`]. Idempotent.
     pub async fn close(&self) {
         self.inner.writer.close().await;
+        let checkpointer = self
+            .inner
+            .checkpointer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some((stop, task)) = checkpointer {
+            let _ = stop.send(true);
+            if let Err(error) = task.await {
+                tracing::error!(%error, "store checkpointer task failed");
+            }
+        }
         self.inner.pool.close().await;
     }
 }

@@ -25,7 +25,8 @@
 //!    their statements, the first of them the transaction too: every query is a round
 //!    trip to sqlx's connection thread, ~100 µs of latency on a busy 2-core machine, so
 //!    a batch of one BeginTask is two round trips, its query and `COMMIT`);
-//! 3. `COMMIT` once (one fsync);
+//! 3. `COMMIT` once (one fsync; WAL checkpoints happen elsewhere, see
+//!    [`crate::checkpoint`]);
 //! 4. publish what the batch changed (audit rows to [`crate::Store::subscribe_audit`] in
 //!    sequence order, entry and consent revision bumps), then reply to each op.
 //!
@@ -64,6 +65,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection as _};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::checkpoint::CheckpointState;
 use crate::{AuditRecord, StoreError};
 
 /// Most ops one transaction holds. Bounds how long one commit keeps the lock (and so read
@@ -241,13 +243,21 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Opens the writer's own connection and starts the writer task.
+    ///
+    /// The connection does not checkpoint the WAL on commit; `checkpoints` says when it
+    /// should finish one between batches (see [`crate::checkpoint`]).
     pub(crate) async fn start(
         options: &SqliteConnectOptions,
         notifier: std::sync::Arc<Notifier>,
+        checkpoints: std::sync::Arc<CheckpointState>,
     ) -> Result<Writer, StoreError> {
-        let conn = options.connect().await?;
+        let conn = options
+            .clone()
+            .pragma("wal_autocheckpoint", "0")
+            .connect()
+            .await?;
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let task = tokio::spawn(run(conn, rx, notifier));
+        let task = tokio::spawn(run(conn, rx, notifier, checkpoints));
         Ok(Writer {
             tx,
             task: std::sync::Mutex::new(Some(task)),
@@ -342,6 +352,7 @@ async fn run(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Msg>,
     notifier: std::sync::Arc<Notifier>,
+    checkpoints: std::sync::Arc<CheckpointState>,
 ) {
     let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
@@ -366,6 +377,9 @@ async fn run(
             }
         }
         run_batch(&mut conn, &mut batch, &notifier).await;
+        // After the batch's callers have their replies.
+        checkpoints.committed();
+        checkpoints.finish_if_due(&mut conn).await;
     }
     // Refuse further ops; any queued after the Close are dropped, which fails their
     // callers with StoreError::Closed.
