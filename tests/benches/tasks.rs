@@ -39,6 +39,36 @@ fn req() -> BeginTaskRequest {
     }
 }
 
+/// The store writer's (commits, writes, commit seconds) from the agent's /metrics.
+async fn writer_counters(agent: &TestAgent) -> (f64, f64, f64) {
+    let text = reqwest::get(format!("http://{}/metrics", agent.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} missing from /metrics"))
+    };
+    (
+        value("tessera_store_commits_total "),
+        value("tessera_store_writes_total "),
+        value("tessera_store_commit_seconds_total "),
+    )
+}
+
+/// "commits, mean writes per commit, mean ms per commit" between two readings.
+fn writer_line(before: (f64, f64, f64), after: (f64, f64, f64)) -> String {
+    let commits = after.0 - before.0;
+    format!(
+        "{commits:.0} group commits, {:.2} writes each, {:.3} ms each (BEGIN..COMMIT)",
+        (after.1 - before.1) / commits,
+        (after.2 - before.2) * 1e3 / commits
+    )
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -95,6 +125,7 @@ async fn main() {
     }
 
     // (a) One caller: BeginTask → SVID in hand.
+    let seq_writer = writer_counters(&agent).await;
     let mut begin = Samples::default();
     let wall = Instant::now();
     for _ in 0..SEQUENTIAL {
@@ -104,6 +135,7 @@ async fn main() {
         begin.0.push(t.elapsed());
     }
     let seq_wall = wall.elapsed();
+    let conc_writer = writer_counters(&agent).await;
 
     // (b) Eight callers, each its own connection.
     let wall = Instant::now();
@@ -126,6 +158,7 @@ async fn main() {
         conc.0.extend(h.await.unwrap().0);
     }
     let conc_wall = wall.elapsed();
+    let conc_writer_end = writer_counters(&agent).await;
 
     // (c) EndTask → revocation visible on a feed subscriber.
     let mut feed = RevocationsClient::new(channel.clone())
@@ -169,17 +202,18 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     println!(
-        "{:<44} {:>9} {:>9} {:>9} {:>10}",
-        "operation", "p50 ms", "p99 ms", "mean ms", "per s"
+        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "operation", "p50 ms", "p99 ms", "p99.9 ms", "mean ms", "per s"
     );
     let row = |name: &str, s: &Samples, rate: Option<(usize, Duration)>| {
         let per_s = rate.map_or("-".to_owned(), |(n, wall)| {
             format!("{:.0}", n as f64 / wall.as_secs_f64())
         });
         println!(
-            "{name:<44} {:>9.3} {:>9.3} {:>9.3} {per_s:>10}",
+            "{name:<44} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {per_s:>10}",
             ms(s.pct(0.5)),
             ms(s.pct(0.99)),
+            ms(s.pct(0.999)),
             ms(s.mean()),
         );
     };
@@ -188,10 +222,15 @@ async fn main() {
         &begin,
         Some((SEQUENTIAL, seq_wall)),
     );
+    println!("  store writer: {}", writer_line(seq_writer, conc_writer));
     row(
         "BeginTask → SVID, 8 callers",
         &conc,
         Some((CONCURRENT * PER_CALLER, conc_wall)),
+    );
+    println!(
+        "  store writer: {}",
+        writer_line(conc_writer, conc_writer_end)
     );
     row("EndTask → revocation on the feed", &end_to_feed, None);
     row(

@@ -47,12 +47,7 @@ fn demo_tells_the_whole_story_and_every_step_holds() {
     );
     assert!(step(6).contains("denied: revoked"), "{}", step(6));
     let audit = step(7);
-    for kind in [
-        "entry.create",
-        "consent.grant",
-        "task.begin",
-        "task.end",
-    ] {
+    for kind in ["entry.create", "consent.grant", "task.begin", "task.end"] {
         assert!(audit.contains(kind), "audit trail lacks {kind}:\n{audit}");
     }
     // The first SVID is audited with its task.

@@ -285,6 +285,28 @@ async fn health_ready_and_metrics_are_served() {
         metrics.contains("rpc=\"FetchX509SVID\",code=\"Ok\""),
         "{metrics}"
     );
+    // The store writer's counters: registering the entry was at least one durable write.
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+    };
+    assert!(
+        value("tessera_store_commits_total ") >= Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        value("tessera_store_writes_total ") >= Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        value("tessera_store_commit_seconds_total ") > Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        value("tessera_store_wal_checkpoints_total{by=\"writer\"} ").is_some(),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -70,7 +70,9 @@ pub async fn run(
         .await
         .context("opening the store")?;
 
-    let metrics = Arc::new(Metrics::default());
+    let mut metrics = Metrics::default();
+    metrics.observe_store(store.clone());
+    let metrics = Arc::new(metrics);
     metrics.ca_not_after.set(authority.active_ca_not_after());
     let (stop_tx, stop_rx) = watch::channel(false);
 

@@ -1,7 +1,8 @@
 //! Prometheus metrics, served on `/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -124,7 +125,72 @@ impl Default for Metrics {
     }
 }
 
+/// Label: who ran a WAL checkpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByLabel {
+    /// "background" or "writer".
+    by: &'static str,
+}
+
+/// The store writer's counters, read on each scrape.
+#[derive(Debug)]
+struct StoreCollector(tessera_store::Store);
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.writer_stats();
+        let counters = [
+            (
+                "store_commits",
+                "Store transactions committed, each made durable by one fsync",
+                stats.commits,
+            ),
+            (
+                "store_writes",
+                "Writes committed; divided by store_commits, the mean group-commit size",
+                stats.writes,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        #[allow(clippy::cast_precision_loss)] // microseconds stay exact in f64 for 285 years
+        let seconds = ConstCounter::new(stats.commit_micros as f64 / 1e6);
+        seconds.encode(encoder.encode_descriptor(
+            "store_commit_seconds",
+            "Time transactions held the store writer, from BEGIN to COMMIT's return",
+            None,
+            seconds.metric_type(),
+        )?)?;
+        let mut checkpoints = encoder.encode_descriptor(
+            "store_wal_checkpoints",
+            "WAL checkpoints, beside the writer (background) or by it between batches (writer)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (by, value) in [
+            ("background", stats.checkpoints_background),
+            ("writer", stats.checkpoints_by_writer),
+        ] {
+            ConstCounter::new(value).encode(checkpoints.encode_family(&ByLabel { by })?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
+    /// Also exports `store`'s writer counters (`tessera_store_*`).
+    pub fn observe_store(&mut self, store: tessera_store::Store) {
+        self.registry
+            .register_collector(Box::new(StoreCollector(store)));
+    }
+
     /// Counts one RPC outcome.
     pub fn rpc(&self, rpc: &'static str, code: tonic::Code) {
         self.rpcs

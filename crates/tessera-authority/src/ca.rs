@@ -57,7 +57,9 @@ fn serial_at(unix_ms: i128, random: [u8; 10]) -> SerialNumber {
     let mut bytes = [0u8; 16];
     // 48 bits of milliseconds last until the year 10889; clamping keeps the first
     // byte in 0x01..=0x7f (a positive, minimal DER INTEGER) whatever the clock says.
-    let ms = u64::try_from(unix_ms).unwrap_or(0).clamp(1 << 40, (1 << 47) - 1);
+    let ms = u64::try_from(unix_ms)
+        .unwrap_or(0)
+        .clamp(1 << 40, (1 << 47) - 1);
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     bytes[6..].copy_from_slice(&random);
     SerialNumber::from_slice(&bytes)

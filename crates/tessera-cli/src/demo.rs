@@ -500,12 +500,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         ));
     }
     let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
-    for needed in [
-        "entry.create",
-        "consent.grant",
-        "task.begin",
-        "task.end",
-    ] {
+    for needed in ["entry.create", "consent.grant", "task.begin", "task.end"] {
         if !kinds.contains(&needed) {
             return Err(fail(
                 7,

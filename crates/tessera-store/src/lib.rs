@@ -35,7 +35,7 @@ pub use consent::{
 pub use entry::{Entry, EntryKind, MAX_CLIENT_LEN, MAX_SELECTOR_LEN, MAX_SELECTORS, NewEntry};
 pub use error::StoreError;
 pub use migrate::SCHEMA_VERSION;
-pub use store::Store;
+pub use store::{Store, WriterStats};
 pub use task::{
     END_REASON_CONSENT_WITHDRAWN, EndOutcome, MAX_PURPOSE_LEN, MAX_REASON_LEN, MAX_SERIAL_HEX_LEN,
     MAX_SPIFFE_ID_LEN, MAX_TASK_ID_LEN, Revocation, SvidIssued, TaskFilter, TaskRecord,

@@ -6,6 +6,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::SqlitePool;
@@ -36,9 +37,7 @@ pub(crate) struct Inner {
     /// For reads (and, in tests, raw statements); every write goes through `writer`.
     pub(crate) pool: SqlitePool,
     pub(crate) writer: Writer,
-    /// Shared with the writer and the checkpointer (see [`crate::checkpoint`]); kept
-    /// here for tests to read its counters.
-    #[cfg(test)]
+    /// Shared with the writer and the checkpointer (see [`crate::checkpoint`]).
     pub(crate) checkpoints: Arc<CheckpointState>,
     /// Stops the checkpointer; taken by [`Store::close`].
     checkpointer: std::sync::Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
@@ -127,7 +126,6 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 writer,
-                #[cfg(test)]
                 checkpoints,
                 checkpointer: std::sync::Mutex::new(Some((stop_checkpoints, checkpointer))),
                 notifier,
@@ -147,6 +145,19 @@ impl Store {
     /// its selector index when entries change instead of polling.
     pub fn watch_entries(&self) -> watch::Receiver<u64> {
         self.inner.notifier.entries.subscribe()
+    }
+
+    /// The writer's counters since this store was opened (shared by its clones).
+    pub fn writer_stats(&self) -> WriterStats {
+        let notifier = &self.inner.notifier;
+        let checkpoints = &self.inner.checkpoints;
+        WriterStats {
+            commits: notifier.commits.load(Ordering::Relaxed),
+            writes: notifier.writes.load(Ordering::Relaxed),
+            commit_micros: notifier.commit_micros.load(Ordering::Relaxed),
+            checkpoints_background: checkpoints.background.load(Ordering::Relaxed),
+            checkpoints_by_writer: checkpoints.by_writer.load(Ordering::Relaxed),
+        }
     }
 
     /// Closes the store: lets the writer commit every write already queued, stops it, then
@@ -178,6 +189,25 @@ impl fmt::Debug for Store {
             .field("entries_revision", &self.entries_revision())
             .finish_non_exhaustive()
     }
+}
+
+/// Counters of the store's writer (see [`crate::writer`] and [`crate::checkpoint`]),
+/// for metrics. `writes / commits` is the mean group-commit size and
+/// `commit_micros / commits` the mean time a transaction held the writer, so together
+/// they say whether the writer or its callers limit the write rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriterStats {
+    /// Transactions committed, each made durable by one fsync.
+    pub commits: u64,
+    /// Writes committed in them.
+    pub writes: u64,
+    /// Microseconds from `BEGIN` to the return of `COMMIT`, summed.
+    pub commit_micros: u64,
+    /// WAL checkpoints run beside the writer.
+    pub checkpoints_background: u64,
+    /// WAL checkpoints the writer finished between batches, so the WAL started over.
+    pub checkpoints_by_writer: u64,
 }
 
 /// Creates `path` with mode 0600 if it does not exist. `create_new` makes this race-free:

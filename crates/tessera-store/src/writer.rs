@@ -140,8 +140,12 @@ pub(crate) struct Notifier {
     pub(crate) entries: watch::Sender<u64>,
     pub(crate) consents: watch::Sender<u64>,
     pub(crate) audit: broadcast::Sender<AuditRecord>,
-    /// Transactions committed by the writer (for tests and debugging).
+    /// Transactions committed by the writer (see [`crate::WriterStats`]).
     pub(crate) commits: AtomicU64,
+    /// Writes those transactions committed.
+    pub(crate) writes: AtomicU64,
+    /// Microseconds from `BEGIN` to `COMMIT`'s return, summed over committed batches.
+    pub(crate) commit_micros: AtomicU64,
 }
 
 impl Notifier {
@@ -151,6 +155,8 @@ impl Notifier {
             consents: watch::channel(0).0,
             audit: broadcast::channel(AUDIT_CHANNEL_CAPACITY).0,
             commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
         }
     }
 
@@ -455,6 +461,13 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Op>>, no
     match outcome {
         Ok(()) => {
             notifier.commits.fetch_add(1, Ordering::Relaxed);
+            let committed = done.iter().filter(|(_, result, _)| result.is_ok()).count();
+            notifier.writes.fetch_add(
+                u64::try_from(committed).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            notifier.commit_micros.fetch_add(micros, Ordering::Relaxed);
             for (_, result, effects) in &mut done {
                 if result.is_ok() {
                     notifier.publish(std::mem::take(effects));

@@ -130,7 +130,10 @@ mod needs_tests {
             assert!(Needs::of([named]).names, "{named}");
         }
         assert!(!Needs::of(["unix:user:alice", "unix:gid:4"]).groups);
-        for grouped in ["unix:supplementary_gid:27", "unix:supplementary_group:docker"] {
+        for grouped in [
+            "unix:supplementary_gid:27",
+            "unix:supplementary_group:docker",
+        ] {
             assert!(Needs::of([grouped]).groups, "{grouped}");
         }
         // A path that merely contains the word does not count.
