@@ -13,8 +13,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-use tessera_identity::ServerId;
+use serde::{Serialize, Serializer};
+use tessera_identity::{ServerId, TaskId};
 
 use crate::decision::Decision;
 use crate::peer::Peer;
@@ -51,9 +51,10 @@ enum Message {
 #[derive(Serialize)]
 struct Line<'a> {
     ts_ms: u64,
-    peer: String,
+    peer: SpiffeId<'a>,
     client: Option<&'a str>,
-    task: Option<String>,
+    #[serde(serialize_with = "display_or_null")]
+    task: Option<&'a TaskId>,
     subject: Option<&'a str>,
     server: &'a str,
     method: &'a str,
@@ -111,9 +112,9 @@ impl AuditLog {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            peer: peer.spiffe_id(),
+            peer: SpiffeId(peer),
             client: peer.client().map(|c| c.name.as_str()),
-            task: peer.task().map(|t| t.task.to_string()),
+            task: peer.task().map(|t| &t.task),
             subject: peer.claims().map(|c| c.subject.as_str()),
             server: server.name.as_str(),
             method: request.method.as_str(),
@@ -204,9 +205,9 @@ pub(crate) fn trace(
 ) {
     tracing::info!(
         target: AUDIT_TARGET,
-        peer = %peer.spiffe_id(),
+        peer = %SpiffeId(peer),
         client = peer.client().map(|c| c.name.as_str()).unwrap_or(""),
-        task = %peer.task().map(|t| t.task.to_string()).unwrap_or_default(),
+        task = %OrEmpty(peer.task().map(|t| &t.task)),
         subject = peer.claims().map(|c| c.subject.as_str()).unwrap_or(""),
         server = %server.name,
         method = request.method.as_str(),
@@ -218,4 +219,181 @@ pub(crate) fn trace(
         latency_us = latency.as_micros() as u64,
         "authorization decision"
     );
+}
+
+/// A peer's SPIFFE ID, written straight into the event or line that records it: the
+/// same text as [`Peer::spiffe_id`] without building a `String` per decision first.
+struct SpiffeId<'a>(&'a Peer);
+
+impl std::fmt::Display for SpiffeId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Peer::Task { task, .. } => task.fmt(f),
+            Peer::Client { client, .. } => client.fmt(f),
+            Peer::Server { server, .. } => server.fmt(f),
+        }
+    }
+}
+
+impl Serialize for SpiffeId<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A value's text, or nothing.
+struct OrEmpty<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+fn display_or_null<T: std::fmt::Display, S: Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    use super::*;
+    use crate::decision::Reason;
+    use crate::testutil::{SERVER, task_peer};
+
+    const FIELDS: [&str; 13] = [
+        "peer",
+        "client",
+        "task",
+        "subject",
+        "server",
+        "method",
+        "target",
+        "decision",
+        "reason",
+        "policy_ids",
+        "detail",
+        "latency_us",
+        "message",
+    ];
+
+    fn client_peer() -> Peer {
+        Peer::Client {
+            client: "spiffe://acme.corp/client/code-reviewer".parse().unwrap(),
+            serial_hex: "01".into(),
+            not_after_unix: i64::MAX,
+        }
+    }
+
+    fn record_both(log: &AuditLog) -> (Peer, Peer) {
+        let server: ServerId = SERVER.parse().unwrap();
+        let (task, client) = (task_peer(&["github/tool/*"]), client_peer());
+        let req = McpRequest::call_tool("get_pull_request", None);
+        let allow = Decision::allow(vec!["p1".into()]);
+        let deny = Decision::deny(Reason::NotATask, "client is not a task");
+        log.record(&server, &task, &req, &allow, Duration::from_micros(7));
+        log.record(&server, &client, &req, &deny, Duration::from_micros(3));
+        (task, client)
+    }
+
+    #[test]
+    fn file_lines_carry_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::with_json_file(&path).unwrap();
+        let (task, client) = record_both(&log);
+        log.flush();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        let t = &lines[0];
+        assert_eq!(t["peer"], task.spiffe_id());
+        assert_eq!(t["task"], task.task().unwrap().task.to_string());
+        assert_eq!(t["client"], "code-reviewer");
+        assert_eq!(t["subject"], task.claims().unwrap().subject);
+        assert_eq!(t["server"], "github");
+        assert_eq!(t["method"], "tools/call");
+        assert_eq!(t["target"], "get_pull_request");
+        assert_eq!(t["decision"], "allow");
+        assert_eq!(t["reason"], "allowed");
+        assert_eq!(t["policy_ids"], serde_json::json!(["p1"]));
+        assert_eq!(t["detail"], "");
+        assert_eq!(t["latency_us"], 7);
+        assert!(t["ts_ms"].as_u64().unwrap() > 0);
+        let c = &lines[1];
+        assert_eq!(c["peer"], client.spiffe_id());
+        assert_eq!(c["task"], serde_json::Value::Null);
+        assert_eq!(c["subject"], serde_json::Value::Null);
+        assert_eq!(c["decision"], "deny");
+        assert_eq!(c["reason"], "not_a_task");
+    }
+
+    /// Captures the fields of audit events.
+    #[derive(Default)]
+    struct Capture(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
+
+    struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            if event.metadata().target() == AUDIT_TARGET {
+                let mut fields = BTreeMap::new();
+                event.record(&mut Fields(&mut fields));
+                self.0.lock().unwrap().push(fields);
+            }
+        }
+    }
+
+    #[test]
+    fn tracing_events_carry_every_field() {
+        let capture = Capture::default();
+        let events = Arc::clone(&capture.0);
+        let subscriber = tracing_subscriber::registry().with(capture);
+        let (task, client) =
+            tracing::subscriber::with_default(
+                subscriber,
+                || record_both(&AuditLog::tracing_only()),
+            );
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 2);
+        for e in events.iter() {
+            let names: Vec<&str> = e.keys().map(String::as_str).collect();
+            let mut want = FIELDS.to_vec();
+            want.sort_unstable();
+            assert_eq!(names, want);
+        }
+        assert_eq!(events[0]["peer"], task.spiffe_id());
+        assert_eq!(events[0]["task"], task.task().unwrap().task.to_string());
+        assert_eq!(events[0]["decision"], "allow");
+        assert_eq!(events[0]["policy_ids"], r#"["p1"]"#);
+        assert_eq!(events[1]["peer"], client.spiffe_id());
+        assert_eq!(events[1]["task"], "");
+        assert_eq!(events[1]["reason"], "not_a_task");
+    }
 }

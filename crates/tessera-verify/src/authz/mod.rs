@@ -26,9 +26,11 @@ pub mod policy;
 mod reads;
 mod slice;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use cedar_policy::{Context, EntityId, EntityUid, Request, RestrictedExpression};
 use tessera_identity::{ClientId, ScopeKind, ServerId};
 
@@ -95,6 +97,43 @@ pub struct Authorizer {
     cedar: cedar_policy::Authorizer,
     unsupported: UnsupportedArguments,
     audit: Option<AuditLog>,
+    empty_arguments: EmptyArgumentsContext,
+}
+
+/// The context `{now, arguments: {}}` of the current second, shared by every request
+/// whose slice reads no argument (or that has none): building a Cedar context costs
+/// more than some whole policy evaluations, and this one only changes once a second.
+#[derive(Debug, Default)]
+struct EmptyArgumentsContext(ArcSwapOption<(i64, Context)>);
+
+impl EmptyArgumentsContext {
+    fn context(&self, now_unix: i64) -> Result<Context, String> {
+        if let Some(cached) = &*self.0.load()
+            && cached.0 == now_unix
+        {
+            return Ok(cached.1.clone());
+        }
+        let built = context(now_unix, Vec::new())?;
+        self.0.store(Some(Arc::new((now_unix, built.clone()))));
+        Ok(built)
+    }
+}
+
+/// The request context: the time and the call's (converted) arguments.
+///
+/// # Errors
+/// Cedar's refusal, rendered: it only ever ends up in a denial's detail.
+fn context(
+    now_unix: i64,
+    arguments: Vec<(String, RestrictedExpression)>,
+) -> Result<Context, String> {
+    let arguments =
+        RestrictedExpression::new_record(arguments).expect("argument names are JSON keys, unique");
+    Context::from_pairs([
+        ("now".to_owned(), RestrictedExpression::new_long(now_unix)),
+        ("arguments".to_owned(), arguments),
+    ])
+    .map_err(|e| e.to_string())
 }
 
 // === impl Authorizer ===
@@ -115,6 +154,7 @@ impl Authorizer {
             cedar: cedar_policy::Authorizer::new(),
             unsupported: UnsupportedArguments::Deny,
             audit: None,
+            empty_arguments: EmptyArgumentsContext::default(),
         }
     }
 
@@ -239,11 +279,11 @@ impl Authorizer {
         self.cedar_decide(client, peer, request, now_unix)
     }
 
-    fn client_entity_id(&self, client: &ClientId) -> String {
+    fn client_entity_id<'a>(&self, client: &'a ClientId) -> Cow<'a, str> {
         if client.trust_domain() == self.server.trust_domain() {
-            client.name.to_string()
+            Cow::Borrowed(client.name.as_str())
         } else {
-            client.to_string()
+            Cow::Owned(client.to_string())
         }
     }
 
@@ -269,19 +309,19 @@ impl Authorizer {
         // read are converted; the checks still decide in the documented order.
         let applicable = loaded.applicable(action, &resource);
         let arguments = match &request.arguments {
-            None => RestrictedExpression::new_record(Vec::new()).expect("empty record"),
+            None => Vec::new(),
             Some(map) => {
-                let c = json::to_cedar_record_reading(map, &applicable.arguments);
-                if !c.unsupported.is_empty() {
+                let (fields, unsupported) = json::fields_reading(map, &applicable.arguments);
+                if !unsupported.is_empty() {
                     if self.unsupported == UnsupportedArguments::Deny {
                         return Decision::deny(
                             Reason::UnsupportedArguments,
-                            c.unsupported.join("; "),
+                            unsupported.join("; "),
                         );
                     }
-                    tracing::debug!(dropped = ?c.unsupported, "tessera-verify: dropped unsupported arguments");
+                    tracing::debug!(dropped = ?unsupported, "tessera-verify: dropped unsupported arguments");
                 }
-                c.record
+                fields
             }
         };
         let client_name = self.client_entity_id(client);
@@ -295,10 +335,11 @@ impl Authorizer {
             Ok(t) => t,
             Err(e) => return Decision::deny(Reason::PolicyError, e),
         };
-        let context = Context::from_pairs([
-            ("now".to_owned(), RestrictedExpression::new_long(now_unix)),
-            ("arguments".to_owned(), arguments),
-        ]);
+        let context = if arguments.is_empty() {
+            self.empty_arguments.context(now_unix)
+        } else {
+            context(now_unix, arguments)
+        };
         let context = match context {
             Ok(c) => c,
             Err(e) => return Decision::deny(Reason::PolicyError, format!("context: {e}")),

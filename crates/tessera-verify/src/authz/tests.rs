@@ -579,3 +579,28 @@ fn reading_only_used_arguments_changes_no_decision() {
         reads::ArgumentReads::All
     );
 }
+
+/// The shared empty-arguments context follows the clock: a second later, a new `now`.
+#[test]
+fn empty_arguments_context_follows_the_clock() {
+    let cache = EmptyArgumentsContext::default();
+    let now = |c: &Context| match c.get("now") {
+        Some(cedar_policy::EvalResult::Long(n)) => n,
+        other => panic!("now: {other:?}"),
+    };
+    let a = cache.context(100).unwrap();
+    assert_eq!(now(&a), 100);
+    assert_eq!(now(&cache.context(100).unwrap()), 100);
+    assert_eq!(now(&cache.context(101).unwrap()), 101);
+    assert_eq!(
+        now(&cache.context(100).unwrap()),
+        100,
+        "a late request keeps its own second"
+    );
+    let fresh = context(7, Vec::new()).unwrap();
+    assert_eq!(cache.context(7).unwrap(), fresh);
+    assert!(matches!(
+        fresh.get("arguments"),
+        Some(cedar_policy::EvalResult::Record(r)) if r.iter().next().is_none()
+    ));
+}

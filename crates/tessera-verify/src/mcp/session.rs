@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use tessera_identity::{ClientId, ServerId, TaskSpiffeId};
 
 use crate::peer::Peer;
 
@@ -35,7 +36,7 @@ const SESSION_HEADER: &str = "mcp-session-id";
 /// The table of session id → owner. Shared by every connection of one server.
 #[derive(Debug)]
 pub struct SessionBinding {
-    table: Mutex<HashMap<String, (String, Instant)>>,
+    table: Mutex<HashMap<String, (Owner, Instant)>>,
     idle_ttl: Duration,
     max_entries: usize,
 }
@@ -53,8 +54,33 @@ pub struct SessionBindingService<S> {
     binding: Arc<SessionBinding>,
 }
 
-fn owner_key(peer: &Peer) -> String {
-    peer.spiffe_id()
+/// The identity a session is bound to: the peer's SPIFFE ID, kept as the parsed id and
+/// compared as such (the ids print exactly what they parse, so this is string
+/// equality) because formatting the id on every request cost more than the lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Owner {
+    Task(TaskSpiffeId),
+    Client(ClientId),
+    Server(ServerId),
+}
+
+impl Owner {
+    fn of(peer: &Peer) -> Self {
+        match peer {
+            Peer::Task { task, .. } => Self::Task(task.clone()),
+            Peer::Client { client, .. } => Self::Client(client.clone()),
+            Peer::Server { server, .. } => Self::Server(server.clone()),
+        }
+    }
+
+    fn is(&self, peer: &Peer) -> bool {
+        match (self, peer) {
+            (Self::Task(owner), Peer::Task { task, .. }) => owner == task,
+            (Self::Client(owner), Peer::Client { client, .. }) => owner == client,
+            (Self::Server(owner), Peer::Server { server, .. }) => owner == server,
+            _ => false,
+        }
+    }
 }
 
 // === impl SessionBinding ===
@@ -74,7 +100,7 @@ impl SessionBinding {
     pub fn check(&self, id: &str, peer: &Peer) -> bool {
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         match t.get_mut(id) {
-            Some((owner, used)) if *owner == owner_key(peer) => {
+            Some((owner, used)) if owner.is(peer) => {
                 *used = Instant::now();
                 true
             }
@@ -90,7 +116,7 @@ impl SessionBinding {
             t.retain(|_, (_, used)| used.elapsed() < ttl);
         }
         t.entry(id.to_owned())
-            .or_insert_with(|| (owner_key(peer), Instant::now()));
+            .or_insert_with(|| (Owner::of(peer), Instant::now()));
     }
 
     /// Forgets session `id`.
@@ -177,16 +203,14 @@ where
             tracing::warn!("tessera-verify: HTTP request without a peer identity refused (401)");
             return Box::pin(async { Ok(status(StatusCode::UNAUTHORIZED)) });
         };
-        let presented = req
-            .headers()
-            .get(SESSION_HEADER)
-            .map(|v| v.to_str().map(str::to_owned));
-        let presented = match presented {
+        // A clone of the header shares its bytes: no copy of the id per request.
+        let presented: Option<HeaderValue> = req.headers().get(SESSION_HEADER).cloned();
+        let id = match presented.as_ref().map(HeaderValue::to_str) {
             None => None,
             Some(Ok(id)) => Some(id),
             Some(Err(_)) => return Box::pin(async { Ok(status(StatusCode::BAD_REQUEST)) }),
         };
-        if let Some(id) = &presented
+        if let Some(id) = id
             && !self.binding.check(id, &peer)
         {
             tracing::warn!(peer = %peer.spiffe_id(), "tessera-verify: session id not bound to this peer; answering 404");
@@ -205,7 +229,12 @@ where
                         binding.bind(id, &peer);
                     }
                 }
-                Some(id) if is_delete && resp.status().is_success() => binding.unbind(&id),
+                Some(id) if is_delete && resp.status().is_success() => {
+                    // Checked to be text above.
+                    if let Ok(id) = id.to_str() {
+                        binding.unbind(id);
+                    }
+                }
                 Some(_) => {}
             }
             Ok(resp)
@@ -304,5 +333,63 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert!(layer.binding().is_empty(), "DELETE unbinds");
+    }
+
+    /// The owner is the SPIFFE ID, not the certificate: the same task on a rotated SVID
+    /// keeps its session, another task of the same client, the client itself or a
+    /// server with the same name do not get it.
+    #[test]
+    fn sessions_belong_to_the_spiffe_id() {
+        let binding = SessionBinding::new(Duration::from_secs(60), 10);
+        let task = task_peer(&["github/tool/*"]);
+        binding.bind("s", &task);
+        let Peer::Task {
+            client,
+            task: task_id,
+            claims,
+            not_after_unix,
+            ..
+        } = task.clone()
+        else {
+            unreachable!()
+        };
+        let rotated = Peer::Task {
+            client: client.clone(),
+            task: task_id.clone(),
+            claims: claims.clone(),
+            serial_hex: "43".into(),
+            not_after_unix: not_after_unix + 60,
+        };
+        assert!(binding.check("s", &task));
+        assert!(binding.check("s", &rotated), "same task, rotated SVID");
+        let sibling = Peer::Task {
+            client: client.clone(),
+            task: client.task(tessera_identity::TaskId::new()),
+            claims,
+            serial_hex: "42".into(),
+            not_after_unix,
+        };
+        assert!(!binding.check("s", &sibling), "another task of the client");
+        let runtime = Peer::Client {
+            client: client.clone(),
+            serial_hex: "42".into(),
+            not_after_unix,
+        };
+        assert!(!binding.check("s", &runtime), "the client's own SVID");
+        binding.bind("c", &runtime);
+        assert!(binding.check("c", &runtime));
+        assert!(!binding.check("c", &task), "a task of the client");
+        let server = Peer::Server {
+            server: format!("spiffe://{}/mcp/{}", client.trust_domain(), client.name)
+                .parse()
+                .unwrap(),
+            serial_hex: "42".into(),
+            not_after_unix,
+        };
+        assert!(!binding.check("c", &server), "a server of the same name");
+        assert_eq!(
+            Owner::of(&task) == Owner::of(&rotated),
+            task.spiffe_id() == rotated.spiffe_id()
+        );
     }
 }
