@@ -1,16 +1,21 @@
 //! MCP `tools/call` round trips over mTLS against the example server, across processes.
 //!
-//! Starts a real `tessera-agent` and two example MCP servers on it (both with their SVID
-//! from the Workload API, both requiring and verifying client certificates):
-//! - **checked**: tessera-verify on every request (peer, scopes, revocation, Cedar,
-//!   session binding, audit event);
+//! Starts a real `tessera-agent` and example MCP servers on it (all with their SVID from
+//! the Workload API, all requiring and verifying client certificates):
+//! - **checked**, once per audit configuration: tessera-verify on every request (peer,
+//!   scopes, revocation, Cedar, session binding, audit event) with the audit event on
+//!   stderr through `tracing` and in the JSON-lines file, in the file only, on stderr
+//!   only, or neither;
 //! - **plain**: `--dangerous-no-authorization`, the same rmcp server and rustls mTLS with
 //!   no per-request checks.
 //!
 //! Then measures, in one run:
 //! - (a) a full `tools/call` round trip (rmcp client → reqwest/h2 → TLS → hyper → rmcp →
-//!   tool → back) on one open connection per server, interleaved, p50/p99 and the ratio
-//!   checked / plain (target ≤ 1.10×);
+//!   tool → back) on one open connection per server, interleaved (each round calls
+//!   every server once, in a rotating order, so all see the same noise), p50/p99 and the
+//!   ratio checked / plain (target ≤ 1.10×), and each server's CPU time per call (all
+//!   its threads, from `/proc/<pid>/task/*/schedstat`), which varies far less from run
+//!   to run than latency on a shared VM;
 //! - (b) EndTask → refusal: for each of 200 tasks, from sending EndTask until a call on the
 //!   already-open connection comes back refused as revoked (target p99 < 20 ms); the
 //!   EndTask RPC alone is shown too.
@@ -21,7 +26,8 @@
 //!
 //! The bench builds the agent and the example server with its own profile first (set
 //! `TESSERA_BENCH_NO_BUILD=1` to use the binaries as they are). The servers log with
-//! `RUST_LOG=warn,tessera_verify::audit=info` (override: `TESSERA_BENCH_SERVER_LOG`).
+//! `RUST_LOG=warn,tessera_verify::audit=info` where the audit event goes to stderr, else
+//! `warn` (override the former: `TESSERA_BENCH_SERVER_LOG`).
 
 #[path = "../tests/support/mcp.rs"]
 mod support;
@@ -37,6 +43,13 @@ use tessera_example_agent_runtime::{
 };
 
 const N: usize = 2000;
+/// The checked servers: name, audit event on stderr (`tracing`), JSON-lines audit file.
+const AUDIT_CONFIGS: [(&str, bool, bool); 4] = [
+    ("checked, audit: stderr + file", true, true),
+    ("checked, audit: file only", false, true),
+    ("checked, audit: stderr only", true, false),
+    ("checked, no audit", false, false),
+];
 const WARMUP: usize = 200;
 const N_TASKS: usize = 200;
 const TARGET_RATIO: f64 = 1.10;
@@ -50,6 +63,28 @@ fn row(s: &Samples, name: &str) {
         s.pct(0.99),
         s.mean()
     );
+}
+
+/// CPU time `pid` has used so far, all threads (nanoseconds on CPU, from schedstat).
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = threads
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// One server under measurement.
+struct Measured {
+    name: &'static str,
+    server: McpServer,
+    conn: McpConnection,
+    samples: Samples,
+    cpu: Duration,
 }
 
 async fn begin(w: &Workload, scopes: &[&str]) -> (String, McpCred) {
@@ -92,81 +127,110 @@ async fn run() {
         .await
         .unwrap();
     grant(&agent, "code-reviewer", CONSENTED).await.unwrap();
-    // Audit events stay on (they are part of the checks); rmcp's own info chatter is off
-    // for both servers.
-    // TESSERA_BENCH_SERVER_LOG overrides the filter (e.g. `warn` to leave audit out).
-    let log = std::env::var("TESSERA_BENCH_SERVER_LOG")
+    // rmcp's own info chatter is off for every server; audit events go to stderr where
+    // a configuration says so. TESSERA_BENCH_SERVER_LOG overrides that filter.
+    let audit_log = std::env::var("TESSERA_BENCH_SERVER_LOG")
         .unwrap_or_else(|_| "warn,tessera_verify::audit=info".to_owned());
-    let log = log.as_str();
-    // TESSERA_BENCH_AUDIT_FILE=0 leaves out the JSON-lines audit file.
-    let audit_file = std::env::var("TESSERA_BENCH_AUDIT_FILE").as_deref() != Ok("0");
-    let checked =
-        McpServer::start_with_log(&agent, "checked", Trust::Workload, &[], log, audit_file)
-            .await
-            .unwrap();
+    let w = Workload::connect(&agent.endpoint()).await.unwrap();
+    let (_task, cred) = begin(&w, &["github/tool/get_pull_request"]).await;
+    let mut servers = Vec::new();
+    for (i, (name, stderr, file)) in AUDIT_CONFIGS.into_iter().enumerate() {
+        let log = if stderr { audit_log.as_str() } else { "warn" };
+        let server = McpServer::start_with_log(
+            &agent,
+            &format!("checked-{i}"),
+            Trust::Workload,
+            &[],
+            log,
+            file,
+        )
+        .await
+        .unwrap();
+        servers.push((name, server));
+    }
     let plain = McpServer::start_with_log(
         &agent,
         "plain",
         Trust::Workload,
         &["--dangerous-no-authorization"],
-        log,
+        "warn",
         false,
     )
     .await
     .unwrap();
-
-    let w = Workload::connect(&agent.endpoint()).await.unwrap();
-    let (_task, cred) = begin(&w, &["github/tool/get_pull_request"]).await;
-    let c_checked = McpConnection::connect(&checked.url, tls_config(&cred, "github").unwrap())
-        .await
-        .unwrap();
-    let c_plain = McpConnection::connect(&plain.url, tls_config(&cred, "github").unwrap())
-        .await
-        .unwrap();
+    servers.push(("plain rustls mTLS, no checks", plain));
+    let mut measured = Vec::new();
+    for (name, server) in servers {
+        let conn = McpConnection::connect(&server.url, tls_config(&cred, "github").unwrap())
+            .await
+            .unwrap();
+        measured.push(Measured {
+            name,
+            server,
+            conn,
+            samples: Samples::default(),
+            cpu: Duration::ZERO,
+        });
+    }
     let args = json!({"repo": "acme/api", "number": 42})
         .as_object()
         .cloned();
 
     println!("\n== (a) tools/call round trip, one open mTLS connection per server ==");
     for _ in 0..WARMUP {
-        assert!(
-            c_checked
-                .call("get_pull_request", args.clone())
-                .await
-                .is_ok()
-        );
-        assert!(c_plain.call("get_pull_request", args.clone()).await.is_ok());
+        for m in &measured {
+            assert!(m.conn.call("get_pull_request", args.clone()).await.is_ok());
+        }
     }
-    let (mut sc, mut sp) = (Samples::default(), Samples::default());
+    let pid = |m: &Measured| m.server.child.id().expect("server running");
+    let before: Vec<Duration> = measured.iter().map(|m| cpu_time(pid(m))).collect();
+    let k = measured.len();
     for i in 0..N {
-        // Alternate the order so neither server always goes first.
-        for which in [i % 2 == 0, i % 2 != 0] {
-            let (conn, samples) = if which {
-                (&c_checked, &mut sc)
-            } else {
-                (&c_plain, &mut sp)
-            };
+        // Rotate the order so no server always goes first or follows the same one.
+        for j in 0..k {
+            let m = &mut measured[(i + j) % k];
             let t = Instant::now();
-            let out = conn.call("get_pull_request", args.clone()).await;
-            samples.0.push(t.elapsed());
-            assert!(out.is_ok(), "{out:?}");
+            let out = m.conn.call("get_pull_request", args.clone()).await;
+            m.samples.0.push(t.elapsed());
+            assert!(out.is_ok(), "{}: {out:?}", m.name);
         }
     }
-    row(&sc, "with Tessera checks");
-    row(&sp, "plain rustls mTLS, no checks");
-    let r50 = sc.pct(0.5).as_secs_f64() / sp.pct(0.5).as_secs_f64();
-    let r99 = sc.pct(0.99).as_secs_f64() / sp.pct(0.99).as_secs_f64();
-    let rmean = sc.mean().as_secs_f64() / sp.mean().as_secs_f64();
-    println!(
-        "ratio checked/plain: p50 {r50:.3}×  p99 {r99:.3}×  mean {rmean:.3}×  (target ≤ {TARGET_RATIO:.2}×: {})",
-        if r50 <= TARGET_RATIO {
-            "met at p50"
-        } else {
-            "MISSED at p50"
-        }
+    for (m, before) in measured.iter_mut().zip(before) {
+        m.cpu = cpu_time(pid(m)).saturating_sub(before) / N as u32;
+    }
+    let plain = measured.last().expect("plain server");
+    let (p50, p99, mean, cpu) = (
+        plain.samples.pct(0.5).as_secs_f64(),
+        plain.samples.pct(0.99).as_secs_f64(),
+        plain.samples.mean().as_secs_f64(),
+        plain.cpu,
     );
-    c_checked.close().await;
-    c_plain.close().await;
+    for m in &measured {
+        row(&m.samples, m.name);
+    }
+    println!("\nratio to plain (target ≤ {TARGET_RATIO:.2}×) and server CPU per call:");
+    for m in &measured {
+        let r50 = m.samples.pct(0.5).as_secs_f64() / p50;
+        let r99 = m.samples.pct(0.99).as_secs_f64() / p99;
+        let rmean = m.samples.mean().as_secs_f64() / mean;
+        println!(
+            "{:<44} p50 {r50:.3}×  p99 {r99:.3}×  mean {rmean:.3}×  cpu {:>6.1?} (+{:.1?})  {}",
+            m.name,
+            m.cpu,
+            m.cpu.saturating_sub(cpu),
+            if r50 <= TARGET_RATIO && r99 <= TARGET_RATIO {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+    }
+    let checked = measured.swap_remove(0);
+    for m in measured {
+        m.conn.close().await;
+    }
+    checked.conn.close().await;
+    let checked = checked.server;
 
     println!("\n== (b) EndTask → refusal on the already-open connection, {N_TASKS} tasks ==");
     let (mut refusal, mut end_rpc) = (Samples::default(), Samples::default());
