@@ -41,12 +41,13 @@ fn req() -> BeginTaskRequest {
 
 /// The store writer's (commits, writes, commit seconds) from the agent's /metrics.
 async fn writer_counters(agent: &TestAgent) -> (f64, f64, f64) {
-    let text = reqwest::get(format!("http://{}/metrics", agent.http))
-        .await
-        .unwrap()
-        .text()
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut http = tokio::net::TcpStream::connect(agent.http).await.unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).await.unwrap();
     let value = |series: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())

@@ -217,6 +217,10 @@ pub enum StoreError {
         attempts: u32,
     },
 
+    /// The writer's thread or its runtime could not be started.
+    #[error("starting the store writer thread failed: {0}")]
+    WriterThread(#[source] std::io::Error),
+
     /// The store was closed (or its writer stopped); the write was not applied.
     #[error("the store is closed")]
     Closed,

@@ -9,9 +9,9 @@
 //! identity scheme; it deliberately does not depend on `tessera-identity`, so the schema
 //! and the identity rules can evolve separately.
 //!
-//! Every write goes through one writer task that group-commits concurrent writes: one
-//! fsynced transaction for all the calls queued together, each call still isolated in its
-//! own savepoint, so one call's failure never fails another. A write returns only once it
+//! Every write goes through one writer, on its own thread, that group-commits concurrent
+//! writes: one fsynced transaction for all the calls queued together, each call still
+//! isolated in its own savepoint, so one call's failure never fails another. A write returns only once it
 //! is durable; a write already queued is applied even if its caller stops waiting; audit
 //! records and change notifications are published only after commit, in order. The
 //! design and its guarantees are documented in `src/writer.rs`. Reads use a small

@@ -15,7 +15,8 @@
 //! # How
 //!
 //! Write operations ([`Op`]) go into one bounded mpsc queue, each with a oneshot reply.
-//! One tokio task owns a dedicated connection (the pool is for reads only) and loops:
+//! One writer, on a thread of its own (see [`Writer::start`]), owns a dedicated connection
+//! (the pool is for reads only) and loops:
 //!
 //! 1. wait for one op, then take whatever else is already queued, up to [`MAX_BATCH`] ops;
 //! 2. `BEGIN IMMEDIATE`; run each op inside its own `SAVEPOINT`: an op that fails (a typed
@@ -240,15 +241,23 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
-/// The handle the store keeps: the queue into the writer task and the task itself.
+/// The handle the store keeps: the queue into the writer and the writer's thread.
 #[derive(Debug)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Writer {
-    /// Opens the writer's own connection and starts the writer task.
+    /// Starts the writer on a thread of its own, with its own connection.
+    ///
+    /// Why a thread (running a single-threaded tokio runtime) rather than a task on the
+    /// caller's runtime: every statement is a round trip to sqlx's connection thread, and
+    /// a task woken by its reply waits in the runtime's queue behind whatever else is
+    /// ready, on the agent's busy workers a BeginTask's key generation and signing. The
+    /// writer holds the database's only write lock while it waits, so that queueing
+    /// delay was paid by every caller in the batch; on its own thread the writer is
+    /// polled as soon as the kernel runs it.
     ///
     /// The connection does not checkpoint the WAL on commit; `checkpoints` says when it
     /// should finish one between batches (see [`crate::checkpoint`]).
@@ -257,17 +266,66 @@ impl Writer {
         notifier: std::sync::Arc<Notifier>,
         checkpoints: std::sync::Arc<CheckpointState>,
     ) -> Result<Writer, StoreError> {
-        let conn = options
-            .clone()
-            .pragma("wal_autocheckpoint", "0")
-            .connect()
-            .await?;
+        let options = options.clone().pragma("wal_autocheckpoint", "0");
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let task = tokio::spawn(run(conn, rx, notifier, checkpoints));
-        Ok(Writer {
+        let (opened, connected) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("tessera-store-writer".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = opened.send(Err(StoreError::WriterThread(error)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match options.connect().await {
+                        Ok(conn) => {
+                            let _ = opened.send(Ok(()));
+                            run(conn, rx, notifier, checkpoints).await;
+                        }
+                        Err(error) => {
+                            let _ = opened.send(Err(error.into()));
+                        }
+                    }
+                });
+            })
+            .map_err(StoreError::WriterThread)?;
+        let writer = Writer {
             tx,
-            task: std::sync::Mutex::new(Some(task)),
-        })
+            thread: std::sync::Mutex::new(Some(thread)),
+        };
+        match connected.await {
+            Ok(Ok(())) => Ok(writer),
+            Ok(Err(error)) => {
+                writer.join().await;
+                Err(error)
+            }
+            // The thread ended without a word: it panicked.
+            Err(_) => {
+                writer.join().await;
+                Err(StoreError::Closed)
+            }
+        }
+    }
+
+    /// Waits for the writer's thread to end, without blocking the caller's runtime.
+    async fn join(&self) {
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(thread) = thread else { return };
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!("store writer thread panicked"),
+            Err(error) => tracing::error!(%error, "joining the store writer thread failed"),
+        }
     }
 
     /// Queues a write and waits for its reply (sent after its batch committed).
@@ -340,20 +398,11 @@ impl Writer {
         if self.tx.send(Msg::Close(ack)).await.is_ok() {
             let _ = acked.await;
         }
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = task
-            && let Err(error) = task.await
-        {
-            tracing::error!(%error, "store writer task failed");
-        }
+        self.join().await;
     }
 }
 
-/// The writer task.
+/// The writer loop.
 async fn run(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Msg>,
