@@ -1,7 +1,8 @@
 //! The per-request decision: expiry, revocation, scopes, Cedar (8 policies, with
-//! arguments). Prints p50/p99 over 100,000 single decisions beside a no-op baseline of
-//! the same length (the VM's own noise, measured interleaved in the same run), then
-//! runs criterion.
+//! arguments; and the example server's policies, as the round-trip bench calls them).
+//! Prints p50/p99 over 100,000 single decisions beside a no-op baseline of the same
+//! length (the VM's own noise, measured interleaved in the same run), then runs
+//! criterion.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -38,8 +39,38 @@ const POLICIES: &str = r#"
 @id("p8") permit(principal, action == Action::"prompts/get", resource) when { principal.subject like "*@acme.corp" };
 "#;
 
-fn setup() -> (Authorizer, Peer, McpRequest) {
-    let store = Arc::new(PolicyStore::from_strs(POLICIES, SCHEMA).unwrap());
+/// The example MCP server's own policies, as the round-trip bench runs them.
+const EXAMPLE_POLICIES: &str = include_str!("../../../examples/mcp-server/policies/github.cedar");
+const EXAMPLE_SCHEMA: &str =
+    include_str!("../../../examples/mcp-server/policies/github.cedarschema");
+
+/// One measured case: a name, its policies and schema, and the call's arguments.
+struct Case {
+    name: &'static str,
+    policies: &'static str,
+    schema: &'static str,
+    arguments: serde_json::Value,
+}
+
+fn cases() -> [Case; 2] {
+    [
+        Case {
+            name: "decision (8 policies, 5 arguments)",
+            policies: POLICIES,
+            schema: SCHEMA,
+            arguments: serde_json::json!({"path": "/src/lib.rs", "limit": 50, "owner": "acme", "repo": "app", "number": 42}),
+        },
+        Case {
+            name: "decision (example server's policies, 2 arguments)",
+            policies: EXAMPLE_POLICIES,
+            schema: EXAMPLE_SCHEMA,
+            arguments: serde_json::json!({"repo": "acme/api", "number": 42}),
+        },
+    ]
+}
+
+fn setup(case: &Case) -> (Authorizer, Peer, McpRequest) {
+    let store = Arc::new(PolicyStore::from_strs(case.policies, case.schema).unwrap());
     let revoked: Vec<_> = (0..1000).map(|_| tessera_identity::TaskId::new()).collect();
     let authz = Authorizer::new(
         "spiffe://acme.corp/mcp/github".parse().unwrap(),
@@ -75,8 +106,10 @@ fn setup() -> (Authorizer, Peer, McpRequest) {
         serial_hex: "42".into(),
         not_after_unix: now + 3600,
     };
-    let args = serde_json::json!({"path": "/src/lib.rs", "limit": 50, "owner": "acme", "repo": "app", "number": 42});
-    let req = McpRequest::call_tool("get_pull_request", Some(args.as_object().unwrap().clone()));
+    let req = McpRequest::call_tool(
+        "get_pull_request",
+        Some(case.arguments.as_object().unwrap().clone()),
+    );
     (authz, peer, req)
 }
 
@@ -141,8 +174,8 @@ fn report(name: &str, samples: &mut [u64]) {
 }
 
 /// Decisions and same-length no-op spins, interleaved so both see the same noise.
-fn percentiles() {
-    let (authz, peer, req) = setup();
+fn percentiles(case: &Case) {
+    let (authz, peer, req) = setup(case);
     let n = samples();
     for _ in 0..(n / 10).max(1) {
         assert!(authz.decide(&peer, &req, SystemTime::now()).allowed);
@@ -160,13 +193,21 @@ fn percentiles() {
         black_box(spin(black_box(rounds)));
         baseline.push(t.elapsed().as_nanos() as u64);
     }
-    report("decision (8 policies, 5 arguments)", &mut decisions);
-    report("no-op baseline of the same length", &mut baseline);
+    report(case.name, &mut decisions);
+    report("  no-op baseline of the same length", &mut baseline);
 }
 
 fn bench(c: &mut Criterion) {
-    percentiles();
-    let (authz, peer, req) = setup();
+    // TESSERA_DECISION_CASE=<n> runs only case n (0, 1): one case per callgrind run.
+    let only: Option<usize> = std::env::var("TESSERA_DECISION_CASE")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    for (i, case) in cases().iter().enumerate() {
+        if only.is_none_or(|n| n == i) {
+            percentiles(case);
+        }
+    }
+    let (authz, peer, req) = setup(&cases()[0]);
     c.bench_function("decision/tools_call_allowed", |b| {
         b.iter(|| black_box(authz.decide(&peer, &req, SystemTime::now())))
     });

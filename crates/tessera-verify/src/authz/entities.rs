@@ -17,6 +17,9 @@ use std::sync::{Arc, RwLock};
 use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 use tessera_identity::{TaskClaims, TaskId};
 
+/// The entity type of every principal.
+pub(crate) const TASK_TYPE: &str = "Task";
+
 /// Below this many cached tasks, expired ones are not pruned.
 const PRUNE_FLOOR: usize = 1024;
 
@@ -148,7 +151,7 @@ impl Types {
         let action = t("Action");
         let a = |id: &str| EntityUid::from_type_name_and_id(action.clone(), EntityId::new(id));
         Self {
-            task: t("Task"),
+            task: t(TASK_TYPE),
             client: t("Client"),
             tool: t("Tool"),
             resource: t("Resource"),

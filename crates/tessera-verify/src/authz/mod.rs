@@ -304,10 +304,15 @@ impl Authorizer {
         };
         let resource =
             EntityUid::from_type_name_and_id(rtype.clone(), EntityId::new(&request.target));
+        let client_name = self.client_entity_id(client);
+        let client_uid = EntityUid::from_type_name_and_id(
+            self.types.client.clone(),
+            EntityId::new(client_name.as_ref()),
+        );
         let loaded = self.policies.guard();
         // The slice is looked up first so that only the arguments its policies can
         // read are converted; the checks still decide in the documented order.
-        let applicable = loaded.applicable(action, &resource);
+        let applicable = loaded.applicable(action, &resource, &client_uid);
         let arguments = match &request.arguments {
             None => Vec::new(),
             Some(map) => {
@@ -324,7 +329,6 @@ impl Authorizer {
                 fields
             }
         };
-        let client_name = self.client_entity_id(client);
         let task_entities = match self.entities.task(
             &self.types,
             claims,

@@ -16,6 +16,7 @@ use cedar_policy::{EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Valid
 use miette::Diagnostic;
 use tokio::task::JoinHandle;
 
+use super::entities::TASK_TYPE;
 use super::slice::{Slice, Slices};
 
 /// Why a policy set was refused.
@@ -76,9 +77,15 @@ pub struct LoadedPolicies {
 }
 
 impl LoadedPolicies {
-    /// The policies that can apply to `action` on `resource` (see [`super::slice`]).
-    pub(crate) fn applicable(&self, action: &EntityUid, resource: &EntityUid) -> Arc<Slice> {
-        self.slices.get(action, resource)
+    /// The policies that can apply to `action` on `resource` by a task of `client`
+    /// (see [`super::slice`]).
+    pub(crate) fn applicable(
+        &self,
+        action: &EntityUid,
+        resource: &EntityUid,
+        client: &EntityUid,
+    ) -> Arc<Slice> {
+        self.slices.get(action, resource, client)
     }
 }
 
@@ -315,7 +322,10 @@ fn compile(policies: &str, schema: &str, origins: &Origins) -> Result<LoadedPoli
         });
     }
     Ok(LoadedPolicies {
-        slices: Slices::new(named.clone()),
+        slices: Slices::new(
+            named.clone(),
+            TASK_TYPE.parse().expect("valid entity type name"),
+        ),
         policies: named,
         schema,
         loaded_at: SystemTime::now(),

@@ -566,7 +566,11 @@ fn reading_only_used_arguments_changes_no_decision() {
     let reads = |m: McpMethod, t: &str| {
         let action: EntityUid = format!("Action::{:?}", m.as_str()).parse().unwrap();
         let resource: EntityUid = format!("{}::{t:?}", m.resource_type()).parse().unwrap();
-        loaded.applicable(&action, &resource).arguments.clone()
+        let client: EntityUid = r#"Client::"code-reviewer""#.parse().unwrap();
+        loaded
+            .applicable(&action, &resource, &client)
+            .arguments
+            .clone()
     };
     // And the slices really do differ in what they read.
     assert!(reads(McpMethod::ToolsCall, "other").is_none());
