@@ -11,23 +11,24 @@
 //! # How
 //!
 //! The writer's connection runs with `wal_autocheckpoint = 0`. A checkpointer task with
-//! a connection of its own runs a `PASSIVE` checkpoint at most every
-//! [`CHECKPOINT_INTERVAL`] while commits happen: it copies committed frames into the
-//! database file beside the writer, never blocking it. A passive checkpoint cannot make
-//! the WAL start over while the writer keeps appending (SQLite restarts the WAL only when
-//! a write transaction begins with every frame already copied), so once the WAL holds at
-//! least [`RESTART_FRAMES`] frames the checkpointer asks the writer to run one more
-//! passive checkpoint itself, between two batches, after it has replied to the first:
-//! that copies only the frames written since, and because nobody can append in between,
-//! the writer's next transaction starts the WAL over. The WAL file so stays about as
-//! long as with the automatic checkpoint, and no caller waits for a full copy.
+//! a connection of its own runs a `PASSIVE` checkpoint after every [`CHECKPOINT_WRITES`]
+//! committed writes: it copies committed frames into the database file beside the
+//! writer, never blocking it. A passive checkpoint cannot make the WAL start over while
+//! the writer keeps appending (SQLite restarts the WAL only when a write transaction
+//! begins with every frame already copied), so once the WAL holds at least
+//! [`RESTART_FRAMES`] frames the checkpointer asks the writer to run one more passive
+//! checkpoint itself, between two batches, after it has replied to the first: that
+//! copies only the frames written since, and because nobody can append in between, the
+//! writer's next transaction starts the WAL over. The WAL file so stays about as long as
+//! with the automatic checkpoint, checkpoints copy about as much, and no caller waits for
+//! a full copy. (Checkpointing on a timer instead, every 50 ms, copied hot pages many
+//! times over, and each of its database fsyncs could delay a commit's own.)
 //!
 //! A checkpoint only copies committed data: whether it runs, fails or is interrupted by
 //! a crash changes nothing about durability, which every commit's own fsync provides.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteConnectOptions;
@@ -36,8 +37,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::StoreError;
 
-/// Shortest time between two background checkpoints: each one fsyncs the database file.
-pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+/// Committed writes between two background checkpoints. A BeginTask writes ~13 WAL
+/// frames, so this is ~800 frames, near SQLite's own automatic threshold of 1,000; each
+/// checkpoint fsyncs the database file, so fewer is better as long as the WAL stays
+/// short.
+pub(crate) const CHECKPOINT_WRITES: u64 = 64;
 
 /// WAL length, in frames, from which the writer finishes a checkpoint itself so the WAL
 /// starts over (SQLite's own automatic threshold is 1,000).
@@ -48,6 +52,8 @@ pub(crate) const RESTART_FRAMES: i64 = 1000;
 pub(crate) struct CheckpointState {
     /// Poked by the writer after every commit.
     committed: Notify,
+    /// Writes committed since the last background checkpoint.
+    writes: AtomicU64,
     /// Set by the checkpointer when the writer should finish a checkpoint.
     restart_due: AtomicBool,
     /// Checkpoints run by the checkpointer and by the writer.
@@ -56,9 +62,11 @@ pub(crate) struct CheckpointState {
 }
 
 impl CheckpointState {
-    /// Called by the writer after each commit.
-    pub(crate) fn committed(&self) {
-        self.committed.notify_one();
+    /// Called by the writer after each batch, with the writes it committed.
+    pub(crate) fn committed(&self, writes: u64) {
+        if self.writes.fetch_add(writes, Ordering::AcqRel) + writes >= CHECKPOINT_WRITES {
+            self.committed.notify_one();
+        }
     }
 
     /// Called by the writer between batches: finishes a checkpoint if one is due.
@@ -112,6 +120,10 @@ async fn run(
             () = state.committed.notified() => {}
             _ = stop.changed() => break,
         }
+        if state.writes.load(Ordering::Acquire) < CHECKPOINT_WRITES {
+            continue;
+        }
+        state.writes.store(0, Ordering::Release);
         match passive_checkpoint(&mut conn).await {
             Ok(frames) => {
                 state.background.fetch_add(1, Ordering::Relaxed);
@@ -121,10 +133,6 @@ async fn run(
                 tracing::trace!(?frames, "background WAL checkpoint");
             }
             Err(error) => tracing::warn!(%error, "background WAL checkpoint failed"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
-            _ = stop.changed() => break,
         }
     }
     if let Err(error) = conn.close().await {

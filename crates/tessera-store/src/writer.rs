@@ -431,9 +431,9 @@ async fn run(
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, &mut batch, &notifier).await;
+        let committed = run_batch(&mut conn, &mut batch, &notifier).await;
         // After the batch's callers have their replies.
-        checkpoints.committed();
+        checkpoints.committed(committed);
         checkpoints.finish_if_due(&mut conn).await;
     }
     // Refuse further ops; any queued after the Close are dropped, which fails their
@@ -459,8 +459,15 @@ type Ran = (Box<dyn Op>, Result<(), StoreError>, Effects);
 /// disk full) sqlx's bookkeeping would keep believing a transaction is open and refuse the
 /// next `BEGIN`, wedging the writer. A stray `ROLLBACK` with no open transaction is
 /// harmless, so the recovery path here always works.
-async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Op>>, notifier: &Notifier) {
+/// Returns how many writes it committed.
+async fn run_batch(
+    conn: &mut SqliteConnection,
+    batch: &mut Vec<Box<dyn Op>>,
+    notifier: &Notifier,
+) -> u64 {
     let started = Instant::now();
+    // Until COMMIT was sent: the ops' statements, without the fsync.
+    let mut applied = std::time::Duration::ZERO;
     let size = batch.len();
     let mut pending: VecDeque<Box<dyn Op>> = batch.drain(..).collect();
     let mut done: Vec<Ran> = Vec::with_capacity(size);
@@ -502,6 +509,7 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Op>>, no
             // saves a round trip per op; ROLLBACK TO targets the innermost (this op's),
             // and COMMIT ends them all.
         }
+        applied = started.elapsed();
         sqlx::query("COMMIT").execute(&mut *conn).await?;
         Ok(())
     }
@@ -511,10 +519,8 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Op>>, no
         Ok(()) => {
             notifier.commits.fetch_add(1, Ordering::Relaxed);
             let committed = done.iter().filter(|(_, result, _)| result.is_ok()).count();
-            notifier.writes.fetch_add(
-                u64::try_from(committed).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
+            let committed = u64::try_from(committed).unwrap_or(u64::MAX);
+            notifier.writes.fetch_add(committed, Ordering::Relaxed);
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             notifier.commit_micros.fetch_add(micros, Ordering::Relaxed);
             for (_, result, effects) in &mut done {
@@ -528,8 +534,10 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Op>>, no
             tracing::trace!(
                 size,
                 elapsed_us = started.elapsed().as_micros(),
+                applied_us = applied.as_micros(),
                 "group commit"
             );
+            committed
         }
         Err(error) => {
             tracing::error!(size, %error, "group commit failed; batch rolled back");
@@ -551,6 +559,7 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Box<dyn Op>>, no
             for op in pending {
                 op.finish(failed(Ok(())));
             }
+            0
         }
     }
 }
