@@ -351,41 +351,47 @@ impl Authorizer {
         if loaded.policies.is_empty() {
             return Decision::deny(Reason::NoPolicies, "no policies loaded");
         }
-        let request = match Request::new(
-            task_entities.principal.clone(),
-            action.clone(),
-            resource,
-            context,
-            None,
-        ) {
-            Ok(r) => r,
-            Err(e) => return Decision::deny(Reason::PolicyError, format!("request: {e}")),
+        // A slice whose policies were all decided when it was built needs no request
+        // (`Request::new` without a schema cannot fail, so skipping it hides nothing).
+        let response = if applicable.needs_cedar() {
+            let request = match Request::new(
+                task_entities.principal.clone(),
+                action.clone(),
+                resource,
+                context,
+                None,
+            ) {
+                Ok(r) => r,
+                Err(e) => return Decision::deny(Reason::PolicyError, format!("request: {e}")),
+            };
+            Some(
+                self.cedar
+                    .is_authorized(&request, &applicable.policies, &task_entities.entities),
+            )
+        } else {
+            None
         };
-        let response =
-            self.cedar
-                .is_authorized(&request, &applicable.policies, &task_entities.entities);
-        let diag = response.diagnostics();
-        let policy_ids: Vec<String> = diag.reason().map(|p| p.to_string()).collect();
-        let errors: Vec<String> = diag.errors().map(|e| e.to_string()).collect();
-        if !errors.is_empty() {
+        let outcome = applicable.outcome(response.as_ref());
+        let policy_ids = outcome.policy_ids;
+        if !outcome.errors.is_empty() {
             return Decision {
                 allowed: false,
                 reason: Reason::PolicyError,
                 policy_ids,
-                detail: errors.join("; "),
+                detail: outcome.errors.join("; "),
             };
         }
-        match response.decision() {
-            cedar_policy::Decision::Allow => Decision::allow(policy_ids),
-            cedar_policy::Decision::Deny if policy_ids.is_empty() => {
-                Decision::deny(Reason::NoPolicyPermits, "no policy permits")
-            }
-            cedar_policy::Decision::Deny => Decision {
+        if outcome.allowed {
+            Decision::allow(policy_ids)
+        } else if policy_ids.is_empty() {
+            Decision::deny(Reason::NoPolicyPermits, "no policy permits")
+        } else {
+            Decision {
                 allowed: false,
                 reason: Reason::PolicyForbids,
                 detail: format!("forbidden by {}", policy_ids.join(", ")),
                 policy_ids,
-            },
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Which of a call's arguments a policy can read.
+//! What of a request a policy can read: which of the call's arguments, and whether its
+//! conditions look at the task or the context at all.
 //!
 //! Converting every argument to a Cedar value on every request costs more than
 //! evaluating most policies, and most policies never look at most arguments (an
@@ -22,8 +23,70 @@
 
 use std::collections::BTreeSet;
 
-use cedar_policy::Policy;
+use cedar_policy::{EntityTypeName, Policy};
 use serde_json::{Map, Value};
+
+/// What a policy reads of a request, from its JSON form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PolicyReads {
+    /// The call arguments it can read.
+    pub(crate) arguments: ArgumentReads,
+    /// Whether its `when`/`unless` conditions can depend on which task asks or on the
+    /// context: they mention `principal`, `context`, or an entity of the task type
+    /// (a literal task could be the principal). Without any of these, a condition's
+    /// value is the same for every request of one (action, resource, client), because
+    /// nothing else in the entity store differs between them.
+    pub(crate) task_or_context: bool,
+}
+
+impl PolicyReads {
+    /// What `policy`, whose principals are of type `task_type`, reads. A policy Cedar
+    /// cannot render as JSON reads everything.
+    pub(crate) fn of_policy(policy: &Policy, task_type: &EntityTypeName) -> Self {
+        match policy.to_json() {
+            Ok(est) => {
+                let mut arguments = ArgumentReads::default();
+                walk(&est, &mut arguments);
+                let task = task_type.to_string();
+                let task_or_context = est
+                    .get("conditions")
+                    .is_none_or(|c| mentions_task_or_context(c, &task));
+                Self {
+                    arguments,
+                    task_or_context,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(policy = %policy.id(), error = %e,
+                    "tessera-verify: policy has no JSON form; evaluated with every call argument");
+                Self {
+                    arguments: ArgumentReads::All,
+                    task_or_context: true,
+                }
+            }
+        }
+    }
+}
+
+/// Whether `node` mentions the variables `principal` or `context`, or an entity of
+/// type `task` (in any shape: an `__entity` escape, an `entity` reference).
+fn mentions_task_or_context(node: &Value, task: &str) -> bool {
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::String(var)) = map.get("Var")
+                && (var == "principal" || var == "context")
+            {
+                return true;
+            }
+            if map.get("type").and_then(Value::as_str) == Some(task) {
+                return true;
+            }
+            map.values().any(|v| mentions_task_or_context(v, task))
+        }
+        Value::Array(items) => items.iter().any(|v| mentions_task_or_context(v, task)),
+        _ => false,
+    }
+}
 
 /// The argument keys a set of policies can read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,22 +104,6 @@ impl Default for ArgumentReads {
 }
 
 impl ArgumentReads {
-    /// What `policy` can read. A policy Cedar cannot render as JSON reads everything.
-    pub(crate) fn of_policy(policy: &Policy) -> Self {
-        match policy.to_json() {
-            Ok(est) => {
-                let mut reads = Self::default();
-                walk(&est, &mut reads);
-                reads
-            }
-            Err(e) => {
-                tracing::warn!(policy = %policy.id(), error = %e,
-                    "tessera-verify: policy has no JSON form; all call arguments are converted for it");
-                Self::All
-            }
-        }
-    }
-
     /// Adds what `other` reads.
     pub(crate) fn extend(&mut self, other: &Self) {
         match (&mut *self, other) {
@@ -169,12 +216,19 @@ mod tests {
 
     use super::*;
 
+    fn task_type() -> EntityTypeName {
+        "Task".parse().unwrap()
+    }
+
+    fn of(policy: &str) -> PolicyReads {
+        PolicyReads::of_policy(&Policy::from_str(policy).unwrap(), &task_type())
+    }
+
     fn reads(when: &str) -> ArgumentReads {
-        let p = Policy::from_str(&format!(
+        of(&format!(
             "permit(principal, action, resource) when {{ {when} }};"
         ))
-        .unwrap();
-        ArgumentReads::of_policy(&p)
+        .arguments
     }
 
     fn keys(ks: &[&str]) -> ArgumentReads {
@@ -210,9 +264,11 @@ mod tests {
         assert!(reads("context.now > principal.deadline").is_none());
         assert!(reads("context has arguments").is_none());
         assert!(reads("principal.subject == \"context\"").is_none());
-        let p =
-            Policy::from_str("@note(\"context\") permit(principal, action, resource);").unwrap();
-        assert!(ArgumentReads::of_policy(&p).is_none());
+        assert!(
+            of("@note(\"context\") permit(principal, action, resource);")
+                .arguments
+                .is_none()
+        );
     }
 
     #[test]
@@ -234,6 +290,30 @@ mod tests {
             reads("{\"a\": context.arguments}.a has x"),
             ArgumentReads::All
         );
+    }
+
+    #[test]
+    fn conditions_on_the_task_or_context_are_found() {
+        let depends = |p: &str| of(p).task_or_context;
+        for p in [
+            "permit(principal, action, resource) when { principal.subject == \"a\" };",
+            "permit(principal, action, resource) unless { context.now > 3 };",
+            "permit(principal, action, resource) when { resource in [Tool::\"a\"] } unless { context has arguments };",
+            "permit(principal, action, resource) when { Task::\"t\" in Client::\"c\" };",
+            "permit(principal, action, resource) when { [Task::\"t\"].contains(Tool::\"x\") };",
+        ] {
+            assert!(depends(p), "{p}");
+        }
+        for p in [
+            "permit(principal, action, resource);",
+            "permit(principal == Task::\"t\", action, resource);",
+            "permit(principal in Client::\"c\", action, resource) when { resource in [Tool::\"a\", Tool::\"b\"] };",
+            "forbid(principal, action, resource) when { action == Action::\"tools/call\" && resource is Tool };",
+            "permit(principal, action, resource) when { Client::\"c\" in Client::\"d\" };",
+            "@note(\"context\") permit(principal, action, resource) unless { \"principal\" == \"Task\" };",
+        ] {
+            assert!(!depends(p), "{p}");
+        }
     }
 
     #[test]

@@ -19,29 +19,106 @@
 //! `E` = the task's client: a policy naming another client, or a client or type in
 //! place of the task, is left out of that client's slices. This is what keeps one
 //! client's policies from costing another client's requests anything.
+//!
+//! ## Policies decided once per slice
+//!
+//! Within one slice, requests differ only in the task (its id and attributes) and the
+//! context. A policy whose principal constraint does not name a task and whose
+//! conditions mention neither `principal`, `context` nor a task entity (see
+//! [`super::reads`]) therefore has the same outcome for every request of the slice;
+//! the example server's `resource in [Tool::"a", ...]` permits are such policies.
+//! Cedar itself evaluates each of them once, when the slice is built, for a
+//! representative task of the client in the same two-entity store the authorizer
+//! builds: unsatisfied ones are left out, satisfied ones are kept as ids, and any
+//! that errors stays in the evaluated set, so its error is reported per request as
+//! before. [`Slice::outcome`] then combines the remembered ids with Cedar's answer
+//! on the rest the way Cedar combines policies: a satisfied `forbid` denies and is
+//! the reason, else satisfied `permit`s allow, else deny with no reason; evaluation
+//! errors come from the evaluated part only, the only part that can error.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    ActionConstraint, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint,
-    ResourceConstraint,
+    ActionConstraint, Authorizer, Context, Decision, Effect, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request,
+    ResourceConstraint, Response,
 };
 
-use super::reads::ArgumentReads;
+use super::reads::{ArgumentReads, PolicyReads};
 
 /// At most this many (action, resource, client) slices are kept; past it, a slice is computed
 /// per request (resource names come from requests, and must not grow memory without
 /// bound).
 const MAX_SLICES: usize = 4096;
 
-/// The policies that can apply to one (action, resource), and what they read.
+/// The policies that can apply to one (action, resource, client), and what they read.
 #[derive(Debug)]
 pub(crate) struct Slice {
-    /// The policies Cedar evaluates.
+    /// The policies Cedar evaluates per request.
     pub(crate) policies: PolicySet,
-    /// The call arguments any of them can read (see [`super::reads`]).
+    /// The `permit`s satisfied by every request of the slice (decided once).
+    permits: Vec<String>,
+    /// The `forbid`s satisfied by every request of the slice (decided once).
+    forbids: Vec<String>,
+    /// The call arguments any evaluated policy can read (see [`super::reads`]).
     pub(crate) arguments: ArgumentReads,
+}
+
+/// What the whole slice decides for one request, as Cedar would over all its policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// Whether it allows.
+    pub(crate) allowed: bool,
+    /// The deciding policies: the satisfied `forbid`s of a denial, or the satisfied
+    /// `permit`s of an allow; none when nothing was satisfied.
+    pub(crate) policy_ids: Vec<String>,
+    /// Evaluation errors.
+    pub(crate) errors: Vec<String>,
+}
+
+impl Slice {
+    /// Whether any policy needs evaluating per request (else [`Self::outcome`] takes
+    /// `None` and no request needs building).
+    pub(crate) fn needs_cedar(&self) -> bool {
+        !self.policies.is_empty()
+    }
+
+    /// The slice's outcome, given Cedar's response over [`Self::policies`] (`None`
+    /// when there are none).
+    pub(crate) fn outcome(&self, evaluated: Option<&Response>) -> Outcome {
+        let (decision, reasons, errors) = match evaluated {
+            Some(r) => {
+                let d = r.diagnostics();
+                (
+                    r.decision(),
+                    d.reason().map(ToString::to_string).collect::<Vec<_>>(),
+                    d.errors().map(ToString::to_string).collect(),
+                )
+            }
+            None => (Decision::Deny, Vec::new(), Vec::new()),
+        };
+        // A denial with reasons is a satisfied forbid; an allow's reasons are permits.
+        let forbid = decision == Decision::Deny && !reasons.is_empty();
+        let (allowed, policy_ids) = if !self.forbids.is_empty() || forbid {
+            let mut ids = self.forbids.clone();
+            if forbid {
+                ids.extend(reasons);
+            }
+            (false, ids)
+        } else if !self.permits.is_empty() || decision == Decision::Allow {
+            let mut ids = self.permits.clone();
+            ids.extend(reasons);
+            (true, ids)
+        } else {
+            (false, Vec::new())
+        };
+        Outcome {
+            allowed,
+            policy_ids,
+            errors,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -49,8 +126,9 @@ pub(crate) struct Slices {
     all: PolicySet,
     /// The type of every principal.
     task_type: EntityTypeName,
-    /// Per policy, computed once at load: a slice only unions them.
-    reads: HashMap<PolicyId, ArgumentReads>,
+    /// Per policy, computed once at load.
+    reads: HashMap<PolicyId, PolicyReads>,
+    cedar: Authorizer,
     cache: RwLock<Cache>,
 }
 
@@ -67,12 +145,13 @@ impl Slices {
     pub(crate) fn new(all: PolicySet, task_type: EntityTypeName) -> Self {
         let reads = all
             .policies()
-            .map(|p| (p.id().clone(), ArgumentReads::of_policy(p)))
+            .map(|p| (p.id().clone(), PolicyReads::of_policy(p, &task_type)))
             .collect();
         Self {
             all,
             task_type,
             reads,
+            cedar: Authorizer::new(),
             cache: RwLock::default(),
         }
     }
@@ -124,19 +203,105 @@ impl Slices {
                     && self.principal_may_be(p.principal_constraint(), client)
             })
             .collect();
+        let once = Representative::new(&self.task_type, action, resource, client);
+        let (mut evaluated, mut permits, mut forbids) = (Vec::new(), Vec::new(), Vec::new());
         let mut arguments = ArgumentReads::default();
-        for p in &applicable {
+        for p in applicable {
             // Every policy was analysed at load; a missing one would be a bug here,
-            // and reading everything is the safe answer to it.
-            arguments.extend(self.reads.get(p.id()).unwrap_or(&ArgumentReads::All));
+            // and evaluating it per request with every argument is the safe answer.
+            let reads = self.reads.get(p.id());
+            let decided = match (&once, reads) {
+                (Some(once), Some(r)) if !r.task_or_context && self.names_no_task(p) => {
+                    once.decide(&self.cedar, p)
+                }
+                _ => None,
+            };
+            match decided {
+                Some(false) => {}
+                Some(true) => match p.effect() {
+                    Effect::Permit => permits.push(p.id().to_string()),
+                    Effect::Forbid => forbids.push(p.id().to_string()),
+                },
+                None => {
+                    arguments.extend(reads.map_or(&ArgumentReads::All, |r| &r.arguments));
+                    evaluated.push(p);
+                }
+            }
         }
         // The policies come from a valid set, so their ids are unique.
-        let policies = PolicySet::from_policies(applicable.into_iter().cloned())
-            .unwrap_or_else(|_| self.all.clone());
-        Slice {
-            policies,
-            arguments,
+        match PolicySet::from_policies(evaluated.into_iter().cloned()) {
+            Ok(policies) => Slice {
+                policies,
+                permits,
+                forbids,
+                arguments,
+            },
+            // Unreachable (unique ids); Cedar on the whole set is always right.
+            Err(_) => Slice {
+                policies: self.all.clone(),
+                permits: Vec::new(),
+                forbids: Vec::new(),
+                arguments: ArgumentReads::All,
+            },
         }
+    }
+
+    /// Whether `p`'s principal constraint holds alike for every task of a client: it
+    /// names no task (a task named could be the principal or not).
+    fn names_no_task(&self, p: &Policy) -> bool {
+        match p.principal_constraint() {
+            PrincipalConstraint::Any | PrincipalConstraint::Is(_) => true,
+            PrincipalConstraint::Eq(e)
+            | PrincipalConstraint::In(e)
+            | PrincipalConstraint::IsIn(_, e) => *e.type_name() != self.task_type,
+        }
+    }
+}
+
+/// A request of one (action, resource, client) with a stand-in task and an empty
+/// context, in the same two-entity store the authorizer builds: what the policies
+/// decided once per slice are evaluated on.
+struct Representative {
+    request: Request,
+    entities: Entities,
+}
+
+impl Representative {
+    fn new(
+        task_type: &EntityTypeName,
+        action: &EntityUid,
+        resource: &EntityUid,
+        client: &EntityUid,
+    ) -> Option<Self> {
+        let task = EntityUid::from_type_name_and_id(task_type.clone(), EntityId::new(""));
+        let entities = Entities::from_entities(
+            [
+                Entity::new_no_attrs(task.clone(), [client.clone()].into_iter().collect()),
+                Entity::new_no_attrs(client.clone(), Default::default()),
+            ],
+            None,
+        )
+        .ok()?;
+        let request = Request::new(
+            task,
+            action.clone(),
+            resource.clone(),
+            Context::empty(),
+            None,
+        )
+        .ok()?;
+        Some(Self { request, entities })
+    }
+
+    /// Whether `p` is satisfied; `None` when it errors (it is then evaluated per
+    /// request, so that the error is reported with each decision).
+    fn decide(&self, cedar: &Authorizer, p: &Policy) -> Option<bool> {
+        let alone = PolicySet::from_policies([p.clone()]).ok()?;
+        let r = cedar.is_authorized(&self.request, &alone, &self.entities);
+        if r.diagnostics().errors().next().is_some() {
+            return None;
+        }
+        Some(r.diagnostics().reason().next().is_some())
     }
 }
 
@@ -197,6 +362,12 @@ mod tests {
 @id("is-task-in-task") permit(principal is Task in Task::"v", action, resource) when { context.n == 1 };
 @id("is-task") forbid(principal is Task, action, resource == Prompt::"review") when { context.n == 9 };
 @id("errors-b") forbid(principal in Client::"b", action, resource == Tool::"boom") when { context.missing };
+@id("static-list") permit(principal in Client::"a", action == Action::"tools/call", resource) when { resource in [Tool::"read", Tool::"boom"] };
+@id("static-forbid") forbid(principal is Task in Client::"c", action, resource) when { resource is Tool && action != Action::"prompts/get" };
+@id("static-unless") permit(principal, action in [Action::"resources/read"], resource) unless { resource == Resource::"other" };
+@id("static-error") forbid(principal, action, resource == Tool::"delete") when { 9223372036854775807 + 1 > 0 };
+@id("task-only") forbid(principal == Task::"u", action == Action::"prompts/get", resource);
+@id("task-literal") permit(principal, action, resource == Prompt::"review") when { Task::"t" in Client::"a" };
 "#;
 
     fn task_type() -> EntityTypeName {
@@ -260,12 +431,14 @@ mod tests {
             r#"Resource::"other""#,
         ];
         let mut sliced_smaller = 0;
+        let (mut decided_once, mut outcomes) = (0, BTreeSet::new());
         for action in actions.map(|a| uid(&format!("Action::{a:?}"))) {
             for resource in resources.map(uid) {
-                let slice = &slices.get(&action, &resource, client).policies;
-                if slice.policies().count() < all.policies().count() {
+                let slice = slices.get(&action, &resource, client);
+                if slice.policies.policies().count() < all.policies().count() {
                     sliced_smaller += 1;
                 }
+                decided_once += slice.permits.len() + slice.forbids.len();
                 for n in 0..10 {
                     let context =
                         Context::from_pairs([("n".to_owned(), RestrictedExpression::new_long(n))])
@@ -279,22 +452,36 @@ mod tests {
                     )
                     .unwrap();
                     let full = authorizer.is_authorized(&request, all, entities);
-                    let part = authorizer.is_authorized(&request, slice, entities);
-                    let why = |r: &cedar_policy::Response| {
-                        let d = r.diagnostics();
-                        (
-                            d.reason().map(ToString::to_string).collect::<BTreeSet<_>>(),
-                            d.errors().count(),
-                        )
-                    };
-                    assert_eq!(
-                        (full.decision(), why(&full)),
-                        (part.decision(), why(&part)),
-                        "{principal} {action} on {resource} with n = {n}"
+                    let d = full.diagnostics();
+                    let want = (
+                        full.decision() == Decision::Allow,
+                        d.reason().map(ToString::to_string).collect::<BTreeSet<_>>(),
+                        d.errors().map(ToString::to_string).collect::<BTreeSet<_>>(),
                     );
+                    let evaluated = slice
+                        .needs_cedar()
+                        .then(|| authorizer.is_authorized(&request, &slice.policies, entities));
+                    let got = slice.outcome(evaluated.as_ref());
+                    let got = (
+                        got.allowed,
+                        got.policy_ids.into_iter().collect::<BTreeSet<_>>(),
+                        got.errors.into_iter().collect::<BTreeSet<_>>(),
+                    );
+                    assert_eq!(got, want, "{principal} {action} on {resource} with n = {n}");
+                    outcomes.insert((got.0, got.1.is_empty(), got.2.is_empty()));
                 }
             }
         }
+        // Allows, forbids, no permit, and errors all occur.
+        for kind in [
+            (true, false, true),
+            (false, false, true),
+            (false, true, true),
+        ] {
+            assert!(outcomes.contains(&kind), "{kind:?} in {outcomes:?}");
+        }
+        assert!(outcomes.iter().any(|o| !o.2), "{outcomes:?}");
+        assert!(decided_once > 5, "some policies are decided once per slice");
         sliced_smaller
     }
 

@@ -435,6 +435,11 @@ const READING_POLICIES: &str = r#"
 @id("deadline") forbid(principal, action, resource) when { context.now > principal.deadline };
 @id("prompt") permit(principal, action == Action::"prompts/get", resource)
   when { context.arguments has tags && context.arguments.tags.contains("ok") };
+@id("static-list") permit(principal in Client::"code-reviewer", action == Action::"tools/call", resource)
+  when { resource in [Tool::"push", Tool::"other"] };
+@id("static-forbid") forbid(principal, action, resource)
+  when { resource == Tool::"list_deep" && action == Action::"tools/call" };
+@id("other-client") permit(principal in Client::"ci-bot", action, resource);
 "#;
 
 /// What Cedar decides over the whole, unsliced set with every argument converted:
@@ -488,9 +493,10 @@ fn unsliced_reference(
     (reason == Reason::Allowed, reason, ids, errors)
 }
 
-/// Converting only the arguments a slice's policies read changes no decision: every
-/// request here is decided as Cedar decides it over the whole set with every argument
-/// converted, whether its slice reads no argument, some by name, or all of them.
+/// Slicing, deciding request-independent policies once per slice, and converting only
+/// the arguments a slice's policies read change no decision: every request here is
+/// decided as Cedar decides it over the whole set with every argument converted,
+/// whether its slice reads no argument, some by name, or all of them.
 #[test]
 fn reading_only_used_arguments_changes_no_decision() {
     let store = Arc::new(PolicyStore::from_strs(READING_POLICIES, READING_SCHEMA).unwrap());
