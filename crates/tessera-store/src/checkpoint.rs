@@ -50,7 +50,7 @@ pub(crate) const RESTART_FRAMES: i64 = 1000;
 /// What the writer and the checkpointer share.
 #[derive(Debug, Default)]
 pub(crate) struct CheckpointState {
-    /// Poked by the writer after every commit.
+    /// Poked by the writer once [`CHECKPOINT_WRITES`] writes have accumulated.
     committed: Notify,
     /// Writes committed since the last background checkpoint.
     writes: AtomicU64,
