@@ -2,6 +2,7 @@
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -172,7 +173,7 @@ impl Collector for StoreCollector {
             "store_wal_checkpoints",
             "WAL checkpoints, beside the writer (background) or by it between batches (writer)",
             None,
-            prometheus_client::metrics::MetricType::Counter,
+            MetricType::Counter,
         )?;
         for (by, value) in [
             ("background", stats.checkpoints_background),

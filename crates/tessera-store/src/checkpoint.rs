@@ -143,17 +143,14 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::RESTART_FRAMES;
-    use crate::testing::{begin, new_consent, open_temp};
+    use crate::testing::{begin, granted_consent, open_temp};
 
     /// Without checkpoints the WAL would grow by every frame written (~13 per task, so
     /// ~80 MiB here); with them it starts over about every RESTART_FRAMES frames.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_while_the_writer_never_checkpoints_on_commit() {
-        let (dir, path, store) = open_temp().await;
-        let consent = store
-            .grant_consent(new_consent("a"), "admin")
-            .await
-            .unwrap();
+        let (_dir, path, store) = open_temp().await;
+        let consent = granted_consent(&store, "a").await;
         for i in 0..1500 {
             let id = format!("t{i:05}");
             begin(&store, &id, "a", &consent.id, &format!("{i:08x}")).await;
@@ -176,6 +173,5 @@ mod tests {
         store.close().await;
         let store = crate::Store::open(&path).await.unwrap();
         assert!(store.get_task("t01499").await.unwrap().is_some());
-        drop(dir);
     }
 }

@@ -498,7 +498,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::testing::{begin, new_consent, new_task, now, open_temp, revocation, svid};
+    use crate::testing::{
+        begin, granted_consent, new_consent, new_task, now, open_temp, revocation, svid,
+    };
     use crate::{EndOutcome, TaskFilter};
 
     fn revoke(task: &TaskRecord) -> Revocation {
@@ -769,14 +771,8 @@ mod tests {
     #[tokio::test]
     async fn withdraw_ends_exactly_the_live_tasks_relying_on_it() {
         let (_dir, _path, store) = open_temp().await;
-        let target = store
-            .grant_consent(new_consent("a"), "admin")
-            .await
-            .unwrap();
-        let other = store
-            .grant_consent(new_consent("a"), "admin")
-            .await
-            .unwrap();
+        let target = granted_consent(&store, "a").await;
+        let other = granted_consent(&store, "a").await;
         begin(&store, "t1", "a", &target.id, "01").await;
         begin(&store, "t2", "a", &target.id, "02").await;
         store
@@ -858,10 +854,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn no_task_escapes_a_withdrawal_racing_with_begins() {
         let (_dir, _path, store) = open_temp().await;
-        let consent = store
-            .grant_consent(new_consent("a"), "admin")
-            .await
-            .unwrap();
+        let consent = granted_consent(&store, "a").await;
         let beginners: Vec<_> = (0..4)
             .map(|worker| {
                 let store = store.clone();
@@ -920,10 +913,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_withdrawals_exactly_one_wins() {
         let (_dir, _path, store) = open_temp().await;
-        let consent = store
-            .grant_consent(new_consent("a"), "admin")
-            .await
-            .unwrap();
+        let consent = granted_consent(&store, "a").await;
         begin(&store, "t1", "a", &consent.id, "aa").await;
         let calls: Vec<_> = (0..8)
             .map(|_| {

@@ -11,10 +11,10 @@
 //!
 //! Every write goes through one writer, on its own thread, that group-commits concurrent
 //! writes: one fsynced transaction for all the calls queued together, each call still
-//! isolated in its own savepoint, so one call's failure never fails another. A write returns only once it
-//! is durable; a write already queued is applied even if its caller stops waiting; audit
-//! records and change notifications are published only after commit, in order. The
-//! design and its guarantees are documented in `src/writer.rs`. Reads use a small
+//! isolated in its own savepoint, so one call's failure never fails another. A write
+//! returns only once it is durable; a write already queued is applied even if its caller
+//! stops waiting; audit records and change notifications are published only after
+//! commit, in order. The design and its guarantees are documented in `src/writer.rs`. Reads use a small
 //! connection pool and see every write that has returned.
 #![forbid(unsafe_code)]
 
@@ -47,7 +47,7 @@ pub(crate) mod testing {
 
     use std::path::PathBuf;
 
-    use crate::{NewConsent, NewEntry, Revocation, Store, SvidIssued, TaskRecord};
+    use crate::{Consent, NewConsent, NewEntry, Revocation, Store, SvidIssued, TaskRecord};
 
     /// A fresh store in its own temporary directory; keep the `TempDir` alive.
     pub(crate) async fn open_temp() -> (tempfile::TempDir, PathBuf, Store) {
@@ -127,6 +127,14 @@ pub(crate) mod testing {
             revoked_at_ms: crate::store::unix_millis(),
             until: now() + 300,
         }
+    }
+
+    /// A consent granted to `client` (see [`new_consent`]) by "admin".
+    pub(crate) async fn granted_consent(store: &Store, client: &str) -> Consent {
+        store
+            .grant_consent(new_consent(client), "admin")
+            .await
+            .expect("grant consent")
     }
 
     /// Begins task `id` for `client` on `consent_id` with first serial `serial`.

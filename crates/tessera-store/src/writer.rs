@@ -459,6 +459,7 @@ type Ran = (Box<dyn Op>, Result<(), StoreError>, Effects);
 /// disk full) sqlx's bookkeeping would keep believing a transaction is open and refuse the
 /// next `BEGIN`, wedging the writer. A stray `ROLLBACK` with no open transaction is
 /// harmless, so the recovery path here always works.
+///
 /// Returns how many writes it committed.
 async fn run_batch(
     conn: &mut SqliteConnection,
@@ -521,7 +522,8 @@ async fn run_batch(
             let committed = done.iter().filter(|(_, result, _)| result.is_ok()).count();
             let committed = u64::try_from(committed).unwrap_or(u64::MAX);
             notifier.writes.fetch_add(committed, Ordering::Relaxed);
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let elapsed = started.elapsed();
+            let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
             notifier.commit_micros.fetch_add(micros, Ordering::Relaxed);
             for (_, result, effects) in &mut done {
                 if result.is_ok() {
@@ -533,7 +535,7 @@ async fn run_batch(
             }
             tracing::trace!(
                 size,
-                elapsed_us = started.elapsed().as_micros(),
+                elapsed_us = elapsed.as_micros(),
                 applied_us = applied.as_micros(),
                 "group commit"
             );

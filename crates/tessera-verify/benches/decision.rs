@@ -10,23 +10,8 @@ use std::time::{Instant, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tessera_verify::authz::policy::PolicyStore;
+use tessera_verify::authz::schema_with_arguments;
 use tessera_verify::{Authorizer, McpRequest, Peer, RevocationWatcher};
-
-const SCHEMA: &str = r#"
-entity Client;
-entity Task in [Client] = {
-  client: String, subject: String, purpose: String, consent_id: String,
-  scopes: Set<String>, deadline: Long,
-};
-entity Tool;
-entity Resource;
-entity Prompt;
-type Args = { path?: String, force?: Bool, limit?: Long };
-type Ctx = { now: Long, arguments: Args };
-action "tools/call" appliesTo { principal: [Task], resource: [Tool], context: Ctx };
-action "resources/read" appliesTo { principal: [Task], resource: [Resource], context: Ctx };
-action "prompts/get" appliesTo { principal: [Task], resource: [Prompt], context: Ctx };
-"#;
 
 const POLICIES: &str = r#"
 @id("p1") permit(principal in Client::"code-reviewer", action == Action::"tools/call", resource);
@@ -48,7 +33,7 @@ const EXAMPLE_SCHEMA: &str =
 struct Case {
     name: &'static str,
     policies: &'static str,
-    schema: &'static str,
+    schema: String,
     arguments: serde_json::Value,
 }
 
@@ -57,20 +42,20 @@ fn cases() -> [Case; 2] {
         Case {
             name: "decision (8 policies, 5 arguments)",
             policies: POLICIES,
-            schema: SCHEMA,
+            schema: schema_with_arguments("{ path?: String, force?: Bool, limit?: Long }"),
             arguments: serde_json::json!({"path": "/src/lib.rs", "limit": 50, "owner": "acme", "repo": "app", "number": 42}),
         },
         Case {
             name: "decision (example server's policies, 2 arguments)",
             policies: EXAMPLE_POLICIES,
-            schema: EXAMPLE_SCHEMA,
+            schema: EXAMPLE_SCHEMA.to_owned(),
             arguments: serde_json::json!({"repo": "acme/api", "number": 42}),
         },
     ]
 }
 
 fn setup(case: &Case) -> (Authorizer, Peer, McpRequest) {
-    let store = Arc::new(PolicyStore::from_strs(case.policies, case.schema).unwrap());
+    let store = Arc::new(PolicyStore::from_strs(case.policies, &case.schema).unwrap());
     let revoked: Vec<_> = (0..1000).map(|_| tessera_identity::TaskId::new()).collect();
     let authz = Authorizer::new(
         "spiffe://acme.corp/mcp/github".parse().unwrap(),

@@ -159,10 +159,9 @@ impl UnixAttestor {
                 std::fs::read_to_string(dir.join("status")).map_err(|e| proc_err("status", e))?;
             for gid in supplementary_gids(&status) {
                 selectors.insert(Selector::attested("supplementary_gid", gid));
-                if !needs.names {
-                    continue;
-                }
-                if let Ok(Some(group)) = nix::unistd::Group::from_gid(gid.into()) {
+                if needs.names
+                    && let Ok(Some(group)) = nix::unistd::Group::from_gid(gid.into())
+                {
                     selectors.insert(Selector::attested("supplementary_group", group.name));
                 }
             }

@@ -8,17 +8,11 @@ use std::time::Duration;
 use tokio::sync::Barrier;
 
 use super::*;
+use crate::AuditRecord;
 use crate::testing::{
-    begin, commits, new_consent, new_task, now, open_temp, revocation, svid, task_spiffe_id,
+    begin, commits, granted_consent as consent, new_task, now, open_temp, revocation, svid,
+    task_spiffe_id,
 };
-use crate::{AuditRecord, Consent};
-
-async fn consent(store: &Store, client: &str) -> Consent {
-    store
-        .grant_consent(new_consent(client), "admin")
-        .await
-        .unwrap()
-}
 
 fn all() -> TaskFilter {
     TaskFilter {

@@ -79,6 +79,13 @@ action "resources/read" appliesTo { principal: [Task], resource: [Resource], con
 action "prompts/get" appliesTo { principal: [Task], resource: [Prompt], context: Ctx };
 "#;
 
+/// [`BASE_SCHEMA`] with the call's `arguments` declared as the record type `arguments`,
+/// in Cedar schema syntax (e.g. `{ path?: String, force?: Bool }`): strict validation
+/// refuses a policy that reads an argument the schema does not declare.
+pub fn schema_with_arguments(arguments: &str) -> String {
+    BASE_SCHEMA.replacen("arguments: {}", &format!("arguments: {arguments}"), 1)
+}
+
 /// What to do with call arguments Cedar cannot represent (see [`json`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UnsupportedArguments {

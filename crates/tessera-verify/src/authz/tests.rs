@@ -10,21 +10,10 @@ use super::policy::{PolicyError, PolicyFiles, PolicyStore};
 use super::*;
 use crate::testutil::{SERVER, TASK_ULID, task_peer};
 
-pub(crate) const SCHEMA: &str = r#"
-entity Client;
-entity Task in [Client] = {
-  client: String, subject: String, purpose: String, consent_id: String,
-  scopes: Set<String>, deadline: Long,
-};
-entity Tool;
-entity Resource;
-entity Prompt;
-type Args = { path?: String, force?: Bool };
-type Ctx = { now: Long, arguments: Args };
-action "tools/call" appliesTo { principal: [Task], resource: [Tool], context: Ctx };
-action "resources/read" appliesTo { principal: [Task], resource: [Resource], context: Ctx };
-action "prompts/get" appliesTo { principal: [Task], resource: [Prompt], context: Ctx };
-"#;
+/// The base schema with the arguments [`POLICIES`] read.
+fn schema() -> String {
+    schema_with_arguments("{ path?: String, force?: Bool }")
+}
 
 pub(crate) const POLICIES: &str = r#"
 @id("reviewers-call")
@@ -51,7 +40,7 @@ const SCOPES: &[&str] = &[
 ];
 
 pub(crate) fn authorizer(revocations: RevocationWatcher) -> Authorizer {
-    let store = Arc::new(PolicyStore::from_strs(POLICIES, SCHEMA).unwrap());
+    let store = Arc::new(PolicyStore::from_strs(POLICIES, &schema()).unwrap());
     Authorizer::new(SERVER.parse().unwrap(), store, revocations)
 }
 
@@ -231,7 +220,7 @@ fn non_task_peers_and_other_servers_are_refused() {
         SystemTime::now(),
     );
     assert_eq!(d.reason, Reason::NotATask);
-    let store = Arc::new(PolicyStore::from_strs(POLICIES, SCHEMA).unwrap());
+    let store = Arc::new(PolicyStore::from_strs(POLICIES, &schema()).unwrap());
     let other = Authorizer::new(
         "spiffe://acme.corp/mcp/gitlab".parse().unwrap(),
         store,
@@ -261,14 +250,14 @@ fn listing_uses_the_same_checks() {
 #[test]
 fn policies_must_validate_strictly() {
     let typo = "// comment\npermit(principal, action == Action::\"tools/call\", resource)\n  when { context.argumentz has path };";
-    let err = PolicyStore::from_strs(typo, SCHEMA).unwrap_err();
+    let err = PolicyStore::from_strs(typo, &schema()).unwrap_err();
     assert!(matches!(err, PolicyError::Validation { .. }), "{err}");
     assert!(
         err.to_string().contains("line 3, column 10") && err.to_string().contains("argumentz"),
         "the operator is told where the typo is: {err}"
     );
     let syntax = "permit(principal action resource);";
-    let err = PolicyStore::from_strs(syntax, SCHEMA).unwrap_err();
+    let err = PolicyStore::from_strs(syntax, &schema()).unwrap_err();
     assert!(matches!(err, PolicyError::Parse { .. }), "{err}");
     assert!(
         err.to_string()
@@ -281,12 +270,12 @@ fn policies_must_validate_strictly() {
     );
     let dup = r#"@id("a") permit(principal, action, resource); @id("a") forbid(principal, action, resource);"#;
     assert!(matches!(
-        PolicyStore::from_strs(dup, SCHEMA),
+        PolicyStore::from_strs(dup, &schema()),
         Err(PolicyError::DuplicateId(_))
     ));
     let template = "permit(principal == ?principal, action, resource);";
     assert!(matches!(
-        PolicyStore::from_strs(template, SCHEMA),
+        PolicyStore::from_strs(template, &schema()),
         Err(PolicyError::Templates)
     ));
     PolicyStore::from_strs("", BASE_SCHEMA).unwrap();
@@ -300,7 +289,7 @@ fn bad_policy_file_keeps_last_good_set() {
         schema: dir.path().join("schema.cedarschema"),
     };
     std::fs::write(&files.policies, POLICIES).unwrap();
-    std::fs::write(&files.schema, SCHEMA).unwrap();
+    std::fs::write(&files.schema, schema()).unwrap();
     let store = Arc::new(PolicyStore::load(files.clone()).unwrap());
     let before = store.policy_ids();
     assert_eq!(before.len(), 4);
@@ -338,7 +327,7 @@ async fn watched_policy_file_reloads_on_change() {
         schema: dir.path().join("schema.cedarschema"),
     };
     std::fs::write(&files.policies, POLICIES).unwrap();
-    std::fs::write(&files.schema, SCHEMA).unwrap();
+    std::fs::write(&files.schema, schema()).unwrap();
     let store = Arc::new(PolicyStore::load(files.clone()).unwrap());
     let task = store.spawn_watch(Duration::from_millis(20));
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -384,7 +373,7 @@ when {
 };
 @id("not-for-bob") forbid(principal, action, resource) when { principal.subject == "bob@acme.corp" };
 "#;
-    let store = Arc::new(PolicyStore::from_strs(policies, SCHEMA).unwrap());
+    let store = Arc::new(PolicyStore::from_strs(policies, &schema()).unwrap());
     let a = Authorizer::new(SERVER.parse().unwrap(), store, fresh());
     let d = decide(&a, McpRequest::call_tool("get_pull_request", None));
     assert!(d.allowed, "{d:?}");
@@ -404,21 +393,11 @@ when {
 
 /// Policies that read arguments by name, as a whole, in depth, not at all, and one that
 /// errors on some values: for the argument-reading equivalence test.
-const READING_SCHEMA: &str = r#"
-entity Client;
-entity Task in [Client] = {
-  client: String, subject: String, purpose: String, consent_id: String,
-  scopes: Set<String>, deadline: Long,
-};
-entity Tool;
-entity Resource;
-entity Prompt;
-type Args = { path?: String, force?: Bool, limit?: Long, tags?: Set<String>, opts?: { depth?: Long } };
-type Ctx = { now: Long, arguments: Args };
-action "tools/call" appliesTo { principal: [Task], resource: [Tool], context: Ctx };
-action "resources/read" appliesTo { principal: [Task], resource: [Resource], context: Ctx };
-action "prompts/get" appliesTo { principal: [Task], resource: [Prompt], context: Ctx };
-"#;
+fn reading_schema() -> String {
+    schema_with_arguments(
+        "{ path?: String, force?: Bool, limit?: Long, tags?: Set<String>, opts?: { depth?: Long } }",
+    )
+}
 
 const READING_POLICIES: &str = r#"
 @id("call") permit(principal in Client::"code-reviewer", action == Action::"tools/call", resource);
@@ -499,7 +478,7 @@ fn unsliced_reference(
 /// whether its slice reads no argument, some by name, or all of them.
 #[test]
 fn reading_only_used_arguments_changes_no_decision() {
-    let store = Arc::new(PolicyStore::from_strs(READING_POLICIES, READING_SCHEMA).unwrap());
+    let store = Arc::new(PolicyStore::from_strs(READING_POLICIES, &reading_schema()).unwrap());
     let a = Authorizer::new(SERVER.parse().unwrap(), store, fresh());
     let peer = task_peer(&["github/tool/*", "github/prompt/*"]);
     let tools = [
