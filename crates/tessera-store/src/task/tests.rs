@@ -732,10 +732,22 @@ async fn eight_callers_begin_and_end_500_tasks_each_consistently() {
 async fn a_queued_write_is_applied_even_if_its_caller_gives_up() {
     let (_dir, _path, store) = open_temp().await;
     let c = consent(&store, "a").await;
+    // Another connection holds the write lock, so the writer (on its own thread) cannot
+    // answer before the caller gives up, however the threads are scheduled.
+    let mut blocker = store.inner.pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
     let call = store.begin_task(new_task("t", "a", &c.id), svid("a", "t", "01"), "a");
-    // Polled once (queued), then dropped before the reply.
-    let gave_up = tokio::time::timeout(Duration::ZERO, call).await;
+    // Polled until queued, then dropped before the reply.
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), call).await;
     assert!(gave_up.is_err(), "should not have been answered yet");
+    sqlx::query("ROLLBACK")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    drop(blocker);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while store.get_task("t").await.unwrap().is_none() {
         assert!(tokio::time::Instant::now() < deadline, "write lost");
