@@ -385,11 +385,13 @@ mod tests {
         let capture = Capture::default();
         let events = Arc::clone(&capture.0);
         let subscriber = tracing_subscriber::registry().with(capture);
-        let (task, client) =
-            tracing::subscriber::with_default(
-                subscriber,
-                || record_both(&AuditLog::tracing_only()),
-            );
+        let (task, client) = tracing::subscriber::with_default(subscriber, || {
+            // Other tests in this binary may hit the audit callsite at the same time
+            // with no subscriber, and a registration racing this one can cache "never"
+            // for it; rebuilding with this subscriber in place settles that.
+            tracing::callsite::rebuild_interest_cache();
+            record_both(&AuditLog::tracing_only())
+        });
         let events = events.lock().unwrap();
         assert_eq!(events.len(), 2);
         for e in events.iter() {
