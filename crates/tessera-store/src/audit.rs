@@ -1,10 +1,11 @@
 //! The append-only audit log.
 
+use rusqlite::Connection;
+use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
 use tokio::sync::broadcast;
 
-use crate::writer::{BoxFuture, Effects};
+use crate::writer::Effects;
 use crate::{Store, StoreError};
 
 /// Longest audit kind accepted, in bytes (kinds are short dotted names like `entry.create`).
@@ -80,21 +81,19 @@ impl Store {
     }
 }
 
-fn append_op<'a>(
-    state: &'a mut (String, String, serde_json::Value),
-    conn: &'a mut SqliteConnection,
-    effects: &'a mut Effects,
-) -> BoxFuture<'a, Result<i64, StoreError>> {
-    Box::pin(async move {
-        let (kind, actor, detail) = state;
-        write(conn, effects, kind, actor, std::mem::take(detail)).await
-    })
+fn append_op(
+    state: &mut (String, String, serde_json::Value),
+    conn: &Connection,
+    effects: &mut Effects,
+) -> Result<i64, StoreError> {
+    let (kind, actor, detail) = state;
+    write(conn, effects, kind, actor, std::mem::take(detail))
 }
 
 /// Writes one audit record on the writer's connection, inside the current op, and queues
 /// it for publication once the op commits. Returns its sequence number.
-pub(crate) async fn write(
-    conn: &mut SqliteConnection,
+pub(crate) fn write(
+    conn: &Connection,
     effects: &mut Effects,
     kind: &str,
     actor: &str,
@@ -104,22 +103,15 @@ pub(crate) async fn write(
     validate_actor(actor)?;
     let text = serde_json::to_string(&detail).expect("a serde_json::Value always serialises");
     let at = crate::store::unix_millis();
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO audit (at, kind, actor, detail) VALUES (?, ?, ?, ?) RETURNING seq",
-    )
-    .bind(at)
-    .bind(kind)
-    .bind(actor)
-    .bind(text)
-    .fetch_one(&mut *conn)
-    .await?;
+    conn.prepare_cached("INSERT INTO audit (at, kind, actor, detail) VALUES (?, ?, ?, ?)")?
+        .execute(rusqlite::params![at, kind, actor, text])?;
+    let seq = conn.last_insert_rowid();
     published(effects, seq, at, kind, actor, detail);
     Ok(seq)
 }
 
-/// Queues an audit record that an op inserted itself (fused into a larger query) for
-/// publication once the op commits.
-pub(crate) fn published(
+/// Queues an audit record for publication once the op commits.
+fn published(
     effects: &mut Effects,
     seq: i64,
     at_unix_ms: i64,

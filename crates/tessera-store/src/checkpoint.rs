@@ -70,11 +70,17 @@ impl CheckpointState {
     }
 
     /// Called by the writer between batches: finishes a checkpoint if one is due.
-    pub(crate) async fn finish_if_due(&self, conn: &mut SqliteConnection) {
+    pub(crate) fn finish_if_due(&self, conn: &rusqlite::Connection) {
         if !self.restart_due.swap(false, Ordering::AcqRel) {
             return;
         }
-        match passive_checkpoint(conn).await {
+        let checkpoint = conn.query_row(PASSIVE_CHECKPOINT, [], |row| {
+            Ok(Frames {
+                in_wal: row.get(1)?,
+                copied: row.get(2)?,
+            })
+        });
+        match checkpoint {
             Ok(frames) => {
                 self.by_writer.fetch_add(1, Ordering::Relaxed);
                 tracing::trace!(?frames, "writer finished a WAL checkpoint");
@@ -92,8 +98,11 @@ pub(crate) struct Frames {
     pub(crate) copied: i64,
 }
 
+/// Returns (busy, frames in the WAL, frames copied).
+const PASSIVE_CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+
 async fn passive_checkpoint(conn: &mut SqliteConnection) -> Result<Frames, StoreError> {
-    let (_busy, in_wal, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+    let (_busy, in_wal, copied): (i64, i64, i64) = sqlx::query_as(PASSIVE_CHECKPOINT)
         .fetch_one(&mut *conn)
         .await?;
     Ok(Frames { in_wal, copied })

@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rusqlite::{Connection, params};
 use serde_json::json;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
 use tokio::sync::watch;
 
+use crate::row::{Row, query_optional};
 use crate::task::{self, END_REASON_CONSENT_WITHDRAWN, Revocation, TaskRecord};
-use crate::writer::{BoxFuture, Effects};
+use crate::writer::Effects;
 use crate::{MAX_CLIENT_LEN, Store, StoreError, audit};
 
 /// The consent columns, for `concat!`.
@@ -352,40 +352,36 @@ impl Store {
     }
 }
 
-fn grant_op<'a>(
-    consent: &'a mut Consent,
-    conn: &'a mut SqliteConnection,
-    effects: &'a mut Effects,
-) -> BoxFuture<'a, Result<Consent, StoreError>> {
-    Box::pin(async move {
-        let scopes = serde_json::to_string(&consent.scopes).expect("strings serialise");
-        sqlx::query(
-            "INSERT INTO consents
-                 (id, client, subject, server, scopes, expires_at, granted_by, granted_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&consent.id)
-        .bind(&consent.client)
-        .bind(&consent.subject)
-        .bind(&consent.server)
-        .bind(scopes)
-        .bind(consent.expires_at)
-        .bind(&consent.granted_by)
-        .bind(consent.granted_at)
-        .execute(&mut *conn)
-        .await?;
-        let actor = consent.granted_by.clone();
-        audit::write(
-            conn,
-            effects,
-            KIND_GRANT,
-            &actor,
-            json!({ "consent": &*consent }),
-        )
-        .await?;
-        effects.consents_changed += 1;
-        Ok(consent.clone())
-    })
+fn grant_op(
+    consent: &mut Consent,
+    conn: &Connection,
+    effects: &mut Effects,
+) -> Result<Consent, StoreError> {
+    let scopes = serde_json::to_string(&consent.scopes).expect("strings serialise");
+    conn.prepare_cached(
+        "INSERT INTO consents
+             (id, client, subject, server, scopes, expires_at, granted_by, granted_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        consent.id,
+        consent.client,
+        consent.subject,
+        consent.server,
+        scopes,
+        consent.expires_at,
+        consent.granted_by,
+        consent.granted_at,
+    ])?;
+    audit::write(
+        conn,
+        effects,
+        KIND_GRANT,
+        &consent.granted_by,
+        json!({ "consent": &*consent }),
+    )?;
+    effects.consents_changed += 1;
+    Ok(consent.clone())
 }
 
 struct Withdraw {
@@ -403,77 +399,72 @@ enum WithdrawOutcome {
     Unprepared(Vec<String>),
 }
 
-fn withdraw_op<'a>(
-    state: &'a mut Withdraw,
-    conn: &'a mut SqliteConnection,
-    effects: &'a mut Effects,
-) -> BoxFuture<'a, Result<WithdrawOutcome, StoreError>> {
-    Box::pin(async move {
-        let row = sqlx::query(concat!(consent_select!(), " WHERE id = ?"))
-            .bind(&state.id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let Some(mut consent) = row.as_ref().map(decode).transpose()? else {
-            return Ok(WithdrawOutcome::NotFound);
-        };
-        if let Some(withdrawn_at) = consent.withdrawn_at {
-            return Err(StoreError::ConsentAlreadyWithdrawn {
-                id: consent.id,
-                withdrawn_at,
-            });
-        }
-        let live = task::live_tasks_for_consent(&mut *conn, &state.id).await?;
-        let unprepared: Vec<String> = live
-            .iter()
-            .filter(|t| !state.prepared.contains_key(&t.id))
-            .map(|t| t.id.clone())
-            .collect();
-        if !unprepared.is_empty() {
-            return Ok(WithdrawOutcome::Unprepared(unprepared));
-        }
+fn withdraw_op(
+    state: &mut Withdraw,
+    conn: &Connection,
+    effects: &mut Effects,
+) -> Result<WithdrawOutcome, StoreError> {
+    let consent = query_optional(
+        conn,
+        concat!(consent_select!(), " WHERE id = ?"),
+        [&state.id],
+        |row| decode(row),
+    )?;
+    let Some(mut consent) = consent else {
+        return Ok(WithdrawOutcome::NotFound);
+    };
+    if let Some(withdrawn_at) = consent.withdrawn_at {
+        return Err(StoreError::ConsentAlreadyWithdrawn {
+            id: consent.id,
+            withdrawn_at,
+        });
+    }
+    let live = task::live_tasks_for_consent_in_writer(conn, &state.id)?;
+    let unprepared: Vec<String> = live
+        .iter()
+        .filter(|t| !state.prepared.contains_key(&t.id))
+        .map(|t| t.id.clone())
+        .collect();
+    if !unprepared.is_empty() {
+        return Ok(WithdrawOutcome::Unprepared(unprepared));
+    }
 
-        sqlx::query("UPDATE consents SET withdrawn_at = ? WHERE id = ?")
-            .bind(state.now)
-            .bind(&state.id)
-            .execute(&mut *conn)
-            .await?;
-        consent.withdrawn_at = Some(state.now);
-        let ended: Vec<&str> = live.iter().map(|t| t.id.as_str()).collect();
-        audit::write(
+    conn.prepare_cached("UPDATE consents SET withdrawn_at = ? WHERE id = ?")?
+        .execute(params![state.now, state.id])?;
+    consent.withdrawn_at = Some(state.now);
+    let ended: Vec<&str> = live.iter().map(|t| t.id.as_str()).collect();
+    audit::write(
+        conn,
+        effects,
+        KIND_WITHDRAW,
+        &state.actor,
+        json!({ "consent": &consent, "ended_tasks": ended }),
+    )?;
+    let mut revocations = Vec::with_capacity(live.len());
+    for task in live {
+        let revocation = state
+            .prepared
+            .remove(&task.id)
+            .expect("checked above: every live task has a prepared revocation");
+        let revocation = task::end_live(
             conn,
             effects,
-            KIND_WITHDRAW,
+            &task,
+            END_REASON_CONSENT_WITHDRAWN,
+            state.now,
+            revocation,
             &state.actor,
-            json!({ "consent": &consent, "ended_tasks": ended }),
-        )
-        .await?;
-        let mut revocations = Vec::with_capacity(live.len());
-        for task in live {
-            let revocation = state
-                .prepared
-                .remove(&task.id)
-                .expect("checked above: every live task has a prepared revocation");
-            let revocation = task::end_live(
-                conn,
-                effects,
-                &task,
-                END_REASON_CONSENT_WITHDRAWN,
-                state.now,
-                revocation,
-                &state.actor,
-            )
-            .await?;
-            revocations.push(revocation);
-        }
-        effects.consents_changed += 1;
-        Ok(WithdrawOutcome::Withdrawn(consent, revocations))
-    })
+        )?;
+        revocations.push(revocation);
+    }
+    effects.consents_changed += 1;
+    Ok(WithdrawOutcome::Withdrawn(consent, revocations))
 }
 
 /// Decodes a `consents` row, reporting malformed scopes as [`StoreError::Corrupt`].
-fn decode(row: &SqliteRow) -> Result<Consent, StoreError> {
-    let id: String = row.try_get("id")?;
-    let scopes: String = row.try_get("scopes")?;
+fn decode(row: &impl Row) -> Result<Consent, StoreError> {
+    let id: String = row.column("id")?;
+    let scopes: String = row.column("scopes")?;
     let scopes: Vec<String> =
         serde_json::from_str(&scopes).map_err(|error| StoreError::Corrupt {
             table: "consents",
@@ -481,14 +472,14 @@ fn decode(row: &SqliteRow) -> Result<Consent, StoreError> {
             reason: format!("scopes: {error}"),
         })?;
     Ok(Consent {
-        client: row.try_get("client")?,
-        subject: row.try_get("subject")?,
-        server: row.try_get("server")?,
+        client: row.column("client")?,
+        subject: row.column("subject")?,
+        server: row.column("server")?,
         scopes,
-        expires_at: row.try_get("expires_at")?,
-        granted_by: row.try_get("granted_by")?,
-        granted_at: row.try_get("granted_at")?,
-        withdrawn_at: row.try_get("withdrawn_at")?,
+        expires_at: row.column("expires_at")?,
+        granted_by: row.column("granted_by")?,
+        granted_at: row.column("granted_at")?,
+        withdrawn_at: row.column("withdrawn_at")?,
         id,
     })
 }

@@ -2,11 +2,11 @@
 //! caller the entry's client (`spiffe://<td>/client/<name>`) or, for server entries, an
 //! MCP server (`spiffe://<td>/mcp/<name>`).
 
+use rusqlite::{Connection, params};
 use serde_json::json;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
 
-use crate::writer::{BoxFuture, Effects};
+use crate::row::{Row, query_optional};
+use crate::writer::Effects;
 use crate::{Store, StoreError, audit};
 
 /// Longest client name accepted, in bytes.
@@ -191,118 +191,110 @@ struct CreateEntry {
     actor: String,
 }
 
-fn create_op<'a>(
-    state: &'a mut CreateEntry,
-    conn: &'a mut SqliteConnection,
-    effects: &'a mut Effects,
-) -> BoxFuture<'a, Result<Entry, StoreError>> {
-    Box::pin(async move {
-        let CreateEntry {
-            entry,
-            selectors_json,
-            actor,
-        } = state;
-        // The writer runs one op at a time, so this check and the insert see the same
-        // state.
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM entries WHERE kind = ? AND client = ? AND selectors = ?",
-        )
-        .bind(entry.kind.as_str())
-        .bind(&entry.client)
-        .bind(&*selectors_json)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(existing_id) = existing {
-            return Err(StoreError::DuplicateEntry { existing_id });
-        }
-        sqlx::query(
-            "INSERT INTO entries (id, kind, client, selectors, svid_ttl_secs, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&entry.id)
-        .bind(entry.kind.as_str())
-        .bind(&entry.client)
-        .bind(&*selectors_json)
-        .bind(entry.svid_ttl_secs.map(i64::from))
-        .bind(entry.created_at)
-        .execute(&mut *conn)
-        .await?;
-        audit::write(
-            conn,
-            effects,
-            KIND_CREATE,
-            actor,
-            json!({ "entry": &*entry }),
-        )
-        .await?;
-        effects.entries_changed += 1;
-        Ok(entry.clone())
-    })
+fn create_op(
+    state: &mut CreateEntry,
+    conn: &Connection,
+    effects: &mut Effects,
+) -> Result<Entry, StoreError> {
+    let CreateEntry {
+        entry,
+        selectors_json,
+        actor,
+    } = state;
+    let kind = entry.kind.as_str();
+    let selectors_json: &str = selectors_json;
+    // The writer runs one op at a time, so this check and the insert see the same state.
+    let existing = query_optional(
+        conn,
+        "SELECT id FROM entries WHERE kind = ? AND client = ? AND selectors = ?",
+        params![kind, entry.client, selectors_json],
+        |row| row.column::<String>("id"),
+    )?;
+    if let Some(existing_id) = existing {
+        return Err(StoreError::DuplicateEntry { existing_id });
+    }
+    conn.prepare_cached(
+        "INSERT INTO entries (id, kind, client, selectors, svid_ttl_secs, created_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        entry.id,
+        kind,
+        entry.client,
+        selectors_json,
+        entry.svid_ttl_secs,
+        entry.created_at,
+    ])?;
+    audit::write(
+        conn,
+        effects,
+        KIND_CREATE,
+        actor,
+        json!({ "entry": &*entry }),
+    )?;
+    effects.entries_changed += 1;
+    Ok(entry.clone())
 }
 
-fn delete_op<'a>(
-    state: &'a mut (String, String),
-    conn: &'a mut SqliteConnection,
-    effects: &'a mut Effects,
-) -> BoxFuture<'a, Result<Option<Entry>, StoreError>> {
-    Box::pin(async move {
-        let (id, actor) = state;
-        let row = sqlx::query(
-            "DELETE FROM entries WHERE id = ?
-             RETURNING id, kind, client, selectors, svid_ttl_secs, created_at",
-        )
-        .bind(&*id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        // Decoding the deleted row keeps the audit record faithful, and refuses to
-        // delete (rolls back) a row we could not describe.
-        let entry = decode(&row)?;
-        audit::write(
-            conn,
-            effects,
-            KIND_DELETE,
-            actor,
-            json!({ "entry": &entry }),
-        )
-        .await?;
-        effects.entries_changed += 1;
-        Ok(Some(entry))
-    })
+fn delete_op(
+    state: &mut (String, String),
+    conn: &Connection,
+    effects: &mut Effects,
+) -> Result<Option<Entry>, StoreError> {
+    let (id, actor) = state;
+    // Decoding the deleted row keeps the audit record faithful, and refuses to delete
+    // (rolls back) a row we could not describe.
+    let deleted = query_optional(
+        conn,
+        "DELETE FROM entries WHERE id = ?
+         RETURNING id, kind, client, selectors, svid_ttl_secs, created_at",
+        [&*id],
+        |row| decode(row),
+    )?;
+    let Some(entry) = deleted else {
+        return Ok(None);
+    };
+    audit::write(
+        conn,
+        effects,
+        KIND_DELETE,
+        actor,
+        json!({ "entry": &entry }),
+    )?;
+    effects.entries_changed += 1;
+    Ok(Some(entry))
 }
 
 /// Decodes an `entries` row, reporting anything malformed as [`StoreError::Corrupt`].
-fn decode(row: &SqliteRow) -> Result<Entry, StoreError> {
-    let id: String = row.try_get("id")?;
+fn decode(row: &impl Row) -> Result<Entry, StoreError> {
+    let id: String = row.column("id")?;
     let corrupt = |reason: String| StoreError::Corrupt {
         table: "entries",
         id: id.clone(),
         reason,
     };
-    let selectors_json: String = row.try_get("selectors")?;
+    let selectors_json: String = row.column("selectors")?;
     let selectors: Vec<String> = serde_json::from_str(&selectors_json)
         .map_err(|error| corrupt(format!("selectors: {error}")))?;
     if selectors.is_empty() {
         return Err(corrupt("selectors: empty".to_owned()));
     }
-    let svid_ttl_secs: Option<i64> = row.try_get("svid_ttl_secs")?;
+    let svid_ttl_secs: Option<i64> = row.column("svid_ttl_secs")?;
     let svid_ttl_secs = svid_ttl_secs
         .map(u32::try_from)
         .transpose()
         .map_err(|error| corrupt(format!("svid_ttl_secs: {error}")))?;
-    let kind = match row.try_get::<String, _>("kind")?.as_str() {
+    let kind = match row.column::<String>("kind")?.as_str() {
         "client" => EntryKind::Client,
         "server" => EntryKind::Server,
         other => return Err(corrupt(format!("kind: unknown {other:?}"))),
     };
     Ok(Entry {
         kind,
-        client: row.try_get("client")?,
+        client: row.column("client")?,
         selectors,
         svid_ttl_secs,
-        created_at: row.try_get("created_at")?,
+        created_at: row.column("created_at")?,
         id,
     })
 }

@@ -2,6 +2,34 @@
 
 use std::path::PathBuf;
 
+/// A database error, from whichever connection met it.
+///
+/// Reads go through an async connection pool (sqlx); writes run on the writer thread's
+/// own connection (rusqlite, see [`crate::writer`]). Both are the same SQLite library;
+/// the split only says which side of the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatabaseError {
+    /// A read (or the pool itself: opening, closed).
+    #[error(transparent)]
+    Read(sqlx::Error),
+    /// A statement on the writer's connection.
+    #[error(transparent)]
+    Write(rusqlite::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> StoreError {
+        StoreError::Database(DatabaseError::Read(error))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        StoreError::Database(DatabaseError::Write(error))
+    }
+}
+
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -61,7 +89,7 @@ pub enum StoreError {
     /// Any other database error (I/O, lock timeout, closed pool, constraint such as a
     /// repeated task id or certificate serial).
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] DatabaseError),
 
     /// An entry with the same client and the same selector set already exists.
     #[error("an entry for this client with this selector set already exists: {existing_id}")]
@@ -217,7 +245,7 @@ pub enum StoreError {
         attempts: u32,
     },
 
-    /// The writer's thread or its runtime could not be started.
+    /// The writer's thread could not be started.
     #[error("starting the store writer thread failed: {0}")]
     WriterThread(#[source] std::io::Error),
 

@@ -24,6 +24,7 @@ mod consent;
 mod entry;
 mod error;
 mod migrate;
+mod row;
 mod store;
 mod task;
 mod writer;
@@ -33,7 +34,7 @@ pub use consent::{
     Consent, ConsentFilter, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SERVER_LEN, MAX_SUBJECT_LEN, NewConsent,
 };
 pub use entry::{Entry, EntryKind, MAX_CLIENT_LEN, MAX_SELECTOR_LEN, MAX_SELECTORS, NewEntry};
-pub use error::StoreError;
+pub use error::{DatabaseError, StoreError};
 pub use migrate::SCHEMA_VERSION;
 pub use store::{Store, WriterStats};
 pub use task::{

@@ -111,16 +111,22 @@ impl Store {
                     return Err(error);
                 }
             };
-        let writer =
-            match Writer::start(&options, Arc::clone(&notifier), Arc::clone(&checkpoints)).await {
-                Ok(writer) => writer,
-                Err(error) => {
-                    let _ = stop_checkpoints.send(true);
-                    let _ = checkpointer.await;
-                    pool.close().await;
-                    return Err(error);
-                }
-            };
+        let writer = match Writer::start(
+            path,
+            BUSY_TIMEOUT,
+            Arc::clone(&notifier),
+            Arc::clone(&checkpoints),
+        )
+        .await
+        {
+            Ok(writer) => writer,
+            Err(error) => {
+                let _ = stop_checkpoints.send(true);
+                let _ = checkpointer.await;
+                pool.close().await;
+                return Err(error);
+            }
+        };
         tracing::info!(path = %path.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {

@@ -5,14 +5,15 @@
 //! had, kept until all of them have expired anyway. All of these are writes through the
 //! group-commit writer ([`crate::writer`]): durable before they return.
 
-use serde_json::json;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, SqliteConnection};
-
 use std::sync::Arc;
 
+use rusqlite::{Connection, params};
+use serde_json::json;
+use sqlx::SqlitePool;
+
 use crate::consent::{Sealed, check_len, validate_parties, validate_scopes};
-use crate::writer::{BoxFuture, Effects, Opening, fused_query};
+use crate::row::{Row, query_all, query_optional};
+use crate::writer::Effects;
 use crate::{Store, StoreError, audit};
 
 /// The task columns plus its serials (issuance order), for `concat!`.
@@ -198,10 +199,7 @@ impl Store {
             actor: actor.to_owned(),
             sealed: Arc::clone(&self.inner.sealed),
         };
-        self.inner
-            .writer
-            .write_fused(KIND_BEGIN, state, begin_op)
-            .await
+        self.inner.writer.write(KIND_BEGIN, state, begin_op).await
     }
 
     /// Records a rotated SVID for a live task, with an `svid.issue` audit record. Fails
@@ -250,7 +248,7 @@ impl Store {
             revocation: Some(revocation),
             actor: actor.to_owned(),
         };
-        self.inner.writer.write_fused(KIND_END, state, end_op).await
+        self.inner.writer.write(KIND_END, state, end_op).await
     }
 
     /// The task with this id, if any.
@@ -322,157 +320,118 @@ struct BeginTask {
     sealed: Arc<Sealed>,
 }
 
-fn begin_op<'a>(
-    state: &'a mut BeginTask,
-    conn: &'a mut SqliteConnection,
-    effects: &'a mut Effects,
-) -> BoxFuture<'a, Result<(), StoreError>> {
-    Box::pin(async move {
-        let BeginTask {
-            task,
-            svid,
-            actor,
-            sealed,
-        } = state;
-        if let Some(withdrawn_at) = sealed.check(&task.consent_id) {
-            return Err(StoreError::ConsentAlreadyWithdrawn {
-                id: task.consent_id.clone(),
-                withdrawn_at,
-            });
-        }
-        task.ended_at = None;
-        task.end_reason = None;
-        task.serials = vec![svid.serial.clone()];
-        let scopes = serde_json::to_string(&task.scopes).expect("strings serialise");
-        let detail = json!({
-            "task": &*task,
-            "svid": {
-                "serial": svid.serial,
-                "spiffe_id": svid.spiffe_id,
-                "not_after": svid.not_after,
-            },
+fn begin_op(
+    state: &mut BeginTask,
+    conn: &Connection,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    let BeginTask {
+        task,
+        svid,
+        actor,
+        sealed,
+    } = state;
+    if let Some(withdrawn_at) = sealed.check(&task.consent_id) {
+        return Err(StoreError::ConsentAlreadyWithdrawn {
+            id: task.consent_id.clone(),
+            withdrawn_at,
         });
-        let at = crate::store::unix_millis();
-
-        // One round trip (see write_fused). The task is inserted only if its consent is
-        // usable; if it is not, the SVID insert fails its foreign key to the task, and we
-        // find out below what was wrong with the consent.
-        effects.savepoint_opened = true;
-        //
-        // Only positional `?` parameters in multi-statement queries: sqlx binds each
-        // statement's parameters from a running offset and stops at a numbering gap, so
-        // `?NNN` numbers shared across statements would leave later ones unbound (NULL).
-        let sql = fused_query!(
-            effects.opening,
-            "INSERT INTO tasks (id, client, subject, server, scopes, purpose, consent_id, pid,
-                                begun_at, deadline)
-             SELECT ?, ?, ?, ?, ?, ?, c.id, ?, ?, ? FROM consents c
-             WHERE c.id = ? AND c.withdrawn_at IS NULL AND c.expires_at > ?
-               AND c.client = ? AND c.subject = ? AND c.server = ?;
-             INSERT INTO task_svids (serial, task_id, spiffe_id, not_after) VALUES (?, ?, ?, ?);
-             INSERT INTO audit (at, kind, actor, detail) VALUES (?, 'task.begin', ?, ?)
-             RETURNING seq"
-        );
-        let inserted: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(sql)
-            // tasks
-            .bind(&task.id)
-            .bind(&task.client)
-            .bind(&task.subject)
-            .bind(&task.server)
-            .bind(scopes)
-            .bind(&task.purpose)
-            .bind(task.pid)
-            .bind(task.begun_at)
-            .bind(task.deadline)
-            .bind(&task.consent_id)
-            .bind(task.begun_at)
-            .bind(&task.client)
-            .bind(&task.subject)
-            .bind(&task.server)
-            // task_svids
-            .bind(&svid.serial)
-            .bind(&task.id)
-            .bind(&svid.spiffe_id)
-            .bind(svid.not_after)
-            // audit
-            .bind(at)
-            .bind(&*actor)
-            .bind(detail.to_string())
-            .fetch_all(&mut *conn)
-            .await;
-        let rows = match inserted {
-            Ok(rows) => rows,
-            Err(error) => {
-                return Err(match unusable_consent(conn, task).await {
-                    Ok(Some(why)) => why,
-                    Ok(None) => error.into(),
-                    Err(diagnosis) => diagnosis,
-                });
-            }
-        };
-        let [seq] = rows[..] else {
-            let reason = format!("audit insert returned {} rows, expected 1", rows.len());
-            return Err(sqlx::Error::Protocol(reason).into());
-        };
-        audit::published(effects, seq, at, KIND_BEGIN, actor, detail);
-        Ok(())
-    })
+    }
+    // Read inside the op, so no withdrawal can slip in between this check and the insert.
+    if let Some(why) = unusable_consent(conn, task)? {
+        return Err(why);
+    }
+    task.ended_at = None;
+    task.end_reason = None;
+    task.serials = vec![svid.serial.clone()];
+    let scopes = serde_json::to_string(&task.scopes).expect("strings serialise");
+    conn.prepare_cached(
+        "INSERT INTO tasks (id, client, subject, server, scopes, purpose, consent_id, pid,
+                            begun_at, deadline)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        task.id,
+        task.client,
+        task.subject,
+        task.server,
+        scopes,
+        task.purpose,
+        task.consent_id,
+        task.pid,
+        task.begun_at,
+        task.deadline,
+    ])?;
+    insert_svid(conn, &task.id, svid)?;
+    let detail = json!({
+        "task": &*task,
+        "svid": {
+            "serial": svid.serial,
+            "spiffe_id": svid.spiffe_id,
+            "not_after": svid.not_after,
+        },
+    });
+    audit::write(conn, effects, KIND_BEGIN, actor, detail)?;
+    Ok(())
 }
 
 /// Why a task relying on this consent cannot begin, if anything is wrong with it.
-async fn unusable_consent(
-    conn: &mut SqliteConnection,
+fn unusable_consent(
+    conn: &Connection,
     task: &TaskRecord,
 ) -> Result<Option<StoreError>, StoreError> {
-    let row = sqlx::query(
+    let consent = query_optional(
+        conn,
         "SELECT client, subject, server, expires_at, withdrawn_at FROM consents WHERE id = ?",
-    )
-    .bind(&task.consent_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+        [&task.consent_id],
+        |row| {
+            Ok((
+                row.column::<String>("client")?,
+                row.column::<String>("subject")?,
+                row.column::<String>("server")?,
+                row.column::<i64>("expires_at")?,
+                row.column::<Option<i64>>("withdrawn_at")?,
+            ))
+        },
+    )?;
     let id = task.consent_id.clone();
-    let Some(row) = row else {
+    let Some((client, subject, server, expires_at, withdrawn_at)) = consent else {
         return Ok(Some(StoreError::ConsentNotFound { id }));
     };
-    if let Some(withdrawn_at) = row.try_get::<Option<i64>, _>("withdrawn_at")? {
+    if let Some(withdrawn_at) = withdrawn_at {
         return Ok(Some(StoreError::ConsentAlreadyWithdrawn {
             id,
             withdrawn_at,
         }));
     }
-    let expires_at: i64 = row.try_get("expires_at")?;
     if expires_at <= task.begun_at {
         return Ok(Some(StoreError::ConsentExpired {
             expires_at,
             at: task.begun_at,
         }));
     }
-    for (field, mine) in [
-        ("client", &task.client),
-        ("subject", &task.subject),
-        ("server", &task.server),
+    for (field, theirs, mine) in [
+        ("client", client, &task.client),
+        ("subject", subject, &task.subject),
+        ("server", server, &task.server),
     ] {
-        if row.try_get::<String, _>(field)? != *mine {
+        if theirs != *mine {
             return Ok(Some(StoreError::ConsentMismatch { id, field }));
         }
     }
     Ok(None)
 }
 
-async fn insert_svid(
-    conn: &mut SqliteConnection,
-    task_id: &str,
-    svid: &SvidIssued,
-) -> Result<(), StoreError> {
-    sqlx::query(
+fn insert_svid(conn: &Connection, task_id: &str, svid: &SvidIssued) -> Result<(), StoreError> {
+    conn.prepare_cached(
         "INSERT INTO task_svids (serial, task_id, spiffe_id, not_after) VALUES (?, ?, ?, ?)",
-    )
-    .bind(&svid.serial)
-    .bind(task_id)
-    .bind(&svid.spiffe_id)
-    .bind(svid.not_after)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![
+        svid.serial,
+        task_id,
+        svid.spiffe_id,
+        svid.not_after
+    ])?;
     Ok(())
 }
 
@@ -485,36 +444,35 @@ fn svid_detail(task_id: &str, svid: &SvidIssued) -> serde_json::Value {
     })
 }
 
-fn record_svid_op<'a>(
-    state: &'a mut (String, SvidIssued),
-    conn: &'a mut SqliteConnection,
-    effects: &'a mut Effects,
-) -> BoxFuture<'a, Result<(), StoreError>> {
-    Box::pin(async move {
-        let (task_id, svid) = state;
-        let ended_at: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT ended_at FROM tasks WHERE id = ?")
-                .bind(&*task_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        match ended_at {
-            None => {
-                return Err(StoreError::TaskNotFound {
-                    id: task_id.clone(),
-                });
-            }
-            Some(Some(_)) => {
-                return Err(StoreError::TaskEnded {
-                    id: task_id.clone(),
-                });
-            }
-            Some(None) => {}
+fn record_svid_op(
+    state: &mut (String, SvidIssued),
+    conn: &Connection,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    let (task_id, svid) = state;
+    let ended_at = query_optional(
+        conn,
+        "SELECT ended_at FROM tasks WHERE id = ?",
+        [&*task_id],
+        |row| row.column::<Option<i64>>("ended_at"),
+    )?;
+    match ended_at {
+        None => {
+            return Err(StoreError::TaskNotFound {
+                id: task_id.clone(),
+            });
         }
-        insert_svid(conn, task_id, svid).await?;
-        // The system itself rotates SVIDs: no actor.
-        audit::write(conn, effects, KIND_SVID, "", svid_detail(task_id, svid)).await?;
-        Ok(())
-    })
+        Some(Some(_)) => {
+            return Err(StoreError::TaskEnded {
+                id: task_id.clone(),
+            });
+        }
+        Some(None) => {}
+    }
+    insert_svid(conn, task_id, svid)?;
+    // The system itself rotates SVIDs: no actor.
+    audit::write(conn, effects, KIND_SVID, "", svid_detail(task_id, svid))?;
+    Ok(())
 }
 
 struct EndTask {
@@ -525,86 +483,66 @@ struct EndTask {
     actor: String,
 }
 
-fn end_op<'a>(
-    state: &'a mut EndTask,
-    conn: &'a mut SqliteConnection,
-    effects: &'a mut Effects,
-) -> BoxFuture<'a, Result<EndOutcome, StoreError>> {
-    Box::pin(async move {
-        effects.savepoint_opened = true;
-        let opening = Some(effects.opening);
-        let ended =
-            mark_ended(conn, opening, &state.task_id, &state.reason, state.ended_at).await?;
-        let Some((task, last_not_after)) = ended else {
-            let row = sqlx::query(concat!(task_select!(), " WHERE t.id = ?"))
-                .bind(&state.task_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            return Ok(match row.as_ref().map(decode_task).transpose()? {
-                Some(task) => EndOutcome::AlreadyEnded(task),
-                None => EndOutcome::NotFound,
-            });
-        };
-        let revocation = state
-            .revocation
-            .take()
-            .expect("an op runs once, so its revocation is still there");
-        let revocation = record_end(
+fn end_op(
+    state: &mut EndTask,
+    conn: &Connection,
+    effects: &mut Effects,
+) -> Result<EndOutcome, StoreError> {
+    let ended = mark_ended(conn, &state.task_id, &state.reason, state.ended_at)?;
+    let Some((task, last_not_after)) = ended else {
+        let task = query_optional(
             conn,
-            effects,
-            &task,
-            last_not_after,
-            revocation,
-            &state.actor,
-        )
-        .await?;
-        Ok(EndOutcome::Ended(task, revocation))
-    })
+            concat!(task_select!(), " WHERE t.id = ?"),
+            [&state.task_id],
+            |row| decode_task(row),
+        )?;
+        return Ok(match task {
+            Some(task) => EndOutcome::AlreadyEnded(task),
+            None => EndOutcome::NotFound,
+        });
+    };
+    let revocation = state
+        .revocation
+        .take()
+        .expect("an op runs once, so its revocation is still there");
+    let revocation = record_end(
+        conn,
+        effects,
+        &task,
+        last_not_after,
+        revocation,
+        &state.actor,
+    )?;
+    Ok(EndOutcome::Ended(task, revocation))
 }
 
-/// The columns `mark_ended` returns: the task as updated, its serials, and the latest
-/// `not_after` among its SVIDs.
-macro_rules! ended_returning {
-    () => {
+/// Marks the task ended if it is live. Returns the task as now stored and the latest
+/// `not_after` of its SVIDs, or `None` if it is not live (or does not exist).
+fn mark_ended(
+    conn: &Connection,
+    task_id: &str,
+    reason: &str,
+    ended_at: i64,
+) -> Result<Option<(TaskRecord, Option<i64>)>, StoreError> {
+    query_optional(
+        conn,
         "UPDATE tasks SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL
          RETURNING id, client, subject, server, scopes, purpose, consent_id, pid, begun_at,
                    deadline, ended_at, end_reason,
                    (SELECT json_group_array(s.serial ORDER BY s.rowid)
                     FROM task_svids s WHERE s.task_id = tasks.id) AS serials,
                    (SELECT MAX(s.not_after) FROM task_svids s WHERE s.task_id = tasks.id)
-                       AS last_not_after"
-    };
-}
-
-/// Marks the task ended if it is live, in one round trip (opening the op's savepoint in
-/// the same query when `open_savepoint`). Returns the task as now stored and the latest
-/// `not_after` of its SVIDs, or `None` if it is not live (or does not exist).
-async fn mark_ended(
-    conn: &mut SqliteConnection,
-    opening: Option<Opening>,
-    task_id: &str,
-    reason: &str,
-    ended_at: i64,
-) -> Result<Option<(TaskRecord, Option<i64>)>, StoreError> {
-    let sql = match opening {
-        Some(opening) => fused_query!(opening, ended_returning!()),
-        None => ended_returning!(),
-    };
-    let row = sqlx::query(sql)
-        .bind(ended_at)
-        .bind(reason)
-        .bind(task_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.map(|row| Ok((decode_task(&row)?, row.try_get("last_not_after")?)))
-        .transpose()
+                       AS last_not_after",
+        params![ended_at, reason, task_id],
+        |row| Ok((decode_task(row)?, row.column("last_not_after")?)),
+    )
 }
 
 /// Records the end of `task` (just marked ended in this op): completes `revocation` with
 /// the task's id, serials and a safe `until`, and inserts it with the `task.end` audit
-/// record in one round trip.
-async fn record_end(
-    conn: &mut SqliteConnection,
+/// record.
+fn record_end(
+    conn: &Connection,
     effects: &mut Effects,
     task: &TaskRecord,
     last_not_after: Option<i64>,
@@ -617,38 +555,32 @@ async fn record_end(
         revocation.until = revocation.until.max(last);
     }
     let serials = serde_json::to_string(&revocation.serials).expect("strings serialise");
+    conn.prepare_cached(
+        "INSERT INTO revocations (task_id, spiffe_id, serials, reason, revoked_at_ms, until)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        revocation.task_id,
+        revocation.spiffe_id,
+        serials,
+        revocation.reason,
+        revocation.revoked_at_ms,
+        revocation.until,
+    ])?;
     let detail = json!({
         "task_id": &task.id,
         "reason": &task.end_reason,
         "ended_at": task.ended_at,
         "revocation": &revocation,
     });
-    let at = crate::store::unix_millis();
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO revocations (task_id, spiffe_id, serials, reason, revoked_at_ms, until)
-         VALUES (?, ?, ?, ?, ?, ?);
-         INSERT INTO audit (at, kind, actor, detail) VALUES (?, 'task.end', ?, ?)
-         RETURNING seq",
-    )
-    .bind(&revocation.task_id)
-    .bind(&revocation.spiffe_id)
-    .bind(serials)
-    .bind(&revocation.reason)
-    .bind(revocation.revoked_at_ms)
-    .bind(revocation.until)
-    .bind(at)
-    .bind(actor)
-    .bind(detail.to_string())
-    .fetch_one(&mut *conn)
-    .await?;
-    audit::published(effects, seq, at, KIND_END, actor, detail);
+    audit::write(conn, effects, KIND_END, actor, detail)?;
     Ok(revocation)
 }
 
-/// Ends `task`, read live inside the current op (which has its savepoint open): marks it
-/// ended, inserts its revocation and a `task.end` audit record. Returns the revocation.
-pub(crate) async fn end_live(
-    conn: &mut SqliteConnection,
+/// Ends `task`, read live inside the current op: marks it ended, inserts its revocation
+/// and a `task.end` audit record. Returns the revocation.
+pub(crate) fn end_live(
+    conn: &Connection,
     effects: &mut Effects,
     task: &TaskRecord,
     reason: &str,
@@ -656,56 +588,61 @@ pub(crate) async fn end_live(
     revocation: Revocation,
     actor: &str,
 ) -> Result<Revocation, StoreError> {
-    let Some((task, last_not_after)) = mark_ended(conn, None, &task.id, reason, ended_at).await?
-    else {
+    let Some((task, last_not_after)) = mark_ended(conn, &task.id, reason, ended_at)? else {
         // Cannot happen: the caller read it live in this same op and the writer runs one
         // op at a time. Refuse rather than revoke twice.
         return Err(StoreError::TaskEnded {
             id: task.id.clone(),
         });
     };
-    record_end(conn, effects, &task, last_not_after, revocation, actor).await
+    record_end(conn, effects, &task, last_not_after, revocation, actor)
 }
 
-fn prune_op<'a>(
-    now: &'a mut i64,
-    conn: &'a mut SqliteConnection,
-    _effects: &'a mut Effects,
-) -> BoxFuture<'a, Result<u64, StoreError>> {
-    Box::pin(async move {
-        Ok(sqlx::query("DELETE FROM revocations WHERE until <= ?")
-            .bind(*now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected())
-    })
+fn prune_op(now: &mut i64, conn: &Connection, _effects: &mut Effects) -> Result<u64, StoreError> {
+    let pruned = conn
+        .prepare_cached("DELETE FROM revocations WHERE until <= ?")?
+        .execute([*now])?;
+    Ok(u64::try_from(pruned).unwrap_or(u64::MAX))
 }
 
-/// Live tasks relying on `consent_id`, read through `executor` (the pool, or the writer's
-/// connection inside an op).
-pub(crate) async fn live_tasks_for_consent<'e, E>(
-    executor: E,
-    consent_id: &str,
-) -> Result<Vec<TaskRecord>, StoreError>
-where
-    E: sqlx::Executor<'e, Database = Sqlite>,
-{
-    let rows = sqlx::query(concat!(
-        task_select!(),
+/// The [`task_select!`] condition for live tasks relying on a consent, oldest first.
+macro_rules! live_for_consent {
+    () => {
         " WHERE t.consent_id = ? AND t.ended_at IS NULL ORDER BY t.begun_at, t.id"
-    ))
-    .bind(consent_id)
-    .fetch_all(executor)
-    .await?;
+    };
+}
+
+/// Live tasks relying on `consent_id`, read on the writer's connection inside an op.
+pub(crate) fn live_tasks_for_consent_in_writer(
+    conn: &Connection,
+    consent_id: &str,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    query_all(
+        conn,
+        concat!(task_select!(), live_for_consent!()),
+        [consent_id],
+        |row| decode_task(row),
+    )
+}
+
+/// Live tasks relying on `consent_id`, read through the pool.
+pub(crate) async fn live_tasks_for_consent(
+    pool: &SqlitePool,
+    consent_id: &str,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let rows = sqlx::query(concat!(task_select!(), live_for_consent!()))
+        .bind(consent_id)
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(decode_task).collect()
 }
 
 /// Decodes a [`task_select!`] row, reporting anything malformed as
 /// [`StoreError::Corrupt`].
-fn decode_task(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
-    let id: String = row.try_get("id")?;
+fn decode_task(row: &impl Row) -> Result<TaskRecord, StoreError> {
+    let id: String = row.column("id")?;
     let json_list = |column: &str| -> Result<Vec<String>, StoreError> {
-        let text: String = row.try_get(column)?;
+        let text: String = row.column(column)?;
         serde_json::from_str(&text).map_err(|error| StoreError::Corrupt {
             table: "tasks",
             id: id.clone(),
@@ -713,36 +650,36 @@ fn decode_task(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
         })
     };
     Ok(TaskRecord {
-        client: row.try_get("client")?,
-        subject: row.try_get("subject")?,
-        server: row.try_get("server")?,
+        client: row.column("client")?,
+        subject: row.column("subject")?,
+        server: row.column("server")?,
         scopes: json_list("scopes")?,
-        purpose: row.try_get("purpose")?,
-        consent_id: row.try_get("consent_id")?,
-        pid: row.try_get("pid")?,
-        begun_at: row.try_get("begun_at")?,
-        deadline: row.try_get("deadline")?,
-        ended_at: row.try_get("ended_at")?,
-        end_reason: row.try_get("end_reason")?,
+        purpose: row.column("purpose")?,
+        consent_id: row.column("consent_id")?,
+        pid: row.column("pid")?,
+        begun_at: row.column("begun_at")?,
+        deadline: row.column("deadline")?,
+        ended_at: row.column("ended_at")?,
+        end_reason: row.column("end_reason")?,
         serials: json_list("serials")?,
         id,
     })
 }
 
-fn decode_revocation(row: &SqliteRow) -> Result<Revocation, StoreError> {
-    let task_id: String = row.try_get("task_id")?;
-    let serials: String = row.try_get("serials")?;
+fn decode_revocation(row: &impl Row) -> Result<Revocation, StoreError> {
+    let task_id: String = row.column("task_id")?;
+    let serials: String = row.column("serials")?;
     let serials = serde_json::from_str(&serials).map_err(|error| StoreError::Corrupt {
         table: "revocations",
         id: task_id.clone(),
         reason: format!("serials: {error}"),
     })?;
     Ok(Revocation {
-        spiffe_id: row.try_get("spiffe_id")?,
+        spiffe_id: row.column("spiffe_id")?,
         serials,
-        reason: row.try_get("reason")?,
-        revoked_at_ms: row.try_get("revoked_at_ms")?,
-        until: row.try_get("until")?,
+        reason: row.column("reason")?,
+        revoked_at_ms: row.column("revoked_at_ms")?,
+        until: row.column("until")?,
         task_id,
     })
 }

@@ -1,42 +1,45 @@
-//! The single writer: every change to the database goes through one task that batches
+//! The single writer: every change to the database goes through one thread that batches
 //! concurrent writes into one transaction (group commit).
 //!
 //! # Why
 //!
 //! Every commit is fsynced (`synchronous = FULL`, see [`crate::Store::open`]): a lost
 //! revocation or consent withdrawal would bring a dead credential back to life after a
-//! power cut. One durable WAL commit costs ~110 µs on the reference 2-core machine, so one
-//! transaction per call caps the store at well under 10,000 writes/s *in the best case*,
-//! and, with several connections, writers also queue on SQLite's file lock (busy-wait with
-//! sleeps, `SQLITE_BUSY` after the timeout). The agent must answer ≥ 5,000 BeginTask/s from
-//! 8 concurrent callers, each only once its task is durable. Sharing one fsync among all
-//! the writes that arrived while the previous one ran removes that ceiling.
+//! power cut. One durable WAL commit costs ~0.5 ms on the reference 2-core machine, so one
+//! transaction per call caps the store at ~2,000 writes/s, and, with several connections,
+//! writers also queue on SQLite's file lock (busy-wait with sleeps, `SQLITE_BUSY` after
+//! the timeout). The agent must answer ≥ 5,000 BeginTask/s from 8 concurrent callers,
+//! each only once its task is durable. Sharing one fsync among all the writes that
+//! arrived while the previous one ran removes that ceiling.
 //!
 //! # How
 //!
 //! Write operations ([`Op`]) go into one bounded mpsc queue, each with a oneshot reply.
-//! One writer, on a thread of its own (see [`Writer::start`]), owns a dedicated connection
-//! (the pool is for reads only) and loops:
+//! One writer thread owns a dedicated connection (the pool is for reads only) and loops:
 //!
 //! 1. wait for one op, then take whatever else is already queued, up to [`MAX_BATCH`] ops;
 //! 2. `BEGIN IMMEDIATE`; run each op inside its own `SAVEPOINT`: an op that fails (a typed
 //!    error, or a database error such as a constraint violation) is rolled back to its
-//!    savepoint and fails alone, and the other ops in the batch still commit. (Savepoints
-//!    nest instead of being released, and the hot ops open theirs in the same query as
-//!    their statements, the first of them the transaction too: every query is a round
-//!    trip to sqlx's connection thread, ~100 µs of latency on a busy 2-core machine, so
-//!    a batch of one BeginTask is two round trips, its query and `COMMIT`);
+//!    savepoint and fails alone, and the other ops in the batch still commit;
 //! 3. `COMMIT` once (one fsync; WAL checkpoints happen elsewhere, see
 //!    [`crate::checkpoint`]);
 //! 4. publish what the batch changed (audit rows to [`crate::Store::subscribe_audit`] in
 //!    sequence order, entry and consent revision bumps), then reply to each op.
+//!
+//! The writer's connection is a synchronous rusqlite connection with cached prepared
+//! statements, so an op's statements are plain calls into SQLite on this thread. (With
+//! sqlx every statement was a round trip to sqlx's own connection thread, each a wake-up
+//! on a busy 2-core machine: a BeginTask's statements took ~300 µs of the writer's time
+//! under load, for ~100 µs of SQLite work, and the writer, holding the database's only
+//! write lock meanwhile, was the bottleneck.) Reads stay on sqlx's async pool.
 //!
 //! # Guarantees
 //!
 //! - **Durable before answered.** A write's `Ok` is sent only after the `COMMIT` holding
 //!   it returned, and that commit was fsynced.
 //! - **All or nothing per op.** An op's rows and its audit records commit together or not
-//!   at all. If the batch-level statements fail (`BEGIN`, a savepoint, `COMMIT`), the whole
+//!   at all. If the batch-level statements fail (`BEGIN`, a savepoint, `COMMIT`), or
+//!   SQLite rolls the whole transaction back on its own (I/O error, disk full), the whole
 //!   batch is rolled back and every op in it fails ([`StoreError::CommitFailed`]; an op
 //!   that had already failed on its own keeps its own error).
 //! - **Serialised.** Ops apply one after another in queue order (per caller: call order),
@@ -55,15 +58,12 @@
 //! Reads use the pool and see every committed write (WAL gives each read a consistent
 //! snapshot), including every write whose call has returned.
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use sqlx::SqliteConnection;
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection as _};
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::checkpoint::CheckpointState;
@@ -80,52 +80,18 @@ const QUEUE_CAPACITY: usize = 4096;
 /// it sees `Lagged` (it can then catch up with [`crate::Store::list_audit`]).
 const AUDIT_CHANNEL_CAPACITY: usize = 16_384;
 
-/// A boxed, sendable future borrowing for `'a`.
-pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Prepared statements the writer's connection keeps. Every write statement the store
+/// has fits, so none is parsed twice.
+const STATEMENT_CACHE: usize = 64;
 
 /// The body of a write: runs its statements on the writer's connection (inside the op's
-/// savepoint) and records what to publish once committed.
-pub(crate) type RunFn<S, T> = for<'a> fn(
-    &'a mut S,
-    &'a mut SqliteConnection,
-    &'a mut Effects,
-) -> BoxFuture<'a, Result<T, StoreError>>;
+/// savepoint) and records what to publish once committed. Prepare statements with
+/// `prepare_cached`: the writer runs the same few statements over and over.
+pub(crate) type RunFn<S, T> = fn(&mut S, &Connection, &mut Effects) -> Result<T, StoreError>;
 
-/// What the first query of an op queued with [`Writer::write_fused`] opens before its
-/// own statements; [`fused_query!`] writes both forms.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Opening {
-    /// The op's savepoint: `SAVEPOINT op; …`.
-    #[default]
-    Savepoint,
-    /// The batch's transaction, then the op's savepoint: `BEGIN IMMEDIATE; SAVEPOINT op;
-    /// …`. For the first op of a batch, which saves the batch a round trip.
-    TransactionAndSavepoint,
-}
-
-/// The first query of a fused op: `$sql` (a string literal, or a macro expanding to
-/// one) preceded by what `$opening` (an [`Opening`]) asks for.
-macro_rules! fused_query {
-    ($opening:expr, $sql:expr) => {
-        match $opening {
-            $crate::writer::Opening::Savepoint => concat!("SAVEPOINT op; ", $sql),
-            $crate::writer::Opening::TransactionAndSavepoint => {
-                concat!("BEGIN IMMEDIATE; SAVEPOINT op; ", $sql)
-            }
-        }
-    };
-}
-pub(crate) use fused_query;
-
-/// What a committed op publishes (discarded if the op rolls back), and how it ran.
+/// What a committed op publishes (discarded if the op rolls back).
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
-    /// For an op queued with [`Writer::write_fused`]: what its first query must open.
-    pub(crate) opening: Opening,
-    /// Set by an op queued with [`Writer::write_fused`] once it has sent the query that
-    /// opens its savepoint (see [`fused_query!`]), whether or not the query then
-    /// succeeded.
-    pub(crate) savepoint_opened: bool,
     /// Audit rows written, in `seq` order.
     pub(crate) audit: Vec<AuditRecord>,
     /// Registration entries created or deleted.
@@ -181,14 +147,8 @@ impl Notifier {
 /// One queued write, type-erased.
 trait Op: Send {
     fn name(&self) -> &'static str;
-    /// Whether the op opens its own savepoint (see [`Writer::write_fused`]).
-    fn own_savepoint(&self) -> bool;
     /// Runs the write; on `Ok` the op holds its output until [`Op::finish`].
-    fn apply<'a>(
-        &'a mut self,
-        conn: &'a mut SqliteConnection,
-        effects: &'a mut Effects,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn apply(&mut self, conn: &Connection, effects: &mut Effects) -> Result<(), StoreError>;
     /// Replies: the stored output if `result` is `Ok`, else the error.
     fn finish(self: Box<Self>, result: Result<(), StoreError>);
 }
@@ -196,7 +156,6 @@ trait Op: Send {
 /// A write with state `S` producing `T`.
 struct Job<S, T> {
     name: &'static str,
-    own_savepoint: bool,
     state: S,
     run: RunFn<S, T>,
     output: Option<T>,
@@ -208,20 +167,10 @@ impl<S: Send, T: Send> Op for Job<S, T> {
         self.name
     }
 
-    fn own_savepoint(&self) -> bool {
-        self.own_savepoint
-    }
-
-    fn apply<'a>(
-        &'a mut self,
-        conn: &'a mut SqliteConnection,
-        effects: &'a mut Effects,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let output = (self.run)(&mut self.state, conn, effects).await?;
-            self.output = Some(output);
-            Ok(())
-        })
+    fn apply(&mut self, conn: &Connection, effects: &mut Effects) -> Result<(), StoreError> {
+        let output = (self.run)(&mut self.state, conn, effects)?;
+        self.output = Some(output);
+        Ok(())
     }
 
     fn finish(self: Box<Self>, result: Result<(), StoreError>) {
@@ -249,50 +198,37 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer on a thread of its own, with its own connection.
+    /// Opens the writer's connection to the database at `path` (already created,
+    /// permission-checked and migrated by [`crate::Store::open`]) and starts the writer on
+    /// a thread of its own.
     ///
-    /// Why a thread (running a single-threaded tokio runtime) rather than a task on the
-    /// caller's runtime: every statement is a round trip to sqlx's connection thread, and
-    /// a task woken by its reply waits in the runtime's queue behind whatever else is
-    /// ready, on the agent's busy workers a BeginTask's key generation and signing. The
-    /// writer holds the database's only write lock while it waits, so that queueing
-    /// delay was paid by every caller in the batch; on its own thread the writer is
-    /// polled as soon as the kernel runs it.
-    ///
-    /// The connection does not checkpoint the WAL on commit; `checkpoints` says when it
-    /// should finish one between batches (see [`crate::checkpoint`]).
+    /// The connection uses the same settings as the read pool (WAL, `synchronous =
+    /// FULL`, foreign keys, in-memory temp store, the busy timeout) except that it never
+    /// checkpoints the WAL on commit; `checkpoints` says when it should finish one
+    /// between batches (see [`crate::checkpoint`]).
     pub(crate) async fn start(
-        options: &SqliteConnectOptions,
-        notifier: std::sync::Arc<Notifier>,
-        checkpoints: std::sync::Arc<CheckpointState>,
+        path: &Path,
+        busy_timeout: Duration,
+        notifier: Arc<Notifier>,
+        checkpoints: Arc<CheckpointState>,
     ) -> Result<Writer, StoreError> {
-        let options = options.clone().pragma("wal_autocheckpoint", "0");
+        let path = path.to_owned();
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (opened, connected) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("tessera-store-writer".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = opened.send(Err(StoreError::WriterThread(error)));
-                        return;
+            .spawn(move || match connect(&path, busy_timeout) {
+                Ok(conn) => {
+                    let _ = opened.send(Ok(()));
+                    run(&conn, rx, &notifier, &checkpoints);
+                    if let Err((_, error)) = conn.close() {
+                        tracing::warn!(%error, "closing the store writer's connection failed");
                     }
-                };
-                runtime.block_on(async move {
-                    match options.connect().await {
-                        Ok(conn) => {
-                            let _ = opened.send(Ok(()));
-                            run(conn, rx, notifier, checkpoints).await;
-                        }
-                        Err(error) => {
-                            let _ = opened.send(Err(error.into()));
-                        }
-                    }
-                });
+                    tracing::debug!("store writer stopped");
+                }
+                Err(error) => {
+                    let _ = opened.send(Err(error));
+                }
             })
             .map_err(StoreError::WriterThread)?;
         let writer = Writer {
@@ -342,42 +278,9 @@ impl Writer {
         S: Send + 'static,
         T: Send + 'static,
     {
-        self.queue(name, false, state, run).await
-    }
-
-    /// Like [`Writer::write`], for a hot op that saves round trips to the connection
-    /// thread by opening its own savepoint, and when it comes first in its batch the
-    /// batch's transaction too: its first query must be built with [`fused_query!`] from
-    /// [`Effects::opening`], it must set [`Effects::savepoint_opened`] as soon as it has
-    /// sent that query, and it must run no statement before it.
-    pub(crate) async fn write_fused<S, T>(
-        &self,
-        name: &'static str,
-        state: S,
-        run: RunFn<S, T>,
-    ) -> Result<T, StoreError>
-    where
-        S: Send + 'static,
-        T: Send + 'static,
-    {
-        self.queue(name, true, state, run).await
-    }
-
-    async fn queue<S, T>(
-        &self,
-        name: &'static str,
-        own_savepoint: bool,
-        state: S,
-        run: RunFn<S, T>,
-    ) -> Result<T, StoreError>
-    where
-        S: Send + 'static,
-        T: Send + 'static,
-    {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             name,
-            own_savepoint,
             state,
             run,
             output: None,
@@ -402,17 +305,38 @@ impl Writer {
     }
 }
 
-/// The writer loop.
-async fn run(
-    mut conn: SqliteConnection,
+/// Opens the writer's connection. `NO_MUTEX`: it is used from this one thread only, so
+/// SQLite's per-call connection mutex would be pure overhead.
+fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    // No SQLITE_OPEN_CREATE: Store::open created the file with its mode. No URI flag: a
+    // path is a path, never `file:…?options`.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(busy_timeout)?;
+    // The reasons for each setting are on the pool's options in crate::store. WAL is
+    // persistent in the file (the pool set it); setting it again costs nothing.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA wal_autocheckpoint = 0;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// The writer loop, until the store is closed or every handle to it dropped.
+fn run(
+    conn: &Connection,
     mut rx: mpsc::Receiver<Msg>,
-    notifier: std::sync::Arc<Notifier>,
-    checkpoints: std::sync::Arc<CheckpointState>,
+    notifier: &Notifier,
+    checkpoints: &CheckpointState,
 ) {
     let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
     while closing.is_none() {
-        match rx.recv().await {
+        match rx.blocking_recv() {
             // Every Store handle is gone.
             None => break,
             Some(Msg::Close(ack)) => {
@@ -431,22 +355,24 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let committed = run_batch(&mut conn, &mut batch, &notifier).await;
+        let committed = run_batch(conn, &mut batch, notifier);
         // After the batch's callers have their replies.
         checkpoints.committed(committed);
-        checkpoints.finish_if_due(&mut conn).await;
+        checkpoints.finish_if_due(conn);
     }
     // Refuse further ops; any queued after the Close are dropped, which fails their
     // callers with StoreError::Closed.
     rx.close();
     drop(rx);
-    if let Err(error) = conn.close().await {
-        tracing::warn!(%error, "closing the store writer's connection failed");
-    }
-    tracing::debug!("store writer stopped");
     if let Some(ack) = closing {
         let _ = ack.send(());
     }
+}
+
+/// Runs one statement of the batch's own (`BEGIN`, `SAVEPOINT`, …).
+fn execute(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 /// An op that has run inside the open transaction: its result and what it will publish.
@@ -454,67 +380,52 @@ type Ran = (Box<dyn Op>, Result<(), StoreError>, Effects);
 
 /// Runs `batch` (emptying it) in one transaction, then publishes and replies.
 ///
-/// The transaction is driven with plain `BEGIN`/`COMMIT`/`ROLLBACK` statements rather than
-/// sqlx's `Transaction`: after an error that makes SQLite roll back on its own (I/O error,
-/// disk full) sqlx's bookkeeping would keep believing a transaction is open and refuse the
-/// next `BEGIN`, wedging the writer. A stray `ROLLBACK` with no open transaction is
-/// harmless, so the recovery path here always works.
+/// The transaction is driven with plain `BEGIN`/`COMMIT`/`ROLLBACK` statements; after an
+/// op's error SQLite may have rolled the whole transaction back on its own (I/O error,
+/// disk full), which the connection's autocommit flag shows, and then the batch is
+/// abandoned rather than committing the ops after it alone. A stray `ROLLBACK` with no
+/// open transaction is harmless, so the recovery path always works.
 ///
 /// Returns how many writes it committed.
-async fn run_batch(
-    conn: &mut SqliteConnection,
-    batch: &mut Vec<Box<dyn Op>>,
-    notifier: &Notifier,
-) -> u64 {
+fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>, notifier: &Notifier) -> u64 {
     let started = Instant::now();
     // Until COMMIT was sent: the ops' statements, without the fsync.
-    let mut applied = std::time::Duration::ZERO;
+    let mut applied = Duration::ZERO;
     let size = batch.len();
-    let mut pending: VecDeque<Box<dyn Op>> = batch.drain(..).collect();
+    let mut pending = batch.drain(..);
     let mut done: Vec<Ran> = Vec::with_capacity(size);
+    // Ops the batch never ran, if it failed.
+    let mut unreached: Vec<Box<dyn Op>> = Vec::new();
 
-    let outcome: Result<(), sqlx::Error> = async {
-        // A fused op first in the batch opens the transaction in its own first query.
-        // If that query fails at BEGIN, its savepoint does not exist, so the ROLLBACK TO
-        // below fails and the batch is abandoned as for any failed BEGIN.
-        let mut opening = if pending.front().is_some_and(|op| op.own_savepoint()) {
-            Opening::TransactionAndSavepoint
-        } else {
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-            Opening::Savepoint
-        };
-        while let Some(mut op) = pending.pop_front() {
-            let mut effects = Effects {
-                opening: std::mem::take(&mut opening),
-                ..Effects::default()
-            };
-            if !op.own_savepoint() {
-                if let Err(error) = sqlx::query("SAVEPOINT op").execute(&mut *conn).await {
-                    pending.push_front(op);
-                    return Err(error);
-                }
-                effects.savepoint_opened = true;
+    let outcome: Result<(), StoreError> = (|| {
+        execute(conn, "BEGIN IMMEDIATE")?;
+        for mut op in pending.by_ref() {
+            let mut effects = Effects::default();
+            if let Err(error) = execute(conn, "SAVEPOINT op") {
+                unreached.push(op);
+                return Err(error.into());
             }
-            let result = op.apply(conn, &mut effects).await;
-            let rollback = result.is_err() && effects.savepoint_opened;
+            let result = op.apply(conn, &mut effects);
+            let failed = result.is_err();
             if let Err(error) = &result {
                 tracing::debug!(op = op.name(), %error, "store write failed; rolled back alone");
             }
             done.push((op, result, effects));
-            if rollback {
-                // If SQLite already rolled back the whole transaction, this fails and the
-                // batch is abandoned below.
-                sqlx::query("ROLLBACK TO op").execute(&mut *conn).await?;
+            if failed {
+                if conn.is_autocommit() {
+                    return Err(StoreError::CommitFailed {
+                        reason: "SQLite rolled the transaction back after an op's error".to_owned(),
+                    });
+                }
+                execute(conn, "ROLLBACK TO op")?;
             }
-            // Savepoints are not released: each op's nests in the previous one's, which
-            // saves a round trip per op; ROLLBACK TO targets the innermost (this op's),
-            // and COMMIT ends them all.
+            execute(conn, "RELEASE op")?;
         }
         applied = started.elapsed();
-        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        execute(conn, "COMMIT")?;
         Ok(())
-    }
-    .await;
+    })();
+    unreached.extend(pending);
 
     match outcome {
         Ok(()) => {
@@ -543,7 +454,7 @@ async fn run_batch(
         }
         Err(error) => {
             tracing::error!(size, %error, "group commit failed; batch rolled back");
-            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            if let Err(rollback) = execute(conn, "ROLLBACK") {
                 // Expected when SQLite already rolled back by itself.
                 tracing::debug!(error = %rollback, "rollback after failed group commit");
             }
@@ -557,11 +468,61 @@ async fn run_batch(
             for (op, result, _) in done {
                 op.finish(failed(result));
             }
-            // Ops the batch never reached.
-            for op in pending {
+            for op in unreached {
                 op.finish(failed(Ok(())));
             }
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::open_temp;
+
+    /// The writer's connection is opened separately from the pool (a different library),
+    /// so its durability and integrity settings are checked on their own.
+    #[tokio::test]
+    async fn the_writer_connection_is_durable_and_enforces_foreign_keys() {
+        let (_dir, _path, store) = open_temp().await;
+        let settings = store
+            .inner
+            .writer
+            .write("settings", (), |(), conn, _| {
+                let pragma = |name: &str| -> rusqlite::Result<String> {
+                    conn.query_row(&format!("PRAGMA {name}"), [], |row| {
+                        row.get::<_, rusqlite::types::Value>(0)
+                            .map(|value| format!("{value:?}"))
+                    })
+                };
+                Ok([
+                    "journal_mode",
+                    "synchronous",
+                    "foreign_keys",
+                    "temp_store",
+                    "wal_autocheckpoint",
+                    "busy_timeout",
+                ]
+                .map(|name| pragma(name).map(|value| format!("{name}={value}")))
+                .into_iter()
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            settings,
+            [
+                "journal_mode=Text(\"wal\")",
+                // FULL: every commit is fsynced.
+                "synchronous=Integer(2)",
+                "foreign_keys=Integer(1)",
+                // MEMORY: savepoint journals never spill to temp files.
+                "temp_store=Integer(2)",
+                // Checkpoints are the checkpointer's job, never a commit's.
+                "wal_autocheckpoint=Integer(0)",
+                "busy_timeout=Integer(5000)",
+            ]
+        );
+        store.close().await;
     }
 }
