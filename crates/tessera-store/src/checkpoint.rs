@@ -4,7 +4,7 @@
 //!
 //! With SQLite's automatic checkpoint, the commit that takes the WAL past 1,000 frames
 //! copies every page in it to the database file and fsyncs that file before `COMMIT`
-//! returns. A BeginTask writes ~13 frames, so about one commit in 80 stalled for several
+//! returns. A BeginTask wrote ~13 frames, so about one commit in 80 stalled for several
 //! milliseconds (4–9 ms on the reference 2-core machine) with its callers waiting: that
 //! stall was the single-caller BeginTask p99.
 //!
@@ -37,10 +37,10 @@ use tokio::sync::{Notify, watch};
 
 use crate::StoreError;
 
-/// Committed writes between two background checkpoints. A BeginTask writes ~13 WAL
-/// frames, so this is ~800 frames, near SQLite's own automatic threshold of 1,000; each
-/// checkpoint fsyncs the database file, so fewer is better as long as the WAL stays
-/// short.
+/// Committed writes between two background checkpoints. A BeginTask writes ~8 WAL
+/// frames, so this is ~500 frames (1 MiB of 2 KiB pages), below SQLite's own automatic
+/// threshold of 1,000; each checkpoint fsyncs the database file, so fewer is better as
+/// long as the WAL stays short.
 pub(crate) const CHECKPOINT_WRITES: u64 = 64;
 
 /// WAL length, in frames, from which the writer finishes a checkpoint itself so the WAL
@@ -154,8 +154,8 @@ mod tests {
     use super::RESTART_FRAMES;
     use crate::testing::{begin, granted_consent, open_temp};
 
-    /// Without checkpoints the WAL would grow by every frame written (~13 per task, so
-    /// ~80 MiB here); with them it starts over about every RESTART_FRAMES frames.
+    /// Without checkpoints the WAL would grow by every frame written (~8 per task, so
+    /// ~25 MiB here); with them it starts over about every RESTART_FRAMES frames.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_while_the_writer_never_checkpoints_on_commit() {
         let (_dir, path, store) = open_temp().await;
@@ -167,7 +167,7 @@ mod tests {
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
         let wal_bytes = std::fs::metadata(&wal).unwrap().len();
-        let page = 4096;
+        let page = 2048;
         // A restart at RESTART_FRAMES plus the frames written until the writer's next
         // gap; generous, but far below the unbounded growth.
         let bound = u64::try_from(3 * RESTART_FRAMES).unwrap() * (page + 24);

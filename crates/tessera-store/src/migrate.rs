@@ -18,14 +18,21 @@ struct Migration {
 }
 
 /// All migrations, in version order. Versions are 1, 2, 3, ... with no gaps.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "fewer pages per write",
+        sql: include_str!("../migrations/0002_fewer_pages_per_write.sql"),
+    },
+];
 
 /// The schema version this binary creates and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
@@ -41,10 +48,28 @@ pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
     .execute(pool)
     .await?;
 
+    // Migrations run with foreign key enforcement off, SQLite's documented way to rebuild a
+    // table that others reference (dropping the old table would otherwise delete through
+    // its children's keys); each one checks every key before it commits instead. The
+    // setting cannot change inside a transaction, and it is per connection, so this one
+    // connection is taken out of the pool and closed afterwards rather than handed back
+    // without enforcement.
+    let mut conn = pool.acquire().await?.detach();
+    let migrated = migrate(&mut conn).await;
+    if let Err(error) = sqlx::Connection::close(conn).await {
+        tracing::debug!(%error, "closing the migration connection failed");
+    }
+    migrated
+}
+
+async fn migrate(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query("PRAGMA foreign_keys = OFF")
+        .execute(&mut *conn)
+        .await?;
     for migration in MIGRATIONS {
         // IMMEDIATE takes the write lock up front, so two processes opening the same file
         // at once serialise here and the second sees the first one's version.
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
         let current = current_version(&mut tx).await?;
         if current > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew {
@@ -63,6 +88,17 @@ pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
             .execute(&mut *tx)
             .await
             .map_err(failed)?;
+        let violations: Vec<(String, Option<i64>, String)> =
+            sqlx::query_as("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(failed)?;
+        if let Some((table, rowid, parent)) = violations.first() {
+            return Err(failed(sqlx::Error::Protocol(format!(
+                "{} row(s) break a foreign key, e.g. {table} rowid {rowid:?} -> {parent}",
+                violations.len()
+            ))));
+        }
         sqlx::query(
             "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
         )
@@ -88,4 +124,174 @@ async fn current_version(conn: &mut sqlx::SqliteConnection) -> Result<i64, Store
         .fetch_one(&mut *conn)
         .await?;
     Ok(version.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use sqlx::{ConnectOptions, Connection};
+
+    use super::*;
+    use crate::testing::{now, revocation};
+    use crate::{EndOutcome, Store, SvidIssued};
+
+    /// A database as a v1 binary left it: one consent, a live task with three SVIDs whose
+    /// serials sort differently from their issuance order, and an ended task with its
+    /// revocation.
+    async fn v1_database(path: &std::path::Path) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .unwrap();
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .connect()
+            .await
+            .unwrap();
+        let later = now() + 3600;
+        sqlx::raw_sql(MIGRATIONS[0].sql)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        // Test data only, nothing from outside.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE schema_migrations (
+                 version INTEGER PRIMARY KEY NOT NULL, description TEXT NOT NULL,
+                 applied_at INTEGER NOT NULL) STRICT;
+             INSERT INTO schema_migrations VALUES (1, 'initial', 0);
+             INSERT INTO consents VALUES ('c1', 'agent', 'alice', 'github', '[\"github/tool/a\"]',
+                                          {later}, 'admin', 0, NULL);
+             INSERT INTO tasks VALUES ('t-live', 'agent', 'alice', 'github', '[\"github/tool/a\"]',
+                                       'p', 'c1', 7, 1, {later}, NULL, NULL);
+             INSERT INTO tasks VALUES ('t-ended', 'agent', 'alice', 'github', '[\"github/tool/a\"]',
+                                       'p', 'c1', 7, 2, {later}, 3, 'ended');
+             INSERT INTO task_svids VALUES ('cc', 't-live', 'spiffe://x/client/agent/task/t-live', {later});
+             INSERT INTO task_svids VALUES ('0a', 't-ended', 'spiffe://x/client/agent/task/t-ended', {later});
+             INSERT INTO task_svids VALUES ('aa', 't-live', 'spiffe://x/client/agent/task/t-live', {later});
+             INSERT INTO task_svids VALUES ('bb', 't-live', 'spiffe://x/client/agent/task/t-live', {later});
+             INSERT INTO revocations VALUES ('t-ended', 'spiffe://x/client/agent/task/t-ended',
+                                             '[\"0a\"]', 'ended', 3000, {later});
+             INSERT INTO audit (at, kind, actor, detail) VALUES (1, 'task.begin', 'a', '{{}}');"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_v1_database_migrates_keeping_every_row_and_the_issuance_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.db");
+        v1_database(&path).await;
+
+        let store = Store::open(&path).await.unwrap();
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+            .fetch_all(&store.inner.pool)
+            .await
+            .unwrap();
+        assert_eq!(versions, [1, 2]);
+
+        // Issuance order was the rowid: cc, aa, bb.
+        let live = store.get_task("t-live").await.unwrap().unwrap();
+        assert_eq!(live.serials, ["cc", "aa", "bb"]);
+        assert_eq!((live.pid, live.begun_at, live.ended_at), (7, 1, None));
+        let ended = store.get_task("t-ended").await.unwrap().unwrap();
+        assert_eq!(ended.end_reason.as_deref(), Some("ended"));
+        assert_eq!(store.revocations(0).await.unwrap()[0].serials, ["0a"]);
+        assert_eq!(store.list_audit(0, 10).await.unwrap().len(), 1);
+
+        // The rebuilt tables still enforce their keys, and a rotation goes last.
+        let rotated = SvidIssued {
+            serial: "01".into(),
+            spiffe_id: "spiffe://x/client/agent/task/t-live".into(),
+            not_after: now() + 60,
+        };
+        store
+            .record_task_svid("t-live", rotated.clone())
+            .await
+            .unwrap();
+        let live = store.get_task("t-live").await.unwrap().unwrap();
+        assert_eq!(live.serials, ["cc", "aa", "bb", "01"]);
+        let repeated = store.record_task_svid("t-live", rotated).await.unwrap_err();
+        assert!(matches!(repeated, StoreError::Database(_)), "{repeated:?}");
+        let orphan = sqlx::query("INSERT INTO task_svids VALUES ('ff', 'nope', 1, 'x', 0)")
+            .execute(&store.inner.pool)
+            .await
+            .unwrap_err();
+        assert!(orphan.to_string().contains("FOREIGN KEY"), "{orphan}");
+        let ended = store
+            .end_task(
+                "t-live",
+                "ended",
+                now(),
+                revocation("agent", "t-live", "ended"),
+                "a",
+            )
+            .await
+            .unwrap();
+        let EndOutcome::Ended(_, revocation) = ended else {
+            panic!("{ended:?}")
+        };
+        assert_eq!(revocation.serials, ["cc", "aa", "bb", "01"]);
+
+        // Pool connections (one of which ran the migration without enforcement) enforce
+        // foreign keys again.
+        for _ in 0..4 {
+            let enforced: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(&store.inner.pool)
+                .await
+                .unwrap();
+            assert_eq!(enforced, 1);
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_migration_that_breaks_a_foreign_key_is_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.db");
+        v1_database(&path).await;
+        // A v1 file whose task refers to a consent that is not there (possible only with
+        // enforcement off): v2 must refuse to carry it over rather than hide it.
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .foreign_keys(false)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("UPDATE tasks SET consent_id = 'gone' WHERE id = 't-ended'")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+
+        let error = Store::open(&path).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::Migration { version: 2, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("foreign key"), "{error}");
+        // Still a v1 database, untouched.
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .unwrap();
+        let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(version, 1);
+        let svids: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM task_svids")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(svids, 4);
+    }
 }

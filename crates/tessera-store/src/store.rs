@@ -22,6 +22,13 @@ use crate::{StoreError, migrate};
 /// holding many file descriptors.
 const MAX_CONNECTIONS: u32 = 4;
 
+/// Page size of a new database file, in bytes (SQLite's default is 4096). Every commit
+/// writes each page it changed to the WAL and fsyncs it; a BeginTask changes ~8 pages of
+/// which it fills a few hundred bytes each, so smaller pages make every durable write
+/// cheaper. An existing file keeps the page size it was created with: SQLite cannot
+/// change it in WAL mode without rewriting the file.
+const PAGE_SIZE: u32 = 2048;
+
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -89,6 +96,7 @@ impl Store {
             // 64 KiB, which more than doubled the cost of each BeginTask. A batch holds at
             // most MAX_BATCH ops of a few pages each, so this stays a few MiB at worst.
             .pragma("temp_store", "memory")
+            .page_size(PAGE_SIZE)
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
@@ -424,11 +432,11 @@ mod tests {
             .fetch_all(&store.inner.pool)
             .await
             .unwrap();
-        assert_eq!(versions, vec![SCHEMA_VERSION]);
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
     }
 
     #[tokio::test]
-    async fn schema_v1_has_every_table() {
+    async fn the_current_schema_has_every_table() {
         let (_dir, _path, store) = open_temp().await;
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'

@@ -21,7 +21,7 @@ macro_rules! task_select {
     () => {
         "SELECT t.id, t.client, t.subject, t.server, t.scopes, t.purpose, t.consent_id, t.pid,
                 t.begun_at, t.deadline, t.ended_at, t.end_reason,
-                (SELECT json_group_array(s.serial ORDER BY s.rowid)
+                (SELECT json_group_array(s.serial ORDER BY s.n)
                  FROM task_svids s WHERE s.task_id = t.id) AS serials
          FROM tasks t"
     };
@@ -422,9 +422,12 @@ fn unusable_consent(
     Ok(None)
 }
 
+/// Records an SVID as the task's latest: its position `n` is one past the task's last.
 fn insert_svid(conn: &Connection, task_id: &str, svid: &SvidIssued) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO task_svids (serial, task_id, spiffe_id, not_after) VALUES (?, ?, ?, ?)",
+        "INSERT INTO task_svids (serial, task_id, n, spiffe_id, not_after)
+         VALUES (?1, ?2, (SELECT COALESCE(MAX(n), 0) + 1 FROM task_svids WHERE task_id = ?2),
+                 ?3, ?4)",
     )?
     .execute(params![
         svid.serial,
@@ -529,7 +532,7 @@ fn mark_ended(
         "UPDATE tasks SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL
          RETURNING id, client, subject, server, scopes, purpose, consent_id, pid, begun_at,
                    deadline, ended_at, end_reason,
-                   (SELECT json_group_array(s.serial ORDER BY s.rowid)
+                   (SELECT json_group_array(s.serial ORDER BY s.n)
                     FROM task_svids s WHERE s.task_id = tasks.id) AS serials,
                    (SELECT MAX(s.not_after) FROM task_svids s WHERE s.task_id = tasks.id)
                        AS last_not_after",

@@ -790,3 +790,29 @@ async fn spiffe_ids_are_stored_as_given() {
         .unwrap();
     assert_eq!(spiffe_id, task_spiffe_id("a", "t"));
 }
+
+/// Every page a commit writes is appended to the WAL and fsynced before the caller hears
+/// back, so pages per BeginTask are what a durable task costs (schema v2 cut them from 13
+/// to ~8; see migrations/0002). The bound leaves room for B-tree page splits.
+#[tokio::test]
+async fn a_begin_task_commit_writes_at_most_nine_wal_frames() {
+    let (_dir, path, store) = open_temp().await;
+    let consent = consent(&store, "a").await;
+    // Serials as the CA makes them: issuance-ordered.
+    let serial = |i: usize| format!("{:012x}{:020x}", 0x0190_0000_0000_u64 + i as u64, i);
+    for i in 0..3 {
+        begin(&store, &format!("t{i:04}"), "a", &consent.id, &serial(i)).await;
+    }
+    let mut wal = path.into_os_string();
+    wal.push("-wal");
+    let before = std::fs::metadata(&wal).unwrap().len();
+    for i in 3..23 {
+        begin(&store, &format!("t{i:04}"), "a", &consent.id, &serial(i)).await;
+    }
+    let after = std::fs::metadata(&wal).unwrap().len();
+    let frame = 2048 + 24;
+    let frames = (after - before) / frame;
+    assert_eq!((after - before) % frame, 0);
+    assert!(frames <= 20 * 9, "{frames} frames for 20 tasks");
+    store.close().await;
+}
