@@ -397,13 +397,15 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>, notifier: &Notifie
     // Ops the batch never ran, if it failed.
     let mut unreached: Vec<Box<dyn Op>> = Vec::new();
 
-    let outcome: Result<(), StoreError> = (|| {
-        execute(conn, "BEGIN IMMEDIATE")?;
+    // Err: why the batch as a whole failed, shared by every op in it.
+    let outcome: Result<(), String> = (|| {
+        let step = |sql| execute(conn, sql).map_err(|error| error.to_string());
+        step("BEGIN IMMEDIATE")?;
         for mut op in pending.by_ref() {
             let mut effects = Effects::default();
-            if let Err(error) = execute(conn, "SAVEPOINT op") {
+            if let Err(error) = step("SAVEPOINT op") {
                 unreached.push(op);
-                return Err(error.into());
+                return Err(error);
             }
             let result = op.apply(conn, &mut effects);
             let failed = result.is_err();
@@ -413,17 +415,14 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>, notifier: &Notifie
             done.push((op, result, effects));
             if failed {
                 if conn.is_autocommit() {
-                    return Err(StoreError::CommitFailed {
-                        reason: "SQLite rolled the transaction back after an op's error".to_owned(),
-                    });
+                    return Err("SQLite rolled the transaction back after an op's error".into());
                 }
-                execute(conn, "ROLLBACK TO op")?;
+                step("ROLLBACK TO op")?;
             }
-            execute(conn, "RELEASE op")?;
+            step("RELEASE op")?;
         }
         applied = started.elapsed();
-        execute(conn, "COMMIT")?;
-        Ok(())
+        step("COMMIT")
     })();
     unreached.extend(pending);
 
@@ -452,13 +451,12 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>, notifier: &Notifie
             );
             committed
         }
-        Err(error) => {
-            tracing::error!(size, %error, "group commit failed; batch rolled back");
+        Err(reason) => {
+            tracing::error!(size, error = %reason, "group commit failed; batch rolled back");
             if let Err(rollback) = execute(conn, "ROLLBACK") {
                 // Expected when SQLite already rolled back by itself.
                 tracing::debug!(error = %rollback, "rollback after failed group commit");
             }
-            let reason = error.to_string();
             let failed = |result: Result<(), StoreError>| match result {
                 Ok(()) => Err(StoreError::CommitFailed {
                     reason: reason.clone(),
@@ -478,7 +476,42 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>, notifier: &Notifie
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    use crate::StoreError;
     use crate::testing::open_temp;
+
+    /// A batch that cannot even begin (another process holds the write lock past the busy
+    /// timeout) fails every write in it with a reason, and the writer carries on.
+    #[tokio::test]
+    async fn a_batch_that_cannot_begin_fails_its_writes_and_the_writer_recovers() {
+        let (_dir, path, store) = open_temp().await;
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+        let error = store
+            .append_audit("test.locked", "", &json!({}))
+            .await
+            .unwrap_err();
+        let StoreError::CommitFailed { reason } = &error else {
+            panic!("{error:?}")
+        };
+        assert!(reason.contains("locked"), "{reason}");
+        assert_eq!(store.writer_stats().commits, 0);
+
+        other.execute_batch("ROLLBACK").unwrap();
+        let seq = store
+            .append_audit("test.unlocked", "", &json!({}))
+            .await
+            .unwrap();
+        let records = store.list_audit(0, 10).await.unwrap();
+        assert_eq!(records.len(), 1, "the failed write left nothing behind");
+        assert_eq!(
+            (records[0].seq, records[0].kind.as_str()),
+            (seq, "test.unlocked")
+        );
+        store.close().await;
+    }
 
     /// The writer's connection is opened separately from the pool (a different library),
     /// so its durability and integrity settings are checked on their own.
