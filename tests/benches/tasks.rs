@@ -1,7 +1,9 @@
 //! Tasks against a real `tessera-agent`: BeginTask → SVID in hand, throughput
 //! with concurrent callers (each task durable before it is answered), and
-//! EndTask → revocation visible on a feed subscriber. Baseline in the same run:
-//! raw rcgen P-256 keygen + sign per second, the physical limit of issuance.
+//! EndTask → revocation visible on a feed subscriber. Baselines in the same run:
+//! raw rcgen P-256 keygen + sign per second, the physical limit of issuance, and
+//! ListTasks from 8 callers with no task live (attestation, one read, no key, no
+//! durable write), the floor the RPC path itself puts under BeginTask.
 //!
 //! ```text
 //! cargo bench -p tessera-e2e --bench tasks
@@ -9,6 +11,7 @@
 //! Targets (2 cores): BeginTask p99 < 2 ms for one caller; ≥ 5,000 tasks/s with 8
 //! concurrent callers; EndTask → feed p99 < 20 ms.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -16,8 +19,10 @@ use tessera_e2e::{Samples, TestAgent};
 use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
 use tessera_proto::tessera::v1::tasks_client::TasksClient;
 use tessera_proto::tessera::v1::{
-    BeginTaskRequest, EndTaskRequest, GrantConsentRequest, WatchRevocationsRequest,
+    BeginTaskRequest, EndTaskRequest, GrantConsentRequest, ListTasksRequest,
+    WatchRevocationsRequest,
 };
+use tonic::transport::Channel;
 
 const SEQUENTIAL: usize = 2000;
 const CONCURRENT: usize = 8;
@@ -73,6 +78,42 @@ fn writer_line(before: Option<(f64, f64, f64)>, after: Option<(f64, f64, f64)>) 
     )
 }
 
+/// [`CONCURRENT`] callers, each on a connection of its own, each making [`PER_CALLER`]
+/// calls of `call` one after another: every call's latency, and the wall time.
+async fn concurrent<F, Fut>(agent: &TestAgent, call: F) -> (Samples, Duration)
+where
+    F: Fn(TasksClient<Channel>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let mut clients = Vec::new();
+    for _ in 0..CONCURRENT {
+        clients.push(TasksClient::new(
+            TestAgent::channel(&agent.workload).await.unwrap(),
+        ));
+    }
+    let wall = Instant::now();
+    let handles: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut s = Samples::default();
+                for _ in 0..PER_CALLER {
+                    let t = Instant::now();
+                    call(client.clone()).await;
+                    s.0.push(t.elapsed());
+                }
+                s
+            })
+        })
+        .collect();
+    let mut all = Samples::default();
+    for h in handles {
+        all.0.extend(h.await.unwrap().0);
+    }
+    (all, wall.elapsed())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -122,6 +163,18 @@ async fn main() {
         })
         .await
         .unwrap();
+    // Baseline, before any task exists: ListTasks returns nothing.
+    let (list, list_wall) = concurrent(&agent, |mut c| async move {
+        let listed = c
+            .list_tasks(ListTasksRequest {
+                include_ended: false,
+            })
+            .await
+            .unwrap();
+        assert!(listed.into_inner().tasks.is_empty());
+    })
+    .await;
+
     let channel = TestAgent::channel(&agent.workload).await.unwrap();
     let mut client = TasksClient::new(channel.clone());
     for _ in 0..100 {
@@ -142,26 +195,10 @@ async fn main() {
     let conc_writer = writer_counters(&agent).await;
 
     // (b) Eight callers, each its own connection.
-    let wall = Instant::now();
-    let mut handles = Vec::new();
-    for _ in 0..CONCURRENT {
-        let ch = TestAgent::channel(&agent.workload).await.unwrap();
-        handles.push(tokio::spawn(async move {
-            let mut c = TasksClient::new(ch);
-            let mut s = Samples::default();
-            for _ in 0..PER_CALLER {
-                let t = Instant::now();
-                c.begin_task(req()).await.unwrap();
-                s.0.push(t.elapsed());
-            }
-            s
-        }));
-    }
-    let mut conc = Samples::default();
-    for h in handles {
-        conc.0.extend(h.await.unwrap().0);
-    }
-    let conc_wall = wall.elapsed();
+    let (conc, conc_wall) = concurrent(&agent, |mut c| async move {
+        c.begin_task(req()).await.unwrap();
+    })
+    .await;
     let conc_writer_end = writer_counters(&agent).await;
 
     // (c) EndTask → revocation visible on a feed subscriber.
@@ -241,6 +278,15 @@ async fn main() {
         "baseline: rcgen P-256 keygen + sign",
         &raw,
         Some((SEQUENTIAL, raw_wall)),
+    );
+    row(
+        "baseline: ListTasks (no tasks), 8 callers",
+        &list,
+        Some((CONCURRENT * PER_CALLER, list_wall)),
+    );
+    println!(
+        "8-caller BeginTask throughput is {:.2}× the 8-caller ListTasks rate",
+        conc_wall.as_secs_f64().recip() / list_wall.as_secs_f64().recip()
     );
     println!(
         "8-caller throughput is {:.2}× the single-core raw keygen+sign rate",
