@@ -39,7 +39,8 @@ pub use migrate::SCHEMA_VERSION;
 pub use store::{Store, WriterStats};
 pub use task::{
     END_REASON_CONSENT_WITHDRAWN, EndOutcome, MAX_PURPOSE_LEN, MAX_REASON_LEN, MAX_SERIAL_HEX_LEN,
-    MAX_SPIFFE_ID_LEN, MAX_TASK_ID_LEN, Revocation, SvidIssued, TaskFilter, TaskRecord,
+    MAX_SPIFFE_ID_LEN, MAX_TASK_ID_LEN, PRUNE_CHUNK, Revocation, SvidIssued, TaskFilter,
+    TaskRecord,
 };
 
 #[cfg(test)]

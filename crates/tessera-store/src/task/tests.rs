@@ -816,3 +816,31 @@ async fn a_begin_task_commit_writes_at_most_nine_wal_frames() {
     assert!(frames <= 20 * 9, "{frames} frames for 20 tasks");
     store.close().await;
 }
+
+/// A large backlog of expired revocations is pruned in chunks, each its own transaction,
+/// so writes queued meanwhile are not held behind all of it.
+#[tokio::test]
+async fn a_large_prune_runs_in_chunks_of_its_own_transactions() {
+    let (_dir, _path, store) = open_temp().await;
+    let c = consent(&store, "a").await;
+    let expired = PRUNE_CHUNK * 2 + 10;
+    let t0 = now();
+    for i in 0..expired + 3 {
+        let id = format!("t{i:05}");
+        begin(&store, &id, "a", &c.id, &format!("{i:08x}")).await;
+        let mut revocation = revocation("a", &id, "ended");
+        // The last three stay in force. (The store raises `until` to the SVIDs' expiry,
+        // five minutes from now.)
+        revocation.until = if i < expired { t0 + 10 } else { t0 + 3600 };
+        store
+            .end_task(&id, "ended", t0, revocation, "uid:1000")
+            .await
+            .unwrap();
+    }
+    let before = commits(&store);
+    assert_eq!(store.prune_revocations(t0 + 400).await.unwrap(), expired);
+    // Three chunks: two full ones and the rest.
+    assert_eq!(commits(&store) - before, 3);
+    assert_eq!(store.revocations(0).await.unwrap().len(), 3);
+    assert_eq!(store.prune_revocations(t0 + 400).await.unwrap(), 0);
+}
