@@ -51,6 +51,11 @@ pub enum AuthorityError {
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
     /// The requested SVID is not acceptable.
+    /// A fresh SVID key could not be made (the system RNG failed, or the key library
+    /// produced a PKCS#8 layout this crate does not know: no key is guessed at).
+    #[error("generating the SVID key failed: {0}")]
+    KeyGeneration(String),
+
     #[error("invalid SVID request: {0}")]
     InvalidRequest(String),
     /// The active CA expires before the requested SVID could be valid for a useful time.

@@ -68,6 +68,40 @@ fn client_svid_is_accepted_by_the_spiffe_crate_and_chains_to_the_bundle() {
     );
 }
 
+/// The key handed out with an SVID is the one its certificate names: a signature made
+/// with the PKCS#8 key verifies under the certificate's public key (and under no other
+/// SVID's). Each SVID gets a key of its own.
+#[test]
+fn the_svid_key_signs_what_its_certificate_verifies() {
+    use ring::signature::{
+        ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, UnparsedPublicKey,
+    };
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    let dir = tempfile::tempdir().unwrap();
+    let auth = Authority::open(config(dir.path())).unwrap();
+    let svids: Vec<_> = (0..20)
+        .map(|_| auth.issue(&spec("spiffe://acme.corp/client/a")).unwrap())
+        .collect();
+    let public_key = |svid: &crate::IssuedSvid| {
+        let (_, cert) = X509Certificate::from_der(&svid.chain_der[0]).unwrap();
+        cert.public_key().subject_public_key.data.to_vec()
+    };
+    let rng = ring::rand::SystemRandom::new();
+    for (i, svid) in svids.iter().enumerate() {
+        let key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &svid.key_pkcs8_der, &rng)
+                .unwrap();
+        let signature = key.sign(&rng, b"tessera").unwrap();
+        for (j, other) in svids.iter().enumerate() {
+            let verified = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public_key(other))
+                .verify(b"tessera", signature.as_ref())
+                .is_ok();
+            assert_eq!(verified, i == j, "key of SVID {i} against certificate {j}");
+        }
+    }
+}
+
 #[test]
 fn task_svid_carries_claims_that_decode() {
     let dir = tempfile::tempdir().unwrap();
