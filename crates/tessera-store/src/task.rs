@@ -27,6 +27,25 @@ macro_rules! task_select {
     };
 }
 
+/// [`Store::list_tasks`]'s order: live tasks first, then ended ones; newest first in each.
+macro_rules! live_then_newest {
+    () => {
+        " ORDER BY t.ended_at IS NOT NULL, t.begun_at DESC, t.id DESC"
+    };
+}
+
+/// [`Store::list_tasks`] for one client (bind the client, then whether to include ended
+/// tasks).
+macro_rules! one_clients_tasks {
+    () => {
+        concat!(
+            task_select!(),
+            " WHERE t.client = ? AND (? OR t.ended_at IS NULL)",
+            live_then_newest!()
+        )
+    };
+}
+
 /// Longest task id accepted, in bytes (task ids are ULIDs or UUIDv7s).
 pub const MAX_TASK_ID_LEN: usize = 64;
 /// Longest purpose accepted, in bytes.
@@ -266,15 +285,21 @@ impl Store {
     /// Tasks matching `filter`: live ones first, then ended ones; each group newest first
     /// (by `begun_at`, then id).
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
-        let rows = sqlx::query(concat!(
-            task_select!(),
-            " WHERE (?1 IS NULL OR t.client = ?1) AND (?2 OR t.ended_at IS NULL)
-              ORDER BY t.ended_at IS NOT NULL, t.begun_at DESC, t.id DESC"
-        ))
-        .bind(filter.client.as_deref())
-        .bind(filter.include_ended)
-        .fetch_all(&self.inner.pool)
-        .await?;
+        // Two statements rather than `(? IS NULL OR client = ?)`: SQLite plans a statement
+        // before it sees the parameters, so that form scans every task ever begun on the
+        // node, and a client's ListTasks would grow with everyone's history.
+        let query = match &filter.client {
+            Some(client) => sqlx::query(one_clients_tasks!()).bind(client),
+            None => sqlx::query(concat!(
+                task_select!(),
+                " WHERE (? OR t.ended_at IS NULL)",
+                live_then_newest!()
+            )),
+        };
+        let rows = query
+            .bind(filter.include_ended)
+            .fetch_all(&self.inner.pool)
+            .await?;
         rows.iter().map(decode_task).collect()
     }
 

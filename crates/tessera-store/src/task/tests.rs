@@ -844,3 +844,19 @@ async fn a_large_prune_runs_in_chunks_of_its_own_transactions() {
     assert_eq!(store.revocations(0).await.unwrap().len(), 3);
     assert_eq!(store.prune_revocations(t0 + 400).await.unwrap(), 0);
 }
+
+/// A client's task list is read through its index, not by scanning every task on the
+/// node (tasks are never deleted, so a scan grows with everyone's history).
+#[tokio::test]
+async fn listing_one_clients_tasks_uses_the_client_index() {
+    let (_dir, _path, store) = open_temp().await;
+    let plan: Vec<(i64, i64, i64, String)> =
+        sqlx::query_as(concat!("EXPLAIN QUERY PLAN ", one_clients_tasks!()))
+            .bind("a")
+            .bind(false)
+            .fetch_all(&store.inner.pool)
+            .await
+            .unwrap();
+    let outer = plan.iter().find(|(_, parent, _, _)| *parent == 0).unwrap();
+    assert!(outer.3.contains("USING INDEX tasks_by_client"), "{plan:?}");
+}
