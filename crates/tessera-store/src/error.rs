@@ -86,6 +86,17 @@ pub enum StoreError {
         source: sqlx::Error,
     },
 
+    /// A migration would have left rows that break a foreign key (possible only in a file
+    /// written without enforcement); it was rolled back and the schema is unchanged. The
+    /// file needs repair, or restoring from a backup, before this binary can use it.
+    #[error("migration to schema version {version} refused, nothing changed: {reason}")]
+    MigrationRefused {
+        /// The migration refused.
+        version: i64,
+        /// Which rows, and what they refer to.
+        reason: String,
+    },
+
     /// Any other database error (I/O, lock timeout, closed pool, constraint such as a
     /// repeated task id or certificate serial).
     #[error("database error: {0}")]

@@ -88,16 +88,25 @@ async fn migrate(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
             .execute(&mut *tx)
             .await
             .map_err(failed)?;
-        let violations: Vec<(String, Option<i64>, String)> =
-            sqlx::query_as("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(failed)?;
-        if let Some((table, rowid, parent)) = violations.first() {
-            return Err(failed(sqlx::Error::Protocol(format!(
-                "{} row(s) break a foreign key, e.g. {table} rowid {rowid:?} -> {parent}",
-                violations.len()
-            ))));
+        let violations: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT \"table\", parent, COUNT(*) FROM pragma_foreign_key_check
+             GROUP BY \"table\", parent ORDER BY \"table\", parent",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(failed)?;
+        if !violations.is_empty() {
+            let reason = violations
+                .iter()
+                .map(|(table, parent, rows)| {
+                    format!("{rows} row(s) of {table} refer to a missing row of {parent}")
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(StoreError::MigrationRefused {
+                version: migration.version,
+                reason,
+            });
         }
         sqlx::query(
             "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
@@ -273,10 +282,15 @@ mod tests {
 
         let error = Store::open(&path).await.unwrap_err();
         assert!(
-            matches!(error, StoreError::Migration { version: 2, .. }),
+            matches!(error, StoreError::MigrationRefused { version: 2, .. }),
             "{error:?}"
         );
-        assert!(error.to_string().contains("foreign key"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .ends_with("1 row(s) of tasks refer to a missing row of consents"),
+            "{error}"
+        );
         // Still a v1 database, untouched.
         let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(&path)
