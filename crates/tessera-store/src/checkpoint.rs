@@ -174,7 +174,7 @@ mod tests {
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
         let wal_bytes = std::fs::metadata(&wal).unwrap().len();
-        let page = 2048;
+        let page = u64::from(crate::store::PAGE_SIZE);
         // A restart at RESTART_FRAMES plus the frames written until the writer's next
         // gap; generous, but far below the unbounded growth.
         let bound = u64::try_from(2 * RESTART_FRAMES).unwrap() * (page + 24);

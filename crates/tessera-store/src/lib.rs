@@ -157,12 +157,15 @@ pub(crate) mod testing {
             .expect("begin task");
     }
 
-    /// How many transactions the writer has committed.
-    pub(crate) fn commits(store: &Store) -> u64 {
-        store
-            .inner
-            .notifier
-            .commits
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// A plain connection to the database file behind the store's back, with foreign key
+    /// enforcement off: for writing what the store itself would refuse.
+    pub(crate) async fn raw_connection(path: &std::path::Path) -> sqlx::SqliteConnection {
+        use sqlx::ConnectOptions;
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .foreign_keys(false)
+            .connect()
+            .await
+            .expect("raw connection")
     }
 }

@@ -139,10 +139,10 @@ async fn current_version(conn: &mut sqlx::SqliteConnection) -> Result<i64, Store
 mod tests {
     use std::os::unix::fs::OpenOptionsExt;
 
-    use sqlx::{ConnectOptions, Connection};
+    use sqlx::Connection;
 
     use super::*;
-    use crate::testing::{now, revocation};
+    use crate::testing::{now, raw_connection, revocation};
     use crate::{EndOutcome, Store, SvidIssued};
 
     /// A database as a v1 binary left it: one consent, a live task with three SVIDs whose
@@ -155,13 +155,7 @@ mod tests {
             .mode(0o600)
             .open(path)
             .unwrap();
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(path)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .connect()
-            .await
-            .unwrap();
+        let mut conn = raw_connection(path).await;
         let later = now() + 3600;
         sqlx::raw_sql(MIGRATIONS[0].sql)
             .execute(&mut conn)
@@ -268,12 +262,7 @@ mod tests {
         v1_database(&path).await;
         // A v1 file whose task refers to a consent that is not there (possible only with
         // enforcement off): v2 must refuse to carry it over rather than hide it.
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .foreign_keys(false)
-            .connect()
-            .await
-            .unwrap();
+        let mut conn = raw_connection(&path).await;
         sqlx::query("UPDATE tasks SET consent_id = 'gone' WHERE id = 't-ended'")
             .execute(&mut conn)
             .await
@@ -292,11 +281,7 @@ mod tests {
             "{error}"
         );
         // Still a v1 database, untouched.
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .connect()
-            .await
-            .unwrap();
+        let mut conn = raw_connection(&path).await;
         let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
             .fetch_one(&mut conn)
             .await

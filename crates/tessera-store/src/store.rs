@@ -27,7 +27,7 @@ const MAX_CONNECTIONS: u32 = 4;
 /// which it fills a few hundred bytes each, so smaller pages make every durable write
 /// cheaper. An existing file keeps the page size it was created with: SQLite cannot
 /// change it in WAL mode without rewriting the file.
-const PAGE_SIZE: u32 = 2048;
+pub(crate) const PAGE_SIZE: u32 = 2048;
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -293,11 +293,11 @@ fn since_epoch() -> Duration {
 mod tests {
     use std::fs::Permissions;
 
-    use sqlx::{ConnectOptions, Connection};
+    use sqlx::Connection;
 
     use super::*;
     use crate::SCHEMA_VERSION;
-    use crate::testing::{new_entry, open_temp};
+    use crate::testing::{new_entry, open_temp, raw_connection};
 
     #[tokio::test]
     async fn new_database_file_is_created_with_mode_0600() {
@@ -396,11 +396,7 @@ mod tests {
     async fn database_with_newer_schema_is_refused() {
         let (_dir, path, store) = open_temp().await;
         store.close().await;
-        let mut conn = SqliteConnectOptions::new()
-            .filename(&path)
-            .connect()
-            .await
-            .unwrap();
+        let mut conn = raw_connection(&path).await;
         sqlx::query(
             "INSERT INTO schema_migrations (version, description, applied_at)
              VALUES (?, 'from the future', 0)",

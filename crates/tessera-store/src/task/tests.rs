@@ -10,8 +10,7 @@ use tokio::sync::Barrier;
 use super::*;
 use crate::AuditRecord;
 use crate::testing::{
-    begin, commits, granted_consent as consent, new_task, now, open_temp, revocation, svid,
-    task_spiffe_id,
+    begin, granted_consent as consent, new_task, now, open_temp, revocation, svid, task_spiffe_id,
 };
 
 fn all() -> TaskFilter {
@@ -583,7 +582,7 @@ async fn a_failing_write_in_a_batch_fails_alone() {
     let (_dir, _path, store) = open_temp().await;
     let c = consent(&store, "a").await;
     begin(&store, "existing", "a", &c.id, "e0").await;
-    let commits_before = commits(&store);
+    let commits_before = store.writer_stats().commits;
     let barrier = Arc::new(Barrier::new(48));
     let calls: Vec<_> = (0..48)
         .map(|i| {
@@ -621,7 +620,7 @@ async fn a_failing_write_in_a_batch_fails_alone() {
         }
     }
     // They really shared transactions.
-    let batches = commits(&store) - commits_before;
+    let batches = store.writer_stats().commits - commits_before;
     assert!(batches < 48, "{batches} commits for 48 writes");
 
     let ids: HashSet<String> = store
@@ -662,7 +661,7 @@ async fn a_failing_write_in_a_batch_fails_alone() {
 async fn eight_callers_begin_and_end_500_tasks_each_consistently() {
     let (_dir, _path, store) = open_temp().await;
     let c = consent(&store, "a").await;
-    let commits_before = commits(&store);
+    let commits_before = store.writer_stats().commits;
     let workers: Vec<_> = (0..8)
         .map(|w| {
             let store = store.clone();
@@ -691,7 +690,7 @@ async fn eight_callers_begin_and_end_500_tasks_each_consistently() {
     for worker in workers {
         worker.await.unwrap();
     }
-    let batches = commits(&store) - commits_before;
+    let batches = store.writer_stats().commits - commits_before;
     assert!(batches < 8000, "{batches} commits for 8000 writes");
 
     assert_eq!(count(&store, "SELECT COUNT(*) FROM tasks").await, 4000);
@@ -810,7 +809,7 @@ async fn a_begin_task_commit_writes_at_most_nine_wal_frames() {
         begin(&store, &format!("t{i:04}"), "a", &consent.id, &serial(i)).await;
     }
     let after = std::fs::metadata(&wal).unwrap().len();
-    let frame = 2048 + 24;
+    let frame = u64::from(crate::store::PAGE_SIZE) + 24;
     let frames = (after - before) / frame;
     assert_eq!((after - before) % frame, 0);
     assert!(frames <= 20 * 9, "{frames} frames for 20 tasks");
@@ -837,10 +836,10 @@ async fn a_large_prune_runs_in_chunks_of_its_own_transactions() {
             .await
             .unwrap();
     }
-    let before = commits(&store);
+    let before = store.writer_stats().commits;
     assert_eq!(store.prune_revocations(t0 + 400).await.unwrap(), expired);
     // Three chunks: two full ones and the rest.
-    assert_eq!(commits(&store) - before, 3);
+    assert_eq!(store.writer_stats().commits - before, 3);
     assert_eq!(store.revocations(0).await.unwrap().len(), 3);
     assert_eq!(store.prune_revocations(t0 + 400).await.unwrap(), 0);
 }
