@@ -106,26 +106,15 @@ pub(crate) fn write(
     conn.prepare_cached("INSERT INTO audit (at, kind, actor, detail) VALUES (?, ?, ?, ?)")?
         .execute(rusqlite::params![at, kind, actor, text])?;
     let seq = conn.last_insert_rowid();
-    published(effects, seq, at, kind, actor, detail);
-    Ok(seq)
-}
-
-/// Queues an audit record for publication once the op commits.
-fn published(
-    effects: &mut Effects,
-    seq: i64,
-    at_unix_ms: i64,
-    kind: &str,
-    actor: &str,
-    detail: serde_json::Value,
-) {
+    // Published once the op commits.
     effects.audit.push(AuditRecord {
         seq,
-        at_unix_ms,
+        at_unix_ms: at,
         kind: kind.to_owned(),
         actor: actor.to_owned(),
         detail,
     });
+    Ok(seq)
 }
 
 fn validate_kind(kind: &str) -> Result<(), StoreError> {

@@ -14,8 +14,8 @@
 //! isolated in its own savepoint, so one call's failure never fails another. A write
 //! returns only once it is durable; a write already queued is applied even if its caller
 //! stops waiting; audit records and change notifications are published only after
-//! commit, in order. The design and its guarantees are documented in `src/writer.rs`. Reads use a small
-//! connection pool and see every write that has returned.
+//! commit, in order. The design and its guarantees are documented in `src/writer.rs`.
+//! Reads use a small connection pool and see every write that has returned.
 #![forbid(unsafe_code)]
 
 mod audit;
