@@ -276,7 +276,8 @@ fn display_or_null<T: std::fmt::Display, S: Serializer>(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::Mutex;
+    use std::sync::{Mutex, OnceLock};
+    use std::thread::ThreadId;
 
     use tracing::field::{Field, Visit};
     use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -355,9 +356,28 @@ mod tests {
         assert_eq!(c["reason"], "not_a_task");
     }
 
+    /// Audit events' fields, with the thread that emitted each.
+    type Captured = Arc<Mutex<Vec<(ThreadId, BTreeMap<String, String>)>>>;
+
     /// Captures the fields of audit events.
     #[derive(Default)]
-    struct Capture(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
+    struct Capture(Captured);
+
+    /// The audit events of every thread of this test binary, captured by a subscriber
+    /// installed once as the global default. (One scoped to the test's thread with
+    /// `with_default` lost, now and then, the race for the audit callsite's cached
+    /// interest against other tests emitting the same event with no subscriber, and
+    /// captured nothing; a global subscriber is interested whichever thread comes first.)
+    fn captured() -> &'static Captured {
+        static EVENTS: OnceLock<Captured> = OnceLock::new();
+        EVENTS.get_or_init(|| {
+            let capture = Capture::default();
+            let events = Arc::clone(&capture.0);
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(capture))
+                .expect("no other test installs a global subscriber");
+            events
+        })
+    }
 
     struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
@@ -375,24 +395,24 @@ mod tests {
             if event.metadata().target() == AUDIT_TARGET {
                 let mut fields = BTreeMap::new();
                 event.record(&mut Fields(&mut fields));
-                self.0.lock().unwrap().push(fields);
+                let thread = std::thread::current().id();
+                self.0.lock().unwrap().push((thread, fields));
             }
         }
     }
 
     #[test]
     fn tracing_events_carry_every_field() {
-        let capture = Capture::default();
-        let events = Arc::clone(&capture.0);
-        let subscriber = tracing_subscriber::registry().with(capture);
-        let (task, client) = tracing::subscriber::with_default(subscriber, || {
-            // Other tests in this binary may hit the audit callsite at the same time
-            // with no subscriber, and a registration racing this one can cache "never"
-            // for it; rebuilding with this subscriber in place settles that.
-            tracing::callsite::rebuild_interest_cache();
-            record_both(&AuditLog::tracing_only())
-        });
-        let events = events.lock().unwrap();
+        let captured = captured();
+        let (task, client) = record_both(&AuditLog::tracing_only());
+        let me = std::thread::current().id();
+        let events: Vec<BTreeMap<String, String>> = captured
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(thread, _)| *thread == me)
+            .map(|(_, fields)| fields.clone())
+            .collect();
         assert_eq!(events.len(), 2);
         for e in events.iter() {
             let names: Vec<&str> = e.keys().map(String::as_str).collect();
