@@ -1,9 +1,10 @@
 //! Tasks against a real `tessera-agent`: BeginTask → SVID in hand, throughput
 //! with concurrent callers (each task durable before it is answered), and
 //! EndTask → revocation visible on a feed subscriber. Baselines in the same run:
-//! raw rcgen P-256 keygen + sign per second, the physical limit of issuance, and
-//! ListTasks from 8 callers with no task live (attestation, one read, no key, no
-//! durable write), the floor the RPC path itself puts under BeginTask.
+//! raw rcgen P-256 keygen + sign per second, the physical limit of issuance; an RPC
+//! the agent refuses at once from 8 callers (the gRPC transport alone, client and
+//! server); and ListTasks from 8 callers with no task live (attestation and one read,
+//! no key, no durable write).
 //!
 //! ```text
 //! cargo bench -p tessera-e2e --bench tasks
@@ -22,6 +23,8 @@ use tessera_proto::tessera::v1::{
     BeginTaskRequest, EndTaskRequest, GrantConsentRequest, ListTasksRequest,
     WatchRevocationsRequest,
 };
+use tessera_proto::workload::ValidateJwtsvidRequest;
+use tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tonic::transport::Channel;
 
 const SEQUENTIAL: usize = 2000;
@@ -82,14 +85,12 @@ fn writer_line(before: Option<(f64, f64, f64)>, after: Option<(f64, f64, f64)>) 
 /// calls of `call` one after another: every call's latency, and the wall time.
 async fn concurrent<F, Fut>(agent: &TestAgent, call: F) -> (Samples, Duration)
 where
-    F: Fn(TasksClient<Channel>) -> Fut + Clone + Send + 'static,
+    F: Fn(Channel) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let mut clients = Vec::new();
     for _ in 0..CONCURRENT {
-        clients.push(TasksClient::new(
-            TestAgent::channel(&agent.workload).await.unwrap(),
-        ));
+        clients.push(TestAgent::channel(&agent.workload).await.unwrap());
     }
     let wall = Instant::now();
     let handles: Vec<_> = clients
@@ -163,9 +164,20 @@ async fn main() {
         })
         .await
         .unwrap();
-    // Baseline, before any task exists: ListTasks returns nothing.
-    let (list, list_wall) = concurrent(&agent, |mut c| async move {
-        let listed = c
+    // Baselines. The transport alone: an RPC the agent refuses before attesting the
+    // caller or touching the store (the Workload API's ValidateJWTSVID without its
+    // required header).
+    let (refused, refused_wall) = concurrent(&agent, |c| async move {
+        let status = SpiffeWorkloadApiClient::new(c)
+            .validate_jwtsvid(ValidateJwtsvidRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    })
+    .await;
+    // Attestation and one read, before any task exists: ListTasks returns nothing.
+    let (list, list_wall) = concurrent(&agent, |c| async move {
+        let listed = TasksClient::new(c)
             .list_tasks(ListTasksRequest {
                 include_ended: false,
             })
@@ -195,8 +207,8 @@ async fn main() {
     let conc_writer = writer_counters(&agent).await;
 
     // (b) Eight callers, each its own connection.
-    let (conc, conc_wall) = concurrent(&agent, |mut c| async move {
-        c.begin_task(req()).await.unwrap();
+    let (conc, conc_wall) = concurrent(&agent, |c| async move {
+        TasksClient::new(c).begin_task(req()).await.unwrap();
     })
     .await;
     let conc_writer_end = writer_counters(&agent).await;
@@ -278,6 +290,11 @@ async fn main() {
         "baseline: rcgen P-256 keygen + sign",
         &raw,
         Some((SEQUENTIAL, raw_wall)),
+    );
+    row(
+        "baseline: RPC refused at once, 8 callers",
+        &refused,
+        Some((CONCURRENT * PER_CALLER, refused_wall)),
     );
     row(
         "baseline: ListTasks (no tasks), 8 callers",
