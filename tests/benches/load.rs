@@ -745,7 +745,9 @@ struct Live {
 }
 
 async fn live_phase(m: usize, callers: usize) -> anyhow::Result<Live> {
-    let agent = TestAgent::start("").await?;
+    // All `m` tasks are held by this one process, past the default per-process limit
+    // (128) on purpose: the phase measures what many live tasks cost the agent.
+    let agent = TestAgent::start(&format!("task_max_live_per_process = {}", m.max(1))).await?;
     agent.register_self(CLIENT).await?;
     grant(&agent, CLIENT, CONSENTED).await?;
     let w = Workload::connect(&agent.endpoint()).await?;

@@ -148,7 +148,12 @@ async fn main() {
         return;
     }
     tessera_e2e::ensure_built(&[("tessera-agent", "tessera-agent")]);
-    let agent = TestAgent::start("").await.unwrap();
+    // Every task begun here stays live, all in this one process: lift the per-process
+    // limit (its default, 128, keeps a FetchX509SVID message under 4 MiB; nothing here
+    // opens that stream).
+    let agent = TestAgent::start("task_max_live_per_process = 100000")
+        .await
+        .unwrap();
     agent.register_self("bench").await.unwrap();
     agent
         .admin_client()

@@ -594,3 +594,150 @@ async fn parallel_begin_and_end_leave_the_store_consistent() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_process_at_its_live_task_limit_is_refused_until_one_of_them_ends() {
+    let (agent, _) = setup("task_max_live_per_process = 3").await;
+    // Concurrent BeginTasks of one process: exactly the limit get through.
+    let mut handles = Vec::new();
+    for _ in 0..5 {
+        let mut client = tasks(&agent).await;
+        handles.push(tokio::spawn(async move {
+            client
+                .begin_task(begin_req(&["github/tool/list_pulls"]))
+                .await
+        }));
+    }
+    let mut live = Vec::new();
+    let mut refused = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(r) => live.push(r.into_inner().task.unwrap().id),
+            Err(status) => refused.push(status),
+        }
+    }
+    assert_eq!(live.len(), 3, "refused: {refused:?}");
+    for status in &refused {
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("3 live tasks")
+                && status.message().contains("task_max_live_per_process"),
+            "{}",
+            status.message()
+        );
+    }
+
+    let mut client = tasks(&agent).await;
+    client
+        .end_task(EndTaskRequest {
+            task_id: live[0].clone(),
+        })
+        .await
+        .unwrap();
+    client
+        .begin_task(begin_req(&["github/tool/list_pulls"]))
+        .await
+        .expect("a place was freed by EndTask");
+    let status = client
+        .begin_task(begin_req(&["github/tool/list_pulls"]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    // The refusals left nothing behind: the store holds the 4 tasks begun, 3 live.
+    let listed = client
+        .list_tasks(ListTasksRequest {
+            include_ended: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(listed.len(), 4);
+    assert_eq!(listed.iter().filter(|t| t.ended_at_unix == 0).count(), 3);
+}
+
+/// The largest task a request can make: the longest subject and purpose, and resource
+/// scopes filling the claims extension close to its 16 KiB limit.
+fn largest_task_req(subject: &str) -> BeginTaskRequest {
+    BeginTaskRequest {
+        purpose: "p".repeat(tessera_identity::MAX_PURPOSE_LEN),
+        subject: subject.into(),
+        server: "github".into(),
+        scopes: (0..14)
+            .map(|i| format!("github/resource/{i:02}{}", "r".repeat(998)))
+            .collect(),
+        lifetime_secs: 0,
+        client: String::new(),
+        bind_to_parent: false,
+    }
+}
+
+#[tokio::test]
+async fn at_the_default_limit_a_standard_client_still_receives_every_task_svid() {
+    use prost::Message;
+    use tessera_proto::workload::X509svidRequest;
+    use tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+
+    let limit = 128; // the agent's documented default
+    let agent = TestAgent::start("").await.unwrap();
+    agent.register_self("code-reviewer").await.unwrap();
+    let subject = "s".repeat(tessera_identity::MAX_SUBJECT_LEN);
+    agent
+        .grant("code-reviewer", &subject, "github", &["github/resource/*"])
+        .await
+        .unwrap();
+    let mut client = tasks(&agent).await;
+    for _ in 0..limit {
+        client.begin_task(largest_task_req(&subject)).await.unwrap();
+    }
+    let status = client
+        .begin_task(largest_task_req(&subject))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+
+    // What the stream sends this process, measured with no size limit.
+    let mut raw = SpiffeWorkloadApiClient::new(TestAgent::channel(&agent.workload).await.unwrap())
+        .max_decoding_message_size(usize::MAX);
+    let mut req = tonic::Request::new(X509svidRequest {});
+    req.metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    let message = raw
+        .fetch_x509svid(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        message.svids.len(),
+        limit + 1,
+        "client SVID and every task's"
+    );
+    let claims = tessera_identity::check_leaf_svid(&message.svids[1].x509_svid)
+        .unwrap()
+        .claims
+        .unwrap()
+        .to_der()
+        .len();
+    assert!(
+        claims > 15_000,
+        "claims are near their limit ({claims} bytes)"
+    );
+    let bytes = message.encoded_len();
+    eprintln!(
+        "FetchX509SVID with {limit} live tasks of {claims}-byte claims: {bytes} bytes ({:.2} MiB)",
+        bytes as f64 / (1024.0 * 1024.0)
+    );
+
+    // The spiffe crate's client, with its default 4 MiB limit, takes it.
+    let ctx = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap()
+        .fetch_x509_context()
+        .await
+        .expect("the stream message fits a standard client");
+    assert_eq!(ctx.svids().len(), limit + 1);
+}

@@ -98,6 +98,7 @@ pub async fn run(
             svid_ttl: config.task_svid_ttl,
             default_lifetime: config.task_default_lifetime,
             max_lifetime: config.task_max_lifetime,
+            max_live_per_process: config.task_max_live_per_process,
         },
     )
     .await

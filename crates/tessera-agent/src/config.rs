@@ -75,6 +75,12 @@ pub struct Config {
     /// Longest task lifetime BeginTask may ask for.
     #[serde(with = "humantime_serde")]
     pub task_max_lifetime: Duration,
+    /// Most live tasks one process may hold; BeginTask beyond it is refused with
+    /// RESOURCE_EXHAUSTED. Every live task's SVID, key and bundle ride in each
+    /// FetchX509SVID message of its process, and standard Workload API clients refuse
+    /// messages over 4 MiB: the default keeps even tasks with the largest claims (16 KiB)
+    /// at 2.1 MiB. Also bounds what one process can make the agent hold.
+    pub task_max_live_per_process: usize,
     /// Also append every audit record as a JSON line to this file (mode 0600).
     pub audit_log: Option<PathBuf>,
     /// The signing CA.
@@ -316,6 +322,7 @@ impl Default for Config {
             task_svid_ttl: Duration::from_secs(300),
             task_default_lifetime: Duration::from_secs(15 * 60),
             task_max_lifetime: Duration::from_secs(24 * 3600),
+            task_max_live_per_process: DEFAULT_MAX_LIVE_PER_PROCESS,
             audit_log: None,
             ca: CaConfig::default(),
             log: LogConfig::default(),
@@ -347,6 +354,17 @@ impl Default for LogConfig {
 
 /// Shortest SVID lifetime accepted: rotation at half life must stay meaningful.
 const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// Default for [`Config::task_max_live_per_process`]: 128 tasks with claims near their
+/// 16 KiB limit make a FetchX509SVID message of 2.1 MiB, under the 4 MiB standard
+/// clients accept, with room for a second root in the bundle and intermediates in the
+/// chain (measured by the e2e test
+/// `at_the_default_limit_a_standard_client_still_receives_every_task_svid`).
+pub const DEFAULT_MAX_LIVE_PER_PROCESS: usize = 128;
+
+/// Highest [`Config::task_max_live_per_process`] accepted: a sanity bound, not a target
+/// (past the default, the process's clients must accept larger messages).
+const MAX_LIVE_PER_PROCESS_LIMIT: usize = 1_000_000;
 
 impl Config {
     /// Reads a TOML file over the defaults.
@@ -424,6 +442,13 @@ impl Config {
         if let Some(v) = lookup("TESSERA_TASK_MAX_LIFETIME") {
             self.task_max_lifetime = dur("TESSERA_TASK_MAX_LIFETIME", v)?;
         }
+        if let Some(v) = lookup("TESSERA_TASK_MAX_LIVE_PER_PROCESS") {
+            self.task_max_live_per_process = v.parse().map_err(|e| ConfigError::Env {
+                var: "TESSERA_TASK_MAX_LIVE_PER_PROCESS",
+                value: v.clone(),
+                reason: format!("{e}"),
+            })?;
+        }
         if let Some(v) = lookup("TESSERA_AUDIT_LOG") {
             self.audit_log = (!v.is_empty()).then(|| v.into());
         }
@@ -475,6 +500,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "task_default_lifetime",
                 reason: "must be positive and at most task_max_lifetime".into(),
+            });
+        }
+        if !(1..=MAX_LIVE_PER_PROCESS_LIMIT).contains(&self.task_max_live_per_process) {
+            return Err(ConfigError::Invalid {
+                key: "task_max_live_per_process",
+                reason: format!("must be between 1 and {MAX_LIVE_PER_PROCESS_LIMIT}"),
             });
         }
         if self.ca.ttl < self.client_svid_ttl.max(self.task_svid_ttl) * 2 {
@@ -558,12 +589,20 @@ mod tests {
             ("TESSERA_TRUST_DOMAIN", "prod.acme.corp"),
             ("TESSERA_ADMIN_UIDS", "1000, 1001"),
             ("TESSERA_TASK_SVID_TTL", "90s"),
+            ("TESSERA_TASK_MAX_LIVE_PER_PROCESS", "500"),
         ]
         .into();
         c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
         assert_eq!(c.trust_domain, "prod.acme.corp");
         assert_eq!(c.admin_uids, vec![1000, 1001]);
         assert_eq!(c.task_svid_ttl, Duration::from_secs(90));
+        assert_eq!(c.task_max_live_per_process, 500);
+        let bad: HashMap<&str, &str> = [("TESSERA_TASK_MAX_LIVE_PER_PROCESS", "many")].into();
+        let err = c
+            .apply_env(|k| bad.get(k).map(|v| v.to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TESSERA_TASK_MAX_LIVE_PER_PROCESS"), "{err}");
     }
 
     #[test]
@@ -582,6 +621,11 @@ mod tests {
             ("[ca]\nmode = \"upstream\"", "ca.mode"),
             ("[ca]\nttl = \"1h\"", "ca.ttl"),
             ("task_default_lifetime = \"48h\"", "task_default_lifetime"),
+            ("task_max_live_per_process = 0", "task_max_live_per_process"),
+            (
+                "task_max_live_per_process = 1000001",
+                "task_max_live_per_process",
+            ),
             (
                 "workload_socket = \"/tmp/x.sock\"\nadmin_socket = \"/tmp/x.sock\"",
                 "admin_socket",

@@ -26,6 +26,9 @@ pub struct TaskConfig {
     pub default_lifetime: Duration,
     /// Longest task lifetime a request may ask for.
     pub max_lifetime: Duration,
+    /// Most live tasks one process may hold (see the agent's
+    /// `task_max_live_per_process`).
+    pub max_live_per_process: usize,
 }
 
 /// Why a task ended; the strings are stable (audit, feed, API).
@@ -72,6 +75,16 @@ pub enum TaskError {
     /// No such task for this caller.
     #[error("no task {0} for this client")]
     NotFound(String),
+    /// The process the task would be bound to already holds the most live tasks allowed.
+    #[error(
+        "process {pid} already holds {max} live tasks, the most task_max_live_per_process allows; end one first"
+    )]
+    TooManyLive {
+        /// The process.
+        pid: i32,
+        /// The limit.
+        max: usize,
+    },
     /// Issuing the SVID failed.
     #[error("issuing the task SVID failed: {0}")]
     Authority(#[from] tessera_authority::AuthorityError),
@@ -138,9 +151,47 @@ struct LiveTask {
     stop: Mutex<Option<oneshot::Sender<()>>>,
 }
 
+/// One process's live tasks, and the streams watching them.
 struct Owner {
     tx: watch::Sender<Arc<Vec<TaskView>>>,
     tasks: BTreeMap<String, TaskView>,
+    /// BeginTask calls past the limit check whose task is not in `tasks` yet.
+    reserved: usize,
+}
+
+impl Owner {
+    fn new() -> Owner {
+        Owner {
+            tx: watch::channel(Arc::new(Vec::new())).0,
+            tasks: BTreeMap::new(),
+            reserved: 0,
+        }
+    }
+
+    /// Nothing to keep: no task, no reservation, no stream watching.
+    fn is_idle(&self) -> bool {
+        self.tasks.is_empty() && self.reserved == 0 && self.tx.receiver_count() == 0
+    }
+}
+
+/// A place among a process's live tasks, held by a BeginTask from the limit check until
+/// its task is published (or it fails). Concurrent BeginTasks of one process therefore
+/// cannot together pass the limit.
+struct Reservation<'a> {
+    manager: &'a TaskManager,
+    pid: i32,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut owners = self.manager.lock_owners();
+        if let Some(owner) = owners.get_mut(&self.pid) {
+            owner.reserved -= 1;
+            if owner.is_idle() {
+                owners.remove(&self.pid);
+            }
+        }
+    }
 }
 
 /// Owns every live task of this agent.
@@ -239,10 +290,7 @@ impl TaskManager {
     /// Live task views bound to `pid`, now and on every change.
     pub fn subscribe_owner(&self, pid: i32) -> watch::Receiver<Arc<Vec<TaskView>>> {
         let mut owners = self.lock_owners();
-        let owner = owners.entry(pid).or_insert_with(|| Owner {
-            tx: watch::channel(Arc::new(Vec::new())).0,
-            tasks: BTreeMap::new(),
-        });
+        let owner = owners.entry(pid).or_insert_with(Owner::new);
         if owner.tx.receiver_count() == 0 {
             // Views are not maintained while nobody watches: bring it up to date.
             owner
@@ -264,6 +312,7 @@ impl TaskManager {
                 humantime::format_duration(self.config.max_lifetime)
             )));
         }
+        let reservation = self.reserve(req.owner_pid)?;
         let gate = self.consent_gate.read().await;
         self.consents.ensure_fresh().await?;
         let now = now_unix();
@@ -338,6 +387,7 @@ impl TaskManager {
         self.lock_live()
             .insert(record.id.clone(), Arc::clone(&live));
         self.publish(&live, Some(Arc::clone(&svid)));
+        drop(reservation);
         self.metrics.tasks_begun.inc();
         self.metrics.live_tasks.set(self.live_count() as i64);
         self.metrics
@@ -347,6 +397,22 @@ impl TaskManager {
         tracing::info!(task = %record.id, client = %record.client, subject = %record.subject, server = %record.server, scopes = ?record.scopes, deadline, serial = %svid.serial_hex, "task begun");
         tokio::spawn(Arc::clone(self).watch_task(live, stop_rx));
         Ok((record, svid))
+    }
+
+    /// Holds a place for one more live task of process `pid`, or refuses when the
+    /// process already holds (or is beginning) as many as allowed.
+    fn reserve(&self, pid: i32) -> Result<Reservation<'_>, TaskError> {
+        let max = self.config.max_live_per_process;
+        let mut owners = self.lock_owners();
+        let owner = owners.entry(pid).or_insert_with(Owner::new);
+        if owner.tasks.len() + owner.reserved >= max {
+            if owner.is_idle() {
+                owners.remove(&pid);
+            }
+            return Err(TaskError::TooManyLive { pid, max });
+        }
+        owner.reserved += 1;
+        Ok(Reservation { manager: self, pid })
     }
 
     fn issue(
@@ -500,10 +566,7 @@ impl TaskManager {
     /// Updates the owner's stream view of one task (`None` removes it).
     fn publish(&self, live: &LiveTask, svid: Option<Arc<IssuedSvid>>) {
         let mut owners = self.lock_owners();
-        let owner = owners.entry(live.owner_pid).or_insert_with(|| Owner {
-            tx: watch::channel(Arc::new(Vec::new())).0,
-            tasks: BTreeMap::new(),
-        });
+        let owner = owners.entry(live.owner_pid).or_insert_with(Owner::new);
         match svid {
             Some(svid) => {
                 owner.tasks.insert(
@@ -525,7 +588,7 @@ impl TaskManager {
         if owner.tx.receiver_count() > 0 {
             let views: Vec<TaskView> = owner.tasks.values().cloned().collect();
             owner.tx.send_replace(Arc::new(views));
-        } else if owner.tasks.is_empty() {
+        } else if owner.is_idle() {
             owners.remove(&live.owner_pid);
         }
     }
