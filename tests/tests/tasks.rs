@@ -741,3 +741,61 @@ async fn at_the_default_limit_a_standard_client_still_receives_every_task_svid()
         .expect("the stream message fits a standard client");
     assert_eq!(ctx.svids().len(), limit + 1);
 }
+
+#[tokio::test]
+async fn a_begin_task_abandoned_by_its_caller_leaves_no_task_that_cannot_end() {
+    let (agent, _) = setup("").await;
+    let channel = TestAgent::channel(&agent.workload).await.unwrap();
+    // Deadlines from 0.5 to 10 ms: the agent drops the shorter ones at their deadline
+    // (the server enforces grpc-timeout), which falls while the task's write is queued
+    // or committing. The store applies a queued write regardless.
+    let mut timed_out = 0;
+    for i in 0..40u64 {
+        let mut req = tonic::Request::new(begin_req(&["github/tool/list_pulls"]));
+        req.set_timeout(Duration::from_micros(500 + i * 250));
+        if TasksClient::new(channel.clone())
+            .begin_task(req)
+            .await
+            .is_err()
+        {
+            timed_out += 1;
+        }
+    }
+    assert!(
+        timed_out > 0,
+        "no call was abandoned; the test proves nothing"
+    );
+
+    // Every task the store holds as live is live in the agent too: it ends, once, and
+    // reaches the feed.
+    let mut client = tasks(&agent).await;
+    let live: Vec<String> = client
+        .list_tasks(ListTasksRequest {
+            include_ended: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let mut feed = feed(&agent).await;
+    for id in &live {
+        let ended = client
+            .end_task(EndTaskRequest {
+                task_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap();
+        assert_eq!(ended.end_reason, "ended", "task {id} could not be ended");
+        await_revoked(&mut feed, id, Duration::from_secs(5)).await;
+    }
+    eprintln!(
+        "{timed_out} of 40 calls abandoned; {} tasks were live and ended",
+        live.len()
+    );
+}

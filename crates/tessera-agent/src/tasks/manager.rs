@@ -91,6 +91,9 @@ pub enum TaskError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The agent stopped before the call finished.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
 }
 
 /// What a Workload API stream shows for one live task.
@@ -177,12 +180,12 @@ impl Owner {
 /// A place among a process's live tasks, held by a BeginTask from the limit check until
 /// its task is published (or it fails). Concurrent BeginTasks of one process therefore
 /// cannot together pass the limit.
-struct Reservation<'a> {
-    manager: &'a TaskManager,
+struct Reservation {
+    manager: Arc<TaskManager>,
     pid: i32,
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         let mut owners = self.manager.lock_owners();
         if let Some(owner) = owners.get_mut(&self.pid) {
@@ -207,7 +210,7 @@ pub struct TaskManager {
     /// BeginTask holds it shared from consent check to durable insert; consent
     /// withdrawal holds it exclusively, so no task can slip in on a consent
     /// that is being withdrawn.
-    consent_gate: tokio::sync::RwLock<()>,
+    consent_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for TaskManager {
@@ -268,7 +271,7 @@ impl TaskManager {
             config,
             live: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
-            consent_gate: tokio::sync::RwLock::new(()),
+            consent_gate: Arc::new(tokio::sync::RwLock::new(())),
         }))
     }
 
@@ -301,6 +304,13 @@ impl TaskManager {
     }
 
     /// Begins a task; returns its record and first SVID once it is durable.
+    ///
+    /// A caller that stops waiting (a timed-out or cancelled RPC drops this future)
+    /// before its task is queued for the store leaves nothing behind. From the store
+    /// write on, the work runs on a task of its own and always finishes: the store
+    /// applies a queued write regardless, and a stored task must then also be live here
+    /// (watched, endable, on its process's stream), never a row that claims to be live
+    /// while nothing can end it.
     pub async fn begin(
         self: &Arc<Self>,
         req: BeginRequest,
@@ -313,7 +323,7 @@ impl TaskManager {
             )));
         }
         let reservation = self.reserve(req.owner_pid)?;
-        let gate = self.consent_gate.read().await;
+        let gate = Arc::clone(&self.consent_gate).read_owned().await;
         self.consents.ensure_fresh().await?;
         let now = now_unix();
         let consent = self.consents.check(
@@ -359,34 +369,52 @@ impl TaskManager {
             end_reason: None,
             serials: vec![svid.serial_hex.clone()],
         };
-        self.store
-            .begin_task(
-                record.clone(),
-                SvidIssued {
-                    serial: svid.serial_hex.clone(),
-                    spiffe_id: spiffe_id.clone(),
-                    not_after: svid.not_after_unix,
-                },
-                &req.actor,
-            )
-            .await?;
-        drop(gate);
-
+        let serial = svid.serial_hex.clone();
+        let issued = SvidIssued {
+            serial: serial.clone(),
+            spiffe_id: spiffe_id.clone(),
+            not_after: svid.not_after_unix,
+        };
         let (stop_tx, stop_rx) = oneshot::channel();
         let live = Arc::new(LiveTask {
-            record: record.clone(),
+            record,
             spiffe_id,
             claims,
             owner_pid: req.owner_pid,
             owner_fd: req.owner_fd,
             svid: Mutex::new(Arc::clone(&svid)),
-            serials: Mutex::new(vec![svid.serial_hex.clone()]),
+            serials: Mutex::new(vec![serial]),
             until: AtomicI64::new(svid.not_after_unix),
             stop: Mutex::new(Some(stop_tx)),
         });
-        self.lock_live()
-            .insert(record.id.clone(), Arc::clone(&live));
-        self.publish(&live, Some(Arc::clone(&svid)));
+        let this = Arc::clone(self);
+        let actor = req.actor;
+        let stored = tokio::spawn(async move {
+            this.store
+                .begin_task(live.record.clone(), issued, &actor)
+                .await?;
+            drop(gate);
+            this.go_live(&live, &svid, stop_rx, reservation);
+            Ok((live.record.clone(), svid))
+        });
+        match stored.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(TaskError::ShuttingDown),
+        }
+    }
+
+    /// Makes a stored task live: tracked, on its process's stream, watched.
+    fn go_live(
+        self: &Arc<Self>,
+        live: &Arc<LiveTask>,
+        svid: &Arc<IssuedSvid>,
+        stop: oneshot::Receiver<()>,
+        reservation: Reservation,
+    ) {
+        let record = &live.record;
+        self.lock_live().insert(record.id.clone(), Arc::clone(live));
+        self.publish(live, Some(Arc::clone(svid)));
         drop(reservation);
         self.metrics.tasks_begun.inc();
         self.metrics.live_tasks.set(self.live_count() as i64);
@@ -394,14 +422,13 @@ impl TaskManager {
             .svids_issued
             .get_or_create(&crate::metrics::KindLabel { kind: "task" })
             .inc();
-        tracing::info!(task = %record.id, client = %record.client, subject = %record.subject, server = %record.server, scopes = ?record.scopes, deadline, serial = %svid.serial_hex, "task begun");
-        tokio::spawn(Arc::clone(self).watch_task(live, stop_rx));
-        Ok((record, svid))
+        tracing::info!(task = %record.id, client = %record.client, subject = %record.subject, server = %record.server, scopes = ?record.scopes, deadline = record.deadline, serial = %svid.serial_hex, "task begun");
+        tokio::spawn(Arc::clone(self).watch_task(Arc::clone(live), stop));
     }
 
     /// Holds a place for one more live task of process `pid`, or refuses when the
     /// process already holds (or is beginning) as many as allowed.
-    fn reserve(&self, pid: i32) -> Result<Reservation<'_>, TaskError> {
+    fn reserve(self: &Arc<Self>, pid: i32) -> Result<Reservation, TaskError> {
         let max = self.config.max_live_per_process;
         let mut owners = self.lock_owners();
         let owner = owners.entry(pid).or_insert_with(Owner::new);
@@ -412,7 +439,10 @@ impl TaskManager {
             return Err(TaskError::TooManyLive { pid, max });
         }
         owner.reserved += 1;
-        Ok(Reservation { manager: self, pid })
+        Ok(Reservation {
+            manager: Arc::clone(self),
+            pid,
+        })
     }
 
     fn issue(

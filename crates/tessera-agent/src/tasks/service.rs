@@ -47,6 +47,7 @@ fn task_status(e: TaskError) -> Status {
         TaskError::Consent(c) => Status::permission_denied(c.to_string()),
         TaskError::NotFound(id) => Status::not_found(format!("no task {id} for this client")),
         e @ TaskError::TooManyLive { .. } => Status::resource_exhausted(e.to_string()),
+        e @ TaskError::ShuttingDown => Status::unavailable(e.to_string()),
         e => {
             tracing::error!(error = %e, "task operation failed");
             Status::internal("task operation failed; see the agent's log")
