@@ -33,6 +33,32 @@ pub struct AuditRecord {
 // === impl Store: audit ===
 
 impl Store {
+    /// Deletes audit records written before `before_ms` (unix milliseconds) from the
+    /// start of the log, and returns how many. Deletion stops at the first record that
+    /// is not older: the log stays a contiguous run of sequence numbers (a clock that
+    /// stepped back leaves the records after the step for a later pass). Sequence
+    /// numbers are never reused, so a reader paging with `after_seq` only sees a gap.
+    ///
+    /// Deletes in transactions of at most [`crate::PRUNE_CHUNK`] records.
+    pub async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut pruned = 0;
+        loop {
+            let (chunk, more) = self
+                .inner
+                .writer
+                .write("audit.prune", before_ms, prune_op)
+                .await?;
+            pruned += chunk;
+            if !more {
+                break;
+            }
+        }
+        if pruned > 0 {
+            tracing::debug!(pruned, "pruned audit records");
+        }
+        Ok(pruned)
+    }
+
     /// Appends a record to the audit log and returns its sequence number, once committed.
     /// Changes made through the store's own APIs (e.g. [`Store::create_entry`]) write
     /// their audit records themselves, in the change's transaction.
@@ -160,6 +186,32 @@ fn decode(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
     })
 }
 
+/// Deletes the oldest run of records older than `before_ms`, at most
+/// [`crate::PRUNE_CHUNK`]; also says whether the run may go on past this chunk.
+fn prune_op(
+    before_ms: &mut i64,
+    conn: &Connection,
+    _effects: &mut Effects,
+) -> Result<(u64, bool), StoreError> {
+    use crate::row::{Row as _, query_all};
+    let chunk = crate::PRUNE_CHUNK;
+    let oldest = query_all(
+        conn,
+        "SELECT seq, at FROM audit ORDER BY seq LIMIT ?",
+        [i64::try_from(chunk).unwrap_or(i64::MAX)],
+        |row| Ok((row.column::<i64>("seq")?, row.column::<i64>("at")?)),
+    )?;
+    let run = oldest.iter().take_while(|(_, at)| *at < *before_ms).count();
+    let Some(&(last, _)) = oldest[..run].last() else {
+        return Ok((0, false));
+    };
+    let deleted = conn
+        .prepare_cached("DELETE FROM audit WHERE seq <= ?")?
+        .execute([last])?;
+    let whole_chunk = u64::try_from(run).unwrap_or(u64::MAX) == chunk;
+    Ok((u64::try_from(deleted).unwrap_or(u64::MAX), whole_chunk))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -197,6 +249,56 @@ mod tests {
         assert_eq!(details, [json!(2), json!(3), json!(4)]);
         assert!(store.list_audit(seqs[4], 100).await.unwrap().is_empty());
         assert!(store.list_audit(0, 0).await.unwrap().is_empty());
+    }
+
+    /// Pruning deletes the oldest run of old records, stops at the first newer one, in
+    /// chunks of their own transactions, and sequence numbers are not reused after it.
+    #[tokio::test]
+    async fn audit_is_pruned_from_the_start_up_to_the_first_newer_record() {
+        let (_dir, path, store) = open_temp().await;
+        let old = crate::PRUNE_CHUNK + 3;
+        let total = old + 3;
+        for i in 0..total {
+            store
+                .append_audit("entry.create", "uid:0", &json!({ "i": i }))
+                .await
+                .unwrap();
+        }
+        // Record times, set behind the store's back: `old` records at 100 ms, then one at
+        // 900 ms (a clock that ran ahead), one at 300 ms, one at 1000 ms.
+        let mut raw = crate::testing::raw_connection(&path).await;
+        sqlx::query(
+            "UPDATE audit SET at = CASE
+                 WHEN seq <= ?1 THEN 100
+                 WHEN seq = ?1 + 1 THEN 900
+                 WHEN seq = ?1 + 2 THEN 300
+                 ELSE 1000 END",
+        )
+        .bind(i64::try_from(old).unwrap())
+        .execute(&mut raw)
+        .await
+        .unwrap();
+        drop(raw);
+
+        let commits = store.writer_stats().commits;
+        assert_eq!(store.prune_audit(500).await.unwrap(), old);
+        assert_eq!(store.writer_stats().commits - commits, 2, "two chunks");
+        let left = store.list_audit(0, 100).await.unwrap();
+        let seqs: Vec<i64> = left.iter().map(|r| r.seq).collect();
+        let old = i64::try_from(old).unwrap();
+        assert_eq!(
+            seqs,
+            [old + 1, old + 2, old + 3],
+            "stopped at the 900 ms record"
+        );
+        assert_eq!(store.prune_audit(500).await.unwrap(), 0);
+        assert_eq!(store.prune_audit(950).await.unwrap(), 2);
+
+        let next = store
+            .append_audit("entry.create", "uid:0", &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(next, old + 4, "sequence numbers are never reused");
     }
 
     #[tokio::test]

@@ -29,10 +29,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "fewer pages per write",
         sql: include_str!("../migrations/0002_fewer_pages_per_write.sql"),
     },
+    Migration {
+        version: 3,
+        description: "retention",
+        sql: include_str!("../migrations/0003_retention.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
@@ -198,7 +203,7 @@ mod tests {
             .fetch_all(&store.inner.pool)
             .await
             .unwrap();
-        assert_eq!(versions, [1, 2]);
+        assert_eq!(versions, [1, 2, 3]);
 
         // Issuance order was the rowid: cc, aa, bb.
         let live = store.get_task("t-live").await.unwrap().unwrap();

@@ -326,6 +326,31 @@ impl Store {
         rows.iter().map(decode_revocation).collect()
     }
 
+    /// Deletes tasks that ended before `ended_before` (unix seconds), with their SVID
+    /// records, and returns how many. A task whose revocation is still kept (some SVID
+    /// of it has not expired yet) stays until [`Store::prune_revocations`] removed it.
+    /// Their audit records are kept ([`Store::prune_audit`] has its own cutoff).
+    ///
+    /// Deletes in transactions of at most [`PRUNE_CHUNK`] tasks, oldest end first.
+    pub async fn prune_ended_tasks(&self, ended_before: i64) -> Result<u64, StoreError> {
+        let mut pruned = 0;
+        loop {
+            let chunk = self
+                .inner
+                .writer
+                .write("task.prune", ended_before, prune_ended_op)
+                .await?;
+            pruned += chunk;
+            if chunk < PRUNE_CHUNK {
+                break;
+            }
+        }
+        if pruned > 0 {
+            tracing::debug!(pruned, "pruned ended tasks");
+        }
+        Ok(pruned)
+    }
+
     /// Deletes revocations no longer needed at `now` (`until <= now`: every SVID they
     /// cover has expired) and returns how many. The tasks themselves are kept.
     ///
@@ -653,6 +678,41 @@ fn prune_op(now: &mut i64, conn: &Connection, _effects: &mut Effects) -> Result<
             i64::try_from(PRUNE_CHUNK).unwrap_or(i64::MAX)
         ])?;
     Ok(u64::try_from(pruned).unwrap_or(u64::MAX))
+}
+
+/// Up to `?2` tasks that ended before `?1` and are no longer revoked, oldest end first.
+macro_rules! prunable_tasks {
+    () => {
+        "SELECT id FROM tasks
+         WHERE ended_at IS NOT NULL AND ended_at < ?
+           AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.task_id = tasks.id)
+         ORDER BY ended_at LIMIT ?"
+    };
+}
+
+fn prune_ended_op(
+    ended_before: &mut i64,
+    conn: &Connection,
+    _effects: &mut Effects,
+) -> Result<u64, StoreError> {
+    // The partial index tasks_ended_by_time serves the range; a task still revoked is
+    // passed over (there are at most as many as revocations in force).
+    let ids = query_all(
+        conn,
+        prunable_tasks!(),
+        params![
+            *ended_before,
+            i64::try_from(PRUNE_CHUNK).unwrap_or(i64::MAX)
+        ],
+        |row| row.column::<String>("id"),
+    )?;
+    let mut svids = conn.prepare_cached("DELETE FROM task_svids WHERE task_id = ?")?;
+    let mut tasks = conn.prepare_cached("DELETE FROM tasks WHERE id = ?")?;
+    for id in &ids {
+        svids.execute([id])?;
+        tasks.execute([id])?;
+    }
+    Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
 }
 
 /// The [`task_select!`] condition for live tasks relying on a consent, oldest first.

@@ -844,8 +844,76 @@ async fn a_large_prune_runs_in_chunks_of_its_own_transactions() {
     assert_eq!(store.prune_revocations(t0 + 400).await.unwrap(), 0);
 }
 
+/// Ended tasks past their retention are deleted with their SVID records, in chunks;
+/// a task whose revocation is still in force, a live task and one that ended after the
+/// cutoff are kept.
+#[tokio::test]
+async fn ended_tasks_past_the_cutoff_are_deleted_unless_still_revoked() {
+    let (_dir, _path, store) = open_temp().await;
+    let c = consent(&store, "a").await;
+    let t0 = now();
+    let old = PRUNE_CHUNK + 5;
+    async fn end(store: &Store, id: &str, ended_at: i64, until: i64) {
+        let mut revocation = revocation("a", id, "ended");
+        revocation.until = until;
+        store
+            .end_task(id, "ended", ended_at, revocation, "uid:1000")
+            .await
+            .unwrap();
+    }
+    for i in 0..old {
+        let id = format!("t{i:05}");
+        begin(&store, &id, "a", &c.id, &format!("{i:08x}")).await;
+        end(&store, &id, t0, t0).await;
+    }
+    begin(&store, "still-revoked", "a", &c.id, "ff01").await;
+    end(&store, "still-revoked", t0, t0 + 3600).await;
+    begin(&store, "ended-later", "a", &c.id, "ff02").await;
+    end(&store, "ended-later", t0 + 1000, t0).await;
+    begin(&store, "live", "a", &c.id, "ff03").await;
+
+    // Until their revocations are pruned, no task goes.
+    assert_eq!(store.prune_ended_tasks(t0 + 500).await.unwrap(), 0);
+    // (The store raised each `until` to its SVID's expiry, five minutes from now.)
+    assert_eq!(store.prune_revocations(t0 + 400).await.unwrap(), old + 1);
+
+    let commits = store.writer_stats().commits;
+    assert_eq!(store.prune_ended_tasks(t0 + 500).await.unwrap(), old);
+    assert_eq!(store.writer_stats().commits - commits, 2, "two chunks");
+    let mut left: Vec<String> = store
+        .list_tasks(&all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["ended-later", "live", "still-revoked"]);
+    assert_eq!(count(&store, "SELECT count(*) FROM task_svids").await, 3);
+    assert!(store.get_task("t00000").await.unwrap().is_none());
+    assert_eq!(store.prune_ended_tasks(t0 + 500).await.unwrap(), 0);
+}
+
+/// Pruning finds ended tasks through their partial index, not by reading every task.
+#[tokio::test]
+async fn pruning_finds_ended_tasks_through_their_index() {
+    let (_dir, _path, store) = open_temp().await;
+    let plan: Vec<(i64, i64, i64, String)> =
+        sqlx::query_as(concat!("EXPLAIN QUERY PLAN ", prunable_tasks!()))
+            .bind(0)
+            .bind(10)
+            .fetch_all(&store.inner.pool)
+            .await
+            .unwrap();
+    let outer = plan.iter().find(|(_, parent, _, _)| *parent == 0).unwrap();
+    assert!(
+        outer.3.starts_with("SEARCH tasks") && outer.3.contains("INDEX tasks_ended_by_time"),
+        "{plan:?}"
+    );
+}
+
 /// A client's task list is read through its index, not by scanning every task on the
-/// node (tasks are never deleted, so a scan grows with everyone's history).
+/// node (a scan would grow with everyone's retained history).
 #[tokio::test]
 async fn listing_one_clients_tasks_uses_the_client_index() {
     let (_dir, _path, store) = open_temp().await;
