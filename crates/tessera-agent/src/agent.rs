@@ -18,6 +18,7 @@ use crate::audit_log;
 use crate::config::{CaModeName, Config};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
+use crate::retention;
 use crate::socket;
 use crate::svids::SvidCache;
 use crate::tasks::{ConsentCache, RevocationsService, TaskConfig, TaskManager, TasksService};
@@ -104,6 +105,12 @@ pub async fn run(
     .await
     .context("recovering tasks")?;
     let tasks_task = tokio::spawn(Arc::clone(&tasks).run(stop_rx.clone()));
+    let retention_task = tokio::spawn(retention::run(
+        store.clone(),
+        config.retention(),
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    ));
     let audit_task = config.audit_log.as_ref().map(|path| {
         tokio::spawn(audit_log::run(
             path.clone(),
@@ -216,6 +223,7 @@ pub async fn run(
     let _ = tokio::time::timeout(grace, http_task).await;
     let _ = cache_task.await;
     let _ = tasks_task.await;
+    let _ = retention_task.await;
     if let Some(t) = audit_task {
         let _ = t.await;
     }

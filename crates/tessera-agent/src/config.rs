@@ -81,6 +81,15 @@ pub struct Config {
     /// messages over 4 MiB: the default keeps even tasks with the largest claims (16 KiB)
     /// at 2.1 MiB. Also bounds what one process can make the agent hold.
     pub task_max_live_per_process: usize,
+    /// How long ended tasks (and their SVID records) are kept after they ended, e.g.
+    /// "7d"; "0s" keeps them forever. A task whose revocation is still in force is kept
+    /// regardless. Their audit records follow `audit_retention`.
+    #[serde(with = "humantime_serde")]
+    pub task_retention: Duration,
+    /// How long audit records are kept, e.g. "90d"; "0s" (the default) keeps them
+    /// forever. Ship them elsewhere with `audit_log` before they go.
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
     /// Also append every audit record as a JSON line to this file (mode 0600).
     pub audit_log: Option<PathBuf>,
     /// The signing CA.
@@ -323,6 +332,8 @@ impl Default for Config {
             task_default_lifetime: Duration::from_secs(15 * 60),
             task_max_lifetime: Duration::from_secs(24 * 3600),
             task_max_live_per_process: DEFAULT_MAX_LIVE_PER_PROCESS,
+            task_retention: Duration::from_secs(7 * 24 * 3600),
+            audit_retention: Duration::ZERO,
             audit_log: None,
             ca: CaConfig::default(),
             log: LogConfig::default(),
@@ -449,6 +460,12 @@ impl Config {
                 reason: format!("{e}"),
             })?;
         }
+        if let Some(v) = lookup("TESSERA_TASK_RETENTION") {
+            self.task_retention = dur("TESSERA_TASK_RETENTION", v)?;
+        }
+        if let Some(v) = lookup("TESSERA_AUDIT_RETENTION") {
+            self.audit_retention = dur("TESSERA_AUDIT_RETENTION", v)?;
+        }
         if let Some(v) = lookup("TESSERA_AUDIT_LOG") {
             self.audit_log = (!v.is_empty()).then(|| v.into());
         }
@@ -473,6 +490,15 @@ impl Config {
         }
         self.kubernetes.apply_env(&lookup)?;
         Ok(())
+    }
+
+    /// What retention deletes, as the store's pruning understands it (zero: never).
+    pub fn retention(&self) -> crate::retention::Retention {
+        let keep = |d: Duration| (!d.is_zero()).then_some(d);
+        crate::retention::Retention {
+            ended_tasks: keep(self.task_retention),
+            audit: keep(self.audit_retention),
+        }
     }
 
     /// Checks ranges and cross-field rules.
@@ -590,6 +616,7 @@ mod tests {
             ("TESSERA_ADMIN_UIDS", "1000, 1001"),
             ("TESSERA_TASK_SVID_TTL", "90s"),
             ("TESSERA_TASK_MAX_LIVE_PER_PROCESS", "500"),
+            ("TESSERA_AUDIT_RETENTION", "90d"),
         ]
         .into();
         c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
@@ -597,6 +624,13 @@ mod tests {
         assert_eq!(c.admin_uids, vec![1000, 1001]);
         assert_eq!(c.task_svid_ttl, Duration::from_secs(90));
         assert_eq!(c.task_max_live_per_process, 500);
+        assert_eq!(
+            c.retention(),
+            crate::retention::Retention {
+                ended_tasks: Some(Duration::from_secs(7 * 24 * 3600)),
+                audit: Some(Duration::from_secs(90 * 24 * 3600)),
+            }
+        );
         let bad: HashMap<&str, &str> = [("TESSERA_TASK_MAX_LIVE_PER_PROCESS", "many")].into();
         let err = c
             .apply_env(|k| bad.get(k).map(|v| v.to_string()))

@@ -13,6 +13,7 @@ pub mod config;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod retention;
 pub mod socket;
 pub mod svids;
 pub mod tasks;

@@ -45,6 +45,13 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// Label: what retention deleted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrunedLabel {
+    /// "tasks" or "audit".
+    pub what: &'static str,
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -70,6 +77,8 @@ pub struct Metrics {
     pub live_tasks: Gauge,
     /// Open revocation feed subscribers.
     pub revocation_watchers: Gauge,
+    /// Ended tasks and audit records deleted past their retention.
+    pub pruned: Family<PrunedLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -86,6 +95,7 @@ impl Default for Metrics {
             tasks_ended: Family::default(),
             live_tasks: Gauge::default(),
             revocation_watchers: Gauge::default(),
+            pruned: Family::default(),
             registry: Registry::default(),
         };
         registry.register("svids_issued", "X.509-SVIDs issued", m.svids_issued.clone());
@@ -121,6 +131,11 @@ impl Default for Metrics {
             "revocation_watchers",
             "Open revocation feed streams",
             m.revocation_watchers.clone(),
+        );
+        registry.register(
+            "store_pruned",
+            "Ended tasks and audit records deleted past their retention, by what",
+            m.pruned.clone(),
         );
         Metrics { registry, ..m }
     }
