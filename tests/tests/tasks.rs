@@ -799,3 +799,111 @@ async fn a_begin_task_abandoned_by_its_caller_leaves_no_task_that_cannot_end() {
         live.len()
     );
 }
+
+#[tokio::test]
+async fn a_consent_withdrawal_abandoned_by_its_caller_still_revokes_its_tasks() {
+    use tessera_proto::tessera::v1::GetConsentRequest;
+
+    let agent = TestAgent::start("").await.unwrap();
+    agent.register_self("code-reviewer").await.unwrap();
+    let admin = agent.admin_client().await.unwrap();
+    let mut feed = feed(&agent).await;
+    // (consent, its task, whether the withdrawal was answered)
+    let mut cases = Vec::new();
+    for i in 0..16u64 {
+        let subject = format!("user{i}@acme.corp");
+        let consent = agent
+            .grant("code-reviewer", &subject, "github", &["github/tool/*"])
+            .await
+            .unwrap();
+        let task = begin(
+            &agent,
+            BeginTaskRequest {
+                subject,
+                ..begin_req(&["github/tool/list_pulls"])
+            },
+        )
+        .await
+        .task
+        .unwrap()
+        .id;
+        // Deadlines from 0.2 to 4.7 ms: the client gives up on the shorter ones before
+        // sending, the longer ones while the agent is withdrawing (it then drops the call).
+        let mut req = tonic::Request::new(WithdrawConsentRequest {
+            id: consent.clone(),
+        });
+        req.set_timeout(Duration::from_micros(200 + i * 300));
+        let answered = admin.clone().withdraw_consent(req).await.is_ok();
+        cases.push((consent, task, answered));
+    }
+
+    // The store and the agent agree on every case: a consent the store holds as
+    // withdrawn had its task revoked (on the feed) and ended; any other's task is live.
+    let mut withdrawn = std::collections::HashSet::new();
+    let mut abandoned_after_the_store = 0;
+    for (consent, task, answered) in &cases {
+        let stored = admin
+            .clone()
+            .get_consent(GetConsentRequest {
+                id: consent.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if stored.withdrawn_at_unix > 0 {
+            withdrawn.insert(task.as_str());
+            abandoned_after_the_store += usize::from(!answered);
+        } else {
+            assert!(!answered, "an answered withdrawal is in the store");
+        }
+    }
+    assert!(
+        abandoned_after_the_store > 0,
+        "no withdrawal was abandoned after reaching the store; the test proves nothing"
+    );
+    let mut pending = withdrawn.clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = RevocationSet::default();
+    while !pending.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        last = tokio::time::timeout(left, feed.next())
+            .await
+            .unwrap_or_else(|_| panic!("withdrawn in the store but never revoked: {pending:?}"))
+            .expect("feed open")
+            .expect("feed message");
+        for r in &last.revoked {
+            pending.remove(r.task_id.as_str());
+        }
+    }
+    assert!(
+        last.revoked
+            .iter()
+            .all(|r| withdrawn.contains(r.task_id.as_str()) && r.reason == "consent_withdrawn"),
+        "only the withdrawn consents' tasks are revoked: {:?}",
+        last.revoked
+    );
+    let live: std::collections::HashSet<String> = tasks(&agent)
+        .await
+        .list_tasks(ListTasksRequest {
+            include_ended: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    for (_, task, _) in &cases {
+        assert_eq!(
+            live.contains(task),
+            !withdrawn.contains(task.as_str()),
+            "{task}"
+        );
+    }
+    eprintln!(
+        "{} of {} withdrawals reached the store, {abandoned_after_the_store} of them abandoned by their caller",
+        withdrawn.len(),
+        cases.len()
+    );
+}

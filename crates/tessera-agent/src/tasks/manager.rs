@@ -2,6 +2,7 @@
 //! and the five ways a task ends, each of which ends it exactly once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -389,19 +390,15 @@ impl TaskManager {
         });
         let this = Arc::clone(self);
         let actor = req.actor;
-        let stored = tokio::spawn(async move {
+        detached(async move {
             this.store
                 .begin_task(live.record.clone(), issued, &actor)
                 .await?;
             drop(gate);
             this.go_live(&live, &svid, stop_rx, reservation);
             Ok((live.record.clone(), svid))
-        });
-        match stored.await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(TaskError::ShuttingDown),
-        }
+        })
+        .await
     }
 
     /// Makes a stored task live: tracked, on its process's stream, watched.
@@ -462,7 +459,7 @@ impl TaskManager {
     /// Ends a live task exactly once. Returns the task as stored, or NotFound.
     /// `client`, when given, restricts the call to that client's tasks.
     pub async fn end(
-        &self,
+        self: &Arc<Self>,
         task_id: &str,
         reason: EndReason,
         actor: &str,
@@ -500,10 +497,16 @@ impl TaskManager {
         // restart ends every task the store still thinks is live).
         self.feed.add([revocation.clone()]);
         self.retire(&live);
-        let outcome = self
-            .store
-            .end_task(task_id, reason.as_str(), now_unix(), revocation, actor)
-            .await?;
+        // Detached: a caller giving up while the store's queue is full must not leave
+        // the task revoked here but live on disk.
+        let store = self.store.clone();
+        let (id, by) = (task_id.to_owned(), actor.to_owned());
+        let outcome = detached(async move {
+            Ok(store
+                .end_task(&id, reason.as_str(), now_unix(), revocation, &by)
+                .await?)
+        })
+        .await?;
         self.metrics
             .tasks_ended
             .get_or_create(&crate::metrics::ReasonLabel {
@@ -519,7 +522,21 @@ impl TaskManager {
 
     /// Withdraws a consent and ends the tasks relying on it, atomically with
     /// respect to BeginTask.
+    ///
+    /// Runs to the end even if the caller stops waiting: once the store holds the
+    /// withdrawal, its tasks must also leave the live set and reach the feed, never stay
+    /// ended on disk while their SVIDs still work.
     pub async fn withdraw_consent(
+        self: &Arc<Self>,
+        consent_id: &str,
+        actor: &str,
+    ) -> Result<Option<(tessera_store::Consent, Vec<String>)>, TaskError> {
+        let this = Arc::clone(self);
+        let (consent_id, actor) = (consent_id.to_owned(), actor.to_owned());
+        detached(async move { this.run_withdraw_consent(&consent_id, &actor).await }).await
+    }
+
+    async fn run_withdraw_consent(
         &self,
         consent_id: &str,
         actor: &str,
@@ -729,6 +746,20 @@ impl TaskManager {
 
     fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Owner>> {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs `work` on a task of its own and waits for it: the work finishes even if the
+/// caller stops waiting (a timed-out or cancelled RPC drops the caller's future). For
+/// changes the store makes regardless once queued, whose in-memory half (the feed, the
+/// live set, streams) must then follow.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, TaskError>> + Send + 'static,
+) -> Result<T, TaskError> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(TaskError::ShuttingDown),
     }
 }
 
