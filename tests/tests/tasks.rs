@@ -59,6 +59,22 @@ async fn begin(agent: &TestAgent, req: BeginTaskRequest) -> BeginTaskResponse {
         .into_inner()
 }
 
+/// The ids of the caller's live tasks, as ListTasks (read from the store) gives them.
+async fn live_task_ids(agent: &TestAgent) -> Vec<String> {
+    tasks(agent)
+        .await
+        .list_tasks(ListTasksRequest {
+            include_ended: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .into_iter()
+        .map(|t| t.id)
+        .collect()
+}
+
 async fn feed(agent: &TestAgent) -> tonic::Streaming<RevocationSet> {
     RevocationsClient::new(TestAgent::channel(&agent.workload).await.unwrap())
         .watch(WatchRevocationsRequest {})
@@ -314,19 +330,7 @@ async fn withdrawing_consent_ends_its_tasks_only() {
         await_revoked(&mut feed, &a.id, Duration::from_secs(2)).await,
         "consent_withdrawn"
     );
-    let live = tasks(&agent)
-        .await
-        .list_tasks(ListTasksRequest {
-            include_ended: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks;
-    assert_eq!(
-        live.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
-        [b.id.as_str()]
-    );
+    assert_eq!(live_task_ids(&agent).await, [b.id]);
 
     // The withdrawn consent no longer admits new tasks.
     let err = tasks(&agent)
@@ -485,16 +489,7 @@ async fn another_client_cannot_end_or_list_the_first_ones_tasks() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&task.id));
     // Still live for its owner.
-    let mine = tasks(&agent)
-        .await
-        .list_tasks(ListTasksRequest {
-            include_ended: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks;
-    assert!(mine.iter().any(|t| t.id == task.id && t.ended_at_unix == 0));
+    assert!(live_task_ids(&agent).await.contains(&task.id));
 }
 
 #[tokio::test]
@@ -769,17 +764,7 @@ async fn a_begin_task_abandoned_by_its_caller_leaves_no_task_that_cannot_end() {
     // Every task the store holds as live is live in the agent too: it ends, once, and
     // reaches the feed.
     let mut client = tasks(&agent).await;
-    let live: Vec<String> = client
-        .list_tasks(ListTasksRequest {
-            include_ended: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    let live = live_task_ids(&agent).await;
     let mut feed = feed(&agent).await;
     for id in &live {
         let ended = client
@@ -882,18 +867,7 @@ async fn a_consent_withdrawal_abandoned_by_its_caller_still_revokes_its_tasks() 
         "only the withdrawn consents' tasks are revoked: {:?}",
         last.revoked
     );
-    let live: std::collections::HashSet<String> = tasks(&agent)
-        .await
-        .list_tasks(ListTasksRequest {
-            include_ended: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    let live = live_task_ids(&agent).await;
     for (_, task, _) in &cases {
         assert_eq!(
             live.contains(task),

@@ -41,22 +41,8 @@ impl Store {
     ///
     /// Deletes in transactions of at most [`crate::PRUNE_CHUNK`] records.
     pub async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let mut pruned = 0;
-        loop {
-            let (chunk, more) = self
-                .inner
-                .writer
-                .write("audit.prune", before_ms, prune_op)
-                .await?;
-            pruned += chunk;
-            if !more {
-                break;
-            }
-        }
-        if pruned > 0 {
-            tracing::debug!(pruned, "pruned audit records");
-        }
-        Ok(pruned)
+        self.prune_in_chunks("audit.prune", before_ms, prune_op)
+            .await
     }
 
     /// Appends a record to the audit log and returns its sequence number, once committed.
@@ -187,12 +173,12 @@ fn decode(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
 }
 
 /// Deletes the oldest run of records older than `before_ms`, at most
-/// [`crate::PRUNE_CHUNK`]; also says whether the run may go on past this chunk.
+/// [`crate::PRUNE_CHUNK`]; returns how many.
 fn prune_op(
     before_ms: &mut i64,
     conn: &Connection,
     _effects: &mut Effects,
-) -> Result<(u64, bool), StoreError> {
+) -> Result<u64, StoreError> {
     use crate::row::{Row as _, query_all};
     let chunk = crate::PRUNE_CHUNK;
     let oldest = query_all(
@@ -203,13 +189,12 @@ fn prune_op(
     )?;
     let run = oldest.iter().take_while(|(_, at)| *at < *before_ms).count();
     let Some(&(last, _)) = oldest[..run].last() else {
-        return Ok((0, false));
+        return Ok(0);
     };
     let deleted = conn
         .prepare_cached("DELETE FROM audit WHERE seq <= ?")?
         .execute([last])?;
-    let whole_chunk = u64::try_from(run).unwrap_or(u64::MAX) == chunk;
-    Ok((u64::try_from(deleted).unwrap_or(u64::MAX), whole_chunk))
+    Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -60,6 +60,30 @@ pub(crate) struct Inner {
 // === impl Store ===
 
 impl Store {
+    /// Runs the deleting op `run` (which deletes at most [`crate::PRUNE_CHUNK`] rows and
+    /// returns how many) until a chunk comes back short; returns the total. Each chunk is
+    /// its own write, so writes queued meanwhile (a BeginTask waiting to be durable) wait
+    /// for one chunk, not for the whole backlog.
+    pub(crate) async fn prune_in_chunks<S: Copy + Send + 'static>(
+        &self,
+        name: &'static str,
+        state: S,
+        run: crate::writer::RunFn<S, u64>,
+    ) -> Result<u64, crate::StoreError> {
+        let mut pruned = 0;
+        loop {
+            let chunk = self.inner.writer.write(name, state, run).await?;
+            pruned += chunk;
+            if chunk < crate::PRUNE_CHUNK {
+                break;
+            }
+        }
+        if pruned > 0 {
+            tracing::debug!(pruned, what = name, "pruned");
+        }
+        Ok(pruned)
+    }
+
     /// Opens (creating if missing) the database at `path` and migrates it to the current
     /// schema.
     ///

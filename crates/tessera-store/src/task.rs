@@ -333,22 +333,8 @@ impl Store {
     ///
     /// Deletes in transactions of at most [`PRUNE_CHUNK`] tasks, oldest end first.
     pub async fn prune_ended_tasks(&self, ended_before: i64) -> Result<u64, StoreError> {
-        let mut pruned = 0;
-        loop {
-            let chunk = self
-                .inner
-                .writer
-                .write("task.prune", ended_before, prune_ended_op)
-                .await?;
-            pruned += chunk;
-            if chunk < PRUNE_CHUNK {
-                break;
-            }
-        }
-        if pruned > 0 {
-            tracing::debug!(pruned, "pruned ended tasks");
-        }
-        Ok(pruned)
+        self.prune_in_chunks("task.prune", ended_before, prune_ended_op)
+            .await
     }
 
     /// Deletes revocations no longer needed at `now` (`until <= now`: every SVID they
@@ -359,22 +345,8 @@ impl Store {
     /// whole backlog: at a sustained 1,000 tasks/s, 30 s of expired revocations is 30,000
     /// rows.
     pub async fn prune_revocations(&self, now: i64) -> Result<u64, StoreError> {
-        let mut pruned = 0;
-        loop {
-            let chunk = self
-                .inner
-                .writer
-                .write("revocation.prune", now, prune_op)
-                .await?;
-            pruned += chunk;
-            if chunk < PRUNE_CHUNK {
-                break;
-            }
-        }
-        if pruned > 0 {
-            tracing::debug!(pruned, "pruned expired revocations");
-        }
-        Ok(pruned)
+        self.prune_in_chunks("revocation.prune", now, prune_op)
+            .await
     }
 }
 

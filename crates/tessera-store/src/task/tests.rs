@@ -20,6 +20,12 @@ fn all() -> TaskFilter {
     }
 }
 
+/// The id of every task the store holds, live or ended.
+async fn stored_ids(store: &Store) -> Vec<String> {
+    let tasks = store.list_tasks(&all()).await.unwrap();
+    tasks.into_iter().map(|t| t.id).collect()
+}
+
 async fn count(store: &Store, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql)
         .fetch_one(&store.inner.pool)
@@ -623,13 +629,7 @@ async fn a_failing_write_in_a_batch_fails_alone() {
     let batches = store.writer_stats().commits - commits_before;
     assert!(batches < 48, "{batches} commits for 48 writes");
 
-    let ids: HashSet<String> = store
-        .list_tasks(&all())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    let ids: HashSet<String> = stored_ids(&store).await.into_iter().collect();
     let expected: HashSet<String> = (0..48)
         .filter(|i| i % 2 == 0)
         .map(|i| format!("t{i}"))
@@ -880,13 +880,7 @@ async fn ended_tasks_past_the_cutoff_are_deleted_unless_still_revoked() {
     let commits = store.writer_stats().commits;
     assert_eq!(store.prune_ended_tasks(t0 + 500).await.unwrap(), old);
     assert_eq!(store.writer_stats().commits - commits, 2, "two chunks");
-    let mut left: Vec<String> = store
-        .list_tasks(&all())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    let mut left = stored_ids(&store).await;
     left.sort();
     assert_eq!(left, ["ended-later", "live", "still-revoked"]);
     assert_eq!(count(&store, "SELECT count(*) FROM task_svids").await, 3);
