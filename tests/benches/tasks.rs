@@ -115,6 +115,32 @@ where
     (all, wall.elapsed())
 }
 
+/// CPU time (user + system) the agent and this process have used so far.
+fn cpu_times(agent: &TestAgent) -> Option<(Duration, Duration)> {
+    let agent = tessera_e2e::proc_cpu_time(agent.pid()?).ok()?;
+    let this = tessera_e2e::proc_cpu_time(std::process::id()).ok()?;
+    Some((agent, this))
+}
+
+/// "CPU per task: agent …, callers …" between two readings: the budget the machine's
+/// cores put on throughput (two cores at 5,000 tasks/s leave 400 µs for both).
+fn cpu_line(
+    before: Option<(Duration, Duration)>,
+    after: Option<(Duration, Duration)>,
+    tasks: usize,
+) -> String {
+    let (Some(before), Some(after)) = (before, after) else {
+        return "no CPU times from /proc".to_owned();
+    };
+    let per_task = |a: Duration, b: Duration| (a - b).as_secs_f64() * 1e6 / tasks as f64;
+    let agent = per_task(after.0, before.0);
+    let callers = per_task(after.1, before.1);
+    format!(
+        "CPU per task: agent {agent:.0} µs, the 8 callers {callers:.0} µs, together {:.0} µs",
+        agent + callers
+    )
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -172,6 +198,7 @@ async fn main() {
     // Baselines. The transport alone: an RPC the agent refuses before attesting the
     // caller or touching the store (the Workload API's ValidateJWTSVID without its
     // required header).
+    let refused_cpu = cpu_times(&agent);
     let (refused, refused_wall) = concurrent(&agent, |c| async move {
         let status = SpiffeWorkloadApiClient::new(c)
             .validate_jwtsvid(ValidateJwtsvidRequest::default())
@@ -181,6 +208,7 @@ async fn main() {
     })
     .await;
     // Attestation and one read, before any task exists: ListTasks returns nothing.
+    let list_cpu = cpu_times(&agent);
     let (list, list_wall) = concurrent(&agent, |c| async move {
         let listed = TasksClient::new(c)
             .list_tasks(ListTasksRequest {
@@ -191,6 +219,7 @@ async fn main() {
         assert!(listed.into_inner().tasks.is_empty());
     })
     .await;
+    let list_cpu_end = cpu_times(&agent);
 
     let channel = TestAgent::channel(&agent.workload).await.unwrap();
     let mut client = TasksClient::new(channel.clone());
@@ -212,10 +241,12 @@ async fn main() {
     let conc_writer = writer_counters(&agent).await;
 
     // (b) Eight callers, each its own connection.
+    let cpu_before = cpu_times(&agent);
     let (conc, conc_wall) = concurrent(&agent, |c| async move {
         TasksClient::new(c).begin_task(req()).await.unwrap();
     })
     .await;
+    let cpu_after = cpu_times(&agent);
     let conc_writer_end = writer_counters(&agent).await;
 
     // (c) EndTask → revocation visible on a feed subscriber.
@@ -290,6 +321,10 @@ async fn main() {
         "  store writer: {}",
         writer_line(conc_writer, conc_writer_end)
     );
+    println!(
+        "  {}",
+        cpu_line(cpu_before, cpu_after, CONCURRENT * PER_CALLER)
+    );
     row("EndTask → revocation on the feed", &end_to_feed, None);
     row(
         "baseline: rcgen P-256 keygen + sign",
@@ -301,10 +336,18 @@ async fn main() {
         &refused,
         Some((CONCURRENT * PER_CALLER, refused_wall)),
     );
+    println!(
+        "  {}",
+        cpu_line(refused_cpu, list_cpu, CONCURRENT * PER_CALLER).replace("task", "call")
+    );
     row(
         "baseline: ListTasks (no tasks), 8 callers",
         &list,
         Some((CONCURRENT * PER_CALLER, list_wall)),
+    );
+    println!(
+        "  {}",
+        cpu_line(list_cpu, list_cpu_end, CONCURRENT * PER_CALLER).replace("task", "call")
     );
     println!(
         "8-caller BeginTask throughput is {:.2}× the 8-caller ListTasks rate",
