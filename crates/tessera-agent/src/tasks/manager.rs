@@ -497,6 +497,13 @@ impl TaskManager {
         // restart ends every task the store still thinks is live).
         self.feed.add([revocation.clone()]);
         self.retire(&live);
+        // Counted here, where it took effect, even if the caller goes away below.
+        self.metrics
+            .tasks_ended
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
         // Detached: a caller giving up while the store's queue is full must not leave
         // the task revoked here but live on disk.
         let store = self.store.clone();
@@ -507,12 +514,6 @@ impl TaskManager {
                 .await?)
         })
         .await?;
-        self.metrics
-            .tasks_ended
-            .get_or_create(&crate::metrics::ReasonLabel {
-                reason: reason.as_str(),
-            })
-            .inc();
         tracing::info!(task = %task_id, reason = reason.as_str(), %actor, "task ended");
         match outcome {
             EndOutcome::Ended(t, _) | EndOutcome::AlreadyEnded(t) => Ok(t),
