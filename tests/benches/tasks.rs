@@ -122,21 +122,24 @@ fn cpu_times(agent: &TestAgent) -> Option<(Duration, Duration)> {
     Some((agent, this))
 }
 
-/// "CPU per task: agent …, callers …" between two readings: the budget the machine's
-/// cores put on throughput (two cores at 5,000 tasks/s leave 400 µs for both).
+/// "CPU per <unit>: agent …, callers …" over `n` units between two readings: the budget
+/// the machine's cores put on throughput (two cores at 5,000 tasks/s leave 400 µs for
+/// both).
 fn cpu_line(
     before: Option<(Duration, Duration)>,
     after: Option<(Duration, Duration)>,
-    tasks: usize,
+    n: usize,
+    unit: &str,
 ) -> String {
     let (Some(before), Some(after)) = (before, after) else {
         return "no CPU times from /proc".to_owned();
     };
-    let per_task = |a: Duration, b: Duration| (a - b).as_secs_f64() * 1e6 / tasks as f64;
-    let agent = per_task(after.0, before.0);
-    let callers = per_task(after.1, before.1);
+    let per_unit = |a: Duration, b: Duration| (a - b).as_secs_f64() * 1e6 / n as f64;
+    let agent = per_unit(after.0, before.0);
+    let callers = per_unit(after.1, before.1);
     format!(
-        "CPU per task: agent {agent:.0} µs, the 8 callers {callers:.0} µs, together {:.0} µs",
+        "CPU per {unit}: agent {agent:.0} µs, the {CONCURRENT} callers {callers:.0} µs, \
+         together {:.0} µs",
         agent + callers
     )
 }
@@ -323,7 +326,7 @@ async fn main() {
     );
     println!(
         "  {}",
-        cpu_line(cpu_before, cpu_after, CONCURRENT * PER_CALLER)
+        cpu_line(cpu_before, cpu_after, CONCURRENT * PER_CALLER, "task")
     );
     row("EndTask → revocation on the feed", &end_to_feed, None);
     row(
@@ -338,7 +341,7 @@ async fn main() {
     );
     println!(
         "  {}",
-        cpu_line(refused_cpu, list_cpu, CONCURRENT * PER_CALLER).replace("task", "call")
+        cpu_line(refused_cpu, list_cpu, CONCURRENT * PER_CALLER, "call")
     );
     row(
         "baseline: ListTasks (no tasks), 8 callers",
@@ -347,7 +350,7 @@ async fn main() {
     );
     println!(
         "  {}",
-        cpu_line(list_cpu, list_cpu_end, CONCURRENT * PER_CALLER).replace("task", "call")
+        cpu_line(list_cpu, list_cpu_end, CONCURRENT * PER_CALLER, "call")
     );
     println!(
         "8-caller BeginTask throughput is {:.2}× the 8-caller ListTasks rate",

@@ -741,9 +741,10 @@ async fn at_the_default_limit_a_standard_client_still_receives_every_task_svid()
 async fn a_begin_task_abandoned_by_its_caller_leaves_no_task_that_cannot_end() {
     let (agent, _) = setup("").await;
     let channel = TestAgent::channel(&agent.workload).await.unwrap();
-    // Deadlines from 0.5 to 10 ms: the agent drops the shorter ones at their deadline
-    // (the server enforces grpc-timeout), which falls while the task's write is queued
-    // or committing. The store applies a queued write regardless.
+    // Deadlines from 0.5 to 10 ms. The client gives up at its deadline and resets the
+    // stream, and the agent (which enforces grpc-timeout too) drops the call: for the
+    // shorter ones before anything was stored, for the longer ones while the task's
+    // write is queued or committing, which the store applies regardless.
     let mut timed_out = 0;
     for i in 0..40u64 {
         let mut req = tonic::Request::new(begin_req(&["github/tool/list_pulls"]));
@@ -765,6 +766,10 @@ async fn a_begin_task_abandoned_by_its_caller_leaves_no_task_that_cannot_end() {
     // reaches the feed.
     let mut client = tasks(&agent).await;
     let live = live_task_ids(&agent).await;
+    assert!(
+        live.len() > 40 - timed_out,
+        "no abandoned call got as far as the store; the test proves nothing"
+    );
     let mut feed = feed(&agent).await;
     for id in &live {
         let ended = client
@@ -780,7 +785,9 @@ async fn a_begin_task_abandoned_by_its_caller_leaves_no_task_that_cannot_end() {
         await_revoked(&mut feed, id, Duration::from_secs(5)).await;
     }
     eprintln!(
-        "{timed_out} of 40 calls abandoned; {} tasks were live and ended",
+        "{timed_out} of 40 calls abandoned, {} of them after reaching the store; {} tasks \
+         were live and ended",
+        live.len() - (40 - timed_out),
         live.len()
     );
 }

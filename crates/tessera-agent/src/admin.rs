@@ -139,6 +139,7 @@ fn task_error_status(e: TaskError) -> Status {
         TaskError::NotFound(id) => Status::not_found(format!("no task {id}")),
         TaskError::InvalidArgument(m) => Status::invalid_argument(m),
         TaskError::Store(e) => store_status(e),
+        e @ TaskError::ShuttingDown => Status::unavailable(e.to_string()),
         e => {
             tracing::error!(error = %e, "admin task operation failed");
             Status::internal("task operation failed; see the agent's log")

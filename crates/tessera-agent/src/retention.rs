@@ -153,7 +153,13 @@ mod tests {
         (store, now)
     }
 
-    fn task_ids(tasks: Vec<TaskRecord>) -> Vec<String> {
+    /// Every task the store holds, live or ended.
+    async fn stored_task_ids(store: &Store) -> Vec<String> {
+        let all = TaskFilter {
+            client: None,
+            include_ended: true,
+        };
+        let tasks = store.list_tasks(&all).await.unwrap();
         tasks.into_iter().map(|t| t.id).collect()
     }
 
@@ -162,10 +168,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, now) = store_with_tasks(&dir).await;
         let metrics = Metrics::default();
-        let all = TaskFilter {
-            client: None,
-            include_ended: true,
-        };
         let retention = Retention {
             ended_tasks: Some(DAY),
             audit: Some(DAY),
@@ -174,13 +176,13 @@ mod tests {
 
         // Within retention: nothing goes.
         assert_eq!(prune(&store, retention, &metrics, start).await, (0, 0));
-        assert_eq!(task_ids(store.list_tasks(&all).await.unwrap()).len(), 2);
+        assert_eq!(stored_task_ids(&store).await.len(), 2);
 
         // Two days on: the ended task and every audit record go, the live task stays.
         let later = start + 2 * DAY;
         let audit = u64::try_from(store.list_audit(0, 1000).await.unwrap().len()).unwrap();
         assert_eq!(prune(&store, retention, &metrics, later).await, (1, audit));
-        assert_eq!(task_ids(store.list_tasks(&all).await.unwrap()), ["live"]);
+        assert_eq!(stored_task_ids(&store).await, ["live"]);
         assert!(store.list_audit(0, 1000).await.unwrap().is_empty());
         let rendered = metrics.render();
         assert!(
@@ -201,18 +203,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, now) = store_with_tasks(&dir).await;
         let metrics = Metrics::default();
-        let keep = Retention {
-            ended_tasks: None,
-            audit: None,
-        };
+        let config =
+            crate::config::Config::from_toml("task_retention = \"0s\"\naudit_retention = \"0s\"")
+                .unwrap();
+        let keep = config.retention();
+        assert_eq!(
+            keep,
+            Retention {
+                ended_tasks: None,
+                audit: None,
+            }
+        );
         let far = OffsetDateTime::from_unix_timestamp(now).unwrap() + 3650 * DAY;
         let audit = store.list_audit(0, 1000).await.unwrap().len();
         assert_eq!(prune(&store, keep, &metrics, far).await, (0, 0));
-        let all = TaskFilter {
-            client: None,
-            include_ended: true,
-        };
-        assert_eq!(store.list_tasks(&all).await.unwrap().len(), 2);
+        assert_eq!(stored_task_ids(&store).await.len(), 2);
         assert_eq!(store.list_audit(0, 1000).await.unwrap().len(), audit);
         store.close().await;
     }

@@ -428,11 +428,10 @@ impl TaskManager {
     fn reserve(self: &Arc<Self>, pid: i32) -> Result<Reservation, TaskError> {
         let max = self.config.max_live_per_process;
         let mut owners = self.lock_owners();
+        // A refused owner is never idle (it holds `max` ≥ 1 tasks or places), so the
+        // entry made here never lingers empty.
         let owner = owners.entry(pid).or_insert_with(Owner::new);
         if owner.tasks.len() + owner.reserved >= max {
-            if owner.is_idle() {
-                owners.remove(&pid);
-            }
             return Err(TaskError::TooManyLive { pid, max });
         }
         owner.reserved += 1;
