@@ -323,10 +323,11 @@ mod tests {
             .await
             .unwrap();
 
-        assert_eq!(
-            store.list_entries().await.unwrap(),
-            vec![created.clone(), other.clone()]
-        );
+        // Oldest first by creation time (seconds), then id: two entries made in one
+        // second come in id order, which within one millisecond is random.
+        let mut expected = vec![created.clone(), other.clone()];
+        expected.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        assert_eq!(store.list_entries().await.unwrap(), expected);
         assert_eq!(
             store.get_entry(&created.id).await.unwrap(),
             Some(created.clone())
