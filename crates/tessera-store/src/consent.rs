@@ -533,9 +533,15 @@ mod tests {
         );
         assert_eq!(store.get_consent("nope").await.unwrap(), None);
         let all = ConsentFilter::default();
+        // Oldest first by grant second, then id: two consents granted in one millisecond
+        // have ULIDs in random order.
+        let listed_order = |mut consents: Vec<Consent>| {
+            consents.sort_by(|a, b| (a.granted_at, &a.id).cmp(&(b.granted_at, &b.id)));
+            consents
+        };
         assert_eq!(
             store.list_consents(&all).await.unwrap(),
-            vec![granted.clone(), other.clone()]
+            listed_order(vec![granted.clone(), other.clone()])
         );
         let docs = ConsentFilter {
             client: Some("docs-bot".into()),
@@ -577,7 +583,7 @@ mod tests {
         };
         assert_eq!(
             store.list_consents(&everything).await.unwrap(),
-            vec![withdrawn.clone(), other]
+            listed_order(vec![withdrawn.clone(), other])
         );
 
         // Twice: refused, nothing written. Unknown: None.
