@@ -20,6 +20,8 @@ use tessera_proto::tessera::v1::{
 };
 use tonic::transport::Channel;
 
+pub mod interop;
+
 /// Trust domain used by every test agent.
 pub const TRUST_DOMAIN: &str = "e2e.test";
 

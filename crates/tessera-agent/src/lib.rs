@@ -10,6 +10,7 @@ pub mod agent;
 pub mod attest;
 pub mod audit_log;
 pub mod config;
+pub mod h2_authority;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -12,6 +12,7 @@ use tokio::net::UnixStream;
 use tonic::transport::server::Connected;
 
 use super::sys;
+use crate::h2_authority::AuthorityRewrite;
 
 /// The kernel's word on the process at the other end of a connection.
 #[derive(Clone, Debug)]
@@ -33,10 +34,12 @@ pub struct PeerInfo {
     pub pidfd_from_kernel: bool,
 }
 
-/// An accepted unix connection plus its [`PeerInfo`].
+/// An accepted unix connection plus its [`PeerInfo`], read through
+/// [`AuthorityRewrite`] so gRPC clients that send the socket path as
+/// `:authority` are served.
 #[derive(Debug)]
 pub struct PeerConn {
-    stream: UnixStream,
+    stream: AuthorityRewrite<UnixStream>,
     info: PeerInfo,
 }
 
@@ -71,7 +74,7 @@ impl PeerConn {
         };
         let pidfd = Some(Arc::new(pidfd));
         Ok(PeerConn {
-            stream,
+            stream: AuthorityRewrite::new(stream),
             info: PeerInfo {
                 conn_id: CONN_SEQ.fetch_add(1, Ordering::Relaxed),
                 pid,
