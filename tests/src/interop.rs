@@ -46,7 +46,9 @@ pub fn python() -> Option<PathBuf> {
     match ensure_venv() {
         Ok(p) => Some(p),
         Err(e) if !interop_required() && which("python3").is_none() => {
-            eprintln!("SKIPPED: stock Python client tests: {e:#} (CI sets TESSERA_REQUIRE_INTEROP=1)");
+            eprintln!(
+                "SKIPPED: stock Python client tests: {e:#} (CI sets TESSERA_REQUIRE_INTEROP=1)"
+            );
             None
         }
         Err(e) => panic!("setting up the stock Python clients: {e:#}"),
@@ -79,14 +81,24 @@ fn ensure_venv() -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&venv);
     run(Command::new(&python3).args(["-m", "venv"]).arg(&venv))?;
     run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
         .arg(requirements()))?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("{cmd:?}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}):\n{}{}",
@@ -115,6 +127,9 @@ pub fn run_python(python: &Path, args: &[&str]) -> anyhow::Result<serde_json::Va
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let line = stdout.lines().last().context("stock_clients.py printed nothing")?;
+    let line = stdout
+        .lines()
+        .last()
+        .context("stock_clients.py printed nothing")?;
     serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))
 }
