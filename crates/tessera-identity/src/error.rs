@@ -5,7 +5,7 @@
 //! "this is not an identity I accept". Byte indices always point into the string the
 //! caller passed to the parser that failed.
 
-use crate::id::IdKind;
+use crate::kind::IdKind;
 
 /// A SPIFFE ID, trust domain, name or task id that broke a rule.
 ///

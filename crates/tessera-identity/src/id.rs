@@ -14,10 +14,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::IdError;
+pub use crate::kind::IdKind;
 use crate::name::{ClientName, ServerName};
-use crate::spiffe_id::{SCHEME_PREFIX, validate_spiffe_id};
+use crate::spiffe_id::validate_spiffe_id;
 use crate::task_id::TaskId;
-use crate::trust_domain::TrustDomain;
+use crate::trust_domain::{SCHEME_PREFIX, TrustDomain};
 
 /// First path segment of client and task ids.
 const CLIENT_SEGMENT: &str = "client";
@@ -25,34 +26,6 @@ const CLIENT_SEGMENT: &str = "client";
 const TASK_SEGMENT: &str = "task";
 /// First path segment of MCP server ids.
 const SERVER_SEGMENT: &str = "mcp";
-
-/// Which of the three Tessera identity shapes an id has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum IdKind {
-    /// An agent runtime: `spiffe://td/client/<name>`.
-    Client,
-    /// One task of an agent runtime: `spiffe://td/client/<name>/task/<ulid>`.
-    Task,
-    /// An MCP server: `spiffe://td/mcp/<name>`.
-    Server,
-}
-
-impl IdKind {
-    /// Lowercase name of the kind: `client`, `task` or `server`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Client => "client",
-            Self::Task => "task",
-            Self::Server => "server",
-        }
-    }
-}
-
-impl fmt::Display for IdKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The SPIFFE ID of a client (an attested agent runtime): `spiffe://<td>/client/<name>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -19,6 +19,7 @@
 mod claims;
 mod error;
 mod id;
+mod kind;
 mod name;
 mod scope;
 mod spiffe_id;

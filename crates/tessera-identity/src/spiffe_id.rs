@@ -5,10 +5,7 @@
 //! shapes (`/client/..`, `/mcp/..`) are layered on top in [`crate::id`].
 
 use crate::error::IdError;
-use crate::trust_domain::{TrustDomain, validate_trust_domain};
-
-/// The only URI scheme a SPIFFE ID may use, with the authority marker.
-pub(crate) const SCHEME_PREFIX: &str = "spiffe://";
+use crate::trust_domain::{SCHEME_PREFIX, TrustDomain, validate_trust_domain};
 
 /// Longest SPIFFE ID accepted, in bytes.
 ///

@@ -4,7 +4,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::IdError;
-use crate::spiffe_id::SCHEME_PREFIX;
+
+/// The only URI scheme a SPIFFE ID may use, with the authority marker. It lives
+/// here, below the SPIFFE ID parser, because a trust domain prints its own
+/// `spiffe://<td>` form.
+pub(crate) const SCHEME_PREFIX: &str = "spiffe://";
 
 /// Longest trust domain name accepted, in bytes (SPIFFE-ID.md: "MUST NOT exceed 255 bytes").
 pub const MAX_TRUST_DOMAIN_LEN: usize = 255;
