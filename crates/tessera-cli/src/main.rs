@@ -6,6 +6,7 @@
 mod admin;
 mod args;
 mod audit;
+mod cert;
 mod cli;
 mod consent;
 mod demo;
@@ -18,6 +19,8 @@ mod status;
 mod svid;
 mod task;
 mod tasks_api;
+#[cfg(test)]
+mod test_certs;
 mod transport;
 
 use std::process::ExitCode;

@@ -4,7 +4,7 @@ use serde_json::json;
 use tessera_proto::tessera::v1 as pb;
 
 use crate::admin::Admin;
-use crate::inspect::{CertSummary, split_der};
+use crate::cert::{CertSummary, split_der};
 use crate::output::{self, OutputFormat};
 
 /// Help text shown after `tessera status --help`.
@@ -75,7 +75,7 @@ pub fn render(status: &pb::Status, format: OutputFormat, now: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspect::test_certs;
+    use crate::test_certs;
 
     #[test]
     fn status_lists_each_ca_of_the_bundle() {

@@ -15,8 +15,9 @@ use spiffe::{WorkloadApiClient, WorkloadApiError, X509Context};
 use tessera_identity::TesseraId;
 
 use crate::admin::{current_uid, io_cause};
+use crate::cert::{CertSummary, id_parts};
 use crate::files::{SvidFileNames, ensure_private_dir, write_svid_files};
-use crate::inspect::{CertSummary, InspectArgs, id_parts};
+use crate::inspect::InspectArgs;
 use crate::output::{self, OutputFormat};
 
 const FETCH_EXAMPLES: &str = "\
@@ -393,7 +394,7 @@ mod tests {
 
         use spiffe::{X509Bundle, X509BundleSet, X509Svid};
 
-        use crate::inspect::test_certs;
+        use crate::test_certs;
 
         let ca = test_certs::ca();
         let key = rcgen::KeyPair::generate().unwrap();

@@ -18,9 +18,9 @@ use crate::admin::Admin;
 use crate::args::{
     Checked, ServerArg, Validate, check_scope_servers, parse_purpose, parse_subject,
 };
+use crate::cert::split_der;
 use crate::duration::parse_ttl;
 use crate::files::{SvidFileNames, ensure_private_dir, write_svid_files};
-use crate::inspect::split_der;
 use crate::output::{self, OutputFormat, Table};
 use crate::tasks_api::TasksApi;
 
@@ -688,7 +688,7 @@ mod tests {
         assert!(!stdout.contains("PRIVATE KEY"), "the key is never printed");
         let chain = pem::parse_many(fs::read(dir.join("svid.pem")).unwrap()).unwrap();
         assert_eq!(chain.len(), 2, "leaf and CA");
-        let leaf = crate::inspect::CertSummary::parse(chain[0].contents()).unwrap();
+        let leaf = crate::cert::CertSummary::parse(chain[0].contents()).unwrap();
         assert_eq!(leaf.uri_sans, Ok(vec![task.spiffe_id.clone()]));
         let bundle = pem::parse_many(fs::read(dir.join("bundle.pem")).unwrap()).unwrap();
         assert_eq!(bundle.len(), 1);

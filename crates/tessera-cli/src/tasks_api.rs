@@ -150,7 +150,7 @@ pub mod testing {
     use tonic::{Request, Response, Status};
 
     use super::pb;
-    use crate::inspect::test_certs;
+    use crate::test_certs;
 
     /// What the mock agent holds.
     #[derive(Debug, Default)]
