@@ -5,30 +5,10 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use tokio::sync::broadcast;
 
+use crate::audit_record::AuditRecord;
+use crate::limits::{MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_PAGE};
 use crate::writer::Effects;
 use crate::{Store, StoreError};
-
-/// Longest audit kind accepted, in bytes (kinds are short dotted names like `entry.create`).
-pub const MAX_AUDIT_KIND_LEN: usize = 64;
-/// Longest audit actor accepted, in bytes: room for a full SPIFFE ID (at most 2048 bytes).
-pub const MAX_AUDIT_ACTOR_LEN: usize = 2048;
-/// Most records [`Store::list_audit`] returns per call; larger limits are clamped to this.
-pub const MAX_AUDIT_PAGE: u32 = 1000;
-
-/// One audit log record.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct AuditRecord {
-    /// Position in the log; strictly increasing, never reused.
-    pub seq: i64,
-    /// When it was written, unix milliseconds.
-    pub at_unix_ms: i64,
-    /// What happened, e.g. `entry.create`.
-    pub kind: String,
-    /// Who did it, e.g. the admin's uid or a SPIFFE ID. May be empty for the system itself.
-    pub actor: String,
-    /// Structured details of the event.
-    pub detail: serde_json::Value,
-}
 
 // === impl Store: audit ===
 
@@ -114,7 +94,7 @@ pub(crate) fn write(
     validate_kind(kind)?;
     validate_actor(actor)?;
     let text = serde_json::to_string(&detail).expect("a serde_json::Value always serialises");
-    let at = crate::store::unix_millis();
+    let at = crate::clock::unix_millis();
     conn.prepare_cached("INSERT INTO audit (at, kind, actor, detail) VALUES (?, ?, ?, ?)")?
         .execute(rusqlite::params![at, kind, actor, text])?;
     let seq = conn.last_insert_rowid();

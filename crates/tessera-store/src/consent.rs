@@ -2,7 +2,6 @@
 //! until an expiry or until withdrawn. Withdrawing one ends every task relying on it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 use serde_json::json;
@@ -10,8 +9,9 @@ use tokio::sync::watch;
 
 use crate::row::{Row, query_optional};
 use crate::task::{self, END_REASON_CONSENT_WITHDRAWN, Revocation, TaskRecord};
+use crate::validate::{validate_parties, validate_scopes};
 use crate::writer::Effects;
-use crate::{MAX_CLIENT_LEN, Store, StoreError, audit};
+use crate::{Store, StoreError, audit};
 
 /// The consent columns, for `concat!`.
 macro_rules! consent_select {
@@ -21,15 +21,6 @@ macro_rules! consent_select {
          FROM consents"
     };
 }
-
-/// Longest subject (the human a task acts for) accepted, in bytes.
-pub const MAX_SUBJECT_LEN: usize = 256;
-/// Longest MCP server name accepted, in bytes.
-pub const MAX_SERVER_LEN: usize = 128;
-/// Most scopes one consent or task may carry.
-pub const MAX_SCOPES: usize = 64;
-/// Longest scope accepted, in bytes.
-pub const MAX_SCOPE_LEN: usize = 1024;
 
 /// Audit kind written when a consent is granted.
 const KIND_GRANT: &str = "consent.grant";
@@ -42,65 +33,16 @@ const KIND_WITHDRAW: &str = "consent.withdraw";
 /// is a safety margin.
 const WITHDRAW_ATTEMPTS: u32 = 8;
 
-/// Consents with a withdrawal in progress in this process, by id: the `now` of the
-/// withdrawal, and how many withdrawals of that id are in progress. While sealed,
-/// [`Store::begin_task`] refuses the consent as if withdrawn, so the set of tasks to end
-/// stops growing while their revocations are prepared outside the writer.
-#[derive(Debug, Default)]
-pub(crate) struct Sealed(std::sync::Mutex<HashMap<String, (i64, u32)>>);
-
-impl Sealed {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, u32)>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// If `consent_id` is being withdrawn, the withdrawal's time.
-    pub(crate) fn check(&self, consent_id: &str) -> Option<i64> {
-        self.lock().get(consent_id).map(|(at, _)| *at)
-    }
-
-    /// Seals `consent_id` until the guard drops (also on cancellation).
-    fn seal(self: &Arc<Self>, consent_id: &str, at: i64) -> SealGuard {
-        self.lock()
-            .entry(consent_id.to_owned())
-            .and_modify(|(_, count)| *count += 1)
-            .or_insert((at, 1));
-        SealGuard {
-            sealed: Arc::clone(self),
-            consent_id: consent_id.to_owned(),
-        }
-    }
-}
-
-struct SealGuard {
-    sealed: Arc<Sealed>,
-    consent_id: String,
-}
-
-impl Drop for SealGuard {
-    fn drop(&mut self) {
-        let mut sealed = self.sealed.lock();
-        if let Some((_, count)) = sealed.get_mut(&self.consent_id) {
-            *count -= 1;
-            if *count == 0 {
-                sealed.remove(&self.consent_id);
-            }
-        }
-    }
-}
-
 /// A consent to grant. The store assigns the id, `granted_by` and `granted_at`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewConsent {
-    /// The client (agent runtime) allowed to act, 1..=[`MAX_CLIENT_LEN`] bytes.
+    /// The client (agent runtime) allowed to act, 1..=[`MAX_CLIENT_LEN`](crate::MAX_CLIENT_LEN) bytes.
     pub client: String,
-    /// The human it acts for, 1..=[`MAX_SUBJECT_LEN`] bytes.
+    /// The human it acts for, 1..=[`MAX_SUBJECT_LEN`](crate::MAX_SUBJECT_LEN) bytes.
     pub subject: String,
-    /// The MCP server it may call, 1..=[`MAX_SERVER_LEN`] bytes.
+    /// The MCP server it may call, 1..=[`MAX_SERVER_LEN`](crate::MAX_SERVER_LEN) bytes.
     pub server: String,
-    /// What it may do there, 1..=[`MAX_SCOPES`] scopes of 1..=[`MAX_SCOPE_LEN`] bytes.
+    /// What it may do there, 1..=[`MAX_SCOPES`](crate::MAX_SCOPES) scopes of 1..=[`MAX_SCOPE_LEN`](crate::MAX_SCOPE_LEN) bytes.
     /// Stored sorted and deduplicated. The scope grammar is checked by the caller.
     pub scopes: Vec<String>,
     /// When it lapses, unix seconds; must be in the future.
@@ -158,55 +100,6 @@ impl NewConsent {
     }
 }
 
-/// Checks the client, subject and server lengths shared by consents and tasks.
-pub(crate) fn validate_parties(
-    client: &str,
-    subject: &str,
-    server: &str,
-) -> Result<(), StoreError> {
-    if client.is_empty() || client.len() > MAX_CLIENT_LEN {
-        return Err(StoreError::InvalidClient { len: client.len() });
-    }
-    check_len("subject", subject, 1, MAX_SUBJECT_LEN)?;
-    check_len("server", server, 1, MAX_SERVER_LEN)
-}
-
-/// Checks the scope count and each scope's length.
-pub(crate) fn validate_scopes(scopes: &[String]) -> Result<(), StoreError> {
-    if scopes.is_empty() || scopes.len() > MAX_SCOPES {
-        return Err(StoreError::InvalidScopeCount {
-            count: scopes.len(),
-        });
-    }
-    for (index, scope) in scopes.iter().enumerate() {
-        if scope.is_empty() || scope.len() > MAX_SCOPE_LEN {
-            return Err(StoreError::InvalidScope {
-                index,
-                len: scope.len(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Fails with [`StoreError::InvalidField`] unless `min <= value.len() <= max`.
-pub(crate) fn check_len(
-    field: &'static str,
-    value: &str,
-    min: usize,
-    max: usize,
-) -> Result<(), StoreError> {
-    if value.len() < min || value.len() > max {
-        return Err(StoreError::InvalidField {
-            field,
-            min,
-            max,
-            len: value.len(),
-        });
-    }
-    Ok(())
-}
-
 // === impl Store: consents ===
 
 impl Store {
@@ -216,7 +109,7 @@ impl Store {
     /// Fails with [`StoreError::ConsentExpired`] if `expires_at` is not in the future, and
     /// with the `Invalid*` errors if a field is out of limits.
     pub async fn grant_consent(&self, new: NewConsent, actor: &str) -> Result<Consent, StoreError> {
-        let now = crate::store::unix_secs();
+        let now = crate::clock::unix_secs();
         let scopes = new.validate(now)?;
         audit::validate_actor(actor)?;
         let consent = Consent {
@@ -489,6 +382,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::limits::{
+        MAX_CLIENT_LEN, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SERVER_LEN, MAX_SUBJECT_LEN,
+    };
     use crate::testing::{
         begin, granted_consent, new_consent, new_task, now, open_temp, revocation, svid,
     };

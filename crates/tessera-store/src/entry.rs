@@ -5,16 +5,10 @@
 use rusqlite::{Connection, params};
 use serde_json::json;
 
+use crate::limits::{MAX_CLIENT_LEN, MAX_SELECTOR_LEN, MAX_SELECTORS};
 use crate::row::{Row, query_optional};
 use crate::writer::Effects;
 use crate::{Store, StoreError, audit};
-
-/// Longest client name accepted, in bytes.
-pub const MAX_CLIENT_LEN: usize = 128;
-/// Most selectors one entry may have.
-pub const MAX_SELECTORS: usize = 32;
-/// Longest selector accepted, in bytes.
-pub const MAX_SELECTOR_LEN: usize = 1024;
 
 /// Audit kind written when an entry is created.
 const KIND_CREATE: &str = "entry.create";

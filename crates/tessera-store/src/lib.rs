@@ -19,28 +19,34 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod audit_record;
 mod checkpoint;
+mod clock;
 mod consent;
 mod entry;
 mod error;
+mod limits;
 mod migrate;
 mod row;
+mod sealed;
 mod store;
 mod task;
+mod validate;
 mod writer;
 
-pub use audit::{AuditRecord, MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_PAGE};
-pub use consent::{
-    Consent, ConsentFilter, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SERVER_LEN, MAX_SUBJECT_LEN, NewConsent,
-};
-pub use entry::{Entry, EntryKind, MAX_CLIENT_LEN, MAX_SELECTOR_LEN, MAX_SELECTORS, NewEntry};
+pub use audit_record::AuditRecord;
+pub use consent::{Consent, ConsentFilter, NewConsent};
+pub use entry::{Entry, EntryKind, NewEntry};
 pub use error::{DatabaseError, StoreError};
+pub use limits::{
+    MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_PAGE, MAX_CLIENT_LEN, MAX_PURPOSE_LEN,
+    MAX_REASON_LEN, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SELECTOR_LEN, MAX_SELECTORS, MAX_SERIAL_HEX_LEN,
+    MAX_SERVER_LEN, MAX_SPIFFE_ID_LEN, MAX_SUBJECT_LEN, MAX_TASK_ID_LEN, PRUNE_CHUNK,
+};
 pub use migrate::SCHEMA_VERSION;
 pub use store::{Store, WriterStats};
 pub use task::{
-    END_REASON_CONSENT_WITHDRAWN, EndOutcome, MAX_PURPOSE_LEN, MAX_REASON_LEN, MAX_SERIAL_HEX_LEN,
-    MAX_SPIFFE_ID_LEN, MAX_TASK_ID_LEN, PRUNE_CHUNK, Revocation, SvidIssued, TaskFilter,
-    TaskRecord,
+    END_REASON_CONSENT_WITHDRAWN, EndOutcome, Revocation, SvidIssued, TaskFilter, TaskRecord,
 };
 
 #[cfg(test)]
@@ -71,7 +77,7 @@ pub(crate) mod testing {
 
     /// Now, unix seconds.
     pub(crate) fn now() -> i64 {
-        crate::store::unix_secs()
+        crate::clock::unix_secs()
     }
 
     /// A valid consent for `client` / `alice` / `github`, expiring in an hour.
@@ -126,7 +132,7 @@ pub(crate) mod testing {
             spiffe_id: task_spiffe_id(client, id),
             serials: Vec::new(),
             reason: reason.to_owned(),
-            revoked_at_ms: crate::store::unix_millis(),
+            revoked_at_ms: crate::clock::unix_millis(),
             until: now() + 300,
         }
     }

@@ -118,7 +118,7 @@ async fn migrate(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
         )
         .bind(migration.version)
         .bind(migration.description)
-        .bind(crate::store::unix_secs())
+        .bind(crate::clock::unix_secs())
         .execute(&mut *tx)
         .await
         .map_err(failed)?;

@@ -7,7 +7,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -53,14 +53,14 @@ pub(crate) struct Inner {
     /// not as ids) and the audit broadcast.
     pub(crate) notifier: Arc<Notifier>,
     /// Consents being withdrawn; see [`crate::Store::withdraw_consent`].
-    pub(crate) sealed: Arc<crate::consent::Sealed>,
+    pub(crate) sealed: Arc<crate::sealed::Sealed>,
     path: PathBuf,
 }
 
 // === impl Store ===
 
 impl Store {
-    /// Runs the deleting op `run` (which deletes at most [`crate::PRUNE_CHUNK`] rows and
+    /// Runs the deleting op `run` (which deletes at most [`crate::limits::PRUNE_CHUNK`] rows and
     /// returns how many) until a chunk comes back short; returns the total. Each chunk is
     /// its own write, so writes queued meanwhile (a BeginTask waiting to be durable) wait
     /// for one chunk, not for the whole backlog.
@@ -74,7 +74,7 @@ impl Store {
         loop {
             let chunk = self.inner.writer.write(name, state, run).await?;
             pruned += chunk;
-            if chunk < crate::PRUNE_CHUNK {
+            if chunk < crate::limits::PRUNE_CHUNK {
                 break;
             }
         }
@@ -295,22 +295,6 @@ fn check_private(path: &Path, must_exist: bool) -> Result<(), StoreError> {
         });
     }
     Ok(())
-}
-
-/// Now, in unix seconds. A clock before 1970 reads as 0.
-pub(crate) fn unix_secs() -> i64 {
-    since_epoch().as_secs().try_into().unwrap_or(i64::MAX)
-}
-
-/// Now, in unix milliseconds. A clock before 1970 reads as 0.
-pub(crate) fn unix_millis() -> i64 {
-    since_epoch().as_millis().try_into().unwrap_or(i64::MAX)
-}
-
-fn since_epoch() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -11,8 +11,13 @@ use rusqlite::{Connection, params};
 use serde_json::json;
 use sqlx::SqlitePool;
 
-use crate::consent::{Sealed, check_len, validate_parties, validate_scopes};
+use crate::limits::{
+    MAX_PURPOSE_LEN, MAX_REASON_LEN, MAX_SERIAL_HEX_LEN, MAX_SPIFFE_ID_LEN, MAX_TASK_ID_LEN,
+    PRUNE_CHUNK,
+};
 use crate::row::{Row, query_all, query_optional};
+use crate::sealed::Sealed;
+use crate::validate::{check_len, validate_parties, validate_scopes};
 use crate::writer::Effects;
 use crate::{Store, StoreError, audit};
 
@@ -45,21 +50,6 @@ macro_rules! one_clients_tasks {
         )
     };
 }
-
-/// Longest task id accepted, in bytes (task ids are ULIDs or UUIDv7s).
-pub const MAX_TASK_ID_LEN: usize = 64;
-/// Longest purpose accepted, in bytes.
-pub const MAX_PURPOSE_LEN: usize = 1024;
-/// Longest certificate serial accepted, in hex digits (RFC 5280 allows 20 octets; a
-/// little room for a sign byte and leading zeros).
-pub const MAX_SERIAL_HEX_LEN: usize = 64;
-/// Longest SPIFFE ID accepted, in bytes (the SPIFFE limit).
-pub const MAX_SPIFFE_ID_LEN: usize = 2048;
-/// Longest end or revocation reason accepted, in bytes.
-pub const MAX_REASON_LEN: usize = 128;
-
-/// Most expired revocations one transaction of [`Store::prune_revocations`] deletes.
-pub const PRUNE_CHUNK: u64 = 512;
 
 /// The end reason [`Store::withdraw_consent`] gives the tasks it ends.
 pub const END_REASON_CONSENT_WITHDRAWN: &str = "consent_withdrawn";

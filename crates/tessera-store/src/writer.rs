@@ -66,8 +66,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::StoreError;
+use crate::audit_record::AuditRecord;
 use crate::checkpoint::CheckpointState;
-use crate::{AuditRecord, StoreError};
 
 /// Most ops one transaction holds. Bounds how long one commit keeps the lock (and so read
 /// latency under a checkpoint) and how much work one failed commit throws away.
