@@ -42,7 +42,10 @@ async fn py_spiffe_x509_source_becomes_ready() {
     let agent = agent_for(&python).await;
     let src = run_python(&python, &["x509-source", &socket(&agent)])
         .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_text()));
-    assert_eq!(src["svid"], format!("spiffe://{TRUST_DOMAIN}/client/{CLIENT}"));
+    assert_eq!(
+        src["svid"],
+        format!("spiffe://{TRUST_DOMAIN}/client/{CLIENT}")
+    );
     assert!(src["bundle_authorities"].as_u64().unwrap() >= 1, "{src}");
 }
 
@@ -77,7 +80,10 @@ async fn grpcio_with_default_options_begins_lists_and_ends_a_task_seen_on_the_fe
     assert!(r["svid_der_len"].as_u64().unwrap() > 300, "{r}");
     assert_eq!(r["listed"], serde_json::json!([task_id]));
     assert_eq!(r["watch_error"], serde_json::json!([]));
-    assert_eq!(r["on_feed"], true, "the ended task never reached Revocations.Watch: {r}");
+    assert_eq!(
+        r["on_feed"], true,
+        "the ended task never reached Revocations.Watch: {r}"
+    );
 }
 
 #[tokio::test]

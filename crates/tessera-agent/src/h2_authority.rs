@@ -255,7 +255,10 @@ impl Rewriter {
             return Ok(true);
         }
         let continues_block = kind == FRAME_CONTINUATION
-            && self.block.as_ref().is_some_and(|b| b.stream_id == stream_id);
+            && self
+                .block
+                .as_ref()
+                .is_some_and(|b| b.stream_id == stream_id);
         if (kind == FRAME_HEADERS && in_block) || (!continues_block && kind != FRAME_HEADERS) {
             return self.malformed(
                 out,
@@ -266,7 +269,10 @@ impl Rewriter {
                 },
             );
         }
-        let buffered = self.block.as_ref().map_or(0, |b| b.raw.len().max(b.fragment.len()));
+        let buffered = self
+            .block
+            .as_ref()
+            .map_or(0, |b| b.raw.len().max(b.fragment.len()));
         if buffered + len > MAX_HEADER_BLOCK {
             return match self.mode {
                 Mode::Rewriting => Err(AuthorityRewriteError::HeaderBlockTooLarge {
@@ -372,7 +378,10 @@ impl Rewriter {
         Ok(())
     }
 
-    fn decode(&mut self, fragment: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, AuthorityRewriteError> {
+    fn decode(
+        &mut self,
+        fragment: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, AuthorityRewriteError> {
         let mut fields = Vec::new();
         let mut size = 0usize;
         let mut too_large = false;
@@ -398,7 +407,12 @@ impl Rewriter {
 
     /// Writes `fields` as a HEADERS frame and CONTINUATIONs, every field a
     /// literal without indexing, `:authority` repaired.
-    fn write_block(&mut self, block: &OpenBlock, fields: Vec<(Vec<u8>, Vec<u8>)>, out: &mut BytesMut) {
+    fn write_block(
+        &mut self,
+        block: &OpenBlock,
+        fields: Vec<(Vec<u8>, Vec<u8>)>,
+        out: &mut BytesMut,
+    ) {
         let mut encoded = Vec::with_capacity(block.fragment.len() * 2);
         for (name, value) in &fields {
             let value: &[u8] = if name == b":authority" && !valid_authority(value) {
@@ -424,7 +438,10 @@ impl Rewriter {
             let (chunk, tail) = rest.split_at(rest.len().min(room));
             let last = tail.is_empty();
             let (kind, mut flags) = if first {
-                (FRAME_HEADERS, if block.end_stream { FLAG_END_STREAM } else { 0 })
+                (
+                    FRAME_HEADERS,
+                    if block.end_stream { FLAG_END_STREAM } else { 0 },
+                )
             } else {
                 (FRAME_CONTINUATION, 0)
             };

@@ -19,7 +19,10 @@ fn request(authority: &[u8], method: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         (":authority", authority),
         ("te", b"trailers"),
         ("content-type", b"application/grpc"),
-        ("user-agent", b"grpc-python/1.85.1 grpc-c/51.0.0 (linux; chttp2)"),
+        (
+            "user-agent",
+            b"grpc-python/1.85.1 grpc-c/51.0.0 (linux; chttp2)",
+        ),
         ("workload.spiffe.io", b"true"),
     ]
     .into_iter()
@@ -112,7 +115,10 @@ fn socket_path_authority_is_replaced_in_every_request_of_the_connection() {
     // Frames other than headers are untouched, in order.
     let data: Vec<_> = frames(&out).into_iter().filter(|f| f.0 == 0).collect();
     assert_eq!(data.len(), 3);
-    assert!(data.iter().all(|f| f.3 == [0, 0, 0, 0, 2, 8, 1] && f.1 == FLAG_END_STREAM));
+    assert!(
+        data.iter()
+            .all(|f| f.3 == [0, 0, 0, 0, 2, 8, 1] && f.1 == FLAG_END_STREAM)
+    );
 }
 
 #[test]
@@ -153,7 +159,11 @@ fn raw_and_encoded_socket_paths_are_both_repaired() {
     for authority in [&b"/run/tessera/workload.sock"[..], SOCKET_AUTHORITY, b"a b"] {
         let input = client_bytes(authority, 1);
         let (out, rewriter) = feed_all(&input, input.len()).unwrap();
-        assert!(rewriter.is_rewriting(), "{:?}", String::from_utf8_lossy(authority));
+        assert!(
+            rewriter.is_rewriting(),
+            "{:?}",
+            String::from_utf8_lossy(authority)
+        );
         let lists = header_lists(&frames(&out));
         assert!(lists[0].contains(&(b":authority".to_vec(), b"localhost".to_vec())));
     }
@@ -171,7 +181,10 @@ fn the_output_does_not_depend_on_how_reads_split_the_input() {
 
 #[test]
 fn padding_priority_continuation_and_end_stream_are_kept() {
-    let fields = request(SOCKET_AUTHORITY, "/spiffe.workload.SpiffeWorkloadAPI/FetchX509SVID");
+    let fields = request(
+        SOCKET_AUTHORITY,
+        "/spiffe.workload.SpiffeWorkloadAPI/FetchX509SVID",
+    );
     let block = loona_hpack::Encoder::new().encode(fields.iter().map(|(n, v)| (&n[..], &v[..])));
     let (a, b) = block.split_at(block.len() / 2);
     let mut headers = vec![3u8]; // pad length
@@ -206,15 +219,28 @@ fn a_large_rewritten_block_is_split_into_frames_every_server_accepts() {
     let mut input = PREFACE.to_vec();
     for (i, chunk) in block.chunks(10_000).enumerate() {
         let last = (i + 1) * 10_000 >= block.len();
-        let kind = if i == 0 { FRAME_HEADERS } else { FRAME_CONTINUATION };
-        input.extend(frame(kind, if last { FLAG_END_HEADERS } else { 0 }, 1, chunk));
+        let kind = if i == 0 {
+            FRAME_HEADERS
+        } else {
+            FRAME_CONTINUATION
+        };
+        input.extend(frame(
+            kind,
+            if last { FLAG_END_HEADERS } else { 0 },
+            1,
+            chunk,
+        ));
     }
     let (out, _) = feed_all(&input, 4096).unwrap();
     let out_frames = frames(&out);
     assert!(out_frames.len() >= 3);
     assert!(out_frames.iter().all(|f| f.3.len() <= MAX_WRITTEN_FRAME));
     assert_eq!(out_frames[0].0, FRAME_HEADERS);
-    assert!(out_frames[1..].iter().all(|f| f.0 == FRAME_CONTINUATION && f.2 == 1));
+    assert!(
+        out_frames[1..]
+            .iter()
+            .all(|f| f.0 == FRAME_CONTINUATION && f.2 == 1)
+    );
     assert_eq!(header_lists(&out_frames)[0].len(), fields.len());
 }
 
@@ -227,7 +253,10 @@ fn an_oversized_header_block_closes_a_rewritten_connection() {
         input.extend(frame(FRAME_CONTINUATION, 0, 3, &[0x82; 10_000]));
     }
     let err = feed_all(&input, 1024).unwrap_err();
-    assert!(matches!(err, AuthorityRewriteError::HeaderBlockTooLarge { .. }), "{err}");
+    assert!(
+        matches!(err, AuthorityRewriteError::HeaderBlockTooLarge { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -248,8 +277,16 @@ fn an_hpack_bomb_is_refused_without_decoding_into_memory() {
     for chunk in bomb.chunks(16_000).collect::<Vec<_>>().chunks(4) {
         let mut first = true;
         for (i, c) in chunk.iter().enumerate() {
-            let kind = if first { FRAME_HEADERS } else { FRAME_CONTINUATION };
-            let flags = if i + 1 == chunk.len() { FLAG_END_HEADERS } else { 0 };
+            let kind = if first {
+                FRAME_HEADERS
+            } else {
+                FRAME_CONTINUATION
+            };
+            let flags = if i + 1 == chunk.len() {
+                FLAG_END_HEADERS
+            } else {
+                0
+            };
             input.extend(frame(kind, flags, stream, c));
             first = false;
         }
@@ -268,7 +305,10 @@ fn malformed_hpack_closes_a_rewritten_connection_but_not_a_deciding_one() {
     let mut bad = PREFACE.to_vec();
     bad.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &[0xff, 0x49]));
     let (out, rewriter) = feed_all(&bad, bad.len()).unwrap();
-    assert!(rewriter.is_passthrough(), "h2 reports the first block's error itself");
+    assert!(
+        rewriter.is_passthrough(),
+        "h2 reports the first block's error itself"
+    );
     assert_eq!(out, bad);
 
     let mut input = client_bytes(SOCKET_AUTHORITY, 1);
