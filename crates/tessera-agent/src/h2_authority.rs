@@ -75,6 +75,9 @@ pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// field) of a rewritten request.
 pub const MAX_DECODED_HEADERS: usize = 64 * 1024;
 
+/// A decoded header block: its (name, value) fields in order.
+type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What replaces an invalid `:authority`.
 const REPLACEMENT_AUTHORITY: &[u8] = b"localhost";
 
@@ -378,10 +381,7 @@ impl Rewriter {
         Ok(())
     }
 
-    fn decode(
-        &mut self,
-        fragment: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, AuthorityRewriteError> {
+    fn decode(&mut self, fragment: &[u8]) -> Result<HeaderList, AuthorityRewriteError> {
         let mut fields = Vec::new();
         let mut size = 0usize;
         let mut too_large = false;
@@ -407,12 +407,7 @@ impl Rewriter {
 
     /// Writes `fields` as a HEADERS frame and CONTINUATIONs, every field a
     /// literal without indexing, `:authority` repaired.
-    fn write_block(
-        &mut self,
-        block: &OpenBlock,
-        fields: Vec<(Vec<u8>, Vec<u8>)>,
-        out: &mut BytesMut,
-    ) {
+    fn write_block(&mut self, block: &OpenBlock, fields: HeaderList, out: &mut BytesMut) {
         let mut encoded = Vec::with_capacity(block.fragment.len() * 2);
         for (name, value) in &fields {
             let value: &[u8] = if name == b":authority" && !valid_authority(value) {
