@@ -1,5 +1,6 @@
 //! Stock clients written elsewhere, installed from their registries, for
-//! interop tests: py-spiffe and grpcio (PyPI), grpc-java (Debian).
+//! interop tests: py-spiffe and grpcio (PyPI), grpc-java (Debian), grpc-js
+//! (npm).
 //!
 //! Python: the first test to ask creates `target/tessera-interop/venv` and
 //! installs `tests/interop/python/requirements.txt` into it (pinned versions),
@@ -12,7 +13,12 @@
 //! `target/tessera-interop/java`, under its own lock, and later runs reuse the
 //! classes while the source and classpath are unchanged.
 //!
-//! Without the toolchain (`python3`; `javac` or the jars) the tests are skipped
+//! Node: the first test to ask installs `tests/interop/node/package-lock.json`
+//! (exact versions and their hashes) with `npm ci` into
+//! `target/tessera-interop/node`, under its own lock, again only when the
+//! lockfile changed.
+//!
+//! Without the toolchain (`python3`; `javac` or the jars; `node` or `npm`) the tests are skipped
 //! with a message, unless `TESSERA_REQUIRE_INTEROP=1` (set by CI) makes that a
 //! failure: CI must never pass by skipping them.
 
@@ -258,4 +264,75 @@ fn last_json_line(what: &str, args: &[&str], out: &Output) -> anyhow::Result<ser
         .last()
         .with_context(|| format!("{what} printed nothing"))?;
     serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))
+}
+
+/// The stock Node client: `node` (canonical, as the agent attests it) and the
+/// `node_modules` it loads @grpc/grpc-js from.
+#[derive(Debug, Clone)]
+pub struct GrpcJs {
+    /// The Node executable, canonical.
+    pub node: PathBuf,
+    node_modules: PathBuf,
+}
+
+/// The stock Node client, or `None` (after saying why) when this machine has
+/// no `node` or `npm` and CI did not require them.
+pub fn grpc_js() -> Option<GrpcJs> {
+    match ensure_node_modules() {
+        Ok(client) => Some(client),
+        Err(e) if !interop_required() && (which("node").is_none() || which("npm").is_none()) => {
+            eprintln!(
+                "SKIPPED: stock Node gRPC client tests: {e:#} (CI sets TESSERA_REQUIRE_INTEROP=1)"
+            );
+            None
+        }
+        Err(e) => panic!("setting up the stock Node gRPC client: {e:#}"),
+    }
+}
+
+fn node_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/node")
+}
+
+fn ensure_node_modules() -> anyhow::Result<GrpcJs> {
+    let node = which("node").context("node is not on PATH")?;
+    let node = std::fs::canonicalize(&node).with_context(|| format!("{}", node.display()))?;
+    let npm = which("npm").context("npm is not on PATH")?;
+    let root = target_dir().join("tessera-interop");
+    std::fs::create_dir_all(&root)?;
+    let lock_file = std::fs::File::create(root.join("node.lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .context("locking the interop node_modules")?;
+    let prefix = root.join("node");
+    let package = std::fs::read_to_string(node_dir().join("package.json"))?;
+    let lockfile = std::fs::read_to_string(node_dir().join("package-lock.json"))?;
+    let wanted = format!("{package}{lockfile}");
+    let stamp = root.join("installed-node-packages.json");
+    let node_modules = prefix.join("node_modules");
+    if !node_modules.is_dir() || std::fs::read_to_string(&stamp).ok().as_deref() != Some(&wanted) {
+        let _ = std::fs::remove_dir_all(&prefix);
+        std::fs::create_dir_all(&prefix)?;
+        std::fs::write(prefix.join("package.json"), &package)?;
+        std::fs::write(prefix.join("package-lock.json"), &lockfile)?;
+        // `npm ci` installs exactly the lockfile, or fails.
+        run(Command::new(npm)
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix))?;
+        std::fs::write(&stamp, wanted)?;
+    }
+    Ok(GrpcJs { node, node_modules })
+}
+
+/// Runs `stock_clients.js ARGS` and parses the JSON object it prints; its
+/// stderr is in the error when it fails.
+pub fn run_node(client: &GrpcJs, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(&client.node)
+        .arg(node_dir().join("stock_clients.js"))
+        .args(args)
+        .env("NODE_PATH", &client.node_modules)
+        .stdin(Stdio::null())
+        .output()
+        .context("running stock_clients.js")?;
+    last_json_line("stock_clients.js", args, &out)
 }
