@@ -294,7 +294,9 @@ mod tests {
     #[tokio::test]
     async fn without_peer_pidfd_a_pid_reused_by_another_user_before_accept_is_refused() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED (needs root to pick a pid and switch users): pid reuse before accept");
+            eprintln!(
+                "SKIPPED (needs root to pick a pid and switch users): pid reuse before accept"
+            );
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -353,9 +355,10 @@ mod tests {
             .unwrap();
         let zpid = zombie.id() as i32;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !std::fs::read_to_string(format!("/proc/{zpid}/stat"))
-            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
-        {
+        while !std::fs::read_to_string(format!("/proc/{zpid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        }) {
             assert!(std::time::Instant::now() < deadline, "helper did not exit");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }

@@ -66,9 +66,7 @@ pub enum CgroupError {
     /// A path names a pod or the kubelet's hierarchy, but does not follow the
     /// kubelet's layout from its root: it was made to look like one (e.g. inside a
     /// user's delegated cgroup subtree).
-    #[error(
-        "cgroup path {path:?} imitates the kubelet's but is not where the kubelet puts pods"
-    )]
+    #[error("cgroup path {path:?} imitates the kubelet's but is not where the kubelet puts pods")]
     Unanchored {
         /// The path as the cgroup file gave it.
         path: String,
@@ -580,7 +578,9 @@ mod tests {
             (
                 "kind node on cgroup v1 without a cgroup namespace (kubepods nested under docker/<id>)",
                 format!("4:memory:/docker/4f1e3c0a/kubepods/besteffort/pod{UID}/{CID}\n"),
-                unanchored(&format!("/docker/4f1e3c0a/kubepods/besteffort/pod{UID}/{CID}")),
+                unanchored(&format!(
+                    "/docker/4f1e3c0a/kubepods/besteffort/pod{UID}/{CID}"
+                )),
             ),
             (
                 "host process in a login session",
@@ -766,7 +766,11 @@ mod tests {
     fn a_pod_directory_others_may_write_to_is_refused() {
         let (_d, view) = v2_root();
         mkdirs(&view.root, "kubepods/besteffort", 0o755);
-        mkdirs(&view.root, &format!("kubepods/besteffort/pod{UID}/{CID}"), 0o775);
+        mkdirs(
+            &view.root,
+            &format!("kubepods/besteffort/pod{UID}/{CID}"),
+            0o775,
+        );
         let err = verify(
             &view,
             &placed(&format!("0::/kubepods/besteffort/pod{UID}/{CID}\n")),
@@ -781,7 +785,9 @@ mod tests {
     #[test]
     fn a_kubelet_root_owned_by_another_user_is_refused() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED (needs root to chown): a_kubelet_root_owned_by_another_user_is_refused");
+            eprintln!(
+                "SKIPPED (needs root to chown): a_kubelet_root_owned_by_another_user_is_refused"
+            );
             return;
         }
         let (_d, view) = v2_root();
