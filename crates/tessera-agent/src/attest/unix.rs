@@ -533,6 +533,92 @@ mod tests {
         );
     }
 
+    /// A `sleep` started with `sh -c CMD` in new user and mount namespaces, once
+    /// `/proc/<pid>/exe` reads `exe`; `None` where `unshare -Urm` does not work.
+    fn sleep_in_own_namespaces(cmd: &str, exe: &Path) -> Option<std::process::Child> {
+        let works = std::process::Command::new("unshare")
+            .args(["-Urm", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !works {
+            return None;
+        }
+        let child = std::process::Command::new("unshare")
+            .args(["-Urm", "sh", "-c", cmd])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::read_link(format!("/proc/{}/exe", child.id()))
+            .ok()
+            .as_deref()
+            != Some(exe)
+        {
+            assert!(std::time::Instant::now() < deadline, "{cmd} did not start");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Some(child)
+    }
+
+    async fn attest_pid(pid: i32) -> Attestation {
+        let peer = PeerInfo {
+            conn_id: 0,
+            pid: Some(pid),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            pidfd: Some(Arc::new(crate::attest::sys::pidfd_open(pid).unwrap())),
+            pidfd_from_kernel: false,
+        };
+        Arc::new(UnixAttestor::default())
+            .attest(&peer, Needs::ALL)
+            .await
+            .unwrap()
+    }
+
+    /// The path `/proc/<pid>/exe` gives is the caller's mount namespace's: in its own
+    /// user and mount namespaces a process can bind-mount any binary over a registered
+    /// path. The path is attested only if it is the same file in the agent's view.
+    #[tokio::test]
+    async fn a_path_is_attested_only_if_it_is_the_same_file_in_the_agents_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registered, decoy) = (dir.path().join("registered"), dir.path().join("decoy"));
+        let sleep = std::fs::canonicalize("/bin/sleep").unwrap();
+        std::fs::copy(&sleep, &registered).unwrap();
+        std::fs::copy(&sleep, &decoy).unwrap();
+        let path = format!("unix:path:{}", registered.display());
+        let Some(mut honest) =
+            sleep_in_own_namespaces(&format!("exec {} 30", registered.display()), &registered)
+        else {
+            eprintln!("\n*** SKIPPED: `unshare -Urm true` fails here (no user namespaces) ***\n");
+            return;
+        };
+        let att = attest_pid(honest.id() as i32).await;
+        let _ = honest.kill();
+        let _ = honest.wait();
+        assert!(att.satisfies([path.as_str()]), "{:?}", att.selectors);
+
+        let mut decoyed = sleep_in_own_namespaces(
+            &format!(
+                "mount --bind {} {r} && exec {r} 30",
+                decoy.display(),
+                r = registered.display()
+            ),
+            &registered,
+        )
+        .unwrap();
+        let att = attest_pid(decoyed.id() as i32).await;
+        let _ = decoyed.kill();
+        let _ = decoyed.wait();
+        assert!(!att.satisfies([path.as_str()]), "{:?}", att.selectors);
+        // Its content is still attested: the hash is read through the running inode.
+        assert!(
+            att.selectors
+                .iter()
+                .any(|s| s.as_str().starts_with("unix:sha256:")),
+            "{:?}",
+            att.selectors
+        );
+    }
+
     #[tokio::test]
     async fn exited_caller_is_refused() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
