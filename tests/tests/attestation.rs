@@ -531,3 +531,391 @@ async fn a_connection_handed_off_before_exec_into_a_registered_binary_gets_no_id
         "the socket's holder is the unregistered relay, not sleep",
     );
 }
+
+// === unix:path across mount namespaces ===
+
+/// Whether `unshare -Urm` (util-linux) works here: a user namespace in which this
+/// process may create a mount namespace and bind-mount.
+fn unshare_works() -> bool {
+    std::process::Command::new("unshare")
+        .args(["-Urm", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `cmd` with `sh -c` inside new user and mount namespaces (`unshare -Urm`), as
+/// any unprivileged user may.
+fn in_own_namespaces(cmd: &str) -> std::process::Output {
+    std::process::Command::new("unshare")
+        .args(["-Urm", "sh", "-c", cmd])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+// `/proc/<pid>/exe` names the executable as the caller's mount namespace sees it. Any
+// user can make its own user and mount namespaces, bind-mount any binary over a
+// registered path there and run it: the link then reads the registered path. The
+// agent matches `unix:path` by file identity in its own view of that path instead.
+#[tokio::test]
+async fn a_binary_bind_mounted_over_a_registered_path_is_not_that_path() {
+    if !unshare_works() {
+        eprintln!(
+            "\n\n*** SKIPPED a_binary_bind_mounted_over_a_registered_path_is_not_that_path: \
+             `unshare -Urm true` fails here (no util-linux, or user namespaces are off); \
+             unix::tests cover the file-identity match ***\n"
+        );
+        return;
+    }
+    let mut agent = TestAgent::start("").await.unwrap();
+    agent.register_self("test-process").await.unwrap();
+    let cli = std::fs::canonicalize(tessera_e2e::bin("tessera")).unwrap();
+    // The registered program, and the attacker's own copy of a client (same
+    // content, so only the path tells them apart).
+    let registered = agent.dir.path().join("registered-runtime");
+    let decoy = agent.dir.path().join("decoy");
+    for p in [&registered, &decoy] {
+        std::fs::copy(&cli, p).unwrap();
+    }
+    create_entry(
+        &agent,
+        "runtime",
+        vec![
+            uid_selector(),
+            format!("unix:path:{}", registered.display()),
+        ],
+    )
+    .await;
+    let fetch = format!("--socket {} svid fetch", agent.endpoint());
+
+    // Control: the registered file, run from another mount namespace, is still
+    // that file in the agent's view.
+    let out = in_own_namespaces(&format!("exec {} {fetch}", registered.display()));
+    assert!(
+        out.status.success(),
+        "the registered binary from another mount namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&client_id("runtime")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = in_own_namespaces(&format!(
+        "mount --bind {decoy} {registered} && exec {registered} {fetch}",
+        decoy = decoy.display(),
+        registered = registered.display(),
+    ));
+    assert!(
+        !out.status.success(),
+        "a decoy bind-mounted over the registered path got {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no identity issued"),
+        "refused as matching no entry: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    still_serves(&mut agent).await;
+}
+
+// === huge executables ===
+
+/// Copies the `tessera` CLI to `path` and makes the file `len` bytes long: the ELF
+/// loader ignores the trailing (sparse, so free) bytes, attestation hashes them all.
+fn huge_copy_of_the_cli(path: &Path, len: u64) {
+    std::fs::copy(tessera_e2e::bin("tessera"), path).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+/// Callers running `exe`, one after another on each of `n` tasks, until `stop`:
+/// each a `svid fetch`, so each is attested. With `touch`, the file's times change
+/// before each run, so its hash is never cached. Returns how many runs completed.
+fn hostile_callers(
+    agent: &TestAgent,
+    exes: Vec<PathBuf>,
+    touch: bool,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    exes.into_iter()
+        .map(|exe| {
+            let endpoint = agent.endpoint();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let mut runs = 0;
+                while !*stop.borrow_and_update() {
+                    if touch {
+                        std::fs::File::open(&exe)
+                            .unwrap()
+                            .set_modified(std::time::SystemTime::now())
+                            .unwrap();
+                    }
+                    let run = Command::new(&exe)
+                        .args(["--socket", &endpoint, "svid", "fetch"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .kill_on_drop(true)
+                        .status();
+                    tokio::select! {
+                        _ = run => runs += 1,
+                        _ = stop.changed() => break,
+                    }
+                }
+                runs
+            })
+        })
+        .collect()
+}
+
+/// What a legitimate caller saw while hostile callers ran.
+#[derive(Debug, Default)]
+struct Served {
+    begin: Vec<Duration>,
+    end: Vec<Duration>,
+    feed: Vec<Duration>,
+    health: Vec<Duration>,
+}
+
+impl Served {
+    fn worst(v: &[Duration]) -> Duration {
+        v.iter().copied().max().unwrap_or_default()
+    }
+
+    fn median(v: &[Duration]) -> Duration {
+        let mut v = v.to_vec();
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    }
+
+    fn report(&self, phase: &str) {
+        for (what, v) in [
+            ("BeginTask", &self.begin),
+            ("EndTask", &self.end),
+            ("EndTask -> feed", &self.feed),
+            ("/healthz", &self.health),
+        ] {
+            eprintln!(
+                "{phase}: {what}: n={} median={:?} max={:?}",
+                v.len(),
+                Self::median(v),
+                Self::worst(v)
+            );
+        }
+    }
+
+    /// Each at most `bound`: a stalled agent fails here, not by hanging the test.
+    fn assert_within(&self, bound: Duration, phase: &str) {
+        assert!(self.begin.len() >= 3, "{phase}: too few rounds: {self:?}");
+        for (what, v) in [
+            ("BeginTask", &self.begin),
+            ("EndTask", &self.end),
+            ("the feed", &self.feed),
+            ("/healthz", &self.health),
+        ] {
+            assert!(
+                Self::worst(v) <= bound,
+                "{phase}: {what} took {:?} (bound {bound:?})",
+                Self::worst(v)
+            );
+        }
+    }
+}
+
+/// The status line of `GET /healthz` (HTTP/1.1 by hand: the check is the latency).
+async fn healthz(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+/// `fut`'s output, or a failure naming `what` after `bound`.
+async fn within<F: std::future::Future>(bound: Duration, what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(bound, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {bound:?}"))
+}
+
+/// For `rounds`, a registered caller begins and ends a task, waits for its
+/// revocation on the feed, and asks for /healthz; every step has `bound` (else the
+/// test fails with the steps seen so far).
+async fn serve_rounds(agent: &TestAgent, rounds: usize, bound: Duration) -> Served {
+    use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
+    use tessera_proto::tessera::v1::tasks_client::TasksClient;
+    use tessera_proto::tessera::v1::{BeginTaskRequest, EndTaskRequest, WatchRevocationsRequest};
+    let mut served = Served::default();
+    let mut tasks = TasksClient::new(TestAgent::channel(&agent.workload).await.unwrap());
+    let mut feed = within(
+        bound,
+        "WatchRevocations",
+        RevocationsClient::new(TestAgent::channel(&agent.workload).await.unwrap())
+            .watch(WatchRevocationsRequest {}),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let task = within(
+            bound,
+            "BeginTask",
+            tasks.begin_task(BeginTaskRequest {
+                purpose: "work while others hash".into(),
+                subject: "alice@acme.corp".into(),
+                server: "github".into(),
+                scopes: vec!["github/tool/list_pulls".into()],
+                lifetime_secs: 0,
+                client: String::new(),
+                bind_to_parent: false,
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+        served.begin.push(t.elapsed());
+
+        let t = Instant::now();
+        within(
+            bound,
+            "EndTask",
+            tasks.end_task(EndTaskRequest {
+                task_id: task.id.clone(),
+            }),
+        )
+        .await
+        .unwrap();
+        let ended = Instant::now();
+        served.end.push(ended - t);
+        loop {
+            let set = within(
+                bound.saturating_sub(ended.elapsed()),
+                "the revocation feed",
+                feed.message(),
+            )
+            .await
+            .unwrap()
+            .expect("feed open");
+            if set.revoked.iter().any(|r| r.task_id == task.id) {
+                break;
+            }
+        }
+        served.feed.push(ended.elapsed());
+
+        let t = Instant::now();
+        let status = within(bound, "/healthz", healthz(agent.http)).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        served.health.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served
+}
+
+// With any `unix:sha256` entry, every caller's executable is hashed. A caller chooses
+// its executable, and a sparse file costs nothing however large: hashing used to run
+// on the runtime's workers, so a few callers running a 100 GB copy of a binary
+// stopped BeginTask, EndTask, the revocation feed and health alike. Now executables
+// over `exe_hash_max_bytes` are refused unhashed, and the others are hashed off the
+// workers, a few at a time: callers with executables just under the limit, changed
+// before every call so nothing is cached, only slow down each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_executable_does_not_stall_the_agent() {
+    const LIMIT: u64 = 192 * 1024 * 1024;
+    const BOUND: Duration = Duration::from_secs(2);
+    const HOSTILE: usize = 4;
+    let mut agent = TestAgent::start(&format!("exe_hash_max_bytes = {LIMIT}"))
+        .await
+        .unwrap();
+    agent.register_self("code-reviewer").await.unwrap();
+    agent
+        .grant(
+            "code-reviewer",
+            "alice@acme.corp",
+            "github",
+            &["github/tool/list_pulls"],
+        )
+        .await
+        .unwrap();
+    // One entry hashing executables makes attestation hash every caller's.
+    let cli = std::fs::canonicalize(tessera_e2e::bin("tessera")).unwrap();
+    create_entry(
+        &agent,
+        "pinned-cli",
+        vec![uid_selector(), format!("unix:sha256:{}", sha256_hex(&cli))],
+    )
+    .await;
+    // Warm-up: this process's own (cached) hash, and the baseline.
+    let baseline = serve_rounds(&agent, 3, BOUND).await;
+    baseline.report("no hostile callers");
+
+    // 100 GB executables: refused without reading them.
+    let huge: Vec<PathBuf> = (0..HOSTILE)
+        .map(|i| {
+            let p = agent.dir.path().join(format!("huge-{i}"));
+            huge_copy_of_the_cli(&p, 100 << 30);
+            p
+        })
+        .collect();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let callers = hostile_callers(&agent, huge, false, stopped);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let served = serve_rounds(&agent, 10, BOUND).await;
+    stop.send(true).unwrap();
+    let mut runs = 0;
+    for c in callers {
+        runs += c.await.unwrap();
+    }
+    served.report("4 callers running 100 GB executables");
+    eprintln!("100 GB callers refused: {runs}");
+    served.assert_within(BOUND, "100 GB executables");
+    assert!(runs >= HOSTILE, "the hostile callers ran");
+    assert!(
+        agent.log_text().contains("over exe_hash_max_bytes"),
+        "the log names the knob:\n{}",
+        agent.log_text()
+    );
+
+    // Just under the limit, and never cached: hashed every time, a few at a time.
+    let under: Vec<PathBuf> = (0..HOSTILE)
+        .map(|i| {
+            let p = agent.dir.path().join(format!("under-{i}"));
+            huge_copy_of_the_cli(&p, LIMIT - 4096);
+            p
+        })
+        .collect();
+    let pid = agent.pid().unwrap();
+    let (cpu0, t0) = (tessera_e2e::proc_cpu_time(pid).unwrap(), Instant::now());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let callers = hostile_callers(&agent, under, true, stopped);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let served = serve_rounds(&agent, 20, BOUND).await;
+    stop.send(true).unwrap();
+    let mut hashes = 0;
+    for c in callers {
+        hashes += c.await.unwrap();
+    }
+    let (cpu, wall) = (
+        tessera_e2e::proc_cpu_time(pid).unwrap() - cpu0,
+        t0.elapsed(),
+    );
+    served.report("4 callers running executables just under the limit");
+    eprintln!(
+        "{hashes} hashes of {} MiB; agent CPU {cpu:?} over {wall:?} ({:.2} cores)",
+        (LIMIT - 4096) >> 20,
+        cpu.as_secs_f64() / wall.as_secs_f64()
+    );
+    served.assert_within(BOUND, "executables just under the limit");
+    assert!(hashes >= 1, "the hostile callers were hashed");
+    still_serves(&mut agent).await;
+}

@@ -319,6 +319,22 @@ fn check_agent(objs: &[Object], origin: &str) -> Config {
     // Data survives restarts and is writable under a read-only root.
     let (vol, ro) = mount_at(spec, c, &config.data_dir);
     assert!(!ro && vol.host_path.is_some(), "{origin}");
+    // Pod cgroups are checked in the host's cgroup filesystem, seen read-only.
+    let (vol, ro) = mount_at(spec, c, &config.kubernetes.cgroup_root);
+    assert!(
+        ro,
+        "{origin}: the host's cgroups are read-only to the agent"
+    );
+    assert_eq!(
+        vol.host_path.as_ref().map(|h| h.path.as_str()),
+        Some("/sys/fs/cgroup"),
+        "{origin}: kubernetes.cgroup_root is the host's /sys/fs/cgroup"
+    );
+    assert_eq!(
+        config.exe_hash_max_bytes,
+        tessera_agent::config::DEFAULT_EXE_HASH_MAX_BYTES,
+        "{origin}"
+    );
 
     // Probes and metrics on the agent's http_listen port.
     let port = i32::from(config.http_listen.port());
@@ -566,6 +582,7 @@ fn helm_chart_values_reach_the_objects() {
          image: {repository: registry.acme.corp/tessera, tag: 0.2.0}\n\
          metrics: {port: 9100}\n\
          kubelet: {insecureSkipVerify: true, legacyNodesProxy: true}\n\
+         attestation: {exeHashMaxBytes: 1073741824}\n\
          nodeSelector: {kubernetes.io/os: linux}\n\
          tolerations: []\n",
     ));
@@ -575,6 +592,7 @@ fn helm_chart_values_reach_the_objects() {
     assert_eq!(config.task_svid_ttl.as_secs(), 120);
     assert_eq!(config.http_listen.port(), 9100);
     assert!(config.kubernetes.insecure_skip_kubelet_verify);
+    assert_eq!(config.exe_hash_max_bytes, 1 << 30);
     assert_eq!(config.ca.mode, tessera_agent::config::CaModeName::Upstream);
     let spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     let c = &spec.containers[0];

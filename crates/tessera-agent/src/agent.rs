@@ -140,7 +140,8 @@ pub async fn run(
     } else {
         None
     };
-    let attestor = Arc::new(Attestor::new(UnixAttestor::default(), k8s));
+    let unix = UnixAttestor::default().with_max_exe_bytes(config.exe_hash_max_bytes);
+    let attestor = Arc::new(Attestor::new(unix, k8s));
     let workload = SpiffeWorkloadApiServer::new(WorkloadService::new(
         Arc::clone(&cache),
         Arc::clone(&tasks),

@@ -92,6 +92,11 @@ pub struct Config {
     pub audit_retention: Duration,
     /// Also append every audit record as a JSON line to this file (mode 0600).
     pub audit_log: Option<PathBuf>,
+    /// Largest executable the agent hashes for `unix:sha256` selectors, in bytes. A
+    /// caller whose executable is larger is refused while any entry uses
+    /// `unix:sha256`: hashing is the one attestation cost the caller chooses, and an
+    /// executable can be made huge for free (a sparse file).
+    pub exe_hash_max_bytes: u64,
     /// The signing CA.
     pub ca: CaConfig,
     /// Logging.
@@ -184,6 +189,11 @@ pub struct KubernetesConfig {
     /// Deadline for one kubelet request (connect, TLS, response, body).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Where the agent sees the host's cgroup hierarchies. A caller's pod cgroup
+    /// read as an absolute path is checked there: every directory down to the pod's
+    /// must be root's and writable by no one else. In a container, mount the host's
+    /// `/sys/fs/cgroup` here read-only (the DaemonSet uses `/host/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
 }
 
 /// The in-cluster CA and token, as every pod with a service account has them.
@@ -205,6 +215,7 @@ impl Default for KubernetesConfig {
             retry_attempts: 5,
             retry_interval: Duration::from_millis(200),
             request_timeout: Duration::from_secs(5),
+            cgroup_root: crate::attest::k8s::DEFAULT_CGROUP_ROOT.into(),
         }
     }
 }
@@ -271,6 +282,12 @@ impl KubernetesConfig {
                 });
             }
         }
+        if !self.cgroup_root.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "kubernetes.cgroup_root",
+                reason: "must be an absolute path".into(),
+            });
+        }
         if self.pod_cache_ttl > Duration::from_secs(600) {
             return Err(ConfigError::Invalid {
                 key: "kubernetes.pod_cache_ttl",
@@ -312,6 +329,9 @@ impl KubernetesConfig {
         if let Some(v) = lookup("TESSERA_KUBERNETES_TOKEN_FILE") {
             self.token_file = v.into();
         }
+        if let Some(v) = lookup("TESSERA_KUBERNETES_CGROUP_ROOT") {
+            self.cgroup_root = v.into();
+        }
         Ok(())
     }
 }
@@ -335,6 +355,7 @@ impl Default for Config {
             task_retention: Duration::from_secs(7 * 24 * 3600),
             audit_retention: Duration::ZERO,
             audit_log: None,
+            exe_hash_max_bytes: DEFAULT_EXE_HASH_MAX_BYTES,
             ca: CaConfig::default(),
             log: LogConfig::default(),
             kubernetes: KubernetesConfig::default(),
@@ -372,6 +393,17 @@ const MIN_TTL: Duration = Duration::from_secs(2);
 /// chain (measured by the e2e test
 /// `at_the_default_limit_a_standard_client_still_receives_every_task_svid`).
 pub const DEFAULT_MAX_LIVE_PER_PROCESS: usize = 128;
+
+/// Default for [`Config::exe_hash_max_bytes`]: 512 MiB, twice the largest
+/// interpreters and statically linked runtimes (python, node, a debug build of this
+/// agent are 5-250 MB), and under a second of one core to hash with SHA extensions
+/// (the e2e test `a_huge_executable_does_not_stall_the_agent` prints what its
+/// 191 MiB hashes cost: about 0.3 s each here).
+pub const DEFAULT_EXE_HASH_MAX_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Highest [`Config::exe_hash_max_bytes`] accepted: 16 GiB already costs each
+/// uncached caller ten seconds of a core.
+const EXE_HASH_MAX_BYTES_LIMIT: u64 = 16 * 1024 * 1024 * 1024;
 
 /// Highest [`Config::task_max_live_per_process`] accepted: a sanity bound, not a target
 /// (past the default, the process's clients must accept larger messages).
@@ -460,6 +492,13 @@ impl Config {
                 reason: format!("{e}"),
             })?;
         }
+        if let Some(v) = lookup("TESSERA_EXE_HASH_MAX_BYTES") {
+            self.exe_hash_max_bytes = v.parse().map_err(|e| ConfigError::Env {
+                var: "TESSERA_EXE_HASH_MAX_BYTES",
+                value: v.clone(),
+                reason: format!("{e}"),
+            })?;
+        }
         if let Some(v) = lookup("TESSERA_TASK_RETENTION") {
             self.task_retention = dur("TESSERA_TASK_RETENTION", v)?;
         }
@@ -532,6 +571,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "task_max_live_per_process",
                 reason: format!("must be between 1 and {MAX_LIVE_PER_PROCESS_LIMIT}"),
+            });
+        }
+        if !(1..=EXE_HASH_MAX_BYTES_LIMIT).contains(&self.exe_hash_max_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "exe_hash_max_bytes",
+                reason: format!("must be between 1 and {EXE_HASH_MAX_BYTES_LIMIT} (16 GiB)"),
             });
         }
         if self.ca.ttl < self.client_svid_ttl.max(self.task_svid_ttl) * 2 {
@@ -617,6 +662,7 @@ mod tests {
             ("TESSERA_TASK_SVID_TTL", "90s"),
             ("TESSERA_TASK_MAX_LIVE_PER_PROCESS", "500"),
             ("TESSERA_AUDIT_RETENTION", "90d"),
+            ("TESSERA_EXE_HASH_MAX_BYTES", "1048576"),
         ]
         .into();
         c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
@@ -624,6 +670,7 @@ mod tests {
         assert_eq!(c.admin_uids, vec![1000, 1001]);
         assert_eq!(c.task_svid_ttl, Duration::from_secs(90));
         assert_eq!(c.task_max_live_per_process, 500);
+        assert_eq!(c.exe_hash_max_bytes, 1 << 20);
         assert_eq!(
             c.retention(),
             crate::retention::Retention {
@@ -656,6 +703,12 @@ mod tests {
             ("[ca]\nttl = \"1h\"", "ca.ttl"),
             ("task_default_lifetime = \"48h\"", "task_default_lifetime"),
             ("task_max_live_per_process = 0", "task_max_live_per_process"),
+            ("exe_hash_max_bytes = 0", "exe_hash_max_bytes"),
+            ("exe_hash_max_bytes = 17179869185", "exe_hash_max_bytes"),
+            (
+                "[kubernetes]\nenabled = true\ncgroup_root = \"sys/fs/cgroup\"",
+                "kubernetes.cgroup_root",
+            ),
             (
                 "task_max_live_per_process = 1000001",
                 "task_max_live_per_process",
@@ -696,9 +749,12 @@ mod tests {
                 "TESSERA_KUBERNETES_TOKEN_FILE",
                 "/var/run/secrets/tokens/kubelet",
             ),
+            ("TESSERA_KUBERNETES_CGROUP_ROOT", "/host/sys/fs/cgroup"),
         ]
         .into();
+        assert_eq!(c.kubernetes.cgroup_root, Path::new("/sys/fs/cgroup"));
         c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.kubernetes.cgroup_root, Path::new("/host/sys/fs/cgroup"));
         assert_eq!(c.kubernetes.kubelet_url, "https://[fd00::7]:10250");
         assert_eq!(
             c.kubernetes.kubelet_ca.as_deref(),

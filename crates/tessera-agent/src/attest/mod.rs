@@ -13,6 +13,7 @@ pub use unix::{AttestError, Attestation, UnixAttestor};
 // === Attestor: unix selectors ∪ k8s selectors ===
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 /// Every attestor the agent runs, composed: a caller's selectors are its unix
 /// selectors plus, when the Kubernetes attestor is enabled and the caller runs
@@ -20,8 +21,8 @@ use std::os::fd::OwnedFd;
 /// is refused outright.
 #[derive(Debug, Default)]
 pub struct Attestor {
-    unix: UnixAttestor,
-    k8s: Option<k8s::K8sAttestor>,
+    unix: Arc<UnixAttestor>,
+    k8s: Option<Arc<k8s::K8sAttestor>>,
 }
 
 /// The selectors attestation may skip unless some registration entry uses them: the
@@ -67,28 +68,37 @@ impl Needs {
 impl Attestor {
     /// Composes `unix` with an optional Kubernetes attestor.
     pub fn new(unix: UnixAttestor, k8s: Option<k8s::K8sAttestor>) -> Self {
-        Attestor { unix, k8s }
+        Attestor {
+            unix: Arc::new(unix),
+            k8s: k8s.map(Arc::new),
+        }
     }
 
     /// Attests the peer of a connection (see [`UnixAttestor::attest`]).
     ///
-    /// The cgroup is read before the unix attestor's reads, whose final pidfd
-    /// check then covers it too; the kubelet lookup afterwards is keyed by
-    /// what was read, not by the pid.
+    /// Every `/proc` read and `lstat` runs on the blocking pool, and hashing there
+    /// too behind its own limit, so no caller can hold a runtime worker. The cgroup
+    /// is read before the unix attestor's reads, whose final pidfd check then covers
+    /// it too; the kubelet lookup afterwards is keyed by what was read, not by the pid.
     pub async fn attest(&self, peer: &PeerInfo, needs: Needs) -> Result<Attestation, AttestError> {
         let Some(k8s) = &self.k8s else {
-            return self.unix.attest(peer, needs);
+            return self.unix.attest(peer, needs).await;
         };
         let pid = peer.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
-        let placement = k8s.placement(pid).map_err(|source| match source {
-            k8s::K8sAttestError::Proc { source, .. }
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                AttestError::Exited { pid }
-            }
-            source => AttestError::Kubernetes { pid, source },
-        })?;
-        let mut att = self.unix.attest(peer, needs)?;
+        let (unix, on_k8s, on_peer) = (Arc::clone(&self.unix), Arc::clone(k8s), peer.clone());
+        let (placement, read) = unix::off_workers(move || {
+            let placement = on_k8s.placement(pid).map_err(|source| match source {
+                k8s::K8sAttestError::Proc { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    AttestError::Exited { pid }
+                }
+                source => AttestError::Kubernetes { pid, source },
+            })?;
+            Ok((placement, unix.read(&on_peer, needs)?))
+        })
+        .await?;
+        let mut att = self.unix.complete(read).await?;
         if let Some(pc) = placement {
             let sels = k8s
                 .resolve(&pc)

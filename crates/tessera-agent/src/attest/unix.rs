@@ -5,8 +5,8 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -45,6 +45,22 @@ pub enum AttestError {
         #[source]
         source: std::io::Error,
     },
+    /// The caller's executable is larger than the agent hashes (`exe_hash_max_bytes`),
+    /// and some entry uses `unix:sha256`.
+    #[error(
+        "the executable of pid {pid} is {size} bytes, over exe_hash_max_bytes ({limit}): not hashed; raise exe_hash_max_bytes to attest it"
+    )]
+    ExeTooLarge {
+        /// The caller's pid.
+        pid: i32,
+        /// The executable's size.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The agent is shutting down, so attestation could not finish.
+    #[error("attestation was interrupted (the agent is shutting down)")]
+    Interrupted,
     /// The caller runs in a pod the Kubernetes attestor could not resolve.
     #[error("pid {pid}: {source}")]
     Kubernetes {
@@ -98,10 +114,31 @@ struct FileIdentity {
 pub struct UnixAttestor {
     proc_root: PathBuf,
     hashes: Mutex<HashMap<FileIdentity, String>>,
+    /// `exe_hash_max_bytes`.
+    max_exe_bytes: u64,
+    /// Hashes running at once. Owned permits travel with the blocking hash, so a
+    /// caller that gives up does not free its slot before its hash ends.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 /// Hashes kept at most; a busy node runs far fewer distinct binaries.
 const HASH_CACHE_MAX: usize = 4096;
+
+/// What one attestation read through `/proc`, before any hashing.
+#[derive(Debug)]
+pub(crate) struct ProcRead {
+    att: Attestation,
+    unhashed: Option<Unhashed>,
+}
+
+/// An executable to hash: opened through `/proc/<pid>/exe` while the pidfd vouched
+/// for the pid, so it is the caller's whatever happens to the pid afterwards.
+#[derive(Debug)]
+struct Unhashed {
+    pid: i32,
+    file: File,
+    id: FileIdentity,
+}
 
 impl Default for UnixAttestor {
     fn default() -> Self {
@@ -110,15 +147,39 @@ impl Default for UnixAttestor {
 }
 
 impl UnixAttestor {
-    /// An attestor reading the given procfs mount.
+    /// An attestor reading the given procfs mount, hashing executables up to the
+    /// default `exe_hash_max_bytes`, half the machine's cores at a time.
     pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         UnixAttestor {
             proc_root: proc_root.into(),
             hashes: Mutex::new(HashMap::new()),
+            max_exe_bytes: crate::config::DEFAULT_EXE_HASH_MAX_BYTES,
+            hashing: Arc::new(tokio::sync::Semaphore::new((cores / 2).max(1))),
         }
     }
 
-    /// Attests the peer of a connection.
+    /// Hashes executables up to `bytes` long (`exe_hash_max_bytes`); callers
+    /// running larger ones are refused while some entry uses `unix:sha256`.
+    pub fn with_max_exe_bytes(mut self, bytes: u64) -> Self {
+        self.max_exe_bytes = bytes;
+        self
+    }
+
+    /// Attests the peer of a connection: [`UnixAttestor::read`] off the async
+    /// workers, then [`UnixAttestor::complete`].
+    pub async fn attest(
+        self: &Arc<Self>,
+        peer: &PeerInfo,
+        needs: Needs,
+    ) -> Result<Attestation, AttestError> {
+        let (me, peer) = (Arc::clone(self), peer.clone());
+        let read = off_workers(move || me.read(&peer, needs)).await?;
+        self.complete(read).await
+    }
+
+    /// Everything attestation learns from the kernel about the caller, except the
+    /// executable's hash when it is not cached. Blocking: run it off the async workers.
     ///
     /// Pid reuse: everything is read through `/proc/<pid>`, and afterwards the
     /// connection's pidfd is checked. A pidfd names one process forever, and a pid
@@ -128,7 +189,7 @@ impl UnixAttestor {
     /// The executable is hashed, user and group names looked up, and supplementary
     /// groups read only when some entry uses them (`needs`); hashes are cached by
     /// file identity.
-    pub fn attest(&self, peer: &PeerInfo, needs: Needs) -> Result<Attestation, AttestError> {
+    pub(crate) fn read(&self, peer: &PeerInfo, needs: Needs) -> Result<ProcRead, AttestError> {
         let pid = peer.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
         if peer.has_exited() {
             return Err(AttestError::Exited { pid });
@@ -167,26 +228,99 @@ impl UnixAttestor {
             }
         }
 
-        // The exe link opens the very inode the process runs, even if the path
-        // was since replaced or deleted; the path itself then ends in " (deleted)"
-        // and no longer matches a `unix:path` selector.
+        // The exe link opens (and stats) the very inode the process runs, whichever
+        // mount namespace it runs in and even if its path was since replaced or
+        // deleted. Its text is only the path as the *caller's* mount namespace
+        // names it, which a caller with its own user and mount namespaces chooses
+        // (bind-mount any binary over a registered path). So the path is attested
+        // only if it names that same file in the agent's own view; a replaced or
+        // deleted binary (" (deleted)") never does.
         let exe_link = dir.join("exe");
         let path = std::fs::read_link(&exe_link).map_err(|e| proc_err("exe", e))?;
-        selectors.insert(Selector::attested("path", path.display()));
-        if needs.exe_hash {
+        let (exe, file) = if needs.exe_hash {
             let file = File::open(&exe_link).map_err(|e| proc_err("exe", e))?;
-            let hash = self.exe_hash(file).map_err(|e| proc_err("exe", e))?;
-            selectors.insert(Selector::attested("sha256", hash));
+            (file.metadata().map_err(|e| proc_err("exe", e))?, Some(file))
+        } else {
+            let meta = std::fs::metadata(&exe_link).map_err(|e| proc_err("exe", e))?;
+            (meta, None)
+        };
+        if names_file(&path, &exe) {
+            selectors.insert(Selector::attested("path", path.display()));
+        }
+        let mut unhashed = None;
+        if let Some(file) = file {
+            let id = FileIdentity::of(&exe);
+            match self.cached(&id) {
+                Some(hash) => {
+                    selectors.insert(Selector::attested("sha256", hash));
+                }
+                None if id.size > self.max_exe_bytes => {
+                    return Err(AttestError::ExeTooLarge {
+                        pid,
+                        size: id.size,
+                        limit: self.max_exe_bytes,
+                    });
+                }
+                None => unhashed = Some(Unhashed { pid, file, id }),
+            }
         }
 
         if peer.has_exited() {
             return Err(AttestError::Exited { pid });
         }
-        Ok(Attestation {
-            pid,
-            uid: peer.uid,
-            selectors,
+        Ok(ProcRead {
+            att: Attestation {
+                pid,
+                uid: peer.uid,
+                selectors,
+            },
+            unhashed,
         })
+    }
+
+    /// Finishes what [`UnixAttestor::read`] started: hashes the executable if it
+    /// was not cached, at most a few at a time, on the blocking pool. Waiting for a
+    /// slot costs the runtime nothing, so callers with large executables slow down
+    /// each other and callers whose hash is not cached yet, never the agent.
+    pub(crate) async fn complete(&self, read: ProcRead) -> Result<Attestation, AttestError> {
+        let ProcRead { mut att, unhashed } = read;
+        if let Some(u) = unhashed {
+            let hash = self.hash(u).await?;
+            att.selectors.insert(Selector::attested("sha256", hash));
+        }
+        Ok(att)
+    }
+
+    async fn hash(&self, u: Unhashed) -> Result<String, AttestError> {
+        let permit = Arc::clone(&self.hashing)
+            .acquire_owned()
+            .await
+            .map_err(|_| AttestError::Interrupted)?;
+        // Callers of the same executable queue behind its first hash: one hashes,
+        // the others find it here.
+        if let Some(hash) = self.cached(&u.id) {
+            return Ok(hash);
+        }
+        let Unhashed { pid, file, id } = u;
+        let hash = off_workers(move || {
+            let _permit = permit;
+            sha256_hex(file, id.size).map_err(|source| AttestError::Proc {
+                pid,
+                what: "exe",
+                source,
+            })
+        })
+        .await?;
+        let mut cache = self.lock();
+        if cache.len() >= HASH_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(id, hash.clone());
+        Ok(hash)
+    }
+
+    fn cached(&self, id: &FileIdentity) -> Option<String> {
+        self.lock().get(id).cloned()
     }
 
     /// The caller's parent process, for tasks bound to it: its pid and a pidfd.
@@ -248,38 +382,54 @@ impl UnixAttestor {
         })
     }
 
-    fn exe_hash(&self, mut file: File) -> std::io::Result<String> {
-        let meta = file.metadata()?;
-        let id = FileIdentity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileIdentity, String>> {
+        self.hashes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
             ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-        };
-        if let Some(h) = self.lock().get(&id) {
-            return Ok(h.clone());
         }
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let hex = hex::encode(hasher.finalize());
-        let mut cache = self.lock();
-        if cache.len() >= HASH_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(id, hex.clone());
-        Ok(hex)
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileIdentity, String>> {
-        self.hashes.lock().unwrap_or_else(|p| p.into_inner())
+/// Whether `path`, in the agent's own view of the filesystem, is the file `exe`.
+fn names_file(path: &Path, exe: &std::fs::Metadata) -> bool {
+    path.is_absolute()
+        && std::fs::metadata(path).is_ok_and(|m| m.dev() == exe.dev() && m.ino() == exe.ino())
+}
+
+/// SHA-256 of the first `len` bytes of `file` (its size when it was checked: a
+/// file that grew since is not read past what the size limit allowed).
+fn sha256_hex(file: File, len: u64) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut file = file.take(len);
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Runs blocking attestation work (`/proc` reads, `lstat`s, hashing) on the
+/// blocking pool, so a slow disk or a huge executable never holds a runtime worker.
+pub(crate) async fn off_workers<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AttestError> + Send + 'static,
+) -> Result<T, AttestError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(AttestError::Interrupted),
     }
 }
 
@@ -335,11 +485,13 @@ mod tests {
     async fn attests_this_process_with_its_own_exe_hash() {
         let (a, _b) = tokio::net::UnixStream::pair().unwrap();
         let conn = PeerConn::new(a).unwrap();
-        let att = UnixAttestor::default()
+        let att = Arc::new(UnixAttestor::default())
             .attest(conn.info(), Needs::ALL)
+            .await
             .unwrap();
-        let lean = UnixAttestor::default()
+        let lean = Arc::new(UnixAttestor::default())
             .attest(conn.info(), Needs::default())
+            .await
             .unwrap();
         let kinds = |a: &Attestation| {
             a.selectors
@@ -381,8 +533,94 @@ mod tests {
         );
     }
 
-    #[test]
-    fn exited_caller_is_refused() {
+    /// A `sleep` started with `sh -c CMD` in new user and mount namespaces, once
+    /// `/proc/<pid>/exe` reads `exe`; `None` where `unshare -Urm` does not work.
+    fn sleep_in_own_namespaces(cmd: &str, exe: &Path) -> Option<std::process::Child> {
+        let works = std::process::Command::new("unshare")
+            .args(["-Urm", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !works {
+            return None;
+        }
+        let child = std::process::Command::new("unshare")
+            .args(["-Urm", "sh", "-c", cmd])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::read_link(format!("/proc/{}/exe", child.id()))
+            .ok()
+            .as_deref()
+            != Some(exe)
+        {
+            assert!(std::time::Instant::now() < deadline, "{cmd} did not start");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Some(child)
+    }
+
+    async fn attest_pid(pid: i32) -> Attestation {
+        let peer = PeerInfo {
+            conn_id: 0,
+            pid: Some(pid),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            pidfd: Some(Arc::new(crate::attest::sys::pidfd_open(pid).unwrap())),
+            pidfd_from_kernel: false,
+        };
+        Arc::new(UnixAttestor::default())
+            .attest(&peer, Needs::ALL)
+            .await
+            .unwrap()
+    }
+
+    /// The path `/proc/<pid>/exe` gives is the caller's mount namespace's: in its own
+    /// user and mount namespaces a process can bind-mount any binary over a registered
+    /// path. The path is attested only if it is the same file in the agent's view.
+    #[tokio::test]
+    async fn a_path_is_attested_only_if_it_is_the_same_file_in_the_agents_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registered, decoy) = (dir.path().join("registered"), dir.path().join("decoy"));
+        let sleep = std::fs::canonicalize("/bin/sleep").unwrap();
+        std::fs::copy(&sleep, &registered).unwrap();
+        std::fs::copy(&sleep, &decoy).unwrap();
+        let path = format!("unix:path:{}", registered.display());
+        let Some(mut honest) =
+            sleep_in_own_namespaces(&format!("exec {} 30", registered.display()), &registered)
+        else {
+            eprintln!("\n*** SKIPPED: `unshare -Urm true` fails here (no user namespaces) ***\n");
+            return;
+        };
+        let att = attest_pid(honest.id() as i32).await;
+        let _ = honest.kill();
+        let _ = honest.wait();
+        assert!(att.satisfies([path.as_str()]), "{:?}", att.selectors);
+
+        let mut decoyed = sleep_in_own_namespaces(
+            &format!(
+                "mount --bind {} {r} && exec {r} 30",
+                decoy.display(),
+                r = registered.display()
+            ),
+            &registered,
+        )
+        .unwrap();
+        let att = attest_pid(decoyed.id() as i32).await;
+        let _ = decoyed.kill();
+        let _ = decoyed.wait();
+        assert!(!att.satisfies([path.as_str()]), "{:?}", att.selectors);
+        // Its content is still attested: the hash is read through the running inode.
+        assert!(
+            att.selectors
+                .iter()
+                .any(|s| s.as_str().starts_with("unix:sha256:")),
+            "{:?}",
+            att.selectors
+        );
+    }
+
+    #[tokio::test]
+    async fn exited_caller_is_refused() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id() as i32;
         let pidfd = crate::attest::sys::pidfd_open(pid).unwrap();
@@ -395,8 +633,9 @@ mod tests {
             pidfd: Some(std::sync::Arc::new(pidfd)),
             pidfd_from_kernel: false,
         };
-        let err = UnixAttestor::default()
+        let err = Arc::new(UnixAttestor::default())
             .attest(&peer, Needs::ALL)
+            .await
             .unwrap_err();
         assert!(matches!(err, AttestError::Exited { .. }), "{err}");
     }

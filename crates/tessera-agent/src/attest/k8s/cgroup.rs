@@ -3,16 +3,41 @@
 //! The kubelet names a pod's cgroup after the pod's UID and the runtime names a
 //! container's cgroup after the container id, so the path alone says both:
 //!
-//! | driver   | pod segment                                   | container segment                   |
-//! |----------|-----------------------------------------------|-------------------------------------|
-//! | cgroupfs | `pod<uid>`                                    | `<id>` (containerd, Docker), `crio-<id>` |
-//! | systemd  | `kubepods-<qos>-pod<uid with _>.slice`        | `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope` |
+//! | driver   | kubelet root      | QoS level (optional)          | pod segment                          | container segment                   |
+//! |----------|-------------------|-------------------------------|--------------------------------------|-------------------------------------|
+//! | cgroupfs | `kubepods`        | `besteffort`, `burstable`     | `pod<uid>`                           | `<id>` (containerd, Docker), `crio-<id>` |
+//! | systemd  | `kubepods.slice`  | `kubepods-<qos>.slice`        | `kubepods[-<qos>]-pod<uid with _>.slice` | `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope` |
+//!
+//! A kubelet run with `--cgroup-root=/kubelet` (kind) puts that root under
+//! `kubelet` (`kubelet.slice/kubelet-kubepods.slice` with systemd).
+//!
+//! Only root can create a cgroup where the kubelet does, but anyone can create one
+//! *named* like the kubelet's where they are allowed to create cgroups at all:
+//! systemd delegates `user@<uid>.service` to every logged-in user, so
+//! `/user.slice/…/user@1000.service/x/kubepods/pod<uid>/<id>` is an unprivileged
+//! user's to make, with any pod's UID and container id (both readable in that pod's
+//! `/proc/<pid>/cgroup`). So the layout is anchored, never searched for: the kubelet
+//! root must be the path's first segment, and the pod and container segments must
+//! sit exactly where the kubelet puts them. A path that names a pod anywhere else
+//! is refused outright ([`CgroupError::Unanchored`]), not treated as a host process.
 //!
 //! cgroup v1 has one line per hierarchy (`N:controllers:/path`), v2 one line
-//! (`0::/path`). With cgroup namespaces (the default on v2) the path is relative
-//! to the *reader's* namespace root and may start with `/../..`, so the parser
-//! looks for the pod segment anywhere below a `kubepods` segment instead of
-//! anchoring at the root.
+//! (`0::/path`). With cgroup namespaces (the default for containers on v2) the path
+//! is relative to the *reader's* namespace root and starts with `/..` once per level
+//! up to the common ancestor of the reader's root and the caller's cgroup. The
+//! kernel computes those `..`, so what follows them is the caller's branch below
+//! that ancestor, and the layout must then start right there, at the kubelet root
+//! or one of the levels below it: when the agent runs in a pod, that ancestor is one
+//! of the kubelet's own cgroups (or `/`), where only root creates cgroups.
+//!
+//! Where the agent can see the caller's cgroup in its own view of the cgroup
+//! filesystem (absolute paths: the agent is in the host's cgroup namespace), it
+//! also checks that every directory from the hierarchy's root down to the pod's is
+//! owned by root and writable by no one else ([`verify`]), so a cgroup subtree
+//! delegated to a user can never stand in for the kubelet's, whatever its names.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 /// A process's place in Kubernetes: the pod it belongs to and its container.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -24,7 +49,7 @@ pub struct PodContainer {
     pub container_id: String,
 }
 
-/// Why a cgroup file names a pod but no container the agent could resolve.
+/// Why a cgroup file places a process in no container the agent will vouch for.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CgroupError {
@@ -38,41 +63,117 @@ pub enum CgroupError {
     /// Two hierarchies (cgroup v1) place the process in different containers.
     #[error("cgroup hierarchies disagree about the process's container")]
     Conflicting,
+    /// A path names a pod or the kubelet's hierarchy, but does not follow the
+    /// kubelet's layout from its root: it was made to look like one (e.g. inside a
+    /// user's delegated cgroup subtree).
+    #[error("cgroup path {path:?} imitates the kubelet's but is not where the kubelet puts pods")]
+    Unanchored {
+        /// The path as the cgroup file gave it.
+        path: String,
+    },
+    /// In the agent's view of the cgroup filesystem, a directory on the way to the
+    /// pod's cgroup is not the kubelet's (not root's, writable by others, or absent).
+    #[error("cgroup directory {dir} is not the kubelet's: {reason}")]
+    NotKubelets {
+        /// The directory, under `kubernetes.cgroup_root`.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// None of the hierarchies that place the process in a pod is mounted under
+    /// the agent's cgroup root, so the placement cannot be checked.
+    #[error(
+        "none of the caller's cgroup hierarchies is visible under {root} (kubernetes.cgroup_root)"
+    )]
+    NotVisible {
+        /// The agent's cgroup root.
+        root: PathBuf,
+    },
+}
+
+/// Where a cgroup file places a process, with the lines that say so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The pod and container.
+    pub pod: PodContainer,
+    /// Each hierarchy line that named them.
+    lines: Vec<Anchored>,
+}
+
+/// One hierarchy line whose path follows the kubelet's layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Anchored {
+    /// The line's controllers field: empty on the v2 line, e.g. `memory` or
+    /// `name=systemd` on v1 lines.
+    controllers: String,
+    /// The path's segments from the hierarchy root through the container's
+    /// directory; `None` when the path was relative to the agent's cgroup
+    /// namespace (it starts with `..`), so the agent cannot locate it on disk.
+    absolute: Option<Vec<String>>,
+    /// Index in `absolute` of the pod's directory.
+    pod_at: usize,
 }
 
 /// Parses the contents of `/proc/<pid>/cgroup`.
 ///
 /// `Ok(None)`: the process is not in a Kubernetes pod (a host process, a system
-/// service, a plain Docker container). `Err`: it is in a pod, but which container
-/// cannot be told; the caller must be denied rather than guessed at.
+/// service, a plain Docker container). `Err`: it is in a pod but which container
+/// cannot be told, or its path only imitates a pod's; the caller must be denied
+/// rather than guessed at.
 pub fn parse(contents: &str) -> Result<Option<PodContainer>, CgroupError> {
-    let mut found: Option<PodContainer> = None;
+    Ok(parse_placement(contents)?.map(|p| p.pod))
+}
+
+/// [`parse`], keeping what [`verify`] checks on disk.
+pub fn parse_placement(contents: &str) -> Result<Option<Placement>, CgroupError> {
+    let mut found: Option<Placement> = None;
     let mut pod_only: Option<String> = None;
     for line in contents.lines() {
         // hierarchy-id:controllers:path. The path may itself contain ':'.
         let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(_), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         match parse_path(path) {
             PathPlace::Outside => {}
+            PathPlace::Unanchored => {
+                return Err(CgroupError::Unanchored {
+                    path: path.chars().take(512).collect(),
+                });
+            }
             PathPlace::PodOnly(uid) => {
                 if pod_only.as_ref().is_some_and(|p| *p != uid) {
                     return Err(CgroupError::Conflicting);
                 }
                 pod_only = Some(uid);
             }
-            PathPlace::Container(pc) => {
-                if found.as_ref().is_some_and(|f| *f != pc) {
-                    return Err(CgroupError::Conflicting);
+            PathPlace::Container {
+                pod,
+                absolute,
+                pod_at,
+            } => {
+                let line = Anchored {
+                    controllers: controllers.to_owned(),
+                    absolute,
+                    pod_at,
+                };
+                match &mut found {
+                    Some(f) if f.pod != pod => return Err(CgroupError::Conflicting),
+                    Some(f) => f.lines.push(line),
+                    None => {
+                        found = Some(Placement {
+                            pod,
+                            lines: vec![line],
+                        })
+                    }
                 }
-                found = Some(pc);
             }
         }
     }
     match (found, pod_only) {
-        (Some(pc), Some(uid)) if pc.pod_uid != uid => Err(CgroupError::Conflicting),
-        (Some(pc), _) => Ok(Some(pc)),
+        (Some(p), Some(uid)) if p.pod.pod_uid != uid => Err(CgroupError::Conflicting),
+        (Some(p), _) => Ok(Some(p)),
         (None, Some(pod_uid)) => Err(CgroupError::NoContainer { pod_uid }),
         (None, None) => Ok(None),
     }
@@ -80,30 +181,133 @@ pub fn parse(contents: &str) -> Result<Option<PodContainer>, CgroupError> {
 
 enum PathPlace {
     Outside,
+    Unanchored,
     PodOnly(String),
-    Container(PodContainer),
+    Container {
+        pod: PodContainer,
+        absolute: Option<Vec<String>>,
+        pod_at: usize,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    Cgroupfs,
+    Systemd,
 }
 
 fn parse_path(path: &str) -> PathPlace {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    // Only below a kubelet-managed hierarchy: `kubepods`, `kubepods.slice`,
-    // `kubepods-besteffort.slice`, or kind's `kubelet-kubepods.slice`.
-    let Some(anchor) = segments.iter().position(|s| s.contains("kubepods")) else {
-        return PathPlace::Outside;
+    let ups = segments.iter().take_while(|s| **s == "..").count();
+    let rest = &segments[ups..];
+    // The kernel writes `..` only as a prefix; anything else is not its path.
+    let place = if rest.contains(&"..") {
+        None
+    } else {
+        anchored(rest, ups > 0)
     };
-    for (i, seg) in segments.iter().enumerate().skip(anchor) {
-        let Some(pod_uid) = pod_uid_of(seg) else {
-            continue;
-        };
-        return match segments.get(i + 1).and_then(|s| container_id_of(s)) {
-            Some(container_id) => PathPlace::Container(PodContainer {
+    match place {
+        Some(Ok((pod, pod_at))) => PathPlace::Container {
+            pod,
+            absolute: (ups == 0).then(|| {
+                rest[..=pod_at + 1]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect()
+            }),
+            pod_at,
+        },
+        Some(Err(pod_uid)) => PathPlace::PodOnly(pod_uid),
+        None if rest.iter().any(|s| imitates_kubelet(s)) => PathPlace::Unanchored,
+        None => PathPlace::Outside,
+    }
+}
+
+/// Matches the kubelet's layout from the first segment of `rest`: `Ok` with the pod,
+/// its container and the pod segment's index; `Err(pod uid)` for a pod's cgroup
+/// without a container's; `None` if `rest` does not follow the layout.
+///
+/// `relative`: the path came after `..` segments, so it may start below the
+/// kubelet root (the caller shares that much of its path with the agent).
+fn anchored(rest: &[&str], relative: bool) -> Option<Result<(PodContainer, usize), String>> {
+    // The kubelet root, and the stem systemd slice names below it extend.
+    let (driver, stem, mut at) = match rest {
+        ["kubelet.slice", "kubelet-kubepods.slice", ..] => {
+            (Driver::Systemd, "kubelet-kubepods".to_owned(), 2)
+        }
+        ["kubelet", "kubepods", ..] => (Driver::Cgroupfs, String::new(), 2),
+        ["kubepods.slice", ..] => (Driver::Systemd, "kubepods".to_owned(), 1),
+        ["kubepods", ..] => (Driver::Cgroupfs, String::new(), 1),
+        ["kubelet-kubepods.slice", ..] if relative => {
+            (Driver::Systemd, "kubelet-kubepods".to_owned(), 1)
+        }
+        [first, ..] if relative => {
+            // Starts below the root: at the QoS level or the pod level.
+            if matches!(*first, "besteffort" | "burstable") || first.starts_with("pod") {
+                (Driver::Cgroupfs, String::new(), 0)
+            } else {
+                let stem = first.strip_suffix(".slice")?;
+                let root = ["kubelet-kubepods", "kubepods"]
+                    .into_iter()
+                    .find(|r| stem.starts_with(&format!("{r}-")))?;
+                (Driver::Systemd, root.to_owned(), 0)
+            }
+        }
+        _ => return None,
+    };
+    let mut stem = stem;
+    // The QoS level, absent for Guaranteed pods.
+    if let Some(seg) = rest.get(at) {
+        match driver {
+            Driver::Cgroupfs if matches!(*seg, "besteffort" | "burstable") => at += 1,
+            Driver::Systemd => {
+                for qos in ["besteffort", "burstable"] {
+                    if *seg == format!("{stem}-{qos}.slice") {
+                        stem = format!("{stem}-{qos}");
+                        at += 1;
+                        break;
+                    }
+                }
+            }
+            Driver::Cgroupfs => {}
+        }
+    }
+    // The pod level: exactly here, or the path is not the kubelet's.
+    let seg = rest.get(at)?;
+    let pod_uid = match driver {
+        Driver::Cgroupfs => seg.strip_prefix("pod").filter(|u| is_uuid(u))?.to_owned(),
+        Driver::Systemd => {
+            let body = seg.strip_suffix(".slice")?;
+            let uid = match body.strip_prefix(&format!("{stem}-pod")) {
+                Some(uid) => uid,
+                // A relative path starting at the pod level: its parent is not
+                // in the path, so the stem is whichever QoS class it names.
+                None if at == 0 => ["-besteffort-pod", "-burstable-pod"]
+                    .into_iter()
+                    .find_map(|q| body.strip_prefix(&format!("{stem}{q}")))?,
+                None => return None,
+            };
+            let uid = uid.replace('_', "-");
+            is_uuid(&uid).then_some(uid)?
+        }
+    }
+    .to_ascii_lowercase();
+    Some(match rest.get(at + 1).and_then(|s| container_id_of(s)) {
+        Some(container_id) => Ok((
+            PodContainer {
                 pod_uid,
                 container_id,
-            }),
-            None => PathPlace::PodOnly(pod_uid),
-        };
-    }
-    PathPlace::Outside
+            },
+            at,
+        )),
+        None => Err(pod_uid),
+    })
+}
+
+/// Whether a segment looks like part of the kubelet's hierarchy: a path holding
+/// one anywhere but where the kubelet puts it is an imitation.
+fn imitates_kubelet(segment: &str) -> bool {
+    segment.contains("kubepods") || pod_uid_of(segment).is_some()
 }
 
 /// `pod<uid>` (cgroupfs) or `…-pod<uid_with_underscores>.slice` (systemd).
@@ -136,6 +340,102 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
+// === the placement on disk ===
+
+/// The agent's view of the cgroup filesystem, and who must own the kubelet's part of it.
+#[derive(Clone, Debug)]
+pub struct CgroupView {
+    /// Where the hierarchies are mounted: `/sys/fs/cgroup`, or the host's mounted
+    /// into the agent's container (`kubernetes.cgroup_root`).
+    pub root: PathBuf,
+    /// The only owner the kubelet's directories may have: root (0). Tests use their own uid.
+    pub owner: u32,
+}
+
+/// Checks `placement` against the cgroup filesystem under `view.root`: for each
+/// hierarchy line with an absolute path whose hierarchy is mounted there, every
+/// directory from that hierarchy's root down to the pod's must be a directory owned
+/// by `view.owner` that no one else may write to, and the container's directory
+/// must exist in it. A directory only its owner may write to holds only
+/// directories its owner made, so the pod's and the container's cgroups were made
+/// by root: by the kubelet and the runtime, not by a user imitating them.
+///
+/// Lines relative to the agent's cgroup namespace cannot be located and are left to
+/// the anchoring in [`parse_placement`]; if every line is absolute and none of their
+/// hierarchies is mounted under the root, the placement is refused.
+pub fn verify(view: &CgroupView, placement: &Placement) -> Result<(), CgroupError> {
+    let mut checked = 0;
+    let mut relative = 0;
+    for line in &placement.lines {
+        let Some(segments) = &line.absolute else {
+            relative += 1;
+            continue;
+        };
+        let Some(mut dir) = hierarchy_dir(&view.root, &line.controllers) else {
+            continue;
+        };
+        check_dir(&dir, view.owner, true)?;
+        for (i, seg) in segments.iter().enumerate() {
+            dir.push(seg);
+            check_dir(&dir, view.owner, i <= line.pod_at)?;
+        }
+        checked += 1;
+    }
+    if checked == 0 && relative == 0 {
+        return Err(CgroupError::NotVisible {
+            root: view.root.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Where the hierarchy of a `/proc/<pid>/cgroup` line is mounted under `root`.
+fn hierarchy_dir(root: &Path, controllers: &str) -> Option<PathBuf> {
+    if controllers.is_empty() {
+        // The v2 line: `root` itself on a v2-only host, `root/unified` on a hybrid one.
+        return [root.to_owned(), root.join("unified")]
+            .into_iter()
+            .find(|d| d.join("cgroup.controllers").is_file());
+    }
+    let name = controllers.strip_prefix("name=").unwrap_or(controllers);
+    // `cpu,cpuacct` is mounted under that name, with `cpu` and `cpuacct` links to it.
+    std::iter::once(name)
+        .chain(name.split(','))
+        .filter(|n| !n.is_empty() && !n.contains('/') && *n != "." && *n != "..")
+        .map(|n| root.join(n))
+        .find(|d| d.is_dir())
+}
+
+fn check_dir(dir: &Path, owner: u32, kubelets: bool) -> Result<(), CgroupError> {
+    let bad = |reason: String| CgroupError::NotKubelets {
+        dir: dir.to_owned(),
+        reason,
+    };
+    // lstat: a link is not a cgroup, wherever it points.
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    if !kubelets {
+        // The container's own directory: runtimes may hand it to a user-namespaced
+        // container's root; that it exists inside root's pod directory is the point.
+        return Ok(());
+    }
+    if meta.uid() != owner {
+        return Err(bad(format!(
+            "owned by uid {}, not {owner}: a delegated subtree",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(bad(format!(
+            "mode {:o}: others may create cgroups in it",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +444,10 @@ mod tests {
     const CID: &str = "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961";
 
     type Parsed = Result<Option<PodContainer>, CgroupError>;
+
+    fn unanchored(path: &str) -> Parsed {
+        Err(CgroupError::Unanchored { path: path.into() })
+    }
 
     fn ok() -> Parsed {
         Ok(Some(PodContainer {
@@ -239,11 +543,45 @@ mod tests {
                 ok(),
             ),
             (
-                "kind node on cgroup v1 (nested under the node's docker cgroup)",
-                format!("4:memory:/docker/4f1e3c0a/kubepods/besteffort/pod{UID}/{CID}\n"),
+                "agent in a cgroup namespace, caller in the agent's QoS class (starts at the pod slice)",
+                format!("0::/../../kubepods-burstable-pod{u}.slice/cri-containerd-{CID}.scope\n"),
+                ok(),
+            ),
+            (
+                "agent in a cgroup namespace, caller a Guaranteed pod (starts at the pod slice)",
+                format!("0::/../../../kubepods-pod{u}.slice/cri-containerd-{CID}.scope\n"),
+                ok(),
+            ),
+            (
+                "agent in a cgroup namespace, cgroupfs driver, starting at the QoS level",
+                format!("0::/../../besteffort/pod{UID}/{CID}\n"),
+                ok(),
+            ),
+            (
+                "agent in a cgroup namespace, cgroupfs driver, starting at the pod level",
+                format!("0::/../../pod{UID}/{CID}\n"),
+                ok(),
+            ),
+            (
+                "kind node, agent in a cgroup namespace",
+                format!(
+                    "0::/../../../kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{u}.slice/cri-containerd-{CID}.scope\n"
+                ),
+                ok(),
+            ),
+            (
+                "a process in a sub-cgroup of its own container",
+                format!("0::/kubepods/burstable/pod{UID}/{CID}/init.scope\n"),
                 ok(),
             ),
             // ---- negatives ----
+            (
+                "kind node on cgroup v1 without a cgroup namespace (kubepods nested under docker/<id>)",
+                format!("4:memory:/docker/4f1e3c0a/kubepods/besteffort/pod{UID}/{CID}\n"),
+                unanchored(&format!(
+                    "/docker/4f1e3c0a/kubepods/besteffort/pod{UID}/{CID}"
+                )),
+            ),
             (
                 "host process in a login session",
                 "0::/user.slice/user-1000.slice/session-2.scope\n".into(),
@@ -284,14 +622,14 @@ mod tests {
                 }),
             ),
             (
-                "malformed pod uid is not a pod",
+                "malformed pod uid under the kubelet root",
                 format!("0::/kubepods/besteffort/pod{}/{CID}\n", &UID[..35]),
-                Ok(None),
+                unanchored(&format!("/kubepods/besteffort/pod{}/{CID}", &UID[..35])),
             ),
             (
                 "pod-looking segment outside any kubepods hierarchy",
                 format!("0::/system.slice/pod{UID}/{CID}\n"),
-                Ok(None),
+                unanchored(&format!("/system.slice/pod{UID}/{CID}")),
             ),
             (
                 "v1 hierarchies naming two different containers",
@@ -307,6 +645,229 @@ mod tests {
         for (name, contents, want) in cases {
             assert_eq!(parse(&contents), want, "{name}:\n{contents}");
         }
+    }
+
+    /// An unprivileged user may create cgroups in its systemd-delegated subtree,
+    /// named as it likes, and move its own processes there; a pod's UID and container
+    /// id are readable by anyone who can read a process of that pod. None of these
+    /// shapes may give the victim pod's identity.
+    #[test]
+    fn cgroup_paths_imitating_a_pod_are_refused() {
+        let u = UID.replace('-', "_");
+        let delegated = "/user.slice/user-1000.slice/user@1000.service";
+        let cases: Vec<(&str, String)> = vec![
+            (
+                "v2, cgroupfs layout inside a delegated subtree",
+                format!("0::{delegated}/x/kubepods/besteffort/pod{UID}/{CID}\n"),
+            ),
+            (
+                "v2, systemd layout inside a delegated subtree",
+                format!(
+                    "0::{delegated}/app.slice/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{CID}.scope\n"
+                ),
+            ),
+            (
+                "v2, read by an agent in a cgroup namespace",
+                format!("0::/../../../..{delegated}/kubepods/pod{UID}/{CID}\n"),
+            ),
+            (
+                "v2, delegated subtree with a relative-looking name",
+                format!(
+                    "0::/../../..{delegated}/kubepods-burstable-pod{u}.slice/cri-containerd-{CID}.scope\n"
+                ),
+            ),
+            (
+                "v1, only the name=systemd hierarchy (delegated) imitates the pod",
+                format!(
+                    "4:memory:/user.slice/user-1000.slice\n\
+                     1:name=systemd:{delegated}/kubepods/burstable/pod{UID}/{CID}\n\
+                     0::{delegated}\n"
+                ),
+            ),
+            (
+                "hybrid, only the unified hierarchy (delegated) imitates the pod",
+                format!(
+                    "4:memory:/user.slice/user-1000.slice\n\
+                     1:name=systemd:/user.slice/user-1000.slice/session-2.scope\n\
+                     0::{delegated}/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{CID}.scope\n"
+                ),
+            ),
+            (
+                "nested below a container that is not a pod",
+                format!("0::/system.slice/docker-abc.scope/kubepods/besteffort/pod{UID}/{CID}\n"),
+            ),
+            (
+                "an extra level between the QoS class and the pod",
+                format!("0::/kubepods/besteffort/extra/pod{UID}/{CID}\n"),
+            ),
+            (
+                "a pod slice that does not extend its parent's name",
+                format!(
+                    "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{CID}.scope\n"
+                ),
+            ),
+            (
+                "dot-dot inside the path (the kernel writes it only as a prefix)",
+                format!("0::/kubepods/../kubepods/pod{UID}/{CID}\n"),
+            ),
+        ];
+        for (name, contents) in cases {
+            let got = parse(&contents);
+            assert!(
+                matches!(got, Err(CgroupError::Unanchored { .. })),
+                "{name}: {got:?}\n{contents}"
+            );
+        }
+    }
+
+    // === on disk ===
+
+    fn mkdirs(root: &Path, rel: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let mut dir = root.to_owned();
+        for seg in rel.split('/').filter(|s| !s.is_empty()) {
+            dir.push(seg);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap();
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+        }
+        dir
+    }
+
+    fn v2_root() -> (tempfile::TempDir, CgroupView) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let view = CgroupView {
+            root: dir.path().to_owned(),
+            owner: nix::unistd::geteuid().as_raw(),
+        };
+        (dir, view)
+    }
+
+    fn placed(contents: &str) -> Placement {
+        parse_placement(contents).unwrap().unwrap()
+    }
+
+    #[test]
+    fn the_kubelets_directories_on_disk_pass() {
+        let (_d, view) = v2_root();
+        let path = format!("kubepods/besteffort/pod{UID}/{CID}");
+        mkdirs(&view.root, &path, 0o755);
+        verify(&view, &placed(&format!("0::/{path}\n"))).unwrap();
+        // A process below its container's cgroup: the same check.
+        mkdirs(&view.root, &format!("{path}/sub"), 0o755);
+        verify(&view, &placed(&format!("0::/{path}/sub\n"))).unwrap();
+    }
+
+    #[test]
+    fn a_pod_directory_others_may_write_to_is_refused() {
+        let (_d, view) = v2_root();
+        mkdirs(&view.root, "kubepods/besteffort", 0o755);
+        mkdirs(
+            &view.root,
+            &format!("kubepods/besteffort/pod{UID}/{CID}"),
+            0o775,
+        );
+        let err = verify(
+            &view,
+            &placed(&format!("0::/kubepods/besteffort/pod{UID}/{CID}\n")),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::NotKubelets { dir, .. } if dir.ends_with(format!("pod{UID}"))),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_kubelet_root_owned_by_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "SKIPPED (needs root to chown): a_kubelet_root_owned_by_another_user_is_refused"
+            );
+            return;
+        }
+        let (_d, view) = v2_root();
+        let view = CgroupView { owner: 0, ..view };
+        let container = mkdirs(&view.root, &format!("kubepods/pod{UID}/{CID}"), 0o755);
+        // A delegated subtree: systemd hands the directory itself to the user.
+        let kubepods = view.root.join("kubepods");
+        std::os::unix::fs::chown(&kubepods, Some(1000), Some(1000)).unwrap();
+        let err = verify(&view, &placed(&format!("0::/kubepods/pod{UID}/{CID}\n"))).unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::NotKubelets { dir, reason } if *dir == kubepods && reason.contains("uid 1000")),
+            "{err}"
+        );
+        // The container's own directory may be handed to a user (user-namespaced pods).
+        std::os::unix::fs::chown(&kubepods, Some(0), Some(0)).unwrap();
+        std::os::unix::fs::chown(&container, Some(100_000), Some(100_000)).unwrap();
+        verify(&view, &placed(&format!("0::/kubepods/pod{UID}/{CID}\n"))).unwrap();
+    }
+
+    #[test]
+    fn a_missing_or_linked_cgroup_directory_is_refused() {
+        let (_d, view) = v2_root();
+        let line = format!("0::/kubepods/pod{UID}/{CID}\n");
+        mkdirs(&view.root, &format!("kubepods/pod{UID}"), 0o755);
+        let err = verify(&view, &placed(&line)).unwrap_err();
+        assert!(matches!(err, CgroupError::NotKubelets { .. }), "{err}");
+        // A link to a real pod's directory is not that directory.
+        let elsewhere = mkdirs(&view.root, &format!("real/pod{UID}/{CID}"), 0o755);
+        std::fs::remove_dir_all(view.root.join("kubepods")).unwrap();
+        mkdirs(&view.root, "kubepods", 0o755);
+        std::os::unix::fs::symlink(
+            elsewhere.parent().unwrap(),
+            view.root.join(format!("kubepods/pod{UID}")),
+        )
+        .unwrap();
+        let err = verify(&view, &placed(&line)).unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::NotKubelets { reason, .. } if reason == "not a directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn v1_and_hybrid_hierarchies_are_found_by_controller() {
+        let (_d, view) = v2_root();
+        std::fs::remove_file(view.root.join("cgroup.controllers")).unwrap();
+        mkdirs(&view.root, "unified", 0o755);
+        std::fs::write(view.root.join("unified/cgroup.controllers"), "").unwrap();
+        let path = format!("kubepods/burstable/pod{UID}/{CID}");
+        for hierarchy in ["cpu,cpuacct", "systemd", "unified"] {
+            mkdirs(&view.root, &format!("{hierarchy}/{path}"), 0o755);
+        }
+        let file = format!(
+            "10:cpu,cpuacct:/{path}\n1:name=systemd:/{path}\n0::/{path}\n11:hugetlb:/{path}\n"
+        );
+        // hugetlb is not mounted here: its line cannot be checked, the others are.
+        verify(&view, &placed(&file)).unwrap();
+        std::fs::set_permissions(
+            view.root.join("systemd/kubepods"),
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777),
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(&view, &placed(&file)),
+            Err(CgroupError::NotKubelets { .. })
+        ));
+    }
+
+    #[test]
+    fn a_placement_no_mounted_hierarchy_shows_is_refused_unless_relative() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = CgroupView {
+            root: dir.path().to_owned(),
+            owner: nix::unistd::geteuid().as_raw(),
+        };
+        let err = verify(&view, &placed(&format!("0::/kubepods/pod{UID}/{CID}\n"))).unwrap_err();
+        assert!(matches!(err, CgroupError::NotVisible { .. }), "{err}");
+        // Relative to the agent's cgroup namespace: nothing to look up, the
+        // anchoring in the parser is the check.
+        verify(&view, &placed(&format!("0::/../../pod{UID}/{CID}\n"))).unwrap();
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use cgroup::{CgroupError, PodContainer, parse as parse_cgroup};
+pub use cgroup::{CgroupError, CgroupView, PodContainer, parse as parse_cgroup};
 pub use kubelet::{KubeletClient, KubeletError, KubeletSettings, KubeletTrust};
 
 use super::Selector;
@@ -59,6 +59,9 @@ pub enum K8sAttestError {
     Kubelet(#[from] KubeletError),
 }
 
+/// Where the agent looks for the cgroup hierarchies unless told otherwise.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// Cache and retry timing; see the `[kubernetes]` config section.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheTiming {
@@ -84,6 +87,7 @@ struct Fetched {
 #[derive(Debug)]
 pub struct K8sAttestor {
     proc_root: PathBuf,
+    cgroups: CgroupView,
     kubelet: KubeletClient,
     timing: CacheTiming,
     current: Mutex<Arc<Fetched>>,
@@ -93,15 +97,35 @@ pub struct K8sAttestor {
 }
 
 impl K8sAttestor {
-    /// An attestor reading `proc_root` (`/proc` with `hostPID: true`) and asking `kubelet`.
+    /// An attestor reading `proc_root` (`/proc` with `hostPID: true`) and asking
+    /// `kubelet`, checking callers' cgroups under `/sys/fs/cgroup` (see
+    /// [`K8sAttestor::with_cgroup_root`]).
     pub fn new(proc_root: impl Into<PathBuf>, kubelet: KubeletClient, timing: CacheTiming) -> Self {
         K8sAttestor {
             proc_root: proc_root.into(),
+            cgroups: CgroupView {
+                root: DEFAULT_CGROUP_ROOT.into(),
+                owner: 0,
+            },
             kubelet,
             timing,
             current: Mutex::new(Arc::new(Fetched::default())),
             fetching: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Checks callers' pod cgroups on disk under `root` (`kubernetes.cgroup_root`):
+    /// where the cgroup hierarchies are mounted in the agent's view.
+    pub fn with_cgroup_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.cgroups.root = root.into();
+        self
+    }
+
+    /// Tests run unprivileged or cannot chown: their cgroup trees belong to them.
+    #[cfg(test)]
+    pub(crate) fn with_cgroup_owner(mut self, owner: u32) -> Self {
+        self.cgroups.owner = owner;
+        self
     }
 
     /// From the agent's configuration; reads the CA bundle now.
@@ -139,18 +163,25 @@ impl K8sAttestor {
                 retry_attempts: config.retry_attempts,
                 retry_interval: config.retry_interval,
             },
-        ))
+        )
+        .with_cgroup_root(&config.cgroup_root))
     }
 
     /// Where `pid` runs: `None` outside any pod (a host process).
     ///
-    /// Synchronous and cheap; the caller re-checks afterwards that `pid` still
+    /// Blocking (a `/proc` read and a few `lstat`s under the cgroup root): call it
+    /// off the async workers. The caller re-checks afterwards that `pid` still
     /// names the process it attests (pidfd), as for every other `/proc` read.
     pub fn placement(&self, pid: i32) -> Result<Option<PodContainer>, K8sAttestError> {
         let path = self.proc_root.join(pid.to_string()).join("cgroup");
         let text =
             std::fs::read_to_string(path).map_err(|source| K8sAttestError::Proc { pid, source })?;
-        cgroup::parse(&text).map_err(|source| K8sAttestError::Cgroup { pid, source })
+        let cgroup_err = |source| K8sAttestError::Cgroup { pid, source };
+        let Some(placement) = cgroup::parse_placement(&text).map_err(cgroup_err)? else {
+            return Ok(None);
+        };
+        cgroup::verify(&self.cgroups, &placement).map_err(cgroup_err)?;
+        Ok(Some(placement.pod))
     }
 
     /// The `k8s:*` selectors of the container `pc`.

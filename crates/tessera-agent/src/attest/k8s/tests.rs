@@ -162,11 +162,34 @@ async fn start_kubelet(pods: Pods) -> FakeKubelet {
     }
 }
 
-/// Writes `dir/<pid>/cgroup`.
+/// Writes `dir/<pid>/cgroup`, and makes the cgroup directories its v2 line names
+/// (absolute paths only) in the fake cgroup filesystem beside `dir` (see [`cgroup_root`]).
 fn fake_proc(dir: &Path, pid: i32, cgroup: &str) {
     let d = dir.join(pid.to_string());
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("cgroup"), cgroup).unwrap();
+    let root = cgroup_root(dir);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+    for line in cgroup.lines() {
+        if let Some(path) = line.strip_prefix("0::/")
+            && !path.starts_with("..")
+        {
+            std::fs::create_dir_all(root.join(path)).unwrap();
+        }
+    }
+}
+
+/// The fake cgroup filesystem of the fake `/proc` at `proc`.
+fn cgroup_root(proc: &Path) -> std::path::PathBuf {
+    proc.parent().unwrap().join("cgroup")
+}
+
+/// Where the tests' cgroup trees are, and that they, not root, own them.
+fn with_fake_cgroups(attestor: K8sAttestor, proc: &Path) -> K8sAttestor {
+    attestor
+        .with_cgroup_root(cgroup_root(proc))
+        .with_cgroup_owner(nix::unistd::geteuid().as_raw())
 }
 
 fn containerd_v2(pod: &str, ctr: &str) -> String {
@@ -204,7 +227,8 @@ async fn setup(pods: Pods, token: &str, trust: Option<KubeletTrust>) -> Setup {
         timeout: Duration::from_secs(5),
     })
     .unwrap();
-    let attestor = K8sAttestor::new(dir.path().join("proc"), client, timing());
+    let proc = dir.path().join("proc");
+    let attestor = with_fake_cgroups(K8sAttestor::new(&proc, client, timing()), &proc);
     Setup {
         kubelet,
         dir,
@@ -357,6 +381,70 @@ async fn host_process_gets_no_k8s_selectors_and_costs_no_request() {
     assert!(matches!(err, K8sAttestError::Cgroup { .. }), "{err}");
 }
 
+/// A host user can create cgroups named like the kubelet's in its own delegated
+/// subtree (`user@<uid>.service`), with a listed pod's UID and container id, and
+/// move itself there. It must not get that pod's identity, nor cost a kubelet request.
+#[tokio::test]
+async fn a_caller_in_a_cgroup_imitating_a_listed_pod_gets_no_pod_identity() {
+    let s = setup(two_pods(), TOKEN, None).await;
+    let proc = s.dir.path().join("proc");
+    let delegated = "/user.slice/user-1000.slice/user@1000.service";
+    let u = POD_A.replace('-', "_");
+    let shapes = [
+        format!("0::{delegated}/x/kubepods/besteffort/pod{POD_A}/{CTR_A}\n"),
+        format!(
+            "0::{delegated}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{CTR_A}.scope\n"
+        ),
+        format!(
+            "1:name=systemd:{delegated}/kubepods/pod{POD_A}/{CTR_A}\n0::/user.slice/user-1000.slice/session-2.scope\n"
+        ),
+    ];
+    for (pid, cgroup) in (90..).zip(&shapes) {
+        fake_proc(&proc, pid, cgroup);
+        let err = s.attestor.selectors(pid).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                K8sAttestError::Cgroup {
+                    source: CgroupError::Unanchored { .. },
+                    ..
+                }
+            ),
+            "{cgroup}: {err}"
+        );
+    }
+    assert_eq!(s.kubelet.requests.load(Ordering::SeqCst), 0);
+}
+
+/// The kubelet's layout, at the top of the hierarchy, but on disk a directory on the
+/// way is not root's alone (here: writable by others, as a delegated one would be):
+/// refused, whatever the names say.
+#[tokio::test]
+async fn a_pod_cgroup_not_made_by_root_on_disk_gives_no_pod_identity() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(two_pods(), TOKEN, None).await;
+    let proc = s.dir.path().join("proc");
+    fake_proc(&proc, 95, &containerd_v2(POD_A, CTR_A));
+    assert!(!s.attestor.selectors(95).await.unwrap().is_empty());
+    let qos = cgroup_root(&proc).join("kubepods.slice/kubepods-besteffort.slice");
+    std::fs::set_permissions(&qos, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = s.attestor.selectors(95).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            K8sAttestError::Cgroup {
+                source: CgroupError::NotKubelets { dir, .. },
+                ..
+            } if *dir == qos
+        ),
+        "{err}"
+    );
+    // A pod cgroup that is not there (the agent looks at another filesystem) is refused too.
+    std::fs::remove_dir_all(cgroup_root(&proc).join("kubepods.slice")).unwrap();
+    let err = s.attestor.selectors(95).await.unwrap_err();
+    assert!(matches!(err, K8sAttestError::Cgroup { .. }), "{err}");
+}
+
 #[tokio::test]
 async fn wrong_token_is_refused_by_the_kubelet_and_the_caller_denied() {
     let s = setup(two_pods(), "not-the-token", None).await;
@@ -455,7 +543,10 @@ async fn composed_attestation_is_unix_selectors_plus_k8s_selectors() {
     .unwrap();
     let attestor = Attestor::new(
         UnixAttestor::new(&proc),
-        Some(K8sAttestor::new(&proc, kubelet, timing())),
+        Some(with_fake_cgroups(
+            K8sAttestor::new(&proc, kubelet, timing()),
+            &proc,
+        )),
     );
     let peer = |pid| PeerInfo {
         conn_id: 1,
@@ -465,6 +556,9 @@ async fn composed_attestation_is_unix_selectors_plus_k8s_selectors() {
         pidfd: None,
         pidfd_from_kernel: false,
     };
+    // `unix:path` names a file the agent itself sees: a real one, in the test's directory.
+    let runtime = s.dir.path().join("runtime");
+    std::fs::write(&runtime, "#!/bin/sh\n").unwrap();
     for (pid, cgroup) in [
         (80, containerd_v2(POD_A, CTR_A)),
         (
@@ -475,12 +569,12 @@ async fn composed_attestation_is_unix_selectors_plus_k8s_selectors() {
         let d = proc.join(pid.to_string());
         fake_proc(&proc, pid, &cgroup);
         std::fs::write(d.join("status"), "Name:\truntime\nGroups:\t\n").unwrap();
-        std::os::unix::fs::symlink("/usr/local/bin/runtime", d.join("exe")).unwrap();
+        std::os::unix::fs::symlink(&runtime, d.join("exe")).unwrap();
     }
     let att = attestor.attest(&peer(80), Needs::default()).await.unwrap();
     assert!(att.satisfies([
         "unix:uid:1000",
-        "unix:path:/usr/local/bin/runtime",
+        &format!("unix:path:{}", runtime.display()),
         "k8s:ns:agents",
         "k8s:sa:code-reviewer"
     ]));
