@@ -34,7 +34,7 @@ pub use claims::{
 pub use error::IdError;
 pub use id::{ClientId, IdKind, ServerId, TaskSpiffeId, TesseraId};
 pub use name::{ClientName, MAX_NAME_LEN, ServerName};
-pub use scope::{MAX_RESOURCE_PATTERN_LEN, Scope, ScopeError, ScopeKind, ScopeSet};
+pub use scope::{MAX_RESOURCE_PATTERN_LEN, Scope, ScopeError, ScopeKind, ScopeSet, UnsafeShape};
 pub use spiffe_id::{MAX_SPIFFE_ID_LEN, validate_spiffe_id};
 pub use svid::{LeafSvid, ProfileError, ca_path_len, check_leaf_svid, check_signing_cert};
 pub use task_id::TaskId;
