@@ -54,11 +54,10 @@ enum TrustDomainPolicy {
 ///
 /// One naming another trust domain than the leaf's is always refused (see
 /// [`tessera_identity::check_intermediate`]); this decides about one naming none.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum IntermediatePolicy {
     /// Accept intermediates without a SPIFFE ID, as a corporate PKI issues them to an
     /// agent in upstream mode.
-    #[default]
     AllowUnnamed,
     /// Every intermediate must carry `spiffe://<td>` of the leaf's trust domain.
     RequireNamed,
