@@ -436,3 +436,35 @@ async fn a_thousand_open_svid_streams_are_all_served_and_a_new_caller_still_is()
     drop(open);
     still_serves(&mut agent).await;
 }
+
+/// Issue 13: free text from a socket (here a consent's subject, from the admin API) is
+/// logged quoted and escaped, so a line break in it cannot start a log line of its own.
+#[tokio::test]
+async fn a_line_break_in_a_consent_subject_cannot_forge_an_agent_log_line() {
+    let agent = TestAgent::start("").await.unwrap();
+    let subject = "alice@acme.corp\nFORGED-SUBJECT INFO tessera_agent::tasks: task begun";
+    agent
+        .grant(
+            "code-reviewer",
+            subject,
+            "github",
+            &["github/tool/get_pull_request"],
+        )
+        .await
+        .unwrap();
+    let log = agent.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("FORGED-SUBJECT"))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "the grant is logged with its subject:\n{log}"
+    );
+    for line in lines {
+        assert!(
+            line.contains("consent granted"),
+            "the subject started a line of its own: {line:?}"
+        );
+    }
+}

@@ -538,3 +538,180 @@ async fn the_agent_runtime_binary_runs_a_task_end_to_end() {
     assert_eq!(doc["error"]["stage"], "begin_task");
     assert_eq!(doc["error"]["detail"]["code"], "PermissionDenied");
 }
+
+/// An upstream PKI shared by two trust domains: a root (no SPIFFE ID) in PEM, and
+/// intermediates for `e2e.test` and `evil.test` signed by it, each with its key.
+struct SharedUpstream {
+    root_pem: String,
+    root: rustls_pki_types::CertificateDer<'static>,
+    own: (rcgen::Issuer<'static, rcgen::KeyPair>, String, String),
+    evil: (
+        rcgen::Issuer<'static, rcgen::KeyPair>,
+        rustls_pki_types::CertificateDer<'static>,
+    ),
+}
+
+fn shared_upstream() -> SharedUpstream {
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+    let now = OffsetDateTime::now_utc();
+    let ca = |cn: &str, uri: Option<&str>, path_len: Option<u8>| {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = uri
+            .map(|u| SanType::URI(u.try_into().unwrap()))
+            .into_iter()
+            .collect();
+        p.is_ca = IsCa::Ca(path_len.map_or(BasicConstraints::Unconstrained, |n| {
+            BasicConstraints::Constrained(n)
+        }));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.use_authority_key_identifier_extension = true;
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::hours(2);
+        p
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root_params = ca("Corporate Root", None, None);
+    let root_cert = root_params.self_signed(&root_key).unwrap();
+    let root = rcgen::Issuer::new(root_params, root_key);
+    let intermediate = |td: &str| {
+        let key = KeyPair::generate().unwrap();
+        let params = ca(
+            &format!("{td} CA"),
+            Some(&format!("spiffe://{td}")),
+            Some(0),
+        );
+        let cert = params.signed_by(&key, &root).unwrap();
+        let key_pem = key.serialize_pem();
+        (rcgen::Issuer::new(params, key), cert, key_pem)
+    };
+    let (own, own_cert, own_key) = intermediate(TRUST_DOMAIN);
+    let (evil, evil_cert, _) = intermediate("evil.test");
+    SharedUpstream {
+        root_pem: root_cert.pem(),
+        root: root_cert.der().clone(),
+        own: (own, own_cert.pem(), own_key),
+        evil: (evil, evil_cert.der().clone()),
+    }
+}
+
+/// Issue 13: an agent in upstream mode, its intermediate from a PKI whose root also
+/// signed another trust domain's. That domain's CA mints a task SVID of this one, with
+/// the genuine claims of a live task: the example server refuses it at the handshake,
+/// while the same SVID from this domain's intermediate is served.
+#[tokio::test]
+async fn another_trust_domains_intermediate_under_a_shared_root_is_refused() {
+    let pki = shared_upstream();
+    let files = tempfile::tempdir().unwrap();
+    let path = |name: &str, text: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (cert, key, bundle) = (
+        path("int.pem", &pki.own.1),
+        path("int.key", &pki.own.2),
+        path("root.pem", &pki.root_pem),
+    );
+    std::fs::set_permissions(
+        &key,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
+    let agent = tessera_e2e::TestAgent::start(&format!(
+        "[ca]\nmode = \"upstream\"\nupstream_cert = \"{}\"\nupstream_key = \"{}\"\n\
+         upstream_bundle = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        bundle.display()
+    ))
+    .await
+    .unwrap();
+    agent.register_self("code-reviewer").await.unwrap();
+    support::register_server(&agent, "github", &bin(support::SERVER_BIN))
+        .await
+        .unwrap();
+    let consent = support::grant(&agent, "code-reviewer", support::CONSENTED)
+        .await
+        .unwrap();
+    let server = support::McpServer::start(&agent, "upstream", Trust::Workload, &[])
+        .await
+        .unwrap();
+    let env = Env {
+        agent,
+        server,
+        consent,
+    };
+    // The agent's own chain: leaf, then its upstream intermediate; served as usual.
+    let (_w, task, cred) = begin(&env, &["github/tool/get_pull_request"]).await;
+    assert_eq!(cred.chain.len(), 2, "leaf + upstream intermediate");
+    let conn = connect(&env, &cred).await;
+    let out = conn
+        .call(
+            "get_pull_request",
+            args(json!({"repo": "acme/api", "number": 1})),
+        )
+        .await;
+    assert!(out.is_ok(), "{out:?}");
+    conn.close().await;
+
+    let claims_der = tessera_identity::check_leaf_svid(cred.chain[0].as_ref())
+        .unwrap()
+        .claims
+        .unwrap()
+        .to_der();
+    let tls = |chain, key| {
+        let expected = format!("spiffe://{TRUST_DOMAIN}/mcp/github")
+            .parse()
+            .unwrap();
+        let mut cfg =
+            tessera_verify::tls::client_config(&expected, [pki.root.clone()], chain, key).unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg
+    };
+    // Control: minted with this domain's intermediate, the copy is served, so the
+    // refusal below is about the intermediate alone.
+    let mut own = mint(&Leaf {
+        claims_der: Some(claims_der.clone()),
+        ..Leaf::new(&task.spiffe_id, &pki.own.0)
+    })
+    .unwrap();
+    own.chain.push(cred.chain[1].clone());
+    let conn = McpConnection::connect(&env.server.url, tls(own.chain, own.key))
+        .await
+        .expect("this domain's intermediate");
+    conn.close().await;
+
+    let mut forged = mint(&Leaf {
+        claims_der: Some(claims_der),
+        ..Leaf::new(&task.spiffe_id, &pki.evil.0)
+    })
+    .unwrap();
+    forged.chain.push(pki.evil.1.clone());
+    let refused = McpConnection::connect(&env.server.url, tls(forged.chain, forged.key)).await;
+    if let Ok(conn) = refused {
+        let out = conn
+            .call(
+                "get_pull_request",
+                args(json!({"repo": "acme/api", "number": 1})),
+            )
+            .await;
+        panic!("evil.test's CA minted an e2e.test task the server accepted; a call: {out:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !env
+        .server
+        .log_text()
+        .contains("IntermediateForeignTrustDomain")
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        env.server
+            .log_text()
+            .contains("IntermediateForeignTrustDomain"),
+        "{}",
+        env.server.log_text()
+    );
+}

@@ -361,7 +361,7 @@ impl Admin for AdminService {
             )
             .await
             .map_err(store_status)?;
-        tracing::info!(consent = %consent.id, client = %consent.client, subject = %consent.subject, server = %consent.server, scopes = ?consent.scopes, expires_at, %actor, "consent granted");
+        tracing::info!(consent = %consent.id, client = %consent.client, subject = consent.subject.as_str(), server = %consent.server, scopes = ?consent.scopes, expires_at, %actor, "consent granted");
         Ok(Response::new(consent_to_proto(consent)))
     }
 

@@ -124,7 +124,7 @@ impl Authority {
                 cert_chain,
                 key,
                 bundle,
-            } => load_upstream(cert_chain, key, bundle)?,
+            } => load_upstream(&config.trust_domain, cert_chain, key, bundle)?,
         };
         let bundle = Arc::new(make_bundle(&config.trust_domain, &set, now));
         let (bundle_tx, _) = watch::channel(bundle);
@@ -437,7 +437,12 @@ fn trust_domain_matches(cert_der: &[u8], td: &TrustDomain) -> bool {
         .any(|n| matches!(n, GeneralName::URI(u) if *u == td.id_string()))
 }
 
-fn load_upstream(cert_chain: &Path, key: &Path, bundle: &Path) -> Result<CaSet, AuthorityError> {
+fn load_upstream(
+    td: &TrustDomain,
+    cert_chain: &Path,
+    key: &Path,
+    bundle: &Path,
+) -> Result<CaSet, AuthorityError> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let mut chain = pem::read_certs(cert_chain)?;
     let roots = pem::read_certs(bundle)?;
@@ -478,6 +483,24 @@ fn load_upstream(cert_chain: &Path, key: &Path, bundle: &Path) -> Result<CaSet, 
             break;
         }
         subject = issuers.remove(0);
+    }
+    // Verifiers refuse chains whose intermediates name another trust domain (under a
+    // shared upstream root, that is how one domain's CA is told from another's), so a
+    // mixed-up file is refused here, at start, rather than at every handshake.
+    let misfit = |e: tessera_identity::ProfileError| {
+        AuthorityError::UpstreamCa(format!("the upstream CA chain does not fit {td}: {e}"))
+    };
+    let issuing = tessera_identity::check_intermediate(&cert_der, td).map_err(misfit)?;
+    for der in &chain {
+        tessera_identity::check_intermediate(der, td).map_err(misfit)?;
+    }
+    if issuing == tessera_identity::CaBinding::Unnamed {
+        tracing::warn!(
+            trust_domain = %td,
+            "the upstream CA certificate carries no SPIFFE ID (URI SAN spiffe://<trust domain>): \
+             verifiers cannot tell it from another trust domain's CA under the same root \
+             unless that root is in this trust domain's bundle only"
+        );
     }
     let (_, na) = validity(&cert_der).map_err(AuthorityError::UpstreamCa)?;
     if na <= OffsetDateTime::now_utc().unix_timestamp() {

@@ -286,12 +286,15 @@ fn svid_never_outlives_the_ca() {
     assert!(svid.not_after_unix <= auth.active_ca_not_after());
 }
 
-/// Builds an upstream root and an intermediate signed by it, in PEM files.
+/// Builds an upstream root and an intermediate signed by it (with `uris` as its URI
+/// SANs), in PEM files.
 fn upstream_files(
     dir: &std::path::Path,
+    uris: &[&str],
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
     };
     let root_key = KeyPair::generate().unwrap();
     let mut root = CertificateParams::default();
@@ -308,6 +311,10 @@ fn upstream_files(
         .push(DnType::CommonName, "Tessera Intermediate");
     int.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     int.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    int.subject_alt_names = uris
+        .iter()
+        .map(|u| SanType::URI((*u).try_into().unwrap()))
+        .collect();
     let int_cert = int.signed_by(&int_key, &root_issuer).unwrap();
 
     let cert = dir.join("int.pem");
@@ -323,7 +330,7 @@ fn upstream_files(
 #[test]
 fn upstream_intermediate_signs_and_chain_includes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, bundle) = upstream_files(dir.path());
+    let (cert, key, bundle) = upstream_files(dir.path(), &[]);
     let mut cfg = config(dir.path());
     cfg.mode = CaMode::Upstream {
         cert_chain: cert,
@@ -352,9 +359,9 @@ fn upstream_intermediate_signs_and_chain_includes_it() {
 #[test]
 fn upstream_with_wrong_key_or_foreign_root_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, bundle) = upstream_files(dir.path());
+    let (cert, key, bundle) = upstream_files(dir.path(), &[]);
     let other = tempfile::tempdir().unwrap();
-    let (_, other_key, other_bundle) = upstream_files(other.path());
+    let (_, other_key, other_bundle) = upstream_files(other.path(), &[]);
 
     let mut cfg = config(dir.path());
     cfg.mode = CaMode::Upstream {
@@ -377,4 +384,39 @@ fn upstream_with_wrong_key_or_foreign_root_is_refused() {
         Authority::open(cfg).unwrap_err(),
         AuthorityError::UpstreamCa(_)
     ));
+}
+
+/// Issue 13: an upstream intermediate naming another trust domain would be refused by
+/// every verifier; the agent refuses it at start, and accepts its own domain's name.
+#[test]
+fn upstream_intermediate_naming_another_trust_domain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, bundle) = upstream_files(dir.path(), &["spiffe://evil.example"]);
+    let mut cfg = config(dir.path());
+    cfg.mode = CaMode::Upstream {
+        cert_chain: cert,
+        key,
+        bundle,
+    };
+    let err = Authority::open(cfg).unwrap_err();
+    assert!(
+        matches!(&err, AuthorityError::UpstreamCa(m) if m.contains("evil.example")),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, bundle) = upstream_files(dir.path(), &["spiffe://acme.corp"]);
+    let mut cfg = config(dir.path());
+    cfg.mode = CaMode::Upstream {
+        cert_chain: cert,
+        key,
+        bundle,
+    };
+    let auth = Authority::open(cfg).unwrap();
+    let svid = auth.issue(&spec("spiffe://acme.corp/client/a")).unwrap();
+    let td = td();
+    assert_eq!(
+        tessera_identity::check_intermediate(&svid.chain_der[1], &td),
+        Ok(tessera_identity::CaBinding::Named)
+    );
 }

@@ -13,7 +13,7 @@ pub use driver::{Mutator, run_for};
 
 use std::str::FromStr;
 
-use tessera_identity::{Scope, TaskClaims, TesseraId};
+use tessera_identity::{Scope, ScopeKind, TaskClaims, TesseraId};
 
 /// SPIFFE and Tessera ID parsing: never panics; what parses prints back identically.
 pub fn fuzz_id(data: &[u8]) {
@@ -28,7 +28,9 @@ pub fn fuzz_id(data: &[u8]) {
     }
 }
 
-/// Scope parsing: what parses prints back identically and covers itself.
+/// Scope parsing: what parses prints back identically and covers itself; and the
+/// input, as a resource target, gets past a `file:///handbook/*` prefix only without
+/// the shapes a file server could read as a path outside `/handbook/`.
 pub fn fuzz_scope(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
@@ -36,6 +38,23 @@ pub fn fuzz_scope(data: &[u8]) {
     if let Ok(scope) = Scope::from_str(s) {
         assert_eq!(scope.to_string(), s, "Scope must round-trip exactly");
         assert!(scope.covers(&scope), "a scope covers itself");
+    }
+    let handbook: Scope = "docs/resource/file:///handbook/*"
+        .parse()
+        .expect("static scope");
+    if handbook.permits(handbook.server(), ScopeKind::Resource, s) {
+        // A naive restatement of the rules in tessera-identity's scope docs, so a
+        // mistake in their implementation shows up here.
+        let path = s.split(['?', '#']).next().unwrap_or(s);
+        let path = path.strip_prefix("file://").expect("the prefix matched");
+        assert!(!path.contains("//"), "empty segment in {s:?}");
+        let lower = s.to_ascii_lowercase();
+        for bad in [
+            "%2e", "%2f", "%5c", "%25", "\\", "/../", "/./", "/..;", "/.;",
+        ] {
+            assert!(!lower.contains(bad), "{bad} in {s:?}");
+        }
+        assert!(!path.ends_with("/..") && !path.ends_with("/."), "{s:?}");
     }
 }
 
@@ -140,6 +159,12 @@ pub mod seeds {
             "github/tool/get_*",
             "docs/resource/file:///handbook/*",
             "github/prompt/review",
+            // Resource targets, near the shapes a handbook prefix must refuse.
+            "file:///handbook/a/b.md?x=1",
+            "file:///handbook/a%20b/c",
+            "file:///handbook/..;/etc/passwd",
+            "file:///handbook//etc/passwd",
+            "file:///handbook/%252e%252e/etc",
         ]
         .iter()
         .map(|s| s.as_bytes().to_vec())

@@ -7,7 +7,8 @@
 //!   each parsing exactly what it prints; [`validate_spiffe_id`] for the generic SPIFFE rules.
 //! * [`Scope`], [`ScopeSet`]: which MCP operations a task may use.
 //! * [`TaskClaims`]: the DER task-claims extension of a task SVID.
-//! * [`check_leaf_svid`], [`check_signing_cert`]: X.509-SVID profile checks.
+//! * [`check_leaf_svid`], [`check_signing_cert`], [`check_intermediate`]: X.509-SVID
+//!   profile checks.
 //!
 //! The crate is pure: no I/O, no async, no clock (except [`TaskId::new`], which reads the
 //! system time to mint a ULID). Validity windows are returned for callers to compare with
@@ -35,9 +36,12 @@ pub use claims::{
 pub use error::IdError;
 pub use id::{ClientId, IdKind, ServerId, TaskSpiffeId, TesseraId};
 pub use name::{ClientName, MAX_NAME_LEN, ServerName};
-pub use scope::{MAX_RESOURCE_PATTERN_LEN, Scope, ScopeError, ScopeKind, ScopeSet};
+pub use scope::{MAX_RESOURCE_PATTERN_LEN, Scope, ScopeError, ScopeKind, ScopeSet, UnsafeShape};
 pub use spiffe_id::{MAX_SPIFFE_ID_LEN, validate_spiffe_id};
-pub use svid::{LeafSvid, ProfileError, ca_path_len, check_leaf_svid, check_signing_cert};
+pub use svid::{
+    CaBinding, LeafSvid, ProfileError, ca_path_len, check_intermediate, check_leaf_svid,
+    check_signing_cert,
+};
 pub use task_id::TaskId;
 pub use trust_domain::{MAX_TRUST_DOMAIN_LEN, TrustDomain};
 

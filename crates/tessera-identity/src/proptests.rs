@@ -18,8 +18,37 @@ fn task_id() -> impl Strategy<Value = TaskId> {
 
 fn scope_string() -> impl Strategy<Value = String> {
     let named = prop_oneof![Just("*".to_owned()), "[a-zA-Z0-9._-]{1,128}\\*?",];
-    // Printable ASCII except space and '*', then an optional trailing '*'.
-    let resource = prop_oneof![Just("*".to_owned()), "[!-)+-~]{1,200}\\*?"];
+    // A URI of printable ASCII without space, `*`, `%` or `\` (`?` only to start the
+    // query, no `#`): scheme, an optional authority, path segments that are neither empty nor
+    // dot segments, an optional query; then an optional trailing '*'. The shapes a
+    // resource pattern may not have are tested case by case in `scope.rs`.
+    let segment = "[!-\"$&-)+-.0->@-\\[\\]-~]{1,20}".prop_filter("dot segment", |s| {
+        let bare = s.split(';').next().unwrap_or(s);
+        bare != "." && bare != ".."
+    });
+    let uri = (
+        "[a-z][a-z0-9+.-]{0,7}",
+        prop::option::of("[a-z0-9-]{0,12}"),
+        prop::collection::vec(segment, 0..6),
+        prop::option::of("[a-zA-Z0-9=&:/]{0,16}"),
+        "\\*?",
+    )
+        .prop_map(|(scheme, authority, segments, query, star)| {
+            let mut uri = format!("{scheme}:");
+            if let Some(authority) = authority {
+                uri.push_str(&format!("//{authority}"));
+            }
+            for segment in segments {
+                uri.push('/');
+                uri.push_str(&segment);
+            }
+            if let Some(query) = query {
+                uri.push('?');
+                uri.push_str(&query);
+            }
+            uri + &star
+        });
+    let resource = prop_oneof![Just("*".to_owned()), uri];
     prop_oneof![
         (name(), prop_oneof![Just("tool"), Just("prompt")], named)
             .prop_map(|(s, k, p)| format!("{s}/{k}/{p}")),

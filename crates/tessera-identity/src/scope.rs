@@ -13,10 +13,22 @@
 //! Examples: `github/tool/get_pull_request`, `github/tool/*`, `github/tool/get_*`,
 //! `docs/resource/file:///handbook/*`, `github/prompt/review`.
 //!
-//! Resource prefixes are matched on the raw string; to keep `file:///handbook/*` from
-//! reaching `file:///handbook/../secrets`, a prefix never permits a target with a `.` or
-//! `..` path segment, a backslash, or a percent-encoded `.`, `/` or `\`. Exact patterns
-//! match only the identical string.
+//! Resource prefixes are matched on the raw string, and a resource server may normalize or
+//! decode the URI it is asked for before it opens anything. So that `file:///handbook/*`
+//! cannot reach outside `/handbook/` whatever the server does with the URI, a resource
+//! URI (every resource pattern, at parse time, and every target a prefix is asked to
+//! permit) must not have a shape that reads as another path after normalization or
+//! decoding ([`UnsafeShape`]):
+//!
+//! * an empty path segment (`//` after the authority): `file:///handbook//etc/passwd`,
+//!   which `Path::join` and many file servers read as `/etc/passwd`;
+//! * a `.` or `..` segment, also with `;` parameters (`..;`, read as `..` by servlet
+//!   containers), anywhere in the URI, query included;
+//! * a backslash (a separator on Windows and to some URL parsers);
+//! * a percent-encoded `.`, `/` or `\` (`%2e`, `%2f`, `%5c`, any case), an encoded `%`
+//!   (`%25`: decoded twice, `%252e` is a `.`), or a `%` not followed by two hex digits.
+//!
+//! Exact patterns match only the identical string.
 
 use std::fmt;
 use std::str::FromStr;
@@ -87,6 +99,35 @@ pub enum ScopeError {
         /// Byte offset of the `*` within the pattern.
         index: usize,
     },
+    /// A resource pattern has a shape a resource server may read as another path (see
+    /// the module docs).
+    #[error("resource pattern has {shape} at byte {index}")]
+    UnsafeResource {
+        /// What is wrong.
+        shape: UnsafeShape,
+        /// Byte offset within the pattern.
+        index: usize,
+    },
+}
+
+/// A shape of resource URI that a resource server may normalize or decode into another
+/// path than the one a prefix names; refused in resource patterns and in the targets
+/// a prefix permits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UnsafeShape {
+    /// An empty path segment (`//` after the authority).
+    EmptySegment,
+    /// A `.` or `..` segment, also with `;` parameters (`..;`).
+    DotSegment,
+    /// A backslash.
+    Backslash,
+    /// A percent-encoded `.`, `/` or `\`.
+    EncodedDotOrSeparator,
+    /// A percent-encoded `%` (double encoding).
+    EncodedPercent,
+    /// A `%` not followed by two hex digits.
+    MalformedEscape,
 }
 
 /// One permission: an exact MCP operation target or a prefix of targets, on one server.
@@ -138,6 +179,28 @@ impl fmt::Display for ScopeKind {
     }
 }
 
+// === impl UnsafeShape ===
+
+impl UnsafeShape {
+    /// A short description, used in error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EmptySegment => "an empty path segment (`//`)",
+            Self::DotSegment => "a `.` or `..` segment",
+            Self::Backslash => "a backslash",
+            Self::EncodedDotOrSeparator => "a percent-encoded `.`, `/` or `\\`",
+            Self::EncodedPercent => "a percent-encoded `%` (double encoding)",
+            Self::MalformedEscape => "a `%` not followed by two hex digits",
+        }
+    }
+}
+
+impl fmt::Display for UnsafeShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 // === impl Scope ===
 
 impl Scope {
@@ -178,8 +241,8 @@ impl Scope {
     ///
     /// An exact pattern permits only the identical target. A prefix pattern permits every
     /// target that starts with the prefix and is well-formed for the kind; for resources
-    /// it also refuses targets with dot segments or encoded separators (see the module
-    /// docs), so a prefix cannot be escaped by path traversal.
+    /// it also refuses targets of an [`UnsafeShape`] (see the module docs), so a prefix
+    /// cannot be escaped by path traversal, empty segments or double decoding.
     pub fn permits(&self, server: &ServerName, kind: ScopeKind, target: &str) -> bool {
         if &self.server != server || self.kind != kind {
             return false;
@@ -263,6 +326,14 @@ fn validate_pattern(kind: ScopeKind, pattern: &str) -> Result<(), ScopeError> {
     if let Some((index, ch)) = base.char_indices().find(|&(_, c)| !is_target_char(kind, c)) {
         return Err(ScopeError::InvalidPatternChar { kind, index, ch });
     }
+    // A prefix's base is checked like a whole URI, so it may not end in a `.` or `..`
+    // segment or half an escape either: whatever it is completed with is checked again
+    // at request time, but a pattern should not look like it grants a traversal.
+    if kind == ScopeKind::Resource
+        && let Some((index, shape)) = unsafe_resource_shape(base)
+    {
+        return Err(ScopeError::UnsafeResource { shape, index });
+    }
     Ok(())
 }
 
@@ -289,21 +360,82 @@ fn is_safe_prefix_target(kind: ScopeKind, target: &str) -> bool {
     if target.len() > max || !target.chars().all(|c| is_target_char(kind, c)) {
         return false;
     }
-    if kind != ScopeKind::Resource {
-        return true;
+    kind != ScopeKind::Resource || unsafe_resource_shape(target).is_none()
+}
+
+/// The first shape of `uri` a resource server might read as another path (see the
+/// module docs), with its byte offset.
+fn unsafe_resource_shape(uri: &str) -> Option<(usize, UnsafeShape)> {
+    if let Some(index) = uri.find('\\') {
+        return Some((index, UnsafeShape::Backslash));
     }
-    if target.contains('\\') {
-        return false;
+    if let Some(found) = unsafe_escape(uri) {
+        return Some(found);
     }
-    let lower = target.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c"].iter().any(|enc| lower.contains(enc)) {
-        return false;
+    let (start, end) = path_bounds(uri);
+    if let Some(index) = uri[start..end].find("//") {
+        return Some((start + index, UnsafeShape::EmptySegment));
     }
-    // Dot segments anywhere after the scheme's `//`, and in the query too: a resource
-    // server may normalize either.
-    !target
-        .split(['/', '?', '#'])
-        .any(|segment| segment == "." || segment == "..")
+    // Dot segments anywhere, query and fragment included: a resource server may
+    // normalize any of them. `;` starts path parameters, which servlet containers drop
+    // before normalizing (`..;` is `..` to them).
+    let mut offset = 0;
+    for segment in uri.split(['/', '?', '#']) {
+        let bare = segment.split(';').next().unwrap_or(segment);
+        if bare == "." || bare == ".." {
+            return Some((offset, UnsafeShape::DotSegment));
+        }
+        offset += segment.len() + 1;
+    }
+    None
+}
+
+/// The first percent-escape of `uri` that decodes to `.`, `/`, `\` or `%`, or is not one.
+fn unsafe_escape(uri: &str) -> Option<(usize, UnsafeShape)> {
+    let bytes = uri.as_bytes();
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'%')
+        .find_map(|(index, _)| {
+            let shape = match (hex(bytes.get(index + 1)), hex(bytes.get(index + 2))) {
+                (Some(hi), Some(lo)) => match hi * 16 + lo {
+                    0x2e | 0x2f | 0x5c => UnsafeShape::EncodedDotOrSeparator,
+                    0x25 => UnsafeShape::EncodedPercent,
+                    _ => return None,
+                },
+                _ => UnsafeShape::MalformedEscape,
+            };
+            Some((index, shape))
+        })
+}
+
+/// Byte range of the path of `uri` (RFC 3986 §3): after `scheme:` and, if the URI has
+/// one, the `//authority`; up to the query or fragment. A string without a scheme is
+/// all path up to its query.
+fn path_bounds(uri: &str) -> (usize, usize) {
+    let after_scheme = uri
+        .find(':')
+        .filter(|&colon| {
+            let scheme = &uri[..colon];
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        })
+        .map_or(0, |colon| colon + 1);
+    let start = match uri[after_scheme..].strip_prefix("//") {
+        Some(rest) => {
+            let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            after_scheme + 2 + authority
+        }
+        None => after_scheme,
+    };
+    let end = uri[start..]
+        .find(['?', '#'])
+        .map_or(uri.len(), |index| start + index);
+    (start, end)
 }
 
 // === impl ScopeSet ===
@@ -705,6 +837,121 @@ mod tests {
         }
     }
 
+    /// Issue 13: targets a file server may normalize or decode into a path outside the
+    /// prefix. Each is refused by `file:///handbook/*`, and the same string as a
+    /// pattern is refused at parse time.
+    #[test]
+    fn prefix_refuses_targets_a_server_may_read_as_another_path() {
+        let docs = server("docs");
+        let handbook = scope("docs/resource/file:///handbook/*");
+        let cases = [
+            (
+                "file:///handbook//etc/passwd",
+                UnsafeShape::EmptySegment,
+                16,
+            ),
+            ("file:///handbook/a//b", UnsafeShape::EmptySegment, 18),
+            (
+                "file:///handbook/..;/etc/passwd",
+                UnsafeShape::DotSegment,
+                17,
+            ),
+            ("file:///handbook/.;x/y", UnsafeShape::DotSegment, 17),
+            (
+                "file:///handbook/a/..;jsessionid=1",
+                UnsafeShape::DotSegment,
+                19,
+            ),
+            ("file:///handbook/a?x=1/..", UnsafeShape::DotSegment, 23),
+            (
+                "file:///handbook/%252e%252e/etc",
+                UnsafeShape::EncodedPercent,
+                17,
+            ),
+            ("file:///handbook/%25", UnsafeShape::EncodedPercent, 17),
+            (
+                "file:///handbook/%2E%2e/x",
+                UnsafeShape::EncodedDotOrSeparator,
+                17,
+            ),
+            (
+                "file:///handbook/a%5Cb",
+                UnsafeShape::EncodedDotOrSeparator,
+                18,
+            ),
+            ("file:///handbook/a%2", UnsafeShape::MalformedEscape, 18),
+            ("file:///handbook/a%zz", UnsafeShape::MalformedEscape, 18),
+            ("file:///handbook/%u002e", UnsafeShape::MalformedEscape, 17),
+            ("file:///handbook/..\\x", UnsafeShape::Backslash, 19),
+        ];
+        for (target, shape, index) in cases {
+            assert!(
+                !handbook.permits(&docs, ScopeKind::Resource, target),
+                "{target} must be refused"
+            );
+            assert_eq!(
+                format!("docs/resource/{target}").parse::<Scope>(),
+                Err(ScopeError::UnsafeResource { shape, index }),
+                "{target} as a pattern"
+            );
+        }
+        // Still permitted: the shapes above are refused, not everything near them.
+        for target in [
+            "file:///handbook/a/b.md",
+            "file:///handbook/",
+            "file:///handbook/dir/",
+            "file:///handbook/.hidden",
+            "file:///handbook/...",
+            "file:///handbook/a..b",
+            "file:///handbook/a;v=1",
+            "file:///handbook/caf%C3%A9.md",
+            "file:///handbook/a%20b",
+            "file:///handbook/q?url=https://x.test/y",
+        ] {
+            assert!(
+                handbook.permits(&docs, ScopeKind::Resource, target),
+                "{target} must be permitted"
+            );
+            format!("docs/resource/{target}").parse::<Scope>().unwrap();
+        }
+        // The authority's `//` is no empty segment, with or without a host.
+        for pattern in [
+            "docs/resource/https://docs.test/a/*",
+            "docs/resource/repo://acme/app/*",
+            "docs/resource/urn:isbn:0451450523",
+        ] {
+            scope(pattern);
+        }
+        assert_eq!(
+            "docs/resource/file:////etc/*".parse::<Scope>(),
+            Err(ScopeError::UnsafeResource {
+                shape: UnsafeShape::EmptySegment,
+                index: 7
+            })
+        );
+        // A prefix may not end in a dot segment or half an escape either.
+        for (pattern, shape) in [
+            (
+                "docs/resource/file:///handbook/..*",
+                UnsafeShape::DotSegment,
+            ),
+            ("docs/resource/file:///handbook/.*", UnsafeShape::DotSegment),
+            (
+                "docs/resource/file:///handbook/%2*",
+                UnsafeShape::MalformedEscape,
+            ),
+            (
+                "docs/resource/file:///handbook//*",
+                UnsafeShape::EmptySegment,
+            ),
+        ] {
+            assert!(
+                matches!(pattern.parse::<Scope>(), Err(ScopeError::UnsafeResource { shape: s, .. }) if s == shape),
+                "{pattern}"
+            );
+        }
+    }
+
     #[test]
     fn covers_only_subsets() {
         let cases = [
@@ -729,9 +976,10 @@ mod tests {
                 "docs/resource/file:///a/b/*",
                 true,
             ),
+            // (`file:///a/../b` no longer parses: see the unsafe-shape test.)
             (
                 "docs/resource/file:///a/*",
-                "docs/resource/file:///a/../b",
+                "docs/resource/file:///ab/*",
                 false,
             ),
             (

@@ -164,6 +164,26 @@ pub enum ProfileError {
         /// Client id in the claims.
         claims: ClientId,
     },
+    /// An intermediate CA in a peer's chain names another trust domain than the one it
+    /// is verified for: under a shared upstream root, one trust domain's CA minting
+    /// another's identities.
+    #[error("intermediate CA names trust domain {found:?}, not {expected:?}")]
+    IntermediateForeignTrustDomain {
+        /// The trust domain the chain is verified for (the leaf's).
+        expected: String,
+        /// The SPIFFE ID the intermediate carries.
+        found: String,
+    },
+}
+
+/// How a CA certificate in a peer's chain is bound to the trust domain it is verified
+/// for (see [`check_intermediate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaBinding {
+    /// It carries the trust domain's SPIFFE ID, `spiffe://<td>`.
+    Named,
+    /// It carries no SPIFFE ID, as a CA of a corporate PKI may not.
+    Unnamed,
 }
 
 /// Checks a DER leaf certificate against the X.509-SVID profile and Tessera's claims rules.
@@ -320,6 +340,59 @@ pub fn check_signing_cert(der: &[u8]) -> Result<(), ProfileError> {
         return Err(ProfileError::MissingKeyCertSign);
     }
     Ok(())
+}
+
+/// Checks an intermediate CA certificate a peer presented with its leaf, for a chain
+/// verified against the bundle of `trust_domain` (the leaf's).
+///
+/// Path validation says only that some bundle root signed the intermediate. When trust
+/// domains share an upstream root (each agent given an intermediate of one corporate
+/// PKI), that root signs every domain's intermediates, and the holder of domain B's
+/// could mint domain A's identities. So every SPIFFE ID the intermediate carries (a
+/// `spiffe:` URI SAN, scheme matched case-insensitively) must be exactly
+/// `spiffe://<trust_domain>`, without a path. An intermediate with no SPIFFE ID is
+/// [`CaBinding::Unnamed`]: accepting it is the caller's policy.
+///
+/// Signatures, validity and `cA` are path validation's job (webpki); this only reads
+/// the names.
+///
+/// # Errors
+/// [`ProfileError::Malformed`]/[`ProfileError::TrailingData`] if `der` is not one
+/// certificate, [`ProfileError::InvalidSpiffeId`] or [`ProfileError::SigningCertPath`]
+/// for a malformed SPIFFE ID, [`ProfileError::IntermediateForeignTrustDomain`] for
+/// another trust domain's.
+pub fn check_intermediate(
+    der: &[u8],
+    trust_domain: &TrustDomain,
+) -> Result<CaBinding, ProfileError> {
+    let cert = parse(der)?;
+    let mut binding = CaBinding::Unnamed;
+    for uri in uri_sans(&cert)? {
+        let is_spiffe = uri
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"));
+        if !is_spiffe {
+            continue;
+        }
+        let (td, path) =
+            validate_spiffe_id(uri).map_err(|source| ProfileError::InvalidSpiffeId {
+                uri: uri.to_owned(),
+                source,
+            })?;
+        if !path.is_empty() {
+            return Err(ProfileError::SigningCertPath {
+                spiffe_id: uri.to_owned(),
+            });
+        }
+        if &td != trust_domain {
+            return Err(ProfileError::IntermediateForeignTrustDomain {
+                expected: trust_domain.to_string(),
+                found: uri.to_owned(),
+            });
+        }
+        binding = CaBinding::Named;
+    }
+    Ok(binding)
 }
 
 /// The `pathLenConstraint` of a CA certificate: how many intermediate CAs may follow it

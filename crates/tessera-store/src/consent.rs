@@ -131,7 +131,7 @@ impl Store {
         tracing::info!(
             id = %consent.id,
             client = %consent.client,
-            subject = %consent.subject,
+            subject = consent.subject.as_str(),
             server = %consent.server,
             actor,
             "consent granted"

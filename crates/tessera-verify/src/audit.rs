@@ -221,11 +221,14 @@ pub(crate) fn trace(
         subject = peer.claims().map(|c| c.subject.as_str()).unwrap_or(""),
         server = %server.name,
         method = request.method.as_str(),
-        target = %request.target,
+        // The target (tool name, resource URI) and the detail (which can quote argument
+        // names) come from the peer: recorded as `str`, which text formatters quote and
+        // escape like `subject`, so a `\n` in them cannot end the line and forge another.
+        target = request.target.as_str(),
         decision = if decision.allowed { "allow" } else { "deny" },
         reason = decision.reason.as_str(),
         policy_ids = ?decision.policy_ids,
-        detail = %decision.detail,
+        detail = decision.detail.as_str(),
         latency_us = latency.as_micros() as u64,
         "authorization decision"
     );
@@ -369,14 +372,44 @@ mod tests {
     /// interest against other tests emitting the same event with no subscriber, and
     /// captured nothing; a global subscriber is interested whichever thread comes first.)
     fn captured() -> &'static Captured {
-        static EVENTS: OnceLock<Captured> = OnceLock::new();
-        EVENTS.get_or_init(|| {
+        &installed().0
+    }
+
+    /// Every event of this test binary as `tracing-subscriber`'s text formatter writes
+    /// it (no colours), from the same global subscriber as [`captured`].
+    fn formatted() -> &'static Arc<Mutex<Vec<u8>>> {
+        &installed().1
+    }
+
+    fn installed() -> &'static (Captured, Arc<Mutex<Vec<u8>>>) {
+        static INSTALLED: OnceLock<(Captured, Arc<Mutex<Vec<u8>>>)> = OnceLock::new();
+        INSTALLED.get_or_init(|| {
             let capture = Capture::default();
             let events = Arc::clone(&capture.0);
-            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(capture))
-                .expect("no other test installs a global subscriber");
-            events
+            let text = Arc::new(Mutex::new(Vec::new()));
+            let sink = Arc::clone(&text);
+            let fmt = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || TextSink(Arc::clone(&sink)));
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(capture).with(fmt),
+            )
+            .expect("no other test installs a global subscriber");
+            (events, text)
         })
+    }
+
+    /// Appends formatted events to a shared buffer.
+    struct TextSink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for TextSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     struct Fields<'a>(&'a mut BTreeMap<String, String>);
@@ -427,5 +460,49 @@ mod tests {
         assert_eq!(events[1]["peer"], client.spiffe_id());
         assert_eq!(events[1]["task"], "");
         assert_eq!(events[1]["reason"], "not_a_task");
+    }
+
+    /// Issue 13: a tool name, resource URI or denial detail holding a line break must not
+    /// start a line of its own in a text log, where it could pass for another decision.
+    #[test]
+    fn a_line_break_in_a_target_or_detail_cannot_forge_an_audit_line() {
+        let text = formatted();
+        let log = AuditLog::tracing_only();
+        let server: ServerId = SERVER.parse().unwrap();
+        let peer = task_peer(&["github/tool/*"]);
+        let forged = " decision=\"allow\" reason=\"allowed\"";
+        let cases = [
+            (
+                McpRequest::call_tool(format!("get_pull_request\nFORGED-TOOL{forged}"), None),
+                Decision::deny(Reason::OutOfScope, "out of scope"),
+                "FORGED-TOOL",
+            ),
+            (
+                McpRequest::read_resource(format!("file:///handbook/a\r\nFORGED-URI{forged}")),
+                Decision::deny(Reason::OutOfScope, "out of scope"),
+                "FORGED-URI",
+            ),
+            (
+                McpRequest::call_tool("get_pull_request", None),
+                Decision::deny(
+                    Reason::UnsupportedArguments,
+                    format!("argument a\nFORGED-DETAIL{forged}: float"),
+                ),
+                "FORGED-DETAIL",
+            ),
+        ];
+        for (request, decision, _) in &cases {
+            log.record(&server, &peer, request, decision, Duration::from_micros(1));
+        }
+        let text = String::from_utf8(text.lock().unwrap().clone()).unwrap();
+        for (_, _, marker) in cases {
+            let lines: Vec<&str> = text.lines().filter(|l| l.contains(marker)).collect();
+            assert_eq!(lines.len(), 1, "{marker}: {lines:#?}");
+            assert!(
+                lines[0].contains("authorization decision") && lines[0].contains("peer="),
+                "{marker} started a line of its own: {:?}",
+                lines[0]
+            );
+        }
     }
 }

@@ -18,10 +18,12 @@ pub(crate) fn task_id_str(td: &str) -> String {
     format!("spiffe://{td}/client/code-reviewer/task/{TASK_ULID}")
 }
 
-/// A certificate authority for one trust domain.
+/// A certificate authority for one trust domain: a root, or an intermediate under one.
 pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pub(crate) cert: CertificateDer<'static>,
+    /// What a leaf it signs is sent with: the intermediates up to the root.
+    chain: Vec<CertificateDer<'static>>,
 }
 
 /// Knobs for a leaf.
@@ -50,18 +52,55 @@ impl LeafOpts {
 
 impl Ca {
     pub(crate) fn new(td: &str) -> Self {
+        Self::root(
+            &format!("{td} CA"),
+            vec![SanType::URI(format!("spiffe://{td}").try_into().unwrap())],
+        )
+    }
+
+    /// A root of a corporate PKI: no SPIFFE ID, signs intermediates for trust domains.
+    pub(crate) fn upstream_root() -> Self {
+        Self::root("corporate root", Vec::new())
+    }
+
+    fn root(cn: &str, sans: Vec<SanType>) -> Self {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
         p.distinguished_name = DistinguishedName::new();
-        p.distinguished_name
-            .push(DnType::CommonName, format!("{td} CA"));
-        p.subject_alt_names = vec![SanType::URI(format!("spiffe://{td}").try_into().unwrap())];
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = sans;
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = p.self_signed(&key).unwrap().der().clone();
         Self {
             issuer: Issuer::new(p, key),
             cert,
+            chain: Vec::new(),
+        }
+    }
+
+    /// An intermediate CA signed by this one, with `uris` as its URI SANs.
+    pub(crate) fn intermediate(&self, uris: &[&str]) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::CommonName, format!("intermediate {uris:?}"));
+        p.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&key, &self.issuer).unwrap().der().clone();
+        let chain = std::iter::once(cert.clone())
+            .chain(self.chain.iter().cloned())
+            .collect();
+        Self {
+            issuer: Issuer::new(p, key),
+            cert,
+            chain,
         }
     }
 
@@ -98,7 +137,8 @@ impl Ca {
         }
         let cert = p.signed_by(&key, &self.issuer).unwrap().der().clone();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        (vec![cert], key)
+        let chain = std::iter::once(cert).chain(self.chain.iter().cloned());
+        (chain.collect(), key)
     }
 }
 

@@ -22,7 +22,7 @@ use rustls::{
     RootCertStore, ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tessera_identity::{ServerId, TrustDomain, check_leaf_svid};
+use tessera_identity::{CaBinding, ServerId, TrustDomain, check_intermediate, check_leaf_svid};
 
 use crate::peer::Peer;
 use crate::trust::TrustSource;
@@ -50,6 +50,19 @@ enum TrustDomainPolicy {
     AnyWithBundle,
 }
 
+/// What an intermediate CA a peer presents must say of its trust domain.
+///
+/// One naming another trust domain than the leaf's is always refused (see
+/// [`tessera_identity::check_intermediate`]); this decides about one naming none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IntermediatePolicy {
+    /// Accept intermediates without a SPIFFE ID, as a corporate PKI issues them to an
+    /// agent in upstream mode.
+    AllowUnnamed,
+    /// Every intermediate must carry `spiffe://<td>` of the leaf's trust domain.
+    RequireNamed,
+}
+
 /// Builds the server-side rustls config: a mandatory client certificate that chains to
 /// the bundle of an allowed trust domain and fits the SVID profile, and the own SVID
 /// served from the current trust material.
@@ -57,6 +70,7 @@ enum TrustDomainPolicy {
 pub struct ServerTlsBuilder {
     source: TrustSource,
     policy: TrustDomainPolicy,
+    intermediates: IntermediatePolicy,
 }
 
 // === impl ServerTlsBuilder ===
@@ -67,6 +81,7 @@ impl ServerTlsBuilder {
         Self {
             source,
             policy: TrustDomainPolicy::AllowList(BTreeSet::new()),
+            intermediates: IntermediatePolicy::AllowUnnamed,
         }
     }
 
@@ -85,11 +100,24 @@ impl ServerTlsBuilder {
         self
     }
 
+    /// Refuses a client chain with an intermediate CA that carries no SPIFFE ID.
+    ///
+    /// An intermediate naming another trust domain is refused either way. An unnamed
+    /// one is accepted by default, as upstream PKIs issue them; but when several trust
+    /// domains' intermediates come from one upstream root that is also in a bundle, the
+    /// root signs them all, and only the names tell them apart. Issue intermediates with
+    /// a URI SAN `spiffe://<td>` and require it here.
+    pub fn require_trust_domain_on_intermediates(mut self) -> Self {
+        self.intermediates = IntermediatePolicy::RequireNamed;
+        self
+    }
+
     /// The client-certificate verifier alone (to compose your own `ServerConfig`).
     pub fn client_verifier(&self) -> Arc<SpiffeClientVerifier> {
         Arc::new(SpiffeClientVerifier {
             source: self.source.clone(),
             policy: self.policy.clone(),
+            intermediates: self.intermediates,
             provider: provider(),
         })
     }
@@ -118,11 +146,14 @@ impl ServerTlsBuilder {
 ///
 /// Per handshake: the leaf must fit the SVID profile and be a Tessera client, task (with
 /// claims) or server id ([`Peer::from_leaf_der`]); its trust domain must be the own one or
-/// allowed; then webpki validates the chain against that trust domain's bundle at `now`
-/// (signatures, validity, clientAuth EKU).
+/// allowed; every intermediate presented must name that trust domain or none
+/// ([`ServerTlsBuilder::require_trust_domain_on_intermediates`]); then webpki validates
+/// the chain against that trust domain's bundle only, at `now` (signatures, validity,
+/// clientAuth EKU).
 pub struct SpiffeClientVerifier {
     source: TrustSource,
     policy: TrustDomainPolicy,
+    intermediates: IntermediatePolicy,
     provider: Arc<CryptoProvider>,
 }
 
@@ -130,6 +161,7 @@ impl fmt::Debug for SpiffeClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeClientVerifier")
             .field("policy", &self.policy)
+            .field("intermediates", &self.intermediates)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +174,28 @@ fn refuse(reason: impl std::error::Error + Send + Sync + 'static) -> rustls::Err
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Refusal(String);
+
+/// An intermediate CA without a SPIFFE ID, where one naming the trust domain is required.
+#[derive(Debug, thiserror::Error)]
+#[error("intermediate CA names no trust domain; spiffe://{0} is required")]
+struct UnnamedIntermediate(TrustDomain);
+
+/// Refuses `intermediates` (everything the peer sent after its leaf, whether or not
+/// the path uses it) that name another trust domain than `td`, or, per `policy`, none.
+fn check_intermediates(
+    intermediates: &[CertificateDer<'_>],
+    td: &TrustDomain,
+    policy: IntermediatePolicy,
+) -> Result<(), rustls::Error> {
+    for der in intermediates {
+        match check_intermediate(der.as_ref(), td).map_err(refuse)? {
+            CaBinding::Named => {}
+            CaBinding::Unnamed if policy == IntermediatePolicy::AllowUnnamed => {}
+            CaBinding::Unnamed => return Err(refuse(UnnamedIntermediate(td.clone()))),
+        }
+    }
+    Ok(())
+}
 
 impl ClientCertVerifier for SpiffeClientVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -230,6 +284,8 @@ impl SpiffeClientVerifier {
                 "trust domain {td} is not allowed (own: {own})"
             ))));
         }
+        check_intermediates(intermediates, td, self.intermediates)?;
+        // Anchored in the leaf's own trust domain's bundle, never another allowed one.
         let verifier = material
             .client_verifier(td)
             .ok_or(rustls::Error::InvalidCertificate(
@@ -271,6 +327,8 @@ impl ResolvesServerCert for OwnSvidResolver {
 /// names (SVIDs carry no DNS SAN), so pass any name, e.g. `ServerName::try_from("mcp")`.
 pub struct ExpectedServerVerifier {
     expected: String,
+    trust_domain: TrustDomain,
+    intermediates: IntermediatePolicy,
     roots: Arc<RootCertStore>,
     limits: AnchorLimits,
     provider: Arc<CryptoProvider>,
@@ -306,10 +364,20 @@ impl ExpectedServerVerifier {
         }
         Ok(Self {
             expected: expected.to_string(),
+            trust_domain: expected.trust_domain().clone(),
+            intermediates: IntermediatePolicy::AllowUnnamed,
             roots: Arc::new(roots),
             limits,
             provider: provider(),
         })
+    }
+
+    /// Refuses a server chain with an intermediate CA that carries no SPIFFE ID (see
+    /// [`ServerTlsBuilder::require_trust_domain_on_intermediates`]); one naming another
+    /// trust domain is refused either way.
+    pub fn require_trust_domain_on_intermediates(mut self) -> Self {
+        self.intermediates = IntermediatePolicy::RequireNamed;
+        self
     }
 }
 
@@ -329,6 +397,7 @@ impl ServerCertVerifier for ExpectedServerVerifier {
                 leaf.spiffe_id, self.expected
             ))));
         }
+        check_intermediates(intermediates, &self.trust_domain, self.intermediates)?;
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,

@@ -36,7 +36,8 @@ const DEFAULT_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/gith
 /// Trust comes from the SPIFFE Workload API (the agent issues this server's SVID
 /// spiffe://<td>/mcp/<server-name>) or from PEM files (--bundle, --cert, --key).
 /// Revocations come from the agent's feed on the workload socket; the server starts
-/// listening only once the feed is current.
+/// listening only once the feed is current, and without a socket only with
+/// --dangerous-no-revocation.
 #[derive(Debug, Parser)]
 #[command(name = "tessera-example-mcp-server", version)]
 struct Args {
@@ -99,6 +100,12 @@ struct Args {
     #[arg(long = "allowed-host")]
     allowed_hosts: Vec<String>,
 
+    /// Run without the agent's revocation feed, when there is no workload socket (trust
+    /// from PEM files): a task that ends stays usable here until its SVID expires.
+    /// Without a socket the server refuses to start unless this says so.
+    #[arg(long)]
+    dangerous_no_revocation: bool,
+
     /// Benchmark baseline only: keep mTLS (client certificates still required and
     /// verified) but skip every per-request check (no scopes, revocation, policy,
     /// session binding). Never use this to protect anything.
@@ -132,6 +139,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server_id: ServerId = format!("{}/mcp/{}", td.id_string(), args.server_name)
         .parse()
         .map_err(|e| anyhow::anyhow!("--server-name {:?}: {e}", args.server_name))?;
+
+    // Deny by default: without the feed, EndTask, a consent withdrawal or an admin
+    // revocation would not reach this server, so running so must be asked for.
+    // (The no-authorization baseline checks nothing per request anyway.)
+    match (&args.workload_socket, args.dangerous_no_revocation) {
+        (Some(_), true) => bail!(
+            "--dangerous-no-revocation with a workload socket: the server always follows \
+             the agent's revocation feed when it has one; drop the flag"
+        ),
+        (None, false) if args.bundle.is_some() && !args.dangerous_no_authorization => bail!(
+            "no --workload-socket (or SPIFFE_ENDPOINT_SOCKET), so no revocation feed: tasks \
+             that end would stay usable here until their SVIDs expire. Give the agent's \
+             socket, or pass --dangerous-no-revocation to run so knowingly"
+        ),
+        _ => {}
+    }
 
     // 0. Local files first: a typo in a policy fails at once, not after the
     // wait for an SVID.
@@ -235,7 +258,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => {
             tracing::warn!(
-                "no --workload-socket: no revocation feed, ended tasks stay usable until their SVIDs expire"
+                "--dangerous-no-revocation: no revocation feed, ended tasks stay usable until their SVIDs expire"
             );
             RevocationWatcher::from_static([], [])
         }

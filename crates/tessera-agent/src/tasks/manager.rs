@@ -419,7 +419,7 @@ impl TaskManager {
             .svids_issued
             .get_or_create(&crate::metrics::KindLabel { kind: "task" })
             .inc();
-        tracing::info!(task = %record.id, client = %record.client, subject = %record.subject, server = %record.server, scopes = ?record.scopes, deadline = record.deadline, serial = %svid.serial_hex, "task begun");
+        tracing::info!(task = %record.id, client = %record.client, subject = record.subject.as_str(), server = %record.server, scopes = ?record.scopes, deadline = record.deadline, serial = %svid.serial_hex, "task begun");
         tokio::spawn(Arc::clone(self).watch_task(Arc::clone(live), stop));
     }
 

@@ -469,6 +469,87 @@ fn hostile_signing_certs_are_rejected() {
     }
 }
 
+/// Issue 13: an intermediate is bound to the trust domain its chain is verified for by
+/// the SPIFFE IDs it carries; one naming another trust domain is refused.
+#[test]
+fn intermediates_name_the_trust_domain_or_none() {
+    let td: TrustDomain = "acme.corp".parse().unwrap();
+    assert_eq!(check_intermediate(&der(&ca()), &td), Ok(CaBinding::Named));
+    let mut corporate = ca();
+    corporate.subject_alt_names = vec![
+        uri("https://pki.example.com/ca"),
+        SanType::DnsName("ca.example.com".try_into().unwrap()),
+    ];
+    assert_eq!(
+        check_intermediate(&der(&corporate), &td),
+        Ok(CaBinding::Unnamed)
+    );
+    let mut no_san = ca();
+    no_san.subject_alt_names.clear();
+    assert_eq!(
+        check_intermediate(&der(&no_san), &td),
+        Ok(CaBinding::Unnamed)
+    );
+
+    type Mutate = fn(&mut CertificateParams);
+    let cases: Vec<(&str, Mutate, ProfileError)> = vec![
+        (
+            "another trust domain",
+            |p| p.subject_alt_names = vec![uri("spiffe://evil.example")],
+            ProfileError::IntermediateForeignTrustDomain {
+                expected: "acme.corp".into(),
+                found: "spiffe://evil.example".into(),
+            },
+        ),
+        (
+            "the own and another trust domain",
+            |p| p.subject_alt_names = vec![uri("spiffe://acme.corp"), uri("spiffe://evil.example")],
+            ProfileError::IntermediateForeignTrustDomain {
+                expected: "acme.corp".into(),
+                found: "spiffe://evil.example".into(),
+            },
+        ),
+        (
+            "a parent domain's name",
+            |p| p.subject_alt_names = vec![uri("spiffe://corp")],
+            ProfileError::IntermediateForeignTrustDomain {
+                expected: "acme.corp".into(),
+                found: "spiffe://corp".into(),
+            },
+        ),
+        (
+            "a SPIFFE ID with a path",
+            |p| p.subject_alt_names = vec![uri("spiffe://acme.corp/node/a")],
+            ProfileError::SigningCertPath {
+                spiffe_id: "spiffe://acme.corp/node/a".into(),
+            },
+        ),
+        (
+            "an uppercase scheme",
+            |p| p.subject_alt_names = vec![uri("SPIFFE://evil.example")],
+            ProfileError::InvalidSpiffeId {
+                uri: "SPIFFE://evil.example".into(),
+                source: IdError::WrongScheme {
+                    scheme: "SPIFFE".into(),
+                },
+            },
+        ),
+    ];
+    for (case, mutate, want) in cases {
+        let mut p = ca();
+        mutate(&mut p);
+        assert_eq!(
+            check_intermediate(&der(&p), &td).unwrap_err(),
+            want,
+            "case: {case}"
+        );
+    }
+    assert!(matches!(
+        check_intermediate(b"not a certificate", &td),
+        Err(ProfileError::Malformed { .. })
+    ));
+}
+
 #[test]
 fn leaf_and_signing_checks_do_not_accept_each_other() {
     assert_eq!(

@@ -86,6 +86,124 @@ fn refuses_own_trust_domain_id_signed_by_foreign_ca() {
     assert!(verify(&v, &forged).is_err());
 }
 
+/// Trust domains under one upstream root: the root is acme.corp's bundle, and the
+/// server's own SVID comes through acme.corp's intermediate.
+struct SharedRoot {
+    root: Ca,
+    /// acme.corp's intermediate, named `spiffe://acme.corp`.
+    own: Ca,
+    /// evil.example's intermediate, signed by the same root.
+    evil: Ca,
+    /// An intermediate of the root without any SPIFFE ID (a corporate PKI's).
+    unnamed: Ca,
+    source: TrustSource,
+}
+
+fn shared_root() -> SharedRoot {
+    let root = Ca::upstream_root();
+    let own = root.intermediate(&["spiffe://acme.corp"]);
+    let evil = root.intermediate(&["spiffe://evil.example"]);
+    let unnamed = root.intermediate(&[]);
+    let (chain, key) = own.leaf(LeafOpts::id(SERVER));
+    let mut bundles = BTreeMap::new();
+    bundles.insert(TD.parse().unwrap(), vec![root.cert.clone()]);
+    let m = TrustMaterial::new(
+        SERVER.parse().unwrap(),
+        chain,
+        key,
+        bundles,
+        OffsetDateTime::now_utc().unix_timestamp(),
+    )
+    .unwrap();
+    SharedRoot {
+        root,
+        own,
+        evil,
+        unnamed,
+        source: TrustSource::from_static(m),
+    }
+}
+
+/// Issue 13: with a shared upstream root in the bundle, the root's signature on an
+/// intermediate says nothing of its trust domain; the intermediate's name does.
+#[test]
+fn refuses_another_trust_domains_intermediate_under_a_shared_root() {
+    let f = shared_root();
+    let v = ServerTlsBuilder::new(f.source.clone()).client_verifier();
+    verify(&v, &f.own.leaf(task_opts(TD)).0).expect("own intermediate");
+    let forged = f.evil.leaf(task_opts(TD)).0;
+    let err = verify(&v, &forged).unwrap_err();
+    assert!(err.contains("IntermediateForeignTrustDomain"), "{err}");
+    // Sent along, unused by the path, it is refused all the same.
+    let (mut chain, _) = f.own.leaf(task_opts(TD));
+    chain.push(f.evil.cert.clone());
+    let err = verify(&v, &chain).unwrap_err();
+    assert!(err.contains("IntermediateForeignTrustDomain"), "{err}");
+    // A leaf signed by the root itself needs no intermediate and still passes.
+    verify(&v, &f.root.leaf(task_opts(TD)).0).expect("signed by the root");
+}
+
+#[test]
+fn unnamed_intermediates_pass_unless_a_name_is_required() {
+    let f = shared_root();
+    let lenient = ServerTlsBuilder::new(f.source.clone()).client_verifier();
+    let strict = ServerTlsBuilder::new(f.source.clone())
+        .require_trust_domain_on_intermediates()
+        .client_verifier();
+    let via_unnamed = f.unnamed.leaf(task_opts(TD)).0;
+    verify(&lenient, &via_unnamed).expect("an upstream PKI's intermediate");
+    let err = verify(&strict, &via_unnamed).unwrap_err();
+    assert!(err.contains("UnnamedIntermediate"), "{err}");
+    verify(&strict, &f.own.leaf(task_opts(TD)).0).expect("named intermediate");
+    assert!(verify(&strict, &f.evil.leaf(task_opts(TD)).0).is_err());
+}
+
+/// The client side: a runtime pinning `spiffe://acme.corp/mcp/github` refuses that id
+/// from evil.example's intermediate under the shared root.
+#[test]
+fn server_verifier_refuses_another_trust_domains_intermediate() {
+    let f = shared_root();
+    let expected: ServerId = SERVER.parse().unwrap();
+    let check = |v: &ExpectedServerVerifier, chain: &[CertificateDer<'static>]| {
+        v.verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &ServerName::try_from("mcp").unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let v = ExpectedServerVerifier::new(&expected, [f.root.cert.clone()]).unwrap();
+    check(&v, &f.own.leaf(LeafOpts::id(SERVER)).0).expect("own intermediate");
+    let err = check(&v, &f.evil.leaf(LeafOpts::id(SERVER)).0).unwrap_err();
+    assert!(err.contains("IntermediateForeignTrustDomain"), "{err}");
+    let via_unnamed = f.unnamed.leaf(LeafOpts::id(SERVER)).0;
+    check(&v, &via_unnamed).expect("unnamed allowed by default");
+    let strict = ExpectedServerVerifier::new(&expected, [f.root.cert.clone()])
+        .unwrap()
+        .require_trust_domain_on_intermediates();
+    let err = check(&strict, &via_unnamed).unwrap_err();
+    assert!(err.contains("UnnamedIntermediate"), "{err}");
+}
+
+/// A chain anchors in the bundle of its leaf's trust domain only, even when the
+/// verifier allows and holds another trust domain's bundle.
+#[test]
+fn a_chain_anchors_only_in_its_leafs_trust_domain_bundle() {
+    let f = fixture(true);
+    let v = ServerTlsBuilder::new(f.source.clone())
+        .allow_trust_domain("evil.example".parse().unwrap())
+        .client_verifier();
+    verify(&v, &f.foreign.leaf(task_opts("evil.example")).0).expect("evil.example's own");
+    let err = verify(&v, &f.foreign.leaf(task_opts(TD)).0).unwrap_err();
+    assert!(
+        err.contains("UnknownIssuer") || err.contains("unknown issuer"),
+        "{err}"
+    );
+}
+
 #[test]
 fn refuses_expired_and_not_yet_valid() {
     let f = fixture(false);
