@@ -1076,7 +1076,10 @@ async fn revocation_watch_streams_are_bounded_per_identity() {
                 break;
             }
             Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                assert!(Instant::now() < deadline, "the closed stream's place never came back");
+                assert!(
+                    Instant::now() < deadline,
+                    "the closed stream's place never came back"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(s) => panic!("{s}"),
@@ -1110,7 +1113,11 @@ async fn a_rotated_task_svid_is_refused_by_a_verifier_once_its_task_ends() {
             .expect("the task SVID rotates")
             .unwrap()
             .unwrap();
-        let Some(svid) = ctx.svids().iter().find(|s| s.hint() == Some(task.id.as_str())) else {
+        let Some(svid) = ctx
+            .svids()
+            .iter()
+            .find(|s| s.hint() == Some(task.id.as_str()))
+        else {
             continue;
         };
         let der = svid.leaf().as_bytes().to_vec();

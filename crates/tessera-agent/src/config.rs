@@ -556,7 +556,8 @@ impl Config {
                 reason: format!("must be between 1 and {MAX_LIVE_PER_PROCESS_LIMIT}"),
             });
         }
-        if !(1..=MAX_WATCHERS_PER_IDENTITY_LIMIT).contains(&self.revocation_max_watchers_per_identity)
+        if !(1..=MAX_WATCHERS_PER_IDENTITY_LIMIT)
+            .contains(&self.revocation_max_watchers_per_identity)
         {
             return Err(ConfigError::Invalid {
                 key: "revocation_max_watchers_per_identity",

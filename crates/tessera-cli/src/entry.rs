@@ -166,9 +166,9 @@ pub async fn run(
                     "deleted entry {id}; ended its client's tasks:\n{}\n",
                     ended.join("\n")
                 ),
-                OutputFormat::Json => output::json(
-                    &json!({ "id": id, "deleted": true, "ended_tasks": ended }),
-                ),
+                OutputFormat::Json => {
+                    output::json(&json!({ "id": id, "deleted": true, "ended_tasks": ended }))
+                }
             })
         }
     }

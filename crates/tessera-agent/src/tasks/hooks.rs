@@ -20,10 +20,13 @@ pub(crate) enum Pause {
     RotateRecorded,
 }
 
+/// What a call held at an armed place does: says it arrived, then waits to go on.
+type Hold = (oneshot::Sender<()>, oneshot::Receiver<()>);
+
 /// The armed places; each holds the first call that reaches it, once.
 #[derive(Debug, Default)]
 pub(crate) struct Hooks {
-    armed: Mutex<HashMap<Pause, (oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+    armed: Mutex<HashMap<Pause, Hold>>,
 }
 
 /// A call held at a [`Pause`]: wait until one arrives, then let it go on.
@@ -58,7 +61,9 @@ impl Hooks {
 impl Held {
     /// Waits until a call is held here.
     pub(crate) async fn reached(&mut self) {
-        (&mut self.reached).await.expect("the hook is armed until reached");
+        (&mut self.reached)
+            .await
+            .expect("the hook is armed until reached");
     }
 
     /// Lets the held call go on.

@@ -493,7 +493,13 @@ impl TaskManager {
     ) {
         let record = &live.record;
         self.lock_live().insert(record.id.clone(), Arc::clone(live));
-        self.publish(live, Some(Arc::clone(svid)));
+        {
+            // Endable from the line above: an end may already have retired it.
+            let state = live.state();
+            if !state.ended {
+                self.publish(live, Some(Arc::clone(svid)));
+            }
+        }
         drop(reservation);
         self.metrics.tasks_begun.inc();
         self.metrics.live_tasks.set(self.live_count() as i64);
@@ -564,13 +570,29 @@ impl TaskManager {
                 return Err(TaskError::NotFound(task_id.to_owned()));
             }
         }
-        let Some(live) = self.lock_live().remove(task_id) else {
-            // Already ended (or never existed): report what the store knows.
-            return self
-                .store
-                .get_task(task_id)
-                .await?
-                .ok_or_else(|| TaskError::NotFound(task_id.to_owned()));
+        let taken = self.lock_live().remove(task_id);
+        let live = match taken {
+            Some(live) => live,
+            None => {
+                let stored = self
+                    .store
+                    .get_task(task_id)
+                    .await?
+                    .ok_or_else(|| TaskError::NotFound(task_id.to_owned()))?;
+                if stored.ended_at.is_some() {
+                    // Already ended: report it as stored.
+                    return Ok(stored);
+                }
+                // Stored as live but not live here: a BeginTask between its store write
+                // and going live, which holds the registration gate until it is live.
+                let _gate = self.registration_gate.write().await;
+                let taken = self.lock_live().remove(task_id);
+                match taken {
+                    Some(live) => live,
+                    // Ended meanwhile by someone who held the gate first.
+                    None => return Ok(self.store.get_task(task_id).await?.unwrap_or(stored)),
+                }
+            }
         };
         // Refuse first, then persist: verifiers learn of the end at once; a
         // failed write can only leave the task more revoked, never less (a
@@ -705,7 +727,9 @@ impl TaskManager {
             until: untils.get(&t.id).copied().unwrap_or(now + ttl),
         };
         #[cfg(test)]
-        self.hooks.pause(super::hooks::Pause::WithdrawPrepared).await;
+        self.hooks
+            .pause(super::hooks::Pause::WithdrawPrepared)
+            .await;
         let Some((consent, revocations)) = self
             .store
             .withdraw_consent(consent_id, actor, now, &revocation_for)

@@ -236,17 +236,16 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if req.uri().path() != WATCH_PATH {
-            return Box::pin(async move {
-                Ok(Status::unimplemented("no such method").into_http())
-            });
+            return Box::pin(
+                async move { Ok(Status::unimplemented("no such method").into_http()) },
+            );
         }
         let inner = Arc::clone(&self.inner);
         let max_request_bytes = self.max_request_bytes;
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(SharedBytesCodec::<WatchRevocationsRequest>(
-                PhantomData,
-            ))
-            .max_decoding_message_size(max_request_bytes);
+            let mut grpc =
+                tonic::server::Grpc::new(SharedBytesCodec::<WatchRevocationsRequest>(PhantomData))
+                    .max_decoding_message_size(max_request_bytes);
             Ok(grpc.server_streaming(WatchMethod(inner), req).await)
         })
     }

@@ -204,7 +204,11 @@ async fn next_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_recorded_after_a_consent_withdrawal_is_never_shown() {
     let f = fixture().await;
-    let (task, _) = f.manager.begin(request(Entitlement::granted())).await.unwrap();
+    let (task, _) = f
+        .manager
+        .begin(request(Entitlement::granted()))
+        .await
+        .unwrap();
     let shown = Shown::track(&f.manager, &task.id);
     next_second().await;
 
@@ -226,7 +230,7 @@ async fn a_rotation_recorded_after_a_consent_withdrawal_is_never_shown() {
     settle().await;
     withdraw_held.resume();
     let (_, ended) = withdraw.await.unwrap().unwrap().unwrap();
-    assert_eq!(ended, [task.id.clone()]);
+    assert_eq!(ended, std::slice::from_ref(&task.id));
     rotate_held.resume();
     let still_live = rotate.await.unwrap().unwrap();
     settle().await;
@@ -240,7 +244,11 @@ async fn a_rotation_recorded_after_a_consent_withdrawal_is_never_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_recorded_before_a_consent_withdrawal_is_revoked_with_it() {
     let f = fixture().await;
-    let (task, _) = f.manager.begin(request(Entitlement::granted())).await.unwrap();
+    let (task, _) = f
+        .manager
+        .begin(request(Entitlement::granted()))
+        .await
+        .unwrap();
     let shown = Shown::track(&f.manager, &task.id);
     next_second().await;
 
@@ -286,11 +294,14 @@ async fn a_withdrawal_waits_for_a_stored_task_to_go_live_and_then_ends_it() {
         Err(_) => withdraw.await,
     };
     let (_, ended) = withdrawn.unwrap().unwrap().unwrap();
-    assert_eq!(ended, [task.id.clone()]);
+    assert_eq!(ended, std::slice::from_ref(&task.id));
     settle().await;
 
     assert_eq!(f.manager.live_count(), 0, "a withdrawn task is live");
-    assert!(!shown_now(&f.manager, &task.id), "withdrawn task still shown");
+    assert!(
+        !shown_now(&f.manager, &task.id),
+        "withdrawn task still shown"
+    );
     let stored = f.store.get_task(&task.id).await.unwrap().unwrap();
     assert_eq!(stored.end_reason.as_deref(), Some("consent_withdrawn"));
     let shown = BTreeMap::from([(svid.serial_hex.clone(), svid.not_after_unix)]);
@@ -298,9 +309,51 @@ async fn a_withdrawal_waits_for_a_stored_task_to_go_live_and_then_ends_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_revoke_of_a_task_not_yet_live_ends_it_once_it_is() {
+    let f = fixture().await;
+    let mut begin_held = f.manager.hooks.arm(Pause::BeginStored);
+    let begin = tokio::spawn({
+        let m = Arc::clone(&f.manager);
+        async move { m.begin(request(Entitlement::granted())).await }
+    });
+    begin_held.reached().await;
+    // Stored, so an administrator can list it and revoke it, but not yet live.
+    let listed = f.store.live_tasks().await.unwrap();
+    let id = listed[0].id.clone();
+    let mut revoke = tokio::spawn({
+        let (m, id) = (Arc::clone(&f.manager), id.clone());
+        async move { m.end(&id, EndReason::Revoked, "uid:0", None).await }
+    });
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut revoke).await;
+    begin_held.resume();
+    let (task, svid) = begin.await.unwrap().unwrap();
+    assert_eq!(task.id, id);
+    let revoked = match early {
+        Ok(done) => done,
+        Err(_) => revoke.await,
+    };
+    let revoked = revoked.unwrap().unwrap();
+    assert_eq!(
+        revoked.end_reason.as_deref(),
+        Some("revoked"),
+        "{revoked:?}"
+    );
+    settle().await;
+
+    assert_eq!(f.manager.live_count(), 0, "a revoked task is live");
+    assert!(!shown_now(&f.manager, &id), "revoked task still shown");
+    let shown = BTreeMap::from([(svid.serial_hex.clone(), svid.not_after_unix)]);
+    assert_revocation_covers(&f, &id, &shown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_end_while_a_rotation_is_being_published_keeps_the_task_off_its_streams() {
     let f = fixture().await;
-    let (task, _) = f.manager.begin(request(Entitlement::granted())).await.unwrap();
+    let (task, _) = f
+        .manager
+        .begin(request(Entitlement::granted()))
+        .await
+        .unwrap();
     let shown = Shown::track(&f.manager, &task.id);
     next_second().await;
 
@@ -337,8 +390,16 @@ async fn an_end_while_a_rotation_is_being_published_keeps_the_task_off_its_strea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_a_clients_tasks_revokes_each_and_spares_other_clients() {
     let f = fixture().await;
-    let (a, _) = f.manager.begin(request(Entitlement::granted())).await.unwrap();
-    let (b, _) = f.manager.begin(request(Entitlement::granted())).await.unwrap();
+    let (a, _) = f
+        .manager
+        .begin(request(Entitlement::granted()))
+        .await
+        .unwrap();
+    let (b, _) = f
+        .manager
+        .begin(request(Entitlement::granted()))
+        .await
+        .unwrap();
     let mut ended = f
         .manager
         .end_client_tasks(CLIENT, EndReason::EntryDeleted, "uid:0")
@@ -405,11 +466,18 @@ async fn a_begin_task_attested_before_its_entry_was_deleted_is_refused() {
     // Attested while the entry exists: entitled.
     let attested = cache.current();
     assert_eq!(attested.clients_for(&att), [client()]);
-    f.manager.begin(request(entitled(Arc::clone(&attested)))).await.unwrap();
+    f.manager
+        .begin(request(entitled(Arc::clone(&attested))))
+        .await
+        .unwrap();
 
     // Attested then, but the entry is deleted before the call holds the gate.
     assert!(f.store.delete_entry(&entry.id, "admin").await.unwrap());
-    let err = f.manager.begin(request(entitled(attested))).await.unwrap_err();
+    let err = f
+        .manager
+        .begin(request(entitled(attested)))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, TaskError::NotEntitled { ref client } if client == CLIENT),
         "{err}"
