@@ -888,3 +888,272 @@ async fn a_consent_withdrawal_abandoned_by_its_caller_still_revokes_its_tasks() 
         cases.len()
     );
 }
+
+#[tokio::test]
+async fn deleting_a_client_entry_ends_its_tasks_and_drops_its_svids_from_every_stream() {
+    use tessera_proto::tessera::v1::{DeleteEntryRequest, ListAuditRequest};
+
+    let agent = TestAgent::start("").await.unwrap();
+    let entry = agent.register_self("code-reviewer").await.unwrap();
+    grant(&agent, "code-reviewer", &["github/tool/*"]).await;
+    // The same process is also an MCP server, so its stream outlives the client
+    // identity and shows what is left of it.
+    agent
+        .register_exe("", "github", &std::env::current_exe().unwrap())
+        .await
+        .unwrap();
+    let mut feed = feed(&agent).await;
+    let workload = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    let mut stream = workload.stream_x509_contexts().await.unwrap();
+    let a = begin(&agent, begin_req(&["github/tool/list_pulls"]))
+        .await
+        .task
+        .unwrap()
+        .id;
+    let b = begin(&agent, begin_req(&["github/tool/get_pull_request"]))
+        .await
+        .task
+        .unwrap()
+        .id;
+    loop {
+        let ctx = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("both task SVIDs shown")
+            .unwrap()
+            .unwrap();
+        let hints: Vec<_> = ctx.svids().iter().filter_map(|s| s.hint()).collect();
+        if hints.contains(&a.as_str()) && hints.contains(&b.as_str()) {
+            break;
+        }
+    }
+
+    let mut ended = agent
+        .admin_client()
+        .await
+        .unwrap()
+        .delete_entry(DeleteEntryRequest {
+            id: entry.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ended_tasks;
+    ended.sort();
+    let mut expected = vec![a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(ended, expected, "DeleteEntry ends the client's tasks");
+
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let set = tokio::time::timeout(left, feed.next())
+            .await
+            .expect("both tasks revoked")
+            .expect("feed open")
+            .expect("feed message");
+        let reasons: Vec<&str> = [&a, &b]
+            .iter()
+            .filter_map(|id| set.revoked.iter().find(|r| &&r.task_id == id))
+            .map(|r| r.reason.as_str())
+            .collect();
+        if reasons.len() == 2 {
+            assert_eq!(reasons, ["entry_deleted", "entry_deleted"]);
+            break;
+        }
+    }
+    // Neither the task SVIDs nor the client SVID are shown any more; the server's is.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ctx = tokio::time::timeout(left, stream.next())
+            .await
+            .expect("the deleted identity's SVIDs leave the stream")
+            .expect("stream open")
+            .expect("stream message");
+        let ids: Vec<String> = ctx
+            .svids()
+            .iter()
+            .map(|s| s.spiffe_id().to_string())
+            .collect();
+        if ids == [format!("spiffe://{TRUST_DOMAIN}/mcp/github")] {
+            break;
+        }
+        assert!(ids.iter().any(|id| id.ends_with("/mcp/github")), "{ids:?}");
+    }
+    let stored = agent
+        .admin_client()
+        .await
+        .unwrap()
+        .list_all_tasks(ListAllTasksRequest {
+            client: "code-reviewer".into(),
+            include_ended: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|t| t.end_reason == "entry_deleted"));
+    let audit = agent
+        .admin_client()
+        .await
+        .unwrap()
+        .list_audit(ListAuditRequest {
+            after_seq: 0,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    for id in [&a, &b] {
+        assert!(
+            audit.iter().any(|r| r.kind == "task.end"
+                && r.detail_json.contains(id.as_str())
+                && r.detail_json.contains("entry_deleted")
+                && r.actor.starts_with("uid:")),
+            "audited end of {id}"
+        );
+    }
+    // And the process can no longer begin tasks as that client.
+    let err = tasks(&agent)
+        .await
+        .begin_task(begin_req(&["github/tool/list_pulls"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn revocation_watch_streams_are_bounded_per_identity() {
+    let (agent, _) = setup("revocation_max_watchers_per_identity = 2").await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = feed(&agent).await;
+        stream.next().await.unwrap().unwrap();
+        open.push(stream);
+    }
+    let refused = RevocationsClient::new(TestAgent::channel(&agent.workload).await.unwrap())
+        .watch(WatchRevocationsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("revocation_max_watchers_per_identity"),
+        "{}",
+        refused.message()
+    );
+    // The streams still open keep working.
+    let task = begin(&agent, begin_req(&["github/tool/list_pulls"]))
+        .await
+        .task
+        .unwrap();
+    tasks(&agent)
+        .await
+        .end_task(EndTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap();
+    for stream in &mut open {
+        await_revoked(stream, &task.id, Duration::from_secs(2)).await;
+    }
+    // Closing one frees its place (the agent notices the stream's reset).
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match RevocationsClient::new(TestAgent::channel(&agent.workload).await.unwrap())
+            .watch(WatchRevocationsRequest {})
+            .await
+        {
+            Ok(stream) => {
+                let set = stream.into_inner().next().await.unwrap().unwrap();
+                assert!(set.revoked.iter().any(|r| r.task_id == task.id));
+                break;
+            }
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the closed stream's place never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("{s}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_task_svid_is_refused_by_a_verifier_once_its_task_ends() {
+    use tessera_verify::revocation::{RevocationStatus, RevocationWatcher, WatcherConfig};
+
+    // 4 s SVIDs rotate about every 2 s; the task lives on.
+    let (agent, _) = setup("task_svid_ttl = \"4s\"").await;
+    let workload = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    let mut stream = workload.stream_x509_contexts().await.unwrap();
+    let resp = begin(&agent, begin_req(&["github/tool/list_pulls"])).await;
+    let task = resp.task.unwrap();
+    let first = x509_parser::parse_x509_certificate(&resp.svid.unwrap().x509_svid)
+        .unwrap()
+        .1
+        .raw_serial_as_string()
+        .replace(':', "");
+    // Wait for a rotated SVID on the stream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (rotated, rotated_not_after) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ctx = tokio::time::timeout(left, stream.next())
+            .await
+            .expect("the task SVID rotates")
+            .unwrap()
+            .unwrap();
+        let Some(svid) = ctx
+            .svids()
+            .iter()
+            .find(|s| s.hint() == Some(task.id.as_str()))
+        else {
+            continue;
+        };
+        let der = svid.leaf().as_bytes().to_vec();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let serial = cert.raw_serial_as_string().replace(':', "");
+        if serial != first {
+            break (serial, cert.validity().not_after.timestamp());
+        }
+    };
+    tasks(&agent)
+        .await
+        .end_task(EndTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap();
+
+    let mut feed = feed(&agent).await;
+    let set = feed.next().await.unwrap().unwrap();
+    let entry = set.revoked.iter().find(|r| r.task_id == task.id).unwrap();
+    assert!(entry.serials.contains(&rotated), "{:?}", entry.serials);
+    assert!(
+        entry.until_unix >= rotated_not_after,
+        "kept until {} but the rotated SVID is valid until {rotated_not_after}",
+        entry.until_unix
+    );
+    let (watcher, handle) = RevocationWatcher::spawn(WatcherConfig::new(&agent.workload));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watcher.version() < set.version {
+        assert!(Instant::now() < deadline, "the verifier never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let task_id = task.id.parse().unwrap();
+    assert!(matches!(
+        watcher.status(&task_id, &rotated),
+        RevocationStatus::Revoked { .. }
+    ));
+    handle.abort();
+}

@@ -74,6 +74,38 @@ impl AdminService {
         }
     }
 
+    /// Deletes an entry; for a client entry, then ends every live task of that client,
+    /// once the Workload API no longer serves the entry (so a BeginTask re-checking its
+    /// caller under the registration gate sees it gone). Every task of the client ends,
+    /// not only those of callers this entry matched: the identity is what the tasks'
+    /// SVIDs name, and deleting an entry is how a compromised runtime is cut off.
+    async fn run_delete_entry(&self, id: &str, actor: &str) -> Result<Vec<String>, Status> {
+        // Entries never change once created, so what this reads is what is deleted.
+        let Some(entry) = self.store.get_entry(id).await.map_err(store_status)? else {
+            return Err(Status::not_found(format!("no entry with id {id}")));
+        };
+        if !self
+            .store
+            .delete_entry(id, actor)
+            .await
+            .map_err(store_status)?
+        {
+            // Deleted meanwhile by another call, which ends the tasks.
+            return Err(Status::not_found(format!("no entry with id {id}")));
+        }
+        tracing::info!(entry = %id, client = %entry.client, kind = entry.kind.as_str(), %actor, "entry deleted");
+        self.await_entries_applied().await;
+        match entry.kind {
+            EntryKind::Client => self
+                .tasks
+                .end_client_tasks(&entry.client, EndReason::EntryDeleted, actor)
+                .await
+                .map_err(task_error_status),
+            // Tasks name their client, not the servers they call.
+            EntryKind::Server => Ok(Vec::new()),
+        }
+    }
+
     /// The socket is 0600 already; the uid check holds even if someone loosens it.
     fn authorize<T>(&self, rpc: &'static str, req: &Request<T>) -> Result<String, Status> {
         let peer = peer_of(req)?;
@@ -253,17 +285,17 @@ impl Admin for AdminService {
     ) -> Result<Response<DeleteEntryResponse>, Status> {
         let actor = self.authorize("DeleteEntry", &req)?;
         let id = req.into_inner().id;
-        let deleted = self
-            .store
-            .delete_entry(&id, &actor)
+        let this = self.clone();
+        // On a task of its own: once the entry is gone from the store, its client's
+        // tasks must end too, even if the caller stops waiting.
+        let ended = tokio::spawn(async move { this.run_delete_entry(&id, &actor).await })
             .await
-            .map_err(store_status)?;
-        if !deleted {
-            return Err(Status::not_found(format!("no entry with id {id}")));
-        }
-        tracing::info!(entry = %id, %actor, "entry deleted");
-        self.await_entries_applied().await;
-        Ok(Response::new(DeleteEntryResponse { deleted }))
+            .map_err(|_| Status::unavailable("the agent is shutting down"))??;
+        self.metrics.rpc("DeleteEntry", tonic::Code::Ok);
+        Ok(Response::new(DeleteEntryResponse {
+            deleted: true,
+            ended_tasks: ended,
+        }))
     }
 
     async fn list_audit(

@@ -23,7 +23,6 @@ use crate::socket;
 use crate::svids::SvidCache;
 use crate::tasks::{ConsentCache, RevocationsService, TaskConfig, TaskManager, TasksService};
 use crate::workload::WorkloadService;
-use tessera_proto::tessera::v1::revocations_server::RevocationsServer;
 use tessera_proto::tessera::v1::tasks_server::TasksServer;
 
 /// Largest request message accepted on either socket. Workload API requests are
@@ -157,13 +156,14 @@ pub async fn run(
         Arc::clone(&metrics),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let revocations_api = RevocationsServer::new(RevocationsService::new(
+    let revocations_api = RevocationsService::new(
         Arc::clone(&tasks),
         Arc::clone(&cache),
         Arc::clone(&attestor),
         Arc::clone(&metrics),
         stop_rx.clone(),
-    ))
+        config.revocation_max_watchers_per_identity,
+    )
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin = AdminServer::new(AdminService::new(
         store.clone(),

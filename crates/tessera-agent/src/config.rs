@@ -81,6 +81,11 @@ pub struct Config {
     /// messages over 4 MiB: the default keeps even tasks with the largest claims (16 KiB)
     /// at 2.1 MiB. Also bounds what one process can make the agent hold.
     pub task_max_live_per_process: usize,
+    /// Most `Revocations.Watch` streams one identity (SPIFFE ID) may hold open at once;
+    /// one more is refused with RESOURCE_EXHAUSTED until one closes. Each open stream
+    /// costs the agent a task and, while it sends, a copy of the revoked set in its
+    /// buffers; a verifier needs one.
+    pub revocation_max_watchers_per_identity: usize,
     /// How long ended tasks (and their SVID records) are kept after they ended, e.g.
     /// "7d"; "0s" keeps them forever. A task whose revocation is still in force is kept
     /// regardless. Their audit records follow `audit_retention`.
@@ -352,6 +357,7 @@ impl Default for Config {
             task_default_lifetime: Duration::from_secs(15 * 60),
             task_max_lifetime: Duration::from_secs(24 * 3600),
             task_max_live_per_process: DEFAULT_MAX_LIVE_PER_PROCESS,
+            revocation_max_watchers_per_identity: DEFAULT_MAX_WATCHERS_PER_IDENTITY,
             task_retention: Duration::from_secs(7 * 24 * 3600),
             audit_retention: Duration::ZERO,
             audit_log: None,
@@ -408,6 +414,14 @@ const EXE_HASH_MAX_BYTES_LIMIT: u64 = 16 * 1024 * 1024 * 1024;
 /// Highest [`Config::task_max_live_per_process`] accepted: a sanity bound, not a target
 /// (past the default, the process's clients must accept larger messages).
 const MAX_LIVE_PER_PROCESS_LIMIT: usize = 1_000_000;
+
+/// Default for [`Config::revocation_max_watchers_per_identity`]: a verifier holds one
+/// stream, and an identity rarely runs more than a few processes on one node; the rest
+/// is room for reconnects overlapping a stream the agent has not yet seen close.
+pub const DEFAULT_MAX_WATCHERS_PER_IDENTITY: usize = 32;
+
+/// Highest [`Config::revocation_max_watchers_per_identity`] accepted.
+const MAX_WATCHERS_PER_IDENTITY_LIMIT: usize = 100_000;
 
 impl Config {
     /// Reads a TOML file over the defaults.
@@ -499,6 +513,14 @@ impl Config {
                 reason: format!("{e}"),
             })?;
         }
+        if let Some(v) = lookup("TESSERA_REVOCATION_MAX_WATCHERS_PER_IDENTITY") {
+            self.revocation_max_watchers_per_identity =
+                v.parse().map_err(|e| ConfigError::Env {
+                    var: "TESSERA_REVOCATION_MAX_WATCHERS_PER_IDENTITY",
+                    value: v.clone(),
+                    reason: format!("{e}"),
+                })?;
+        }
         if let Some(v) = lookup("TESSERA_TASK_RETENTION") {
             self.task_retention = dur("TESSERA_TASK_RETENTION", v)?;
         }
@@ -577,6 +599,14 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "exe_hash_max_bytes",
                 reason: format!("must be between 1 and {EXE_HASH_MAX_BYTES_LIMIT} (16 GiB)"),
+            });
+        }
+        if !(1..=MAX_WATCHERS_PER_IDENTITY_LIMIT)
+            .contains(&self.revocation_max_watchers_per_identity)
+        {
+            return Err(ConfigError::Invalid {
+                key: "revocation_max_watchers_per_identity",
+                reason: format!("must be between 1 and {MAX_WATCHERS_PER_IDENTITY_LIMIT}"),
             });
         }
         if self.ca.ttl < self.client_svid_ttl.max(self.task_svid_ttl) * 2 {
@@ -663,6 +693,7 @@ mod tests {
             ("TESSERA_TASK_MAX_LIVE_PER_PROCESS", "500"),
             ("TESSERA_AUDIT_RETENTION", "90d"),
             ("TESSERA_EXE_HASH_MAX_BYTES", "1048576"),
+            ("TESSERA_REVOCATION_MAX_WATCHERS_PER_IDENTITY", "4"),
         ]
         .into();
         c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
@@ -671,6 +702,7 @@ mod tests {
         assert_eq!(c.task_svid_ttl, Duration::from_secs(90));
         assert_eq!(c.task_max_live_per_process, 500);
         assert_eq!(c.exe_hash_max_bytes, 1 << 20);
+        assert_eq!(c.revocation_max_watchers_per_identity, 4);
         assert_eq!(
             c.retention(),
             crate::retention::Retention {
@@ -712,6 +744,10 @@ mod tests {
             (
                 "task_max_live_per_process = 1000001",
                 "task_max_live_per_process",
+            ),
+            (
+                "revocation_max_watchers_per_identity = 0",
+                "revocation_max_watchers_per_identity",
             ),
             (
                 "workload_socket = \"/tmp/x.sock\"\nadmin_socket = \"/tmp/x.sock\"",

@@ -60,15 +60,19 @@ impl Admin {
         }
     }
 
-    /// `DeleteEntry`; `false` when the agent had no entry with that id.
-    pub async fn delete_entry(&mut self, id: &str) -> anyhow::Result<bool> {
+    /// `DeleteEntry`: the ids of the tasks it ended, or `None` when the agent had no
+    /// entry with that id.
+    pub async fn delete_entry(&mut self, id: &str) -> anyhow::Result<Option<Vec<String>>> {
         match self
             .client
             .delete_entry(pb::DeleteEntryRequest { id: id.to_owned() })
             .await
         {
-            Ok(resp) => Ok(resp.into_inner().deleted),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                Ok(resp.deleted.then_some(resp.ended_tasks))
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(status_error(&s, &self.socket)),
         }
     }
@@ -370,7 +374,10 @@ pub mod testing {
             let before = state.entries.len();
             state.entries.retain(|e| e.id != id);
             let deleted = state.entries.len() != before;
-            Ok(Response::new(pb::DeleteEntryResponse { deleted }))
+            Ok(Response::new(pb::DeleteEntryResponse {
+                deleted,
+                ended_tasks: Vec::new(),
+            }))
         }
 
         async fn list_audit(

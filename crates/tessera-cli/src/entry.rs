@@ -57,7 +57,8 @@ pub enum EntryCommand {
         /// The entry's id, as printed by `tessera entry list`.
         id: String,
     },
-    /// Delete a registration entry.
+    /// Delete a registration entry; for a client entry, also end every live task of
+    /// that client.
     #[command(after_long_help = DELETE_EXAMPLES)]
     Delete {
         /// The entry's id, as printed by `tessera entry list`.
@@ -156,12 +157,18 @@ pub async fn run(
             None => bail!(not_found(&id)),
         },
         EntryCommand::Delete { id } => {
-            if !admin.delete_entry(&id).await? {
+            let Some(ended) = admin.delete_entry(&id).await? else {
                 bail!(not_found(&id));
-            }
+            };
             Ok(match format {
-                OutputFormat::Text => format!("deleted entry {id}\n"),
-                OutputFormat::Json => output::json(&json!({ "id": id, "deleted": true })),
+                OutputFormat::Text if ended.is_empty() => format!("deleted entry {id}\n"),
+                OutputFormat::Text => format!(
+                    "deleted entry {id}; ended its client's tasks:\n{}\n",
+                    ended.join("\n")
+                ),
+                OutputFormat::Json => {
+                    output::json(&json!({ "id": id, "deleted": true, "ended_tasks": ended }))
+                }
             })
         }
     }

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tessera_authority::{Authority, IssuedSvid, SvidSpec};
@@ -47,6 +47,8 @@ pub enum EndReason {
     Revoked,
     /// The agent restarted while it was live (its process binding was lost).
     AgentRestart,
+    /// The registration entry of its client was deleted.
+    EntryDeleted,
 }
 
 impl EndReason {
@@ -59,6 +61,7 @@ impl EndReason {
             EndReason::ConsentWithdrawn => "consent_withdrawn",
             EndReason::Revoked => "revoked",
             EndReason::AgentRestart => "agent_restart",
+            EndReason::EntryDeleted => "entry_deleted",
         }
     }
 }
@@ -85,6 +88,13 @@ pub enum TaskError {
         pid: i32,
         /// The limit.
         max: usize,
+    },
+    /// The caller no longer holds the client identity it was attested with (its entry
+    /// was deleted meanwhile).
+    #[error("this caller no longer holds client identity {client}")]
+    NotEntitled {
+        /// The client name.
+        client: String,
     },
     /// Issuing the SVID failed.
     #[error("issuing the task SVID failed: {0}")]
@@ -120,6 +130,30 @@ impl TaskView {
     }
 }
 
+/// Whether a BeginTask's caller still holds the client identity it was attested with,
+/// asked once the call holds the registration gate. The caller was attested before it
+/// waited for the gate: an entry deleted meanwhile, whose deletion then ended every task
+/// of its client, must not let the call begin a task that the deletion missed.
+pub struct Entitlement(Pin<Box<dyn Future<Output = bool> + Send>>);
+
+impl Entitlement {
+    /// Entitled if `check` resolves to `true`; `check` runs under the registration gate.
+    pub fn new(check: impl Future<Output = bool> + Send + 'static) -> Entitlement {
+        Entitlement(Box::pin(check))
+    }
+
+    /// Always entitled: for callers whose identity nothing can take away.
+    pub fn granted() -> Entitlement {
+        Entitlement::new(std::future::ready(true))
+    }
+}
+
+impl std::fmt::Debug for Entitlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Entitlement(..)")
+    }
+}
+
 /// A validated BeginTask request.
 #[derive(Debug)]
 pub struct BeginRequest {
@@ -141,6 +175,8 @@ pub struct BeginRequest {
     pub owner_fd: Option<Arc<OwnedFd>>,
     /// Who asked, for audit.
     pub actor: String,
+    /// Re-checked under the registration gate.
+    pub entitled: Entitlement,
 }
 
 struct LiveTask {
@@ -149,10 +185,33 @@ struct LiveTask {
     claims: TaskClaims,
     owner_pid: i32,
     owner_fd: Option<Arc<OwnedFd>>,
-    svid: Mutex<Arc<IssuedSvid>>,
-    serials: Mutex<Vec<String>>,
-    until: AtomicI64,
+    state: Mutex<TaskState>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// What a live task's revocation must cover and what its process is shown, behind one
+/// lock. An SVID is published only under this lock and only while `ended` is false, and
+/// whoever ends the task sets `ended` under it before dropping the task from its
+/// process's streams: so no SVID of an ended task is ever shown again, and the
+/// revocation built when `ended` is set covers every SVID ever shown.
+struct TaskState {
+    /// The SVID the task's process is shown.
+    svid: Arc<IssuedSvid>,
+    /// Serials of every SVID issued for the task, including a rotated one still being
+    /// recorded (never shown before it is recorded, but revoked either way).
+    serials: Vec<String>,
+    /// The latest `not_after` among them: the revocation is kept until then.
+    until: i64,
+    /// Set once, by whoever ends the task.
+    ended: bool,
+}
+
+impl LiveTask {
+    fn state(&self) -> MutexGuard<'_, TaskState> {
+        // Every change under this lock is a few assignments; a panic cannot leave it
+        // half-done.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One process's live tasks, and the streams watching them.
@@ -208,10 +267,14 @@ pub struct TaskManager {
     config: TaskConfig,
     live: Mutex<HashMap<String, Arc<LiveTask>>>,
     owners: Mutex<HashMap<i32, Owner>>,
-    /// BeginTask holds it shared from consent check to durable insert; consent
-    /// withdrawal holds it exclusively, so no task can slip in on a consent
-    /// that is being withdrawn.
-    consent_gate: Arc<tokio::sync::RwLock<()>>,
+    /// BeginTask holds it shared from its checks (entitlement, consent) until its task
+    /// is live here; consent withdrawal and entry deletion hold it exclusively. So no
+    /// task can slip in on a consent being withdrawn or for a client being deregistered,
+    /// and every task stored as live is in `live` whenever it is held exclusively.
+    registration_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Places where a test stops one call to force an interleaving.
+    #[cfg(test)]
+    pub(super) hooks: super::hooks::Hooks,
 }
 
 impl std::fmt::Debug for TaskManager {
@@ -221,6 +284,10 @@ impl std::fmt::Debug for TaskManager {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a task waits to try again after its SVID failed to rotate (the CA or the
+/// store refused); the current SVID stays in use meanwhile.
+const ROTATION_RETRY: Duration = Duration::from_secs(5);
 
 fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -272,7 +339,9 @@ impl TaskManager {
             config,
             live: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
-            consent_gate: Arc::new(tokio::sync::RwLock::new(())),
+            registration_gate: Arc::new(tokio::sync::RwLock::new(())),
+            #[cfg(test)]
+            hooks: super::hooks::Hooks::default(),
         }))
     }
 
@@ -324,7 +393,12 @@ impl TaskManager {
             )));
         }
         let reservation = self.reserve(req.owner_pid)?;
-        let gate = Arc::clone(&self.consent_gate).read_owned().await;
+        let gate = Arc::clone(&self.registration_gate).read_owned().await;
+        if !req.entitled.0.await {
+            return Err(TaskError::NotEntitled {
+                client: req.client.name.as_str().to_owned(),
+            });
+        }
         self.consents.ensure_fresh().await?;
         let now = now_unix();
         let consent = self.consents.check(
@@ -383,9 +457,12 @@ impl TaskManager {
             claims,
             owner_pid: req.owner_pid,
             owner_fd: req.owner_fd,
-            svid: Mutex::new(Arc::clone(&svid)),
-            serials: Mutex::new(vec![serial]),
-            until: AtomicI64::new(svid.not_after_unix),
+            state: Mutex::new(TaskState {
+                svid: Arc::clone(&svid),
+                serials: vec![serial],
+                until: svid.not_after_unix,
+                ended: false,
+            }),
             stop: Mutex::new(Some(stop_tx)),
         });
         let this = Arc::clone(self);
@@ -394,8 +471,13 @@ impl TaskManager {
             this.store
                 .begin_task(live.record.clone(), issued, &actor)
                 .await?;
-            drop(gate);
+            #[cfg(test)]
+            this.hooks.pause(super::hooks::Pause::BeginStored).await;
             this.go_live(&live, &svid, stop_rx, reservation);
+            // Only now: a withdrawal or deletion that took the gate between the store
+            // write and go_live would have found the task stored but not live, and
+            // missed it here while ending it on disk.
+            drop(gate);
             Ok((live.record.clone(), svid))
         })
         .await
@@ -411,7 +493,13 @@ impl TaskManager {
     ) {
         let record = &live.record;
         self.lock_live().insert(record.id.clone(), Arc::clone(live));
-        self.publish(live, Some(Arc::clone(svid)));
+        {
+            // Endable from the line above: an end may already have retired it.
+            let state = live.state();
+            if !state.ended {
+                self.publish(live, Some(Arc::clone(svid)));
+            }
+        }
         drop(reservation);
         self.metrics.tasks_begun.inc();
         self.metrics.live_tasks.set(self.live_count() as i64);
@@ -482,27 +570,36 @@ impl TaskManager {
                 return Err(TaskError::NotFound(task_id.to_owned()));
             }
         }
-        let Some(live) = self.lock_live().remove(task_id) else {
-            // Already ended (or never existed): report what the store knows.
-            return self
-                .store
-                .get_task(task_id)
-                .await?
-                .ok_or_else(|| TaskError::NotFound(task_id.to_owned()));
+        let taken = self.lock_live().remove(task_id);
+        let live = match taken {
+            Some(live) => live,
+            None => {
+                let stored = self
+                    .store
+                    .get_task(task_id)
+                    .await?
+                    .ok_or_else(|| TaskError::NotFound(task_id.to_owned()))?;
+                if stored.ended_at.is_some() {
+                    // Already ended: report it as stored.
+                    return Ok(stored);
+                }
+                // Stored as live but not live here: a BeginTask between its store write
+                // and going live, which holds the registration gate until it is live.
+                let _gate = self.registration_gate.write().await;
+                let taken = self.lock_live().remove(task_id);
+                match taken {
+                    Some(live) => live,
+                    // Ended meanwhile by someone who held the gate first.
+                    None => return Ok(self.store.get_task(task_id).await?.unwrap_or(stored)),
+                }
+            }
         };
-        let revocation = self.revocation_of(&live, reason);
         // Refuse first, then persist: verifiers learn of the end at once; a
         // failed write can only leave the task more revoked, never less (a
         // restart ends every task the store still thinks is live).
+        let revocation = self.revoke_here(&live, reason);
         self.feed.add([revocation.clone()]);
         self.retire(&live);
-        // Counted here, where it took effect, even if the caller goes away below.
-        self.metrics
-            .tasks_ended
-            .get_or_create(&crate::metrics::ReasonLabel {
-                reason: reason.as_str(),
-            })
-            .inc();
         // Detached: a caller giving up while the store's queue is full must not leave
         // the task revoked here but live on disk.
         let store = self.store.clone();
@@ -518,6 +615,73 @@ impl TaskManager {
             EndOutcome::Ended(t, _) | EndOutcome::AlreadyEnded(t) => Ok(t),
             EndOutcome::NotFound => Err(TaskError::NotFound(task_id.to_owned())),
         }
+    }
+
+    /// Ends every live task of `client` (its registration entry was deleted): revoked,
+    /// dropped from its process's streams and recorded with `reason` and one `task.end`
+    /// audit record each, as [`TaskManager::end`] does. Returns the ended tasks' ids.
+    ///
+    /// Holds the registration gate exclusively, so a BeginTask of that client either went
+    /// live before (and is ended here) or re-checks its entitlement after (and is
+    /// refused, if the caller lost its entry). Runs to the end even if the caller stops
+    /// waiting.
+    pub async fn end_client_tasks(
+        self: &Arc<Self>,
+        client: &str,
+        reason: EndReason,
+        actor: &str,
+    ) -> Result<Vec<String>, TaskError> {
+        let this = Arc::clone(self);
+        let (client, actor) = (client.to_owned(), actor.to_owned());
+        detached(async move {
+            let _gate = this.registration_gate.write().await;
+            let taken: Vec<Arc<LiveTask>> = {
+                let mut live = this.lock_live();
+                let ids: Vec<String> = live
+                    .values()
+                    .filter(|t| t.record.client == client)
+                    .map(|t| t.record.id.clone())
+                    .collect();
+                ids.iter().filter_map(|id| live.remove(id)).collect()
+            };
+            let revocations: Vec<Revocation> = taken
+                .iter()
+                .map(|t| this.revoke_here(t, reason))
+                .collect();
+            // One new feed version for all of them.
+            this.feed.add(revocations.iter().cloned());
+            for t in &taken {
+                this.retire(t);
+            }
+            // Concurrent, so the store commits them together rather than one fsync each.
+            let now = now_unix();
+            let writes = revocations.into_iter().map(|revocation| {
+                let (store, actor) = (this.store.clone(), actor.as_str());
+                async move {
+                    let id = revocation.task_id.clone();
+                    store
+                        .end_task(&id, reason.as_str(), now, revocation, actor)
+                        .await
+                        .map(|_| id)
+                }
+            });
+            let mut ended = Vec::with_capacity(taken.len());
+            let mut failed = None;
+            for result in futures::future::join_all(writes).await {
+                match result {
+                    Ok(id) => ended.push(id),
+                    // Revoked here already; a restart ends whatever the store still
+                    // thinks is live.
+                    Err(e) => failed = Some(e),
+                }
+            }
+            tracing::info!(%client, ended = ended.len(), reason = reason.as_str(), %actor, "ended the tasks of a client");
+            match failed {
+                Some(e) => Err(e.into()),
+                None => Ok(ended),
+            }
+        })
+        .await
     }
 
     /// Withdraws a consent and ends the tasks relying on it, atomically with
@@ -541,15 +705,17 @@ impl TaskManager {
         consent_id: &str,
         actor: &str,
     ) -> Result<Option<(tessera_store::Consent, Vec<String>)>, TaskError> {
-        let _gate = self.consent_gate.write().await;
+        let _gate = self.registration_gate.write().await;
         let ttl = i64::try_from(self.config.svid_ttl.as_secs()).unwrap_or(i64::MAX);
         let authority = Arc::clone(&self.authority);
-        // Serials and `until` of live tasks are known here; the store fills serials.
+        // `until` of live tasks is known here; the store fills serials, and raises
+        // `until` to the latest SVID it recorded. An SVID still being recorded when the
+        // store ends the task fails to record, and is then never shown.
         let untils: HashMap<String, i64> = self
             .lock_live()
             .values()
             .filter(|t| t.record.consent_id == consent_id)
-            .map(|t| (t.record.id.clone(), t.until.load(Ordering::SeqCst)))
+            .map(|t| (t.record.id.clone(), t.state().until))
             .collect();
         let now = now_unix();
         let revocation_for = move |t: &TaskRecord| Revocation {
@@ -560,6 +726,10 @@ impl TaskManager {
             revoked_at_ms: now_ms(),
             until: untils.get(&t.id).copied().unwrap_or(now + ttl),
         };
+        #[cfg(test)]
+        self.hooks
+            .pause(super::hooks::Pause::WithdrawPrepared)
+            .await;
         let Some((consent, revocations)) = self
             .store
             .withdraw_consent(consent_id, actor, now, &revocation_for)
@@ -572,13 +742,8 @@ impl TaskManager {
         for id in &ended {
             let removed = self.lock_live().remove(id);
             if let Some(live) = removed {
+                self.revoke_here(&live, EndReason::ConsentWithdrawn);
                 self.retire(&live);
-                self.metrics
-                    .tasks_ended
-                    .get_or_create(&crate::metrics::ReasonLabel {
-                        reason: EndReason::ConsentWithdrawn.as_str(),
-                    })
-                    .inc();
             }
         }
         self.consents.reload().await?;
@@ -586,22 +751,34 @@ impl TaskManager {
         Ok(Some((consent, ended)))
     }
 
-    fn revocation_of(&self, live: &LiveTask, reason: EndReason) -> Revocation {
+    /// Ends a task just taken out of the live set, in memory: from here on none of its
+    /// SVIDs is shown (see [`TaskState`]). Returns its revocation, covering every SVID
+    /// ever issued for it, and counts the end (where it takes effect, even if the
+    /// caller goes away before the store write).
+    fn revoke_here(&self, live: &LiveTask, reason: EndReason) -> Revocation {
+        let (serials, until) = {
+            let mut state = live.state();
+            state.ended = true;
+            (state.serials.clone(), state.until)
+        };
+        self.metrics
+            .tasks_ended
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
         Revocation {
             task_id: live.record.id.clone(),
             spiffe_id: live.spiffe_id.clone(),
-            serials: live
-                .serials
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            serials,
             reason: reason.as_str().into(),
             revoked_at_ms: now_ms(),
-            until: live.until.load(Ordering::SeqCst),
+            until,
         }
     }
 
-    /// Stops the watcher and drops the SVID from its owner's streams.
+    /// Stops the watcher and drops the SVID from its owner's streams. The task must be
+    /// marked ended ([`TaskManager::revoke_here`]) first.
     fn retire(&self, live: &Arc<LiveTask>) {
         if let Some(stop) = live.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = stop.send(());
@@ -650,8 +827,7 @@ impl TaskManager {
         let id = live.record.id.clone();
         let deadline = live.record.deadline;
         loop {
-            let rotate_at =
-                crate::svids::rotation_time(&live.svid.lock().unwrap_or_else(|p| p.into_inner()));
+            let rotate_at = crate::svids::rotation_time(&live.state().svid);
             let until = |t: i64| Duration::from_secs(u64::try_from(t - now_unix()).unwrap_or(0));
             let exited = async {
                 match &exit {
@@ -661,13 +837,30 @@ impl TaskManager {
                     None => std::future::pending().await,
                 }
             };
+            // A branch of the select below, so the task still ends on time while a
+            // rotation waits for the store; dropped there, it has shown nothing.
+            let rotation = async {
+                tokio::time::sleep(until(rotate_at)).await;
+                // Boxed: only a task that is rotating carries the store write (see below).
+                match Box::pin(self.rotate(&live)).await {
+                    Ok(live) => live,
+                    Err(e) => {
+                        tracing::error!(task = %id, error = %e, "rotating task SVID failed; keeping the current one");
+                        tokio::time::sleep(ROTATION_RETRY).await;
+                        true
+                    }
+                }
+            };
             let reason = tokio::select! {
                 _ = &mut stop => return,
                 _ = exited => EndReason::ProcessExited,
                 _ = tokio::time::sleep(until(deadline)) => EndReason::Deadline,
-                _ = tokio::time::sleep(until(rotate_at)), if rotate_at < deadline => {
-                    self.rotate(&live);
-                    continue;
+                still_live = rotation, if rotate_at < deadline => {
+                    if still_live {
+                        continue;
+                    }
+                    // Ended while rotating; whoever ended it revokes and retires it.
+                    return;
                 }
             };
             // Boxed: an async fn's state is as large as its largest await, and this
@@ -680,40 +873,50 @@ impl TaskManager {
         }
     }
 
-    fn rotate(&self, live: &Arc<LiveTask>) {
-        match self.issue(&live.spiffe_id, &live.claims, live.record.deadline) {
-            Ok(svid) => {
-                let svid = Arc::new(svid);
-                live.serials
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(svid.serial_hex.clone());
-                live.until.fetch_max(svid.not_after_unix, Ordering::SeqCst);
-                *live.svid.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&svid);
-                if self.lock_live().contains_key(&live.record.id) {
-                    self.publish(live, Some(Arc::clone(&svid)));
-                }
-                let store = self.store.clone();
-                let task_id = live.record.id.clone();
-                let issued = SvidIssued {
-                    serial: svid.serial_hex.clone(),
-                    spiffe_id: live.spiffe_id.clone(),
-                    not_after: svid.not_after_unix,
-                };
-                tokio::spawn(async move {
-                    if let Err(e) = store.record_task_svid(&task_id, issued).await {
-                        tracing::error!(task = %task_id, error = %e, "recording rotated task SVID failed");
-                    }
-                });
-                self.metrics
-                    .svids_issued
-                    .get_or_create(&crate::metrics::KindLabel { kind: "task" })
-                    .inc();
+    /// Replaces a live task's SVID: issued, counted in the task's revocation, recorded in
+    /// the store, and only then shown to its process. Returns `false`, showing nothing,
+    /// if the task ended meanwhile: the store refuses to record an SVID for an ended
+    /// task, and the task's revocation already covers every SVID the store recorded.
+    async fn rotate(&self, live: &Arc<LiveTask>) -> Result<bool, TaskError> {
+        let svid = Arc::new(self.issue(&live.spiffe_id, &live.claims, live.record.deadline)?);
+        {
+            let mut state = live.state();
+            if state.ended {
+                return Ok(false);
             }
-            Err(e) => {
-                tracing::error!(task = %live.record.id, error = %e, "rotating task SVID failed; keeping the current one")
-            }
+            // Counted before it is recorded: an end from here on revokes it too.
+            state.serials.push(svid.serial_hex.clone());
+            state.until = state.until.max(svid.not_after_unix);
         }
+        self.metrics
+            .svids_issued
+            .get_or_create(&crate::metrics::KindLabel { kind: "task" })
+            .inc();
+        #[cfg(test)]
+        self.hooks.pause(super::hooks::Pause::RotateIssued).await;
+        let issued = SvidIssued {
+            serial: svid.serial_hex.clone(),
+            spiffe_id: live.spiffe_id.clone(),
+            not_after: svid.not_after_unix,
+        };
+        match self.store.record_task_svid(&live.record.id, issued).await {
+            Ok(()) => {}
+            Err(StoreError::TaskEnded { .. } | StoreError::TaskNotFound { .. }) => {
+                tracing::debug!(task = %live.record.id, serial = %svid.serial_hex, "task ended while its SVID rotated; the new SVID is not handed out");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        #[cfg(test)]
+        self.hooks.pause(super::hooks::Pause::RotateRecorded).await;
+        let mut state = live.state();
+        if state.ended {
+            return Ok(false);
+        }
+        state.svid = Arc::clone(&svid);
+        // Under the task's lock, so an end cannot slip between this check and the publish.
+        self.publish(live, Some(svid));
+        Ok(true)
     }
 
     /// Periodic upkeep until shutdown: prune expired revocations, follow consent changes.
@@ -771,3 +974,6 @@ fn task_spiffe_id(authority: &Authority, t: &TaskRecord) -> String {
         t.id
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,10 +5,15 @@
 //! pointer per entry, and which tasks are in the set is kept in an index beside it
 //! rather than found by scanning. A busy agent ends hundreds of tasks a second while
 //! tens of thousands of revocations wait out their SVIDs.
+//!
+//! Each version is encoded for the wire once, by the first watcher that sends it, and
+//! every other watcher sends the same bytes: a change costs one encoding, not one deep
+//! copy of the set per watcher.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use prost::bytes::Bytes;
 use tessera_store::Revocation;
 use tokio::sync::watch;
 
@@ -19,6 +24,24 @@ pub struct RevokedSet {
     pub version: u64,
     /// Revoked tasks whose SVIDs may still be valid.
     pub revoked: Vec<Arc<Revocation>>,
+    /// This version's wire form, once a watcher needed it.
+    encoded: OnceLock<Bytes>,
+}
+
+impl RevokedSet {
+    fn new(version: u64, revoked: Vec<Arc<Revocation>>) -> RevokedSet {
+        RevokedSet {
+            version,
+            revoked,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// This version's wire form: made by `encode` the first time it is asked for, then
+    /// shared (the bytes are reference-counted) by every caller.
+    pub fn encoded(&self, encode: impl FnOnce(&RevokedSet) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(self)).clone()
+    }
 }
 
 /// Holds the current [`RevokedSet`] and notifies watchers of changes.
@@ -39,10 +62,7 @@ impl RevocationFeed {
                 revoked.push(Arc::new(r));
             }
         }
-        let (tx, _) = watch::channel(Arc::new(RevokedSet {
-            version: 1,
-            revoked,
-        }));
+        let (tx, _) = watch::channel(Arc::new(RevokedSet::new(1, revoked)));
         RevocationFeed {
             tx,
             index: Mutex::new(index),
@@ -71,10 +91,7 @@ impl RevocationFeed {
             let mut revoked = Vec::with_capacity(cur.revoked.len() + new.len());
             revoked.extend(cur.revoked.iter().cloned());
             revoked.extend(new);
-            *cur = Arc::new(RevokedSet {
-                version: cur.version + 1,
-                revoked,
-            });
+            *cur = Arc::new(RevokedSet::new(cur.version + 1, revoked));
         });
     }
 
@@ -96,10 +113,7 @@ impl RevocationFeed {
             for gone in cur.revoked.iter().filter(|r| r.until <= now) {
                 index.remove(&gone.task_id);
             }
-            *cur = Arc::new(RevokedSet {
-                version: cur.version + 1,
-                revoked: keep,
-            });
+            *cur = Arc::new(RevokedSet::new(cur.version + 1, keep));
             true
         });
         removed
@@ -147,6 +161,26 @@ mod tests {
         assert_eq!(set.version, 2);
         assert_eq!(set.revoked.len(), 2);
         assert!(feed.contains("b"));
+    }
+
+    #[test]
+    fn a_version_is_encoded_once_and_its_bytes_shared() {
+        let feed = RevocationFeed::new(vec![rev("a", 100)]);
+        let encodings = std::sync::atomic::AtomicUsize::new(0);
+        let encode = |set: &RevokedSet| {
+            encodings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Bytes::from(format!("v{}:{}", set.version, set.revoked.len()))
+        };
+        let (first, second) = (feed.current(), feed.current());
+        let a = first.encoded(encode);
+        let b = second.encoded(encode);
+        assert_eq!(a, "v1:1");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one allocation for every watcher");
+        assert_eq!(encodings.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A new version is encoded anew.
+        feed.add([rev("b", 100)]);
+        assert_eq!(feed.current().encoded(encode), "v2:2");
+        assert_eq!(encodings.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -1,25 +1,21 @@
-//! `tessera.v1.Tasks` and `tessera.v1.Revocations` on the workload socket.
+//! `tessera.v1.Tasks` on the workload socket.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
 use tessera_identity::{ClientId, Scope, ServerId, ServerName};
-use tessera_proto::tessera::v1::revocations_server::Revocations;
 use tessera_proto::tessera::v1::tasks_server::Tasks;
 use tessera_proto::tessera::v1::{
     BeginTaskRequest, BeginTaskResponse, EndTaskRequest, EndTaskResponse, ListTasksRequest,
-    ListTasksResponse, RevocationSet, RevokedTask, Task, TaskSvid, WatchRevocationsRequest,
+    ListTasksResponse, Task, TaskSvid,
 };
 use tessera_store::{TaskFilter, TaskRecord};
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::{BeginRequest, EndReason, TaskError, TaskManager};
+use super::{BeginRequest, EndReason, Entitlement, TaskError, TaskManager};
 use crate::attest::{Attestation, Attestor, PeerInfo};
 use crate::metrics::Metrics;
-use crate::svids::SvidCache;
+use crate::svids::{Snapshot, SvidCache};
 use crate::workload::{attest, peer_of};
 
 /// Converts a stored task for the API.
@@ -47,6 +43,8 @@ fn task_status(e: TaskError) -> Status {
         TaskError::Consent(c) => Status::permission_denied(c.to_string()),
         TaskError::NotFound(id) => Status::not_found(format!("no task {id} for this client")),
         e @ TaskError::TooManyLive { .. } => Status::resource_exhausted(e.to_string()),
+        // As for a caller that matches no entry: it learns nothing more.
+        TaskError::NotEntitled { .. } => Status::permission_denied("no identity issued"),
         e @ TaskError::ShuttingDown => Status::unavailable(e.to_string()),
         e => {
             tracing::error!(error = %e, "task operation failed");
@@ -85,12 +83,13 @@ impl TasksService {
         }
     }
 
-    /// The caller's client identities (at least one, or PermissionDenied).
+    /// The caller's client identities (at least one, or PermissionDenied), and the
+    /// snapshot it was attested against.
     async fn clients<T>(
         &self,
         rpc: &'static str,
         req: &Request<T>,
-    ) -> Result<(PeerInfo, Attestation, Vec<ClientId>), Status> {
+    ) -> Result<(PeerInfo, Attestation, Vec<ClientId>, Arc<Snapshot>), Status> {
         let peer = peer_of(req)?;
         let snap = self.cache.current();
         let att = attest(&self.attestor, &self.metrics, &peer, snap.needs).await?;
@@ -99,8 +98,33 @@ impl TasksService {
             self.metrics.rpc(rpc, tonic::Code::PermissionDenied);
             return Err(Status::permission_denied("no identity issued"));
         }
-        Ok((peer, att, clients))
+        Ok((peer, att, clients, snap))
     }
+}
+
+/// How long a BeginTask waits for a committed entry change to reach the served snapshot
+/// before refusing the caller.
+const ENTRIES_APPLIED_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether a caller attested as `att` against `attested`, acting as `client`, still is
+/// that client once every entry change committed so far is served. Checked under the
+/// registration gate, so an entry deletion (which ends the client's tasks under that
+/// gate, once the deletion is served) cannot miss a task begun on the stale attestation.
+pub(crate) fn entitlement(
+    cache: Arc<SvidCache>,
+    attested: Arc<Snapshot>,
+    att: Attestation,
+    client: ClientId,
+) -> Entitlement {
+    Entitlement::new(async move {
+        if !cache.wait_applied(ENTRIES_APPLIED_WAIT).await {
+            tracing::warn!(%client, "entry changes not served after {ENTRIES_APPLIED_WAIT:?}; refusing BeginTask");
+            return false;
+        }
+        let served = cache.current();
+        // The usual case: no entry changed since the caller was attested.
+        Arc::ptr_eq(&served, &attested) || served.clients_for(&att).contains(&client)
+    })
 }
 
 #[tonic::async_trait]
@@ -109,7 +133,7 @@ impl Tasks for TasksService {
         &self,
         req: Request<BeginTaskRequest>,
     ) -> Result<Response<BeginTaskResponse>, Status> {
-        let (peer, att, clients) = self.clients("BeginTask", &req).await?;
+        let (peer, att, clients, attested) = self.clients("BeginTask", &req).await?;
         let r = req.into_inner();
         let client = if r.client.is_empty() {
             match clients.as_slice() {
@@ -193,6 +217,7 @@ impl Tasks for TasksService {
             (att.pid, peer.pidfd.clone())
         };
         let actor = format!("{client} pid:{}", att.pid);
+        let entitled = entitlement(Arc::clone(&self.cache), attested, att, client.clone());
         let (record, svid) = self
             .manager
             .begin(BeginRequest {
@@ -206,6 +231,7 @@ impl Tasks for TasksService {
                 owner_pid,
                 owner_fd,
                 actor,
+                entitled,
             })
             .await
             .map_err(|e| {
@@ -232,7 +258,7 @@ impl Tasks for TasksService {
         &self,
         req: Request<EndTaskRequest>,
     ) -> Result<Response<EndTaskResponse>, Status> {
-        let (_, att, clients) = self.clients("EndTask", &req).await?;
+        let (_, att, clients, _) = self.clients("EndTask", &req).await?;
         let id = req.into_inner().task_id;
         let td = clients[0].trust_domain.as_str().to_owned();
         let mut last = Status::not_found(format!("no task {id} for this client"));
@@ -261,7 +287,7 @@ impl Tasks for TasksService {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        let (_, _, clients) = self.clients("ListTasks", &req).await?;
+        let (_, _, clients, _) = self.clients("ListTasks", &req).await?;
         let include_ended = req.into_inner().include_ended;
         let td = clients[0].trust_domain.as_str().to_owned();
         let mut tasks = Vec::new();
@@ -279,99 +305,5 @@ impl Tasks for TasksService {
             tasks.extend(found.into_iter().map(|t| task_to_proto(t, &td)));
         }
         Ok(Response::new(ListTasksResponse { tasks }))
-    }
-}
-
-type RevocationStream = Pin<Box<dyn Stream<Item = Result<RevocationSet, Status>> + Send + 'static>>;
-
-/// The revocation feed.
-#[derive(Clone, Debug)]
-pub struct RevocationsService {
-    manager: Arc<TaskManager>,
-    cache: Arc<SvidCache>,
-    attestor: Arc<Attestor>,
-    metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
-}
-
-impl RevocationsService {
-    /// A feed for attested callers (verifiers run as registered workloads).
-    pub fn new(
-        manager: Arc<TaskManager>,
-        cache: Arc<SvidCache>,
-        attestor: Arc<Attestor>,
-        metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
-        RevocationsService {
-            manager,
-            cache,
-            attestor,
-            metrics,
-            shutdown,
-        }
-    }
-}
-
-fn to_proto(set: &super::RevokedSet, trust_domain: &str) -> RevocationSet {
-    RevocationSet {
-        version: set.version,
-        trust_domain: trust_domain.to_owned(),
-        revoked: set
-            .revoked
-            .iter()
-            .map(|r| RevokedTask {
-                task_id: r.task_id.clone(),
-                spiffe_id: r.spiffe_id.clone(),
-                serials: r.serials.clone(),
-                reason: r.reason.clone(),
-                revoked_at_unix_ms: r.revoked_at_ms,
-                until_unix: r.until,
-            })
-            .collect(),
-    }
-}
-
-#[tonic::async_trait]
-impl Revocations for RevocationsService {
-    type WatchStream = RevocationStream;
-
-    async fn watch(
-        &self,
-        req: Request<WatchRevocationsRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let peer = peer_of(&req)?;
-        let snap = self.cache.current();
-        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs).await?;
-        // Verifiers (MCP servers) and clients alike may watch.
-        if snap.identities_for(&att).is_empty() {
-            self.metrics
-                .rpc("WatchRevocations", tonic::Code::PermissionDenied);
-            return Err(Status::permission_denied("no identity issued"));
-        }
-        self.metrics.rpc("WatchRevocations", tonic::Code::Ok);
-        let td = snap.bundle.trust_domain.as_str().to_owned();
-        let mut rx = self.manager.feed().subscribe();
-        let mut shutdown = self.shutdown.clone();
-        let metrics = Arc::clone(&self.metrics);
-        let (tx, out) = tokio::sync::mpsc::channel(4);
-        metrics.revocation_watchers.inc();
-        tokio::spawn(async move {
-            loop {
-                let set = rx.borrow_and_update().clone();
-                if tx.send(Ok(to_proto(&set, &td))).await.is_err() {
-                    break;
-                }
-                tokio::select! {
-                    _ = tx.closed() => break,
-                    _ = shutdown.changed() => break,
-                    r = rx.changed() => if r.is_err() { break },
-                }
-            }
-            metrics.revocation_watchers.dec();
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(out),
-        )))
     }
 }

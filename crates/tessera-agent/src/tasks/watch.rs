@@ -1,0 +1,330 @@
+//! `tessera.v1.Revocations` on the workload socket: the revoked set, to every attested
+//! caller that watches it, within bounds.
+//!
+//! Two costs grow with the callers an authenticated peer can open: each stream holds a
+//! task and its buffers, and each change of the set is sent on every stream. So an
+//! identity may hold at most `revocation_max_watchers_per_identity` streams at once
+//! (RESOURCE_EXHAUSTED past it), and each version of the set is encoded once and its
+//! bytes shared by every stream, which tonic's generated server cannot do (it encodes a
+//! message per stream, from a copy per stream): hence this hand-written service, with a
+//! codec that sends those bytes as they are. The wire format is the proto's.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use prost::Message;
+use prost::bytes::{BufMut, Bytes};
+use tessera_proto::tessera::v1::revocations_server::SERVICE_NAME;
+use tessera_proto::tessera::v1::{RevocationSet, RevokedTask, WatchRevocationsRequest};
+use tokio::sync::watch;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Request, Response, Status};
+
+use super::{RevokedSet, TaskManager};
+use crate::attest::Attestor;
+use crate::metrics::Metrics;
+use crate::svids::SvidCache;
+use crate::workload::{attest, peer_of};
+
+/// The `tessera.v1.Revocations` service (a tower service for tonic's router).
+#[derive(Clone, Debug)]
+pub struct RevocationsService {
+    inner: Arc<Inner>,
+    max_request_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    manager: Arc<TaskManager>,
+    cache: Arc<SvidCache>,
+    attestor: Arc<Attestor>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    max_per_identity: usize,
+    /// Open Watch streams per SPIFFE ID; an identity with none has no key.
+    open: Mutex<HashMap<String, usize>>,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send + 'static>>;
+
+impl RevocationsService {
+    /// A feed for attested callers (verifiers run as registered workloads), each of
+    /// whose identities may hold at most `max_watchers_per_identity` streams.
+    pub fn new(
+        manager: Arc<TaskManager>,
+        cache: Arc<SvidCache>,
+        attestor: Arc<Attestor>,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+        max_watchers_per_identity: usize,
+    ) -> Self {
+        RevocationsService {
+            inner: Arc::new(Inner {
+                manager,
+                cache,
+                attestor,
+                metrics,
+                shutdown,
+                max_per_identity: max_watchers_per_identity,
+                open: Mutex::new(HashMap::new()),
+            }),
+            max_request_bytes: 4 * 1024 * 1024,
+        }
+    }
+
+    /// Refuses requests larger than `limit` (the request is empty; anything large is
+    /// garbage or an attack).
+    #[must_use]
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.max_request_bytes = limit;
+        self
+    }
+}
+
+impl Inner {
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        // Every change is one increment or decrement; a panic cannot leave it half-done.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more stream under each of `identities`, or RESOURCE_EXHAUSTED if
+    /// any of them already holds the most allowed. A caller holding several identities
+    /// counts against each, so none can be used to get around another's bound.
+    fn reserve(self: &Arc<Self>, identities: Vec<String>) -> Result<Slot, Status> {
+        let mut open = self.lock_open();
+        if let Some(full) = identities
+            .iter()
+            .find(|id| open.get(*id).copied().unwrap_or(0) >= self.max_per_identity)
+        {
+            return Err(Status::resource_exhausted(format!(
+                "{full} already has {} open revocation watch streams, the most \
+                 revocation_max_watchers_per_identity allows; close one first",
+                self.max_per_identity
+            )));
+        }
+        for id in &identities {
+            *open.entry(id.clone()).or_insert(0) += 1;
+        }
+        Ok(Slot {
+            inner: Arc::clone(self),
+            identities,
+        })
+    }
+
+    async fn watch(
+        self: Arc<Self>,
+        req: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        const RPC: &str = "WatchRevocations";
+        let peer = peer_of(&req)?;
+        let snap = self.cache.current();
+        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs).await?;
+        // Verifiers (MCP servers) and clients alike may watch.
+        let identities: Vec<String> = snap
+            .identities_for(&att)
+            .iter()
+            .map(|e| e.spiffe_id.clone())
+            .collect();
+        if identities.is_empty() {
+            self.metrics.rpc(RPC, tonic::Code::PermissionDenied);
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        let slot = match self.reserve(identities) {
+            Ok(slot) => slot,
+            Err(status) => {
+                self.metrics.rpc(RPC, status.code());
+                tracing::warn!(pid = att.pid, uid = att.uid, error = %status.message(), "revocation watch refused");
+                return Err(status);
+            }
+        };
+        self.metrics.rpc(RPC, tonic::Code::Ok);
+        let td = snap.bundle.trust_domain.as_str().to_owned();
+        let mut rx = self.manager.feed().subscribe();
+        let mut shutdown = self.shutdown.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let (tx, out) = tokio::sync::mpsc::channel(4);
+        metrics.revocation_watchers.inc();
+        tokio::spawn(async move {
+            // Held as long as the stream: its place is given back when it ends.
+            let _slot = slot;
+            loop {
+                let set = rx.borrow_and_update().clone();
+                let bytes = set.encoded(|set| to_proto(set, &td).encode_to_vec().into());
+                drop(set);
+                if tx.send(Ok(bytes)).await.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = shutdown.changed() => break,
+                    r = rx.changed() => if r.is_err() { break },
+                }
+            }
+            metrics.revocation_watchers.dec();
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+}
+
+/// One stream's places among its identities' bounds, given back on drop.
+#[derive(Debug)]
+struct Slot {
+    inner: Arc<Inner>,
+    identities: Vec<String>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.inner.lock_open();
+        for id in &self.identities {
+            if let Some(n) = open.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(id);
+                }
+            }
+        }
+    }
+}
+
+fn to_proto(set: &RevokedSet, trust_domain: &str) -> RevocationSet {
+    RevocationSet {
+        version: set.version,
+        trust_domain: trust_domain.to_owned(),
+        revoked: set
+            .revoked
+            .iter()
+            .map(|r| RevokedTask {
+                task_id: r.task_id.clone(),
+                spiffe_id: r.spiffe_id.clone(),
+                serials: r.serials.clone(),
+                reason: r.reason.clone(),
+                revoked_at_unix_ms: r.revoked_at_ms,
+                until_unix: r.until,
+            })
+            .collect(),
+    }
+}
+
+// === impl RevocationsService: the tower service tonic routes to ===
+
+const WATCH_PATH: &str = "/tessera.v1.Revocations/Watch";
+
+impl tonic::server::NamedService for RevocationsService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> tower::Service<http::Request<B>> for RevocationsService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != WATCH_PATH {
+            return Box::pin(
+                async move { Ok(Status::unimplemented("no such method").into_http()) },
+            );
+        }
+        let inner = Arc::clone(&self.inner);
+        let max_request_bytes = self.max_request_bytes;
+        Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(SharedBytesCodec::<WatchRevocationsRequest>(PhantomData))
+                    .max_decoding_message_size(max_request_bytes);
+            Ok(grpc.server_streaming(WatchMethod(inner), req).await)
+        })
+    }
+}
+
+struct WatchMethod(Arc<Inner>);
+
+impl tonic::server::ServerStreamingService<WatchRevocationsRequest> for WatchMethod {
+    type Response = Bytes;
+    type ResponseStream = WatchStream;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<WatchStream>, Status>> + Send>>;
+
+    fn call(&mut self, req: Request<WatchRevocationsRequest>) -> Self::Future {
+        Box::pin(Arc::clone(&self.0).watch(req))
+    }
+}
+
+/// Decodes requests with prost; sends responses that are already encoded messages.
+struct SharedBytesCodec<D>(PhantomData<D>);
+
+impl<D: Message + Default + Send + 'static> Codec for SharedBytesCodec<D> {
+    type Encode = Bytes;
+    type Decode = D;
+    type Encoder = SharedBytesEncoder;
+    type Decoder = ProstDecoder<D>;
+
+    fn encoder(&mut self) -> SharedBytesEncoder {
+        SharedBytesEncoder
+    }
+
+    fn decoder(&mut self) -> ProstDecoder<D> {
+        ProstDecoder(PhantomData)
+    }
+}
+
+struct SharedBytesEncoder;
+
+impl Encoder for SharedBytesEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+struct ProstDecoder<D>(PhantomData<D>);
+
+impl<D: Message + Default> Decoder for ProstDecoder<D> {
+    type Item = D;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
+        D::decode(src)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_bytes_are_the_proto_encoding_of_the_set() {
+        let revocation = tessera_store::Revocation {
+            task_id: "01J".into(),
+            spiffe_id: "spiffe://td/client/c/task/01J".into(),
+            serials: vec!["0a".into(), "0b".into()],
+            reason: "ended".into(),
+            revoked_at_ms: 7,
+            until: 100,
+        };
+        let feed = super::super::RevocationFeed::new(vec![revocation]);
+        let set = feed.current();
+        let bytes = set.encoded(|set| to_proto(set, "td").encode_to_vec().into());
+        let decoded = RevocationSet::decode(bytes).unwrap();
+        assert_eq!(decoded, to_proto(&set, "td"));
+        assert_eq!(decoded.revoked[0].serials, ["0a", "0b"]);
+    }
+}
