@@ -21,8 +21,8 @@ use crate::tasks::{EndReason, TaskError, TaskManager, task_to_proto};
 use tonic::{Request, Response, Status};
 
 use crate::attest::Selector;
+use crate::caller::peer_of;
 use crate::metrics::Metrics;
-use crate::workload::peer_of;
 
 /// The `tessera.v1.Admin` service.
 #[derive(Clone, Debug)]

@@ -201,6 +201,9 @@ pub struct KubernetesConfig {
     pub cgroup_root: PathBuf,
 }
 
+/// Where the agent looks for the cgroup hierarchies unless told otherwise.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// The in-cluster CA and token, as every pod with a service account has them.
 pub const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 /// See [`IN_CLUSTER_CA`].
@@ -220,7 +223,7 @@ impl Default for KubernetesConfig {
             retry_attempts: 5,
             retry_interval: Duration::from_millis(200),
             request_timeout: Duration::from_secs(5),
-            cgroup_root: crate::attest::k8s::DEFAULT_CGROUP_ROOT.into(),
+            cgroup_root: DEFAULT_CGROUP_ROOT.into(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod agent;
 pub mod attest;
 pub mod audit_log;
+mod caller;
 pub mod config;
 pub mod h2_authority;
 pub mod http;

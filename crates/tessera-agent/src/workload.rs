@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use tessera_proto::WORKLOAD_HEADER;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use tessera_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -17,7 +16,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
-use crate::attest::{Attestation, Attestor, Needs, PeerInfo};
+use crate::attest::{Attestation, Attestor, PeerInfo};
+use crate::caller::{Caller, NO_IDENTITY, check_header};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::svids::{Snapshot, SvidCache};
 use crate::tasks::{TaskManager, TaskView};
@@ -34,10 +34,6 @@ pub struct WorkloadService {
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 }
-
-/// The message SPIRE uses; clients and operators recognise it.
-const MISSING_HEADER: &str = "security header missing from request";
-const NO_IDENTITY: &str = "no identity issued";
 
 impl WorkloadService {
     /// A service answering from `cache`, attesting with `attestor`.
@@ -65,15 +61,14 @@ impl WorkloadService {
     ) -> Result<(PeerInfo, Attestation), Status> {
         let result: Result<(PeerInfo, Attestation), Status> = async {
             check_header(req)?;
-            let peer = peer_of(req)?;
-            let att = attest(
+            let caller = Caller::admit(
+                req,
                 &self.attestor,
                 &self.metrics,
-                &peer,
                 self.cache.current().needs,
             )
             .await?;
-            Ok((peer, att))
+            Ok((caller.peer, caller.attestation))
         }
         .await;
         if let Err(status) = &result {
@@ -172,37 +167,6 @@ impl WorkloadService {
         });
         Ok(Box::pin(ReceiverStream::new(out)))
     }
-}
-
-pub(crate) fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
-    match req.metadata().get(WORKLOAD_HEADER) {
-        Some(v) if v == "true" => Ok(()),
-        _ => Err(Status::invalid_argument(MISSING_HEADER)),
-    }
-}
-
-pub(crate) fn peer_of<T>(req: &Request<T>) -> Result<PeerInfo, Status> {
-    req.extensions()
-        .get::<PeerInfo>()
-        .cloned()
-        .ok_or_else(|| Status::internal("connection carries no peer credentials"))
-}
-
-pub(crate) async fn attest(
-    attestor: &Attestor,
-    metrics: &Metrics,
-    peer: &PeerInfo,
-    needs: Needs,
-) -> Result<Attestation, Status> {
-    attestor.attest(peer, needs).await.map_err(|e| {
-        metrics
-            .attestations
-            .get_or_create(&ResultLabel { result: "error" })
-            .inc();
-        tracing::info!(conn = peer.conn_id, pid = ?peer.pid, error = %e, "attestation failed");
-        // The caller learns nothing about why beyond "no identity".
-        Status::permission_denied(NO_IDENTITY)
-    })
 }
 
 /// Identifies the bundle's certificates cheaply (their signatures' last bytes),

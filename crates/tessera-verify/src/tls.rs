@@ -26,8 +26,8 @@ use tessera_identity::{CaBinding, ServerId, TrustDomain, check_intermediate, che
 
 use crate::peer::Peer;
 use crate::trust::TrustSource;
+use crate::trust::anchor_limits::AnchorLimits;
 use crate::trust::provider;
-use path_len::AnchorLimits;
 
 /// Why a TLS config could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -473,8 +473,6 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)?)
 }
-
-pub(crate) mod path_len;
 
 #[cfg(test)]
 mod tests;

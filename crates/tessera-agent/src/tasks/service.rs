@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status};
 
 use super::{BeginRequest, EndReason, Entitlement, TaskError, TaskManager};
 use crate::attest::{Attestation, Attestor, PeerInfo};
+use crate::caller::{Caller, NO_IDENTITY};
 use crate::metrics::Metrics;
 use crate::svids::{Snapshot, SvidCache};
-use crate::workload::{attest, peer_of};
 
 /// Converts a stored task for the API.
 pub fn task_to_proto(t: TaskRecord, trust_domain: &str) -> Task {
@@ -44,7 +44,7 @@ fn task_status(e: TaskError) -> Status {
         TaskError::NotFound(id) => Status::not_found(format!("no task {id} for this client")),
         e @ TaskError::TooManyLive { .. } => Status::resource_exhausted(e.to_string()),
         // As for a caller that matches no entry: it learns nothing more.
-        TaskError::NotEntitled { .. } => Status::permission_denied("no identity issued"),
+        TaskError::NotEntitled { .. } => Status::permission_denied(NO_IDENTITY),
         e @ TaskError::ShuttingDown => Status::unavailable(e.to_string()),
         e => {
             tracing::error!(error = %e, "task operation failed");
@@ -90,13 +90,15 @@ impl TasksService {
         rpc: &'static str,
         req: &Request<T>,
     ) -> Result<(PeerInfo, Attestation, Vec<ClientId>, Arc<Snapshot>), Status> {
-        let peer = peer_of(req)?;
         let snap = self.cache.current();
-        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs).await?;
+        let Caller {
+            peer,
+            attestation: att,
+        } = Caller::admit(req, &self.attestor, &self.metrics, snap.needs).await?;
         let clients: Vec<ClientId> = snap.clients_for(&att);
         if clients.is_empty() {
             self.metrics.rpc(rpc, tonic::Code::PermissionDenied);
-            return Err(Status::permission_denied("no identity issued"));
+            return Err(Status::permission_denied(NO_IDENTITY));
         }
         Ok((peer, att, clients, snap))
     }

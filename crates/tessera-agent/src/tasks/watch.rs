@@ -27,9 +27,9 @@ use tonic::{Request, Response, Status};
 
 use super::{RevokedSet, TaskManager};
 use crate::attest::Attestor;
+use crate::caller::{Caller, NO_IDENTITY};
 use crate::metrics::Metrics;
 use crate::svids::SvidCache;
-use crate::workload::{attest, peer_of};
 
 /// The `tessera.v1.Revocations` service (a tower service for tonic's router).
 #[derive(Clone, Debug)]
@@ -121,9 +121,10 @@ impl Inner {
         req: Request<WatchRevocationsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         const RPC: &str = "WatchRevocations";
-        let peer = peer_of(&req)?;
         let snap = self.cache.current();
-        let att = attest(&self.attestor, &self.metrics, &peer, snap.needs).await?;
+        let att = Caller::admit(&req, &self.attestor, &self.metrics, snap.needs)
+            .await?
+            .attestation;
         // Verifiers (MCP servers) and clients alike may watch.
         let identities: Vec<String> = snap
             .identities_for(&att)
@@ -132,7 +133,7 @@ impl Inner {
             .collect();
         if identities.is_empty() {
             self.metrics.rpc(RPC, tonic::Code::PermissionDenied);
-            return Err(Status::permission_denied("no identity issued"));
+            return Err(Status::permission_denied(NO_IDENTITY));
         }
         let slot = match self.reserve(identities) {
             Ok(slot) => slot,

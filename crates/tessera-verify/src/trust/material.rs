@@ -10,7 +10,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 
-use crate::tls::path_len::AnchorLimits;
+use super::anchor_limits::AnchorLimits;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tessera_identity::{ProfileError, ServerId, TrustDomain, check_leaf_svid};

@@ -10,6 +10,7 @@
 //!   picked by its SPIFFE ID `spiffe://<td>/mcp/<server>`, never "whatever is first".
 //! - [`files`]: PEM files (bundle, chain, key), polled for changes.
 
+pub(crate) mod anchor_limits;
 pub mod files;
 mod material;
 pub mod workload;

@@ -22,7 +22,7 @@ pub use cgroup::{CgroupError, CgroupView, PodContainer, parse as parse_cgroup};
 pub use kubelet::{KubeletClient, KubeletError, KubeletSettings, KubeletTrust};
 
 use super::Selector;
-use crate::config::{ConfigError, IN_CLUSTER_CA, KubernetesConfig};
+use crate::config::{ConfigError, DEFAULT_CGROUP_ROOT, IN_CLUSTER_CA, KubernetesConfig};
 
 /// Why a caller's pod could not be attested. Every variant denies.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +58,6 @@ pub enum K8sAttestError {
     #[error(transparent)]
     Kubelet(#[from] KubeletError),
 }
-
-/// Where the agent looks for the cgroup hierarchies unless told otherwise.
-pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Cache and retry timing; see the `[kubernetes]` config section.
 #[derive(Clone, Copy, Debug)]
