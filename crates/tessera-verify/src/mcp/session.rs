@@ -21,7 +21,7 @@
 //! ## Bounds
 //!
 //! Every authenticated peer can open sessions, so the table has hard limits
-//! ([`SessionLimits`]): at most `max_sessions` in all (default 100,000, some 30 MiB) and
+//! ([`SessionLimits`]): at most `max_sessions` in all (default 100,000, some 50 MiB) and
 //! `max_sessions_per_peer` per SPIFFE ID (default 64); a session unused for `idle_ttl`
 //! (default 10 minutes, twice rmcp's own session keep-alive) is forgotten. Binding a
 //! session past a limit forgets the least recently used one: the peer's own when it is
@@ -51,8 +51,9 @@ const SESSION_HEADER: &str = "mcp-session-id";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SessionLimits {
-    /// Sessions bound at once, over all peers. Default 100,000 (each costs about 300
-    /// bytes here, besides what the session manager keeps).
+    /// Sessions bound at once, over all peers. Default 100,000 (each costs about 500
+    /// bytes here, estimated from an entry's parts: its id, owner id, links and its
+    /// owner's list; besides what the session manager keeps).
     pub max_sessions: usize,
     /// Sessions one peer (one SPIFFE ID) holds at once. Default 64.
     pub max_sessions_per_peer: usize,

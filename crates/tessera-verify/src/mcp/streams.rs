@@ -7,10 +7,12 @@
 //! SSE response of a long tool call. [`StreamGuardLayer`] wraps every response body of
 //! a peer: once the body has had to wait (so, only bodies that stream), it also waits on
 //! [`Authorizer::until_denied`], and ends the body (a clean end of stream) when the task
-//! is revoked, expires, or the revocation feed goes stale. A `GET` (opening a stream)
-//! from a peer whose credential already fails is answered 403 without reaching the
-//! server: there is no JSON-RPC message to answer with a denial, and a stream that
-//! ended at once would only have its client reconnect.
+//! is revoked, expires, or the revocation feed goes stale. A request made while the
+//! credential already fails is not guarded (its JSON-RPC denial must arrive whole); a
+//! `GET` (opening a stream) then is answered without reaching the server, 401
+//! `invalid_token` (503 while the feed is stale): there is no JSON-RPC message to
+//! answer with a denial, and a stream that ended at once would only have its client
+//! reconnect.
 //!
 //! Put it outside [`SessionBindingLayer`](super::SessionBindingLayer), inside the
 //! per-connection service that inserts the `Arc<Peer>`.
@@ -21,11 +23,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::authz::Authorizer;
-use crate::decision::Decision;
+use crate::decision::{Decision, Reason};
 use crate::peer::Peer;
 use crate::request::McpRequest;
 
@@ -101,20 +103,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let peer = req.extensions().get::<Arc<Peer>>().cloned();
-        if let Some(peer) = &peer
-            && req.method() == Method::GET
-        {
+        let mut peer = req.extensions().get::<Arc<Peer>>().cloned();
+        if let Some(p) = &peer {
             let started = std::time::Instant::now();
             let stream = McpRequest::untargeted("stream", "GET");
-            let d = self.authz.decide(peer, &stream, SystemTime::now());
+            let d = self.authz.decide(p, &stream, SystemTime::now());
             if !d.allowed {
-                self.authz.record(peer, &stream, &d, started.elapsed());
-                return Box::pin(async {
-                    let mut r = Response::new(GuardedBody::unguarded(RB::default()));
-                    *r.status_mut() = StatusCode::FORBIDDEN;
-                    Ok(r)
-                });
+                if req.method() == Method::GET {
+                    self.authz.record(p, &stream, &d, started.elapsed());
+                    return Box::pin(async move { Ok(refusal(&d)) });
+                }
+                // A request made with a credential that already fails gets its own
+                // JSON-RPC denial from `Enforced`: its answer is not cut short.
+                peer = None;
             }
         }
         // The clone that was polled ready serves this call; a fresh clone is left behind.
@@ -131,6 +132,30 @@ where
             }))
         })
     }
+}
+
+/// The answer to a `GET` of a peer whose credential fails. A stale feed is the server's
+/// trouble and passes: 503, to retry. Otherwise the credential is no good (revoked,
+/// expired, not a task of this server): 401 with an RFC 6750 `invalid_token` challenge,
+/// on which clients stop reopening the stream (rmcp's does; on a bare 401 or 403 it
+/// retries for ever, and its shutdown waits for the retries).
+fn refusal<RB: Default>(d: &Decision) -> Response<GuardedBody<RB>> {
+    let mut r = Response::new(GuardedBody::unguarded(RB::default()));
+    if d.reason == Reason::RevocationFeedStale {
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+    } else {
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        // The reason strings are fixed ASCII words: always a valid header value.
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\"",
+            d.reason.as_str()
+        )) {
+            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+        }
+    }
+    r
 }
 
 // === impl GuardedBody ===
@@ -281,16 +306,15 @@ mod tests {
             store,
             watcher.clone(),
         ));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
-        let svc = StreamGuardLayer::new(authz).layer(tower::service_fn(move |_: Request<()>| {
-            let body = Channel(
-                rx.lock()
-                    .unwrap()
-                    .take()
-                    .unwrap_or_else(|| mpsc::unbounded_channel().1),
-            );
-            async move { Ok::<_, Infallible>(Response::new(body)) }
+        // Each response streams what the test sends on its sender, kept here.
+        let senders = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let svc = StreamGuardLayer::new(authz).layer(tower::service_fn({
+            let senders = senders.clone();
+            move |_: Request<()>| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                senders.lock().unwrap().push(tx);
+                async move { Ok::<_, Infallible>(Response::new(Channel(rx))) }
+            }
         }));
         let peer = Arc::new(task_peer(&["github/tool/*"]));
         let request = |method: Method| {
@@ -304,6 +328,7 @@ mod tests {
             .await
             .unwrap()
             .into_body();
+        let tx = senders.lock().unwrap()[0].clone();
         tx.send(b"event: 1").unwrap();
         assert_eq!(next(&mut body).await, Some(&b"event: 1"[..]));
         assert_eq!(watcher.watched_tasks(), 0, "not watching before it waits");
@@ -332,8 +357,25 @@ mod tests {
         assert!(body.is_end_stream());
         assert_eq!(watcher.watched_tasks(), 0, "the guard is gone");
 
-        // A new stream of the revoked task is refused outright.
+        // A new stream of the revoked task is refused outright, with a challenge on
+        // which clients stop reopening it.
         let resp = svc.clone().oneshot(request(Method::GET)).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()[http::header::WWW_AUTHENTICATE],
+            r#"Bearer error="invalid_token", error_description="revoked""#
+        );
+        // A request of the revoked task is answered whole (its denial), not cut short.
+        let mut body = svc
+            .clone()
+            .oneshot(request(Method::POST))
+            .await
+            .unwrap()
+            .into_body();
+        let waits =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx).is_pending()))
+                .await;
+        assert!(waits);
+        assert_eq!(watcher.watched_tasks(), 0, "not guarded");
     }
 }
