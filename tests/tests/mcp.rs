@@ -790,3 +790,56 @@ async fn a_revoked_tasks_open_streams_end_when_the_revocation_arrives() {
     let log = env.server.log_text();
     assert!(log.contains("open stream ended"), "{log}");
 }
+
+/// Opens a session (2025-06-18): `initialize`, then `notifications/initialized`.
+async fn open_session(http: &reqwest::Client, url: &str) -> String {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "e2e", "version": "0"}}});
+    let (status, sid, body) = post(http, url, None, init).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = sid.expect("a session id");
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, body) = post(http, url, Some(&sid), initialized).await;
+    assert!(status == 202 || status == 200, "{status} {body}");
+    sid
+}
+
+#[tokio::test]
+async fn a_peer_past_its_session_limit_loses_only_its_own_oldest_session() {
+    let env = Env::start(Trust::Workload, &["--max-sessions-per-peer", "2"])
+        .await
+        .unwrap();
+    let (_w1, _t1, alice) = begin(&env, &["github/tool/get_pull_request"]).await;
+    let (_w2, _t2, mallory) = begin(&env, &["github/tool/get_pull_request"]).await;
+    let url = env.server.url.clone();
+    let alice = http_client(tls_config(&alice, "github").unwrap()).unwrap();
+    let mallory = http_client(tls_config(&mallory, "github").unwrap()).unwrap();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+
+    let kept = open_session(&alice, &url).await;
+    let mut opened = Vec::new();
+    for _ in 0..5 {
+        opened.push(open_session(&mallory, &url).await);
+    }
+    // Its two newest sessions work; the older ones are gone (404, as for any unknown
+    // session: its client opens a new one).
+    for (i, sid) in opened.iter().enumerate() {
+        let (status, _, body) = post(&mallory, &url, Some(sid), list.clone()).await;
+        let want = if i >= 3 { 200 } else { 404 };
+        assert_eq!(status, want, "session {i}: {body}");
+    }
+    // Another peer's session is untouched.
+    let (status, _, body) = post(&alice, &url, Some(&kept), list).await;
+    assert_eq!(status, 200, "{body}");
+    // And the forgotten ones were closed in rmcp too, not left to its keep-alive.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !env
+        .server
+        .log_text()
+        .contains("closed sessions past a limit")
+    {
+        assert!(Instant::now() < deadline, "{}", env.server.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -279,11 +279,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let binding = SessionBinding::new(limits).on_evict(move |ids| {
         let sessions = sessions.clone();
         tokio::spawn(async move {
+            let count = ids.len();
             for id in ids {
                 if let Err(e) = sessions.close_session(&id.into()).await {
                     tracing::debug!(error = %e, "closing a forgotten session");
                 }
             }
+            tracing::info!(count, "closed sessions past a limit or idle");
         });
     });
     let service = tower::ServiceBuilder::new()
