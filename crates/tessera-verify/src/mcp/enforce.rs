@@ -19,7 +19,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rmcp::model::*;
 use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
@@ -426,12 +426,11 @@ impl<H: ServerHandler> ServerHandler for Enforced<H> {
             ended = authz.until_denied(&peer) => {
                 // Dropping the inner `listen` drops its subscription context, which
                 // stops its sink; the final error then ends the stream.
-                let started = Instant::now();
                 authz.record(
                     &peer,
                     &McpRequest::untargeted("subscriptions/listen", "stream ended"),
                     &ended,
-                    started.elapsed(),
+                    Duration::ZERO,
                 );
                 tracing::info!(
                     peer = %peer.spiffe_id(),

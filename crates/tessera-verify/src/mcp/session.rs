@@ -373,8 +373,9 @@ impl SessionBinding {
     }
 
     /// Calls `hook` with the ids of the sessions the table forgets (past a limit, or
-    /// idle), outside its lock: e.g. to close them in rmcp's session manager, so that
-    /// the limits bound its sessions too.
+    /// idle), outside its lock, on the task that bound or checked a session: e.g. to
+    /// close them in rmcp's session manager (spawn that, it is async), so that the
+    /// limits bound its sessions too.
     pub fn on_evict(mut self, hook: impl Fn(Vec<String>) + Send + Sync + 'static) -> Self {
         self.on_evict = Some(Box::new(hook));
         self
