@@ -32,6 +32,9 @@ pub enum Reason {
     WrongServer,
     /// No policy set is loaded.
     NoPolicies,
+    /// The method names nothing the task's scopes or Cedar can decide on (a custom
+    /// method, `tasks/*`, skills, an unknown notification): refused by default.
+    MethodNotEnforceable,
 }
 
 /// The decision on one request.
@@ -66,6 +69,7 @@ impl Reason {
             Self::NotATask => "not_a_task",
             Self::WrongServer => "wrong_server",
             Self::NoPolicies => "no_policies",
+            Self::MethodNotEnforceable => "method_not_enforceable",
         }
     }
 }

@@ -19,7 +19,7 @@
 //! use std::sync::Arc;
 //! use tessera_verify::{Authorizer, Peer, ServerTlsBuilder, RevocationWatcher};
 //! use tessera_verify::authz::policy::{PolicyFiles, PolicyStore};
-//! use tessera_verify::mcp::{Enforced, SessionBindingLayer};
+//! use tessera_verify::mcp::{Enforced, SessionBindingLayer, StreamGuardLayer};
 //! use tessera_verify::revocation::WatcherConfig;
 //!
 //! // 1. Trust: own SVID spiffe://<td>/mcp/<server> + bundle, from the agent ...
@@ -38,11 +38,16 @@
 //! let _p = policies.spawn_watch(std::time::Duration::from_secs(2));
 //! let authz = Arc::new(Authorizer::new(server_id, policies, revocations).with_audit(AuditLog::tracing_only()));
 //!
-//! // 4. rmcp service: wrap the handler; bind sessions to peers.
+//! // 4. rmcp service: wrap the handler; end a revoked task's open streams; bind sessions
+//! //    to peers (SessionBindingLayer::with_binding(..on_evict(..)) to close forgotten
+//! //    sessions in the session manager too).
 //! let service = rmcp::transport::streamable_http_server::StreamableHttpService::new(
 //!     { let authz = authz.clone(); move || Ok(Enforced::new(MyHandler::default(), authz.clone())) },
 //!     Default::default(), Default::default());
-//! let service = tower::ServiceBuilder::new().layer(SessionBindingLayer::new()).service(service);
+//! let service = tower::ServiceBuilder::new()
+//!     .layer(StreamGuardLayer::new(authz.clone()))
+//!     .layer(SessionBindingLayer::new())
+//!     .service(service);
 //!
 //! // 5. Per TLS connection: parse the peer ONCE, insert it into every request.
 //! loop {

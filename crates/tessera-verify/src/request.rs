@@ -2,8 +2,11 @@
 
 use tessera_identity::ScopeKind;
 
-/// An MCP method that operates on one named target and is therefore authorized per call.
+/// The MCP method being authorized: one of the three that operate on one named target
+/// (checked against the task's scopes and Cedar), or another decided on the caller's
+/// credential alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum McpMethod {
     /// `tools/call`: the target is the tool name.
     ToolsCall,
@@ -11,6 +14,12 @@ pub enum McpMethod {
     ResourcesRead,
     /// `prompts/get`: the target is the prompt name.
     PromptsGet,
+    /// A method that names no tool, resource or prompt of its own (`initialize`, `ping`,
+    /// the lists, `logging/setLevel`, ...): allowed when the caller's credential passes
+    /// the checks every request gets (a live task of this server, not revoked, feed
+    /// fresh), with no scope or policy of its own. The JSON-RPC method name; the target
+    /// is empty or says what the method acts on.
+    Untargeted(&'static str),
 }
 
 /// One request to authorize: method, target, and the call's arguments (if any).
@@ -28,21 +37,24 @@ pub struct McpRequest {
 // === impl McpMethod ===
 
 impl McpMethod {
-    /// The JSON-RPC method name, also the Cedar action id (`Action::"tools/call"`).
+    /// The JSON-RPC method name; for the targeted methods also the Cedar action id
+    /// (`Action::"tools/call"`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ToolsCall => "tools/call",
             Self::ResourcesRead => "resources/read",
             Self::PromptsGet => "prompts/get",
+            Self::Untargeted(method) => method,
         }
     }
 
-    /// The scope kind this method needs.
-    pub fn scope_kind(self) -> ScopeKind {
+    /// The scope kind this method needs; `None` for an untargeted method.
+    pub fn scope_kind(self) -> Option<ScopeKind> {
         match self {
-            Self::ToolsCall => ScopeKind::Tool,
-            Self::ResourcesRead => ScopeKind::Resource,
-            Self::PromptsGet => ScopeKind::Prompt,
+            Self::ToolsCall => Some(ScopeKind::Tool),
+            Self::ResourcesRead => Some(ScopeKind::Resource),
+            Self::PromptsGet => Some(ScopeKind::Prompt),
+            Self::Untargeted(_) => None,
         }
     }
 
@@ -55,12 +67,14 @@ impl McpMethod {
         }
     }
 
-    /// The Cedar entity type of the resource: `Tool`, `Resource` or `Prompt`.
-    pub fn resource_type(self) -> &'static str {
+    /// The Cedar entity type of the resource: `Tool`, `Resource` or `Prompt`; `None` for
+    /// an untargeted method.
+    pub fn resource_type(self) -> Option<&'static str> {
         match self {
-            Self::ToolsCall => "Tool",
-            Self::ResourcesRead => "Resource",
-            Self::PromptsGet => "Prompt",
+            Self::ToolsCall => Some("Tool"),
+            Self::ResourcesRead => Some("Resource"),
+            Self::PromptsGet => Some("Prompt"),
+            Self::Untargeted(_) => None,
         }
     }
 }
@@ -85,6 +99,16 @@ impl McpRequest {
         Self {
             method: McpMethod::ResourcesRead,
             target: uri.into(),
+            arguments: None,
+        }
+    }
+
+    /// An untargeted `method` (see [`McpMethod::Untargeted`]), acting on `target` (may
+    /// be empty).
+    pub fn untargeted(method: &'static str, target: impl Into<String>) -> Self {
+        Self {
+            method: McpMethod::Untargeted(method),
+            target: target.into(),
             arguments: None,
         }
     }

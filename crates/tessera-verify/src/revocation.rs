@@ -11,17 +11,24 @@
 //! answers [`RevocationStatus::Stale`] and the authorizer refuses task credentials (fail
 //! closed). Before the first message the feed is stale too. HTTP/2 keep-alive on the
 //! channel detects a hung agent that keeps the socket open.
+//!
+//! Long-lived streams (subscriptions, SSE) wait on [`RevocationWatcher::watch_task`]
+//! rather than on every feed message: a message wakes only the waiters of the tasks it
+//! newly revokes (a feed message carries the whole set, and a server with thousands of
+//! open streams must not re-check all of them on every task that ends anywhere), and
+//! the stream going down or coming back wakes everyone.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tessera_identity::TaskId;
 use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
 use tessera_proto::tessera::v1::{RevocationSet, WatchRevocationsRequest};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -64,6 +71,21 @@ struct Inner {
     staleness: Duration,
     reconnects: AtomicU64,
     last_update_unix_ms: AtomicU64,
+    /// Per task with a waiter: a signal and the number of waiters.
+    waiters: Mutex<HashMap<TaskId, (watch::Sender<()>, usize)>>,
+    /// Signals every waiter: the stream went down or came back, or a message held an
+    /// entry whose task id does not parse (its serials could be anyone's).
+    everyone: watch::Sender<()>,
+}
+
+/// Waits for changes of the feed's answer about one task; see
+/// [`RevocationWatcher::watch_task`]. Stops counting as a waiter when dropped.
+#[derive(Debug)]
+pub struct TaskWatch {
+    inner: Arc<Inner>,
+    task: TaskId,
+    mine: watch::Receiver<()>,
+    everyone: watch::Receiver<()>,
 }
 
 /// The revocation set, kept current from the agent's feed. Cheap to clone (an `Arc`).
@@ -122,6 +144,8 @@ impl RevocationWatcher {
                 staleness,
                 reconnects: AtomicU64::new(0),
                 last_update_unix_ms: AtomicU64::new(0),
+                waiters: Mutex::new(HashMap::new()),
+                everyone: watch::Sender::new(()),
             }),
         }
     }
@@ -223,20 +247,46 @@ impl RevocationWatcher {
             version: msg.version,
             ..RevokedSet::default()
         };
+        let old = self.inner.set.load();
+        // Tasks this message revokes (or whose serials it adds), to wake their waiters.
+        let mut newly = Vec::new();
+        let mut wake_everyone = false;
         for r in &msg.revoked {
+            let mut new_serial = false;
+            for serial in &r.serials {
+                let serial = serial.to_ascii_lowercase();
+                new_serial |= !old.serials.contains(&serial);
+                set.serials.insert(serial);
+            }
             match r.task_id.parse::<TaskId>() {
                 Ok(id) => {
+                    if new_serial || !old.tasks.contains_key(&id) {
+                        newly.push(id);
+                    }
                     set.tasks.insert(id, r.reason.clone());
                 }
                 Err(e) => {
+                    wake_everyone |= new_serial;
                     tracing::warn!(task_id = %r.task_id, error = %e, "tessera-verify: revocation entry with an invalid task id; keeping its serials");
                 }
             }
-            set.serials
-                .extend(r.serials.iter().map(|s| s.to_ascii_lowercase()));
         }
+        drop(old);
         self.inner.set.store(Arc::new(set));
         self.mark_known();
+        if !newly.is_empty() {
+            let waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            if !waiters.is_empty() {
+                for id in &newly {
+                    if let Some((signal, _)) = waiters.get(id) {
+                        signal.send_replace(());
+                    }
+                }
+            }
+        }
+        if wake_everyone {
+            self.inner.everyone.send_replace(());
+        }
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -256,7 +306,57 @@ impl RevocationWatcher {
             // The set was current up to the moment the stream broke.
             self.mark_known();
         }
-        self.inner.live.store(live, Ordering::Release);
+        if self.inner.live.swap(live, Ordering::AcqRel) != live {
+            // Waiters re-check: down, the set goes stale at a time they must wait for.
+            self.inner.everyone.send_replace(());
+        }
+    }
+
+    /// How long until the set goes stale if nothing arrives meanwhile: `None` while it
+    /// cannot (fixed, or a live stream), zero when it already is.
+    pub fn stale_in(&self) -> Option<Duration> {
+        let inner = &self.inner;
+        if inner.fixed || inner.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let known = inner.known_at_nanos.load(Ordering::Acquire);
+        if known == u64::MAX {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now()
+            .saturating_duration_since(inner.base)
+            .as_nanos() as u64;
+        let age = Duration::from_nanos(now.saturating_sub(known));
+        Some(inner.staleness.saturating_sub(age))
+    }
+
+    /// A waiter for changes of the feed's answer about `task`: [`TaskWatch::changed`]
+    /// returns when a message newly revokes the task (or a serial of it), when the
+    /// stream goes down or comes back, or when a message held an entry without a valid
+    /// task id. It may return when nothing changed for the task: check
+    /// [`Self::status`] after it. Take the watch before the first check, so that no
+    /// change falls between the two.
+    pub fn watch_task(&self, task: &TaskId) -> TaskWatch {
+        let mut waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let (signal, count) = waiters
+            .entry(*task)
+            .or_insert_with(|| (watch::Sender::new(()), 0));
+        *count += 1;
+        TaskWatch {
+            inner: self.inner.clone(),
+            task: *task,
+            mine: signal.subscribe(),
+            everyone: self.inner.everyone.subscribe(),
+        }
+    }
+
+    /// Number of tasks with a waiter (for tests and metrics).
+    pub fn watched_tasks(&self) -> usize {
+        self.inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     async fn run(self, config: WatcherConfig) {
@@ -312,7 +412,8 @@ impl RevocationWatcher {
         let mut stream = client.watch(req).await?.into_inner();
         while let Some(msg) = stream.message().await? {
             self.apply(&msg);
-            if !self.inner.live.swap(true, Ordering::AcqRel) {
+            if !self.inner.live.load(Ordering::Acquire) {
+                self.set_live(true);
                 tracing::info!(
                     version = msg.version,
                     revoked = msg.revoked.len(),
@@ -321,6 +422,32 @@ impl RevocationWatcher {
             }
         }
         Ok(())
+    }
+}
+
+// === impl TaskWatch ===
+
+impl TaskWatch {
+    /// Returns when the feed's answer about the task may have changed (see
+    /// [`RevocationWatcher::watch_task`]).
+    pub async fn changed(&mut self) {
+        // Neither sender is dropped while `inner` (held here) lives.
+        tokio::select! {
+            _ = self.mine.changed() => {}
+            _ = self.everyone.changed() => {}
+        }
+    }
+}
+
+impl Drop for TaskWatch {
+    fn drop(&mut self) {
+        let mut waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, count)) = waiters.get_mut(&self.task) {
+            *count -= 1;
+            if *count == 0 {
+                waiters.remove(&self.task);
+            }
+        }
     }
 }
 

@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tessera_identity::{ServerId, TrustDomain};
 use tessera_verify::authz::policy::{PolicyFiles, PolicyStore};
-use tessera_verify::mcp::{Enforced, SessionBindingLayer};
+use tessera_verify::mcp::{
+    Enforced, SessionBinding, SessionBindingLayer, SessionLimits, StreamGuardLayer,
+};
 use tessera_verify::revocation::WatcherConfig;
 use tessera_verify::trust::files::FileTrustConfig;
 use tessera_verify::{AuditLog, Authorizer, Peer, RevocationWatcher, ServerTlsBuilder};
@@ -105,6 +108,16 @@ struct Args {
     /// Without a socket the server refuses to start unless this says so.
     #[arg(long)]
     dangerous_no_revocation: bool,
+
+    /// Most MCP sessions bound at once, over all peers; past it the least recently used
+    /// is closed.
+    #[arg(long, default_value_t = SessionLimits::default().max_sessions)]
+    max_sessions: usize,
+
+    /// Most MCP sessions one peer (one task) holds at once; past it its least recently
+    /// used is closed.
+    #[arg(long, default_value_t = SessionLimits::default().max_sessions_per_peer)]
+    max_sessions_per_peer: usize,
 
     /// Benchmark baseline only: keep mTLS (client certificates still required and
     /// verified) but skip every per-request check (no scopes, revocation, policy,
@@ -267,18 +280,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let authz =
         Arc::new(Authorizer::new(server_id.clone(), policies, revocations).with_audit(audit));
 
-    // 4. rmcp service: enforce in the handler, bind sessions to peers.
+    // 4. rmcp service: enforce in the handler, bind sessions to peers (a session the
+    // table forgets is closed in rmcp too, so its limits bound rmcp's sessions), end a
+    // revoked task's open streams.
     let hide = args.hide_denied_tools;
+    let sessions = Arc::new(LocalSessionManager::default());
     let service = StreamableHttpService::new(
-        move || {
-            let e = Enforced::new(GitHub::default(), authz.clone());
-            Ok(if hide { e.hide_denied_tools() } else { e })
+        {
+            let authz = authz.clone();
+            move || {
+                let e = Enforced::new(GitHub::default(), authz.clone());
+                Ok(if hide { e.hide_denied_tools() } else { e })
+            }
         },
-        Arc::new(LocalSessionManager::default()),
+        sessions.clone(),
         http_config,
     );
+    let limits = SessionLimits::default()
+        .with_max_sessions(args.max_sessions)
+        .with_max_sessions_per_peer(args.max_sessions_per_peer);
+    let binding = SessionBinding::new(limits).on_evict(move |ids| {
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            let count = ids.len();
+            for id in ids {
+                if let Err(e) = sessions.close_session(&id.into()).await {
+                    tracing::debug!(error = %e, "closing a forgotten session");
+                }
+            }
+            tracing::info!(count, "closed sessions past a limit or idle");
+        });
+    });
     let service = tower::ServiceBuilder::new()
-        .layer(SessionBindingLayer::new())
+        .layer(StreamGuardLayer::new(authz))
+        .layer(SessionBindingLayer::with_binding(Arc::new(binding)))
         .service(service);
     tracing::info!(%server_id, %addr, "serving MCP over mTLS");
     announce(addr)?;

@@ -1,9 +1,17 @@
-//! The example server's tools: a pretend GitHub with canned, argument-dependent answers.
-//! Nothing here knows about identity or policy: tessera-verify's `Enforced` wraps it.
+//! The example server's tools: a pretend GitHub with canned, argument-dependent answers,
+//! and each repository's README as a resource (`repo://<owner>/<name>/README.md`) that
+//! clients can subscribe to (`resources/subscribe` up to 2025-11-25,
+//! `subscriptions/listen` from 2026-07-28). Nothing here knows about identity or policy:
+//! tessera-verify's `Enforced` wraps it.
 
 use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
-use rmcp::model::{ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+use rmcp::model::{
+    ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, ResourceContents, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    SubscriptionFilter, UnsubscribeRequestParams,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::{ErrorData as McpError, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -132,12 +140,96 @@ impl GitHub {
     }
 }
 
+/// The repositories whose READMEs are resources.
+const REPOS: &[&str] = &["acme/api", "acme/web", "acme/secrets"];
+
+fn readme_uri(repo: &str) -> String {
+    format!("repo://{repo}/README.md")
+}
+
 #[tool_handler(router = self.tool_router)]
+// `resources/subscribe` is deprecated in rmcp (2026-07-28 replaced it) but still what
+// clients of earlier versions send.
+#[allow(deprecated)]
 impl ServerHandler for GitHub {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .build(),
+        )
+        .with_instructions(
             "A pretend GitHub protected by tessera-verify: every call is checked against the \
              caller's task SVID, its scopes, and Cedar policy.",
         )
+    }
+
+    async fn list_resources(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let resources = REPOS
+            .iter()
+            .map(|repo| {
+                serde_json::from_value(json!({
+                    "uri": readme_uri(repo),
+                    "name": format!("{repo} README"),
+                    "mimeType": "text/markdown",
+                }))
+                .map_err(|e| McpError::internal_error(e.to_string(), None))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let Some(repo) = REPOS.iter().find(|r| readme_uri(r) == request.uri) else {
+            return Err(McpError::resource_not_found(
+                format!("no resource {}", request.uri),
+                None,
+            ));
+        };
+        let text = format!(
+            "# {repo}\n\nBuild with `make`; {} open pulls.\n",
+            mix(repo) % 9
+        );
+        Ok(ReadResourceResponse::Complete(ReadResourceResult::new(
+            vec![ResourceContents::text(text, request.uri)],
+        )))
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        // Updates of known READMEs; rmcp intersects with what was requested.
+        let known = SubscriptionFilter::builder()
+            .resource_subscriptions(REPOS.iter().map(|r| readme_uri(r)))
+            .build();
+        Some(requested.intersection(&known))
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        tracing::info!(uri = %request.uri, "resources/subscribe");
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        _: UnsubscribeRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        Ok(())
     }
 }

@@ -16,6 +16,10 @@
 //!    policy evaluation error denies ([`Reason::PolicyError`]), because Cedar skips an
 //!    erroring policy and a skipped `forbid` must not turn into an allow.
 //!
+//! An untargeted method ([`McpMethod::Untargeted`]: `initialize`, `ping`, the lists, ...)
+//! stops after check 4: it names nothing to scope or to hand Cedar, but a revoked,
+//! expired or foreign credential is refused for it like for any other.
+//!
 //! The client entity id is the client's name for the server's own trust domain, and the
 //! full SPIFFE ID for an allowed foreign one, so a federated `code-reviewer` never matches
 //! a policy written for the local one.
@@ -28,7 +32,7 @@ mod slice;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use cedar_policy::{Context, EntityId, EntityUid, Request, RestrictedExpression};
@@ -84,6 +88,13 @@ action "prompts/get" appliesTo { principal: [Task], resource: [Prompt], context:
 /// refuses a policy that reads an argument the schema does not declare.
 pub fn schema_with_arguments(arguments: &str) -> String {
     BASE_SCHEMA.replacen("arguments: {}", &format!("arguments: {arguments}"), 1)
+}
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// What to do with call arguments Cedar cannot represent (see [`json`]).
@@ -203,12 +214,24 @@ impl Authorizer {
     pub fn authorize(&self, peer: &Peer, request: &McpRequest, now: SystemTime) -> Decision {
         let start = Instant::now();
         let decision = self.decide(peer, request, now);
-        if let Some(audit) = &self.audit {
-            audit.record(&self.server, peer, request, &decision, start.elapsed());
-        } else {
-            crate::audit::trace(&self.server, peer, request, &decision, start.elapsed());
-        }
+        self.record(peer, request, &decision, start.elapsed());
         decision
+    }
+
+    /// Records a decision made outside [`Self::decide`] (a method refused outright, a
+    /// stream ended on revocation) like one made by it.
+    pub(crate) fn record(
+        &self,
+        peer: &Peer,
+        request: &McpRequest,
+        decision: &Decision,
+        latency: Duration,
+    ) {
+        if let Some(audit) = &self.audit {
+            audit.record(&self.server, peer, request, decision, latency);
+        } else {
+            crate::audit::trace(&self.server, peer, request, decision, latency);
+        }
     }
 
     /// Whether `peer` may use the `kind` target `name`: the same checks as a call with
@@ -225,51 +248,17 @@ impl Authorizer {
 
     /// Decides without recording an audit event.
     pub fn decide(&self, peer: &Peer, request: &McpRequest, now: SystemTime) -> Decision {
-        let Peer::Task {
-            client,
-            task,
-            claims,
-            serial_hex,
-            not_after_unix,
-        } = peer
-        else {
+        let now_unix = unix_secs(now);
+        if let Err(denied) = self.credential(peer, now_unix) {
+            return denied;
+        }
+        let Peer::Task { client, claims, .. } = peer else {
             return Decision::deny(Reason::NotATask, format!("{peer} is not a task"));
         };
-        let now_unix = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        if now_unix >= *not_after_unix {
-            return Decision::deny(Reason::Expired, format!("SVID expired at {not_after_unix}"));
-        }
-        if now_unix >= claims.deadline_unix {
-            return Decision::deny(
-                Reason::Expired,
-                format!("task deadline {} passed", claims.deadline_unix),
-            );
-        }
-        if claims.server != self.server {
-            return Decision::deny(
-                Reason::WrongServer,
-                format!(
-                    "task granted for {}, this is {}",
-                    claims.server, self.server
-                ),
-            );
-        }
-        match self.revocations.status(&task.task, serial_hex) {
-            RevocationStatus::NotRevoked => {}
-            RevocationStatus::Revoked { reason } => {
-                return Decision::deny(Reason::Revoked, format!("task revoked: {reason}"));
-            }
-            RevocationStatus::Stale => {
-                return Decision::deny(
-                    Reason::RevocationFeedStale,
-                    "revocation feed is stale; task credentials refused",
-                );
-            }
-        }
-        let kind = request.method.scope_kind();
+        let Some(kind) = request.method.scope_kind() else {
+            // Untargeted: the credential is all there is to check.
+            return Decision::allow(Vec::new());
+        };
         if !claims
             .scopes
             .iter()
@@ -284,6 +273,107 @@ impl Authorizer {
             );
         }
         self.cedar_decide(client, peer, request, now_unix)
+    }
+
+    /// Checks 1 to 4 (a task, not expired, granted for this server, not revoked with the
+    /// feed fresh): what every request needs, whatever its method.
+    fn credential(&self, peer: &Peer, now_unix: i64) -> Result<(), Decision> {
+        let Peer::Task {
+            task,
+            claims,
+            serial_hex,
+            not_after_unix,
+            ..
+        } = peer
+        else {
+            return Err(Decision::deny(
+                Reason::NotATask,
+                format!("{peer} is not a task"),
+            ));
+        };
+        if now_unix >= *not_after_unix {
+            return Err(Decision::deny(
+                Reason::Expired,
+                format!("SVID expired at {not_after_unix}"),
+            ));
+        }
+        if now_unix >= claims.deadline_unix {
+            return Err(Decision::deny(
+                Reason::Expired,
+                format!("task deadline {} passed", claims.deadline_unix),
+            ));
+        }
+        if claims.server != self.server {
+            return Err(Decision::deny(
+                Reason::WrongServer,
+                format!(
+                    "task granted for {}, this is {}",
+                    claims.server, self.server
+                ),
+            ));
+        }
+        match self.revocations.status(&task.task, serial_hex) {
+            RevocationStatus::NotRevoked => Ok(()),
+            RevocationStatus::Revoked { reason } => Err(Decision::deny(
+                Reason::Revoked,
+                format!("task revoked: {reason}"),
+            )),
+            RevocationStatus::Stale => Err(Decision::deny(
+                Reason::RevocationFeedStale,
+                "revocation feed is stale; task credentials refused",
+            )),
+        }
+    }
+
+    /// Waits until `peer`'s credential stops passing the checks every request gets
+    /// (revoked, expired, past the task deadline, feed stale, or never a task of this
+    /// server), and returns that denial. For long-lived streams: a revoked task's open
+    /// subscriptions and SSE streams must end when the revocation arrives, not at the
+    /// next request. Wakes on the task's revocation (see
+    /// [`RevocationWatcher::watch_task`]), at expiry, and when a broken feed goes
+    /// stale. Not audited: the caller records what it ends.
+    pub async fn until_denied(&self, peer: &Peer) -> Decision {
+        let mut watch = peer.task().map(|t| self.revocations.watch_task(&t.task));
+        loop {
+            let now = SystemTime::now();
+            if let Err(denied) = self.credential(peer, unix_secs(now)) {
+                return denied;
+            }
+            let Some(watch) = watch.as_mut() else {
+                // Unreachable: only a task passes the credential checks.
+                return Decision::deny(Reason::NotATask, format!("{peer} is not a task"));
+            };
+            let wake = self.next_credential_change(peer, now);
+            tokio::select! {
+                _ = watch.changed() => {}
+                _ = tokio::time::sleep(wake) => {}
+            }
+        }
+    }
+
+    /// How long `peer`'s credential (passing now) certainly keeps passing unless the feed
+    /// says otherwise: until its SVID or task deadline, or the feed going stale; at
+    /// most a minute, so that a clock step is noticed.
+    fn next_credential_change(&self, peer: &Peer, now: SystemTime) -> Duration {
+        let mut wake = Duration::from_secs(60);
+        if let Peer::Task {
+            claims,
+            not_after_unix,
+            ..
+        } = peer
+        {
+            for at in [*not_after_unix, claims.deadline_unix] {
+                let at = UNIX_EPOCH + Duration::from_secs(at.max(0) as u64);
+                // The checks compare whole seconds: `at` itself is already past.
+                wake = wake.min(at.duration_since(now).unwrap_or_default());
+            }
+        }
+        if let Some(stale) = self.revocations.stale_in() {
+            wake = wake.min(stale);
+        }
+        // A whole-second boundary or the staleness bound just reached: look again
+        // a moment later rather than spin.
+        wake.max(Duration::from_millis(5))
     }
 
     fn client_entity_id<'a>(&self, client: &'a ClientId) -> Cow<'a, str> {
@@ -308,6 +398,10 @@ impl Authorizer {
             McpMethod::ToolsCall => (&self.types.actions[0], &self.types.tool),
             McpMethod::ResourcesRead => (&self.types.actions[1], &self.types.resource),
             McpMethod::PromptsGet => (&self.types.actions[2], &self.types.prompt),
+            // Decided before Cedar (no scope, no action in the schema); never here.
+            McpMethod::Untargeted(_) => {
+                return Decision::deny(Reason::PolicyError, "untargeted method reached Cedar");
+            }
         };
         let resource =
             EntityUid::from_type_name_and_id(rtype.clone(), EntityId::new(&request.target));

@@ -36,7 +36,21 @@
 //! the reason, else satisfied `permit`s allow, else deny with no reason; evaluation
 //! errors come from the evaluated part only, the only part that can error.
 
+//!
+//! ## The cache is bounded, and a caller cannot pin it
+//!
+//! Resource names come from requests (any URI within a task's scopes), so a task can
+//! ask for as many distinct slices as it likes, with names as long as a request body.
+//! The cache holds at most [`MAX_SLICES`] slices and [`MAX_CACHE_BYTES`] of estimated
+//! memory (names, plus a per-slice and per-policy estimate); a name longer than
+//! [`MAX_CACHED_NAME_BYTES`] is never cached (its slice is computed per request, a
+//! cost its own requests pay). Past either bound a slice is evicted by CLOCK (second
+//! chance): a hit only sets a flag under the read lock, and an insertion looks at a
+//! bounded number of slots for one not used since the hand last passed, so names
+//! requested once (a scan of chosen URIs) go first and the slices in use stay, and no
+//! operation walks the whole cache under the lock.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
@@ -47,10 +61,27 @@ use cedar_policy::{
 
 use super::reads::{ArgumentReads, PolicyReads};
 
-/// At most this many (action, resource, client) slices are kept; past it, a slice is computed
-/// per request (resource names come from requests, and must not grow memory without
-/// bound).
-const MAX_SLICES: usize = 4096;
+/// At most this many (action, resource, client) slices are kept.
+pub(crate) const MAX_SLICES: usize = 4096;
+
+/// At most this much estimated memory is kept in slices (see [`Slot::weight`]).
+pub(crate) const MAX_CACHE_BYTES: usize = 16 << 20;
+
+/// A slice whose resource or client name is longer than this is not cached: one such
+/// name would otherwise take the room of many ordinary ones.
+pub(crate) const MAX_CACHED_NAME_BYTES: usize = 1024;
+
+/// Estimated bytes of one cached slice besides its names: the `Arc<Slice>`, its vectors,
+/// the three index maps' entries and the slot.
+const SLOT_OVERHEAD_BYTES: usize = 512;
+
+/// Estimated bytes per policy a slice evaluates: the cloned policy (its AST is shared
+/// with the full set behind `Arc`s) and its entries in the slice's `PolicySet` maps.
+const PER_POLICY_BYTES: usize = 256;
+
+/// Slots an insertion looks at for one not used since the hand last passed, before it
+/// takes the one under the hand anyway: bounds the work under the write lock.
+const CLOCK_SWEEP: usize = 32;
 
 /// The policies that can apply to one (action, resource, client), and what they read.
 #[derive(Debug)]
@@ -132,12 +163,151 @@ pub(crate) struct Slices {
     cache: RwLock<Cache>,
 }
 
-/// Keyed by action, then resource, then client, so that a lookup borrows the
-/// request's uids instead of cloning them into a tuple.
+/// The cached slices: a CLOCK ring of slots, and an index keyed by action, then
+/// resource, then client, so that a lookup borrows the request's uids instead of
+/// cloning them into a tuple.
 #[derive(Debug, Default)]
 struct Cache {
-    slices: HashMap<EntityUid, HashMap<EntityUid, HashMap<EntityUid, Arc<Slice>>>>,
+    index: HashMap<EntityUid, HashMap<EntityUid, HashMap<EntityUid, usize>>>,
+    /// `None` for a slot freed by an eviction that made room by bytes.
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    /// The CLOCK hand: the next slot an insertion looks at.
+    hand: usize,
     len: usize,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Slot {
+    action: EntityUid,
+    resource: EntityUid,
+    client: EntityUid,
+    slice: Arc<Slice>,
+    /// Set by every hit (under the read lock), cleared when the hand passes.
+    used: AtomicBool,
+    /// Estimated bytes: the names, [`SLOT_OVERHEAD_BYTES`], and [`PER_POLICY_BYTES`] per
+    /// policy the slice evaluates.
+    weight: usize,
+}
+
+/// The byte length of a uid's id, as the cache counts it.
+fn name_len(uid: &EntityUid) -> usize {
+    uid.id().unescaped().len()
+}
+
+impl Cache {
+    fn get(&self, action: &EntityUid, resource: &EntityUid, client: &EntityUid) -> Option<usize> {
+        self.index
+            .get(action)
+            .and_then(|by_resource| by_resource.get(resource))
+            .and_then(|by_client| by_client.get(client))
+            .copied()
+    }
+
+    fn slot(&self, i: usize) -> Option<&Slot> {
+        self.slots.get(i).and_then(Option::as_ref)
+    }
+
+    /// Caches `slice` unless it is already there (another thread computed it
+    /// meanwhile) or too big to cache; returns the cached one, if any.
+    fn insert(
+        &mut self,
+        action: &EntityUid,
+        resource: &EntityUid,
+        client: &EntityUid,
+        slice: &Arc<Slice>,
+    ) -> Option<Arc<Slice>> {
+        if let Some(i) = self.get(action, resource, client) {
+            return self.slot(i).map(|s| Arc::clone(&s.slice));
+        }
+        let names = name_len(resource) + name_len(client);
+        if name_len(resource).max(name_len(client)) > MAX_CACHED_NAME_BYTES {
+            return None;
+        }
+        let weight = names
+            + name_len(action)
+            + SLOT_OVERHEAD_BYTES
+            + PER_POLICY_BYTES * slice.policies.policies().count();
+        if weight > MAX_CACHE_BYTES {
+            return None;
+        }
+        while self.len >= MAX_SLICES || self.bytes + weight > MAX_CACHE_BYTES {
+            if !self.evict_one() {
+                return None;
+            }
+        }
+        let slot = Slot {
+            action: action.clone(),
+            resource: resource.clone(),
+            client: client.clone(),
+            slice: Arc::clone(slice),
+            used: AtomicBool::new(false),
+            weight,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.index
+            .entry(action.clone())
+            .or_default()
+            .entry(resource.clone())
+            .or_default()
+            .insert(client.clone(), i);
+        self.len += 1;
+        self.bytes += weight;
+        Some(Arc::clone(slice))
+    }
+
+    /// Evicts one slot: the first of the next [`CLOCK_SWEEP`] under the hand not used
+    /// since the hand last passed it, else the last of them in use. Whether it evicted
+    /// one.
+    fn evict_one(&mut self) -> bool {
+        let n = self.slots.len();
+        if n == 0 {
+            return false;
+        }
+        let (mut victim, mut fallback) = (None, None);
+        for _ in 0..CLOCK_SWEEP {
+            let i = self.hand % n;
+            self.hand = (i + 1) % n;
+            let Some(slot) = self.slot(i) else { continue };
+            if !slot.used.swap(false, Ordering::Relaxed) {
+                victim = Some(i);
+                break;
+            }
+            fallback = Some(i);
+        }
+        // Every slot looked at was in use (or free): the last one in use goes. If all
+        // were free, nothing is evicted this time and the hand has moved on.
+        let victim = victim.or(fallback);
+        let Some(slot) = victim.and_then(|i| self.slots[i].take().map(|s| (i, s))) else {
+            return false;
+        };
+        let (i, slot) = slot;
+        if let Some(by_resource) = self.index.get_mut(&slot.action) {
+            if let Some(by_client) = by_resource.get_mut(&slot.resource) {
+                by_client.remove(&slot.client);
+                if by_client.is_empty() {
+                    by_resource.remove(&slot.resource);
+                }
+            }
+            if by_resource.is_empty() {
+                self.index.remove(&slot.action);
+            }
+        }
+        self.free.push(i);
+        self.len -= 1;
+        self.bytes -= slot.weight;
+        true
+    }
 }
 
 impl Slices {
@@ -164,34 +334,26 @@ impl Slices {
         resource: &EntityUid,
         client: &EntityUid,
     ) -> Arc<Slice> {
-        if let Some(hit) = self
-            .cache
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .slices
-            .get(action)
-            .and_then(|by_resource| by_resource.get(resource))
-            .and_then(|by_client| by_client.get(client))
         {
-            return Arc::clone(hit);
-        }
-        let slice = Arc::new(self.slice(action, resource, client));
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        if cache.len < MAX_SLICES {
-            let by_client = cache
-                .slices
-                .entry(action.clone())
-                .or_default()
-                .entry(resource.clone())
-                .or_default();
-            if by_client
-                .insert(client.clone(), Arc::clone(&slice))
-                .is_none()
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = cache
+                .get(action, resource, client)
+                .and_then(|i| cache.slot(i))
             {
-                cache.len += 1;
+                // A plain load first: most hits find the flag set, and skipping the
+                // store keeps the cache line shared between cores.
+                if !slot.used.load(Ordering::Relaxed) {
+                    slot.used.store(true, Ordering::Relaxed);
+                }
+                return Arc::clone(&slot.slice);
             }
         }
-        slice
+        let slice = Arc::new(self.slice(action, resource, client));
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(action, resource, client, &slice)
+            .unwrap_or(slice)
     }
 
     fn slice(&self, action: &EntityUid, resource: &EntityUid, client: &EntityUid) -> Slice {
@@ -520,6 +682,143 @@ mod tests {
         }
         let cache = slices.cache.read().unwrap();
         assert_eq!(cache.len, MAX_SLICES);
-        assert_eq!(cache.slices[&action].len(), MAX_SLICES);
+        assert_eq!(cache.index[&action].len(), MAX_SLICES);
+        assert_eq!(cache.slots.iter().flatten().count(), MAX_SLICES);
+        assert!(cache.slots.len() <= MAX_SLICES);
+    }
+
+    /// Resource id bytes held by the cache (the part of its memory a caller chooses).
+    fn resident_resource_bytes(slices: &Slices) -> usize {
+        let cache = slices.cache.read().unwrap();
+        cache
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| s.resource.id().escaped().len())
+            .sum()
+    }
+
+    /// A caller that fills the cache with resource names of its choosing does not stop
+    /// the resources others use from being cached, nor push out the ones in use.
+    #[test]
+    fn a_cache_filled_with_chosen_names_still_caches_what_is_used() {
+        let slices = Slices::new(PolicySet::from_str(POLICIES).unwrap(), task_type());
+        let action = uid(r#"Action::"tools/call""#);
+        let client = uid(r#"Client::"a""#);
+        let (read, boom) = (uid(r#"Tool::"read""#), uid(r#"Tool::"boom""#));
+        let hot = slices.get(&action, &boom, &client);
+        for i in 0..MAX_SLICES * 2 {
+            slices.get(&action, &uid(&format!("Tool::\"junk-{i}\"")), &client);
+            // Another client keeps using its slice while the scan goes on.
+            if i % 64 == 0 {
+                slices.get(&action, &boom, &client);
+            }
+        }
+        assert!(
+            Arc::ptr_eq(&hot, &slices.get(&action, &boom, &client)),
+            "a slice in use through the scan is still cached"
+        );
+        let first = slices.get(&action, &read, &client);
+        let again = slices.get(&action, &read, &client);
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the slice of a resource in use is cached again after the cache filled up"
+        );
+        assert_eq!(slices.cache.read().unwrap().len, MAX_SLICES);
+    }
+
+    /// Long resource names do not grow the cache past its byte budget; a name over
+    /// [`MAX_CACHED_NAME_BYTES`] is decided without being cached.
+    #[test]
+    fn long_resource_names_stay_within_the_byte_budget() {
+        let slices = Slices::new(PolicySet::from_str(POLICIES).unwrap(), task_type());
+        let action = uid(r#"Action::"resources/read""#);
+        let client = uid(r#"Client::"a""#);
+        let long = "x".repeat(MAX_CACHED_NAME_BYTES - 8);
+        for i in 0..MAX_SLICES * 2 {
+            slices.get(
+                &action,
+                &uid(&format!("Resource::\"{i:07}{long}\"")),
+                &client,
+            );
+        }
+        let bytes = resident_resource_bytes(&slices);
+        assert!(
+            bytes <= 8 << 20,
+            "{bytes} bytes of chosen resource names are held"
+        );
+        {
+            let cache = slices.cache.read().unwrap();
+            let weights: usize = cache.slots.iter().flatten().map(|s| s.weight).sum();
+            assert_eq!(cache.bytes, weights, "the byte count matches the slots");
+            assert!(cache.bytes <= MAX_CACHE_BYTES, "{}", cache.bytes);
+        }
+        let huge = uid(&format!("Resource::\"{}\"", "y".repeat(16 << 20)));
+        let once = slices.get(&action, &huge, &client);
+        assert!(!Arc::ptr_eq(&once, &slices.get(&action, &huge, &client)));
+        assert!(resident_resource_bytes(&slices) <= 8 << 20);
+    }
+
+    /// With many policies per slice, the byte budget binds before the entry count.
+    #[test]
+    fn big_slices_are_bounded_by_bytes() {
+        let text: String = (0..300)
+            .map(|i| format!("permit(principal, action, resource) when {{ context.n == {i} }};\n"))
+            .collect();
+        let slices = Slices::new(PolicySet::from_str(&text).unwrap(), task_type());
+        let action = uid(r#"Action::"resources/read""#);
+        let client = uid(r#"Client::"a""#);
+        for i in 0..2000 {
+            slices.get(&action, &uid(&format!("Resource::\"r{i}\"")), &client);
+        }
+        let cache = slices.cache.read().unwrap();
+        assert!(cache.bytes <= MAX_CACHE_BYTES, "{}", cache.bytes);
+        assert!(
+            cache.len < 2000 && cache.len * 300 * PER_POLICY_BYTES <= MAX_CACHE_BYTES,
+            "{} slices of 300 policies",
+            cache.len
+        );
+    }
+
+    /// After the cache churned through chosen names, every slice still decides as the
+    /// full policy set does.
+    #[test]
+    fn decisions_are_unchanged_after_eviction() {
+        let all = PolicySet::from_str(POLICIES).unwrap();
+        let slices = Slices::new(all.clone(), task_type());
+        for action in ["tools/call", "resources/read", "prompts/get"] {
+            let action = uid(&format!("Action::{action:?}"));
+            for i in 0..MAX_SLICES {
+                for (kind, client) in [("Tool", "a"), ("Resource", "b"), ("Prompt", "c")] {
+                    slices.get(
+                        &action,
+                        &uid(&format!("{kind}::\"junk-{i}\"")),
+                        &uid(&format!("Client::{client:?}")),
+                    );
+                }
+            }
+        }
+        let authorizer = Authorizer::new();
+        for (task, client) in [("t", "a"), ("u", "b"), ("v", "c")] {
+            let (principal, client) = (
+                uid(&format!("Task::{task:?}")),
+                uid(&format!("Client::{client:?}")),
+            );
+            let entities = Entities::from_entities(
+                [
+                    cedar_policy::Entity::new_no_attrs(
+                        principal.clone(),
+                        [client.clone()].into_iter().collect(),
+                    ),
+                    cedar_policy::Entity::new_no_attrs(client.clone(), Default::default()),
+                ],
+                None,
+            )
+            .unwrap();
+            // Twice: computed (after eviction), then from the cache.
+            for _ in 0..2 {
+                check_slices(&slices, &all, &authorizer, &principal, &client, &entities);
+            }
+        }
     }
 }

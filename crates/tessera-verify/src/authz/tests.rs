@@ -446,7 +446,7 @@ fn unsliced_reference(
         .entities
         .task(&a.types, claims, &a.client_entity_id(client), i64::MAX, now)
         .unwrap();
-    let resource: EntityUid = format!("{}::{:?}", req.method.resource_type(), req.target)
+    let resource: EntityUid = format!("{}::{:?}", req.method.resource_type().unwrap(), req.target)
         .parse()
         .unwrap();
     let action: EntityUid = format!("Action::{:?}", req.method.as_str())
@@ -550,7 +550,9 @@ fn reading_only_used_arguments_changes_no_decision() {
     let loaded = a.policies().current();
     let reads = |m: McpMethod, t: &str| {
         let action: EntityUid = format!("Action::{:?}", m.as_str()).parse().unwrap();
-        let resource: EntityUid = format!("{}::{t:?}", m.resource_type()).parse().unwrap();
+        let resource: EntityUid = format!("{}::{t:?}", m.resource_type().unwrap())
+            .parse()
+            .unwrap();
         let client: EntityUid = r#"Client::"code-reviewer""#.parse().unwrap();
         loaded
             .applicable(&action, &resource, &client)
@@ -592,4 +594,71 @@ fn empty_arguments_context_follows_the_clock() {
         fresh.get("arguments"),
         Some(cedar_policy::EvalResult::Record(r)) if r.iter().next().is_none()
     ));
+}
+
+/// [`Authorizer::until_denied`] returns the denial a request would get once the
+/// credential stops passing: on revocation, on expiry, and when the feed goes stale.
+#[tokio::test(start_paused = true)]
+async fn until_denied_ends_on_revocation_and_staleness() {
+    let watcher = RevocationWatcher::detached(Duration::from_secs(30));
+    watcher.apply(&tessera_proto::tessera::v1::RevocationSet::default());
+    let a = Arc::new(authorizer(watcher.clone()));
+    let peer = task_peer(SCOPES);
+    let ended = {
+        let (a, peer) = (a.clone(), peer.clone());
+        tokio::spawn(async move { a.until_denied(&peer).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!ended.is_finished());
+    watcher.apply(&tessera_proto::tessera::v1::RevocationSet {
+        version: 2,
+        revoked: vec![tessera_proto::tessera::v1::RevokedTask {
+            task_id: TASK_ULID.into(),
+            reason: "ended".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let d = ended.await.unwrap();
+    assert_eq!(d.reason, Reason::Revoked, "{d:?}");
+
+    // Nothing revoked, but no feed message for the staleness bound.
+    let watcher = RevocationWatcher::detached(Duration::from_secs(30));
+    watcher.apply(&tessera_proto::tessera::v1::RevocationSet::default());
+    let a = authorizer(watcher);
+    let d = tokio::time::timeout(Duration::from_secs(31), a.until_denied(&peer))
+        .await
+        .expect("stale within the bound");
+    assert_eq!(d.reason, Reason::RevocationFeedStale, "{d:?}");
+
+    // Not a task at all: at once.
+    let client = Peer::Client {
+        client: "spiffe://acme.corp/client/code-reviewer".parse().unwrap(),
+        serial_hex: "1".into(),
+        not_after_unix: i64::MAX,
+    };
+    assert_eq!(
+        authorizer(fresh()).until_denied(&client).await.reason,
+        Reason::NotATask
+    );
+}
+
+/// Untargeted methods get checks 1 to 4 and nothing else.
+#[test]
+fn untargeted_methods_get_the_credential_checks() {
+    let a = authorizer(fresh());
+    let req = McpRequest::untargeted("ping", "");
+    assert!(decide(&a, req.clone()).allowed);
+    let revoked = authorizer(RevocationWatcher::from_static(
+        [TASK_ULID.parse().unwrap()],
+        [],
+    ));
+    assert_eq!(decide(&revoked, req.clone()).reason, Reason::Revoked);
+    let elsewhere = with_claims(task_peer(SCOPES), |c| {
+        c.server = "spiffe://acme.corp/mcp/other".parse().unwrap()
+    });
+    assert_eq!(
+        a.authorize(&elsewhere, &req, SystemTime::now()).reason,
+        Reason::WrongServer
+    );
 }

@@ -1,11 +1,19 @@
 //! Enforcement for rmcp 3 servers.
 //!
-//! - [`Enforced`] wraps any `ServerHandler`: it authorizes `tools/call`, `resources/read`,
-//!   `prompts/get` (and `resources/subscribe`, `completion/complete`), filters
-//!   `tools/list`, `resources/list`, `resources/templates/list` and `prompts/list` to what
-//!   the caller may use, and refuses methods it cannot attribute to a target (custom
-//!   requests, `tasks/*`, skills) unless told otherwise.
-//! - [`SessionBindingLayer`] binds each `Mcp-Session-Id` to the peer that opened it.
+//! - [`Enforced`] wraps any `ServerHandler` and gives every method an explicit decision
+//!   (the table is in its module docs): it authorizes `tools/call`, `resources/read`,
+//!   `prompts/get`, `resources/subscribe`, `completion/complete` (with its arguments) and
+//!   each URI of a `subscriptions/listen` filter; checks the caller's credential for
+//!   every other method and notification (`initialize`, `ping`, `logging/setLevel`, ...);
+//!   filters `tools/list`, `resources/list`, `resources/templates/list` and
+//!   `prompts/list` to what the caller may use; ends a subscription when its task is
+//!   revoked or expires; and refuses methods it cannot attribute to a target (custom
+//!   requests and notifications, `tasks/*`, skills) unless told otherwise.
+//! - [`SessionBindingLayer`] binds each `Mcp-Session-Id` to the peer that opened it, in
+//!   a table with hard limits ([`SessionLimits`]).
+//! - [`StreamGuardLayer`] ends every open response stream (SSE) of a peer when its
+//!   credential stops passing, so a revoked task's streams close when the revocation
+//!   arrives, not at its next request.
 //!
 //! ## Where the peer comes from
 //!
@@ -31,6 +39,13 @@
 
 mod enforce;
 mod session;
+mod streams;
 
-pub use enforce::{DENIAL_CODE, Enforced, peer_from_context};
-pub use session::{SessionBinding, SessionBindingLayer, SessionBindingService};
+pub use enforce::{
+    DENIAL_CODE, Enforced, MAX_SUBSCRIPTION_URIS, peer_from_context, peer_from_notification,
+};
+pub use session::{SessionBinding, SessionBindingLayer, SessionBindingService, SessionLimits};
+pub use streams::{GuardedBody, StreamGuardLayer, StreamGuardService};
+
+#[cfg(test)]
+mod tests;

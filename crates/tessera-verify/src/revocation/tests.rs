@@ -249,3 +249,54 @@ async fn feed_messages_beyond_four_mib_are_accepted_up_to_the_limit() {
     handle.abort();
     server.stop(&sock);
 }
+
+/// A message wakes the waiters of the tasks it newly revokes (by id or by a new
+/// serial), and no others; a dropped watch stops counting.
+#[tokio::test]
+async fn a_message_wakes_only_the_waiters_of_tasks_it_revokes() {
+    let w = RevocationWatcher::detached(Duration::from_secs(3600));
+    w.apply(&set(1, &[]));
+    let (a, b): (TaskId, TaskId) = (
+        TASK_ULID.parse().unwrap(),
+        "01BX5ZZKBKACTAV9WEVGEMMVRZ".parse().unwrap(),
+    );
+    let (mut wa, mut wb) = (w.watch_task(&a), w.watch_task(&b));
+    let wa2 = w.watch_task(&a);
+    assert_eq!(w.watched_tasks(), 2);
+    async fn quiet(watch: &mut TaskWatch) -> bool {
+        tokio::time::timeout(Duration::from_millis(200), watch.changed())
+            .await
+            .is_err()
+    }
+
+    w.apply(&set(2, &[TASK_ULID]));
+    tokio::time::timeout(Duration::from_secs(5), wa.changed())
+        .await
+        .expect("the revoked task's waiter is woken");
+    assert!(quiet(&mut wb).await, "another task's waiter sleeps on");
+    // The same set again revokes nothing new.
+    w.apply(&set(3, &[TASK_ULID]));
+    assert!(quiet(&mut wa).await);
+    // A new serial of an already revoked task wakes it again.
+    let mut more = set(4, &[TASK_ULID]);
+    more.revoked[0].serials.push("0C".into());
+    w.apply(&more);
+    tokio::time::timeout(Duration::from_secs(5), wa.changed())
+        .await
+        .expect("a new serial wakes the waiter");
+
+    drop((wa, wa2));
+    assert_eq!(w.watched_tasks(), 1);
+    drop(wb);
+    assert_eq!(w.watched_tasks(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_in_counts_down_from_the_last_message() {
+    let w = RevocationWatcher::detached(Duration::from_secs(30));
+    assert_eq!(w.stale_in(), Some(Duration::ZERO), "never heard: stale now");
+    w.apply(&set(1, &[]));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(w.stale_in(), Some(Duration::from_secs(20)));
+    assert_eq!(RevocationWatcher::from_static([], []).stale_in(), None);
+}
