@@ -136,7 +136,14 @@ fn start(dir: &Path, args: &[&str]) -> (Option<String>, bool, String) {
         let _ = tx.send(read.ok().filter(|&n| n > 0).map(|_| line));
     });
     let line = rx.recv_timeout(Duration::from_secs(30)).ok().flatten();
-    let running = child.try_wait().unwrap().is_none();
+    // Without a line, stdout closed: the process is exiting, but its exit status
+    // can lag the closed pipe on a busy machine; give it time to be reaped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut running = child.try_wait().unwrap().is_none();
+    while line.is_none() && running && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        running = child.try_wait().unwrap().is_none();
+    }
     let _ = child.kill();
     let _ = child.wait();
     (line, running, std::fs::read_to_string(&log).unwrap())
