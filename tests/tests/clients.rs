@@ -110,3 +110,54 @@ async fn typescript_client_suite_against_a_real_agent_and_the_example_server() {
     suite_env(&mut cmd, &agent, &server);
     check_suite("node --test", &mut cmd, node_test_summary, 8, &agent, &server);
 }
+
+fn demo(envs: &[(&str, &std::ffi::OsStr)]) -> (bool, String) {
+    let mut cmd = Command::new(bin("tessera"));
+    cmd.arg("demo")
+        .env("TESSERA_DEMO_NO_BUILD", "1")
+        .env_remove("TESSERA_DEMO_NO_CLIENTS")
+        .stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running tessera demo");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), stdout)
+}
+
+#[test]
+fn demo_tells_the_story_from_python_and_node_when_they_are_ready() {
+    let (Some(python), Some(_)) = (python(), node()) else {
+        return;
+    };
+    let (ok, stdout) = demo(&[("TESSERA_DEMO_PYTHON", python.as_os_str())]);
+    assert!(ok, "{stdout}");
+    let epilogue = stdout
+        .split("── Also in Python and Node")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no clients section:\n{stdout}"));
+    for runtime in ["Python", "Node"] {
+        assert!(
+            epilogue.contains(&format!(
+                "✔ {runtime}: task spiffe://demo.tessera.dev/client/code-reviewer/task/"
+            )),
+            "{runtime} did not tell the story:\n{epilogue}"
+        );
+    }
+    assert!(epilogue.contains("policy_forbids") && epilogue.contains("revoked"));
+    assert!(stdout.contains("Every step behaved as shown"));
+}
+
+#[test]
+fn demo_says_so_when_python_and_node_are_not_ready() {
+    let none = std::ffi::OsStr::new("/nonexistent/tessera-clients");
+    let (ok, stdout) = demo(&[
+        ("TESSERA_DEMO_PYTHON", std::ffi::OsStr::new("/nonexistent/python3")),
+        ("TESSERA_DEMO_CLIENTS", none),
+    ]);
+    assert!(ok, "a missing client is not a failed step:\n{stdout}");
+    assert!(stdout.contains("Python: not run: no Python with tessera-client"), "{stdout}");
+    assert!(stdout.contains("Node: not run"), "{stdout}");
+    assert!(stdout.contains("Every step behaved as shown"));
+}

@@ -301,7 +301,8 @@ export class Task {
    * once it expires); the previous pool closes once what is in flight on it is done.
    */
   readonly fetch: FetchLike = (url, init) => {
-    if (this._ended) return Promise.reject(new TesseraError(`task ${this.id} has ended`));
+    // Still usable after the task ended: the server is what refuses a dead task's
+    // credential (and says why), on an open connection as on a new one.
     return undiciFetch(url, { ...(init as object), dispatcher: this.dispatcher() }) as unknown as Promise<Response>;
   };
 
@@ -339,7 +340,8 @@ export class Task {
     if (this._retry) clearTimeout(this._retry);
     this._stream?.cancel();
     this._stream = undefined;
-    this._agent?.close().catch(() => {});
+    // The connection pool stays: a session open on it learns from the server that the
+    // task ended. Its idle connections close on undici's keep-alive timeout.
     this.tasks.close();
     this.workload.close();
     this._rotationWaiters.splice(0).forEach((w) => w());

@@ -179,6 +179,5 @@ describe("against a real agent", { skip }, () => {
     while (!task.ended && Date.now() < deadline) await sleep(50);
     assert.ok(task.ended, "the deadline never reached the client");
     assert.equal(task.endReason, "deadline");
-    await assert.rejects(task.fetch(e!.url), /has ended/);
   });
 });

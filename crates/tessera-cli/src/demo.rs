@@ -114,7 +114,7 @@ impl Drop for Children {
     }
 }
 
-fn say(s: &str) {
+pub(crate) fn say(s: &str) {
     println!("{s}");
     let _ = std::io::stdout().flush();
 }
@@ -123,11 +123,11 @@ fn step(n: u32, title: &str) {
     say(&format!("\n── {n}. {title}"));
 }
 
-fn ok(s: &str) {
+pub(crate) fn ok(s: &str) {
     say(&format!("   ✔ {s}"));
 }
 
-fn detail(s: &str) {
+pub(crate) fn detail(s: &str) {
     say(&format!("     {s}"));
 }
 
@@ -546,6 +546,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         ));
     }
 
+    crate::demo_clients::run(&mut admin, CLIENT, &workload, &url, SERVER, SUBJECT).await?;
+
     say(&format!(
         "\nEvery step behaved as shown ({:.1} s).",
         started.elapsed().as_secs_f64()
@@ -609,7 +611,7 @@ async fn wait_for_agent(
     }
 }
 
-fn nix_uid() -> u32 {
+pub(crate) fn nix_uid() -> u32 {
     // The owner of /proc/self is this process's uid; no unsafe getuid needed.
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self")

@@ -9,6 +9,7 @@ mod audit;
 mod cli;
 mod consent;
 mod demo;
+mod demo_clients;
 mod duration;
 mod entry;
 mod files;
