@@ -2,7 +2,7 @@
 //! example MCP server: each client's own test suite (pytest, `node --test`) runs as a
 //! child process of this test, which asserts on its exit status and closing counts.
 //! What the suites cover: begin, call, rotation followed mid-session (the agent runs
-//! with a 6 s task SVID TTL), end on exit, on exception and on SIGTERM/SIGINT (the
+//! with a 16 s task SVID TTL), end on exit, on exception and on SIGTERM/SIGINT (the
 //! task is on the revocation feed), consent refusal as a typed error, the server
 //! verified by SPIFFE ID.
 
@@ -19,9 +19,12 @@ use tessera_e2e::clients::{
 };
 use tessera_e2e::{TestAgent, bin};
 
-/// Task SVIDs live this long, so the suites see rotations (at half life) and an
-/// expired first SVID within a few seconds.
-const SVID_TTL_SECS: u32 = 6;
+/// Task SVIDs live this long, so the suites see rotations and an expired first SVID
+/// within seconds. Not less: the agent backdates not_before by 10 s and rotates at half
+/// of not_before..not_after, so below about 12 s the half life is already past at
+/// issuance and the agent re-issues the task SVID continuously (hundreds of stream
+/// messages a second).
+const SVID_TTL_SECS: u32 = 16;
 
 /// An agent (short task TTL) with `exe` registered as `client`, consent for it on
 /// `github`, and the example MCP server.

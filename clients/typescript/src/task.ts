@@ -165,6 +165,7 @@ export class Task {
   private _agent: Agent | undefined;
   private _agentGeneration = -1;
   private _retry: NodeJS.Timeout | undefined;
+  private _confirming = false;
   private readonly _callbacks: ((svid: Svid) => void)[] = [];
   private readonly _rotationWaiters: (() => void)[] = [];
 
@@ -309,7 +310,9 @@ export class Task {
   private dispatcher(): Agent {
     if (!this._agent || this._agentGeneration !== this._rotations) {
       const old = this._agent;
-      this._agent = new Agent({ connect: this.tlsOptions() as object });
+      // HTTP/2 when the server offers it: the MCP SDK abandons response streams once it
+      // has its answer, which over HTTP/1.1 costs the connection (a TLS handshake per call).
+      this._agent = new Agent({ connect: this.tlsOptions() as object, allowH2: true });
       this._agentGeneration = this._rotations;
       old?.close().catch(() => {});
     }
@@ -366,10 +369,14 @@ export class Task {
         process.emitWarning(`tessera: unusable FetchX509SVID message for task ${this.id}: ${e}`);
       }
     });
-    stream.on("error", () => {
+    // An error, or the agent closing the stream (a restart): follow it again, with backoff.
+    const again = () => {
       if (this._ended || this._stream !== stream) return;
+      this._stream = undefined;
       this._retry = setTimeout(() => this.watch(Math.min(backoffMs * 2, 5000)), backoffMs);
-    });
+    };
+    stream.on("error", again);
+    stream.on("end", again);
   }
 
   private maybeRotate(svid: Svid): void {
@@ -387,17 +394,28 @@ export class Task {
     this._rotationWaiters.splice(0).forEach((w) => w());
   }
 
-  /** The stream no longer carries the task's SVID: ask whether it ended (deadline, consent withdrawn, revoked). */
+  /**
+   * The stream no longer carries the task's SVID. Every message holds the full state,
+   * so the agent has dropped it: the task ended (deadline, consent withdrawn, revoked).
+   * Ask the agent why; it may not have recorded the end yet (it refuses first, then
+   * persists), so ask a few times before settling for "unknown".
+   */
   private async confirmEndedElsewhere(): Promise<void> {
-    const tasks = await new Promise<Task__Output[] | undefined>((resolve) =>
-      this.tasks.ListTasks({ include_ended: true }, header(), { deadline: Date.now() + 10_000 }, (err, r) =>
-        resolve(err ? undefined : r?.tasks),
-      ),
-    );
-    const t = tasks?.find((x) => x.id === this.id && Number(x.ended_at_unix));
-    if (!t || this._ended) return;
-    this._info = toInfo(t);
-    process.emitWarning(`tessera: task ${this.id} ended: ${t.end_reason}`);
+    if (this._confirming) return;
+    this._confirming = true;
+    let t: Task__Output | undefined;
+    for (let attempt = 0; attempt < 20 && !t && !this._ended; attempt++) {
+      if (attempt) await new Promise((r) => setTimeout(r, 100));
+      const tasks = await new Promise<Task__Output[] | undefined>((resolve) =>
+        this.tasks.ListTasks({ include_ended: true }, header(), { deadline: Date.now() + 10_000 }, (err, r) =>
+          resolve(err ? undefined : r?.tasks),
+        ),
+      );
+      t = tasks?.find((x) => x.id === this.id && Number(x.ended_at_unix));
+    }
+    if (this._ended) return;
+    this._info = t ? toInfo(t) : { ...this._info, endedAt: new Date(), endReason: "unknown" };
+    process.emitWarning(`tessera: task ${this.id} ended: ${this._info.endReason}`);
     this._ending = Promise.resolve(this._info);
     this.release();
   }

@@ -25,7 +25,13 @@ Examples:
   # From a clone of the repository (builds what it needs, then tells the story):
   cargo run --release --bin tessera -- demo
   # Leave the agent and MCP server running afterwards, to poke at them by hand:
-  cargo run --release --bin tessera -- demo --keep";
+  cargo run --release --bin tessera -- demo --keep
+
+After the seven steps, the Python and Node example runtimes (clients/) tell the same
+story when they are ready: a Python with tessera-client and mcp installed
+(TESSERA_DEMO_PYTHON, else the venv the tests build under target/, else python3), and
+node with clients/typescript built. TESSERA_DEMO_CLIENTS points at another clients/
+directory; TESSERA_DEMO_NO_CLIENTS=1 skips them.";
 
 /// Arguments of `tessera demo`.
 #[derive(Debug, Args)]

@@ -230,6 +230,7 @@ class Task:
                 return self._info
             self._closing.set()
         tasks_pb2, tasks_grpc, _, _ = _proto()
+        _signals.ending += 1
         try:
             resp = tasks_grpc.TasksStub(self._channel).EndTask(
                 tasks_pb2.EndTaskRequest(task_id=self.id), metadata=_HEADER, timeout=self.timeout
@@ -240,6 +241,8 @@ class Task:
             raise _typed(e) from None
         finally:
             self._release()
+            _signals.ending -= 1
+        _signals.deliver_deferred()
         return self._info
 
     def _end_quietly(self) -> None:
@@ -365,7 +368,7 @@ class Task:
                 self._ssl = TaskSSLContext.for_task(self.svid, self.files, self.info.server)
             return self._ssl
 
-    def http_client(self, **kwargs):
+    def http_client(self, *, http2: bool | None = None, **kwargs):
         """An ``httpx2.AsyncClient`` (the MCP SDK's HTTP client) presenting the task's
         SVID, with the MCP SDK's default timeouts; keyword arguments go to the client.
         Use it as an async context manager.
@@ -373,13 +376,25 @@ class Task:
         After a rotation its requests go out on new connections, which present the
         new SVID: the server checks expiry on every request, so a connection kept
         alive with the old certificate would be refused once that certificate expires.
+
+        HTTP/2 when the ``h2`` package is installed (``tessera-client[mcp]`` brings it):
+        the MCP SDK closes each response stream as soon as it has its answer, which over
+        HTTP/1.1 discards the connection, so every request would pay a new TLS handshake.
         """
         import httpx2
 
         from ._http import RotatingTransport
 
+        if http2 is None:
+            import importlib.util
+
+            http2 = importlib.util.find_spec("h2") is not None
+
         kwargs.setdefault("timeout", httpx2.Timeout(30.0, read=300.0))
-        return httpx2.AsyncClient(transport=RotatingTransport(self), **kwargs)
+        # Proxies from the environment would get transports of their own, without the
+        # task's SVID or the SPIFFE check: every request goes through the task's.
+        kwargs.setdefault("trust_env", False)
+        return httpx2.AsyncClient(transport=RotatingTransport(self, http2=http2), **kwargs)
 
     @contextlib.asynccontextmanager
     async def mcp(self, url: str, **client_kwargs):
@@ -408,6 +423,8 @@ class Task:
                     self._stream.cancel()
                 for resp in self._stream:
                     backoff = 0.1
+                    if self._closing.is_set():
+                        return
                     mine = [s for s in resp.svids if s.hint == self.id]
                     if not mine:
                         if self._confirm_ended_elsewhere():
@@ -446,25 +463,38 @@ class Task:
                 log.exception("tessera: on_rotate callback failed")
 
     def _confirm_ended_elsewhere(self) -> bool:
-        """The stream no longer carries the task's SVID: ask the agent whether the task
-        ended (deadline, consent withdrawn, revoked) before giving up on it."""
+        """The stream no longer carries the task's SVID. Every message holds the full
+        state, so the agent has dropped it: the task ended (deadline, consent withdrawn,
+        revoked). Asks the agent why; it may not have recorded the end yet (it refuses
+        first, then persists), so it asks a few times before settling for "unknown"."""
         tasks_pb2, tasks_grpc, _, _ = _proto()
-        try:
-            resp = tasks_grpc.TasksStub(self._channel).ListTasks(
-                tasks_pb2.ListTasksRequest(include_ended=True), metadata=_HEADER, timeout=self.timeout
-            )
-        except grpc.RpcError:
-            return False
-        for t in resp.tasks:
-            if t.id == self.id and t.ended_at_unix:
-                with self._lock:
-                    self._info = TaskInfo.from_proto(t)
-                    self._end_reason = t.end_reason
-                    self._closing.set()
-                log.warning("tessera: task %s ended: %s", self.id, t.end_reason)
-                self._release()
+        ended = None
+        for attempt in range(20):
+            if attempt and self._closing.wait(0.1):
                 return True
-        return False
+            try:
+                resp = tasks_grpc.TasksStub(self._channel).ListTasks(
+                    tasks_pb2.ListTasksRequest(include_ended=True), metadata=_HEADER, timeout=self.timeout
+                )
+            except grpc.RpcError:
+                continue
+            ended = next((t for t in resp.tasks if t.id == self.id and t.ended_at_unix), None)
+            if ended is not None:
+                break
+        with self._lock:
+            if self._closing.is_set():
+                return True
+            if ended is not None:
+                self._info = TaskInfo.from_proto(ended)
+            else:
+                self._info = dataclasses.replace(
+                    self.info, ended_at=datetime.datetime.now(datetime.timezone.utc), end_reason="unknown"
+                )
+            self._end_reason = self._info.end_reason
+            self._closing.set()
+        log.warning("tessera: task %s ended: %s", self.id, self._end_reason)
+        self._release()
+        return True
 
     # --- signals -------------------------------------------------------------------
 
@@ -495,6 +525,10 @@ class _SignalGuard:
         self._depth = 0
         self._previous = None
         self._fired = False
+        # While an EndTask is under way the exit is held back until it is done, so a
+        # signal cannot cut the very call it is meant to make.
+        self.ending = 0
+        self._deferred: int | None = None
 
     def acquire(self) -> None:
         if self._depth == 0:
@@ -516,7 +550,15 @@ class _SignalGuard:
         if self._fired:
             return
         self._fired = True
+        if self.ending:
+            self._deferred = signum
+            return
         raise SystemExit(128 + signum)
+
+    def deliver_deferred(self) -> None:
+        if self._deferred is not None and not self.ending:
+            signum, self._deferred = self._deferred, None
+            raise SystemExit(128 + signum)
 
 
 _signals = _SignalGuard()

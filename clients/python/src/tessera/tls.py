@@ -125,6 +125,9 @@ class TaskSSLContext(ssl.SSLContext):
                 s.getpeername()
             except OSError:
                 return s  # not connected yet: connect() handshakes
+            if s.gettimeout() == 0.0:
+                s.close()
+                raise ValueError("do_handshake_on_connect should not be specified for non-blocking sockets")
             try:
                 s.do_handshake()
             except BaseException:
