@@ -80,18 +80,28 @@ async fn main() {
     let py = python();
     let nodejs = node();
     let agent = TestAgent::start("").await.expect("agent");
-    agent.register_self("rust-runtime").await.expect("register");
+    // All three as the client the example server's Cedar policy lets call tools.
+    agent
+        .register_self("code-reviewer")
+        .await
+        .expect("register");
     register_server(&agent, "github", &tessera_e2e::bin(SERVER_BIN))
         .await
         .expect("register server");
-    grant(&agent, "rust-runtime", CONSENTED).await.expect("grant");
+    grant(&agent, "code-reviewer", CONSENTED)
+        .await
+        .expect("grant");
     if let Some(p) = &py {
-        agent.register_exe("py-runtime", "", p).await.expect("register python");
-        grant(&agent, "py-runtime", CONSENTED).await.expect("grant");
+        agent
+            .register_exe("code-reviewer", "", p)
+            .await
+            .expect("register python");
     }
     if let Some(p) = &nodejs {
-        agent.register_exe("node-runtime", "", p).await.expect("register node");
-        grant(&agent, "node-runtime", CONSENTED).await.expect("grant");
+        agent
+            .register_exe("code-reviewer", "", p)
+            .await
+            .expect("register node");
     }
     let server = McpServer::start_with_log(&agent, "bench", Trust::Workload, &[], "warn", false)
         .await
@@ -111,7 +121,9 @@ async fn main() {
 
     // Rust, in this process: the example runtime's library.
     install_crypto_provider();
-    let w = Workload::connect(&agent.endpoint()).await.expect("workload");
+    let w = Workload::connect(&agent.endpoint())
+        .await
+        .expect("workload");
     let mut rust = Samples::default();
     for i in 0..n + 3 {
         let started = Instant::now();

@@ -64,7 +64,9 @@ pub fn node() -> Option<PathBuf> {
     match ensure_node() {
         Ok(p) => Some(p),
         Err(e) if !interop_required() && (which("node").is_none() || which("npm").is_none()) => {
-            eprintln!("SKIPPED: TypeScript client tests: {e:#} (CI sets TESSERA_REQUIRE_INTEROP=1)");
+            eprintln!(
+                "SKIPPED: TypeScript client tests: {e:#} (CI sets TESSERA_REQUIRE_INTEROP=1)"
+            );
             None
         }
         Err(e) => panic!("setting up the TypeScript client: {e:#}"),
@@ -97,8 +99,14 @@ fn ensure_python() -> anyhow::Result<PathBuf> {
     }
     let pip = |args: &[&str]| {
         let mut cmd = Command::new(&python);
-        cmd.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(args);
+        cmd.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(args);
         cmd
     };
     run(pip(&["-r"]).arg(&requirements))?;
@@ -167,7 +175,10 @@ fn fingerprint(inputs: &[PathBuf]) -> anyhow::Result<String> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|e| {
                     let name = e.file_name().unwrap_or_default().to_string_lossy();
-                    !(name == "__pycache__" || name.ends_with(".egg-info") || name == "_proto")
+                    !(name == "__pycache__"
+                        || name.ends_with(".egg-info")
+                        || name == "_proto"
+                        || name == "gen")
                 })
                 .collect();
             entries.sort();
@@ -283,7 +294,9 @@ mod tests {
             Some(3)
         );
         assert_eq!(
-            node_test_summary("# tests 3\n# pass 2\n# fail 1\n# cancelled 0\n# skipped 0\n# todo 0\n"),
+            node_test_summary(
+                "# tests 3\n# pass 2\n# fail 1\n# cancelled 0\n# skipped 0\n# todo 0\n"
+            ),
             Some(Summary {
                 passed: 2,
                 failed: 1,

@@ -26,6 +26,10 @@ use tessera_e2e::{TestAgent, bin};
 /// messages a second).
 const SVID_TTL_SECS: u32 = 16;
 
+/// The client the interpreter is registered as: the one the example server's Cedar
+/// policy lets call tools.
+const CLIENT: &str = "code-reviewer";
+
 /// An agent (short task TTL) with `exe` registered as `client`, consent for it on
 /// `github`, and the example MCP server.
 async fn env_for(exe: &Path, client: &str) -> (TestAgent, McpServer) {
@@ -62,7 +66,9 @@ fn check_suite(
     agent: &TestAgent,
     server: &McpServer,
 ) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {name}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("--- {name} stdout\n{stdout}\n--- {name} stderr\n{stderr}");
@@ -78,17 +84,30 @@ fn check_suite(
     assert!(out.status.success(), "{}", report());
     let s = summary.unwrap_or_else(|| panic!("no closing summary: {}", report()));
     assert_eq!(s.failed, 0, "{}", report());
-    assert_eq!(s.skipped, 0, "a skipped test hides a missing piece: {}", report());
+    assert_eq!(
+        s.skipped,
+        0,
+        "a skipped test hides a missing piece: {}",
+        report()
+    );
     assert!(s.passed >= least, "only {} passed: {}", s.passed, report());
 }
 
 #[tokio::test]
 async fn python_client_suite_against_a_real_agent_and_the_example_server() {
     let Some(python) = python() else { return };
-    let (agent, server) = env_for(&python, "py-runtime").await;
+    let (agent, server) = env_for(&python, CLIENT).await;
     let mut cmd = Command::new(&python);
-    cmd.args(["-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "tests"])
-        .current_dir(python_client_dir());
+    cmd.args([
+        "-m",
+        "pytest",
+        "-q",
+        "-rfEs",
+        "-p",
+        "no:cacheprovider",
+        "tests",
+    ])
+    .current_dir(python_client_dir());
     suite_env(&mut cmd, &agent, &server);
     check_suite("pytest", &mut cmd, pytest_summary, 20, &agent, &server);
 }
@@ -96,7 +115,7 @@ async fn python_client_suite_against_a_real_agent_and_the_example_server() {
 #[tokio::test]
 async fn typescript_client_suite_against_a_real_agent_and_the_example_server() {
     let Some(node) = node() else { return };
-    let (agent, server) = env_for(&node, "node-runtime").await;
+    let (agent, server) = env_for(&node, CLIENT).await;
     let mut cmd = Command::new(&node);
     let dir = typescript_client_dir();
     // Node 20's runner takes files, not globs: every compiled *.test.js.
@@ -111,7 +130,14 @@ async fn typescript_client_suite_against_a_real_agent_and_the_example_server() {
         .args(&files)
         .current_dir(&dir);
     suite_env(&mut cmd, &agent, &server);
-    check_suite("node --test", &mut cmd, node_test_summary, 8, &agent, &server);
+    check_suite(
+        "node --test",
+        &mut cmd,
+        node_test_summary,
+        8,
+        &agent,
+        &server,
+    );
 }
 
 fn demo(envs: &[(&str, &std::ffi::OsStr)]) -> (bool, String) {
@@ -156,11 +182,17 @@ fn demo_tells_the_story_from_python_and_node_when_they_are_ready() {
 fn demo_says_so_when_python_and_node_are_not_ready() {
     let none = std::ffi::OsStr::new("/nonexistent/tessera-clients");
     let (ok, stdout) = demo(&[
-        ("TESSERA_DEMO_PYTHON", std::ffi::OsStr::new("/nonexistent/python3")),
+        (
+            "TESSERA_DEMO_PYTHON",
+            std::ffi::OsStr::new("/nonexistent/python3"),
+        ),
         ("TESSERA_DEMO_CLIENTS", none),
     ]);
     assert!(ok, "a missing client is not a failed step:\n{stdout}");
-    assert!(stdout.contains("Python: not run: no Python with tessera-client"), "{stdout}");
+    assert!(
+        stdout.contains("Python: not run: no Python with tessera-client"),
+        "{stdout}"
+    );
     assert!(stdout.contains("Node: not run"), "{stdout}");
     assert!(stdout.contains("Every step behaved as shown"));
 }
