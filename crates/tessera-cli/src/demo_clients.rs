@@ -85,7 +85,9 @@ pub async fn run(
     server: &str,
     subject: &str,
 ) -> anyhow::Result<()> {
-    crate::demo::say("\n── Also in Python and Node (clients/): the same story through tessera-client and @tessera/client");
+    crate::demo::say(
+        "\n── Also in Python and Node (clients/): the same story through tessera-client and @tessera/client",
+    );
     if std::env::var_os("TESSERA_DEMO_NO_CLIENTS").is_some() {
         crate::demo::detail("skipped (TESSERA_DEMO_NO_CLIENTS is set)");
         return Ok(());
@@ -94,7 +96,15 @@ pub async fn run(
     let common = |cmd: &mut Command| {
         cmd.arg("--socket")
             .arg(workload)
-            .args(["--url", url, "--server", server, "--subject", subject, "--json"])
+            .args([
+                "--url",
+                url,
+                "--server",
+                server,
+                "--subject",
+                subject,
+                "--json",
+            ])
             .stdin(Stdio::null());
     };
     let mut runs: Vec<(&str, Result<Command, String>)> = Vec::new();
