@@ -404,7 +404,7 @@ export class Task {
     if (this._confirming) return;
     this._confirming = true;
     let t: Task__Output | undefined;
-    for (let attempt = 0; attempt < 20 && !t && !this._ended; attempt++) {
+    for (let attempt = 0; attempt < 50 && !t && !this._ended; attempt++) {
       if (attempt) await new Promise((r) => setTimeout(r, 100));
       const tasks = await new Promise<Task__Output[] | undefined>((resolve) =>
         this.tasks.ListTasks({ include_ended: true }, header(), { deadline: Date.now() + 10_000 }, (err, r) =>

@@ -469,7 +469,7 @@ class Task:
         first, then persists), so it asks a few times before settling for "unknown"."""
         tasks_pb2, tasks_grpc, _, _ = _proto()
         ended = None
-        for attempt in range(20):
+        for attempt in range(50):
             if attempt and self._closing.wait(0.1):
                 return True
             try:
