@@ -532,8 +532,10 @@ class _SignalGuard:
 
     def acquire(self) -> None:
         if self._depth == 0:
+            # Only the default action is replaced: a handler of the program's own, or
+            # one installed outside Python (getsignal answers None), is left alone.
             current = signal.getsignal(signal.SIGTERM)
-            if current in (signal.SIG_DFL, None):
+            if current == signal.SIG_DFL:
                 self._previous = current
                 self._fired = False
                 signal.signal(signal.SIGTERM, self._handler)
