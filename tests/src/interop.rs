@@ -50,7 +50,7 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn interop_required() -> bool {
+pub(crate) fn interop_required() -> bool {
     std::env::var("TESSERA_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
 }
 
@@ -69,7 +69,7 @@ pub fn python() -> Option<PathBuf> {
     }
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(program))

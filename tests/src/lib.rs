@@ -20,6 +20,7 @@ use tessera_proto::tessera::v1::{
 };
 use tonic::transport::Channel;
 
+pub mod clients;
 pub mod interop;
 
 /// Trust domain used by every test agent.

@@ -25,7 +25,13 @@ Examples:
   # From a clone of the repository (builds what it needs, then tells the story):
   cargo run --release --bin tessera -- demo
   # Leave the agent and MCP server running afterwards, to poke at them by hand:
-  cargo run --release --bin tessera -- demo --keep";
+  cargo run --release --bin tessera -- demo --keep
+
+After the seven steps, the Python and Node example runtimes (clients/) tell the same
+story when they are ready: a Python with tessera-client and mcp installed
+(TESSERA_DEMO_PYTHON, else the venv the tests build under target/, else python3), and
+node with clients/typescript built. TESSERA_DEMO_CLIENTS points at another clients/
+directory; TESSERA_DEMO_NO_CLIENTS=1 skips them.";
 
 /// Arguments of `tessera demo`.
 #[derive(Debug, Args)]
@@ -114,7 +120,7 @@ impl Drop for Children {
     }
 }
 
-fn say(s: &str) {
+pub(crate) fn say(s: &str) {
     println!("{s}");
     let _ = std::io::stdout().flush();
 }
@@ -123,11 +129,11 @@ fn step(n: u32, title: &str) {
     say(&format!("\n── {n}. {title}"));
 }
 
-fn ok(s: &str) {
+pub(crate) fn ok(s: &str) {
     say(&format!("   ✔ {s}"));
 }
 
-fn detail(s: &str) {
+pub(crate) fn detail(s: &str) {
     say(&format!("     {s}"));
 }
 
@@ -546,6 +552,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         ));
     }
 
+    crate::demo_clients::run(&mut admin, CLIENT, &workload, &url, SERVER, SUBJECT).await?;
+
     say(&format!(
         "\nEvery step behaved as shown ({:.1} s).",
         started.elapsed().as_secs_f64()
@@ -609,7 +617,7 @@ async fn wait_for_agent(
     }
 }
 
-fn nix_uid() -> u32 {
+pub(crate) fn nix_uid() -> u32 {
     // The owner of /proc/self is this process's uid; no unsafe getuid needed.
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self")

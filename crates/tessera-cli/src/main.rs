@@ -10,6 +10,7 @@ mod cert;
 mod cli;
 mod consent;
 mod demo;
+mod demo_clients;
 mod duration;
 mod entry;
 mod files;
