@@ -258,3 +258,32 @@ def test_task_ended_elsewhere_is_noticed(env):
         assert wait_for(lambda: task.ended, within=15), "the deadline never reached the client"
         assert task.end_reason == "deadline"
         assert not task.files.key.exists()
+
+
+def test_an_unregistered_program_is_not_attested(env, tmp_path):
+    """The same interpreter under another path matches no registration entry (the
+    agent reads the executable's path from the kernel): NotAttested, with the agent's
+    message, at BeginTask."""
+    import shutil
+
+    exe = tmp_path / "python-unregistered"
+    shutil.copy(os.path.realpath(sys.executable), exe)
+    code = textwrap.dedent(
+        """
+        import sys, tessera
+        try:
+            tessera.Task(server="github", subject=sys.argv[2], scopes=["github/tool/get_pull_request"],
+                         socket=sys.argv[1]).begin()
+        except tessera.NotAttested as e:
+            print("NotAttested", e.code, e.agent_message)
+        """
+    )
+    site = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
+    out = subprocess.run(
+        [str(exe), "-c", code, env.socket, env.subject],
+        env={**os.environ, "PYTHONPATH": site},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "NotAttested PERMISSION_DENIED no identity issued", out.stderr
