@@ -7,7 +7,7 @@
 //! step's outcome is checked; the first one that does not behave as told fails the
 //! demo, naming the step.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tessera_proto::tessera::v1 as pb;
 
 use crate::admin::Admin;
+use crate::narration::{detail, ok, say, step};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -120,23 +121,6 @@ impl Drop for Children {
     }
 }
 
-pub(crate) fn say(s: &str) {
-    println!("{s}");
-    let _ = std::io::stdout().flush();
-}
-
-fn step(n: u32, title: &str) {
-    say(&format!("\n── {n}. {title}"));
-}
-
-pub(crate) fn ok(s: &str) {
-    say(&format!("   ✔ {s}"));
-}
-
-pub(crate) fn detail(s: &str) {
-    say(&format!("     {s}"));
-}
-
 /// A failed step: the demo stops and exits non-zero with this message.
 fn fail(n: u32, what: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("demo step {n} did not behave as shown: {what}")
@@ -214,7 +198,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     ));
 
     // Registration by what the kernel reports about each process.
-    let uid = nix_uid();
+    let uid = crate::admin::current_uid().unwrap_or(0);
     let runtime_hash = sha256_file(&bins.runtime)?;
     admin
         .create_entry(pb::CreateEntryRequest {
@@ -615,14 +599,6 @@ async fn wait_for_agent(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-pub(crate) fn nix_uid() -> u32 {
-    // The owner of /proc/self is this process's uid; no unsafe getuid needed.
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0)
 }
 
 fn join(v: &Value) -> String {

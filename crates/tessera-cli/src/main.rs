@@ -15,6 +15,7 @@ mod duration;
 mod entry;
 mod files;
 mod inspect;
+mod narration;
 mod output;
 mod status;
 mod svid;
