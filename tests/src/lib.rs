@@ -175,6 +175,19 @@ impl TestAgent {
         Ok(AdminClient::new(Self::channel(&self.admin).await?))
     }
 
+    /// Starts an agent with default test settings and registers `exe` (a stock
+    /// client's interpreter or VM, by uid and exact path) as `client`.
+    pub async fn with_client(client: &str, exe: &Path) -> anyhow::Result<TestAgent> {
+        let agent = TestAgent::start("").await?;
+        agent.register_exe(client, "", exe).await?;
+        Ok(agent)
+    }
+
+    /// The workload socket's path, as stock clients take it.
+    pub fn workload_path(&self) -> String {
+        self.workload.display().to_string()
+    }
+
     /// Registers this test process (its uid and exact executable) as `client`.
     pub async fn register_self(&self, client: &str) -> anyhow::Result<Entry> {
         self.register_exe(client, "", &std::env::current_exe()?)

@@ -8,25 +8,13 @@ use tessera_e2e::{TRUST_DOMAIN, TestAgent};
 
 const CLIENT: &str = "py-runtime";
 
-/// An agent with the venv's Python registered as client `py-runtime`.
-async fn agent_for(python: &std::path::Path) -> TestAgent {
-    let agent = TestAgent::start("").await.expect("agent");
-    agent
-        .register_exe(CLIENT, "", python)
-        .await
-        .expect("register python");
-    agent
-}
-
-fn socket(agent: &TestAgent) -> String {
-    agent.workload.display().to_string()
-}
-
 #[tokio::test]
 async fn py_spiffe_fetch_x509_context_gets_the_callers_svid_and_bundle() {
     let Some(python) = python() else { return };
-    let agent = agent_for(&python).await;
-    let ctx = run_python(&python, &["x509-context", &socket(&agent)])
+    let agent = TestAgent::with_client(CLIENT, &python)
+        .await
+        .expect("agent");
+    let ctx = run_python(&python, &["x509-context", &agent.workload_path()])
         .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_text()));
     assert_eq!(
         ctx["default_svid"],
@@ -39,8 +27,10 @@ async fn py_spiffe_fetch_x509_context_gets_the_callers_svid_and_bundle() {
 #[tokio::test]
 async fn py_spiffe_x509_source_becomes_ready() {
     let Some(python) = python() else { return };
-    let agent = agent_for(&python).await;
-    let src = run_python(&python, &["x509-source", &socket(&agent)])
+    let agent = TestAgent::with_client(CLIENT, &python)
+        .await
+        .expect("agent");
+    let src = run_python(&python, &["x509-source", &agent.workload_path()])
         .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_text()));
     assert_eq!(
         src["svid"],
@@ -52,7 +42,9 @@ async fn py_spiffe_x509_source_becomes_ready() {
 #[tokio::test]
 async fn grpcio_with_default_options_begins_lists_and_ends_a_task_seen_on_the_feed() {
     let Some(python) = python() else { return };
-    let agent = agent_for(&python).await;
+    let agent = TestAgent::with_client(CLIENT, &python)
+        .await
+        .expect("agent");
     let scope = "github/tool/get_pull_request";
     agent
         .grant(CLIENT, "alice@example.com", "github", &[scope])
@@ -63,7 +55,7 @@ async fn grpcio_with_default_options_begins_lists_and_ends_a_task_seen_on_the_fe
         &python,
         &[
             "tasks",
-            &socket(&agent),
+            &agent.workload_path(),
             proto.to_str().unwrap(),
             "github",
             "alice@example.com",
@@ -89,7 +81,9 @@ async fn grpcio_with_default_options_begins_lists_and_ends_a_task_seen_on_the_fe
 #[tokio::test]
 async fn grpcio_reaches_the_admin_api() {
     let Some(python) = python() else { return };
-    let agent = agent_for(&python).await;
+    let agent = TestAgent::with_client(CLIENT, &python)
+        .await
+        .expect("agent");
     let proto = proto_dir();
     let status = run_python(
         &python,

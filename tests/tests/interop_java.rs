@@ -5,33 +5,21 @@
 //! and its one departure from stock (no Netty epoll JNI library in Debian) are
 //! in `tests/interop/java/StockGrpcJava.java`.
 
-use tessera_e2e::interop::{GrpcJava, grpc_java, run_java};
+use tessera_e2e::interop::{grpc_java, run_java};
 use tessera_e2e::{TRUST_DOMAIN, TestAgent};
 
 const CLIENT: &str = "java-runtime";
 
-/// An agent with the JVM registered as client `java-runtime`.
-async fn agent_for(client: &GrpcJava) -> TestAgent {
-    let agent = TestAgent::start("").await.expect("agent");
-    agent
-        .register_exe(CLIENT, "", &client.java)
-        .await
-        .expect("register the JVM");
-    agent
-}
-
-fn socket(agent: &TestAgent) -> String {
-    agent.workload.display().to_string()
-}
-
 #[tokio::test]
 async fn grpc_java_with_its_default_authority_fetches_the_callers_svid() {
     let Some(java) = grpc_java() else { return };
-    let agent = agent_for(&java).await;
-    let r = run_java(&java, &["x509", &socket(&agent)])
+    let agent = TestAgent::with_client(CLIENT, &java.java)
+        .await
+        .expect("agent");
+    let r = run_java(&java, &["x509", &agent.workload_path()])
         .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_text()));
     // The point of the test: grpc-java sent the path, not something h2 accepts.
-    assert_eq!(r["authority"], socket(&agent), "{r}");
+    assert_eq!(r["authority"], agent.workload_path(), "{r}");
     assert_eq!(
         r["svids"],
         serde_json::json!([format!("spiffe://{TRUST_DOMAIN}/client/{CLIENT}")])
@@ -45,7 +33,9 @@ async fn grpc_java_with_its_default_authority_fetches_the_callers_svid() {
 #[tokio::test]
 async fn grpc_java_begins_lists_and_ends_a_task_whose_svid_is_on_the_stream() {
     let Some(java) = grpc_java() else { return };
-    let agent = agent_for(&java).await;
+    let agent = TestAgent::with_client(CLIENT, &java.java)
+        .await
+        .expect("agent");
     let scope = "github/tool/get_pull_request";
     agent
         .grant(CLIENT, "alice@example.com", "github", &[scope])
@@ -55,14 +45,14 @@ async fn grpc_java_begins_lists_and_ends_a_task_whose_svid_is_on_the_stream() {
         &java,
         &[
             "tasks",
-            &socket(&agent),
+            &agent.workload_path(),
             "github",
             "alice@example.com",
             scope,
         ],
     )
     .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_text()));
-    assert_eq!(r["authority"], socket(&agent), "{r}");
+    assert_eq!(r["authority"], agent.workload_path(), "{r}");
     let task_id = r["task_id"].as_str().unwrap();
     assert_eq!(
         r["spiffe_id"],

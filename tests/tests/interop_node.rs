@@ -6,34 +6,22 @@
 //! agent's authority rewrite, and failed before it with INTERNAL
 //! ("Received RST_STREAM with code 1").
 
-use tessera_e2e::interop::{GrpcJs, grpc_js, proto_dir, run_node};
+use tessera_e2e::interop::{grpc_js, proto_dir, run_node};
 use tessera_e2e::{TRUST_DOMAIN, TestAgent};
 
 const CLIENT: &str = "node-runtime";
 
-/// An agent with Node registered as client `node-runtime`.
-async fn agent_for(client: &GrpcJs) -> TestAgent {
-    let agent = TestAgent::start("").await.expect("agent");
-    agent
-        .register_exe(CLIENT, "", &client.node)
-        .await
-        .expect("register node");
-    agent
-}
-
-fn socket(agent: &TestAgent) -> String {
-    agent.workload.display().to_string()
-}
-
 async fn fetch_x509(authority: Authority) {
     let Some(node) = grpc_js() else { return };
-    let agent = agent_for(&node).await;
+    let agent = TestAgent::with_client(CLIENT, &node.node)
+        .await
+        .expect("agent");
     let proto = proto_dir();
     let r = run_node(
         &node,
         &[
             "x509",
-            &socket(&agent),
+            &agent.workload_path(),
             proto.to_str().unwrap(),
             &authority.arg(&agent),
         ],
@@ -51,7 +39,9 @@ async fn fetch_x509(authority: Authority) {
 
 async fn task_round_trip(authority: Authority) {
     let Some(node) = grpc_js() else { return };
-    let agent = agent_for(&node).await;
+    let agent = TestAgent::with_client(CLIENT, &node.node)
+        .await
+        .expect("agent");
     let scope = "github/tool/get_pull_request";
     agent
         .grant(CLIENT, "alice@example.com", "github", &[scope])
@@ -62,7 +52,7 @@ async fn task_round_trip(authority: Authority) {
         &node,
         &[
             "tasks",
-            &socket(&agent),
+            &agent.workload_path(),
             proto.to_str().unwrap(),
             &authority.arg(&agent),
             "github",
@@ -97,7 +87,7 @@ impl Authority {
     fn arg(self, agent: &TestAgent) -> String {
         match self {
             Authority::Default => "-".into(),
-            Authority::SocketPath => socket(agent),
+            Authority::SocketPath => agent.workload_path(),
         }
     }
 }
