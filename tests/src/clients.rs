@@ -13,11 +13,11 @@
 //! `TESSERA_REQUIRE_INTEROP=1` (set by CI) makes that a failure.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
-use crate::interop::{interop_required, which};
+use crate::interop::{interop_required, run, which};
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
@@ -206,22 +206,6 @@ fn fingerprint(inputs: &[PathBuf]) -> anyhow::Result<String> {
         eat(&std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
     }
     Ok(format!("{h:016x} over {} files\n", files.len()))
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 /// The counts in a test runner's closing summary.

@@ -108,7 +108,8 @@ fn ensure_venv() -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+/// Runs a set-up command; its output is in the error when it fails.
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
