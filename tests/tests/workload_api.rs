@@ -275,7 +275,16 @@ async fn health_ready_and_metrics_are_served() {
     };
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
     assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
-    let metrics = get("/metrics").await;
+    // A stream counts when it ends: the client above closed it, and the agent sees
+    // that a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = get("/metrics").await;
+        if metrics.contains("rpc=\"FetchX509SVID\"") || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         metrics.contains("tessera_svids_issued_total{kind=\"client\"} 1"),
         "{metrics}"

@@ -22,7 +22,6 @@ use tonic::{Request, Response, Status};
 
 use crate::attest::Selector;
 use crate::caller::peer_of;
-use crate::metrics::Metrics;
 
 /// The `tessera.v1.Admin` service.
 #[derive(Clone, Debug)]
@@ -31,7 +30,6 @@ pub struct AdminService {
     cache: Arc<crate::svids::SvidCache>,
     tasks: Arc<TaskManager>,
     authority: Arc<Authority>,
-    metrics: Arc<Metrics>,
     allowed_uids: Arc<Vec<u32>>,
 }
 
@@ -45,7 +43,6 @@ impl AdminService {
         cache: Arc<crate::svids::SvidCache>,
         tasks: Arc<TaskManager>,
         authority: Arc<Authority>,
-        metrics: Arc<Metrics>,
         admin_uids: &[u32],
     ) -> Self {
         let mut allowed = vec![0, nix::unistd::geteuid().as_raw()];
@@ -57,7 +54,6 @@ impl AdminService {
             cache,
             tasks,
             authority,
-            metrics,
             allowed_uids: Arc::new(allowed),
         }
     }
@@ -110,7 +106,6 @@ impl AdminService {
     fn authorize<T>(&self, rpc: &'static str, req: &Request<T>) -> Result<String, Status> {
         let peer = peer_of(req)?;
         if !self.allowed_uids.contains(&peer.uid) {
-            self.metrics.rpc(rpc, tonic::Code::PermissionDenied);
             tracing::warn!(uid = peer.uid, pid = ?peer.pid, rpc, "admin call refused");
             return Err(Status::permission_denied(format!(
                 "uid {} may not use the admin API",
@@ -255,7 +250,6 @@ impl Admin for AdminService {
             .map_err(store_status)?;
         tracing::info!(entry = %entry.id, client = %entry.client, selectors = ?entry.selectors, %actor, "entry created");
         self.await_entries_applied().await;
-        self.metrics.rpc("CreateEntry", tonic::Code::Ok);
         Ok(Response::new(self.to_proto(entry)))
     }
 
@@ -291,7 +285,6 @@ impl Admin for AdminService {
         let ended = tokio::spawn(async move { this.run_delete_entry(&id, &actor).await })
             .await
             .map_err(|_| Status::unavailable("the agent is shutting down"))??;
-        self.metrics.rpc("DeleteEntry", tonic::Code::Ok);
         Ok(Response::new(DeleteEntryResponse {
             deleted: true,
             ended_tasks: ended,
@@ -459,10 +452,10 @@ impl Admin for AdminService {
             client: (!r.client.is_empty()).then_some(r.client),
             include_ended: r.include_ended,
         };
-        let td = self.authority.trust_domain().as_str().to_owned();
+        let td = self.authority.trust_domain();
         let tasks = self.store.list_tasks(&filter).await.map_err(store_status)?;
         Ok(Response::new(ListAllTasksResponse {
-            tasks: tasks.into_iter().map(|t| task_to_proto(t, &td)).collect(),
+            tasks: tasks.into_iter().map(|t| task_to_proto(t, td)).collect(),
         }))
     }
 
@@ -478,7 +471,7 @@ impl Admin for AdminService {
             .await
             .map_err(task_error_status)?;
         Ok(Response::new(RevokeTaskResponse {
-            task: Some(task_to_proto(task, self.authority.trust_domain().as_str())),
+            task: Some(task_to_proto(task, self.authority.trust_domain())),
         }))
     }
 

@@ -17,7 +17,7 @@ use crate::attest::{Attestor, UnixAttestor, k8s::K8sAttestor};
 use crate::audit_log;
 use crate::config::{CaModeName, Config};
 use crate::http::{self, Health};
-use crate::metrics::Metrics;
+use crate::metrics::{ADMIN_SOCKET_RPCS, Metrics, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
 use crate::retention;
 use crate::socket;
 use crate::svids::SvidCache;
@@ -170,7 +170,6 @@ pub async fn run(
         Arc::clone(&cache),
         Arc::clone(&tasks),
         Arc::clone(&authority),
-        Arc::clone(&metrics),
         &config.admin_uids,
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -178,6 +177,10 @@ pub async fn run(
     let workload_task = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(RpcMetricsLayer::new(
+                Arc::clone(&metrics),
+                WORKLOAD_SOCKET_RPCS,
+            ))
             .add_service(workload)
             .add_service(tasks_api)
             .add_service(revocations_api)
@@ -189,6 +192,7 @@ pub async fn run(
     let admin_task = tokio::spawn(
         tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
+            .layer(RpcMetricsLayer::new(Arc::clone(&metrics), ADMIN_SOCKET_RPCS))
             .add_service(admin)
             .serve_with_incoming_shutdown(
                 socket::incoming(admin_listener),

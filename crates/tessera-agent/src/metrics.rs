@@ -8,6 +8,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+mod rpc_layer;
+
+pub use rpc_layer::{
+    ADMIN_SOCKET_RPCS, CountedBody, ResponseFuture, RpcMetrics, RpcMetricsLayer, RpcName,
+    UNKNOWN_RPC, WORKLOAD_SOCKET_RPCS,
+};
+
 /// Label: what kind of SVID.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -59,7 +66,7 @@ pub struct Metrics {
     pub registry: Registry,
     /// SVIDs issued, by kind.
     pub svids_issued: Family<KindLabel, Counter>,
-    /// Workload and Admin RPCs by outcome.
+    /// Workload and Admin RPCs by outcome, counted by [`RpcMetricsLayer`] alone.
     pub rpcs: Family<RpcLabel, Counter>,
     /// Attestations by result.
     pub attestations: Family<ResultLabel, Counter>,
@@ -207,8 +214,9 @@ impl Metrics {
             .register_collector(Box::new(StoreCollector(store)));
     }
 
-    /// Counts one RPC outcome.
-    pub fn rpc(&self, rpc: &'static str, code: tonic::Code) {
+    /// Counts one RPC outcome; [`RpcMetricsLayer`] is its one caller, so that every
+    /// call is counted exactly once.
+    pub(crate) fn rpc(&self, rpc: &'static str, code: tonic::Code) {
         self.rpcs
             .get_or_create(&RpcLabel {
                 rpc,

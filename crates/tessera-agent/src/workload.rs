@@ -14,7 +14,7 @@ use tessera_proto::workload::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::attest::{Attestation, Attestor, PeerInfo};
 use crate::caller::{Caller, NO_IDENTITY, check_header};
@@ -54,27 +54,16 @@ impl WorkloadService {
     }
 
     /// Header check and attestation, shared by every RPC that hands out material.
-    pub(crate) async fn admit<T>(
-        &self,
-        rpc: &'static str,
-        req: &Request<T>,
-    ) -> Result<(PeerInfo, Attestation), Status> {
-        let result: Result<(PeerInfo, Attestation), Status> = async {
-            check_header(req)?;
-            let caller = Caller::admit(
-                req,
-                &self.attestor,
-                &self.metrics,
-                self.cache.current().needs,
-            )
-            .await?;
-            Ok((caller.peer, caller.attestation))
-        }
-        .await;
-        if let Err(status) = &result {
-            self.metrics.rpc(rpc, status.code());
-        }
-        result
+    pub(crate) async fn admit<T>(&self, req: &Request<T>) -> Result<(PeerInfo, Attestation), Status> {
+        check_header(req)?;
+        let caller = Caller::admit(
+            req,
+            &self.attestor,
+            &self.metrics,
+            self.cache.current().needs,
+        )
+        .await?;
+        Ok((caller.peer, caller.attestation))
     }
 
     /// Spawns the task feeding one stream: the first message now, then one per
@@ -100,7 +89,6 @@ impl WorkloadService {
                 .attestations
                 .get_or_create(&ResultLabel { result: "no_match" })
                 .inc();
-            self.metrics.rpc(rpc, Code::PermissionDenied);
             tracing::info!(
                 pid = first_att.pid,
                 uid = first_att.uid,
@@ -113,7 +101,6 @@ impl WorkloadService {
             .attestations
             .get_or_create(&ResultLabel { result: "matched" })
             .inc();
-        self.metrics.rpc(rpc, Code::Ok);
         let (tx, out) = mpsc::channel(4);
         tx.try_send(Ok(first)).expect("fresh channel has room");
         let attestor = Arc::clone(&self.attestor);
@@ -252,7 +239,7 @@ impl SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let (peer, att) = self.admit("FetchX509SVID", &req).await?;
+        let (peer, att) = self.admit(&req).await?;
         Ok(Response::new(self.stream(
             "FetchX509SVID",
             peer,
@@ -266,7 +253,7 @@ impl SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let (peer, att) = self.admit("FetchX509Bundles", &req).await?;
+        let (peer, att) = self.admit(&req).await?;
         Ok(Response::new(self.stream(
             "FetchX509Bundles",
             peer,

@@ -1,10 +1,12 @@
 //! Every size limit the store enforces, in one place: the validation helpers
 //! ([`crate::validate`]), the records' own checks and the error messages all read
-//! them from here.
+//! them from here. Limits of what ends up in an identity or in a task's claims are
+//! tessera-identity's, re-exported: the store re-checks them at its boundary as
+//! defence in depth, and must refuse exactly what the agent's API and the claims do.
 
 // Entries.
-/// Longest client name accepted, in bytes.
-pub const MAX_CLIENT_LEN: usize = 128;
+/// Longest client name accepted, in bytes: a client name's limit.
+pub const MAX_CLIENT_LEN: usize = tessera_identity::MAX_NAME_LEN;
 /// Most selectors one entry may have.
 pub const MAX_SELECTORS: usize = 32;
 /// Longest selector accepted, in bytes.
@@ -12,11 +14,11 @@ pub const MAX_SELECTOR_LEN: usize = 1024;
 
 // Consents and tasks.
 /// Longest subject (the human a task acts for) accepted, in bytes.
-pub const MAX_SUBJECT_LEN: usize = 256;
-/// Longest MCP server name accepted, in bytes.
-pub const MAX_SERVER_LEN: usize = 128;
+pub use tessera_identity::MAX_SUBJECT_LEN;
+/// Longest MCP server name accepted, in bytes: a server name's limit.
+pub const MAX_SERVER_LEN: usize = tessera_identity::MAX_NAME_LEN;
 /// Most scopes one consent or task may carry.
-pub const MAX_SCOPES: usize = 64;
+pub use tessera_identity::MAX_SCOPES;
 /// Longest scope accepted, in bytes.
 pub const MAX_SCOPE_LEN: usize = 1024;
 
@@ -24,12 +26,12 @@ pub const MAX_SCOPE_LEN: usize = 1024;
 /// Longest task id accepted, in bytes (task ids are ULIDs or UUIDv7s).
 pub const MAX_TASK_ID_LEN: usize = 64;
 /// Longest purpose accepted, in bytes.
-pub const MAX_PURPOSE_LEN: usize = 1024;
+pub use tessera_identity::MAX_PURPOSE_LEN;
 /// Longest certificate serial accepted, in hex digits (RFC 5280 allows 20 octets; a
 /// little room for a sign byte and leading zeros).
 pub const MAX_SERIAL_HEX_LEN: usize = 64;
 /// Longest SPIFFE ID accepted, in bytes (the SPIFFE limit).
-pub const MAX_SPIFFE_ID_LEN: usize = 2048;
+pub use tessera_identity::MAX_SPIFFE_ID_LEN;
 /// Longest end or revocation reason accepted, in bytes.
 pub const MAX_REASON_LEN: usize = 128;
 

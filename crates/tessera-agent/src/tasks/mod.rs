@@ -4,6 +4,7 @@ mod consent;
 #[cfg(test)]
 mod hooks;
 mod manager;
+mod request;
 mod revocation;
 mod service;
 mod watch;

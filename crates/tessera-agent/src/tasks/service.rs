@@ -3,25 +3,34 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_identity::{ClientId, Scope, ServerId, ServerName};
+use tessera_identity::{ClientId, ClientName, TaskId, TrustDomain};
 use tessera_proto::tessera::v1::tasks_server::Tasks;
 use tessera_proto::tessera::v1::{
-    BeginTaskRequest, BeginTaskResponse, EndTaskRequest, EndTaskResponse, ListTasksRequest,
+    BeginTaskRequest as BeginTaskMessage, BeginTaskResponse, EndTaskRequest, EndTaskResponse, ListTasksRequest,
     ListTasksResponse, Task, TaskSvid,
 };
 use tessera_store::{TaskFilter, TaskRecord};
 use tonic::{Request, Response, Status};
 
+use super::request::BeginTaskRequest;
 use super::{BeginRequest, EndReason, Entitlement, TaskError, TaskManager};
 use crate::attest::{Attestation, Attestor, PeerInfo};
 use crate::caller::{Caller, NO_IDENTITY};
 use crate::metrics::Metrics;
 use crate::svids::{Snapshot, SvidCache};
 
-/// Converts a stored task for the API.
-pub fn task_to_proto(t: TaskRecord, trust_domain: &str) -> Task {
+/// Converts a stored task for the API. Its SPIFFE ID is tessera-identity's, from the
+/// stored client and task id; empty for a row naming no valid one (the agent writes
+/// none such).
+pub fn task_to_proto(t: TaskRecord, trust_domain: &TrustDomain) -> Task {
+    let spiffe_id = match (t.client.parse::<ClientName>(), t.id.parse::<TaskId>()) {
+        (Ok(client), Ok(task)) => ClientId::new(trust_domain.clone(), client)
+            .task(task)
+            .to_string(),
+        _ => String::new(),
+    };
     Task {
-        spiffe_id: format!("spiffe://{trust_domain}/client/{}/task/{}", t.client, t.id),
+        spiffe_id,
         id: t.id,
         client: t.client,
         subject: t.subject,
@@ -62,11 +71,6 @@ pub struct TasksService {
     metrics: Arc<Metrics>,
 }
 
-/// Longest free-text fields accepted before any other check.
-const MAX_SUBJECT: usize = 256;
-const MAX_PURPOSE: usize = 1024;
-const MAX_SCOPES: usize = 64;
-
 impl TasksService {
     /// A service beginning tasks with `manager` for callers attested by `attestor`.
     pub fn new(
@@ -87,7 +91,6 @@ impl TasksService {
     /// snapshot it was attested against.
     async fn clients<T>(
         &self,
-        rpc: &'static str,
         req: &Request<T>,
     ) -> Result<(PeerInfo, Attestation, Vec<ClientId>, Arc<Snapshot>), Status> {
         let snap = self.cache.current();
@@ -97,7 +100,6 @@ impl TasksService {
         } = Caller::admit(req, &self.attestor, &self.metrics, snap.needs).await?;
         let clients: Vec<ClientId> = snap.clients_for(&att);
         if clients.is_empty() {
-            self.metrics.rpc(rpc, tonic::Code::PermissionDenied);
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         Ok((peer, att, clients, snap))
@@ -133,82 +135,10 @@ pub(crate) fn entitlement(
 impl Tasks for TasksService {
     async fn begin_task(
         &self,
-        req: Request<BeginTaskRequest>,
+        req: Request<BeginTaskMessage>,
     ) -> Result<Response<BeginTaskResponse>, Status> {
-        let (peer, att, clients, attested) = self.clients("BeginTask", &req).await?;
-        let r = req.into_inner();
-        let client = if r.client.is_empty() {
-            match clients.as_slice() {
-                [one] => one.clone(),
-                many => {
-                    return Err(Status::invalid_argument(format!(
-                        "this caller has several client identities ({}); name one in `client`",
-                        many.iter()
-                            .map(|c| c.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
-        } else {
-            clients
-                .iter()
-                .find(|c| c.name.as_str() == r.client)
-                .cloned()
-                .ok_or_else(|| {
-                    Status::permission_denied(format!("this caller is not client {:?}", r.client))
-                })?
-        };
-        let td = client.trust_domain.clone();
-        let server: ServerName = if r.server.starts_with("spiffe://") {
-            let id: ServerId = r
-                .server
-                .parse()
-                .map_err(|e| Status::invalid_argument(format!("server {:?}: {e}", r.server)))?;
-            if id.trust_domain != td {
-                return Err(Status::invalid_argument(format!(
-                    "server {} is not in trust domain {td}",
-                    r.server
-                )));
-            }
-            id.name
-        } else {
-            r.server
-                .parse()
-                .map_err(|e| Status::invalid_argument(format!("server {:?}: {e}", r.server)))?
-        };
-        if r.subject.is_empty() || r.subject.len() > MAX_SUBJECT {
-            return Err(Status::invalid_argument(format!(
-                "subject must be 1..={MAX_SUBJECT} bytes"
-            )));
-        }
-        if r.purpose.len() > MAX_PURPOSE {
-            return Err(Status::invalid_argument(format!(
-                "purpose must be at most {MAX_PURPOSE} bytes"
-            )));
-        }
-        if r.scopes.is_empty() || r.scopes.len() > MAX_SCOPES {
-            return Err(Status::invalid_argument(format!(
-                "request 1..={MAX_SCOPES} scopes"
-            )));
-        }
-        let scopes = r
-            .scopes
-            .iter()
-            .map(|s| {
-                let scope: Scope = s
-                    .parse()
-                    .map_err(|e| Status::invalid_argument(format!("scope {s:?}: {e}")))?;
-                if scope.server() != &server {
-                    return Err(Status::invalid_argument(format!(
-                        "scope {s:?} is for server {:?}, but the task is for {:?}",
-                        scope.server().as_str(),
-                        server.as_str()
-                    )));
-                }
-                Ok(scope)
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
+        let (peer, att, clients, attested) = self.clients(&req).await?;
+        let r = BeginTaskRequest::parse(req.into_inner(), &clients)?;
         let (owner_pid, owner_fd) = if r.bind_to_parent {
             let (ppid, fd) = self
                 .attestor
@@ -218,6 +148,8 @@ impl Tasks for TasksService {
         } else {
             (att.pid, peer.pidfd.clone())
         };
+        let client = r.client;
+        let td = client.trust_domain.clone();
         let actor = format!("{client} pid:{}", att.pid);
         let entitled = entitlement(Arc::clone(&self.cache), attested, att, client.clone());
         let (record, svid) = self
@@ -226,24 +158,18 @@ impl Tasks for TasksService {
                 client,
                 subject: r.subject,
                 purpose: r.purpose,
-                server,
-                scopes,
-                lifetime: (r.lifetime_secs > 0)
-                    .then(|| Duration::from_secs(r.lifetime_secs.into())),
+                server: r.server,
+                scopes: r.scopes,
+                lifetime: r.lifetime,
                 owner_pid,
                 owner_fd,
                 actor,
                 entitled,
             })
             .await
-            .map_err(|e| {
-                let status = task_status(e);
-                self.metrics.rpc("BeginTask", status.code());
-                status
-            })?;
-        self.metrics.rpc("BeginTask", tonic::Code::Ok);
+            .map_err(task_status)?;
         let bundle = self.cache.current().bundle.concat_der();
-        let task = task_to_proto(record, td.as_str());
+        let task = task_to_proto(record, &td);
         Ok(Response::new(BeginTaskResponse {
             svid: Some(TaskSvid {
                 spiffe_id: task.spiffe_id.clone(),
@@ -260,9 +186,9 @@ impl Tasks for TasksService {
         &self,
         req: Request<EndTaskRequest>,
     ) -> Result<Response<EndTaskResponse>, Status> {
-        let (_, att, clients, _) = self.clients("EndTask", &req).await?;
+        let (_, att, clients, _) = self.clients(&req).await?;
         let id = req.into_inner().task_id;
-        let td = clients[0].trust_domain.as_str().to_owned();
+        let td = clients[0].trust_domain.clone();
         let mut last = Status::not_found(format!("no task {id} for this client"));
         for client in &clients {
             let actor = format!("{client} pid:{}", att.pid);
@@ -272,7 +198,6 @@ impl Tasks for TasksService {
                 .await
             {
                 Ok(t) => {
-                    self.metrics.rpc("EndTask", tonic::Code::Ok);
                     return Ok(Response::new(EndTaskResponse {
                         task: Some(task_to_proto(t, &td)),
                     }));
@@ -281,7 +206,6 @@ impl Tasks for TasksService {
                 Err(e) => return Err(task_status(e)),
             }
         }
-        self.metrics.rpc("EndTask", last.code());
         Err(last)
     }
 
@@ -289,9 +213,9 @@ impl Tasks for TasksService {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        let (_, _, clients, _) = self.clients("ListTasks", &req).await?;
+        let (_, _, clients, _) = self.clients(&req).await?;
         let include_ended = req.into_inner().include_ended;
-        let td = clients[0].trust_domain.as_str().to_owned();
+        let td = clients[0].trust_domain.clone();
         let mut tasks = Vec::new();
         for client in &clients {
             let filter = TaskFilter {

@@ -120,7 +120,6 @@ impl Inner {
         self: Arc<Self>,
         req: Request<WatchRevocationsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        const RPC: &str = "WatchRevocations";
         let snap = self.cache.current();
         let att = Caller::admit(&req, &self.attestor, &self.metrics, snap.needs)
             .await?
@@ -132,18 +131,15 @@ impl Inner {
             .map(|e| e.spiffe_id.clone())
             .collect();
         if identities.is_empty() {
-            self.metrics.rpc(RPC, tonic::Code::PermissionDenied);
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         let slot = match self.reserve(identities) {
             Ok(slot) => slot,
             Err(status) => {
-                self.metrics.rpc(RPC, status.code());
                 tracing::warn!(pid = att.pid, uid = att.uid, error = %status.message(), "revocation watch refused");
                 return Err(status);
             }
         };
-        self.metrics.rpc(RPC, tonic::Code::Ok);
         let td = snap.bundle.trust_domain.as_str().to_owned();
         let mut rx = self.manager.feed().subscribe();
         let mut shutdown = self.shutdown.clone();
