@@ -117,13 +117,21 @@ async fn fetch_x509svid_stream_counts_at_its_end_with_its_final_code() {
     assert_eq!(closed.message().await.unwrap().unwrap().svids.len(), 1);
     drop(closed);
     let metrics = counted(&agent, "FetchX509SVID", "Ok").await;
-    assert_eq!(rpcs(&metrics, "FetchX509SVID", "Ok"), Some(1.0), "{metrics}");
+    assert_eq!(
+        rpcs(&metrics, "FetchX509SVID", "Ok"),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // An open stream is not counted yet: it has no outcome.
     let mut stream = client.fetch_x509svid(open()).await.unwrap().into_inner();
     assert_eq!(stream.message().await.unwrap().unwrap().svids.len(), 1);
     let metrics = scrape(&agent).await;
-    assert_eq!(rpcs(&metrics, "FetchX509SVID", "Ok"), Some(1.0), "{metrics}");
+    assert_eq!(
+        rpcs(&metrics, "FetchX509SVID", "Ok"),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // Deleting the caller's entry ends the stream with PermissionDenied, and that is
     // how it counts.
@@ -145,7 +153,11 @@ async fn fetch_x509svid_stream_counts_at_its_end_with_its_final_code() {
         Some(1.0),
         "{metrics}"
     );
-    assert_eq!(rpcs(&metrics, "FetchX509SVID", "Ok"), Some(1.0), "{metrics}");
+    assert_eq!(
+        rpcs(&metrics, "FetchX509SVID", "Ok"),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

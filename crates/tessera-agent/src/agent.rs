@@ -192,7 +192,10 @@ pub async fn run(
     let admin_task = tokio::spawn(
         tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
-            .layer(RpcMetricsLayer::new(Arc::clone(&metrics), ADMIN_SOCKET_RPCS))
+            .layer(RpcMetricsLayer::new(
+                Arc::clone(&metrics),
+                ADMIN_SOCKET_RPCS,
+            ))
             .add_service(admin)
             .serve_with_incoming_shutdown(
                 socket::incoming(admin_listener),

@@ -54,7 +54,10 @@ impl WorkloadService {
     }
 
     /// Header check and attestation, shared by every RPC that hands out material.
-    pub(crate) async fn admit<T>(&self, req: &Request<T>) -> Result<(PeerInfo, Attestation), Status> {
+    pub(crate) async fn admit<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(PeerInfo, Attestation), Status> {
         check_header(req)?;
         let caller = Caller::admit(
             req,

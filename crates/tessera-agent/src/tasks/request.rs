@@ -146,7 +146,8 @@ impl BeginTaskRequest {
             subject: req.subject,
             purpose: req.purpose,
             scopes,
-            lifetime: (req.lifetime_secs > 0).then(|| Duration::from_secs(req.lifetime_secs.into())),
+            lifetime: (req.lifetime_secs > 0)
+                .then(|| Duration::from_secs(req.lifetime_secs.into())),
             bind_to_parent: req.bind_to_parent,
         })
     }

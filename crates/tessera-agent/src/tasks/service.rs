@@ -6,8 +6,8 @@ use std::time::Duration;
 use tessera_identity::{ClientId, ClientName, TaskId, TrustDomain};
 use tessera_proto::tessera::v1::tasks_server::Tasks;
 use tessera_proto::tessera::v1::{
-    BeginTaskRequest as BeginTaskMessage, BeginTaskResponse, EndTaskRequest, EndTaskResponse, ListTasksRequest,
-    ListTasksResponse, Task, TaskSvid,
+    BeginTaskRequest as BeginTaskMessage, BeginTaskResponse, EndTaskRequest, EndTaskResponse,
+    ListTasksRequest, ListTasksResponse, Task, TaskSvid,
 };
 use tessera_store::{TaskFilter, TaskRecord};
 use tonic::{Request, Response, Status};

@@ -70,10 +70,14 @@ fn streamed(code: &'static str) -> http::Response<StreamBody<Frames>> {
 #[tokio::test]
 async fn a_refusal_in_the_headers_counts_once_when_answered() {
     let metrics = Arc::new(Metrics::default());
-    let mut svc = RpcMetricsLayer::new(Arc::clone(&metrics), WORKLOAD_SOCKET_RPCS).layer(
-        Answer(|| tonic::Status::invalid_argument("no").into_http::<Empty<Bytes>>()),
-    );
-    let response = svc.call(request("/tessera.v1.Tasks/BeginTask")).await.unwrap();
+    let mut svc =
+        RpcMetricsLayer::new(Arc::clone(&metrics), WORKLOAD_SOCKET_RPCS).layer(Answer(|| {
+            tonic::Status::invalid_argument("no").into_http::<Empty<Bytes>>()
+        }));
+    let response = svc
+        .call(request("/tessera.v1.Tasks/BeginTask"))
+        .await
+        .unwrap();
     assert_eq!(count(&metrics, "BeginTask", "InvalidArgument"), 1);
     // Reading or dropping the (empty) body counts nothing more.
     response.into_body().collect().await.unwrap();
@@ -145,9 +149,10 @@ async fn a_call_dropped_before_its_answer_counts_cancelled() {
 #[tokio::test]
 async fn paths_not_served_share_one_label_and_never_appear() {
     let metrics = Arc::new(Metrics::default());
-    let mut svc = RpcMetricsLayer::new(Arc::clone(&metrics), WORKLOAD_SOCKET_RPCS).layer(
-        Answer(|| tonic::Status::unimplemented("").into_http::<Empty<Bytes>>()),
-    );
+    let mut svc =
+        RpcMetricsLayer::new(Arc::clone(&metrics), WORKLOAD_SOCKET_RPCS).layer(Answer(|| {
+            tonic::Status::unimplemented("").into_http::<Empty<Bytes>>()
+        }));
     for path in [
         "/tessera.v1.Admin/GetStatus",
         "/tessera.v1.Tasks/BeginTaskX",
@@ -159,7 +164,10 @@ async fn paths_not_served_share_one_label_and_never_appear() {
     assert_eq!(count(&metrics, UNKNOWN_RPC, "Unimplemented"), 4);
     let text = series(&metrics);
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(!text.contains("attacker") && !text.contains("Admin"), "{text}");
+    assert!(
+        !text.contains("attacker") && !text.contains("Admin"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +175,10 @@ async fn a_status_that_is_no_code_counts_unknown() {
     let metrics = Arc::new(Metrics::default());
     let mut svc = RpcMetricsLayer::new(Arc::clone(&metrics), WORKLOAD_SOCKET_RPCS)
         .layer(Answer(|| streamed("99")));
-    let response = svc.call(request("/tessera.v1.Tasks/ListTasks")).await.unwrap();
+    let response = svc
+        .call(request("/tessera.v1.Tasks/ListTasks"))
+        .await
+        .unwrap();
     response.into_body().collect().await.unwrap();
     assert_eq!(count(&metrics, "ListTasks", "Unknown"), 1);
 }

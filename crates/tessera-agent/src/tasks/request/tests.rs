@@ -55,14 +55,19 @@ fn the_limits_are_identitys_and_inclusive() {
         pb::BeginTaskRequest {
             subject: "s".repeat(MAX_SUBJECT_LEN),
             purpose: "p".repeat(MAX_PURPOSE_LEN),
-            scopes: (0..MAX_SCOPES).map(|i| format!("github/tool/t{i}")).collect(),
+            scopes: (0..MAX_SCOPES)
+                .map(|i| format!("github/tool/t{i}"))
+                .collect(),
             ..message()
         },
         &[client("c")],
     )
     .unwrap();
     assert_eq!(parsed.scopes.len(), MAX_SCOPES);
-    assert_eq!((MAX_SUBJECT_LEN, MAX_PURPOSE_LEN, MAX_SCOPES), (256, 1024, 64));
+    assert_eq!(
+        (MAX_SUBJECT_LEN, MAX_PURPOSE_LEN, MAX_SCOPES),
+        (256, 1024, 64)
+    );
 }
 
 #[test]
@@ -130,7 +135,9 @@ fn each_refusal_keeps_its_code_and_message() {
     let bad_scope = refusal(&one, |r| r.scopes.push("github/tool/a*b".into()));
     assert_eq!(bad_scope.code(), tonic::Code::InvalidArgument);
     assert!(
-        bad_scope.message().starts_with("scope \"github/tool/a*b\": "),
+        bad_scope
+            .message()
+            .starts_with("scope \"github/tool/a*b\": "),
         "{bad_scope:?}"
     );
 }
