@@ -196,8 +196,8 @@ where
             }
             response.map(|inner| CountedBody { inner, call })
         }))
-        // An `Err` drops `call` uncounted: `Cancelled`, which is also how tonic's
-        // error recovery (around this layer) answers a service error.
+        // An `Err` (tonic's router has none) drops `call` with `Cancelled`: no answer
+        // was made.
     }
 }
 
