@@ -37,22 +37,6 @@ pub fn task_to_proto(t: TaskRecord, trust_domain: &str) -> Task {
     }
 }
 
-fn task_status(e: TaskError) -> Status {
-    match e {
-        TaskError::InvalidArgument(m) => Status::invalid_argument(m),
-        TaskError::Consent(c) => Status::permission_denied(c.to_string()),
-        TaskError::NotFound(id) => Status::not_found(format!("no task {id} for this client")),
-        e @ TaskError::TooManyLive { .. } => Status::resource_exhausted(e.to_string()),
-        // As for a caller that matches no entry: it learns nothing more.
-        TaskError::NotEntitled { .. } => Status::permission_denied(NO_IDENTITY),
-        e @ TaskError::ShuttingDown => Status::unavailable(e.to_string()),
-        e => {
-            tracing::error!(error = %e, "task operation failed");
-            Status::internal("task operation failed; see the agent's log")
-        }
-    }
-}
-
 /// The Tasks service.
 #[derive(Clone, Debug)]
 pub struct TasksService {
@@ -237,7 +221,7 @@ impl Tasks for TasksService {
             })
             .await
             .map_err(|e| {
-                let status = task_status(e);
+                let status = Status::from(e);
                 self.metrics.rpc("BeginTask", status.code());
                 status
             })?;
@@ -263,7 +247,10 @@ impl Tasks for TasksService {
         let (_, att, clients, _) = self.clients("EndTask", &req).await?;
         let id = req.into_inner().task_id;
         let td = clients[0].trust_domain.as_str().to_owned();
-        let mut last = Status::not_found(format!("no task {id} for this client"));
+        let mut last = Status::from(TaskError::NotFound {
+            id: id.clone(),
+            client: Some(clients[0].name.as_str().to_owned()),
+        });
         for client in &clients {
             let actor = format!("{client} pid:{}", att.pid);
             match self
@@ -277,8 +264,8 @@ impl Tasks for TasksService {
                         task: Some(task_to_proto(t, &td)),
                     }));
                 }
-                Err(e @ TaskError::NotFound(_)) => last = task_status(e),
-                Err(e) => return Err(task_status(e)),
+                Err(e @ TaskError::NotFound { .. }) => last = e.into(),
+                Err(e) => return Err(e.into()),
             }
         }
         self.metrics.rpc("EndTask", last.code());
@@ -303,7 +290,7 @@ impl Tasks for TasksService {
                 .store()
                 .list_tasks(&filter)
                 .await
-                .map_err(|e| task_status(TaskError::Store(e)))?;
+                .map_err(|e| Status::from(TaskError::Store(e)))?;
             tasks.extend(found.into_iter().map(|t| task_to_proto(t, &td)));
         }
         Ok(Response::new(ListTasksResponse { tasks }))
