@@ -205,7 +205,7 @@ impl Admin for AdminService {
             .iter()
             .map(|s| s.parse::<Selector>().map(|s| s.to_string()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(Status::from)?;
         let entry = self
             .store
             .create_entry(

@@ -17,6 +17,7 @@
 use tessera_store::{Conflict, StoreError};
 use tonic::Status;
 
+use crate::attest::SelectorError;
 use crate::caller::NO_IDENTITY;
 use crate::tasks::TaskError;
 
@@ -38,6 +39,13 @@ impl From<TaskError> for Status {
                 Status::internal("task operation failed; see the agent's log")
             }
         }
+    }
+}
+
+/// A selector an administrator gave that the agent cannot attest: says which and why.
+impl From<SelectorError> for Status {
+    fn from(e: SelectorError) -> Status {
+        Status::invalid_argument(e.to_string())
     }
 }
 
