@@ -13,6 +13,11 @@
 //!   one does;
 //! - a failure of the agent's own parts (the store's I/O, the CA, a damaged row) is
 //!   `INTERNAL` with a fixed message, and its detail goes to the agent's log only.
+//!
+//! Attestation failures are not converted here: `crate::caller` answers each with
+//! [`NO_IDENTITY`] where callers are admitted (and the Workload API's streams, which
+//! re-attest, do the same). BeginTask's `bind_to_parent` refusal keeps its reason
+//! (`FAILED_PRECONDITION`): it is about the caller's own parent process.
 
 use tessera_store::{Conflict, StoreError};
 use tonic::Status;
@@ -53,7 +58,8 @@ impl From<SelectorError> for Status {
 /// store's messages name only what the request carried, or the record it named); a
 /// failure of the store is `INTERNAL`, logged here.
 ///
-/// A function, not `From`: neither type is the agent's.
+/// Reached from the Admin API only: the workload socket's services meet store errors as
+/// [`TaskError::Store`]. A function, not `From`: neither type is the agent's.
 pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Invalid(e) => Status::invalid_argument(e.to_string()),
