@@ -3,6 +3,11 @@
 use std::time::Duration;
 
 use tessera_e2e::{TRUST_DOMAIN, TestAgent};
+use tessera_proto::tessera::v1::tasks_client::TasksClient;
+use tessera_proto::tessera::v1::{
+    EndTaskRequest, GrantConsentRequest, RevokeTaskRequest, WithdrawConsentRequest,
+};
+use tonic::Code;
 
 fn stdout(out: &std::process::Output) -> String {
     assert!(
@@ -132,6 +137,77 @@ async fn svid_fetch_writes_files_that_inspect_reads() {
     assert!(
         inspected.contains(&format!("spiffe://{TRUST_DOMAIN}/client/shell-runtime")),
         "{inspected}"
+    );
+}
+
+/// What the agent says when it refuses: an administrator learns what to fix; a workload
+/// asking about a task learns nothing beyond what it sent.
+#[tokio::test]
+async fn refusals_say_what_to_fix_and_a_workload_learns_no_more() {
+    let agent = TestAgent::start("").await.unwrap();
+    agent.register_self("code-reviewer").await.unwrap();
+    let mut admin = agent.admin_client().await.unwrap();
+
+    // A subject longer than the store takes: its reason, not "see the agent's log".
+    let err = admin
+        .grant_consent(GrantConsentRequest {
+            client: "code-reviewer".into(),
+            subject: "a".repeat(300),
+            server: "github".into(),
+            scopes: vec!["github/tool/get_pull_request".into()],
+            expires_at_unix: 0,
+            ttl_secs: 3600,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("subject"), "{err:?}");
+
+    let consent = agent
+        .grant(
+            "code-reviewer",
+            "alice@acme.corp",
+            "github",
+            &["github/tool/get_*"],
+        )
+        .await
+        .unwrap();
+    let withdraw = WithdrawConsentRequest {
+        id: consent.clone(),
+    };
+    admin.withdraw_consent(withdraw.clone()).await.unwrap();
+    let err = admin.withdraw_consent(withdraw).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with(&format!("consent {consent} has already been withdrawn")),
+        "{err:?}"
+    );
+
+    let unknown = "01JD0000000000000000000000";
+    let err = admin
+        .revoke_task(RevokeTaskRequest {
+            task_id: unknown.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::NotFound, format!("no task {unknown}").as_str())
+    );
+    let mut tasks = TasksClient::new(TestAgent::channel(&agent.workload).await.unwrap());
+    let err = tasks
+        .end_task(EndTaskRequest {
+            task_id: unknown.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::NotFound,
+            format!("no task {unknown} for this client").as_str()
+        )
     );
 }
 

@@ -13,15 +13,14 @@ use tessera_proto::tessera::v1::{
     ListConsentsResponse, ListEntriesRequest, ListEntriesResponse, RevokeTaskRequest,
     RevokeTaskResponse, Status as AgentStatus, WithdrawConsentRequest, WithdrawConsentResponse,
 };
-use tessera_store::{
-    ConsentFilter, EntryKind, NewConsent, NewEntry, Store, StoreError, TaskFilter,
-};
+use tessera_store::{ConsentFilter, EntryKind, NewConsent, NewEntry, Store, TaskFilter};
 
-use crate::tasks::{EndReason, TaskError, TaskManager, task_to_proto};
+use crate::tasks::{EndReason, TaskManager, task_to_proto};
 use tonic::{Request, Response, Status};
 
 use crate::attest::Selector;
 use crate::caller::peer_of;
+use crate::status::store_status;
 
 /// The `tessera.v1.Admin` service.
 #[derive(Clone, Debug)]
@@ -96,7 +95,7 @@ impl AdminService {
                 .tasks
                 .end_client_tasks(&entry.client, EndReason::EntryDeleted, actor)
                 .await
-                .map_err(task_error_status),
+                .map_err(Status::from),
             // Tasks name their client, not the servers they call.
             EntryKind::Server => Ok(Vec::new()),
         }
@@ -161,41 +160,8 @@ fn consent_to_proto(c: tessera_store::Consent) -> Consent {
     }
 }
 
-fn task_error_status(e: TaskError) -> Status {
-    match e {
-        TaskError::NotFound(id) => Status::not_found(format!("no task {id}")),
-        TaskError::InvalidArgument(m) => Status::invalid_argument(m),
-        TaskError::Store(e) => store_status(e),
-        e @ TaskError::ShuttingDown => Status::unavailable(e.to_string()),
-        e => {
-            tracing::error!(error = %e, "admin task operation failed");
-            Status::internal("task operation failed; see the agent's log")
-        }
-    }
-}
-
 /// Longest consent a grant may ask for; renewals are cheap, blanket grants are not.
 const MAX_CONSENT_SECS: i64 = 366 * 24 * 3600;
-
-fn store_status(e: StoreError) -> Status {
-    match e {
-        StoreError::DuplicateEntry { existing_id } => Status::already_exists(format!(
-            "an entry with the same client and selectors exists: {existing_id}"
-        )),
-        e @ (StoreError::InvalidClient { .. }
-        | StoreError::InvalidSelectorCount { .. }
-        | StoreError::InvalidSelector { .. }
-        | StoreError::InvalidSvidTtl) => Status::invalid_argument(e.to_string()),
-        e @ StoreError::ConsentAlreadyWithdrawn { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
-        e @ StoreError::ConsentExpired { .. } => Status::invalid_argument(e.to_string()),
-        e => {
-            tracing::error!(error = %e, "store error");
-            Status::internal("store error; see the agent's log")
-        }
-    }
-}
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -234,7 +200,7 @@ impl Admin for AdminService {
             .iter()
             .map(|s| s.parse::<Selector>().map(|s| s.to_string()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(Status::from)?;
         let entry = self
             .store
             .create_entry(
@@ -432,7 +398,7 @@ impl Admin for AdminService {
             .tasks
             .withdraw_consent(&id, &actor)
             .await
-            .map_err(task_error_status)?
+            .map_err(Status::from)?
         {
             Some((consent, ended_tasks)) => Ok(Response::new(WithdrawConsentResponse {
                 consent: Some(consent_to_proto(consent)),
@@ -469,7 +435,7 @@ impl Admin for AdminService {
             .tasks
             .end(&id, EndReason::Revoked, &actor, None)
             .await
-            .map_err(task_error_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(RevokeTaskResponse {
             task: Some(task_to_proto(task, self.authority.trust_domain())),
         }))

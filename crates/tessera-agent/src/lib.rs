@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod retention;
 pub mod socket;
+mod status;
 pub mod svids;
 pub mod tasks;
 pub mod workload;

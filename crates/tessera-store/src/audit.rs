@@ -6,6 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use tokio::sync::broadcast;
 
 use crate::audit_record::AuditRecord;
+use crate::error::InvalidInput;
 use crate::limits::{MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_PAGE};
 use crate::writer::Effects;
 use crate::{Store, StoreError};
@@ -111,12 +112,12 @@ pub(crate) fn write(
 
 fn validate_kind(kind: &str) -> Result<(), StoreError> {
     if kind.is_empty() || kind.len() > MAX_AUDIT_KIND_LEN {
-        return Err(StoreError::InvalidAuditField {
+        return Err(StoreError::Invalid(InvalidInput::AuditField {
             field: "kind",
             min: 1,
             max: MAX_AUDIT_KIND_LEN,
             len: kind.len(),
-        });
+        }));
     }
     Ok(())
 }
@@ -124,12 +125,12 @@ fn validate_kind(kind: &str) -> Result<(), StoreError> {
 /// Checks an actor's length; used before a change starts, so a bad actor fails early.
 pub(crate) fn validate_actor(actor: &str) -> Result<(), StoreError> {
     if actor.len() > MAX_AUDIT_ACTOR_LEN {
-        return Err(StoreError::InvalidAuditField {
+        return Err(StoreError::Invalid(InvalidInput::AuditField {
             field: "actor",
             min: 0,
             max: MAX_AUDIT_ACTOR_LEN,
             len: actor.len(),
-        });
+        }));
     }
     Ok(())
 }
@@ -281,7 +282,10 @@ mod tests {
         let (_dir, _path, store) = open_temp().await;
         let error = store.append_audit("", "a", &json!({})).await.unwrap_err();
         assert!(
-            matches!(error, StoreError::InvalidAuditField { field: "kind", .. }),
+            matches!(
+                error,
+                StoreError::Invalid(InvalidInput::AuditField { field: "kind", .. })
+            ),
             "{error:?}"
         );
         let long_kind = "k".repeat(MAX_AUDIT_KIND_LEN + 1);
@@ -290,7 +294,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, StoreError::InvalidAuditField { field: "kind", .. }),
+            matches!(
+                error,
+                StoreError::Invalid(InvalidInput::AuditField { field: "kind", .. })
+            ),
             "{error:?}"
         );
         let long_actor = "a".repeat(MAX_AUDIT_ACTOR_LEN + 1);
@@ -299,7 +306,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, StoreError::InvalidAuditField { field: "actor", .. }),
+            matches!(
+                error,
+                StoreError::Invalid(InvalidInput::AuditField { field: "actor", .. })
+            ),
             "{error:?}"
         );
         assert!(store.list_audit(0, 10).await.unwrap().is_empty());

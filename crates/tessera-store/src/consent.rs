@@ -7,6 +7,7 @@ use rusqlite::{Connection, params};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::error::{Conflict, InvalidInput, Unavailable};
 use crate::row::{Row, query_optional};
 use crate::task::{self, END_REASON_CONSENT_WITHDRAWN, Revocation, TaskRecord};
 use crate::validate::{validate_parties, validate_scopes};
@@ -88,10 +89,10 @@ impl NewConsent {
         validate_parties(&self.client, &self.subject, &self.server)?;
         validate_scopes(&self.scopes)?;
         if self.expires_at <= now {
-            return Err(StoreError::ConsentExpired {
+            return Err(StoreError::Invalid(InvalidInput::ConsentExpired {
                 expires_at: self.expires_at,
                 at: now,
-            });
+            }));
         }
         let mut scopes = self.scopes.clone();
         scopes.sort_unstable();
@@ -106,7 +107,7 @@ impl Store {
     /// Grants a consent (`granted_by` = `actor`) and writes its `consent.grant` audit
     /// record in the same transaction; returns it once durable.
     ///
-    /// Fails with [`StoreError::ConsentExpired`] if `expires_at` is not in the future, and
+    /// Fails with [`InvalidInput::ConsentExpired`] if `expires_at` is not in the future, and
     /// with the `Invalid*` errors if a field is out of limits.
     pub async fn grant_consent(&self, new: NewConsent, actor: &str) -> Result<Consent, StoreError> {
         let now = crate::clock::unix_secs();
@@ -174,14 +175,14 @@ impl Store {
     /// borrowed closure it cannot run inside the writer task, so it runs just before the
     /// transaction, for the tasks live at that point. To keep that set from growing, the
     /// consent is first sealed: from then on [`Store::begin_task`] refuses it
-    /// ([`StoreError::ConsentAlreadyWithdrawn`], with this `now`), even if this
+    /// ([`Conflict::ConsentWithdrawn`], with this `now`), even if this
     /// withdrawal later fails. Tasks whose begin was already queued are found inside the
     /// transaction, which then writes nothing and the store goes back for their
     /// revocations (normally once; after 8 rounds it gives up with
-    /// [`StoreError::WithdrawContended`], changing nothing). No task relying on the
+    /// [`Unavailable::WithdrawContended`], changing nothing). No task relying on the
     /// consent outlives its withdrawal.
     ///
-    /// `None` if there is no such consent; [`StoreError::ConsentAlreadyWithdrawn`] if it
+    /// `None` if there is no such consent; [`Conflict::ConsentWithdrawn`] if it
     /// was already withdrawn (of concurrent withdrawals, exactly one succeeds).
     pub async fn withdraw_consent(
         &self,
@@ -231,10 +232,10 @@ impl Store {
                 }
             }
         }
-        Err(StoreError::WithdrawContended {
+        Err(StoreError::Unavailable(Unavailable::WithdrawContended {
             id: id.to_owned(),
             attempts: WITHDRAW_ATTEMPTS,
-        })
+        }))
     }
 
     /// A receiver that sees a counter change after every committed consent change (grant,
@@ -307,10 +308,10 @@ fn withdraw_op(
         return Ok(WithdrawOutcome::NotFound);
     };
     if let Some(withdrawn_at) = consent.withdrawn_at {
-        return Err(StoreError::ConsentAlreadyWithdrawn {
+        return Err(StoreError::Conflict(Conflict::ConsentWithdrawn {
             id: consent.id,
             withdrawn_at,
-        });
+        }));
     }
     let live = task::live_tasks_for_consent_in_writer(conn, &state.id)?;
     let unprepared: Vec<String> = live
@@ -488,7 +489,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&error, StoreError::ConsentAlreadyWithdrawn { id, withdrawn_at } if *id == granted.id && *withdrawn_at == at),
+            matches!(&error, StoreError::Conflict(Conflict::ConsentWithdrawn { id, withdrawn_at }) if *id == granted.id && *withdrawn_at == at),
             "{error:?}"
         );
         assert_eq!(
@@ -527,14 +528,14 @@ mod tests {
                     client: String::new(),
                     ..base.clone()
                 },
-                |e| matches!(e, StoreError::InvalidClient { len: 0 }),
+                |e| matches!(e, StoreError::Invalid(InvalidInput::Client { len: 0 })),
             ),
             (
                 NewConsent {
                     client: "c".repeat(MAX_CLIENT_LEN + 1),
                     ..base.clone()
                 },
-                |e| matches!(e, StoreError::InvalidClient { len: 129 }),
+                |e| matches!(e, StoreError::Invalid(InvalidInput::Client { len: 129 })),
             ),
             (
                 NewConsent {
@@ -544,11 +545,11 @@ mod tests {
                 |e| {
                     matches!(
                         e,
-                        StoreError::InvalidField {
+                        StoreError::Invalid(InvalidInput::Field {
                             field: "subject",
                             len: 0,
                             ..
-                        }
+                        })
                     )
                 },
             ),
@@ -560,11 +561,11 @@ mod tests {
                 |e| {
                     matches!(
                         e,
-                        StoreError::InvalidField {
+                        StoreError::Invalid(InvalidInput::Field {
                             field: "subject",
                             len: 257,
                             ..
-                        }
+                        })
                     )
                 },
             ),
@@ -576,11 +577,11 @@ mod tests {
                 |e| {
                     matches!(
                         e,
-                        StoreError::InvalidField {
+                        StoreError::Invalid(InvalidInput::Field {
                             field: "server",
                             len: 129,
                             ..
-                        }
+                        })
                     )
                 },
             ),
@@ -589,14 +590,24 @@ mod tests {
                     scopes: vec![],
                     ..base.clone()
                 },
-                |e| matches!(e, StoreError::InvalidScopeCount { count: 0 }),
+                |e| {
+                    matches!(
+                        e,
+                        StoreError::Invalid(InvalidInput::ScopeCount { count: 0 })
+                    )
+                },
             ),
             (
                 NewConsent {
                     scopes: many,
                     ..base.clone()
                 },
-                |e| matches!(e, StoreError::InvalidScopeCount { count: 65 }),
+                |e| {
+                    matches!(
+                        e,
+                        StoreError::Invalid(InvalidInput::ScopeCount { count: 65 })
+                    )
+                },
             ),
             (
                 NewConsent {
@@ -606,10 +617,10 @@ mod tests {
                 |e| {
                     matches!(
                         e,
-                        StoreError::InvalidScope {
+                        StoreError::Invalid(InvalidInput::Scope {
                             index: 1,
                             len: 1025
-                        }
+                        })
                     )
                 },
             ),
@@ -618,14 +629,19 @@ mod tests {
                     expires_at: now() - 1,
                     ..base.clone()
                 },
-                |e| matches!(e, StoreError::ConsentExpired { .. }),
+                |e| matches!(e, StoreError::Invalid(InvalidInput::ConsentExpired { .. })),
             ),
             (
                 NewConsent {
                     expires_at: 0,
                     ..base.clone()
                 },
-                |e| matches!(e, StoreError::ConsentExpired { expires_at: 0, .. }),
+                |e| {
+                    matches!(
+                        e,
+                        StoreError::Invalid(InvalidInput::ConsentExpired { expires_at: 0, .. })
+                    )
+                },
             ),
         ];
         for (new, expected) in cases {
@@ -638,7 +654,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(
             error,
-            StoreError::InvalidAuditField { field: "actor", .. }
+            StoreError::Invalid(InvalidInput::AuditField { field: "actor", .. })
         ));
         assert!(
             store
@@ -739,7 +755,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, StoreError::ConsentAlreadyWithdrawn { .. }),
+            matches!(
+                error,
+                StoreError::Conflict(Conflict::ConsentWithdrawn { .. })
+            ),
             "{error:?}"
         );
     }
@@ -766,7 +785,9 @@ mod tests {
                             .await
                         {
                             Ok(()) => begun += 1,
-                            Err(StoreError::ConsentAlreadyWithdrawn { .. }) => return begun,
+                            Err(StoreError::Conflict(Conflict::ConsentWithdrawn { .. })) => {
+                                return begun;
+                            }
                             Err(other) => panic!("unexpected {other:?}"),
                         }
                     }
@@ -824,7 +845,7 @@ mod tests {
                     assert_eq!(revocations.len(), 1);
                     won += 1;
                 }
-                Err(StoreError::ConsentAlreadyWithdrawn { .. }) => {}
+                Err(StoreError::Conflict(Conflict::ConsentWithdrawn { .. })) => {}
                 other => panic!("unexpected {other:?}"),
             }
         }

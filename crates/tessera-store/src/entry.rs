@@ -5,6 +5,7 @@
 use rusqlite::{Connection, params};
 use serde_json::json;
 
+use crate::error::{Conflict, InvalidInput};
 use crate::limits::{MAX_CLIENT_LEN, MAX_SELECTOR_LEN, MAX_SELECTORS};
 use crate::row::{Row, query_optional};
 use crate::writer::Effects;
@@ -74,25 +75,25 @@ impl NewEntry {
     /// Checks the limits and returns the canonical (sorted, deduplicated) selector set.
     fn validate(&self) -> Result<Vec<String>, StoreError> {
         if self.client.is_empty() || self.client.len() > MAX_CLIENT_LEN {
-            return Err(StoreError::InvalidClient {
+            return Err(StoreError::Invalid(InvalidInput::Client {
                 len: self.client.len(),
-            });
+            }));
         }
         if self.selectors.is_empty() || self.selectors.len() > MAX_SELECTORS {
-            return Err(StoreError::InvalidSelectorCount {
+            return Err(StoreError::Invalid(InvalidInput::SelectorCount {
                 count: self.selectors.len(),
-            });
+            }));
         }
         for (index, selector) in self.selectors.iter().enumerate() {
             if selector.is_empty() || selector.len() > MAX_SELECTOR_LEN {
-                return Err(StoreError::InvalidSelector {
+                return Err(StoreError::Invalid(InvalidInput::Selector {
                     index,
                     len: selector.len(),
-                });
+                }));
             }
         }
         if self.svid_ttl_secs == Some(0) {
-            return Err(StoreError::InvalidSvidTtl);
+            return Err(StoreError::Invalid(InvalidInput::SvidTtl));
         }
         let mut selectors = self.selectors.clone();
         selectors.sort_unstable();
@@ -106,7 +107,7 @@ impl NewEntry {
 impl Store {
     /// Creates an entry and its `entry.create` audit record in one transaction.
     ///
-    /// Fails with [`StoreError::DuplicateEntry`] if the client already has an entry with
+    /// Fails with [`Conflict::DuplicateEntry`] if the client already has an entry with
     /// the same selector set (compared after sorting and deduplicating).
     pub async fn create_entry(&self, new: NewEntry, actor: &str) -> Result<Entry, StoreError> {
         let selectors = new.validate()?;
@@ -205,7 +206,9 @@ fn create_op(
         |row| row.column::<String>("id"),
     )?;
     if let Some(existing_id) = existing {
-        return Err(StoreError::DuplicateEntry { existing_id });
+        return Err(StoreError::Conflict(Conflict::DuplicateEntry {
+            existing_id,
+        }));
     }
     conn.prepare_cached(
         "INSERT INTO entries (id, kind, client, selectors, svid_ttl_secs, created_at)
@@ -353,7 +356,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&error, StoreError::DuplicateEntry { existing_id } if *existing_id == first.id),
+            matches!(&error, StoreError::Conflict(Conflict::DuplicateEntry { existing_id }) if *existing_id == first.id),
             "{error:?}"
         );
         // Another client, or a different set, is not a duplicate.
@@ -526,7 +529,7 @@ mod tests {
         for task in tasks {
             match task.await.unwrap() {
                 Ok(_) => created += 1,
-                Err(StoreError::DuplicateEntry { .. }) => {}
+                Err(StoreError::Conflict(Conflict::DuplicateEntry { .. })) => {}
                 Err(other) => panic!("unexpected {other:?}"),
             }
         }
@@ -544,27 +547,36 @@ mod tests {
         type Expect = fn(&StoreError) -> bool;
         let cases: Vec<(NewEntry, Expect)> = vec![
             (new_entry("", &["s"]), |e| {
-                matches!(e, StoreError::InvalidClient { len: 0 })
+                matches!(e, StoreError::Invalid(InvalidInput::Client { len: 0 }))
             }),
             (new_entry(&long_client, &["s"]), |e| {
-                matches!(e, StoreError::InvalidClient { len: 129 })
+                matches!(e, StoreError::Invalid(InvalidInput::Client { len: 129 }))
             }),
             (new_entry("a", &[]), |e| {
-                matches!(e, StoreError::InvalidSelectorCount { count: 0 })
+                matches!(
+                    e,
+                    StoreError::Invalid(InvalidInput::SelectorCount { count: 0 })
+                )
             }),
             (new_entry("a", &many), |e| {
-                matches!(e, StoreError::InvalidSelectorCount { count: 33 })
+                matches!(
+                    e,
+                    StoreError::Invalid(InvalidInput::SelectorCount { count: 33 })
+                )
             }),
             (new_entry("a", &["ok", ""]), |e| {
-                matches!(e, StoreError::InvalidSelector { index: 1, len: 0 })
+                matches!(
+                    e,
+                    StoreError::Invalid(InvalidInput::Selector { index: 1, len: 0 })
+                )
             }),
             (new_entry("a", &[&long_selector]), |e| {
                 matches!(
                     e,
-                    StoreError::InvalidSelector {
+                    StoreError::Invalid(InvalidInput::Selector {
                         index: 0,
                         len: 1025
-                    }
+                    })
                 )
             }),
             (
@@ -572,7 +584,7 @@ mod tests {
                     svid_ttl_secs: Some(0),
                     ..new_entry("a", &["s"])
                 },
-                |e| matches!(e, StoreError::InvalidSvidTtl),
+                |e| matches!(e, StoreError::Invalid(InvalidInput::SvidTtl)),
             ),
         ];
         for (new, expected) in cases {
@@ -584,7 +596,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, StoreError::InvalidAuditField { field: "actor", .. }),
+            matches!(
+                error,
+                StoreError::Invalid(InvalidInput::AuditField { field: "actor", .. })
+            ),
             "{error:?}"
         );
 

@@ -9,6 +9,7 @@
 use sqlx::SqlitePool;
 
 use crate::StoreError;
+use crate::error::OpenError;
 
 /// One embedded migration.
 struct Migration {
@@ -77,17 +78,19 @@ async fn migrate(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
         let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
         let current = current_version(&mut tx).await?;
         if current > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
+            return Err(StoreError::Open(OpenError::SchemaTooNew {
                 found: current,
                 supported: SCHEMA_VERSION,
-            });
+            }));
         }
         if current >= migration.version {
             continue;
         }
-        let failed = |source| StoreError::Migration {
-            version: migration.version,
-            source,
+        let failed = |source| {
+            StoreError::Open(OpenError::Migration {
+                version: migration.version,
+                source,
+            })
         };
         sqlx::raw_sql(migration.sql)
             .execute(&mut *tx)
@@ -108,10 +111,10 @@ async fn migrate(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
                 })
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(StoreError::MigrationRefused {
+            return Err(StoreError::Open(OpenError::MigrationRefused {
                 version: migration.version,
                 reason,
-            });
+            }));
         }
         sqlx::query(
             "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
@@ -276,7 +279,10 @@ mod tests {
 
         let error = Store::open(&path).await.unwrap_err();
         assert!(
-            matches!(error, StoreError::MigrationRefused { version: 2, .. }),
+            matches!(
+                error,
+                StoreError::Open(OpenError::MigrationRefused { version: 2, .. })
+            ),
             "{error:?}"
         );
         assert!(

@@ -14,6 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::watch;
 
 use crate::checkpoint::{self, CheckpointState};
+use crate::error::OpenError;
 use crate::writer::{Notifier, Writer};
 use crate::{StoreError, migrate};
 
@@ -89,8 +90,8 @@ impl Store {
     ///
     /// A new file is created with mode 0600. An existing file, or its `-wal`/`-shm`
     /// companions, that grants any group or other access is refused with
-    /// [`StoreError::InsecurePermissions`] rather than silently tightened. A database whose
-    /// schema is newer than this binary is refused with [`StoreError::SchemaTooNew`].
+    /// [`OpenError::InsecurePermissions`] rather than silently tightened. A database whose
+    /// schema is newer than this binary is refused with [`OpenError::SchemaTooNew`].
     /// The parent directory must already exist.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         create_private_file(path)?;
@@ -200,7 +201,7 @@ impl Store {
 
     /// Closes the store: lets the writer commit every write already queued, stops it, then
     /// closes the read pool, waiting for in-flight queries to finish. Later writes on this
-    /// store or its clones fail with [`StoreError::Closed`], later reads with
+    /// store or its clones fail with [`crate::Unavailable::Closed`], later reads with
     /// [`StoreError::Database`]. Idempotent.
     pub async fn close(&self) {
         self.inner.writer.close().await;
@@ -262,10 +263,10 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
             Ok(())
         }
         Err(error) if error.kind() == ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(StoreError::Io {
+        Err(source) => Err(StoreError::Open(OpenError::Io {
             path: path.to_owned(),
             source,
-        }),
+        })),
     }
 }
 
@@ -276,23 +277,23 @@ fn check_private(path: &Path, must_exist: bool) -> Result<(), StoreError> {
         Ok(metadata) => metadata,
         Err(error) if !must_exist && error.kind() == ErrorKind::NotFound => return Ok(()),
         Err(source) => {
-            return Err(StoreError::Io {
+            return Err(StoreError::Open(OpenError::Io {
                 path: path.to_owned(),
                 source,
-            });
+            }));
         }
     };
     if !metadata.is_file() {
-        return Err(StoreError::NotAFile {
+        return Err(StoreError::Open(OpenError::NotAFile {
             path: path.to_owned(),
-        });
+        }));
     }
     let mode = metadata.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(StoreError::InsecurePermissions {
+        return Err(StoreError::Open(OpenError::InsecurePermissions {
             path: path.to_owned(),
             mode,
-        });
+        }));
     }
     Ok(())
 }
@@ -359,7 +360,7 @@ mod tests {
 
         let error = Store::open(&path).await.unwrap_err();
         assert!(
-            matches!(&error, StoreError::InsecurePermissions { path: p, mode: 0o644 } if *p == path),
+            matches!(&error, StoreError::Open(OpenError::InsecurePermissions { path: p, mode: 0o644 }) if *p == path),
             "{error:?}"
         );
         let message = error.to_string();
@@ -380,7 +381,10 @@ mod tests {
         std::fs::set_permissions(&wal, Permissions::from_mode(0o660)).unwrap();
         let error = Store::open(&path).await.unwrap_err();
         assert!(
-            matches!(error, StoreError::InsecurePermissions { mode: 0o660, .. }),
+            matches!(
+                error,
+                StoreError::Open(OpenError::InsecurePermissions { mode: 0o660, .. })
+            ),
             "{error:?}"
         );
     }
@@ -389,7 +393,10 @@ mod tests {
     async fn directory_instead_of_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let error = Store::open(dir.path()).await.unwrap_err();
-        assert!(matches!(error, StoreError::NotAFile { .. }), "{error:?}");
+        assert!(
+            matches!(error, StoreError::Open(OpenError::NotAFile { .. })),
+            "{error:?}"
+        );
     }
 
     #[tokio::test]
@@ -397,7 +404,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent").join("tessera.db");
         let error = Store::open(&path).await.unwrap_err();
-        assert!(matches!(error, StoreError::Io { .. }), "{error:?}");
+        assert!(
+            matches!(error, StoreError::Open(OpenError::Io { .. })),
+            "{error:?}"
+        );
     }
 
     #[tokio::test]
@@ -419,7 +429,7 @@ mod tests {
         assert!(
             matches!(
                 error,
-                StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION }
+                StoreError::Open(OpenError::SchemaTooNew { found, supported: SCHEMA_VERSION })
                     if found == SCHEMA_VERSION + 1
             ),
             "{error:?}"

@@ -11,6 +11,7 @@ use rusqlite::{Connection, params};
 use serde_json::json;
 use sqlx::SqlitePool;
 
+use crate::error::{Conflict, InvalidInput, NotFound};
 use crate::limits::{
     MAX_PURPOSE_LEN, MAX_REASON_LEN, MAX_SERIAL_HEX_LEN, MAX_SPIFFE_ID_LEN, MAX_TASK_ID_LEN,
     PRUNE_CHUNK,
@@ -146,10 +147,10 @@ impl TaskRecord {
         check_len("purpose", &self.purpose, 0, MAX_PURPOSE_LEN)?;
         check_len("consent id", &self.consent_id, 1, MAX_TASK_ID_LEN)?;
         if self.deadline <= self.begun_at {
-            return Err(StoreError::InvalidDeadline {
+            return Err(StoreError::Invalid(InvalidInput::Deadline {
                 begun_at: self.begun_at,
                 deadline: self.deadline,
-            });
+            }));
         }
         Ok(())
     }
@@ -162,9 +163,9 @@ impl SvidIssued {
             || self.serial.len() > MAX_SERIAL_HEX_LEN
             || !self.serial.bytes().all(|b| b.is_ascii_hexdigit())
         {
-            return Err(StoreError::InvalidSerial {
+            return Err(StoreError::Invalid(InvalidInput::Serial {
                 serial: self.serial.chars().take(MAX_SERIAL_HEX_LEN + 8).collect(),
-            });
+            }));
         }
         self.serial.make_ascii_lowercase();
         check_len("spiffe id", &self.spiffe_id, 1, MAX_SPIFFE_ID_LEN)?;
@@ -189,11 +190,11 @@ impl Store {
     /// index entry is WAL pages that every durable commit writes and fsyncs.)
     ///
     /// Inside that transaction the task's consent must exist
-    /// ([`StoreError::ConsentNotFound`]), not be withdrawn
-    /// ([`StoreError::ConsentAlreadyWithdrawn`], also while a withdrawal of it is in
+    /// ([`NotFound::Consent`]), not be withdrawn
+    /// ([`Conflict::ConsentWithdrawn`], also while a withdrawal of it is in
     /// progress), not have expired by `begun_at`
-    /// ([`StoreError::ConsentExpired`]), and name the same client, subject and server
-    /// ([`StoreError::ConsentMismatch`]), so a task can never slip in beside a concurrent
+    /// ([`InvalidInput::ConsentExpired`]), and name the same client, subject and server
+    /// ([`Conflict::ConsentMismatch`]), so a task can never slip in beside a concurrent
     /// withdrawal. Checking the scopes against the consent's (wildcards) is the caller's
     /// job. A repeated task id or serial is a [`StoreError::Database`] constraint error.
     pub async fn begin_task(
@@ -215,9 +216,9 @@ impl Store {
     }
 
     /// Records a rotated SVID for a live task, with an `svid.issue` audit record. Fails
-    /// with [`StoreError::TaskEnded`] if the task has ended (then the SVID must not be
+    /// with [`Conflict::TaskEnded`] if the task has ended (then the SVID must not be
     /// handed out: it would not be in the task's revocation) or
-    /// [`StoreError::TaskNotFound`].
+    /// [`NotFound::Task`].
     pub async fn record_task_svid(
         &self,
         task_id: &str,
@@ -359,10 +360,10 @@ fn begin_op(
         sealed,
     } = state;
     if let Some(withdrawn_at) = sealed.check(&task.consent_id) {
-        return Err(StoreError::ConsentAlreadyWithdrawn {
+        return Err(StoreError::Conflict(Conflict::ConsentWithdrawn {
             id: task.consent_id.clone(),
             withdrawn_at,
-        });
+        }));
     }
     // Read inside the op, so no withdrawal can slip in between this check and the insert.
     if let Some(why) = unusable_consent(conn, task)? {
@@ -423,19 +424,19 @@ fn unusable_consent(
     )?;
     let id = task.consent_id.clone();
     let Some((client, subject, server, expires_at, withdrawn_at)) = consent else {
-        return Ok(Some(StoreError::ConsentNotFound { id }));
+        return Ok(Some(StoreError::NotFound(NotFound::Consent { id })));
     };
     if let Some(withdrawn_at) = withdrawn_at {
-        return Ok(Some(StoreError::ConsentAlreadyWithdrawn {
+        return Ok(Some(StoreError::Conflict(Conflict::ConsentWithdrawn {
             id,
             withdrawn_at,
-        }));
+        })));
     }
     if expires_at <= task.begun_at {
-        return Ok(Some(StoreError::ConsentExpired {
+        return Ok(Some(StoreError::Invalid(InvalidInput::ConsentExpired {
             expires_at,
             at: task.begun_at,
-        }));
+        })));
     }
     for (field, theirs, mine) in [
         ("client", client, &task.client),
@@ -443,7 +444,10 @@ fn unusable_consent(
         ("server", server, &task.server),
     ] {
         if theirs != *mine {
-            return Ok(Some(StoreError::ConsentMismatch { id, field }));
+            return Ok(Some(StoreError::Conflict(Conflict::ConsentMismatch {
+                id,
+                field,
+            })));
         }
     }
     Ok(None)
@@ -488,14 +492,14 @@ fn record_svid_op(
     )?;
     match ended_at {
         None => {
-            return Err(StoreError::TaskNotFound {
+            return Err(StoreError::NotFound(NotFound::Task {
                 id: task_id.clone(),
-            });
+            }));
         }
         Some(Some(_)) => {
-            return Err(StoreError::TaskEnded {
+            return Err(StoreError::Conflict(Conflict::TaskEnded {
                 id: task_id.clone(),
-            });
+            }));
         }
         Some(None) => {}
     }
@@ -621,9 +625,9 @@ pub(crate) fn end_live(
     let Some((task, last_not_after)) = mark_ended(conn, &task.id, reason, ended_at)? else {
         // Cannot happen: the caller read it live in this same op and the writer runs one
         // op at a time. Refuse rather than revoke twice.
-        return Err(StoreError::TaskEnded {
+        return Err(StoreError::Conflict(Conflict::TaskEnded {
             id: task.id.clone(),
-        });
+        }));
     };
     record_end(conn, effects, &task, last_not_after, revocation, actor)
 }

@@ -40,7 +40,7 @@
 //! - **All or nothing per op.** An op's rows and its audit records commit together or not
 //!   at all. If the batch-level statements fail (`BEGIN`, a savepoint, `COMMIT`), or
 //!   SQLite rolls the whole transaction back on its own (I/O error, disk full), the whole
-//!   batch is rolled back and every op in it fails ([`StoreError::CommitFailed`]; an op
+//!   batch is rolled back and every op in it fails ([`Unavailable::CommitFailed`]; an op
 //!   that had already failed on its own keeps its own error).
 //! - **Serialised.** Ops apply one after another in queue order (per caller: call order),
 //!   so checks inside an op (e.g. "is this task still live?") cannot race another write
@@ -53,7 +53,7 @@
 //!   committed, in `seq` order, and before the writing call returns; rolled-back ops
 //!   publish nothing.
 //! - **Closing.** [`crate::Store::close`] lets the writer finish every op queued before it,
-//!   then stops it; later writes fail with [`StoreError::Closed`].
+//!   then stops it; later writes fail with [`Unavailable::Closed`].
 //!
 //! Reads use the pool and see every committed write (WAL gives each read a consistent
 //! snapshot), including every write whose call has returned.
@@ -69,6 +69,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::StoreError;
 use crate::audit_record::AuditRecord;
 use crate::checkpoint::CheckpointState;
+use crate::error::{OpenError, Unavailable};
 
 /// Most ops one transaction holds. Bounds how long one commit keeps the lock (and so read
 /// latency under a checkpoint) and how much work one failed commit throws away.
@@ -231,7 +232,7 @@ impl Writer {
                     let _ = opened.send(Err(error));
                 }
             })
-            .map_err(StoreError::WriterThread)?;
+            .map_err(OpenError::WriterThread)?;
         let writer = Writer {
             tx,
             thread: std::sync::Mutex::new(Some(thread)),
@@ -245,7 +246,7 @@ impl Writer {
             // The thread ended without a word: it panicked.
             Err(_) => {
                 writer.join().await;
-                Err(StoreError::Closed)
+                Err(StoreError::Unavailable(Unavailable::Closed))
             }
         }
     }
@@ -290,9 +291,11 @@ impl Writer {
         self.tx
             .send(Msg::Op(Box::new(job)))
             .await
-            .map_err(|_| StoreError::Closed)?;
+            .map_err(|_| StoreError::Unavailable(Unavailable::Closed))?;
         // A dropped reply means the writer stopped before reaching this op.
-        answer.await.map_err(|_| StoreError::Closed)?
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable(Unavailable::Closed))?
     }
 
     /// Lets the writer finish every op queued so far, then stops it and closes its
@@ -362,7 +365,7 @@ fn run(
         checkpoints.finish_if_due(conn);
     }
     // Refuse further ops; any queued after the Close are dropped, which fails their
-    // callers with StoreError::Closed.
+    // callers with StoreError::Unavailable(Unavailable::Closed).
     rx.close();
     drop(rx);
     if let Some(ack) = closing {
@@ -459,9 +462,9 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>, notifier: &Notifie
                 tracing::debug!(error = %rollback, "rollback after failed group commit");
             }
             let failed = |result: Result<(), StoreError>| match result {
-                Ok(()) => Err(StoreError::CommitFailed {
+                Ok(()) => Err(StoreError::Unavailable(Unavailable::CommitFailed {
                     reason: reason.clone(),
-                }),
+                })),
                 Err(own) => Err(own),
             };
             for (op, result, _) in done {
@@ -480,6 +483,7 @@ mod tests {
     use serde_json::json;
 
     use crate::StoreError;
+    use crate::error::Unavailable;
     use crate::testing::open_temp;
 
     /// A batch that cannot even begin (another process holds the write lock past the busy
@@ -494,7 +498,7 @@ mod tests {
             .append_audit("test.locked", "", &json!({}))
             .await
             .unwrap_err();
-        let StoreError::CommitFailed { reason } = &error else {
+        let StoreError::Unavailable(Unavailable::CommitFailed { reason }) = &error else {
             panic!("{error:?}")
         };
         assert!(reason.contains("locked"), "{reason}");

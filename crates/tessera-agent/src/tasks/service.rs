@@ -46,22 +46,6 @@ pub fn task_to_proto(t: TaskRecord, trust_domain: &TrustDomain) -> Task {
     }
 }
 
-fn task_status(e: TaskError) -> Status {
-    match e {
-        TaskError::InvalidArgument(m) => Status::invalid_argument(m),
-        TaskError::Consent(c) => Status::permission_denied(c.to_string()),
-        TaskError::NotFound(id) => Status::not_found(format!("no task {id} for this client")),
-        e @ TaskError::TooManyLive { .. } => Status::resource_exhausted(e.to_string()),
-        // As for a caller that matches no entry: it learns nothing more.
-        TaskError::NotEntitled { .. } => Status::permission_denied(NO_IDENTITY),
-        e @ TaskError::ShuttingDown => Status::unavailable(e.to_string()),
-        e => {
-            tracing::error!(error = %e, "task operation failed");
-            Status::internal("task operation failed; see the agent's log")
-        }
-    }
-}
-
 /// The Tasks service.
 #[derive(Clone, Debug)]
 pub struct TasksService {
@@ -167,7 +151,7 @@ impl Tasks for TasksService {
                 entitled,
             })
             .await
-            .map_err(task_status)?;
+            .map_err(Status::from)?;
         let bundle = self.cache.current().bundle.concat_der();
         let task = task_to_proto(record, &td);
         Ok(Response::new(BeginTaskResponse {
@@ -189,7 +173,10 @@ impl Tasks for TasksService {
         let (_, att, clients, _) = self.clients(&req).await?;
         let id = req.into_inner().task_id;
         let td = clients[0].trust_domain.clone();
-        let mut last = Status::not_found(format!("no task {id} for this client"));
+        let mut last = Status::from(TaskError::NotFound {
+            id: id.clone(),
+            client: Some(clients[0].name.as_str().to_owned()),
+        });
         for client in &clients {
             let actor = format!("{client} pid:{}", att.pid);
             match self
@@ -202,8 +189,8 @@ impl Tasks for TasksService {
                         task: Some(task_to_proto(t, &td)),
                     }));
                 }
-                Err(e @ TaskError::NotFound(_)) => last = task_status(e),
-                Err(e) => return Err(task_status(e)),
+                Err(e @ TaskError::NotFound { .. }) => last = e.into(),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(last)
@@ -227,7 +214,7 @@ impl Tasks for TasksService {
                 .store()
                 .list_tasks(&filter)
                 .await
-                .map_err(|e| task_status(TaskError::Store(e)))?;
+                .map_err(|e| Status::from(TaskError::Store(e)))?;
             tasks.extend(found.into_iter().map(|t| task_to_proto(t, &td)));
         }
         Ok(Response::new(ListTasksResponse { tasks }))

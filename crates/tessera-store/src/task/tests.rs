@@ -9,6 +9,7 @@ use tokio::sync::Barrier;
 
 use super::*;
 use crate::AuditRecord;
+use crate::error::Unavailable;
 use crate::testing::{
     begin, granted_consent as consent, new_task, now, open_temp, revocation, svid, task_spiffe_id,
 };
@@ -84,15 +85,15 @@ async fn begin_checks_the_consent_inside_the_transaction() {
     let cases: Vec<(TaskRecord, Expect)> = vec![
         (
             new_task("t", "a", "no-such-consent"),
-            |e| matches!(e, StoreError::ConsentNotFound { id } if id == "no-such-consent"),
+            |e| matches!(e, StoreError::NotFound(NotFound::Consent { id }) if id == "no-such-consent"),
         ),
         (new_task("t", "b", &c.id), |e| {
             matches!(
                 e,
-                StoreError::ConsentMismatch {
+                StoreError::Conflict(Conflict::ConsentMismatch {
                     field: "client",
                     ..
-                }
+                })
             )
         }),
         (
@@ -103,10 +104,10 @@ async fn begin_checks_the_consent_inside_the_transaction() {
             |e| {
                 matches!(
                     e,
-                    StoreError::ConsentMismatch {
+                    StoreError::Conflict(Conflict::ConsentMismatch {
                         field: "subject",
                         ..
-                    }
+                    })
                 )
             },
         ),
@@ -118,10 +119,10 @@ async fn begin_checks_the_consent_inside_the_transaction() {
             |e| {
                 matches!(
                     e,
-                    StoreError::ConsentMismatch {
+                    StoreError::Conflict(Conflict::ConsentMismatch {
                         field: "server",
                         ..
-                    }
+                    })
                 )
             },
         ),
@@ -131,14 +132,14 @@ async fn begin_checks_the_consent_inside_the_transaction() {
                 deadline: c.expires_at + 10,
                 ..new_task("t", "a", &c.id)
             },
-            |e| matches!(e, StoreError::ConsentExpired { .. }),
+            |e| matches!(e, StoreError::Invalid(InvalidInput::ConsentExpired { .. })),
         ),
         (
             TaskRecord {
                 deadline: now() - 1,
                 ..new_task("t", "a", &c.id)
             },
-            |e| matches!(e, StoreError::InvalidDeadline { .. }),
+            |e| matches!(e, StoreError::Invalid(InvalidInput::Deadline { .. })),
         ),
         (
             TaskRecord {
@@ -148,10 +149,10 @@ async fn begin_checks_the_consent_inside_the_transaction() {
             |e| {
                 matches!(
                     e,
-                    StoreError::InvalidField {
+                    StoreError::Invalid(InvalidInput::Field {
                         field: "task id",
                         ..
-                    }
+                    })
                 )
             },
         ),
@@ -160,7 +161,12 @@ async fn begin_checks_the_consent_inside_the_transaction() {
                 scopes: vec![],
                 ..new_task("t", "a", &c.id)
             },
-            |e| matches!(e, StoreError::InvalidScopeCount { count: 0 }),
+            |e| {
+                matches!(
+                    e,
+                    StoreError::Invalid(InvalidInput::ScopeCount { count: 0 })
+                )
+            },
         ),
         (
             TaskRecord {
@@ -170,10 +176,10 @@ async fn begin_checks_the_consent_inside_the_transaction() {
             |e| {
                 matches!(
                     e,
-                    StoreError::InvalidField {
+                    StoreError::Invalid(InvalidInput::Field {
                         field: "purpose",
                         ..
-                    }
+                    })
                 )
             },
         ),
@@ -191,7 +197,7 @@ async fn begin_checks_the_consent_inside_the_transaction() {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, StoreError::InvalidSerial { .. }),
+            matches!(error, StoreError::Invalid(InvalidInput::Serial { .. })),
             "{serial}: {error:?}"
         );
     }
@@ -243,7 +249,7 @@ async fn serials_accumulate_with_record_task_svid() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, StoreError::TaskNotFound { .. }),
+        matches!(error, StoreError::NotFound(NotFound::Task { .. })),
         "{error:?}"
     );
     let error = store
@@ -272,7 +278,10 @@ async fn serials_accumulate_with_record_task_svid() {
         .record_task_svid("t", svid("a", "t", "05"))
         .await
         .unwrap_err();
-    assert!(matches!(error, StoreError::TaskEnded { .. }), "{error:?}");
+    assert!(
+        matches!(error, StoreError::Conflict(Conflict::TaskEnded { .. })),
+        "{error:?}"
+    );
     assert_eq!(
         store.get_task("t").await.unwrap().unwrap().serials,
         ["01", "02", "ff03"]
@@ -352,10 +361,10 @@ async fn end_task_ends_once() {
     assert!(
         matches!(
             error,
-            StoreError::InvalidField {
+            StoreError::Invalid(InvalidInput::Field {
                 field: "end reason",
                 ..
-            }
+            })
         ),
         "{error:?}"
     );
@@ -619,7 +628,7 @@ async fn a_failing_write_in_a_batch_fails_alone() {
     for call in calls {
         let (i, result) = call.await.unwrap();
         match (i % 4, result) {
-            (1, Err(StoreError::ConsentNotFound { .. })) => {}
+            (1, Err(StoreError::NotFound(NotFound::Consent { .. }))) => {}
             (3, Err(StoreError::Database(_))) => {}
             (0 | 2, Ok(())) => {}
             (_, other) => panic!("call {i}: {other:?}"),
@@ -771,9 +780,15 @@ async fn writes_after_close_fail_with_closed() {
         .begin_task(new_task("u", "a", &c.id), svid("a", "u", "02"), "a")
         .await
         .unwrap_err();
-    assert!(matches!(error, StoreError::Closed), "{error:?}");
+    assert!(
+        matches!(error, StoreError::Unavailable(Unavailable::Closed)),
+        "{error:?}"
+    );
     let error = store.append_audit("k", "", &json!({})).await.unwrap_err();
-    assert!(matches!(error, StoreError::Closed), "{error:?}");
+    assert!(
+        matches!(error, StoreError::Unavailable(Unavailable::Closed)),
+        "{error:?}"
+    );
     // Closing twice is fine.
     store.close().await;
 }
