@@ -83,19 +83,17 @@ impl Watch {
     /// (tonic's and axum's graceful shutdown). The watch is dropped when the signal
     /// arrives, so it does not by itself hold the drain up; pair it with
     /// [`Watch::track`] on the server's own future.
-    pub fn into_signal(self) -> impl Future<Output = ()> + Send + 'static {
-        async move { self.signaled().await }
+    pub async fn into_signal(self) {
+        self.signaled().await;
     }
 
     /// Runs `work` holding this watch, so the drain waits for `work` to finish (up to
     /// its deadline). For work that stops through another signal, e.g. a server
     /// given [`Watch::into_signal`].
-    pub fn track<F: Future>(self, work: F) -> impl Future<Output = F::Output> {
-        async move {
-            let out = work.await;
-            drop(self);
-            out
-        }
+    pub async fn track<F: Future>(self, work: F) -> F::Output {
+        let out = work.await;
+        drop(self);
+        out
     }
 }
 

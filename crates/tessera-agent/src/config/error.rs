@@ -39,9 +39,8 @@ impl fmt::Display for Origin {
         match self {
             Origin::Default { key } => write!(f, "`{key}` (built-in default)"),
             Origin::File { path, key } => {
-                match key {
-                    Some(key) => write!(f, "`{key}` in ")?,
-                    None => {}
+                if let Some(key) = key {
+                    write!(f, "`{key}` in ")?;
                 }
                 match path {
                     Some(path) => write!(f, "config file {}", path.display()),

@@ -479,6 +479,14 @@ fn kubelet_uri(url: &str) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
+/// Equal when they print the same: every field has its TOML form, and
+/// [`CaMode`] has no `PartialEq` of its own.
+impl PartialEq for Config {
+    fn eq(&self, other: &Config) -> bool {
+        self.to_file() == other.to_file()
+    }
+}
+
 // === impl Flags ===
 
 impl Flags {

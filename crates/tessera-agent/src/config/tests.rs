@@ -11,7 +11,7 @@ fn env(vars: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static 
 fn defaults_are_valid_and_round_trip_through_toml() {
     let c = Config::default();
     let printed = c.to_toml();
-    assert_eq!(Config::from_toml(&printed).unwrap().to_toml(), printed);
+    assert_eq!(Config::from_toml(&printed).unwrap(), c);
 }
 
 #[test]
@@ -166,7 +166,7 @@ fn upstream_mode_carries_its_three_files() {
         other => panic!("{other:?}"),
     }
     let printed = c.to_toml();
-    assert_eq!(Config::from_toml(&printed).unwrap().to_toml(), printed);
+    assert_eq!(Config::from_toml(&printed).unwrap(), c);
 }
 
 #[test]
@@ -205,7 +205,7 @@ fn kubernetes_is_off_by_default_and_configurable_from_file_and_env() {
     assert_eq!(k.kubelet_server_name, None);
     assert_eq!(k.token_file, Path::new("/var/run/secrets/tokens/kubelet"));
     let printed = c.to_toml();
-    assert_eq!(Config::from_toml(&printed).unwrap().to_toml(), printed);
+    assert_eq!(Config::from_toml(&printed).unwrap(), c);
 
     let c = Config::from_toml_and_env("", &env(&[("TESSERA_KUBERNETES_ENABLED", "true")])).unwrap();
     assert!(c.kubernetes.is_some());
