@@ -31,6 +31,8 @@ pub enum Origin {
     Flag {
         /// The flag, with its dashes.
         flag: &'static str,
+        /// The TOML key it sets.
+        key: &'static str,
     },
 }
 
@@ -48,7 +50,7 @@ impl fmt::Display for Origin {
                 }
             }
             Origin::Env { var, value } => write!(f, "environment variable {var}={value:?}"),
-            Origin::Flag { flag } => write!(f, "flag {flag}"),
+            Origin::Flag { flag, key } => write!(f, "flag {flag} (`{key}`)"),
         }
     }
 }

@@ -260,6 +260,11 @@ impl Layers {
         self.overridden.insert(key, origin);
     }
 
+    /// Records that `key` now holds the value of command-line `flag`.
+    pub fn set_by_flag(&mut self, key: &'static str, flag: &'static str) {
+        self.set(key, Origin::Flag { flag, key });
+    }
+
     /// Where the value of `key` came from.
     pub fn origin(&self, key: &'static str) -> Origin {
         if let Some(o) = self.overridden.get(key) {

@@ -491,30 +491,29 @@ impl PartialEq for Config {
 
 impl Flags {
     fn apply(&self, l: &mut Layers) {
-        let flag = |flag: &'static str| Origin::Flag { flag };
         if let Some(v) = &self.trust_domain {
             l.raw.trust_domain = v.clone();
-            l.set("trust_domain", flag("--trust-domain"));
+            l.set_by_flag("trust_domain", "--trust-domain");
         }
         if let Some(v) = &self.data_dir {
             l.raw.data_dir = v.clone();
-            l.set("data_dir", flag("--data-dir"));
+            l.set_by_flag("data_dir", "--data-dir");
         }
         if let Some(v) = &self.workload_socket {
             l.raw.workload_socket = v.clone();
-            l.set("workload_socket", flag("--workload-socket"));
+            l.set_by_flag("workload_socket", "--workload-socket");
         }
         if let Some(v) = &self.admin_socket {
             l.raw.admin_socket = v.clone();
-            l.set("admin_socket", flag("--admin-socket"));
+            l.set_by_flag("admin_socket", "--admin-socket");
         }
         if let Some(v) = self.http_listen {
             l.raw.http_listen = v;
-            l.set("http_listen", flag("--http-listen"));
+            l.set_by_flag("http_listen", "--http-listen");
         }
         if let Some(v) = self.log_format {
             l.raw.log.format = v;
-            l.set("log.format", flag("--log-format"));
+            l.set_by_flag("log.format", "--log-format");
         }
     }
 }

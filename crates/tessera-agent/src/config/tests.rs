@@ -83,7 +83,8 @@ fn flags_override_env_and_file() {
     assert_eq!(
         err.problems()[0].origin,
         Origin::Flag {
-            flag: "--trust-domain"
+            flag: "--trust-domain",
+            key: "trust_domain",
         }
     );
 }
