@@ -7,7 +7,7 @@
 #[path = "deploy/helm_render.rs"]
 mod helm_render;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -253,11 +253,19 @@ fn agent_config(objs: &[Object]) -> (Config, DaemonSet, ConfigMap) {
     .clone();
     let key = config_path.file_name().unwrap().to_str().unwrap();
     let toml = &cm.data.as_ref().unwrap()[key];
-    let mut config = Config::from_toml(toml).unwrap_or_else(|e| panic!("ConfigMap {key}: {e}"));
-    config
-        .apply_env(|k| env(c, k).map(|v| v.replace("$(NODE_IP)", "10.0.0.7")))
-        .unwrap();
-    config.validate().unwrap();
+    // The container's literal env values (valueFrom ones are not config), as the
+    // kubelet expands them.
+    let vars: HashMap<String, String> = c
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let value = e.value.as_deref()?.replace("$(NODE_IP)", "10.0.0.7");
+            Some((e.name.clone(), value))
+        })
+        .collect();
+    let config = Config::from_toml_and_env(toml, &vars)
+        .unwrap_or_else(|e| panic!("ConfigMap {key} with the container's env: {e}"));
     (config, ds, cm)
 }
 
@@ -284,12 +292,13 @@ fn check_agent(objs: &[Object], origin: &str) -> Config {
         Some(true),
         "{origin}: SO_PEERCRED pids must name /proc entries"
     );
-    assert!(
-        config.kubernetes.enabled,
-        "{origin}: the Kubernetes attestor is on"
-    );
+    let k8s = config
+        .kubernetes
+        .as_ref()
+        .unwrap_or_else(|| panic!("{origin}: the Kubernetes attestor is on"));
     assert_eq!(
-        config.kubernetes.kubelet_url, "https://10.0.0.7:10250",
+        k8s.kubelet_url.to_string(),
+        "https://10.0.0.7:10250/",
         "{origin}"
     );
 
@@ -320,7 +329,7 @@ fn check_agent(objs: &[Object], origin: &str) -> Config {
     let (vol, ro) = mount_at(spec, c, &config.data_dir);
     assert!(!ro && vol.host_path.is_some(), "{origin}");
     // Pod cgroups are checked in the host's cgroup filesystem, seen read-only.
-    let (vol, ro) = mount_at(spec, c, &config.kubernetes.cgroup_root);
+    let (vol, ro) = mount_at(spec, c, &k8s.cgroup_root);
     assert!(
         ro,
         "{origin}: the host's cgroups are read-only to the agent"
@@ -588,23 +597,32 @@ fn helm_chart_values_reach_the_objects() {
          tolerations: []\n",
     ));
     let (config, ds, _) = agent_config(&objs);
-    assert_eq!(config.trust_domain, "prod.acme.corp");
+    assert_eq!(config.trust_domain.as_str(), "prod.acme.corp");
     assert_eq!(config.client_svid_ttl.as_secs(), 1800);
     assert_eq!(config.task_svid_ttl.as_secs(), 120);
     assert_eq!(config.revocation_max_watchers_per_identity, 4);
     assert_eq!(config.http_listen.port(), 9100);
-    assert!(config.kubernetes.insecure_skip_kubelet_verify);
+    assert!(
+        config
+            .kubernetes
+            .as_ref()
+            .unwrap()
+            .insecure_skip_kubelet_verify
+    );
     assert_eq!(config.exe_hash_max_bytes, 1 << 30);
-    assert_eq!(config.ca.mode, tessera_agent::config::CaModeName::Upstream);
+    let tessera_agent::config::CaMode::Upstream {
+        cert_chain,
+        key,
+        bundle,
+    } = &config.ca.mode
+    else {
+        panic!("upstream CA mode, got {:?}", config.ca.mode)
+    };
     let spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     let c = &spec.containers[0];
     assert_eq!(c.image.as_deref(), Some("registry.acme.corp/tessera:0.2.0"));
-    for f in [
-        &config.ca.upstream_cert,
-        &config.ca.upstream_key,
-        &config.ca.upstream_bundle,
-    ] {
-        let dir = f.as_ref().unwrap().parent().unwrap();
+    for f in [cert_chain, key, bundle] {
+        let dir = f.parent().unwrap();
         let (vol, ro) = mount_at(spec, c, dir);
         assert!(ro);
         assert_eq!(

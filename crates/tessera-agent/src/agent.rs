@@ -5,21 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tessera_authority::{Authority, AuthorityConfig, CaMode, RotationPolicy};
-use tessera_identity::TrustDomain;
+use tessera_authority::{Authority, AuthorityConfig, RotationPolicy};
 use tessera_proto::tessera::v1::admin_server::AdminServer;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tessera_store::Store;
-use tokio::sync::watch;
 
 use crate::admin::AdminService;
 use crate::attest::{Attestor, UnixAttestor, k8s::K8sAttestor};
 use crate::audit_log;
-use crate::config::{CaModeName, Config};
+use crate::config::Config;
+use crate::drain;
 use crate::http::{self, Health};
 use crate::metrics::{ADMIN_SOCKET_RPCS, Metrics, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
 use crate::retention;
-use crate::socket;
+use crate::socket::{self, InConnSpan};
 use crate::svids::SvidCache;
 use crate::tasks::{ConsentCache, RevocationsService, TaskConfig, TaskManager, TasksService};
 use crate::workload::WorkloadService;
@@ -29,15 +28,19 @@ use tessera_proto::tessera::v1::tasks_server::TasksServer;
 /// empty or tiny; anything large is garbage or an attack.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// How long shutdown waits for servers, open streams and background work to stop
+/// before abandoning what is left: under a Kubernetes pod's 30 s grace period.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Runs the agent until `shutdown` resolves, then stops gracefully: listeners
 /// close, open streams end, the store is closed and the socket files removed.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    config.validate()?;
     raise_fd_limit();
-    let trust_domain: TrustDomain = config.trust_domain.as_str().try_into()?;
+    warn_about_risky_settings(&config);
+    let trust_domain = config.trust_domain.clone();
     if !config.data_dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -46,19 +49,11 @@ pub async fn run(
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     }
 
-    let mode = match config.ca.mode {
-        CaModeName::SelfSigned => CaMode::SelfSigned,
-        CaModeName::Upstream => CaMode::Upstream {
-            cert_chain: config.ca.upstream_cert.clone().expect("validated"),
-            key: config.ca.upstream_key.clone().expect("validated"),
-            bundle: config.ca.upstream_bundle.clone().expect("validated"),
-        },
-    };
     let authority = Arc::new(
         Authority::open(AuthorityConfig {
             trust_domain: trust_domain.clone(),
             dir: config.data_dir.join("ca"),
-            mode,
+            mode: config.ca.mode.clone(),
             rotation: RotationPolicy {
                 ca_ttl: config.ca.ttl,
                 max_svid_ttl: config.client_svid_ttl.max(config.task_svid_ttl),
@@ -74,7 +69,7 @@ pub async fn run(
     metrics.observe_store(store.clone());
     let metrics = Arc::new(metrics);
     metrics.ca_not_after.set(authority.active_ca_not_after());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (drain_trigger, drain) = drain::channel();
 
     let cache = SvidCache::new(
         Arc::clone(&authority),
@@ -84,7 +79,7 @@ pub async fn run(
     )
     .await
     .context("issuing SVIDs for registered entries")?;
-    let cache_task = tokio::spawn(Arc::clone(&cache).run(stop_rx.clone()));
+    tokio::spawn(Arc::clone(&cache).run(drain.clone()));
 
     let consents = ConsentCache::load(store.clone())
         .await
@@ -103,76 +98,85 @@ pub async fn run(
     )
     .await
     .context("recovering tasks")?;
-    let tasks_task = tokio::spawn(Arc::clone(&tasks).run(stop_rx.clone()));
-    let retention_task = tokio::spawn(retention::run(
+    tokio::spawn(Arc::clone(&tasks).run(drain.clone()));
+    tokio::spawn(retention::run(
         store.clone(),
-        config.retention(),
+        config.retention,
         Arc::clone(&metrics),
-        stop_rx.clone(),
+        drain.clone(),
     ));
-    let audit_task = config.audit_log.as_ref().map(|path| {
+    if let Some(path) = &config.audit_log {
         tokio::spawn(audit_log::run(
             path.clone(),
             store.subscribe_audit(),
-            stop_rx.clone(),
-        ))
-    });
+            drain.clone(),
+        ));
+    }
 
     let health = Health::new(Arc::clone(&metrics));
     let (http_addr, http_fut) = http::serve(
         config.http_listen,
         Arc::clone(&health),
-        stopped(stop_rx.clone()),
+        drain.clone().into_signal(),
     )
     .await?;
-    let http_task = tokio::spawn(http_fut);
+    tokio::spawn(drain.clone().track(http_fut));
 
     let workload_listener = socket::bind(&config.workload_socket, 0o777)?;
     let admin_listener = socket::bind(&config.admin_socket, 0o600)?;
 
     // Attestation: unix selectors, plus k8s selectors when [kubernetes] is enabled.
-    let k8s = if config.kubernetes.enabled {
-        let k8s = K8sAttestor::from_config("/proc", &config.kubernetes)
-            .context("setting up the Kubernetes workload attestor")?;
-        tracing::info!(kubelet = %config.kubernetes.kubelet_url, "Kubernetes workload attestor enabled");
-        Some(k8s)
-    } else {
-        None
+    let k8s = match &config.kubernetes {
+        Some(k8s_config) => {
+            let k8s = K8sAttestor::from_config("/proc", k8s_config)
+                .context("setting up the Kubernetes workload attestor")?;
+            tracing::info!(kubelet = %k8s_config.kubelet_url, "Kubernetes workload attestor enabled");
+            Some(k8s)
+        }
+        None => None,
     };
     let unix = UnixAttestor::default().with_max_exe_bytes(config.exe_hash_max_bytes);
     let attestor = Arc::new(Attestor::new(unix, k8s));
-    let workload = SpiffeWorkloadApiServer::new(WorkloadService::new(
-        Arc::clone(&cache),
-        Arc::clone(&tasks),
-        Arc::clone(&attestor),
-        Arc::clone(&metrics),
-        stop_rx.clone(),
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let tasks_api = TasksServer::new(TasksService::new(
-        Arc::clone(&tasks),
-        Arc::clone(&cache),
-        Arc::clone(&attestor),
-        Arc::clone(&metrics),
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let revocations_api = RevocationsService::new(
-        Arc::clone(&tasks),
-        Arc::clone(&cache),
-        Arc::clone(&attestor),
-        Arc::clone(&metrics),
-        stop_rx.clone(),
-        config.revocation_max_watchers_per_identity,
-    )
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin = AdminServer::new(AdminService::new(
-        store.clone(),
-        Arc::clone(&cache),
-        Arc::clone(&tasks),
-        Arc::clone(&authority),
-        &config.admin_uids,
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let workload = InConnSpan::new(
+        SpiffeWorkloadApiServer::new(WorkloadService::new(
+            Arc::clone(&cache),
+            Arc::clone(&tasks),
+            Arc::clone(&attestor),
+            Arc::clone(&metrics),
+            drain.clone(),
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
+    );
+    let tasks_api = InConnSpan::new(
+        TasksServer::new(TasksService::new(
+            Arc::clone(&tasks),
+            Arc::clone(&cache),
+            Arc::clone(&attestor),
+            Arc::clone(&metrics),
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
+    );
+    let revocations_api = InConnSpan::new(
+        RevocationsService::new(
+            Arc::clone(&tasks),
+            Arc::clone(&cache),
+            Arc::clone(&attestor),
+            Arc::clone(&metrics),
+            drain.clone(),
+            config.revocation_max_watchers_per_identity,
+        )
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
+    );
+    let admin = InConnSpan::new(
+        AdminServer::new(AdminService::new(
+            store.clone(),
+            Arc::clone(&cache),
+            Arc::clone(&tasks),
+            Arc::clone(&authority),
+            &config.admin_uids,
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
+    );
 
     let workload_task = tokio::spawn(
         tonic::transport::Server::builder()
@@ -186,7 +190,7 @@ pub async fn run(
             .add_service(revocations_api)
             .serve_with_incoming_shutdown(
                 socket::incoming(workload_listener),
-                stopped(stop_rx.clone()),
+                drain.clone().into_signal(),
             ),
     );
     let admin_task = tokio::spawn(
@@ -199,9 +203,14 @@ pub async fn run(
             .add_service(admin)
             .serve_with_incoming_shutdown(
                 socket::incoming(admin_listener),
-                stopped(stop_rx.clone()),
+                drain.clone().into_signal(),
             ),
     );
+
+    // The drain waits for the servers too: they stop accepting at its signal, then
+    // finish their connections.
+    let workload_task = tokio::spawn(drain.clone().track(workload_task));
+    let admin_task = tokio::spawn(drain.clone().track(admin_task));
 
     health.set_ready(true);
     tracing::info!(
@@ -212,28 +221,28 @@ pub async fn run(
         "tessera-agent ready"
     );
 
+    // The services hold watches too (for their streams); only the servers, which
+    // own them, may keep them from here on.
+    drop(drain);
     shutdown.await;
     tracing::info!("shutting down");
     health.set_ready(false);
-    let _ = stop_tx.send(true);
-    let grace = Duration::from_secs(10);
+    let drained = drain_trigger.drain(DRAIN_DEADLINE).await;
     for (name, task) in [
         ("workload server", workload_task),
         ("admin server", admin_task),
     ] {
-        match tokio::time::timeout(grace, task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "{name} failed"),
-            Ok(Err(e)) => tracing::error!(error = %e, "{name} panicked"),
-            Err(_) => tracing::warn!("{name} did not stop within {grace:?}"),
+        // A complete drain means the servers are done (or about to return); after an
+        // abandoned one, a server still running is not waited for.
+        if drained == drain::Drained::Complete || task.is_finished() {
+            match task.await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!(error = %e, "{name} failed"),
+                Ok(Err(e)) | Err(e) => tracing::error!(error = %e, "{name} panicked"),
+            }
+        } else {
+            tracing::warn!("{name} did not stop within {DRAIN_DEADLINE:?}");
         }
-    }
-    let _ = tokio::time::timeout(grace, http_task).await;
-    let _ = cache_task.await;
-    let _ = tasks_task.await;
-    let _ = retention_task.await;
-    if let Some(t) = audit_task {
-        let _ = t.await;
     }
     store.close().await;
     for path in [&config.workload_socket, &config.admin_socket] {
@@ -257,6 +266,19 @@ fn raise_fd_limit() {
     }
 }
 
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
+/// Settings that are allowed but weaken something, said once the log is up.
+fn warn_about_risky_settings(config: &Config) {
+    if !config.http_listen.ip().is_loopback() {
+        // Metrics reveal entry counts and timings; keep them off the network
+        // unless an operator puts a proxy in front.
+        tracing::warn!(addr = %config.http_listen, "http_listen is not a loopback address");
+    }
+    if let Some(k8s) = &config.kubernetes
+        && k8s.insecure_skip_kubelet_verify
+    {
+        tracing::warn!(
+            url = %k8s.kubelet_url,
+            "kubernetes.insecure_skip_kubelet_verify is set: the kubelet's certificate is not checked"
+        );
+    }
 }

@@ -5,14 +5,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use tessera_store::AuditRecord;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
-/// Appends records from `rx` to `path` (created 0600) until shutdown.
-pub async fn run(
-    path: PathBuf,
-    mut rx: broadcast::Receiver<AuditRecord>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+use crate::drain;
+
+/// Appends records from `rx` to `path` (created 0600) until the drain starts.
+pub async fn run(path: PathBuf, mut rx: broadcast::Receiver<AuditRecord>, drain: drain::Watch) {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -27,7 +25,7 @@ pub async fn run(
     };
     loop {
         let record = tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = drain.signaled() => break,
             r = rx.recv() => r,
         };
         match record {

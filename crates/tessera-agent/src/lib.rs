@@ -11,6 +11,7 @@ pub mod attest;
 pub mod audit_log;
 mod caller;
 pub mod config;
+pub mod drain;
 pub mod h2_authority;
 pub mod http;
 pub mod logging;

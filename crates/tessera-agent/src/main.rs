@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tessera_agent::config::{Config, LogFormat};
+use tessera_agent::config::{Config, Flags, LogFormat, ProcessEnv};
 
 /// Tessera node agent: attests local agent runtimes over a unix socket and
 /// issues them short-lived X.509-SVIDs through the SPIFFE Workload API.
@@ -59,31 +59,15 @@ enum Command {
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
-    let mut config = match &cli.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
+    let flags = Flags {
+        trust_domain: cli.trust_domain.clone(),
+        data_dir: cli.data_dir.clone(),
+        workload_socket: cli.workload_socket.clone(),
+        admin_socket: cli.admin_socket.clone(),
+        http_listen: cli.http_listen,
+        log_format: cli.log_format,
     };
-    config.apply_env(|k| std::env::var(k).ok())?;
-    if let Some(v) = &cli.trust_domain {
-        config.trust_domain = v.clone();
-    }
-    if let Some(v) = &cli.data_dir {
-        config.data_dir = v.clone();
-    }
-    if let Some(v) = &cli.workload_socket {
-        config.workload_socket = v.clone();
-    }
-    if let Some(v) = &cli.admin_socket {
-        config.admin_socket = v.clone();
-    }
-    if let Some(v) = cli.http_listen {
-        config.http_listen = v;
-    }
-    if let Some(v) = cli.log_format {
-        config.log.format = v;
-    }
-    config.validate()?;
-    Ok(config)
+    Ok(Config::load(cli.config.as_deref(), &ProcessEnv, &flags)?)
 }
 
 fn main() -> anyhow::Result<()> {

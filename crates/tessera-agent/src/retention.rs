@@ -8,11 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::drain;
+use crate::metrics::{Metrics, PrunedLabel};
 use tessera_store::Store;
 use time::OffsetDateTime;
-use tokio::sync::watch;
-
-use crate::metrics::{Metrics, PrunedLabel};
 
 /// How often a pass runs.
 pub const INTERVAL: Duration = Duration::from_secs(60);
@@ -27,13 +26,8 @@ pub struct Retention {
     pub audit: Option<Duration>,
 }
 
-/// Prunes until shutdown. Returns at once when nothing is ever deleted.
-pub async fn run(
-    store: Store,
-    retention: Retention,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Prunes until the drain starts. Returns at once when nothing is ever deleted.
+pub async fn run(store: Store, retention: Retention, metrics: Arc<Metrics>, drain: drain::Watch) {
     if retention.ended_tasks.is_none() && retention.audit.is_none() {
         return;
     }
@@ -41,7 +35,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = drain.signaled() => return,
             _ = tick.tick() => {
                 prune(&store, retention, &metrics, OffsetDateTime::now_utc()).await;
             }
@@ -206,7 +200,7 @@ mod tests {
         let config =
             crate::config::Config::from_toml("task_retention = \"0s\"\naudit_retention = \"0s\"")
                 .unwrap();
-        let keep = config.retention();
+        let keep = config.retention;
         assert_eq!(
             keep,
             Retention {

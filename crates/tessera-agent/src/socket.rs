@@ -1,14 +1,21 @@
-//! Binding the agent's unix sockets with deliberate modes.
+//! The agent's unix sockets: binding them with deliberate modes, accepting
+//! connections with their peer's credentials, and one span per connection.
 
+use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 
 use anyhow::{Context, bail};
 use futures::{Stream, StreamExt};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::server::NamedService;
+use tracing::Instrument;
+use tracing::field::Empty;
 
-use crate::attest::PeerConn;
+use crate::attest::{PeerConn, PeerInfo};
 
 /// Binds `path` with `mode`. A stale socket left by a crashed agent is replaced;
 /// a live one (another agent answering) or a non-socket file is an error.
@@ -47,16 +54,93 @@ pub fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepted connections with their peer credentials. A connection whose
-/// credentials cannot be read is dropped (and logged), never served.
+/// Connections whose credentials are being read at once, at most: a peer whose
+/// `/proc` entry is slow to read holds up its own accept, not everyone's.
+const MAX_PENDING_ACCEPTS: usize = 64;
+
+/// Numbers connections on every socket, for logs.
+static CONN_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// Accepted connections with their peer credentials, each with its own span
+/// (`conn{id, pid, uid}`). A connection whose credentials cannot be read is dropped
+/// (and logged), never served. Reading them pins the peer with a pidfd and may read
+/// `/proc`, so it runs on the blocking pool.
 pub fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Result<PeerConn>> {
-    UnixListenerStream::new(listener).filter_map(|conn| async move {
-        match conn.and_then(PeerConn::new) {
-            Ok(c) => Some(Ok(c)),
-            Err(e) => {
-                tracing::warn!(error = %e, "dropping connection: cannot read peer credentials");
-                None
+    UnixListenerStream::new(listener)
+        .map(|conn| async move {
+            let id = CONN_SEQ.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!("conn", id, pid = Empty, uid = Empty);
+            let peer = match conn {
+                Ok(stream) => tokio::task::spawn_blocking(move || PeerConn::new(stream))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                Err(e) => Err(e),
+            };
+            match peer {
+                Ok(c) => {
+                    if let Some(pid) = c.info().pid {
+                        span.record("pid", pid);
+                    }
+                    span.record("uid", c.info().uid);
+                    Some(Ok(c.in_conn(id, span)))
+                }
+                Err(e) => {
+                    span.in_scope(|| {
+                        tracing::warn!(error = %e, "dropping connection: cannot read peer credentials");
+                    });
+                    None
+                }
             }
-        }
-    })
+        })
+        .buffer_unordered(MAX_PENDING_ACCEPTS)
+        .filter_map(std::future::ready)
+}
+
+/// Runs a request in the span of the connection it came on ([`PeerInfo::span`]).
+/// Wraps a gRPC service before it is added to a server.
+#[derive(Clone, Debug)]
+pub struct InConnSpan<S> {
+    inner: S,
+}
+
+impl<S> InConnSpan<S> {
+    /// `inner`, with each request in its connection's span.
+    pub fn new(inner: S) -> Self {
+        InConnSpan { inner }
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for InConnSpan<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let span = req
+            .extensions()
+            .get::<PeerInfo>()
+            .map_or_else(tracing::Span::none, |p| p.span.clone());
+        self.inner.call(req).instrument(span)
+    }
+}
+
+impl<S: NamedService> NamedService for InConnSpan<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// Spawns work that outlives the request that starts it (a stream's sender) in the
+/// current span, which is the connection's: its log lines stay attributed.
+pub(crate) fn spawn_in_conn_span<F>(work: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(work.in_current_span())
 }

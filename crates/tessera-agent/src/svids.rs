@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::attest::Needs;
+use crate::drain;
 use crate::metrics::Metrics;
 
 /// A registration entry with the client SVID it grants.
@@ -107,9 +108,9 @@ impl SvidCache {
         self.tx.borrow().clone()
     }
 
-    /// Runs until `shutdown` fires: reacts to entry and bundle changes, rotates
+    /// Runs until the drain starts: reacts to entry and bundle changes, rotates
     /// SVIDs when due and drives the CA rotation schedule.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, drain: drain::Watch) {
         let mut entries_rx = self.store.watch_entries();
         let mut bundle_rx = self.authority.subscribe_bundle();
         let mut ca_tick = tokio::time::interval(Duration::from_secs(30));
@@ -117,7 +118,7 @@ impl SvidCache {
             let next = self.next_rotation();
             let wait = (next - OffsetDateTime::now_utc().unix_timestamp()).clamp(0, 3600);
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = drain.signaled() => return,
                 r = entries_rx.changed() => if r.is_err() { return },
                 r = bundle_rx.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep(Duration::from_secs(wait as u64)) => {}

@@ -12,7 +12,7 @@ use tessera_proto::workload::{
     WitsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
     X509svidResponse,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -32,7 +32,7 @@ pub struct WorkloadService {
     tasks: Arc<TaskManager>,
     attestor: Arc<Attestor>,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: crate::drain::Watch,
 }
 
 impl WorkloadService {
@@ -42,7 +42,7 @@ impl WorkloadService {
         tasks: Arc<TaskManager>,
         attestor: Arc<Attestor>,
         metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: crate::drain::Watch,
     ) -> Self {
         WorkloadService {
             cache,
@@ -108,9 +108,9 @@ impl WorkloadService {
         tx.try_send(Ok(first)).expect("fresh channel has room");
         let attestor = Arc::clone(&self.attestor);
         let metrics = Arc::clone(&self.metrics);
-        let mut shutdown = self.shutdown.clone();
+        let shutdown = self.shutdown.clone();
         metrics.open_streams.inc();
-        tokio::spawn(async move {
+        crate::socket::spawn_in_conn_span(async move {
             loop {
                 let tasks_changed = async {
                     match tasks_rx.as_mut() {
@@ -120,7 +120,7 @@ impl WorkloadService {
                 };
                 tokio::select! {
                     _ = tx.closed() => break,
-                    _ = shutdown.changed() => break,
+                    _ = shutdown.signaled() => break,
                     r = rx.changed() => if r.is_err() { break },
                     r = tasks_changed => if r.is_err() { break },
                 }

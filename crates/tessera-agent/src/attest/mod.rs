@@ -109,9 +109,11 @@ impl Attestor {
         Ok(att)
     }
 
-    /// The caller's parent process (see [`UnixAttestor::parent_of`]).
-    pub fn parent_of(&self, peer: &PeerInfo) -> Result<(i32, OwnedFd), AttestError> {
-        self.unix.parent_of(peer)
+    /// The caller's parent process (see [`UnixAttestor::parent_of`]); its `/proc`
+    /// reads run on the blocking pool.
+    pub async fn parent_of(&self, peer: &PeerInfo) -> Result<(i32, OwnedFd), AttestError> {
+        let (unix, peer) = (Arc::clone(&self.unix), peer.clone());
+        unix::off_workers(move || unix.parent_of(&peer)).await
     }
 }
 

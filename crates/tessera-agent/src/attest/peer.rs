@@ -4,7 +4,6 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,7 +16,8 @@ use crate::h2_authority::AuthorityRewrite;
 /// The kernel's word on the process at the other end of a connection.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
-    /// Sequence number of the connection, for logs.
+    /// Sequence number of the connection on its socket, for logs; given at accept
+    /// ([`PeerConn::in_conn`]), 0 until then.
     pub conn_id: u64,
     /// Pid at connect time (SO_PEERCRED).
     pub pid: Option<i32>,
@@ -33,6 +33,9 @@ pub struct PeerInfo {
     pub pidfd: Option<Arc<OwnedFd>>,
     /// Whether `pidfd` came from SO_PEERPIDFD (immune to pid reuse).
     pub pidfd_from_kernel: bool,
+    /// The connection's span (its id, the peer's pid and uid): every request on the
+    /// connection runs in it, so each log line about the connection carries them.
+    pub span: tracing::Span,
 }
 
 /// An accepted unix connection plus its [`PeerInfo`], read through
@@ -43,8 +46,6 @@ pub struct PeerConn {
     stream: AuthorityRewrite<UnixStream>,
     info: PeerInfo,
 }
-
-static CONN_SEQ: AtomicU64 = AtomicU64::new(1);
 
 impl PeerConn {
     /// Reads the peer's credentials right after accept, and pins the peer process
@@ -111,14 +112,22 @@ impl PeerConn {
         Ok(PeerConn {
             stream: AuthorityRewrite::new(stream),
             info: PeerInfo {
-                conn_id: CONN_SEQ.fetch_add(1, Ordering::Relaxed),
+                conn_id: 0,
                 pid,
                 uid: cred.uid(),
                 gid: cred.gid(),
                 pidfd,
                 pidfd_from_kernel: from_kernel,
+                span: tracing::Span::none(),
             },
         })
+    }
+
+    /// Names the connection: its sequence number and the span its requests run in.
+    pub fn in_conn(mut self, conn_id: u64, span: tracing::Span) -> PeerConn {
+        self.info.conn_id = conn_id;
+        self.info.span = span;
+        self
     }
 
     /// Who connected.

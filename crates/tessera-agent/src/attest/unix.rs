@@ -326,7 +326,8 @@ impl UnixAttestor {
     /// The caller's parent process, for tasks bound to it: its pid and a pidfd.
     /// The parent must run as the caller's effective uid. The link is re-read
     /// after the pidfd is opened, and the caller must still be alive, so the
-    /// pidfd names the process that really is the caller's parent.
+    /// pidfd names the process that really is the caller's parent. Blocking (reads
+    /// `/proc`): [`super::Attestor::parent_of`] runs it off the async workers.
     pub fn parent_of(&self, peer: &PeerInfo) -> Result<(i32, OwnedFd), AttestError> {
         let pid = peer.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
         let ppid = self.ppid(pid)?;
@@ -567,6 +568,7 @@ mod tests {
             gid: nix::unistd::getegid().as_raw(),
             pidfd: Some(Arc::new(crate::attest::sys::pidfd_open(pid).unwrap())),
             pidfd_from_kernel: false,
+            span: tracing::Span::none(),
         };
         Arc::new(UnixAttestor::default())
             .attest(&peer, Needs::ALL)
@@ -632,11 +634,53 @@ mod tests {
             gid: 0,
             pidfd: Some(std::sync::Arc::new(pidfd)),
             pidfd_from_kernel: false,
+            span: tracing::Span::none(),
         };
         let err = Arc::new(UnixAttestor::default())
             .attest(&peer, Needs::ALL)
             .await
             .unwrap_err();
         assert!(matches!(err, AttestError::Exited { .. }), "{err}");
+    }
+
+    /// NSS lookups (user and group names, which may go to LDAP or sssd) and `/proc`
+    /// reads happen in `read`, on the blocking pool: one that never returns holds a
+    /// blocking thread, not the runtime. Here a `/proc/<pid>/status` that blocks (a
+    /// FIFO nobody writes) stands in for a stalled lookup, on a runtime with a single
+    /// worker thread: another caller is still attested meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stalled_attestation_read_does_not_stall_other_callers() {
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let conn = PeerConn::new(a).unwrap();
+        let pid = conn.info().pid.unwrap();
+        let fake_proc = tempfile::tempdir().unwrap();
+        let dir = fake_proc.path().join(pid.to_string());
+        std::fs::create_dir(&dir).unwrap();
+        let status = dir.join("status");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&status)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let stalled = Arc::new(UnixAttestor::new(fake_proc.path()));
+        let peer = conn.info().clone();
+        let stuck = tokio::spawn(async move { stalled.attest(&peer, Needs::ALL).await });
+
+        let other = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            Arc::new(UnixAttestor::default()).attest(conn.info(), Needs::ALL),
+        )
+        .await
+        .expect("another caller is attested while one read is stalled")
+        .unwrap();
+        assert!(other.satisfies([format!("unix:uid:{}", conn.info().uid).as_str()]));
+        assert!(!stuck.is_finished());
+
+        // Let the stalled read finish (the runtime waits for blocking work at exit):
+        // a status without `Groups:` and no exe link refuses the caller.
+        std::fs::write(&status, "Name:\tx\n").unwrap();
+        assert!(stuck.await.unwrap().is_err());
     }
 }

@@ -237,12 +237,12 @@ impl TaskManager {
     }
 
     /// Periodic upkeep until shutdown: prune expired revocations, follow consent changes.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, drain: crate::drain::Watch) {
         let mut consents_rx = self.store.watch_consents();
         let mut prune = tokio::time::interval(Duration::from_secs(30));
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = drain.signaled() => return,
                 r = consents_rx.changed() => {
                     if r.is_err() { return }
                     if let Err(e) = self.consents.reload().await {

@@ -127,6 +127,7 @@ impl Tasks for TasksService {
             let (ppid, fd) = self
                 .attestor
                 .parent_of(&peer)
+                .await
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
             (ppid, Some(Arc::new(fd)))
         } else {

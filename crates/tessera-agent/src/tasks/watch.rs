@@ -21,7 +21,6 @@ use prost::Message;
 use prost::bytes::{BufMut, Bytes};
 use tessera_proto::tessera::v1::revocations_server::SERVICE_NAME;
 use tessera_proto::tessera::v1::{RevocationSet, RevokedTask, WatchRevocationsRequest};
-use tokio::sync::watch;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};
 
@@ -44,7 +43,7 @@ struct Inner {
     cache: Arc<SvidCache>,
     attestor: Arc<Attestor>,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: crate::drain::Watch,
     max_per_identity: usize,
     /// Open Watch streams per SPIFFE ID; an identity with none has no key.
     open: Mutex<HashMap<String, usize>>,
@@ -60,7 +59,7 @@ impl RevocationsService {
         cache: Arc<SvidCache>,
         attestor: Arc<Attestor>,
         metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: crate::drain::Watch,
         max_watchers_per_identity: usize,
     ) -> Self {
         RevocationsService {
@@ -142,11 +141,11 @@ impl Inner {
         };
         let td = snap.bundle.trust_domain.as_str().to_owned();
         let mut rx = self.manager.feed().subscribe();
-        let mut shutdown = self.shutdown.clone();
+        let shutdown = self.shutdown.clone();
         let metrics = Arc::clone(&self.metrics);
         let (tx, out) = tokio::sync::mpsc::channel(4);
         metrics.revocation_watchers.inc();
-        tokio::spawn(async move {
+        crate::socket::spawn_in_conn_span(async move {
             // Held as long as the stream: its place is given back when it ends.
             let _slot = slot;
             loop {
@@ -158,7 +157,7 @@ impl Inner {
                 }
                 tokio::select! {
                     _ = tx.closed() => break,
-                    _ = shutdown.changed() => break,
+                    _ = shutdown.signaled() => break,
                     r = rx.changed() => if r.is_err() { break },
                 }
             }

@@ -22,7 +22,7 @@ pub use cgroup::{CgroupError, CgroupView, PodContainer, parse as parse_cgroup};
 pub use kubelet::{KubeletClient, KubeletError, KubeletSettings, KubeletTrust};
 
 use super::Selector;
-use crate::config::{ConfigError, DEFAULT_CGROUP_ROOT, IN_CLUSTER_CA, KubernetesConfig};
+use crate::config::{DEFAULT_CGROUP_ROOT, IN_CLUSTER_CA, KubernetesConfig};
 
 /// Why a caller's pod could not be attested. Every variant denies.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +129,7 @@ impl K8sAttestor {
     pub fn from_config(
         proc_root: impl Into<PathBuf>,
         config: &KubernetesConfig,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, KubeletError> {
         let trust = if config.insecure_skip_kubelet_verify {
             KubeletTrust::DangerousAcceptAnyCertificate
         } else {
@@ -141,15 +141,11 @@ impl K8sAttestor {
             )
         };
         let kubelet = KubeletClient::new(KubeletSettings {
-            url: config.kubelet_uri()?,
+            url: config.kubelet_url.clone(),
             server_name: config.kubelet_server_name.clone(),
             trust,
             token_file: config.token_file.clone(),
             timeout: config.request_timeout,
-        })
-        .map_err(|e| ConfigError::Invalid {
-            key: "kubernetes",
-            reason: e.to_string(),
         })?;
         Ok(K8sAttestor::new(
             proc_root,

@@ -555,6 +555,7 @@ async fn composed_attestation_is_unix_selectors_plus_k8s_selectors() {
         gid: 1000,
         pidfd: None,
         pidfd_from_kernel: false,
+        span: tracing::Span::none(),
     };
     // `unix:path` names a file the agent itself sees: a real one, in the test's directory.
     let runtime = s.dir.path().join("runtime");

@@ -452,7 +452,7 @@ async fn a_begin_task_attested_before_its_entry_was_deleted_is_refused() {
     )
     .await
     .unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = crate::drain::channel();
     let cache_task = tokio::spawn(Arc::clone(&cache).run(stopped));
     let att = Attestation {
         pid: pid(),
@@ -482,6 +482,6 @@ async fn a_begin_task_attested_before_its_entry_was_deleted_is_refused() {
         matches!(err, TaskError::NotEntitled { ref client } if client == CLIENT),
         "{err}"
     );
-    let _ = stop.send(true);
+    drop(stop);
     cache_task.await.unwrap();
 }

@@ -1,0 +1,245 @@
+//! `TESSERA_*` environment overrides, read through [`Env`] so tests hand in a map
+//! instead of mutating the process environment (which every thread shares).
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::error::{Origin, Problem};
+use super::file::{Layers, LogFormat};
+
+/// Where environment variables come from.
+pub trait Env {
+    /// The value of `name`, `None` when unset.
+    fn var(&self, name: &str) -> Option<OsString>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<OsString> {
+        std::env::var_os(name)
+    }
+}
+
+/// A fixed set of variables (tests, or values gathered elsewhere).
+impl<K, V> Env for HashMap<K, V>
+where
+    K: Borrow<str> + Hash + Eq,
+    V: AsRef<OsStr>,
+{
+    fn var(&self, name: &str) -> Option<OsString> {
+        self.get(name).map(|v| v.as_ref().to_owned())
+    }
+}
+
+/// No variables at all.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct NoEnv;
+
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<OsString> {
+        None
+    }
+}
+
+/// Reads each variable `env` sets over `layers`. A value that does not parse is a
+/// problem, and the key keeps its value from below, so one run reports every bad
+/// variable (and the layers below are still checked).
+pub(super) fn apply(layers: &mut Layers, env: &dyn Env) {
+    let mut r = Reader { layers, env };
+    let l = &mut r;
+    if let Some(v) = l.text("TESSERA_TRUST_DOMAIN", "trust_domain") {
+        l.layers.raw.trust_domain = v;
+    }
+    if let Some(v) = l.text("TESSERA_DATA_DIR", "data_dir") {
+        l.layers.raw.data_dir = v.into();
+    }
+    if let Some(v) = l.text("TESSERA_WORKLOAD_SOCKET", "workload_socket") {
+        l.layers.raw.workload_socket = v.into();
+    }
+    if let Some(v) = l.text("TESSERA_ADMIN_SOCKET", "admin_socket") {
+        l.layers.raw.admin_socket = v.into();
+    }
+    if let Some(v) = l.parsed("TESSERA_HTTP_LISTEN", "http_listen", |s| {
+        s.parse::<SocketAddr>().map_err(|e| e.to_string())
+    }) {
+        l.layers.raw.http_listen = v;
+    }
+    if let Some(v) = l.parsed("TESSERA_ADMIN_UIDS", "admin_uids", |s| {
+        s.split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    }) {
+        l.layers.raw.admin_uids = v;
+    }
+    if let Some(v) = l.duration("TESSERA_CLIENT_SVID_TTL", "client_svid_ttl") {
+        l.layers.raw.client_svid_ttl = v;
+    }
+    if let Some(v) = l.duration("TESSERA_TASK_SVID_TTL", "task_svid_ttl") {
+        l.layers.raw.task_svid_ttl = v;
+    }
+    if let Some(v) = l.duration("TESSERA_TASK_DEFAULT_LIFETIME", "task_default_lifetime") {
+        l.layers.raw.task_default_lifetime = v;
+    }
+    if let Some(v) = l.duration("TESSERA_TASK_MAX_LIFETIME", "task_max_lifetime") {
+        l.layers.raw.task_max_lifetime = v;
+    }
+    if let Some(v) = l.number(
+        "TESSERA_TASK_MAX_LIVE_PER_PROCESS",
+        "task_max_live_per_process",
+    ) {
+        l.layers.raw.task_max_live_per_process = v;
+    }
+    if let Some(v) = l.number("TESSERA_EXE_HASH_MAX_BYTES", "exe_hash_max_bytes") {
+        l.layers.raw.exe_hash_max_bytes = v;
+    }
+    if let Some(v) = l.number(
+        "TESSERA_REVOCATION_MAX_WATCHERS_PER_IDENTITY",
+        "revocation_max_watchers_per_identity",
+    ) {
+        l.layers.raw.revocation_max_watchers_per_identity = v;
+    }
+    if let Some(v) = l.duration("TESSERA_TASK_RETENTION", "task_retention") {
+        l.layers.raw.task_retention = v;
+    }
+    if let Some(v) = l.duration("TESSERA_AUDIT_RETENTION", "audit_retention") {
+        l.layers.raw.audit_retention = v;
+    }
+    if let Some(v) = l.text("TESSERA_AUDIT_LOG", "audit_log") {
+        l.layers.raw.audit_log = (!v.is_empty()).then(|| v.into());
+    }
+    if let Some(v) = l.duration("TESSERA_CA_TTL", "ca.ttl") {
+        l.layers.raw.ca.ttl = v;
+    }
+    if let Some(v) = l.parsed("TESSERA_LOG_FORMAT", "log.format", |s| match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected `text` or `json`".into()),
+    }) {
+        l.layers.raw.log.format = v;
+    }
+    if let Some(v) = l.text("TESSERA_LOG_LEVEL", "log.level") {
+        l.layers.raw.log.level = v;
+    }
+
+    if let Some(v) = l.boolean("TESSERA_KUBERNETES_ENABLED", "kubernetes.enabled") {
+        l.layers.raw.kubernetes.enabled = v;
+    }
+    if let Some(v) = l.text("TESSERA_KUBERNETES_KUBELET_URL", "kubernetes.kubelet_url") {
+        l.layers.raw.kubernetes.kubelet_url = v;
+    }
+    if let Some(v) = l.text("TESSERA_KUBERNETES_KUBELET_CA", "kubernetes.kubelet_ca") {
+        l.layers.raw.kubernetes.kubelet_ca = (!v.is_empty()).then(|| v.into());
+    }
+    if let Some(v) = l.text(
+        "TESSERA_KUBERNETES_KUBELET_SERVER_NAME",
+        "kubernetes.kubelet_server_name",
+    ) {
+        l.layers.raw.kubernetes.kubelet_server_name = (!v.is_empty()).then_some(v);
+    }
+    if let Some(v) = l.boolean(
+        "TESSERA_KUBERNETES_INSECURE_SKIP_KUBELET_VERIFY",
+        "kubernetes.insecure_skip_kubelet_verify",
+    ) {
+        l.layers.raw.kubernetes.insecure_skip_kubelet_verify = v;
+    }
+    if let Some(v) = l.text("TESSERA_KUBERNETES_TOKEN_FILE", "kubernetes.token_file") {
+        l.layers.raw.kubernetes.token_file = v.into();
+    }
+    if let Some(v) = l.text("TESSERA_KUBERNETES_CGROUP_ROOT", "kubernetes.cgroup_root") {
+        l.layers.raw.kubernetes.cgroup_root = v.into();
+    }
+}
+
+struct Reader<'a> {
+    layers: &'a mut Layers,
+    env: &'a dyn Env,
+}
+
+impl Reader<'_> {
+    /// The variable's text, recorded as the origin of `key`. Not UTF-8 is refused
+    /// rather than treated as unset: an ignored `TESSERA_ADMIN_SOCKET` would put the
+    /// admin socket somewhere the operator did not choose.
+    fn text(&mut self, var: &'static str, key: &'static str) -> Option<String> {
+        match self.env.var(var)?.into_string() {
+            Ok(value) => {
+                self.layers.set(
+                    key,
+                    Origin::Env {
+                        var,
+                        value: value.clone(),
+                    },
+                );
+                Some(value)
+            }
+            Err(raw) => {
+                self.refuse(var, raw.to_string_lossy().into_owned(), "not valid UTF-8");
+                None
+            }
+        }
+    }
+
+    fn parsed<T>(
+        &mut self,
+        var: &'static str,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let value = match self.env.var(var)?.into_string() {
+            Ok(v) => v,
+            Err(raw) => {
+                self.refuse(var, raw.to_string_lossy().into_owned(), "not valid UTF-8");
+                return None;
+            }
+        };
+        match parse(&value) {
+            Ok(v) => {
+                self.layers.set(key, Origin::Env { var, value });
+                Some(v)
+            }
+            // The key keeps its value from below, whose origin stays on record:
+            // a check that refuses that value too names the layer it came from.
+            Err(reason) => {
+                self.refuse(var, value, reason);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, var: &'static str, key: &'static str) -> Option<Duration> {
+        self.parsed(var, key, |s| {
+            humantime::parse_duration(s).map_err(|e| e.to_string())
+        })
+    }
+
+    fn number<T>(&mut self, var: &'static str, key: &'static str) -> Option<T>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.parsed(var, key, |s| s.parse::<T>().map_err(|e| e.to_string()))
+    }
+
+    fn boolean(&mut self, var: &'static str, key: &'static str) -> Option<bool> {
+        self.parsed(var, key, |s| match s {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err("expected true or false".into()),
+        })
+    }
+
+    fn refuse(&mut self, var: &'static str, value: String, reason: impl Into<String>) {
+        self.layers.problems.push(Problem {
+            origin: Origin::Env { var, value },
+            reason: reason.into(),
+        });
+    }
+}

@@ -1,0 +1,322 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::*;
+
+fn env(vars: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
+    vars.iter().copied().collect()
+}
+
+#[test]
+fn defaults_are_valid_and_round_trip_through_toml() {
+    let c = Config::default();
+    let printed = c.to_toml();
+    assert_eq!(Config::from_toml(&printed).unwrap(), c);
+}
+
+#[test]
+fn file_values_override_defaults_and_env_overrides_file() {
+    let file =
+        "trust_domain = \"acme.corp\"\nclient_svid_ttl = \"30m\"\n[log]\nformat = \"json\"\n";
+    let c = Config::from_toml(file).unwrap();
+    assert_eq!(c.trust_domain.as_str(), "acme.corp");
+    assert_eq!(c.client_svid_ttl, Duration::from_secs(1800));
+    assert_eq!(c.log.format, LogFormat::Json);
+    let vars = env(&[
+        ("TESSERA_TRUST_DOMAIN", "prod.acme.corp"),
+        ("TESSERA_ADMIN_UIDS", "1000, 1001"),
+        ("TESSERA_TASK_SVID_TTL", "90s"),
+        ("TESSERA_TASK_MAX_LIVE_PER_PROCESS", "500"),
+        ("TESSERA_AUDIT_RETENTION", "90d"),
+        ("TESSERA_EXE_HASH_MAX_BYTES", "1048576"),
+        ("TESSERA_REVOCATION_MAX_WATCHERS_PER_IDENTITY", "4"),
+    ]);
+    let c = Config::from_toml_and_env(file, &vars).unwrap();
+    assert_eq!(c.trust_domain.as_str(), "prod.acme.corp");
+    assert_eq!(c.client_svid_ttl, Duration::from_secs(1800));
+    assert_eq!(c.admin_uids, vec![1000, 1001]);
+    assert_eq!(c.task_svid_ttl, Duration::from_secs(90));
+    assert_eq!(c.task_max_live_per_process, 500);
+    assert_eq!(c.exe_hash_max_bytes, 1 << 20);
+    assert_eq!(c.revocation_max_watchers_per_identity, 4);
+    assert_eq!(
+        c.retention,
+        Retention {
+            ended_tasks: Some(Duration::from_secs(7 * 24 * 3600)),
+            audit: Some(Duration::from_secs(90 * 24 * 3600)),
+        }
+    );
+    let bad = env(&[("TESSERA_TASK_MAX_LIVE_PER_PROCESS", "many")]);
+    let err = Config::from_toml_and_env(file, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("TESSERA_TASK_MAX_LIVE_PER_PROCESS"), "{err}");
+}
+
+#[test]
+fn flags_override_env_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, "trust_domain = \"file.example\"\n").unwrap();
+    let vars = env(&[
+        ("TESSERA_TRUST_DOMAIN", "env.example"),
+        ("TESSERA_LOG_FORMAT", "text"),
+    ]);
+    let flags = Flags {
+        trust_domain: Some("flag.example".into()),
+        log_format: Some(LogFormat::Json),
+        ..Flags::default()
+    };
+    let c = Config::load(Some(&path), &vars, &flags).unwrap();
+    assert_eq!(c.trust_domain.as_str(), "flag.example");
+    assert_eq!(c.log.format, LogFormat::Json);
+    let c = Config::load(Some(&path), &vars, &Flags::default()).unwrap();
+    assert_eq!(c.trust_domain.as_str(), "env.example");
+
+    // A refused flag is named as the flag, not as the key or the variable under it.
+    let flags = Flags {
+        trust_domain: Some("Bad Domain".into()),
+        ..Flags::default()
+    };
+    let err = Config::load(Some(&path), &vars, &flags).unwrap_err();
+    assert_eq!(err.problems().len(), 1, "{err}");
+    assert_eq!(
+        err.problems()[0].origin,
+        Origin::Flag {
+            flag: "--trust-domain",
+            key: "trust_domain",
+        }
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_reported_with_its_path() {
+    let err = Config::load(
+        Some(Path::new("/nonexistent/tessera.toml")),
+        &env(&[]),
+        &Flags::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/nonexistent/tessera.toml"), "{err}");
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_name() {
+    let err = Config::from_toml("trust_domian = \"x\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("trust_domian"), "{err}");
+    let err = Config::from_toml("[ca]\nmdoe = \"upstream\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mdoe"), "{err}");
+}
+
+#[test]
+fn invalid_settings_are_refused() {
+    let cases: &[(&str, &str)] = &[
+        ("trust_domain = \"Bad Domain\"", "trust_domain"),
+        ("client_svid_ttl = \"1s\"", "client_svid_ttl"),
+        ("[ca]\nmode = \"upstream\"", "ca.mode"),
+        ("[ca]\nttl = \"1h\"", "ca.ttl"),
+        ("task_default_lifetime = \"48h\"", "task_default_lifetime"),
+        ("task_max_live_per_process = 0", "task_max_live_per_process"),
+        ("exe_hash_max_bytes = 0", "exe_hash_max_bytes"),
+        ("exe_hash_max_bytes = 17179869185", "exe_hash_max_bytes"),
+        (
+            "[kubernetes]\nenabled = true\ncgroup_root = \"sys/fs/cgroup\"",
+            "kubernetes.cgroup_root",
+        ),
+        (
+            "task_max_live_per_process = 1000001",
+            "task_max_live_per_process",
+        ),
+        (
+            "revocation_max_watchers_per_identity = 0",
+            "revocation_max_watchers_per_identity",
+        ),
+        (
+            "workload_socket = \"/tmp/x.sock\"\nadmin_socket = \"/tmp/x.sock\"",
+            "admin_socket",
+        ),
+    ];
+    for (toml, key) in cases {
+        let err = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(err.contains(key), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn upstream_mode_carries_its_three_files() {
+    let c = Config::from_toml(
+        "[ca]\nmode = \"upstream\"\nupstream_cert = \"/ca/int.pem\"\n\
+         upstream_key = \"/ca/int.key\"\nupstream_bundle = \"/ca/roots.pem\"\n",
+    )
+    .unwrap();
+    match &c.ca.mode {
+        CaMode::Upstream {
+            cert_chain,
+            key,
+            bundle,
+        } => {
+            assert_eq!(cert_chain, Path::new("/ca/int.pem"));
+            assert_eq!(key, Path::new("/ca/int.key"));
+            assert_eq!(bundle, Path::new("/ca/roots.pem"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let printed = c.to_toml();
+    assert_eq!(Config::from_toml(&printed).unwrap(), c);
+}
+
+#[test]
+fn kubernetes_is_off_by_default_and_configurable_from_file_and_env() {
+    let c = Config::default();
+    assert!(c.kubernetes.is_none());
+    let file = "[kubernetes]\nenabled = true\nkubelet_url = \"https://10.0.0.7:10250\"\n\
+                kubelet_server_name = \"node-a\"\nretry_attempts = 3\nretry_interval = \"100ms\"\n";
+    let c = Config::from_toml(file).unwrap();
+    let k = c.kubernetes.as_ref().unwrap();
+    assert_eq!(k.retry_attempts, 3);
+    assert_eq!(k.retry_interval, Duration::from_millis(100));
+    assert_eq!(k.cgroup_root, Path::new("/sys/fs/cgroup"));
+    assert_eq!(k.kubelet_server_name.as_deref(), Some("node-a"));
+    let vars = env(&[
+        ("TESSERA_KUBERNETES_KUBELET_URL", "https://[fd00::7]:10250"),
+        (
+            "TESSERA_KUBERNETES_KUBELET_CA",
+            "/etc/tessera/kubelet-ca.pem",
+        ),
+        ("TESSERA_KUBERNETES_KUBELET_SERVER_NAME", ""),
+        (
+            "TESSERA_KUBERNETES_TOKEN_FILE",
+            "/var/run/secrets/tokens/kubelet",
+        ),
+        ("TESSERA_KUBERNETES_CGROUP_ROOT", "/host/sys/fs/cgroup"),
+    ]);
+    let c = Config::from_toml_and_env(file, &vars).unwrap();
+    let k = c.kubernetes.as_ref().unwrap();
+    assert_eq!(k.cgroup_root, Path::new("/host/sys/fs/cgroup"));
+    assert_eq!(k.kubelet_url.to_string(), "https://[fd00::7]:10250/");
+    assert_eq!(
+        k.kubelet_ca.as_deref(),
+        Some(Path::new("/etc/tessera/kubelet-ca.pem"))
+    );
+    assert_eq!(k.kubelet_server_name, None);
+    assert_eq!(k.token_file, Path::new("/var/run/secrets/tokens/kubelet"));
+    let printed = c.to_toml();
+    assert_eq!(Config::from_toml(&printed).unwrap(), c);
+
+    let c = Config::from_toml_and_env("", &env(&[("TESSERA_KUBERNETES_ENABLED", "true")])).unwrap();
+    assert!(c.kubernetes.is_some());
+    let err = Config::from_toml_and_env("", &env(&[("TESSERA_KUBERNETES_ENABLED", "yes please")]))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("TESSERA_KUBERNETES_ENABLED"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_kubernetes_settings_are_refused() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "kubelet_url = \"http://127.0.0.1:10255\"",
+            "kubernetes.kubelet_url",
+        ),
+        (
+            "kubelet_url = \"https://127.0.0.1:10250/pods\"",
+            "kubernetes.kubelet_url",
+        ),
+        ("kubelet_url = \"not a url\"", "kubernetes.kubelet_url"),
+        (
+            "insecure_skip_kubelet_verify = true\nkubelet_ca = \"/ca.pem\"",
+            "kubernetes.insecure_skip_kubelet_verify",
+        ),
+        ("retry_attempts = 1000", "kubernetes.retry_attempts"),
+        ("retry_interval = \"0s\"", "kubernetes.retry_interval"),
+        ("request_timeout = \"10m\"", "kubernetes.request_timeout"),
+        ("pod_cache_ttl = \"1h\"", "kubernetes.pod_cache_ttl"),
+    ];
+    for (body, key) in cases {
+        let toml = format!("[kubernetes]\nenabled = true\n{body}\n");
+        let err = Config::from_toml(&toml).unwrap_err().to_string();
+        assert!(err.contains(key), "{toml}: {err}");
+        // Disabled, the section is not checked: it is not used.
+        Config::from_toml(&toml.replace("enabled = true", "enabled = false")).unwrap();
+    }
+    let err = Config::from_toml("[kubernetes]\nkubelet_ulr = \"x\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kubelet_ulr"), "{err}");
+}
+
+#[test]
+fn bad_env_values_name_the_variable() {
+    let err =
+        Config::from_toml_and_env("", &env(&[("TESSERA_CLIENT_SVID_TTL", "soon")])).unwrap_err();
+    assert!(err.to_string().contains("TESSERA_CLIENT_SVID_TTL"));
+}
+
+#[test]
+fn two_bad_env_vars_are_both_reported() {
+    let vars = env(&[
+        ("TESSERA_CLIENT_SVID_TTL", "soon"),
+        ("TESSERA_HTTP_LISTEN", "everywhere"),
+        // Parses, but out of range: refused by the same pass.
+        ("TESSERA_TASK_MAX_LIVE_PER_PROCESS", "0"),
+    ]);
+    let err = Config::from_toml_and_env("", &vars).unwrap_err();
+    let vars: Vec<&str> = err
+        .problems()
+        .iter()
+        .map(|p| match &p.origin {
+            Origin::Env { var, .. } => *var,
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(
+        vars,
+        [
+            "TESSERA_HTTP_LISTEN",
+            "TESSERA_CLIENT_SVID_TTL",
+            "TESSERA_TASK_MAX_LIVE_PER_PROCESS"
+        ],
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("3 problems"), "{text}");
+}
+
+#[test]
+fn file_and_env_problems_are_reported_together_each_with_its_source() {
+    let vars = env(&[("TESSERA_CA_TTL", "a while")]);
+    let err = Config::from_toml_and_env(
+        "trust_domain = \"Not A Domain\"\ntask_default_lifetime = \"0s\"\n",
+        &vars,
+    )
+    .unwrap_err();
+    let origins: Vec<String> = err
+        .problems()
+        .iter()
+        .map(|p| p.origin.to_string())
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            "environment variable TESSERA_CA_TTL=\"a while\"",
+            "`trust_domain` in the config text",
+            "`task_default_lifetime` in the config text",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_does_not_parse_does_not_hide_bad_variables() {
+    let vars = env(&[("TESSERA_LOG_FORMAT", "xml")]);
+    let err = Config::from_toml_and_env("trust_domain = ", &vars).unwrap_err();
+    assert_eq!(err.problems().len(), 2, "{err}");
+    assert!(err.to_string().contains("TESSERA_LOG_FORMAT"), "{err}");
+}
