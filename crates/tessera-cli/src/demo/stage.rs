@@ -90,8 +90,9 @@ impl Drop for Children {
 
 /// A running agent and MCP server, registered and consented as the story needs.
 pub(super) struct Stage {
-    /// Declared first so the processes are killed before their directory is removed.
-    children: Children,
+    /// Held only to be dropped: declared first, so the processes are killed before
+    /// their directory is removed.
+    _children: Children,
     /// The temporary directory holding every file of the demo.
     pub(super) dir: TempDir,
     pub(super) workload: PathBuf,
@@ -268,7 +269,7 @@ impl Stage {
         ));
 
         Ok(Stage {
-            children,
+            _children: children,
             dir,
             workload,
             admin_socket,
