@@ -307,4 +307,3 @@ fn make_bundle(td: &TrustDomain, s: &CaSet, now: OffsetDateTime) -> TrustBundle 
         certs,
     }
 }
-

@@ -45,7 +45,7 @@ pub(super) struct CaSet {
 impl CaSet {
     /// Loads the self-signed CA set of `trust_domain` recorded in `dir`, or creates a root
     /// CA living `ca_ttl` and its record on first start.
-        pub(super) fn load_or_create_root(
+    pub(super) fn load_or_create_root(
         dir: &Path,
         trust_domain: &TrustDomain,
         ca_ttl: std::time::Duration,
@@ -71,8 +71,8 @@ impl CaSet {
             path: state_path.clone(),
             reason,
         };
-        let text =
-            std::fs::read(&state_path).map_err(|e| AuthorityError::io("reading", &state_path, e))?;
+        let text = std::fs::read(&state_path)
+            .map_err(|e| AuthorityError::io("reading", &state_path, e))?;
         let state: StateFile = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
         if state.version != 1 {
             return Err(corrupt(format!("unknown version {}", state.version)));
@@ -152,4 +152,3 @@ fn trust_domain_matches(cert_der: &[u8], td: &TrustDomain) -> bool {
         .iter()
         .any(|n| matches!(n, GeneralName::URI(u) if *u == td.id_string()))
 }
-

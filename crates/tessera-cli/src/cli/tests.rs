@@ -392,9 +392,7 @@ fn consent_list_show_withdraw() {
         })
     ));
     let cli = parse(&["consent", "show", "01C"]).unwrap();
-    assert!(
-        matches!(cli.command, Command::Consent(ConsentCommand::Show { id }) if id == "01C")
-    );
+    assert!(matches!(cli.command, Command::Consent(ConsentCommand::Show { id }) if id == "01C"));
     let cli = parse(&["consent", "withdraw", "01C"]).unwrap();
     assert!(
         matches!(cli.command, Command::Consent(ConsentCommand::Withdraw { id }) if id == "01C")

@@ -84,8 +84,7 @@ fn list_is_a_table_with_state_and_relative_expiry() {
     assert!(lines[0].starts_with("ID  "), "{text}");
     assert!(lines[0].ends_with("STATE      EXPIRES  SCOPES"), "{text}");
     assert!(
-        lines[1]
-            .contains("  active     in 8h    github/tool/get_pull_request,github/tool/list_*"),
+        lines[1].contains("  active     in 8h    github/tool/get_pull_request,github/tool/list_*"),
         "{text}"
     );
     assert!(lines[2].contains("  withdrawn  in 8h"), "{text}");

@@ -280,7 +280,6 @@ impl Stage {
             shadow,
         })
     }
-
 }
 
 async fn wait_for_agent(

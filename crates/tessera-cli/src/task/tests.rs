@@ -12,8 +12,7 @@ const NOW: i64 = 1_750_000_000;
 fn sample() -> pb::Task {
     pb::Task {
         id: "01JB8X4Q6V3M2N7P5R9T0W1Y2Z".into(),
-        spiffe_id: "spiffe://acme.corp/client/code-reviewer/task/01JB8X4Q6V3M2N7P5R9T0W1Y2Z"
-            .into(),
+        spiffe_id: "spiffe://acme.corp/client/code-reviewer/task/01JB8X4Q6V3M2N7P5R9T0W1Y2Z".into(),
         client: "code-reviewer".into(),
         subject: "alice@acme.corp".into(),
         server: "github".into(),
@@ -29,8 +28,8 @@ fn sample() -> pb::Task {
 }
 
 fn command(args: &[&str]) -> TaskCommand {
-    let cli = Cli::try_parse_from(["tessera", "task"].into_iter().chain(args.iter().copied()))
-        .unwrap();
+    let cli =
+        Cli::try_parse_from(["tessera", "task"].into_iter().chain(args.iter().copied())).unwrap();
     let Command::Task(command) = cli.command else {
         panic!()
     };
@@ -51,9 +50,8 @@ fn list_shows_state_and_deadline_in_words() {
         "{text}"
     );
     assert!(
-        lines[1].ends_with(
-            "github  live                      in 4m     github/tool/get_pull_request"
-        ),
+        lines[1]
+            .ends_with("github  live                      in 4m     github/tool/get_pull_request"),
         "{text}"
     );
     assert!(
@@ -62,8 +60,7 @@ fn list_shows_state_and_deadline_in_words() {
     );
     assert!(render_list(&[], OutputFormat::Text, NOW, false).contains("--all"));
     let json: serde_json::Value =
-        serde_json::from_str(&render_list(&[sample()], OutputFormat::Json, NOW, false))
-            .unwrap();
+        serde_json::from_str(&render_list(&[sample()], OutputFormat::Json, NOW, false)).unwrap();
     assert_eq!(json[0]["state"], "live");
     assert_eq!(json[0]["deadline_in_secs"], 240);
     assert_eq!(json[0]["end_reason"], serde_json::Value::Null);

@@ -18,8 +18,7 @@ async fn parent_of_this_process_is_our_parent() {
 
 #[test]
 fn groups_line_is_parsed() {
-    let status =
-        "Name:\tbash\nUid:\t1000\t1000\t1000\t1000\nGroups:\t4 27 1000 \nVmPeak:\t1 kB\n";
+    let status = "Name:\tbash\nUid:\t1000\t1000\t1000\t1000\nGroups:\t4 27 1000 \nVmPeak:\t1 kB\n";
     assert_eq!(supplementary_gids(status), vec![4, 27, 1000]);
     assert!(supplementary_gids("Name:\tx\n").is_empty());
 }

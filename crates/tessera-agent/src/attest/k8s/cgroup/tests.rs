@@ -345,9 +345,7 @@ fn a_pod_directory_others_may_write_to_is_refused() {
 #[test]
 fn a_kubelet_root_owned_by_another_user_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "SKIPPED (needs root to chown): a_kubelet_root_owned_by_another_user_is_refused"
-        );
+        eprintln!("SKIPPED (needs root to chown): a_kubelet_root_owned_by_another_user_is_refused");
         return;
     }
     let (_d, view) = v2_root();
@@ -400,9 +398,8 @@ fn v1_and_hybrid_hierarchies_are_found_by_controller() {
     for hierarchy in ["cpu,cpuacct", "systemd", "unified"] {
         mkdirs(&view.root, &format!("{hierarchy}/{path}"), 0o755);
     }
-    let file = format!(
-        "10:cpu,cpuacct:/{path}\n1:name=systemd:/{path}\n0::/{path}\n11:hugetlb:/{path}\n"
-    );
+    let file =
+        format!("10:cpu,cpuacct:/{path}\n1:name=systemd:/{path}\n0::/{path}\n11:hugetlb:/{path}\n");
     // hugetlb is not mounted here: its line cannot be checked, the others are.
     verify(&view, &placed(&file)).unwrap();
     std::fs::set_permissions(
