@@ -437,9 +437,9 @@ fn uri_sans<'a>(cert: &'a X509Certificate<'a>) -> Result<Vec<&'a str>, ProfileEr
 /// Only SPIFFE IDs are constrained; the scheme is matched case-insensitively here so
 /// `SPIFFE://..` cannot slip past as "not a SPIFFE ID". Lazy, so a caller that also
 /// checks each trust domain reports the first broken rule in SAN order.
-fn ca_spiffe_ids<'a>(
-    uris: Vec<&'a str>,
-) -> impl Iterator<Item = Result<(TrustDomain, &'a str), ProfileError>> {
+fn ca_spiffe_ids(
+    uris: Vec<&str>,
+) -> impl Iterator<Item = Result<(TrustDomain, &str), ProfileError>> {
     uris.into_iter()
         .filter(|uri| {
             uri.get(..7)
