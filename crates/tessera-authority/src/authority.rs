@@ -1,18 +1,24 @@
-//! The authority: the set of CAs (active, prepared, retiring), persistence and rotation.
+//! The authority: its configuration, issuance through the active CA, rotation and the
+//! bundle it publishes. The CA set and its record on disk are in `state`; loading an
+//! upstream intermediate in `upstream`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rcgen::KeyPair;
-use serde::{Deserialize, Serialize};
 use tessera_identity::TrustDomain;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::ca::{SigningCa, validity};
+use crate::ca::SigningCa;
 use crate::issue::{IssuedSvid, SvidSpec, issue};
 use crate::{AuthorityError, TrustBundle, pem};
+
+mod state;
+mod upstream;
+
+use state::{CaSet, Retiring, ensure_private_dir};
+use upstream::load_upstream;
 
 /// Where the signing CA comes from.
 #[derive(Clone, Debug)]
@@ -62,32 +68,6 @@ pub struct AuthorityConfig {
     pub rotation: RotationPolicy,
 }
 
-/// On-disk record of which CA files play which role.
-#[derive(Serialize, Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct StateFile {
-    version: u32,
-    active: String,
-    prepared: Option<String>,
-    retiring: Vec<Retiring>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
-struct Retiring {
-    name: String,
-    cert_pem: String,
-    until_unix: i64,
-}
-
-struct CaSet {
-    active: Arc<SigningCa>,
-    prepared: Option<(Arc<SigningCa>, String)>,
-    retiring: Vec<Retiring>,
-    /// Upstream roots (upstream mode) — the bundle then is exactly these.
-    upstream_roots: Vec<Vec<u8>>,
-}
-
 /// The signing authority of one trust domain. Cheap to share behind an `Arc`.
 pub struct Authority {
     config: AuthorityConfig,
@@ -104,8 +84,6 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-const STATE_FILE: &str = "state.json";
-
 impl Authority {
     /// Opens the authority: loads the CA from `config.dir`, or creates one on first start.
     pub fn open(config: AuthorityConfig) -> Result<Authority, AuthorityError> {
@@ -119,7 +97,12 @@ impl Authority {
     ) -> Result<Authority, AuthorityError> {
         ensure_private_dir(&config.dir)?;
         let set = match &config.mode {
-            CaMode::SelfSigned => load_or_create_root(&config, now)?,
+            CaMode::SelfSigned => CaSet::load_or_create_root(
+                &config.dir,
+                &config.trust_domain,
+                config.rotation.ca_ttl,
+                now,
+            )?,
             CaMode::Upstream {
                 cert_chain,
                 key,
@@ -211,7 +194,7 @@ impl Authority {
         ca.save(&self.config.dir, &key_pem)?;
         let mut s = self.write();
         s.prepared = Some((Arc::new(ca), key_pem));
-        self.persist(&s)?;
+        s.save(&self.config.dir)?;
         self.publish(&s, now);
         tracing::info!(ca = %s.prepared.as_ref().map(|p| p.0.name.as_str()).unwrap_or(""), "prepared next CA");
         Ok(())
@@ -237,7 +220,7 @@ impl Authority {
                 .not_after
                 .min(now.unix_timestamp().saturating_add(max_ttl)),
         });
-        self.persist(&s)?;
+        s.save(&self.config.dir)?;
         self.publish(&s, now);
         tracing::info!(active = %s.active.name, retired = %old.name, "activated new CA");
         Ok(())
@@ -258,7 +241,7 @@ impl Authority {
         if s.retiring.len() == before {
             return Ok(false);
         }
-        self.persist(&s)?;
+        s.save(&self.config.dir)?;
         self.publish(&s, now);
         drop(s);
         for r in gone {
@@ -277,17 +260,6 @@ impl Authority {
                     .into(),
             )),
         }
-    }
-
-    fn persist(&self, s: &CaSet) -> Result<(), AuthorityError> {
-        let state = StateFile {
-            version: 1,
-            active: s.active.name.clone(),
-            prepared: s.prepared.as_ref().map(|p| p.0.name.clone()),
-            retiring: s.retiring.clone(),
-        };
-        let json = serde_json::to_vec_pretty(&state).expect("state serializes");
-        pem::write_atomic(&self.config.dir.join(STATE_FILE), &json, 0o600)
     }
 
     fn publish(&self, s: &CaSet, now: OffsetDateTime) {
@@ -334,185 +306,4 @@ fn make_bundle(td: &TrustDomain, s: &CaSet, now: OffsetDateTime) -> TrustBundle 
         trust_domain: td.clone(),
         certs,
     }
-}
-
-fn ensure_private_dir(dir: &Path) -> Result<(), AuthorityError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| AuthorityError::io("creating", dir, e))?;
-    }
-    let mode = std::fs::metadata(dir)
-        .map_err(|e| AuthorityError::io("reading", dir, e))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(AuthorityError::InsecureKeyFile {
-            path: dir.to_owned(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
-fn load_or_create_root(
-    config: &AuthorityConfig,
-    now: OffsetDateTime,
-) -> Result<CaSet, AuthorityError> {
-    let state_path = config.dir.join(STATE_FILE);
-    if !state_path.exists() {
-        let ttl = time::Duration::try_from(config.rotation.ca_ttl)
-            .map_err(|e| AuthorityError::InvalidRequest(e.to_string()))?;
-        let (ca, key_pem) = SigningCa::generate_root(&config.trust_domain, now, ttl)?;
-        ca.save(&config.dir, &key_pem)?;
-        let state = StateFile {
-            version: 1,
-            active: ca.name.clone(),
-            prepared: None,
-            retiring: Vec::new(),
-        };
-        pem::write_atomic(
-            &state_path,
-            &serde_json::to_vec_pretty(&state).expect("state serializes"),
-            0o600,
-        )?;
-        tracing::info!(ca = %ca.name, dir = %config.dir.display(), "created self-signed root CA");
-        return Ok(CaSet {
-            active: Arc::new(ca),
-            prepared: None,
-            retiring: Vec::new(),
-            upstream_roots: Vec::new(),
-        });
-    }
-    let corrupt = |reason: String| AuthorityError::CorruptState {
-        path: state_path.clone(),
-        reason,
-    };
-    let text =
-        std::fs::read(&state_path).map_err(|e| AuthorityError::io("reading", &state_path, e))?;
-    let state: StateFile = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
-    if state.version != 1 {
-        return Err(corrupt(format!("unknown version {}", state.version)));
-    }
-    let active = SigningCa::load(&config.dir, &state.active)?;
-    if active.cert_der.is_empty() || !trust_domain_matches(&active.cert_der, &config.trust_domain) {
-        return Err(corrupt(format!(
-            "CA {} is not for trust domain {}",
-            state.active,
-            config.trust_domain.as_str()
-        )));
-    }
-    let prepared = match &state.prepared {
-        Some(name) => {
-            let ca = SigningCa::load(&config.dir, name)?;
-            let key_pem = pem::read_key(&config.dir.join(format!("{name}.key.pem")))?;
-            Some((Arc::new(ca), key_pem))
-        }
-        None => None,
-    };
-    tracing::info!(ca = %active.name, "loaded self-signed root CA");
-    Ok(CaSet {
-        active: Arc::new(active),
-        prepared,
-        retiring: state.retiring,
-        upstream_roots: Vec::new(),
-    })
-}
-
-fn trust_domain_matches(cert_der: &[u8], td: &TrustDomain) -> bool {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let Ok((_, cert)) = X509Certificate::from_der(cert_der) else {
-        return false;
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return false;
-    };
-    san.value
-        .general_names
-        .iter()
-        .any(|n| matches!(n, GeneralName::URI(u) if *u == td.id_string()))
-}
-
-fn load_upstream(
-    td: &TrustDomain,
-    cert_chain: &Path,
-    key: &Path,
-    bundle: &Path,
-) -> Result<CaSet, AuthorityError> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let mut chain = pem::read_certs(cert_chain)?;
-    let roots = pem::read_certs(bundle)?;
-    let key_pem = pem::read_key(key)?;
-    let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| AuthorityError::BadPem {
-        path: key.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let cert_der = chain.remove(0);
-    // Every certificate in the chain must verify under the next, the last under a root.
-    let mut issuers: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
-    let mut subject = cert_der.as_slice();
-    loop {
-        let (_, child) = X509Certificate::from_der(subject)
-            .map_err(|e| AuthorityError::UpstreamCa(e.to_string()))?;
-        let candidates: Vec<&[u8]> = if issuers.is_empty() {
-            roots.iter().map(Vec::as_slice).collect()
-        } else {
-            vec![issuers[0]]
-        };
-        let verified = candidates.iter().any(|issuer_der| {
-            X509Certificate::from_der(issuer_der)
-                .map(|(_, issuer)| child.verify_signature(Some(issuer.public_key())).is_ok())
-                .unwrap_or(false)
-        });
-        if !verified {
-            return Err(AuthorityError::UpstreamCa(format!(
-                "certificate '{}' does not verify under {}",
-                child.subject(),
-                if issuers.is_empty() {
-                    "any bundle root"
-                } else {
-                    "the next chain certificate"
-                }
-            )));
-        }
-        if issuers.is_empty() {
-            break;
-        }
-        subject = issuers.remove(0);
-    }
-    // Verifiers refuse chains whose intermediates name another trust domain (under a
-    // shared upstream root, that is how one domain's CA is told from another's), so a
-    // mixed-up file is refused here, at start, rather than at every handshake.
-    let misfit = |e: tessera_identity::ProfileError| {
-        AuthorityError::UpstreamCa(format!("the upstream CA chain does not fit {td}: {e}"))
-    };
-    let issuing = tessera_identity::check_intermediate(&cert_der, td).map_err(misfit)?;
-    for der in &chain {
-        tessera_identity::check_intermediate(der, td).map_err(misfit)?;
-    }
-    if issuing == tessera_identity::CaBinding::Unnamed {
-        tracing::warn!(
-            trust_domain = %td,
-            "the upstream CA certificate carries no SPIFFE ID (URI SAN spiffe://<trust domain>): \
-             verifiers cannot tell it from another trust domain's CA under the same root \
-             unless that root is in this trust domain's bundle only"
-        );
-    }
-    let (_, na) = validity(&cert_der).map_err(AuthorityError::UpstreamCa)?;
-    if na <= OffsetDateTime::now_utc().unix_timestamp() {
-        return Err(AuthorityError::CaExpired { ca_not_after: na });
-    }
-    // SVID chains carry the intermediate itself, then any further intermediates.
-    let after_leaf: Vec<Vec<u8>> = std::iter::once(cert_der.clone()).chain(chain).collect();
-    let ca = SigningCa::from_parts("upstream".into(), cert_der, after_leaf, key_pair)?;
-    Ok(CaSet {
-        active: Arc::new(ca),
-        prepared: None,
-        retiring: Vec::new(),
-        upstream_roots: roots,
-    })
 }

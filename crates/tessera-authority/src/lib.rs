@@ -11,6 +11,14 @@
 //! - **upstream**: an intermediate CA loaded from PEM files; SVID chains carry the
 //!   intermediate(s) and the bundle holds the upstream roots. Rotation then is the
 //!   operator's job (replace the files, restart).
+//!
+//! * `authority`: [`Authority`]: the set of CAs (active, prepared, retiring), loading
+//!   them from disk, rotation, and the bundle it publishes.
+//! * `ca`: one signing CA: certificate, key and the chain it adds to SVIDs.
+//! * `issue`: issuing X.509-SVIDs ([`SvidSpec`] → [`IssuedSvid`]).
+//! * `bundle`: [`TrustBundle`], every CA certificate a verifier must accept now.
+//! * `pem`: PEM reading and atomic, private file writes.
+//! * `error`: [`AuthorityError`].
 
 #![forbid(unsafe_code)]
 

@@ -2,6 +2,16 @@
 //!
 //! Exit status: 0 on success, 1 on any error (printed as `error: …` on stderr), 2 for usage
 //! errors and for `svid inspect` on a certificate that fails the SVID profile.
+//!
+//! * `cli`: the command tree and global flags; `args`, `duration`: argument types and
+//!   checks shared by the commands.
+//! * `entry`, `consent`, `task`, `status`, `audit`: one module per admin command.
+//! * `svid`: `svid fetch` and the `svid` command tree; `inspect`: `svid inspect`.
+//! * `demo`: `tessera demo`: its stage, its story and its Python and Node part.
+//! * `admin`, `tasks_api`, `transport`: the Admin API and Tasks API connections over
+//!   unix sockets, and their failures as sentences.
+//! * `cert`: certificate files and what a certificate says; `files`: writing SVIDs
+//!   to disk privately; `output`: tables, key/value blocks, JSON and time formats.
 
 mod admin;
 mod args;
@@ -10,12 +20,10 @@ mod cert;
 mod cli;
 mod consent;
 mod demo;
-mod demo_clients;
 mod duration;
 mod entry;
 mod files;
 mod inspect;
-mod narration;
 mod output;
 mod status;
 mod svid;

@@ -4,6 +4,9 @@
 //! Each target panics only on a broken invariant (a parse that does not
 //! round-trip, a panic inside a parser). The same functions back the
 //! coverage-guided cargo-fuzz harness in `/fuzz` for longer runs.
+//!
+//! * this file: the targets (`fuzz_*`) and [`seeds`], valid inputs to start from.
+//! * `driver`: the mutation driver ([`Mutator`], [`run_for`]).
 
 #![forbid(unsafe_code)]
 

@@ -21,7 +21,7 @@ fn scope_string() -> impl Strategy<Value = String> {
     // A URI of printable ASCII without space, `*`, `%` or `\` (`?` only to start the
     // query, no `#`): scheme, an optional authority, path segments that are neither empty nor
     // dot segments, an optional query; then an optional trailing '*'. The shapes a
-    // resource pattern may not have are tested case by case in `scope.rs`.
+    // resource pattern may not have are tested case by case in `scope/tests.rs`.
     let segment = "[!-\"$&-)+-.0->@-\\[\\]-~]{1,20}".prop_filter("dot segment", |s| {
         let bare = s.split(';').next().unwrap_or(s);
         bare != "." && bare != ".."

@@ -300,25 +300,8 @@ pub fn check_signing_cert(der: &[u8]) -> Result<(), ProfileError> {
     let tbs = &cert.tbs_certificate;
     check_extensions_well_formed(tbs.extensions())?;
 
-    for uri in uri_sans(&cert)? {
-        // Only SPIFFE IDs are constrained; the scheme is matched case-insensitively here
-        // so `SPIFFE://..` cannot slip past as "not a SPIFFE ID".
-        let is_spiffe = uri
-            .get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"));
-        if !is_spiffe {
-            continue;
-        }
-        let (_, path) =
-            validate_spiffe_id(uri).map_err(|source| ProfileError::InvalidSpiffeId {
-                uri: uri.to_owned(),
-                source,
-            })?;
-        if !path.is_empty() {
-            return Err(ProfileError::SigningCertPath {
-                spiffe_id: uri.to_owned(),
-            });
-        }
+    for id in ca_spiffe_ids(uri_sans(&cert)?) {
+        id?;
     }
 
     let bc = tbs
@@ -367,23 +350,8 @@ pub fn check_intermediate(
 ) -> Result<CaBinding, ProfileError> {
     let cert = parse(der)?;
     let mut binding = CaBinding::Unnamed;
-    for uri in uri_sans(&cert)? {
-        let is_spiffe = uri
-            .get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"));
-        if !is_spiffe {
-            continue;
-        }
-        let (td, path) =
-            validate_spiffe_id(uri).map_err(|source| ProfileError::InvalidSpiffeId {
-                uri: uri.to_owned(),
-                source,
-            })?;
-        if !path.is_empty() {
-            return Err(ProfileError::SigningCertPath {
-                spiffe_id: uri.to_owned(),
-            });
-        }
+    for id in ca_spiffe_ids(uri_sans(&cert)?) {
+        let (td, uri) = id?;
         if &td != trust_domain {
             return Err(ProfileError::IntermediateForeignTrustDomain {
                 expected: trust_domain.to_string(),
@@ -461,6 +429,35 @@ fn uri_sans<'a>(cert: &'a X509Certificate<'a>) -> Result<Vec<&'a str>, ProfileEr
             _ => None,
         })
         .collect())
+}
+
+/// The SPIFFE IDs a CA certificate carries, in SAN order, each checked to be a valid
+/// SPIFFE ID without a path (a trust domain ID), with its trust domain.
+///
+/// Only SPIFFE IDs are constrained; the scheme is matched case-insensitively here so
+/// `SPIFFE://..` cannot slip past as "not a SPIFFE ID". Lazy, so a caller that also
+/// checks each trust domain reports the first broken rule in SAN order.
+fn ca_spiffe_ids(
+    uris: Vec<&str>,
+) -> impl Iterator<Item = Result<(TrustDomain, &str), ProfileError>> {
+    uris.into_iter()
+        .filter(|uri| {
+            uri.get(..7)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"))
+        })
+        .map(|uri| {
+            let (td, path) =
+                validate_spiffe_id(uri).map_err(|source| ProfileError::InvalidSpiffeId {
+                    uri: uri.to_owned(),
+                    source,
+                })?;
+            if !path.is_empty() {
+                return Err(ProfileError::SigningCertPath {
+                    spiffe_id: uri.to_owned(),
+                });
+            }
+            Ok((td, uri))
+        })
 }
 
 /// The task-claims extension, if present (duplicates were refused already).

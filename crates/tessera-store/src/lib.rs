@@ -16,6 +16,17 @@
 //! stops waiting; audit records and change notifications are published only after
 //! commit, in order. The design and its guarantees are documented in `src/writer.rs`.
 //! Reads use a small connection pool and see every write that has returned.
+//!
+//! * `store`: opening the database file: permissions, connection settings, migrations.
+//! * `writer`: the single writer thread and its group commit; `checkpoint`: WAL
+//!   checkpoints off the commit path.
+//! * `entry`, `consent`, `task`: registration entries; consent records; tasks, their
+//!   SVIDs and revocations.
+//! * `sealed`: the guard holding new tasks off a consent being withdrawn.
+//! * `audit`, `audit_record`: the append-only audit log and one record of it.
+//! * `limits`, `validate`: every size limit, and the length checks against them.
+//! * `error`: [`StoreError`]; `row`: reading columns from sqlx and rusqlite rows alike;
+//!   `clock`: the wall clock as recorded; `migrate`: the versioned migrator.
 #![forbid(unsafe_code)]
 
 mod audit;

@@ -3,6 +3,10 @@
 //!
 //! Prints exactly one line to stdout once it accepts connections:
 //! `listening on <addr>`; everything else (logs, audit) goes to stderr.
+//!
+//! * this file: flags, TLS, the Tessera checks and the HTTP server around the tools.
+//! * `tools`: the pretend GitHub (tools, README resources, subscriptions); no identity
+//!   or policy.
 
 mod tools;
 

@@ -1,6 +1,7 @@
-//! Shared by `tests/mcp.rs` and `benches/mcp_roundtrip.rs`: a real agent, the example MCP
-//! server process (its SVID signed by the agent's CA), and certificates minted with
-//! the agent's CA key for hostile-certificate cases.
+//! Shared by the `mcp*.rs` suites, `faults.rs`, `clients.rs` and the `clients`, `load`
+//! and `mcp_roundtrip` benches: a real agent, the example MCP server process (its SVID
+//! signed by the agent's CA), and certificates minted with the agent's CA key for
+//! hostile-certificate cases.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

@@ -525,6 +525,20 @@ fn intermediates_name_the_trust_domain_or_none() {
             },
         ),
         (
+            // The first rule broken in SAN order is the one reported.
+            "another trust domain, then a path",
+            |p| {
+                p.subject_alt_names = vec![
+                    uri("spiffe://evil.example"),
+                    uri("spiffe://acme.corp/node/a"),
+                ]
+            },
+            ProfileError::IntermediateForeignTrustDomain {
+                expected: "acme.corp".into(),
+                found: "spiffe://evil.example".into(),
+            },
+        ),
+        (
             "an uppercase scheme",
             |p| p.subject_alt_names = vec![uri("SPIFFE://evil.example")],
             ProfileError::InvalidSpiffeId {

@@ -85,11 +85,11 @@ pub async fn run(
     server: &str,
     subject: &str,
 ) -> anyhow::Result<()> {
-    crate::narration::say(
+    super::narration::say(
         "\n── Also in Python and Node (clients/): the same story through tessera-client and @tessera/client",
     );
     if std::env::var_os("TESSERA_DEMO_NO_CLIENTS").is_some() {
-        crate::narration::detail("skipped (TESSERA_DEMO_NO_CLIENTS is set)");
+        super::narration::detail("skipped (TESSERA_DEMO_NO_CLIENTS is set)");
         return Ok(());
     }
     let clients = clients_dir();
@@ -130,7 +130,7 @@ pub async fn run(
         let mut cmd = match cmd {
             Ok(cmd) => cmd,
             Err(why) => {
-                crate::narration::detail(&format!("{name}: not run: {why}"));
+                super::narration::detail(&format!("{name}: not run: {why}"));
                 continue;
             }
         };
@@ -191,7 +191,7 @@ fn tell(name: &str, doc: &Value) -> anyhow::Result<()> {
     if after["reason"] != "revoked" {
         bail!("the call after EndTask should be refused as revoked: {after}");
     }
-    crate::narration::ok(&format!(
+    super::narration::ok(&format!(
         "{name}: task {} → get_pull_request ok; list_pulls out_of_scope; delete_branch main \
          policy_forbids; search_code refused at BeginTask (ConsentRequired); after EndTask: \
          revoked, {:.1} ms",

@@ -1,6 +1,6 @@
 //! How `tessera demo` speaks: numbered steps, checks and details on stdout,
 //! flushed line by line so a pipe shows the story as it happens. Shared by the
-//! Rust story (`demo`) and the Python and Node runtimes' part (`demo_clients`).
+//! Rust story (`story`) and the Python and Node runtimes' part (`clients`).
 
 use std::io::Write;
 

@@ -1,0 +1,97 @@
+//! Upstream mode: an intermediate CA from an upstream PKI, loaded from PEM files and
+//! checked at start (its chain verifies to a bundle root, every certificate of it fits
+//! the trust domain, it has not expired), so a mixed-up file fails the start rather
+//! than every handshake.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::KeyPair;
+use tessera_identity::TrustDomain;
+use time::OffsetDateTime;
+
+use super::state::CaSet;
+use crate::ca::{SigningCa, validity};
+use crate::{AuthorityError, pem};
+
+/// Loads and checks the upstream intermediate, its further intermediates and the
+/// upstream roots (the bundle).
+pub(super) fn load_upstream(
+    td: &TrustDomain,
+    cert_chain: &Path,
+    key: &Path,
+    bundle: &Path,
+) -> Result<CaSet, AuthorityError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let mut chain = pem::read_certs(cert_chain)?;
+    let roots = pem::read_certs(bundle)?;
+    let key_pem = pem::read_key(key)?;
+    let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| AuthorityError::BadPem {
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let cert_der = chain.remove(0);
+    // Every certificate in the chain must verify under the next, the last under a root.
+    let mut issuers: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+    let mut subject = cert_der.as_slice();
+    loop {
+        let (_, child) = X509Certificate::from_der(subject)
+            .map_err(|e| AuthorityError::UpstreamCa(e.to_string()))?;
+        let candidates: Vec<&[u8]> = if issuers.is_empty() {
+            roots.iter().map(Vec::as_slice).collect()
+        } else {
+            vec![issuers[0]]
+        };
+        let verified = candidates.iter().any(|issuer_der| {
+            X509Certificate::from_der(issuer_der)
+                .map(|(_, issuer)| child.verify_signature(Some(issuer.public_key())).is_ok())
+                .unwrap_or(false)
+        });
+        if !verified {
+            return Err(AuthorityError::UpstreamCa(format!(
+                "certificate '{}' does not verify under {}",
+                child.subject(),
+                if issuers.is_empty() {
+                    "any bundle root"
+                } else {
+                    "the next chain certificate"
+                }
+            )));
+        }
+        if issuers.is_empty() {
+            break;
+        }
+        subject = issuers.remove(0);
+    }
+    // Verifiers refuse chains whose intermediates name another trust domain (under a
+    // shared upstream root, that is how one domain's CA is told from another's), so a
+    // mixed-up file is refused here, at start, rather than at every handshake.
+    let misfit = |e: tessera_identity::ProfileError| {
+        AuthorityError::UpstreamCa(format!("the upstream CA chain does not fit {td}: {e}"))
+    };
+    let issuing = tessera_identity::check_intermediate(&cert_der, td).map_err(misfit)?;
+    for der in &chain {
+        tessera_identity::check_intermediate(der, td).map_err(misfit)?;
+    }
+    if issuing == tessera_identity::CaBinding::Unnamed {
+        tracing::warn!(
+            trust_domain = %td,
+            "the upstream CA certificate carries no SPIFFE ID (URI SAN spiffe://<trust domain>): \
+             verifiers cannot tell it from another trust domain's CA under the same root \
+             unless that root is in this trust domain's bundle only"
+        );
+    }
+    let (_, na) = validity(&cert_der).map_err(AuthorityError::UpstreamCa)?;
+    if na <= OffsetDateTime::now_utc().unix_timestamp() {
+        return Err(AuthorityError::CaExpired { ca_not_after: na });
+    }
+    // SVID chains carry the intermediate itself, then any further intermediates.
+    let after_leaf: Vec<Vec<u8>> = std::iter::once(cert_der.clone()).chain(chain).collect();
+    let ca = SigningCa::from_parts("upstream".into(), cert_der, after_leaf, key_pair)?;
+    Ok(CaSet {
+        active: Arc::new(ca),
+        prepared: None,
+        retiring: Vec::new(),
+        upstream_roots: roots,
+    })
+}

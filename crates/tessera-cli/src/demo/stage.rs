@@ -1,0 +1,322 @@
+//! The demo's stage: the binaries it runs, a real agent with its own CA, SQLite store
+//! and sockets in a temporary directory, the registrations and the consent the story
+//! needs, and the example MCP server. Everything started here is killed when the
+//! [`Stage`] is dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tessera_proto::tessera::v1 as pb;
+
+use super::narration::say;
+use crate::admin::Admin;
+
+pub(super) const TRUST_DOMAIN: &str = "demo.tessera.dev";
+pub(super) const SUBJECT: &str = "alice@example.com";
+pub(super) const CLIENT: &str = "code-reviewer";
+pub(super) const SERVER: &str = "github";
+
+/// The binaries the demo runs, found next to this executable.
+pub(super) struct Binaries {
+    pub(super) agent: PathBuf,
+    pub(super) server: PathBuf,
+    pub(super) runtime: PathBuf,
+}
+
+impl Binaries {
+    pub(super) fn locate(build: bool) -> anyhow::Result<Binaries> {
+        let exe = std::env::current_exe().context("locating the tessera executable")?;
+        let dir = exe.parent().context("tessera has no parent directory")?;
+        // Under `cargo run`, make sure the sibling binaries are built and current.
+        if build && let Some(cargo) = std::env::var_os("CARGO") {
+            let release = dir.file_name().is_some_and(|n| n == "release");
+            say(&format!(
+                "building the demo binaries ({})…",
+                if release { "release" } else { "debug" }
+            ));
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "-p",
+                "tessera-agent",
+                "-p",
+                "tessera-example-mcp-server",
+                "-p",
+                "tessera-example-agent-runtime",
+            ]);
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().context("running cargo build")?;
+            if !status.success() {
+                bail!("building the demo binaries failed ({status})");
+            }
+        }
+        let find = |name: &str| -> anyhow::Result<PathBuf> {
+            let p = dir.join(name);
+            if !p.exists() {
+                bail!(
+                    "{} not found; build it with `cargo build --release --workspace`, or run the demo with \
+                     `cargo run --release --bin tessera -- demo`",
+                    p.display()
+                );
+            }
+            Ok(std::fs::canonicalize(&p)?)
+        };
+        Ok(Binaries {
+            agent: find("tessera-agent")?,
+            server: find("tessera-example-mcp-server")?,
+            runtime: find("tessera-example-agent-runtime")?,
+        })
+    }
+}
+
+/// Child processes, killed when dropped (unless the demo keeps them).
+struct Children(Vec<(&'static str, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running agent and MCP server, registered and consented as the story needs.
+pub(super) struct Stage {
+    /// Held only to be dropped: declared first, so the processes are killed before
+    /// their directory is removed.
+    _children: Children,
+    /// The temporary directory holding every file of the demo.
+    pub(super) dir: TempDir,
+    pub(super) workload: PathBuf,
+    pub(super) admin_socket: PathBuf,
+    pub(super) http_port: u16,
+    pub(super) admin: Admin,
+    /// The MCP server's URL.
+    pub(super) url: String,
+    /// The MCP server's decision log (JSON lines).
+    pub(super) server_audit: PathBuf,
+    /// A copy of the runtime binary, registered as a client with no consent.
+    pub(super) shadow: PathBuf,
+}
+
+impl Stage {
+    /// Starts the agent, registers the runtime, the MCP server and the shadow runtime
+    /// by what the kernel reports about each process, grants the consent, and starts
+    /// the MCP server.
+    pub(super) async fn start(bins: &Binaries) -> anyhow::Result<Stage> {
+        let dir = tempfile::Builder::new().prefix("tessera-demo-").tempdir()?;
+        let root = dir.path().to_owned();
+        let workload = root.join("run/workload.sock");
+        let admin_socket = root.join("run/admin.sock");
+        let http_port = free_port()?;
+        let config = root.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "trust_domain = \"{TRUST_DOMAIN}\"\n\
+                 data_dir = \"{}\"\n\
+                 workload_socket = \"{}\"\n\
+                 admin_socket = \"{}\"\n\
+                 http_listen = \"127.0.0.1:{http_port}\"\n\
+                 audit_log = \"{}\"\n",
+                root.join("data").display(),
+                workload.display(),
+                admin_socket.display(),
+                root.join("agent-audit.jsonl").display(),
+            ),
+        )?;
+
+        // The agent.
+        let mut children = Children(Vec::new());
+        let agent_log = std::fs::File::create(root.join("agent.log"))?;
+        let agent = Command::new(&bins.agent)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(agent_log)
+            .spawn()
+            .context("starting tessera-agent")?;
+        children.0.push(("tessera-agent", agent));
+        let mut admin = wait_for_agent(&admin_socket, &mut children, &root).await?;
+        say(&format!(
+            "started tessera-agent: trust domain {TRUST_DOMAIN}, its own CA and SQLite store in {}",
+            root.join("data").display()
+        ));
+
+        // Registration by what the kernel reports about each process.
+        let uid = crate::admin::current_uid().unwrap_or(0);
+        let runtime_hash = sha256_file(&bins.runtime)?;
+        admin
+            .create_entry(pb::CreateEntryRequest {
+                client: CLIENT.into(),
+                selectors: vec![
+                    format!("unix:uid:{uid}"),
+                    format!("unix:path:{}", bins.runtime.display()),
+                    format!("unix:sha256:{runtime_hash}"),
+                ],
+                ..Default::default()
+            })
+            .await?;
+        say(&format!(
+            "registered client {CLIENT}: uid {uid} running {} (sha256 {}…)",
+            bins.runtime.display(),
+            &runtime_hash[..16]
+        ));
+        admin
+            .create_entry(pb::CreateEntryRequest {
+                server: SERVER.into(),
+                selectors: vec![
+                    format!("unix:uid:{uid}"),
+                    format!("unix:path:{}", bins.server.display()),
+                ],
+                ..Default::default()
+            })
+            .await?;
+        say(&format!(
+            "registered MCP server {SERVER}: spiffe://{TRUST_DOMAIN}/mcp/{SERVER}"
+        ));
+        // A second runtime binary, registered as another client that has no consent.
+        let shadow = root.join("shadow-runtime");
+        std::fs::copy(&bins.runtime, &shadow)?;
+        admin
+            .create_entry(pb::CreateEntryRequest {
+                client: "shadow-agent".into(),
+                selectors: vec![
+                    format!("unix:uid:{uid}"),
+                    format!("unix:path:{}", shadow.display()),
+                ],
+                ..Default::default()
+            })
+            .await?;
+        say("registered client shadow-agent (another runtime on the same login, with no consent)");
+
+        let consent = admin
+            .grant_consent(pb::GrantConsentRequest {
+                client: CLIENT.into(),
+                subject: SUBJECT.into(),
+                server: SERVER.into(),
+                scopes: vec![
+                    "github/tool/get_pull_request".into(),
+                    "github/tool/list_pulls".into(),
+                    "github/tool/delete_branch".into(),
+                ],
+                expires_at_unix: 0,
+                ttl_secs: 3600,
+            })
+            .await?;
+        say(&format!(
+            "consent {}: {SUBJECT} lets {CLIENT} use get_pull_request, list_pulls, delete_branch on {SERVER} for 1h",
+            consent.id
+        ));
+
+        // The MCP server.
+        let server_audit = root.join("mcp-audit.jsonl");
+        let mut server = Command::new(&bins.server)
+            .args([
+                "--trust-domain",
+                TRUST_DOMAIN,
+                "--server-name",
+                SERVER,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--workload-socket")
+            .arg(&workload)
+            .arg("--audit-log")
+            .arg(&server_audit)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(root.join("mcp-server.log"))?)
+            .spawn()
+            .context("starting the example MCP server")?;
+        let stdout = server.stdout.take().context("server stdout")?;
+        children.0.push(("mcp-server", server));
+        let addr = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                if let Some(addr) = line?.strip_prefix("listening on ") {
+                    let addr = addr.trim().to_owned();
+                    // Keep draining so the server never blocks on a full pipe.
+                    std::thread::spawn(move || for _ in lines {});
+                    return Ok(addr);
+                }
+            }
+            bail!("the MCP server exited before listening")
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), addr)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the MCP server did not start within 30 s (see {})",
+                    root.join("mcp-server.log").display()
+                )
+            })???;
+        let url = format!("https://{addr}/mcp");
+        say(&format!(
+            "started the example MCP server at {url}: mTLS with its own SVID, Cedar policy {}",
+            "protect-default-branch forbids delete_branch on main"
+        ));
+
+        Ok(Stage {
+            _children: children,
+            dir,
+            workload,
+            admin_socket,
+            http_port,
+            admin,
+            url,
+            server_audit,
+            shadow,
+        })
+    }
+}
+
+async fn wait_for_agent(
+    socket: &Path,
+    children: &mut Children,
+    root: &Path,
+) -> anyhow::Result<Admin> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((_, child)) = children.0.first_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            let log = std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
+            bail!("tessera-agent exited with {status}:\n{log}");
+        }
+        if let Ok(mut admin) = Admin::connect(socket).await
+            && admin.status().await.is_ok()
+        {
+            return Ok(admin);
+        }
+        if Instant::now() > deadline {
+            bail!("tessera-agent did not become ready within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
