@@ -430,7 +430,7 @@ mod tests {
         );
         assert_eq!(
             pem::parse(&key_text).unwrap().contents(),
-            key.serialize_der()
+            leaf.key.secret_der()
         );
         let bundle = pem::parse_many(fs::read(dir.join("bundle.0.pem")).unwrap()).unwrap();
         assert_eq!(bundle[0].contents(), ca.cert().as_ref());

@@ -205,7 +205,8 @@ pub mod testing {
             let ca = Ca::unnamed_root("Test CA");
             let mut leaf = ca.leaf(&spiffe_id);
             leaf.not_after = time::OffsetDateTime::now_utc() + time::Duration::minutes(5);
-            let mut chain = leaf.mint().leaf().to_vec();
+            let minted = leaf.mint();
+            let mut chain = minted.leaf().to_vec();
             chain.extend_from_slice(ca.cert());
             let task = pb::Task {
                 id: id.clone(),
@@ -228,7 +229,7 @@ pub mod testing {
                 svid: Some(pb::TaskSvid {
                     spiffe_id,
                     x509_svid: chain,
-                    x509_svid_key: key.serialize_der(),
+                    x509_svid_key: minted.key.secret_der().to_vec(),
                     bundle: ca.cert().to_vec(),
                     hint: id,
                 }),
