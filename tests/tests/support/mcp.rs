@@ -15,7 +15,7 @@ use tessera_example_agent_runtime::{
     McpConnection, TaskCredential, TaskRequest, Workload, install_crypto_provider, tls_config,
 };
 use tessera_proto::tessera::v1::Task;
-pub use tessera_testca::{Ca, Leaf, Minted, mint};
+pub use tessera_testca::{Ca, Leaf, mint};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 

@@ -54,6 +54,12 @@ pub async fn connect(
         .build()
         .await
         .map_err(|e| TrustError::WorkloadApi(e.to_string()))?;
+    // Unusable first material: close the source's stream before giving up, or its
+    // supervisor would keep the agent's socket open with no one to stop it.
+    if let Err(e) = material_from(&source, &own_id) {
+        let _ = source.shutdown_with_timeout(SOURCE_SHUTDOWN_GRACE).await;
+        return Err(e);
+    }
     from_x509_source(source, own_id)
 }
 
@@ -64,7 +70,9 @@ const SOURCE_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// owns the source and shuts it down when its guard goes.
 ///
 /// # Errors
-/// As [`connect`], for the first material.
+/// As [`connect`], for the first material. The source is then dropped without a
+/// shutdown (it is consumed): [`connect`] checks the first material itself and shuts
+/// its source down on refusal.
 pub fn from_x509_source(
     source: X509Source,
     own_id: ServerId,
