@@ -77,12 +77,11 @@ impl Background {
     /// Stops the task and waits until it has finished and released what it held.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
-        if let Some(handle) = self.handle.take() {
-            if let Err(e) = handle.await
-                && e.is_panic()
-            {
-                tracing::error!(task = self.name, "background task panicked");
-            }
+        if let Some(handle) = self.handle.take()
+            && let Err(e) = handle.await
+            && e.is_panic()
+        {
+            tracing::error!(task = self.name, "background task panicked");
         }
     }
 }

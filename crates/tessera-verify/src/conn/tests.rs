@@ -136,7 +136,7 @@ async fn every_line_of_a_connection_carries_its_id_and_peer() {
         task_id_str(TD)
     );
     for tool in ["conn_span_first_a", "conn_span_first_b"] {
-        let lines = lines_with(&tool);
+        let lines = lines_with(tool);
         assert_eq!(lines.len(), 1, "{tool}: {lines:#?}");
         assert!(lines[0].contains(&want), "{want} missing: {}", lines[0]);
         assert!(
