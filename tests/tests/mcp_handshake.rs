@@ -14,6 +14,7 @@ use support::{
 };
 use tessera_e2e::{TRUST_DOMAIN, bin};
 use tessera_example_agent_runtime::McpConnection;
+use tessera_testca::Ca;
 use time::OffsetDateTime;
 
 #[tokio::test]
@@ -58,9 +59,11 @@ async fn hostile_certificates_are_refused_at_the_handshake() {
         .unwrap()
         .to_der();
     // The agent CA's name and key id, but another key: only the signature is wrong.
-    let impostor =
-        rcgen::Issuer::from_ca_cert_pem(&ca.bundle_pem, rcgen::KeyPair::generate().unwrap())
-            .unwrap();
+    let impostor = Ca::from_pem(
+        &ca.bundle_pem,
+        &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
     let (evil, _) = foreign_ca().unwrap();
     let foreign_id = task.spiffe_id.replace(TRUST_DOMAIN, "evil.test");
     // A consistent task of the other trust domain: its claims name that domain too.
@@ -286,54 +289,23 @@ async fn a_leaf_under_an_intermediate_beyond_the_roots_path_length_is_refused() 
 struct SharedUpstream {
     root_pem: String,
     root: rustls_pki_types::CertificateDer<'static>,
-    own: (rcgen::Issuer<'static, rcgen::KeyPair>, String, String),
-    evil: (
-        rcgen::Issuer<'static, rcgen::KeyPair>,
-        rustls_pki_types::CertificateDer<'static>,
-    ),
+    own: (Ca, String, String),
+    evil: (Ca, rustls_pki_types::CertificateDer<'static>),
 }
 
 fn shared_upstream() -> SharedUpstream {
-    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
-    let now = OffsetDateTime::now_utc();
-    let ca = |cn: &str, uri: Option<&str>, path_len: Option<u8>| {
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.subject_alt_names = uri
-            .map(|u| SanType::URI(u.try_into().unwrap()))
-            .into_iter()
-            .collect();
-        p.is_ca = IsCa::Ca(path_len.map_or(BasicConstraints::Unconstrained, |n| {
-            BasicConstraints::Constrained(n)
-        }));
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        p.use_authority_key_identifier_extension = true;
-        p.not_before = now - time::Duration::minutes(5);
-        p.not_after = now + time::Duration::hours(2);
-        p
-    };
-    let root_key = KeyPair::generate().unwrap();
-    let root_params = ca("Corporate Root", None, None);
-    let root_cert = root_params.self_signed(&root_key).unwrap();
-    let root = rcgen::Issuer::new(root_params, root_key);
+    let root = Ca::unnamed_root("Corporate Root");
     let intermediate = |td: &str| {
-        let key = KeyPair::generate().unwrap();
-        let params = ca(
-            &format!("{td} CA"),
-            Some(&format!("spiffe://{td}")),
-            Some(0),
-        );
-        let cert = params.signed_by(&key, &root).unwrap();
-        let key_pem = key.serialize_pem();
-        (rcgen::Issuer::new(params, key), cert, key_pem)
+        root.constrained_intermediate(&format!("{td} CA"), &[&format!("spiffe://{td}")], 0)
     };
-    let (own, own_cert, own_key) = intermediate(TRUST_DOMAIN);
-    let (evil, evil_cert, _) = intermediate("evil.test");
+    let (own, evil) = (intermediate(TRUST_DOMAIN), intermediate("evil.test"));
+    let (own_pem, own_key) = (own.cert_pem().to_owned(), own.key_pem().to_owned());
+    let evil_cert = evil.cert().clone();
     SharedUpstream {
-        root_pem: root_cert.pem(),
-        root: root_cert.der().clone(),
-        own: (own, own_cert.pem(), own_key),
-        evil: (evil, evil_cert.der().clone()),
+        root_pem: root.cert_pem().to_owned(),
+        root: root.cert().clone(),
+        own: (own, own_pem, own_key),
+        evil: (evil, evil_cert),
     }
 }
 

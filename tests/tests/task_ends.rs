@@ -486,5 +486,5 @@ async fn a_rotated_task_svid_is_refused_by_a_verifier_once_its_task_ends() {
         watcher.status(&task_id, &rotated),
         RevocationStatus::Revoked { .. }
     ));
-    handle.abort();
+    handle.shutdown().await;
 }

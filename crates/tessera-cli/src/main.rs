@@ -29,8 +29,6 @@ mod status;
 mod svid;
 mod task;
 mod tasks_api;
-#[cfg(test)]
-mod test_certs;
 mod transport;
 
 use std::process::ExitCode;

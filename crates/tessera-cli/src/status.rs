@@ -75,13 +75,13 @@ pub fn render(status: &pb::Status, format: OutputFormat, now: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_certs;
+    use tessera_testca::Ca;
 
     #[test]
     fn status_lists_each_ca_of_the_bundle() {
-        let ca = test_certs::ca();
-        let mut bundle = ca.cert.der().to_vec();
-        bundle.extend_from_slice(ca.cert.der());
+        let ca = Ca::unnamed_root("Test CA");
+        let mut bundle = ca.cert().to_vec();
+        bundle.extend_from_slice(ca.cert());
         let status = pb::Status {
             trust_domain: "example.org".into(),
             version: "0.1.0".into(),

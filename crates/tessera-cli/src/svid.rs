@@ -394,21 +394,14 @@ mod tests {
 
         use spiffe::{X509Bundle, X509BundleSet, X509Svid};
 
-        use crate::test_certs;
+        use tessera_testca::Ca;
 
-        let ca = test_certs::ca();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let leaf_cert = test_certs::leaf_with_key(
-            &ca,
-            &key,
-            &["spiffe://example.org/client/demo"],
-            time::Duration::hours(1),
-        );
-        let svid = X509Svid::parse_from_der(leaf_cert.der(), &key.serialize_der()).unwrap();
+        let ca = Ca::unnamed_root("Test CA");
+        let leaf = ca.leaf("spiffe://example.org/client/demo").mint();
+        let svid = X509Svid::parse_from_der(leaf.leaf(), leaf.key.secret_der()).unwrap();
         let td = svid.spiffe_id().trust_domain().clone();
         let mut bundles = X509BundleSet::new();
-        bundles
-            .add_bundle(X509Bundle::from_x509_authorities(td, &[ca.cert.der().as_ref()]).unwrap());
+        bundles.add_bundle(X509Bundle::from_x509_authorities(td, &[ca.cert().as_ref()]).unwrap());
         let context = X509Context::new([Arc::new(svid)], bundles);
 
         let base = tempfile::tempdir().unwrap();
@@ -429,7 +422,7 @@ mod tests {
 
         let chain = pem::parse_many(fs::read(dir.join("svid.0.pem")).unwrap()).unwrap();
         assert_eq!(chain.len(), 1);
-        assert_eq!(chain[0].contents(), leaf_cert.der().as_ref());
+        assert_eq!(chain[0].contents(), leaf.leaf().as_ref());
         let key_text = fs::read_to_string(dir.join("svid.0.key")).unwrap();
         assert!(
             key_text.starts_with("-----BEGIN PRIVATE KEY-----\n"),
@@ -437,10 +430,10 @@ mod tests {
         );
         assert_eq!(
             pem::parse(&key_text).unwrap().contents(),
-            key.serialize_der()
+            leaf.key.secret_der()
         );
         let bundle = pem::parse_many(fs::read(dir.join("bundle.0.pem")).unwrap()).unwrap();
-        assert_eq!(bundle[0].contents(), ca.cert.der().as_ref());
+        assert_eq!(bundle[0].contents(), ca.cert().as_ref());
     }
 
     #[tokio::test]

@@ -150,7 +150,7 @@ pub mod testing {
     use tonic::{Request, Response, Status};
 
     use super::pb;
-    use crate::test_certs;
+    use tessera_testca::Ca;
 
     /// What the mock agent holds.
     #[derive(Debug, Default)]
@@ -202,12 +202,12 @@ pub mod testing {
             let now = crate::output::now_unix();
             let id = format!("01TASK{:020}", state.tasks.len());
             let spiffe_id = format!("spiffe://example.org/client/demo/task/{id}");
-            let ca = test_certs::ca();
-            let key = rcgen::KeyPair::generate().unwrap();
-            let leaf =
-                test_certs::leaf_with_key(&ca, &key, &[&spiffe_id], time::Duration::minutes(5));
-            let mut chain = leaf.der().to_vec();
-            chain.extend_from_slice(ca.cert.der());
+            let ca = Ca::unnamed_root("Test CA");
+            let mut leaf = ca.leaf(&spiffe_id);
+            leaf.not_after = time::OffsetDateTime::now_utc() + time::Duration::minutes(5);
+            let minted = leaf.mint();
+            let mut chain = minted.leaf().to_vec();
+            chain.extend_from_slice(ca.cert());
             let task = pb::Task {
                 id: id.clone(),
                 spiffe_id: spiffe_id.clone(),
@@ -229,8 +229,8 @@ pub mod testing {
                 svid: Some(pb::TaskSvid {
                     spiffe_id,
                     x509_svid: chain,
-                    x509_svid_key: key.serialize_der(),
-                    bundle: ca.cert.der().to_vec(),
+                    x509_svid_key: minted.key.secret_der().to_vec(),
+                    bundle: ca.cert().to_vec(),
                     hint: id,
                 }),
             }))

@@ -12,17 +12,20 @@
 //! | [`authz`] | the per-request [`Decision`]: expiry, revocation, scopes, Cedar |
 //! | [`mcp`] | enforcement for rmcp 3 servers ([`mcp::Enforced`]) and MCP session binding |
 //! | [`audit`] | every decision as a `tracing` event and optional JSON lines |
+//! | [`conn`] | one span per accepted connection ([`ConnectionSpan`]): its id, and the peer once proven |
+//! | [`background`] | the one rule by which every background task stops: with its [`Background`] guard |
 //!
 //! ## Serving rmcp over mTLS
 //!
 //! ```ignore
 //! use std::sync::Arc;
-//! use tessera_verify::{Authorizer, Peer, ServerTlsBuilder, RevocationWatcher};
+//! use tessera_verify::{Authorizer, ConnectionSpan, Peer, ServerTlsBuilder, RevocationWatcher};
 //! use tessera_verify::authz::policy::{PolicyFiles, PolicyStore};
 //! use tessera_verify::mcp::{Enforced, SessionBindingLayer, StreamGuardLayer};
 //! use tessera_verify::revocation::WatcherConfig;
 //!
 //! // 1. Trust: own SVID spiffe://<td>/mcp/<server> + bundle, from the agent ...
+//! //    Each background task runs as long as its guard (`_t`, `_r`, `_p`): keep them.
 //! let (trust, _t) = tessera_verify::trust::workload::connect(Some("unix:///run/tessera/workload.sock"), server_id.clone()).await?;
 //! //    ... or from PEM files, polled for changes:
 //! // let (trust, _t) = tessera_verify::trust::files::spawn(FileTrustConfig::new(server_id.clone(), bundle, chain, key))?;
@@ -49,20 +52,27 @@
 //!     .layer(SessionBindingLayer::new())
 //!     .service(service);
 //!
-//! // 5. Per TLS connection: parse the peer ONCE, insert it into every request.
+//! // 5. Per TLS connection: one span, the peer parsed ONCE, both in every request.
 //! loop {
-//!     let (tcp, _) = listener.accept().await?;
+//!     let (tcp, remote) = listener.accept().await?;
 //!     let (acceptor, service) = (acceptor.clone(), service.clone());
-//!     tokio::spawn(async move {
+//!     let conn = ConnectionSpan::accepted(remote);
+//!     let span = conn.span().clone();
+//!     tokio::spawn(tracing::Instrument::instrument(async move {
 //!         let tls = acceptor.accept(tcp).await?;           // handshake = chain + profile checks
 //!         let peer = Arc::new(Peer::from_chain(tls.get_ref().1.peer_certificates())?);
+//!         conn.record_peer(&peer);
 //!         let svc = tower::ServiceBuilder::new()
-//!             .map_request(move |mut req: http::Request<_>| { req.extensions_mut().insert(peer.clone()); req })
+//!             .map_request(move |mut req: http::Request<_>| {
+//!                 req.extensions_mut().insert(peer.clone());
+//!                 req.extensions_mut().insert(conn.clone());
+//!                 req
+//!             })
 //!             .service(service);
 //!         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
 //!             .serve_connection(hyper_util::rt::TokioIo::new(tls), hyper_util::service::TowerToHyperService::new(svc))
 //!             .await
-//!     });
+//!     }, span));
 //! }
 //! ```
 //!
@@ -76,9 +86,13 @@
 //! accepts only a server presenting exactly `spiffe://<td>/mcp/<server>`.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod audit;
 pub mod authz;
+pub mod background;
+pub mod conn;
 mod decision;
 pub mod mcp;
 pub mod peer;
@@ -92,6 +106,8 @@ mod testutil;
 
 pub use audit::AuditLog;
 pub use authz::Authorizer;
+pub use background::Background;
+pub use conn::ConnectionSpan;
 pub use decision::{Decision, Reason};
 pub use peer::{Peer, PeerError};
 pub use request::{McpMethod, McpRequest};

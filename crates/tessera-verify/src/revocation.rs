@@ -29,9 +29,10 @@ use tessera_identity::TaskId;
 use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
 use tessera_proto::tessera::v1::{RevocationSet, WatchRevocationsRequest};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
+
+use crate::background::Background;
 
 /// The default staleness bound.
 pub const DEFAULT_STALENESS: Duration = Duration::from_secs(30);
@@ -173,12 +174,21 @@ impl RevocationWatcher {
     }
 
     /// Starts watching the agent's feed on `config.socket`; returns at once (stale until
-    /// the first message arrives). The task runs until the returned handle is aborted.
-    pub fn spawn(config: WatcherConfig) -> (Self, JoinHandle<()>) {
+    /// the first message arrives).
+    ///
+    /// The feed is followed for as long as the returned guard lives (see
+    /// [`crate::background`]); once it is dropped or shut down, the stream to the agent
+    /// closes and the set goes stale after `config.staleness`, refusing task
+    /// credentials from then on.
+    pub fn spawn(config: WatcherConfig) -> (Self, Background) {
         let watcher = Self::detached(config.staleness);
         let w = watcher.clone();
-        let handle = tokio::spawn(async move { w.run(config).await });
-        (watcher, handle)
+        let task = Background::spawn("revocation-feed", move |stop| async move {
+            stop.run_until_cancelled(w.clone().run(config)).await;
+            // The set was current until now; from here it ages like a broken stream.
+            w.set_live(false);
+        });
+        (watcher, task)
     }
 
     /// What the feed says about a task's credential with leaf serial `serial_hex`.
@@ -267,7 +277,7 @@ impl RevocationWatcher {
                 }
                 Err(e) => {
                     wake_everyone |= new_serial;
-                    tracing::warn!(task_id = %r.task_id, error = %e, "tessera-verify: revocation entry with an invalid task id; keeping its serials");
+                    tracing::warn!(task_id = %r.task_id, error = %e, "revocation entry with an invalid task id; keeping its serials");
                 }
             }
         }
@@ -366,9 +376,9 @@ impl RevocationWatcher {
                 .stream_once(&config.socket, config.max_message_bytes)
                 .await
             {
-                Ok(()) => tracing::warn!("tessera-verify: revocation feed ended; reconnecting"),
+                Ok(()) => tracing::warn!("revocation feed ended; reconnecting"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "tessera-verify: revocation feed failed; reconnecting")
+                    tracing::warn!(error = %e, "revocation feed failed; reconnecting")
                 }
             }
             if self.set_live_false_was_live() {
@@ -379,7 +389,7 @@ impl RevocationWatcher {
             if !self.is_fresh() {
                 tracing::error!(
                     staleness_secs = config.staleness.as_secs_f64(),
-                    "tessera-verify: revocation feed is stale; task credentials are refused until it is back"
+                    "revocation feed is stale; task credentials are refused until it is back"
                 );
             }
             tokio::time::sleep(delay).await;
@@ -417,7 +427,7 @@ impl RevocationWatcher {
                 tracing::info!(
                     version = msg.version,
                     revoked = msg.revoked.len(),
-                    "tessera-verify: revocation feed live"
+                    "revocation feed live"
                 );
             }
         }

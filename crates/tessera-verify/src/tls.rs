@@ -220,7 +220,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let result = self.verify(end_entity, intermediates, now);
         if let Err(e) = &result {
-            tracing::info!(error = %e, "tessera-verify: client certificate refused");
+            tracing::info!(error = %e, "client certificate refused");
         }
         result
     }

@@ -29,9 +29,12 @@ use tessera_verify::mcp::{
 };
 use tessera_verify::revocation::WatcherConfig;
 use tessera_verify::trust::files::FileTrustConfig;
-use tessera_verify::{AuditLog, Authorizer, Peer, RevocationWatcher, ServerTlsBuilder};
+use tessera_verify::{
+    AuditLog, Authorizer, ConnectionSpan, Peer, RevocationWatcher, ServerTlsBuilder,
+};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use tools::GitHub;
 
@@ -195,7 +198,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     // 1. Trust: own SVID + bundle.
-    let (trust, _trust_task) = match (&args.bundle, &args.cert, &args.key) {
+    let (trust, _trust_refresh) = match (&args.bundle, &args.cert, &args.key) {
         (Some(bundle), Some(cert), Some(key)) => {
             let mut cfg =
                 FileTrustConfig::new(server_id.clone(), bundle.clone(), cert.clone(), key.clone());
@@ -254,12 +257,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return serve(listener, acceptor, service, false).await;
     };
 
-    // 3. Revocations (wait until current), then the authorizer.
-    let revocations = match &args.workload_socket {
+    // 3. Revocations (wait until current), then the authorizer. The feed is followed as
+    // long as its guard lives: until `run` returns.
+    let (revocations, _revocation_feed) = match &args.workload_socket {
         Some(sock) => {
             let mut cfg = WatcherConfig::new(socket_path(sock));
             cfg.staleness = Duration::from_secs(args.revocation_staleness_secs);
-            let (w, _task) = RevocationWatcher::spawn(cfg);
+            let (w, feed) = RevocationWatcher::spawn(cfg);
             let deadline = Instant::now() + Duration::from_secs(args.ready_timeout_secs);
             while !w.is_fresh() {
                 if Instant::now() > deadline {
@@ -271,16 +275,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            w
+            (w, Some(feed))
         }
         None => {
             tracing::warn!(
                 "--dangerous-no-revocation: no revocation feed, ended tasks stay usable until their SVIDs expire"
             );
-            RevocationWatcher::from_static([], [])
+            (RevocationWatcher::from_static([], []), None)
         }
     };
-    let _watch = policies.spawn_watch(Duration::from_secs(2));
+    let _policy_reload = policies.spawn_watch(Duration::from_secs(2));
     let authz =
         Arc::new(Authorizer::new(server_id.clone(), policies, revocations).with_audit(audit));
 
@@ -331,8 +335,9 @@ fn announce(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Accepts TLS connections; per connection parses the peer once and serves HTTP (h2 or
-/// http/1.1) with the `Arc<Peer>` inserted into every request.
+/// Accepts TLS connections; per connection opens one span (its id, then the peer),
+/// parses the peer once and serves HTTP (h2 or http/1.1) with the `Arc<Peer>` and the
+/// span inserted into every request.
 async fn serve<S, B>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -362,48 +367,68 @@ where
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, service) = (acceptor.clone(), service.clone());
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::info!(%remote, error = %e, "TLS handshake refused");
-                    return;
-                }
-            };
-            let peer = if insert_peer {
-                match Peer::from_chain(tls.get_ref().1.peer_certificates()) {
-                    Ok(p) => Some(Arc::new(p)),
+        let conn = ConnectionSpan::accepted(remote);
+        let span = conn.span().clone();
+        tokio::spawn(
+            async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(t) => t,
                     Err(e) => {
-                        tracing::info!(%remote, error = %e, "connection refused: no usable peer identity");
+                        tracing::info!(error = %e, "TLS handshake refused");
                         return;
                     }
-                }
-            } else {
-                None
-            };
-            tracing::info!(
-                %remote,
-                peer = %peer.as_ref().map(|p| p.spiffe_id()).unwrap_or_default(),
-                "connection accepted"
-            );
-            let svc = tower::ServiceBuilder::new()
-                .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-                    if let Some(p) = &peer {
-                        req.extensions_mut().insert(p.clone());
+                };
+                let peer = if insert_peer {
+                    match Peer::from_chain(tls.get_ref().1.peer_certificates()) {
+                        Ok(p) => {
+                            conn.record_peer(&p);
+                            Some(Arc::new(p))
+                        }
+                        Err(e) => {
+                            tracing::info!(error = %e, "connection refused: no usable peer identity");
+                            return;
+                        }
                     }
-                    req
-                })
-                .service(service);
-            let result =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                } else {
+                    None
+                };
+                tracing::info!("connection accepted");
+                let executor = InConnection(conn.span().clone());
+                let svc = tower::ServiceBuilder::new()
+                    .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                        if let Some(p) = &peer {
+                            req.extensions_mut().insert(p.clone());
+                            req.extensions_mut().insert(conn.clone());
+                        }
+                        req
+                    })
+                    .service(service);
+                let result = hyper_util::server::conn::auto::Builder::new(executor)
                     .serve_connection(
                         hyper_util::rt::TokioIo::new(tls),
                         hyper_util::service::TowerToHyperService::new(svc),
                     )
                     .await;
-            if let Err(e) = result {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
             }
-        });
+            .instrument(span),
+        );
+    }
+}
+
+/// Spawns what hyper hands its executor (a task per HTTP/2 stream) inside the
+/// connection's span, so those streams' lines name the connection too.
+#[derive(Clone, Debug)]
+struct InConnection(tracing::Span);
+
+impl<F> hyper::rt::Executor<F> for InConnection
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut.instrument(self.0.clone()));
     }
 }

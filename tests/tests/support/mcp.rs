@@ -1,7 +1,7 @@
 //! Shared by the `mcp*.rs` suites, `faults.rs`, `clients.rs` and the `clients`, `load`
 //! and `mcp_roundtrip` benches: a real agent, the example MCP server process (its SVID
-//! signed by the agent's CA), and certificates minted with the agent's CA key for
-//! hostile-certificate cases.
+//! signed by the agent's CA), and the agent's CA key loaded into a `tessera_testca::Ca`
+//! for hostile-certificate cases.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -9,18 +9,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rcgen::{
-    CertificateParams, CustomExtension, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
-};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use tessera_e2e::{TRUST_DOMAIN, TestAgent, bin};
 use tessera_example_agent_runtime::{
     McpConnection, TaskCredential, TaskRequest, Workload, install_crypto_provider, tls_config,
 };
 use tessera_proto::tessera::v1::Task;
-use time::OffsetDateTime;
+pub use tessera_testca::{Ca, Leaf, mint};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -53,9 +49,10 @@ pub async fn grant(agent: &TestAgent, client: &str, scopes: &[&str]) -> anyhow::
     agent.grant(client, SUBJECT, "github", scopes).await
 }
 
-/// The agent's signing CA, read from `<data_dir>/ca/`.
+/// The agent's signing CA, read from `<data_dir>/ca/`: to mint certificates the agent
+/// never issued, under its name.
 pub struct AgentCa {
-    pub issuer: Issuer<'static, KeyPair>,
+    pub issuer: Ca,
     pub bundle_pem: String,
     pub bundle: Vec<CertificateDer<'static>>,
 }
@@ -76,9 +73,11 @@ impl AgentCa {
             .and_then(|n| n.strip_suffix(".key.pem"))
             .context("key file name")?;
         let crt_pem = std::fs::read_to_string(dir.join(format!("{name}.crt.pem")))?;
-        let key = KeyPair::from_pem(&std::fs::read_to_string(key_path)?)?;
-        let issuer = Issuer::from_ca_cert_pem(&crt_pem, key)?;
-        let bundle = pem_certs(&crt_pem)?;
+        let issuer = Ca::from_pem(&crt_pem, &std::fs::read_to_string(key_path)?)?;
+        let bundle = tessera_testca::pem_certs(&crt_pem);
+        if bundle.is_empty() {
+            bail!("no certificate in the agent's CA PEM");
+        }
         Ok(AgentCa {
             issuer,
             bundle_pem: crt_pem,
@@ -87,133 +86,11 @@ impl AgentCa {
     }
 }
 
-/// A self-signed CA of another trust domain.
-pub fn foreign_ca() -> anyhow::Result<(Issuer<'static, KeyPair>, CertificateDer<'static>)> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.subject_alt_names = vec![SanType::URI("spiffe://evil.test".try_into()?)];
-    params.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(5);
-    params.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
-    let cert = params.self_signed(&key)?;
-    let der = cert.der().clone();
-    Ok((Issuer::new(params, key), der))
-}
-
-fn pem_certs(pem_text: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let out: Vec<_> = pem::parse_many(pem_text)?
-        .into_iter()
-        .filter(|p| p.tag() == "CERTIFICATE")
-        .map(|p| CertificateDer::from(p.into_contents()))
-        .collect();
-    if out.is_empty() {
-        bail!("no certificate in PEM");
-    }
-    Ok(out)
-}
-
-/// What to put in a minted leaf.
-pub struct Leaf<'a> {
-    pub uris: Vec<String>,
-    pub claims_der: Option<Vec<u8>>,
-    pub not_before: OffsetDateTime,
-    pub not_after: OffsetDateTime,
-    pub issuer: &'a Issuer<'static, KeyPair>,
-    /// `ExplicitNoCa` fits the profile; `NoCa` omits BasicConstraints.
-    pub is_ca: IsCa,
-    pub key_usages: Vec<KeyUsagePurpose>,
-    /// Signs the leaf with a fresh intermediate CA (itself signed by `issuer`) and sends
-    /// both: one link more than the agent's pathLen-0 root allows.
-    pub via_intermediate: bool,
-}
-
-impl<'a> Leaf<'a> {
-    /// A leaf fitting the SVID profile, valid for an hour.
-    pub fn new(uri: &str, issuer: &'a Issuer<'static, KeyPair>) -> Self {
-        let now = OffsetDateTime::now_utc();
-        Self {
-            uris: vec![uri.to_owned()],
-            claims_der: None,
-            not_before: now - time::Duration::minutes(1),
-            not_after: now + time::Duration::hours(1),
-            issuer,
-            is_ca: IsCa::ExplicitNoCa,
-            key_usages: vec![KeyUsagePurpose::DigitalSignature],
-            via_intermediate: false,
-        }
-    }
-}
-
-/// A minted leaf: DER chain, key, and PEM forms.
-pub struct Minted {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-pub fn mint(leaf: &Leaf<'_>) -> anyhow::Result<Minted> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = leaf
-        .uris
-        .iter()
-        .map(|u| Ok(SanType::URI(u.as_str().try_into()?)))
-        .collect::<anyhow::Result<_>>()?;
-    params.is_ca = leaf.is_ca;
-    params.key_usages = leaf.key_usages.clone();
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    let serial: [u8; 16] = rand::random();
-    params.serial_number = Some(SerialNumber::from_slice(&[&[0x01u8][..], &serial].concat()));
-    params.not_before = leaf.not_before;
-    params.not_after = leaf.not_after;
-    if let Some(der) = &leaf.claims_der {
-        let mut ext =
-            CustomExtension::from_oid_content(tessera_identity::TASK_CLAIMS_OID_ARCS, der.clone());
-        ext.set_criticality(false);
-        params.custom_extensions.push(ext);
-    }
-    let (cert, intermediate) = if leaf.via_intermediate {
-        let (issuer, der) = intermediate_ca(leaf.issuer)?;
-        (params.signed_by(&key, &issuer)?, Some(der))
-    } else {
-        (params.signed_by(&key, leaf.issuer)?, None)
-    };
-    Ok(Minted {
-        chain: std::iter::once(cert.der().clone())
-            .chain(intermediate)
-            .collect(),
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
-}
-
-/// A well-formed intermediate CA of the test trust domain, signed by `parent`.
-fn intermediate_ca(
-    parent: &Issuer<'static, KeyPair>,
-) -> anyhow::Result<(Issuer<'static, KeyPair>, CertificateDer<'static>)> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, "e2e intermediate");
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://{TRUST_DOMAIN}").as_str().try_into()?,
-    )];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = OffsetDateTime::now_utc() - time::Duration::minutes(5);
-    params.not_after = OffsetDateTime::now_utc() + time::Duration::hours(1);
-    let der = params.signed_by(&key, parent)?.der().clone();
-    Ok((Issuer::new(params, key), der))
+/// A self-signed CA of another trust domain (`spiffe://evil.test`).
+pub fn foreign_ca() -> anyhow::Result<(Ca, CertificateDer<'static>)> {
+    let ca = Ca::root("evil.test");
+    let der = ca.cert().clone();
+    Ok((ca, der))
 }
 
 /// Where the example server gets its own SVID and bundle.

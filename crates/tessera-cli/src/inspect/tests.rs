@@ -2,8 +2,9 @@ use std::path::Path;
 
 use super::*;
 use crate::cert::split_der;
-use crate::test_certs::{self, ca, leaf};
-use time::Duration;
+use tessera_testca::rcgen::CustomExtension;
+use tessera_testca::{Ca, Minted};
+use time::{Duration, OffsetDateTime};
 
 /// The value of the `key:` line of a key/value block, whatever the alignment.
 fn field<'t>(text: &'t str, key: &str) -> Option<&'t str> {
@@ -12,8 +13,23 @@ fn field<'t>(text: &'t str, key: &str) -> Option<&'t str> {
         .map(str::trim)
 }
 
-fn chain(leaf: &rcgen::Certificate, ca: &test_certs::Ca) -> Vec<Vec<u8>> {
-    vec![leaf.der().to_vec(), ca.cert.der().to_vec()]
+/// The CA of these tests: `CN=Test CA`, no SPIFFE ID.
+fn ca() -> Ca {
+    Ca::unnamed_root("Test CA")
+}
+
+/// A leaf in the SVID profile with these URI SANs, an optional extension, and a
+/// validity ending `ttl` from now.
+fn leaf(ca: &Ca, uris: &[&str], extension: Option<CustomExtension>, ttl: Duration) -> Minted {
+    let mut leaf = ca.leaf(uris.first().copied().unwrap_or_default());
+    leaf.uris = uris.iter().map(|u| (*u).to_owned()).collect();
+    leaf.extensions.extend(extension);
+    leaf.not_after = OffsetDateTime::now_utc() + ttl;
+    leaf.mint()
+}
+
+fn chain(leaf: &Minted, ca: &Ca) -> Vec<Vec<u8>> {
+    vec![leaf.leaf().to_vec(), ca.cert().to_vec()]
 }
 
 #[test]
@@ -157,7 +173,7 @@ fn run_exits_2_when_the_profile_check_fails() {
         Duration::hours(1),
     );
     let file = dir.path().join("bad.pem");
-    std::fs::write(&file, bad.pem()).unwrap();
+    std::fs::write(&file, &bad.cert_pem).unwrap();
     let code = run(&InspectArgs { file }, OutputFormat::Text).unwrap();
     assert_eq!(code, ExitCode::from(PROFILE_FAILED));
 
@@ -168,7 +184,7 @@ fn run_exits_2_when_the_profile_check_fails() {
         Duration::hours(1),
     );
     let file = dir.path().join("good.der");
-    std::fs::write(&file, good.der()).unwrap();
+    std::fs::write(&file, good.leaf()).unwrap();
     let code = run(&InspectArgs { file }, OutputFormat::Text).unwrap();
     assert_eq!(code, ExitCode::SUCCESS);
 }
@@ -220,7 +236,7 @@ fn reads_pem_chains_and_concatenated_der() {
         Duration::hours(1),
     );
     let file = Path::new("svid.0.pem");
-    let pem_text = format!("{}{}", leaf.pem(), ca.cert.pem());
+    let pem_text = format!("{}{}", leaf.cert_pem, ca.cert_pem());
     let from_pem = read_chain(pem_text.as_bytes(), file).unwrap();
     assert_eq!(from_pem, chain(&leaf, &ca));
     let der: Vec<u8> = chain(&leaf, &ca).concat();
@@ -246,7 +262,7 @@ fn garbage_is_neither_pem_nor_der() {
 #[test]
 fn split_der_keeps_a_truncated_tail() {
     let ca = ca();
-    let mut der = ca.cert.der().to_vec();
+    let mut der = ca.cert().to_vec();
     der.extend_from_slice(&[0x30, 0x82, 0xff]);
     let parts = split_der(&der);
     assert_eq!(parts.len(), 2);

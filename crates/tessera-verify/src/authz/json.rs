@@ -23,17 +23,21 @@ use super::reads::ArgumentReads;
 /// Deepest nesting converted.
 pub const MAX_DEPTH: usize = 16;
 
-/// The result of converting an argument object.
+/// The result of converting a whole argument object: what the tests check the mapping
+/// on (the authorizer converts only the fields its policies read, with
+/// [`fields_reading`]).
+#[cfg(test)]
 #[derive(Debug)]
-pub struct Converted {
+pub(crate) struct Converted {
     /// The Cedar record of every convertible field.
-    pub record: RestrictedExpression,
+    pub(crate) record: RestrictedExpression,
     /// JSON pointers of fields that were dropped as unsupported, with why.
-    pub unsupported: Vec<String>,
+    pub(crate) unsupported: Vec<String>,
 }
 
 /// Converts a JSON object into a Cedar record (see the module docs for the mapping).
-pub fn to_cedar_record(map: &Map<String, Value>) -> Converted {
+#[cfg(test)]
+pub(crate) fn to_cedar_record(map: &Map<String, Value>) -> Converted {
     let (fields, unsupported) = fields_reading(map, &ArgumentReads::All);
     Converted {
         record: RestrictedExpression::new_record(fields).expect("JSON object keys are unique"),
@@ -41,9 +45,10 @@ pub fn to_cedar_record(map: &Map<String, Value>) -> Converted {
     }
 }
 
-/// The fields of [`to_cedar_record`]'s record, but only the top-level ones `reads`
-/// names; the others are checked to be representable (and reported exactly as
-/// [`to_cedar_record`] reports them) without building Cedar values for them. Returns
+/// The fields of the Cedar record of `map`, but only the top-level ones `reads`
+/// names; the others are checked to be representable (and reported exactly as a
+/// conversion of the whole object would report them) without building Cedar values
+/// for them. Returns
 /// the fields and the unsupported values.
 pub(crate) fn fields_reading(
     map: &Map<String, Value>,

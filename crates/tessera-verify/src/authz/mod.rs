@@ -425,7 +425,7 @@ impl Authorizer {
                             unsupported.join("; "),
                         );
                     }
-                    tracing::debug!(dropped = ?unsupported, "tessera-verify: dropped unsupported arguments");
+                    tracing::debug!(dropped = ?unsupported, "dropped unsupported arguments");
                 }
                 fields
             }

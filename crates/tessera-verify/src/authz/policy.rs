@@ -14,10 +14,10 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use cedar_policy::{EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use miette::Diagnostic;
-use tokio::task::JoinHandle;
 
 use super::entities::TASK_TYPE;
 use super::slice::{Slice, Slices};
+use crate::background::Background;
 
 /// Why a policy set was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -165,23 +165,25 @@ impl PolicyStore {
                 tracing::info!(
                     policies = loaded.policies.policies().count(),
                     path = %files.policies.display(),
-                    "tessera-verify: policies reloaded"
+                    "policies reloaded"
                 );
                 self.current.store(Arc::new(loaded));
                 Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, path = %files.policies.display(),
-                    "tessera-verify: policy reload failed; keeping the last good set");
+                    "policy reload failed; keeping the last good set");
                 Err(e)
             }
         }
     }
 
-    /// Polls the files' size and mtime every `interval` and reloads on change.
-    pub fn spawn_watch(self: &Arc<Self>, interval: Duration) -> JoinHandle<()> {
+    /// Polls the files' size and mtime every `interval` and reloads on change, for as
+    /// long as the returned guard lives (see [`crate::background`]). A store built
+    /// from text has nothing to watch: its task ends at once.
+    pub fn spawn_watch(self: &Arc<Self>, interval: Duration) -> Background {
         let store = Arc::clone(self);
-        tokio::spawn(async move {
+        Background::spawn("policy-reload", move |stop| async move {
             let Some(files) = store.files.clone() else {
                 return;
             };
@@ -195,8 +197,7 @@ impl PolicyStore {
             let mut seen = stamp(&files);
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
+            while stop.run_until_cancelled(tick.tick()).await.is_some() {
                 let now = stamp(&files);
                 if now != seen {
                     seen = now;
@@ -292,7 +293,7 @@ fn compile(policies: &str, schema: &str, origins: &Origins) -> Result<LoadedPoli
             detail: describe(&e, schema_src),
         })?;
     for w in warnings {
-        tracing::warn!(warning = %w, "tessera-verify: Cedar schema warning");
+        tracing::warn!(warning = %w, "Cedar schema warning");
     }
     let parsed = PolicySet::from_str(policies).map_err(|e| PolicyError::Parse {
         origin: origins.policies.clone(),

@@ -58,7 +58,7 @@ impl PolicyReads {
             }
             Err(e) => {
                 tracing::warn!(policy = %policy.id(), error = %e,
-                    "tessera-verify: policy has no JSON form; evaluated with every call argument");
+                    "policy has no JSON form; evaluated with every call argument");
                 Self {
                     arguments: ArgumentReads::All,
                     task_or_context: true,

@@ -341,7 +341,23 @@ async fn watched_policy_file_reloads_on_change() {
         assert!(tokio::time::Instant::now() < deadline, "reload not seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    task.abort();
+    // The task ends with its guard and lets go of the store it reloads.
+    task.shutdown().await;
+    assert_eq!(
+        Arc::strong_count(&store),
+        1,
+        "the stopped task let go of the store"
+    );
+    let task = store.spawn_watch(Duration::from_millis(20));
+    assert_eq!(Arc::strong_count(&store), 2);
+    drop(task);
+    while Arc::strong_count(&store) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a dropped guard's task lingers"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[test]

@@ -37,13 +37,15 @@
 //!   `data: {"authorization": {"reason": "<stable reason>", "policy_ids": [...]}}`, the
 //!   shape of draft SEP-2643.
 
+mod context;
+mod denial;
 mod enforce;
 mod session;
 mod streams;
 
-pub use enforce::{
-    DENIAL_CODE, Enforced, MAX_SUBSCRIPTION_URIS, peer_from_context, peer_from_notification,
-};
+pub use context::{peer_from_context, peer_from_notification};
+pub use denial::DENIAL_CODE;
+pub use enforce::{Enforced, MAX_SUBSCRIPTION_URIS};
 pub use session::{SessionBinding, SessionBindingLayer, SessionBindingService, SessionLimits};
 pub use streams::{GuardedBody, StreamGuardLayer, StreamGuardService};
 

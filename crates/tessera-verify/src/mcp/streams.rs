@@ -188,7 +188,7 @@ impl<B> GuardedBody<B> {
         tracing::info!(
             peer = %peer.spiffe_id(),
             reason = denied.reason.as_str(),
-            "tessera-verify: open stream ended: the credential no longer passes"
+            "open stream ended: the credential no longer passes"
         );
         self.ended = true;
         self.guard = None;

@@ -21,8 +21,10 @@ use tokio::sync::mpsc;
 use super::{DENIAL_CODE, Enforced};
 use crate::authz::Authorizer;
 use crate::authz::policy::PolicyStore;
+use crate::conn::ConnectionSpan;
 use crate::peer::Peer;
 use crate::revocation::RevocationWatcher;
+use crate::testutil::logs::formatted;
 use crate::testutil::{SERVER, task_peer};
 
 const POLICIES: &str = r#"
@@ -1051,4 +1053,44 @@ async fn a_subscription_ends_when_its_svid_expires() {
         .await
         .expect("the subscription outlived its SVID by 8 s");
     assert_eq!(denial_reason(&answer), Some("expired"), "{answer}");
+}
+
+/// rmcp runs the handler on its own task, outside the connection's future: a request
+/// carrying its connection's span (as the example server inserts it next to the peer)
+/// is still decided, and audited, inside it.
+#[tokio::test]
+async fn a_decision_names_the_connection_its_request_came_on() {
+    let _ = formatted();
+    let mut h = Harness::start(authorizer(RevocationWatcher::from_static([], [])));
+    let peer = Arc::new(live_task());
+    let conn = ConnectionSpan::accepted("harness");
+    conn.record_peer(&peer);
+    let mut m: ClientJsonRpcMessage = from(json!({
+        "jsonrpc": "2.0",
+        "id": 1000,
+        "method": "tools/call",
+        "params": {"name": "conn_span_enforced", "arguments": {}},
+    }));
+    let JsonRpcMessage::Request(r) = &mut m else {
+        unreachable!()
+    };
+    r.request.extensions_mut().insert(peer.clone());
+    r.request.extensions_mut().insert(conn.clone());
+    h.to_server.send(m).unwrap();
+    h.answer(1000).await;
+
+    let text = String::from_utf8(formatted().lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("authorization decision") && l.contains("conn_span_enforced"))
+        .collect();
+    assert_eq!(lines.len(), 1, "the decision was audited once: {lines:#?}");
+    let want = format!(
+        "conn{{id={} remote=harness peer={}}}",
+        conn.id(),
+        peer.spiffe_id()
+    );
+    for line in lines {
+        assert!(line.contains(&want), "{want} missing: {line}");
+    }
 }

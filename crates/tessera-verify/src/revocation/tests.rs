@@ -17,6 +17,8 @@ type SetStream = Pin<Box<dyn Stream<Item = Result<RevocationSet, tonic::Status>>
 struct Feed {
     sets: watch::Receiver<RevocationSet>,
     kill: watch::Receiver<bool>,
+    /// Streams open now: a stream counts until its client goes away.
+    open: Arc<AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -31,21 +33,25 @@ impl Revocations for Feed {
         let mut kill = self.kill.clone();
         let mut sets = self.sets.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let open = Arc::clone(&self.open);
+        open.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let first = { sets.borrow_and_update().clone() };
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    _ = async { kill.wait_for(|k| *k).await.map(|_| ()) } => return,
-                    r = sets.changed() => {
-                        if r.is_err() { return; }
-                        let s = { sets.borrow_and_update().clone() };
-                        if tx.send(Ok(s)).await.is_err() { return; }
+            if tx.send(Ok(first)).await.is_ok() {
+                loop {
+                    tokio::select! {
+                        _ = async { kill.wait_for(|k| *k).await.map(|_| ()) } => break,
+                        // tonic drops the stream when the client's connection closes.
+                        _ = tx.closed() => break,
+                        r = sets.changed() => {
+                            if r.is_err() { break; }
+                            let s = { sets.borrow_and_update().clone() };
+                            if tx.send(Ok(s)).await.is_err() { break; }
+                        }
                     }
                 }
             }
+            open.fetch_sub(1, Ordering::SeqCst);
         });
         Ok(tonic::Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -55,16 +61,19 @@ impl Revocations for Feed {
 
 struct TestServer {
     kill: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: tokio::task::JoinHandle<()>,
+    open: Arc<AtomicU64>,
 }
 
 fn serve(path: &Path, sets: watch::Receiver<RevocationSet>) -> TestServer {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path).unwrap();
     let (kill, kill_rx) = watch::channel(false);
+    let open = Arc::new(AtomicU64::new(0));
     let feed = Feed {
         sets,
         kill: kill_rx,
+        open: Arc::clone(&open),
     };
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -73,10 +82,15 @@ fn serve(path: &Path, sets: watch::Receiver<RevocationSet>) -> TestServer {
             .await
             .unwrap();
     });
-    TestServer { kill, task }
+    TestServer { kill, task, open }
 }
 
 impl TestServer {
+    /// Feed streams a client holds open right now.
+    fn open_streams(&self) -> u64 {
+        self.open.load(Ordering::SeqCst)
+    }
+
     fn stop(self, path: &Path) {
         self.kill.send_replace(true);
         self.task.abort();
@@ -162,7 +176,7 @@ async fn follows_feed_goes_stale_and_reconnects_after_restart() {
     eventually("reconnected", || w.is_fresh() && w.version() == 3).await;
     assert_eq!(w.status(&task, "99"), RevocationStatus::NotRevoked);
     server.stop(&sock);
-    handle.abort();
+    handle.shutdown().await;
 }
 
 #[tokio::test]
@@ -176,7 +190,7 @@ async fn never_connected_is_stale() {
     let task: TaskId = TASK_ULID.parse().unwrap();
     assert_eq!(w.status(&task, "1"), RevocationStatus::Stale);
     assert!(w.reconnects() > 0);
-    handle.abort();
+    handle.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -229,7 +243,7 @@ async fn feed_messages_beyond_four_mib_are_accepted_up_to_the_limit() {
         w.status(&last, "ff"),
         RevocationStatus::Revoked { .. }
     ));
-    handle.abort();
+    handle.shutdown().await;
 
     // With tonic's default limit the same message never applies.
     config.max_message_bytes = 4 << 20;
@@ -246,7 +260,7 @@ async fn feed_messages_beyond_four_mib_are_accepted_up_to_the_limit() {
         "a message over the limit is never applied"
     );
     assert!(!small.is_fresh());
-    handle.abort();
+    handle.shutdown().await;
     server.stop(&sock);
 }
 
@@ -299,4 +313,41 @@ async fn stale_in_counts_down_from_the_last_message() {
     tokio::time::advance(Duration::from_secs(10)).await;
     assert_eq!(w.stale_in(), Some(Duration::from_secs(20)));
     assert_eq!(RevocationWatcher::from_static([], []).stale_in(), None);
+}
+
+/// The watcher's task lives exactly as long as its guard: dropping the guard closes the
+/// stream on the agent's socket (a verifier that lingered would hold it open), and
+/// shutting it down returns once it has; either way the set then goes stale.
+#[tokio::test]
+async fn dropping_or_shutting_down_the_guard_closes_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("workload.sock");
+    let (_tx, rx) = watch::channel(set(1, &[]));
+    let server = serve(&sock, rx);
+    let mut config = WatcherConfig::new(&sock);
+    config.staleness = Duration::from_millis(200);
+
+    let (w, guard) = RevocationWatcher::spawn(config.clone());
+    eventually("the feed is live", || w.is_connected()).await;
+    assert_eq!(server.open_streams(), 1);
+    drop(guard);
+    eventually("the agent sees the stream close", || {
+        server.open_streams() == 0
+    })
+    .await;
+    assert!(!w.is_connected(), "a stopped feed is not live");
+    eventually("the set goes stale", || !w.is_fresh()).await;
+    let task: TaskId = TASK_ULID.parse().unwrap();
+    assert_eq!(w.status(&task, "99"), RevocationStatus::Stale);
+
+    let (w, guard) = RevocationWatcher::spawn(config);
+    eventually("the feed is live again", || w.is_connected()).await;
+    assert_eq!(server.open_streams(), 1);
+    guard.shutdown().await;
+    assert!(!w.is_connected());
+    eventually("the agent sees the stream close", || {
+        server.open_streams() == 0
+    })
+    .await;
+    server.stop(&sock);
 }

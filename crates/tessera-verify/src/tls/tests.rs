@@ -8,7 +8,10 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use time::{Duration, OffsetDateTime};
 
 use super::*;
-use crate::testutil::{Ca, LeafOpts, SERVER, TD, claims, task_id_str};
+use tessera_testca::rcgen::{BasicConstraints, IsCa};
+use tessera_testca::{Ca, Leaf};
+
+use crate::testutil::{SERVER, TD, claims, task_id_str};
 use crate::trust::{TrustMaterial, TrustSource};
 
 struct Fixture {
@@ -18,13 +21,16 @@ struct Fixture {
 }
 
 fn fixture(extra_bundle: bool) -> Fixture {
-    let ca = Ca::new(TD);
-    let foreign = Ca::new("evil.example");
-    let (chain, key) = ca.leaf(LeafOpts::id(SERVER));
+    let ca = Ca::root(TD);
+    let foreign = Ca::root("evil.example");
+    let (chain, key) = ca.leaf(SERVER).mint().into_parts();
     let mut bundles = BTreeMap::new();
-    bundles.insert(TD.parse().unwrap(), vec![ca.cert.clone()]);
+    bundles.insert(TD.parse().unwrap(), vec![ca.cert().clone()]);
     if extra_bundle {
-        bundles.insert("evil.example".parse().unwrap(), vec![foreign.cert.clone()]);
+        bundles.insert(
+            "evil.example".parse().unwrap(),
+            vec![foreign.cert().clone()],
+        );
     }
     let m = TrustMaterial::new(
         SERVER.parse().unwrap(),
@@ -41,9 +47,10 @@ fn fixture(extra_bundle: bool) -> Fixture {
     }
 }
 
-fn task_opts(td: &str) -> LeafOpts {
-    let mut o = LeafOpts::id(&task_id_str(td));
-    o.claims = Some(claims(td, &["github/tool/*"], 1_900_000_000));
+/// A task SVID of trust domain `td` with its claims, signed by `ca`.
+fn task_leaf<'a>(ca: &'a Ca, td: &str) -> Leaf<'a> {
+    let mut o = ca.leaf(&task_id_str(td));
+    o.claims_der = Some(claims(td, &["github/tool/*"], 1_900_000_000).to_der());
     o
 }
 
@@ -57,10 +64,12 @@ fn verify(v: &SpiffeClientVerifier, chain: &[CertificateDer<'static>]) -> Result
 fn accepts_good_task_and_client_svids() {
     let f = fixture(false);
     let v = ServerTlsBuilder::new(f.source.clone()).client_verifier();
-    let (task, _) = f.ca.leaf(task_opts(TD));
+    let (task, _) = task_leaf(&f.ca, TD).mint().into_parts();
     verify(&v, &task).unwrap();
     let (client, _) =
-        f.ca.leaf(LeafOpts::id("spiffe://acme.corp/client/code-reviewer"));
+        f.ca.leaf("spiffe://acme.corp/client/code-reviewer")
+            .mint()
+            .into_parts();
     verify(&v, &client).unwrap();
     assert!(v.client_auth_mandatory());
 }
@@ -68,7 +77,7 @@ fn accepts_good_task_and_client_svids() {
 #[test]
 fn refuses_foreign_trust_domain_unless_allowed() {
     let f = fixture(true);
-    let (foreign, _) = f.foreign.leaf(task_opts("evil.example"));
+    let (foreign, _) = task_leaf(&f.foreign, "evil.example").mint().into_parts();
     let strict = ServerTlsBuilder::new(f.source.clone()).client_verifier();
     let err = verify(&strict, &foreign).unwrap_err();
     assert!(err.contains("not allowed"), "{err}");
@@ -81,7 +90,7 @@ fn refuses_foreign_trust_domain_unless_allowed() {
 #[test]
 fn refuses_own_trust_domain_id_signed_by_foreign_ca() {
     let f = fixture(true);
-    let (forged, _) = f.foreign.leaf(task_opts(TD));
+    let (forged, _) = task_leaf(&f.foreign, TD).mint().into_parts();
     let v = ServerTlsBuilder::new(f.source.clone()).client_verifier();
     assert!(verify(&v, &forged).is_err());
 }
@@ -100,13 +109,13 @@ struct SharedRoot {
 }
 
 fn shared_root() -> SharedRoot {
-    let root = Ca::upstream_root();
+    let root = Ca::unnamed_root("corporate root");
     let own = root.intermediate(&["spiffe://acme.corp"]);
     let evil = root.intermediate(&["spiffe://evil.example"]);
     let unnamed = root.intermediate(&[]);
-    let (chain, key) = own.leaf(LeafOpts::id(SERVER));
+    let (chain, key) = own.leaf(SERVER).mint().into_parts();
     let mut bundles = BTreeMap::new();
-    bundles.insert(TD.parse().unwrap(), vec![root.cert.clone()]);
+    bundles.insert(TD.parse().unwrap(), vec![root.cert().clone()]);
     let m = TrustMaterial::new(
         SERVER.parse().unwrap(),
         chain,
@@ -130,17 +139,17 @@ fn shared_root() -> SharedRoot {
 fn refuses_another_trust_domains_intermediate_under_a_shared_root() {
     let f = shared_root();
     let v = ServerTlsBuilder::new(f.source.clone()).client_verifier();
-    verify(&v, &f.own.leaf(task_opts(TD)).0).expect("own intermediate");
-    let forged = f.evil.leaf(task_opts(TD)).0;
+    verify(&v, &task_leaf(&f.own, TD).mint().chain).expect("own intermediate");
+    let forged = task_leaf(&f.evil, TD).mint().chain;
     let err = verify(&v, &forged).unwrap_err();
     assert!(err.contains("IntermediateForeignTrustDomain"), "{err}");
     // Sent along, unused by the path, it is refused all the same.
-    let (mut chain, _) = f.own.leaf(task_opts(TD));
-    chain.push(f.evil.cert.clone());
+    let (mut chain, _) = task_leaf(&f.own, TD).mint().into_parts();
+    chain.push(f.evil.cert().clone());
     let err = verify(&v, &chain).unwrap_err();
     assert!(err.contains("IntermediateForeignTrustDomain"), "{err}");
     // A leaf signed by the root itself needs no intermediate and still passes.
-    verify(&v, &f.root.leaf(task_opts(TD)).0).expect("signed by the root");
+    verify(&v, &task_leaf(&f.root, TD).mint().chain).expect("signed by the root");
 }
 
 #[test]
@@ -150,12 +159,12 @@ fn unnamed_intermediates_pass_unless_a_name_is_required() {
     let strict = ServerTlsBuilder::new(f.source.clone())
         .require_trust_domain_on_intermediates()
         .client_verifier();
-    let via_unnamed = f.unnamed.leaf(task_opts(TD)).0;
+    let via_unnamed = task_leaf(&f.unnamed, TD).mint().chain;
     verify(&lenient, &via_unnamed).expect("an upstream PKI's intermediate");
     let err = verify(&strict, &via_unnamed).unwrap_err();
     assert!(err.contains("UnnamedIntermediate"), "{err}");
-    verify(&strict, &f.own.leaf(task_opts(TD)).0).expect("named intermediate");
-    assert!(verify(&strict, &f.evil.leaf(task_opts(TD)).0).is_err());
+    verify(&strict, &task_leaf(&f.own, TD).mint().chain).expect("named intermediate");
+    assert!(verify(&strict, &task_leaf(&f.evil, TD).mint().chain).is_err());
 }
 
 /// The client side: a runtime pinning `spiffe://acme.corp/mcp/github` refuses that id
@@ -175,13 +184,13 @@ fn server_verifier_refuses_another_trust_domains_intermediate() {
         .map(|_| ())
         .map_err(|e| e.to_string())
     };
-    let v = ExpectedServerVerifier::new(&expected, [f.root.cert.clone()]).unwrap();
-    check(&v, &f.own.leaf(LeafOpts::id(SERVER)).0).expect("own intermediate");
-    let err = check(&v, &f.evil.leaf(LeafOpts::id(SERVER)).0).unwrap_err();
+    let v = ExpectedServerVerifier::new(&expected, [f.root.cert().clone()]).unwrap();
+    check(&v, &f.own.leaf(SERVER).mint().chain).expect("own intermediate");
+    let err = check(&v, &f.evil.leaf(SERVER).mint().chain).unwrap_err();
     assert!(err.contains("IntermediateForeignTrustDomain"), "{err}");
-    let via_unnamed = f.unnamed.leaf(LeafOpts::id(SERVER)).0;
+    let via_unnamed = f.unnamed.leaf(SERVER).mint().chain;
     check(&v, &via_unnamed).expect("unnamed allowed by default");
-    let strict = ExpectedServerVerifier::new(&expected, [f.root.cert.clone()])
+    let strict = ExpectedServerVerifier::new(&expected, [f.root.cert().clone()])
         .unwrap()
         .require_trust_domain_on_intermediates();
     let err = check(&strict, &via_unnamed).unwrap_err();
@@ -196,8 +205,8 @@ fn a_chain_anchors_only_in_its_leafs_trust_domain_bundle() {
     let v = ServerTlsBuilder::new(f.source.clone())
         .allow_trust_domain("evil.example".parse().unwrap())
         .client_verifier();
-    verify(&v, &f.foreign.leaf(task_opts("evil.example")).0).expect("evil.example's own");
-    let err = verify(&v, &f.foreign.leaf(task_opts(TD)).0).unwrap_err();
+    verify(&v, &task_leaf(&f.foreign, "evil.example").mint().chain).expect("evil.example's own");
+    let err = verify(&v, &task_leaf(&f.foreign, TD).mint().chain).unwrap_err();
     assert!(
         err.contains("UnknownIssuer") || err.contains("unknown issuer"),
         "{err}"
@@ -209,24 +218,24 @@ fn refuses_expired_and_not_yet_valid() {
     let f = fixture(false);
     let v = ServerTlsBuilder::new(f.source.clone()).client_verifier();
     let now = OffsetDateTime::now_utc();
-    let mut o = task_opts(TD);
+    let mut o = task_leaf(&f.ca, TD);
     o.not_before = now - Duration::hours(2);
     o.not_after = now - Duration::hours(1);
-    let err = verify(&v, &f.ca.leaf(o).0).unwrap_err();
+    let err = verify(&v, &o.mint().chain).unwrap_err();
     assert!(err.to_lowercase().contains("expired"), "{err}");
-    let mut o = task_opts(TD);
+    let mut o = task_leaf(&f.ca, TD);
     o.not_before = now + Duration::hours(1);
     o.not_after = now + Duration::hours(2);
-    assert!(verify(&v, &f.ca.leaf(o).0).is_err());
+    assert!(verify(&v, &o.mint().chain).is_err());
 }
 
 #[test]
 fn refuses_two_uri_sans() {
     let f = fixture(false);
     let v = ServerTlsBuilder::new(f.source.clone()).client_verifier();
-    let mut o = LeafOpts::id("spiffe://acme.corp/client/code-reviewer");
+    let mut o = f.ca.leaf("spiffe://acme.corp/client/code-reviewer");
     o.uris.push("spiffe://acme.corp/client/other".into());
-    let err = verify(&v, &f.ca.leaf(o).0).unwrap_err();
+    let err = verify(&v, &o.mint().chain).unwrap_err();
     assert!(err.contains("UriSanCount { found: 2 }"), "{err}");
 }
 
@@ -234,9 +243,9 @@ fn refuses_two_uri_sans() {
 fn refuses_ca_leaf() {
     let f = fixture(false);
     let v = ServerTlsBuilder::new(f.source.clone()).client_verifier();
-    let mut o = LeafOpts::id("spiffe://acme.corp/client/code-reviewer");
-    o.ca = true;
-    let err = verify(&v, &f.ca.leaf(o).0).unwrap_err();
+    let mut o = f.ca.leaf("spiffe://acme.corp/client/code-reviewer");
+    o.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let err = verify(&v, &o.mint().chain).unwrap_err();
     assert!(err.contains("LeafIsCa"), "{err}");
 }
 
@@ -244,7 +253,7 @@ fn refuses_ca_leaf() {
 fn refuses_task_svid_without_claims() {
     let f = fixture(false);
     let v = ServerTlsBuilder::new(f.source.clone()).client_verifier();
-    let (chain, _) = f.ca.leaf(LeafOpts::id(&task_id_str(TD)));
+    let (chain, _) = f.ca.leaf(&task_id_str(TD)).mint().into_parts();
     let err = verify(&v, &chain).unwrap_err();
     assert!(err.contains("MissingClaims"), "{err}");
 }
@@ -254,7 +263,9 @@ fn refuses_non_tessera_spiffe_id() {
     let f = fixture(false);
     let v = ServerTlsBuilder::new(f.source.clone()).client_verifier();
     let (chain, _) =
-        f.ca.leaf(LeafOpts::id("spiffe://acme.corp/ns/default/sa/web"));
+        f.ca.leaf("spiffe://acme.corp/ns/default/sa/web")
+            .mint()
+            .into_parts();
     assert!(verify(&v, &chain).is_err());
 }
 
@@ -263,33 +274,33 @@ fn refuses_everything_before_material_exists() {
     let (_publisher, source) = TrustSource::channel();
     let f = fixture(false);
     let v = ServerTlsBuilder::new(source).client_verifier();
-    assert!(verify(&v, &f.ca.leaf(task_opts(TD)).0).is_err());
+    assert!(verify(&v, &task_leaf(&f.ca, TD).mint().chain).is_err());
 }
 
 #[test]
 fn material_refuses_wrong_own_id_and_foreign_chain() {
-    let ca = Ca::new(TD);
-    let other = Ca::new(TD);
+    let ca = Ca::root(TD);
+    let other = Ca::root(TD);
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let bundles = || {
         let mut b = BTreeMap::new();
-        b.insert(TD.parse().unwrap(), vec![ca.cert.clone()]);
+        b.insert(TD.parse().unwrap(), vec![ca.cert().clone()]);
         b
     };
-    let (chain, key) = ca.leaf(LeafOpts::id("spiffe://acme.corp/mcp/other"));
+    let (chain, key) = ca.leaf("spiffe://acme.corp/mcp/other").mint().into_parts();
     let err = TrustMaterial::new(SERVER.parse().unwrap(), chain, key, bundles(), now).unwrap_err();
     assert!(
         matches!(err, crate::trust::TrustError::WrongOwnId { .. }),
         "{err}"
     );
-    let (chain, key) = other.leaf(LeafOpts::id(SERVER));
+    let (chain, key) = other.leaf(SERVER).mint().into_parts();
     let err = TrustMaterial::new(SERVER.parse().unwrap(), chain, key, bundles(), now).unwrap_err();
     assert!(
         matches!(err, crate::trust::TrustError::OwnChain(_)),
         "{err}"
     );
-    let (chain, _) = ca.leaf(LeafOpts::id(SERVER));
-    let (_, key) = ca.leaf(LeafOpts::id(SERVER));
+    let (chain, _) = ca.leaf(SERVER).mint().into_parts();
+    let (_, key) = ca.leaf(SERVER).mint().into_parts();
     let err = TrustMaterial::new(SERVER.parse().unwrap(), chain, key, bundles(), now).unwrap_err();
     assert!(matches!(err, crate::trust::TrustError::Key(_)), "{err}");
 }
@@ -300,17 +311,17 @@ fn material_refuses_wrong_own_id_and_foreign_chain() {
 async fn handshake_pins_server_and_yields_task_peer() {
     let f = fixture(false);
     let server = Arc::new(ServerTlsBuilder::new(f.source.clone()).build().unwrap());
-    let (chain, key) = f.ca.leaf(task_opts(TD));
+    let (chain, key) = task_leaf(&f.ca, TD).mint().into_parts();
     let good = client_config(
         &SERVER.parse().unwrap(),
-        [f.ca.cert.clone()],
+        [f.ca.cert().clone()],
         chain.clone(),
         key.clone_key(),
     )
     .unwrap();
     let wrong = client_config(
         &"spiffe://acme.corp/mcp/other".parse().unwrap(),
-        [f.ca.cert.clone()],
+        [f.ca.cert().clone()],
         chain,
         key,
     )

@@ -13,10 +13,10 @@ use rustls_pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
 };
 use tessera_identity::{ServerId, TrustDomain};
-use tokio::task::JoinHandle;
 
 use super::material::unix_now;
 use super::{TrustError, TrustMaterial, TrustPublisher, TrustSource};
+use crate::background::Background;
 
 /// Where the PEM files are and how often to look at them.
 #[derive(Clone, Debug)]
@@ -80,21 +80,21 @@ pub fn load(config: &FileTrustConfig) -> Result<TrustMaterial, TrustError> {
 
 /// Loads the files, publishes them, and spawns a task that reloads them on change.
 ///
-/// The first load must succeed. Stops when every [`TrustSource`] is dropped.
+/// The first load must succeed. The files are polled for as long as the returned guard
+/// lives (see [`crate::background`]), or until every [`TrustSource`] is dropped.
 ///
 /// # Errors
 /// As [`load`], for the first load.
-pub fn spawn(config: FileTrustConfig) -> Result<(TrustSource, JoinHandle<()>), TrustError> {
+pub fn spawn(config: FileTrustConfig) -> Result<(TrustSource, Background), TrustError> {
     let first = load(&config)?;
     let (publisher, source) = TrustSource::channel();
     let mut good = fingerprint(&config);
     publisher.publish(first);
-    let handle = tokio::spawn(async move {
+    let task = Background::spawn("trust-files", move |stop| async move {
         let mut failed: Option<Vec<Stamp>> = None;
         let mut tick = tokio::time::interval(config.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
+        while stop.run_until_cancelled(tick.tick()).await.is_some() {
             if publisher.is_closed() {
                 return;
             }
@@ -105,7 +105,7 @@ pub fn spawn(config: FileTrustConfig) -> Result<(TrustSource, JoinHandle<()>), T
             reload(&config, &publisher, &now, &mut good, &mut failed);
         }
     });
-    Ok((source, handle))
+    Ok((source, task))
 }
 
 fn reload(
@@ -125,7 +125,7 @@ fn reload(
             tracing::warn!(
                 error = %e,
                 cert_chain = %config.cert_chain.display(),
-                "tessera-verify: reloading trust files failed; keeping the last good material"
+                "reloading trust files failed; keeping the last good material"
             );
             *failed = Some(now.to_vec());
         }

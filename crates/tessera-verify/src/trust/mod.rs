@@ -86,7 +86,7 @@ impl TrustPublisher {
             own_id = %material.own_id(),
             not_after_unix = material.not_after_unix(),
             trust_domains = ?material.trust_domains().map(|t| t.as_str()).collect::<Vec<_>>(),
-            "tessera-verify: new trust material published"
+            "new trust material published"
         );
         self.tx.send_replace(Some(Arc::new(material)));
     }

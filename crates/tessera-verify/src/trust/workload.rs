@@ -7,15 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use spiffe::x509_source::SvidPicker;
 use spiffe::{X509Source, X509Svid};
 use tessera_identity::{ServerId, TrustDomain};
-use tokio::task::JoinHandle;
 
 use super::material::unix_now;
 use super::{TrustError, TrustMaterial, TrustSource};
+use crate::background::Background;
 
 /// Picks the SVID whose SPIFFE ID equals the configured one.
 #[derive(Debug)]
@@ -34,7 +35,9 @@ impl SvidPicker for ById {
 /// it, and spawns a task that republishes on every update.
 ///
 /// An update that fails validation (no SVID for `own_id`, expired, key mismatch, no own
-/// bundle) is logged and the last good material kept.
+/// bundle) is logged and the last good material kept. Updates are followed for as long
+/// as the returned guard lives (see [`crate::background`]); when it goes, the
+/// `X509Source` is shut down and its stream to the agent closed.
 ///
 /// # Errors
 /// [`TrustError::WorkloadApi`] if the source cannot be built, or the first material is
@@ -42,7 +45,7 @@ impl SvidPicker for ById {
 pub async fn connect(
     endpoint: Option<&str>,
     own_id: ServerId,
-) -> Result<(TrustSource, JoinHandle<()>), TrustError> {
+) -> Result<(TrustSource, Background), TrustError> {
     let mut builder = X509Source::builder().picker(ById(own_id.to_string()));
     if let Some(ep) = endpoint {
         builder = builder.endpoint(ep);
@@ -51,40 +54,59 @@ pub async fn connect(
         .build()
         .await
         .map_err(|e| TrustError::WorkloadApi(e.to_string()))?;
+    // Unusable first material: close the source's stream before giving up, or its
+    // supervisor would keep the agent's socket open with no one to stop it.
+    if let Err(e) = material_from(&source, &own_id) {
+        let _ = source.shutdown_with_timeout(SOURCE_SHUTDOWN_GRACE).await;
+        return Err(e);
+    }
     from_x509_source(source, own_id)
 }
 
-/// Publishes material from an existing `X509Source` and follows its updates.
+/// How long a stopping task waits for the `X509Source` to close before it aborts it.
+const SOURCE_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Publishes material from an existing `X509Source` and follows its updates; the task
+/// owns the source and shuts it down when its guard goes.
 ///
 /// # Errors
-/// As [`connect`], for the first material.
+/// As [`connect`], for the first material. The source is then dropped without a
+/// shutdown (it is consumed): [`connect`] checks the first material itself and shuts
+/// its source down on refusal.
 pub fn from_x509_source(
     source: X509Source,
     own_id: ServerId,
-) -> Result<(TrustSource, JoinHandle<()>), TrustError> {
+) -> Result<(TrustSource, Background), TrustError> {
     let first = material_from(&source, &own_id)?;
     let (publisher, trust) = TrustSource::channel();
     publisher.publish(first);
     let mut updates = source.updated();
-    let handle = tokio::spawn(async move {
+    let task = Background::spawn("trust-workload", move |stop| async move {
         loop {
-            if updates.changed().await.is_err() {
-                tracing::warn!("tessera-verify: X509Source closed; keeping the last material");
-                return;
+            let changed = tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = updates.changed() => changed,
+            };
+            if changed.is_err() {
+                tracing::warn!("X509Source closed; keeping the last material");
+                break;
             }
             if publisher.is_closed() {
-                return;
+                break;
             }
             match material_from(&source, &own_id) {
                 Ok(m) => publisher.publish(m),
                 Err(e) => tracing::warn!(
                     error = %e,
-                    "tessera-verify: Workload API update refused; keeping the last good material"
+                    "Workload API update refused; keeping the last good material"
                 ),
             }
         }
+        if let Err(e) = source.shutdown_with_timeout(SOURCE_SHUTDOWN_GRACE).await {
+            tracing::warn!(error = %e, "X509Source did not shut down in time; aborted");
+        }
     });
-    Ok((trust, handle))
+    Ok((trust, task))
 }
 
 fn material_from(source: &X509Source, own_id: &ServerId) -> Result<TrustMaterial, TrustError> {
@@ -110,7 +132,7 @@ fn material_from(source: &X509Source, own_id: &ServerId) -> Result<TrustMaterial
         let Ok(td) = td.as_str().parse::<TrustDomain>() else {
             tracing::warn!(
                 trust_domain = td.as_str(),
-                "tessera-verify: skipping bundle with an invalid trust domain"
+                "skipping bundle with an invalid trust domain"
             );
             continue;
         };

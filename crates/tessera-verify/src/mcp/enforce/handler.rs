@@ -1,25 +1,8 @@
-//! [`Enforced`]: a `ServerHandler` decorator that authorizes every request.
-//!
-//! Every method the handler trait can receive gets an explicit decision, and what it
-//! does not know is refused:
-//!
-//! | method | decision |
-//! |---|---|
-//! | `tools/call`, `resources/read`, `prompts/get`, `resources/subscribe` | the full decision on the named target: credential, scope, Cedar with the arguments |
-//! | `completion/complete` | the full decision on the referenced prompt (`prompts/get`) or resource template (`resources/read`), with the completion's argument and its context arguments as the call's arguments |
-//! | `subscriptions/listen` | the credential, then every requested resource URI as `resources/read`; the stream then ends with a `revoked` (or `expired`, ...) error when the credential stops passing |
-//! | `initialize`, `server/discover`, `ping`, `logging/setLevel`, `resources/unsubscribe` | the credential (a live task of this server, not revoked, feed fresh) |
-//! | `tools/list`, `resources/list`, `resources/templates/list`, `prompts/list` | the credential, then the result filtered by the full decision per item |
-//! | `tasks/*`, `skills/*`, `resources/directory/read`, any other (custom) method | refused (`method_not_enforceable`), unless [`Enforced::dangerous_forward_unchecked_methods`]: then the credential |
-//! | `notifications/initialized`, `cancelled`, `progress`, `roots/list_changed` | forwarded if the credential passes, else dropped |
-//! | any other notification | dropped, unless [`Enforced::dangerous_forward_unchecked_methods`]: then as above |
-//!
-//! Every decision is audited (an untargeted one with its method name and an empty or
-//! descriptive target). A request without a peer is refused, a notification dropped.
+//! The `ServerHandler` impl of [`Enforced`]: each method's decision, per the table in
+//! [`super`].
 
 use std::borrow::Cow;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use rmcp::model::*;
 use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
@@ -27,232 +10,10 @@ use rmcp::{ErrorData as McpError, ServerHandler};
 use serde_json::json;
 use tessera_identity::ScopeKind;
 
-use crate::authz::Authorizer;
-use crate::decision::{Decision, Reason};
-use crate::peer::Peer;
+use super::{Enforced, MAX_SUBSCRIPTION_URIS, completion_arguments};
+use crate::mcp::context::{connection_of, in_connection, peer_from_context};
+use crate::mcp::denial::{decision_error, unauthenticated};
 use crate::request::{McpMethod, McpRequest};
-
-/// The JSON-RPC error code of an authorization denial: outside the reserved
-/// `-32768..-32000` range, as MCP 2026-07-28 asks of application codes.
-pub const DENIAL_CODE: i32 = -31001;
-
-/// At most this many resource URIs in one `subscriptions/listen` filter: each is one
-/// decision and one audit record, and the filter comes from the caller.
-pub const MAX_SUBSCRIPTION_URIS: usize = 256;
-
-/// A custom method name is cut to this many bytes in audit records and logs: it comes
-/// from the caller, in a body of up to megabytes.
-const MAX_LOGGED_METHOD_BYTES: usize = 128;
-
-/// Wraps a `ServerHandler` and authorizes every request with an [`Authorizer`].
-#[derive(Debug, Clone)]
-pub struct Enforced<H> {
-    inner: H,
-    authz: Arc<Authorizer>,
-    hide_denied_tools: bool,
-    forward_unchecked: bool,
-}
-
-/// The peer of a request: an `Arc<Peer>` in `ctx.extensions`, or in the extensions of the
-/// `http::request::Parts` rmcp stores there for streamable HTTP.
-pub fn peer_from_context(ctx: &RequestContext<RoleServer>) -> Option<Arc<Peer>> {
-    peer_from_extensions(&ctx.extensions)
-}
-
-/// The peer of a notification, found like [`peer_from_context`].
-pub fn peer_from_notification(ctx: &NotificationContext<RoleServer>) -> Option<Arc<Peer>> {
-    peer_from_extensions(&ctx.extensions)
-}
-
-fn peer_from_extensions(extensions: &Extensions) -> Option<Arc<Peer>> {
-    if let Some(p) = extensions.get::<Arc<Peer>>() {
-        return Some(p.clone());
-    }
-    extensions
-        .get::<http::request::Parts>()
-        .and_then(|parts| parts.extensions.get::<Arc<Peer>>())
-        .cloned()
-}
-
-fn denial(reason: &str, policy_ids: &[String]) -> McpError {
-    McpError::new(
-        ErrorCode(DENIAL_CODE),
-        format!("access denied: {reason}"),
-        Some(json!({"authorization": {"reason": reason, "policy_ids": policy_ids}})),
-    )
-}
-
-fn decision_error(d: &Decision) -> McpError {
-    denial(d.reason.as_str(), &d.policy_ids)
-}
-
-fn unauthenticated() -> McpError {
-    tracing::warn!(
-        "tessera-verify: request without a peer identity refused (is the per-connection Arc<Peer> inserted?)"
-    );
-    denial("unauthenticated", &[])
-}
-
-/// `method` cut to [`MAX_LOGGED_METHOD_BYTES`] at a character boundary.
-fn loggable(method: &str) -> &str {
-    if method.len() <= MAX_LOGGED_METHOD_BYTES {
-        return method;
-    }
-    let mut end = MAX_LOGGED_METHOD_BYTES;
-    while !method.is_char_boundary(end) {
-        end -= 1;
-    }
-    &method[..end]
-}
-
-/// A completion's arguments as the call's: the already resolved ones from its context,
-/// and the one being completed (its partial value).
-fn completion_arguments(
-    request: &CompleteRequestParams,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut arguments: serde_json::Map<_, _> = request
-        .context
-        .as_ref()
-        .and_then(|c| c.arguments.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    arguments.insert(
-        request.argument.name.clone(),
-        serde_json::Value::String(request.argument.value.clone()),
-    );
-    arguments
-}
-
-// === impl Enforced ===
-
-impl<H: ServerHandler> Enforced<H> {
-    /// Wraps `inner`.
-    pub fn new(inner: H, authz: Arc<Authorizer>) -> Self {
-        Self {
-            inner,
-            authz,
-            hide_denied_tools: false,
-            forward_unchecked: false,
-        }
-    }
-
-    /// Answers a denied `tools/call` as JSON-RPC `-32602` "Unknown tool: <name>" (as for a
-    /// tool that does not exist) instead of a tool error naming the reason.
-    pub fn hide_denied_tools(mut self) -> Self {
-        self.hide_denied_tools = true;
-        self
-    }
-
-    /// Forwards methods that cannot be attributed to one tool/resource/prompt (custom
-    /// requests and notifications, `tasks/*`, skills) after the credential checks only.
-    /// Off by default: they are refused (notifications dropped).
-    pub fn dangerous_forward_unchecked_methods(mut self) -> Self {
-        self.forward_unchecked = true;
-        self
-    }
-
-    /// The wrapped handler.
-    pub fn inner(&self) -> &H {
-        &self.inner
-    }
-
-    /// The full decision on `req`; the peer when allowed.
-    fn authorize(
-        &self,
-        ctx: &RequestContext<RoleServer>,
-        req: &McpRequest,
-    ) -> Result<Arc<Peer>, McpError> {
-        let peer = peer_from_context(ctx).ok_or_else(unauthenticated)?;
-        let d = self.authz.check(&peer, req);
-        if d.allowed {
-            Ok(peer)
-        } else {
-            Err(decision_error(&d))
-        }
-    }
-
-    /// The credential checks for an untargeted `method`; the peer when allowed.
-    fn admit(
-        &self,
-        ctx: &RequestContext<RoleServer>,
-        method: &'static str,
-    ) -> Result<Arc<Peer>, McpError> {
-        self.authorize(ctx, &McpRequest::untargeted(method, ""))
-    }
-
-    /// Decides and records an untargeted `method` acting on `target`: the credential
-    /// checks, then, unless `enforceable` or forwarding unchecked methods, a refusal.
-    fn untargeted(
-        &self,
-        peer: &Peer,
-        method: &'static str,
-        target: &str,
-        enforceable: bool,
-    ) -> Decision {
-        let started = Instant::now();
-        let req = McpRequest::untargeted(method, loggable(target));
-        let mut d = self.authz.decide(peer, &req, SystemTime::now());
-        if d.allowed && !enforceable && !self.forward_unchecked {
-            d = Decision::deny(
-                Reason::MethodNotEnforceable,
-                "names no tool, resource or prompt to decide on",
-            );
-        }
-        self.authz.record(peer, &req, &d, started.elapsed());
-        d
-    }
-
-    /// A method that cannot be attributed to a scoped target: refused, or with
-    /// [`Self::dangerous_forward_unchecked_methods`] admitted on the credential.
-    fn unchecked(
-        &self,
-        ctx: &RequestContext<RoleServer>,
-        method: &'static str,
-        target: &str,
-    ) -> Result<(), McpError> {
-        let peer = peer_from_context(ctx).ok_or_else(unauthenticated)?;
-        let d = self.untargeted(&peer, method, target, false);
-        if d.allowed {
-            return Ok(());
-        }
-        if d.reason == Reason::MethodNotEnforceable {
-            tracing::info!(
-                method,
-                target = loggable(target),
-                "tessera-verify: method refused (not attributable to a scoped target)"
-            );
-        }
-        Err(decision_error(&d))
-    }
-
-    /// Whether a notification is forwarded: a peer whose credential passes, and a
-    /// method the handler trait names (`enforceable`) or forwarding unchecked methods.
-    fn admit_notification(
-        &self,
-        ctx: &NotificationContext<RoleServer>,
-        method: &str,
-        enforceable: bool,
-    ) -> bool {
-        let Some(peer) = peer_from_notification(ctx) else {
-            tracing::warn!(
-                method = loggable(method),
-                "tessera-verify: notification without a peer identity dropped"
-            );
-            return false;
-        };
-        let d = self.untargeted(&peer, "notification", method, enforceable);
-        if !d.allowed {
-            tracing::info!(
-                method = loggable(method),
-                reason = d.reason.as_str(),
-                "tessera-verify: notification dropped"
-            );
-        }
-        d.allowed
-    }
-}
 
 // Logging (`logging/setLevel`) and legacy `resources/subscribe` are deprecated in rmcp but
 // still served to clients of older protocol versions, so the decorator must forward and
@@ -420,23 +181,30 @@ impl<H: ServerHandler> ServerHandler for Enforced<H> {
             self.authorize(ctx, &McpRequest::read_resource(uri.clone()))?;
         }
         let authz = self.authz.clone();
+        let conn = connection_of(&ctx.extensions);
         let listening = self.inner.listen(context);
         tokio::select! {
             done = listening => done,
             ended = authz.until_denied(&peer) => {
-                // Dropping the inner `listen` drops its subscription context, which
-                // stops its sink; the final error then ends the stream.
-                authz.record(
-                    &peer,
-                    &McpRequest::untargeted("subscriptions/listen", "stream ended"),
-                    &ended,
-                    Duration::ZERO,
-                );
-                tracing::info!(
-                    peer = %peer.spiffe_id(),
-                    reason = ended.reason.as_str(),
-                    "tessera-verify: subscription ended: the credential no longer passes"
-                );
+                let end = || {
+                    // Dropping the inner `listen` drops its subscription context, which
+                    // stops its sink; the final error then ends the stream.
+                    authz.record(
+                        &peer,
+                        &McpRequest::untargeted("subscriptions/listen", "stream ended"),
+                        &ended,
+                        Duration::ZERO,
+                    );
+                    tracing::info!(
+                        peer = %peer.spiffe_id(),
+                        reason = ended.reason.as_str(),
+                        "subscription ended: the credential no longer passes"
+                    );
+                };
+                match &conn {
+                    Some(conn) => conn.span().in_scope(end),
+                    None => end(),
+                }
                 Err(decision_error(&ended))
             }
         }
@@ -467,7 +235,7 @@ impl<H: ServerHandler> ServerHandler for Enforced<H> {
     ) -> Result<CallToolResponse, McpError> {
         let peer = peer_from_context(&context).ok_or_else(unauthenticated)?;
         let req = McpRequest::call_tool(request.name.to_string(), request.arguments.clone());
-        let d = self.authz.check(&peer, &req);
+        let d = in_connection(&context.extensions, || self.authz.check(&peer, &req));
         if !d.allowed {
             if self.hide_denied_tools {
                 return Err(McpError::invalid_params(
