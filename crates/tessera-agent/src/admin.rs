@@ -24,7 +24,7 @@ use crate::status::store_status;
 
 /// The `tessera.v1.Admin` service.
 #[derive(Clone, Debug)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     store: Store,
     cache: Arc<crate::svids::SvidCache>,
     tasks: Arc<TaskManager>,
@@ -37,7 +37,7 @@ const AUDIT_PAGE_DEFAULT: u32 = 100;
 
 impl AdminService {
     /// A service for callers whose uid is root, the agent's own, or in `admin_uids`.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         cache: Arc<crate::svids::SvidCache>,
         tasks: Arc<TaskManager>,

@@ -10,7 +10,11 @@ use tokio::sync::broadcast;
 use crate::drain;
 
 /// Appends records from `rx` to `path` (created 0600) until the drain starts.
-pub async fn run(path: PathBuf, mut rx: broadcast::Receiver<AuditRecord>, drain: drain::Watch) {
+pub(crate) async fn run(
+    path: PathBuf,
+    mut rx: broadcast::Receiver<AuditRecord>,
+    drain: drain::Watch,
+) {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

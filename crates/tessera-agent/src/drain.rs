@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// A new drain: fire the trigger once, hand clones of the watch to the work.
-pub fn channel() -> (Trigger, Watch) {
+pub(crate) fn channel() -> (Trigger, Watch) {
     let (tx, rx) = watch::channel(false);
     (Trigger { tx }, Watch { rx })
 }
@@ -21,13 +21,13 @@ pub fn channel() -> (Trigger, Watch) {
 /// Starts the drain. Dropping it unfired also signals every watch (the agent is
 /// going away either way), but waits for nothing.
 #[derive(Debug)]
-pub struct Trigger {
+pub(crate) struct Trigger {
     tx: watch::Sender<bool>,
 }
 
 /// What [`Trigger::drain`] saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drained {
+pub(crate) enum Drained {
     /// Every watch was dropped before the deadline.
     Complete,
     /// The deadline passed with this many watches still held; their work was
@@ -40,7 +40,7 @@ pub enum Drained {
 
 impl Trigger {
     /// Signals every watch, then waits until all are dropped or `deadline` passes.
-    pub async fn drain(self, deadline: Duration) -> Drained {
+    pub(crate) async fn drain(self, deadline: Duration) -> Drained {
         self.tx.send_replace(true);
         if tokio::time::timeout(deadline, self.tx.closed())
             .await
@@ -61,19 +61,20 @@ impl Trigger {
 /// One piece of work's view of the drain; clone it for each piece. Holding it holds
 /// the drain up: drop it (or let the future that owns it finish) once the work is done.
 #[derive(Clone, Debug)]
-pub struct Watch {
+pub(crate) struct Watch {
     rx: watch::Receiver<bool>,
 }
 
 impl Watch {
     /// Whether the drain has started.
-    pub fn is_draining(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_draining(&self) -> bool {
         *self.rx.borrow() || self.rx.has_changed().is_err()
     }
 
     /// Completes once the drain has started (at once if it already has). Cheap to
     /// call again, e.g. in every round of a `select!` loop.
-    pub async fn signaled(&self) {
+    pub(crate) async fn signaled(&self) {
         let mut rx = self.rx.clone();
         // Err: the trigger was dropped unfired, which also means stop.
         let _ = rx.wait_for(|draining| *draining).await;
@@ -83,14 +84,14 @@ impl Watch {
     /// (tonic's and axum's graceful shutdown). The watch is dropped when the signal
     /// arrives, so it does not by itself hold the drain up; pair it with
     /// [`Watch::track`] on the server's own future.
-    pub async fn into_signal(self) {
+    pub(crate) async fn into_signal(self) {
         self.signaled().await;
     }
 
     /// Runs `work` holding this watch, so the drain waits for `work` to finish (up to
     /// its deadline). For work that stops through another signal, e.g. a server
     /// given [`Watch::into_signal`].
-    pub async fn track<F: Future>(self, work: F) -> F::Output {
+    pub(crate) async fn track<F: Future>(self, work: F) -> F::Output {
         let out = work.await;
         drop(self);
         out

@@ -14,14 +14,14 @@ use crate::metrics::Metrics;
 
 /// Shared state of the HTTP endpoints.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     ready: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
 impl Health {
     /// Not ready until [`Health::set_ready`].
-    pub fn new(metrics: Arc<Metrics>) -> Arc<Health> {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Arc<Health> {
         Arc::new(Health {
             ready: AtomicBool::new(false),
             metrics,
@@ -29,7 +29,7 @@ impl Health {
     }
 
     /// Marks the agent ready (store open, CA loaded, sockets listening) or not.
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
 }
@@ -57,7 +57,7 @@ async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 /// Binds the listener (so a taken port fails start-up) and returns the server future.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

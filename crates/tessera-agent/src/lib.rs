@@ -19,21 +19,29 @@
 //! * `audit_log`: the optional JSON-lines audit sink.
 //! * `retention`: deleting ended tasks and audit records past their age.
 //! * `http`, `metrics`, `logging`: `/healthz`, `/readyz`, `/metrics`, and structured logs.
+//!
+//! The public surface is what the binary, the fuzz targets and the end-to-end tests use:
+//! [`agent::run`], [`config`], [`logging`], [`attest`]'s selectors and
+//! [`h2_authority::Rewriter`]; every other module is private to the crate, and the two
+//! lints below keep it that way.
 
-pub mod admin;
+#![warn(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod admin;
 pub mod agent;
 pub mod attest;
-pub mod audit_log;
+mod audit_log;
 mod caller;
 pub mod config;
-pub mod drain;
+mod drain;
 pub mod h2_authority;
-pub mod http;
+mod http;
 pub mod logging;
-pub mod metrics;
-pub mod retention;
-pub mod socket;
+mod metrics;
+mod retention;
+mod socket;
 mod status;
-pub mod svids;
-pub mod tasks;
-pub mod workload;
+mod svids;
+mod tasks;
+mod workload;

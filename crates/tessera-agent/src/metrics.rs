@@ -10,35 +10,25 @@ use prometheus_client::registry::Registry;
 
 mod rpc_layer;
 
-pub use rpc_layer::{
-    ADMIN_SOCKET_RPCS, CountedBody, ResponseFuture, RpcMetrics, RpcMetricsLayer, RpcName,
-    UNKNOWN_RPC, WORKLOAD_SOCKET_RPCS,
-};
+pub(crate) use rpc_layer::{ADMIN_SOCKET_RPCS, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
 
 /// Label: what kind of SVID.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
+pub(crate) struct KindLabel {
     /// "client", "task" or "server".
     pub kind: &'static str,
 }
 
-impl KindLabel {
-    /// The client kind.
-    pub fn client() -> Self {
-        KindLabel { kind: "client" }
-    }
-}
-
 /// Label: why a task ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub(crate) struct ReasonLabel {
     /// The end reason ("ended", "process_exited", ...).
     pub reason: &'static str,
 }
 
 /// Labels of an RPC outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RpcLabel {
+pub(crate) struct RpcLabel {
     /// The RPC's name.
     pub rpc: &'static str,
     /// The gRPC status code name ("Ok", "PermissionDenied", ...).
@@ -47,21 +37,21 @@ pub struct RpcLabel {
 
 /// Label: attestation result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
+pub(crate) struct ResultLabel {
     /// "matched", "no_match" or "error".
     pub result: &'static str,
 }
 
 /// Label: what retention deleted.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PrunedLabel {
+pub(crate) struct PrunedLabel {
     /// "tasks" or "audit".
     pub what: &'static str,
 }
 
 /// Every metric the agent exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// The registry rendering them.
     pub registry: Registry,
     /// SVIDs issued, by kind.
@@ -209,7 +199,7 @@ impl Collector for StoreCollector {
 
 impl Metrics {
     /// Also exports `store`'s writer counters (`tessera_store_*`).
-    pub fn observe_store(&mut self, store: tessera_store::Store) {
+    pub(crate) fn observe_store(&mut self, store: tessera_store::Store) {
         self.registry
             .register_collector(Box::new(StoreCollector(store)));
     }
@@ -226,7 +216,7 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");

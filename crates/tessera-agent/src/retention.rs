@@ -14,7 +14,7 @@ use tessera_store::Store;
 use time::OffsetDateTime;
 
 /// How often a pass runs.
-pub const INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long records are kept; `None` keeps them forever.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +27,12 @@ pub struct Retention {
 }
 
 /// Prunes until the drain starts. Returns at once when nothing is ever deleted.
-pub async fn run(store: Store, retention: Retention, metrics: Arc<Metrics>, drain: drain::Watch) {
+pub(crate) async fn run(
+    store: Store,
+    retention: Retention,
+    metrics: Arc<Metrics>,
+    drain: drain::Watch,
+) {
     if retention.ended_tasks.is_none() && retention.audit.is_none() {
         return;
     }
@@ -44,7 +49,7 @@ pub async fn run(store: Store, retention: Retention, metrics: Arc<Metrics>, drai
 }
 
 /// One pass at `now`: returns how many tasks and audit records it deleted.
-pub async fn prune(
+pub(crate) async fn prune(
     store: &Store,
     retention: Retention,
     metrics: &Metrics,

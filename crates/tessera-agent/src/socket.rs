@@ -19,7 +19,7 @@ use crate::attest::{PeerConn, PeerInfo};
 
 /// Binds `path` with `mode`. A stale socket left by a crashed agent is replaced;
 /// a live one (another agent answering) or a non-socket file is an error.
-pub fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+pub(crate) fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
@@ -65,7 +65,7 @@ static CONN_SEQ: AtomicU64 = AtomicU64::new(1);
 /// (`conn{id, pid, uid}`). A connection whose credentials cannot be read is dropped
 /// (and logged), never served. Reading them pins the peer with a pidfd and may read
 /// `/proc`, so it runs on the blocking pool.
-pub fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Result<PeerConn>> {
+pub(crate) fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Result<PeerConn>> {
     UnixListenerStream::new(listener)
         .map(|conn| async move {
             let id = CONN_SEQ.fetch_add(1, Ordering::Relaxed);
@@ -99,13 +99,13 @@ pub fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Result<Pe
 /// Runs a request in the span of the connection it came on ([`PeerInfo::span`]).
 /// Wraps a gRPC service before it is added to a server.
 #[derive(Clone, Debug)]
-pub struct InConnSpan<S> {
+pub(crate) struct InConnSpan<S> {
     inner: S,
 }
 
 impl<S> InConnSpan<S> {
     /// `inner`, with each request in its connection's span.
-    pub fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S) -> Self {
         InConnSpan { inner }
     }
 }

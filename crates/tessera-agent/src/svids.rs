@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 
 /// A registration entry with the client SVID it grants.
 #[derive(Debug)]
-pub struct EntrySvid {
+pub(crate) struct EntrySvid {
     /// The stored entry.
     pub entry: Entry,
     /// The SPIFFE ID the entry grants.
@@ -32,7 +32,7 @@ pub struct EntrySvid {
 
 /// Everything a Workload API stream needs to answer, as one immutable value.
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Entries with their SVIDs, in store order.
     pub entries: Vec<Arc<EntrySvid>>,
     /// The trust bundle.
@@ -43,7 +43,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The entries whose selectors `att` satisfies, one per SPIFFE ID, in store order.
-    pub fn identities_for(&self, att: &crate::attest::Attestation) -> Vec<&Arc<EntrySvid>> {
+    pub(crate) fn identities_for(&self, att: &crate::attest::Attestation) -> Vec<&Arc<EntrySvid>> {
         let mut seen = std::collections::HashSet::new();
         self.entries
             .iter()
@@ -53,7 +53,7 @@ impl Snapshot {
     }
 
     /// The client identities `att` has (server entries excluded).
-    pub fn clients_for(&self, att: &crate::attest::Attestation) -> Vec<ClientId> {
+    pub(crate) fn clients_for(&self, att: &crate::attest::Attestation) -> Vec<ClientId> {
         self.identities_for(att)
             .into_iter()
             .filter_map(|e| e.client_id.clone())
@@ -63,7 +63,7 @@ impl Snapshot {
 
 /// Keeps [`Snapshot`] current. Streams subscribe with [`SvidCache::subscribe`].
 #[derive(Debug)]
-pub struct SvidCache {
+pub(crate) struct SvidCache {
     authority: Arc<Authority>,
     store: Store,
     client_ttl: Duration,
@@ -75,7 +75,7 @@ pub struct SvidCache {
 
 impl SvidCache {
     /// Loads entries and issues their SVIDs.
-    pub async fn new(
+    pub(crate) async fn new(
         authority: Arc<Authority>,
         store: Store,
         client_ttl: Duration,
@@ -99,18 +99,18 @@ impl SvidCache {
     }
 
     /// The current snapshot and every later one.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.tx.subscribe()
     }
 
     /// The current snapshot.
-    pub fn current(&self) -> Arc<Snapshot> {
+    pub(crate) fn current(&self) -> Arc<Snapshot> {
         self.tx.borrow().clone()
     }
 
     /// Runs until the drain starts: reacts to entry and bundle changes, rotates
     /// SVIDs when due and drives the CA rotation schedule.
-    pub async fn run(self: Arc<Self>, drain: drain::Watch) {
+    pub(crate) async fn run(self: Arc<Self>, drain: drain::Watch) {
         let mut entries_rx = self.store.watch_entries();
         let mut bundle_rx = self.authority.subscribe_bundle();
         let mut ca_tick = tokio::time::interval(Duration::from_secs(30));
@@ -198,7 +198,7 @@ impl SvidCache {
     /// Waits until the served snapshot reflects every entry change committed so
     /// far, so an entry an administrator just created (or deleted) takes effect
     /// for the very next call. Gives up after `timeout`.
-    pub async fn wait_applied(&self, timeout: Duration) -> bool {
+    pub(crate) async fn wait_applied(&self, timeout: Duration) -> bool {
         let target = self.store.entries_revision();
         let mut rx = self.applied.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|a| *a >= target))

@@ -27,7 +27,7 @@ type BuildFn<T> = fn(&Snapshot, &[TaskView], &Attestation) -> Option<(T, Vec<Str
 
 /// The `SpiffeWorkloadAPI` service.
 #[derive(Clone, Debug)]
-pub struct WorkloadService {
+pub(crate) struct WorkloadService {
     cache: Arc<SvidCache>,
     tasks: Arc<TaskManager>,
     attestor: Arc<Attestor>,
@@ -37,7 +37,7 @@ pub struct WorkloadService {
 
 impl WorkloadService {
     /// A service answering from `cache`, attesting with `attestor`.
-    pub fn new(
+    pub(crate) fn new(
         cache: Arc<SvidCache>,
         tasks: Arc<TaskManager>,
         attestor: Arc<Attestor>,

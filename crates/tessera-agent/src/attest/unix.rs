@@ -166,8 +166,8 @@ impl UnixAttestor {
         self
     }
 
-    /// Attests the peer of a connection: [`UnixAttestor::read`] off the async
-    /// workers, then [`UnixAttestor::complete`].
+    /// Attests the peer of a connection: `read` off the async
+    /// workers, then `complete`.
     pub async fn attest(
         self: &Arc<Self>,
         peer: &PeerInfo,

@@ -228,7 +228,7 @@ pub(super) struct Layers {
 
 impl Layers {
     /// The built-in defaults alone.
-    pub fn defaults() -> Layers {
+    pub(super) fn defaults() -> Layers {
         Layers {
             raw: FileConfig::default(),
             file: None,
@@ -239,7 +239,7 @@ impl Layers {
 
     /// `text` over the defaults. A file that does not parse is one problem, and the
     /// defaults stand in for it so the other layers are still checked.
-    pub fn from_toml(text: &str, path: Option<PathBuf>) -> Layers {
+    pub(super) fn from_toml(text: &str, path: Option<PathBuf>) -> Layers {
         let mut layers = Layers::defaults();
         match toml::from_str(text) {
             Ok(raw) => layers.raw = raw,
@@ -256,17 +256,17 @@ impl Layers {
     }
 
     /// Records that `key` now holds a value from `origin`.
-    pub fn set(&mut self, key: &'static str, origin: Origin) {
+    pub(super) fn set(&mut self, key: &'static str, origin: Origin) {
         self.overridden.insert(key, origin);
     }
 
     /// Records that `key` now holds the value of command-line `flag`.
-    pub fn set_by_flag(&mut self, key: &'static str, flag: &'static str) {
+    pub(super) fn set_by_flag(&mut self, key: &'static str, flag: &'static str) {
         self.set(key, Origin::Flag { flag, key });
     }
 
     /// Where the value of `key` came from.
-    pub fn origin(&self, key: &'static str) -> Origin {
+    pub(super) fn origin(&self, key: &'static str) -> Origin {
         if let Some(o) = self.overridden.get(key) {
             return o.clone();
         }
@@ -280,7 +280,7 @@ impl Layers {
     }
 
     /// Refuses the value `key` holds now.
-    pub fn refuse(&mut self, key: &'static str, reason: impl Into<String>) {
+    pub(super) fn refuse(&mut self, key: &'static str, reason: impl Into<String>) {
         self.problems.push(Problem {
             origin: self.origin(key),
             reason: reason.into(),

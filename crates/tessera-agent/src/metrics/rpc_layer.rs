@@ -33,14 +33,14 @@ use tonic::Code;
 use super::Metrics;
 
 /// The `rpc` label of a path that names no RPC the socket serves.
-pub const UNKNOWN_RPC: &str = "unknown";
+pub(crate) const UNKNOWN_RPC: &str = "unknown";
 
 /// An RPC's gRPC path and its `rpc` label.
-pub type RpcName = (&'static str, &'static str);
+pub(crate) type RpcName = (&'static str, &'static str);
 
 /// The RPCs of the workload socket. The labels are the method names, except
 /// `WatchRevocations`, the label the revocation feed had before this layer counted it.
-pub const WORKLOAD_SOCKET_RPCS: &[RpcName] = &[
+pub(crate) const WORKLOAD_SOCKET_RPCS: &[RpcName] = &[
     ("/SpiffeWorkloadAPI/FetchX509SVID", "FetchX509SVID"),
     ("/SpiffeWorkloadAPI/FetchX509Bundles", "FetchX509Bundles"),
     ("/SpiffeWorkloadAPI/FetchJWTSVID", "FetchJWTSVID"),
@@ -55,7 +55,7 @@ pub const WORKLOAD_SOCKET_RPCS: &[RpcName] = &[
 ];
 
 /// The RPCs of the admin socket.
-pub const ADMIN_SOCKET_RPCS: &[RpcName] = &[
+pub(crate) const ADMIN_SOCKET_RPCS: &[RpcName] = &[
     ("/tessera.v1.Admin/CreateEntry", "CreateEntry"),
     ("/tessera.v1.Admin/ListEntries", "ListEntries"),
     ("/tessera.v1.Admin/GetEntry", "GetEntry"),
@@ -73,14 +73,14 @@ pub const ADMIN_SOCKET_RPCS: &[RpcName] = &[
 /// Counts every call of the service it wraps in `tessera_rpcs_total` (see the module
 /// docs for when and with which code).
 #[derive(Clone, Debug)]
-pub struct RpcMetricsLayer {
+pub(crate) struct RpcMetricsLayer {
     metrics: Arc<Metrics>,
     rpcs: &'static [RpcName],
 }
 
 impl RpcMetricsLayer {
     /// Counts into `metrics`, labelling the paths of `rpcs` by name.
-    pub fn new(metrics: Arc<Metrics>, rpcs: &'static [RpcName]) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, rpcs: &'static [RpcName]) -> Self {
         RpcMetricsLayer { metrics, rpcs }
     }
 }
@@ -98,7 +98,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 
 /// The service [`RpcMetricsLayer`] makes.
 #[derive(Clone, Debug)]
-pub struct RpcMetrics<S> {
+pub(crate) struct RpcMetrics<S> {
     inner: S,
     layer: RpcMetricsLayer,
 }

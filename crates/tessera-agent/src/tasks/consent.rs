@@ -8,7 +8,7 @@ use tessera_store::{Consent, ConsentFilter, Store};
 
 /// Live consents, reloaded whenever the store reports a consent change.
 #[derive(Debug)]
-pub struct ConsentCache {
+pub(crate) struct ConsentCache {
     store: Store,
     consents: RwLock<Arc<Vec<ParsedConsent>>>,
     /// The store's consent revision the cache reflects.
@@ -18,7 +18,7 @@ pub struct ConsentCache {
 
 /// A consent with its scopes parsed once.
 #[derive(Debug)]
-pub struct ParsedConsent {
+pub(super) struct ParsedConsent {
     /// The stored record.
     pub consent: Consent,
     /// Its scopes.
@@ -56,7 +56,7 @@ pub enum ConsentDenied {
 
 impl ConsentCache {
     /// Loads the live consents.
-    pub async fn load(store: Store) -> Result<Arc<ConsentCache>, tessera_store::StoreError> {
+    pub(crate) async fn load(store: Store) -> Result<Arc<ConsentCache>, tessera_store::StoreError> {
         let revision = store.watch_consents();
         let cache = Arc::new(ConsentCache {
             store,
@@ -69,7 +69,7 @@ impl ConsentCache {
     }
 
     /// Re-reads the live consents from the store.
-    pub async fn reload(&self) -> Result<(), tessera_store::StoreError> {
+    pub(crate) async fn reload(&self) -> Result<(), tessera_store::StoreError> {
         // Read the revision first: a change committed during the read makes the
         // next `ensure_fresh` reload again rather than be missed.
         let revision = *self.revision.borrow();
@@ -95,7 +95,7 @@ impl ConsentCache {
 
     /// Reloads if the store has committed a consent change the cache has not
     /// seen, so a grant is usable by the very next BeginTask.
-    pub async fn ensure_fresh(&self) -> Result<(), tessera_store::StoreError> {
+    pub(crate) async fn ensure_fresh(&self) -> Result<(), tessera_store::StoreError> {
         if *self.revision.borrow() != self.loaded.load(Ordering::SeqCst) {
             self.reload().await?;
         }
@@ -103,7 +103,7 @@ impl ConsentCache {
     }
 
     /// Finds a live consent covering every requested scope.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         client: &str,
         subject: &str,

@@ -26,8 +26,8 @@ use tessera_store::{Revocation, StoreError, TaskRecord};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-pub use error::TaskError;
-pub use owners::TaskView;
+pub(crate) use error::TaskError;
+pub(crate) use owners::TaskView;
 
 use super::consent::ConsentCache;
 use super::revocation::RevocationFeed;
@@ -37,7 +37,7 @@ use owners::Owners;
 
 /// Task lifetimes and SVID TTL.
 #[derive(Clone, Copy, Debug)]
-pub struct TaskConfig {
+pub(crate) struct TaskConfig {
     /// Lifetime of each task SVID (rotated at half life while the task lives).
     pub svid_ttl: Duration,
     /// Task lifetime when the request names none.
@@ -51,7 +51,7 @@ pub struct TaskConfig {
 
 /// Why a task ended; the strings are stable (audit, feed, API).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndReason {
+pub(crate) enum EndReason {
     /// EndTask by its client.
     Ended,
     /// The process it was bound to exited.
@@ -70,7 +70,7 @@ pub enum EndReason {
 
 impl EndReason {
     /// The stable string.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EndReason::Ended => "ended",
             EndReason::ProcessExited => "process_exited",
@@ -87,16 +87,17 @@ impl EndReason {
 /// asked once the call holds the registration gate. The caller was attested before it
 /// waited for the gate: an entry deleted meanwhile, whose deletion then ended every task
 /// of its client, must not let the call begin a task that the deletion missed.
-pub struct Entitlement(Pin<Box<dyn Future<Output = bool> + Send>>);
+pub(crate) struct Entitlement(Pin<Box<dyn Future<Output = bool> + Send>>);
 
 impl Entitlement {
     /// Entitled if `check` resolves to `true`; `check` runs under the registration gate.
-    pub fn new(check: impl Future<Output = bool> + Send + 'static) -> Entitlement {
+    pub(crate) fn new(check: impl Future<Output = bool> + Send + 'static) -> Entitlement {
         Entitlement(Box::pin(check))
     }
 
-    /// Always entitled: for callers whose identity nothing can take away.
-    pub fn granted() -> Entitlement {
+    /// Always entitled: for tests whose caller nothing can take away.
+    #[cfg(test)]
+    pub(crate) fn granted() -> Entitlement {
         Entitlement::new(std::future::ready(true))
     }
 }
@@ -109,7 +110,7 @@ impl std::fmt::Debug for Entitlement {
 
 /// A validated BeginTask request.
 #[derive(Debug)]
-pub struct BeginRequest {
+pub(crate) struct BeginRequest {
     /// Acting client identity.
     pub client: ClientId,
     /// Human subject.
@@ -133,7 +134,7 @@ pub struct BeginRequest {
 }
 
 /// Owns every live task of this agent.
-pub struct TaskManager {
+pub(crate) struct TaskManager {
     authority: Arc<Authority>,
     store: tessera_store::Store,
     consents: Arc<ConsentCache>,
@@ -172,7 +173,7 @@ impl TaskManager {
     /// Creates the manager. Tasks left live by a previous run are ended with
     /// reason `agent_restart`: their process bindings are gone, and a task whose
     /// end the agent could no longer observe must not stay valid.
-    pub async fn start(
+    pub(crate) async fn start(
         authority: Arc<Authority>,
         store: tessera_store::Store,
         consents: Arc<ConsentCache>,
@@ -217,27 +218,27 @@ impl TaskManager {
     }
 
     /// The store.
-    pub fn store(&self) -> &tessera_store::Store {
+    pub(crate) fn store(&self) -> &tessera_store::Store {
         &self.store
     }
 
     /// The revocation feed.
-    pub fn feed(&self) -> &Arc<RevocationFeed> {
+    pub(crate) fn feed(&self) -> &Arc<RevocationFeed> {
         &self.feed
     }
 
     /// Number of live tasks.
-    pub fn live_count(&self) -> usize {
+    pub(crate) fn live_count(&self) -> usize {
         self.lock_live().len()
     }
 
     /// Live task views bound to `pid`, now and on every change.
-    pub fn subscribe_owner(&self, pid: i32) -> watch::Receiver<Arc<Vec<TaskView>>> {
+    pub(crate) fn subscribe_owner(&self, pid: i32) -> watch::Receiver<Arc<Vec<TaskView>>> {
         self.owners.subscribe(pid)
     }
 
     /// Periodic upkeep until shutdown: prune expired revocations, follow consent changes.
-    pub async fn run(self: Arc<Self>, drain: crate::drain::Watch) {
+    pub(crate) async fn run(self: Arc<Self>, drain: crate::drain::Watch) {
         let mut consents_rx = self.store.watch_consents();
         let mut prune = tokio::time::interval(Duration::from_secs(30));
         loop {

@@ -9,10 +9,10 @@ mod revocation;
 mod service;
 mod watch;
 
-pub use consent::{ConsentCache, ConsentDenied};
-pub use manager::{
+pub(crate) use consent::ConsentCache;
+pub(crate) use manager::{
     BeginRequest, EndReason, Entitlement, TaskConfig, TaskError, TaskManager, TaskView,
 };
-pub use revocation::{RevocationFeed, RevokedSet};
-pub use service::{TasksService, task_to_proto};
-pub use watch::RevocationsService;
+pub(crate) use revocation::RevokedSet;
+pub(crate) use service::{TasksService, task_to_proto};
+pub(crate) use watch::RevocationsService;

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 /// One immutable version of the revoked set.
 #[derive(Debug, Default)]
-pub struct RevokedSet {
+pub(crate) struct RevokedSet {
     /// Increases with every change.
     pub version: u64,
     /// Revoked tasks whose SVIDs may still be valid.
@@ -39,14 +39,14 @@ impl RevokedSet {
 
     /// This version's wire form: made by `encode` the first time it is asked for, then
     /// shared (the bytes are reference-counted) by every caller.
-    pub fn encoded(&self, encode: impl FnOnce(&RevokedSet) -> Bytes) -> Bytes {
+    pub(crate) fn encoded(&self, encode: impl FnOnce(&RevokedSet) -> Bytes) -> Bytes {
         self.encoded.get_or_init(|| encode(self)).clone()
     }
 }
 
 /// Holds the current [`RevokedSet`] and notifies watchers of changes.
 #[derive(Debug)]
-pub struct RevocationFeed {
+pub(crate) struct RevocationFeed {
     tx: watch::Sender<Arc<RevokedSet>>,
     /// Task ids in the current set; changed under the same `send_modify` as the set.
     index: Mutex<HashSet<String>>,
@@ -54,7 +54,7 @@ pub struct RevocationFeed {
 
 impl RevocationFeed {
     /// A feed starting from `initial` (loaded from the store at start-up).
-    pub fn new(initial: Vec<Revocation>) -> Self {
+    pub(crate) fn new(initial: Vec<Revocation>) -> Self {
         let mut index = HashSet::with_capacity(initial.len());
         let mut revoked = Vec::with_capacity(initial.len());
         for r in initial {
@@ -77,7 +77,7 @@ impl RevocationFeed {
 
     /// Adds revocations (a task already in the set keeps its first entry) and notifies
     /// every watcher once.
-    pub fn add(&self, new: impl IntoIterator<Item = Revocation>) {
+    pub(crate) fn add(&self, new: impl IntoIterator<Item = Revocation>) {
         let mut index = self.index();
         let new: Vec<Arc<Revocation>> = new
             .into_iter()
@@ -96,7 +96,7 @@ impl RevocationFeed {
     }
 
     /// Drops entries whose SVIDs have all expired (`until <= now`).
-    pub fn prune(&self, now: i64) -> usize {
+    pub(crate) fn prune(&self, now: i64) -> usize {
         let mut index = self.index();
         let mut removed = 0;
         self.tx.send_if_modified(|cur| {
@@ -120,17 +120,19 @@ impl RevocationFeed {
     }
 
     /// The current set.
-    pub fn current(&self) -> Arc<RevokedSet> {
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> Arc<RevokedSet> {
         self.tx.borrow().clone()
     }
 
     /// Current set first, then every change.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<RevokedSet>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<RevokedSet>> {
         self.tx.subscribe()
     }
 
     /// Whether `task_id` is revoked.
-    pub fn contains(&self, task_id: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn contains(&self, task_id: &str) -> bool {
         self.index().contains(task_id)
     }
 }

@@ -22,7 +22,7 @@ use crate::svids::{Snapshot, SvidCache};
 /// Converts a stored task for the API. Its SPIFFE ID is tessera-identity's, from the
 /// stored client and task id; empty for a row naming no valid one (the agent writes
 /// none such).
-pub fn task_to_proto(t: TaskRecord, trust_domain: &TrustDomain) -> Task {
+pub(crate) fn task_to_proto(t: TaskRecord, trust_domain: &TrustDomain) -> Task {
     let spiffe_id = match (t.client.parse::<ClientName>(), t.id.parse::<TaskId>()) {
         (Ok(client), Ok(task)) => ClientId::new(trust_domain.clone(), client)
             .task(task)
@@ -48,7 +48,7 @@ pub fn task_to_proto(t: TaskRecord, trust_domain: &TrustDomain) -> Task {
 
 /// The Tasks service.
 #[derive(Clone, Debug)]
-pub struct TasksService {
+pub(crate) struct TasksService {
     manager: Arc<TaskManager>,
     cache: Arc<SvidCache>,
     attestor: Arc<Attestor>,
@@ -57,7 +57,7 @@ pub struct TasksService {
 
 impl TasksService {
     /// A service beginning tasks with `manager` for callers attested by `attestor`.
-    pub fn new(
+    pub(crate) fn new(
         manager: Arc<TaskManager>,
         cache: Arc<SvidCache>,
         attestor: Arc<Attestor>,

@@ -32,7 +32,7 @@ use crate::svids::SvidCache;
 
 /// The `tessera.v1.Revocations` service (a tower service for tonic's router).
 #[derive(Clone, Debug)]
-pub struct RevocationsService {
+pub(crate) struct RevocationsService {
     inner: Arc<Inner>,
     max_request_bytes: usize,
 }
@@ -54,7 +54,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send + 'st
 impl RevocationsService {
     /// A feed for attested callers (verifiers run as registered workloads), each of
     /// whose identities may hold at most `max_watchers_per_identity` streams.
-    pub fn new(
+    pub(crate) fn new(
         manager: Arc<TaskManager>,
         cache: Arc<SvidCache>,
         attestor: Arc<Attestor>,
@@ -79,7 +79,7 @@ impl RevocationsService {
     /// Refuses requests larger than `limit` (the request is empty; anything large is
     /// garbage or an attack).
     #[must_use]
-    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+    pub(crate) fn max_decoding_message_size(mut self, limit: usize) -> Self {
         self.max_request_bytes = limit;
         self
     }
@@ -316,7 +316,7 @@ mod tests {
             revoked_at_ms: 7,
             until: 100,
         };
-        let feed = super::super::RevocationFeed::new(vec![revocation]);
+        let feed = super::super::revocation::RevocationFeed::new(vec![revocation]);
         let set = feed.current();
         let bytes = set.encoded(|set| to_proto(set, "td").encode_to_vec().into());
         let decoded = RevocationSet::decode(bytes).unwrap();

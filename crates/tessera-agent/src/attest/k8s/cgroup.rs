@@ -93,7 +93,7 @@ pub enum CgroupError {
 
 /// Where a cgroup file places a process, with the lines that say so.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placement {
+pub(super) struct Placement {
     /// The pod and container.
     pub pod: PodContainer,
     /// Each hierarchy line that named them.
@@ -125,7 +125,7 @@ pub fn parse(contents: &str) -> Result<Option<PodContainer>, CgroupError> {
 }
 
 /// [`parse`], keeping what [`verify`] checks on disk.
-pub fn parse_placement(contents: &str) -> Result<Option<Placement>, CgroupError> {
+pub(super) fn parse_placement(contents: &str) -> Result<Option<Placement>, CgroupError> {
     let mut found: Option<Placement> = None;
     let mut pod_only: Option<String> = None;
     for line in contents.lines() {
@@ -363,7 +363,7 @@ pub struct CgroupView {
 /// Lines relative to the agent's cgroup namespace cannot be located and are left to
 /// the anchoring in [`parse_placement`]; if every line is absolute and none of their
 /// hierarchies is mounted under the root, the placement is refused.
-pub fn verify(view: &CgroupView, placement: &Placement) -> Result<(), CgroupError> {
+pub(super) fn verify(view: &CgroupView, placement: &Placement) -> Result<(), CgroupError> {
     let mut checked = 0;
     let mut relative = 0;
     for line in &placement.lines {

@@ -28,7 +28,7 @@ impl TaskManager {
     /// applies a queued write regardless, and a stored task must then also be live here
     /// (watched, endable, on its process's stream), never a row that claims to be live
     /// while nothing can end it.
-    pub async fn begin(
+    pub(crate) async fn begin(
         self: &Arc<Self>,
         req: BeginRequest,
     ) -> Result<(TaskRecord, Arc<IssuedSvid>), TaskError> {
@@ -181,7 +181,7 @@ impl TaskManager {
     }
 
     /// `client`, when given, restricts the call to that client's tasks.
-    pub async fn end(
+    pub(crate) async fn end(
         self: &Arc<Self>,
         task_id: &str,
         reason: EndReason,
@@ -261,7 +261,7 @@ impl TaskManager {
     /// live before (and is ended here) or re-checks its entitlement after (and is
     /// refused, if the caller lost its entry). Runs to the end even if the caller stops
     /// waiting.
-    pub async fn end_client_tasks(
+    pub(crate) async fn end_client_tasks(
         self: &Arc<Self>,
         client: &str,
         reason: EndReason,
@@ -326,7 +326,7 @@ impl TaskManager {
     /// Runs to the end even if the caller stops waiting: once the store holds the
     /// withdrawal, its tasks must also leave the live set and reach the feed, never stay
     /// ended on disk while their SVIDs still work.
-    pub async fn withdraw_consent(
+    pub(crate) async fn withdraw_consent(
         self: &Arc<Self>,
         consent_id: &str,
         actor: &str,

@@ -12,7 +12,7 @@ use super::error::TaskError;
 
 /// What a Workload API stream shows for one live task.
 #[derive(Clone, Debug)]
-pub struct TaskView {
+pub(crate) struct TaskView {
     /// Task id (the stream's hint).
     pub id: String,
     /// The task's SPIFFE ID.
@@ -26,7 +26,7 @@ pub struct TaskView {
 
 impl TaskView {
     /// Whether the bound process is still running.
-    pub fn owner_alive(&self) -> bool {
+    pub(crate) fn owner_alive(&self) -> bool {
         self.owner
             .as_ref()
             .is_none_or(|fd| !crate::attest::sys::pidfd_exited(fd).unwrap_or(true))
