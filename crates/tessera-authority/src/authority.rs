@@ -336,7 +336,7 @@ fn make_bundle(td: &TrustDomain, s: &CaSet, now: OffsetDateTime) -> TrustBundle 
     }
 }
 
-fn ensure_private_dir(dir: &Path) -> Result<(), AuthorityError> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), AuthorityError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()
