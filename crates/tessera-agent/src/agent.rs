@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tessera_authority::{Authority, AuthorityConfig, CaMode, RotationPolicy};
+use tessera_authority::{Authority, AuthorityConfig, CaMode, JwtAuthority, JwtKeyPolicy, RotationPolicy};
 use tessera_identity::TrustDomain;
 use tessera_proto::tessera::v1::admin_server::AdminServer;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -66,6 +66,17 @@ pub async fn run(
         })
         .context("opening the signing authority")?,
     );
+    let jwt_authority = Arc::new(
+        JwtAuthority::open(
+            trust_domain.clone(),
+            config.data_dir.join("ca"),
+            JwtKeyPolicy {
+                key_ttl: config.ca.jwt_key_ttl,
+                max_token_ttl: config.jwt_svid_ttl,
+            },
+        )
+        .context("opening the JWT signing keys")?,
+    );
     let store = Store::open(&config.data_dir.join("tessera.db"))
         .await
         .context("opening the store")?;
@@ -99,11 +110,17 @@ pub async fn run(
             default_lifetime: config.task_default_lifetime,
             max_lifetime: config.task_max_lifetime,
             max_live_per_process: config.task_max_live_per_process,
+            jwt_svid_ttl: config.jwt_svid_ttl,
         },
     )
     .await
     .context("recovering tasks")?;
     let tasks_task = tokio::spawn(Arc::clone(&tasks).run(stop_rx.clone()));
+    let jwt_keys_task = tokio::spawn(crate::jwt_keys::run(
+        Arc::clone(&jwt_authority),
+        config.ca.jwt_key_ttl,
+        stop_rx.clone(),
+    ));
     let retention_task = tokio::spawn(retention::run(
         store.clone(),
         config.retention(),
@@ -147,7 +164,8 @@ pub async fn run(
         Arc::clone(&attestor),
         Arc::clone(&metrics),
         stop_rx.clone(),
-    ))
+    )
+    .with_jwt(Arc::clone(&jwt_authority), config.jwt_svid_ttl))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let tasks_api = TasksServer::new(TasksService::new(
         Arc::clone(&tasks),
@@ -224,6 +242,7 @@ pub async fn run(
     let _ = tokio::time::timeout(grace, http_task).await;
     let _ = cache_task.await;
     let _ = tasks_task.await;
+    let _ = jwt_keys_task.await;
     let _ = retention_task.await;
     if let Some(t) = audit_task {
         let _ = t.await;

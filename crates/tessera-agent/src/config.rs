@@ -69,6 +69,10 @@ pub struct Config {
     /// Lifetime of task SVIDs, e.g. "5m"; rotated at half life, never past the task's deadline.
     #[serde(with = "humantime_serde")]
     pub task_svid_ttl: Duration,
+    /// Lifetime of JWT-SVIDs (FetchJWTSVID), e.g. "5m"; a task's never outlives the task.
+    /// Bearer tokens: keep it short.
+    #[serde(with = "humantime_serde")]
+    pub jwt_svid_ttl: Duration,
     /// Task lifetime when BeginTask names none.
     #[serde(with = "humantime_serde")]
     pub task_default_lifetime: Duration,
@@ -119,6 +123,10 @@ pub struct CaConfig {
     /// Lifetime of each self-signed root; rotation prepares the next at half life.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Life of each JWT-SVID signing key (kept in `data_dir/ca` in either mode): the next
+    /// key is published in the JWT bundle at half of it and signs from two thirds on.
+    #[serde(with = "humantime_serde")]
+    pub jwt_key_ttl: Duration,
     /// Upstream mode: intermediate certificate (then any further intermediates), PEM.
     pub upstream_cert: Option<PathBuf>,
     /// Upstream mode: the intermediate's private key, PEM, mode 0600.
@@ -357,6 +365,7 @@ impl Default for Config {
             admin_uids: Vec::new(),
             client_svid_ttl: Duration::from_secs(3600),
             task_svid_ttl: Duration::from_secs(300),
+            jwt_svid_ttl: Duration::from_secs(300),
             task_default_lifetime: Duration::from_secs(15 * 60),
             task_max_lifetime: Duration::from_secs(24 * 3600),
             task_max_live_per_process: DEFAULT_MAX_LIVE_PER_PROCESS,
@@ -377,6 +386,7 @@ impl Default for CaConfig {
         CaConfig {
             mode: CaModeName::SelfSigned,
             ttl: Duration::from_secs(365 * 24 * 3600),
+            jwt_key_ttl: Duration::from_secs(24 * 3600),
             upstream_cert: None,
             upstream_key: None,
             upstream_bundle: None,
@@ -395,6 +405,14 @@ impl Default for LogConfig {
 
 /// Shortest SVID lifetime accepted: rotation at half life must stay meaningful.
 const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// Longest [`Config::jwt_svid_ttl`] accepted: a JWT-SVID is a bearer token, and a
+/// verifier that cannot see the revocation feed honours it until it expires.
+const MAX_JWT_SVID_TTL: Duration = Duration::from_secs(3600);
+
+/// Shortest [`CaConfig::jwt_key_ttl`] accepted: the rotation schedule's sixths must be
+/// whole seconds.
+const MIN_JWT_KEY_TTL: Duration = Duration::from_secs(6);
 
 /// Default for [`Config::task_max_live_per_process`]: 128 tasks with claims near their
 /// 16 KiB limit make a FetchX509SVID message of 2.1 MiB, under the 4 MiB standard
@@ -496,6 +514,9 @@ impl Config {
         if let Some(v) = lookup("TESSERA_TASK_SVID_TTL") {
             self.task_svid_ttl = dur("TESSERA_TASK_SVID_TTL", v)?;
         }
+        if let Some(v) = lookup("TESSERA_JWT_SVID_TTL") {
+            self.jwt_svid_ttl = dur("TESSERA_JWT_SVID_TTL", v)?;
+        }
         if let Some(v) = lookup("TESSERA_TASK_DEFAULT_LIFETIME") {
             self.task_default_lifetime = dur("TESSERA_TASK_DEFAULT_LIFETIME", v)?;
         }
@@ -535,6 +556,9 @@ impl Config {
         }
         if let Some(v) = lookup("TESSERA_CA_TTL") {
             self.ca.ttl = dur("TESSERA_CA_TTL", v)?;
+        }
+        if let Some(v) = lookup("TESSERA_CA_JWT_KEY_TTL") {
+            self.ca.jwt_key_ttl = dur("TESSERA_CA_JWT_KEY_TTL", v)?;
         }
         if let Some(v) = lookup("TESSERA_LOG_FORMAT") {
             self.log.format = match v.as_str() {
@@ -576,6 +600,7 @@ impl Config {
         for (key, ttl) in [
             ("client_svid_ttl", self.client_svid_ttl),
             ("task_svid_ttl", self.task_svid_ttl),
+            ("jwt_svid_ttl", self.jwt_svid_ttl),
         ] {
             if ttl < MIN_TTL {
                 return Err(ConfigError::Invalid {
@@ -616,6 +641,24 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "ca.ttl",
                 reason: "must be at least twice the longest SVID TTL".into(),
+            });
+        }
+        if self.jwt_svid_ttl > MAX_JWT_SVID_TTL {
+            return Err(ConfigError::Invalid {
+                key: "jwt_svid_ttl",
+                reason: format!(
+                    "must be at most {}: a JWT-SVID is a bearer token",
+                    humantime::format_duration(MAX_JWT_SVID_TTL)
+                ),
+            });
+        }
+        if self.ca.jwt_key_ttl < MIN_JWT_KEY_TTL {
+            return Err(ConfigError::Invalid {
+                key: "ca.jwt_key_ttl",
+                reason: format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_JWT_KEY_TTL)
+                ),
             });
         }
         if !self.http_listen.ip().is_loopback() {
@@ -697,6 +740,8 @@ mod tests {
             ("TESSERA_AUDIT_RETENTION", "90d"),
             ("TESSERA_EXE_HASH_MAX_BYTES", "1048576"),
             ("TESSERA_REVOCATION_MAX_WATCHERS_PER_IDENTITY", "4"),
+            ("TESSERA_JWT_SVID_TTL", "2m"),
+            ("TESSERA_CA_JWT_KEY_TTL", "12h"),
         ]
         .into();
         c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
@@ -706,6 +751,8 @@ mod tests {
         assert_eq!(c.task_max_live_per_process, 500);
         assert_eq!(c.exe_hash_max_bytes, 1 << 20);
         assert_eq!(c.revocation_max_watchers_per_identity, 4);
+        assert_eq!(c.jwt_svid_ttl, Duration::from_secs(120));
+        assert_eq!(c.ca.jwt_key_ttl, Duration::from_secs(12 * 3600));
         assert_eq!(
             c.retention(),
             crate::retention::Retention {
@@ -739,6 +786,9 @@ mod tests {
             ("task_default_lifetime = \"48h\"", "task_default_lifetime"),
             ("task_max_live_per_process = 0", "task_max_live_per_process"),
             ("exe_hash_max_bytes = 0", "exe_hash_max_bytes"),
+            ("jwt_svid_ttl = \"1s\"", "jwt_svid_ttl"),
+            ("jwt_svid_ttl = \"2h\"", "jwt_svid_ttl"),
+            ("[ca]\njwt_key_ttl = \"5s\"", "ca.jwt_key_ttl"),
             ("exe_hash_max_bytes = 17179869185", "exe_hash_max_bytes"),
             (
                 "[kubernetes]\nenabled = true\ncgroup_root = \"sys/fs/cgroup\"",

@@ -13,6 +13,7 @@ mod caller;
 pub mod config;
 pub mod h2_authority;
 pub mod http;
+mod jwt_keys;
 pub mod logging;
 pub mod metrics;
 pub mod retention;

@@ -83,6 +83,7 @@ async fn fixture() -> Fixture {
             default_lifetime: Duration::from_secs(900),
             max_lifetime: Duration::from_secs(3600),
             max_live_per_process: 16,
+            jwt_svid_ttl: Duration::from_secs(300),
         },
     )
     .await
