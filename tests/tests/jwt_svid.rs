@@ -9,9 +9,7 @@ use tessera_e2e::{TRUST_DOMAIN, TestAgent};
 use tessera_identity::{JwtBundle, TASK_CLAIM, TesseraId, validate_jwt_svid};
 use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
 use tessera_proto::tessera::v1::tasks_client::TasksClient;
-use tessera_proto::tessera::v1::{
-    BeginTaskRequest, EndTaskRequest, Task, WatchRevocationsRequest,
-};
+use tessera_proto::tessera::v1::{BeginTaskRequest, EndTaskRequest, Task, WatchRevocationsRequest};
 use tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tessera_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest};
 use tonic::transport::Channel;
@@ -116,7 +114,10 @@ async fn the_spiffe_crate_fetches_a_client_jwt_svid_that_validates_against_the_f
     assert_eq!(svid.audience(), [AUD.to_owned()]);
     assert_eq!(svid.hint(), Some("code-reviewer"));
     let ttl = svid.expiry().unix_timestamp() - now_unix();
-    assert!((250..=300).contains(&ttl), "default TTL is 5 min, got {ttl}s");
+    assert!(
+        (250..=300).contains(&ttl),
+        "default TTL is 5 min, got {ttl}s"
+    );
 
     // The crate's own offline validation against the bundle it fetched.
     let bundles = client.fetch_jwt_bundles().await.unwrap();
@@ -153,13 +154,8 @@ async fn a_task_jwt_svid_carries_its_claims_and_is_refused_once_the_task_ends() 
     assert!(svid.expiry().unix_timestamp() <= task.deadline_unix);
 
     // The claims are the task's, signed: checked with the validation every verifier shares.
-    let valid = validate_jwt_svid(
-        svid.token(),
-        [&jwt_bundle(&client).await],
-        AUD,
-        now_unix(),
-    )
-    .unwrap();
+    let valid =
+        validate_jwt_svid(svid.token(), [&jwt_bundle(&client).await], AUD, now_unix()).unwrap();
     assert!(matches!(valid.subject, TesseraId::Task(_)));
     let claims = valid.task.expect("task claims");
     assert_eq!(claims.task_id.to_string(), task.id);
@@ -167,7 +163,11 @@ async fn a_task_jwt_svid_carries_its_claims_and_is_refused_once_the_task_ends() 
     assert_eq!(claims.consent_id, task.consent_id);
     assert_eq!(claims.deadline_unix, task.deadline_unix);
     assert_eq!(
-        claims.scopes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        claims
+            .scopes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         ["github/tool/get_pull_request"]
     );
 
@@ -194,7 +194,11 @@ async fn a_task_jwt_svid_carries_its_claims_and_is_refused_once_the_task_ends() 
     // Still unexpired and well signed, but its task has ended: refused.
     let err = validate(&agent, svid.token()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("jwt_task_ended"), "{}", err.message());
+    assert!(
+        err.message().contains("jwt_task_ended"),
+        "{}",
+        err.message()
+    );
     // No new token for it either.
     let err = fetch(&agent, &task.spiffe_id).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -226,7 +230,10 @@ async fn identities_that_are_not_the_callers_get_permission_denied_without_detai
     let agent = TestAgent::start("").await.unwrap();
     agent.register_self("code-reviewer").await.unwrap();
     let task = begin_task(&agent).await;
-    let unknown_task = format!("{}/task/01ARZ3NDEKTSV4RRFFQ69G5FAV", client_id("code-reviewer"));
+    let unknown_task = format!(
+        "{}/task/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        client_id("code-reviewer")
+    );
     let other_clients_task = task.spiffe_id.replace("code-reviewer", "intruder");
     for spiffe_id in [
         client_id("intruder").as_str(),
@@ -292,7 +299,11 @@ async fn malformed_requests_and_unregistered_callers_are_refused() {
     let forged = format!(
         "{}.{}.",
         b64(br#"{"alg":"none","kid":"x"}"#),
-        b64(format!(r#"{{"sub":"{}","aud":"{AUD}","exp":9999999999}}"#, client_id("admin")).as_bytes())
+        b64(format!(
+            r#"{{"sub":"{}","aud":"{AUD}","exp":9999999999}}"#,
+            client_id("admin")
+        )
+        .as_bytes())
     );
     let err = validate(&agent, &forged).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -373,8 +384,11 @@ async fn py_spiffe_fetches_and_validates_jwt_svids_and_is_refused_a_foreign_iden
     // A task of this test process (registered as code-reviewer), not of the Python one.
     agent.register_self("code-reviewer").await.unwrap();
     let task = begin_task(&agent).await;
-    let r = run_python(&python, &["jwt", &agent.workload_path(), AUD, &task.spiffe_id])
-        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_text()));
+    let r = run_python(
+        &python,
+        &["jwt", &agent.workload_path(), AUD, &task.spiffe_id],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_text()));
     let me = client_id("py-runtime");
     assert_eq!(r["spiffe_id"], me);
     assert_eq!(r["audience"], serde_json::json!([AUD]));
@@ -384,6 +398,11 @@ async fn py_spiffe_fetches_and_validates_jwt_svids_and_is_refused_a_foreign_iden
     assert_eq!(r["source_bundle_keys"], 1, "{r}");
     assert!(r["wrong_audience"].is_string(), "{r}");
     assert!(r["remote_wrong_audience"].is_string(), "{r}");
-    let foreign = r["foreign_error"].as_str().expect("the foreign task is refused");
-    assert!(foreign.contains("PERMISSION_DENIED") || foreign.contains("no identity"), "{foreign}");
+    let foreign = r["foreign_error"]
+        .as_str()
+        .expect("the foreign task is refused");
+    assert!(
+        foreign.contains("PERMISSION_DENIED") || foreign.contains("no identity"),
+        "{foreign}"
+    );
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tessera_authority::{Authority, AuthorityConfig, CaMode, JwtAuthority, JwtKeyPolicy, RotationPolicy};
+use tessera_authority::{
+    Authority, AuthorityConfig, CaMode, JwtAuthority, JwtKeyPolicy, RotationPolicy,
+};
 use tessera_identity::TrustDomain;
 use tessera_proto::tessera::v1::admin_server::AdminServer;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -158,14 +160,16 @@ pub async fn run(
     };
     let unix = UnixAttestor::default().with_max_exe_bytes(config.exe_hash_max_bytes);
     let attestor = Arc::new(Attestor::new(unix, k8s));
-    let workload = SpiffeWorkloadApiServer::new(WorkloadService::new(
-        Arc::clone(&cache),
-        Arc::clone(&tasks),
-        Arc::clone(&attestor),
-        Arc::clone(&metrics),
-        stop_rx.clone(),
+    let workload = SpiffeWorkloadApiServer::new(
+        WorkloadService::new(
+            Arc::clone(&cache),
+            Arc::clone(&tasks),
+            Arc::clone(&attestor),
+            Arc::clone(&metrics),
+            stop_rx.clone(),
+        )
+        .with_jwt(Arc::clone(&jwt_authority), config.jwt_svid_ttl),
     )
-    .with_jwt(Arc::clone(&jwt_authority), config.jwt_svid_ttl))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let tasks_api = TasksServer::new(TasksService::new(
         Arc::clone(&tasks),

@@ -61,7 +61,11 @@ impl WorkloadService {
 
     /// Also serves JWT-SVIDs signed by `authority`, lasting `ttl` (capped by a task's
     /// deadline).
-    pub fn with_jwt(mut self, authority: Arc<tessera_authority::JwtAuthority>, ttl: Duration) -> Self {
+    pub fn with_jwt(
+        mut self,
+        authority: Arc<tessera_authority::JwtAuthority>,
+        ttl: Duration,
+    ) -> Self {
         self.jwt = Some(jwt::JwtApi::new(
             authority,
             ttl,

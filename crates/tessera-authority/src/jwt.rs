@@ -216,13 +216,17 @@ impl JwtAuthority {
             .parse()
             .map_err(|e| invalid(format!("JWT-SVID subject: {e}")))?;
         if subject.trust_domain() != &self.trust_domain {
-            return Err(invalid("JWT-SVID subject is in another trust domain".into()));
+            return Err(invalid(
+                "JWT-SVID subject is in another trust domain".into(),
+            ));
         }
         check_audiences(spec.audience).map_err(|e| invalid(e.to_string()))?;
         match (&subject, spec.task) {
             (TesseraId::Task(id), Some(c)) if c.task_id == id.task && c.client_id == id.client => {}
             (TesseraId::Task(_), _) => {
-                return Err(invalid("a task JWT-SVID needs its own task's claims".into()));
+                return Err(invalid(
+                    "a task JWT-SVID needs its own task's claims".into(),
+                ));
             }
             (_, Some(_)) => return Err(invalid("task claims on a non-task subject".into())),
             (_, None) => {}

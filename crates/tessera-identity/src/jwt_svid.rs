@@ -573,7 +573,9 @@ pub fn check_audiences(audiences: &[String]) -> Result<(), JwtSvidError> {
         .iter()
         .any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LEN)
     {
-        return Err(JwtSvidError::BadAudience("an audience is empty or too long"));
+        return Err(JwtSvidError::BadAudience(
+            "an audience is empty or too long",
+        ));
     }
     Ok(())
 }

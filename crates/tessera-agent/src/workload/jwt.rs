@@ -74,9 +74,19 @@ impl JwtApi {
         rpc: &'static str,
         req: &Request<T>,
     ) -> Result<(PeerInfo, Attestation), Status> {
-        let caller =
-            Caller::admit(req, &self.attestor, &self.metrics, self.cache.current().needs).await?;
-        if self.cache.current().identities_for(&caller.attestation).is_empty() {
+        let caller = Caller::admit(
+            req,
+            &self.attestor,
+            &self.metrics,
+            self.cache.current().needs,
+        )
+        .await?;
+        if self
+            .cache
+            .current()
+            .identities_for(&caller.attestation)
+            .is_empty()
+        {
             tracing::info!(pid = caller.attestation.pid, rpc, "caller matches no entry");
             return Err(Status::permission_denied(NO_IDENTITY));
         }
@@ -143,9 +153,9 @@ impl JwtApi {
             });
         }
         if svids.is_empty() && spiffe_id.parse::<TaskSpiffeId>().is_ok() {
-            let grant =
-                self.tasks
-                    .grant_jwt(att.pid, &spiffe_id, self.ttl, now.unix_timestamp());
+            let grant = self
+                .tasks
+                .grant_jwt(att.pid, &spiffe_id, self.ttl, now.unix_timestamp());
             if let Some((claims, exp)) = grant {
                 let issued = sign(&spiffe_id, Some(&claims), Some(exp))?;
                 tracing::info!(task = %claims.task_id, jti = %issued.jti, exp = issued.expires_unix, "task JWT-SVID issued");

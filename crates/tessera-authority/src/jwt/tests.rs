@@ -110,8 +110,7 @@ fn a_task_token_carries_its_claims_and_never_outlives_the_task() {
         )
         .unwrap();
     assert_eq!(issued.expires_unix, claims.deadline_unix);
-    let v = validate_jwt_svid(&issued.token, [&*auth.bundle()], AUD, now.unix_timestamp())
-        .unwrap();
+    let v = validate_jwt_svid(&issued.token, [&*auth.bundle()], AUD, now.unix_timestamp()).unwrap();
     assert_eq!(v.task, Some(claims.clone()));
 
     // Another task's claims, none at all, or a deadline already passed: nothing is signed.
@@ -196,8 +195,7 @@ fn keys_persist_with_private_modes_and_survive_a_restart() {
 }
 
 #[test]
-fn rotation_publishes_the_next_key_before_it_signs_and_keeps_the_old_one_until_its_tokens_expire()
-{
+fn rotation_publishes_the_next_key_before_it_signs_and_keeps_the_old_one_until_its_tokens_expire() {
     let dir = tempfile::tempdir().unwrap();
     let auth = open(dir.path(), t0());
     let day = time::Duration::days(1);
@@ -239,7 +237,12 @@ fn rotation_publishes_the_next_key_before_it_signs_and_keeps_the_old_one_until_i
     assert!(auth.tick(gone).unwrap());
     assert_eq!(auth.bundle().keys().len(), 1);
     assert!(matches!(
-        validate_jwt_svid(&last_of_first.token, [&*auth.bundle()], AUD, two_thirds.unix_timestamp()),
+        validate_jwt_svid(
+            &last_of_first.token,
+            [&*auth.bundle()],
+            AUD,
+            two_thirds.unix_timestamp()
+        ),
         Err(JwtSvidError::UnknownKeyId { .. })
     ));
 }

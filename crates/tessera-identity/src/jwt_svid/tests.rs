@@ -97,7 +97,11 @@ fn a_client_token_is_accepted() {
 #[test]
 fn a_task_token_is_accepted_with_its_claims() {
     let s = Signer::new("k1");
-    let v = check(&s.token(&task_claims_json(&task(), NOW + 300)), &acme(&[&s])).unwrap();
+    let v = check(
+        &s.token(&task_claims_json(&task(), NOW + 300)),
+        &acme(&[&s]),
+    )
+    .unwrap();
     assert_eq!(v.subject.to_string(), TASK_SUB);
     assert_eq!(v.task, Some(task()));
 }
@@ -111,7 +115,10 @@ fn alg_none_is_refused() {
         b64(&client_claims())
     );
     let err = check(&token, &acme(&[&s])).unwrap_err();
-    assert!(matches!(err, JwtSvidError::DisallowedAlgorithm { ref alg } if alg == "none"), "{err}");
+    assert!(
+        matches!(err, JwtSvidError::DisallowedAlgorithm { ref alg } if alg == "none"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -119,7 +126,10 @@ fn hs256_signed_with_the_public_key_as_secret_is_refused() {
     let s = Signer::new("k1");
     // The classic confusion: HMAC keyed with the verifier's public key, in each form an
     // implementation might feed an HMAC (the SEC1 point, the JWK text).
-    for secret in [s.point.clone(), serde_json::to_vec(&s.public.to_jwk()).unwrap()] {
+    for secret in [
+        s.point.clone(),
+        serde_json::to_vec(&s.public.to_jwk()).unwrap(),
+    ] {
         let header = json!({"alg": "HS256", "kid": "k1", "typ": "JWT"});
         let input = format!("{}.{}", b64(&header), b64(&client_claims()));
         let sig = jsonwebtoken::crypto::sign(
@@ -129,7 +139,10 @@ fn hs256_signed_with_the_public_key_as_secret_is_refused() {
         )
         .unwrap();
         let err = check(&format!("{input}.{sig}"), &acme(&[&s])).unwrap_err();
-        assert!(matches!(err, JwtSvidError::DisallowedAlgorithm { .. }), "{err}");
+        assert!(
+            matches!(err, JwtSvidError::DisallowedAlgorithm { .. }),
+            "{err}"
+        );
     }
 }
 
@@ -139,7 +152,10 @@ fn rs256_and_other_algorithms_are_refused() {
     for alg in ["RS256", "ES384", "PS256", "EdDSA", "es256", "ES256 "] {
         let token = s.sign(&json!({"alg": alg, "kid": "k1"}), &client_claims());
         let err = check(&token, &acme(&[&s])).unwrap_err();
-        assert!(matches!(err, JwtSvidError::DisallowedAlgorithm { .. }), "{alg}: {err}");
+        assert!(
+            matches!(err, JwtSvidError::DisallowedAlgorithm { .. }),
+            "{alg}: {err}"
+        );
     }
 }
 
@@ -158,7 +174,10 @@ fn an_unknown_kid_is_refused() {
     let s = Signer::new("k1");
     let other = Signer::new("k2");
     let err = check(&other.token(&client_claims()), &acme(&[&s])).unwrap_err();
-    assert!(matches!(err, JwtSvidError::UnknownKeyId { ref kid } if kid == "k2"), "{err}");
+    assert!(
+        matches!(err, JwtSvidError::UnknownKeyId { ref kid } if kid == "k2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -225,7 +244,12 @@ fn audience_tricks_are_refused() {
         with_aud(json!([])).unwrap_err(),
         JwtSvidError::BadAudience("no audience")
     );
-    for nested in [json!([[AUD]]), json!([{"aud": AUD}]), json!([AUD, 1]), json!(null)] {
+    for nested in [
+        json!([[AUD]]),
+        json!([{"aud": AUD}]),
+        json!([AUD, 1]),
+        json!(null),
+    ] {
         let err = with_aud(nested.clone()).unwrap_err();
         assert!(matches!(err, JwtSvidError::BadClaims(_)), "{nested}: {err}");
     }
@@ -300,7 +324,10 @@ fn a_token_from_the_future_is_refused() {
         c["exp"] = (NOW + 3600).into();
         c[claim] = (NOW + JWT_LEEWAY_SECS + 1).into();
         let err = check(&s.token(&c), &acme(&[&s])).unwrap_err();
-        assert!(matches!(err, JwtSvidError::NotYetValid { .. }), "{claim}: {err}");
+        assert!(
+            matches!(err, JwtSvidError::NotYetValid { .. }),
+            "{claim}: {err}"
+        );
     }
 }
 
@@ -339,13 +366,8 @@ fn a_subject_of_another_trust_domain_is_refused() {
     )
     .unwrap();
     let ours = acme(&[&s]);
-    let err = validate_jwt_svid(
-        &evil_key.token(&client_claims()),
-        [&ours, &evil],
-        AUD,
-        NOW,
-    )
-    .unwrap_err();
+    let err =
+        validate_jwt_svid(&evil_key.token(&client_claims()), [&ours, &evil], AUD, NOW).unwrap_err();
     assert!(
         matches!(err, JwtSvidError::SubjectDomainMismatch { .. }),
         "{err}"
@@ -394,8 +416,7 @@ fn unknown_or_repeated_claims_are_refused() {
         NOW + 300
     ));
     let input = format!("{header}.{payload}");
-    let sig =
-        jsonwebtoken::crypto::sign(input.as_bytes(), &s.encoding, Algorithm::ES256).unwrap();
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &s.encoding, Algorithm::ES256).unwrap();
     assert!(matches!(
         check(&format!("{input}.{sig}"), &acme(&[&s])).unwrap_err(),
         JwtSvidError::BadClaims(_)
