@@ -4,6 +4,8 @@
 //!   token and of a task token carrying its claims (decoded, checked against `sub`);
 //! - `raw/verify`: ES256 verification alone of the same signing input, with a key of the
 //!   same type: the floor validation stands on;
+//! - `raw/verify-ring`: the same verification with ring (the TLS stack's provider), for
+//!   comparison: what another JOSE backend could reach;
 //! - `raw/sign`, `sign/task`: ES256 signing alone, and `JwtAuthority::sign` of a task token.
 //!
 //! After criterion's report (means), the bench times N individual calls of each, interleaved
@@ -44,6 +46,8 @@ struct Fixture {
     raw_decoding: DecodingKey,
     raw_input: Vec<u8>,
     raw_sig: String,
+    ring_key: Vec<u8>,
+    ring_sig: Vec<u8>,
 }
 
 impl Fixture {
@@ -92,6 +96,8 @@ impl Fixture {
             raw_decoding: DecodingKey::from_secret(b"placeholder"),
             raw_input: Vec::new(),
             raw_sig: String::new(),
+            ring_key: Vec::new(),
+            ring_sig: Vec::new(),
         };
         fx.client_token = fx
             .authority
@@ -121,6 +127,14 @@ impl Fixture {
         fx.raw_input = input.as_bytes().to_vec();
         fx.raw_sig = fx.raw_sign();
         assert!(fx.raw_verify());
+        fx.ring_key = key.public_key_raw().to_vec();
+        {
+            use base64::Engine as _;
+            fx.ring_sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&fx.raw_sig)
+                .unwrap();
+        }
+        assert!(fx.ring_verify());
         fx.validate(&fx.client_token.clone());
         fx.validate(&fx.task_token.clone());
         fx
@@ -147,6 +161,15 @@ impl Fixture {
 
     fn raw_sign(&self) -> String {
         jsonwebtoken::crypto::sign(&self.raw_input, &self.raw_encoding, Algorithm::ES256).unwrap()
+    }
+
+    fn ring_verify(&self) -> bool {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            &self.ring_key,
+        )
+        .verify(&self.raw_input, &self.ring_sig)
+        .is_ok()
     }
 
     fn raw_verify(&self) -> bool {
@@ -189,6 +212,12 @@ fn percentile_table(fx: &Fixture) {
             "raw ES256 verify (baseline)",
             Box::new(|| {
                 black_box(fx.raw_verify());
+            }),
+        ),
+        (
+            "raw ES256 verify, ring (comparison)",
+            Box::new(|| {
+                black_box(fx.ring_verify());
             }),
         ),
         (
@@ -247,6 +276,7 @@ fn main() {
     });
     c.bench_function("validate/task", |b| b.iter(|| fx.validate(&fx.task_token)));
     c.bench_function("raw/verify", |b| b.iter(|| fx.raw_verify()));
+    c.bench_function("raw/verify-ring", |b| b.iter(|| fx.ring_verify()));
     c.bench_function("raw/sign", |b| b.iter(|| fx.raw_sign()));
     c.bench_function("sign/task", |b| b.iter(|| fx.sign_task()));
     c.final_summary();
