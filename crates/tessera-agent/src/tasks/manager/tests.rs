@@ -499,7 +499,11 @@ async fn a_task_jwt_is_granted_only_to_its_live_process_and_its_expiry_is_revoke
     let t = now();
     let long = Duration::from_secs(100_000);
     // Another process, or a look-alike ID of another client: nothing.
-    assert!(f.manager.grant_jwt(pid() + 1, &spiffe_id, long, t).is_none());
+    assert!(
+        f.manager
+            .grant_jwt(pid() + 1, &spiffe_id, long, t)
+            .is_none()
+    );
     let other = spiffe_id.replace(CLIENT, "intruder");
     assert!(f.manager.grant_jwt(pid(), &other, long, t).is_none());
     // Its own process: the claims, the expiry capped by the deadline.
