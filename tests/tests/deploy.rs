@@ -586,7 +586,7 @@ fn helm_chart_with_default_values_renders_the_kustomize_base() {
 fn helm_chart_values_reach_the_objects() {
     let objs = helm(Some(
         "trustDomain: prod.acme.corp\n\
-         ttl: {clientSvid: 30m, taskSvid: 2m}\n\
+         ttl: {clientSvid: 30m, taskSvid: 2m, jwtSvid: 3m, jwtKey: 12h}\n\
          revocations: {maxWatchersPerIdentity: 4}\n\
          upstreamCA: {secretName: tessera-upstream-ca}\n\
          image: {repository: registry.acme.corp/tessera, tag: 0.2.0}\n\
@@ -600,6 +600,8 @@ fn helm_chart_values_reach_the_objects() {
     assert_eq!(config.trust_domain.as_str(), "prod.acme.corp");
     assert_eq!(config.client_svid_ttl.as_secs(), 1800);
     assert_eq!(config.task_svid_ttl.as_secs(), 120);
+    assert_eq!(config.jwt_svid_ttl.as_secs(), 180);
+    assert_eq!(config.ca.jwt_key_ttl.as_secs(), 12 * 3600);
     assert_eq!(config.revocation_max_watchers_per_identity, 4);
     assert_eq!(config.http_listen.port(), 9100);
     assert!(

@@ -175,24 +175,6 @@ async fn deleting_the_entry_ends_the_open_stream_with_permission_denied() {
 }
 
 #[tokio::test]
-async fn jwt_rpcs_are_unimplemented_with_a_clear_message() {
-    let agent = TestAgent::start("").await.unwrap();
-    agent.register_self("code-reviewer").await.unwrap();
-    let channel = TestAgent::channel(&agent.workload).await.unwrap();
-    let mut raw =
-        tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
-    let mut req = tonic::Request::new(tessera_proto::workload::JwtsvidRequest {
-        audience: vec!["aud".into()],
-        spiffe_id: String::new(),
-    });
-    req.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    let err = raw.fetch_jwtsvid(req).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("JWT"), "{}", err.message());
-}
-
-#[tokio::test]
 async fn ca_survives_restart_and_old_svids_still_chain() {
     let mut agent = TestAgent::start("").await.unwrap();
     agent.register_self("code-reviewer").await.unwrap();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tessera_authority::{Authority, AuthorityConfig, RotationPolicy};
+use tessera_authority::{Authority, AuthorityConfig, JwtAuthority, JwtKeyPolicy, RotationPolicy};
 use tessera_proto::tessera::v1::admin_server::AdminServer;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tessera_store::Store;
@@ -61,6 +61,17 @@ pub async fn run(
         })
         .context("opening the signing authority")?,
     );
+    let jwt_authority = Arc::new(
+        JwtAuthority::open(
+            trust_domain.clone(),
+            config.data_dir.join("ca"),
+            JwtKeyPolicy {
+                key_ttl: config.ca.jwt_key_ttl,
+                max_token_ttl: config.jwt_svid_ttl,
+            },
+        )
+        .context("opening the JWT signing keys")?,
+    );
     let store = Store::open(&config.data_dir.join("tessera.db"))
         .await
         .context("opening the store")?;
@@ -94,11 +105,17 @@ pub async fn run(
             default_lifetime: config.task_default_lifetime,
             max_lifetime: config.task_max_lifetime,
             max_live_per_process: config.task_max_live_per_process,
+            jwt_svid_ttl: config.jwt_svid_ttl,
         },
     )
     .await
     .context("recovering tasks")?;
     tokio::spawn(Arc::clone(&tasks).run(drain.clone()));
+    tokio::spawn(crate::jwt_keys::run(
+        Arc::clone(&jwt_authority),
+        config.ca.jwt_key_ttl,
+        drain.clone(),
+    ));
     tokio::spawn(retention::run(
         store.clone(),
         config.retention,
@@ -138,13 +155,16 @@ pub async fn run(
     let unix = UnixAttestor::default().with_max_exe_bytes(config.exe_hash_max_bytes);
     let attestor = Arc::new(Attestor::new(unix, k8s));
     let workload = InConnSpan::new(
-        SpiffeWorkloadApiServer::new(WorkloadService::new(
-            Arc::clone(&cache),
-            Arc::clone(&tasks),
-            Arc::clone(&attestor),
-            Arc::clone(&metrics),
-            drain.clone(),
-        ))
+        SpiffeWorkloadApiServer::new(
+            WorkloadService::new(
+                Arc::clone(&cache),
+                Arc::clone(&tasks),
+                Arc::clone(&attestor),
+                Arc::clone(&metrics),
+                drain.clone(),
+            )
+            .with_jwt(Arc::clone(&jwt_authority), config.jwt_svid_ttl),
+        )
         .max_decoding_message_size(MAX_REQUEST_BYTES),
     );
     let tasks_api = InConnSpan::new(

@@ -37,6 +37,7 @@ pub mod config;
 mod drain;
 pub mod h2_authority;
 mod http;
+mod jwt_keys;
 pub mod logging;
 mod metrics;
 mod retention;

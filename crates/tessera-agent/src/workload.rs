@@ -1,8 +1,11 @@
 //! The SPIFFE Workload API on the workload socket.
 
+mod jwt;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
@@ -33,6 +36,8 @@ pub(crate) struct WorkloadService {
     attestor: Arc<Attestor>,
     metrics: Arc<Metrics>,
     shutdown: crate::drain::Watch,
+    /// The JWT-SVID RPCs; `UNIMPLEMENTED` without a JWT signer.
+    jwt: Option<jwt::JwtApi>,
 }
 
 impl WorkloadService {
@@ -50,7 +55,27 @@ impl WorkloadService {
             attestor,
             metrics,
             shutdown,
+            jwt: None,
         }
+    }
+
+    /// Also serves JWT-SVIDs signed by `authority`, lasting `ttl` (capped by a task's
+    /// deadline).
+    pub(crate) fn with_jwt(
+        mut self,
+        authority: Arc<tessera_authority::JwtAuthority>,
+        ttl: Duration,
+    ) -> Self {
+        self.jwt = Some(jwt::JwtApi::new(
+            authority,
+            ttl,
+            Arc::clone(&self.cache),
+            Arc::clone(&self.tasks),
+            Arc::clone(&self.attestor),
+            Arc::clone(&self.metrics),
+            self.shutdown.clone(),
+        ));
+        self
     }
 
     /// Header check and attestation, shared by every RPC that hands out material.
@@ -270,24 +295,39 @@ impl SpiffeWorkloadApi for WorkloadService {
         &self,
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        check_header(&req)?;
-        Err(jwt_unsupported())
+        match &self.jwt {
+            Some(api) => api.fetch_svid(req).await,
+            None => {
+                check_header(&req)?;
+                Err(jwt_unsupported())
+            }
+        }
     }
 
     async fn fetch_jwt_bundles(
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        check_header(&req)?;
-        Err(jwt_unsupported())
+        match &self.jwt {
+            Some(api) => api.fetch_bundles(req).await,
+            None => {
+                check_header(&req)?;
+                Err(jwt_unsupported())
+            }
+        }
     }
 
     async fn validate_jwtsvid(
         &self,
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        check_header(&req)?;
-        Err(jwt_unsupported())
+        match &self.jwt {
+            Some(api) => api.validate(req).await,
+            None => {
+                check_header(&req)?;
+                Err(jwt_unsupported())
+            }
+        }
     }
 
     async fn fetch_witsvid(
@@ -313,6 +353,6 @@ impl SpiffeWorkloadApi for WorkloadService {
 
 fn jwt_unsupported() -> Status {
     Status::unimplemented(
-        "JWT-SVIDs are not supported by this agent yet; use X.509-SVIDs (FetchX509SVID)",
+        "JWT-SVIDs are not enabled on this Workload API; use X.509-SVIDs (FetchX509SVID)",
     )
 }

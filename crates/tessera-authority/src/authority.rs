@@ -17,7 +17,8 @@ use crate::{AuthorityError, TrustBundle, pem};
 mod state;
 mod upstream;
 
-use state::{CaSet, Retiring, ensure_private_dir};
+pub(crate) use state::ensure_private_dir;
+use state::{CaSet, Retiring};
 use upstream::load_upstream;
 
 /// Where the signing CA comes from.

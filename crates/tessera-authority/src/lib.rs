@@ -2,7 +2,8 @@
 //!
 //! Owns the CA keys, issues X.509-SVIDs in the profile the SPIFFE standard asks
 //! for (see `tessera_identity::check_leaf_svid`), rotates the CA with overlap and
-//! publishes the trust bundle.
+//! publishes the trust bundle. [`JwtAuthority`] does the same for JWT-SVIDs: a P-256
+//! signing key per trust domain, rotated with overlap, published as a JWKS.
 //!
 //! Two modes:
 //! - **self-signed** (default): a root CA is created on first start in the data
@@ -27,12 +28,14 @@ mod bundle;
 mod ca;
 mod error;
 mod issue;
+mod jwt;
 mod pem;
 
 pub use authority::{Authority, AuthorityConfig, CaMode, RotationPolicy};
 pub use bundle::TrustBundle;
 pub use error::AuthorityError;
 pub use issue::{IssuedSvid, SvidSpec};
+pub use jwt::{IssuedJwtSvid, JwtAuthority, JwtKeyPolicy, JwtSvidSpec};
 
 #[cfg(test)]
 mod tests;

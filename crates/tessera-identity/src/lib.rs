@@ -9,6 +9,8 @@
 //! * [`TaskClaims`]: the DER task-claims extension of a task SVID.
 //! * [`check_leaf_svid`], [`check_signing_cert`], [`check_intermediate`]: X.509-SVID
 //!   profile checks.
+//! * [`validate_jwt_svid`], [`JwtBundle`], [`JwtSvidClaims`]: the JWT-SVID profile, its
+//!   JWKS bundle, and the one validation every JWT consumer shares.
 //!
 //! The crate is pure: no I/O, no async, no clock (except [`TaskId::new`], which reads the
 //! system time to mint a ULID). Validity windows are returned for callers to compare with
@@ -20,6 +22,7 @@
 mod claims;
 mod error;
 mod id;
+mod jwt_svid;
 mod kind;
 mod name;
 mod scope;
@@ -35,6 +38,11 @@ pub use claims::{
 };
 pub use error::IdError;
 pub use id::{ClientId, IdKind, ServerId, TaskSpiffeId, TesseraId};
+pub use jwt_svid::{
+    Audience, JWT_LEEWAY_SECS, JWT_SVID_ALGORITHM, JwksError, JwtBundle, JwtKey, JwtSvidClaims,
+    JwtSvidError, MAX_AUDIENCE_LEN, MAX_AUDIENCES, MAX_JWKS_KEYS, MAX_JWKS_LEN, MAX_JWT_SVID_LEN,
+    MAX_KID_LEN, TASK_CLAIM, ValidJwtSvid, check_audiences, validate_jwt_svid,
+};
 pub use name::{ClientName, MAX_NAME_LEN, ServerName};
 pub use scope::{MAX_RESOURCE_PATTERN_LEN, Scope, ScopeError, ScopeKind, ScopeSet, UnsafeShape};
 pub use spiffe_id::{MAX_SPIFFE_ID_LEN, validate_spiffe_id};

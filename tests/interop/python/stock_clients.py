@@ -7,6 +7,7 @@ options included (gRPC C-core sends the socket path as :authority).
 
     stock_clients.py x509-context SOCKET
     stock_clients.py x509-source SOCKET
+    stock_clients.py jwt SOCKET AUDIENCE FOREIGN_SPIFFE_ID
     stock_clients.py tasks SOCKET PROTO_DIR SERVER SUBJECT SCOPE...
     stock_clients.py admin ADMIN_SOCKET PROTO_DIR
     stock_clients.py rpc-latency SOCKET PROTO_DIR CALLS AUTHORITY|-
@@ -72,6 +73,55 @@ def x509_source(socket):
                 "bundle_authorities": len(bundle.x509_authorities) if bundle else 0,
             }
         )
+
+
+def jwt(socket, audience, foreign):
+    """py-spiffe's JWT API as a user calls it: a JWT-SVID from the client, validated
+    locally against the fetched JWT bundle and by the agent; the same through
+    JwtSource; and a JWT-SVID asked for an identity (FOREIGN_SPIFFE_ID) that is not
+    this process's."""
+    from spiffe import JwtSource, JwtSvid, SpiffeId, WorkloadApiClient
+
+    def error_of(call):
+        try:
+            call()
+        except Exception as e:  # what a user would see, by type and message
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    with WorkloadApiClient(socket_path=f"unix://{socket}") as client:
+        svid = client.fetch_jwt_svid(audience={audience}, timeout=10)
+        bundles = client.fetch_jwt_bundles(timeout=10)
+        bundle = bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+        local = JwtSvid.parse_and_validate(svid.token, bundle, {audience})
+        wrong_audience = error_of(
+            lambda: JwtSvid.parse_and_validate(svid.token, bundle, {"https://other.example"})
+        )
+        remote = client.validate_jwt_svid(svid.token, audience, timeout=10)
+        remote_wrong_audience = error_of(
+            lambda: client.validate_jwt_svid(svid.token, "https://other.example", timeout=10)
+        )
+        foreign_error = error_of(
+            lambda: client.fetch_jwt_svid(audience={audience}, subject=SpiffeId(foreign), timeout=10)
+        )
+    with JwtSource(socket_path=f"unix://{socket}", timeout_in_seconds=10) as source:
+        from_source = source.fetch_svid(audience={audience})
+        source_bundle = source.get_bundle_for_trust_domain(from_source.spiffe_id.trust_domain)
+        source_valid = JwtSvid.parse_and_validate(from_source.token, source_bundle, {audience})
+    out(
+        {
+            "spiffe_id": str(svid.spiffe_id),
+            "audience": sorted(svid.audience),
+            "expiry": svid.expiry,
+            "local_spiffe_id": str(local.spiffe_id),
+            "wrong_audience": wrong_audience,
+            "remote_spiffe_id": str(remote.spiffe_id),
+            "remote_wrong_audience": remote_wrong_audience,
+            "foreign_error": foreign_error,
+            "source_spiffe_id": str(source_valid.spiffe_id),
+            "source_bundle_keys": len(source_bundle.jwt_authorities) if source_bundle else 0,
+        }
+    )
 
 
 def tasks(socket, proto_dir, server, subject, scopes):
@@ -175,6 +225,8 @@ def main(argv):
         x509_context(socket)
     elif cmd == "x509-source":
         x509_source(socket)
+    elif cmd == "jwt":
+        jwt(socket, argv[3], argv[4])
     elif cmd == "tasks":
         tasks(socket, argv[3], argv[4], argv[5], argv[6:])
     elif cmd == "admin":

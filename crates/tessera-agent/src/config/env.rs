@@ -86,6 +86,9 @@ pub(super) fn apply(layers: &mut Layers, env: &dyn Env) {
     if let Some(v) = l.duration("TESSERA_TASK_SVID_TTL", "task_svid_ttl") {
         l.layers.raw.task_svid_ttl = v;
     }
+    if let Some(v) = l.duration("TESSERA_JWT_SVID_TTL", "jwt_svid_ttl") {
+        l.layers.raw.jwt_svid_ttl = v;
+    }
     if let Some(v) = l.duration("TESSERA_TASK_DEFAULT_LIFETIME", "task_default_lifetime") {
         l.layers.raw.task_default_lifetime = v;
     }
@@ -118,6 +121,9 @@ pub(super) fn apply(layers: &mut Layers, env: &dyn Env) {
     }
     if let Some(v) = l.duration("TESSERA_CA_TTL", "ca.ttl") {
         l.layers.raw.ca.ttl = v;
+    }
+    if let Some(v) = l.duration("TESSERA_CA_JWT_KEY_TTL", "ca.jwt_key_ttl") {
+        l.layers.raw.ca.jwt_key_ttl = v;
     }
     if let Some(v) = l.parsed("TESSERA_LOG_FORMAT", "log.format", |s| match s {
         "text" => Ok(LogFormat::Text),

@@ -75,6 +75,8 @@ pub(super) struct FileConfig {
     #[serde(with = "humantime_serde")]
     pub task_svid_ttl: Duration,
     #[serde(with = "humantime_serde")]
+    pub jwt_svid_ttl: Duration,
+    #[serde(with = "humantime_serde")]
     pub task_default_lifetime: Duration,
     #[serde(with = "humantime_serde")]
     pub task_max_lifetime: Duration,
@@ -98,6 +100,8 @@ pub(super) struct FileCa {
     pub mode: CaModeName,
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub jwt_key_ttl: Duration,
     pub upstream_cert: Option<PathBuf>,
     pub upstream_key: Option<PathBuf>,
     pub upstream_bundle: Option<PathBuf>,
@@ -144,6 +148,7 @@ impl Default for FileConfig {
             admin_uids: Vec::new(),
             client_svid_ttl: Duration::from_secs(3600),
             task_svid_ttl: Duration::from_secs(300),
+            jwt_svid_ttl: Duration::from_secs(300),
             task_default_lifetime: Duration::from_secs(15 * 60),
             task_max_lifetime: Duration::from_secs(24 * 3600),
             task_max_live_per_process: DEFAULT_MAX_LIVE_PER_PROCESS,
@@ -164,6 +169,7 @@ impl Default for FileCa {
         FileCa {
             mode: CaModeName::SelfSigned,
             ttl: Duration::from_secs(365 * 24 * 3600),
+            jwt_key_ttl: Duration::from_secs(24 * 3600),
             upstream_cert: None,
             upstream_key: None,
             upstream_bundle: None,

@@ -51,6 +51,9 @@ pub struct Config {
     /// Lifetime of task SVIDs; at least [`MIN_TTL`], rotated at half life, never past
     /// the task's deadline.
     pub task_svid_ttl: Duration,
+    /// Lifetime of JWT-SVIDs (FetchJWTSVID), between [`MIN_TTL`] and
+    /// [`MAX_JWT_SVID_TTL`]; a task's never outlives the task. Bearer tokens: keep it short.
+    pub jwt_svid_ttl: Duration,
     /// Task lifetime when BeginTask names none; positive, at most `task_max_lifetime`.
     pub task_default_lifetime: Duration,
     /// Longest task lifetime BeginTask may ask for.
@@ -92,6 +95,10 @@ pub struct CaConfig {
     /// Lifetime of each self-signed root (rotation prepares the next at half life); at
     /// least twice the longest SVID TTL.
     pub ttl: Duration,
+    /// Life of each JWT-SVID signing key (kept in `data_dir/ca` in either mode): the next
+    /// key is published in the JWT bundle at half of it and signs from two thirds on; at
+    /// least [`MIN_JWT_KEY_TTL`].
+    pub jwt_key_ttl: Duration,
 }
 
 /// The Kubernetes workload attestor: caller pid → cgroup → pod UID and container
@@ -152,6 +159,14 @@ pub struct Flags {
 
 /// Shortest SVID lifetime accepted: rotation at half life must stay meaningful.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// Longest [`Config::jwt_svid_ttl`] accepted: a JWT-SVID is a bearer token, and a
+/// verifier that cannot see the revocation feed honours it until it expires.
+pub const MAX_JWT_SVID_TTL: Duration = Duration::from_secs(3600);
+
+/// Shortest [`CaConfig::jwt_key_ttl`] accepted: the rotation schedule's sixths must be
+/// whole seconds.
+pub const MIN_JWT_KEY_TTL: Duration = Duration::from_secs(6);
 
 /// Highest [`Config::exe_hash_max_bytes`] accepted: 16 GiB already costs each
 /// uncached caller ten seconds of a core.
@@ -229,6 +244,7 @@ impl Config {
         for (key, ttl) in [
             ("client_svid_ttl", raw.client_svid_ttl),
             ("task_svid_ttl", raw.task_svid_ttl),
+            ("jwt_svid_ttl", raw.jwt_svid_ttl),
         ] {
             if ttl < MIN_TTL {
                 l.refuse(
@@ -266,6 +282,24 @@ impl Config {
         }
         if raw.ca.ttl < raw.client_svid_ttl.max(raw.task_svid_ttl) * 2 {
             l.refuse("ca.ttl", "must be at least twice the longest SVID TTL");
+        }
+        if raw.jwt_svid_ttl > MAX_JWT_SVID_TTL {
+            l.refuse(
+                "jwt_svid_ttl",
+                format!(
+                    "must be at most {}: a JWT-SVID is a bearer token",
+                    humantime::format_duration(MAX_JWT_SVID_TTL)
+                ),
+            );
+        }
+        if raw.ca.jwt_key_ttl < MIN_JWT_KEY_TTL {
+            l.refuse(
+                "ca.jwt_key_ttl",
+                format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_JWT_KEY_TTL)
+                ),
+            );
         }
         if raw.workload_socket == raw.admin_socket {
             l.refuse("admin_socket", "must differ from workload_socket");
@@ -313,6 +347,7 @@ impl Config {
             admin_uids: raw.admin_uids,
             client_svid_ttl: raw.client_svid_ttl,
             task_svid_ttl: raw.task_svid_ttl,
+            jwt_svid_ttl: raw.jwt_svid_ttl,
             task_default_lifetime: raw.task_default_lifetime,
             task_max_lifetime: raw.task_max_lifetime,
             task_max_live_per_process: raw.task_max_live_per_process,
@@ -326,6 +361,7 @@ impl Config {
             ca: CaConfig {
                 mode: ca_mode.expect("refused above otherwise"),
                 ttl: raw.ca.ttl,
+                jwt_key_ttl: raw.ca.jwt_key_ttl,
             },
             log: raw.log,
             kubernetes: if k8s_enabled {
@@ -377,6 +413,7 @@ impl Config {
             admin_uids: self.admin_uids.clone(),
             client_svid_ttl: self.client_svid_ttl,
             task_svid_ttl: self.task_svid_ttl,
+            jwt_svid_ttl: self.jwt_svid_ttl,
             task_default_lifetime: self.task_default_lifetime,
             task_max_lifetime: self.task_max_lifetime,
             task_max_live_per_process: self.task_max_live_per_process,
@@ -388,6 +425,7 @@ impl Config {
             ca: FileCa {
                 mode,
                 ttl: self.ca.ttl,
+                jwt_key_ttl: self.ca.jwt_key_ttl,
                 upstream_cert,
                 upstream_key,
                 upstream_bundle,

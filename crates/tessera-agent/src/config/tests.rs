@@ -30,6 +30,8 @@ fn file_values_override_defaults_and_env_overrides_file() {
         ("TESSERA_AUDIT_RETENTION", "90d"),
         ("TESSERA_EXE_HASH_MAX_BYTES", "1048576"),
         ("TESSERA_REVOCATION_MAX_WATCHERS_PER_IDENTITY", "4"),
+        ("TESSERA_JWT_SVID_TTL", "2m"),
+        ("TESSERA_CA_JWT_KEY_TTL", "12h"),
     ]);
     let c = Config::from_toml_and_env(file, &vars).unwrap();
     assert_eq!(c.trust_domain.as_str(), "prod.acme.corp");
@@ -39,6 +41,8 @@ fn file_values_override_defaults_and_env_overrides_file() {
     assert_eq!(c.task_max_live_per_process, 500);
     assert_eq!(c.exe_hash_max_bytes, 1 << 20);
     assert_eq!(c.revocation_max_watchers_per_identity, 4);
+    assert_eq!(c.jwt_svid_ttl, Duration::from_secs(120));
+    assert_eq!(c.ca.jwt_key_ttl, Duration::from_secs(12 * 3600));
     assert_eq!(
         c.retention,
         Retention {
@@ -123,6 +127,9 @@ fn invalid_settings_are_refused() {
         ("task_default_lifetime = \"48h\"", "task_default_lifetime"),
         ("task_max_live_per_process = 0", "task_max_live_per_process"),
         ("exe_hash_max_bytes = 0", "exe_hash_max_bytes"),
+        ("jwt_svid_ttl = \"1s\"", "jwt_svid_ttl"),
+        ("jwt_svid_ttl = \"2h\"", "jwt_svid_ttl"),
+        ("[ca]\njwt_key_ttl = \"5s\"", "ca.jwt_key_ttl"),
         ("exe_hash_max_bytes = 17179869185", "exe_hash_max_bytes"),
         (
             "[kubernetes]\nenabled = true\ncgroup_root = \"sys/fs/cgroup\"",

@@ -47,6 +47,8 @@ pub(crate) struct TaskConfig {
     /// Most live tasks one process may hold (see the agent's
     /// `task_max_live_per_process`).
     pub max_live_per_process: usize,
+    /// Lifetime of task JWT-SVIDs: a revocation is kept at least this long.
+    pub jwt_svid_ttl: Duration,
 }
 
 /// Why a task ended; the strings are stable (audit, feed, API).
@@ -188,7 +190,11 @@ impl TaskManager {
                 serials: Vec::new(),
                 reason: EndReason::AgentRestart.as_str().into(),
                 revoked_at_ms: now_ms(),
-                until: now + i64::try_from(config.svid_ttl.as_secs()).unwrap_or(i64::MAX),
+                // Any SVID or JWT-SVID of the task may still be presented this long.
+                until: now
+                    + i64::try_from(config.svid_ttl.max(config.jwt_svid_ttl).as_secs())
+                        .unwrap_or(i64::MAX)
+                    + tessera_identity::JWT_LEEWAY_SECS,
             };
             store
                 .end_task(
@@ -289,5 +295,6 @@ fn task_spiffe_id(authority: &Authority, t: &TaskRecord) -> String {
     )
 }
 
+mod jwt;
 #[cfg(test)]
 mod tests;

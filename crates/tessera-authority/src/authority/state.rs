@@ -116,7 +116,7 @@ impl CaSet {
 }
 
 /// Creates `dir` with mode 0700, or refuses it if group or others can access it.
-pub(super) fn ensure_private_dir(dir: &Path) -> Result<(), AuthorityError> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), AuthorityError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()

@@ -83,6 +83,7 @@ async fn fixture() -> Fixture {
             default_lifetime: Duration::from_secs(900),
             max_lifetime: Duration::from_secs(3600),
             max_live_per_process: 16,
+            jwt_svid_ttl: Duration::from_secs(300),
         },
     )
     .await
@@ -484,4 +485,48 @@ async fn a_begin_task_attested_before_its_entry_was_deleted_is_refused() {
     );
     drop(stop);
     cache_task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_jwt_is_granted_only_to_its_live_process_and_its_expiry_is_revoked_with_it() {
+    let f = fixture().await;
+    let (task, _) = f
+        .manager
+        .begin(request(Entitlement::granted()))
+        .await
+        .unwrap();
+    let spiffe_id = client().task(task.id.parse().unwrap()).to_string();
+    let t = now();
+    let long = Duration::from_secs(100_000);
+    // Another process, or a look-alike ID of another client: nothing.
+    assert!(
+        f.manager
+            .grant_jwt(pid() + 1, &spiffe_id, long, t)
+            .is_none()
+    );
+    let other = spiffe_id.replace(CLIENT, "intruder");
+    assert!(f.manager.grant_jwt(pid(), &other, long, t).is_none());
+    // Its own process: the claims, the expiry capped by the deadline.
+    let (claims, exp) = f.manager.grant_jwt(pid(), &spiffe_id, long, t).unwrap();
+    assert_eq!(claims.task_id.to_string(), task.id);
+    assert_eq!(exp, task.deadline);
+    assert!(f.manager.is_live(&task.id));
+
+    f.manager
+        .end(&task.id, EndReason::Ended, "test", None)
+        .await
+        .unwrap();
+    assert!(!f.manager.is_live(&task.id));
+    assert!(f.manager.grant_jwt(pid(), &spiffe_id, long, t).is_none());
+    // The revocation outlives the token it granted, on the feed and in the store.
+    let set = f.manager.feed().current();
+    let entry = set.revoked.iter().find(|r| r.task_id == task.id).unwrap();
+    assert!(
+        entry.until >= exp + tessera_identity::JWT_LEEWAY_SECS,
+        "{} < {exp}",
+        entry.until
+    );
+    let stored = f.store.revocations(t).await.unwrap();
+    let stored = stored.iter().find(|r| r.task_id == task.id).unwrap();
+    assert_eq!(stored.until, entry.until);
 }
