@@ -24,7 +24,7 @@ use tessera_proto::workload::{
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::attest::{Attestation, Attestor, PeerInfo};
 use crate::caller::{Caller, NO_IDENTITY, check_header};

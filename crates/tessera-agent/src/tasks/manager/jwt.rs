@@ -16,7 +16,7 @@ impl TaskManager {
     /// JWT-SVID for it may carry: `now + ttl`, never past the task's deadline. `None`
     /// for a task that is not live, belongs to another process (or a process that has
     /// exited), or has no lifetime left: the caller learns nothing about which.
-    pub fn grant_jwt(
+    pub(crate) fn grant_jwt(
         &self,
         pid: i32,
         spiffe_id: &str,
@@ -49,7 +49,7 @@ impl TaskManager {
     }
 
     /// Whether task `task_id` is live here (begun, not ended).
-    pub fn is_live(&self, task_id: &str) -> bool {
+    pub(crate) fn is_live(&self, task_id: &str) -> bool {
         self.lock_live()
             .get(task_id)
             .is_some_and(|live| !live.state().ended)
