@@ -97,13 +97,6 @@ impl JwtApi {
         &self,
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        self.fetch_svid_inner(req).await
-    }
-
-    async fn fetch_svid_inner(
-        &self,
-        req: Request<JwtsvidRequest>,
-    ) -> Result<Response<JwtsvidResponse>, Status> {
         check_header(&req)?;
         check_request_audiences(&req.get_ref().audience)?;
         let (_, att) = self.admit("FetchJWTSVID", &req).await?;
@@ -169,12 +162,8 @@ impl JwtApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<BundleStream>, Status> {
-        let result = async {
-            check_header(&req)?;
-            self.admit("FetchJWTBundles", &req).await
-        }
-        .await;
-        let (peer, _) = result?;
+        check_header(&req)?;
+        let (peer, _) = self.admit("FetchJWTBundles", &req).await?;
         let mut bundles = self.authority.subscribe_bundle();
         let first = bundles_response(&bundles.borrow_and_update());
         let (tx, out) = mpsc::channel(4);
@@ -214,13 +203,6 @@ impl JwtApi {
     }
 
     pub(crate) async fn validate(
-        &self,
-        req: Request<ValidateJwtsvidRequest>,
-    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        self.validate_inner(req).await
-    }
-
-    async fn validate_inner(
         &self,
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
