@@ -335,9 +335,9 @@ async fn an_admin_revoke_of_a_task_not_yet_live_ends_it_once_it_is() {
     begin_held.reached().await;
     // Stored, so an administrator can list it and revoke it, but not yet live.
     let listed = f.store.live_tasks().await.unwrap();
-    let id = listed[0].id.clone();
+    let id = listed[0].id;
     let mut revoke = tokio::spawn({
-        let (m, id) = (Arc::clone(&f.manager), id.clone());
+        let (m, id) = (Arc::clone(&f.manager), id);
         async move {
             m.end(&id.to_string(), EndReason::Revoked, "uid:0", None)
                 .await
