@@ -414,8 +414,16 @@ impl Admin for AdminService {
     ) -> Result<Response<ListAllTasksResponse>, Status> {
         self.authorize("ListAllTasks", &req)?;
         let r = req.into_inner();
+        let client = match r.client.as_str() {
+            "" => None,
+            // No task has a client that is not a valid name: none to list.
+            name => match name.parse() {
+                Ok(client) => Some(client),
+                Err(_) => return Ok(Response::new(ListAllTasksResponse { tasks: Vec::new() })),
+            },
+        };
         let filter = TaskFilter {
-            client: (!r.client.is_empty()).then_some(r.client),
+            client,
             include_ended: r.include_ended,
         };
         let td = self.authority.trust_domain();

@@ -113,10 +113,10 @@ mod tests {
             )
             .await
             .unwrap();
-        for id in ["ended", "live"] {
+        for (n, id) in [ENDED, LIVE].into_iter().enumerate() {
             let task = TaskRecord {
-                id: id.into(),
-                client: "a".into(),
+                id: id.parse().unwrap(),
+                client: "a".parse().unwrap(),
                 subject: "alice".into(),
                 server: "github".into(),
                 scopes: vec!["github/tool/x".into()],
@@ -130,27 +130,31 @@ mod tests {
                 serials: Vec::new(),
             };
             let svid = SvidIssued {
-                serial: format!("{:x}", id.len()),
+                serial: format!("{:x}", n + 1),
                 spiffe_id: format!("spiffe://t/client/a/task/{id}"),
                 not_after: now + 300,
             };
             store.begin_task(task, svid, "uid:0").await.unwrap();
         }
         let revocation = Revocation {
-            task_id: "ended".into(),
-            spiffe_id: "spiffe://t/client/a/task/ended".into(),
+            task_id: ENDED.into(),
+            spiffe_id: format!("spiffe://t/client/a/task/{ENDED}"),
             serials: Vec::new(),
             reason: "ended".into(),
             revoked_at_ms: now * 1000,
             until: now + 300,
         };
         store
-            .end_task("ended", "ended", now, revocation, "uid:0")
+            .end_task(&ENDED.parse().unwrap(), "ended", now, revocation, "uid:0")
             .await
             .unwrap();
         assert_eq!(store.prune_revocations(now + 400).await.unwrap(), 1);
         (store, now)
     }
+
+    /// The ids of the two tasks the tests begin: one ended, one live.
+    const ENDED: &str = "00000000000000000000000001";
+    const LIVE: &str = "00000000000000000000000002";
 
     /// Every task the store holds, live or ended.
     async fn stored_task_ids(store: &Store) -> Vec<String> {
@@ -159,7 +163,7 @@ mod tests {
             include_ended: true,
         };
         let tasks = store.list_tasks(&all).await.unwrap();
-        tasks.into_iter().map(|t| t.id).collect()
+        tasks.into_iter().map(|t| t.id.to_string()).collect()
     }
 
     #[tokio::test]
@@ -181,7 +185,7 @@ mod tests {
         let later = start + 2 * DAY;
         let audit = u64::try_from(store.list_audit(0, 1000).await.unwrap().len()).unwrap();
         assert_eq!(prune(&store, retention, &metrics, later).await, (1, audit));
-        assert_eq!(stored_task_ids(&store).await, ["live"]);
+        assert_eq!(stored_task_ids(&store).await, [LIVE]);
         assert!(store.list_audit(0, 1000).await.unwrap().is_empty());
         let rendered = metrics.render();
         assert!(

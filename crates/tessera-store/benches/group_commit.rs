@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tessera_identity::{ClientId, TaskId};
 use tessera_store::{NewConsent, Store, SvidIssued, TaskRecord};
 
 fn now() -> i64 {
@@ -25,12 +26,16 @@ fn now() -> i64 {
 
 /// One BeginTask as the agent would record it; `n` makes the id and serial unique.
 fn begin_args(n: u64, consent_id: &str) -> (TaskRecord, SvidIssued) {
-    let id = ulid::Ulid::new().to_string();
+    let id = TaskId::new();
     let begun_at = now();
-    let spiffe_id = format!("spiffe://acme.corp/client/code-reviewer/task/{id}");
+    let client = ClientId::new(
+        "acme.corp".parse().expect("trust domain"),
+        "code-reviewer".parse().expect("client name"),
+    );
+    let spiffe_id = client.task(id).to_string();
     let task = TaskRecord {
         id,
-        client: "code-reviewer".into(),
+        client: client.name,
         subject: "alice@acme.corp".into(),
         server: "github".into(),
         scopes: vec![

@@ -159,7 +159,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::RESTART_FRAMES;
-    use crate::testing::{begin, granted_consent, open_temp};
+    use crate::testing::{begin, granted_consent, open_temp, task_id};
 
     /// Without checkpoints the WAL would grow by every frame written (~8 per task, so
     /// ~66 MiB here); with them it starts over about every RESTART_FRAMES frames.
@@ -188,6 +188,6 @@ mod tests {
         // Everything committed is readable from a fresh connection after close.
         store.close().await;
         let store = crate::Store::open(&path).await.unwrap();
-        assert!(store.get_task("t03999").await.unwrap().is_some());
+        assert!(store.get_task(&task_id("t03999")).await.unwrap().is_some());
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, params};
 use serde_json::json;
+use tessera_identity::TaskId;
 use tokio::sync::watch;
 
 use crate::error::{Conflict, InvalidInput, Unavailable};
@@ -193,11 +194,11 @@ impl Store {
     ) -> Result<Option<(Consent, Vec<Revocation>)>, StoreError> {
         audit::validate_actor(actor)?;
         let _seal = self.inner.sealed.seal(id, now);
-        let mut prepared: HashMap<String, Revocation> = HashMap::new();
+        let mut prepared: HashMap<TaskId, Revocation> = HashMap::new();
         let mut todo = task::live_tasks_for_consent(&self.inner.pool, id).await?;
         for _ in 0..WITHDRAW_ATTEMPTS {
             for task in &todo {
-                prepared.insert(task.id.clone(), revocation_for(task));
+                prepared.insert(task.id, revocation_for(task));
             }
             let state = Withdraw {
                 id: id.to_owned(),
@@ -283,14 +284,14 @@ struct Withdraw {
     actor: String,
     now: i64,
     /// Revocations computed by the caller, by task id.
-    prepared: HashMap<String, Revocation>,
+    prepared: HashMap<TaskId, Revocation>,
 }
 
 enum WithdrawOutcome {
     NotFound,
     Withdrawn(Consent, Vec<Revocation>),
     /// Live tasks the caller has no revocation for yet; nothing was written.
-    Unprepared(Vec<String>),
+    Unprepared(Vec<TaskId>),
 }
 
 fn withdraw_op(
@@ -314,10 +315,10 @@ fn withdraw_op(
         }));
     }
     let live = task::live_tasks_for_consent_in_writer(conn, &state.id)?;
-    let unprepared: Vec<String> = live
+    let unprepared: Vec<TaskId> = live
         .iter()
         .filter(|t| !state.prepared.contains_key(&t.id))
-        .map(|t| t.id.clone())
+        .map(|t| t.id)
         .collect();
     if !unprepared.is_empty() {
         return Ok(WithdrawOutcome::Unprepared(unprepared));
@@ -326,7 +327,7 @@ fn withdraw_op(
     conn.prepare_cached("UPDATE consents SET withdrawn_at = ? WHERE id = ?")?
         .execute(params![state.now, state.id])?;
     consent.withdrawn_at = Some(state.now);
-    let ended: Vec<&str> = live.iter().map(|t| t.id.as_str()).collect();
+    let ended: Vec<String> = live.iter().map(|t| t.id.to_string()).collect();
     audit::write(
         conn,
         effects,
@@ -387,12 +388,17 @@ mod tests {
         MAX_CLIENT_LEN, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SERVER_LEN, MAX_SUBJECT_LEN,
     };
     use crate::testing::{
-        begin, granted_consent, new_consent, new_task, now, open_temp, revocation, svid,
+        begin, granted_consent, label, new_consent, new_task, now, open_temp, revocation, svid,
+        task_id,
     };
     use crate::{EndOutcome, TaskFilter};
 
     fn revoke(task: &TaskRecord) -> Revocation {
-        revocation(&task.client, &task.id, END_REASON_CONSENT_WITHDRAWN)
+        revocation(
+            task.client.as_str(),
+            &label(&task.id),
+            END_REASON_CONSENT_WITHDRAWN,
+        )
     }
 
     #[tokio::test]
@@ -685,13 +691,19 @@ mod tests {
         begin(&store, "t1", "a", &target.id, "01").await;
         begin(&store, "t2", "a", &target.id, "02").await;
         store
-            .record_task_svid("t2", svid("a", "t2", "03"))
+            .record_task_svid(&task_id("t2"), svid("a", "t2", "03"))
             .await
             .unwrap();
         begin(&store, "t3", "a", &target.id, "04").await; // ended before the withdrawal
         begin(&store, "t4", "a", &other.id, "05").await; // another consent
         let before = store
-            .end_task("t3", "ended", now(), revocation("a", "t3", "ended"), "a")
+            .end_task(
+                &task_id("t3"),
+                "ended",
+                now(),
+                revocation("a", "t3", "ended"),
+                "a",
+            )
             .await
             .unwrap();
         assert!(matches!(before, EndOutcome::Ended(..)));
@@ -705,18 +717,21 @@ mod tests {
             .unwrap();
         assert_eq!(consent.withdrawn_at, Some(at));
         revocations.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-        let ids: Vec<_> = revocations.iter().map(|r| r.task_id.as_str()).collect();
+        let ids: Vec<_> = revocations
+            .iter()
+            .map(|r| label(&r.task_id.parse().unwrap()))
+            .collect();
         assert_eq!(ids, ["t1", "t2"]);
         assert_eq!(revocations[0].serials, ["01"]);
         assert_eq!(revocations[1].serials, ["02", "03"]);
         assert_eq!(revocations[1].reason, END_REASON_CONSENT_WITHDRAWN);
         assert_eq!(
             revocations[1].spiffe_id,
-            "spiffe://acme.corp/client/a/task/t2"
+            format!("spiffe://acme.corp/client/a/task/{}", task_id("t2"))
         );
 
         for id in ["t1", "t2"] {
-            let task = store.get_task(id).await.unwrap().unwrap();
+            let task = store.get_task(&task_id(id)).await.unwrap().unwrap();
             assert_eq!(task.ended_at, Some(at));
             assert_eq!(
                 task.end_reason.as_deref(),
@@ -724,21 +739,32 @@ mod tests {
             );
         }
         // The earlier-ended task keeps its own end; the other consent's task lives on.
-        let t3 = store.get_task("t3").await.unwrap().unwrap();
+        let t3 = store.get_task(&task_id("t3")).await.unwrap().unwrap();
         assert_eq!(t3.end_reason.as_deref(), Some("ended"));
-        assert_eq!(store.get_task("t4").await.unwrap().unwrap().ended_at, None);
+        assert_eq!(
+            store
+                .get_task(&task_id("t4"))
+                .await
+                .unwrap()
+                .unwrap()
+                .ended_at,
+            None
+        );
         let live: Vec<_> = store
             .live_tasks()
             .await
             .unwrap()
             .into_iter()
-            .map(|t| t.id)
+            .map(|t| label(&t.id))
             .collect();
         assert_eq!(live, ["t4"]);
 
         let mut stored = store.revocations(now()).await.unwrap();
         stored.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-        let stored_ids: Vec<_> = stored.iter().map(|r| r.task_id.as_str()).collect();
+        let stored_ids: Vec<_> = stored
+            .iter()
+            .map(|r| label(&r.task_id.parse().unwrap()))
+            .collect();
         assert_eq!(stored_ids, ["t1", "t2", "t3"]);
         assert_eq!(stored[..2], revocations[..]);
 
@@ -746,7 +772,10 @@ mod tests {
         let kinds: Vec<_> = audit.iter().map(|r| r.kind.as_str()).collect();
         assert_eq!(kinds, ["consent.withdraw", "task.end", "task.end"]);
         assert!(audit.iter().all(|r| r.actor == "uid:7"));
-        assert_eq!(audit[0].detail["ended_tasks"], json!(["t1", "t2"]));
+        assert_eq!(
+            audit[0].detail["ended_tasks"],
+            json!([task_id("t1").to_string(), task_id("t2").to_string()])
+        );
         assert_eq!(audit[1].detail["reason"], END_REASON_CONSENT_WITHDRAWN);
 
         // No new task can rely on it.

@@ -69,6 +69,7 @@ pub(crate) mod testing {
     use std::path::PathBuf;
 
     use crate::{Consent, NewConsent, NewEntry, Revocation, Store, SvidIssued, TaskRecord};
+    use tessera_identity::TaskId;
 
     /// A fresh store in its own temporary directory; keep the `TempDir` alive.
     pub(crate) async fn open_temp() -> (tempfile::TempDir, PathBuf, Store) {
@@ -104,12 +105,28 @@ pub(crate) mod testing {
         }
     }
 
+    /// The task id a test calls `label` (at most 16 bytes): the label's bytes, zero
+    /// padded, as a ULID. Distinct labels give distinct ids, ordered as the labels are,
+    /// so tests keep readable names while the store sees real task ids.
+    pub(crate) fn task_id(label: &str) -> TaskId {
+        let mut bytes = [0u8; 16];
+        bytes[..label.len()].copy_from_slice(label.as_bytes());
+        TaskId::from_ulid(ulid::Ulid::from_bytes(bytes))
+    }
+
+    /// The label [`task_id`] made `id` from.
+    pub(crate) fn label(id: &TaskId) -> String {
+        let bytes = id.ulid().to_bytes();
+        let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        String::from_utf8(bytes[..end].to_vec()).expect("a test label")
+    }
+
     /// A live task `id` relying on `consent`, with parties matching [`new_consent`].
     pub(crate) fn new_task(id: &str, client: &str, consent_id: &str) -> TaskRecord {
         let begun_at = now();
         TaskRecord {
-            id: id.to_owned(),
-            client: client.to_owned(),
+            id: task_id(id),
+            client: client.parse().expect("test client name"),
             subject: "alice".to_owned(),
             server: "github".to_owned(),
             scopes: vec!["github/tool/get_pull_request".to_owned()],
@@ -126,7 +143,11 @@ pub(crate) mod testing {
 
     /// The SPIFFE ID of task `id` of `client`.
     pub(crate) fn task_spiffe_id(client: &str, id: &str) -> String {
-        format!("spiffe://acme.corp/client/{client}/task/{id}")
+        let client = tessera_identity::ClientId::new(
+            "acme.corp".parse().expect("trust domain"),
+            client.parse().expect("test client name"),
+        );
+        client.task(task_id(id)).to_string()
     }
 
     /// An SVID for task `id` of `client` with this serial, valid for 5 minutes.
@@ -141,7 +162,7 @@ pub(crate) mod testing {
     /// The revocation the agent would pass to `end_task` (serials left for the store).
     pub(crate) fn revocation(client: &str, id: &str, reason: &str) -> Revocation {
         Revocation {
-            task_id: id.to_owned(),
+            task_id: task_id(id).to_string(),
             spiffe_id: task_spiffe_id(client, id),
             serials: Vec::new(),
             reason: reason.to_owned(),

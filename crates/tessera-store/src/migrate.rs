@@ -150,7 +150,7 @@ mod tests {
     use sqlx::Connection;
 
     use super::*;
-    use crate::testing::{now, raw_connection, revocation};
+    use crate::testing::{now, raw_connection, revocation, task_id};
     use crate::{EndOutcome, Store, SvidIssued};
 
     /// A database as a v1 binary left it: one consent, a live task with three SVIDs whose
@@ -165,6 +165,7 @@ mod tests {
             .unwrap();
         let mut conn = raw_connection(path).await;
         let later = now() + 3600;
+        let (live, ended) = (task_id("t-live"), task_id("t-ended"));
         sqlx::raw_sql(MIGRATIONS[0].sql)
             .execute(&mut conn)
             .await
@@ -177,15 +178,15 @@ mod tests {
              INSERT INTO schema_migrations VALUES (1, 'initial', 0);
              INSERT INTO consents VALUES ('c1', 'agent', 'alice', 'github', '[\"github/tool/a\"]',
                                           {later}, 'admin', 0, NULL);
-             INSERT INTO tasks VALUES ('t-live', 'agent', 'alice', 'github', '[\"github/tool/a\"]',
+             INSERT INTO tasks VALUES ('{live}', 'agent', 'alice', 'github', '[\"github/tool/a\"]',
                                        'p', 'c1', 7, 1, {later}, NULL, NULL);
-             INSERT INTO tasks VALUES ('t-ended', 'agent', 'alice', 'github', '[\"github/tool/a\"]',
+             INSERT INTO tasks VALUES ('{ended}', 'agent', 'alice', 'github', '[\"github/tool/a\"]',
                                        'p', 'c1', 7, 2, {later}, 3, 'ended');
-             INSERT INTO task_svids VALUES ('cc', 't-live', 'spiffe://x/client/agent/task/t-live', {later});
-             INSERT INTO task_svids VALUES ('0a', 't-ended', 'spiffe://x/client/agent/task/t-ended', {later});
-             INSERT INTO task_svids VALUES ('aa', 't-live', 'spiffe://x/client/agent/task/t-live', {later});
-             INSERT INTO task_svids VALUES ('bb', 't-live', 'spiffe://x/client/agent/task/t-live', {later});
-             INSERT INTO revocations VALUES ('t-ended', 'spiffe://x/client/agent/task/t-ended',
+             INSERT INTO task_svids VALUES ('cc', '{live}', 'spiffe://x/client/agent/task/{live}', {later});
+             INSERT INTO task_svids VALUES ('0a', '{ended}', 'spiffe://x/client/agent/task/{ended}', {later});
+             INSERT INTO task_svids VALUES ('aa', '{live}', 'spiffe://x/client/agent/task/{live}', {later});
+             INSERT INTO task_svids VALUES ('bb', '{live}', 'spiffe://x/client/agent/task/{live}', {later});
+             INSERT INTO revocations VALUES ('{ended}', 'spiffe://x/client/agent/task/{ended}',
                                              '[\"0a\"]', 'ended', 3000, {later});
              INSERT INTO audit (at, kind, actor, detail) VALUES (1, 'task.begin', 'a', '{{}}');"
         )))
@@ -209,10 +210,10 @@ mod tests {
         assert_eq!(versions, [1, 2, 3]);
 
         // Issuance order was the rowid: cc, aa, bb.
-        let live = store.get_task("t-live").await.unwrap().unwrap();
+        let live = store.get_task(&task_id("t-live")).await.unwrap().unwrap();
         assert_eq!(live.serials, ["cc", "aa", "bb"]);
         assert_eq!((live.pid, live.begun_at, live.ended_at), (7, 1, None));
-        let ended = store.get_task("t-ended").await.unwrap().unwrap();
+        let ended = store.get_task(&task_id("t-ended")).await.unwrap().unwrap();
         assert_eq!(ended.end_reason.as_deref(), Some("ended"));
         assert_eq!(store.revocations(0).await.unwrap()[0].serials, ["0a"]);
         assert_eq!(store.list_audit(0, 10).await.unwrap().len(), 1);
@@ -224,12 +225,15 @@ mod tests {
             not_after: now() + 60,
         };
         store
-            .record_task_svid("t-live", rotated.clone())
+            .record_task_svid(&task_id("t-live"), rotated.clone())
             .await
             .unwrap();
-        let live = store.get_task("t-live").await.unwrap().unwrap();
+        let live = store.get_task(&task_id("t-live")).await.unwrap().unwrap();
         assert_eq!(live.serials, ["cc", "aa", "bb", "01"]);
-        let repeated = store.record_task_svid("t-live", rotated).await.unwrap_err();
+        let repeated = store
+            .record_task_svid(&task_id("t-live"), rotated)
+            .await
+            .unwrap_err();
         assert!(matches!(repeated, StoreError::Database(_)), "{repeated:?}");
         let orphan = sqlx::query("INSERT INTO task_svids VALUES ('ff', 'nope', 1, 'x', 0)")
             .execute(&store.inner.pool)
@@ -238,7 +242,7 @@ mod tests {
         assert!(orphan.to_string().contains("FOREIGN KEY"), "{orphan}");
         let ended = store
             .end_task(
-                "t-live",
+                &task_id("t-live"),
                 "ended",
                 now(),
                 revocation("agent", "t-live", "ended"),
@@ -271,7 +275,8 @@ mod tests {
         // A v1 file whose task refers to a consent that is not there (possible only with
         // enforcement off): v2 must refuse to carry it over rather than hide it.
         let mut conn = raw_connection(&path).await;
-        sqlx::query("UPDATE tasks SET consent_id = 'gone' WHERE id = 't-ended'")
+        sqlx::query("UPDATE tasks SET consent_id = 'gone' WHERE id = ?")
+            .bind(task_id("t-ended").to_string())
             .execute(&mut conn)
             .await
             .unwrap();

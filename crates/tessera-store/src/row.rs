@@ -39,6 +39,15 @@ impl Row for rusqlite::Row<'_> {
     }
 }
 
+/// Serialises a typed value (a task id, a client name) as the text it is stored as, so
+/// audit details keep the same JSON whether a field is typed or not.
+pub(crate) fn serialize_display<S: serde::Serializer>(
+    value: &impl std::fmt::Display,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
 /// On the writer's connection: the first row `sql` returns for `params`, decoded, if
 /// any. The statement is prepared once and cached.
 pub(crate) fn query_optional<T>(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, params};
 use serde_json::json;
 use sqlx::SqlitePool;
+use tessera_identity::{ClientName, TaskId};
 
 use crate::error::{Conflict, InvalidInput, NotFound};
 use crate::limits::{
@@ -62,10 +63,12 @@ const KIND_SVID: &str = "svid.issue";
 /// A task: one BeginTask, until it ends.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TaskRecord {
-    /// The task id (ULID or UUIDv7, chosen by the agent), 1..=[`MAX_TASK_ID_LEN`] bytes.
-    pub id: String,
+    /// The task id (chosen by the agent).
+    #[serde(serialize_with = "crate::row::serialize_display")]
+    pub id: TaskId,
     /// The client running it.
-    pub client: String,
+    #[serde(serialize_with = "crate::row::serialize_display")]
+    pub client: ClientName,
     /// The human it acts for.
     pub subject: String,
     /// The MCP server it may call.
@@ -123,7 +126,7 @@ pub struct Revocation {
 #[derive(Clone, Debug, Default)]
 pub struct TaskFilter {
     /// Only this client's tasks; `None` for all.
-    pub client: Option<String>,
+    pub client: Option<ClientName>,
     /// Include ended tasks too.
     pub include_ended: bool,
 }
@@ -141,8 +144,7 @@ pub enum EndOutcome {
 
 impl TaskRecord {
     fn validate(&self) -> Result<(), StoreError> {
-        check_len("task id", &self.id, 1, MAX_TASK_ID_LEN)?;
-        validate_parties(&self.client, &self.subject, &self.server)?;
+        validate_parties(self.client.as_str(), &self.subject, &self.server)?;
         validate_scopes(&self.scopes)?;
         check_len("purpose", &self.purpose, 0, MAX_PURPOSE_LEN)?;
         check_len("consent id", &self.consent_id, 1, MAX_TASK_ID_LEN)?;
@@ -221,12 +223,11 @@ impl Store {
     /// [`NotFound::Task`].
     pub async fn record_task_svid(
         &self,
-        task_id: &str,
+        task_id: &TaskId,
         svid: SvidIssued,
     ) -> Result<(), StoreError> {
-        check_len("task id", task_id, 1, MAX_TASK_ID_LEN)?;
         let svid = svid.normalize()?;
-        let state = (task_id.to_owned(), svid);
+        let state = (task_id.to_string(), svid);
         self.inner
             .writer
             .write(KIND_SVID, state, record_svid_op)
@@ -245,7 +246,7 @@ impl Store {
     /// get [`EndOutcome::AlreadyEnded`] and write nothing.
     pub async fn end_task(
         &self,
-        task_id: &str,
+        task_id: &TaskId,
         reason: &str,
         ended_at: i64,
         revocation: Revocation,
@@ -255,7 +256,7 @@ impl Store {
         validate_revocation(&revocation)?;
         audit::validate_actor(actor)?;
         let state = EndTask {
-            task_id: task_id.to_owned(),
+            task_id: task_id.to_string(),
             reason: reason.to_owned(),
             ended_at,
             revocation: Some(revocation),
@@ -265,9 +266,9 @@ impl Store {
     }
 
     /// The task with this id, if any.
-    pub async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+    pub async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
         let row = sqlx::query(concat!(task_select!(), " WHERE t.id = ?"))
-            .bind(id)
+            .bind(id.to_string())
             .fetch_optional(&self.inner.pool)
             .await?;
         row.as_ref().map(decode_task).transpose()
@@ -280,7 +281,7 @@ impl Store {
         // before it sees the parameters, so that form scans every task ever begun on the
         // node, and a client's ListTasks would grow with everyone's history.
         let query = match &filter.client {
-            Some(client) => sqlx::query(one_clients_tasks!()).bind(client),
+            Some(client) => sqlx::query(one_clients_tasks!()).bind(client.as_str()),
             None => sqlx::query(concat!(
                 task_select!(),
                 " WHERE (? OR t.ended_at IS NULL)",
@@ -379,8 +380,8 @@ fn begin_op(
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
-        task.id,
-        task.client,
+        task.id.to_string(),
+        task.client.as_str(),
         task.subject,
         task.server,
         scopes,
@@ -390,7 +391,7 @@ fn begin_op(
         task.begun_at,
         task.deadline,
     ])?;
-    insert_svid(conn, &task.id, svid)?;
+    insert_svid(conn, &task.id.to_string(), svid)?;
     let detail = json!({
         "task": &*task,
         "svid": {
@@ -439,11 +440,11 @@ fn unusable_consent(
         })));
     }
     for (field, theirs, mine) in [
-        ("client", client, &task.client),
+        ("client", client, task.client.as_str()),
         ("subject", subject, &task.subject),
         ("server", server, &task.server),
     ] {
-        if theirs != *mine {
+        if theirs != mine {
             return Ok(Some(StoreError::Conflict(Conflict::ConsentMismatch {
                 id,
                 field,
@@ -583,7 +584,7 @@ fn record_end(
     mut revocation: Revocation,
     actor: &str,
 ) -> Result<Revocation, StoreError> {
-    revocation.task_id.clone_from(&task.id);
+    revocation.task_id = task.id.to_string();
     revocation.serials.clone_from(&task.serials);
     if let Some(last) = last_not_after {
         revocation.until = revocation.until.max(last);
@@ -602,7 +603,7 @@ fn record_end(
         revocation.until,
     ])?;
     let detail = json!({
-        "task_id": &task.id,
+        "task_id": task.id.to_string(),
         "reason": &task.end_reason,
         "ended_at": task.ended_at,
         "revocation": &revocation,
@@ -622,11 +623,12 @@ pub(crate) fn end_live(
     revocation: Revocation,
     actor: &str,
 ) -> Result<Revocation, StoreError> {
-    let Some((task, last_not_after)) = mark_ended(conn, &task.id, reason, ended_at)? else {
+    let Some((task, last_not_after)) = mark_ended(conn, &task.id.to_string(), reason, ended_at)?
+    else {
         // Cannot happen: the caller read it live in this same op and the writer runs one
         // op at a time. Refuse rather than revoke twice.
         return Err(StoreError::Conflict(Conflict::TaskEnded {
-            id: task.id.clone(),
+            id: task.id.to_string(),
         }));
     };
     record_end(conn, effects, &task, last_not_after, revocation, actor)
@@ -717,16 +719,19 @@ pub(crate) async fn live_tasks_for_consent(
 /// [`StoreError::Corrupt`].
 fn decode_task(row: &impl Row) -> Result<TaskRecord, StoreError> {
     let id: String = row.column("id")?;
+    let corrupt = |column: &str, error: &dyn std::fmt::Display| StoreError::Corrupt {
+        table: "tasks",
+        id: id.clone(),
+        reason: format!("{column}: {error}"),
+    };
     let json_list = |column: &str| -> Result<Vec<String>, StoreError> {
         let text: String = row.column(column)?;
-        serde_json::from_str(&text).map_err(|error| StoreError::Corrupt {
-            table: "tasks",
-            id: id.clone(),
-            reason: format!("{column}: {error}"),
-        })
+        serde_json::from_str(&text).map_err(|error| corrupt(column, &error))
     };
+    let client: String = row.column("client")?;
     Ok(TaskRecord {
-        client: row.column("client")?,
+        id: id.parse().map_err(|error| corrupt("id", &error))?,
+        client: client.parse().map_err(|error| corrupt("client", &error))?,
         subject: row.column("subject")?,
         server: row.column("server")?,
         scopes: json_list("scopes")?,
@@ -738,7 +743,6 @@ fn decode_task(row: &impl Row) -> Result<TaskRecord, StoreError> {
         ended_at: row.column("ended_at")?,
         end_reason: row.column("end_reason")?,
         serials: json_list("serials")?,
-        id,
     })
 }
 

@@ -185,7 +185,7 @@ impl TaskManager {
         let now = now_unix();
         for task in store.live_tasks().await? {
             let revocation = Revocation {
-                task_id: task.id.clone(),
+                task_id: task.id.to_string(),
                 spiffe_id: task_spiffe_id(&authority, &task),
                 serials: Vec::new(),
                 reason: EndReason::AgentRestart.as_str().into(),
@@ -287,12 +287,9 @@ async fn detached<T: Send + 'static>(
 }
 
 fn task_spiffe_id(authority: &Authority, t: &TaskRecord) -> String {
-    format!(
-        "{}/client/{}/task/{}",
-        authority.trust_domain().id_string(),
-        t.client,
-        t.id
-    )
+    ClientId::new(authority.trust_domain().clone(), t.client.clone())
+        .task(t.id)
+        .to_string()
 }
 
 mod jwt;

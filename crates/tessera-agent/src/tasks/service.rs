@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_identity::{ClientId, ClientName, TaskId, TrustDomain};
+use tessera_identity::{ClientId, TrustDomain};
 use tessera_proto::tessera::v1::tasks_server::Tasks;
 use tessera_proto::tessera::v1::{
     BeginTaskRequest as BeginTaskMessage, BeginTaskResponse, EndTaskRequest, EndTaskResponse,
@@ -20,19 +20,14 @@ use crate::metrics::Metrics;
 use crate::svids::{Snapshot, SvidCache};
 
 /// Converts a stored task for the API. Its SPIFFE ID is tessera-identity's, from the
-/// stored client and task id; empty for a row naming no valid one (the agent writes
-/// none such).
+/// stored client and task id (the store refuses a row naming no valid one).
 pub(crate) fn task_to_proto(t: TaskRecord, trust_domain: &TrustDomain) -> Task {
-    let spiffe_id = match (t.client.parse::<ClientName>(), t.id.parse::<TaskId>()) {
-        (Ok(client), Ok(task)) => ClientId::new(trust_domain.clone(), client)
-            .task(task)
-            .to_string(),
-        _ => String::new(),
-    };
     Task {
-        spiffe_id,
-        id: t.id,
-        client: t.client,
+        spiffe_id: ClientId::new(trust_domain.clone(), t.client.clone())
+            .task(t.id)
+            .to_string(),
+        id: t.id.to_string(),
+        client: t.client.to_string(),
         subject: t.subject,
         server: t.server,
         scopes: t.scopes,
@@ -207,7 +202,7 @@ impl Tasks for TasksService {
         let mut tasks = Vec::new();
         for client in &clients {
             let filter = TaskFilter {
-                client: Some(client.name.as_str().to_owned()),
+                client: Some(client.name.clone()),
                 include_ended,
             };
             let found = self

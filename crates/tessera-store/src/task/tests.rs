@@ -11,7 +11,8 @@ use super::*;
 use crate::AuditRecord;
 use crate::error::Unavailable;
 use crate::testing::{
-    begin, granted_consent as consent, new_task, now, open_temp, revocation, svid, task_spiffe_id,
+    begin, granted_consent as consent, label, new_task, now, open_temp, revocation, svid, task_id,
+    task_spiffe_id,
 };
 
 fn all() -> TaskFilter {
@@ -24,7 +25,7 @@ fn all() -> TaskFilter {
 /// The id of every task the store holds, live or ended.
 async fn stored_ids(store: &Store) -> Vec<String> {
     let tasks = store.list_tasks(&all()).await.unwrap();
-    tasks.into_iter().map(|t| t.id).collect()
+    tasks.into_iter().map(|t| label(&t.id)).collect()
 }
 
 async fn count(store: &Store, sql: &'static str) -> i64 {
@@ -47,7 +48,7 @@ async fn begin_get_and_audit() {
         .await
         .unwrap();
 
-    let stored = store.get_task("01JTASK").await.unwrap().unwrap();
+    let stored = store.get_task(&task_id("01JTASK")).await.unwrap().unwrap();
     // Serials are stored lowercase; the rest round-trips.
     assert_eq!(
         stored,
@@ -56,7 +57,7 @@ async fn begin_get_and_audit() {
             ..task.clone()
         }
     );
-    assert_eq!(store.get_task("nope").await.unwrap(), None);
+    assert_eq!(store.get_task(&task_id("nope")).await.unwrap(), None);
 
     let audit = store.list_audit(0, 100).await.unwrap();
     let audit = &audit[before..];
@@ -143,21 +144,6 @@ async fn begin_checks_the_consent_inside_the_transaction() {
         ),
         (
             TaskRecord {
-                id: String::new(),
-                ..new_task("t", "a", &c.id)
-            },
-            |e| {
-                matches!(
-                    e,
-                    StoreError::Invalid(InvalidInput::Field {
-                        field: "task id",
-                        ..
-                    })
-                )
-            },
-        ),
-        (
-            TaskRecord {
                 scopes: vec![],
                 ..new_task("t", "a", &c.id)
             },
@@ -216,7 +202,7 @@ async fn begin_checks_the_consent_inside_the_transaction() {
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::Database(_)), "{error:?}");
-    assert_eq!(store.get_task("u").await.unwrap(), None);
+    assert_eq!(store.get_task(&task_id("u")).await.unwrap(), None);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM tasks").await, 1);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM task_svids").await, 1);
     let kinds: Vec<_> = store
@@ -235,17 +221,20 @@ async fn serials_accumulate_with_record_task_svid() {
     let c = consent(&store, "a").await;
     begin(&store, "t", "a", &c.id, "01").await;
     store
-        .record_task_svid("t", svid("a", "t", "02"))
+        .record_task_svid(&task_id("t"), svid("a", "t", "02"))
         .await
         .unwrap();
     let mut last = svid("a", "t", "FF03");
     last.not_after = now() + 10_000;
-    store.record_task_svid("t", last.clone()).await.unwrap();
-    let task = store.get_task("t").await.unwrap().unwrap();
+    store
+        .record_task_svid(&task_id("t"), last.clone())
+        .await
+        .unwrap();
+    let task = store.get_task(&task_id("t")).await.unwrap().unwrap();
     assert_eq!(task.serials, ["01", "02", "ff03"]);
 
     let error = store
-        .record_task_svid("nope", svid("a", "nope", "04"))
+        .record_task_svid(&task_id("nope"), svid("a", "nope", "04"))
         .await
         .unwrap_err();
     assert!(
@@ -253,7 +242,7 @@ async fn serials_accumulate_with_record_task_svid() {
         "{error:?}"
     );
     let error = store
-        .record_task_svid("t", svid("a", "t", "02"))
+        .record_task_svid(&task_id("t"), svid("a", "t", "02"))
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::Database(_)), "{error:?}");
@@ -264,7 +253,7 @@ async fn serials_accumulate_with_record_task_svid() {
         ..revocation("a", "t", "ended")
     };
     let EndOutcome::Ended(ended, revoked) = store
-        .end_task("t", "ended", now(), short, "a")
+        .end_task(&task_id("t"), "ended", now(), short, "a")
         .await
         .unwrap()
     else {
@@ -275,7 +264,7 @@ async fn serials_accumulate_with_record_task_svid() {
     assert_eq!(revoked.until, last.not_after);
 
     let error = store
-        .record_task_svid("t", svid("a", "t", "05"))
+        .record_task_svid(&task_id("t"), svid("a", "t", "05"))
         .await
         .unwrap_err();
     assert!(
@@ -283,7 +272,12 @@ async fn serials_accumulate_with_record_task_svid() {
         "{error:?}"
     );
     assert_eq!(
-        store.get_task("t").await.unwrap().unwrap().serials,
+        store
+            .get_task(&task_id("t"))
+            .await
+            .unwrap()
+            .unwrap()
+            .serials,
         ["01", "02", "ff03"]
     );
 
@@ -310,7 +304,7 @@ async fn end_task_ends_once() {
     };
     let at = now();
     let outcome = store
-        .end_task("t", "ended", at, given.clone(), "uid:1000")
+        .end_task(&task_id("t"), "ended", at, given.clone(), "uid:1000")
         .await
         .unwrap();
     let EndOutcome::Ended(task, revoked) = outcome else {
@@ -322,21 +316,24 @@ async fn end_task_ends_once() {
     assert_eq!(
         revoked,
         Revocation {
-            task_id: "t".into(),
+            task_id: task_id("t").to_string(),
             serials: vec!["01".into()],
             ..given.clone()
         }
     );
-    assert_eq!(store.get_task("t").await.unwrap(), Some(task.clone()));
+    assert_eq!(
+        store.get_task(&task_id("t")).await.unwrap(),
+        Some(task.clone())
+    );
 
     let again = store
-        .end_task("t", "deadline", at + 5, given.clone(), "uid:1000")
+        .end_task(&task_id("t"), "deadline", at + 5, given.clone(), "uid:1000")
         .await
         .unwrap();
     assert_eq!(again, EndOutcome::AlreadyEnded(task.clone()));
     assert_eq!(
         store
-            .end_task("nope", "ended", at, given.clone(), "a")
+            .end_task(&task_id("nope"), "ended", at, given.clone(), "a")
             .await
             .unwrap(),
         EndOutcome::NotFound
@@ -355,7 +352,7 @@ async fn end_task_ends_once() {
     );
 
     let error = store
-        .end_task("t", "", at, given.clone(), "a")
+        .end_task(&task_id("t"), "", at, given.clone(), "a")
         .await
         .unwrap_err();
     assert!(
@@ -384,7 +381,7 @@ async fn sixteen_concurrent_end_task_calls_end_it_exactly_once() {
                 barrier.wait().await;
                 store
                     .end_task(
-                        "t",
+                        &task_id("t"),
                         "ended",
                         now(),
                         revocation("a", "t", "ended"),
@@ -425,7 +422,7 @@ async fn revocations_list_and_prune() {
         // Short-lived SVIDs, so `until` is what we give.
         sqlx::query("UPDATE task_svids SET not_after = ? WHERE task_id = ?")
             .bind(t0)
-            .bind(id)
+            .bind(task_id(id).to_string())
             .execute(&store.inner.pool)
             .await
             .unwrap();
@@ -433,12 +430,18 @@ async fn revocations_list_and_prune() {
             until,
             ..revocation("a", id, "ended")
         };
-        store.end_task(id, "ended", t0, rev, "a").await.unwrap();
+        store
+            .end_task(&task_id(id), "ended", t0, rev, "a")
+            .await
+            .unwrap();
     }
     begin(&store, "live", "a", &c.id, "99").await;
 
-    let ids =
-        |revs: Vec<Revocation>| -> Vec<String> { revs.into_iter().map(|r| r.task_id).collect() };
+    let ids = |revs: Vec<Revocation>| -> Vec<String> {
+        revs.into_iter()
+            .map(|r| label(&r.task_id.parse().unwrap()))
+            .collect()
+    };
     assert_eq!(
         ids(store.revocations(t0).await.unwrap()),
         ["t1", "t2", "t3"]
@@ -484,11 +487,19 @@ async fn list_tasks_orders_live_first_then_newest_and_filters() {
             .unwrap();
     }
     store
-        .end_task("a3", "ended", t0 + 5, revocation("a", "a3", "ended"), "x")
+        .end_task(
+            &task_id("a3"),
+            "ended",
+            t0 + 5,
+            revocation("a", "a3", "ended"),
+            "x",
+        )
         .await
         .unwrap();
 
-    let ids = |tasks: Vec<TaskRecord>| -> Vec<String> { tasks.into_iter().map(|t| t.id).collect() };
+    let ids = |tasks: Vec<TaskRecord>| -> Vec<String> {
+        tasks.into_iter().map(|t| label(&t.id)).collect()
+    };
     assert_eq!(
         ids(store.list_tasks(&all()).await.unwrap()),
         ["b1", "a2", "a1", "a3"]
@@ -498,7 +509,7 @@ async fn list_tasks_orders_live_first_then_newest_and_filters() {
         ["b1", "a2", "a1"]
     );
     let only_a = TaskFilter {
-        client: Some("a".into()),
+        client: Some("a".parse().unwrap()),
         include_ended: true,
     };
     assert_eq!(
@@ -515,11 +526,17 @@ async fn ended_tasks_and_revocations_survive_close_and_reopen() {
     begin(&store, "t1", "a", &c.id, "01").await;
     begin(&store, "t2", "a", &c.id, "02").await;
     store
-        .record_task_svid("t2", svid("a", "t2", "03"))
+        .record_task_svid(&task_id("t2"), svid("a", "t2", "03"))
         .await
         .unwrap();
     let EndOutcome::Ended(ended, revoked) = store
-        .end_task("t1", "ended", now(), revocation("a", "t1", "ended"), "a")
+        .end_task(
+            &task_id("t1"),
+            "ended",
+            now(),
+            revocation("a", "t1", "ended"),
+            "a",
+        )
         .await
         .unwrap()
     else {
@@ -530,7 +547,7 @@ async fn ended_tasks_and_revocations_survive_close_and_reopen() {
     drop(store);
 
     let store = Store::open(&path).await.unwrap();
-    assert_eq!(store.get_task("t1").await.unwrap(), Some(ended));
+    assert_eq!(store.get_task(&task_id("t1")).await.unwrap(), Some(ended));
     assert_eq!(store.revocations(now()).await.unwrap(), vec![revoked]);
     let live = store.live_tasks().await.unwrap();
     assert_eq!(live.len(), 1);
@@ -540,7 +557,13 @@ async fn ended_tasks_and_revocations_survive_close_and_reopen() {
     // And it is still ended: a second end is refused as such.
     assert!(matches!(
         store
-            .end_task("t1", "ended", now(), revocation("a", "t1", "ended"), "a")
+            .end_task(
+                &task_id("t1"),
+                "ended",
+                now(),
+                revocation("a", "t1", "ended"),
+                "a"
+            )
             .await
             .unwrap(),
         EndOutcome::AlreadyEnded(_)
@@ -560,7 +583,13 @@ async fn audit_broadcast_delivers_committed_rows_in_seq_order() {
                 let id = format!("t{i}");
                 begin(&store, &id, "a", &consent_id, &format!("{i:04x}")).await;
                 store
-                    .end_task(&id, "ended", now(), revocation("a", &id, "ended"), "a")
+                    .end_task(
+                        &task_id(&id),
+                        "ended",
+                        now(),
+                        revocation("a", &id, "ended"),
+                        "a",
+                    )
                     .await
                     .unwrap();
             })
@@ -688,7 +717,13 @@ async fn eight_callers_begin_and_end_500_tasks_each_consistently() {
                         .await
                         .unwrap();
                     let outcome = store
-                        .end_task(&id, "ended", now(), revocation("a", &id, "ended"), "a")
+                        .end_task(
+                            &task_id(&id),
+                            "ended",
+                            now(),
+                            revocation("a", &id, "ended"),
+                            "a",
+                        )
                         .await
                         .unwrap();
                     assert!(matches!(outcome, EndOutcome::Ended(..)), "{outcome:?}");
@@ -757,7 +792,7 @@ async fn a_queued_write_is_applied_even_if_its_caller_gives_up() {
         .unwrap();
     drop(blocker);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while store.get_task("t").await.unwrap().is_none() {
+    while store.get_task(&task_id("t")).await.unwrap().is_none() {
         assert!(tokio::time::Instant::now() < deadline, "write lost");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -847,7 +882,7 @@ async fn a_large_prune_runs_in_chunks_of_its_own_transactions() {
         // five minutes from now.)
         revocation.until = if i < expired { t0 + 10 } else { t0 + 3600 };
         store
-            .end_task(&id, "ended", t0, revocation, "uid:1000")
+            .end_task(&task_id(&id), "ended", t0, revocation, "uid:1000")
             .await
             .unwrap();
     }
@@ -872,7 +907,7 @@ async fn ended_tasks_past_the_cutoff_are_deleted_unless_still_revoked() {
         let mut revocation = revocation("a", id, "ended");
         revocation.until = until;
         store
-            .end_task(id, "ended", ended_at, revocation, "uid:1000")
+            .end_task(&task_id(id), "ended", ended_at, revocation, "uid:1000")
             .await
             .unwrap();
     }
@@ -899,7 +934,7 @@ async fn ended_tasks_past_the_cutoff_are_deleted_unless_still_revoked() {
     left.sort();
     assert_eq!(left, ["ended-later", "live", "still-revoked"]);
     assert_eq!(count(&store, "SELECT count(*) FROM task_svids").await, 3);
-    assert!(store.get_task("t00000").await.unwrap().is_none());
+    assert!(store.get_task(&task_id("t00000")).await.unwrap().is_none());
     assert_eq!(store.prune_ended_tasks(t0 + 500).await.unwrap(), 0);
 }
 
@@ -935,4 +970,33 @@ async fn listing_one_clients_tasks_uses_the_client_index() {
             .unwrap();
     let outer = plan.iter().find(|(_, parent, _, _)| *parent == 0).unwrap();
     assert!(outer.3.contains("USING INDEX tasks_by_client"), "{plan:?}");
+}
+
+/// A task row whose id or client is not a valid one (written behind the store's back) is
+/// refused as corrupt, naming the column, wherever tasks are read: handing it on as text
+/// would give the agent an id it could not build a SPIFFE ID from.
+#[tokio::test]
+async fn a_task_row_with_a_malformed_id_or_client_is_corrupt() {
+    for (column, value) in [("id", "not-a-task-id"), ("client", "Not A Client")] {
+        let (_dir, path, store) = open_temp().await;
+        let c = consent(&store, "a").await;
+        begin(&store, "t", "a", &c.id, "01").await;
+        let mut conn = crate::testing::raw_connection(&path).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE tasks SET {column} = ? WHERE id = ?"
+        )))
+        .bind(value)
+        .bind(task_id("t").to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let is_corrupt = |error: &StoreError| {
+            matches!(error, StoreError::Corrupt { table: "tasks", reason, .. }
+                if reason.starts_with(&format!("{column}: ")))
+        };
+        let error = store.list_tasks(&all()).await.unwrap_err();
+        assert!(is_corrupt(&error), "{column}: {error:?}");
+        let error = store.live_tasks().await.unwrap_err();
+        assert!(is_corrupt(&error), "{column}: {error:?}");
+    }
 }

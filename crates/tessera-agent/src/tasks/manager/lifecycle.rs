@@ -77,8 +77,8 @@ impl TaskManager {
             .map_err(|e| TaskError::InvalidArgument(format!("task claims: {e}")))?;
         let svid = Arc::new(self.issue(&spiffe_id, &claims, deadline)?);
         let record = TaskRecord {
-            id: task_id.to_string(),
-            client: req.client.name.as_str().to_owned(),
+            id: task_id,
+            client: req.client.name.clone(),
             subject: req.subject,
             server: req.server.as_str().to_owned(),
             scopes: req.scopes.iter().map(ToString::to_string).collect(),
@@ -141,7 +141,8 @@ impl TaskManager {
         reservation: Reservation,
     ) {
         let record = &live.record;
-        self.lock_live().insert(record.id.clone(), Arc::clone(live));
+        self.lock_live()
+            .insert(record.id.to_string(), Arc::clone(live));
         {
             // Endable from the line above: an end may already have retired it.
             let state = live.state();
@@ -192,19 +193,23 @@ impl TaskManager {
             id: task_id.to_owned(),
             client: client.map(str::to_owned),
         };
+        // No task has an id that does not parse, so no such task exists.
+        let Ok(typed_id) = task_id.parse::<TaskId>() else {
+            return Err(not_found());
+        };
         if let Some(client) = client {
             // Another client's task does not exist as far as this caller can tell.
             let live_owner = self
                 .lock_live()
                 .get(task_id)
-                .map(|t| t.record.client == client);
+                .map(|t| t.record.client.as_str() == client);
             let owned = match live_owner {
                 Some(owned) => owned,
                 None => self
                     .store
-                    .get_task(task_id)
+                    .get_task(&typed_id)
                     .await?
-                    .is_some_and(|t| t.client == client),
+                    .is_some_and(|t| t.client.as_str() == client),
             };
             if !owned {
                 return Err(not_found());
@@ -214,7 +219,11 @@ impl TaskManager {
         let live = match taken {
             Some(live) => live,
             None => {
-                let stored = self.store.get_task(task_id).await?.ok_or_else(not_found)?;
+                let stored = self
+                    .store
+                    .get_task(&typed_id)
+                    .await?
+                    .ok_or_else(not_found)?;
                 if stored.ended_at.is_some() {
                     // Already ended: report it as stored.
                     return Ok(stored);
@@ -226,7 +235,7 @@ impl TaskManager {
                 match taken {
                     Some(live) => live,
                     // Ended meanwhile by someone who held the gate first.
-                    None => return Ok(self.store.get_task(task_id).await?.unwrap_or(stored)),
+                    None => return Ok(self.store.get_task(&typed_id).await?.unwrap_or(stored)),
                 }
             }
         };
@@ -239,7 +248,7 @@ impl TaskManager {
         // Detached: a caller giving up while the store's queue is full must not leave
         // the task revoked here but live on disk.
         let store = self.store.clone();
-        let (id, by) = (task_id.to_owned(), actor.to_owned());
+        let (id, by) = (typed_id, actor.to_owned());
         let outcome = detached(async move {
             Ok(store
                 .end_task(&id, reason.as_str(), now_unix(), revocation, &by)
@@ -275,8 +284,8 @@ impl TaskManager {
                 let mut live = this.lock_live();
                 let ids: Vec<String> = live
                     .values()
-                    .filter(|t| t.record.client == client)
-                    .map(|t| t.record.id.clone())
+                    .filter(|t| t.record.client.as_str() == client)
+                    .map(|t| t.record.id.to_string())
                     .collect();
                 ids.iter().filter_map(|id| live.remove(id)).collect()
             };
@@ -291,12 +300,12 @@ impl TaskManager {
             }
             // Concurrent, so the store commits them together rather than one fsync each.
             let now = now_unix();
-            let writes = revocations.into_iter().map(|revocation| {
-                let (store, actor) = (this.store.clone(), actor.as_str());
+            let writes = taken.iter().zip(revocations).map(|(t, revocation)| {
+                let (store, actor, task_id) = (this.store.clone(), actor.as_str(), t.record.id);
                 async move {
                     let id = revocation.task_id.clone();
                     store
-                        .end_task(&id, reason.as_str(), now, revocation, actor)
+                        .end_task(&task_id, reason.as_str(), now, revocation, actor)
                         .await
                         .map(|_| id)
                 }
@@ -347,15 +356,15 @@ impl TaskManager {
         // `until` of live tasks is known here; the store fills serials, and raises
         // `until` to the latest SVID it recorded. An SVID still being recorded when the
         // store ends the task fails to record, and is then never shown.
-        let untils: HashMap<String, i64> = self
+        let untils: HashMap<TaskId, i64> = self
             .lock_live()
             .values()
             .filter(|t| t.record.consent_id == consent_id)
-            .map(|t| (t.record.id.clone(), t.state().until))
+            .map(|t| (t.record.id, t.state().until))
             .collect();
         let now = now_unix();
         let revocation_for = move |t: &TaskRecord| Revocation {
-            task_id: t.id.clone(),
+            task_id: t.id.to_string(),
             spiffe_id: task_spiffe_id(&authority, t),
             serials: Vec::new(),
             reason: EndReason::ConsentWithdrawn.as_str().into(),
@@ -410,7 +419,7 @@ impl TaskManager {
             })
             .inc();
         Revocation {
-            task_id: live.record.id.clone(),
+            task_id: live.record.id.to_string(),
             spiffe_id: live.spiffe_id.clone(),
             serials,
             reason: reason.as_str().into(),
@@ -432,12 +441,13 @@ impl TaskManager {
     /// Updates the owner's stream view of one task (`None` removes it).
     fn publish(&self, live: &LiveTask, svid: Option<Arc<IssuedSvid>>) {
         let view = svid.map(|svid| TaskView {
-            id: live.record.id.clone(),
+            id: live.record.id.to_string(),
             spiffe_id: live.spiffe_id.clone(),
             svid,
             owner: live.owner_fd.clone(),
         });
-        self.owners.show(live.owner_pid, &live.record.id, view);
+        self.owners
+            .show(live.owner_pid, &live.record.id.to_string(), view);
     }
 
     /// One watcher per live task: process exit, deadline, SVID rotation.
@@ -447,7 +457,7 @@ impl TaskManager {
             .as_ref()
             .and_then(|fd| fd.try_clone().ok())
             .and_then(|fd| crate::attest::sys::async_pidfd(fd).ok());
-        let id = live.record.id.clone();
+        let id = live.record.id.to_string();
         let deadline = live.record.deadline;
         loop {
             let rotate_at = crate::svids::rotation_time(&live.state().svid);

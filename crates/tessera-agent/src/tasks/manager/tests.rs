@@ -210,7 +210,7 @@ async fn a_rotation_recorded_after_a_consent_withdrawal_is_never_shown() {
         .begin(request(Entitlement::granted()))
         .await
         .unwrap();
-    let shown = Shown::track(&f.manager, &task.id);
+    let shown = Shown::track(&f.manager, &task.id.to_string());
     next_second().await;
 
     // The withdrawal prepares its revocations, a rotation issues a new SVID, the
@@ -222,7 +222,12 @@ async fn a_rotation_recorded_after_a_consent_withdrawal_is_never_shown() {
         async move { m.withdraw_consent(&c, "admin").await }
     });
     withdraw_held.reached().await;
-    let live = f.manager.lock_live().get(&task.id).cloned().unwrap();
+    let live = f
+        .manager
+        .lock_live()
+        .get(&task.id.to_string())
+        .cloned()
+        .unwrap();
     let rotate = tokio::spawn({
         let m = Arc::clone(&f.manager);
         async move { m.rotate(&live).await }
@@ -231,13 +236,16 @@ async fn a_rotation_recorded_after_a_consent_withdrawal_is_never_shown() {
     settle().await;
     withdraw_held.resume();
     let (_, ended) = withdraw.await.unwrap().unwrap().unwrap();
-    assert_eq!(ended, std::slice::from_ref(&task.id));
+    assert_eq!(ended, [task.id.to_string()]);
     rotate_held.resume();
     let still_live = rotate.await.unwrap().unwrap();
     settle().await;
 
-    assert!(!shown_now(&f.manager, &task.id), "ended task still shown");
-    assert_revocation_covers(&f, &task.id, &shown.get()).await;
+    assert!(
+        !shown_now(&f.manager, &task.id.to_string()),
+        "ended task still shown"
+    );
+    assert_revocation_covers(&f, &task.id.to_string(), &shown.get()).await;
     assert!(!still_live, "the rotation reports the task ended");
     assert_eq!(shown.get().len(), 1, "the rotated SVID was never shown");
 }
@@ -250,7 +258,7 @@ async fn a_rotation_recorded_before_a_consent_withdrawal_is_revoked_with_it() {
         .begin(request(Entitlement::granted()))
         .await
         .unwrap();
-    let shown = Shown::track(&f.manager, &task.id);
+    let shown = Shown::track(&f.manager, &task.id.to_string());
     next_second().await;
 
     // The withdrawal prepares its revocations (with the first SVID's `until`), then a
@@ -261,7 +269,12 @@ async fn a_rotation_recorded_before_a_consent_withdrawal_is_revoked_with_it() {
         async move { m.withdraw_consent(&c, "admin").await }
     });
     withdraw_held.reached().await;
-    let live = f.manager.lock_live().get(&task.id).cloned().unwrap();
+    let live = f
+        .manager
+        .lock_live()
+        .get(&task.id.to_string())
+        .cloned()
+        .unwrap();
     assert!(f.manager.rotate(&live).await.unwrap());
     settle().await;
     assert_eq!(shown.get().len(), 2, "the rotated SVID is shown");
@@ -269,8 +282,11 @@ async fn a_rotation_recorded_before_a_consent_withdrawal_is_revoked_with_it() {
     withdraw.await.unwrap().unwrap().unwrap();
     settle().await;
 
-    assert!(!shown_now(&f.manager, &task.id), "ended task still shown");
-    assert_revocation_covers(&f, &task.id, &shown.get()).await;
+    assert!(
+        !shown_now(&f.manager, &task.id.to_string()),
+        "ended task still shown"
+    );
+    assert_revocation_covers(&f, &task.id.to_string(), &shown.get()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,18 +311,18 @@ async fn a_withdrawal_waits_for_a_stored_task_to_go_live_and_then_ends_it() {
         Err(_) => withdraw.await,
     };
     let (_, ended) = withdrawn.unwrap().unwrap().unwrap();
-    assert_eq!(ended, std::slice::from_ref(&task.id));
+    assert_eq!(ended, [task.id.to_string()]);
     settle().await;
 
     assert_eq!(f.manager.live_count(), 0, "a withdrawn task is live");
     assert!(
-        !shown_now(&f.manager, &task.id),
+        !shown_now(&f.manager, &task.id.to_string()),
         "withdrawn task still shown"
     );
     let stored = f.store.get_task(&task.id).await.unwrap().unwrap();
     assert_eq!(stored.end_reason.as_deref(), Some("consent_withdrawn"));
     let shown = BTreeMap::from([(svid.serial_hex.clone(), svid.not_after_unix)]);
-    assert_revocation_covers(&f, &task.id, &shown).await;
+    assert_revocation_covers(&f, &task.id.to_string(), &shown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,10 +336,13 @@ async fn an_admin_revoke_of_a_task_not_yet_live_ends_it_once_it_is() {
     begin_held.reached().await;
     // Stored, so an administrator can list it and revoke it, but not yet live.
     let listed = f.store.live_tasks().await.unwrap();
-    let id = listed[0].id.clone();
+    let id = listed[0].id;
     let mut revoke = tokio::spawn({
-        let (m, id) = (Arc::clone(&f.manager), id.clone());
-        async move { m.end(&id, EndReason::Revoked, "uid:0", None).await }
+        let (m, id) = (Arc::clone(&f.manager), id);
+        async move {
+            m.end(&id.to_string(), EndReason::Revoked, "uid:0", None)
+                .await
+        }
     });
     let early = tokio::time::timeout(Duration::from_millis(500), &mut revoke).await;
     begin_held.resume();
@@ -342,9 +361,12 @@ async fn an_admin_revoke_of_a_task_not_yet_live_ends_it_once_it_is() {
     settle().await;
 
     assert_eq!(f.manager.live_count(), 0, "a revoked task is live");
-    assert!(!shown_now(&f.manager, &id), "revoked task still shown");
+    assert!(
+        !shown_now(&f.manager, &id.to_string()),
+        "revoked task still shown"
+    );
     let shown = BTreeMap::from([(svid.serial_hex.clone(), svid.not_after_unix)]);
-    assert_revocation_covers(&f, &id, &shown).await;
+    assert_revocation_covers(&f, &id.to_string(), &shown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,11 +377,16 @@ async fn an_end_while_a_rotation_is_being_published_keeps_the_task_off_its_strea
         .begin(request(Entitlement::granted()))
         .await
         .unwrap();
-    let shown = Shown::track(&f.manager, &task.id);
+    let shown = Shown::track(&f.manager, &task.id.to_string());
     next_second().await;
 
     let mut rotate_held = f.manager.hooks.arm(Pause::RotateRecorded);
-    let live = f.manager.lock_live().get(&task.id).cloned().unwrap();
+    let live = f
+        .manager
+        .lock_live()
+        .get(&task.id.to_string())
+        .cloned()
+        .unwrap();
     let rotate = tokio::spawn({
         let (m, live) = (Arc::clone(&f.manager), Arc::clone(&live));
         async move { m.rotate(&live).await }
@@ -367,7 +394,7 @@ async fn an_end_while_a_rotation_is_being_published_keeps_the_task_off_its_strea
     rotate_held.reached().await;
     // Recorded, about to be shown: the task ends now.
     f.manager
-        .end(&task.id, EndReason::Ended, "test", None)
+        .end(&task.id.to_string(), EndReason::Ended, "test", None)
         .await
         .unwrap();
     rotate_held.resume();
@@ -375,15 +402,19 @@ async fn an_end_while_a_rotation_is_being_published_keeps_the_task_off_its_strea
     settle().await;
 
     assert!(
-        !shown_now(&f.manager, &task.id),
+        !shown_now(&f.manager, &task.id.to_string()),
         "an ended task is back on its process's streams"
     );
     // Whatever was shown is revoked, and so is every SVID the store recorded.
-    assert_revocation_covers(&f, &task.id, &shown.get()).await;
+    assert_revocation_covers(&f, &task.id.to_string(), &shown.get()).await;
     let recorded = f.store.get_task(&task.id).await.unwrap().unwrap().serials;
     assert_eq!(recorded.len(), 2);
     let feed = f.manager.feed().current();
-    let on_feed = feed.revoked.iter().find(|r| r.task_id == task.id).unwrap();
+    let on_feed = feed
+        .revoked
+        .iter()
+        .find(|r| r.task_id == task.id.to_string())
+        .unwrap();
     assert_eq!(on_feed.serials, recorded);
     assert!(on_feed.until >= live.state().until);
 }
@@ -407,13 +438,18 @@ async fn ending_a_clients_tasks_revokes_each_and_spares_other_clients() {
         .await
         .unwrap();
     ended.sort();
-    let mut expected = vec![a.id.clone(), b.id.clone()];
+    let mut expected = vec![a.id.to_string(), b.id.to_string()];
     expected.sort();
     assert_eq!(ended, expected);
     assert_eq!(f.manager.live_count(), 0);
     for id in &expected {
         assert!(!shown_now(&f.manager, id));
-        let stored = f.store.get_task(id).await.unwrap().unwrap();
+        let stored = f
+            .store
+            .get_task(&id.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(stored.end_reason.as_deref(), Some("entry_deleted"));
         assert!(f.manager.feed().contains(id));
     }
