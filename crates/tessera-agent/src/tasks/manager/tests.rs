@@ -531,7 +531,8 @@ async fn a_task_jwt_is_granted_only_to_its_live_process_and_its_expiry_is_revoke
         .begin(request(Entitlement::granted()))
         .await
         .unwrap();
-    let spiffe_id = client().task(task.id.parse().unwrap()).to_string();
+    let id = task.id.to_string();
+    let spiffe_id = client().task(task.id).to_string();
     let t = now();
     let long = Duration::from_secs(100_000);
     // Another process, or a look-alike ID of another client: nothing.
@@ -544,25 +545,25 @@ async fn a_task_jwt_is_granted_only_to_its_live_process_and_its_expiry_is_revoke
     assert!(f.manager.grant_jwt(pid(), &other, long, t).is_none());
     // Its own process: the claims, the expiry capped by the deadline.
     let (claims, exp) = f.manager.grant_jwt(pid(), &spiffe_id, long, t).unwrap();
-    assert_eq!(claims.task_id.to_string(), task.id);
+    assert_eq!(claims.task_id, task.id);
     assert_eq!(exp, task.deadline);
-    assert!(f.manager.is_live(&task.id));
+    assert!(f.manager.is_live(&id));
 
     f.manager
-        .end(&task.id, EndReason::Ended, "test", None)
+        .end(&id, EndReason::Ended, "test", None)
         .await
         .unwrap();
-    assert!(!f.manager.is_live(&task.id));
+    assert!(!f.manager.is_live(&id));
     assert!(f.manager.grant_jwt(pid(), &spiffe_id, long, t).is_none());
     // The revocation outlives the token it granted, on the feed and in the store.
     let set = f.manager.feed().current();
-    let entry = set.revoked.iter().find(|r| r.task_id == task.id).unwrap();
+    let entry = set.revoked.iter().find(|r| r.task_id == id).unwrap();
     assert!(
         entry.until >= exp + tessera_identity::JWT_LEEWAY_SECS,
         "{} < {exp}",
         entry.until
     );
     let stored = f.store.revocations(t).await.unwrap();
-    let stored = stored.iter().find(|r| r.task_id == task.id).unwrap();
+    let stored = stored.iter().find(|r| r.task_id == id).unwrap();
     assert_eq!(stored.until, entry.until);
 }
