@@ -34,14 +34,8 @@ fn request(path: &str) -> http::Request<()> {
     http::Request::post(path).body(()).unwrap()
 }
 
-fn count(metrics: &Metrics, rpc: &'static str, code: &str) -> u64 {
-    metrics
-        .rpcs
-        .get_or_create(&RpcLabel {
-            rpc,
-            code: code.to_owned(),
-        })
-        .get()
+fn count(metrics: &Metrics, rpc: &'static str, code: &'static str) -> u64 {
+    metrics.rpcs.get_or_create(&RpcLabel { rpc, code }).get()
 }
 
 /// Every series of `tessera_rpcs_total`, as "rpc code value" lines.
