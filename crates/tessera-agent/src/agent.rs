@@ -18,7 +18,7 @@ use crate::drain;
 use crate::http::{self, Health};
 use crate::metrics::{ADMIN_SOCKET_RPCS, Metrics, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
 use crate::retention;
-use crate::socket::{self, InConnSpan};
+use crate::socket::{self, InConnSpanLayer};
 use crate::svids::SvidCache;
 use crate::tasks::{ConsentCache, RevocationsService, TaskConfig, TaskManager, TasksService};
 use crate::workload::WorkloadService;
@@ -154,53 +154,46 @@ pub async fn run(
     };
     let unix = UnixAttestor::default().with_max_exe_bytes(config.exe_hash_max_bytes);
     let attestor = Arc::new(Attestor::new(unix, k8s));
-    let workload = InConnSpan::new(
-        SpiffeWorkloadApiServer::new(
-            WorkloadService::new(
-                Arc::clone(&cache),
-                Arc::clone(&tasks),
-                Arc::clone(&attestor),
-                Arc::clone(&metrics),
-                drain.clone(),
-            )
-            .with_jwt(Arc::clone(&jwt_authority), config.jwt_svid_ttl),
-        )
-        .max_decoding_message_size(MAX_REQUEST_BYTES),
-    );
-    let tasks_api = InConnSpan::new(
-        TasksServer::new(TasksService::new(
-            Arc::clone(&tasks),
+    let workload = SpiffeWorkloadApiServer::new(
+        WorkloadService::new(
             Arc::clone(&cache),
-            Arc::clone(&attestor),
-            Arc::clone(&metrics),
-        ))
-        .max_decoding_message_size(MAX_REQUEST_BYTES),
-    );
-    let revocations_api = InConnSpan::new(
-        RevocationsService::new(
             Arc::clone(&tasks),
-            Arc::clone(&cache),
             Arc::clone(&attestor),
             Arc::clone(&metrics),
             drain.clone(),
-            config.revocation_max_watchers_per_identity,
         )
-        .max_decoding_message_size(MAX_REQUEST_BYTES),
-    );
-    let admin = InConnSpan::new(
-        AdminServer::new(AdminService::new(
-            store.clone(),
-            Arc::clone(&cache),
-            Arc::clone(&tasks),
-            Arc::clone(&authority),
-            &config.admin_uids,
-        ))
-        .max_decoding_message_size(MAX_REQUEST_BYTES),
-    );
+        .with_jwt(Arc::clone(&jwt_authority), config.jwt_svid_ttl),
+    )
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let tasks_api = TasksServer::new(TasksService::new(
+        Arc::clone(&tasks),
+        Arc::clone(&cache),
+        Arc::clone(&attestor),
+        Arc::clone(&metrics),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let revocations_api = RevocationsService::new(
+        Arc::clone(&tasks),
+        Arc::clone(&cache),
+        Arc::clone(&attestor),
+        Arc::clone(&metrics),
+        drain.clone(),
+        config.revocation_max_watchers_per_identity,
+    )
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let admin = AdminServer::new(AdminService::new(
+        store.clone(),
+        Arc::clone(&cache),
+        Arc::clone(&tasks),
+        Arc::clone(&authority),
+        &config.admin_uids,
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
 
     let workload_task = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(InConnSpanLayer)
             .layer(RpcMetricsLayer::new(
                 Arc::clone(&metrics),
                 WORKLOAD_SOCKET_RPCS,
@@ -216,6 +209,7 @@ pub async fn run(
     let admin_task = tokio::spawn(
         tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
+            .layer(InConnSpanLayer)
             .layer(RpcMetricsLayer::new(
                 Arc::clone(&metrics),
                 ADMIN_SOCKET_RPCS,

@@ -11,7 +11,6 @@ use anyhow::{Context, bail};
 use futures::{Stream, StreamExt};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::server::NamedService;
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -97,15 +96,20 @@ pub(crate) fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Re
 }
 
 /// Runs a request in the span of the connection it came on ([`PeerInfo::span`]).
-/// Wraps a gRPC service before it is added to a server.
+/// One layer on each server ([`InConnSpanLayer`]), so every service behind it gets it.
 #[derive(Clone, Debug)]
 pub(crate) struct InConnSpan<S> {
     inner: S,
 }
 
-impl<S> InConnSpan<S> {
-    /// `inner`, with each request in its connection's span.
-    pub(crate) fn new(inner: S) -> Self {
+/// Puts [`InConnSpan`] around a server's routes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct InConnSpanLayer;
+
+impl<S> tower::Layer<S> for InConnSpanLayer {
+    type Service = InConnSpan<S>;
+
+    fn layer(&self, inner: S) -> InConnSpan<S> {
         InConnSpan { inner }
     }
 }
@@ -129,10 +133,6 @@ where
             .map_or_else(tracing::Span::none, |p| p.span.clone());
         self.inner.call(req).instrument(span)
     }
-}
-
-impl<S: NamedService> NamedService for InConnSpan<S> {
-    const NAME: &'static str = S::NAME;
 }
 
 /// Spawns work that outlives the request that starts it (a stream's sender) in the
