@@ -1,10 +1,17 @@
-//! Tessera's three identity shapes, each a SPIFFE ID:
+//! Tessera's identity shapes, each a SPIFFE ID:
 //!
 //! | kind   | SPIFFE ID                                   | type             |
 //! |--------|---------------------------------------------|------------------|
 //! | client | `spiffe://<td>/client/<name>`               | [`ClientId`]     |
 //! | task   | `spiffe://<td>/client/<name>/task/<ulid>`   | [`TaskSpiffeId`] |
 //! | server | `spiffe://<td>/mcp/<name>`                  | [`ServerId`]     |
+//! | node   | `spiffe://<td>/node/<name>`                 | [`NodeId`]       |
+//! | admin  | `spiffe://<td>/admin/<name>`                | [`AdminId`]      |
+//!
+//! The first three are workload identities, [`TesseraId`]: what an MCP server or its
+//! client may be. Node and admin identities belong to the cluster's control plane (an
+//! agent talking to the server, an administrator using its admin API); [`AnyId`] covers
+//! all five, and a [`TesseraId`] parser refuses the last two as it refuses any other path.
 //!
 //! Every type parses exactly what it prints. Parsing runs the generic SPIFFE check
 //! ([`validate_spiffe_id`]) first, then requires one of the shapes above; any other valid
@@ -15,7 +22,7 @@ use std::str::FromStr;
 
 use crate::error::IdError;
 pub use crate::kind::IdKind;
-use crate::name::{ClientName, ServerName};
+use crate::name::{AdminName, ClientName, NodeName, ServerName};
 use crate::spiffe_id::validate_spiffe_id;
 use crate::task_id::TaskId;
 use crate::trust_domain::{SCHEME_PREFIX, TrustDomain};
@@ -56,7 +63,7 @@ pub struct ServerId {
     pub name: ServerName,
 }
 
-/// Any Tessera identity: what a certificate's URI SAN may name.
+/// Any Tessera workload identity: what an MCP server's peer (or an MCP server) may be.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TesseraId {
     /// An agent runtime's own identity.
@@ -65,6 +72,40 @@ pub enum TesseraId {
     Task(TaskSpiffeId),
     /// An MCP server's identity.
     Server(ServerId),
+}
+
+/// Any identity of the five Tessera shapes: a workload's or the control plane's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AnyId {
+    /// A client, task or MCP server.
+    Workload(TesseraId),
+    /// A node's agent (cluster mode).
+    Node(NodeId),
+    /// An administrator of the control plane.
+    Admin(AdminId),
+}
+
+/// First path segment of node ids.
+const NODE_SEGMENT: &str = "node";
+/// First path segment of administrator ids.
+const ADMIN_SEGMENT: &str = "admin";
+
+/// The SPIFFE ID of a node's agent in cluster mode: `spiffe://<td>/node/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId {
+    /// The trust domain the node belongs to.
+    pub trust_domain: TrustDomain,
+    /// The node's name, the last path segment.
+    pub name: NodeName,
+}
+
+/// The SPIFFE ID of an administrator of the control plane: `spiffe://<td>/admin/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdminId {
+    /// The trust domain the administrator belongs to.
+    pub trust_domain: TrustDomain,
+    /// The administrator's name, the last path segment.
+    pub name: AdminName,
 }
 
 // === impl ClientId ===
@@ -94,7 +135,7 @@ impl FromStr for ClientId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.parse()? {
-            TesseraId::Client(id) => Ok(id),
+            AnyId::Workload(TesseraId::Client(id)) => Ok(id),
             other => Err(IdError::WrongKind {
                 expected: IdKind::Client,
                 found: other.kind(),
@@ -132,7 +173,7 @@ impl FromStr for TaskSpiffeId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.parse()? {
-            TesseraId::Task(id) => Ok(id),
+            AnyId::Workload(TesseraId::Task(id)) => Ok(id),
             other => Err(IdError::WrongKind {
                 expected: IdKind::Task,
                 found: other.kind(),
@@ -166,7 +207,7 @@ impl FromStr for ServerId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.parse()? {
-            TesseraId::Server(id) => Ok(id),
+            AnyId::Workload(TesseraId::Server(id)) => Ok(id),
             other => Err(IdError::WrongKind {
                 expected: IdKind::Server,
                 found: other.kind(),
@@ -180,6 +221,82 @@ impl fmt::Display for ServerId {
         write!(
             f,
             "{SCHEME_PREFIX}{}/{SERVER_SEGMENT}/{}",
+            self.trust_domain, self.name
+        )
+    }
+}
+
+// === impl NodeId ===
+
+impl NodeId {
+    /// The node `name` in trust domain `trust_domain`.
+    pub fn new(trust_domain: TrustDomain, name: NodeName) -> Self {
+        Self { trust_domain, name }
+    }
+
+    /// The trust domain the node belongs to.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.parse()? {
+            AnyId::Node(id) => Ok(id),
+            other => Err(IdError::WrongKind {
+                expected: IdKind::Node,
+                found: other.kind(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{SCHEME_PREFIX}{}/{NODE_SEGMENT}/{}",
+            self.trust_domain, self.name
+        )
+    }
+}
+
+// === impl AdminId ===
+
+impl AdminId {
+    /// The administrator `name` in trust domain `trust_domain`.
+    pub fn new(trust_domain: TrustDomain, name: AdminName) -> Self {
+        Self { trust_domain, name }
+    }
+
+    /// The trust domain the administrator belongs to.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+}
+
+impl FromStr for AdminId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.parse()? {
+            AnyId::Admin(id) => Ok(id),
+            other => Err(IdError::WrongKind {
+                expected: IdKind::Admin,
+                found: other.kind(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for AdminId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{SCHEME_PREFIX}{}/{ADMIN_SEGMENT}/{}",
             self.trust_domain, self.name
         )
     }
@@ -211,6 +328,42 @@ impl FromStr for TesseraId {
     type Err = IdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.parse()? {
+            AnyId::Workload(id) => Ok(id),
+            // Not a workload identity: to a workload parser, just another path.
+            AnyId::Node(_) | AnyId::Admin(_) => Err(IdError::UnrecognizedPath {
+                path: validate_spiffe_id(s)?.1.to_owned(),
+            }),
+        }
+    }
+}
+
+// === impl AnyId ===
+
+impl AnyId {
+    /// The trust domain of the identity.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        match self {
+            Self::Workload(id) => id.trust_domain(),
+            Self::Node(id) => id.trust_domain(),
+            Self::Admin(id) => id.trust_domain(),
+        }
+    }
+
+    /// Which shape the identity has.
+    pub fn kind(&self) -> IdKind {
+        match self {
+            Self::Workload(id) => id.kind(),
+            Self::Node(_) => IdKind::Node,
+            Self::Admin(_) => IdKind::Admin,
+        }
+    }
+}
+
+impl FromStr for AnyId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (trust_domain, path) = validate_spiffe_id(s)?;
         let unrecognized = || IdError::UnrecognizedPath {
             path: path.to_owned(),
@@ -221,23 +374,55 @@ impl FromStr for TesseraId {
         };
         let segments: Vec<&str> = segments.split('/').collect();
         match segments.as_slice() {
-            [CLIENT_SEGMENT, name] => Ok(Self::Client(ClientId {
+            [CLIENT_SEGMENT, name] => Ok(Self::Workload(TesseraId::Client(ClientId {
                 trust_domain,
                 name: name.parse()?,
-            })),
-            [CLIENT_SEGMENT, name, TASK_SEGMENT, task] => Ok(Self::Task(TaskSpiffeId {
-                client: ClientId {
-                    trust_domain,
-                    name: name.parse()?,
-                },
-                task: task.parse()?,
-            })),
-            [SERVER_SEGMENT, name] => Ok(Self::Server(ServerId {
+            }))),
+            [CLIENT_SEGMENT, name, TASK_SEGMENT, task] => {
+                Ok(Self::Workload(TesseraId::Task(TaskSpiffeId {
+                    client: ClientId {
+                        trust_domain,
+                        name: name.parse()?,
+                    },
+                    task: task.parse()?,
+                })))
+            }
+            [SERVER_SEGMENT, name] => Ok(Self::Workload(TesseraId::Server(ServerId {
                 trust_domain,
                 name: name.parse()?,
-            })),
+            }))),
+            [NODE_SEGMENT, name] => Ok(Self::Node(NodeId::new(trust_domain, name.parse()?))),
+            [ADMIN_SEGMENT, name] => Ok(Self::Admin(AdminId::new(trust_domain, name.parse()?))),
             _ => Err(unrecognized()),
         }
+    }
+}
+
+impl fmt::Display for AnyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Workload(id) => id.fmt(f),
+            Self::Node(id) => id.fmt(f),
+            Self::Admin(id) => id.fmt(f),
+        }
+    }
+}
+
+impl From<TesseraId> for AnyId {
+    fn from(id: TesseraId) -> Self {
+        Self::Workload(id)
+    }
+}
+
+impl From<NodeId> for AnyId {
+    fn from(id: NodeId) -> Self {
+        Self::Node(id)
+    }
+}
+
+impl From<AdminId> for AnyId {
+    fn from(id: AdminId) -> Self {
+        Self::Admin(id)
     }
 }
 
@@ -282,169 +467,15 @@ macro_rules! try_from_str {
     )*};
 }
 
-try_from_str!(ClientId, TaskSpiffeId, ServerId, TesseraId);
+try_from_str!(
+    ClientId,
+    TaskSpiffeId,
+    ServerId,
+    TesseraId,
+    AnyId,
+    NodeId,
+    AdminId
+);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ULID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
-
-    #[test]
-    fn parses_each_shape_and_prints_it_back() {
-        let client = "spiffe://acme.corp/client/code-reviewer".to_owned();
-        let task = format!("{client}/task/{ULID}");
-        let server = "spiffe://acme.corp/mcp/github".to_owned();
-
-        let c: ClientId = client.parse().unwrap();
-        assert_eq!(c.trust_domain().as_str(), "acme.corp");
-        assert_eq!(c.name.as_str(), "code-reviewer");
-        assert_eq!(c.to_string(), client);
-
-        let t: TaskSpiffeId = task.parse().unwrap();
-        assert_eq!(t.client, c);
-        assert_eq!(t.task.to_string(), ULID);
-        assert_eq!(t.trust_domain().as_str(), "acme.corp");
-        assert_eq!(t.to_string(), task);
-        assert_eq!(c.task(t.task), t);
-
-        let s: ServerId = server.parse().unwrap();
-        assert_eq!(s.name.as_str(), "github");
-        assert_eq!(s.to_string(), server);
-
-        for (input, kind) in [
-            (&client, IdKind::Client),
-            (&task, IdKind::Task),
-            (&server, IdKind::Server),
-        ] {
-            let id: TesseraId = input.parse().unwrap();
-            assert_eq!(id.kind(), kind);
-            assert_eq!(&id.to_string(), input);
-            assert_eq!(id.trust_domain().as_str(), "acme.corp");
-        }
-    }
-
-    #[test]
-    fn rejects_valid_spiffe_ids_of_other_shapes() {
-        let long_name = "x".repeat(129);
-        let long_client = format!("spiffe://td/client/{long_name}");
-        let cases: Vec<(&str, String, IdError)> = vec![
-            (
-                "trust domain id",
-                "spiffe://td".into(),
-                IdError::UnrecognizedPath { path: "".into() },
-            ),
-            (
-                "client without name",
-                "spiffe://td/client".into(),
-                IdError::UnrecognizedPath {
-                    path: "/client".into(),
-                },
-            ),
-            (
-                "client with extra segment",
-                "spiffe://td/client/a/extra".into(),
-                IdError::UnrecognizedPath {
-                    path: "/client/a/extra".into(),
-                },
-            ),
-            (
-                "task without id",
-                "spiffe://td/client/a/task".into(),
-                IdError::UnrecognizedPath {
-                    path: "/client/a/task".into(),
-                },
-            ),
-            (
-                "task with extra segment",
-                format!("spiffe://td/client/a/task/{ULID}/x"),
-                IdError::UnrecognizedPath {
-                    path: format!("/client/a/task/{ULID}/x"),
-                },
-            ),
-            (
-                "wrong third segment",
-                format!("spiffe://td/client/a/tasks/{ULID}"),
-                IdError::UnrecognizedPath {
-                    path: format!("/client/a/tasks/{ULID}"),
-                },
-            ),
-            (
-                "uppercase kind segment",
-                "spiffe://td/Client/a".into(),
-                IdError::UnrecognizedPath {
-                    path: "/Client/a".into(),
-                },
-            ),
-            (
-                "unknown kind",
-                "spiffe://td/ns/default/sa/x".into(),
-                IdError::UnrecognizedPath {
-                    path: "/ns/default/sa/x".into(),
-                },
-            ),
-            (
-                "server with extra segment",
-                "spiffe://td/mcp/github/x".into(),
-                IdError::UnrecognizedPath {
-                    path: "/mcp/github/x".into(),
-                },
-            ),
-            (
-                "task id not a ulid",
-                "spiffe://td/client/a/task/not-a-ulid".into(),
-                IdError::InvalidTaskId {
-                    value: "not-a-ulid".into(),
-                },
-            ),
-            (
-                "lowercase ulid",
-                format!("spiffe://td/client/a/task/{}", ULID.to_lowercase()),
-                IdError::InvalidTaskId {
-                    value: ULID.to_lowercase(),
-                },
-            ),
-            (
-                "client name too long",
-                long_client,
-                IdError::NameTooLong { len: 129, max: 128 },
-            ),
-            (
-                "generic rule still applies",
-                "spiffe://td/client/a/".into(),
-                IdError::TrailingSlash,
-            ),
-        ];
-        for (case, input, want) in cases {
-            assert_eq!(
-                input.parse::<TesseraId>().unwrap_err(),
-                want,
-                "case: {case}"
-            );
-        }
-    }
-
-    #[test]
-    fn typed_parsers_reject_other_kinds() {
-        let client = "spiffe://td/client/a";
-        let task = format!("{client}/task/{ULID}");
-        let server = "spiffe://td/mcp/a";
-        let wrong = |expected, found| IdError::WrongKind { expected, found };
-        assert_eq!(
-            task.parse::<ClientId>().unwrap_err(),
-            wrong(IdKind::Client, IdKind::Task)
-        );
-        assert_eq!(
-            server.parse::<ClientId>().unwrap_err(),
-            wrong(IdKind::Client, IdKind::Server)
-        );
-        assert_eq!(
-            client.parse::<TaskSpiffeId>().unwrap_err(),
-            wrong(IdKind::Task, IdKind::Client)
-        );
-        assert_eq!(
-            client.parse::<ServerId>().unwrap_err(),
-            wrong(IdKind::Server, IdKind::Client)
-        );
-    }
-}
+mod tests;

@@ -1,6 +1,7 @@
-//! Client and server names: the single path segment that names an agent runtime
-//! (`code-reviewer` in `spiffe://td/client/code-reviewer`) or an MCP server
-//! (`github` in `spiffe://td/mcp/github`).
+//! Client, server, node and administrator names: the single path segment that names an
+//! agent runtime (`code-reviewer` in `spiffe://td/client/code-reviewer`), an MCP server
+//! (`github` in `spiffe://td/mcp/github`), a node (`worker-1` in `spiffe://td/node/worker-1`)
+//! or an administrator (`alice` in `spiffe://td/admin/alice`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -102,6 +103,18 @@ segment_name! {
     ServerName
 }
 
+segment_name! {
+    /// The name of a node (one machine's agent, in cluster mode), one path segment:
+    /// 1..=128 bytes of `[a-zA-Z0-9._-]`, not `.` or `..`. Its node CA names it too.
+    NodeName
+}
+
+segment_name! {
+    /// The name of an administrator of the cluster's control plane, one path segment:
+    /// 1..=128 bytes of `[a-zA-Z0-9._-]`, not `.` or `..`.
+    AdminName
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +130,8 @@ mod tests {
         ] {
             assert_eq!(name.parse::<ClientName>().unwrap().as_str(), name);
             assert_eq!(name.parse::<ServerName>().unwrap().to_string(), name);
+            assert_eq!(name.parse::<NodeName>().unwrap().as_str(), name);
+            assert_eq!(name.parse::<AdminName>().unwrap().as_str(), name);
         }
     }
 
@@ -169,6 +184,12 @@ mod tests {
             );
             assert_eq!(
                 input.parse::<ServerName>().unwrap_err(),
+                want,
+                "case: {case}"
+            );
+            assert_eq!(input.parse::<NodeName>().unwrap_err(), want, "case: {case}");
+            assert_eq!(
+                input.parse::<AdminName>().unwrap_err(),
                 want,
                 "case: {case}"
             );

@@ -2,7 +2,10 @@
 
 use proptest::prelude::*;
 
-use crate::{ClientId, Scope, ScopeKind, ServerId, TaskId, TaskSpiffeId, TesseraId, Ulid};
+use crate::{
+    AdminId, AnyId, ClientId, NodeCaExtension, NodeId, Scope, ScopeKind, ServerId, TaskId,
+    TaskSpiffeId, TesseraId, Ulid,
+};
 
 fn trust_domain() -> impl Strategy<Value = String> {
     "[a-z0-9._-]{1,64}"
@@ -86,6 +89,20 @@ proptest! {
     }
 
     #[test]
+    fn node_and_admin_ids_round_trip(td in trust_domain(), n in name()) {
+        let s = format!("spiffe://{td}/node/{n}");
+        let id: NodeId = s.parse().unwrap();
+        prop_assert_eq!(id.to_string(), s.clone());
+        prop_assert_eq!(s.parse::<AnyId>().unwrap(), AnyId::Node(id.clone()));
+        let ext = NodeCaExtension::new(id);
+        prop_assert_eq!(NodeCaExtension::from_der(&ext.to_der()).unwrap(), ext);
+        let s = format!("spiffe://{td}/admin/{n}");
+        let id: AdminId = s.parse().unwrap();
+        prop_assert_eq!(id.to_string(), s.clone());
+        prop_assert_eq!(s.parse::<AnyId>().unwrap(), AnyId::Admin(id));
+    }
+
+    #[test]
     fn task_id_round_trips(t in task_id()) {
         prop_assert_eq!(t.to_string().parse::<TaskId>().unwrap(), t);
     }
@@ -114,6 +131,8 @@ proptest! {
     #[test]
     fn arbitrary_strings_never_panic(s in "\\PC{0,64}") {
         let _ = s.parse::<TesseraId>();
+        let _ = s.parse::<AnyId>();
+        let _ = NodeCaExtension::from_der(s.as_bytes());
         let _ = s.parse::<Scope>();
         let _ = crate::validate_spiffe_id(&s);
     }

@@ -13,7 +13,8 @@ use x509_parser::prelude::FromDer;
 
 use crate::claims::{ClaimsError, TaskClaims, task_claims_oid_der};
 use crate::error::IdError;
-use crate::id::{ClientId, TaskSpiffeId, TesseraId};
+use crate::id::{AnyId, ClientId, IdKind, NodeId, TaskSpiffeId, TesseraId};
+use crate::node_ca::{NodeCaError, NodeCaExtension, node_ca_oid_der};
 use crate::spiffe_id::validate_spiffe_id;
 use crate::task_id::TaskId;
 use crate::trust_domain::TrustDomain;
@@ -35,9 +36,13 @@ pub struct LeafSvid {
     /// The task claims extension, if the certificate carries one. When `Some`, its task id
     /// and client id equal those of the URI SAN.
     pub claims: Option<TaskClaims>,
-    /// The SPIFFE ID as a Tessera identity, if it has one of the Tessera shapes; `None` for
-    /// other valid SPIFFE IDs (callers that only accept Tessera peers refuse those).
+    /// The SPIFFE ID as a Tessera workload identity, if it has one of those shapes; `None`
+    /// for other valid SPIFFE IDs, node and admin ones included (callers that only accept
+    /// Tessera workloads refuse those).
     pub tessera_id: Option<TesseraId>,
+    /// Which Tessera shape the SPIFFE ID has, node and admin included; `None` for any
+    /// other SPIFFE ID.
+    pub kind: Option<IdKind>,
 }
 
 /// A certificate that does not fit the X.509-SVID profile.
@@ -164,6 +169,48 @@ pub enum ProfileError {
         /// Client id in the claims.
         claims: ClientId,
     },
+    /// The node-CA extension is marked critical; it must not be, so plain SPIFFE and
+    /// X.509 verifiers still accept chains through the node CA.
+    #[error("node-CA extension is critical")]
+    NodeCaCritical,
+    /// The node-CA extension does not decode or breaks a rule.
+    #[error("node-CA extension is invalid: {0}")]
+    InvalidNodeCa(#[source] NodeCaError),
+    /// A leaf carries the node-CA extension, which only a CA may.
+    #[error("leaf SVID carries the node-CA extension")]
+    NodeCaExtensionOnLeaf,
+    /// A node CA without the URI SAN `spiffe://<td>`: a node CA must name its trust domain.
+    #[error("node CA of {node:?} does not carry its trust domain's SPIFFE ID")]
+    NodeCaUnnamed {
+        /// The node the extension names.
+        node: String,
+    },
+    /// The node-CA extension names a node of another trust domain than the CA's.
+    #[error("node CA for trust domain {trust_domain:?} names node {node:?} of another")]
+    NodeCaForeignNode {
+        /// The CA's trust domain.
+        trust_domain: String,
+        /// The node the extension names.
+        node: String,
+    },
+    /// A node CA whose BasicConstraints pathLen is not exactly 0: it could sign a CA.
+    #[error("node CA must have pathLen 0, found {found:?}")]
+    NodeCaPathLen {
+        /// The pathLen found, `None` when unconstrained.
+        found: Option<u32>,
+    },
+    /// A CA certificate that was required to be a node CA carries no node-CA extension.
+    #[error("CA certificate is not a node CA (no node-CA extension)")]
+    NotNodeCa,
+    /// A chain through a node CA ends in a leaf a node CA may not sign (an MCP server,
+    /// a node, an administrator, or any non-Tessera identity).
+    #[error("node CA of {node:?} may not issue a {} SVID", kind.map_or("non-Tessera", IdKind::as_str))]
+    NodeCaMayNotIssue {
+        /// The node whose CA signed (or was sent with) the leaf.
+        node: String,
+        /// The kind of the leaf, `None` for a SPIFFE ID of no Tessera shape.
+        kind: Option<IdKind>,
+    },
     /// An intermediate CA in a peer's chain names another trust domain than the one it
     /// is verified for: under a shared upstream root, one trust domain's CA minting
     /// another's identities.
@@ -184,6 +231,40 @@ pub enum CaBinding {
     Named,
     /// It carries no SPIFFE ID, as a CA of a corporate PKI may not.
     Unnamed,
+}
+
+/// What an intermediate CA in a peer's chain is, as far as issuance goes (see
+/// [`check_intermediate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntermediateCa {
+    /// How it is bound to the trust domain.
+    pub binding: CaBinding,
+    /// The node it belongs to, if it is a node CA (it carries the node-CA extension, which
+    /// then passed every node-CA rule); `None` for a plain intermediate.
+    pub node: Option<NodeId>,
+}
+
+impl IntermediateCa {
+    /// Refuses a leaf of `kind` (`None`: no Tessera shape) in a chain this CA is part
+    /// of, when this CA may not have signed it: a node CA signs clients and tasks only.
+    ///
+    /// A plain intermediate (no node-CA extension) is the trust domain's own CA, as an
+    /// upstream PKI issues it to the server or a standalone agent: it may sign any leaf,
+    /// and node CAs within its path length. Tessera issues no other plain intermediate.
+    ///
+    /// # Errors
+    /// [`ProfileError::NodeCaMayNotIssue`].
+    pub fn check_may_issue(&self, kind: Option<IdKind>) -> Result<(), ProfileError> {
+        match &self.node {
+            Some(node) if !kind.is_some_and(IdKind::issuable_by_node_ca) => {
+                Err(ProfileError::NodeCaMayNotIssue {
+                    node: node.to_string(),
+                    kind,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Checks a DER leaf certificate against the X.509-SVID profile and Tessera's claims rules.
@@ -256,8 +337,17 @@ pub fn check_leaf_svid(der: &[u8]) -> Result<LeafSvid, ProfileError> {
         });
     }
 
-    let tessera_id: Option<TesseraId> = uri.parse().ok();
-    let claims = match claims_extension(tbs.extensions()) {
+    if find_extension(tbs.extensions(), node_ca_oid_der()).is_some() {
+        return Err(ProfileError::NodeCaExtensionOnLeaf);
+    }
+
+    let any_id: Option<AnyId> = uri.parse().ok();
+    let kind = any_id.as_ref().map(AnyId::kind);
+    let tessera_id = match any_id {
+        Some(AnyId::Workload(id)) => Some(id),
+        _ => None,
+    };
+    let claims = match find_extension(tbs.extensions(), task_claims_oid_der()) {
         None => None,
         Some(ext) => {
             if ext.critical {
@@ -282,6 +372,7 @@ pub fn check_leaf_svid(der: &[u8]) -> Result<LeafSvid, ProfileError> {
         not_after_unix: tbs.validity().not_after.timestamp(),
         claims,
         tessera_id,
+        kind,
     })
 }
 
@@ -336,18 +427,24 @@ pub fn check_signing_cert(der: &[u8]) -> Result<(), ProfileError> {
 /// `spiffe://<trust_domain>`, without a path. An intermediate with no SPIFFE ID is
 /// [`CaBinding::Unnamed`]: accepting it is the caller's policy.
 ///
-/// Signatures, validity and `cA` are path validation's job (webpki); this only reads
-/// the names.
+/// An intermediate carrying the node-CA extension ([`crate::NodeCaExtension`]) is a node
+/// CA, and must then fit the node-CA profile: the extension once, non-critical, strict
+/// DER, naming a node of `trust_domain`; the CA named `spiffe://<trust_domain>`; no
+/// duplicate or malformed extension; BasicConstraints cA=true with pathLen exactly 0;
+/// KeyUsage keyCertSign. What it may sign is [`IntermediateCa::check_may_issue`]'s.
+///
+/// Signatures and validity are path validation's job (webpki); this reads names and,
+/// for a node CA, its constraints.
 ///
 /// # Errors
 /// [`ProfileError::Malformed`]/[`ProfileError::TrailingData`] if `der` is not one
 /// certificate, [`ProfileError::InvalidSpiffeId`] or [`ProfileError::SigningCertPath`]
 /// for a malformed SPIFFE ID, [`ProfileError::IntermediateForeignTrustDomain`] for
-/// another trust domain's.
+/// another trust domain's, and a node-CA rule's variant for a node CA breaking it.
 pub fn check_intermediate(
     der: &[u8],
     trust_domain: &TrustDomain,
-) -> Result<CaBinding, ProfileError> {
+) -> Result<IntermediateCa, ProfileError> {
     let cert = parse(der)?;
     let mut binding = CaBinding::Unnamed;
     for id in ca_spiffe_ids(uri_sans(&cert)?) {
@@ -360,7 +457,76 @@ pub fn check_intermediate(
         }
         binding = CaBinding::Named;
     }
-    Ok(binding)
+    let node = node_ca(&cert, trust_domain, binding)?;
+    Ok(IntermediateCa { binding, node })
+}
+
+/// Checks a CA certificate the caller requires to be a node CA of `trust_domain` (the
+/// authority's self-check of what it signs, an agent loading the CA the server gave it):
+/// the signing-certificate profile ([`check_signing_cert`]) and every node-CA rule of
+/// [`check_intermediate`]. Returns the node it belongs to.
+///
+/// # Errors
+/// The first rule broken, as a [`ProfileError`]; [`ProfileError::NotNodeCa`] for a CA
+/// without the node-CA extension.
+pub fn check_node_ca(der: &[u8], trust_domain: &TrustDomain) -> Result<NodeId, ProfileError> {
+    check_signing_cert(der)?;
+    check_intermediate(der, trust_domain)?
+        .node
+        .ok_or(ProfileError::NotNodeCa)
+}
+
+/// The node a CA certificate belongs to, if it carries the node-CA extension, after
+/// every node-CA rule (see [`check_intermediate`]).
+fn node_ca(
+    cert: &X509Certificate<'_>,
+    trust_domain: &TrustDomain,
+    binding: CaBinding,
+) -> Result<Option<NodeId>, ProfileError> {
+    let tbs = &cert.tbs_certificate;
+    let Some(ext) = find_extension(tbs.extensions(), node_ca_oid_der()) else {
+        return Ok(None);
+    };
+    // Node CAs are Tessera's own: hold them to the whole profile, duplicates included
+    // (the lookup above saw only the first of two node-CA extensions).
+    check_extensions_well_formed(tbs.extensions())?;
+    if ext.critical {
+        return Err(ProfileError::NodeCaCritical);
+    }
+    let node = NodeCaExtension::from_der(ext.value)
+        .map_err(ProfileError::InvalidNodeCa)?
+        .node;
+    if binding != CaBinding::Named {
+        return Err(ProfileError::NodeCaUnnamed {
+            node: node.to_string(),
+        });
+    }
+    if node.trust_domain() != trust_domain {
+        return Err(ProfileError::NodeCaForeignNode {
+            trust_domain: trust_domain.to_string(),
+            node: node.to_string(),
+        });
+    }
+    let bc = tbs
+        .basic_constraints()
+        .map_err(|_| malformed_ext(&x509_parser::oid_registry::OID_X509_EXT_BASIC_CONSTRAINTS))?
+        .ok_or(ProfileError::MissingBasicConstraints)?;
+    if !bc.value.ca {
+        return Err(ProfileError::SigningCertNotCa);
+    }
+    if bc.value.path_len_constraint != Some(0) {
+        return Err(ProfileError::NodeCaPathLen {
+            found: bc.value.path_len_constraint,
+        });
+    }
+    let ku = tbs
+        .key_usage()
+        .map_err(|_| malformed_ext(&x509_parser::oid_registry::OID_X509_EXT_KEY_USAGE))?
+        .ok_or(ProfileError::MissingKeyUsage)?;
+    if !ku.value.key_cert_sign() {
+        return Err(ProfileError::MissingKeyCertSign);
+    }
+    Ok(Some(node))
 }
 
 /// The `pathLenConstraint` of a CA certificate: how many intermediate CAs may follow it
@@ -460,11 +626,12 @@ fn ca_spiffe_ids(
         })
 }
 
-/// The task-claims extension, if present (duplicates were refused already).
-fn claims_extension<'a, 'b>(extensions: &'b [X509Extension<'a>]) -> Option<&'b X509Extension<'a>> {
-    extensions
-        .iter()
-        .find(|ext| ext.oid.as_bytes() == task_claims_oid_der())
+/// The first extension with OID `oid_der` (DER content bytes), if present.
+fn find_extension<'a, 'b>(
+    extensions: &'b [X509Extension<'a>],
+    oid_der: &[u8],
+) -> Option<&'b X509Extension<'a>> {
+    extensions.iter().find(|ext| ext.oid.as_bytes() == oid_der)
 }
 
 /// Requires the claims to name the same task and client as the URI SAN.
@@ -501,5 +668,7 @@ fn serial_hex(raw: &[u8]) -> String {
     raw[start..].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+#[cfg(test)]
+mod node_ca_tests;
 #[cfg(test)]
 mod tests;

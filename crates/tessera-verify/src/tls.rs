@@ -188,7 +188,10 @@ fn check_intermediates(
     policy: IntermediatePolicy,
 ) -> Result<(), rustls::Error> {
     for der in intermediates {
-        match check_intermediate(der.as_ref(), td).map_err(refuse)? {
+        match check_intermediate(der.as_ref(), td)
+            .map_err(refuse)?
+            .binding
+        {
             CaBinding::Named => {}
             CaBinding::Unnamed if policy == IntermediatePolicy::AllowUnnamed => {}
             CaBinding::Unnamed => return Err(refuse(UnnamedIntermediate(td.clone()))),

@@ -70,10 +70,18 @@ pub(super) fn load_upstream(
         AuthorityError::UpstreamCa(format!("the upstream CA chain does not fit {td}: {e}"))
     };
     let issuing = tessera_identity::check_intermediate(&cert_der, td).map_err(misfit)?;
+    let mut cas = vec![issuing.clone()];
     for der in &chain {
-        tessera_identity::check_intermediate(der, td).map_err(misfit)?;
+        cas.push(tessera_identity::check_intermediate(der, td).map_err(misfit)?);
     }
-    if issuing == tessera_identity::CaBinding::Unnamed {
+    // A node CA may sign clients and tasks only, and never a CA: as the trust domain's
+    // CA, which signs servers and node CAs, it would be refused by every verifier.
+    if let Some(node) = cas.iter().find_map(|ca| ca.node.as_ref()) {
+        return Err(AuthorityError::UpstreamCa(format!(
+            "the upstream CA chain holds the node CA of {node}; give the trust domain's CA"
+        )));
+    }
+    if issuing.binding == tessera_identity::CaBinding::Unnamed {
         tracing::warn!(
             trust_domain = %td,
             "the upstream CA certificate carries no SPIFFE ID (URI SAN spiffe://<trust domain>): \
