@@ -1,17 +1,25 @@
 //! The authority: its configuration, issuance through the active CA, rotation and the
 //! bundle it publishes. The CA set and its record on disk are in `state`; loading an
 //! upstream intermediate in `upstream`.
+//!
+//! Three shapes, one type: a standalone agent's (a self-signed root with pathLen 0, or an
+//! upstream intermediate; [`Authority::open`]), a cluster server's (the same from files,
+//! the root with pathLen 1, also signing node CAs; [`Authority::open_cluster`]) and a
+//! node's (a node CA handed over by the server, in memory; [`Authority::from_node_ca`]),
+//! which issues clients and tasks only.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tessera_identity::TrustDomain;
+use tessera_identity::{AnyId, NodeId, TrustDomain};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::ca::SigningCa;
-use crate::issue::{IssuedSvid, SvidSpec, issue};
+use crate::issue::{IssuedSvid, SignedSvid, SvidSpec, issue, issue_for_key};
+use crate::keys::NodeCaKey;
+use crate::node_ca::{self, ClusterPolicy, IssuedNodeCa};
 use crate::{AuthorityError, TrustBundle, pem};
 
 mod state;
@@ -71,22 +79,41 @@ pub struct AuthorityConfig {
 
 /// The signing authority of one trust domain. Cheap to share behind an `Arc`.
 pub struct Authority {
-    config: AuthorityConfig,
+    trust_domain: TrustDomain,
+    source: Source,
     set: RwLock<CaSet>,
     bundle_tx: watch::Sender<Arc<TrustBundle>>,
 }
 
+/// Where an authority's CAs come from.
+enum Source {
+    /// Files in a directory: a self-signed root or an upstream intermediate.
+    Files {
+        config: AuthorityConfig,
+        /// `Some` for a cluster's root, which also signs node CAs.
+        cluster: Option<ClusterPolicy>,
+    },
+    /// A node CA the cluster's root signed, held by the node's agent in memory.
+    Node { node: NodeId },
+}
+
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority")
-            .field("trust_domain", &self.config.trust_domain)
-            .field("dir", &self.config.dir)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Authority");
+        d.field("trust_domain", &self.trust_domain);
+        match &self.source {
+            Source::Files { config, cluster } => d
+                .field("dir", &config.dir)
+                .field("cluster", &cluster.is_some()),
+            Source::Node { node } => d.field("node", &node.to_string()),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
 impl Authority {
-    /// Opens the authority: loads the CA from `config.dir`, or creates one on first start.
+    /// Opens a standalone authority: loads the CA from `config.dir`, or creates one (a
+    /// root with pathLen 0: it signs leaves only) on first start.
     pub fn open(config: AuthorityConfig) -> Result<Authority, AuthorityError> {
         Self::open_at(config, OffsetDateTime::now_utc())
     }
@@ -96,32 +123,250 @@ impl Authority {
         config: AuthorityConfig,
         now: OffsetDateTime,
     ) -> Result<Authority, AuthorityError> {
+        Self::open_files(config, None, now)
+    }
+
+    /// Opens a cluster's root authority (the server's): as [`Authority::open`], but a
+    /// self-signed root gets pathLen 1 so it can sign node CAs
+    /// ([`Authority::sign_node_ca`]), and an upstream chain must leave room for them.
+    ///
+    /// # Errors
+    /// As [`Authority::open`]; also [`AuthorityError::RootPathLen`] for a directory whose
+    /// root is not a cluster's (a standalone agent's), [`AuthorityError::PathLenTooShort`]
+    /// for an upstream chain that allows no CA below the intermediate, and
+    /// [`AuthorityError::InvalidRequest`] for a node CA TTL out of bounds.
+    pub fn open_cluster(
+        config: AuthorityConfig,
+        policy: ClusterPolicy,
+    ) -> Result<Authority, AuthorityError> {
+        Self::open_cluster_at(config, policy, OffsetDateTime::now_utc())
+    }
+
+    /// [`Authority::open_cluster`] at a given time (tests).
+    pub fn open_cluster_at(
+        config: AuthorityConfig,
+        policy: ClusterPolicy,
+        now: OffsetDateTime,
+    ) -> Result<Authority, AuthorityError> {
+        policy.validate()?;
+        Self::open_files(config, Some(policy), now)
+    }
+
+    fn open_files(
+        config: AuthorityConfig,
+        cluster: Option<ClusterPolicy>,
+        now: OffsetDateTime,
+    ) -> Result<Authority, AuthorityError> {
         ensure_private_dir(&config.dir)?;
         let set = match &config.mode {
-            CaMode::SelfSigned => CaSet::load_or_create_root(
-                &config.dir,
-                &config.trust_domain,
-                config.rotation.ca_ttl,
-                now,
-            )?,
+            CaMode::SelfSigned => {
+                let set = CaSet::load_or_create_root(
+                    &config.dir,
+                    &config.trust_domain,
+                    config.rotation.ca_ttl,
+                    root_path_len(cluster.is_some()),
+                    now,
+                )?;
+                if cluster.is_some() {
+                    // A standalone root (pathLen 0) would sign node CAs every verifier
+                    // refuses; refuse it here, at start.
+                    let cas =
+                        std::iter::once(&set.active).chain(set.prepared.as_ref().map(|p| &p.0));
+                    for ca in cas {
+                        let found = tessera_identity::ca_path_len(&ca.cert_der)
+                            .map_err(|e| AuthorityError::CaChain(e.to_string()))?;
+                        if found != Some(1) {
+                            return Err(AuthorityError::RootPathLen { expected: 1, found });
+                        }
+                    }
+                }
+                set
+            }
             CaMode::Upstream {
                 cert_chain,
                 key,
                 bundle,
-            } => load_upstream(&config.trust_domain, cert_chain, key, bundle)?,
+            } => load_upstream(
+                &config.trust_domain,
+                cert_chain,
+                key,
+                bundle,
+                u32::from(cluster.is_some()),
+            )?,
         };
-        let bundle = Arc::new(make_bundle(&config.trust_domain, &set, now));
+        let trust_domain = config.trust_domain.clone();
+        Ok(Self::assemble(
+            trust_domain,
+            Source::Files { config, cluster },
+            set,
+            now,
+        ))
+    }
+
+    /// A node's authority, from the node CA the cluster's root signed for it: `chain` is
+    /// [`IssuedNodeCa::chain_der`] (the node CA, then any intermediates above it), `key`
+    /// the private key made on this node, `bundle` the cluster's trust bundle (what this
+    /// authority publishes). It issues client and task SVIDs (chain: leaf, node CA, ...)
+    /// and refuses every other identity ([`AuthorityError::NodeCaMayNotIssue`]).
+    /// Renewal at half life is the caller's ([`Authority::renew_node_ca`]).
+    ///
+    /// # Errors
+    /// [`AuthorityError::InvalidNodeCa`] for a certificate breaking the node-CA profile,
+    /// [`AuthorityError::CaChain`] for a chain that does not verify to `bundle`,
+    /// [`AuthorityError::PathLenTooShort`], [`AuthorityError::NodeCaKeyMismatch`],
+    /// [`AuthorityError::CaExpired`].
+    pub fn from_node_ca(
+        trust_domain: TrustDomain,
+        chain: Vec<Vec<u8>>,
+        key: NodeCaKey,
+        bundle: Vec<Vec<u8>>,
+    ) -> Result<Authority, AuthorityError> {
+        Self::from_node_ca_at(trust_domain, chain, key, bundle, OffsetDateTime::now_utc())
+    }
+
+    /// [`Authority::from_node_ca`] at a given time (tests).
+    pub fn from_node_ca_at(
+        trust_domain: TrustDomain,
+        chain: Vec<Vec<u8>>,
+        key: NodeCaKey,
+        bundle: Vec<Vec<u8>>,
+        now: OffsetDateTime,
+    ) -> Result<Authority, AuthorityError> {
+        let (active, node) = node_ca::load(&trust_domain, chain, key, &bundle, now)?;
+        let set = CaSet {
+            active,
+            prepared: None,
+            retiring: Vec::new(),
+            upstream_roots: bundle,
+        };
+        tracing::info!(node = %node, "loaded node CA");
+        Ok(Self::assemble(
+            trust_domain,
+            Source::Node { node },
+            set,
+            now,
+        ))
+    }
+
+    fn assemble(
+        trust_domain: TrustDomain,
+        source: Source,
+        set: CaSet,
+        now: OffsetDateTime,
+    ) -> Authority {
+        let bundle = Arc::new(make_bundle(&trust_domain, &set, now));
         let (bundle_tx, _) = watch::channel(bundle);
-        Ok(Authority {
-            config,
+        Authority {
+            trust_domain,
+            source,
             set: RwLock::new(set),
             bundle_tx,
-        })
+        }
+    }
+
+    /// The node whose CA this authority signs with, for a node's authority; `None` for a
+    /// root or upstream one. Audit records of what it issues name it.
+    pub fn node(&self) -> Option<&NodeId> {
+        match &self.source {
+            Source::Node { node } => Some(node),
+            Source::Files { .. } => None,
+        }
+    }
+
+    /// Replaces a node's CA with the renewed one the server signed (and, with it, the
+    /// cluster's bundle, which may have rotated): checked as in
+    /// [`Authority::from_node_ca`], and for the same node. SVIDs issued from then on
+    /// chain to the new CA; the bundle is published if it changed.
+    ///
+    /// # Errors
+    /// [`AuthorityError::NotClusterRoot`]-free: [`AuthorityError::InvalidRequest`] on an
+    /// authority that is not a node's, [`AuthorityError::NodeMismatch`] for another
+    /// node's CA, and every error of [`Authority::from_node_ca`].
+    pub fn renew_node_ca(
+        &self,
+        chain: Vec<Vec<u8>>,
+        key: NodeCaKey,
+        bundle: Vec<Vec<u8>>,
+    ) -> Result<(), AuthorityError> {
+        self.renew_node_ca_at(chain, key, bundle, OffsetDateTime::now_utc())
+    }
+
+    /// [`Authority::renew_node_ca`] at a given time (tests).
+    pub fn renew_node_ca_at(
+        &self,
+        chain: Vec<Vec<u8>>,
+        key: NodeCaKey,
+        bundle: Vec<Vec<u8>>,
+        now: OffsetDateTime,
+    ) -> Result<(), AuthorityError> {
+        let Source::Node { node } = &self.source else {
+            return Err(AuthorityError::InvalidRequest(
+                "only a node's authority renews its node CA".into(),
+            ));
+        };
+        let (active, found) = node_ca::load(&self.trust_domain, chain, key, &bundle, now)?;
+        if &found != node {
+            return Err(AuthorityError::NodeMismatch {
+                expected: node.clone(),
+                found,
+            });
+        }
+        let mut s = self.write();
+        s.active = active;
+        s.upstream_roots = bundle;
+        self.publish(&s, now);
+        tracing::info!(node = %node, not_after = s.active.not_after, "renewed node CA");
+        Ok(())
+    }
+
+    /// Signs `node`'s CA for its public key (a DER SubjectPublicKeyInfo, ECDSA P-256, made
+    /// on the node), living the cluster's `node_ca_ttl` and never past the signing CA.
+    /// The caller has attested the node; renewal at half life is the node's to ask for.
+    ///
+    /// # Errors
+    /// [`AuthorityError::NotClusterRoot`] unless opened with [`Authority::open_cluster`],
+    /// [`AuthorityError::UnsupportedPublicKey`], [`AuthorityError::InvalidRequest`] for a
+    /// node of another trust domain, [`AuthorityError::CaExpired`].
+    pub fn sign_node_ca(
+        &self,
+        node: &NodeId,
+        public_key: &[u8],
+    ) -> Result<IssuedNodeCa, AuthorityError> {
+        self.sign_node_ca_at(node, public_key, OffsetDateTime::now_utc())
+    }
+
+    /// [`Authority::sign_node_ca`] at a given time (tests).
+    pub fn sign_node_ca_at(
+        &self,
+        node: &NodeId,
+        public_key: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<IssuedNodeCa, AuthorityError> {
+        let Source::Files {
+            cluster: Some(policy),
+            ..
+        } = &self.source
+        else {
+            return Err(AuthorityError::NotClusterRoot(
+                "node CAs are signed by a cluster's root (Authority::open_cluster)",
+            ));
+        };
+        let active = Arc::clone(&self.read().active);
+        let issued = node_ca::sign(
+            &active,
+            &self.trust_domain,
+            node,
+            public_key,
+            policy.node_ca_ttl,
+            now,
+        )?;
+        tracing::info!(node = %node, serial = %issued.serial_hex, "signed node CA");
+        Ok(issued)
     }
 
     /// The trust domain.
     pub fn trust_domain(&self) -> &TrustDomain {
-        &self.config.trust_domain
+        &self.trust_domain
     }
 
     /// Issues an SVID now.
@@ -129,14 +374,70 @@ impl Authority {
         self.issue_at(spec, OffsetDateTime::now_utc())
     }
 
-    /// Issues an SVID as of `now`.
+    /// Issues an SVID as of `now`. A node's authority issues client and task SVIDs only
+    /// ([`AuthorityError::NodeCaMayNotIssue`] for anything else).
     pub fn issue_at(
         &self,
         spec: &SvidSpec<'_>,
         now: OffsetDateTime,
     ) -> Result<IssuedSvid, AuthorityError> {
+        self.check_node_may_issue(spec.spiffe_id)?;
         let active = Arc::clone(&self.read().active);
-        issue(&active, &self.config.trust_domain, spec, now)
+        let mut svid = issue(&active, &self.trust_domain, spec, now)?;
+        svid.issuer_node = self.node().cloned();
+        Ok(svid)
+    }
+
+    /// Signs an SVID for someone else's public key (a DER SubjectPublicKeyInfo, ECDSA
+    /// P-256): the path by which a cluster's root gives an attested node what its node CA
+    /// may not sign, an MCP server's, the node's own or an administrator's SVID. The
+    /// SPIFFE ID must be of a Tessera shape. A node's authority signs clients and tasks
+    /// only, as with [`Authority::issue`].
+    ///
+    /// # Errors
+    /// [`AuthorityError::UnsupportedPublicKey`], [`AuthorityError::InvalidRequest`] for a
+    /// SPIFFE ID that is not a Tessera identity of this trust domain,
+    /// [`AuthorityError::NodeCaMayNotIssue`], [`AuthorityError::CaExpired`].
+    pub fn issue_for_key(
+        &self,
+        spec: &SvidSpec<'_>,
+        public_key: &[u8],
+    ) -> Result<SignedSvid, AuthorityError> {
+        self.issue_for_key_at(spec, public_key, OffsetDateTime::now_utc())
+    }
+
+    /// [`Authority::issue_for_key`] as of `now`.
+    pub fn issue_for_key_at(
+        &self,
+        spec: &SvidSpec<'_>,
+        public_key: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<SignedSvid, AuthorityError> {
+        spec.spiffe_id
+            .parse::<AnyId>()
+            .map_err(|e| AuthorityError::InvalidRequest(e.to_string()))?;
+        self.check_node_may_issue(spec.spiffe_id)?;
+        let active = Arc::clone(&self.read().active);
+        let mut svid = issue_for_key(&active, &self.trust_domain, spec, public_key, now)?;
+        svid.issuer_node = self.node().cloned();
+        Ok(svid)
+    }
+
+    /// On a node's authority, refuses what a node CA may not sign (deny by default: a
+    /// SPIFFE ID of no Tessera shape too).
+    fn check_node_may_issue(&self, spiffe_id: &str) -> Result<(), AuthorityError> {
+        let Some(node) = self.node() else {
+            return Ok(());
+        };
+        let kind = spiffe_id.parse::<AnyId>().ok().map(|id| id.kind());
+        if kind.is_some_and(tessera_identity::IdKind::issuable_by_node_ca) {
+            return Ok(());
+        }
+        Err(AuthorityError::NodeCaMayNotIssue {
+            node: node.clone(),
+            spiffe_id: spiffe_id.to_owned(),
+            kind,
+        })
     }
 
     /// The current trust bundle.
@@ -159,7 +460,7 @@ impl Authority {
     /// thirds, and drop retired CAs from the bundle once their last SVID has expired.
     /// Returns whether the bundle or the active CA changed.
     pub fn tick(&self, now: OffsetDateTime) -> Result<bool, AuthorityError> {
-        if !matches!(self.config.mode, CaMode::SelfSigned) {
+        if self.self_signed().is_err() {
             return Ok(false);
         }
         let (nb, na, prepared) = {
@@ -188,14 +489,19 @@ impl Authority {
     /// Creates the next CA and publishes it in the bundle without signing with it yet,
     /// so verifiers learn it before they meet SVIDs it signed.
     pub fn prepare_next(&self, now: OffsetDateTime) -> Result<(), AuthorityError> {
-        self.require_self_signed()?;
-        let ttl = time::Duration::try_from(self.config.rotation.ca_ttl)
+        let (config, cluster) = self.self_signed()?;
+        let ttl = time::Duration::try_from(config.rotation.ca_ttl)
             .map_err(|e| AuthorityError::InvalidRequest(e.to_string()))?;
-        let (ca, key_pem) = SigningCa::generate_root(&self.config.trust_domain, now, ttl)?;
-        ca.save(&self.config.dir, &key_pem)?;
+        let (ca, key_pem) = SigningCa::generate_root(
+            &self.trust_domain,
+            now,
+            ttl,
+            root_path_len(cluster.is_some()),
+        )?;
+        ca.save(&config.dir, &key_pem)?;
         let mut s = self.write();
         s.prepared = Some((Arc::new(ca), key_pem));
-        s.save(&self.config.dir)?;
+        s.save(&config.dir)?;
         self.publish(&s, now);
         tracing::info!(ca = %s.prepared.as_ref().map(|p| p.0.name.as_str()).unwrap_or(""), "prepared next CA");
         Ok(())
@@ -204,15 +510,19 @@ impl Authority {
     /// Makes the prepared CA the signing CA; the old one is kept in the bundle
     /// until every SVID it could have signed has expired.
     pub fn activate_prepared(&self, now: OffsetDateTime) -> Result<(), AuthorityError> {
-        self.require_self_signed()?;
+        let (config, cluster) = self.self_signed()?;
         let mut s = self.write();
         let Some((next, _)) = s.prepared.take() else {
             return Err(AuthorityError::InvalidRequest(
                 "no prepared CA to activate".into(),
             ));
         };
-        let max_ttl =
-            i64::try_from(self.config.rotation.max_svid_ttl.as_secs()).unwrap_or(i64::MAX);
+        // What the old CA signed lives at most this long: its SVIDs, and in a cluster the
+        // node CAs it signed, which are renewed under the new root at half life.
+        let longest = cluster.map_or(config.rotation.max_svid_ttl, |c| {
+            config.rotation.max_svid_ttl.max(c.node_ca_ttl)
+        });
+        let max_ttl = i64::try_from(longest.as_secs()).unwrap_or(i64::MAX);
         let old = std::mem::replace(&mut s.active, next);
         s.retiring.push(Retiring {
             name: old.name.clone(),
@@ -221,7 +531,7 @@ impl Authority {
                 .not_after
                 .min(now.unix_timestamp().saturating_add(max_ttl)),
         });
-        s.save(&self.config.dir)?;
+        s.save(&config.dir)?;
         self.publish(&s, now);
         tracing::info!(active = %s.active.name, retired = %old.name, "activated new CA");
         Ok(())
@@ -229,6 +539,9 @@ impl Authority {
 
     /// Removes retired CAs whose SVIDs have all expired. Returns whether any went.
     pub fn prune(&self, now: OffsetDateTime) -> Result<bool, AuthorityError> {
+        let Ok((config, _)) = self.self_signed() else {
+            return Ok(false);
+        };
         let t = now.unix_timestamp();
         let mut s = self.write();
         let before = s.retiring.len();
@@ -242,29 +555,41 @@ impl Authority {
         if s.retiring.len() == before {
             return Ok(false);
         }
-        s.save(&self.config.dir)?;
+        s.save(&config.dir)?;
         self.publish(&s, now);
         drop(s);
         for r in gone {
             // The key of a retired CA is no longer needed; destroy it.
-            let _ = std::fs::remove_file(self.config.dir.join(format!("{}.key.pem", r.name)));
-            let _ = std::fs::remove_file(self.config.dir.join(format!("{}.crt.pem", r.name)));
+            let _ = std::fs::remove_file(config.dir.join(format!("{}.key.pem", r.name)));
+            let _ = std::fs::remove_file(config.dir.join(format!("{}.crt.pem", r.name)));
         }
         Ok(true)
     }
 
-    fn require_self_signed(&self) -> Result<(), AuthorityError> {
-        match self.config.mode {
-            CaMode::SelfSigned => Ok(()),
-            CaMode::Upstream { .. } => Err(AuthorityError::InvalidRequest(
+    /// The configuration and cluster policy of a self-signed authority, the only kind
+    /// that rotates its own CA.
+    fn self_signed(&self) -> Result<(&AuthorityConfig, Option<ClusterPolicy>), AuthorityError> {
+        match &self.source {
+            Source::Files {
+                config:
+                    config @ AuthorityConfig {
+                        mode: CaMode::SelfSigned,
+                        ..
+                    },
+                cluster,
+            } => Ok((config, *cluster)),
+            Source::Files { .. } => Err(AuthorityError::InvalidRequest(
                 "CA rotation is the upstream PKI's job in upstream mode: replace the files and restart"
                     .into(),
+            )),
+            Source::Node { .. } => Err(AuthorityError::InvalidRequest(
+                "a node CA is renewed by the cluster's server (Authority::renew_node_ca)".into(),
             )),
         }
     }
 
     fn publish(&self, s: &CaSet, now: OffsetDateTime) {
-        let bundle = make_bundle(&self.config.trust_domain, s, now);
+        let bundle = make_bundle(&self.trust_domain, s, now);
         self.bundle_tx.send_if_modified(|cur| {
             if **cur == bundle {
                 false
@@ -282,6 +607,11 @@ impl Authority {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, CaSet> {
         self.set.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// pathLen of a self-signed root: 0 standalone (leaves only), 1 in a cluster (node CAs).
+fn root_path_len(cluster: bool) -> u8 {
+    u8::from(cluster)
 }
 
 fn make_bundle(td: &TrustDomain, s: &CaSet, now: OffsetDateTime) -> TrustBundle {

@@ -75,11 +75,13 @@ pub(crate) fn validity(der: &[u8]) -> Result<(i64, i64), String> {
 }
 
 impl SigningCa {
-    /// Creates a new self-signed root CA for `trust_domain`, valid from `now` for `ttl`.
+    /// Creates a new self-signed root CA for `trust_domain`, valid from `now` for `ttl`,
+    /// allowing `path_len` CAs below it (0 standalone, 1 for a cluster's node CAs).
     pub(crate) fn generate_root(
         trust_domain: &tessera_identity::TrustDomain,
         now: OffsetDateTime,
         ttl: time::Duration,
+        path_len: u8,
     ) -> Result<(SigningCa, String), AuthorityError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
@@ -95,8 +97,8 @@ impl SigningCa {
             vec![SanType::URI(trust_domain.id_string().try_into().map_err(
                 |_| AuthorityError::InvalidRequest("trust domain not IA5".into()),
             )?)];
-        // pathLen 0: this root signs leaves only.
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        // pathLen 0: a standalone root signs leaves only; 1: a cluster's, node CAs too.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.serial_number = Some(random_serial());
         params.not_before = now - time::Duration::seconds(10);

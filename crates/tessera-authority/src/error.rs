@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use tessera_identity::{IdKind, NodeId};
+
 /// Everything that can go wrong creating, loading or using the authority.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -50,12 +52,11 @@ pub enum AuthorityError {
     /// rcgen failed to build or sign a certificate.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
-    /// The requested SVID is not acceptable.
     /// A fresh SVID key could not be made (the system RNG failed, or the key library
     /// produced a PKCS#8 layout this crate does not know: no key is guessed at).
     #[error("generating the SVID key failed: {0}")]
     KeyGeneration(String),
-
+    /// The requested SVID is not acceptable.
     #[error("invalid SVID request: {0}")]
     InvalidRequest(String),
     /// The active CA expires before the requested SVID could be valid for a useful time.
@@ -63,6 +64,63 @@ pub enum AuthorityError {
     CaExpired {
         /// The CA's expiry, unix seconds.
         ca_not_after: i64,
+    },
+    /// An authority built from a node CA was asked for an identity a node CA may not sign:
+    /// an MCP server, a node, an administrator or any non-Tessera SPIFFE ID. Those come
+    /// from the cluster's root, on the attested node's request.
+    #[error("the node CA of {node} may not issue {spiffe_id} (a {} identity)", kind.map_or("non-Tessera", IdKind::as_str))]
+    NodeCaMayNotIssue {
+        /// The node whose CA was asked.
+        node: NodeId,
+        /// The SPIFFE ID requested.
+        spiffe_id: String,
+        /// Its kind, `None` for a SPIFFE ID of no Tessera shape.
+        kind: Option<IdKind>,
+    },
+    /// Only a cluster's root (or upstream) authority signs node CAs and certifies keys
+    /// for other identities; this one is standalone or a node's.
+    #[error("this authority is not a cluster root: {0}")]
+    NotClusterRoot(&'static str),
+    /// A public key to certify is not one Tessera issues for (ECDSA P-256, DER
+    /// SubjectPublicKeyInfo), or a node CA key is not one.
+    #[error("unsupported public key: {0}")]
+    UnsupportedPublicKey(String),
+    /// A CA of the chain allows fewer CAs below it than the authority needs
+    /// (`pathLenConstraint`): verifiers would refuse what it signs.
+    #[error("CA '{subject}' has pathLen {path_len}, but {needed} CA(s) must fit below it")]
+    PathLenTooShort {
+        /// The CA's subject.
+        subject: String,
+        /// Its pathLen.
+        path_len: u32,
+        /// How many CAs must fit below it.
+        needed: u32,
+    },
+    /// A self-signed root with the wrong pathLen for the authority's mode (0 standalone,
+    /// 1 in cluster mode): e.g. a standalone agent's CA directory given to the server.
+    #[error("the self-signed root has pathLen {found:?}, this mode needs {expected}")]
+    RootPathLen {
+        /// The pathLen this mode needs.
+        expected: u32,
+        /// The root's.
+        found: Option<u32>,
+    },
+    /// A CA chain handed to the authority does not verify or does not fit.
+    #[error("the CA chain is not usable: {0}")]
+    CaChain(String),
+    /// The certificate given as a node CA breaks the node-CA profile.
+    #[error("not a usable node CA: {0}")]
+    InvalidNodeCa(#[source] tessera_identity::ProfileError),
+    /// The node CA key does not belong to the node CA certificate.
+    #[error("the node CA key does not match the node CA certificate")]
+    NodeCaKeyMismatch,
+    /// A renewed node CA names another node than the authority's.
+    #[error("the new node CA is {found}'s, this authority is {expected}'s")]
+    NodeMismatch {
+        /// The authority's node.
+        expected: NodeId,
+        /// The node the new CA names.
+        found: NodeId,
     },
     /// A certificate we produced failed our own profile check (a bug, never ignored).
     #[error("issued certificate failed the SVID profile check: {0}")]

@@ -8,12 +8,13 @@ use rcgen::{
 };
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
-use tessera_identity::TaskClaims;
+use tessera_identity::{NodeId, TaskClaims};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::AuthorityError;
 use crate::ca::{SigningCa, random_serial};
+use crate::keys::ForeignKey;
 
 /// What to issue.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +44,35 @@ pub struct IssuedSvid {
     pub not_before_unix: i64,
     /// notAfter, unix seconds.
     pub not_after_unix: i64,
+    /// The node whose CA signed it, for an authority built from a node CA
+    /// ([`crate::Authority::from_node_ca`]); `None` when a root or upstream CA signed it.
+    /// Audit records name it.
+    pub issuer_node: Option<NodeId>,
+}
+
+/// An SVID certificate the authority signed for someone else's public key
+/// ([`crate::Authority::issue_for_key`]): the private key never was here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedSvid {
+    /// The SPIFFE ID in the certificate.
+    pub spiffe_id: String,
+    /// Leaf first, then any intermediates (DER).
+    pub chain_der: Vec<Vec<u8>>,
+    /// Serial number, lower-case hex.
+    pub serial_hex: String,
+    /// notBefore, unix seconds.
+    pub not_before_unix: i64,
+    /// notAfter, unix seconds.
+    pub not_after_unix: i64,
+    /// The node whose CA signed it, if a node CA did.
+    pub issuer_node: Option<NodeId>,
+}
+
+impl SignedSvid {
+    /// Midpoint of the validity: when the holder should ask for the next one.
+    pub fn half_life_unix(&self) -> i64 {
+        self.not_before_unix + (self.not_after_unix - self.not_before_unix) / 2
+    }
 }
 
 impl std::fmt::Debug for IssuedSvid {
@@ -52,6 +82,7 @@ impl std::fmt::Debug for IssuedSvid {
             .field("serial_hex", &self.serial_hex)
             .field("not_before_unix", &self.not_before_unix)
             .field("not_after_unix", &self.not_after_unix)
+            .field("issuer_node", &self.issuer_node)
             .field("key_pkcs8_der", &"<redacted>")
             .finish()
     }
@@ -122,12 +153,46 @@ impl PublicKeyData for LeafKey {
 /// Clock skew allowance: certificates are valid a little before they are made.
 const BACKDATE: time::Duration = time::Duration::seconds(10);
 
+/// Issues an SVID with a fresh key, signed by `ca`.
 pub(crate) fn issue(
     ca: &SigningCa,
     trust_domain: &tessera_identity::TrustDomain,
     spec: &SvidSpec<'_>,
     now: OffsetDateTime,
 ) -> Result<IssuedSvid, AuthorityError> {
+    let key = LeafKey::generate()?;
+    let signed = sign_leaf(ca, trust_domain, spec, &key, now)?;
+    Ok(IssuedSvid {
+        spiffe_id: signed.spiffe_id,
+        chain_der: signed.chain_der,
+        key_pkcs8_der: key.pkcs8,
+        serial_hex: signed.serial_hex,
+        not_before_unix: signed.not_before_unix,
+        not_after_unix: signed.not_after_unix,
+        issuer_node: None,
+    })
+}
+
+/// Signs an SVID for the DER SubjectPublicKeyInfo `public_key` (ECDSA P-256 only).
+pub(crate) fn issue_for_key(
+    ca: &SigningCa,
+    trust_domain: &tessera_identity::TrustDomain,
+    spec: &SvidSpec<'_>,
+    public_key: &[u8],
+    now: OffsetDateTime,
+) -> Result<SignedSvid, AuthorityError> {
+    let key = ForeignKey::from_spki_der(public_key)?;
+    sign_leaf(ca, trust_domain, spec, &key, now)
+}
+
+/// Signs the leaf `spec` asks for, for `key`, by `ca`, and checks it back.
+fn sign_leaf(
+    ca: &SigningCa,
+    trust_domain: &tessera_identity::TrustDomain,
+    spec: &SvidSpec<'_>,
+    key: &impl PublicKeyData,
+    now: OffsetDateTime,
+) -> Result<SignedSvid, AuthorityError> {
     let (td, path) = tessera_identity::validate_spiffe_id(spec.spiffe_id)
         .map_err(|e| AuthorityError::InvalidRequest(e.to_string()))?;
     if &td != trust_domain {
@@ -159,7 +224,6 @@ pub(crate) fn issue(
         ));
     }
 
-    let key = LeafKey::generate()?;
     let mut params = CertificateParams::default();
     // Empty subject: rcgen then marks the SAN critical, as the X.509-SVID spec asks.
     params.distinguished_name = DistinguishedName::new();
@@ -193,7 +257,7 @@ pub(crate) fn issue(
         params.custom_extensions.push(ext);
     }
 
-    let cert = params.signed_by(&key, &ca.issuer)?;
+    let cert = params.signed_by(key, &ca.issuer)?;
     let leaf = cert.der().to_vec();
     // Parse back what we made: nothing that fails the profile leaves the authority.
     let checked = tessera_identity::check_leaf_svid(&leaf)?;
@@ -206,12 +270,12 @@ pub(crate) fn issue(
     let mut chain_der = Vec::with_capacity(1 + ca.chain_after_leaf.len());
     chain_der.push(leaf);
     chain_der.extend(ca.chain_after_leaf.iter().cloned());
-    Ok(IssuedSvid {
+    Ok(SignedSvid {
         spiffe_id: spec.spiffe_id.to_owned(),
         chain_der,
-        key_pkcs8_der: key.pkcs8,
         serial_hex: checked.serial_hex,
         not_before_unix: checked.not_before_unix,
         not_after_unix: checked.not_after_unix,
+        issuer_node: None,
     })
 }

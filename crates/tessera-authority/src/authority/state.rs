@@ -38,24 +38,26 @@ pub(super) struct CaSet {
     pub(super) active: Arc<SigningCa>,
     pub(super) prepared: Option<(Arc<SigningCa>, String)>,
     pub(super) retiring: Vec<Retiring>,
-    /// Upstream roots (upstream mode) — the bundle then is exactly these.
+    /// Roots given from outside (upstream mode, or the cluster's bundle on a node): the
+    /// bundle then is exactly these.
     pub(super) upstream_roots: Vec<Vec<u8>>,
 }
 
 impl CaSet {
     /// Loads the self-signed CA set of `trust_domain` recorded in `dir`, or creates a root
-    /// CA living `ca_ttl` and its record on first start.
+    /// CA living `ca_ttl` with pathLen `path_len` and its record on first start.
     pub(super) fn load_or_create_root(
         dir: &Path,
         trust_domain: &TrustDomain,
         ca_ttl: std::time::Duration,
+        path_len: u8,
         now: OffsetDateTime,
     ) -> Result<CaSet, AuthorityError> {
         let state_path = dir.join(STATE_FILE);
         if !state_path.exists() {
             let ttl = time::Duration::try_from(ca_ttl)
                 .map_err(|e| AuthorityError::InvalidRequest(e.to_string()))?;
-            let (ca, key_pem) = SigningCa::generate_root(trust_domain, now, ttl)?;
+            let (ca, key_pem) = SigningCa::generate_root(trust_domain, now, ttl, path_len)?;
             ca.save(dir, &key_pem)?;
             let set = CaSet {
                 active: Arc::new(ca),

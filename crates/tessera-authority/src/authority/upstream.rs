@@ -12,17 +12,19 @@ use time::OffsetDateTime;
 
 use super::state::CaSet;
 use crate::ca::{SigningCa, validity};
+use crate::chain::{check_path_lens, verify_to_roots};
 use crate::{AuthorityError, pem};
 
 /// Loads and checks the upstream intermediate, its further intermediates and the
-/// upstream roots (the bundle).
+/// upstream roots (the bundle). `below` is how many CAs the intermediate will sign under
+/// itself on the way to a leaf: 0 standalone, 1 in cluster mode (the node CAs).
 pub(super) fn load_upstream(
     td: &TrustDomain,
     cert_chain: &Path,
     key: &Path,
     bundle: &Path,
+    below: u32,
 ) -> Result<CaSet, AuthorityError> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
     let mut chain = pem::read_certs(cert_chain)?;
     let roots = pem::read_certs(bundle)?;
     let key_pem = pem::read_key(key)?;
@@ -31,38 +33,11 @@ pub(super) fn load_upstream(
         reason: e.to_string(),
     })?;
     let cert_der = chain.remove(0);
-    // Every certificate in the chain must verify under the next, the last under a root.
-    let mut issuers: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
-    let mut subject = cert_der.as_slice();
-    loop {
-        let (_, child) = X509Certificate::from_der(subject)
-            .map_err(|e| AuthorityError::UpstreamCa(e.to_string()))?;
-        let candidates: Vec<&[u8]> = if issuers.is_empty() {
-            roots.iter().map(Vec::as_slice).collect()
-        } else {
-            vec![issuers[0]]
-        };
-        let verified = candidates.iter().any(|issuer_der| {
-            X509Certificate::from_der(issuer_der)
-                .map(|(_, issuer)| child.verify_signature(Some(issuer.public_key())).is_ok())
-                .unwrap_or(false)
-        });
-        if !verified {
-            return Err(AuthorityError::UpstreamCa(format!(
-                "certificate '{}' does not verify under {}",
-                child.subject(),
-                if issuers.is_empty() {
-                    "any bundle root"
-                } else {
-                    "the next chain certificate"
-                }
-            )));
-        }
-        if issuers.is_empty() {
-            break;
-        }
-        subject = issuers.remove(0);
-    }
+    let after_leaf: Vec<Vec<u8>> = std::iter::once(cert_der.clone())
+        .chain(chain.iter().cloned())
+        .collect();
+    let root = verify_to_roots(&after_leaf, &roots).map_err(AuthorityError::UpstreamCa)?;
+    check_path_lens(&after_leaf, root, below)?;
     // Verifiers refuse chains whose intermediates name another trust domain (under a
     // shared upstream root, that is how one domain's CA is told from another's), so a
     // mixed-up file is refused here, at start, rather than at every handshake.
@@ -94,7 +69,6 @@ pub(super) fn load_upstream(
         return Err(AuthorityError::CaExpired { ca_not_after: na });
     }
     // SVID chains carry the intermediate itself, then any further intermediates.
-    let after_leaf: Vec<Vec<u8>> = std::iter::once(cert_der.clone()).chain(chain).collect();
     let ca = SigningCa::from_parts("upstream".into(), cert_der, after_leaf, key_pair)?;
     Ok(CaSet {
         active: Arc::new(ca),
