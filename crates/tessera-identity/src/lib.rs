@@ -57,7 +57,7 @@ pub use scope::{MAX_RESOURCE_PATTERN_LEN, Scope, ScopeError, ScopeKind, ScopeSet
 pub use spiffe_id::{MAX_SPIFFE_ID_LEN, validate_spiffe_id};
 pub use svid::{
     CaBinding, IntermediateCa, LeafSvid, ProfileError, ca_path_len, check_intermediate,
-    check_leaf_svid, check_node_ca, check_signing_cert,
+    check_leaf_svid, check_node_ca, check_signing_cert, has_node_ca_extension,
 };
 pub use task_id::TaskId;
 pub use trust_domain::{MAX_TRUST_DOMAIN_LEN, TrustDomain};

@@ -476,6 +476,18 @@ pub fn check_node_ca(der: &[u8], trust_domain: &TrustDomain) -> Result<NodeId, P
         .ok_or(ProfileError::NotNodeCa)
 }
 
+/// Whether a certificate carries the node-CA extension at all, whatever else it says:
+/// for a verifier refusing a node CA as a trust anchor (a bundle holds roots; a node CA
+/// there would let its key sign any identity unchecked).
+///
+/// # Errors
+/// [`ProfileError::Malformed`]/[`ProfileError::TrailingData`] if `der` is not one
+/// certificate.
+pub fn has_node_ca_extension(der: &[u8]) -> Result<bool, ProfileError> {
+    let cert = parse(der)?;
+    Ok(find_extension(cert.tbs_certificate.extensions(), node_ca_oid_der()).is_some())
+}
+
 /// The node a CA certificate belongs to, if it carries the node-CA extension, after
 /// every node-CA rule (see [`check_intermediate`]).
 fn node_ca(

@@ -2,8 +2,9 @@
 //!
 //! Test-only certificate authorities and X.509-SVIDs, the one home of the test suites'
 //! certificates (tessera-verify's unit tests, the CLI's, the end-to-end tests): a
-//! [`Ca`] (a trust domain's root, a corporate root without a SPIFFE ID, an intermediate,
-//! or a CA read from PEM such as an agent's), and a [`Leaf`] whose every field a
+//! [`Ca`] (a trust domain's root, a cluster's root, a corporate root without a SPIFFE ID,
+//! an intermediate, a node CA with the node-CA extension, or a CA read from PEM such as an
+//! agent's), and a [`Leaf`] whose every field a
 //! hostile-certificate case may bend (several URI SANs, a CA leaf, no BasicConstraints,
 //! wrong key usages, a validity in the past, raw claims DER, one CA link too many).
 //!
@@ -45,6 +46,18 @@ impl std::fmt::Debug for Ca {
     }
 }
 
+/// The node-CA extension naming `node` (`spiffe://<td>/node/<name>`), non-critical as
+/// Tessera writes it; set its criticality or replace its bytes for a hostile case.
+pub fn node_ca_extension(node: &str) -> CustomExtension {
+    let node: tessera_identity::NodeId = node.parse().expect("a node SPIFFE ID");
+    let mut ext = CustomExtension::from_oid_content(
+        tessera_identity::NODE_CA_OID_ARCS,
+        tessera_identity::NodeCaExtension::new(node).to_der(),
+    );
+    ext.set_criticality(false);
+    ext
+}
+
 /// A CA's parameters: `cn`, `uris` as URI SANs, a path length, valid an hour back and a
 /// day ahead.
 fn ca_params(cn: &str, uris: &[&str], path_len: Option<u8>) -> CertificateParams {
@@ -74,6 +87,16 @@ impl Ca {
             &format!("{td} CA"),
             &[&format!("spiffe://{td}")],
             None,
+        ))
+    }
+
+    /// The root of a cluster's trust domain `td`, as `tessera-server` makes it: URI SAN
+    /// `spiffe://<td>`, pathLen 1 (it signs node CAs and leaves).
+    pub fn cluster_root(td: &str) -> Self {
+        Self::self_signed(ca_params(
+            &format!("{td} cluster CA"),
+            &[&format!("spiffe://{td}")],
+            Some(1),
         ))
     }
 
@@ -128,9 +151,42 @@ impl Ca {
         self.signed_ca(cn, uris, Some(path_len))
     }
 
+    /// The node CA of `node` (`spiffe://<td>/node/<name>`) signed by this CA, as the
+    /// cluster's root signs it: URI SAN `spiffe://<td>`, pathLen 0, the node-CA extension.
+    pub fn node_ca(&self, node: &str) -> Self {
+        let td = node
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split('/').next())
+            .expect("a node SPIFFE ID");
+        self.ca_with(
+            &format!("node CA {node}"),
+            &[&format!("spiffe://{td}")],
+            Some(0),
+            vec![node_ca_extension(node)],
+        )
+    }
+
+    /// A CA signed by this one with any `extensions` besides the usual (a node CA breaking
+    /// a rule, a plain intermediate shaped like a node CA): `CN=<cn>`, `uris` as URI
+    /// SANs, pathLen `path_len` (`None`: unconstrained).
+    pub fn ca_with(
+        &self,
+        cn: &str,
+        uris: &[&str],
+        path_len: Option<u8>,
+        extensions: Vec<CustomExtension>,
+    ) -> Self {
+        let mut params = ca_params(cn, uris, path_len);
+        params.custom_extensions = extensions;
+        self.signed_by_self(params)
+    }
+
     fn signed_ca(&self, cn: &str, uris: &[&str], path_len: Option<u8>) -> Self {
+        self.signed_by_self(ca_params(cn, uris, path_len))
+    }
+
+    fn signed_by_self(&self, params: CertificateParams) -> Self {
         let key = KeyPair::generate().expect("a P-256 key");
-        let params = ca_params(cn, uris, path_len);
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("an intermediate CA");

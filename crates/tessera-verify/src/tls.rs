@@ -22,7 +22,9 @@ use rustls::{
     RootCertStore, ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tessera_identity::{CaBinding, ServerId, TrustDomain, check_intermediate, check_leaf_svid};
+use tessera_identity::{
+    CaBinding, IdKind, ServerId, TrustDomain, check_intermediate, check_leaf_svid,
+};
 
 use crate::peer::Peer;
 use crate::trust::TrustSource;
@@ -147,7 +149,8 @@ impl ServerTlsBuilder {
 /// Per handshake: the leaf must fit the SVID profile and be a Tessera client, task (with
 /// claims) or server id ([`Peer::from_leaf_der`]); its trust domain must be the own one or
 /// allowed; every intermediate presented must name that trust domain or none
-/// ([`ServerTlsBuilder::require_trust_domain_on_intermediates`]); then webpki validates
+/// ([`ServerTlsBuilder::require_trust_domain_on_intermediates`]), and a chain with a node
+/// CA (cluster mode) must end in a client or task leaf; then webpki validates
 /// the chain against that trust domain's bundle only, at `now` (signatures, validity,
 /// clientAuth EKU).
 pub struct SpiffeClientVerifier {
@@ -181,23 +184,42 @@ struct Refusal(String);
 struct UnnamedIntermediate(TrustDomain);
 
 /// Refuses `intermediates` (everything the peer sent after its leaf, whether or not
-/// the path uses it) that name another trust domain than `td`, or, per `policy`, none.
+/// the path uses it) that name another trust domain than `td`, or, per `policy`, none;
+/// and, when one is a node CA, a leaf of a kind a node CA may not sign.
+///
+/// The issuance split (cluster mode): a node CA's key lives on a node, so a chain
+/// through one may end only in a client or task leaf, never an MCP server, a node or an
+/// administrator. Node CAs are told by their extension, never by the chain's length,
+/// and any node CA sent along counts, used by the path or not. A node CA must have
+/// pathLen 0 (checked here), so webpki also refuses one that signed another CA. A plain
+/// intermediate (no node-CA extension) is the trust domain's own CA, as an upstream PKI
+/// issues it to the server or a standalone agent, and may sign any leaf: Tessera's
+/// root signs no plain intermediates, only node CAs, each with the extension.
 fn check_intermediates(
     intermediates: &[CertificateDer<'_>],
     td: &TrustDomain,
     policy: IntermediatePolicy,
+    leaf_kind: Option<IdKind>,
 ) -> Result<(), rustls::Error> {
     for der in intermediates {
-        match check_intermediate(der.as_ref(), td)
-            .map_err(refuse)?
-            .binding
-        {
+        let ca = check_intermediate(der.as_ref(), td).map_err(refuse)?;
+        match ca.binding {
             CaBinding::Named => {}
             CaBinding::Unnamed if policy == IntermediatePolicy::AllowUnnamed => {}
             CaBinding::Unnamed => return Err(refuse(UnnamedIntermediate(td.clone()))),
         }
+        ca.check_may_issue(leaf_kind).map_err(refuse)?;
     }
     Ok(())
+}
+
+/// The identity kind of a peer, for the issuance split.
+fn peer_kind(peer: &Peer) -> IdKind {
+    match peer {
+        Peer::Task { .. } => IdKind::Task,
+        Peer::Client { .. } => IdKind::Client,
+        Peer::Server { .. } => IdKind::Server,
+    }
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -287,7 +309,12 @@ impl SpiffeClientVerifier {
                 "trust domain {td} is not allowed (own: {own})"
             ))));
         }
-        check_intermediates(intermediates, td, self.intermediates)?;
+        check_intermediates(
+            intermediates,
+            td,
+            self.intermediates,
+            Some(peer_kind(&peer)),
+        )?;
         // Anchored in the leaf's own trust domain's bundle, never another allowed one.
         let verifier = material
             .client_verifier(td)
@@ -324,7 +351,9 @@ impl ResolvesServerCert for OwnSvidResolver {
 }
 
 /// A server-certificate verifier for agent runtimes: the server must present exactly
-/// `expected` (`spiffe://<td>/mcp/<server>`), fit the SVID profile, and chain to `roots`.
+/// `expected` (`spiffe://<td>/mcp/<server>`), fit the SVID profile, and chain to `roots`
+/// through no node CA (in cluster mode MCP server SVIDs come from the root, so a server
+/// leaf a node CA signed is a stolen node key impersonating a server).
 ///
 /// The TLS server name the client connects with is ignored: SPIFFE identity replaces DNS
 /// names (SVIDs carry no DNS SAN), so pass any name, e.g. `ServerName::try_from("mcp")`.
@@ -394,13 +423,20 @@ impl ServerCertVerifier for ExpectedServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let leaf = check_leaf_svid(end_entity.as_ref()).map_err(refuse)?;
+        // The split first: a server leaf through a node CA is a stolen node key at work,
+        // and says so whatever identity it claims.
+        check_intermediates(
+            intermediates,
+            &self.trust_domain,
+            self.intermediates,
+            leaf.kind,
+        )?;
         if leaf.spiffe_id != self.expected {
             return Err(refuse(Refusal(format!(
                 "server presented {:?}, expected {:?}",
                 leaf.spiffe_id, self.expected
             ))));
         }
-        check_intermediates(intermediates, &self.trust_domain, self.intermediates)?;
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
@@ -477,5 +513,7 @@ pub fn client_config(
         .with_client_auth_cert(chain, key)?)
 }
 
+#[cfg(test)]
+mod node_ca_tests;
 #[cfg(test)]
 mod tests;

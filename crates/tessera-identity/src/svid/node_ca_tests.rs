@@ -39,6 +39,8 @@ fn a_good_node_ca_names_its_node() {
     assert_eq!(ca.node, Some(NODE.parse().unwrap()));
     assert_eq!(check_node_ca(&cert, &td()), Ok(NODE.parse().unwrap()));
     check_signing_cert(&cert).unwrap();
+    assert_eq!(has_node_ca_extension(&cert), Ok(true));
+    assert_eq!(has_node_ca_extension(&der(&ca())), Ok(false));
 }
 
 #[test]

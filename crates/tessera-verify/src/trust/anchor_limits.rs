@@ -7,6 +7,10 @@
 //! that brought intermediates along: a path is accepted only if its intermediates fit
 //! the limit of the anchor it ends at. A leaf signed directly by an anchor (the usual
 //! SVID) needs no second look.
+//!
+//! A node CA (cluster mode) is never an anchor: it may sign clients and tasks only, a
+//! rule checked on the intermediates a peer sends (`tls::check_intermediates`), which a
+//! node CA placed in a bundle would skip. [`AnchorLimits::of`] refuses such a bundle.
 
 use std::sync::Arc;
 
@@ -27,13 +31,16 @@ impl AnchorLimits {
     /// from).
     ///
     /// # Errors
-    /// A certificate that is not one parseable certificate, or whose BasicConstraints
-    /// is malformed.
+    /// A certificate that is not one parseable certificate, whose BasicConstraints is
+    /// malformed, or that is a node CA.
     pub(crate) fn of<'a>(
         bundle: impl IntoIterator<Item = &'a CertificateDer<'a>>,
     ) -> Result<Self, String> {
         let mut constrained = Vec::new();
         for cert in bundle {
+            if tessera_identity::has_node_ca_extension(cert.as_ref()).map_err(|e| e.to_string())? {
+                return Err("a node CA is not a trust anchor; the bundle holds roots".into());
+            }
             let Some(limit) =
                 tessera_identity::ca_path_len(cert.as_ref()).map_err(|e| e.to_string())?
             else {

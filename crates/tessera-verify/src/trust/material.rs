@@ -111,7 +111,8 @@ impl TrustMaterial {
     /// Validates and assembles material.
     ///
     /// Checks: the chain is non-empty; its leaf passes the SVID profile and is exactly
-    /// `own_id`; it is valid at `now_unix`; the key loads (ring) and matches the leaf; a
+    /// `own_id`; no node CA signed it (cluster mode: server SVIDs come from the root);
+    /// it is valid at `now_unix`; the key loads (ring) and matches the leaf; a
     /// non-empty bundle exists for the own trust domain; every bundle certificate is a
     /// usable trust anchor; the own chain verifies against the own bundle. Extra trust
     /// domains in `bundles` are kept but only *used* if the TLS verifier allows them.
@@ -140,6 +141,13 @@ impl TrustMaterial {
                 not_after_unix: leaf.not_after_unix,
                 now_unix,
             });
+        }
+        // The issuance split holds for the own chain too: an MCP server SVID comes from the
+        // root, never through a node CA (a verifier would refuse it at every handshake).
+        for der in &chain[1..] {
+            tessera_identity::check_intermediate(der.as_ref(), own_id.trust_domain())
+                .and_then(|ca| ca.check_may_issue(leaf.kind))
+                .map_err(TrustError::OwnProfile)?;
         }
         let provider = provider();
         let certified_key =
