@@ -7,6 +7,9 @@
 //!   serverAuth+clientAuth, empty DN, AKI, random 128-bit serial) by a P-256 CA;
 //! - `client`: `Authority::issue` of a client SVID;
 //! - `task`: `Authority::issue` of a task SVID carrying `TaskClaims` with 3 scopes;
+//! - `node_task`: the same task SVID issued by a node's authority (cluster mode: a node
+//!   CA the cluster root signed, `Authority::from_node_ca`), against the root's in the
+//!   same run;
 //! - the parts of the difference: key generation and signing alone, the
 //!   `check_leaf_svid` self-check, claims validation and encoding, the key's PKCS#8 copy.
 //!
@@ -26,7 +29,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use tessera_authority::{Authority, AuthorityConfig, CaMode, RotationPolicy, SvidSpec};
+use tessera_authority::{
+    Authority, AuthorityConfig, CaMode, ClusterPolicy, NodeCaKey, RotationPolicy, SvidSpec,
+};
 use tessera_identity::{ClientId, Scope, ServerId, TaskClaims, TaskId, TrustDomain};
 use time::OffsetDateTime;
 
@@ -88,7 +93,10 @@ fn raw_issue(issuer: &Issuer<'static, KeyPair>) -> Vec<u8> {
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    _cluster_dir: tempfile::TempDir,
     authority: Authority,
+    /// A node's authority, from a node CA a cluster root signed.
+    node: Authority,
     raw_issuer: Issuer<'static, KeyPair>,
     task_spiffe_id: String,
     claims: TaskClaims,
@@ -104,6 +112,31 @@ impl Fixture {
             mode: CaMode::SelfSigned,
             rotation: RotationPolicy::default(),
         })
+        .unwrap();
+        let cluster_dir = tempfile::tempdir().unwrap();
+        let root = Authority::open_cluster(
+            AuthorityConfig {
+                trust_domain: TD.parse().unwrap(),
+                dir: cluster_dir.path().join("ca"),
+                mode: CaMode::SelfSigned,
+                rotation: RotationPolicy::default(),
+            },
+            ClusterPolicy::default(),
+        )
+        .unwrap();
+        let node_key = NodeCaKey::generate().unwrap();
+        let node_ca = root
+            .sign_node_ca(
+                &"spiffe://bench.test/node/bench-1".parse().unwrap(),
+                &node_key.public_key_der(),
+            )
+            .unwrap();
+        let node = Authority::from_node_ca(
+            TD.parse().unwrap(),
+            node_ca.chain_der,
+            node_key,
+            root.bundle().certs.clone(),
+        )
         .unwrap();
         let client: ClientId = CLIENT_ID.parse().unwrap();
         let task = TaskId::new();
@@ -132,7 +165,9 @@ impl Fixture {
         claims.validate().unwrap();
         Fixture {
             _dir: dir,
+            _cluster_dir: cluster_dir,
             authority,
+            node,
             raw_issuer: raw_issuer(),
             task_spiffe_id,
             claims,
@@ -155,12 +190,24 @@ impl Fixture {
     }
 
     fn task(&self) -> tessera_authority::IssuedSvid {
-        self.authority
+        Self::task_by(&self.authority, &self.task_spiffe_id, &self.claims)
+    }
+
+    fn node_task(&self) -> tessera_authority::IssuedSvid {
+        Self::task_by(&self.node, &self.task_spiffe_id, &self.claims)
+    }
+
+    fn task_by(
+        authority: &Authority,
+        task_spiffe_id: &str,
+        claims: &TaskClaims,
+    ) -> tessera_authority::IssuedSvid {
+        authority
             .issue(&SvidSpec {
-                spiffe_id: &self.task_spiffe_id,
+                spiffe_id: task_spiffe_id,
                 ttl: Duration::from_secs(300),
-                not_after_cap: Some(self.claims.deadline_unix),
-                claims: Some(&self.claims),
+                not_after_cap: Some(claims.deadline_unix),
+                claims: Some(claims),
             })
             .unwrap()
     }
@@ -174,6 +221,9 @@ fn criterion_benches(c: &mut Criterion, fx: &Fixture) {
     });
     g.bench_function("authority_task_svid_3_scopes", |b| {
         b.iter(|| black_box(fx.task()))
+    });
+    g.bench_function("node_ca_task_svid_3_scopes", |b| {
+        b.iter(|| black_box(fx.node_task()))
     });
     g.finish();
 
@@ -257,8 +307,9 @@ fn us(d: Duration) -> f64 {
 fn percentile_table(fx: &Fixture) {
     // Warm up (page in code, fill allocator caches).
     for _ in 0..200 {
-        black_box((fx.raw(), fx.client(), fx.task()));
+        black_box((fx.raw(), fx.client(), fx.task(), fx.node_task()));
     }
+    let mut node_task = Samples::default();
     let mut raw = Samples::default();
     let mut client = Samples::default();
     let mut task = Samples::default();
@@ -269,6 +320,7 @@ fn percentile_table(fx: &Fixture) {
         raw.time(|| fx.raw());
         client.time(|| fx.client());
         task.time(|| fx.task());
+        node_task.time(|| fx.node_task());
         check.time(|| tessera_identity::check_leaf_svid(&leaf).unwrap());
     }
     let (r50, r99) = (raw.pct(0.50), raw.pct(0.99));
@@ -282,6 +334,7 @@ fn percentile_table(fx: &Fixture) {
         ("(a) raw: rcgen keygen + signed_by", &raw),
         ("(b) Authority::issue client SVID", &client),
         ("(c) Authority::issue task SVID (3 scopes)", &task),
+        ("(d) (c) by a node's authority (node CA)", &node_task),
         ("    part: check_leaf_svid(task leaf)", &check),
     ] {
         println!(
@@ -294,6 +347,11 @@ fn percentile_table(fx: &Fixture) {
             us(s.pct(0.99)) / us(r99),
         );
     }
+    println!(
+        "node CA vs root, task SVID: p50 {:.2}x, p99 {:.2}x",
+        us(node_task.pct(0.50)) / us(task.pct(0.50)),
+        us(node_task.pct(0.99)) / us(task.pct(0.99)),
+    );
     let worst = (us(task.pct(0.50)) / us(r50)).max(us(client.pct(0.50)) / us(r50));
     println!(
         "target: issuance within 2x of raw at p50 -> {}",
@@ -311,6 +369,6 @@ fn main() {
     if std::env::args().any(|a| a == "--bench") {
         percentile_table(&fx);
     } else {
-        black_box((fx.raw(), fx.client(), fx.task()));
+        black_box((fx.raw(), fx.client(), fx.task(), fx.node_task()));
     }
 }

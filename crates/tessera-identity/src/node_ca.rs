@@ -192,7 +192,8 @@ mod tests {
         let mut long_form = vec![0x30, 0x81, good[1]];
         long_form.extend_from_slice(&good[2..]);
         let huge = vec![0x30; MAX_NODE_CA_DER_LEN + 1];
-        let cases: Vec<(&str, Vec<u8>, fn(&NodeCaError) -> bool)> = vec![
+        type Want = fn(&NodeCaError) -> bool;
+        let cases: Vec<(&str, Vec<u8>, Want)> = vec![
             ("empty", vec![], |e| matches!(e, NodeCaError::Der(_))),
             ("trailing byte", trailing, |e| {
                 matches!(e, NodeCaError::Der(_))

@@ -34,9 +34,9 @@ fn node_ca_params() -> CertificateParams {
 #[test]
 fn a_good_node_ca_names_its_node() {
     let cert = der(&node_ca_params());
-    let ca = check_intermediate(&cert, &td()).unwrap();
-    assert_eq!(ca.binding, CaBinding::Named);
-    assert_eq!(ca.node, Some(NODE.parse().unwrap()));
+    let node_ca = check_intermediate(&cert, &td()).unwrap();
+    assert_eq!(node_ca.binding, CaBinding::Named);
+    assert_eq!(node_ca.node, Some(NODE.parse().unwrap()));
     assert_eq!(check_node_ca(&cert, &td()), Ok(NODE.parse().unwrap()));
     check_signing_cert(&cert).unwrap();
     assert_eq!(has_node_ca_extension(&cert), Ok(true));
@@ -68,7 +68,8 @@ fn hostile_node_cas_are_refused() {
         der.extend_from_slice(node);
         der
     };
-    let cases: Vec<(&str, Mutate, fn(&ProfileError) -> bool)> = vec![
+    type Want = fn(&ProfileError) -> bool;
+    let cases: Vec<(&str, Mutate, Want)> = vec![
         (
             "extension twice",
             Box::new(|p| p.custom_extensions.push(node_ext(good_ext()))),
