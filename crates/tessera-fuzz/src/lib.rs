@@ -16,7 +16,7 @@ pub use driver::{Mutator, run_for};
 
 use std::str::FromStr;
 
-use tessera_identity::{Scope, ScopeKind, TaskClaims, TesseraId};
+use tessera_identity::{AnyId, NodeCaExtension, Scope, ScopeKind, TaskClaims, TesseraId};
 
 /// SPIFFE and Tessera ID parsing: never panics; what parses prints back identically.
 pub fn fuzz_id(data: &[u8]) {
@@ -28,6 +28,9 @@ pub fn fuzz_id(data: &[u8]) {
         let printed = id.to_string();
         assert_eq!(printed, s, "TesseraId must round-trip exactly");
         assert_eq!(TesseraId::from_str(&printed).as_ref(), Ok(&id));
+    }
+    if let Ok(id) = AnyId::from_str(s) {
+        assert_eq!(id.to_string(), s, "AnyId must round-trip exactly");
     }
 }
 
@@ -61,11 +64,19 @@ pub fn fuzz_scope(data: &[u8]) {
     }
 }
 
-/// Claims decoding: what decodes re-encodes to the same bytes and validates.
+/// Claims and node-CA extension decoding: what decodes re-encodes to the same bytes
+/// (and, for claims, validates).
 pub fn fuzz_claims(data: &[u8]) {
     if let Ok(claims) = TaskClaims::from_der(data) {
         assert_eq!(claims.to_der(), data, "claims must be canonical DER");
         assert!(claims.validate().is_ok(), "decoded claims are valid");
+    }
+    if let Ok(ext) = NodeCaExtension::from_der(data) {
+        assert_eq!(
+            ext.to_der(),
+            data,
+            "node-CA extension must be canonical DER"
+        );
     }
 }
 
@@ -80,6 +91,17 @@ pub fn fuzz_svid(data: &[u8]) {
         }
     }
     let _ = tessera_identity::check_signing_cert(data);
+    let td: tessera_identity::TrustDomain = "acme.corp".parse().expect("static trust domain");
+    if let Ok(ca) = tessera_identity::check_intermediate(data, &td)
+        && let Some(node) = &ca.node
+    {
+        assert_eq!(
+            node.trust_domain(),
+            &td,
+            "a node CA names a node of its own domain"
+        );
+        assert_eq!(tessera_identity::ca_path_len(data), Ok(Some(0)));
+    }
 }
 
 /// Agent config parsing and validation: never panics.
@@ -146,6 +168,8 @@ pub mod seeds {
             "spiffe://acme.corp/client/code-reviewer",
             "spiffe://acme.corp/client/code-reviewer/task/01J9Z8Q6W5K3M2N1P0R9S8T7V6",
             "spiffe://acme.corp/mcp/github",
+            "spiffe://acme.corp/node/worker-1",
+            "spiffe://acme.corp/admin/alice",
             "spiffe://a.b-c_d/x/y/z",
         ]
         .iter()
@@ -199,7 +223,13 @@ pub mod seeds {
 
     /// Encoded claims.
     pub fn claims() -> Vec<Vec<u8>> {
-        vec![sample_claims().to_der()]
+        let node = "spiffe://acme.corp/node/worker-1"
+            .parse()
+            .expect("static id");
+        vec![
+            sample_claims().to_der(),
+            tessera_identity::NodeCaExtension::new(node).to_der(),
+        ]
     }
 
     /// A client leaf and a task leaf with claims.
@@ -235,10 +265,27 @@ pub mod seeds {
         };
         let claims = sample_claims();
         let task_uri = claims.client_id.task(claims.task_id).to_string();
+        // A node CA as the cluster's root signs it.
+        let node_ca = {
+            let key = KeyPair::generate().expect("keygen");
+            let mut p = CertificateParams::default();
+            p.subject_alt_names = vec![SanType::URI("spiffe://acme.corp".try_into().expect("ia5"))];
+            p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+            let node = "spiffe://acme.corp/node/worker-1"
+                .parse()
+                .expect("static id");
+            p.custom_extensions.push(CustomExtension::from_oid_content(
+                tessera_identity::NODE_CA_OID_ARCS,
+                tessera_identity::NodeCaExtension::new(node).to_der(),
+            ));
+            p.signed_by(&key, &issuer).expect("node CA").der().to_vec()
+        };
         vec![
             leaf("spiffe://acme.corp/client/code-reviewer", None),
             leaf(&task_uri, Some(claims.to_der())),
             ca_cert.der().to_vec(),
+            node_ca,
         ]
     }
 
