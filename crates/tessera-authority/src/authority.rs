@@ -279,9 +279,9 @@ impl Authority {
     /// chain to the new CA; the bundle is published if it changed.
     ///
     /// # Errors
-    /// [`AuthorityError::NotClusterRoot`]-free: [`AuthorityError::InvalidRequest`] on an
-    /// authority that is not a node's, [`AuthorityError::NodeMismatch`] for another
-    /// node's CA, and every error of [`Authority::from_node_ca`].
+    /// [`AuthorityError::InvalidRequest`] on an authority that is not a node's,
+    /// [`AuthorityError::NodeMismatch`] for another node's CA, and every error of
+    /// [`Authority::from_node_ca`].
     pub fn renew_node_ca(
         &self,
         chain: Vec<Vec<u8>>,
