@@ -7,6 +7,10 @@
 //! source (Workload API or files), so [`SpiffeClientVerifier`] reads the current
 //! [`TrustSource`] on every handshake and delegates path validation to a webpki verifier
 //! built once per bundle version.
+//!
+//! Both sides enforce cluster mode's issuance split: a chain carrying a node CA (an
+//! intermediate with Tessera's node-CA extension) must end in a client or task leaf, so
+//! a stolen node CA key cannot pass for an MCP server, a node or an administrator.
 
 use std::collections::BTreeSet;
 use std::fmt;
