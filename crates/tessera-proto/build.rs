@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "workload.proto",
         "tessera/v1/admin.proto",
+        "tessera/v1/node.proto",
         "tessera/v1/tasks.proto",
     ];
     for f in &files {

@@ -2,7 +2,8 @@
 //! agent's sockets needs.
 //!
 //! - [`workload`]: the SPIFFE Workload API (`SpiffeWorkloadAPI`, no proto package).
-//! - [`tessera::v1`]: Tessera's own services (Admin, Tasks, Revocations).
+//! - [`tessera::v1`]: Tessera's own services (Admin, Tasks, Revocations; Node and
+//!   ClusterAdmin, served by tessera-server).
 //! - [`connect_unix`]: a tonic channel over a unix socket.
 
 #![allow(missing_docs, clippy::all, missing_debug_implementations)]
