@@ -4,14 +4,16 @@
 //! a `bigserial`, so they are unique and increasing in the order records were *written*,
 //! not committed: a reader paging with `after_seq` can, rarely, pass a record whose
 //! transaction commits after a later one's. The change log does not have that gap (see
-//! `change.rs`), and entries, consents and nodes are synced through it; the audit log is
+//! `version.rs`), and entries, consents and nodes are synced through it; the audit log is
 //! not serialised the same way because task events from every node will be appended to it
 //! at a rate one counter row would cap.
 
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row as _};
-use tessera_store::{AuditRecord, InvalidInput, MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_PAGE};
+use tessera_store::{
+    AuditRecord, InvalidInput, MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_PAGE,
+};
 
 use crate::{PgStore, ServerStoreError};
 
@@ -125,3 +127,6 @@ fn decode(row: &PgRow) -> Result<AuditRecord, ServerStoreError> {
         detail,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,85 +1,19 @@
-//! Versions, the change log, snapshots and pruning.
+//! The change log's readers: snapshots, changes since a version, and pruning.
 //!
-//! Every write that changes an entry, a consent or a node calls [`record`] as the last
-//! statement of its transaction. [`record`] takes the next version from the one-row
-//! `change_version` counter, logs which record changed, and notifies `tessera_changes`
-//! with the version; PostgreSQL delivers the notification only if, and when, the
-//! transaction commits.
-//!
-//! Why a counter row and not a sequence (`bigserial`): sequence values are handed out at
-//! `nextval`, not at commit, so two writers can commit out of order: v10 commits, a reader
-//! reads "everything after v9" and moves to v10, then v9 commits and that reader never
-//! sees it. `UPDATE change_version … RETURNING version` locks the row until the writing
-//! transaction ends, so the next writer's `UPDATE` waits and gets v+1 only after v is
-//! committed (or rolled back, which frees v for it: no gaps either). Versions therefore
-//! commit in order, and "everything up to v" is a state a reader can hold. The price is
-//! that writers of changes serialise on that row from their last statement to their
-//! commit; it is taken last for that reason. Admin changes and node attestations are
-//! rare next to that (the audit log and join tokens, which nothing versions, stay out of it).
-//!
-//! The log names records (kind and key), it does not copy them: [`PgStore::changes_since`]
-//! reads the changes and the records' current rows in one snapshot, so it reports each
-//! changed record as it is at the snapshot's version (or gone). A reader that applies a
-//! batch holds exactly the state at the batch's version.
+//! The log names records (kind and key), it does not copy them (see `version.rs` for how
+//! versions are given): [`PgStore::changes_since`] reads the changes and the records'
+//! current rows in one snapshot, so it reports each changed record as it is at the
+//! snapshot's version (or gone). A reader that applies a batch holds exactly the state at
+//! the batch's version.
 
 use std::collections::HashMap;
-
-use sqlx::PgConnection;
 
 use crate::node::Node;
 use crate::{PgStore, ServerStoreError, consent, entry, node};
 use tessera_store::{Consent, Entry};
 
-/// The channel every committed change is notified on, with its version as payload.
-pub(crate) const CHANNEL: &str = "tessera_changes";
-
 /// Most changes one [`PgStore::changes_since`] call returns.
 pub const MAX_CHANGES_PAGE: u32 = 10_000;
-
-/// What a change log row names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Entry,
-    Consent,
-    Node,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Entry => "entry",
-            Kind::Consent => "consent",
-            Kind::Node => "node",
-        }
-    }
-}
-
-/// Logs a change to the record `kind`/`key` under the next version, and notifies it on
-/// commit. Call it last in the writing transaction (see the module's comment). Returns
-/// the version.
-pub(crate) async fn record(
-    conn: &mut PgConnection,
-    kind: Kind,
-    key: &str,
-) -> Result<i64, ServerStoreError> {
-    let version: i64 =
-        sqlx::query_scalar("UPDATE change_version SET version = version + 1 RETURNING version")
-            .fetch_one(&mut *conn)
-            .await?;
-    sqlx::query("INSERT INTO changes (version, at_ms, kind, key) VALUES ($1, $2, $3, $4)")
-        .bind(version)
-        .bind(crate::clock::unix_millis())
-        .bind(kind.as_str())
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(version.to_string())
-        .execute(&mut *conn)
-        .await?;
-    Ok(version)
-}
 
 /// Entries, consents and nodes as they were at one version.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -162,10 +96,13 @@ impl PgStore {
             .fetch_one(&mut *tx)
             .await?;
         let entries = entry::list(&mut tx).await?;
-        let consents = consent::list(&mut tx, &tessera_store::ConsentFilter {
-            client: None,
-            include_withdrawn: true,
-        })
+        let consents = consent::list(
+            &mut tx,
+            &tessera_store::ConsentFilter {
+                client: None,
+                include_withdrawn: true,
+            },
+        )
         .await?;
         let nodes = node::list(&mut tx).await?;
         tx.commit().await?;
@@ -265,11 +202,9 @@ impl PgStore {
 
     /// The newest version.
     pub async fn current_version(&self) -> Result<i64, ServerStoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT version FROM change_version")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT version FROM change_version")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Deletes the changes logged before `before_ms` (unix milliseconds), from the oldest
@@ -299,3 +234,6 @@ impl PgStore {
         Ok(deleted)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,8 +10,8 @@ use tessera_store::{
     MAX_SERVER_LEN, MAX_SUBJECT_LEN, NewConsent,
 };
 
-use crate::change::{self, Kind};
 use crate::error::{Conflict, NotFound};
+use crate::version::{self, Kind};
 use crate::{PgStore, ServerStoreError, Written, audit};
 
 /// Audit kind written when a consent is granted.
@@ -65,7 +65,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
         audit::write(&mut tx, KIND_GRANT, actor, &json!({ "consent": &consent })).await?;
-        let version = change::record(&mut tx, Kind::Consent, &consent.id).await?;
+        let version = version::record(&mut tx, Kind::Consent, &consent.id).await?;
         tx.commit().await?;
         tracing::info!(
             id = %consent.id,
@@ -140,7 +140,7 @@ impl PgStore {
             &json!({ "consent": &consent }),
         )
         .await?;
-        let version = change::record(&mut tx, Kind::Consent, &consent.id).await?;
+        let version = version::record(&mut tx, Kind::Consent, &consent.id).await?;
         tx.commit().await?;
         tracing::info!(id, actor, version, "consent withdrawn");
         Ok(Written {

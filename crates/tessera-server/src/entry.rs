@@ -8,8 +8,8 @@ use tessera_store::{
     Entry, EntryKind, InvalidInput, MAX_CLIENT_LEN, MAX_SELECTOR_LEN, MAX_SELECTORS, NewEntry,
 };
 
-use crate::change::{self, Kind};
 use crate::error::{Conflict, NotFound};
+use crate::version::{self, Kind};
 use crate::{PgStore, ServerStoreError, Written, audit};
 
 /// Audit kind written when an entry is created.
@@ -77,7 +77,7 @@ impl PgStore {
             return Err(Conflict::DuplicateEntry { existing_id }.into());
         }
         audit::write(&mut tx, KIND_CREATE, actor, &json!({ "entry": &entry })).await?;
-        let version = change::record(&mut tx, Kind::Entry, &entry.id).await?;
+        let version = version::record(&mut tx, Kind::Entry, &entry.id).await?;
         tx.commit().await?;
         tracing::info!(id = %entry.id, client = %entry.client, actor, version, "entry created");
         Ok(Written {
@@ -118,7 +118,7 @@ impl PgStore {
         };
         let entry = decode(&row)?;
         audit::write(&mut tx, KIND_DELETE, actor, &json!({ "entry": &entry })).await?;
-        let version = change::record(&mut tx, Kind::Entry, &entry.id).await?;
+        let version = version::record(&mut tx, Kind::Entry, &entry.id).await?;
         tx.commit().await?;
         tracing::info!(id, client = %entry.client, actor, version, "entry deleted");
         Ok(Written {

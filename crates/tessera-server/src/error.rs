@@ -81,8 +81,8 @@ pub enum InvalidInput {
         reason: String,
     },
 
-    /// A join token's lifetime is outside 1 s..=[`crate::join_token::MAX_TTL_SECS`].
-    #[error("join token ttl must be 1..={max} seconds, got {ttl_secs}", max = crate::join_token::MAX_TTL_SECS)]
+    /// A join token's lifetime is outside 1 s..=[`crate::MAX_JOIN_TOKEN_TTL_SECS`].
+    #[error("join token ttl must be 1..={max} seconds, got {ttl_secs}", max = crate::limits::MAX_JOIN_TOKEN_TTL_SECS)]
     JoinTokenTtl {
         /// The lifetime asked for.
         ttl_secs: i64,

@@ -13,27 +13,22 @@ use sha2::{Digest as _, Sha256};
 use sqlx::PgConnection;
 
 use crate::error::{Conflict, InvalidInput, NotFound};
-use crate::{PgStore, ServerStoreError, audit, node};
+use crate::limits::{JOIN_TOKEN_BYTES, JOIN_TOKEN_PREFIX, MAX_JOIN_TOKEN_TTL_SECS};
+use crate::node_name::validate_node_name;
+use crate::{PgStore, ServerStoreError, audit};
 
 /// Audit kind written when a token is created.
 const KIND_CREATE: &str = "join_token.create";
 /// Audit kind written when a token is used.
 const KIND_USE: &str = "join_token.use";
 
-/// Every token starts with this, so secret scanners and people can tell what it is.
-pub const TOKEN_PREFIX: &str = "tessera-join-";
-/// Random bytes in a token (hex-encoded after the prefix).
-const TOKEN_BYTES: usize = 32;
 /// The exact length of a token.
-const TOKEN_LEN: usize = TOKEN_PREFIX.len() + 2 * TOKEN_BYTES;
-/// Longest lifetime a token may be given: 7 days. A token is a bearer secret that
-/// becomes a node; it should be used soon after it is made.
-pub const MAX_TTL_SECS: i64 = 7 * 24 * 3600;
+const TOKEN_LEN: usize = JOIN_TOKEN_PREFIX.len() + 2 * JOIN_TOKEN_BYTES;
 
 /// A join token to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewJoinToken {
-    /// Lifetime, 1..=[`MAX_TTL_SECS`] seconds.
+    /// Lifetime, 1..=[`MAX_JOIN_TOKEN_TTL_SECS`] seconds.
     pub ttl_secs: i64,
     /// The only node name it may attest, if bound; an unbound token attests any name no
     /// active node holds.
@@ -87,19 +82,19 @@ impl PgStore {
         new: NewJoinToken,
         actor: &str,
     ) -> Result<IssuedJoinToken, ServerStoreError> {
-        if !(1..=MAX_TTL_SECS).contains(&new.ttl_secs) {
+        if !(1..=MAX_JOIN_TOKEN_TTL_SECS).contains(&new.ttl_secs) {
             return Err(InvalidInput::JoinTokenTtl {
                 ttl_secs: new.ttl_secs,
             }
             .into());
         }
         if let Some(name) = &new.node {
-            node::validate_name(name)?;
+            validate_node_name(name)?;
         }
         audit::validate_actor(actor)?;
         let token = format!(
-            "{TOKEN_PREFIX}{}",
-            hex::encode(rand::random::<[u8; TOKEN_BYTES]>())
+            "{JOIN_TOKEN_PREFIX}{}",
+            hex::encode(rand::random::<[u8; JOIN_TOKEN_BYTES]>())
         );
         let now = crate::clock::unix_secs();
         let record = JoinToken {
@@ -147,7 +142,7 @@ impl PgStore {
         token: &str,
         name: &str,
     ) -> Result<JoinToken, ServerStoreError> {
-        node::validate_name(name)?;
+        validate_node_name(name)?;
         let mut tx = self.begin().await?;
         let used = consume(&mut tx, token, name).await?;
         tx.commit().await?;
@@ -173,8 +168,8 @@ pub(crate) async fn consume(
 ) -> Result<JoinToken, ServerStoreError> {
     // Shape first: a presented token is hostile, and only ours are worth a lookup.
     if token.len() != TOKEN_LEN
-        || !token.starts_with(TOKEN_PREFIX)
-        || !token[TOKEN_PREFIX.len()..]
+        || !token.starts_with(JOIN_TOKEN_PREFIX)
+        || !token[JOIN_TOKEN_PREFIX.len()..]
             .bytes()
             .all(|b| b.is_ascii_hexdigit())
     {
@@ -216,9 +211,12 @@ pub(crate) async fn consume(
     Ok(record)
 }
 
+/// A token's id, bound node, expiry and use time, to explain a refusal.
+type TokenState = (String, Option<String>, i64, Option<i64>);
+
 /// Why a token was not consumed.
 async fn refusal(conn: &mut PgConnection, token: &str, name: &str, now: i64) -> ServerStoreError {
-    let row: Result<Option<(String, Option<String>, i64, Option<i64>)>, _> = sqlx::query_as(
+    let row: Result<Option<TokenState>, _> = sqlx::query_as(
         "SELECT id, node, expires_at, used_at FROM join_tokens WHERE token_sha256 = $1",
     )
     .bind(digest(token))

@@ -4,7 +4,7 @@
 //! [`PgStore`] is the typed API over the database. Every change to an entry, a consent
 //! or a node commits together with its audit record and a new version in the change log,
 //! and notifies `tessera_changes` in the same transaction; versions become visible in
-//! order (see `change.rs`), so "everything up to version v" is a well-defined state that
+//! order (see `version.rs`), so "everything up to version v" is a well-defined state that
 //! [`PgStore::snapshot`] returns and [`PgStore::changes_since`] moves forward.
 //!
 //! [`Replica`] is one server replica's in-memory copy of that state, kept current by
@@ -13,10 +13,12 @@
 //! answers reads from memory, and writes fail with [`ServerStoreError::Unavailable`].
 //!
 //! * `store`: connecting, the pool, migrations (`migrate`).
-//! * `change`: versions, the change log, snapshots, pruning.
+//! * `version`: how a write gets its version, in order; `change`: the log's readers
+//!   (snapshots, changes since a version, pruning).
 //! * `entry`, `consent`, `node`, `join_token`, `audit`: one record kind each.
 //! * `replica`: the in-memory copy and its sync loop.
-//! * `error`: [`ServerStoreError`] and its groups; `clock`: the wall clock as recorded.
+//! * `error`: [`ServerStoreError`] and its groups; `limits`: input limits; `node_name`: the node-name
+//!   rule; `clock`: the wall clock as recorded.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -27,19 +29,25 @@ mod consent;
 mod entry;
 mod error;
 mod join_token;
+mod limits;
 mod migrate;
 mod node;
+mod node_name;
 mod replica;
 mod store;
+mod version;
 
 pub use change::{Change, Changes, MAX_CHANGES_PAGE, Snapshot};
-pub use error::{Conflict, InvalidInput, NotFound, ServerStoreError, Unavailable};
-pub use join_token::{IssuedJoinToken, JoinToken, MAX_TTL_SECS as MAX_JOIN_TOKEN_TTL_SECS, NewJoinToken, TOKEN_PREFIX as JOIN_TOKEN_PREFIX};
+pub use error::{Conflict, InvalidInput, MigrationError, NotFound, ServerStoreError, Unavailable};
+pub use join_token::{IssuedJoinToken, JoinToken, NewJoinToken};
+pub use limits::{JOIN_TOKEN_PREFIX, MAX_ATTESTATION_LEN, MAX_JOIN_TOKEN_TTL_SECS};
 pub use migrate::SCHEMA_VERSION;
-pub use node::{AttestationKind, MAX_ATTESTATION_LEN, NewNode, Node, NodeStatus};
+pub use node::{AttestationKind, NewNode, Node, NodeStatus};
 pub use replica::{Replica, ReplicaOptions, ReplicaState};
 pub use store::{PgStore, PgStoreOptions, Written};
-pub use tessera_store::{AuditRecord, Consent, ConsentFilter, Entry, EntryKind, NewConsent, NewEntry};
+pub use tessera_store::{
+    AuditRecord, Consent, ConsentFilter, Entry, EntryKind, NewConsent, NewEntry,
+};
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -12,8 +12,10 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row as _};
 use tessera_store::{MAX_SELECTOR_LEN, MAX_SELECTORS};
 
-use crate::change::{self, Kind};
 use crate::error::{Conflict, InvalidInput, NotFound};
+use crate::limits::MAX_ATTESTATION_LEN;
+use crate::node_name::validate_node_name;
+use crate::version::{self, Kind};
 use crate::{PgStore, ServerStoreError, Written, audit, join_token};
 
 /// Audit kind written when a node attests (first time or again).
@@ -22,9 +24,6 @@ const KIND_ATTEST: &str = "node.attest";
 const KIND_CA: &str = "node.ca";
 /// Audit kind written when a node is evicted.
 const KIND_EVICT: &str = "node.evict";
-
-/// Largest attestation summary stored, as JSON text.
-pub const MAX_ATTESTATION_LEN: usize = 16 * 1024;
 
 const COLUMNS: &str = "name, attested_by, selectors, attestation::text AS attestation, status, \
                        ca_serial, ca_not_after, registered_at, attested_at, evicted_at";
@@ -133,7 +132,7 @@ impl PgStore {
         token: &str,
         name: &str,
     ) -> Result<Written<Node>, ServerStoreError> {
-        validate_name(name)?;
+        validate_node_name(name)?;
         let mut tx = self.begin().await?;
         let used = join_token::consume(&mut tx, token, name).await?;
         let new = NewNode {
@@ -191,7 +190,7 @@ impl PgStore {
             &json!({ "node": name, "ca_serial": serial, "ca_not_after": not_after }),
         )
         .await?;
-        let version = change::record(&mut tx, Kind::Node, name).await?;
+        let version = version::record(&mut tx, Kind::Node, name).await?;
         tx.commit().await?;
         Ok(Written {
             value: node,
@@ -230,7 +229,7 @@ impl PgStore {
             &json!({ "node": name, "ca_serial": node.ca_serial }),
         )
         .await?;
-        let version = change::record(&mut tx, Kind::Node, name).await?;
+        let version = version::record(&mut tx, Kind::Node, name).await?;
         tx.commit().await?;
         tracing::info!(node = name, actor, version, "node evicted");
         Ok(Written {
@@ -326,7 +325,7 @@ async fn upsert(
         &json!({ "node": &node.name, "attested_by": node.attested_by, "selectors": &node.selectors }),
     )
     .await?;
-    let version = change::record(conn, Kind::Node, &node.name).await?;
+    let version = version::record(conn, Kind::Node, &node.name).await?;
     tracing::info!(node = %node.name, attested_by = node.attested_by.as_str(), version, "node attested");
     Ok(Written {
         value: node,
@@ -382,24 +381,9 @@ pub(crate) async fn by_names(
     rows.iter().map(decode).collect()
 }
 
-/// A node name is one SPIFFE path segment under Tessera's rule, the one client and
-/// server names follow (tessera-identity checks it; a `NodeName` type of its own belongs
-/// there with the node identity).
-pub(crate) fn validate_name(name: &str) -> Result<(), ServerStoreError> {
-    name.parse::<tessera_identity::ClientName>()
-        .map(drop)
-        .map_err(|error| {
-            InvalidInput::NodeName {
-                name: name.chars().take(128).collect(),
-                reason: error.to_string(),
-            }
-            .into()
-        })
-}
-
 /// Checks a new node's limits; returns its sorted, deduplicated selectors.
 fn validate(new: &NewNode) -> Result<Vec<String>, ServerStoreError> {
-    validate_name(&new.name)?;
+    validate_node_name(&new.name)?;
     if new.selectors.len() > MAX_SELECTORS
         || new
             .selectors

@@ -22,14 +22,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tessera_store::{Consent, Entry};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::change::{CHANNEL, Change, MAX_CHANGES_PAGE};
+use crate::change::{Change, MAX_CHANGES_PAGE};
 use crate::node::Node;
+use crate::version::CHANNEL;
 use crate::{PgStore, ServerStoreError};
 
 /// How a [`Replica`] keeps its copy current.
@@ -116,7 +117,10 @@ impl Replica {
     /// Loads a snapshot (so this fails, [`crate::Unavailable`], if PostgreSQL cannot be
     /// reached: a replica with nothing to serve should not start), then keeps it current
     /// in a task of its own.
-    pub async fn start(store: PgStore, options: ReplicaOptions) -> Result<Replica, ServerStoreError> {
+    pub async fn start(
+        store: PgStore,
+        options: ReplicaOptions,
+    ) -> Result<Replica, ServerStoreError> {
         let snapshot = store.snapshot().await?;
         let initial = ReplicaState {
             version: snapshot.version,
@@ -302,7 +306,11 @@ impl Sync {
     async fn catch_up(&self) -> Result<(), ServerStoreError> {
         loop {
             let held = Arc::clone(&self.state.borrow());
-            match self.store.changes_since(held.version, MAX_CHANGES_PAGE).await {
+            match self
+                .store
+                .changes_since(held.version, MAX_CHANGES_PAGE)
+                .await
+            {
                 Ok(batch) => {
                     if batch.version != held.version {
                         let mut next = ReplicaState::clone(&held);
@@ -316,8 +324,17 @@ impl Sync {
                         return Ok(());
                     }
                 }
-                Err(ServerStoreError::SnapshotRequired { since, oldest, current }) => {
-                    tracing::info!(since, oldest, current, "change log pruned past this replica; reloading");
+                Err(ServerStoreError::SnapshotRequired {
+                    since,
+                    oldest,
+                    current,
+                }) => {
+                    tracing::info!(
+                        since,
+                        oldest,
+                        current,
+                        "change log pruned past this replica; reloading"
+                    );
                     let snapshot = self.store.snapshot().await?;
                     self.state.send_replace(Arc::new(ReplicaState {
                         version: snapshot.version,
@@ -332,3 +349,6 @@ impl Sync {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

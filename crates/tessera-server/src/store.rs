@@ -96,7 +96,7 @@ impl PgStore {
 
     /// A read-write transaction at READ COMMITTED, PostgreSQL's default: each write's
     /// statements lock the rows they change, and the change counter serialises the rest
-    /// (see `change.rs`).
+    /// (see `version.rs`).
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, ServerStoreError> {
         Ok(self.pool.begin().await?)
     }
