@@ -127,6 +127,11 @@ impl PgServer {
         self.port
     }
 
+    /// The superuser's password, for clients over TCP.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     /// Whether the server is running (started and not stopped).
     pub fn is_running(&self) -> bool {
         self.child.is_some()

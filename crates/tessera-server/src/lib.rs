@@ -17,23 +17,35 @@
 //!   (snapshots, changes since a version, pruning).
 //! * `entry`, `consent`, `node`, `join_token`, `audit`: one record kind each.
 //! * `replica`: the in-memory copy and its sync loop.
+//!
+//! The `tessera-server` binary is [`server::run`] with a [`config::Config`]: `admin`
+//! (`tessera.v1.Admin` on a 0600 unix socket, reads from the replica, writes through the
+//! store), `http` and `metrics` (`/healthz`, `/readyz`, `/metrics`), `socket` (binding
+//! the admin socket).
+//!
 //! * `error`: [`ServerStoreError`] and its groups; `limits`: input limits; `node_name`: the node-name
 //!   rule; `clock`: the wall clock as recorded.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod admin;
 mod audit;
 mod change;
 mod clock;
+pub mod config;
 mod consent;
 mod entry;
 mod error;
+mod http;
 mod join_token;
 mod limits;
+mod metrics;
 mod migrate;
 mod node;
 mod node_name;
 mod replica;
+pub mod server;
+mod socket;
 mod store;
 mod version;
 
