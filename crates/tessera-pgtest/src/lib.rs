@@ -61,6 +61,8 @@ pub struct PgServer {
     child: Option<Child>,
     next_database: AtomicU32,
     started_in: Duration,
+    /// `name=value` settings given to `start_with`, after the harness's own.
+    settings: Vec<String>,
 }
 
 // === impl PgServer ===
@@ -82,6 +84,13 @@ impl PgServer {
 
     /// Creates a cluster with `initdb` in a new temporary directory and starts it.
     pub async fn start() -> Result<PgServer, PgTestError> {
+        PgServer::start_with(&[]).await
+    }
+
+    /// [`PgServer::start`] with these server settings (`name`, `value`) on top of the
+    /// harness's (a bench passes `("fsync", "on")` and `("synchronous_commit", "on")` to
+    /// measure durable commits).
+    pub async fn start_with(settings: &[(&str, &str)]) -> Result<PgServer, PgTestError> {
         let began = Instant::now();
         let bin = find_binaries()?;
         let run_as = unprivileged_user()?;
@@ -104,6 +113,10 @@ impl PgServer {
             child: None,
             next_database: AtomicU32::new(0),
             started_in: Duration::ZERO,
+            settings: settings
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect(),
         };
         server.initdb()?;
         server.port = free_port()?;
@@ -295,6 +308,7 @@ impl PgServer {
                 "-c",
                 "unix_socket_permissions=0700",
             ])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
