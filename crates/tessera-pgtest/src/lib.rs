@@ -91,6 +91,19 @@ impl PgServer {
     /// harness's (a bench passes `("fsync", "on")` and `("synchronous_commit", "on")` to
     /// measure durable commits).
     pub async fn start_with(settings: &[(&str, &str)]) -> Result<PgServer, PgTestError> {
+        PgServer::start_inner(settings, None).await
+    }
+
+    /// [`PgServer::start`] with TLS on: the server presents `cert_pem` (a chain) with
+    /// `key_pem`, on TCP (clients choose with `sslmode`).
+    pub async fn start_with_tls(cert_pem: &str, key_pem: &str) -> Result<PgServer, PgTestError> {
+        PgServer::start_inner(&[], Some((cert_pem, key_pem))).await
+    }
+
+    async fn start_inner(
+        settings: &[(&str, &str)],
+        tls: Option<(&str, &str)>,
+    ) -> Result<PgServer, PgTestError> {
         let began = Instant::now();
         let bin = find_binaries()?;
         let run_as = unprivileged_user()?;
@@ -119,6 +132,18 @@ impl PgServer {
                 .collect(),
         };
         server.initdb()?;
+        if let Some((cert, key)) = tls {
+            // postgres refuses a key file anyone but its owner can read.
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                server.write_private(name, pem)?;
+            }
+            let dir = server.dir.path().display().to_string();
+            server.settings.extend([
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={dir}/server.crt"),
+                format!("ssl_key_file={dir}/server.key"),
+            ]);
+        }
         server.port = free_port()?;
         server.spawn().await?;
         server.started_in = began.elapsed();
@@ -246,14 +271,27 @@ impl PgServer {
         command
     }
 
-    fn initdb(&self) -> Result<(), PgTestError> {
-        let pwfile = self.dir.path().join("pwfile");
-        std::fs::write(&pwfile, &self.password)
-            .map_err(PgTestError::io("writing the password file"))?;
+    /// Writes `name` in the server's directory, mode 0600, owned by whoever runs it.
+    fn write_private(&self, name: &str, contents: &str) -> Result<PathBuf, PgTestError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.dir.path().join(name);
+        File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(contents.as_bytes()))
+            .map_err(PgTestError::io("writing a file for postgres"))?;
         if let Some((uid, gid)) = self.run_as {
-            std::os::unix::fs::chown(&pwfile, Some(uid.as_raw()), Some(gid.as_raw()))
-                .map_err(PgTestError::io("giving the password file to postgres"))?;
+            std::os::unix::fs::chown(&path, Some(uid.as_raw()), Some(gid.as_raw()))
+                .map_err(PgTestError::io("giving a file to postgres"))?;
         }
+        Ok(path)
+    }
+
+    fn initdb(&self) -> Result<(), PgTestError> {
+        let pwfile = self.write_private("pwfile", &self.password)?;
         let output = self
             .command("initdb")
             .arg("--pgdata")
