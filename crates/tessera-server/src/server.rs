@@ -38,6 +38,7 @@ pub async fn run(
     let stopped = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;
     };
+    warn_about_plaintext_database(&config);
     if !config.http_listen.ip().is_loopback() {
         tracing::warn!(addr = %config.http_listen, "the HTTP endpoints (/metrics) listen beyond loopback");
     }
@@ -90,6 +91,21 @@ pub async fn run(
     http_result.context("HTTP server")?;
     tracing::info!("tessera-server stopped");
     Ok(())
+}
+
+/// Warns when the database connection is not verified TLS and leaves this machine: the
+/// registry (who may get which identity) would cross the network readable and changeable.
+fn warn_about_plaintext_database(config: &Config) {
+    let connect = &config.database.connect;
+    let local = connect.get_socket().is_some()
+        || matches!(connect.get_host(), "localhost" | "127.0.0.1" | "::1")
+        || connect.get_host().starts_with('/');
+    if !local && !matches!(connect.get_ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull) {
+        tracing::warn!(
+            host = connect.get_host(),
+            "the database connection is not sslmode=verify-full; add it (and sslrootcert) to database.url"
+        );
+    }
 }
 
 /// Connects and loads the replica, retrying while PostgreSQL is unreachable; `None` if
