@@ -1,7 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics` on an HTTP port.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,10 +16,11 @@ use crate::metrics::Metrics;
 /// How long `/readyz` waits for PostgreSQL to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the endpoints read.
+/// What the endpoints read. The HTTP port is up before the replica is (it waits for
+/// PostgreSQL at start), so a liveness probe passes while a readiness probe does not.
 #[derive(Clone, Debug)]
 pub(crate) struct Health {
-    pub(crate) replica: Arc<Replica>,
+    pub(crate) replica: Arc<OnceLock<Arc<Replica>>>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -30,13 +31,16 @@ async fn healthz() -> &'static str {
 /// Ready when PostgreSQL answers and the replica follows its changes: a replica that
 /// cannot write, or whose memory may be stale, should get no new admin or agent traffic.
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    if !h.replica.is_listening() {
+    let Some(replica) = h.replica.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n");
+    };
+    if !replica.is_listening() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: not following changes\n",
         );
     }
-    match tokio::time::timeout(READY_TIMEOUT, h.replica.store().ping()).await {
+    match tokio::time::timeout(READY_TIMEOUT, replica.store().ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n"),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -51,7 +55,7 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        h.metrics.render(&h.replica),
+        h.metrics.render(h.replica.get().map(|r| &**r)),
     )
 }
 

@@ -95,15 +95,17 @@ impl Metrics {
         self.pruned_changes.inc_by(n);
     }
 
-    /// The OpenMetrics text, with the replica's gauges read now.
-    pub(crate) fn render(&self, replica: &Replica) -> String {
-        let state = replica.state();
-        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.version.set(state.version);
-        self.listening.set(i64::from(replica.is_listening()));
-        self.entries.set(count(state.entries.len()));
-        self.consents.set(count(state.consents.len()));
-        self.nodes.set(count(state.nodes.len()));
+    /// The OpenMetrics text, with the replica's gauges read now (zero while starting).
+    pub(crate) fn render(&self, replica: Option<&Replica>) -> String {
+        if let Some(replica) = replica {
+            let state = replica.state();
+            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            self.version.set(state.version);
+            self.listening.set(i64::from(replica.is_listening()));
+            self.entries.set(count(state.entries.len()));
+            self.consents.set(count(state.consents.len()));
+            self.nodes.set(count(state.nodes.len()));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

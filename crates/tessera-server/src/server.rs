@@ -1,7 +1,7 @@
 //! Wiring of the `tessera-server` binary: connect to PostgreSQL, load the replica, serve
 //! the admin socket and the HTTP endpoints, prune, run until shutdown.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -43,11 +43,30 @@ pub async fn run(
         tracing::warn!(addr = %config.http_listen, "the HTTP endpoints (/metrics) listen beyond loopback");
     }
 
+    let metrics = Arc::new(Metrics::default());
+    let started = Arc::new(OnceLock::new());
+    let (http_addr, http_server) = http::serve(
+        config.http_listen,
+        Health {
+            replica: Arc::clone(&started),
+            metrics: Arc::clone(&metrics),
+        },
+        stopped(stop.clone()),
+    )
+    .await?;
+    let http_server = tokio::spawn(http_server);
+    tracing::info!(http = %http_addr, "health endpoints up; connecting to PostgreSQL");
+
     let Some(replica) = start_replica(&config, stop.clone()).await? else {
-        return Ok(());
+        return http_server
+            .await
+            .context("HTTP server")?
+            .context("HTTP server");
     };
     let replica = Arc::new(replica);
-    let metrics = Arc::new(Metrics::default());
+    started
+        .set(Arc::clone(&replica))
+        .expect("the replica is started once");
 
     let listener = socket::bind_private(&config.admin_socket)?;
     let admin = AdminServer::new(AdminService::new(
@@ -59,15 +78,6 @@ pub async fn run(
     let admin_server = tonic::transport::Server::builder()
         .add_service(admin)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop.clone()));
-    let (http_addr, http_server) = http::serve(
-        config.http_listen,
-        Health {
-            replica: Arc::clone(&replica),
-            metrics: Arc::clone(&metrics),
-        },
-        stopped(stop.clone()),
-    )
-    .await?;
     let pruner = tokio::spawn(prune(
         replica.store().clone(),
         config.clone(),
@@ -83,6 +93,7 @@ pub async fn run(
     );
 
     let (admin_result, http_result) = tokio::join!(admin_server, http_server);
+    let http_result = http_result.context("HTTP server task")?;
     let _ = pruner.await;
     replica.shutdown().await;
     replica.store().close().await;
@@ -100,7 +111,12 @@ fn warn_about_plaintext_database(config: &Config) {
     let local = connect.get_socket().is_some()
         || matches!(connect.get_host(), "localhost" | "127.0.0.1" | "::1")
         || connect.get_host().starts_with('/');
-    if !local && !matches!(connect.get_ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull) {
+    if !local
+        && !matches!(
+            connect.get_ssl_mode(),
+            sqlx::postgres::PgSslMode::VerifyFull
+        )
+    {
         tracing::warn!(
             host = connect.get_host(),
             "the database connection is not sslmode=verify-full; add it (and sslrootcert) to database.url"

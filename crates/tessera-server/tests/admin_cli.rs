@@ -52,6 +52,13 @@ struct Replica {
 
 impl Replica {
     fn start(pg: &PgServer, database: &str, dir: &Path, name: &str) -> Replica {
+        let mut replica = Replica::spawn(pg, database, dir, name);
+        replica.until("ready", |r| r.get("/readyz").0 == 200);
+        replica
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    fn spawn(pg: &PgServer, database: &str, dir: &Path, name: &str) -> Replica {
         let password = dir.join("pgpassword");
         if !password.exists() {
             std::fs::write(&password, pg.password()).unwrap();
@@ -79,14 +86,12 @@ impl Replica {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start tessera-server");
-        let mut replica = Replica {
+        Replica {
             child,
             admin,
             http,
             log,
-        };
-        replica.until("ready", |r| r.get("/readyz").0 == 200);
-        replica
+        }
     }
 
     /// `tessera --admin-socket <this replica> ARGS --output json`.
@@ -349,6 +354,42 @@ async fn replicas_outlive_a_postgres_restart() {
         ids(&r.json(&["entry", "list"])).contains(&after_id)
     });
     assert_eq!(ids(&one.json(&["entry", "list"])).len(), 2);
+}
+
+/// A replica started before PostgreSQL is alive (`/healthz`) but not ready, and becomes
+/// ready and serves once PostgreSQL is up, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_before_postgres_waits_for_it() {
+    let Some(mut pg) = PgServer::start_or_skip("tessera-server admin").await else {
+        return;
+    };
+    let database = pg.create_database().await.unwrap();
+    let database = database.get_database().unwrap().to_owned();
+    pg.stop().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = Replica::spawn(&pg, &database, dir.path(), "early");
+    replica.until("alive", |r| r.get("/healthz").0 == 200);
+    let (status, body) = replica.get("/readyz");
+    assert_eq!((status, body.as_str()), (503, "not ready: starting\n"));
+    assert!(
+        !replica.admin.exists(),
+        "no admin socket before the registry is loaded"
+    );
+
+    pg.start_again().await.unwrap();
+    replica.until("ready", |r| r.get("/readyz").0 == 200);
+    let entry = replica.json(&[
+        "entry",
+        "create",
+        "--client",
+        "a",
+        "--selector",
+        "unix:uid:1",
+    ]);
+    assert_eq!(
+        ids(&replica.json(&["entry", "list"])),
+        [entry["id"].as_str().unwrap()]
+    );
 }
 
 fn own_uid() -> u32 {
