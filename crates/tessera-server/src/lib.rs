@@ -55,7 +55,7 @@ pub use join_token::{IssuedJoinToken, JoinToken, NewJoinToken};
 pub use limits::{JOIN_TOKEN_PREFIX, MAX_ATTESTATION_LEN, MAX_JOIN_TOKEN_TTL_SECS};
 pub use migrate::SCHEMA_VERSION;
 pub use node::{AttestationKind, NewNode, Node, NodeStatus};
-pub use replica::{Replica, ReplicaOptions, ReplicaState};
+pub use replica::{Replica, ReplicaOptions, ReplicaState, ReplicaUpdate};
 pub use store::{PgStore, PgStoreOptions, Written};
 pub use tessera_store::{
     AuditRecord, Consent, ConsentFilter, Entry, EntryKind, NewConsent, NewEntry,

@@ -25,7 +25,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tessera_store::{Consent, Entry};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::change::{Change, MAX_CHANGES_PAGE};
@@ -93,6 +93,34 @@ impl ReplicaState {
     }
 }
 
+/// What moved a replica's copy, for whoever serves it onward (the agents' sync streams):
+/// a follower applies these instead of asking PostgreSQL, so a change costs one query per
+/// replica however many agents follow it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ReplicaUpdate {
+    /// These changes moved the copy from version `from` to version `to`.
+    Changes {
+        /// The version before.
+        from: i64,
+        /// The version after.
+        to: i64,
+        /// The changes, each record as it is at `to`.
+        changes: Arc<[Change]>,
+    },
+    /// The copy was replaced by a snapshot at `version` (the log was pruned past it, or
+    /// the database was restored to an older version): followers start over from
+    /// [`Replica::state`].
+    Reloaded {
+        /// The snapshot's version.
+        version: i64,
+    },
+}
+
+/// Updates a subscriber may fall behind by before it gets `Lagged` (and must start over
+/// from [`Replica::state`]).
+const UPDATES_BUFFER: usize = 1024;
+
 fn upsert<T>(map: &mut BTreeMap<String, T>, key: String, value: Option<T>) {
     match value {
         Some(value) => map.insert(key, value),
@@ -106,6 +134,7 @@ fn upsert<T>(map: &mut BTreeMap<String, T>, key: String, value: Option<T>) {
 pub struct Replica {
     store: PgStore,
     state: watch::Receiver<Arc<ReplicaState>>,
+    updates: broadcast::Sender<ReplicaUpdate>,
     listening: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -129,6 +158,7 @@ impl Replica {
             nodes: by_key(snapshot.nodes, |n| n.name.clone()),
         };
         let (state_tx, state) = watch::channel(Arc::new(initial));
+        let (updates, _) = broadcast::channel(UPDATES_BUFFER);
         let (listening_tx, listening) = watch::channel(false);
         let (stop, stopped) = watch::channel(false);
         // The listener holds its connection for as long as it listens; a pool of one of
@@ -141,6 +171,7 @@ impl Replica {
             store: store.clone(),
             listen_pool,
             state: state_tx,
+            updates: updates.clone(),
             listening: listening_tx,
             options,
             stopped,
@@ -149,6 +180,7 @@ impl Replica {
         Ok(Replica {
             store,
             state,
+            updates,
             listening,
             stop,
             task: std::sync::Mutex::new(Some(task)),
@@ -163,6 +195,14 @@ impl Replica {
     /// A receiver that sees every new copy.
     pub fn watch(&self) -> watch::Receiver<Arc<ReplicaState>> {
         self.state.clone()
+    }
+
+    /// Every update from now on. To follow the copy: subscribe, *then* take
+    /// [`Replica::state`] (version `v`); skip updates with `to <= v`; apply the others,
+    /// each of which starts where the one before ended (`from` = the previous `to`); on a
+    /// [`ReplicaUpdate::Reloaded`], or on `Lagged`, take [`Replica::state`] again.
+    pub fn subscribe(&self) -> broadcast::Receiver<ReplicaUpdate> {
+        self.updates.subscribe()
     }
 
     /// Waits until the copy has reached `version` (a write's [`crate::Written::version`]:
@@ -218,6 +258,7 @@ struct Sync {
     store: PgStore,
     listen_pool: PgPool,
     state: watch::Sender<Arc<ReplicaState>>,
+    updates: broadcast::Sender<ReplicaUpdate>,
     listening: watch::Sender<bool>,
     options: ReplicaOptions,
     stopped: watch::Receiver<bool>,
@@ -314,11 +355,18 @@ impl Sync {
                 Ok(batch) => {
                     if batch.version != held.version {
                         let mut next = ReplicaState::clone(&held);
-                        for change in batch.changes {
-                            next.apply(change);
+                        for change in &batch.changes {
+                            next.apply(change.clone());
                         }
                         next.version = batch.version;
+                        // State first: a follower that sees the update can read the
+                        // state it leads to.
                         self.state.send_replace(Arc::new(next));
+                        let _ = self.updates.send(ReplicaUpdate::Changes {
+                            from: held.version,
+                            to: batch.version,
+                            changes: batch.changes.into(),
+                        });
                     }
                     if !batch.more {
                         return Ok(());
@@ -342,6 +390,9 @@ impl Sync {
                         consents: by_key(snapshot.consents, |c| c.id.clone()),
                         nodes: by_key(snapshot.nodes, |n| n.name.clone()),
                     }));
+                    let _ = self.updates.send(ReplicaUpdate::Reloaded {
+                        version: snapshot.version,
+                    });
                     return Ok(());
                 }
                 Err(error) => return Err(error),

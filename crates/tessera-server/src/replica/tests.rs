@@ -285,3 +285,119 @@ async fn a_replica_does_not_start_without_postgres() {
         "{error:?}"
     );
 }
+
+/// A follower that subscribes, takes the state, then applies the updates as
+/// `subscribe` says, holds exactly the replica's copy after writes from both replicas and
+/// after a reload from a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_applying_updates_holds_the_replicas_copy() {
+    let Some(pg) = PgServer::start_or_skip("replica").await else {
+        return;
+    };
+    let options = pg.create_database().await.unwrap();
+    let one = second_store(&pg, &options).await;
+    let two = second_store(&pg, &options).await;
+    one.create_entry(new_entry("early", &["x"]), "")
+        .await
+        .unwrap();
+    let followed = replica(
+        &two,
+        ReplicaOptions::default().poll_interval(Duration::from_secs(3600)),
+    )
+    .await;
+    until("listening", || followed.is_listening()).await;
+
+    let mut updates = followed.subscribe();
+    let mut copy = ReplicaState::clone(&followed.state());
+    let writer = {
+        let one = one.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..60 {
+                last = match i % 3 {
+                    0 => {
+                        one.create_entry(new_entry("w", &[&format!("s{i}")]), "")
+                            .await
+                            .unwrap()
+                            .version
+                    }
+                    1 => {
+                        one.grant_consent(new_consent("w"), "")
+                            .await
+                            .unwrap()
+                            .version
+                    }
+                    _ => {
+                        let id = one.list_entries().await.unwrap().pop().unwrap().id;
+                        one.delete_entry(&id, "").await.unwrap().version
+                    }
+                };
+            }
+            last
+        })
+    };
+    let last = writer.await.unwrap();
+    let mut reloads = 0;
+    // Then a reload: a change the replica never hears of (no NOTIFY), pruned from the
+    // log together with everything before it, then a notification: the replica's next
+    // catch-up finds the log pruned past it and loads a snapshot.
+    reach(&followed, last).await;
+    let final_write = {
+        let mut tx = one.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO entries (id, kind, client, selectors, selectors_sha256, created_at)
+             VALUES ('silent', 'client', 'silent', ARRAY['x'], sha256('silent'), 0)",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let v: i64 =
+            sqlx::query_scalar("UPDATE change_version SET version = version + 1 RETURNING version")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        sqlx::query("INSERT INTO changes VALUES ($1, 0, 'entry', 'silent')")
+            .bind(v)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        v
+    };
+    assert_eq!(
+        one.prune_changes(1).await.unwrap(),
+        u64::try_from(final_write).unwrap()
+    );
+    sqlx::query("SELECT pg_notify('tessera_changes', $1)")
+        .bind(final_write.to_string())
+        .execute(&one.pool)
+        .await
+        .unwrap();
+    while copy.version < final_write {
+        match tokio::time::timeout(PATIENCE, updates.recv())
+            .await
+            .expect("an update")
+        {
+            Ok(ReplicaUpdate::Changes { from, to, changes }) => {
+                if to <= copy.version {
+                    continue;
+                }
+                assert_eq!(from, copy.version, "updates chain without gaps");
+                for change in changes.iter() {
+                    copy.apply(change.clone());
+                }
+                copy.version = to;
+            }
+            Ok(ReplicaUpdate::Reloaded { version }) => {
+                reloads += 1;
+                copy = ReplicaState::clone(&followed.state());
+                assert!(copy.version >= version);
+            }
+            Err(lagged) => panic!("{lagged:?}"),
+        }
+    }
+    assert_eq!(reloads, 1);
+    assert_eq!(copy, *reach(&followed, final_write).await);
+    assert_eq!(copy.entries.len(), 2, "early and silent");
+    assert_eq!(copy.consents.len(), 20);
+}
