@@ -11,6 +11,8 @@
 //! LISTEN/NOTIFY with a catch-up read after every (re)connection and on a timer, so a lost
 //! notification or a PostgreSQL restart loses nothing. While PostgreSQL is down a replica
 //! answers reads from memory, and writes fail with [`ServerStoreError::Unavailable`].
+//! [`Replica::subscribe`] hands the updates it applies to whoever serves the copy onward
+//! (the agents' sync streams), so a change costs one query per replica, not per agent.
 //!
 //! * `store`: connecting, the pool, migrations (`migrate`).
 //! * `version`: how a write gets its version, in order; `change`: the log's readers
@@ -23,8 +25,8 @@
 //! store), `http` and `metrics` (`/healthz`, `/readyz`, `/metrics`), `socket` (binding
 //! the admin socket).
 //!
-//! * `error`: [`ServerStoreError`] and its groups; `limits`: input limits; `node_name`: the node-name
-//!   rule; `clock`: the wall clock as recorded.
+//! * `error`: [`ServerStoreError`] and its groups; `limits`: input limits;
+//!   `node_name`: the node-name rule; `clock`: the wall clock as recorded.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
