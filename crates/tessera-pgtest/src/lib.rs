@@ -144,8 +144,21 @@ impl PgServer {
                 format!("ssl_key_file={dir}/server.key"),
             ]);
         }
-        server.port = free_port()?;
-        server.spawn().await?;
+        // The free port can be taken by another process before postgres binds it (test
+        // binaries run side by side): then postgres exits saying so, and another port is
+        // tried.
+        let mut attempts = 0;
+        loop {
+            server.port = free_port()?;
+            match server.spawn().await {
+                Err(PgTestError::Exited { log, .. })
+                    if attempts < 3 && log.contains("could not bind") =>
+                {
+                    attempts += 1;
+                }
+                result => break result?,
+            }
+        }
         server.started_in = began.elapsed();
         Ok(server)
     }
