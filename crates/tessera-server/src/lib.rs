@@ -1,0 +1,67 @@
+//! The Tessera cluster control plane's state: registration entries, consents, attested
+//! nodes, join tokens and the audit log, in PostgreSQL, shared by every server replica.
+//!
+//! [`PgStore`] is the typed API over the database. Every change to an entry, a consent
+//! or a node commits together with its audit record and a new version in the change log,
+//! and notifies `tessera_changes` in the same transaction; versions become visible in
+//! order (see `version.rs`), so "everything up to version v" is a well-defined state that
+//! [`PgStore::snapshot`] returns and [`PgStore::changes_since`] moves forward.
+//!
+//! [`Replica`] is one server replica's in-memory copy of that state, kept current by
+//! LISTEN/NOTIFY with a catch-up read after every (re)connection and on a timer, so a lost
+//! notification or a PostgreSQL restart loses nothing. While PostgreSQL is down a replica
+//! answers reads from memory, and writes fail with [`ServerStoreError::Unavailable`].
+//! [`Replica::subscribe`] hands the updates it applies to whoever serves the copy onward
+//! (the agents' sync streams), so a change costs one query per replica, not per agent.
+//!
+//! * `store`: connecting, the pool, migrations (`migrate`).
+//! * `version`: how a write gets its version, in order; `change`: the log's readers
+//!   (snapshots, changes since a version, pruning).
+//! * `entry`, `consent`, `node`, `join_token`, `audit`: one record kind each.
+//! * `replica`: the in-memory copy and its sync loop.
+//!
+//! The `tessera-server` binary is [`server::run`] with a [`config::Config`]: `admin`
+//! (`tessera.v1.Admin` on a 0600 unix socket, reads from the replica, writes through the
+//! store), `http` and `metrics` (`/healthz`, `/readyz`, `/metrics`), `socket` (binding
+//! the admin socket).
+//!
+//! * `error`: [`ServerStoreError`] and its groups; `limits`: input limits;
+//!   `node_name`: the node-name rule; `clock`: the wall clock as recorded.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod admin;
+mod audit;
+mod change;
+mod clock;
+pub mod config;
+mod consent;
+mod entry;
+mod error;
+mod http;
+mod join_token;
+mod limits;
+mod metrics;
+mod migrate;
+mod node;
+mod node_name;
+mod replica;
+pub mod server;
+mod socket;
+mod store;
+mod version;
+
+pub use change::{Change, Changes, MAX_CHANGES_PAGE, Snapshot};
+pub use error::{Conflict, InvalidInput, MigrationError, NotFound, ServerStoreError, Unavailable};
+pub use join_token::{IssuedJoinToken, JoinToken, NewJoinToken};
+pub use limits::{JOIN_TOKEN_PREFIX, MAX_ATTESTATION_LEN, MAX_JOIN_TOKEN_TTL_SECS};
+pub use migrate::SCHEMA_VERSION;
+pub use node::{AttestationKind, NewNode, Node, NodeStatus};
+pub use replica::{Replica, ReplicaOptions, ReplicaState, ReplicaUpdate};
+pub use store::{PgStore, PgStoreOptions, Written};
+pub use tessera_store::{
+    AuditRecord, Consent, ConsentFilter, Entry, EntryKind, NewConsent, NewEntry,
+};
+
+#[cfg(test)]
+pub(crate) mod testing;
