@@ -22,7 +22,6 @@ import time
 from urllib.parse import parse_qs, urlparse
 
 import anyio
-import httpcore2
 import httpx2
 from mcp import ClientSession
 from mcp.client.auth.extensions.client_credentials import PrivateKeyJWTOAuthProvider
@@ -39,71 +38,31 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # === TLS: the trust domain's bundle, and the server's SPIFFE ID ===
 
 
-def pinned_context(bundle):
+class _ServerIdCheck(ssl.SSLObject):
+    """Checks, when the handshake completes and before a byte of the request is written,
+    that the server's certificate names exactly the expected SPIFFE ID (the way
+    clients/python's TaskSSLContext does): without it any workload holding an SVID of
+    the trust domain could pose as the server and be handed the assertion and the token."""
+
+    def do_handshake(self):
+        super().do_handshake()
+        expected = self.context.expected_server_id
+        cert = self.getpeercert() or {}
+        uris = [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
+        if uris != [expected]:
+            raise ssl.SSLCertVerificationError(f"server presented {uris}, expected {expected}")
+
+
+def pinned_context(bundle, server_id):
     """Trusts exactly the trust domain's CAs. The server's SVID names it by one URI SAN
     (spiffe://<td>/mcp/<server>) and no DNS name or IP, so Python's hostname check can
-    only be switched off; ServerIdBackend puts the identity check back."""
+    only be switched off; _ServerIdCheck puts the identity check back."""
     pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in bundle.x509_authorities)
     ctx = ssl.create_default_context(cadata=pem)
     ctx.check_hostname = False
+    ctx.sslobject_class = _ServerIdCheck
+    ctx.expected_server_id = server_id
     return ctx
-
-
-class _CheckedStream(httpcore2.AsyncNetworkStream):
-    def __init__(self, inner, expected):
-        self._inner, self._expected = inner, expected
-
-    async def read(self, max_bytes, timeout=None):
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer, timeout=None):
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self):
-        await self._inner.aclose()
-
-    def get_extra_info(self, info):
-        return self._inner.get_extra_info(info)
-
-    async def start_tls(self, ssl_context, server_hostname=None, timeout=None):
-        tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        cert = tls.get_extra_info("ssl_object").getpeercert() or {}
-        uris = [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
-        if uris != [self._expected]:
-            await tls.aclose()
-            raise httpcore2.ConnectError(f"server presented {uris}, expected {self._expected}")
-        return tls
-
-
-class ServerIdBackend(httpcore2.AsyncNetworkBackend):
-    """Checks, after the handshake and before a byte of the request is written, that
-    the server's certificate names exactly the expected SPIFFE ID: without it any
-    workload holding an SVID of the trust domain could pose as the server and be
-    handed the assertion and the access token."""
-
-    def __init__(self, expected):
-        self._inner, self._expected = httpcore2.AnyIOBackend(), expected
-
-    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        inner = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _CheckedStream(inner, self._expected)
-
-    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        raise httpcore2.ConnectError("an MCP server URL is https")
-
-    async def sleep(self, seconds):
-        await self._inner.sleep(seconds)
-
-
-class PinnedTransport(httpx2.AsyncHTTPTransport):
-    """httpx2's transport with the pool built on ServerIdBackend (httpx2 has no public
-    knob for the network backend, hence the private `_pool`)."""
-
-    def __init__(self, ctx, server_id):
-        super().__init__(verify=ctx)
-        self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=ctx, network_backend=ServerIdBackend(server_id)
-        )
 
 
 # === what the SDK needs from us: token storage and the assertion ===
@@ -195,7 +154,8 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
     task_id, task_spiffe_id = begun.task.id, begun.task.spiffe_id
     workload = WorkloadApiClient(socket_path=f"unix://{socket}")
     td = SpiffeId(task_spiffe_id).trust_domain
-    ctx = pinned_context(workload.fetch_x509_bundles(timeout=10).get_bundle_for_trust_domain(td))
+    bundle = workload.fetch_x509_bundles(timeout=10).get_bundle_for_trust_domain(td)
+    ctx = pinned_context(bundle, server_id)
 
     audiences = []
 
@@ -220,10 +180,9 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
         issuer=origin(url),
     )
     result = {"task_id": task_id, "task_spiffe_id": task_spiffe_id}
-    transport = PinnedTransport(ctx, server_id)
-    raw = httpx2.AsyncClient(transport=PinnedTransport(ctx, server_id), timeout=30)
+    raw = httpx2.AsyncClient(verify=ctx, timeout=30)
     sdk_http = httpx2.AsyncClient(
-        transport=transport, auth=auth, timeout=30, event_hooks={"response": [trace.on_response]}
+        verify=ctx, auth=auth, timeout=30, event_hooks={"response": [trace.on_response]}
     )
 
     async def token_request(endpoint, **form):
