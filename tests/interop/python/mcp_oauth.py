@@ -207,18 +207,18 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
                 result["granted_scope"] = storage.tokens.scope if storage.tokens else None
                 tools = await session.list_tools()
                 result["tools"] = sorted(t.name for t in tools.tools)
-                r = await session.call_tool("get_pull_request", {"number": 42})
+                r = await session.call_tool("get_pull_request", {"repo": "acme/api", "number": 42})
                 result["allowed"] = call_outcome(r)
 
                 # Within the task but beyond the token: the SDK steps up on the 403.
                 mark = len(trace.exchanges)
-                r = await session.call_tool("list_pulls", {})
+                r = await session.call_tool("list_pulls", {"repo": "acme/api"})
                 result["step_up"] = call_outcome(r)
                 result["step_up_trace"] = trace.exchanges[mark:]
                 result["scope_after_step_up"] = storage.tokens.scope if storage.tokens else None
 
                 # Consented but not in the task: the server refuses the call itself.
-                r = await session.call_tool("delete_branch", {"branch": "main"})
+                r = await session.call_tool("delete_branch", {"repo": "acme/api", "branch": "feature-x"})
                 result["out_of_task"] = call_outcome(r)
 
                 # The token endpoint, asked directly as the SDK would be.
@@ -257,7 +257,7 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
 
                 # The SDK's own token expired too: it fetches a new one by itself.
                 mark = len(trace.exchanges)
-                r = await session.call_tool("get_pull_request", {"number": 42})
+                r = await session.call_tool("get_pull_request", {"repo": "acme/api", "number": 42})
                 result["after_expiry"] = call_outcome(r)
                 result["after_expiry_token_requests"] = sum(
                     1 for e in trace.exchanges[mark:] if e["path"].endswith("/token")
@@ -271,7 +271,7 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
                 while time.monotonic() < deadline:
                     try:
                         with anyio.fail_after(15):
-                            r = await session.call_tool("get_pull_request", {"number": 42})
+                            r = await session.call_tool("get_pull_request", {"repo": "acme/api", "number": 42})
                         outcome = call_outcome(r)
                         if not outcome["is_error"]:
                             await anyio.sleep(0.02)

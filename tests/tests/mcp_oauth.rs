@@ -1,0 +1,435 @@
+//! MCP's OAuth path across processes: a real agent, the example MCP server accepting
+//! bearer tokens from its own token endpoint, and clients that hold no certificate:
+//! the stock Python MCP SDK (`PrivateKeyJWTOAuthProvider`, its assertion a task JWT-SVID
+//! from py-spiffe) finding its way by the specification's discovery, and the example
+//! agent runtime's bearer mode. Refusals are checked for the status and
+//! `WWW-Authenticate` the specification gives them.
+
+#[path = "support/mcp.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{CONSENTED, McpServer, RUNTIME_BIN, SERVER_BIN, SUBJECT, Trust, args, grant};
+use tessera_e2e::interop::{proto_dir, python, python_mcp_oauth_script, run_python_script};
+use tessera_e2e::{TRUST_DOMAIN, TestAgent, bin};
+use tessera_example_agent_runtime::bearer::{
+    TokenError, connect_task_bearer, discover, request_token, server_only_tls,
+};
+use tessera_example_agent_runtime::{
+    TaskRequest, Workload, http_client, install_crypto_provider, measure_refusal_after_end,
+    tls_config,
+};
+
+const CLIENT: &str = "code-reviewer";
+
+fn origin(url: &str) -> &str {
+    url.strip_suffix("/mcp").expect("an /mcp URL")
+}
+
+fn header(v: &Value) -> &str {
+    v["www_authenticate"].as_str().unwrap_or_default()
+}
+
+/// An agent with `exe` registered as the code reviewer, the server binary as `github`,
+/// consent for [`CONSENTED`], and a server started with `flags`.
+async fn agent_and_server(exe: &std::path::Path, flags: &[&str]) -> (TestAgent, McpServer) {
+    let agent = TestAgent::with_client(CLIENT, exe).await.unwrap();
+    agent
+        .register_exe("", "github", &bin(SERVER_BIN))
+        .await
+        .unwrap();
+    grant(&agent, CLIENT, CONSENTED).await.unwrap();
+    let server = McpServer::start(&agent, "main", Trust::Workload, flags)
+        .await
+        .unwrap();
+    (agent, server)
+}
+
+#[tokio::test]
+async fn python_mcp_sdk_gets_in_by_discovery_steps_up_and_is_refused_as_the_spec_says() {
+    let Some(python) = python() else { return };
+    let (agent, server) =
+        agent_and_server(&python, &["--accept", "both", "--token-ttl", "10s"]).await;
+    // The same server identity at another URL: its tokens are for another resource.
+    let other = McpServer::start(&agent, "other", Trust::Workload, &["--accept", "bearer"])
+        .await
+        .unwrap();
+    let server_id = format!("spiffe://{TRUST_DOMAIN}/mcp/github");
+    let proto = proto_dir();
+    let r = run_python_script(
+        &python,
+        &python_mcp_oauth_script(),
+        &[
+            &agent.workload_path(),
+            proto.to_str().unwrap(),
+            &server.url,
+            &server_id,
+            &other.url,
+            "10",
+        ],
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\nserver log:\n{}\nagent log:\n{}",
+            server.log_text(),
+            agent.log_text()
+        )
+    });
+    let context = format!("{r:#}\nserver log:\n{}", server.log_text());
+    let url = server.url.as_str();
+
+    // Discovery, exactly as the specification walks it.
+    let d = r["discovery"].as_array().expect("discovery trace");
+    let steps: Vec<(String, String, u64)> = d
+        .iter()
+        .map(|e| {
+            (
+                e["method"].as_str().unwrap().to_owned(),
+                e["path"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, u64)> = [
+        ("POST", "/mcp", 401),
+        ("GET", "/.well-known/oauth-protected-resource/mcp", 200),
+        ("GET", "/.well-known/oauth-authorization-server", 200),
+        ("POST", "/oauth/token", 200),
+        ("POST", "/mcp", 200),
+    ]
+    .iter()
+    .map(|(m, p, s)| (m.to_string(), p.to_string(), *s))
+    .collect();
+    assert_eq!(steps[..want.len()], want[..], "{context}");
+    assert!(
+        header(&d[0]).contains(&format!(
+            r#"resource_metadata="{}/.well-known/oauth-protected-resource/mcp""#,
+            origin(url)
+        )),
+        "{context}"
+    );
+    let token_request = &d[3];
+    assert_eq!(token_request["resource"], url, "{context}");
+    assert_eq!(
+        token_request["scope"], "github/tool/get_pull_request",
+        "{context}"
+    );
+    assert_eq!(
+        token_request["form_keys"],
+        json!([
+            "client_assertion",
+            "client_assertion_type",
+            "grant_type",
+            "resource",
+            "scope"
+        ]),
+        "{context}"
+    );
+    // The SDK asked for assertions with the issuer as audience, nothing else.
+    assert_eq!(r["audiences"], json!([origin(url)]), "{context}");
+
+    // The token carries what was asked; lists and calls follow the token's scopes.
+    assert_eq!(
+        r["granted_scope"], "github/tool/get_pull_request",
+        "{context}"
+    );
+    assert_eq!(r["tools"], json!(["get_pull_request"]), "{context}");
+    assert_eq!(r["allowed"]["is_error"], false, "{context}");
+    assert!(
+        r["allowed"]["text"].as_str().unwrap().contains("acme/api"),
+        "{context}"
+    );
+
+    // Within the task, beyond the token: 403 insufficient_scope naming the scope, the
+    // SDK asks for the union and the call goes through.
+    let step_up = r["step_up_trace"].as_array().unwrap();
+    let challenge = step_up
+        .iter()
+        .find(|e| e["status"] == 403)
+        .unwrap_or_else(|| panic!("no 403 in the step-up: {context}"));
+    assert!(
+        header(challenge).contains(r#"error="insufficient_scope""#)
+            && header(challenge).contains(r#"scope="github/tool/list_pulls""#),
+        "{context}"
+    );
+    let again = step_up
+        .iter()
+        .find(|e| e["path"] == "/oauth/token")
+        .unwrap_or_else(|| panic!("no token request in the step-up: {context}"));
+    let asked: Vec<&str> = again["scope"].as_str().unwrap().split(' ').collect();
+    assert!(
+        asked.contains(&"github/tool/get_pull_request")
+            && asked.contains(&"github/tool/list_pulls"),
+        "{context}"
+    );
+    assert_eq!(r["step_up"]["is_error"], false, "{context}");
+
+    // Beyond the task: the call itself is refused, as for mTLS (HTTP 200, a denial).
+    assert_eq!(r["out_of_task"]["is_error"], true, "{context}");
+    assert_eq!(r["out_of_task"]["reason"], "out_of_scope", "{context}");
+
+    // The token endpoint: scopes beyond the task, another resource.
+    assert_eq!(r["scope_beyond_task"]["status"], 400, "{context}");
+    assert_eq!(
+        r["scope_beyond_task"]["error"], "invalid_scope",
+        "{context}"
+    );
+    assert_eq!(
+        r["other_resource_at_token_endpoint"]["status"], 400,
+        "{context}"
+    );
+    assert_eq!(
+        r["other_resource_at_token_endpoint"]["error"], "invalid_target",
+        "{context}"
+    );
+
+    // A token the other deployment minted for itself, and an expired one: 401 with
+    // invalid_token and the way to a new one.
+    assert_eq!(r["other_server_issued"], 200, "{context}");
+    for case in ["token_for_other_resource", "expired"] {
+        let c = &r[case];
+        assert_eq!(c["status"], 401, "{case}: {context}");
+        assert!(
+            header(c).starts_with("Bearer ")
+                && header(c).contains(r#"error="invalid_token""#)
+                && header(c).contains("resource_metadata="),
+            "{case}: {context}"
+        );
+    }
+    // The SDK noticed its own token expiring and fetched another.
+    assert_eq!(r["after_expiry"]["is_error"], false, "{context}");
+    assert!(
+        r["after_expiry_token_requests"].as_u64().unwrap() >= 1,
+        "{context}"
+    );
+
+    // After EndTask: the open session is refused, and no new token is issued.
+    let ended = &r["ended_task_sdk"];
+    assert!(
+        ended["reason"] == "revoked" || ended.get("exception").is_some(),
+        "the ended task's call was not refused: {context}"
+    );
+    assert_eq!(r["ended_task_token_endpoint"]["status"], 400, "{context}");
+    assert_eq!(
+        r["ended_task_token_endpoint"]["error"], "invalid_grant",
+        "{context}"
+    );
+}
+
+/// Begins a task for [`SUBJECT`] on `github` as this (registered) process.
+async fn begin_task(
+    agent: &TestAgent,
+    scopes: &[&str],
+) -> (Workload, tessera_proto::tessera::v1::Task) {
+    install_crypto_provider();
+    let w = Workload::connect(&agent.endpoint()).await.unwrap();
+    let task = w
+        .begin_task(&TaskRequest {
+            server: "github".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            subject: SUBJECT.into(),
+            purpose: "review PR 42".into(),
+            lifetime_secs: 0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("BeginTask: {e}\nagent log:\n{}", agent.log_text()));
+    (w, task)
+}
+
+#[tokio::test]
+async fn a_bearer_task_without_a_certificate_calls_and_is_refused_after_end_task() {
+    let exe = std::env::current_exe().unwrap();
+    let (agent, server) = agent_and_server(&exe, &["--accept", "bearer"]).await;
+    agent
+        .register_exe(CLIENT, "", &bin(RUNTIME_BIN))
+        .await
+        .unwrap();
+    let (w, task) = begin_task(
+        &agent,
+        &["github/tool/get_pull_request", "github/tool/list_pulls"],
+    )
+    .await;
+    let (conn, token, discovery) =
+        connect_task_bearer(&w, &server.url, &task.spiffe_id, "github", None)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\nserver log:\n{}", server.log_text()));
+    assert_eq!(discovery.resource, server.url);
+    assert_eq!(discovery.issuer, origin(&server.url));
+    // No scope asked: all of the task's.
+    let mut granted: Vec<&str> = token.scope.split(' ').collect();
+    granted.sort();
+    assert_eq!(
+        granted,
+        ["github/tool/get_pull_request", "github/tool/list_pulls"]
+    );
+
+    let mut tools = conn.list_tools().await.unwrap();
+    tools.sort();
+    assert_eq!(tools, ["get_pull_request", "list_pulls"]);
+    let out = conn
+        .call(
+            "get_pull_request",
+            args(json!({"repo": "acme/api", "number": 42})),
+        )
+        .await;
+    assert!(out.is_ok(), "{out:?}\n{}", server.log_text());
+    let out = conn
+        .call(
+            "delete_branch",
+            args(json!({"repo": "acme/api", "branch": "feature-x"})),
+        )
+        .await;
+    assert_eq!(out.denial_reason(), Some("out_of_scope"), "{out:?}");
+
+    let m = measure_refusal_after_end(
+        &w,
+        &conn,
+        &task.id,
+        "get_pull_request",
+        args(json!({"repo": "acme/api", "number": 42})),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !m.outcome.is_ok(),
+        "still served after EndTask: {:?}",
+        m.outcome
+    );
+
+    // And the ended task gets no new token.
+    let tls = server_only_tls(
+        w.x509_bundle(TRUST_DOMAIN).await.unwrap(),
+        TRUST_DOMAIN,
+        "github",
+    )
+    .unwrap();
+    let http = http_client(tls).unwrap();
+    let refused = match w.task_jwt(&task.spiffe_id, &discovery.issuer).await {
+        // The agent already refuses the JWT-SVID of an ended task; nothing to present.
+        Err(_) => None,
+        Ok(assertion) => Some(
+            request_token(&http, &discovery, &assertion, None)
+                .await
+                .expect_err("a token for an ended task"),
+        ),
+    };
+    if let Some(e) = refused {
+        assert_eq!(e.code(), Some("invalid_grant"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn each_server_accepts_only_the_credentials_it_is_configured_for() {
+    let exe = std::env::current_exe().unwrap();
+    let (agent, mtls_only) = agent_and_server(&exe, &[]).await;
+    let bearer_only = McpServer::start(&agent, "bearer", Trust::Workload, &["--accept", "bearer"])
+        .await
+        .unwrap();
+    let (w, task) = begin_task(&agent, &["github/tool/get_pull_request"]).await;
+    let cred = w
+        .task_credential(&task.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    // The default (mTLS) server: no certificate, no connection; and no token endpoint.
+    let no_cert =
+        http_client(server_only_tls(cred.bundle.clone(), TRUST_DOMAIN, "github").unwrap()).unwrap();
+    assert!(
+        no_cert.get(&mtls_only.url).send().await.is_err(),
+        "an mTLS server served a client without a certificate"
+    );
+    let with_cert = http_client(tls_config(&cred, "github").unwrap()).unwrap();
+    let resp = with_cert
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            origin(&mtls_only.url)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        404,
+        "an mTLS-only server has no authorization server"
+    );
+
+    // The bearer-only server: a client certificate alone is not a credential.
+    let e = discover(&with_cert, &bearer_only.url).await;
+    assert!(e.is_ok(), "{e:?}\n{}", bearer_only.log_text());
+    let resp = with_cert
+        .post(&bearer_only.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let www = resp.headers()["www-authenticate"].to_str().unwrap();
+    assert!(www.contains("resource_metadata="), "{www}");
+}
+
+#[tokio::test]
+async fn cert_bound_tokens_are_refused_without_their_certificate() {
+    let exe = std::env::current_exe().unwrap();
+    let (agent, server) =
+        agent_and_server(&exe, &["--accept", "both", "--require-cert-bound-tokens"]).await;
+    let (w, task) = begin_task(&agent, &["github/tool/get_pull_request"]).await;
+    let cred = w
+        .task_credential(&task.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let with_cert = http_client(tls_config(&cred, "github").unwrap()).unwrap();
+    let no_cert =
+        http_client(server_only_tls(cred.bundle.clone(), TRUST_DOMAIN, "github").unwrap()).unwrap();
+    let discovery = discover(&no_cert, &server.url).await.unwrap();
+    let assertion = w
+        .task_jwt(&task.spiffe_id, &discovery.issuer)
+        .await
+        .unwrap();
+
+    // Issued over mTLS: bound to the task's certificate.
+    let bound = request_token(&with_cert, &discovery, &assertion, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_text()));
+    // Issued without a certificate: nothing to bind to, so this server refuses to use it.
+    let unbound = request_token(&no_cert, &discovery, &assertion, None).await;
+
+    let ping = |http: &reqwest::Client, token: &str| {
+        http.post(&server.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .bearer_auth(token)
+            .body(
+                json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+                    "protocolVersion":"2025-06-18","capabilities":{},
+                    "clientInfo":{"name":"e2e","version":"0"}}})
+                .to_string(),
+            )
+            .send()
+    };
+    // With its certificate: served.
+    let resp = ping(&with_cert, &bound.token).await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", server.log_text());
+    // The same token from a connection without that certificate: 401 invalid_token.
+    let resp = ping(&no_cert, &bound.token).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let www = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(www.contains(r#"error="invalid_token""#), "{www}");
+    // An unbound token is no good here, whichever way it got issued.
+    match unbound {
+        Err(TokenError::Refused { .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(t) => {
+            let resp = ping(&with_cert, &t.token).await.unwrap();
+            assert_eq!(resp.status(), 401, "an unbound token was served");
+        }
+    }
+}
