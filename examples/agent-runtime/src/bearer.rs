@@ -100,7 +100,10 @@ impl fmt::Display for TokenError {
                 status,
                 error,
                 description,
-            } => write!(f, "token endpoint refused ({status} {error}): {description}"),
+            } => write!(
+                f,
+                "token endpoint refused ({status} {error}): {description}"
+            ),
             TokenError::Transport(e) => write!(f, "token request failed: {e:#}"),
         }
     }
@@ -122,12 +125,13 @@ pub fn server_only_tls(
         .parse()
         .map_err(|e| anyhow!("server {server:?}: {e}"))?;
     let verifier = Arc::new(ExpectedServerVerifier::new(&expected, bundle)?);
-    let mut cfg =
-        rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()?
+    .dangerous()
+    .with_custom_certificate_verifier(verifier)
+    .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -254,13 +258,10 @@ pub async fn request_token(
         .await
         .map_err(|e| TokenError::Transport(e.into()))?;
     let status = resp.status();
-    let bytes = read_bounded(resp)
-        .await
-        .map_err(TokenError::Transport)?;
+    let bytes = read_bounded(resp).await.map_err(TokenError::Transport)?;
     if !status.is_success() {
-        let e: ErrorResponse = serde_json::from_slice(&bytes).map_err(|e| {
-            TokenError::Transport(anyhow!("token endpoint answered {status}: {e}"))
-        })?;
+        let e: ErrorResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| TokenError::Transport(anyhow!("token endpoint answered {status}: {e}")))?;
         return Err(TokenError::Refused {
             status: status.as_u16(),
             error: e.error,
