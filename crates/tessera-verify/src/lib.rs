@@ -109,7 +109,7 @@ pub use authz::Authorizer;
 pub use background::Background;
 pub use conn::ConnectionSpan;
 pub use decision::{Decision, Reason};
-pub use peer::{Peer, PeerError};
+pub use peer::{AuthMethod, Credential, Peer, PeerError, TokenCredential};
 pub use request::{McpMethod, McpRequest};
 pub use revocation::{RevocationStatus, RevocationWatcher};
 pub use tls::{ServerTlsBuilder, TlsError};
