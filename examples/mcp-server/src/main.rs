@@ -1,13 +1,18 @@
-//! `tessera-example-mcp-server`: an rmcp streamable-HTTP MCP server over mTLS, with every
+//! `tessera-example-mcp-server`: an rmcp streamable-HTTP MCP server over TLS, with every
 //! request authorized by tessera-verify (identity, task scope, revocation, Cedar policy).
+//! Callers prove themselves with a task SVID (mTLS), an OAuth access token from this
+//! server's own token endpoint (bearer), or either (`--accept`).
 //!
 //! Prints exactly one line to stdout once it accepts connections:
 //! `listening on <addr>`; everything else (logs, audit) goes to stderr.
 //!
 //! * this file: flags, TLS, the Tessera checks and the HTTP server around the tools.
+//! * `oauth`: the flags of the bearer path and the layers they build (token endpoint,
+//!   resource server).
 //! * `tools`: the pretend GitHub (tools, README resources, subscriptions); no identity
 //!   or policy.
 
+mod oauth;
 mod tools;
 
 use std::convert::Infallible;
@@ -48,6 +53,17 @@ const DEFAULT_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/gith
 /// Revocations come from the agent's feed on the workload socket; the server starts
 /// listening only once the feed is current, and without a socket only with
 /// --dangerous-no-revocation.
+///
+/// Callers: by default a task presents its X.509-SVID as the TLS client certificate
+/// (--accept mtls). With --accept bearer or both, the server is also its own OAuth
+/// authorization server, as the MCP specification has clients find it: a request without
+/// a credential is answered 401 naming the Protected Resource Metadata
+/// (/.well-known/oauth-protected-resource/mcp), whose authorization server's metadata
+/// (/.well-known/oauth-authorization-server) names the token endpoint (/oauth/token).
+/// There a task trades its JWT-SVID (FetchJWTSVID, audience = this server's issuer, the
+/// origin of --resource-url) for an access token for --resource-url, and sends it as
+/// `Authorization: Bearer`. A token is checked like the task's certificate: expiry,
+/// revocation, scopes (narrowed to the token's), Cedar policy, audit.
 #[derive(Debug, Parser)]
 #[command(name = "tessera-example-mcp-server", version)]
 struct Args {
@@ -131,6 +147,9 @@ struct Args {
     /// session binding). Never use this to protect anything.
     #[arg(long)]
     dangerous_no_authorization: bool,
+
+    #[command(flatten)]
+    oauth: oauth::OAuthArgs,
 }
 
 fn socket_path(s: &str) -> PathBuf {
