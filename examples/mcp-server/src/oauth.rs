@@ -158,10 +158,14 @@ mod tests {
         assert_eq!(plan.resource, "https://127.0.0.1:8443/mcp");
         assert_eq!(plan.issuer, "https://127.0.0.1:8443");
         assert!(plan.mtls);
-        let plan = args(Accept::Bearer, false, Some("https://mcp.acme.corp/github/mcp"))
-            .plan(LISTEN.parse().unwrap())
-            .unwrap()
-            .unwrap();
+        let plan = args(
+            Accept::Bearer,
+            false,
+            Some("https://mcp.acme.corp/github/mcp"),
+        )
+        .plan(LISTEN.parse().unwrap())
+        .unwrap()
+        .unwrap();
         assert_eq!(plan.issuer, "https://mcp.acme.corp");
         assert!(!plan.mtls);
     }
@@ -169,12 +173,30 @@ mod tests {
     #[test]
     fn flags_that_cannot_work_together_are_refused_at_start() {
         let listen = LISTEN.parse().unwrap();
-        assert!(args(Accept::Mtls, false, None).plan(listen).unwrap().is_none());
+        assert!(
+            args(Accept::Mtls, false, None)
+                .plan(listen)
+                .unwrap()
+                .is_none()
+        );
         assert!(args(Accept::Mtls, true, None).plan(listen).is_err());
-        assert!(args(Accept::Mtls, false, Some("https://h/mcp")).plan(listen).is_err());
+        assert!(
+            args(Accept::Mtls, false, Some("https://h/mcp"))
+                .plan(listen)
+                .is_err()
+        );
         assert!(args(Accept::Bearer, true, None).plan(listen).is_err());
-        for bad in ["http://h/mcp", "https://u@h/mcp", "https://h/mcp?x=1", "https://h/mcp#f", "https:///mcp"] {
-            assert!(args(Accept::Both, false, Some(bad)).plan(listen).is_err(), "{bad}");
+        for bad in [
+            "http://h/mcp",
+            "https://u@h/mcp",
+            "https://h/mcp?x=1",
+            "https://h/mcp#f",
+            "https:///mcp",
+        ] {
+            assert!(
+                args(Accept::Both, false, Some(bad)).plan(listen).is_err(),
+                "{bad}"
+            );
         }
     }
 
