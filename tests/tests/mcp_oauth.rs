@@ -112,38 +112,42 @@ async fn python_mcp_sdk_gets_in_by_discovery_steps_up_and_is_refused_as_the_spec
     );
     let token_request = &d[3];
     assert_eq!(token_request["resource"], url, "{context}");
-    assert_eq!(
-        token_request["scope"], "github/tool/get_pull_request",
-        "{context}"
-    );
+    // No scope asked (the 401 names none): the token gets all of the task's.
     assert_eq!(
         token_request["form_keys"],
         json!([
             "client_assertion",
             "client_assertion_type",
             "grant_type",
-            "resource",
-            "scope"
+            "resource"
         ]),
         "{context}"
     );
     // The SDK asked for assertions with the issuer as audience, nothing else.
     assert_eq!(r["audiences"], json!([origin(url)]), "{context}");
 
-    // The token carries what was asked; lists and calls follow the token's scopes.
+    // The token carries the task's scopes; lists and calls follow them.
+    let mut granted: Vec<&str> = r["granted_scope"].as_str().unwrap().split(' ').collect();
+    granted.sort();
     assert_eq!(
-        r["granted_scope"], "github/tool/get_pull_request",
+        granted,
+        ["github/tool/get_pull_request", "github/tool/list_pulls"],
         "{context}"
     );
-    assert_eq!(r["tools"], json!(["get_pull_request"]), "{context}");
+    assert_eq!(
+        r["tools"],
+        json!(["get_pull_request", "list_pulls"]),
+        "{context}"
+    );
     assert_eq!(r["allowed"]["is_error"], false, "{context}");
     assert!(
         r["allowed"]["text"].as_str().unwrap().contains("acme/api"),
         "{context}"
     );
 
-    // Within the task, beyond the token: 403 insufficient_scope naming the scope, the
-    // SDK asks for the union and the call goes through.
+    // A narrower token: lists follow it; a call within the task but beyond it gets 403
+    // insufficient_scope naming the scope, the SDK asks for the union, the call goes through.
+    assert_eq!(r["narrow_tools"], json!(["get_pull_request"]), "{context}");
     let step_up = r["step_up_trace"].as_array().unwrap();
     let challenge = step_up
         .iter()

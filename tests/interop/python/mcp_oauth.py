@@ -170,20 +170,24 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
         )
         return svid.token
 
+    def sdk_client(storage, trace):
+        """The SDK's provider as a user sets it up: no scope, so the first token carries
+        all of the task's (the server's 401 names none)."""
+        auth = PrivateKeyJWTOAuthProvider(
+            server_url=url,
+            storage=storage,
+            client_id=task_spiffe_id,
+            assertion_provider=assertion,
+            issuer=origin(url),
+        )
+        return httpx2.AsyncClient(
+            verify=ctx, auth=auth, timeout=30, event_hooks={"response": [trace.on_response]}
+        )
+
     storage, trace = MemoryStorage(), Trace()
-    auth = PrivateKeyJWTOAuthProvider(
-        server_url=url,
-        storage=storage,
-        client_id=task_spiffe_id,
-        assertion_provider=assertion,
-        scope="github/tool/get_pull_request",
-        issuer=origin(url),
-    )
     result = {"task_id": task_id, "task_spiffe_id": task_spiffe_id}
     raw = httpx2.AsyncClient(verify=ctx, timeout=30)
-    sdk_http = httpx2.AsyncClient(
-        verify=ctx, auth=auth, timeout=30, event_hooks={"response": [trace.on_response]}
-    )
+    sdk_http = sdk_client(storage, trace)
 
     async def token_request(endpoint, **form):
         aud = origin(url) if endpoint.startswith(origin(url)) else origin(other_url)
@@ -210,16 +214,31 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
                 r = await session.call_tool("get_pull_request", {"repo": "acme/api", "number": 42})
                 result["allowed"] = call_outcome(r)
 
-                # Within the task but beyond the token: the SDK steps up on the 403.
-                mark = len(trace.exchanges)
-                r = await session.call_tool("list_pulls", {"repo": "acme/api"})
-                result["step_up"] = call_outcome(r)
-                result["step_up_trace"] = trace.exchanges[mark:]
-                result["scope_after_step_up"] = storage.tokens.scope if storage.tokens else None
-
                 # Consented but not in the task: the server refuses the call itself.
                 r = await session.call_tool("delete_branch", {"repo": "acme/api", "branch": "feature-x"})
                 result["out_of_task"] = call_outcome(r)
+
+                # Within the task but beyond the token: a session holding a narrower token
+                # (as one restored from storage may) is answered 403 insufficient_scope,
+                # and the SDK asks for the union by itself.
+                narrow = await token_request(
+                    token_endpoint, resource=url, scope="github/tool/get_pull_request"
+                )
+                narrow_storage, narrow_trace = MemoryStorage(), Trace()
+                narrow_storage.tokens = OAuthToken.model_validate_json(narrow.content)
+                async with sdk_client(narrow_storage, narrow_trace) as narrow_http:
+                    async with streamable_http_client(url, http_client=narrow_http) as (r2, w2):
+                        async with ClientSession(r2, w2) as narrow_session:
+                            await narrow_session.initialize()
+                            tools = await narrow_session.list_tools()
+                            result["narrow_tools"] = sorted(t.name for t in tools.tools)
+                            mark = len(narrow_trace.exchanges)
+                            r = await narrow_session.call_tool("list_pulls", {"repo": "acme/api"})
+                            result["step_up"] = call_outcome(r)
+                            result["step_up_trace"] = narrow_trace.exchanges[mark:]
+                            result["scope_after_step_up"] = (
+                                narrow_storage.tokens.scope if narrow_storage.tokens else None
+                            )
 
                 # The token endpoint, asked directly as the SDK would be.
                 resp = await token_request(
