@@ -59,16 +59,6 @@ impl Challenge {
         }
     }
 
-    /// The `error` code, if any.
-    pub(crate) fn error(&self) -> Option<&'static str> {
-        match self {
-            Self::Authenticate => None,
-            Self::InvalidToken(_) => Some("invalid_token"),
-            Self::InvalidRequest(_) => Some("invalid_request"),
-            Self::InsufficientScope { .. } => Some("insufficient_scope"),
-        }
-    }
-
     /// The `WWW-Authenticate` value, naming the metadata at `metadata_url` and, on a
     /// bare `401`, the `published` scopes.
     pub(crate) fn header(&self, metadata_url: &str, published: Option<&[String]>) -> HeaderValue {
@@ -151,7 +141,7 @@ mod tests {
         let hostile = "x\", error=\"none\r\nSet-Cookie: a=b\\ é";
         let h = Challenge::InvalidToken(hostile.into()).header(PRM, None);
         let text = h.to_str().unwrap();
-        assert_eq!(text.matches('"').count(), 4, "{text}");
+        assert_eq!(text.matches('"').count(), 6, "three parameters: {text}");
         assert!(!text.contains('\\') && !text.contains('\r'), "{text}");
         let long = Challenge::InvalidToken("a".repeat(10_000)).header(PRM, None);
         assert!(long.len() < 400);

@@ -233,11 +233,9 @@ mod tests {
 
     #[test]
     fn served_at_both_well_known_paths_with_the_exact_resource() {
-        let m = ProtectedResourceMetadata::new(
-            "https://127.0.0.1:8443/mcp",
-            "https://127.0.0.1:8443",
-        )
-        .unwrap();
+        let m =
+            ProtectedResourceMetadata::new("https://127.0.0.1:8443/mcp", "https://127.0.0.1:8443")
+                .unwrap();
         assert_eq!(
             m.metadata_url(),
             "https://127.0.0.1:8443/.well-known/oauth-protected-resource/mcp"
@@ -272,8 +270,8 @@ mod tests {
             m.metadata_url(),
             "https://mcp.example/.well-known/oauth-protected-resource/mcp/"
         );
-        let bare = ProtectedResourceMetadata::new("https://mcp.example", "https://mcp.example")
-            .unwrap();
+        let bare =
+            ProtectedResourceMetadata::new("https://mcp.example", "https://mcp.example").unwrap();
         assert_eq!(bare.paths(), ["/.well-known/oauth-protected-resource"]);
         assert_eq!(
             bare.metadata_url(),

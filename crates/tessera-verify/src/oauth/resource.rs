@@ -45,7 +45,9 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -359,7 +361,9 @@ impl Shared {
             return Err(Challenge::Authenticate.into());
         };
         if !self.accepted.bearer {
-            return Err(Challenge::InvalidToken("bearer tokens are not accepted here".into()).into());
+            return Err(
+                Challenge::InvalidToken("bearer tokens are not accepted here".into()).into(),
+            );
         }
         let now = SystemTime::now();
         let verified = self.verifier.verify(token, now).map_err(|e| {
@@ -370,7 +374,10 @@ impl Shared {
         match (verified.cnf(), presented) {
             (Some(bound), Some(presented)) if bound == presented => {}
             (Some(_), _) => {
-                tracing::info!(jti = verified.jti(), "certificate-bound token without its certificate");
+                tracing::info!(
+                    jti = verified.jti(),
+                    "certificate-bound token without its certificate"
+                );
                 return Err(Challenge::InvalidToken(
                     "the token is bound to a certificate this connection did not present".into(),
                 )
@@ -383,7 +390,10 @@ impl Shared {
                 .into());
             }
             (None, _) if certificate => {
-                tracing::info!(jti = verified.jti(), "client certificate and a token not bound to it");
+                tracing::info!(
+                    jti = verified.jti(),
+                    "client certificate and a token not bound to it"
+                );
                 return Err(Challenge::InvalidToken(
                     "a client certificate and a token not bound to it".into(),
                 )
@@ -423,7 +433,11 @@ impl Shared {
         let (method, target) = targeted(body)?;
         let kind = method.scope_kind()?;
         let server = &self.authz.server().name;
-        if token.scopes().iter().any(|s| s.permits(server, kind, &target)) {
+        if token
+            .scopes()
+            .iter()
+            .any(|s| s.permits(server, kind, &target))
+        {
             return None;
         }
         // Beyond the task too: no token could grant it; `Enforced` denies it as for mTLS.
@@ -452,7 +466,8 @@ impl Shared {
                 request.target
             ),
         );
-        self.authz.record(token.peer(), &request, &d, started.elapsed());
+        self.authz
+            .record(token.peer(), &request, &d, started.elapsed());
         Some(Challenge::InsufficientScope { scope })
     }
 
@@ -512,8 +527,7 @@ fn carries_query_token(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         q.split('&').any(|pair| {
             let name = pair.split('=').next().unwrap_or("");
-            name.eq_ignore_ascii_case("access_token")
-                || name.eq_ignore_ascii_case("access%5Ftoken")
+            name.eq_ignore_ascii_case("access_token") || name.eq_ignore_ascii_case("access%5Ftoken")
         })
     })
 }
@@ -539,7 +553,8 @@ fn bearer_token(value: &HeaderValue) -> Result<Option<&str>, Refusal> {
         return Err(Challenge::InvalidRequest("malformed Authorization header").into());
     }
     let body = token.trim_end_matches('=');
-    let b64token = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/');
+    let b64token =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/');
     if body.is_empty() || !body.chars().all(b64token) {
         return Err(Challenge::InvalidRequest("malformed bearer token").into());
     }

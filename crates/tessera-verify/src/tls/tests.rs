@@ -11,6 +11,7 @@ use super::*;
 use tessera_testca::rcgen::{BasicConstraints, IsCa};
 use tessera_testca::{Ca, Leaf};
 
+use crate::peer::PeerError;
 use crate::testutil::{SERVER, TD, claims, task_id_str};
 use crate::trust::{TrustMaterial, TrustSource};
 
@@ -396,17 +397,20 @@ async fn optional_client_certificate_is_still_verified_when_presented() {
             let _ = tls.read(&mut byte).await;
             Ok::<_, std::io::Error>(tls)
         });
-        let c = connector
+        let mut client = connector
             .connect(ServerName::try_from("mcp").unwrap(), b)
-            .await;
-        let client_ok = match c {
-            Ok(mut tls) => {
+            .await
+            .ok();
+        let client_ok = match client.as_mut() {
+            Some(tls) => {
                 use tokio::io::AsyncWriteExt;
                 tls.write_all(b"x").await.is_ok() && tls.flush().await.is_ok()
             }
-            Err(_) => false,
+            None => false,
         };
+        // The client stays connected until the server side is done with it.
         let server_side = s.await.unwrap();
+        drop(client);
         let peer = server_side.ok().map(|tls| {
             let chain = tls.get_ref().1.peer_certificates();
             match chain {
@@ -419,10 +423,18 @@ async fn optional_client_certificate_is_still_verified_when_presented() {
 
     let (ok, peer) = handshake(optional.clone(), &anonymous).await;
     assert!(ok, "no certificate is allowed");
-    assert_eq!(peer, Some(Err(PeerError::NoCertificate)), "and proves no peer");
+    assert_eq!(
+        peer,
+        Some(Err(PeerError::NoCertificate)),
+        "and proves no peer"
+    );
     let (ok, peer) = handshake(optional.clone(), &task).await;
     assert!(ok);
-    assert_eq!(peer, Some(Ok(task_id_str(TD))), "a presented certificate proves its peer");
+    assert_eq!(
+        peer,
+        Some(Ok(task_id_str(TD))),
+        "a presented certificate proves its peer"
+    );
     for (name, client) in [("foreign trust domain", &foreign), ("forged", &forged)] {
         let (_, peer) = handshake(optional.clone(), client).await;
         assert!(peer.is_none(), "{name}: the server refuses the handshake");
