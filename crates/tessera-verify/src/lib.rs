@@ -11,6 +11,7 @@
 //! | [`revocation`] | the agent's revocation feed, with a staleness bound that fails closed |
 //! | [`authz`] | the per-request [`Decision`]: expiry, revocation, scopes, Cedar |
 //! | [`mcp`] | enforcement for rmcp 3 servers ([`mcp::Enforced`]) and MCP session binding |
+//! | [`oauth`] | MCP authorization: access tokens, the co-located token endpoint, metadata |
 //! | [`audit`] | every decision as a `tracing` event and optional JSON lines |
 //! | [`conn`] | one span per accepted connection ([`ConnectionSpan`]): its id, and the peer once proven |
 //! | [`background`] | the one rule by which every background task stops: with its [`Background`] guard |
@@ -95,6 +96,7 @@ pub mod background;
 pub mod conn;
 mod decision;
 pub mod mcp;
+pub mod oauth;
 pub mod peer;
 mod request;
 pub mod revocation;
