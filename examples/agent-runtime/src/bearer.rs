@@ -13,7 +13,6 @@
 //!    the server's SPIFFE ID and presents no client certificate ([`server_only_tls`]).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -23,7 +22,6 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use tessera_identity::ServerId;
-use tessera_verify::tls::ExpectedServerVerifier;
 
 use crate::{McpConnection, Workload, http_client};
 
@@ -124,14 +122,7 @@ pub fn server_only_tls(
     let expected: ServerId = format!("spiffe://{trust_domain}/mcp/{server}")
         .parse()
         .map_err(|e| anyhow!("server {server:?}: {e}"))?;
-    let verifier = Arc::new(ExpectedServerVerifier::new(&expected, bundle)?);
-    let mut cfg = rustls::ClientConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()?
-    .dangerous()
-    .with_custom_certificate_verifier(verifier)
-    .with_no_client_auth();
+    let mut cfg = tessera_verify::tls::client_config_without_certificate(&expected, bundle)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
