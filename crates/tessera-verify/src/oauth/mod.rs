@@ -13,9 +13,11 @@
 //! SPIFFE ID. Nothing to distribute, and signing keys rotate with the SVID.
 
 pub mod access_token;
+pub mod metadata;
 mod peer;
 #[cfg(test)]
 mod testkit;
+pub mod token_endpoint;
 
 use std::fmt;
 
@@ -26,6 +28,10 @@ use sha2::{Digest, Sha256};
 pub use access_token::{
     AccessTokenError, AccessTokenGrant, AccessTokenMinter, AccessTokenVerifier, GrantSubject,
     MintError, MintedAccessToken, VerifiedAccessToken,
+};
+pub use metadata::AuthorizationServerMetadata;
+pub use token_endpoint::{
+    TokenEndpointConfig, TokenEndpointConfigError, TokenEndpointLayer, TokenEndpointService,
 };
 
 /// The SHA-256 of a client's leaf certificate DER: what RFC 8705 binds a token to
