@@ -20,7 +20,7 @@
 //!
 //! Errors are RFC 6749 §5.2's (and RFC 8707's `invalid_target`), as JSON with
 //! `Cache-Control: no-store`. Every issuance and refusal is an audit event (target
-//! `tessera::audit`, `event = "token"`); no token or assertion text is ever logged.
+//! `tessera_verify::audit`, `event = "token"`); no token or assertion text is ever logged.
 //!
 //! Place the layer outermost (before any layer that requires a peer or a bearer token):
 //! a token request carries no access token yet.
@@ -47,6 +47,7 @@ use super::metadata::{
     JWT_BEARER_CLIENT_ASSERTION, JWT_BEARER_GRANT, METADATA_PATH, TOKEN_PATH,
 };
 use super::peer::BEARER_SERIAL_PREFIX;
+use crate::audit::AUDIT_TARGET;
 use crate::revocation::{RevocationStatus, RevocationWatcher};
 use crate::trust::TrustSource;
 
@@ -570,7 +571,7 @@ where
         Ok(body) => json_response(StatusCode::OK, body, true),
         Err(refusal) => {
             tracing::warn!(
-                target: "tessera::audit",
+                target: AUDIT_TARGET,
                 event = "token",
                 decision = "deny",
                 error = refusal.error.as_str(),
@@ -858,7 +859,7 @@ where
         GrantSubject::Client(c) => (None, c.to_string()),
     };
     tracing::info!(
-        target: "tessera::audit",
+        target: AUDIT_TARGET,
         event = "token",
         decision = "allow",
         reason = "issued",
