@@ -16,7 +16,7 @@ pub mod access_token;
 pub mod metadata;
 mod peer;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 pub mod token_endpoint;
 
 use std::fmt;

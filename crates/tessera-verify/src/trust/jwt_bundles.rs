@@ -157,3 +157,6 @@ async fn stream_once(socket: &Path, tx: &watch::Sender<Option<JwtBundles>>) -> E
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
