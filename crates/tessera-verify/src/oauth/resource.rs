@@ -356,7 +356,9 @@ impl Shared {
         }
         let now = SystemTime::now();
         let verified = self.verifier.verify(token, now).map_err(|e| {
-            tracing::info!(reason = e.reason(), error = %e, "access token refused");
+            // Debug, not Display: the error can quote the token's own (hostile) text,
+            // which must not be able to start a log line of its own.
+            tracing::info!(reason = e.reason(), error = ?e, "access token refused");
             Challenge::InvalidToken(e.reason().to_owned())
         })?;
         let presented = req.extensions().get::<CertThumbprint>();
