@@ -17,11 +17,13 @@
 
 pub mod access_token;
 pub mod challenge;
+pub mod metadata;
 mod peer;
 pub mod prm;
 pub mod resource;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
+pub mod token_endpoint;
 
 use std::fmt;
 
@@ -33,8 +35,12 @@ pub use access_token::{
     AccessTokenError, AccessTokenGrant, AccessTokenMinter, AccessTokenVerifier, GrantSubject,
     MintError, MintedAccessToken, VerifiedAccessToken,
 };
-pub use prm::{MetadataError, ProtectedResourceMetadata};
+pub use metadata::AuthorizationServerMetadata;
+pub use prm::{ProtectedResourceMetadata, ResourceMetadataError};
 pub use resource::{AcceptedAuth, BearerAuthLayer, BearerAuthService, BearerConfigError};
+pub use token_endpoint::{
+    TokenEndpointConfig, TokenEndpointConfigError, TokenEndpointLayer, TokenEndpointService,
+};
 
 /// The SHA-256 of a client's leaf certificate DER: what RFC 8705 binds a token to
 /// (`cnf.x5t#S256`).

@@ -20,7 +20,7 @@ const MAX_RESOURCE_URL_LEN: usize = 2048;
 /// Why a resource URL or issuer cannot be served as metadata.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum MetadataError {
+pub enum ResourceMetadataError {
     /// Not an absolute `https` URL (RFC 9728 §1.2, RFC 8707 §2).
     #[error("{what} {url:?} is not an absolute https URL")]
     NotHttps {
@@ -79,12 +79,12 @@ pub(crate) fn is_scope_char(c: char) -> bool {
 
 /// Checks `url` is an absolute https URL without query or fragment that a quoted
 /// header parameter can carry as is; returns its origin and path.
-fn split_https(what: &'static str, url: &str) -> Result<(String, String), MetadataError> {
-    let not_https = || MetadataError::NotHttps {
+fn split_https(what: &'static str, url: &str) -> Result<(String, String), ResourceMetadataError> {
+    let not_https = || ResourceMetadataError::NotHttps {
         what,
         url: url.to_owned(),
     };
-    let unusable = || MetadataError::Unusable {
+    let unusable = || ResourceMetadataError::Unusable {
         what,
         url: url.to_owned(),
     };
@@ -117,9 +117,9 @@ impl ProtectedResourceMetadata {
     /// `issuer` (e.g. `https://mcp.example:8443`).
     ///
     /// # Errors
-    /// [`MetadataError`] for a URL that is not absolute https, has a query, fragment or
+    /// [`ResourceMetadataError`] for a URL that is not absolute https, has a query, fragment or
     /// userinfo, or holds characters a challenge header cannot carry.
-    pub fn new(resource: &str, issuer: &str) -> Result<Self, MetadataError> {
+    pub fn new(resource: &str, issuer: &str) -> Result<Self, ResourceMetadataError> {
         let (origin, path) = split_https("resource", resource)?;
         split_https("issuer", issuer)?;
         let trimmed = path.trim_end_matches('/');
@@ -154,17 +154,17 @@ impl ProtectedResourceMetadata {
     /// a task-scoped token should be; set it only to make clients ask for less.
     ///
     /// # Errors
-    /// [`MetadataError::Scope`] for a value that is not an OAuth scope token.
+    /// [`ResourceMetadataError::Scope`] for a value that is not an OAuth scope token.
     pub fn with_scopes_supported(
         mut self,
         scopes: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Result<Self, MetadataError> {
+    ) -> Result<Self, ResourceMetadataError> {
         let scopes: Vec<String> = scopes.into_iter().map(Into::into).collect();
         if let Some(bad) = scopes
             .iter()
             .find(|s| s.is_empty() || !s.chars().all(is_scope_char))
         {
-            return Err(MetadataError::Scope(bad.clone()));
+            return Err(ResourceMetadataError::Scope(bad.clone()));
         }
         self.document.scopes_supported = Some(scopes);
         self.render();
@@ -300,7 +300,7 @@ mod tests {
             ProtectedResourceMetadata::new("https://h/mcp", "https://h")
                 .unwrap()
                 .with_scopes_supported(["two words"]),
-            Err(MetadataError::Scope(_))
+            Err(ResourceMetadataError::Scope(_))
         ));
     }
 

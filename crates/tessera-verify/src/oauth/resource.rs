@@ -144,7 +144,7 @@ pub struct BearerAuthLayer {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Shared {
     verifier: AccessTokenVerifier,
     authz: Arc<Authorizer>,
@@ -235,18 +235,7 @@ impl BearerAuthLayer {
     /// longer body is refused `413`. Keep it at least rmcp's own bound
     /// (`StreamableHttpServerConfig::max_request_body_bytes`).
     pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.max_body = bytes;
-        } else {
-            let s = &self.shared;
-            self.shared = Arc::new(Shared {
-                verifier: s.verifier.clone(),
-                authz: s.authz.clone(),
-                metadata: s.metadata.clone(),
-                accepted: s.accepted,
-                max_body: bytes,
-            });
-        }
+        Arc::make_mut(&mut self.shared).max_body = bytes;
         self
     }
 
@@ -367,7 +356,9 @@ impl Shared {
         }
         let now = SystemTime::now();
         let verified = self.verifier.verify(token, now).map_err(|e| {
-            tracing::info!(reason = e.reason(), error = %e, "access token refused");
+            // Debug, not Display: the error can quote the token's own (hostile) text,
+            // which must not be able to start a log line of its own.
+            tracing::info!(reason = e.reason(), error = ?e, "access token refused");
             Challenge::InvalidToken(e.reason().to_owned())
         })?;
         let presented = req.extensions().get::<CertThumbprint>();

@@ -42,6 +42,7 @@ const TASK_SCOPES: &[&str] = &[
     "github/tool/get_pull_request",
     "github/tool/delete_branch",
     "github/tool/push",
+    "github/resource/file:///docs/*",
 ];
 
 /// What its token grants: `push` is the task's but not the token's.
@@ -403,6 +404,25 @@ async fn a_scope_of_the_task_but_not_the_token_is_a_step_up_challenge() {
     let (status, _, answer) = f.send(request(call("push", json!({})), Some(&auth))).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(f.seen(), ["push authorization=false"]);
+
+    // A resource: the exact URI is the scope to ask for; one that cannot be written
+    // as an OAuth scope token (a quote) steps up to the task's scope that permits it.
+    let auth = bearer(&f.token(&["github/resource/file:///docs/a"], None));
+    for (uri, scope) in [
+        ("file:///docs/b", "github/resource/file:///docs/b"),
+        ("file:///docs/x\"y", "github/resource/file:///docs/*"),
+    ] {
+        let read = rpc("resources/read", json!({"uri": uri}));
+        let (status, headers, _) = f.send(request(read, Some(&auth))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
+        assert!(
+            challenge(&headers).starts_with(&format!(
+                r#"Bearer error="insufficient_scope", scope="{scope}", resource_metadata="{PRM_URL}""#
+            )),
+            "{uri}: {}",
+            challenge(&headers)
+        );
+    }
 
     // The same operation over mTLS is decided by `Enforced` alone (no step-up).
     let mut req = request(call("push", json!({})), None);
@@ -781,6 +801,11 @@ async fn the_body_is_read_once_and_bounded() {
     );
     let (status, _, _) = f.send(request(big, Some(&auth))).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        DEFAULT_MAX_BODY_BYTES,
+        StreamableHttpServerConfig::default().max_request_body_bytes,
+        "the layer refuses nothing rmcp would take"
+    );
     assert!(f.seen().is_empty());
     assert_eq!(
         targeted(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"push"}}"#),
