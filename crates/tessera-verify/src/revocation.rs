@@ -210,6 +210,20 @@ impl RevocationWatcher {
         RevocationStatus::NotRevoked
     }
 
+    /// What the feed says about a task, by its id alone: for a credential that is not a
+    /// certificate (an access token carries the task id, and no serial of its own).
+    pub fn task_status(&self, task: &TaskId) -> RevocationStatus {
+        if !self.is_fresh() {
+            return RevocationStatus::Stale;
+        }
+        match self.inner.set.load().tasks.get(task) {
+            Some(reason) => RevocationStatus::Revoked {
+                reason: reason.clone(),
+            },
+            None => RevocationStatus::NotRevoked,
+        }
+    }
+
     /// Whether the set is current: fixed, a live stream, or lost for less than the bound.
     pub fn is_fresh(&self) -> bool {
         let inner = &self.inner;

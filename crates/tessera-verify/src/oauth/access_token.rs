@@ -623,14 +623,8 @@ impl AccessTokenVerifier {
                 now,
             });
         }
-        if let (
-            Some(feed),
-            Peer::Task {
-                task, serial_hex, ..
-            },
-        ) = (&self.revocations, token.peer.as_ref())
-        {
-            match feed.status(&task.task, serial_hex) {
+        if let (Some(feed), Peer::Task { task, .. }) = (&self.revocations, token.peer.as_ref()) {
+            match feed.task_status(&task.task) {
                 RevocationStatus::NotRevoked => {}
                 RevocationStatus::Revoked { reason } => {
                     return Err(AccessTokenError::Revoked { reason });
@@ -888,7 +882,12 @@ fn check_claims(
         }
     };
     Ok(VerifiedAccessToken {
-        peer: Arc::new(Peer::from_access_token(peer_subject, &claims.jti, exp)),
+        peer: Arc::new(Peer::from_access_token(
+            peer_subject,
+            &claims.jti,
+            exp,
+            cnf.is_some(),
+        )),
         scopes,
         task_scopes,
         cnf,

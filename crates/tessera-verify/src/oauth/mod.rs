@@ -6,6 +6,9 @@
 //! | [`access_token`] | access tokens (RFC 9068 JWTs signed with the server's own SVID key): mint, verify, cache |
 //! | [`token_endpoint`] | `POST /oauth/token`: JWT-SVID assertions (RFC 7523) in, access tokens out |
 //! | [`metadata`] | RFC 8414 authorization-server metadata |
+//! | [`prm`] | RFC 9728 Protected Resource Metadata: which authorization server mints tokens for this resource |
+//! | [`challenge`] | the `WWW-Authenticate: Bearer` challenges (401, 403 `insufficient_scope`) |
+//! | [`resource`] | [`BearerAuthLayer`]: the resource server in front of rmcp (which credentials, token checks, step-up) |
 //!
 //! Why the server's own X.509-SVID key signs: replicas of one server share an identity,
 //! not keys. A token carries its signer's chain (`x5c`); any replica accepts it when the
@@ -13,8 +16,11 @@
 //! SPIFFE ID. Nothing to distribute, and signing keys rotate with the SVID.
 
 pub mod access_token;
+pub mod challenge;
 pub mod metadata;
 mod peer;
+pub mod prm;
+pub mod resource;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod token_endpoint;
@@ -30,6 +36,8 @@ pub use access_token::{
     MintError, MintedAccessToken, VerifiedAccessToken,
 };
 pub use metadata::AuthorizationServerMetadata;
+pub use prm::{ProtectedResourceMetadata, ResourceMetadataError};
+pub use resource::{AcceptedAuth, BearerAuthLayer, BearerAuthService, BearerConfigError};
 pub use token_endpoint::{
     TokenEndpointConfig, TokenEndpointConfigError, TokenEndpointLayer, TokenEndpointService,
 };

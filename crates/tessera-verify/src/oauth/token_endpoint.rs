@@ -46,7 +46,6 @@ use super::metadata::{
     AUTHORIZE_PATH, AuthorizationServerMetadata, CLIENT_CREDENTIALS_GRANT,
     JWT_BEARER_CLIENT_ASSERTION, JWT_BEARER_GRANT, METADATA_PATH, TOKEN_PATH,
 };
-use super::peer::BEARER_SERIAL_PREFIX;
 use crate::audit::AUDIT_TARGET;
 use crate::revocation::{RevocationStatus, RevocationWatcher};
 use crate::trust::TrustSource;
@@ -777,10 +776,7 @@ where
                     "the task's deadline has passed".into(),
                 ));
             }
-            match shared
-                .revocations
-                .status(&task.task_id, BEARER_SERIAL_PREFIX)
-            {
+            match shared.revocations.task_status(&task.task_id) {
                 RevocationStatus::NotRevoked => {}
                 RevocationStatus::Revoked { reason } => {
                     return Err(bad(

@@ -79,8 +79,7 @@ fn minted_token_verifies_as_the_task_with_the_token_scopes() {
     let Peer::Task {
         task,
         claims,
-        serial_hex,
-        not_after_unix,
+        credential,
         ..
     } = v.peer().as_ref()
     else {
@@ -97,8 +96,13 @@ fn minted_token_verifies_as_the_task_with_the_token_scopes() {
         "the task's own scopes are kept for step-up"
     );
     assert_eq!(v.cnf(), Some(&cert));
-    assert_eq!(*not_after_unix, minted.exp_unix);
-    assert!(serial_hex.starts_with("bearer:"), "{serial_hex}");
+    assert_eq!(credential.not_after_unix(), minted.exp_unix);
+    assert_eq!(
+        v.peer().serial_hex(),
+        None,
+        "no serial: revoked by task id only"
+    );
+    assert_eq!(v.peer().auth_method().as_str(), "bearer+cnf");
     assert_eq!(v.jti(), minted.jti);
     assert_eq!(minted.scope, "github/tool/get_pull_request");
 }
