@@ -3,10 +3,16 @@
 //! lifetime; checked once at start-up into an [`OAuthPlan`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use tessera_verify::oauth::{
+    AcceptedAuth, AccessTokenVerifier, BearerAuthLayer, ProtectedResourceMetadata,
+    TokenEndpointConfig, TokenEndpointLayer,
+};
+use tessera_verify::{Authorizer, RevocationWatcher, TrustSource};
 
 /// Shortest and longest access-token lifetime this server issues: below 10 s a client
 /// spends more time getting tokens than using them; above an hour a leaked token lives
@@ -72,7 +78,65 @@ pub(crate) struct OAuthPlan {
     pub(crate) token_ttl: Duration,
 }
 
+impl OAuthPlan {
+    /// The credentials accepted, in the library's terms.
+    pub(crate) fn accepted(&self) -> AcceptedAuth {
+        let a = if self.mtls {
+            AcceptedAuth::BOTH
+        } else {
+            AcceptedAuth::BEARER
+        };
+        if self.require_cert_bound_tokens {
+            a.require_cert_bound_tokens()
+        } else {
+            a
+        }
+    }
+
+    /// The token endpoint (with its RFC 8414 metadata) and the resource server (RFC 9728
+    /// metadata, the bearer check, step-up), to stack in that order in front of the MCP
+    /// service. Both sign or check with this server's own SVID from `trust`, and follow
+    /// `revocations`; the resource server decides with `authz`, as `Enforced` does.
+    ///
+    /// # Errors
+    /// A resource or issuer the library refuses.
+    pub(crate) fn layers(
+        &self,
+        trust: TrustSource,
+        revocations: RevocationWatcher,
+        authz: Arc<Authorizer>,
+    ) -> anyhow::Result<(TokenEndpointLayer, BearerAuthLayer)> {
+        let config = TokenEndpointConfig::new(&self.resource)
+            .and_then(|c| c.with_issuer(&self.issuer))
+            .and_then(|c| c.with_token_ttl(self.token_ttl))
+            .context("the token endpoint's configuration")?;
+        let token_endpoint = TokenEndpointLayer::new(config, trust.clone(), revocations.clone());
+        let verifier = AccessTokenVerifier::new(trust, &self.issuer, &self.resource)
+            .with_revocations(revocations);
+        // No scopes_supported: an SDK asks for all it lists when a challenge names none,
+        // and a task holds only some; without it the token gets the task's own scopes.
+        let metadata = ProtectedResourceMetadata::new(&self.resource, &self.issuer)
+            .context("the protected resource metadata")?
+            .with_resource_name("tessera example MCP server (github)");
+        let bearer = BearerAuthLayer::new(verifier, authz, metadata, self.accepted())
+            .context("the bearer layer")?;
+        Ok((token_endpoint, bearer))
+    }
+}
+
 impl OAuthArgs {
+    /// The host of --resource-url (without port or brackets): clients send it as `Host`,
+    /// so rmcp's Host check must accept it.
+    pub(crate) fn resource_host(&self) -> Option<String> {
+        let rest = self.resource_url.as_deref()?.strip_prefix("https://")?;
+        let authority = rest.split('/').next()?;
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next()?,
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        (!host.is_empty()).then(|| host.to_owned())
+    }
+
     /// Checks the flags; `None` for an mTLS-only server.
     ///
     /// # Errors
@@ -198,6 +262,21 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_resource_host_is_what_clients_send_as_host() {
+        let host = |u: &str| args(Accept::Both, false, Some(u)).resource_host();
+        assert_eq!(
+            host("https://mcp.acme.corp:8443/mcp").as_deref(),
+            Some("mcp.acme.corp")
+        );
+        assert_eq!(
+            host("https://mcp.acme.corp/mcp").as_deref(),
+            Some("mcp.acme.corp")
+        );
+        assert_eq!(host("https://[::1]:8443/mcp").as_deref(), Some("::1"));
+        assert_eq!(args(Accept::Both, false, None).resource_host(), None);
     }
 
     #[test]
