@@ -15,7 +15,7 @@ use support::{CONSENTED, McpServer, RUNTIME_BIN, SERVER_BIN, SUBJECT, Trust, arg
 use tessera_e2e::interop::{proto_dir, python, python_mcp_oauth_script, run_python_script};
 use tessera_e2e::{TRUST_DOMAIN, TestAgent, bin};
 use tessera_example_agent_runtime::bearer::{
-    connect_task_bearer, discover, request_token, server_only_tls,
+    Discovery, connect_task_bearer, discover, request_token, server_only_tls,
 };
 use tessera_example_agent_runtime::{
     TaskRequest, Workload, http_client, install_crypto_provider, measure_refusal_after_end,
@@ -354,10 +354,11 @@ async fn each_server_accepts_only_the_credentials_it_is_configured_for() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        resp.status(),
-        404,
-        "an mTLS-only server has no authorization server"
+    assert_ne!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(
+        !body.contains("token_endpoint"),
+        "an mTLS-only server published authorization-server metadata: {body}"
     );
 
     // The bearer-only server: a client certificate alone is not a credential.
@@ -394,9 +395,26 @@ async fn cert_bound_tokens_are_refused_without_their_certificate() {
         .unwrap();
     let with_cert = http_client(tls_config(&cred, "github").unwrap()).unwrap();
     let with_other_cert = http_client(tls_config(&other, "github").unwrap()).unwrap();
-    let discovery = discover(&with_cert, &server.url)
+    // A certificate alone is a credential on this server (no 401 to discover from), so
+    // the token endpoint is taken from the metadata, as a configured client would.
+    let metadata: Value = with_cert
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            origin(&server.url)
+        ))
+        .send()
         .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", server.log_text()));
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["tls_client_certificate_bound_access_tokens"], true);
+    let discovery = Discovery {
+        resource_metadata: String::new(),
+        resource: server.url.clone(),
+        issuer: metadata["issuer"].as_str().unwrap().to_owned(),
+        token_endpoint: metadata["token_endpoint"].as_str().unwrap().to_owned(),
+    };
     let assertion = w
         .task_jwt(&task.spiffe_id, &discovery.issuer)
         .await
