@@ -209,15 +209,31 @@ async fn python_mcp_sdk_gets_in_by_discovery_steps_up_and_is_refused_as_the_spec
         "{context}"
     );
 
-    // After EndTask: the open session is refused, and no new token is issued.
-    let ended = &r["ended_task_sdk"];
-    assert!(
-        ended["reason"] == "revoked" || ended.get("exception").is_some(),
-        "the ended task's call was not refused: {context}"
-    );
-    assert_eq!(r["ended_task_token_endpoint"]["status"], 400, "{context}");
+    // After EndTask: its unexpired token is refused (401 invalid_token), a leftover
+    // unexpired assertion authenticates no one any more (RFC 7523 §3.2: invalid_client,
+    // 401), and the SDK's open session
+    // cannot go on: its token is refused and the agent signs no JWT-SVID for an ended
+    // task, which the SDK raises.
+    let c = &r["ended_task_token"];
+    assert_eq!(c["status"], 401, "{context}");
+    assert!(header(c).contains(r#"error="invalid_token""#), "{context}");
+    assert_eq!(r["ended_task_token_endpoint"]["status"], 401, "{context}");
     assert_eq!(
-        r["ended_task_token_endpoint"]["error"], "invalid_grant",
+        r["ended_task_token_endpoint"]["error"], "invalid_client",
+        "{context}"
+    );
+    let ended = &r["ended_task_sdk"];
+    let raised = ended["exception"].to_string();
+    assert!(
+        ended["reason"] == "revoked" || raised.contains("no identity issued"),
+        "the ended task's session went on: {context}"
+    );
+    assert!(
+        r["ended_task_trace"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["status"] == 401 && header(e).contains(r#"error="invalid_token""#)),
         "{context}"
     );
 }

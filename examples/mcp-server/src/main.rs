@@ -9,11 +9,13 @@
 //! * this file: flags, TLS, the Tessera checks and the HTTP server around the tools.
 //! * `oauth`: the flags of the bearer path and the layers they build (token endpoint,
 //!   resource server).
+//! * `unread`: `Connection: close` when an HTTP/1.1 request's body was left unread.
 //! * `tools`: the pretend GitHub (tools, README resources, subscriptions); no identity
 //!   or policy.
 
 mod oauth;
 mod tools;
+mod unread;
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -427,7 +429,7 @@ async fn serve<S, B>(
 ) -> anyhow::Result<()>
 where
     S: tower::Service<
-            http::Request<hyper::body::Incoming>,
+            http::Request<unread::Tracked<hyper::body::Incoming>>,
             Response = http::Response<B>,
             Error = Infallible,
         > + Clone
@@ -496,7 +498,7 @@ where
                         }
                         req
                     })
-                    .service(service);
+                    .service(unread::CloseUnread(service));
                 let result = hyper_util::server::conn::auto::Builder::new(executor)
                     .serve_connection(
                         hyper_util::rt::TokioIo::new(tls),

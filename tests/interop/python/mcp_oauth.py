@@ -92,7 +92,9 @@ class Trace:
         self.exchanges = []
 
     async def on_response(self, response):
-        await response.aread()
+        # Never read the body here: a hook runs inside the SDK's auth flow, and reading the
+        # standalone GET SSE stream to its end would hold that flow (and every request
+        # queued behind it) until the stream closes.
         www = response.headers.get("www-authenticate")
         entry = {
             "method": response.request.method,
@@ -203,6 +205,38 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
         return await raw.post(endpoint, data=data)
 
     token_endpoint = f"{origin(url)}/oauth/token"
+    try:
+        await session_story(
+            result, raw, sdk_http, sdk_client, token_request, token_endpoint, trace, storage,
+            workload, task_spiffe_id, tasks_api, pb2, task_id, url, other_url, ttl,
+        )
+    except* Exception as group:
+        if result.get("stage") != "ended":
+            raise
+        result["ended_task_sdk"] = {"exception": [f"{type(e).__name__}: {e}"[:300] for e in leaves(group)]}
+    result["ended_task_trace"] = [
+        {k: e[k] for k in ("path", "status", "www_authenticate")}
+        for e in trace.exchanges[result.pop("ended_mark", len(trace.exchanges)):]
+    ]
+    result["audiences"] = sorted(set(audiences))
+    print(json.dumps(result), flush=True)
+
+
+def leaves(group):
+    """The exceptions inside an exception group, and their causes: what a user reads."""
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            yield from leaves(e)
+        else:
+            yield e
+            if e.__cause__ is not None:
+                yield e.__cause__
+
+
+async def session_story(
+    result, raw, sdk_http, sdk_client, token_request, token_endpoint, trace, storage,
+    workload, task_spiffe_id, tasks_api, pb2, task_id, url, other_url, ttl,
+):
     async with raw, sdk_http:
         async with streamable_http_client(url, http_client=sdk_http) as (read, write):
             async with ClientSession(read, write) as session:
@@ -226,12 +260,14 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
                 )
                 narrow_storage, narrow_trace = MemoryStorage(), Trace()
                 narrow_storage.tokens = OAuthToken.model_validate_json(narrow.content)
+                result["narrow_minted_scope"] = narrow_storage.tokens.scope
                 async with sdk_client(narrow_storage, narrow_trace) as narrow_http:
                     async with streamable_http_client(url, http_client=narrow_http) as (r2, w2):
                         async with ClientSession(r2, w2) as narrow_session:
                             await narrow_session.initialize()
                             tools = await narrow_session.list_tools()
                             result["narrow_tools"] = sorted(t.name for t in tools.tools)
+                            result["narrow_setup_trace"] = list(narrow_trace.exchanges)
                             mark = len(narrow_trace.exchanges)
                             r = await narrow_session.call_tool("list_pulls", {"repo": "acme/api"})
                             result["step_up"] = call_outcome(r)
@@ -268,6 +304,8 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
                 resp = await token_request(token_endpoint, resource=url)
                 minted = resp.json()
                 result["short_token_expires_in"] = minted.get("expires_in")
+                # From here the SDK's own token expires too (the same lifetime).
+                before_expiry = len(trace.exchanges)
                 await anyio.sleep(min(float(minted.get("expires_in", ttl)), ttl) + 1.5)
                 resp = await raw.post(
                     url, json=ping, headers={**headers, "authorization": f"Bearer {minted['access_token']}"}
@@ -275,38 +313,54 @@ async def story(socket, proto_dir, url, server_id, other_url, ttl):
                 result["expired"] = challenge(resp)
 
                 # The SDK's own token expired too: it fetches a new one by itself.
-                mark = len(trace.exchanges)
+                # (Its standalone GET stream, ended by the server at the token's expiry,
+                # may have been the first to notice.)
                 r = await session.call_tool("get_pull_request", {"repo": "acme/api", "number": 42})
                 result["after_expiry"] = call_outcome(r)
                 result["after_expiry_token_requests"] = sum(
-                    1 for e in trace.exchanges[mark:] if e["path"].endswith("/token")
+                    1 for e in trace.exchanges[before_expiry:] if e["path"].endswith("/token")
                 )
 
-                # End the task: the open session's next call is refused (the revocation
-                # reaches the server within milliseconds; 10 s is a generous bound).
+                # End the task. What is left: a token not yet expired, and an assertion
+                # not yet expired; neither gets anything any more.
+                live = (await token_request(token_endpoint, resource=url)).json()["access_token"]
+                leftover = await anyio.to_thread.run_sync(
+                    lambda: workload.fetch_jwt_svid(
+                        audience={origin(url)}, subject=SpiffeId(task_spiffe_id), timeout=10
+                    ).token
+                )
                 tasks_api.EndTask(pb2.EndTaskRequest(task_id=task_id), metadata=WORKLOAD_HEADER, timeout=10)
-                mark = len(trace.exchanges)
-                outcome, deadline = None, time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    try:
-                        with anyio.fail_after(15):
-                            r = await session.call_tool("get_pull_request", {"repo": "acme/api", "number": 42})
-                        outcome = call_outcome(r)
-                        if not outcome["is_error"]:
-                            await anyio.sleep(0.02)
-                            continue
-                    except Exception as e:  # what a user of the SDK sees
-                        outcome = {"exception": type(e).__name__, "message": str(e)[:300]}
-                    break
-                result["ended_task_sdk"] = outcome
-                result["ended_task_trace"] = [
-                    {k: e[k] for k in ("path", "status", "www_authenticate")} for e in trace.exchanges[mark:]
-                    if e["status"] != 200
-                ]
-                resp = await token_request(token_endpoint, resource=url)
+                result["stage"] = "ended"
+                result["ended_mark"] = len(trace.exchanges)
+                # The revocation reaches the server within milliseconds; 10 s is a
+                # generous bound.
+                refused, deadline = None, time.monotonic() + 10
+                while refused is None and time.monotonic() < deadline:
+                    resp = await raw.post(
+                        url, json=ping, headers={**headers, "authorization": f"Bearer {live}"}
+                    )
+                    if resp.status_code != 200:
+                        refused = challenge(resp)
+                    else:
+                        await anyio.sleep(0.02)
+                result["ended_task_token"] = refused
+                resp = await raw.post(
+                    token_endpoint,
+                    data={
+                        "grant_type": "client_credentials",
+                        "client_assertion_type": ASSERTION_TYPE,
+                        "client_assertion": leftover,
+                        "resource": url,
+                    },
+                )
                 result["ended_task_token_endpoint"] = challenge(resp)
-    result["audiences"] = sorted(set(audiences))
-    print(json.dumps(result), flush=True)
+                # The SDK's session: its token is refused, it tries to get a new one, and
+                # the agent issues no JWT-SVID for an ended task. The SDK raises that
+                # from its transport's task group, which ends the session.
+                mark = len(trace.exchanges)
+                with anyio.fail_after(20):
+                    r = await session.call_tool("get_pull_request", {"repo": "acme/api", "number": 42})
+                result["ended_task_sdk"] = call_outcome(r)
 
 
 def main(argv):
