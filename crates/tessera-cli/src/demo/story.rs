@@ -279,9 +279,14 @@ pub(super) async fn tell(stage: &mut Stage, bins: &Binaries) -> anyhow::Result<(
             format!("the bearer call after EndTask should be refused: {after}"),
         ));
     }
-    let how = match after["reason"].as_str() {
-        Some(reason) => format!("denied: {reason}"),
-        None => after["message"].as_str().unwrap_or("refused").to_owned(),
+    // The bearer layer refuses a token of an ended task before MCP sees the request:
+    // 401 invalid_token, which rmcp's client reports as "Auth required".
+    let how = match (after["reason"].as_str(), after["message"].as_str()) {
+        (Some(reason), _) => format!("denied: {reason}"),
+        (None, Some(m)) if m.contains("Auth required") => {
+            "refused: 401 invalid_token (the task is revoked)".to_owned()
+        }
+        (None, m) => format!("refused: {}", m.unwrap_or("no answer")),
     };
     ok(&format!(
         "EndTask, then get_pull_request with the still-unexpired token → {how}, {refused_ms:.1} ms after EndTask"
