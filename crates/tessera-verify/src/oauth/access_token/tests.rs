@@ -417,7 +417,7 @@ fn x5c_chaining_to_another_trust_domain_is_refused() {
 }
 
 #[test]
-fn x5c_through_an_intermediate_the_root_does_not_allow_is_refused() {
+fn x5c_must_carry_the_intermediates_its_leaf_needs() {
     let s = Server::new();
     let forged = {
         let mut leaf = tessera_testca::Leaf::new(SERVER, &s.ca);
