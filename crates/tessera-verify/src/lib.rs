@@ -93,7 +93,7 @@
 //! caller gets exactly the checks an mTLS caller gets, with the token's scopes.
 //!
 //! ```ignore
-//! use tessera_verify::oauth::{AcceptedAuth, AccessTokenVerifier, BearerAuthLayer, CertThumbprint, ProtectedResourceMetadata, TokenEndpointConfig, TokenEndpointLayer};
+//! use tessera_verify::oauth::{AcceptedAuth, AccessTokenVerifier, BearerAuthLayer, CertThumbprint, ProtectedResourceMetadata};
 //!
 //! let (resource, issuer) = ("https://mcp.example:8443/mcp", "https://mcp.example:8443");
 //! // Which credentials: certificates, tokens, or both (optionally only tokens bound to
@@ -107,13 +107,6 @@
 //!     ProtectedResourceMetadata::new(resource, issuer)?,
 //!     accepted,
 //! )?;
-//! // The co-located authorization server: JWT-SVIDs (checked against the JWT bundle the
-//! // trust source carries) in, access tokens signed with the server's own SVID key out.
-//! let token_endpoint = TokenEndpointLayer::new(
-//!     TokenEndpointConfig::new(resource)?.with_token_ttl(Duration::from_secs(300))?,
-//!     trust.clone(),
-//!     revocations.clone(),
-//! );
 //! let service = tower::ServiceBuilder::new()
 //!     .layer(token_endpoint)                       // POST /oauth/token carries no bearer token
 //!     .layer(bearer)
