@@ -85,15 +85,16 @@
 //! ## Serving bearer tokens
 //!
 //! MCP SDK clients speak OAuth 2.1, not mTLS. The same server also accepts them by
-//! adding, to the stack above, its own token endpoint (`oauth::token_endpoint`) and
-//! [`oauth::BearerAuthLayer`], which publishes RFC 9728 metadata, answers `401` with a
+//! adding, to the stack above, its own token endpoint ([`oauth::TokenEndpointLayer`])
+//! and [`oauth::BearerAuthLayer`], which publishes RFC 9728 metadata, answers `401` with a
 //! `WWW-Authenticate: Bearer resource_metadata="…"` challenge, verifies each token
 //! (minted by this server for exactly its resource URL, carrying the task), and puts the
 //! token's [`Peer`] where the mTLS path puts the certificate's: from there a bearer
 //! caller gets exactly the checks an mTLS caller gets, with the token's scopes.
 //!
 //! ```ignore
-//! use tessera_verify::oauth::{AcceptedAuth, AccessTokenVerifier, BearerAuthLayer, CertThumbprint, ProtectedResourceMetadata};
+//! use tessera_verify::oauth::{AcceptedAuth, AccessTokenVerifier, BearerAuthLayer, CertThumbprint,
+//!     ProtectedResourceMetadata, TokenEndpointConfig, TokenEndpointLayer};
 //!
 //! let (resource, issuer) = ("https://mcp.example:8443/mcp", "https://mcp.example:8443");
 //! // Which credentials: certificates, tokens, or both (optionally only tokens bound to
@@ -107,6 +108,13 @@
 //!     ProtectedResourceMetadata::new(resource, issuer)?,
 //!     accepted,
 //! )?;
+//! // The co-located authorization server: JWT-SVIDs (checked against the JWT bundle the
+//! // trust source carries) in, access tokens signed with the server's own SVID key out.
+//! let token_endpoint = TokenEndpointLayer::new(
+//!     TokenEndpointConfig::new(resource)?.with_token_ttl(Duration::from_secs(300))?,
+//!     trust.clone(),
+//!     revocations.clone(),
+//! );
 //! let service = tower::ServiceBuilder::new()
 //!     .layer(token_endpoint)                       // POST /oauth/token carries no bearer token
 //!     .layer(bearer)

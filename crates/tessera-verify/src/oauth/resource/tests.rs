@@ -42,6 +42,7 @@ const TASK_SCOPES: &[&str] = &[
     "github/tool/get_pull_request",
     "github/tool/delete_branch",
     "github/tool/push",
+    "github/resource/file:///docs/*",
 ];
 
 /// What its token grants: `push` is the task's but not the token's.
@@ -404,6 +405,25 @@ async fn a_scope_of_the_task_but_not_the_token_is_a_step_up_challenge() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(f.seen(), ["push authorization=false"]);
 
+    // A resource: the exact URI is the scope to ask for; one that cannot be written
+    // as an OAuth scope token (a quote) steps up to the task's scope that permits it.
+    let auth = bearer(&f.token(&["github/resource/file:///docs/a"], None));
+    for (uri, scope) in [
+        ("file:///docs/b", "github/resource/file:///docs/b"),
+        ("file:///docs/x\"y", "github/resource/file:///docs/*"),
+    ] {
+        let read = rpc("resources/read", json!({"uri": uri}));
+        let (status, headers, _) = f.send(request(read, Some(&auth))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
+        assert!(
+            challenge(&headers).starts_with(&format!(
+                r#"Bearer error="insufficient_scope", scope="{scope}", resource_metadata="{PRM_URL}""#
+            )),
+            "{uri}: {}",
+            challenge(&headers)
+        );
+    }
+
     // The same operation over mTLS is decided by `Enforced` alone (no step-up).
     let mut req = request(call("push", json!({})), None);
     req.extensions_mut()
@@ -540,6 +560,35 @@ async fn a_bound_token_works_only_with_its_certificate() {
         "another certificate"
     );
     assert_eq!(f.seen(), ["get_pull_request authorization=false"]);
+}
+
+/// A bound token stands with its certificate: once that certificate is revoked (by
+/// serial), the token does not carry the connection past it.
+#[tokio::test]
+async fn a_bound_token_falls_with_its_revoked_certificate() {
+    // The certificate `with_certificate` inserts has serial 42; its task is not revoked.
+    let f = fixture_with(
+        AcceptedAuth::BOTH,
+        RevocationWatcher::from_static([], ["42".to_owned()]),
+    );
+    let leaf = b"the client's leaf DER";
+    let bound = bearer(&f.token(TOKEN_SCOPES, Some(CertThumbprint::of_der(leaf))));
+    let req = with_certificate(
+        request(call("get_pull_request", json!({})), Some(&bound)),
+        leaf,
+    );
+    let (status, headers, _) = f.send(req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&headers),
+        invalid_token("the certificate the token is bound to is revoked")
+    );
+    // The same token without a certificate is no way around it either.
+    let (status, _, _) = f
+        .send(request(call("get_pull_request", json!({})), Some(&bound)))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(f.seen().is_empty());
 }
 
 /// A certificate and a token on one request: the token must be bound to that
@@ -781,6 +830,11 @@ async fn the_body_is_read_once_and_bounded() {
     );
     let (status, _, _) = f.send(request(big, Some(&auth))).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        DEFAULT_MAX_BODY_BYTES,
+        StreamableHttpServerConfig::default().max_request_body_bytes,
+        "the layer refuses nothing rmcp would take"
+    );
     assert!(f.seen().is_empty());
     assert_eq!(
         targeted(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"push"}}"#),
