@@ -689,3 +689,22 @@ fn no_trust_material_refuses_everything() {
         AccessTokenError::NoTrustMaterial
     );
 }
+
+#[test]
+fn new_jwt_bundles_keep_cached_tokens() {
+    let s = Server::new();
+    let v = verifier(&s);
+    let token = minter(&s)
+        .mint(&grant(&[]), SystemTime::now())
+        .unwrap()
+        .token;
+    let first = v.verify(&token, SystemTime::now()).unwrap();
+    // The same X.509 material with other JWT bundles: the chain check still holds.
+    let same = s.trust.current().unwrap().as_ref().clone();
+    s.publisher
+        .publish(same.with_jwt_bundles(Default::default()).unwrap());
+    assert!(Arc::ptr_eq(
+        &first,
+        &v.verify(&token, SystemTime::now()).unwrap()
+    ));
+}
