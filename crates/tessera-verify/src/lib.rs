@@ -97,7 +97,6 @@
 //!     ProtectedResourceMetadata, TokenEndpointConfig, TokenEndpointLayer};
 //!
 //! let (resource, issuer) = ("https://mcp.example:8443/mcp", "https://mcp.example:8443");
-//! let token_endpoint = TokenEndpointLayer::new(TokenEndpointConfig::new(resource)?, trust.clone(), revocations.clone());
 //! // Which credentials: certificates, tokens, or both (optionally only tokens bound to
 //! // the connection's certificate, RFC 8705).
 //! let accepted = AcceptedAuth::BOTH;
@@ -109,6 +108,13 @@
 //!     ProtectedResourceMetadata::new(resource, issuer)?,
 //!     accepted,
 //! )?;
+//! // The co-located authorization server: JWT-SVIDs (checked against the JWT bundle the
+//! // trust source carries) in, access tokens signed with the server's own SVID key out.
+//! let token_endpoint = TokenEndpointLayer::new(
+//!     TokenEndpointConfig::new(resource)?.with_token_ttl(Duration::from_secs(300))?,
+//!     trust.clone(),
+//!     revocations.clone(),
+//! );
 //! let service = tower::ServiceBuilder::new()
 //!     .layer(token_endpoint)                       // POST /oauth/token carries no bearer token
 //!     .layer(bearer)

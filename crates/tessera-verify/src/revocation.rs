@@ -224,6 +224,20 @@ impl RevocationWatcher {
         }
     }
 
+    /// What the feed says about one certificate serial alone: for a certificate that is
+    /// not a task's (a client's own SVID, to which an access token may be bound).
+    pub fn serial_status(&self, serial_hex: &str) -> RevocationStatus {
+        if !self.is_fresh() {
+            return RevocationStatus::Stale;
+        }
+        if self.inner.set.load().serials.contains(serial_hex) {
+            return RevocationStatus::Revoked {
+                reason: "serial revoked".to_owned(),
+            };
+        }
+        RevocationStatus::NotRevoked
+    }
+
     /// Whether the set is current: fixed, a live stream, or lost for less than the bound.
     pub fn is_fresh(&self) -> bool {
         let inner = &self.inner;

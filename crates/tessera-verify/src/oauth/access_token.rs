@@ -15,9 +15,10 @@
 //! [`AccessTokenVerifier`] keeps the tokens it verified in a bounded cache keyed by the
 //! SHA-256 of the token text: a request presenting a known token costs a hash and a map
 //! lookup, not an ECDSA verify and a chain walk. A hit still checks the token's `exp`
-//! against the clock, that the trust material it was verified under is still the
-//! current one (a new bundle, e.g. without an evicted CA, or a new own SVID sends every
-//! token through the full check again), and the task's revocation when a feed is given.
+//! against the clock, that the trust anchors its chain was verified against are still
+//! the current ones (every X.509 update of the trust source, e.g. a bundle without an
+//! evicted CA, sends each token through the full check once more; new JWT bundles do
+//! not), and the task's revocation when a feed is given.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,8 +28,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use rustls::SignatureScheme;
 use rustls::server::ParsedCertificate;
+use rustls::{RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -597,7 +598,13 @@ impl AccessTokenVerifier {
             .ok_or(AccessTokenError::NoTrustMaterial)?;
         let now = unix(now);
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let verified = match self.cache.get(&key, &material) {
+        // What a cached verification depends on: the own trust domain's anchors (the
+        // chain check). The own SVID and the JWT bundles may change under it.
+        let roots = material
+            .roots(material.own_id().trust_domain())
+            .cloned()
+            .ok_or_else(|| AccessTokenError::UntrustedChain("no bundle".into()))?;
+        let verified = match self.cache.get(&key, &roots) {
             Some(hit) => hit,
             None => {
                 let verified = Arc::new(verify_uncached(
@@ -607,7 +614,7 @@ impl AccessTokenVerifier {
                     &self.resource,
                     now,
                 )?);
-                self.cache.insert(key, &verified, material, now);
+                self.cache.insert(key, &verified, roots, now);
                 verified
             }
         };
@@ -919,8 +926,10 @@ pub(crate) fn parse_scopes(text: &str) -> Result<Vec<Scope>, String> {
 
 struct CacheEntry {
     token: Arc<VerifiedAccessToken>,
-    /// The material the token was verified under; a hit needs the current one.
-    material: Arc<TrustMaterial>,
+    /// The trust anchors the token's chain was verified against; a hit needs the
+    /// current ones (the same `Arc`: material republished with new JWT bundles shares
+    /// it, every X.509 update builds new anchors).
+    roots: Arc<RootCertStore>,
 }
 
 /// Verified tokens by SHA-256 of their text.
@@ -950,31 +959,27 @@ impl Cache {
         self.map.read().map(|m| m.len()).unwrap_or(0)
     }
 
-    fn get(
-        &self,
-        key: &[u8; 32],
-        material: &Arc<TrustMaterial>,
-    ) -> Option<Arc<VerifiedAccessToken>> {
+    fn get(&self, key: &[u8; 32], roots: &Arc<RootCertStore>) -> Option<Arc<VerifiedAccessToken>> {
         let map = self.map.read().ok()?;
         let entry = map.get(key)?;
-        Arc::ptr_eq(&entry.material, material).then(|| entry.token.clone())
+        Arc::ptr_eq(&entry.roots, roots).then(|| entry.token.clone())
     }
 
     fn insert(
         &self,
         key: [u8; 32],
         token: &Arc<VerifiedAccessToken>,
-        material: Arc<TrustMaterial>,
+        roots: Arc<RootCertStore>,
         now: i64,
     ) {
         let Ok(mut map) = self.map.write() else {
             return;
         };
         if map.len() >= self.capacity && !map.contains_key(&key) {
-            // Expired tokens and those verified under older material go first; if the
+            // Expired tokens and those verified under older anchors go first; if the
             // cache is still full of live tokens, an arbitrary one makes room (it is
             // verified again in full when it comes back).
-            map.retain(|_, e| e.token.exp_unix > now && Arc::ptr_eq(&e.material, &material));
+            map.retain(|_, e| e.token.exp_unix > now && Arc::ptr_eq(&e.roots, &roots));
             if map.len() >= self.capacity
                 && let Some(victim) = map.keys().next().copied()
             {
@@ -985,7 +990,7 @@ impl Cache {
             key,
             CacheEntry {
                 token: token.clone(),
-                material,
+                roots,
             },
         );
     }

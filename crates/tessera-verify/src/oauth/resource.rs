@@ -7,7 +7,8 @@
 //!    allowed only if [`AcceptedAuth`] says so. A token is verified by the
 //!    [`AccessTokenVerifier`] (signature, chain, this server's `aud`, expiry, ...); a
 //!    token bound to a certificate (RFC 8705 `cnf`) only on a connection that presented
-//!    that certificate; a certificate and a token together only if the token is bound
+//!    that certificate, and only while the certificate itself stands (not expired, its
+//!    serial and task not revoked); a certificate and a token together only if the token is bound
 //!    to that certificate (else which of the two speaks for the request would be a
 //!    guess); and the token's task must still pass the checks every request gets
 //!    (deadline, revocation by task id, feed fresh).
@@ -59,8 +60,9 @@ use super::prm::{ProtectedResourceMetadata, is_scope_char};
 use super::{AccessTokenVerifier, CertThumbprint, VerifiedAccessToken};
 use crate::authz::Authorizer;
 use crate::decision::{Decision, Reason};
-use crate::peer::Peer;
+use crate::peer::{Credential, Peer};
 use crate::request::{McpMethod, McpRequest};
+use crate::revocation::RevocationStatus;
 
 /// Default bound of a JSON-RPC body read for the step-up check: rmcp's own default
 /// bound of a POST body (4 MiB), so the layer refuses nothing rmcp would take.
@@ -345,6 +347,8 @@ impl Shared {
             || req.extensions().get::<CertThumbprint>().is_some();
         let Some(token) = token else {
             if certificate && self.accepted.mtls {
+                // Another scheme's credential is not ours to pass on either.
+                req.headers_mut().remove(AUTHORIZATION);
                 return Ok(Admitted::Certificate);
             }
             return Err(Challenge::Authenticate.into());
@@ -362,8 +366,15 @@ impl Shared {
             Challenge::InvalidToken(e.reason().to_owned())
         })?;
         let presented = req.extensions().get::<CertThumbprint>();
+        let now_unix = unix_secs(now);
         match (verified.cnf(), presented) {
-            (Some(bound), Some(presented)) if bound == presented => {}
+            (Some(bound), Some(presented)) if bound == presented => {
+                // The token speaks for the request, but only with its certificate: a
+                // certificate revoked or expired since the handshake takes it down too.
+                if let Some(cert) = req.extensions().get::<Arc<Peer>>() {
+                    self.certificate_still_good(cert, now_unix)?;
+                }
+            }
             (Some(_), _) => {
                 tracing::info!(
                     jti = verified.jti(),
@@ -396,6 +407,37 @@ impl Shared {
         req.extensions_mut().insert(verified.peer().clone());
         req.headers_mut().remove(AUTHORIZATION);
         Ok(Admitted::Token(verified))
+    }
+
+    /// Whether the certificate a bound token came with still stands: not expired, and
+    /// neither its task nor its serial revoked.
+    fn certificate_still_good(&self, cert: &Peer, now_unix: i64) -> Result<(), Refusal> {
+        let Credential::Certificate {
+            serial_hex,
+            not_after_unix,
+        } = cert.credential()
+        else {
+            return Ok(());
+        };
+        if now_unix >= *not_after_unix {
+            return Err(Challenge::InvalidToken(
+                "the certificate the token is bound to has expired".into(),
+            )
+            .into());
+        }
+        let feed = self.authz.revocations();
+        let status = match cert.task() {
+            Some(task) => feed.status(&task.task, serial_hex),
+            None => feed.serial_status(serial_hex),
+        };
+        match status {
+            RevocationStatus::NotRevoked => Ok(()),
+            RevocationStatus::Revoked { .. } => Err(Challenge::InvalidToken(
+                "the certificate the token is bound to is revoked".into(),
+            )
+            .into()),
+            RevocationStatus::Stale => Err(Refusal::Unavailable),
+        }
     }
 
     /// The checks every request of the token's task gets, here so that a token that
@@ -503,6 +545,13 @@ impl Shared {
             }
         }
     }
+}
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// An empty response with `status`.

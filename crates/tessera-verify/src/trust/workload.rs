@@ -83,16 +83,23 @@ pub async fn connect(
     if socket.is_none() {
         tracing::warn!("Workload API endpoint is not a unix socket; no JWT bundles");
     }
-    let (trust, task) = follow(source, own_id.clone(), socket.clone())?;
+    let (trust, task, mut jwt_gone) = follow(source, own_id.clone(), socket.clone())?;
     if socket.is_some() {
         let mut rx = trust.subscribe();
         let td = own_id.trust_domain().clone();
         let has_jwt = |m: &Option<Arc<TrustMaterial>>| {
             m.as_ref().is_some_and(|m| m.jwt_bundle(&td).is_some())
         };
-        if tokio::time::timeout(FIRST_JWT_BUNDLES_WAIT, rx.wait_for(has_jwt))
+        // Until the bundle comes, or the agent says it serves none.
+        let first = async {
+            tokio::select! {
+                _ = rx.wait_for(has_jwt) => true,
+                _ = jwt_gone.wait_for(|gone| *gone) => false,
+            }
+        };
+        if !tokio::time::timeout(FIRST_JWT_BUNDLES_WAIT, first)
             .await
-            .is_err()
+            .unwrap_or(false)
         {
             tracing::warn!(
                 "no JWT bundle from the agent yet; JWT-SVID assertions are refused until one comes"
@@ -119,27 +126,30 @@ pub fn from_x509_source(
     source: X509Source,
     own_id: ServerId,
 ) -> Result<(TrustSource, Background), TrustError> {
-    follow(source, own_id, None)
+    follow(source, own_id, None).map(|(trust, task, _)| (trust, task))
 }
 
 /// Publishes the first material and follows both streams (JWT bundles only with a
-/// socket).
+/// socket). The receiver turns `true` once the JWT stream is given up for good (no
+/// socket, or an agent that serves no JWT bundles).
 fn follow(
     source: X509Source,
     own_id: ServerId,
     jwt_socket: Option<PathBuf>,
-) -> Result<(TrustSource, Background), TrustError> {
+) -> Result<(TrustSource, Background, watch::Receiver<bool>), TrustError> {
     let mut x509 = material_from(&source, &own_id)?;
     let (publisher, trust) = TrustSource::channel();
     publisher.publish(x509.clone());
     let mut updates = source.updated();
     let (jwt_tx, mut jwt_rx) = watch::channel::<Option<JwtBundles>>(None);
+    let (gone_tx, gone_rx) = watch::channel(false);
     let task = Background::spawn("trust-workload", move |stop| async move {
         let jwt_follower = async move {
             match jwt_socket {
                 Some(socket) => jwt_bundles::follow(socket, jwt_tx).await,
                 None => drop(jwt_tx),
             }
+            gone_tx.send_replace(true);
             // Done (no socket, or no JWT service): the other stream goes on.
             std::future::pending::<()>().await
         };
@@ -187,7 +197,7 @@ fn follow(
             tracing::warn!(error = %e, "X509Source did not shut down in time; aborted");
         }
     });
-    Ok((trust, task))
+    Ok((trust, task, gone_rx))
 }
 
 fn material_from(source: &X509Source, own_id: &ServerId) -> Result<TrustMaterial, TrustError> {

@@ -417,7 +417,7 @@ fn x5c_chaining_to_another_trust_domain_is_refused() {
 }
 
 #[test]
-fn x5c_through_an_intermediate_the_root_does_not_allow_is_refused() {
+fn x5c_must_carry_the_intermediates_its_leaf_needs() {
     let s = Server::new();
     let forged = {
         let mut leaf = tessera_testca::Leaf::new(SERVER, &s.ca);
@@ -688,4 +688,23 @@ fn no_trust_material_refuses_everything() {
         v.verify("a.b.c", SystemTime::now()).unwrap_err(),
         AccessTokenError::NoTrustMaterial
     );
+}
+
+#[test]
+fn new_jwt_bundles_keep_cached_tokens() {
+    let s = Server::new();
+    let v = verifier(&s);
+    let token = minter(&s)
+        .mint(&grant(&[]), SystemTime::now())
+        .unwrap()
+        .token;
+    let first = v.verify(&token, SystemTime::now()).unwrap();
+    // The same X.509 material with other JWT bundles: the chain check still holds.
+    let same = s.trust.current().unwrap().as_ref().clone();
+    s.publisher
+        .publish(same.with_jwt_bundles(Default::default()).unwrap());
+    assert!(Arc::ptr_eq(
+        &first,
+        &v.verify(&token, SystemTime::now()).unwrap()
+    ));
 }

@@ -562,6 +562,35 @@ async fn a_bound_token_works_only_with_its_certificate() {
     assert_eq!(f.seen(), ["get_pull_request authorization=false"]);
 }
 
+/// A bound token stands with its certificate: once that certificate is revoked (by
+/// serial), the token does not carry the connection past it.
+#[tokio::test]
+async fn a_bound_token_falls_with_its_revoked_certificate() {
+    // The certificate `with_certificate` inserts has serial 42; its task is not revoked.
+    let f = fixture_with(
+        AcceptedAuth::BOTH,
+        RevocationWatcher::from_static([], ["42".to_owned()]),
+    );
+    let leaf = b"the client's leaf DER";
+    let bound = bearer(&f.token(TOKEN_SCOPES, Some(CertThumbprint::of_der(leaf))));
+    let req = with_certificate(
+        request(call("get_pull_request", json!({})), Some(&bound)),
+        leaf,
+    );
+    let (status, headers, _) = f.send(req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&headers),
+        invalid_token("the certificate the token is bound to is revoked")
+    );
+    // The same token without a certificate is no way around it either.
+    let (status, _, _) = f
+        .send(request(call("get_pull_request", json!({})), Some(&bound)))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(f.seen().is_empty());
+}
+
 /// A certificate and a token on one request: the token must be bound to that
 /// certificate, else neither is taken.
 #[tokio::test]
@@ -578,11 +607,19 @@ async fn a_certificate_and_an_unbound_token_are_refused_together() {
         challenge(&headers),
         invalid_token("a client certificate and a token not bound to it")
     );
-    // The certificate alone is fine on a server accepting mTLS.
-    let req = with_certificate(request(call("get_pull_request", json!({})), None), b"leaf");
+    // The certificate alone is fine on a server accepting mTLS, and a credential of
+    // another scheme beside it is not passed on.
+    let req = with_certificate(
+        request(
+            call("get_pull_request", json!({})),
+            Some("Basic dXNlcjpwYXNz"),
+        ),
+        b"leaf",
+    );
     let (status, _, answer) = f.send(req).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(f.audit().pop().unwrap()["auth"], "mtls");
+    assert_eq!(f.seen(), ["get_pull_request authorization=false"]);
 }
 
 #[tokio::test]

@@ -850,3 +850,18 @@ async fn without_a_jwt_bundle_the_endpoint_is_unavailable() {
     .await;
     assert_refused(&a, StatusCode::SERVICE_UNAVAILABLE, "server_error");
 }
+
+#[tokio::test]
+async fn a_task_past_its_deadline_gets_no_token_even_within_the_jwt_leeway() {
+    let f = Fixture::new();
+    // The JWT-SVID rules allow a few seconds of clock skew on `exp`; the task's
+    // deadline is the task's, and it has passed.
+    let now = unix_now();
+    let mut ended = task();
+    ended.deadline_unix = now - 2;
+    let claims = json!({
+        "sub": task_id_str(TD), "aud": ISSUER, "exp": now - 2, "iat": now - 60,
+        TASK_CLAIM: URL_SAFE_NO_PAD.encode(ended.to_der()),
+    });
+    both_grants_refuse(&f, &f.raw.token(&claims), "deadline", "deadline").await;
+}
