@@ -152,12 +152,6 @@ impl OAuthArgs {
             }
             return Ok(None);
         }
-        if self.require_cert_bound_tokens && self.accept != Accept::Both {
-            bail!(
-                "--require-cert-bound-tokens binds tokens to client certificates, so it needs \
-                 --accept both"
-            );
-        }
         let resource = match &self.resource_url {
             Some(u) => u.clone(),
             None => format!("https://{listen}/mcp"),
@@ -249,7 +243,13 @@ mod tests {
                 .plan(listen)
                 .is_err()
         );
-        assert!(args(Accept::Bearer, true, None).plan(listen).is_err());
+        // Bound tokens with bearer only: a certificate is needed, but is no credential alone.
+        let plan = args(Accept::Bearer, true, None)
+            .plan(listen)
+            .unwrap()
+            .unwrap();
+        assert!(!plan.accepted().allows_connections_without_certificate());
+        assert!(!plan.accepted().mtls);
         for bad in [
             "http://h/mcp",
             "https://u@h/mcp",
