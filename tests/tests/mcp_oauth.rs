@@ -489,3 +489,78 @@ async fn cert_bound_tokens_are_refused_without_their_certificate() {
         "a connection without a certificate was accepted"
     );
 }
+
+#[tokio::test]
+async fn typescript_mcp_sdk_gets_in_with_a_task_jwt_svid_as_its_static_assertion() {
+    let Some(node) = tessera_e2e::clients::node() else {
+        return;
+    };
+    let exe = std::env::current_exe().unwrap();
+    let (agent, server) = agent_and_server(&exe, &["--accept", "bearer"]).await;
+    let (w, task) = begin_task(&agent, &["github/tool/get_pull_request"]).await;
+    // What the README's TypeScript snippet starts from: the task's JWT-SVID for the
+    // issuer (FetchJWTSVID through any Workload API client) and the trust bundle.
+    let issuer = origin(&server.url);
+    let assertion = w.task_jwt(&task.spiffe_id, issuer).await.unwrap();
+    let bundle: String = w
+        .x509_bundle(TRUST_DOMAIN)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle_file, assertion_file) = (dir.path().join("bundle.pem"), dir.path().join("jwt"));
+    std::fs::write(&bundle_file, bundle).unwrap();
+    std::fs::write(&assertion_file, assertion).unwrap();
+    let out = std::process::Command::new(node)
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/node/mcp_oauth.cjs"))
+        .args([
+            server.url.as_str(),
+            &format!("spiffe://{TRUST_DOMAIN}/mcp/github"),
+        ])
+        .arg(&bundle_file)
+        .arg(&task.spiffe_id)
+        .arg(&assertion_file)
+        .env(
+            "NODE_PATH",
+            tessera_e2e::clients::typescript_client_dir().join("node_modules"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let context = format!("{r:#}\nserver log:\n{}", server.log_text());
+    let paths: Vec<&str> = r["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    // Discovery as the specification walks it, then the token, then the call.
+    for step in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-authorization-server",
+        "/oauth/token",
+    ] {
+        assert!(paths.contains(&step), "no {step}: {context}");
+    }
+    assert_eq!(r["trace"][0]["status"], 401, "{context}");
+    assert_eq!(
+        r["granted_scope"], "github/tool/get_pull_request",
+        "{context}"
+    );
+    assert_eq!(r["tools"], json!(["get_pull_request"]), "{context}");
+    assert_eq!(r["allowed"]["is_error"], false, "{context}");
+    assert!(
+        r["allowed"]["text"].as_str().unwrap().contains("acme/api"),
+        "{context}"
+    );
+}
