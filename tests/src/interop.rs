@@ -37,6 +37,11 @@ pub fn python_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/python/stock_clients.py")
 }
 
+/// The Python MCP SDK's OAuth client against the example server (`tests/mcp_oauth.rs`).
+pub fn python_mcp_oauth_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/python/mcp_oauth.py")
+}
+
 fn requirements() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/python/requirements.txt")
 }
@@ -128,13 +133,27 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Runs `stock_clients.py ARGS` and parses the JSON object it prints; its
 /// stderr is in the error when it fails.
 pub fn run_python(python: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    run_python_script(python, &python_script(), args)
+}
+
+/// Runs the Python `script ARGS` and parses the JSON object it prints last; its stderr
+/// is in the error when it fails.
+pub fn run_python_script(
+    python: &Path,
+    script: &Path,
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let name = script
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let out: Output = Command::new(python)
-        .arg(python_script())
+        .arg(script)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .context("running stock_clients.py")?;
-    last_json_line("stock_clients.py", args, &out)
+        .with_context(|| format!("running {name}"))?;
+    last_json_line(&name, args, &out)
 }
 
 /// Where Debian's Java packages put their jars.

@@ -46,7 +46,25 @@ fn demo_tells_the_whole_story_and_every_step_holds() {
         step(5)
     );
     assert!(step(6).contains("denied: revoked"), "{}", step(6));
-    let audit = step(7);
+    let bearer = step(7);
+    assert!(
+        bearer.contains("✔ no client certificate: the 401 named https://127.0.0.1:")
+            && bearer.contains("/.well-known/oauth-protected-resource/mcp"),
+        "{bearer}"
+    );
+    assert!(
+        bearer.contains("✔ get_pull_request with the token → allowed"),
+        "{bearer}"
+    );
+    assert!(
+        bearer.contains("list_pulls with the token → denied: out_of_scope"),
+        "{bearer}"
+    );
+    assert!(
+        bearer.contains("EndTask, then get_pull_request with the still-unexpired token → "),
+        "{bearer}"
+    );
+    let audit = step(8);
     for kind in ["entry.create", "consent.grant", "task.begin", "task.end"] {
         assert!(audit.contains(kind), "audit trail lacks {kind}:\n{audit}");
     }
@@ -58,7 +76,12 @@ fn demo_tells_the_whole_story_and_every_step_holds() {
         "{audit}"
     );
     assert!(
-        audit.contains("deny    tools/call         delete_branch"),
+        audit.contains("deny    mtls   tools/call         delete_branch"),
+        "{audit}"
+    );
+    // The bearer task's decisions are audited as such.
+    assert!(
+        audit.contains("allow   bearer tools/call         get_pull_request"),
         "{audit}"
     );
     assert!(stdout.contains("Every step behaved as shown"));

@@ -10,7 +10,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | `stage` | the binaries, the agent, the registrations, the consent and the MCP server |
-//! | `story` | the seven steps, each checked |
+//! | `story` | the eight steps, each checked |
 //! | `clients` | the same story from the Python and Node runtimes, when ready |
 //! | `narration` | how the demo speaks: steps, checks, details |
 
@@ -33,7 +33,7 @@ Examples:
   # Leave the agent and MCP server running afterwards, to poke at them by hand:
   cargo run --release --bin tessera -- demo --keep
 
-After the seven steps, the Python and Node example runtimes (clients/) tell the same
+After the eight steps, the Python and Node example runtimes (clients/) tell the same
 story when they are ready: a Python with tessera-client and mcp installed
 (TESSERA_DEMO_PYTHON, else the venv the tests build under target/, else python3), and
 node with clients/typescript built. TESSERA_DEMO_CLIENTS points at another clients/

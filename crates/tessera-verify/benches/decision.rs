@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tessera_verify::authz::policy::PolicyStore;
 use tessera_verify::authz::schema_with_arguments;
+use tessera_verify::peer::Credential;
 use tessera_verify::{Authorizer, McpRequest, Peer, RevocationWatcher};
 
 const POLICIES: &str = r#"
@@ -88,8 +89,10 @@ fn setup(case: &Case) -> (Authorizer, Peer, McpRequest) {
         client: claims.client_id.clone(),
         task: claims.client_id.task(claims.task_id),
         claims,
-        serial_hex: "42".into(),
-        not_after_unix: now + 3600,
+        credential: Credential::Certificate {
+            serial_hex: "42".into(),
+            not_after_unix: now + 3600,
+        },
     };
     let req = McpRequest::call_tool(
         "get_pull_request",

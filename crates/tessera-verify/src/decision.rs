@@ -35,6 +35,9 @@ pub enum Reason {
     /// The method names nothing the task's scopes or Cedar can decide on (a custom
     /// method, `tasks/*`, skills, an unknown notification): refused by default.
     MethodNotEnforceable,
+    /// The operation is within the task's granted scopes but not its access token's:
+    /// answered `403 insufficient_scope`, naming the scope to get a token for.
+    InsufficientScope,
 }
 
 /// The decision on one request.
@@ -70,6 +73,7 @@ impl Reason {
             Self::WrongServer => "wrong_server",
             Self::NoPolicies => "no_policies",
             Self::MethodNotEnforceable => "method_not_enforceable",
+            Self::InsufficientScope => "insufficient_scope",
         }
     }
 }

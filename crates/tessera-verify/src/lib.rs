@@ -1,16 +1,18 @@
 //! # tessera-verify
 //!
-//! The library an MCP server links to authorize **every** request over mTLS: *is this
-//! exact client, in this exact task, allowed to perform this exact operation, right now?*
+//! The library an MCP server links to authorize **every** request, over mTLS or with an
+//! OAuth access token minted for a task: *is this exact client, in this exact task,
+//! allowed to perform this exact operation, right now?*
 //!
 //! | module | concept |
 //! |---|---|
 //! | [`trust`] | where the own SVID and the bundles come from (Workload API or PEM files), published through one `watch` seam |
-//! | [`tls`] | rustls `ServerConfig` that requires a SPIFFE client certificate; client config pinning a server id |
-//! | [`peer`] | the connection's identity ([`Peer`]), parsed once from the verified leaf |
+//! | [`tls`] | rustls `ServerConfig` that requires (or, beside bearer tokens, allows) a SPIFFE client certificate; client configs pinning a server id |
+//! | [`peer`] | the caller's identity ([`Peer`]) and what proved it ([`Credential`]): parsed once from the verified leaf, or from a verified access token |
 //! | [`revocation`] | the agent's revocation feed, with a staleness bound that fails closed |
 //! | [`authz`] | the per-request [`Decision`]: expiry, revocation, scopes, Cedar |
 //! | [`mcp`] | enforcement for rmcp 3 servers ([`mcp::Enforced`]) and MCP session binding |
+//! | [`oauth`] | MCP authorization: access tokens, the co-located token endpoint, metadata, the resource server ([`oauth::BearerAuthLayer`]: Protected Resource Metadata, `WWW-Authenticate` challenges, step-up) |
 //! | [`audit`] | every decision as a `tracing` event and optional JSON lines |
 //! | [`conn`] | one span per accepted connection ([`ConnectionSpan`]): its id, and the peer once proven |
 //! | [`background`] | the one rule by which every background task stops: with its [`Background`] guard |
@@ -80,10 +82,60 @@
 //! `RequestContext.extensions`; [`mcp::Enforced`] reads the `Arc<Peer>` from there and
 //! refuses when it is missing. Non-rmcp servers call [`Authorizer::check`] per request.
 //!
+//! ## Serving bearer tokens
+//!
+//! MCP SDK clients speak OAuth 2.1, not mTLS. The same server also accepts them by
+//! adding, to the stack above, its own token endpoint ([`oauth::TokenEndpointLayer`])
+//! and [`oauth::BearerAuthLayer`], which publishes RFC 9728 metadata, answers `401` with a
+//! `WWW-Authenticate: Bearer resource_metadata="…"` challenge, verifies each token
+//! (minted by this server for exactly its resource URL, carrying the task), and puts the
+//! token's [`Peer`] where the mTLS path puts the certificate's: from there a bearer
+//! caller gets exactly the checks an mTLS caller gets, with the token's scopes.
+//!
+//! ```ignore
+//! use tessera_verify::oauth::{AcceptedAuth, AccessTokenVerifier, BearerAuthLayer, CertThumbprint,
+//!     ProtectedResourceMetadata, TokenEndpointConfig, TokenEndpointLayer};
+//!
+//! let (resource, issuer) = ("https://mcp.example:8443/mcp", "https://mcp.example:8443");
+//! // Which credentials: certificates, tokens, or both (optionally only tokens bound to
+//! // the connection's certificate, RFC 8705).
+//! let accepted = AcceptedAuth::BOTH;
+//! // TLS: a connection may come without a certificate; one presented is still verified.
+//! let mut tls = ServerTlsBuilder::new(trust.clone()).client_certificate_optional().build()?;
+//! let bearer = BearerAuthLayer::new(
+//!     AccessTokenVerifier::new(trust.clone(), issuer, resource),
+//!     authz.clone(),
+//!     ProtectedResourceMetadata::new(resource, issuer)?,
+//!     accepted,
+//! )?;
+//! // The co-located authorization server: JWT-SVIDs (checked against the JWT bundle the
+//! // trust source carries) in, access tokens signed with the server's own SVID key out.
+//! let token_endpoint = TokenEndpointLayer::new(
+//!     TokenEndpointConfig::new(resource)?.with_token_ttl(Duration::from_secs(300))?,
+//!     trust.clone(),
+//!     revocations.clone(),
+//! );
+//! let service = tower::ServiceBuilder::new()
+//!     .layer(token_endpoint)                       // POST /oauth/token carries no bearer token
+//!     .layer(bearer)
+//!     .layer(StreamGuardLayer::new(authz.clone()))
+//!     .layer(SessionBindingLayer::new())
+//!     .service(rmcp_service);
+//! // Per connection, when a certificate was presented: its `Arc<Peer>` and its
+//! // `CertThumbprint::of_der(leaf)` into every request's extensions, as above.
+//! ```
+//!
+//! A request with a certificate *and* a token is taken only if the token is bound to
+//! that certificate (`cnf`); otherwise which of the two speaks for it would be a guess.
+//! A token of an ended task is answered `401 invalid_token` on its next request. See
+//! [`oauth::resource`] for the full behaviour and [`oauth::challenge`] for the answers.
+//!
 //! ## Agent runtimes
 //!
 //! [`tls::client_config`] builds a rustls `ClientConfig` that presents the task SVID and
-//! accepts only a server presenting exactly `spiffe://<td>/mcp/<server>`.
+//! accepts only a server presenting exactly `spiffe://<td>/mcp/<server>`;
+//! [`tls::client_config_without_certificate`] pins the server the same way for a runtime
+//! that sends an access token instead.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -95,6 +147,7 @@ pub mod background;
 pub mod conn;
 mod decision;
 pub mod mcp;
+pub mod oauth;
 pub mod peer;
 mod request;
 pub mod revocation;
@@ -109,7 +162,7 @@ pub use authz::Authorizer;
 pub use background::Background;
 pub use conn::ConnectionSpan;
 pub use decision::{Decision, Reason};
-pub use peer::{Peer, PeerError};
+pub use peer::{AuthMethod, Credential, Peer, PeerError, TokenCredential};
 pub use request::{McpMethod, McpRequest};
 pub use revocation::{RevocationStatus, RevocationWatcher};
 pub use tls::{ServerTlsBuilder, TlsError};

@@ -1,59 +1,105 @@
-//! The identity of the peer on one mTLS connection, parsed once from its verified leaf.
+//! The identity of a caller: parsed once per mTLS connection from its verified leaf, or
+//! once per access token from the token this server's authorization server minted.
 //!
-//! A connection's identity is a type, not a bag of `Option`s: a task, a client (an agent
-//! runtime's own SVID), or another MCP server. Nothing the peer says outside the
-//! certificate is trusted; the task claims are trusted because the CA signed them.
+//! A caller's identity is a type, not a bag of `Option`s: a task, a client (an agent
+//! runtime's own SVID), or another MCP server, each with the [`Credential`] that proved
+//! it. Nothing the peer says outside the certificate (or the token, which this server
+//! signed) is trusted; the task claims are trusted because the CA signed them.
 
 use std::fmt;
 
 use rustls_pki_types::CertificateDer;
 use tessera_identity::{
-    ClientId, ProfileError, ServerId, TaskClaims, TaskSpiffeId, TesseraId, TrustDomain,
+    ClientId, ProfileError, Scope, ServerId, TaskClaims, TaskSpiffeId, TesseraId, TrustDomain,
     check_leaf_svid,
 };
 
-/// Who is on the other end of a connection, as proven by its verified client certificate.
+/// Who is on the other end of a request, as proven by its verified client certificate
+/// or by an access token minted for it.
 ///
 /// Parse it once per connection with [`Peer::from_leaf_der`] (after the TLS handshake,
 /// from `ServerConnection::peer_certificates()[0]`) and hand it to every request on that
-/// connection, e.g. as an `Arc<Peer>` in the HTTP request extensions.
+/// connection, e.g. as an `Arc<Peer>` in the HTTP request extensions. A bearer caller's
+/// comes from [`Peer::task_from_access_token`] (through
+/// `oauth::BearerAuthLayer`) and travels the same way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(
     clippy::large_enum_variant,
     reason = "one Peer per connection, shared in an Arc: boxing the claims would only add an indirection"
 )]
 pub enum Peer {
-    /// A task SVID: `spiffe://<td>/client/<client>/task/<id>` with signed task claims.
+    /// A task: `spiffe://<td>/client/<client>/task/<id>` with signed task claims.
     Task {
         /// The client running the task.
         client: ClientId,
         /// The task's SPIFFE ID.
         task: TaskSpiffeId,
         /// The signed task claims (subject, purpose, server, scopes, consent, deadline).
+        /// For an access token, the scopes are the token's (within the task's).
         claims: TaskClaims,
-        /// Serial number of the leaf, lowercase hex (as in the revocation feed).
-        serial_hex: String,
-        /// End of the leaf's validity, seconds since the Unix epoch.
-        not_after_unix: i64,
+        /// What proved it: the task SVID, or an access token.
+        credential: Credential,
     },
     /// A client (agent runtime) SVID: `spiffe://<td>/client/<client>`.
     Client {
         /// The client.
         client: ClientId,
-        /// Serial number of the leaf, lowercase hex.
-        serial_hex: String,
-        /// End of the leaf's validity, seconds since the Unix epoch.
-        not_after_unix: i64,
+        /// What proved it.
+        credential: Credential,
     },
     /// Another MCP server's SVID: `spiffe://<td>/mcp/<server>`.
     Server {
         /// The server.
         server: ServerId,
-        /// Serial number of the leaf, lowercase hex.
+        /// What proved it.
+        credential: Credential,
+    },
+}
+
+/// What proved a [`Peer`]'s identity, and until when it does.
+///
+/// The two kinds are told apart by type so that nothing of one can be mistaken for the
+/// other: an access token's `jti` is never looked up among revoked certificate serials
+/// (a bearer task is revoked by its task id, which the feed always carries).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credential {
+    /// An X.509-SVID presented in the TLS handshake.
+    Certificate {
+        /// Serial number of the leaf, lowercase hex (as in the revocation feed).
         serial_hex: String,
         /// End of the leaf's validity, seconds since the Unix epoch.
         not_after_unix: i64,
     },
+    /// An access token this server's authorization server minted (RFC 9068), in an
+    /// `Authorization: Bearer` header.
+    AccessToken(TokenCredential),
+}
+
+/// The facts of an access token a [`Peer`] needs: which token, until when, and whether
+/// it was bound to a client certificate. Never the token's text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenCredential {
+    /// The token's `jti` (for audit correlation with its issuance).
+    pub jti: String,
+    /// The token's `exp`, seconds since the Unix epoch.
+    pub exp_unix: i64,
+    /// Whether the token is bound to a client certificate (RFC 8705 `cnf`) and the
+    /// request came over a connection presenting it.
+    pub cert_bound: bool,
+}
+
+/// How a caller authenticated, as audit records name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// A client certificate (X.509-SVID): `mtls`.
+    Mtls,
+    /// An access token in an `Authorization: Bearer` header: `bearer`.
+    Bearer,
+    /// An access token bound to the client certificate the connection presented
+    /// (RFC 8705): `bearer+cnf`.
+    BearerCertBound,
 }
 
 /// Why a certificate does not make a Tessera peer.
@@ -78,6 +124,15 @@ pub enum PeerError {
     /// The connection presented no client certificate.
     #[error("the connection presented no client certificate")]
     NoCertificate,
+    /// An access token grants a scope its task's signed claims do not cover.
+    #[error("access token scope {scope} is not within the task's granted scopes")]
+    ScopeBeyondTask {
+        /// The scope, as written.
+        scope: String,
+    },
+    /// An access token names no scope: it could authorize nothing.
+    #[error("access token grants no scope")]
+    NoScopes,
 }
 
 // === impl Peer ===
@@ -92,8 +147,10 @@ impl Peer {
     /// [`PeerError`] for a profile violation, a non-Tessera id, or a task without claims.
     pub fn from_leaf_der(der: &[u8]) -> Result<Self, PeerError> {
         let leaf = check_leaf_svid(der)?;
-        let serial_hex = leaf.serial_hex;
-        let not_after_unix = leaf.not_after_unix;
+        let credential = Credential::Certificate {
+            serial_hex: leaf.serial_hex,
+            not_after_unix: leaf.not_after_unix,
+        };
         match leaf.tessera_id {
             Some(TesseraId::Task(task)) => {
                 let claims = leaf.claims.ok_or_else(|| PeerError::MissingClaims {
@@ -103,20 +160,11 @@ impl Peer {
                     client: task.client.clone(),
                     task,
                     claims,
-                    serial_hex,
-                    not_after_unix,
+                    credential,
                 })
             }
-            Some(TesseraId::Client(client)) => Ok(Peer::Client {
-                client,
-                serial_hex,
-                not_after_unix,
-            }),
-            Some(TesseraId::Server(server)) => Ok(Peer::Server {
-                server,
-                serial_hex,
-                not_after_unix,
-            }),
+            Some(TesseraId::Client(client)) => Ok(Peer::Client { client, credential }),
+            Some(TesseraId::Server(server)) => Ok(Peer::Server { server, credential }),
             None => Err(PeerError::NotTessera {
                 spiffe_id: leaf.spiffe_id,
             }),
@@ -134,6 +182,49 @@ impl Peer {
             .and_then(<[_]>::first)
             .ok_or(PeerError::NoCertificate)?;
         Self::from_leaf_der(leaf.as_ref())
+    }
+
+    /// A task peer proven by an access token: the task's signed `claims` (from the
+    /// token's task claim) with their scopes narrowed to `token_scopes`, so that every
+    /// check downstream (scope, Cedar's `principal.scopes`, list filtering) sees only
+    /// what the token grants.
+    ///
+    /// # Errors
+    /// [`PeerError::NoScopes`] for an empty `token_scopes`;
+    /// [`PeerError::ScopeBeyondTask`] for a token scope no granted scope of the task
+    /// covers (a token can narrow its task, never widen it).
+    pub fn task_from_access_token(
+        mut claims: TaskClaims,
+        token_scopes: &[Scope],
+        token: TokenCredential,
+    ) -> Result<Self, PeerError> {
+        if token_scopes.is_empty() {
+            return Err(PeerError::NoScopes);
+        }
+        if let Some(beyond) = token_scopes
+            .iter()
+            .find(|t| !claims.scopes.iter().any(|g| g.covers(t)))
+        {
+            return Err(PeerError::ScopeBeyondTask {
+                scope: beyond.to_string(),
+            });
+        }
+        claims.scopes = token_scopes.to_vec();
+        Ok(Peer::Task {
+            client: claims.client_id.clone(),
+            task: claims.client_id.task(claims.task_id),
+            claims,
+            credential: Credential::AccessToken(token),
+        })
+    }
+
+    /// A client peer (an agent runtime's own identity, no task) proven by an access
+    /// token. The authorizer refuses it like a client SVID (`not_a_task`).
+    pub fn client_from_access_token(client: ClientId, token: TokenCredential) -> Self {
+        Peer::Client {
+            client,
+            credential: Credential::AccessToken(token),
+        }
     }
 
     /// The peer's SPIFFE ID as a string.
@@ -169,22 +260,32 @@ impl Peer {
         }
     }
 
-    /// Serial number of the leaf, lowercase hex.
-    pub fn serial_hex(&self) -> &str {
+    /// What proved the peer.
+    pub fn credential(&self) -> &Credential {
         match self {
-            Peer::Task { serial_hex, .. }
-            | Peer::Client { serial_hex, .. }
-            | Peer::Server { serial_hex, .. } => serial_hex,
+            Peer::Task { credential, .. }
+            | Peer::Client { credential, .. }
+            | Peer::Server { credential, .. } => credential,
         }
     }
 
-    /// End of the leaf's validity, seconds since the Unix epoch.
-    pub fn not_after_unix(&self) -> i64 {
-        match self {
-            Peer::Task { not_after_unix, .. }
-            | Peer::Client { not_after_unix, .. }
-            | Peer::Server { not_after_unix, .. } => *not_after_unix,
+    /// Serial number of the leaf (lowercase hex), for a peer proven by a certificate.
+    pub fn serial_hex(&self) -> Option<&str> {
+        match self.credential() {
+            Credential::Certificate { serial_hex, .. } => Some(serial_hex),
+            Credential::AccessToken(_) => None,
         }
+    }
+
+    /// When the credential stops proving the peer, seconds since the Unix epoch: the
+    /// leaf's notAfter, or the access token's `exp`.
+    pub fn not_after_unix(&self) -> i64 {
+        self.credential().not_after_unix()
+    }
+
+    /// How the peer authenticated.
+    pub fn auth_method(&self) -> AuthMethod {
+        self.credential().auth_method()
     }
 
     /// The trust domain of the peer's SPIFFE ID.
@@ -205,8 +306,150 @@ impl Peer {
     }
 }
 
+// === impl Credential ===
+
+impl Credential {
+    /// When the credential stops proving the peer, seconds since the Unix epoch.
+    pub fn not_after_unix(&self) -> i64 {
+        match self {
+            Credential::Certificate { not_after_unix, .. } => *not_after_unix,
+            Credential::AccessToken(t) => t.exp_unix,
+        }
+    }
+
+    /// How a peer with this credential authenticated.
+    pub fn auth_method(&self) -> AuthMethod {
+        match self {
+            Credential::Certificate { .. } => AuthMethod::Mtls,
+            Credential::AccessToken(t) if t.cert_bound => AuthMethod::BearerCertBound,
+            Credential::AccessToken(_) => AuthMethod::Bearer,
+        }
+    }
+
+    /// What the credential is, for messages: `SVID` or `access token`.
+    pub fn noun(&self) -> &'static str {
+        match self {
+            Credential::Certificate { .. } => "SVID",
+            Credential::AccessToken(_) => "access token",
+        }
+    }
+}
+
+// === impl AuthMethod ===
+
+impl AuthMethod {
+    /// The stable name: `mtls`, `bearer` or `bearer+cnf`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Mtls => "mtls",
+            AuthMethod::Bearer => "bearer",
+            AuthMethod::BearerCertBound => "bearer+cnf",
+        }
+    }
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.kind(), self.spiffe_id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{TD, claims};
+
+    fn token(cert_bound: bool) -> TokenCredential {
+        TokenCredential {
+            jti: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+            exp_unix: 1_900_000_000,
+            cert_bound,
+        }
+    }
+
+    fn scopes(s: &[&str]) -> Vec<Scope> {
+        s.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_access_token_narrows_its_task_and_never_widens_it() {
+        let task = claims(
+            TD,
+            &["github/tool/*", "github/prompt/review"],
+            1_900_000_100,
+        );
+        let peer = Peer::task_from_access_token(
+            task.clone(),
+            &scopes(&["github/tool/get_pull_request"]),
+            token(false),
+        )
+        .unwrap();
+        let Peer::Task {
+            client,
+            task: id,
+            claims: narrowed,
+            credential,
+        } = &peer
+        else {
+            panic!("not a task: {peer}")
+        };
+        assert_eq!(client, &task.client_id);
+        assert_eq!(id.task, task.task_id);
+        assert_eq!(narrowed.scopes, scopes(&["github/tool/get_pull_request"]));
+        assert_eq!(narrowed.deadline_unix, task.deadline_unix);
+        assert_eq!(credential, &Credential::AccessToken(token(false)));
+        assert_eq!(peer.serial_hex(), None, "no serial to match a revocation");
+        assert_eq!(peer.not_after_unix(), 1_900_000_000);
+        assert_eq!(peer.auth_method().as_str(), "bearer");
+
+        let err = Peer::task_from_access_token(
+            task.clone(),
+            &scopes(&[
+                "github/tool/get_pull_request",
+                "github/resource/file:///etc/*",
+            ]),
+            token(false),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            PeerError::ScopeBeyondTask {
+                scope: "github/resource/file:///etc/*".into()
+            }
+        );
+        // A prefix wider than the grant is beyond it too.
+        let narrow = claims(TD, &["github/tool/get_*"], 1_900_000_100);
+        assert!(matches!(
+            Peer::task_from_access_token(narrow, &scopes(&["github/tool/*"]), token(false)),
+            Err(PeerError::ScopeBeyondTask { .. })
+        ));
+        assert_eq!(
+            Peer::task_from_access_token(task, &[], token(false)).unwrap_err(),
+            PeerError::NoScopes
+        );
+    }
+
+    #[test]
+    fn auth_methods_have_stable_names() {
+        let cert = Credential::Certificate {
+            serial_hex: "01".into(),
+            not_after_unix: 5,
+        };
+        assert_eq!(cert.auth_method().as_str(), "mtls");
+        assert_eq!(cert.not_after_unix(), 5);
+        let bound = Credential::AccessToken(token(true));
+        assert_eq!(bound.auth_method().as_str(), "bearer+cnf");
+        let client = Peer::client_from_access_token(
+            "spiffe://acme.corp/client/code-reviewer".parse().unwrap(),
+            token(true),
+        );
+        assert_eq!(client.auth_method(), AuthMethod::BearerCertBound);
+        assert_eq!(client.kind(), "client");
     }
 }

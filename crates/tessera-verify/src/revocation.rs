@@ -210,6 +210,34 @@ impl RevocationWatcher {
         RevocationStatus::NotRevoked
     }
 
+    /// What the feed says about a task, by its id alone: for a credential that is not a
+    /// certificate (an access token carries the task id, and no serial of its own).
+    pub fn task_status(&self, task: &TaskId) -> RevocationStatus {
+        if !self.is_fresh() {
+            return RevocationStatus::Stale;
+        }
+        match self.inner.set.load().tasks.get(task) {
+            Some(reason) => RevocationStatus::Revoked {
+                reason: reason.clone(),
+            },
+            None => RevocationStatus::NotRevoked,
+        }
+    }
+
+    /// What the feed says about one certificate serial alone: for a certificate that is
+    /// not a task's (a client's own SVID, to which an access token may be bound).
+    pub fn serial_status(&self, serial_hex: &str) -> RevocationStatus {
+        if !self.is_fresh() {
+            return RevocationStatus::Stale;
+        }
+        if self.inner.set.load().serials.contains(serial_hex) {
+            return RevocationStatus::Revoked {
+                reason: "serial revoked".to_owned(),
+            };
+        }
+        RevocationStatus::NotRevoked
+    }
+
     /// Whether the set is current: fixed, a live stream, or lost for less than the bound.
     pub fn is_fresh(&self) -> bool {
         let inner = &self.inner;

@@ -1,5 +1,6 @@
-//! rustls configs: the server side that requires and checks SPIFFE client certificates,
-//! and the client side that agent runtimes use to pin an MCP server's identity.
+//! rustls configs: the server side that requires (or, for servers that also accept
+//! bearer tokens, allows) and checks SPIFFE client certificates, and the client side
+//! that agent runtimes use to pin an MCP server's identity.
 //!
 //! rustls' built-in `WebPkiClientVerifier` takes a fixed root store and knows nothing of
 //! trust domains or the SVID profile, and spiffe-rustls only builds from a live
@@ -69,14 +70,16 @@ enum IntermediatePolicy {
     RequireNamed,
 }
 
-/// Builds the server-side rustls config: a mandatory client certificate that chains to
-/// the bundle of an allowed trust domain and fits the SVID profile, and the own SVID
-/// served from the current trust material.
+/// Builds the server-side rustls config: a client certificate (mandatory unless
+/// [`ServerTlsBuilder::client_certificate_optional`]) that chains to the bundle of an
+/// allowed trust domain and fits the SVID profile, and the own SVID served from the
+/// current trust material.
 #[derive(Clone, Debug)]
 pub struct ServerTlsBuilder {
     source: TrustSource,
     policy: TrustDomainPolicy,
     intermediates: IntermediatePolicy,
+    mandatory: bool,
 }
 
 // === impl ServerTlsBuilder ===
@@ -88,7 +91,24 @@ impl ServerTlsBuilder {
             source,
             policy: TrustDomainPolicy::AllowList(BTreeSet::new()),
             intermediates: IntermediatePolicy::AllowUnnamed,
+            mandatory: true,
         }
+    }
+
+    /// Lets a client connect without a certificate, for a server that also accepts
+    /// OAuth bearer tokens (MCP SDK clients dial with a CA bundle and a token, not a
+    /// client certificate).
+    ///
+    /// A certificate that *is* presented is still verified in full (chain, trust domain,
+    /// SVID profile) and the handshake fails if it does not pass: a connection either
+    /// proves a SPIFFE identity or proves none, never a bad one. Use it only when every
+    /// request then goes through [`crate::oauth::BearerAuthLayer`] with bearer tokens
+    /// accepted: that layer answers a request with neither a certificate nor a token
+    /// `401`, and [`crate::mcp::Enforced`] refuses any request that reaches it without a
+    /// peer. Keep the default (required) for mTLS-only servers.
+    pub fn client_certificate_optional(mut self) -> Self {
+        self.mandatory = false;
+        self
     }
 
     /// Also accepts clients of `trust_domain`, if the trust material holds its bundle.
@@ -124,6 +144,7 @@ impl ServerTlsBuilder {
             source: self.source.clone(),
             policy: self.policy.clone(),
             intermediates: self.intermediates,
+            mandatory: self.mandatory,
             provider: provider(),
         })
     }
@@ -161,6 +182,7 @@ pub struct SpiffeClientVerifier {
     source: TrustSource,
     policy: TrustDomainPolicy,
     intermediates: IntermediatePolicy,
+    mandatory: bool,
     provider: Arc<CryptoProvider>,
 }
 
@@ -169,6 +191,7 @@ impl fmt::Debug for SpiffeClientVerifier {
         f.debug_struct("SpiffeClientVerifier")
             .field("policy", &self.policy)
             .field("intermediates", &self.intermediates)
+            .field("mandatory", &self.mandatory)
             .finish_non_exhaustive()
     }
 }
@@ -232,7 +255,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -515,6 +538,25 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)?)
+}
+
+/// A rustls `ClientConfig` that presents no certificate and accepts only a server
+/// presenting exactly `expected`, chaining to `bundle`: for a runtime that
+/// authenticates with a bearer token (`Authorization: Bearer`) to a server that made
+/// client certificates optional ([`ServerTlsBuilder::client_certificate_optional`]).
+///
+/// # Errors
+/// [`TlsError`] for an unusable bundle.
+pub fn client_config_without_certificate(
+    expected: &ServerId,
+    bundle: impl IntoIterator<Item = CertificateDer<'static>>,
+) -> Result<ClientConfig, TlsError> {
+    let verifier = Arc::new(ExpectedServerVerifier::new(expected, bundle)?);
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
 }
 
 #[cfg(test)]

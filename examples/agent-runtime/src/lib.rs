@@ -12,6 +12,12 @@
 //!    ids) or an error;
 //! 6. [`Workload::end_task`], and [`measure_refusal_after_end`] for the time from EndTask
 //!    until the open connection is refused.
+//!
+//! [`bearer`] is the other way in: the same task presents no certificate but an OAuth
+//! access token, obtained with its JWT-SVID from the server's own token endpoint (the MCP
+//! specification's discovery, client credentials with `private_key_jwt`).
+
+pub mod bearer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,18 +1,21 @@
 //! `tessera-example-agent-runtime`: begins a task, picks its SVID by hint, calls an MCP
 //! server over mTLS after checking the server's SPIFFE ID, prints every result or denial,
-//! and ends the task.
+//! and ends the task. With `--auth bearer` the task presents no certificate: it gets an
+//! access token from the server's token endpoint with its JWT-SVID instead.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
+use tessera_example_agent_runtime::bearer::connect_task_bearer;
 use tessera_example_agent_runtime::{
     McpConnection, TaskRequest, Workload, install_crypto_provider, measure_refusal_after_end,
     parse_arguments, svid_json, task_json, tls_config,
 };
 
-/// An example agent runtime: one task, a few MCP tool calls over mTLS, then EndTask.
+/// An example agent runtime: one task, a few MCP tool calls (over mTLS, or with a bearer
+/// token from the server's token endpoint: --auth bearer), then EndTask.
 #[derive(Debug, Parser)]
 #[command(name = "tessera-example-agent-runtime", version)]
 struct Args {
@@ -65,6 +68,29 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+
+    /// How the task proves itself to the server: `mtls` presents the task's X.509-SVID
+    /// as the client certificate; `bearer` presents no certificate and sends an OAuth
+    /// access token, obtained the MCP specification's way (the server's 401 names its
+    /// metadata, the task's JWT-SVID is the private_key_jwt assertion at its token
+    /// endpoint). The server must accept the method (its --accept).
+    #[arg(long, value_enum, default_value_t = Auth::Mtls, env = "TESSERA_RUNTIME_AUTH")]
+    auth: Auth,
+
+    /// With --auth bearer: the scopes to ask the token for, space-separated (default:
+    /// all of the task's). A call beyond them but within the task is answered 403
+    /// insufficient_scope.
+    #[arg(long, env = "TESSERA_RUNTIME_TOKEN_SCOPE")]
+    token_scope: Option<String>,
+}
+
+/// How the task authenticates to the MCP server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Auth {
+    /// The task SVID as the TLS client certificate.
+    Mtls,
+    /// An OAuth access token from the server's token endpoint; no client certificate.
+    Bearer,
 }
 
 struct Report {
@@ -161,32 +187,70 @@ async fn run(args: Args) -> ExitCode {
         task.scopes.join(" ")
     ));
 
-    // 2. Pick the task SVID from the Workload API stream by hint = task id.
-    let cred = match workload
-        .task_credential(&task.id, Duration::from_secs(5))
+    let expected = format!(
+        "spiffe://{}/mcp/{}",
+        trust_domain_of(&task.spiffe_id),
+        args.server
+    );
+    let conn = if args.auth == Auth::Bearer {
+        // 2-3. No certificate: discovery from the 401, the task's JWT-SVID as the
+        // assertion, an access token for exactly this URL, then MCP with it.
+        match connect_task_bearer(
+            &workload,
+            &args.url,
+            &task.spiffe_id,
+            &args.server,
+            args.token_scope.as_deref(),
+        )
         .await
-    {
-        Ok(c) => c,
-        Err(e) => return r.fail("task_svid", format!("{e:#}"), Value::Null),
-    };
-    let svid = svid_json(&cred);
-    r.line(format!(
-        "svid    {} (serial {}, expires in {}s)",
-        cred.spiffe_id,
-        svid["serial"].as_str().unwrap_or("?"),
-        svid["not_after_unix"].as_i64().unwrap_or(0) - now_unix()
-    ));
-    r.set("svid", svid);
+        {
+            Ok((conn, token, discovery)) => {
+                r.line(format!(
+                    "token   from {} (issuer {}): scope {:?}, expires in {}s",
+                    discovery.token_endpoint, discovery.issuer, token.scope, token.expires_in
+                ));
+                r.set(
+                    "bearer",
+                    json!({
+                        "resource": discovery.resource,
+                        "resource_metadata": discovery.resource_metadata,
+                        "issuer": discovery.issuer,
+                        "token_endpoint": discovery.token_endpoint,
+                        "scope": token.scope,
+                        "expires_in": token.expires_in,
+                    }),
+                );
+                conn
+            }
+            Err(e) => return r.fail("bearer_token", format!("{e:#}"), Value::Null),
+        }
+    } else {
+        // 2. Pick the task SVID from the Workload API stream by hint = task id.
+        let cred = match workload
+            .task_credential(&task.id, Duration::from_secs(5))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return r.fail("task_svid", format!("{e:#}"), Value::Null),
+        };
+        let svid = svid_json(&cred);
+        r.line(format!(
+            "svid    {} (serial {}, expires in {}s)",
+            cred.spiffe_id,
+            svid["serial"].as_str().unwrap_or("?"),
+            svid["not_after_unix"].as_i64().unwrap_or(0) - now_unix()
+        ));
+        r.set("svid", svid);
 
-    // 3. mTLS to the server, which must be spiffe://<td>/mcp/<server>.
-    let tls = match tls_config(&cred, &args.server) {
-        Ok(t) => t,
-        Err(e) => return r.fail("tls", format!("{e:#}"), Value::Null),
-    };
-    let expected = format!("spiffe://{}/mcp/{}", cred.trust_domain, args.server);
-    let conn = match McpConnection::connect(&args.url, tls).await {
-        Ok(c) => c,
-        Err(e) => return r.fail("connect_mcp", format!("{e:#}"), Value::Null),
+        // 3. mTLS to the server, which must be spiffe://<td>/mcp/<server>.
+        let tls = match tls_config(&cred, &args.server) {
+            Ok(t) => t,
+            Err(e) => return r.fail("tls", format!("{e:#}"), Value::Null),
+        };
+        match McpConnection::connect(&args.url, tls).await {
+            Ok(c) => c,
+            Err(e) => return r.fail("connect_mcp", format!("{e:#}"), Value::Null),
+        }
     };
     r.line(format!(
         "server  {expected} verified ({})",
@@ -280,6 +344,14 @@ async fn run(args: Args) -> ExitCode {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// `acme.corp` of `spiffe://acme.corp/client/...`.
+fn trust_domain_of(spiffe_id: &str) -> &str {
+    spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_default()
 }
 
 fn now_unix() -> i64 {

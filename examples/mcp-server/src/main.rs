@@ -1,14 +1,21 @@
-//! `tessera-example-mcp-server`: an rmcp streamable-HTTP MCP server over mTLS, with every
+//! `tessera-example-mcp-server`: an rmcp streamable-HTTP MCP server over TLS, with every
 //! request authorized by tessera-verify (identity, task scope, revocation, Cedar policy).
+//! Callers prove themselves with a task SVID (mTLS), an OAuth access token from this
+//! server's own token endpoint (bearer), or either (`--accept`).
 //!
 //! Prints exactly one line to stdout once it accepts connections:
 //! `listening on <addr>`; everything else (logs, audit) goes to stderr.
 //!
 //! * this file: flags, TLS, the Tessera checks and the HTTP server around the tools.
+//! * `oauth`: the flags of the bearer path and the layers they build (token endpoint,
+//!   resource server).
+//! * `unread`: `Connection: close` when an HTTP/1.1 request's body was left unread.
 //! * `tools`: the pretend GitHub (tools, README resources, subscriptions); no identity
 //!   or policy.
 
+mod oauth;
 mod tools;
+mod unread;
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -27,6 +34,7 @@ use tessera_verify::authz::policy::{PolicyFiles, PolicyStore};
 use tessera_verify::mcp::{
     Enforced, SessionBinding, SessionBindingLayer, SessionLimits, StreamGuardLayer,
 };
+use tessera_verify::oauth::CertThumbprint;
 use tessera_verify::revocation::WatcherConfig;
 use tessera_verify::trust::files::FileTrustConfig;
 use tessera_verify::{
@@ -48,6 +56,17 @@ const DEFAULT_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/gith
 /// Revocations come from the agent's feed on the workload socket; the server starts
 /// listening only once the feed is current, and without a socket only with
 /// --dangerous-no-revocation.
+///
+/// Callers: by default a task presents its X.509-SVID as the TLS client certificate
+/// (--accept mtls). With --accept bearer or both, the server is also its own OAuth
+/// authorization server, as the MCP specification has clients find it: a request without
+/// a credential is answered 401 naming the Protected Resource Metadata
+/// (/.well-known/oauth-protected-resource/mcp), whose authorization server's metadata
+/// (/.well-known/oauth-authorization-server) names the token endpoint (/oauth/token).
+/// There a task trades its JWT-SVID (FetchJWTSVID, audience = this server's issuer, the
+/// origin of --resource-url) for an access token for --resource-url, and sends it as
+/// `Authorization: Bearer`. A token is checked like the task's certificate: expiry,
+/// revocation, scopes (narrowed to the token's), Cedar policy, audit.
 #[derive(Debug, Parser)]
 #[command(name = "tessera-example-mcp-server", version)]
 struct Args {
@@ -80,6 +99,12 @@ struct Args {
     /// This server's private key (PEM).
     #[arg(long, requires = "bundle")]
     key: Option<PathBuf>,
+
+    /// The trust domain's JWT-SVID keys (a JWKS file, reloaded on change), with trust
+    /// from files: what the token endpoint checks assertions against. From the Workload
+    /// API they come with the SVID (FetchJWTBundles).
+    #[arg(long, requires = "bundle", env = "TESSERA_MCP_JWT_BUNDLE")]
+    jwt_bundle: Option<PathBuf>,
 
     /// Cedar policies.
     #[arg(long, default_value = DEFAULT_POLICIES)]
@@ -131,6 +156,9 @@ struct Args {
     /// session binding). Never use this to protect anything.
     #[arg(long)]
     dangerous_no_authorization: bool,
+
+    #[command(flatten)]
+    oauth: oauth::OAuthArgs,
 }
 
 fn socket_path(s: &str) -> PathBuf {
@@ -159,6 +187,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server_id: ServerId = format!("{}/mcp/{}", td.id_string(), args.server_name)
         .parse()
         .map_err(|e| anyhow::anyhow!("--server-name {:?}: {e}", args.server_name))?;
+
+    // Flags that cannot work together fail before any waiting (the resource URL's
+    // default follows the bound port, so the plan is made again after binding).
+    args.oauth.plan(args.listen)?;
+    if args.dangerous_no_authorization && args.oauth.accept != oauth::Accept::Mtls {
+        bail!("--dangerous-no-authorization is an mTLS benchmark baseline; drop --accept");
+    }
 
     // Deny by default: without the feed, EndTask, a consent withdrawal or an admin
     // revocation would not reach this server, so running so must be asked for.
@@ -203,6 +238,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut cfg =
                 FileTrustConfig::new(server_id.clone(), bundle.clone(), cert.clone(), key.clone());
             cfg.poll_interval = Duration::from_secs(2);
+            if let Some(jwks) = &args.jwt_bundle {
+                cfg = cfg.with_jwt_bundle(jwks.clone());
+            }
             tessera_verify::trust::files::spawn(cfg).context("loading trust from PEM files")?
         }
         _ => {
@@ -223,11 +261,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     trust.ready().await?;
 
-    // 2. TLS: client certificate required (own trust domain only), h2 and http/1.1.
-    let mut tls = ServerTlsBuilder::new(trust).build()?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
-
     let mut hosts = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -235,6 +268,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.listen.ip().to_string(),
     ];
     hosts.extend(args.allowed_hosts.iter().cloned());
+    hosts.extend(args.oauth.resource_host());
     let http_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
         .with_sse_keep_alive(None);
@@ -243,6 +277,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let plan = args.oauth.plan(addr)?;
+    let accepted = plan.as_ref().map(oauth::OAuthPlan::accepted);
+
+    // 2. TLS: own trust domain only, h2 and http/1.1. A client certificate is required
+    // unless tokens that need none are accepted; one that is presented is always
+    // verified in full.
+    let mut tls_builder = ServerTlsBuilder::new(trust.clone());
+    let peers = match accepted {
+        Some(a) if a.allows_connections_without_certificate() => {
+            tls_builder = tls_builder.client_certificate_optional();
+            PeerMode::Optional
+        }
+        _ if args.dangerous_no_authorization => PeerMode::Skip,
+        _ => PeerMode::Required,
+    };
+    let mut tls = tls_builder.build()?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
 
     let Some((policies, audit)) = local else {
         tracing::warn!(
@@ -254,7 +306,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             http_config,
         );
         announce(addr)?;
-        return serve(listener, acceptor, service, false).await;
+        return serve(listener, acceptor, service, peers).await;
     };
 
     // 3. Revocations (wait until current), then the authorizer. The feed is followed as
@@ -285,8 +337,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let _policy_reload = policies.spawn_watch(Duration::from_secs(2));
-    let authz =
-        Arc::new(Authorizer::new(server_id.clone(), policies, revocations).with_audit(audit));
+    let authz = Arc::new(
+        Authorizer::new(server_id.clone(), policies, revocations.clone()).with_audit(audit),
+    );
 
     // 4. rmcp service: enforce in the handler, bind sessions to peers (a session the
     // table forgets is closed in rmcp too, so its limits bound rmcp's sessions), end a
@@ -320,12 +373,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     });
     let service = tower::ServiceBuilder::new()
-        .layer(StreamGuardLayer::new(authz))
+        .layer(StreamGuardLayer::new(authz.clone()))
         .layer(SessionBindingLayer::with_binding(Arc::new(binding)))
         .service(service);
-    tracing::info!(%server_id, %addr, "serving MCP over mTLS");
+    let Some(plan) = plan else {
+        tracing::info!(%server_id, %addr, "serving MCP over mTLS");
+        announce(addr)?;
+        return serve(listener, acceptor, service, peers).await;
+    };
+
+    // 5. The bearer path: the token endpoint and its metadata in front, then the resource
+    // server (metadata, the token check, step-up), so a bearer caller reaches the layers
+    // above with a Peer exactly where a certificate would have put one.
+    let (token_endpoint, bearer) = plan.layers(trust, revocations, authz)?;
+    let service = tower::ServiceBuilder::new()
+        .layer(token_endpoint)
+        .layer(bearer)
+        .service(service);
+    tracing::info!(
+        %server_id, %addr, resource = %plan.resource, issuer = %plan.issuer,
+        accept = ?args.oauth.accept, "serving MCP (bearer tokens from the token endpoint at {}/oauth/token)",
+        plan.issuer
+    );
     announce(addr)?;
-    serve(listener, acceptor, service, true).await
+    serve(listener, acceptor, service, peers).await
+}
+
+/// What a connection's client certificate is to the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerMode {
+    /// Required and verified at the handshake; its peer goes into every request.
+    Required,
+    /// Optional (bearer tokens accepted): when presented, verified at the handshake and
+    /// its peer goes into every request; when not, the token has to prove the caller.
+    Optional,
+    /// Verified at the handshake, not parsed (the no-authorization baseline).
+    Skip,
 }
 
 fn announce(addr: SocketAddr) -> anyhow::Result<()> {
@@ -342,11 +425,11 @@ async fn serve<S, B>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     service: S,
-    insert_peer: bool,
+    peers: PeerMode,
 ) -> anyhow::Result<()>
 where
     S: tower::Service<
-            http::Request<hyper::body::Incoming>,
+            http::Request<unread::Tracked<hyper::body::Incoming>>,
             Response = http::Response<B>,
             Error = Infallible,
         > + Clone
@@ -378,8 +461,12 @@ where
                         return;
                     }
                 };
-                let peer = if insert_peer {
-                    match Peer::from_chain(tls.get_ref().1.peer_certificates()) {
+                let chain = tls.get_ref().1.peer_certificates();
+                let presented = chain.is_some_and(|c| !c.is_empty());
+                let peer = match peers {
+                    PeerMode::Skip => None,
+                    PeerMode::Optional if !presented => None,
+                    PeerMode::Required | PeerMode::Optional => match Peer::from_chain(chain) {
                         Ok(p) => {
                             conn.record_peer(&p);
                             Some(Arc::new(p))
@@ -388,21 +475,30 @@ where
                             tracing::info!(error = %e, "connection refused: no usable peer identity");
                             return;
                         }
-                    }
-                } else {
-                    None
+                    },
                 };
+                // What a token issued on, or presented over, this connection is bound to
+                // (RFC 8705).
+                let thumbprint = peer
+                    .as_ref()
+                    .and(chain.and_then(|c| c.first()))
+                    .map(|leaf| CertThumbprint::of_der(leaf));
                 tracing::info!("connection accepted");
                 let executor = InConnection(conn.span().clone());
                 let svc = tower::ServiceBuilder::new()
                     .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                        if peers != PeerMode::Skip {
+                            req.extensions_mut().insert(conn.clone());
+                        }
                         if let Some(p) = &peer {
                             req.extensions_mut().insert(p.clone());
-                            req.extensions_mut().insert(conn.clone());
+                        }
+                        if let Some(t) = thumbprint {
+                            req.extensions_mut().insert(t);
                         }
                         req
                     })
-                    .service(service);
+                    .service(unread::CloseUnread(service));
                 let result = hyper_util::server::conn::auto::Builder::new(executor)
                     .serve_connection(
                         hyper_util::rt::TokioIo::new(tls),

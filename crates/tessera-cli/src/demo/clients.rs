@@ -1,7 +1,7 @@
 //! The demo's epilogue: the same story told by the Python and Node example runtimes
 //! (`clients/python/examples/review_runtime.py`, `clients/typescript/examples/review-runtime.ts`)
 //! when this machine has them ready, and a line saying why not when it does not. The
-//! seven Rust steps come first and stay as they are; a client that runs and does not
+//! eight Rust steps come first and stay as they are; a client that runs and does not
 //! behave as shown fails the demo like any step.
 
 use std::path::{Path, PathBuf};

@@ -229,6 +229,9 @@ impl Stage {
                 SERVER,
                 "--listen",
                 "127.0.0.1:0",
+                // Task SVIDs over mTLS, and bearer tokens from its own token endpoint.
+                "--accept",
+                "both",
             ])
             .arg("--workload-socket")
             .arg(&workload)
@@ -264,7 +267,8 @@ impl Stage {
             })???;
         let url = format!("https://{addr}/mcp");
         say(&format!(
-            "started the example MCP server at {url}: mTLS with its own SVID, Cedar policy {}",
+            "started the example MCP server at {url}: its own SVID, task SVIDs (mTLS) or access tokens \
+             from its token endpoint (bearer), Cedar policy {}",
             "protect-default-branch forbids delete_branch on main"
         ));
 

@@ -1,8 +1,10 @@
 //! The story the demo tells: the example runtime runs one task through an allowed call,
 //! an out-of-scope call, a call the Cedar policy forbids and a call after EndTask; a
-//! runtime with no consent tries to begin a task; then both audit trails are shown.
-//! Each of the seven steps checks what it shows, and the first that does not hold
-//! fails the demo, naming the step.
+//! runtime with no consent tries to begin a task; a second task gets in with no
+//! certificate, with an OAuth bearer token from the server's token endpoint, and is
+//! checked the same way; then both audit trails are shown. Each of the eight steps
+//! checks what it shows, and the first that does not hold fails the demo, naming the
+//! step.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,7 +27,7 @@ fn unix_time() -> i64 {
         .unwrap_or(0)
 }
 
-/// Tells steps 1 to 7 on a started stage.
+/// Tells steps 1 to 8 on a started stage.
 pub(super) async fn tell(stage: &mut Stage, bins: &Binaries) -> anyhow::Result<()> {
     let workload = stage.workload.as_path();
     let url = stage.url.as_str();
@@ -195,7 +197,102 @@ pub(super) async fn tell(stage: &mut Stage, bins: &Binaries) -> anyhow::Result<(
         "EndTask, then get_pull_request on the still-open connection → denied: revoked, {refused_ms:.1} ms after EndTask"
     ));
 
-    step(7, "The audit trail");
+    step(
+        7,
+        "A second task gets in with a bearer token instead of a certificate",
+    );
+    let out = runtime_args(&bins.runtime)
+        .args(["--auth", "bearer"])
+        .args([
+            "--call",
+            "get_pull_request",
+            r#"{"repo":"acme/api","number":42}"#,
+        ])
+        .args(["--call", "list_pulls", r#"{"repo":"acme/api"}"#])
+        .args([
+            "--after-end",
+            "get_pull_request",
+            r#"{"repo":"acme/api","number":42}"#,
+        ])
+        .output()
+        .context("running the example agent runtime with --auth bearer")?;
+    let doc: Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        fail(
+            7,
+            format!(
+                "the runtime printed no JSON (exit {:?}): {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })?;
+    if let Some(err) = doc.get("error") {
+        return Err(fail(
+            7,
+            format!(
+                "the bearer runtime failed at {}: {}",
+                err["stage"], err["message"]
+            ),
+        ));
+    }
+    let bearer = &doc["bearer"];
+    let scope = bearer["scope"].as_str().unwrap_or_default();
+    if doc.get("svid").is_some()
+        || bearer["resource"] != url
+        || !scope.contains("github/tool/get_pull_request")
+    {
+        return Err(fail(7, format!("unexpected bearer token: {doc}")));
+    }
+    ok(&format!(
+        "no client certificate: the 401 named {}",
+        bearer["resource_metadata"].as_str().unwrap_or("?")
+    ));
+    detail(&format!(
+        "token endpoint {} took the task's JWT-SVID (audience {})",
+        bearer["token_endpoint"].as_str().unwrap_or("?"),
+        bearer["issuer"].as_str().unwrap_or("?")
+    ));
+    detail(&format!(
+        "access token for {url}: scope {scope}, expires in {}s",
+        bearer["expires_in"].as_u64().unwrap_or(0)
+    ));
+    let calls = doc["calls"].as_array().cloned().unwrap_or_default();
+    let call = |i: usize| calls.get(i).cloned().unwrap_or(Value::Null);
+    let c = call(0);
+    if c["outcome"] != "ok" {
+        return Err(fail(
+            7,
+            format!("get_pull_request with the token was not allowed: {c}"),
+        ));
+    }
+    ok("get_pull_request with the token → allowed, the same checks as over mTLS");
+    let c = call(1);
+    if c["outcome"] != "denied" || c["reason"] != "out_of_scope" {
+        return Err(fail(7, format!("list_pulls should be out of scope: {c}")));
+    }
+    ok("list_pulls with the token → denied: out_of_scope");
+    let after = &doc["after_end"];
+    let refused_ms = after["refused_after_ms"].as_f64().unwrap_or(f64::INFINITY);
+    if after["outcome"] == "ok" || refused_ms > 1000.0 {
+        return Err(fail(
+            7,
+            format!("the bearer call after EndTask should be refused: {after}"),
+        ));
+    }
+    // The bearer layer refuses a token of an ended task before MCP sees the request:
+    // 401 invalid_token, which rmcp's client reports as "Auth required".
+    let how = match (after["reason"].as_str(), after["message"].as_str()) {
+        (Some(reason), _) => format!("denied: {reason}"),
+        (None, Some(m)) if m.contains("Auth required") => {
+            "refused: 401 invalid_token (the task is revoked)".to_owned()
+        }
+        (None, m) => format!("refused: {}", m.unwrap_or("no answer")),
+    };
+    ok(&format!(
+        "EndTask, then get_pull_request with the still-unexpired token → {how}, {refused_ms:.1} ms after EndTask"
+    ));
+
+    step(8, "The audit trail");
     let records = stage.admin.list_audit(0, 1000).await?;
     say("   agent (tessera audit):");
     for r in &records {
@@ -210,7 +307,7 @@ pub(super) async fn tell(stage: &mut Stage, bins: &Binaries) -> anyhow::Result<(
     for needed in ["entry.create", "consent.grant", "task.begin", "task.end"] {
         if !kinds.contains(&needed) {
             return Err(fail(
-                7,
+                8,
                 format!("the agent's audit log has no {needed} record"),
             ));
         }
@@ -222,7 +319,7 @@ pub(super) async fn tell(stage: &mut Stage, bins: &Binaries) -> anyhow::Result<(
                 .is_ok_and(|d| d["svid"]["serial"].is_string())
     }) {
         return Err(fail(
-            7,
+            8,
             "the agent's task.begin record names no SVID serial",
         ));
     }
@@ -235,8 +332,9 @@ pub(super) async fn tell(stage: &mut Stage, bins: &Binaries) -> anyhow::Result<(
         };
         seen += 1;
         detail(&format!(
-            "{:<7} {:<18} {:<16} {:<22} {}",
+            "{:<7} {:<6} {:<18} {:<16} {:<22} {}",
             d["decision"].as_str().unwrap_or("?"),
+            d["auth"].as_str().unwrap_or("mtls"),
             d["method"].as_str().unwrap_or("?"),
             d["target"].as_str().unwrap_or(""),
             d["reason"].as_str().unwrap_or("?"),
@@ -245,7 +343,7 @@ pub(super) async fn tell(stage: &mut Stage, bins: &Binaries) -> anyhow::Result<(
     }
     if seen < 4 {
         return Err(fail(
-            7,
+            8,
             format!(
                 "expected the server's decisions in {}",
                 stage.server_audit.display()

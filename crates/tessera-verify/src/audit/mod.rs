@@ -3,7 +3,9 @@
 //!
 //! Fields: `client`, `task`, `subject`, `server`, `method`, `target`, `decision`
 //! (`allow`/`deny`), `reason` (stable, see [`crate::Reason::as_str`]), `policy_ids`,
-//! `latency_us`, `peer` (the full SPIFFE ID), `detail`.
+//! `latency_us`, `peer` (the full SPIFFE ID), `auth` (how the peer authenticated:
+//! `mtls`, `bearer`, or `bearer+cnf` for an access token bound to the connection's
+//! client certificate), `detail`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -59,6 +61,7 @@ enum Message {
 struct Line<'a> {
     ts_ms: u64,
     peer: SpiffeId<'a>,
+    auth: &'a str,
     client: Option<&'a str>,
     #[serde(serialize_with = "display_or_null")]
     task: Option<&'a TaskId>,
@@ -121,6 +124,7 @@ impl AuditLog {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             peer: SpiffeId(peer),
+            auth: peer.auth_method().as_str(),
             client: peer.client().map(|c| c.name.as_str()),
             task: peer.task().map(|t| &t.task),
             subject: peer.claims().map(|c| c.subject.as_str()),
@@ -216,6 +220,7 @@ pub(crate) fn trace(
     tracing::info!(
         target: AUDIT_TARGET,
         peer = %SpiffeId(peer),
+        auth = peer.auth_method().as_str(),
         client = peer.client().map(|c| c.name.as_str()).unwrap_or(""),
         task = %OrEmpty(peer.task().map(|t| &t.task)),
         subject = peer.claims().map(|c| c.subject.as_str()).unwrap_or(""),

@@ -2,11 +2,13 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::decision::Reason;
+use crate::peer::Credential;
 use crate::testutil::logs::{captured, formatted};
-use crate::testutil::{SERVER, task_peer};
+use crate::testutil::{SERVER, bearer_peer, task_peer};
 
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 14] = [
     "peer",
+    "auth",
     "client",
     "task",
     "subject",
@@ -24,8 +26,10 @@ const FIELDS: [&str; 13] = [
 fn client_peer() -> Peer {
     Peer::Client {
         client: "spiffe://acme.corp/client/code-reviewer".parse().unwrap(),
-        serial_hex: "01".into(),
-        not_after_unix: i64::MAX,
+        credential: Credential::Certificate {
+            serial_hex: "01".into(),
+            not_after_unix: i64::MAX,
+        },
     }
 }
 
@@ -55,6 +59,7 @@ fn file_lines_carry_every_field() {
     assert_eq!(lines.len(), 2);
     let t = &lines[0];
     assert_eq!(t["peer"], task.spiffe_id());
+    assert_eq!(t["auth"], "mtls");
     assert_eq!(t["task"], task.task().unwrap().task.to_string());
     assert_eq!(t["client"], "code-reviewer");
     assert_eq!(t["subject"], task.claims().unwrap().subject);
@@ -145,4 +150,30 @@ fn a_line_break_in_a_target_or_detail_cannot_forge_an_audit_line() {
             lines[0]
         );
     }
+}
+
+/// The audit record names how the caller authenticated.
+#[test]
+fn records_name_the_auth_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::with_json_file(&path).unwrap();
+    let server: ServerId = SERVER.parse().unwrap();
+    let req = McpRequest::call_tool("get_pull_request", None);
+    let allow = Decision::allow(vec![]);
+    let scopes = ["github/tool/*"];
+    for peer in [
+        task_peer(&scopes),
+        bearer_peer(&scopes, &scopes, "j1", 60, false),
+        bearer_peer(&scopes, &scopes, "j2", 60, true),
+    ] {
+        log.record(&server, &peer, &req, &allow, Duration::ZERO);
+    }
+    log.flush();
+    let auth: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["auth"].to_string())
+        .collect();
+    assert_eq!(auth, [r#""mtls""#, r#""bearer""#, r#""bearer+cnf""#]);
 }

@@ -2,10 +2,11 @@
 //!
 //! Order of checks (the first failure decides, and is the [`Reason`]):
 //! 1. the peer is a task ([`Reason::NotATask`] for a client's own SVID or a server);
-//! 2. the leaf and the task deadline have not passed ([`Reason::Expired`]);
+//! 2. the credential (the leaf, or the access token) and the task deadline have not
+//!    passed ([`Reason::Expired`]);
 //! 3. the task was granted for this server ([`Reason::WrongServer`]);
-//! 4. the revocation feed is fresh and lists neither the task nor the serial
-//!    ([`Reason::RevocationFeedStale`], [`Reason::Revoked`]);
+//! 4. the revocation feed is fresh and lists neither the task nor (for a certificate)
+//!    the leaf's serial ([`Reason::RevocationFeedStale`], [`Reason::Revoked`]);
 //! 5. a granted scope permits `server/kind/target` ([`Reason::OutOfScope`]);
 //! 6. the arguments convert to Cedar ([`Reason::UnsupportedArguments`]);
 //! 7. Cedar: principal `Task::"<task id>"` (child of `Client::"<client>"`, with the
@@ -40,7 +41,7 @@ use tessera_identity::{ClientId, ScopeKind, ServerId};
 
 use crate::audit::AuditLog;
 use crate::decision::{Decision, Reason};
-use crate::peer::Peer;
+use crate::peer::{Credential, Peer};
 use crate::request::{McpMethod, McpRequest};
 use crate::revocation::{RevocationStatus, RevocationWatcher};
 use entities::{EntityStore, Types};
@@ -281,8 +282,7 @@ impl Authorizer {
         let Peer::Task {
             task,
             claims,
-            serial_hex,
-            not_after_unix,
+            credential,
             ..
         } = peer
         else {
@@ -291,10 +291,11 @@ impl Authorizer {
                 format!("{peer} is not a task"),
             ));
         };
-        if now_unix >= *not_after_unix {
+        let not_after_unix = credential.not_after_unix();
+        if now_unix >= not_after_unix {
             return Err(Decision::deny(
                 Reason::Expired,
-                format!("SVID expired at {not_after_unix}"),
+                format!("{} expired at {not_after_unix}", credential.noun()),
             ));
         }
         if now_unix >= claims.deadline_unix {
@@ -312,7 +313,15 @@ impl Authorizer {
                 ),
             ));
         }
-        match self.revocations.status(&task.task, serial_hex) {
+        // A certificate is also looked up by its serial; an access token by its task
+        // alone, never by anything of its own that could collide with a serial.
+        let status = match credential {
+            Credential::Certificate { serial_hex, .. } => {
+                self.revocations.status(&task.task, serial_hex)
+            }
+            Credential::AccessToken(_) => self.revocations.task_status(&task.task),
+        };
+        match status {
             RevocationStatus::NotRevoked => Ok(()),
             RevocationStatus::Revoked { reason } => Err(Decision::deny(
                 Reason::Revoked,
@@ -357,12 +366,10 @@ impl Authorizer {
     fn next_credential_change(&self, peer: &Peer, now: SystemTime) -> Duration {
         let mut wake = Duration::from_secs(60);
         if let Peer::Task {
-            claims,
-            not_after_unix,
-            ..
+            claims, credential, ..
         } = peer
         {
-            for at in [*not_after_unix, claims.deadline_unix] {
+            for at in [credential.not_after_unix(), claims.deadline_unix] {
                 let at = UNIX_EPOCH + Duration::from_secs(at.max(0) as u64);
                 // The checks compare whole seconds: `at` itself is already past.
                 wake = wake.min(at.duration_since(now).unwrap_or_default());

@@ -8,7 +8,7 @@ use tessera_identity::ScopeKind;
 
 use super::policy::{PolicyError, PolicyFiles, PolicyStore};
 use super::*;
-use crate::testutil::{SERVER, TASK_ULID, task_peer};
+use crate::testutil::{SERVER, TASK_ULID, bearer_peer, task_peer};
 
 /// The base schema with the arguments [`POLICIES`] read.
 fn schema() -> String {
@@ -58,8 +58,7 @@ fn with_claims(peer: Peer, edit: impl FnOnce(&mut tessera_identity::TaskClaims))
         client,
         task,
         mut claims,
-        serial_hex,
-        not_after_unix,
+        credential,
     } = peer
     else {
         panic!("not a task peer: {peer}")
@@ -69,8 +68,7 @@ fn with_claims(peer: Peer, edit: impl FnOnce(&mut tessera_identity::TaskClaims))
         client,
         task,
         claims,
-        serial_hex,
-        not_after_unix,
+        credential,
     }
 }
 
@@ -178,6 +176,74 @@ fn revoked_task_is_refused() {
     assert_eq!(d.reason, Reason::Revoked, "revoked by serial");
 }
 
+/// An access token's peer is revoked with its task, and nothing of the token (its
+/// `jti`, even one spelled like a revoked serial) is ever looked up as a serial.
+#[test]
+fn bearer_task_is_revoked_by_task_id_never_by_serial() {
+    let bearer = bearer_peer(SCOPES, &["github/tool/get_pull_request"], "42", 300, false);
+    let req = McpRequest::call_tool("get_pull_request", None);
+    let serial_42 = authorizer(RevocationWatcher::from_static([], ["42".to_owned()]));
+    assert_eq!(
+        serial_42
+            .authorize(&task_peer(SCOPES), &req, SystemTime::now())
+            .reason,
+        Reason::Revoked,
+        "the certificate with serial 42 is revoked"
+    );
+    let d = serial_42.authorize(&bearer, &req, SystemTime::now());
+    assert!(d.allowed, "a jti is not a serial: {d:?}");
+    let ended = authorizer(RevocationWatcher::from_static(
+        [TASK_ULID.parse().unwrap()],
+        [],
+    ));
+    let d = ended.authorize(&bearer, &req, SystemTime::now());
+    assert_eq!(d.reason, Reason::Revoked, "revoked with its task");
+    let stale = authorizer(RevocationWatcher::detached(Duration::from_secs(30)));
+    let d = stale.authorize(&bearer, &req, SystemTime::now());
+    assert_eq!(d.reason, Reason::RevocationFeedStale);
+}
+
+/// A bearer task is decided on the token's scopes and expiry, within its task's.
+#[test]
+fn bearer_task_is_held_to_the_tokens_scopes_and_expiry() {
+    let a = authorizer(fresh());
+    let bearer = bearer_peer(SCOPES, &["github/tool/get_pull_request"], "j", 60, true);
+    let now = SystemTime::now();
+    assert!(
+        a.authorize(
+            &bearer,
+            &McpRequest::call_tool("get_pull_request", None),
+            now
+        )
+        .allowed
+    );
+    let d = a.authorize(&bearer, &McpRequest::call_tool("push", None), now);
+    assert_eq!(
+        d.reason,
+        Reason::OutOfScope,
+        "granted to the task, not the token"
+    );
+    assert!(!a.permits_listing(&bearer, ScopeKind::Tool, "push"));
+    assert!(a.permits_listing(&bearer, ScopeKind::Tool, "get_pull_request"));
+    // Cedar sees the token's scopes too.
+    assert_eq!(
+        bearer.claims().unwrap().scopes,
+        vec!["github/tool/get_pull_request".parse().unwrap()]
+    );
+    let later = now + Duration::from_secs(61);
+    let d = a.authorize(
+        &bearer,
+        &McpRequest::call_tool("get_pull_request", None),
+        later,
+    );
+    assert_eq!(
+        d.reason,
+        Reason::Expired,
+        "the token's exp, before the task's"
+    );
+    assert!(d.detail.contains("access token expired"), "{}", d.detail);
+}
+
 #[test]
 fn stale_feed_fails_closed() {
     let a = authorizer(RevocationWatcher::detached(Duration::from_secs(30)));
@@ -211,8 +277,10 @@ fn non_task_peers_and_other_servers_are_refused() {
     let a = authorizer(fresh());
     let client = Peer::Client {
         client: "spiffe://acme.corp/client/code-reviewer".parse().unwrap(),
-        serial_hex: "01".into(),
-        not_after_unix: i64::MAX,
+        credential: Credential::Certificate {
+            serial_hex: "01".into(),
+            not_after_unix: i64::MAX,
+        },
     };
     let d = a.authorize(
         &client,
@@ -402,9 +470,62 @@ when {
     let d = a.decide(&bob, &req, SystemTime::now());
     assert_eq!(d.reason, Reason::PolicyForbids, "{d:?}");
     assert_eq!(d.policy_ids, ["not-for-bob"]);
-    assert_eq!(a.entities.len(), 1, "one entry per task id, replaced");
-    // And back: alice's facts are rebuilt, not bob's kept.
+    assert_eq!(a.entities.len(), 1, "one entry per task id");
+    // And back: alice's facts decide again, not bob's.
     assert!(decide(&a, McpRequest::call_tool("get_pull_request", None)).allowed);
+}
+
+/// A task calling with its certificate and with narrowed access tokens keeps one
+/// entity per distinct set of claims (a few at most), not one rebuilt at each switch;
+/// each decides on its own scopes.
+#[test]
+fn certificate_and_token_peers_of_a_task_keep_their_own_entities() {
+    let policies = r#"
+@id("needs-push-scope")
+permit(principal, action == Action::"tools/call", resource)
+when { principal.scopes.contains("github/tool/push") };
+"#;
+    let store = Arc::new(PolicyStore::from_strs(policies, &schema()).unwrap());
+    let a = Authorizer::new(SERVER.parse().unwrap(), store, fresh());
+    let cert = task_peer(SCOPES);
+    let narrow = bearer_peer(SCOPES, &["github/tool/get_pull_request"], "j1", 60, false);
+    let push = bearer_peer(SCOPES, &["github/tool/push"], "j2", 60, false);
+    let task: tessera_identity::TaskId = TASK_ULID.parse().unwrap();
+    let now = SystemTime::now();
+    let entity = |p: &Peer| {
+        let claims = p.claims().unwrap();
+        a.entities
+            .task(&a.types, claims, "code-reviewer", p.not_after_unix(), 0)
+            .unwrap()
+    };
+    let (first_cert, first_narrow) = (entity(&cert), entity(&narrow));
+    for _ in 0..3 {
+        assert!(Arc::ptr_eq(&entity(&cert), &first_cert));
+        assert!(Arc::ptr_eq(&entity(&narrow), &first_narrow));
+    }
+    assert_eq!(a.entities.variants(&task), 2);
+    // Cedar sees each peer's own scopes.
+    let call = |p: &Peer, tool: &str| a.decide(p, &McpRequest::call_tool(tool, None), now);
+    assert!(
+        call(&cert, "get_pull_request").allowed,
+        "the certificate holds push"
+    );
+    assert_eq!(
+        call(&narrow, "get_pull_request").reason,
+        Reason::NoPolicyPermits,
+        "the narrow token does not"
+    );
+    assert!(call(&push, "push").allowed);
+    // Bounded: more variants push the oldest out.
+    for scope in [
+        "github/tool/list_a",
+        "github/tool/list_b",
+        "github/tool/list_c",
+    ] {
+        entity(&bearer_peer(SCOPES, &[scope], "j", 60, false));
+    }
+    assert_eq!(a.entities.variants(&task), entities::MAX_VARIANTS);
+    assert!(!Arc::ptr_eq(&entity(&cert), &first_cert), "the oldest went");
 }
 
 /// Policies that read arguments by name, as a whole, in depth, not at all, and one that
@@ -650,8 +771,10 @@ async fn until_denied_ends_on_revocation_and_staleness() {
     // Not a task at all: at once.
     let client = Peer::Client {
         client: "spiffe://acme.corp/client/code-reviewer".parse().unwrap(),
-        serial_hex: "1".into(),
-        not_after_unix: i64::MAX,
+        credential: Credential::Certificate {
+            serial_hex: "1".into(),
+            not_after_unix: i64::MAX,
+        },
     };
     assert_eq!(
         authorizer(fresh()).until_denied(&client).await.reason,

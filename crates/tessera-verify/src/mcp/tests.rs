@@ -22,7 +22,7 @@ use super::{DENIAL_CODE, Enforced};
 use crate::authz::Authorizer;
 use crate::authz::policy::PolicyStore;
 use crate::conn::ConnectionSpan;
-use crate::peer::Peer;
+use crate::peer::{Credential, Peer};
 use crate::revocation::RevocationWatcher;
 use crate::testutil::logs::formatted;
 use crate::testutil::{SERVER, task_peer};
@@ -53,7 +53,7 @@ fn live_task() -> Peer {
     let Peer::Task {
         client,
         mut claims,
-        not_after_unix,
+        credential,
         ..
     } = task_peer(SCOPES)
     else {
@@ -64,8 +64,7 @@ fn live_task() -> Peer {
         task: client.task(claims.task_id),
         client,
         claims,
-        serial_hex: "42".into(),
-        not_after_unix,
+        credential,
     }
 }
 
@@ -1034,7 +1033,6 @@ async fn a_subscription_ends_when_its_svid_expires() {
         client,
         task,
         claims,
-        serial_hex,
         ..
     } = live_task()
     else {
@@ -1045,8 +1043,10 @@ async fn a_subscription_ends_when_its_svid_expires() {
         client,
         task,
         claims,
-        serial_hex,
-        not_after_unix: now + 2,
+        credential: Credential::Certificate {
+            serial_hex: "42".into(),
+            not_after_unix: now + 2,
+        },
     });
     let id = listen(&mut h, &short, json!({"toolsListChanged": true})).await;
     let answer = tokio::time::timeout(Duration::from_secs(10), h.answer(id))

@@ -6,7 +6,7 @@ pub(crate) mod logs;
 use tessera_identity::TaskClaims;
 use time::OffsetDateTime;
 
-use crate::peer::Peer;
+use crate::peer::{Credential, Peer, TokenCredential};
 
 pub(crate) const TD: &str = "acme.corp";
 pub(crate) const TASK_ULID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
@@ -41,7 +41,32 @@ pub(crate) fn task_peer(scopes: &[&str]) -> Peer {
         client: c.client_id.clone(),
         task: c.client_id.task(c.task_id),
         claims: c,
-        serial_hex: "42".into(),
-        not_after_unix: now + 3600,
+        credential: Credential::Certificate {
+            serial_hex: "42".into(),
+            not_after_unix: now + 3600,
+        },
     }
+}
+
+/// The sample task (granted `task_scopes`, live for an hour) as an access token's
+/// peer: its scopes narrowed to `token_scopes`, the token ending in `exp_in` seconds.
+pub(crate) fn bearer_peer(
+    task_scopes: &[&str],
+    token_scopes: &[&str],
+    jti: &str,
+    exp_in: i64,
+    cert_bound: bool,
+) -> Peer {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let token_scopes: Vec<_> = token_scopes.iter().map(|s| s.parse().unwrap()).collect();
+    Peer::task_from_access_token(
+        claims(TD, task_scopes, now + 3600),
+        &token_scopes,
+        TokenCredential {
+            jti: jti.into(),
+            exp_unix: now + exp_in,
+            cert_bound,
+        },
+    )
+    .unwrap()
 }

@@ -11,6 +11,7 @@ use super::*;
 use tessera_testca::rcgen::{BasicConstraints, IsCa};
 use tessera_testca::{Ca, Leaf};
 
+use crate::peer::PeerError;
 use crate::testutil::{SERVER, TD, claims, task_id_str};
 use crate::trust::{TrustMaterial, TrustSource};
 
@@ -352,4 +353,97 @@ async fn handshake_pins_server_and_yields_task_peer() {
     assert!(matches!(peer, Peer::Task { .. }));
     let (ok, _) = run(wrong).await;
     assert!(!ok, "client must refuse a server presenting another id");
+}
+
+/// A server that also accepts bearer tokens: a client without a certificate gets in
+/// (and the connection proves no peer), a good certificate still yields its peer, and a
+/// presented certificate that fails verification still fails the handshake.
+#[tokio::test]
+async fn optional_client_certificate_is_still_verified_when_presented() {
+    let f = fixture(true);
+    let optional = Arc::new(
+        ServerTlsBuilder::new(f.source.clone())
+            .client_certificate_optional()
+            .build()
+            .unwrap(),
+    );
+    let required = Arc::new(ServerTlsBuilder::new(f.source.clone()).build().unwrap());
+    let expected: ServerId = SERVER.parse().unwrap();
+    let bundle = [f.ca.cert().clone()];
+    let anonymous = client_config_without_certificate(&expected, bundle.clone()).unwrap();
+    let (chain, key) = task_leaf(&f.ca, TD).mint().into_parts();
+    let task = client_config(&expected, bundle.clone(), chain, key).unwrap();
+    // evil.example has a bundle here but is not allowed: a foreign task certificate.
+    let (chain, key) = task_leaf(&f.foreign, "evil.example").mint().into_parts();
+    let foreign = client_config(&expected, bundle.clone(), chain, key).unwrap();
+    // An acme.corp id signed by the foreign CA.
+    let (chain, key) = task_leaf(&f.foreign, TD).mint().into_parts();
+    let forged = client_config(&expected, bundle, chain, key).unwrap();
+
+    /// Whether both sides completed, and the peer's SPIFFE ID if the server saw one.
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        client: &ClientConfig,
+    ) -> (bool, Option<Result<String, PeerError>>) {
+        let (a, b) = tokio::io::duplex(16 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client.clone()));
+        let s = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut tls = acceptor.accept(a).await?;
+            // TLS 1.3 reports a refused client certificate after the client's
+            // handshake completes: read once so that the alert is sent.
+            let mut byte = [0u8; 1];
+            let _ = tls.read(&mut byte).await;
+            Ok::<_, std::io::Error>(tls)
+        });
+        let mut client = connector
+            .connect(ServerName::try_from("mcp").unwrap(), b)
+            .await
+            .ok();
+        let client_ok = match client.as_mut() {
+            Some(tls) => {
+                use tokio::io::AsyncWriteExt;
+                tls.write_all(b"x").await.is_ok() && tls.flush().await.is_ok()
+            }
+            None => false,
+        };
+        // The client stays connected until the server side is done with it.
+        let server_side = s.await.unwrap();
+        drop(client);
+        let peer = server_side.ok().map(|tls| {
+            let chain = tls.get_ref().1.peer_certificates();
+            match chain {
+                None => Err(PeerError::NoCertificate),
+                Some(_) => Peer::from_chain(chain).map(|p| p.spiffe_id()),
+            }
+        });
+        (client_ok, peer)
+    }
+
+    let (ok, peer) = handshake(optional.clone(), &anonymous).await;
+    assert!(ok, "no certificate is allowed");
+    assert_eq!(
+        peer,
+        Some(Err(PeerError::NoCertificate)),
+        "and proves no peer"
+    );
+    let (ok, peer) = handshake(optional.clone(), &task).await;
+    assert!(ok);
+    assert_eq!(
+        peer,
+        Some(Ok(task_id_str(TD))),
+        "a presented certificate proves its peer"
+    );
+    for (name, client) in [("foreign trust domain", &foreign), ("forged", &forged)] {
+        let (_, peer) = handshake(optional.clone(), client).await;
+        assert!(peer.is_none(), "{name}: the server refuses the handshake");
+    }
+    let (_, peer) = handshake(required, &anonymous).await;
+    assert!(peer.is_none(), "required by default");
+    let verifier = ServerTlsBuilder::new(f.source.clone())
+        .client_certificate_optional()
+        .client_verifier();
+    assert!(verifier.offer_client_auth());
+    assert!(!verifier.client_auth_mandatory());
 }

@@ -1,4 +1,5 @@
-//! Trust material from PEM files, for servers that run without an agent.
+//! Trust material from PEM files, for servers that run without an agent, and an
+//! optional JWKS file of the own trust domain's JWT-SVID keys (for the token endpoint).
 //!
 //! The files are polled (size + mtime) every [`FileTrustConfig::poll_interval`]; a change
 //! triggers a reload, and a reload that fails validation keeps the last good material and
@@ -7,12 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
 };
-use tessera_identity::{ServerId, TrustDomain};
+use tessera_identity::{JwtBundle, MAX_JWKS_LEN, ServerId, TrustDomain};
 
 use super::material::unix_now;
 use super::{TrustError, TrustMaterial, TrustPublisher, TrustSource};
@@ -32,6 +34,10 @@ pub struct FileTrustConfig {
     /// Bundles (PEM) of other trust domains. They are only *accepted* by the TLS verifier
     /// when that trust domain is on its explicit allow-list.
     pub extra_bundles: Vec<(TrustDomain, PathBuf)>,
+    /// The own trust domain's JWT bundle: a JWKS (as `FetchJWTBundles` or a SPIFFE
+    /// bundle endpoint serves it, at most [`MAX_JWKS_LEN`] bytes). Without it, JWT-SVID
+    /// assertions are refused.
+    pub jwt_bundle: Option<PathBuf>,
     /// How often to check the files for changes.
     pub poll_interval: Duration,
 }
@@ -45,8 +51,15 @@ impl FileTrustConfig {
             cert_chain,
             key,
             extra_bundles: Vec::new(),
+            jwt_bundle: None,
             poll_interval: Duration::from_secs(5),
         }
+    }
+
+    /// The same config with the own trust domain's JWKS file.
+    pub fn with_jwt_bundle(mut self, jwks: PathBuf) -> Self {
+        self.jwt_bundle = Some(jwks);
+        self
     }
 
     fn paths(&self) -> impl Iterator<Item = &Path> {
@@ -57,6 +70,7 @@ impl FileTrustConfig {
         ]
         .into_iter()
         .chain(self.extra_bundles.iter().map(|(_, p)| p.as_path()))
+        .chain(self.jwt_bundle.as_deref())
     }
 }
 
@@ -75,7 +89,28 @@ pub fn load(config: &FileTrustConfig) -> Result<TrustMaterial, TrustError> {
     for (td, path) in &config.extra_bundles {
         bundles.insert(td.clone(), read_certs(path)?);
     }
-    TrustMaterial::new(config.own_id.clone(), chain, key, bundles, unix_now())
+    let material = TrustMaterial::new(config.own_id.clone(), chain, key, bundles, unix_now())?;
+    let Some(path) = &config.jwt_bundle else {
+        return Ok(material);
+    };
+    let td = config.own_id.trust_domain().clone();
+    let jwks = read_bounded(path, MAX_JWKS_LEN)?;
+    let bundle = JwtBundle::from_jwks(td.clone(), &jwks).map_err(|e| file_err(path, e))?;
+    material.with_jwt_bundles(BTreeMap::from([(td, Arc::new(bundle))]))
+}
+
+/// Reads a file of at most `max` bytes; a larger one is refused without reading it all.
+fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>, TrustError> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| file_err(path, e))?;
+    if bytes.len() > max {
+        return Err(file_err(path, format!("larger than {max} bytes")));
+    }
+    Ok(bytes)
 }
 
 /// Loads the files, publishes them, and spawns a task that reloads them on change.

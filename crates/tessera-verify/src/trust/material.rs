@@ -13,7 +13,7 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use super::anchor_limits::AnchorLimits;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use tessera_identity::{ProfileError, ServerId, TrustDomain, check_leaf_svid};
+use tessera_identity::{JwtBundle, ProfileError, ServerId, TrustDomain, check_leaf_svid};
 
 /// Why trust material was refused or could not be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,14 @@ pub enum TrustError {
     /// The Workload API failed or has no SVID for the server.
     #[error("workload API: {0}")]
     WorkloadApi(String),
+    /// A JWT bundle (JWKS) was refused.
+    #[error("JWT bundle for {trust_domain}: {reason}")]
+    JwtBundle {
+        /// The trust domain the bundle was given for.
+        trust_domain: String,
+        /// Why.
+        reason: String,
+    },
     /// The publisher went away.
     #[error("trust source closed")]
     Closed,
@@ -80,13 +88,21 @@ pub enum TrustError {
 
 /// One validated set of trust material. Built only through [`TrustMaterial::new`], which
 /// checks everything, so holding one means it is usable.
+///
+/// Cloning shares every part (the sources swap the JWT bundles of a material without
+/// re-validating its X.509 half).
+#[derive(Clone)]
 pub struct TrustMaterial {
     own_id: ServerId,
     certified_key: Arc<CertifiedKey>,
     not_after_unix: i64,
     bundles: BTreeMap<TrustDomain, Bundle>,
+    /// JWT-SVID keys per trust domain (from FetchJWTBundles or a JWKS file); empty when
+    /// the source has none, and then no JWT-SVID validates.
+    jwt_bundles: BTreeMap<TrustDomain, Arc<JwtBundle>>,
 }
 
+#[derive(Clone)]
 struct Bundle {
     roots: Arc<RootCertStore>,
     verifier: Arc<dyn ClientCertVerifier>,
@@ -203,7 +219,42 @@ impl TrustMaterial {
             certified_key: Arc::new(certified_key),
             not_after_unix: leaf.not_after_unix,
             bundles: built,
+            jwt_bundles: BTreeMap::new(),
         })
+    }
+
+    /// The same material with `jwt_bundles` as its JWT-SVID keys, replacing any before.
+    ///
+    /// Each bundle must be keyed by its own trust domain; the own trust domain's may be
+    /// absent (a source that serves no JWT bundle), and then JWT-SVID assertions are
+    /// refused. The JWKS documents were validated when parsed ([`JwtBundle::from_jwks`]).
+    ///
+    /// # Errors
+    /// [`TrustError::JwtBundle`] for a bundle filed under another trust domain.
+    pub fn with_jwt_bundles(
+        mut self,
+        jwt_bundles: BTreeMap<TrustDomain, Arc<JwtBundle>>,
+    ) -> Result<Self, TrustError> {
+        for (td, bundle) in &jwt_bundles {
+            if bundle.trust_domain() != td {
+                return Err(TrustError::JwtBundle {
+                    trust_domain: td.to_string(),
+                    reason: format!("holds the keys of {}", bundle.trust_domain()),
+                });
+            }
+        }
+        self.jwt_bundles = jwt_bundles;
+        Ok(self)
+    }
+
+    /// The JWT-SVID keys of `trust_domain`, if the source gave any.
+    pub fn jwt_bundle(&self, trust_domain: &TrustDomain) -> Option<&Arc<JwtBundle>> {
+        self.jwt_bundles.get(trust_domain)
+    }
+
+    /// Every JWT bundle, keyed by trust domain.
+    pub fn jwt_bundles(&self) -> &BTreeMap<TrustDomain, Arc<JwtBundle>> {
+        &self.jwt_bundles
     }
 
     /// The server's own identity.
@@ -258,6 +309,14 @@ impl fmt::Debug for TrustMaterial {
             .field(
                 "trust_domains",
                 &self.bundles.keys().map(|t| t.as_str()).collect::<Vec<_>>(),
+            )
+            .field(
+                "jwt_trust_domains",
+                &self
+                    .jwt_bundles
+                    .keys()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }

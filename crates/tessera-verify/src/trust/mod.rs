@@ -8,10 +8,17 @@
 //!
 //! - [`workload`]: the SPIFFE Workload API through `spiffe::X509Source`; the own SVID is
 //!   picked by its SPIFFE ID `spiffe://<td>/mcp/<server>`, never "whatever is first".
-//! - [`files`]: PEM files (bundle, chain, key), polled for changes.
+//!   JWT bundles (JWKS) come from the same agent's `FetchJWTBundles` stream.
+//! - [`files`]: PEM files (bundle, chain, key) and an optional JWKS file, polled for
+//!   changes.
+//!
+//! The JWT bundles validate JWT-SVIDs presented to the token endpoint
+//! ([`crate::oauth::token_endpoint`]); they ride in the same [`TrustMaterial`], so one
+//! seam carries everything a server trusts.
 
 pub(crate) mod anchor_limits;
 pub mod files;
+mod jwt_bundles;
 mod material;
 pub mod workload;
 
@@ -86,6 +93,7 @@ impl TrustPublisher {
             own_id = %material.own_id(),
             not_after_unix = material.not_after_unix(),
             trust_domains = ?material.trust_domains().map(|t| t.as_str()).collect::<Vec<_>>(),
+            jwt_keys = material.jwt_bundles().values().map(|b| b.keys().len()).sum::<usize>(),
             "new trust material published"
         );
         self.tx.send_replace(Some(Arc::new(material)));

@@ -1,11 +1,16 @@
-//! Trust material from the SPIFFE Workload API (`spiffe::X509Source`).
+//! Trust material from the SPIFFE Workload API: the own SVID and X.509 bundles from
+//! `spiffe::X509Source`, the JWT bundles from `FetchJWTBundles` ([`super::jwt_bundles`]).
 //!
 //! The server's own SVID is the one whose SPIFFE ID is exactly its configured
 //! `spiffe://<td>/mcp/<server>`: picked by id (both as the source's picker and when
 //! reading the context), not the stream's first SVID, so a workload that also holds
 //! other identities never serves the wrong one.
+//!
+//! Either stream's update republishes the material with the other's latest good part,
+//! so a JWT key rotation reaches the token endpoint as an SVID rotation reaches TLS.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +19,9 @@ use spiffe::x509_source::SvidPicker;
 use spiffe::{X509Source, X509Svid};
 use tessera_identity::{ServerId, TrustDomain};
 
+use tokio::sync::watch;
+
+use super::jwt_bundles::{self, JwtBundles};
 use super::material::unix_now;
 use super::{TrustError, TrustMaterial, TrustSource};
 use crate::background::Background;
@@ -34,10 +42,16 @@ impl SvidPicker for ById {
 /// `SPIFFE_ENDPOINT_SOCKET`), waits for the first valid material for `own_id`, publishes
 /// it, and spawns a task that republishes on every update.
 ///
+/// The JWT bundles follow on the same socket (`FetchJWTBundles`): the call waits up to
+/// [`FIRST_JWT_BUNDLES_WAIT`] for them so a token endpoint can serve at once, and
+/// returns without them otherwise (they are published when they come; until then
+/// JWT-SVID assertions are refused). A TCP endpoint gets no JWT bundles.
+///
 /// An update that fails validation (no SVID for `own_id`, expired, key mismatch, no own
-/// bundle) is logged and the last good material kept. Updates are followed for as long
-/// as the returned guard lives (see [`crate::background`]); when it goes, the
-/// `X509Source` is shut down and its stream to the agent closed.
+/// bundle, a JWKS that does not parse) is logged and the last good material kept.
+/// Updates are followed for as long as the returned guard lives (see
+/// [`crate::background`]); when it goes, the `X509Source` is shut down and both streams
+/// to the agent closed.
 ///
 /// # Errors
 /// [`TrustError::WorkloadApi`] if the source cannot be built, or the first material is
@@ -60,8 +74,43 @@ pub async fn connect(
         let _ = source.shutdown_with_timeout(SOURCE_SHUTDOWN_GRACE).await;
         return Err(e);
     }
-    from_x509_source(source, own_id)
+    let socket = match endpoint {
+        Some(ep) => jwt_bundles::socket_path(ep),
+        None => std::env::var("SPIFFE_ENDPOINT_SOCKET")
+            .ok()
+            .and_then(|ep| jwt_bundles::socket_path(&ep)),
+    };
+    if socket.is_none() {
+        tracing::warn!("Workload API endpoint is not a unix socket; no JWT bundles");
+    }
+    let (trust, task, mut jwt_gone) = follow(source, own_id.clone(), socket.clone())?;
+    if socket.is_some() {
+        let mut rx = trust.subscribe();
+        let td = own_id.trust_domain().clone();
+        let has_jwt = |m: &Option<Arc<TrustMaterial>>| {
+            m.as_ref().is_some_and(|m| m.jwt_bundle(&td).is_some())
+        };
+        // Until the bundle comes, or the agent says it serves none.
+        let first = async {
+            tokio::select! {
+                _ = rx.wait_for(has_jwt) => true,
+                _ = jwt_gone.wait_for(|gone| *gone) => false,
+            }
+        };
+        if !tokio::time::timeout(FIRST_JWT_BUNDLES_WAIT, first)
+            .await
+            .unwrap_or(false)
+        {
+            tracing::warn!(
+                "no JWT bundle from the agent yet; JWT-SVID assertions are refused until one comes"
+            );
+        }
+    }
+    Ok((trust, task))
 }
+
+/// How long [`connect`] waits for the first JWT bundles after the X.509 material.
+pub const FIRST_JWT_BUNDLES_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a stopping task waits for the `X509Source` to close before it aborts it.
 const SOURCE_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -77,36 +126,78 @@ pub fn from_x509_source(
     source: X509Source,
     own_id: ServerId,
 ) -> Result<(TrustSource, Background), TrustError> {
-    let first = material_from(&source, &own_id)?;
+    follow(source, own_id, None).map(|(trust, task, _)| (trust, task))
+}
+
+/// Publishes the first material and follows both streams (JWT bundles only with a
+/// socket). The receiver turns `true` once the JWT stream is given up for good (no
+/// socket, or an agent that serves no JWT bundles).
+fn follow(
+    source: X509Source,
+    own_id: ServerId,
+    jwt_socket: Option<PathBuf>,
+) -> Result<(TrustSource, Background, watch::Receiver<bool>), TrustError> {
+    let mut x509 = material_from(&source, &own_id)?;
     let (publisher, trust) = TrustSource::channel();
-    publisher.publish(first);
+    publisher.publish(x509.clone());
     let mut updates = source.updated();
+    let (jwt_tx, mut jwt_rx) = watch::channel::<Option<JwtBundles>>(None);
+    let (gone_tx, gone_rx) = watch::channel(false);
     let task = Background::spawn("trust-workload", move |stop| async move {
+        let jwt_follower = async move {
+            match jwt_socket {
+                Some(socket) => jwt_bundles::follow(socket, jwt_tx).await,
+                None => drop(jwt_tx),
+            }
+            gone_tx.send_replace(true);
+            // Done (no socket, or no JWT service): the other stream goes on.
+            std::future::pending::<()>().await
+        };
+        tokio::pin!(jwt_follower);
+        let mut jwt: JwtBundles = BTreeMap::new();
+        let mut jwt_open = true;
         loop {
-            let changed = tokio::select! {
+            tokio::select! {
                 _ = stop.cancelled() => break,
-                changed = updates.changed() => changed,
-            };
-            if changed.is_err() {
-                tracing::warn!("X509Source closed; keeping the last material");
-                break;
+                _ = &mut jwt_follower => {}
+                changed = jwt_rx.changed(), if jwt_open => {
+                    if changed.is_err() {
+                        jwt_open = false;
+                        continue;
+                    }
+                    let Some(bundles) = jwt_rx.borrow_and_update().clone() else { continue };
+                    jwt = bundles;
+                }
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        tracing::warn!("X509Source closed; keeping the last material");
+                        break;
+                    }
+                    match material_from(&source, &own_id) {
+                        Ok(m) => x509 = m,
+                        Err(e) => {
+                            tracing::warn!(
+                                error = %e,
+                                "Workload API update refused; keeping the last good material"
+                            );
+                            continue;
+                        }
+                    }
+                }
             }
             if publisher.is_closed() {
                 break;
             }
-            match material_from(&source, &own_id) {
+            match x509.clone().with_jwt_bundles(jwt.clone()) {
                 Ok(m) => publisher.publish(m),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "Workload API update refused; keeping the last good material"
-                ),
+                Err(e) => tracing::warn!(error = %e, "JWT bundles refused; keeping the last"),
             }
         }
         if let Err(e) = source.shutdown_with_timeout(SOURCE_SHUTDOWN_GRACE).await {
             tracing::warn!(error = %e, "X509Source did not shut down in time; aborted");
         }
     });
-    Ok((trust, task))
+    Ok((trust, task, gone_rx))
 }
 
 fn material_from(source: &X509Source, own_id: &ServerId) -> Result<TrustMaterial, TrustError> {

@@ -3,6 +3,7 @@ use std::convert::Infallible;
 use tower::{Layer, Service, ServiceExt};
 
 use super::*;
+use crate::peer::Credential;
 use crate::testutil::task_peer;
 
 /// A stand-in for rmcp: opens session "s-1" for a request without one.
@@ -40,8 +41,10 @@ async fn hijacked_session_id_is_refused_with_404() {
     let alice = Arc::new(task_peer(&["github/tool/*"]));
     let mallory = Arc::new(Peer::Client {
         client: "spiffe://acme.corp/client/mallory".parse().unwrap(),
-        serial_hex: "01".into(),
-        not_after_unix: i64::MAX,
+        credential: Credential::Certificate {
+            serial_hex: "01".into(),
+            not_after_unix: i64::MAX,
+        },
     });
 
     let r = svc
@@ -101,7 +104,7 @@ fn sessions_belong_to_the_spiffe_id() {
         client,
         task: task_id,
         claims,
-        not_after_unix,
+        credential,
         ..
     } = task.clone()
     else {
@@ -111,8 +114,10 @@ fn sessions_belong_to_the_spiffe_id() {
         client: client.clone(),
         task: task_id.clone(),
         claims: claims.clone(),
-        serial_hex: "43".into(),
-        not_after_unix: not_after_unix + 60,
+        credential: Credential::Certificate {
+            serial_hex: "43".into(),
+            not_after_unix: credential.not_after_unix() + 60,
+        },
     };
     assert!(binding.check("s", &task));
     assert!(binding.check("s", &rotated), "same task, rotated SVID");
@@ -120,14 +125,12 @@ fn sessions_belong_to_the_spiffe_id() {
         client: client.clone(),
         task: client.task(tessera_identity::TaskId::new()),
         claims,
-        serial_hex: "42".into(),
-        not_after_unix,
+        credential: credential.clone(),
     };
     assert!(!binding.check("s", &sibling), "another task of the client");
     let runtime = Peer::Client {
         client: client.clone(),
-        serial_hex: "42".into(),
-        not_after_unix,
+        credential: credential.clone(),
     };
     assert!(!binding.check("s", &runtime), "the client's own SVID");
     binding.bind("c", &runtime);
@@ -137,8 +140,7 @@ fn sessions_belong_to_the_spiffe_id() {
         server: format!("spiffe://{}/mcp/{}", client.trust_domain(), client.name)
             .parse()
             .unwrap(),
-        serial_hex: "42".into(),
-        not_after_unix,
+        credential: credential.clone(),
     };
     assert!(!binding.check("c", &server), "a server of the same name");
     assert_eq!(
@@ -152,7 +154,7 @@ fn task_of(_: usize) -> Peer {
     let Peer::Task {
         client,
         claims,
-        not_after_unix,
+        credential,
         ..
     } = task_peer(&["github/tool/*"])
     else {
@@ -162,8 +164,7 @@ fn task_of(_: usize) -> Peer {
         task: client.task(tessera_identity::TaskId::new()),
         client,
         claims,
-        serial_hex: "42".into(),
-        not_after_unix,
+        credential: credential.clone(),
     }
 }
 
