@@ -9,7 +9,10 @@
 //!
 //! The cache is keyed by task id but an entry is used only if the peer's signed claims
 //! are exactly the ones it was built from: a federated trust domain may mint the same
-//! task id, and it must not inherit another task's client or scopes.
+//! task id, and it must not inherit another task's client or scopes. One task id keeps
+//! a few such variants ([`MAX_VARIANTS`]): a task calling both with its certificate and
+//! with an access token narrowed to fewer scopes (its peer's claims carry the token's
+//! scopes) would otherwise rebuild its entities on every switch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -22,6 +25,9 @@ pub(crate) const TASK_TYPE: &str = "Task";
 
 /// Below this many cached tasks, expired ones are not pruned.
 const PRUNE_FLOOR: usize = 1024;
+
+/// Variants (distinct claims) kept per task id; the least recently built goes first.
+pub(crate) const MAX_VARIANTS: usize = 4;
 
 /// The Cedar view of one task.
 #[derive(Debug)]
@@ -40,7 +46,7 @@ pub(crate) struct TaskEntities {
 
 #[derive(Debug)]
 pub(crate) struct EntityStore {
-    tasks: RwLock<HashMap<TaskId, Arc<TaskEntities>>>,
+    tasks: RwLock<HashMap<TaskId, Vec<Arc<TaskEntities>>>>,
 }
 
 impl EntityStore {
@@ -64,10 +70,8 @@ impl EntityStore {
         now: i64,
     ) -> Result<Arc<TaskEntities>, String> {
         let id = claims.task_id;
-        if let Some(hit) = read(&self.tasks).get(&id)
-            && hit.claims == *claims
-            && hit.client_name == client_name
-        {
+        let same = |t: &&Arc<TaskEntities>| t.claims == *claims && t.client_name == client_name;
+        if let Some(hit) = read(&self.tasks).get(&id).and_then(|v| v.iter().find(same)) {
             return Ok(Arc::clone(hit));
         }
         let built = Arc::new(build(types, claims, client_name, not_after)?);
@@ -75,9 +79,18 @@ impl EntityStore {
         // Prune when the map must grow anyway: its capacity doubles at each growth, so
         // pruning stays amortised O(1) per insert without a threshold of its own.
         if tasks.len() >= PRUNE_FLOOR && tasks.len() == tasks.capacity() {
-            tasks.retain(|_, t| t.not_after > now);
+            tasks.retain(|_, variants| {
+                variants.retain(|t| t.not_after > now);
+                !variants.is_empty()
+            });
         }
-        tasks.insert(id, Arc::clone(&built));
+        let variants = tasks.entry(id).or_default();
+        // Another request may have built the same meanwhile: keep one.
+        variants.retain(|t| !same(&t));
+        if variants.len() >= MAX_VARIANTS {
+            variants.remove(0);
+        }
+        variants.push(Arc::clone(&built));
         Ok(built)
     }
 
@@ -85,6 +98,12 @@ impl EntityStore {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         read(&self.tasks).len()
+    }
+
+    /// How many variants of `task` are cached.
+    #[cfg(test)]
+    pub(crate) fn variants(&self, task: &TaskId) -> usize {
+        read(&self.tasks).get(task).map_or(0, Vec::len)
     }
 }
 

@@ -470,9 +470,62 @@ when {
     let d = a.decide(&bob, &req, SystemTime::now());
     assert_eq!(d.reason, Reason::PolicyForbids, "{d:?}");
     assert_eq!(d.policy_ids, ["not-for-bob"]);
-    assert_eq!(a.entities.len(), 1, "one entry per task id, replaced");
-    // And back: alice's facts are rebuilt, not bob's kept.
+    assert_eq!(a.entities.len(), 1, "one entry per task id");
+    // And back: alice's facts decide again, not bob's.
     assert!(decide(&a, McpRequest::call_tool("get_pull_request", None)).allowed);
+}
+
+/// A task calling with its certificate and with narrowed access tokens keeps one
+/// entity per distinct set of claims (a few at most), not one rebuilt at each switch;
+/// each decides on its own scopes.
+#[test]
+fn certificate_and_token_peers_of_a_task_keep_their_own_entities() {
+    let policies = r#"
+@id("needs-push-scope")
+permit(principal, action == Action::"tools/call", resource)
+when { principal.scopes.contains("github/tool/push") };
+"#;
+    let store = Arc::new(PolicyStore::from_strs(policies, &schema()).unwrap());
+    let a = Authorizer::new(SERVER.parse().unwrap(), store, fresh());
+    let cert = task_peer(SCOPES);
+    let narrow = bearer_peer(SCOPES, &["github/tool/get_pull_request"], "j1", 60, false);
+    let push = bearer_peer(SCOPES, &["github/tool/push"], "j2", 60, false);
+    let task: tessera_identity::TaskId = TASK_ULID.parse().unwrap();
+    let now = SystemTime::now();
+    let entity = |p: &Peer| {
+        let claims = p.claims().unwrap();
+        a.entities
+            .task(&a.types, claims, "code-reviewer", p.not_after_unix(), 0)
+            .unwrap()
+    };
+    let (first_cert, first_narrow) = (entity(&cert), entity(&narrow));
+    for _ in 0..3 {
+        assert!(Arc::ptr_eq(&entity(&cert), &first_cert));
+        assert!(Arc::ptr_eq(&entity(&narrow), &first_narrow));
+    }
+    assert_eq!(a.entities.variants(&task), 2);
+    // Cedar sees each peer's own scopes.
+    let call = |p: &Peer, tool: &str| a.decide(p, &McpRequest::call_tool(tool, None), now);
+    assert!(
+        call(&cert, "get_pull_request").allowed,
+        "the certificate holds push"
+    );
+    assert_eq!(
+        call(&narrow, "get_pull_request").reason,
+        Reason::NoPolicyPermits,
+        "the narrow token does not"
+    );
+    assert!(call(&push, "push").allowed);
+    // Bounded: more variants push the oldest out.
+    for scope in [
+        "github/tool/list_a",
+        "github/tool/list_b",
+        "github/tool/list_c",
+    ] {
+        entity(&bearer_peer(SCOPES, &[scope], "j", 60, false));
+    }
+    assert_eq!(a.entities.variants(&task), entities::MAX_VARIANTS);
+    assert!(!Arc::ptr_eq(&entity(&cert), &first_cert), "the oldest went");
 }
 
 /// Policies that read arguments by name, as a whole, in depth, not at all, and one that

@@ -347,6 +347,8 @@ impl Shared {
             || req.extensions().get::<CertThumbprint>().is_some();
         let Some(token) = token else {
             if certificate && self.accepted.mtls {
+                // Another scheme's credential is not ours to pass on either.
+                req.headers_mut().remove(AUTHORIZATION);
                 return Ok(Admitted::Certificate);
             }
             return Err(Challenge::Authenticate.into());

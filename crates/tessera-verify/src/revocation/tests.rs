@@ -207,6 +207,42 @@ async fn detached_watcher_goes_stale_after_the_bound() {
     assert_eq!(w.status(&task, "1"), RevocationStatus::Stale);
 }
 
+/// The three questions a verifier asks: a certificate (task and serial), an access
+/// token (its task alone), and a client's own certificate (its serial alone); each
+/// stale when the feed is.
+#[tokio::test(start_paused = true)]
+async fn task_and_serial_questions_are_answered_apart() {
+    let w = RevocationWatcher::detached(Duration::from_secs(30));
+    let revoked: TaskId = TASK_ULID.parse().unwrap();
+    let live = TaskId::new();
+    for status in [
+        w.status(&live, "1"),
+        w.task_status(&live),
+        w.serial_status("1"),
+    ] {
+        assert_eq!(status, RevocationStatus::Stale);
+    }
+    // The revoked task's SVID has serial 0A1B (kept as lowercase hex, as leaves report).
+    w.apply(&set(1, &[TASK_ULID]));
+    let is_revoked = |s: RevocationStatus| matches!(s, RevocationStatus::Revoked { .. });
+    assert!(is_revoked(w.status(&revoked, "1")));
+    assert!(is_revoked(w.task_status(&revoked)));
+    assert!(
+        is_revoked(w.status(&live, "0a1b")),
+        "a certificate by serial"
+    );
+    assert!(is_revoked(w.serial_status("0a1b")));
+    assert_eq!(
+        w.task_status(&live),
+        RevocationStatus::NotRevoked,
+        "a token: task only"
+    );
+    assert_eq!(w.serial_status("0a1c"), RevocationStatus::NotRevoked);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(w.task_status(&live), RevocationStatus::Stale);
+    assert_eq!(w.serial_status("0a1c"), RevocationStatus::Stale);
+}
+
 #[test]
 fn backoff_stays_within_bounds() {
     let min = Duration::from_millis(50);

@@ -607,11 +607,19 @@ async fn a_certificate_and_an_unbound_token_are_refused_together() {
         challenge(&headers),
         invalid_token("a client certificate and a token not bound to it")
     );
-    // The certificate alone is fine on a server accepting mTLS.
-    let req = with_certificate(request(call("get_pull_request", json!({})), None), b"leaf");
+    // The certificate alone is fine on a server accepting mTLS, and a credential of
+    // another scheme beside it is not passed on.
+    let req = with_certificate(
+        request(
+            call("get_pull_request", json!({})),
+            Some("Basic dXNlcjpwYXNz"),
+        ),
+        b"leaf",
+    );
     let (status, _, answer) = f.send(req).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(f.audit().pop().unwrap()["auth"], "mtls");
+    assert_eq!(f.seen(), ["get_pull_request authorization=false"]);
 }
 
 #[tokio::test]
