@@ -16,6 +16,7 @@
 //! | [`audit`] | every decision as a `tracing` event and optional JSON lines |
 //! | [`conn`] | one span per accepted connection ([`ConnectionSpan`]): its id, and the peer once proven |
 //! | [`background`] | the one rule by which every background task stops: with its [`Background`] guard |
+//! | [`unread`] | `Connection: close` on an HTTP/1.1 answer given before its request body was read (e.g. a refused token) |
 //!
 //! ## Serving rmcp over mTLS
 //!
@@ -122,7 +123,10 @@
 //!     .layer(SessionBindingLayer::new())
 //!     .service(rmcp_service);
 //! // Per connection, when a certificate was presented: its `Arc<Peer>` and its
-//! // `CertThumbprint::of_der(leaf)` into every request's extensions, as above.
+//! // `CertThumbprint::of_der(leaf)` into every request's extensions, as above; and the
+//! // whole per-connection service wrapped in `tessera_verify::unread::CloseUnread(svc)`:
+//! // a 401 answered before the body was read must close an HTTP/1.1 connection, or the
+//! // client's next request on it is cut (Python's httpx, intermittently).
 //! ```
 //!
 //! A request with a certificate *and* a token is taken only if the token is bound to
@@ -153,6 +157,7 @@ mod request;
 pub mod revocation;
 pub mod tls;
 pub mod trust;
+pub mod unread;
 
 #[cfg(test)]
 mod testutil;

@@ -9,13 +9,11 @@
 //! * this file: flags, TLS, the Tessera checks and the HTTP server around the tools.
 //! * `oauth`: the flags of the bearer path and the layers they build (token endpoint,
 //!   resource server).
-//! * `unread`: `Connection: close` when an HTTP/1.1 request's body was left unread.
 //! * `tools`: the pretend GitHub (tools, README resources, subscriptions); no identity
 //!   or policy.
 
 mod oauth;
 mod tools;
-mod unread;
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -37,6 +35,7 @@ use tessera_verify::mcp::{
 use tessera_verify::oauth::CertThumbprint;
 use tessera_verify::revocation::WatcherConfig;
 use tessera_verify::trust::files::FileTrustConfig;
+use tessera_verify::unread;
 use tessera_verify::{
     AuditLog, Authorizer, ConnectionSpan, Peer, RevocationWatcher, ServerTlsBuilder,
 };

@@ -1,7 +1,8 @@
 //! `Connection: close` on an HTTP/1.1 response whose request body was not read to its end.
 //!
-//! Some answers come before the body is read: a refused bearer token (401), a request
-//! refused by size (413). hyper then cannot tell where the next request on the connection
+//! Wrap the whole per-connection service in [`CloseUnread`] when serving
+//! [`crate::oauth::BearerAuthLayer`] over HTTP/1.1: some answers come before the body is
+//! read: a refused bearer token (401), a request refused by size (413). hyper then cannot tell where the next request on the connection
 //! starts, so it drains what is already buffered and otherwise closes the connection after
 //! the response; but it does not say so. A client (Python's httpx, for one) that sends its
 //! next request on that kept-alive connection sees it cut ("server disconnected without
@@ -17,13 +18,13 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request, Response, Version, header};
 use http_body::{Body, Frame, SizeHint};
 
-/// Wraps a service; see the module docs.
+/// Wraps a service; see the module docs. Its requests' bodies are [`Tracked`].
 #[derive(Clone, Debug)]
-pub(crate) struct CloseUnread<S>(pub(crate) S);
+pub struct CloseUnread<S>(pub S);
 
 /// A request body that records whether it was read to its end.
 #[derive(Debug)]
-pub(crate) struct Tracked<B> {
+pub struct Tracked<B> {
     inner: B,
     ended: Arc<AtomicBool>,
 }
