@@ -31,6 +31,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod admin;
+pub mod attest;
 mod audit;
 mod change;
 mod clock;
