@@ -32,7 +32,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tessera_identity::{MAX_NAME_LEN, NodeName};
 
-use crate::{AttestationKind, NewNode};
+use crate::attest::{AttestError, NodeAttestor};
+use crate::{AttestationKind, NewNode, Node, PgStore, ServerStoreError, Written};
 pub use token_review::TokenReviewError;
 use token_review::{ReviewedUser, TokenReviewClient};
 
@@ -348,6 +349,63 @@ impl K8sPsatReviewer {
                 "audience": self.audience,
             }),
         })
+    }
+}
+
+/// The [`NodeAttestor`] for `k8s_psat` proofs: reviews the token, then registers the node
+/// the review names.
+#[derive(Debug)]
+pub struct K8sPsatAttestor {
+    reviewer: K8sPsatReviewer,
+    store: PgStore,
+}
+
+impl K8sPsatAttestor {
+    /// An attestor reviewing with `reviewer` and registering through `store`.
+    pub fn new(reviewer: K8sPsatReviewer, store: PgStore) -> K8sPsatAttestor {
+        K8sPsatAttestor { reviewer, store }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAttestor for K8sPsatAttestor {
+    fn kind(&self) -> AttestationKind {
+        AttestationKind::K8sPsat
+    }
+
+    async fn attest(
+        &self,
+        evidence: &str,
+        requested_name: &str,
+    ) -> Result<Written<Node>, AttestError> {
+        let node = match self.reviewer.review(evidence).await {
+            Ok(node) => node,
+            Err(e) => {
+                // The error names the service account, pod and node, never the token.
+                tracing::warn!(requested = requested_name, error = %e, "k8s_psat attestation refused");
+                return Err(match e {
+                    K8sPsatError::Unavailable(_) | K8sPsatError::ApiServer(_) => {
+                        AttestError::Unavailable(e.to_string())
+                    }
+                    _ => AttestError::Refused(e.to_string()),
+                });
+            }
+        };
+        // The node is the pod's, whatever name the agent asked for: a token from a pod on
+        // node X attests X.
+        if node.name != requested_name {
+            tracing::info!(
+                requested = requested_name,
+                node = node.name,
+                "k8s_psat attests the pod's node, not the name asked for"
+            );
+        }
+        let actor = format!("node:{}", node.name);
+        match self.store.register_node(node, &actor).await {
+            Ok(written) => Ok(written),
+            Err(ServerStoreError::Unavailable(e)) => Err(AttestError::Unavailable(e.to_string())),
+            Err(e) => Err(AttestError::Store(e)),
+        }
     }
 }
 

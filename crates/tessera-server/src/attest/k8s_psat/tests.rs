@@ -700,3 +700,61 @@ fn in_cluster_url_comes_from_the_service_environment() {
         "https://[fd00::1]:6443/"
     );
 }
+
+/// The attestor end to end on a real PostgreSQL: a token of a pod on `worker-1`
+/// registers `worker-1`, whatever the agent asked for, and the audit names the node and
+/// never the token.
+#[tokio::test]
+async fn psat_attests_the_pods_node_never_the_name_asked_for() {
+    let Some((_pg, store)) = crate::testing::store("k8s_psat attestor").await else {
+        return;
+    };
+    let f = fixture().await;
+    let own_token = pem_file(OWN_TOKEN);
+    let reviewer = K8sPsatReviewer::new(settings(
+        f.api.url.clone(),
+        f.api.ca_file.path(),
+        own_token.path(),
+    ))
+    .unwrap();
+    let attestor = K8sPsatAttestor::new(reviewer, store.clone());
+    assert_eq!(attestor.kind(), AttestationKind::K8sPsat);
+
+    let written = attestor.attest(TOKEN_OK, "node-y").await.unwrap();
+    assert_eq!(written.value.name, "worker-1");
+    assert_eq!(written.value.attested_by, AttestationKind::K8sPsat);
+    assert!(store.get_node("node-y").await.unwrap().is_none());
+    assert!(
+        written
+            .value
+            .selectors
+            .contains(&"k8s_psat:pod-name:tessera-agent-7xk2p".to_owned())
+    );
+    let audit = serde_json::to_string(&store.list_audit(0, 100).await.unwrap()).unwrap();
+    assert!(audit.contains("node:worker-1"), "{audit}");
+    assert!(
+        !audit.contains("c2lnbmF0dXJl"),
+        "the token is not in the audit log"
+    );
+
+    // A refused token registers nothing.
+    let err = attestor
+        .attest(TOKEN_OTHER_NS, "worker-2")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AttestError::Refused(_)), "{err:?}");
+    assert!(store.get_node("worker-2").await.unwrap().is_none());
+
+    // An evicted node stays out, whatever token its pods present.
+    store.evict_node("worker-1", "uid:0").await.unwrap();
+    let err = attestor.attest(TOKEN_OK, "worker-1").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AttestError::Store(ServerStoreError::Conflict(
+                crate::Conflict::NodeEvicted { .. }
+            ))
+        ),
+        "{err:?}"
+    );
+}
