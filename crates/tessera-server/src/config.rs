@@ -39,6 +39,8 @@ pub struct Config {
     pub audit_retention: Option<Duration>,
     /// Logging (the agent's `[log]` section).
     pub log: LogConfig,
+    /// The Kubernetes PSAT node attestor (`[k8s_psat]`); `None` unless enabled.
+    pub k8s_psat: Option<crate::attest::k8s_psat::K8sPsatSettings>,
 }
 
 /// `[database]`. Its `Debug` leaves the password out (sqlx's options print it).
@@ -118,6 +120,7 @@ struct FileConfig {
     #[serde(with = "duration")]
     audit_retention: Duration,
     log: LogConfig,
+    k8s_psat: k8s_psat::FileK8sPsat,
 }
 
 /// `[database]` in the file.
@@ -145,6 +148,7 @@ impl Default for FileConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
             },
+            k8s_psat: k8s_psat::FileK8sPsat::default(),
         }
     }
 }
@@ -288,6 +292,7 @@ impl Config {
             change_retention: self.change_retention,
             audit_retention: self.audit_retention.unwrap_or_default(),
             log: self.log.clone(),
+            k8s_psat: k8s_psat::to_file(self.k8s_psat.as_ref()),
         };
         toml::to_string_pretty(&file).expect("config serializes")
     }
@@ -330,6 +335,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             l.refuse("log.level", e);
         }
+        let k8s_psat = k8s_psat::check(&mut l, &raw.k8s_psat);
         if !l.problems.is_empty() {
             return Err(ConfigError {
                 problems: l.problems,
@@ -354,6 +360,7 @@ impl Config {
             change_retention: raw.change_retention,
             audit_retention: (!raw.audit_retention.is_zero()).then_some(raw.audit_retention),
             log: raw.log,
+            k8s_psat,
         })
     }
 }
@@ -379,14 +386,20 @@ fn database_options(url: &str) -> Result<PgConnectOptions, String> {
     PgConnectOptions::from_str(url).map_err(|e| e.to_string())
 }
 
-/// Reads the password file: owner-only (0600 or stricter), its first line.
+/// Reads the password file: nobody but its owner and group may read it (0640 or
+/// stricter), its first line.
+///
+/// Group read is allowed, as PostgreSQL allows it for its own key: a Kubernetes Secret
+/// volume read by a non-root server needs the pod's `fsGroup`, and the kubelet then makes
+/// every file in it group-readable (0400 becomes 0440); the group is the pod's own.
 fn read_password(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    if mode & 0o037 != 0 {
         return Err(format!(
-            "{} has mode {mode:04o}; it holds a password and must be 0600 or stricter",
+            "{} has mode {mode:04o}; it holds a password and must be 0600 or stricter \
+             (group read, 0640, at most)",
             path.display()
         ));
     }
@@ -399,6 +412,7 @@ fn read_password(path: &Path) -> Result<String, String> {
 }
 
 fn apply_env(l: &mut Layers, env: &dyn Env) {
+    k8s_psat::apply_env(l, env);
     if let Some(v) = l.env(env, "TESSERA_SERVER_TRUST_DOMAIN", "trust_domain", text) {
         l.raw.trust_domain = v;
     }
@@ -502,5 +516,6 @@ fn apply_flags(l: &mut Layers, flags: &Flags) {
     }
 }
 
+mod k8s_psat;
 #[cfg(test)]
 mod tests;
