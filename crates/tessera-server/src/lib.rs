@@ -34,8 +34,10 @@
 mod admin;
 pub mod attest;
 mod audit;
+mod ca;
 mod change;
 mod clock;
+mod cluster_admin;
 pub mod config;
 mod consent;
 mod entry;
@@ -46,6 +48,7 @@ mod limits;
 mod metrics;
 mod migrate;
 mod node;
+mod node_api;
 mod node_name;
 mod replica;
 pub mod server;
@@ -53,6 +56,7 @@ mod socket;
 mod store;
 mod version;
 
+pub use ca::SERVER_ID_PATH;
 pub use change::{Change, Changes, MAX_CHANGES_PAGE, Snapshot};
 pub use error::{Conflict, InvalidInput, MigrationError, NotFound, ServerStoreError, Unavailable};
 pub use join_token::{IssuedJoinToken, JoinToken, NewJoinToken};

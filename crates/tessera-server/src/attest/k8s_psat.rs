@@ -216,23 +216,6 @@ pub enum K8sPsatError {
     ApiServer(#[source] TokenReviewError),
 }
 
-impl K8sPsatError {
-    /// The gRPC status code an `Attest` refused for this reason answers with.
-    pub fn code(&self) -> tonic::Code {
-        match self {
-            K8sPsatError::Malformed { .. } => tonic::Code::InvalidArgument,
-            K8sPsatError::Unauthenticated { .. } => tonic::Code::Unauthenticated,
-            K8sPsatError::WrongAudience { .. }
-            | K8sPsatError::NotServiceAccount { .. }
-            | K8sPsatError::NotAllowed { .. }
-            | K8sPsatError::MissingExtra { .. }
-            | K8sPsatError::NodeName { .. } => tonic::Code::PermissionDenied,
-            K8sPsatError::Unavailable(_) => tonic::Code::Unavailable,
-            K8sPsatError::ApiServer(_) => tonic::Code::Internal,
-        }
-    }
-}
-
 /// Reviews agents' projected service-account tokens with the API server and applies the
 /// allow-list: what a PSAT proves, before anything is registered.
 #[derive(Debug)]
