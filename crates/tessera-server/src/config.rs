@@ -504,20 +504,14 @@ fn database_options(url: &str) -> Result<PgConnectOptions, String> {
     PgConnectOptions::from_str(url).map_err(|e| e.to_string())
 }
 
-/// Reads the password file: nobody but its owner and group may read it (0640 or
-/// stricter), its first line.
-///
-/// Group read is allowed, as PostgreSQL allows it for its own key: a Kubernetes Secret
-/// volume read by a non-root server needs the pod's `fsGroup`, and the kubelet then makes
-/// every file in it group-readable (0400 becomes 0440); the group is the pod's own.
+/// Reads the password file: owner-only (0600 or stricter), its first line.
 fn read_password(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o037 != 0 {
+    if mode & 0o077 != 0 {
         return Err(format!(
-            "{} has mode {mode:04o}; it holds a password and must be 0600 or stricter \
-             (group read, 0640, at most)",
+            "{} has mode {mode:04o}; it holds a password and must be 0600 or stricter",
             path.display()
         ));
     }
