@@ -395,6 +395,14 @@ async fn a_node_attests_once_renews_signs_servers_and_is_cut_off_by_eviction() {
     let ca_dir = dir.path().join("ca");
     ca_init(&ca_dir, TD);
     let bundle = bundle_of(&ca_dir);
+    // `ca init` never replaces a root.
+    let again = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+        .args(["--trust-domain", TD, "ca", "init", "--dir"])
+        .arg(&ca_dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert_eq!(bundle_of(&ca_dir), bundle);
     let replica = Replica::start(&pg, &database, dir.path(), &ca_dir, "one");
     let mut anon = node_client(replica.node, &bundle, None).await;
     let keys = NodeKeys::new();
@@ -603,7 +611,13 @@ async fn foreign_and_node_ca_signed_node_svids_are_refused() {
     };
     let mut client = node_client(replica.node, &bundle, Some(&cert)).await;
     let refused = client.renew(foreign_keys.renew()).await.unwrap_err();
-    assert_ne!(refused.code(), Code::Ok, "{refused:?}");
+    // Refused in the handshake (the certificate does not chain to this root): the call
+    // never reaches the service. (With TLS 1.3 the client learns it as the connection
+    // closing, so the code depends on timing.)
+    assert!(
+        matches!(refused.code(), Code::Unavailable | Code::Cancelled),
+        "{refused:?}"
+    );
 
     // A real node's CA signing a leaf that claims to be a node: a node CA may sign
     // clients and tasks only, and the server takes node SVIDs from the root only.
@@ -696,6 +710,13 @@ async fn sync_streams_a_snapshot_then_live_changes_across_replicas_and_resumes()
             .any(|n| n.name == "worker-3" && n.status == "active")
     );
     let mut version = snapshot.version;
+
+    // A node that never reads its stream must not hold back the others.
+    let mut stalled_client = node_client(two.node, &bundle, Some(&keys.client_cert(&creds))).await;
+    let _stalled = stalled_client
+        .sync(pb::SyncRequest { since_version: 0 })
+        .await
+        .unwrap();
 
     // Live changes written on replica 1 reach the stream on replica 2.
     let mut admin = one.admin().await;
