@@ -560,6 +560,37 @@ async fn a_node_attests_once_renews_signs_servers_and_is_cut_off_by_eviction() {
     ] {
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     }
+    // The audit log names the node for what it did, and the admin for the eviction.
+    let out = Command::new(bin("tessera"))
+        .arg("--admin-socket")
+        .arg(&replica.admin)
+        .args(["audit", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let records: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by = |kind: &str| -> Vec<&Value> { records.iter().filter(|r| r["kind"] == kind).collect() };
+    assert!(by("node.ca").iter().all(|r| r["actor"] == "node:worker-1"));
+    assert_eq!(by("node.ca").len(), 2, "attest and renew");
+    let signed = by("node.server_svid");
+    assert_eq!(signed.len(), 2);
+    assert!(signed.iter().all(|r| r["actor"] == "node:worker-1"
+        && r["detail"]["spiffe_id"] == format!("spiffe://{TD}/mcp/github")));
+    assert!(
+        by("node.evict")[0]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("uid:")
+    );
+    assert!(
+        !String::from_utf8_lossy(&std::fs::read(dir.path().join("one.log")).unwrap())
+            .contains(&token)
+    );
+
     // And a token for the evicted name does not bring it back.
     let token = replica.join_token(Some("worker-1"));
     let back = anon

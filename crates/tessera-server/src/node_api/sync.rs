@@ -28,6 +28,9 @@ use crate::{
 /// Largest message a stream sends (encoded), well under gRPC's common 4 MiB default.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// How long a stream waits for this replica to reach a node's version that is ahead of it.
+const AHEAD_WAIT: Duration = Duration::from_secs(5);
+
 /// Messages buffered per stream; a node slower than this only slows its own producer.
 const STREAM_BUFFER: usize = 8;
 
@@ -121,7 +124,15 @@ impl Producer {
     /// Brings the node from `sent` to the replica's version: nothing if it is there,
     /// the changes in between if the log still has them, else a snapshot.
     async fn catch_up(&mut self) -> Result<(), Stop> {
-        let state = self.replica.state();
+        let mut state = self.replica.state();
+        if self.sent > state.version {
+            // The node was served by a replica further along: let this one catch up
+            // rather than move the node back. Still behind after that, the node's
+            // version is not the database's (restored from a backup): a snapshot.
+            state = tokio::time::timeout(AHEAD_WAIT, self.replica.wait_for_version(self.sent))
+                .await
+                .unwrap_or_else(|_| self.replica.state());
+        }
         self.check_node(&state).await?;
         if self.sent == state.version {
             return self.heartbeat().await;
