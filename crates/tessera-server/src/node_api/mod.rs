@@ -31,6 +31,9 @@ use crate::{AttestationKind, EntryKind, MAX_ATTESTATION_EVIDENCE_LEN, Replica};
 /// Largest public key accepted (a P-256 SubjectPublicKeyInfo is 91 bytes).
 const MAX_PUBLIC_KEY_LEN: usize = 512;
 
+/// How long a credential answer waits for this replica's copy to hold the node's change.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
 /// Audit kind written when the root signs an MCP server SVID for a node.
 const KIND_SERVER_SVID: &str = "node.server_svid";
 
@@ -74,8 +77,8 @@ impl NodeService {
         }
     }
 
-    fn caller<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
-        caller::node_of(req, &self.trust_domain, &self.ca.bundle(), &self.replica)
+    async fn caller<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
+        caller::node_of(req, &self.trust_domain, &self.ca.bundle(), &self.replica).await
     }
 
     /// Signs a node SVID and a node CA for `node`'s two keys and records the CA, which
@@ -105,7 +108,8 @@ impl NodeService {
                 svid_key,
             )
             .map_err(authority_status)?;
-        self.replica
+        let written = self
+            .replica
             .store()
             .record_node_ca(
                 node.name.as_str(),
@@ -120,6 +124,10 @@ impl NodeService {
                 }
                 e => store_status(e),
             })?;
+        // The node's next call may well come right back here: let this replica's copy
+        // hold it first (bounded; the caller check falls back to PostgreSQL anyway).
+        let _ =
+            tokio::time::timeout(APPLY_WAIT, self.replica.wait_for_version(written.version)).await;
         tracing::info!(node = %node.name, ca_serial = node_ca.serial_hex, svid_serial = svid.serial_hex, "node credentials issued");
         Ok(pb::NodeCredentials {
             node_id,
@@ -204,7 +212,7 @@ impl NodeRpc for NodeService {
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        let node = self.caller(&request)?;
+        let node = self.caller(&request).await?;
         let r = request.into_inner();
         check_public_key("node_svid_public_key", &r.node_svid_public_key)?;
         check_public_key("node_ca_public_key", &r.node_ca_public_key)?;
@@ -220,7 +228,7 @@ impl NodeRpc for NodeService {
         &self,
         request: Request<pb::SignServerSvidRequest>,
     ) -> Result<Response<pb::SignServerSvidResponse>, Status> {
-        let node = self.caller(&request)?;
+        let node = self.caller(&request).await?;
         let r = request.into_inner();
         if !self.sign_limit.take(node.name.as_str()) {
             return Err(Status::resource_exhausted(format!(
@@ -286,7 +294,7 @@ impl NodeRpc for NodeService {
         &self,
         request: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let node = self.caller(&request)?;
+        let node = self.caller(&request).await?;
         let since = request.into_inner().since_version;
         if since < 0 {
             return Err(Status::invalid_argument(

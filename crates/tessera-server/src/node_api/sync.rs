@@ -28,6 +28,9 @@ use crate::{
 /// Largest message a stream sends (encoded), well under gRPC's common 4 MiB default.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// How long a stream waits for this replica to reach a node's version that is ahead of it.
+const AHEAD_WAIT: Duration = Duration::from_secs(5);
+
 /// Messages buffered per stream; a node slower than this only slows its own producer.
 const STREAM_BUFFER: usize = 8;
 
@@ -121,7 +124,15 @@ impl Producer {
     /// Brings the node from `sent` to the replica's version: nothing if it is there,
     /// the changes in between if the log still has them, else a snapshot.
     async fn catch_up(&mut self) -> Result<(), Stop> {
-        let state = self.replica.state();
+        let mut state = self.replica.state();
+        if self.sent > state.version {
+            // The node was served by a replica further along: let this one catch up
+            // rather than move the node back. Still behind after that, the node's
+            // version is not the database's (restored from a backup): a snapshot.
+            state = tokio::time::timeout(AHEAD_WAIT, self.replica.wait_for_version(self.sent))
+                .await
+                .unwrap_or_else(|_| self.replica.state());
+        }
         self.check_node(&state).await?;
         if self.sent == state.version {
             return self.heartbeat().await;
@@ -164,51 +175,10 @@ impl Producer {
     }
 
     async fn snapshot(&mut self, state: &ReplicaState) -> Result<(), Stop> {
-        let version = state.version;
-        let mut puts: Vec<pb::change::Change> = Vec::new();
-        puts.extend(
-            state.entries.values().map(|e| {
-                pb::change::Change::EntryPut(entry_to_proto(&self.trust_domain, e.clone()))
-            }),
-        );
-        puts.extend(
-            state
-                .consents
-                .values()
-                .map(|c| pb::change::Change::ConsentPut(consent_to_proto(c.clone()))),
-        );
-        puts.extend(
-            state
-                .nodes
-                .values()
-                .map(|n| pb::change::Change::NodePut(node_to_proto(n))),
-        );
-        let mut snapshot = pb::Snapshot {
-            version,
-            ..Default::default()
-        };
-        let mut rest = puts.into_iter().peekable();
-        while let Some(put) = rest.peek() {
-            if snapshot.encoded_len() + put_len(put) > MAX_MESSAGE_BYTES && !is_empty(&snapshot) {
-                break;
-            }
-            match rest.next().expect("peeked") {
-                pb::change::Change::EntryPut(e) => snapshot.entries.push(e),
-                pb::change::Change::ConsentPut(c) => snapshot.consents.push(c),
-                pb::change::Change::NodePut(n) => snapshot.nodes.push(n),
-                pb::change::Change::EntryDeleted(_) => {}
-            }
+        for message in snapshot_messages(&self.trust_domain, state, MAX_MESSAGE_BYTES) {
+            self.send(message).await?;
         }
-        self.send(pb::sync_message::Message::Snapshot(snapshot))
-            .await?;
-        let rest: Vec<pb::Change> = rest
-            .map(|change| pb::Change {
-                version,
-                change: Some(change),
-            })
-            .collect();
-        self.send_paged(version, rest).await?;
-        self.sent = version;
+        self.sent = state.version;
         Ok(())
     }
 
@@ -224,26 +194,13 @@ impl Producer {
         };
         // An eviction of this node ends its stream: check the copy as it now stands.
         self.check_node(&self.replica.state()).await?;
-        self.send_paged(last, fresh).await?;
+        self.send_paged(fresh).await?;
         self.sent = last;
         Ok(())
     }
 
-    async fn send_paged(&self, last: i64, changes: Vec<pb::Change>) -> Result<(), Stop> {
-        let mut page = pb::Changes::default();
-        for change in changes {
-            let len = change.encoded_len() + 8;
-            if !page.changes.is_empty() && page.encoded_len() + len > MAX_MESSAGE_BYTES {
-                page.version = page.changes.last().map_or(last, |c| c.version);
-                self.send(pb::sync_message::Message::Changes(std::mem::take(
-                    &mut page,
-                )))
-                .await?;
-            }
-            page.changes.push(change);
-        }
-        if !page.changes.is_empty() {
-            page.version = page.changes.last().map_or(last, |c| c.version);
+    async fn send_paged(&self, changes: Vec<pb::Change>) -> Result<(), Stop> {
+        for page in pages(changes, MAX_MESSAGE_BYTES) {
             self.send(pb::sync_message::Message::Changes(page)).await?;
         }
         Ok(())
@@ -266,6 +223,77 @@ impl Producer {
             .await
             .map_err(|_| Stop)
     }
+}
+
+/// The messages of a snapshot of `state`, each at most `max_bytes` encoded (unless one
+/// record alone is larger): a `Snapshot` with as many records as fit, then `Changes` at
+/// the snapshot's version with the rest as puts.
+fn snapshot_messages(
+    td: &TrustDomain,
+    state: &ReplicaState,
+    max_bytes: usize,
+) -> Vec<pb::sync_message::Message> {
+    let version = state.version;
+    let puts = state
+        .entries
+        .values()
+        .map(|e| pb::change::Change::EntryPut(entry_to_proto(td, e.clone())))
+        .chain(
+            state
+                .consents
+                .values()
+                .map(|c| pb::change::Change::ConsentPut(consent_to_proto(c.clone()))),
+        )
+        .chain(
+            state
+                .nodes
+                .values()
+                .map(|n| pb::change::Change::NodePut(node_to_proto(n))),
+        );
+    let mut snapshot = pb::Snapshot {
+        version,
+        ..Default::default()
+    };
+    let mut rest = puts.peekable();
+    while let Some(put) = rest.peek() {
+        if snapshot.encoded_len() + put_len(put) > max_bytes && !is_empty(&snapshot) {
+            break;
+        }
+        match rest.next().expect("peeked") {
+            pb::change::Change::EntryPut(e) => snapshot.entries.push(e),
+            pb::change::Change::ConsentPut(c) => snapshot.consents.push(c),
+            pb::change::Change::NodePut(n) => snapshot.nodes.push(n),
+            pb::change::Change::EntryDeleted(_) => {}
+        }
+    }
+    let rest = rest
+        .map(|change| pb::Change {
+            version,
+            change: Some(change),
+        })
+        .collect();
+    std::iter::once(pb::sync_message::Message::Snapshot(snapshot))
+        .chain(pages(rest, max_bytes).map(pb::sync_message::Message::Changes))
+        .collect()
+}
+
+/// `changes` in `Changes` messages of at most `max_bytes` encoded (unless one change
+/// alone is larger), each naming its last change's version.
+fn pages(changes: Vec<pb::Change>, max_bytes: usize) -> impl Iterator<Item = pb::Changes> {
+    let mut pages = Vec::new();
+    let mut page = pb::Changes::default();
+    for change in changes {
+        let len = change.encoded_len() + 8;
+        if !page.changes.is_empty() && page.encoded_len() + len > max_bytes {
+            pages.push(std::mem::take(&mut page));
+        }
+        page.version = change.version;
+        page.changes.push(change);
+    }
+    if !page.changes.is_empty() {
+        pages.push(page);
+    }
+    pages.into_iter()
 }
 
 fn is_empty(s: &pb::Snapshot) -> bool {
@@ -338,5 +366,80 @@ pub(crate) fn node_to_proto(n: &Node) -> pb::NodeRecord {
         ca_serial: n.ca_serial.clone().unwrap_or_default(),
         ca_not_after_unix: n.ca_not_after.unwrap_or(0),
         evicted_at_unix: n.evicted_at.unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(entries: usize) -> ReplicaState {
+        let mut state = ReplicaState {
+            version: 42,
+            ..Default::default()
+        };
+        for i in 0..entries {
+            let id = format!("{i:026}");
+            state.entries.insert(
+                id.clone(),
+                tessera_store::Entry {
+                    id,
+                    kind: tessera_store::EntryKind::Client,
+                    client: format!("client-{i}"),
+                    selectors: vec![
+                        format!("unix:uid:{i}"),
+                        format!("unix:sha256:{}", "a".repeat(64)),
+                    ],
+                    svid_ttl_secs: None,
+                    created_at: 1,
+                },
+            );
+        }
+        state
+    }
+
+    #[test]
+    fn a_large_snapshot_is_paged_under_the_bound_and_loses_nothing() {
+        let td: TrustDomain = "acme.corp".parse().unwrap();
+        let state = state(500);
+        let messages = snapshot_messages(&td, &state, 4096);
+        assert!(messages.len() > 2, "{} messages", messages.len());
+        let mut ids = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            let len = pb::SyncMessage {
+                message: Some(message.clone()),
+            }
+            .encoded_len();
+            assert!(len <= 4096 + 16, "message {i} is {len} bytes");
+            match message {
+                pb::sync_message::Message::Snapshot(s) if i == 0 => {
+                    assert_eq!(s.version, 42);
+                    ids.extend(s.entries.iter().map(|e| e.id.clone()));
+                }
+                pb::sync_message::Message::Changes(c) if i > 0 => {
+                    assert_eq!(c.version, 42);
+                    for change in &c.changes {
+                        assert_eq!(change.version, 42);
+                        let Some(pb::change::Change::EntryPut(e)) = &change.change else {
+                            panic!("only puts follow a snapshot");
+                        };
+                        ids.push(e.id.clone());
+                    }
+                }
+                other => panic!("unexpected message {i}: {other:?}"),
+            }
+        }
+        assert_eq!(ids, state.entries.keys().cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_small_snapshot_is_one_message() {
+        let td: TrustDomain = "acme.corp".parse().unwrap();
+        let messages = snapshot_messages(&td, &state(3), MAX_MESSAGE_BYTES);
+        assert_eq!(messages.len(), 1);
+        let messages = snapshot_messages(&td, &state(0), MAX_MESSAGE_BYTES);
+        assert!(
+            matches!(&messages[..], [pb::sync_message::Message::Snapshot(s)] if s.version == 42 && s.entries.is_empty())
+        );
     }
 }
