@@ -1138,3 +1138,56 @@ fn readme_registers_once_at_the_server() {
         "PostgreSQL is the operator's"
     );
 }
+
+#[test]
+fn helm_cluster_values_reach_the_server_and_the_agents() {
+    let objs = helm(Some(
+        "trustDomain: prod.acme.corp\n\
+         cluster:\n  enabled: true\n  server:\n    replicas: 3\n    nodePort: 9443\n    httpPort: 9090\n\
+         \x20   caSecretName: acme-root\n    bundleConfigMap: acme-bundle\n\
+         \x20   database: {url: \"postgres://tessera@pg.acme.internal:5432/tessera?sslmode=verify-full&sslrootcert=/etc/tessera-server/db-ca/ca.crt\", passwordSecretName: pg-tessera, passwordSecretKey: pw, caSecretName: pg-ca}\n",
+    ));
+    let (server, table, dep, _dir) = server_config(&objs);
+    assert_eq!(server.trust_domain.as_str(), "prod.acme.corp");
+    assert_eq!(server.node_listen.port(), 9443);
+    assert_eq!(server.http_listen.port(), 9090);
+    assert_eq!(server.database.connect.get_host(), "pg.acme.internal");
+    let spec = dep.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(
+        secret_at(pod, c, server.ca.key_file.as_ref().unwrap()),
+        "acme-root"
+    );
+    let password = PathBuf::from(table["database"]["password_file"].as_str().unwrap());
+    assert_eq!(secret_at(pod, c, &password), "pg-tessera");
+    let (vol, _) = mount_at(pod, c, password.parent().unwrap());
+    assert_eq!(
+        vol.secret.as_ref().unwrap().items.as_ref().unwrap()[0].key,
+        "pw"
+    );
+    let svc = find(&objs, |o| match o {
+        Object::Service(s) => Some(s),
+        _ => None,
+    });
+    assert_eq!(
+        svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+        9443
+    );
+    let (_, ds, cm) = agent_config(&objs);
+    let (_, joined) = without_server_table(&cm.data.as_ref().unwrap()["agent.toml"]);
+    assert_eq!(
+        joined.unwrap()["address"].as_str(),
+        Some("tessera-server.tessera-system.svc:9443")
+    );
+    let ds_spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(
+        volume(ds_spec, "server-bundle")
+            .config_map
+            .as_ref()
+            .unwrap()
+            .name,
+        "acme-bundle"
+    );
+}
