@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvVar, Namespace, Pod, PodSpec, Service, ServiceAccount, Volume,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_norway::Value;
@@ -35,6 +36,7 @@ enum Object {
     Pod(Pod),
     Deployment(Deployment),
     Service(Service),
+    PodDisruptionBudget(PodDisruptionBudget),
 }
 
 impl Object {
@@ -58,6 +60,7 @@ impl Object {
             "Pod" => Object::Pod(typed(doc, origin, &kind)),
             "Deployment" => Object::Deployment(typed(doc, origin, &kind)),
             "Service" => Object::Service(typed(doc, origin, &kind)),
+            "PodDisruptionBudget" => Object::PodDisruptionBudget(typed(doc, origin, &kind)),
             other => panic!("{origin}: unexpected kind {other}"),
         }
     }
@@ -73,6 +76,7 @@ impl Object {
             Object::Pod(o) => ("Pod", &o.metadata),
             Object::Deployment(o) => ("Deployment", &o.metadata),
             Object::Service(o) => ("Service", &o.metadata),
+            Object::PodDisruptionBudget(o) => ("PodDisruptionBudget", &o.metadata),
         };
         (kind, meta.name.clone().unwrap_or_default())
     }
@@ -86,6 +90,7 @@ impl Object {
             Object::Pod(o) => o.metadata.namespace.as_deref(),
             Object::Deployment(o) => o.metadata.namespace.as_deref(),
             Object::Service(o) => o.metadata.namespace.as_deref(),
+            Object::PodDisruptionBudget(o) => o.metadata.namespace.as_deref(),
         }
     }
 }
@@ -111,7 +116,7 @@ fn kustomize(dir: &Path) -> Vec<Object> {
     for key in k.as_mapping().unwrap().keys() {
         let key = key.as_str().unwrap();
         assert!(
-            ["apiVersion", "kind", "namespace", "resources"].contains(&key),
+            ["apiVersion", "kind", "namespace", "resources", "patches"].contains(&key),
             "{}: `{key}` is a transformer this test does not model",
             dir.display()
         );
@@ -120,10 +125,14 @@ fn kustomize(dir: &Path) -> Vec<Object> {
     let mut out = Vec::new();
     for r in k["resources"].as_sequence().unwrap() {
         let file = dir.join(r.as_str().unwrap());
-        let objs = parse_docs(
-            &std::fs::read_to_string(&file).unwrap(),
-            &file.display().to_string(),
-        );
+        let objs = if file.is_dir() {
+            kustomize(&file)
+        } else {
+            parse_docs(
+                &std::fs::read_to_string(&file).unwrap(),
+                &file.display().to_string(),
+            )
+        };
         for o in &objs {
             if let (Some(want), Some(have)) = (ns, o.namespace()) {
                 assert_eq!(
@@ -137,7 +146,73 @@ fn kustomize(dir: &Path) -> Vec<Object> {
         }
         out.extend(objs);
     }
+    for patch in k
+        .get("patches")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        apply_patch(&mut out, patch, &dir.display().to_string());
+    }
     out
+}
+
+/// Applies one kustomize patch: a JSON 6902 list of `add`/`replace` operations on the
+/// one object its target names (the only patches the overlays use).
+fn apply_patch(objs: &mut [Object], patch: &Value, origin: &str) {
+    let kind = patch["target"]["kind"].as_str().unwrap();
+    let name = patch["target"]["name"].as_str().unwrap();
+    let ops: Vec<serde_json::Value> =
+        serde_norway::from_str(patch["patch"].as_str().unwrap()).unwrap();
+    let targets: Vec<&mut Object> = objs
+        .iter_mut()
+        .filter(|o| o.key() == (kind, name.to_owned()))
+        .collect();
+    assert_eq!(targets.len(), 1, "{origin}: patch target {kind}/{name}");
+    let target = targets.into_iter().next().unwrap();
+    let mut doc = match &*target {
+        Object::ConfigMap(o) => serde_json::to_value(o),
+        Object::DaemonSet(o) => serde_json::to_value(o),
+        other => panic!("{origin}: patching {:?} is not modelled", other.key()),
+    }
+    .unwrap();
+    for op in ops {
+        let path: Vec<String> = op["path"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .skip(1)
+            .map(|p| p.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let (last, parents) = path.split_last().unwrap();
+        let mut slot = &mut doc;
+        for p in parents {
+            slot = match slot {
+                serde_json::Value::Array(a) => &mut a[p.parse::<usize>().unwrap()],
+                v => v
+                    .get_mut(p.as_str())
+                    .unwrap_or_else(|| panic!("{origin}: no {p} in {}", op["path"])),
+            };
+        }
+        let value = op["value"].clone();
+        match (op["op"].as_str().unwrap(), slot) {
+            ("add", serde_json::Value::Array(a)) if last == "-" => a.push(value),
+            ("add" | "replace", serde_json::Value::Object(m)) => {
+                if op["op"] == "replace" {
+                    assert!(
+                        m.contains_key(last),
+                        "{origin}: replace of a missing {last}"
+                    );
+                }
+                m.insert(last.clone(), value);
+            }
+            (other, _) => panic!(
+                "{origin}: patch op {other} at {} is not modelled",
+                op["path"]
+            ),
+        }
+    }
+    *target = Object::parse(serde_norway::to_value(doc).unwrap(), origin);
 }
 
 fn helm(values_override: Option<&str>) -> Vec<Object> {
@@ -264,9 +339,21 @@ fn agent_config(objs: &[Object]) -> (Config, DaemonSet, ConfigMap) {
             Some((e.name.clone(), value))
         })
         .collect();
-    let config = Config::from_toml_and_env(toml, &vars)
+    let (toml, _) = without_server_table(toml);
+    let config = Config::from_toml_and_env(&toml, &vars)
         .unwrap_or_else(|e| panic!("ConfigMap {key} with the container's env: {e}"));
     (config, ds, cm)
+}
+
+/// The agent's TOML without its `[server]` table, and that table. The agent parses
+/// `[server]` once cluster mode is on main (wt-cl-agent); until then the table is checked
+/// here against the objects it names, and the rest through the agent's own parser.
+fn without_server_table(text: &str) -> (String, Option<toml::Table>) {
+    let mut table: toml::Table = text.parse().unwrap_or_else(|e| panic!("agent TOML: {e}"));
+    let server = table
+        .remove("server")
+        .map(|v| v.as_table().cloned().expect("[server] is a table"));
+    (toml::to_string(&table).unwrap(), server)
 }
 
 fn port_number(p: &IntOrString, c: &Container) -> i32 {
@@ -417,7 +504,9 @@ fn check_agent(objs: &[Object], origin: &str) -> Config {
         _ => None,
     });
     let crb = find(objs, |o| match o {
-        Object::ClusterRoleBinding(b) => Some(b),
+        Object::ClusterRoleBinding(b) if b.subjects.iter().flatten().any(|s| s.name == sa) => {
+            Some(b)
+        }
         _ => None,
     });
     let subj = &crb.subjects.as_ref().unwrap()[0];
@@ -655,5 +744,450 @@ fn helm_chart_values_reach_the_objects() {
             .unwrap()
             .iter()
             .any(|r| r.resources.as_deref() == Some(&["nodes/proxy".to_string()][..]))
+    );
+}
+
+/// The server's effective config inside its Deployment: the ConfigMap's TOML, the
+/// container's literal env, and what the pod's environment adds (the `kubernetes`
+/// Service's variables). The password file is a stand-in with the content a Secret
+/// would have; every other path is checked against the volumes that provide it.
+fn server_config(
+    objs: &[Object],
+) -> (
+    tessera_server::config::Config,
+    toml::Table,
+    Deployment,
+    tempfile::TempDir,
+) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dep = find(objs, |o| match o {
+        Object::Deployment(d) => Some(d),
+        _ => None,
+    })
+    .clone();
+    let spec = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &spec.containers[0];
+    let config_path =
+        PathBuf::from(env(c, "TESSERA_SERVER_CONFIG").expect("TESSERA_SERVER_CONFIG is set"));
+    let (vol, ro) = mount_at(spec, c, config_path.parent().unwrap());
+    assert!(ro);
+    let cm_name = vol.config_map.as_ref().unwrap().name.clone();
+    let cm = find(objs, |o| match o {
+        Object::ConfigMap(m) if m.metadata.name.as_deref() == Some(cm_name.as_str()) => Some(m),
+        _ => None,
+    });
+    let text = &cm.data.as_ref().unwrap()[config_path.file_name().unwrap().to_str().unwrap()];
+    let table: toml::Table = text.parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.toml");
+    std::fs::write(&file, text).unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "from-the-secret\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let mut vars: HashMap<String, String> = c
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    vars.insert("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into());
+    vars.insert("KUBERNETES_SERVICE_PORT".into(), "443".into());
+    vars.insert(
+        "TESSERA_SERVER_DATABASE_PASSWORD_FILE".into(),
+        password.display().to_string(),
+    );
+    let config = tessera_server::config::Config::load(
+        Some(&file),
+        &vars,
+        &tessera_server::config::Flags::default(),
+    )
+    .unwrap_or_else(|e| panic!("server ConfigMap with the container's env: {e}"));
+    (config, table, dep, dir)
+}
+
+/// The Secret mounted (read-only, mode 0400) at `file`'s directory, holding `file`.
+fn secret_at<'a>(spec: &'a PodSpec, c: &Container, file: &Path) -> &'a str {
+    let (vol, ro) = mount_at(spec, c, file.parent().unwrap());
+    assert!(ro, "{}: read-only", file.display());
+    let secret = vol
+        .secret
+        .as_ref()
+        .unwrap_or_else(|| panic!("{}: from a Secret", file.display()));
+    let name = file.file_name().unwrap().to_str().unwrap();
+    assert!(
+        secret.items.iter().flatten().any(|i| i.path == name),
+        "{}: the Secret provides it",
+        file.display()
+    );
+    secret.secret_name.as_deref().unwrap()
+}
+
+/// Everything cluster mode adds, checked against itself and the programs' configs:
+/// the server (replicas, anti-affinity, PDB, Service, probes, Secrets, RBAC) and the
+/// agent joined to it (address, pinned bundle, projected token).
+fn check_cluster(objs: &[Object], origin: &str) {
+    let agent = check_agent(objs, origin);
+    let (server, _table, dep, _dir) = server_config(objs);
+    let ns = dep.metadata.namespace.as_deref().unwrap();
+    let dspec = dep.spec.as_ref().unwrap();
+    let spec = dspec.template.spec.as_ref().unwrap();
+    let c = &spec.containers[0];
+    let pod_labels = dspec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let selects_pods = |sel: &BTreeMap<String, String>| {
+        !sel.is_empty() && sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+    };
+
+    assert_eq!(server.trust_domain, agent.trust_domain, "{origin}");
+    assert_eq!(dspec.replicas, Some(2), "{origin}: two replicas");
+    let anti = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .expect("pod anti-affinity");
+    let term = &anti
+        .preferred_during_scheduling_ignored_during_execution
+        .as_ref()
+        .unwrap()[0]
+        .pod_affinity_term;
+    assert_eq!(term.topology_key, "kubernetes.io/hostname", "{origin}");
+    assert!(selects_pods(
+        term.label_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()
+    ));
+    let pdb = find(objs, |o| match o {
+        Object::PodDisruptionBudget(p) => Some(p),
+        _ => None,
+    });
+    let pdb_spec = pdb.spec.as_ref().unwrap();
+    assert_eq!(
+        pdb_spec.min_available,
+        Some(IntOrString::Int(1)),
+        "{origin}"
+    );
+    assert!(selects_pods(
+        pdb_spec
+            .selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()
+    ));
+
+    // Probes and metrics on http_listen; the Node API on listen.node, behind the Service.
+    let http = i32::from(server.http_listen.port());
+    assert!(server.http_listen.ip().is_unspecified(), "{origin}");
+    for probe in [&c.liveness_probe, &c.readiness_probe] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(port_number(&get.port, c), http, "{origin}");
+    }
+    assert_eq!(
+        c.liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+    let svc = find(objs, |o| match o {
+        Object::Service(s) => Some(s),
+        _ => None,
+    });
+    let svc_spec = svc.spec.as_ref().unwrap();
+    assert!(
+        selects_pods(svc_spec.selector.as_ref().unwrap()),
+        "{origin}"
+    );
+    let svc_port = &svc_spec.ports.as_ref().unwrap()[0];
+    assert_eq!(
+        port_number(svc_port.target_port.as_ref().unwrap(), c),
+        i32::from(server.node_listen.port()),
+        "{origin}: the Service reaches the Node API"
+    );
+
+    // The CA and the database password from Secrets; the admin socket stays in the pod.
+    let ca_secret = secret_at(spec, c, server.ca.cert_file.as_ref().unwrap());
+    assert_eq!(
+        secret_at(spec, c, server.ca.key_file.as_ref().unwrap()),
+        ca_secret
+    );
+    let (ca_vol, _) = mount_at(
+        spec,
+        c,
+        server.ca.key_file.as_ref().unwrap().parent().unwrap(),
+    );
+    assert_eq!(
+        ca_vol.secret.as_ref().unwrap().default_mode,
+        Some(0o400),
+        "{origin}: the root key is the owner's alone"
+    );
+    let password_file = PathBuf::from(_table["database"]["password_file"].as_str().unwrap());
+    secret_at(spec, c, &password_file);
+    let url = &server.database.url;
+    assert!(url.contains("sslmode=verify-full"), "{origin}: {url}");
+    let root = url
+        .split("sslrootcert=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    secret_at(spec, c, Path::new(root));
+    let (vol, _) = mount_at(spec, c, server.admin_socket.parent().unwrap());
+    assert!(
+        vol.empty_dir.is_some(),
+        "{origin}: the admin socket stays in the pod"
+    );
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert!(sc.capabilities.as_ref().unwrap().add.is_none(), "{origin}");
+
+    // PSAT attestation: the agents' service account, and RBAC for TokenReviews only.
+    let ds = find(objs, |o| match o {
+        Object::DaemonSet(d) => Some(d),
+        _ => None,
+    });
+    let ds_spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let agent_sa = ds_spec.service_account_name.as_deref().unwrap();
+    let psat = server.k8s_psat.as_ref().expect("k8s_psat enabled");
+    assert_eq!(
+        psat.allowed_service_accounts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [format!("{ns}:{agent_sa}")],
+        "{origin}"
+    );
+    assert_eq!(psat.api_server.to_string(), "https://10.96.0.1:443/");
+    let server_sa = spec.service_account_name.as_deref().unwrap();
+    let crb = find(objs, |o| match o {
+        Object::ClusterRoleBinding(b)
+            if b.subjects.iter().flatten().any(|s| s.name == server_sa) =>
+        {
+            Some(b)
+        }
+        _ => None,
+    });
+    let role = find(objs, |o| match o {
+        Object::ClusterRole(r)
+            if r.metadata.name.as_deref() == Some(crb.role_ref.name.as_str()) =>
+        {
+            Some(r)
+        }
+        _ => None,
+    });
+    let rules = role.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1, "{origin}");
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&["authentication.k8s.io".to_string()][..])
+    );
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["tokenreviews".to_string()][..])
+    );
+    assert_eq!(rules[0].verbs, ["create"]);
+
+    // The agent joins the server: its Service, the root pinned from a ConfigMap (the
+    // agents never reference the CA's Secret), a projected token for tessera-server.
+    let (_, _, cm) = agent_config(objs);
+    let (_, joined) = without_server_table(&cm.data.as_ref().unwrap()["agent.toml"]);
+    let joined = joined.expect("the agent has a [server] section");
+    let svc_name = svc.metadata.name.as_deref().unwrap();
+    assert_eq!(
+        joined["address"].as_str(),
+        Some(format!("{svc_name}.{ns}.svc:{}", svc_port.port).as_str()),
+        "{origin}: the agent points at the Service"
+    );
+    let ac = &ds_spec.containers[0];
+    let bundle = Path::new(joined["bundle_file"].as_str().unwrap());
+    let (vol, ro) = mount_at(ds_spec, ac, bundle.parent().unwrap());
+    assert!(
+        ro && vol.config_map.is_some(),
+        "{origin}: the bundle from a ConfigMap"
+    );
+    let token = Path::new(joined["k8s_psat_token_file"].as_str().unwrap());
+    let (vol, ro) = mount_at(ds_spec, ac, token.parent().unwrap());
+    assert!(ro);
+    let projected = &vol
+        .projected
+        .as_ref()
+        .expect("a projected volume")
+        .sources
+        .as_ref()
+        .unwrap()[0];
+    let sat = projected.service_account_token.as_ref().unwrap();
+    assert_eq!(
+        sat.audience.as_deref(),
+        Some(psat.audience.as_str()),
+        "{origin}"
+    );
+    assert_eq!(sat.path, token.file_name().unwrap().to_str().unwrap());
+    assert!(
+        sat.expiration_seconds.unwrap() <= 3600,
+        "{origin}: short-lived"
+    );
+    assert!(
+        ds_spec.volumes.iter().flatten().all(|v| v
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            != Some(ca_secret)),
+        "{origin}: no agent pod references the root key's Secret"
+    );
+}
+
+#[test]
+fn kustomize_cluster_overlay_runs_the_server_and_joins_the_agents() {
+    let objs = kustomize(&repo().join("deploy/kubernetes/overlays/cluster"));
+    check_cluster(&objs, "kustomize cluster");
+    // The agent's settings are the base's; the overlay only adds [server].
+    let (base, _, _) = agent_config(&kustomize(&repo().join("deploy/kubernetes/base")));
+    let (cluster, _, _) = agent_config(&objs);
+    assert_eq!(cluster, base);
+}
+
+#[test]
+fn helm_chart_cluster_mode_renders_the_cluster_overlay() {
+    let overlay = kustomize(&repo().join("deploy/kubernetes/overlays/cluster"));
+    let chart = helm(Some("cluster: {enabled: true}"));
+    check_cluster(&chart, "helm cluster");
+    // ConfigMaps compared as parsed TOML, everything else field for field.
+    let strip = |objs: &[Object]| -> BTreeMap<(&'static str, String), (Object, Vec<toml::Table>)> {
+        objs.iter()
+            .filter(|o| !matches!(o, Object::Namespace(_)))
+            .map(|o| {
+                let mut o = o.clone();
+                let mut tables = Vec::new();
+                if let Object::ConfigMap(m) = &mut o {
+                    for text in m.data.take().unwrap_or_default().values() {
+                        tables.push(text.parse::<toml::Table>().unwrap());
+                    }
+                }
+                (o.key(), (o, tables))
+            })
+            .collect()
+    };
+    let (want, got) = (strip(&overlay), strip(&chart));
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>()
+    );
+    for (k, w) in &want {
+        assert_eq!(&got[k], w, "{k:?} differs between kustomize and helm");
+    }
+    // Off by default: the standalone agent, no server objects.
+    assert!(
+        !helm(None)
+            .iter()
+            .any(|o| matches!(o, Object::Deployment(_) | Object::Service(_)))
+    );
+}
+
+/// Registration happens once, at the server: the README no longer loops over agent pods.
+#[test]
+fn readme_registers_once_at_the_server() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let deploy = readme
+        .split("## Deploying on Kubernetes")
+        .nth(1)
+        .expect("the deploy section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    assert!(
+        !deploy.contains("for p in $(kubectl"),
+        "no per-pod registration loop"
+    );
+    assert!(
+        deploy.contains("exec deploy/tessera-server -- tessera"),
+        "registered at the server"
+    );
+    assert!(
+        deploy.contains("CloudNativePG"),
+        "PostgreSQL is the operator's"
+    );
+}
+
+#[test]
+fn helm_cluster_values_reach_the_server_and_the_agents() {
+    let objs = helm(Some(
+        "trustDomain: prod.acme.corp\n\
+         cluster:\n  enabled: true\n  server:\n    replicas: 3\n    nodePort: 9443\n    httpPort: 9090\n\
+         \x20   caSecretName: acme-root\n    bundleConfigMap: acme-bundle\n\
+         \x20   database: {url: \"postgres://tessera@pg.acme.internal:5432/tessera?sslmode=verify-full&sslrootcert=/etc/tessera-server/db-ca/ca.crt\", passwordSecretName: pg-tessera, passwordSecretKey: pw, caSecretName: pg-ca}\n",
+    ));
+    let (server, table, dep, _dir) = server_config(&objs);
+    assert_eq!(server.trust_domain.as_str(), "prod.acme.corp");
+    assert_eq!(server.node_listen.port(), 9443);
+    assert_eq!(server.http_listen.port(), 9090);
+    assert_eq!(server.database.connect.get_host(), "pg.acme.internal");
+    let spec = dep.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(
+        secret_at(pod, c, server.ca.key_file.as_ref().unwrap()),
+        "acme-root"
+    );
+    let password = PathBuf::from(table["database"]["password_file"].as_str().unwrap());
+    assert_eq!(secret_at(pod, c, &password), "pg-tessera");
+    let (vol, _) = mount_at(pod, c, password.parent().unwrap());
+    assert_eq!(
+        vol.secret.as_ref().unwrap().items.as_ref().unwrap()[0].key,
+        "pw"
+    );
+    let svc = find(&objs, |o| match o {
+        Object::Service(s) => Some(s),
+        _ => None,
+    });
+    assert_eq!(
+        svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+        9443
+    );
+    let (_, ds, cm) = agent_config(&objs);
+    let (_, joined) = without_server_table(&cm.data.as_ref().unwrap()["agent.toml"]);
+    assert_eq!(
+        joined.unwrap()["address"].as_str(),
+        Some("tessera-server.tessera-system.svc:9443")
+    );
+    let ds_spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(
+        volume(ds_spec, "server-bundle")
+            .config_map
+            .as_ref()
+            .unwrap()
+            .name,
+        "acme-bundle"
     );
 }

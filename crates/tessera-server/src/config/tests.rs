@@ -102,3 +102,111 @@ fn a_password_comes_from_an_owner_only_file_never_the_url() {
     assert!(!format!("{config:?}").contains("s3cret"));
     assert!(!config.to_toml().contains("s3cret"));
 }
+
+/// `[k8s_psat]`: off by default; on, in a pod, the API server comes from the `kubernetes`
+/// Service's variables, and the settings print back to themselves.
+#[test]
+fn k8s_psat_is_off_by_default_and_finds_the_api_server_in_a_pod() {
+    assert!(
+        load(None, &[], &Flags::default())
+            .unwrap()
+            .k8s_psat
+            .is_none()
+    );
+
+    let file = "[k8s_psat]\nenabled = true\nallowed_service_accounts = [\"tessera-system:tessera-agent\"]\n";
+    let pod = [
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+    ];
+    let config = load(Some(file), &pod, &Flags::default()).unwrap();
+    let psat = config.k8s_psat.as_ref().unwrap();
+    assert_eq!(psat.api_server.to_string(), "https://10.96.0.1:443/");
+    assert_eq!(psat.audience, "tessera-server");
+    assert_eq!(
+        psat.allowed_service_accounts[0].to_string(),
+        "tessera-system:tessera-agent"
+    );
+    assert_eq!(
+        psat.token_file,
+        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    );
+    let printed = config.to_toml();
+    let again = load(Some(&printed), &[], &Flags::default()).unwrap();
+    assert_eq!(again.to_toml(), printed);
+
+    let env = [(
+        "TESSERA_SERVER_K8S_PSAT_ALLOWED_SERVICE_ACCOUNTS",
+        "a:agent, b:agent",
+    )];
+    let config = load(Some(&printed), &env, &Flags::default()).unwrap();
+    assert_eq!(config.k8s_psat.unwrap().allowed_service_accounts.len(), 2);
+}
+
+/// Enabled without an allow-list, outside a pod without an API server, or with a bad
+/// service account: refused, every problem named.
+#[test]
+fn k8s_psat_without_allow_list_or_api_server_is_refused() {
+    let err = load(Some("[k8s_psat]\nenabled = true\n"), &[], &Flags::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("k8s_psat.allowed_service_accounts"), "{text}");
+    assert!(text.contains("k8s_psat.api_server"), "{text}");
+
+    let err = load(
+        None,
+        &[
+            ("TESSERA_SERVER_K8S_PSAT_ENABLED", "true"),
+            (
+                "TESSERA_SERVER_K8S_PSAT_ALLOWED_SERVICE_ACCOUNTS",
+                "no-colon",
+            ),
+            ("TESSERA_SERVER_K8S_PSAT_API_SERVER", "http://10.0.0.1"),
+        ],
+        &Flags::default(),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("TESSERA_SERVER_K8S_PSAT_ALLOWED_SERVICE_ACCOUNTS"),
+        "{text}"
+    );
+    assert!(text.contains("must be https"), "{text}");
+}
+
+/// The Node API's keys: file, environment and flag, and out-of-range values refused.
+#[test]
+fn node_api_keys_layer_and_are_bounded() {
+    let file = "[ca]\ncert_file = \"/etc/ca.crt\"\nkey_file = \"/etc/ca.key\"\nnode_ca_ttl = \"12h\"\n\
+                [listen]\nnode = \"127.0.0.1:1\"\n[node_api]\nheartbeat_interval = \"2s\"\n";
+    let env = [
+        ("TESSERA_SERVER_LISTEN_NODE", "127.0.0.1:2"),
+        ("TESSERA_SERVER_NODE_API_SIGN_SERVER_SVID_PER_MINUTE", "5"),
+    ];
+    let flags = Flags {
+        node_listen: Some("127.0.0.1:3".parse().unwrap()),
+        ..Flags::default()
+    };
+    let config = load(Some(file), &env, &flags).unwrap();
+    assert_eq!(
+        config.ca.cert_file.as_deref(),
+        Some(Path::new("/etc/ca.crt"))
+    );
+    assert_eq!(config.ca.node_ca_ttl, Duration::from_secs(12 * 3600));
+    assert_eq!(config.node_listen.port(), 3);
+    assert_eq!(config.node_api.heartbeat_interval, Duration::from_secs(2));
+    assert_eq!(config.node_api.sign_server_svid_per_minute, 5);
+    let again = load(Some(&config.to_toml()), &[], &Flags::default()).unwrap();
+    assert_eq!(again.ca, config.ca);
+
+    let defaults = load(None, &[], &Flags::default()).unwrap();
+    assert_eq!(defaults.node_listen, "0.0.0.0:8081".parse().unwrap());
+    assert_eq!(defaults.node_api.heartbeat_interval, Duration::from_secs(1));
+    assert!(defaults.ca.cert_file.is_none());
+
+    let bad = "[ca]\ncert_file = \"/etc/ca.crt\"\nnode_ca_ttl = \"1m\"\n[node_api]\nheartbeat_interval = \"0s\"\n";
+    let err = load(Some(bad), &[], &Flags::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("ca.cert_file"), "{text}");
+    assert!(text.contains("ca.node_ca_ttl"), "{text}");
+    assert!(text.contains("node_api.heartbeat_interval"), "{text}");
+}
