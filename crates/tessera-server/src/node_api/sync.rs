@@ -45,6 +45,7 @@ pub(crate) fn start(
     node: NodeId,
     since: i64,
     heartbeat: Duration,
+    open: crate::metrics::SyncStreamGuard,
 ) -> SyncStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let producer = Producer {
@@ -53,6 +54,7 @@ pub(crate) fn start(
         node,
         tx,
         sent: since,
+        _open: open,
     };
     tokio::spawn(producer.run(heartbeat));
     Box::pin(ReceiverStream::new(rx))
@@ -65,6 +67,7 @@ struct Producer {
     tx: mpsc::Sender<Result<pb::SyncMessage, Status>>,
     /// The version the node holds once it has applied what was sent.
     sent: i64,
+    _open: crate::metrics::SyncStreamGuard,
 }
 
 /// Why a producer stops: the node went away, or it was evicted (told so).
