@@ -26,6 +26,7 @@ use crate::admin::store_status;
 use crate::attest::{AttestError, Attestors};
 use crate::ca::ServerCa;
 use crate::config::NodeApiConfig;
+use crate::metrics::Metrics;
 use crate::{AttestationKind, EntryKind, MAX_ATTESTATION_EVIDENCE_LEN, Replica};
 
 /// Largest public key accepted (a P-256 SubjectPublicKeyInfo is 91 bytes).
@@ -51,6 +52,7 @@ pub(crate) struct NodeService {
     config: NodeApiConfig,
     server_svid_ttl: Duration,
     sign_limit: Arc<rate::PerNode>,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeService {
@@ -61,6 +63,7 @@ impl NodeService {
         attestors: Attestors,
         config: NodeApiConfig,
         server_svid_ttl: Duration,
+        metrics: Arc<Metrics>,
     ) -> NodeService {
         let trust_domain = ca.authority().trust_domain().clone();
         let sign_limit = Arc::new(rate::PerNode::per_minute(
@@ -74,7 +77,17 @@ impl NodeService {
             config,
             server_svid_ttl,
             sign_limit,
+            metrics,
         }
+    }
+
+    /// Counts a call's outcome.
+    fn counted<T>(&self, rpc: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.node_call(rpc, code);
+        result
     }
 
     async fn caller<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
@@ -139,9 +152,10 @@ impl NodeService {
     }
 }
 
-#[tonic::async_trait]
-impl NodeRpc for NodeService {
-    async fn attest(
+// === impl NodeService: the RPCs ===
+
+impl NodeService {
+    async fn attest_inner(
         &self,
         request: Request<pb::AttestRequest>,
     ) -> Result<Response<pb::AttestResponse>, Status> {
@@ -207,8 +221,7 @@ impl NodeRpc for NodeService {
             credentials: Some(credentials),
         }))
     }
-
-    async fn renew(
+    async fn renew_inner(
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
@@ -223,8 +236,7 @@ impl NodeRpc for NodeService {
             credentials: Some(credentials),
         }))
     }
-
-    async fn sign_server_svid(
+    async fn sign_server_svid_inner(
         &self,
         request: Request<pb::SignServerSvidRequest>,
     ) -> Result<Response<pb::SignServerSvidResponse>, Status> {
@@ -287,6 +299,33 @@ impl NodeRpc for NodeService {
             svid_chain: svid.chain_der,
         }))
     }
+}
+
+#[tonic::async_trait]
+impl NodeRpc for NodeService {
+    async fn attest(
+        &self,
+        request: Request<pb::AttestRequest>,
+    ) -> Result<Response<pb::AttestResponse>, Status> {
+        let result = self.attest_inner(request).await;
+        self.counted("Attest", result)
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let result = self.renew_inner(request).await;
+        self.counted("Renew", result)
+    }
+
+    async fn sign_server_svid(
+        &self,
+        request: Request<pb::SignServerSvidRequest>,
+    ) -> Result<Response<pb::SignServerSvidResponse>, Status> {
+        let result = self.sign_server_svid_inner(request).await;
+        self.counted("SignServerSvid", result)
+    }
 
     type SyncStream = sync::SyncStream;
 
@@ -294,7 +333,7 @@ impl NodeRpc for NodeService {
         &self,
         request: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let node = self.caller(&request).await?;
+        let node = self.counted("Sync", self.caller(&request).await)?;
         let since = request.into_inner().since_version;
         if since < 0 {
             return Err(Status::invalid_argument(
@@ -307,6 +346,7 @@ impl NodeRpc for NodeService {
             node,
             since,
             self.config.heartbeat_interval,
+            self.metrics.sync_stream(),
         )))
     }
 }

@@ -5,8 +5,8 @@
 //! Each stream follows the replica's broadcast ([`Replica::subscribe`]), so a change costs
 //! no query per node; a stream that falls behind the broadcast (a slow node) starts over
 //! from the replica's copy with a snapshot, and never holds back the others. Messages are
-//! kept under [`MAX_MESSAGE_BYTES`]: a large snapshot goes out as a `Snapshot` with the
-//! first records, then `Changes` at the snapshot's version carrying the rest as puts.
+//! kept under [`MAX_MESSAGE_BYTES`]: a large snapshot goes out as several `Snapshot`
+//! messages of one version, all but the last marked `more`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,6 +45,7 @@ pub(crate) fn start(
     node: NodeId,
     since: i64,
     heartbeat: Duration,
+    open: crate::metrics::SyncStreamGuard,
 ) -> SyncStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let producer = Producer {
@@ -53,6 +54,7 @@ pub(crate) fn start(
         node,
         tx,
         sent: since,
+        _open: open,
     };
     tokio::spawn(producer.run(heartbeat));
     Box::pin(ReceiverStream::new(rx))
@@ -65,6 +67,7 @@ struct Producer {
     tx: mpsc::Sender<Result<pb::SyncMessage, Status>>,
     /// The version the node holds once it has applied what was sent.
     sent: i64,
+    _open: crate::metrics::SyncStreamGuard,
 }
 
 /// Why a producer stops: the node went away, or it was evicted (told so).
@@ -225,15 +228,13 @@ impl Producer {
     }
 }
 
-/// The messages of a snapshot of `state`, each at most `max_bytes` encoded (unless one
-/// record alone is larger): a `Snapshot` with as many records as fit, then `Changes` at
-/// the snapshot's version with the rest as puts.
+/// The messages of a snapshot of `state`: `Snapshot`s of the same version, each at most
+/// `max_bytes` encoded (unless one record alone is larger), all but the last with `more`.
 fn snapshot_messages(
     td: &TrustDomain,
     state: &ReplicaState,
     max_bytes: usize,
 ) -> Vec<pb::sync_message::Message> {
-    let version = state.version;
     let puts = state
         .entries
         .values()
@@ -250,30 +251,28 @@ fn snapshot_messages(
                 .values()
                 .map(|n| pb::change::Change::NodePut(node_to_proto(n))),
         );
-    let mut snapshot = pb::Snapshot {
-        version,
+    let empty = || pb::Snapshot {
+        version: state.version,
         ..Default::default()
     };
-    let mut rest = puts.peekable();
-    while let Some(put) = rest.peek() {
-        if snapshot.encoded_len() + put_len(put) > max_bytes && !is_empty(&snapshot) {
-            break;
+    let mut pages = Vec::new();
+    let mut page = empty();
+    for put in puts {
+        if !is_empty(&page) && page.encoded_len() + put_len(&put) > max_bytes {
+            page.more = true;
+            pages.push(std::mem::replace(&mut page, empty()));
         }
-        match rest.next().expect("peeked") {
-            pb::change::Change::EntryPut(e) => snapshot.entries.push(e),
-            pb::change::Change::ConsentPut(c) => snapshot.consents.push(c),
-            pb::change::Change::NodePut(n) => snapshot.nodes.push(n),
+        match put {
+            pb::change::Change::EntryPut(e) => page.entries.push(e),
+            pb::change::Change::ConsentPut(c) => page.consents.push(c),
+            pb::change::Change::NodePut(n) => page.nodes.push(n),
             pb::change::Change::EntryDeleted(_) => {}
         }
     }
-    let rest = rest
-        .map(|change| pb::Change {
-            version,
-            change: Some(change),
-        })
-        .collect();
-    std::iter::once(pb::sync_message::Message::Snapshot(snapshot))
-        .chain(pages(rest, max_bytes).map(pb::sync_message::Message::Changes))
+    pages.push(page);
+    pages
+        .into_iter()
+        .map(pb::sync_message::Message::Snapshot)
         .collect()
 }
 
@@ -411,23 +410,12 @@ mod tests {
             }
             .encoded_len();
             assert!(len <= 4096 + 16, "message {i} is {len} bytes");
-            match message {
-                pb::sync_message::Message::Snapshot(s) if i == 0 => {
-                    assert_eq!(s.version, 42);
-                    ids.extend(s.entries.iter().map(|e| e.id.clone()));
-                }
-                pb::sync_message::Message::Changes(c) if i > 0 => {
-                    assert_eq!(c.version, 42);
-                    for change in &c.changes {
-                        assert_eq!(change.version, 42);
-                        let Some(pb::change::Change::EntryPut(e)) = &change.change else {
-                            panic!("only puts follow a snapshot");
-                        };
-                        ids.push(e.id.clone());
-                    }
-                }
-                other => panic!("unexpected message {i}: {other:?}"),
-            }
+            let pb::sync_message::Message::Snapshot(s) = message else {
+                panic!("message {i} is not a snapshot page");
+            };
+            assert_eq!(s.version, 42);
+            assert_eq!(s.more, i + 1 < messages.len(), "only the last page ends it");
+            ids.extend(s.entries.iter().map(|e| e.id.clone()));
         }
         assert_eq!(ids, state.entries.keys().cloned().collect::<Vec<_>>());
     }
