@@ -106,7 +106,7 @@ impl ServerCertVerifier for PinnedServer {
 }
 
 /// The single URI SAN of a certificate (a SPIFFE SVID has exactly one).
-fn only_uri_san(der: &[u8]) -> Result<String, String> {
+pub(super) fn only_uri_san(der: &[u8]) -> Result<String, String> {
     use x509_parser::extensions::GeneralName;
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
