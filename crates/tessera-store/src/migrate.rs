@@ -35,10 +35,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "retention",
         sql: include_str!("../migrations/0003_retention.sql"),
     },
+    Migration {
+        version: 4,
+        description: "sync",
+        sql: include_str!("../migrations/0004_sync.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
