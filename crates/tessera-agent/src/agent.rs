@@ -16,7 +16,7 @@ use crate::audit_log;
 use crate::config::Config;
 use crate::drain;
 use crate::http::{self, Health};
-use crate::node::NodeLink;
+use crate::node::{NodeLink, Syncer};
 use crate::metrics::{ADMIN_SOCKET_RPCS, Metrics, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
 use crate::retention;
 use crate::socket::{self, InConnSpanLayer};
@@ -207,13 +207,24 @@ pub async fn run(
         config.revocation_max_watchers_per_identity,
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin = AdminServer::new(AdminService::new(
+    let mut admin_service = AdminService::new(
         store.clone(),
         Arc::clone(&cache),
         Arc::clone(&tasks),
         Arc::clone(&authority),
         &config.admin_uids,
-    ))
+    );
+    if let Some(link) = &node {
+        admin_service = admin_service.managed_by_server(link.server_address().to_string());
+        let syncer = Syncer::new(
+            Arc::clone(link),
+            store.clone(),
+            Arc::clone(&cache),
+            Arc::clone(&tasks),
+        );
+        tokio::spawn(syncer.run(drain.clone()));
+    }
+    let admin = AdminServer::new(admin_service)
     .max_decoding_message_size(MAX_REQUEST_BYTES);
 
     let workload_task = tokio::spawn(

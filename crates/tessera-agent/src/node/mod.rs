@@ -8,6 +8,7 @@
 //! node SVID is the client certificate of every later RPC (`tls`).
 
 mod state;
+mod sync;
 mod tls;
 
 #[cfg(test)]
@@ -27,6 +28,7 @@ use tonic::transport::Channel;
 use crate::config::{AttestProof, ServerConfig};
 use crate::drain;
 pub(crate) use state::{NodeState, StateError};
+pub(crate) use sync::Syncer;
 use tls::TlsSetupError;
 
 /// Largest proof file read (join tokens are short; projected tokens a few KiB).
