@@ -22,9 +22,11 @@ use crate::node_ca::ClusterPolicy;
 use crate::{AuthorityError, TrustBundle, pem};
 
 mod cluster;
+mod root_files;
 mod state;
 mod upstream;
 
+pub use root_files::GeneratedRoot;
 pub(crate) use state::ensure_private_dir;
 use state::{CaSet, Retiring};
 use upstream::load_upstream;

@@ -44,7 +44,7 @@ mod keys;
 mod node_ca;
 mod pem;
 
-pub use authority::{Authority, AuthorityConfig, CaMode, RotationPolicy};
+pub use authority::{Authority, AuthorityConfig, CaMode, GeneratedRoot, RotationPolicy};
 pub use bundle::TrustBundle;
 pub use error::AuthorityError;
 pub use issue::{IssuedSvid, SignedSvid, SvidSpec};

@@ -211,7 +211,7 @@ pub fn io_cause<'e>(err: &'e (dyn std::error::Error + 'static)) -> Option<&'e st
 }
 
 /// Explains a failure to connect to the admin socket.
-fn connect_error(socket: &Path, err: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+pub fn connect_error(socket: &Path, err: &(dyn std::error::Error + 'static)) -> anyhow::Error {
     let io_kind = io_cause(err).map(std::io::Error::kind);
     let socket = socket.display();
     match io_kind {

@@ -101,6 +101,9 @@ pub enum Command {
     /// Grant, list and withdraw consents: which client may act for whom, on which MCP server.
     #[command(subcommand)]
     Consent(ConsentCommand),
+    /// Cluster nodes (tessera-server's admin socket): join tokens, list, evict.
+    #[command(subcommand)]
+    Node(crate::node::NodeCommand),
     /// Tasks: list or revoke any client's (admin), or begin and end this process's own.
     #[command(subcommand)]
     Task(TaskCommand),

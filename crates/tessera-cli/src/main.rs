@@ -5,7 +5,8 @@
 //!
 //! * `cli`: the command tree and global flags; `args`, `duration`: argument types and
 //!   checks shared by the commands.
-//! * `entry`, `consent`, `task`, `status`, `audit`: one module per admin command.
+//! * `entry`, `consent`, `task`, `status`, `audit`: one module per admin command;
+//!   `node`: the cluster's nodes, against tessera-server's admin socket.
 //! * `svid`: `svid fetch` and the `svid` command tree; `inspect`: `svid inspect`.
 //! * `demo`: `tessera demo`: its stage, its story and its Python and Node part.
 //! * `admin`, `tasks_api`, `transport`: the Admin API and Tasks API connections over
@@ -24,6 +25,7 @@ mod duration;
 mod entry;
 mod files;
 mod inspect;
+mod node;
 mod output;
 mod status;
 mod svid;
@@ -73,6 +75,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Consent(command) => {
             let mut admin = Admin::connect(&cli.global.admin_socket).await?;
             output::print(&consent::run(&mut admin, command, format).await?)?;
+        }
+        Command::Node(command) => {
+            output::print(&node::run(&cli.global.admin_socket, command, format).await?)?;
         }
         Command::Task(command) => {
             let text = task::run(

@@ -61,9 +61,18 @@ impl AdminService {
         }
     }
 
+    /// The replica this service reads and writes through.
+    pub(crate) fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
     /// The socket is 0600 already; the uid check holds even if someone loosens it. The
     /// uid is the kernel's (SO_PEERCRED at connect), not anything the caller sent.
-    fn authorize<T>(&self, rpc: &'static str, req: &Request<T>) -> Result<String, Status> {
+    pub(crate) fn authorize<T>(
+        &self,
+        rpc: &'static str,
+        req: &Request<T>,
+    ) -> Result<String, Status> {
         let uid = req
             .extensions()
             .get::<UdsConnectInfo>()
@@ -86,7 +95,7 @@ impl AdminService {
     }
 
     /// Waits (bounded) until this replica's memory holds `written`, and returns it.
-    async fn applied<T>(&self, written: Written<T>) -> T {
+    pub(crate) async fn applied<T>(&self, written: Written<T>) -> T {
         if tokio::time::timeout(APPLY_WAIT, self.replica.wait_for_version(written.version))
             .await
             .is_err()
@@ -100,38 +109,44 @@ impl AdminService {
     }
 
     fn entry_to_proto(&self, e: tessera_store::Entry) -> pb::Entry {
-        let td = self.trust_domain.clone();
-        let (spiffe_id, client, server) = match e.kind {
-            EntryKind::Client => (
-                e.client
-                    .parse::<ClientName>()
-                    .map(|name| ClientId::new(td, name).to_string())
-                    .unwrap_or_default(),
-                e.client,
-                String::new(),
-            ),
-            EntryKind::Server => (
-                e.client
-                    .parse::<ServerName>()
-                    .map(|name| ServerId::new(td, name).to_string())
-                    .unwrap_or_default(),
-                String::new(),
-                e.client,
-            ),
-        };
-        pb::Entry {
-            id: e.id,
-            client,
-            selectors: e.selectors,
-            svid_ttl_secs: e.svid_ttl_secs.unwrap_or(0),
-            created_at_unix: e.created_at,
-            spiffe_id,
-            server,
-        }
+        entry_to_proto(&self.trust_domain, e)
     }
 }
 
-fn consent_to_proto(c: tessera_store::Consent) -> pb::Consent {
+/// An entry as `tessera.v1` sends it (the Admin API and the Node API's `Sync`).
+pub(crate) fn entry_to_proto(td: &TrustDomain, e: tessera_store::Entry) -> pb::Entry {
+    let td = td.clone();
+    let (spiffe_id, client, server) = match e.kind {
+        EntryKind::Client => (
+            e.client
+                .parse::<ClientName>()
+                .map(|name| ClientId::new(td, name).to_string())
+                .unwrap_or_default(),
+            e.client,
+            String::new(),
+        ),
+        EntryKind::Server => (
+            e.client
+                .parse::<ServerName>()
+                .map(|name| ServerId::new(td, name).to_string())
+                .unwrap_or_default(),
+            String::new(),
+            e.client,
+        ),
+    };
+    pb::Entry {
+        id: e.id,
+        client,
+        selectors: e.selectors,
+        svid_ttl_secs: e.svid_ttl_secs.unwrap_or(0),
+        created_at_unix: e.created_at,
+        spiffe_id,
+        server,
+    }
+}
+
+/// A consent as `tessera.v1` sends it.
+pub(crate) fn consent_to_proto(c: tessera_store::Consent) -> pb::Consent {
     pb::Consent {
         id: c.id,
         client: c.client,

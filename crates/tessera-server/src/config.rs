@@ -39,6 +39,78 @@ pub struct Config {
     pub audit_retention: Option<Duration>,
     /// Logging (the agent's `[log]` section).
     pub log: LogConfig,
+    /// `[ca]`: the cluster root and the lifetimes of what it signs.
+    pub ca: CaConfig,
+    /// `[listen]`: the Node API's TLS listener.
+    pub node_listen: SocketAddr,
+    /// `[node_api]`: the Node API's behaviour.
+    pub node_api: NodeApiConfig,
+}
+
+/// `[ca]`: the cluster root every replica mounts (made by `tessera-server ca init`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// The root certificate (PEM). With `key_file`, enables the Node API; without both,
+    /// the server serves its admin socket only.
+    pub cert_file: Option<PathBuf>,
+    /// The root's private key (PEM, mode 0600 or stricter).
+    pub key_file: Option<PathBuf>,
+    /// Lifetime of node CAs and node SVIDs (renewed by agents at half life).
+    #[serde(with = "duration")]
+    pub node_ca_ttl: Duration,
+    /// Lifetime of the server's own SVID (renewed at half life), and the cap on MCP server
+    /// SVIDs signed through `SignServerSvid`.
+    #[serde(with = "duration")]
+    pub server_svid_ttl: Duration,
+}
+
+impl Default for CaConfig {
+    fn default() -> CaConfig {
+        CaConfig {
+            cert_file: None,
+            key_file: None,
+            node_ca_ttl: Duration::from_secs(24 * 3600),
+            server_svid_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[node_api]`: how the Node API serves agents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeApiConfig {
+    /// Longest a `Sync` stream goes without a message: a heartbeat is sent at least this
+    /// often, so an agent knows how current its copy is.
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// `SignServerSvid` calls one node may make per minute (a token bucket of this size,
+    /// refilled over a minute); one more is RESOURCE_EXHAUSTED.
+    pub sign_server_svid_per_minute: u32,
+}
+
+impl Default for NodeApiConfig {
+    fn default() -> NodeApiConfig {
+        NodeApiConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            sign_server_svid_per_minute: 60,
+        }
+    }
+}
+
+/// `[listen]` in the file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+struct FileListen {
+    node: SocketAddr,
+}
+
+impl Default for FileListen {
+    fn default() -> FileListen {
+        FileListen {
+            node: SocketAddr::from(([0, 0, 0, 0], 8081)),
+        }
+    }
 }
 
 /// `[database]`. Its `Debug` leaves the password out (sqlx's options print it).
@@ -79,6 +151,8 @@ pub struct Flags {
     pub admin_socket: Option<PathBuf>,
     /// `--http-listen`.
     pub http_listen: Option<SocketAddr>,
+    /// `--node-listen` (`listen.node`).
+    pub node_listen: Option<SocketAddr>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
 }
@@ -118,6 +192,9 @@ struct FileConfig {
     #[serde(with = "duration")]
     audit_retention: Duration,
     log: LogConfig,
+    ca: CaConfig,
+    listen: FileListen,
+    node_api: NodeApiConfig,
 }
 
 /// `[database]` in the file.
@@ -145,6 +222,9 @@ impl Default for FileConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
             },
+            ca: CaConfig::default(),
+            listen: FileListen::default(),
+            node_api: NodeApiConfig::default(),
         }
     }
 }
@@ -288,6 +368,11 @@ impl Config {
             change_retention: self.change_retention,
             audit_retention: self.audit_retention.unwrap_or_default(),
             log: self.log.clone(),
+            ca: self.ca.clone(),
+            listen: FileListen {
+                node: self.node_listen,
+            },
+            node_api: self.node_api.clone(),
         };
         toml::to_string_pretty(&file).expect("config serializes")
     }
@@ -327,6 +412,36 @@ impl Config {
                 "must be at least 1m (agents catching up after a short outage should not need a snapshot)",
             );
         }
+        if raw.ca.cert_file.is_some() != raw.ca.key_file.is_some() {
+            l.refuse(
+                "ca.cert_file",
+                "set both ca.cert_file and ca.key_file, or neither",
+            );
+        }
+        if !(tessera_authority::MIN_NODE_CA_TTL..=tessera_authority::MAX_NODE_CA_TTL)
+            .contains(&raw.ca.node_ca_ttl)
+        {
+            l.refuse("ca.node_ca_ttl", "must be between 10m and 30d");
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600))
+            .contains(&raw.ca.server_svid_ttl)
+        {
+            l.refuse("ca.server_svid_ttl", "must be between 1m and 7d");
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60))
+            .contains(&raw.node_api.heartbeat_interval)
+        {
+            l.refuse(
+                "node_api.heartbeat_interval",
+                "must be between 100ms and 60s",
+            );
+        }
+        if !(1..=10_000).contains(&raw.node_api.sign_server_svid_per_minute) {
+            l.refuse(
+                "node_api.sign_server_svid_per_minute",
+                "must be between 1 and 10000",
+            );
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             l.refuse("log.level", e);
         }
@@ -354,6 +469,9 @@ impl Config {
             change_retention: raw.change_retention,
             audit_retention: (!raw.audit_retention.is_zero()).then_some(raw.audit_retention),
             log: raw.log,
+            ca: raw.ca,
+            node_listen: raw.listen.node,
+            node_api: raw.node_api,
         })
     }
 }
@@ -474,6 +592,47 @@ fn apply_env(l: &mut Layers, env: &dyn Env) {
     if let Some(v) = l.env(env, "TESSERA_SERVER_LOG_LEVEL", "log.level", text) {
         l.raw.log.level = v;
     }
+    if let Some(v) = l.env(env, "TESSERA_SERVER_CA_CERT_FILE", "ca.cert_file", text) {
+        l.raw.ca.cert_file = (!v.is_empty()).then(|| v.into());
+    }
+    if let Some(v) = l.env(env, "TESSERA_SERVER_CA_KEY_FILE", "ca.key_file", text) {
+        l.raw.ca.key_file = (!v.is_empty()).then(|| v.into());
+    }
+    if let Some(v) = l.env(
+        env,
+        "TESSERA_SERVER_CA_NODE_CA_TTL",
+        "ca.node_ca_ttl",
+        duration_text,
+    ) {
+        l.raw.ca.node_ca_ttl = v;
+    }
+    if let Some(v) = l.env(
+        env,
+        "TESSERA_SERVER_CA_SERVER_SVID_TTL",
+        "ca.server_svid_ttl",
+        duration_text,
+    ) {
+        l.raw.ca.server_svid_ttl = v;
+    }
+    if let Some(v) = l.env(env, "TESSERA_SERVER_LISTEN_NODE", "listen.node", parse) {
+        l.raw.listen.node = v;
+    }
+    if let Some(v) = l.env(
+        env,
+        "TESSERA_SERVER_NODE_API_HEARTBEAT_INTERVAL",
+        "node_api.heartbeat_interval",
+        duration_text,
+    ) {
+        l.raw.node_api.heartbeat_interval = v;
+    }
+    if let Some(v) = l.env(
+        env,
+        "TESSERA_SERVER_NODE_API_SIGN_SERVER_SVID_PER_MINUTE",
+        "node_api.sign_server_svid_per_minute",
+        parse,
+    ) {
+        l.raw.node_api.sign_server_svid_per_minute = v;
+    }
 }
 
 fn apply_flags(l: &mut Layers, flags: &Flags) {
@@ -495,6 +654,10 @@ fn apply_flags(l: &mut Layers, flags: &Flags) {
     if let Some(v) = flags.http_listen {
         l.raw.http_listen = v;
         by_flag(l, "http_listen", "--http-listen");
+    }
+    if let Some(v) = flags.node_listen {
+        l.raw.listen.node = v;
+        by_flag(l, "listen.node", "--node-listen");
     }
     if let Some(v) = flags.log_format {
         l.raw.log.format = v;

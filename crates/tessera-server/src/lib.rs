@@ -19,6 +19,7 @@
 //!   (snapshots, changes since a version, pruning).
 //! * `entry`, `consent`, `node`, `join_token`, `audit`: one record kind each.
 //! * `replica`: the in-memory copy and its sync loop.
+//! * [`attest`]: node attestors (join tokens; Kubernetes PSAT) behind [`attest::NodeAttestor`].
 //!
 //! The `tessera-server` binary is [`server::run`] with a [`config::Config`]: `admin`
 //! (`tessera.v1.Admin` on a 0600 unix socket, reads from the replica, writes through the
@@ -31,9 +32,12 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod admin;
+pub mod attest;
 mod audit;
+mod ca;
 mod change;
 mod clock;
+mod cluster_admin;
 pub mod config;
 mod consent;
 mod entry;
@@ -44,6 +48,7 @@ mod limits;
 mod metrics;
 mod migrate;
 mod node;
+mod node_api;
 mod node_name;
 mod replica;
 pub mod server;
@@ -51,10 +56,13 @@ mod socket;
 mod store;
 mod version;
 
+pub use ca::SERVER_ID_PATH;
 pub use change::{Change, Changes, MAX_CHANGES_PAGE, Snapshot};
 pub use error::{Conflict, InvalidInput, MigrationError, NotFound, ServerStoreError, Unavailable};
 pub use join_token::{IssuedJoinToken, JoinToken, NewJoinToken};
-pub use limits::{JOIN_TOKEN_PREFIX, MAX_ATTESTATION_LEN, MAX_JOIN_TOKEN_TTL_SECS};
+pub use limits::{
+    JOIN_TOKEN_PREFIX, MAX_ATTESTATION_EVIDENCE_LEN, MAX_ATTESTATION_LEN, MAX_JOIN_TOKEN_TTL_SECS,
+};
 pub use migrate::SCHEMA_VERSION;
 pub use node::{AttestationKind, NewNode, Node, NodeStatus};
 pub use replica::{Replica, ReplicaOptions, ReplicaState, ReplicaUpdate};

@@ -13,3 +13,8 @@ pub const MAX_JOIN_TOKEN_TTL_SECS: i64 = 7 * 24 * 3600;
 
 /// Largest node attestation summary stored, as JSON text.
 pub const MAX_ATTESTATION_LEN: usize = 16 * 1024;
+
+/// Largest attestation evidence (a join token, a projected service-account token) the
+/// Node service passes to an attestor. Kubernetes tokens are a few KiB; anything larger
+/// is refused before it is parsed.
+pub const MAX_ATTESTATION_EVIDENCE_LEN: usize = 16 * 1024;

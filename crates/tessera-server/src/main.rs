@@ -45,6 +45,10 @@ struct Cli {
     /// Default: 127.0.0.1:8090.
     #[arg(long, global = true)]
     http_listen: Option<SocketAddr>,
+    /// Node API (TLS) address, `listen.node`. Env: TESSERA_SERVER_LISTEN_NODE.
+    /// Default: 0.0.0.0:8081.
+    #[arg(long, global = true)]
+    node_listen: Option<SocketAddr>,
     /// Log format. Env: TESSERA_SERVER_LOG_FORMAT. Default: text.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
@@ -58,6 +62,58 @@ enum Command {
     Run,
     /// Print the effective configuration as TOML and exit.
     PrintConfig,
+    /// Cluster root CA files.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Make a new cluster root for the trust domain: DIR/ca.crt (the bundle agents pin)
+    /// and DIR/ca.key (0600). Give both to every replica (`ca.cert_file`, `ca.key_file`),
+    /// e.g. `kubectl create secret generic tessera-server-ca --from-file=DIR`.
+    Init {
+        /// Directory to write into (created 0700); existing files are never replaced.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Lifetime of the root.
+        #[arg(long, default_value = "3650d", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+/// Writes a new cluster root into `dir`.
+fn ca_init(config: &Config, dir: &std::path::Path, ttl: std::time::Duration) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let root = tessera_authority::Authority::generate_cluster_root(&config.trust_domain, ttl)?;
+    let write = |name: &str, mode: u32, contents: &[u8]| -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("creating {} (never replaced)", path.display()))?;
+        file.write_all(contents)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    let key = write("ca.key", 0o600, root.key_pem.as_bytes())?;
+    let cert = write("ca.crt", 0o644, root.cert_pem.as_bytes())?;
+    println!(
+        "cluster root for {} written:\n  ca.cert_file = {:?}\n  ca.key_file = {:?}",
+        config.trust_domain,
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,12 +123,17 @@ fn main() -> anyhow::Result<()> {
         database_url: cli.database_url.clone(),
         admin_socket: cli.admin_socket.clone(),
         http_listen: cli.http_listen,
+        node_listen: cli.node_listen,
         log_format: cli.log_format,
     };
     let config = Config::load(cli.config.as_deref(), &ProcessEnv, &flags)?;
-    if matches!(cli.command, Some(Command::PrintConfig)) {
-        print!("{}", config.to_toml());
-        return Ok(());
+    match &cli.command {
+        Some(Command::PrintConfig) => {
+            print!("{}", config.to_toml());
+            return Ok(());
+        }
+        Some(Command::Ca(CaCommand::Init { dir, ttl })) => return ca_init(&config, dir, *ttl),
+        Some(Command::Run) | None => {}
     }
     tessera_agent::logging::init(&config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tessera_proto::tessera::v1::admin_server::AdminServer;
+use tessera_proto::tessera::v1::cluster_admin_server::ClusterAdminServer;
+use tessera_proto::tessera::v1::node_server::NodeServer;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::admin::AdminService;
+use crate::attest::{Attestors, JoinTokenAttestor};
+use crate::ca::ServerCa;
 use crate::config::Config;
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
@@ -43,6 +47,22 @@ pub async fn run(
         tracing::warn!(addr = %config.http_listen, "the HTTP endpoints (/metrics) listen beyond loopback");
     }
 
+    // The root first: a replica that cannot sign must not start serving.
+    let ca = match (&config.ca.cert_file, &config.ca.key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(ServerCa::open(
+            &config.trust_domain,
+            cert,
+            key,
+            &config.ca,
+        )?)),
+        _ => {
+            tracing::warn!(
+                "no ca.cert_file/ca.key_file: the Node API is off (agents cannot join); \
+                 make them with `tessera-server ca init --dir DIR`"
+            );
+            None
+        }
+    };
     let metrics = Arc::new(Metrics::default());
     let started = Arc::new(OnceLock::new());
     let (http_addr, http_server) = http::serve(
@@ -69,15 +89,20 @@ pub async fn run(
         .expect("the replica is started once");
 
     let listener = socket::bind_private(&config.admin_socket)?;
-    let admin = AdminServer::new(AdminService::new(
+    let admin_service = AdminService::new(
         Arc::clone(&replica),
         config.trust_domain.clone(),
         &config.admin_uids,
         Arc::clone(&metrics),
-    ));
+    );
     let admin_server = tonic::transport::Server::builder()
-        .add_service(admin)
+        .add_service(AdminServer::new(admin_service.clone()))
+        .add_service(ClusterAdminServer::new(admin_service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop.clone()));
+    let node_server = match &ca {
+        Some(ca) => Some(serve_node_api(&config, &replica, ca, stop.clone()).await?),
+        None => None,
+    };
     let pruner = tokio::spawn(prune(
         replica.store().clone(),
         config.clone(),
@@ -94,6 +119,12 @@ pub async fn run(
 
     let (admin_result, http_result) = tokio::join!(admin_server, http_server);
     let http_result = http_result.context("HTTP server task")?;
+    if let Some(node_server) = node_server {
+        node_server
+            .await
+            .context("Node API task")?
+            .context("Node API")?;
+    }
     let _ = pruner.await;
     replica.shutdown().await;
     replica.store().close().await;
@@ -102,6 +133,45 @@ pub async fn run(
     http_result.context("HTTP server")?;
     tracing::info!("tessera-server stopped");
     Ok(())
+}
+
+/// Binds `listen.node` and serves `tessera.v1.Node` over TLS until `stop`; renews the
+/// server's SVID meanwhile.
+async fn serve_node_api(
+    config: &Config,
+    replica: &Arc<Replica>,
+    ca: &Arc<ServerCa>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+    let listener = tokio::net::TcpListener::bind(config.node_listen)
+        .await
+        .with_context(|| format!("binding the Node API on {}", config.node_listen))?;
+    let addr = listener.local_addr().context("Node API address")?;
+    let tls = Arc::new(ca.tls_config()?);
+    let attestors =
+        Attestors::default().with(Arc::new(JoinTokenAttestor::new(replica.store().clone())));
+    let service = NodeServer::new(crate::node_api::NodeService::new(
+        Arc::clone(replica),
+        Arc::clone(ca),
+        attestors,
+        config.node_api.clone(),
+        config.ca.server_svid_ttl,
+    ))
+    .max_decoding_message_size(crate::node_api::MAX_REQUEST_BYTES);
+    tokio::spawn(Arc::clone(ca).renew(stop.clone()));
+    let incoming =
+        tokio_stream::wrappers::ReceiverStream::new(crate::node_api::tls::incoming(listener, tls));
+    let mut shutdown = stop.clone();
+    let server = tonic::transport::Server::builder()
+        // A node that stops reading is noticed even on an idle stream.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        });
+    tracing::info!(node_api = %addr, "Node API listening (TLS)");
+    Ok(tokio::spawn(server))
 }
 
 /// Warns when the database connection is not verified TLS and leaves this machine: the
