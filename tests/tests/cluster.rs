@@ -260,7 +260,11 @@ async fn registrations_made_once_at_the_server_work_on_every_agent() {
         .arg(&ca)
         .output()
         .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let r1 = Replica::start(&pg, dir.path(), &ca, "r1").await;
     let r2 = Replica::start(&pg, dir.path(), &ca, "r2").await;
 
@@ -295,13 +299,17 @@ async fn registrations_made_once_at_the_server_work_on_every_agent() {
         .into_inner();
     let consent = r1.grant(&["github/tool/get_*"]).await;
     for agent in [&a, &b, &c] {
-        until("the entry reaches every agent", Duration::from_secs(10), || {
-            has_entry(agent, &entry.id)
-        })
+        until(
+            "the entry reaches every agent",
+            Duration::from_secs(10),
+            || has_entry(agent, &entry.id),
+        )
         .await;
-        until("the consent reaches every agent", Duration::from_secs(10), || {
-            has_live_consent(agent, &consent)
-        })
+        until(
+            "the consent reaches every agent",
+            Duration::from_secs(10),
+            || has_live_consent(agent, &consent),
+        )
         .await;
     }
 
@@ -352,15 +360,16 @@ async fn registrations_made_once_at_the_server_work_on_every_agent() {
     }
     let missed = r1.grant(&["github/tool/list_pulls"]).await;
     c.spawn().await.unwrap();
-    until("C catches up after a restart", Duration::from_secs(10), || {
-        has_live_consent(&c, &missed)
-    })
+    until(
+        "C catches up after a restart",
+        Duration::from_secs(10),
+        || has_live_consent(&c, &missed),
+    )
     .await;
     let log = c.log_text();
     let resumed = log
         .lines()
-        .filter(|l| l.contains("syncing registrations from the server"))
-        .last()
+        .rfind(|l| l.contains("syncing registrations from the server"))
         .unwrap_or_default()
         .to_owned();
     assert!(
@@ -374,9 +383,11 @@ async fn registrations_made_once_at_the_server_work_on_every_agent() {
         let start = Instant::now();
         let id = r1.grant(&["github/tool/get_*"]).await;
         for agent in [&a, &b, &c] {
-            until("a consent reaches every agent", Duration::from_secs(10), || {
-                has_live_consent(agent, &id)
-            })
+            until(
+                "a consent reaches every agent",
+                Duration::from_secs(10),
+                || has_live_consent(agent, &id),
+            )
             .await;
         }
         propagation.push(start.elapsed());

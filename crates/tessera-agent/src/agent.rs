@@ -16,8 +16,8 @@ use crate::audit_log;
 use crate::config::Config;
 use crate::drain;
 use crate::http::{self, Health};
-use crate::node::{NodeLink, Syncer};
 use crate::metrics::{ADMIN_SOCKET_RPCS, Metrics, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
+use crate::node::{NodeLink, Syncer};
 use crate::retention;
 use crate::socket::{self, InConnSpanLayer};
 use crate::svids::SvidCache;
@@ -91,18 +91,21 @@ pub async fn run(
             tokio::spawn(Arc::clone(&link).run_renewal(drain.clone()));
             (link.authority(), Some(link))
         }
-        None => (Arc::new(
-            Authority::open(AuthorityConfig {
-                trust_domain: trust_domain.clone(),
-                dir: config.data_dir.join("ca"),
-                mode: config.ca.mode.clone(),
-                rotation: RotationPolicy {
-                    ca_ttl: config.ca.ttl,
-                    max_svid_ttl: config.client_svid_ttl.max(config.task_svid_ttl),
-                },
-            })
-            .context("opening the signing authority")?,
-        ), None),
+        None => (
+            Arc::new(
+                Authority::open(AuthorityConfig {
+                    trust_domain: trust_domain.clone(),
+                    dir: config.data_dir.join("ca"),
+                    mode: config.ca.mode.clone(),
+                    rotation: RotationPolicy {
+                        ca_ttl: config.ca.ttl,
+                        max_svid_ttl: config.client_svid_ttl.max(config.task_svid_ttl),
+                    },
+                })
+                .context("opening the signing authority")?,
+            ),
+            None,
+        ),
     };
     metrics.ca_not_after.set(authority.active_ca_not_after());
     let jwt_authority = Arc::new(
@@ -224,8 +227,7 @@ pub async fn run(
         );
         tokio::spawn(syncer.run(drain.clone()));
     }
-    let admin = AdminServer::new(admin_service)
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let admin = AdminServer::new(admin_service).max_decoding_message_size(MAX_REQUEST_BYTES);
 
     let workload_task = tokio::spawn(
         tonic::transport::Server::builder()

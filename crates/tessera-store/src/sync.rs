@@ -316,7 +316,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(withdrawn.is_empty(), "the server's withdrawal is in the copy");
+        assert!(
+            withdrawn.is_empty(),
+            "the server's withdrawal is in the copy"
+        );
         store.close().await;
         let store = crate::Store::open(&path).await.unwrap();
         assert_eq!(store.sync_version().await.unwrap(), 43);

@@ -121,9 +121,14 @@ pub(super) fn parse(
     let node_name = if s.node_name.is_empty() {
         match std::fs::read_to_string(HOSTNAME_FILE) {
             Ok(host) => host.trim().parse::<NodeName>().map_err(|e| {
-                format!("the host name {:?} is no node name ({e}): set server.node_name", host.trim())
+                format!(
+                    "the host name {:?} is no node name ({e}): set server.node_name",
+                    host.trim()
+                )
             }),
-            Err(e) => Err(format!("the host name cannot be read ({e}): set server.node_name")),
+            Err(e) => Err(format!(
+                "the host name cannot be read ({e}): set server.node_name"
+            )),
         }
     } else {
         s.node_name.parse::<NodeName>().map_err(|e| e.to_string())

@@ -378,7 +378,9 @@ fn server_env_overrides_and_the_join_token_is_never_echoed() {
         ("TESSERA_SERVER_JOIN_TOKEN_FILE", "/t"),
         ("TESSERA_SERVER_NODE_NAME", "n2"),
     ]);
-    let err = Config::from_toml_and_env("", &both).unwrap_err().to_string();
+    let err = Config::from_toml_and_env("", &both)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("TESSERA_SERVER_JOIN_TOKEN"), "{err}");
     assert!(!err.contains("s3cr3t"), "{err}");
 }
@@ -390,13 +392,20 @@ fn bad_server_settings_are_refused_together() {
          node_name = \"bad/name\"\n",
     )
     .unwrap_err();
-    let keys: Vec<String> = err.problems().iter().map(|p| p.origin.to_string()).collect();
+    let keys: Vec<String> = err
+        .problems()
+        .iter()
+        .map(|p| p.origin.to_string())
+        .collect();
     for key in [
         "server.address",
         "server.server_id",
         "server.bundle_file",
         "server.node_name",
     ] {
-        assert!(keys.iter().any(|k| k.contains(key)), "{key} not in {keys:?}");
+        assert!(
+            keys.iter().any(|k| k.contains(key)),
+            "{key} not in {keys:?}"
+        );
     }
 }

@@ -362,9 +362,7 @@ async fn renew(
 fn check_credentials(c: &NodeCredentials, trust_domain: &TrustDomain) -> Result<(), NodeError> {
     node_id(c, trust_domain)?;
     if c.node_svid_chain.is_empty() || c.node_ca_chain.is_empty() || c.bundle.is_empty() {
-        return Err(NodeError::Invalid(
-            "a chain or the bundle is empty".into(),
-        ));
+        return Err(NodeError::Invalid("a chain or the bundle is empty".into()));
     }
     Ok(())
 }

@@ -18,7 +18,6 @@ use tessera_proto::tessera::v1::{
     sync_message,
 };
 use tessera_store::{Consent, ConsentFilter, Entry, EntryKind, Store, StoreError, SyncBatch};
-use tokio::sync::watch;
 
 use super::{Backoff, NodeLink};
 use crate::attest::Selector;
@@ -32,15 +31,6 @@ const ACTOR: &str = "tessera-server";
 /// A stream that says nothing (not even a heartbeat) for this long is presumed dead and
 /// reopened: well above any heartbeat interval a server would choose.
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
-
-/// How current the copy is, for `/readyz`, metrics and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct SyncStatus {
-    /// The version the copy reflects.
-    pub(crate) version: i64,
-    /// Whether a stream to the server is open now.
-    pub(crate) connected: bool,
-}
 
 /// Why a message could not be applied (the stream is then reopened from the copy's
 /// version, which was left where it was).
@@ -61,7 +51,6 @@ pub(crate) struct Syncer {
     store: Store,
     cache: Arc<SvidCache>,
     tasks: Arc<TaskManager>,
-    status: watch::Sender<SyncStatus>,
 }
 
 impl Syncer {
@@ -76,13 +65,7 @@ impl Syncer {
             store,
             cache,
             tasks,
-            status: watch::Sender::new(SyncStatus::default()),
         })
-    }
-
-    /// Follows the copy's status.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<SyncStatus> {
-        self.status.subscribe()
     }
 
     /// Streams from the server until `drain` starts, reconnecting with backoff and
@@ -94,7 +77,6 @@ impl Syncer {
                 () = drain.signaled() => return,
                 r = self.follow(&mut backoff) => r,
             };
-            self.status.send_modify(|s| s.connected = false);
             if let Err(e) = result {
                 tracing::warn!(error = %e, server = %self.link.server_address(), "sync with the server interrupted; serving from the local copy");
             }
@@ -108,7 +90,6 @@ impl Syncer {
     /// One stream: open it from the copy's version and apply what arrives.
     async fn follow(&self, backoff: &mut Backoff) -> Result<(), SyncError> {
         let since = self.store.sync_version().await?;
-        self.status.send_modify(|s| s.version = since);
         let mut stream = self
             .link
             .client()
@@ -118,7 +99,6 @@ impl Syncer {
             .await
             .map_err(|s| SyncError::Invalid(format!("an error opening Sync: {s}")))?
             .into_inner();
-        self.status.send_modify(|s| s.connected = true);
         tracing::info!(since, "syncing registrations from the server");
         loop {
             let message = tokio::time::timeout(SILENCE_LIMIT, stream.message())
@@ -149,13 +129,10 @@ impl Syncer {
                     .map(consent_from_proto)
                     .collect::<Result<Vec<_>, _>>()?;
                 self.apply_snapshot(s.version, entries, consents).await?;
-                self.status.send_modify(|st| st.version = s.version);
             }
             Some(sync_message::Message::Changes(c)) => {
                 for change in c.changes {
-                    let version = change.version;
                     self.apply_change(change).await?;
-                    self.status.send_modify(|st| st.version = version);
                 }
             }
             Some(sync_message::Message::Heartbeat(_)) | None => {}
@@ -256,7 +233,11 @@ impl Syncer {
             .await
             .map_err(|e| SyncError::Tasks(e.to_string()))?;
         if let Some((_, ended)) = ended {
-            tracing::info!(consent = id, ended_tasks = ended.len(), "consent withdrawn at the server");
+            tracing::info!(
+                consent = id,
+                ended_tasks = ended.len(),
+                "consent withdrawn at the server"
+            );
         }
         Ok(())
     }

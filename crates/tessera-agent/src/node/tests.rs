@@ -210,17 +210,23 @@ async fn fixture(presented_id: &str) -> Fixture {
     for der in &root.bundle().certs {
         roots.add(CertificateDer::from(der.clone())).unwrap();
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .unwrap();
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_client_cert_verifier(verifier)
         .with_single_cert(
-            own.chain_der.iter().cloned().map(CertificateDer::from).collect(),
+            own.chain_der
+                .iter()
+                .cloned()
+                .map(CertificateDer::from)
+                .collect(),
             rustls::pki_types::PrivateKeyDer::Pkcs8(own.key_pkcs8_der.to_vec().into()),
         )
         .unwrap();
@@ -308,15 +314,16 @@ async fn first_start_attests_and_a_restart_reuses_the_saved_credentials() {
     assert_eq!(svid.chain_der.len(), 2);
     assert_eq!(svid.issuer_node.as_ref(), Some(link.node()));
     // ... and refuses what a node CA may not sign.
-    assert!(link
-        .authority()
-        .issue(&SvidSpec {
-            spiffe_id: "spiffe://cluster.test/mcp/github",
-            ttl: Duration::from_secs(60),
-            not_after_cap: None,
-            claims: None,
-        })
-        .is_err());
+    assert!(
+        link.authority()
+            .issue(&SvidSpec {
+                spiffe_id: "spiffe://cluster.test/mcp/github",
+                ttl: Duration::from_secs(60),
+                not_after_cap: None,
+                claims: None,
+            })
+            .is_err()
+    );
     let file = NodeState::path(&f.data_dir.join("node"));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
