@@ -297,6 +297,18 @@ async fn registrations_made_once_at_the_server_work_on_every_agent() {
         .await
         .unwrap()
         .into_inner();
+    // An MCP server entry too: its SVID comes from the server's root through
+    // SignServerSvid (a node CA may not sign it), and the agent serves it.
+    r1.admin()
+        .await
+        .create_entry(CreateEntryRequest {
+            client: String::new(),
+            selectors: vec![format!("unix:uid:{}", nix::unistd::geteuid())],
+            svid_ttl_secs: 0,
+            server: "github".into(),
+        })
+        .await
+        .unwrap();
     let consent = r1.grant(&["github/tool/get_*"]).await;
     for agent in [&a, &b, &c] {
         until(
@@ -312,6 +324,17 @@ async fn registrations_made_once_at_the_server_work_on_every_agent() {
         )
         .await;
     }
+
+    until(
+        "agent A holds the server SVID",
+        Duration::from_secs(10),
+        || async {
+            a.log_text()
+                .lines()
+                .any(|l| l.contains("issued SVID") && l.contains("spiffe://e2e.test/mcp/github"))
+        },
+    )
+    .await;
 
     // BeginTask works on agent A and on agent C, under the server's consent id.
     let on_a = begin(&a, begin_req(&["github/tool/get_pull_request"])).await;

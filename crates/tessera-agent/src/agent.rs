@@ -120,11 +120,12 @@ pub async fn run(
         .context("opening the JWT signing keys")?,
     );
 
-    let cache = SvidCache::new(
+    let cache = SvidCache::with_server_signer(
         Arc::clone(&authority),
         store.clone(),
         config.client_svid_ttl,
         Arc::clone(&metrics),
+        node.clone(),
     )
     .await
     .context("issuing SVIDs for registered entries")?;

@@ -18,10 +18,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tessera_authority::{Authority, AuthorityError, NodeCaKey};
+use tessera_authority::{Authority, AuthorityError, IssuedSvid, NodeCaKey};
 use tessera_identity::{NodeId, TrustDomain};
 use tessera_proto::tessera::v1::node_client::NodeClient;
-use tessera_proto::tessera::v1::{AttestRequest, NodeCredentials, RenewRequest, attest_request};
+use tessera_proto::tessera::v1::{
+    AttestRequest, NodeCredentials, RenewRequest, SignServerSvidRequest, attest_request,
+};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -203,6 +205,61 @@ impl NodeLink {
     /// A client on the channel of the current node SVID.
     pub(crate) fn client(&self) -> NodeClient<Channel> {
         NodeClient::new(self.channel.borrow().clone())
+    }
+
+    /// An MCP server SVID for `server` (`spiffe://<td>/mcp/<server>`), signed by the
+    /// cluster's root through `SignServerSvid` for a key made here (the key never
+    /// leaves). The answer is checked: the leaf names exactly that server and certifies
+    /// that key.
+    pub(crate) async fn sign_server_svid(
+        &self,
+        server: &str,
+        ttl: Duration,
+    ) -> Result<IssuedSvid, NodeError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let key = NodeCaKey::generate()?;
+        let chain = self
+            .client()
+            .sign_server_svid(SignServerSvidRequest {
+                server: server.to_owned(),
+                public_key: key.public_key_der(),
+                ttl_secs: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
+            })
+            .await
+            .map_err(|status| NodeError::Refused {
+                rpc: "SignServerSvid",
+                status,
+            })?
+            .into_inner()
+            .svid_chain;
+        let expected = format!("{}/mcp/{server}", self.trust_domain.id_string());
+        let leaf = chain
+            .first()
+            .ok_or_else(|| NodeError::Invalid("an empty server SVID chain".into()))?;
+        let named = tls::only_uri_san(leaf).map_err(NodeError::Invalid)?;
+        if named != expected {
+            return Err(NodeError::Invalid(format!(
+                "a server SVID for {named:?}, asked for {expected:?}"
+            )));
+        }
+        let (_, cert) = X509Certificate::from_der(leaf)
+            .map_err(|e| NodeError::Invalid(format!("the server SVID: {e}")))?;
+        if cert.public_key().raw != key.public_key_der().as_slice() {
+            return Err(NodeError::Invalid(
+                "the server SVID certifies another key".into(),
+            ));
+        }
+        let validity = cert.validity();
+        let svid = IssuedSvid {
+            spiffe_id: named,
+            serial_hex: hex::encode(cert.raw_serial()),
+            not_before_unix: validity.not_before.timestamp(),
+            not_after_unix: validity.not_after.timestamp(),
+            chain_der: chain.clone(),
+            key_pkcs8_der: key.to_pkcs8_der(),
+            issuer_node: None,
+        };
+        Ok(svid)
     }
 
     /// When the current credentials are due for renewal, unix seconds.
