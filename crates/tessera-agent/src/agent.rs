@@ -125,7 +125,8 @@ pub async fn run(
         store.clone(),
         config.client_svid_ttl,
         Arc::clone(&metrics),
-        node.clone(),
+        node.clone()
+            .map(|n| n as Arc<dyn crate::svids::ServerSvidSigner>),
     )
     .await
     .context("issuing SVIDs for registered entries")?;

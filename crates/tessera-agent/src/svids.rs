@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use crate::attest::Needs;
 use crate::drain;
 use crate::metrics::Metrics;
-use crate::node::NodeLink;
 
 /// A registration entry with the client SVID it grants.
 #[derive(Debug)]
@@ -62,6 +61,18 @@ impl Snapshot {
     }
 }
 
+/// Signs MCP server SVIDs somewhere else than this agent's authority: in cluster mode
+/// the cluster's root does, through the node's link to the server (a node CA may not).
+/// A trait so the cache does not depend on how the node reaches its server.
+pub(crate) trait ServerSvidSigner: Send + Sync + std::fmt::Debug {
+    /// An SVID (and its key, made here) for `spiffe://<td>/mcp/<server>`, living `ttl`.
+    fn sign<'a>(
+        &'a self,
+        server: &'a str,
+        ttl: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<IssuedSvid>> + Send + 'a>>;
+}
+
 /// Keeps [`Snapshot`] current. Streams subscribe with [`SvidCache::subscribe`].
 #[derive(Debug)]
 pub(crate) struct SvidCache {
@@ -74,7 +85,7 @@ pub(crate) struct SvidCache {
     applied: watch::Sender<u64>,
     /// Cluster mode: MCP server SVIDs come from the server (`SignServerSvid`), since a
     /// node CA may not sign them; the key stays here.
-    server_signer: Option<Arc<NodeLink>>,
+    server_signer: Option<Arc<dyn ServerSvidSigner>>,
 }
 
 impl SvidCache {
@@ -96,7 +107,7 @@ impl SvidCache {
         store: Store,
         client_ttl: Duration,
         metrics: Arc<Metrics>,
-        server_signer: Option<Arc<NodeLink>>,
+        server_signer: Option<Arc<dyn ServerSvidSigner>>,
     ) -> anyhow::Result<Arc<SvidCache>> {
         let (tx, _) = watch::channel(Arc::new(Snapshot {
             entries: Vec::new(),
@@ -242,7 +253,7 @@ impl SvidCache {
             .unwrap_or(self.client_ttl);
         let id = spiffe_id.clone();
         let svid = match (&self.server_signer, entry.kind) {
-            (Some(link), EntryKind::Server) => link.sign_server_svid(&entry.client, ttl).await?,
+            (Some(signer), EntryKind::Server) => signer.sign(&entry.client, ttl).await?,
             _ => self.authority.issue_at(
                 &SvidSpec {
                     spiffe_id: &id,

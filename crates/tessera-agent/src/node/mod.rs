@@ -328,6 +328,17 @@ impl NodeLink {
     }
 }
 
+impl crate::svids::ServerSvidSigner for NodeLink {
+    fn sign<'a>(
+        &'a self,
+        server: &'a str,
+        ttl: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<IssuedSvid>> + Send + 'a>>
+    {
+        Box::pin(async move { Ok(self.sign_server_svid(server, ttl).await?) })
+    }
+}
+
 /// The channel authenticated with `state`'s node SVID, pinned to the roots of the
 /// bundle the server returned (which verified under the configured ones at first
 /// contact).
