@@ -25,6 +25,11 @@ Examples:
 The token is printed once and stored only as its SHA-256: give it to the node's agent
 (`join_token_file`) and keep it nowhere else.";
 
+const LIST_EXAMPLES: &str = "\
+Examples:
+  tessera --admin-socket /run/tessera-server/admin.sock node list
+  tessera --admin-socket /run/tessera-server/admin.sock node list --output json | jq -r '.[].name'";
+
 const EVICT_EXAMPLES: &str = "\
 Examples:
   tessera --admin-socket /run/tessera-server/admin.sock node evict worker-7
@@ -36,9 +41,10 @@ is published as revoked. The name stays refused.";
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Join tokens: single-use secrets a node's agent attests with.
-    #[command(subcommand)]
+    #[command(subcommand, after_long_help = TOKEN_EXAMPLES)]
     Token(TokenCommand),
     /// List the cluster's nodes (active and evicted).
+    #[command(after_long_help = LIST_EXAMPLES)]
     List,
     /// Evict a node: no more renewals, its node CA published as revoked.
     #[command(after_long_help = EVICT_EXAMPLES)]

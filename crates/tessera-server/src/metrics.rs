@@ -17,6 +17,15 @@ struct AdminCallLabel {
     access: &'static str,
 }
 
+/// Labels of a Node API call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeCallLabel {
+    /// The RPC's name.
+    rpc: &'static str,
+    /// The gRPC status: `Ok`, `PermissionDenied`…
+    code: String,
+}
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -28,6 +37,8 @@ pub(crate) struct Metrics {
     consents: Gauge,
     nodes: Gauge,
     pruned_changes: Counter,
+    node_calls: Family<NodeCallLabel, Counter>,
+    sync_streams: Gauge,
 }
 
 impl Default for Metrics {
@@ -42,7 +53,19 @@ impl Default for Metrics {
             consents: Gauge::default(),
             nodes: Gauge::default(),
             pruned_changes: Counter::default(),
+            node_calls: Family::default(),
+            sync_streams: Gauge::default(),
         };
+        registry.register(
+            "node_calls",
+            "Node API calls, by RPC and gRPC status (Sync: when the stream starts)",
+            metrics.node_calls.clone(),
+        );
+        registry.register(
+            "sync_streams",
+            "Sync streams open on this replica",
+            metrics.sync_streams.clone(),
+        );
         registry.register(
             "admin_calls",
             "Admin API calls, by RPC and whether the caller was allowed",
@@ -90,6 +113,22 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a Node API call by its outcome.
+    pub(crate) fn node_call(&self, rpc: &'static str, code: tonic::Code) {
+        self.node_calls
+            .get_or_create(&NodeCallLabel {
+                rpc,
+                code: format!("{code:?}"),
+            })
+            .inc();
+    }
+
+    /// Counts a Sync stream open until the guard is dropped.
+    pub(crate) fn sync_stream(self: &std::sync::Arc<Self>) -> SyncStreamGuard {
+        self.sync_streams.inc();
+        SyncStreamGuard(std::sync::Arc::clone(self))
+    }
+
     /// Counts change log rows pruned.
     pub(crate) fn pruned_changes(&self, n: u64) {
         self.pruned_changes.inc_by(n);
@@ -110,5 +149,15 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// An open Sync stream, for the `sync_streams` gauge.
+#[derive(Debug)]
+pub(crate) struct SyncStreamGuard(std::sync::Arc<Metrics>);
+
+impl Drop for SyncStreamGuard {
+    fn drop(&mut self) {
+        self.0.sync_streams.dec();
     }
 }

@@ -100,7 +100,7 @@ pub async fn run(
         .add_service(ClusterAdminServer::new(admin_service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop.clone()));
     let node_server = match &ca {
-        Some(ca) => Some(serve_node_api(&config, &replica, ca, stop.clone()).await?),
+        Some(ca) => Some(serve_node_api(&config, &replica, ca, &metrics, stop.clone()).await?),
         None => None,
     };
     let pruner = tokio::spawn(prune(
@@ -141,6 +141,7 @@ async fn serve_node_api(
     config: &Config,
     replica: &Arc<Replica>,
     ca: &Arc<ServerCa>,
+    metrics: &Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
     let listener = tokio::net::TcpListener::bind(config.node_listen)
@@ -156,6 +157,7 @@ async fn serve_node_api(
         attestors,
         config.node_api.clone(),
         config.ca.server_svid_ttl,
+        Arc::clone(metrics),
     ))
     .max_decoding_message_size(crate::node_api::MAX_REQUEST_BYTES);
     tokio::spawn(Arc::clone(ca).renew(stop.clone()));

@@ -102,3 +102,41 @@ fn a_password_comes_from_an_owner_only_file_never_the_url() {
     assert!(!format!("{config:?}").contains("s3cret"));
     assert!(!config.to_toml().contains("s3cret"));
 }
+
+/// The Node API's keys: file, environment and flag, and out-of-range values refused.
+#[test]
+fn node_api_keys_layer_and_are_bounded() {
+    let file = "[ca]\ncert_file = \"/etc/ca.crt\"\nkey_file = \"/etc/ca.key\"\nnode_ca_ttl = \"12h\"\n\
+                [listen]\nnode = \"127.0.0.1:1\"\n[node_api]\nheartbeat_interval = \"2s\"\n";
+    let env = [
+        ("TESSERA_SERVER_LISTEN_NODE", "127.0.0.1:2"),
+        ("TESSERA_SERVER_NODE_API_SIGN_SERVER_SVID_PER_MINUTE", "5"),
+    ];
+    let flags = Flags {
+        node_listen: Some("127.0.0.1:3".parse().unwrap()),
+        ..Flags::default()
+    };
+    let config = load(Some(file), &env, &flags).unwrap();
+    assert_eq!(
+        config.ca.cert_file.as_deref(),
+        Some(Path::new("/etc/ca.crt"))
+    );
+    assert_eq!(config.ca.node_ca_ttl, Duration::from_secs(12 * 3600));
+    assert_eq!(config.node_listen.port(), 3);
+    assert_eq!(config.node_api.heartbeat_interval, Duration::from_secs(2));
+    assert_eq!(config.node_api.sign_server_svid_per_minute, 5);
+    let again = load(Some(&config.to_toml()), &[], &Flags::default()).unwrap();
+    assert_eq!(again.ca, config.ca);
+
+    let defaults = load(None, &[], &Flags::default()).unwrap();
+    assert_eq!(defaults.node_listen, "0.0.0.0:8081".parse().unwrap());
+    assert_eq!(defaults.node_api.heartbeat_interval, Duration::from_secs(1));
+    assert!(defaults.ca.cert_file.is_none());
+
+    let bad = "[ca]\ncert_file = \"/etc/ca.crt\"\nnode_ca_ttl = \"1m\"\n[node_api]\nheartbeat_interval = \"0s\"\n";
+    let err = load(Some(bad), &[], &Flags::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("ca.cert_file"), "{text}");
+    assert!(text.contains("ca.node_ca_ttl"), "{text}");
+    assert!(text.contains("node_api.heartbeat_interval"), "{text}");
+}

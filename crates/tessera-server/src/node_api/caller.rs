@@ -12,7 +12,7 @@ use crate::{NodeStatus, Replica};
 /// The active node a call comes from, or the status refusing it: UNAUTHENTICATED without
 /// a client certificate, PERMISSION_DENIED for one that is not an active node's SVID
 /// signed by the root itself.
-pub(crate) fn node_of<T>(
+pub(crate) async fn node_of<T>(
     req: &Request<T>,
     trust_domain: &TrustDomain,
     bundle: &[Vec<u8>],
@@ -46,8 +46,24 @@ pub(crate) fn node_of<T>(
             "a node SVID must be signed by the cluster root",
         ));
     }
-    match replica.state().nodes.get(node.name.as_str()) {
-        Some(n) if n.status == NodeStatus::Active => Ok(node),
+    let status = replica
+        .state()
+        .nodes
+        .get(node.name.as_str())
+        .map(|n| n.status);
+    let status = match status {
+        Some(status) => Some(status),
+        // Attested a moment ago through another replica, whose change this one has not
+        // applied yet: ask PostgreSQL. Only a root-signed node SVID gets this far.
+        None => replica
+            .store()
+            .get_node(node.name.as_str())
+            .await
+            .map_err(crate::admin::store_status)?
+            .map(|n| n.status),
+    };
+    match status {
+        Some(NodeStatus::Active) => Ok(node),
         Some(_) => Err(Status::permission_denied(format!(
             "node {} was evicted",
             node.name

@@ -26,10 +26,14 @@ use crate::admin::store_status;
 use crate::attest::{AttestError, Attestors};
 use crate::ca::ServerCa;
 use crate::config::NodeApiConfig;
+use crate::metrics::Metrics;
 use crate::{AttestationKind, EntryKind, MAX_ATTESTATION_EVIDENCE_LEN, Replica};
 
 /// Largest public key accepted (a P-256 SubjectPublicKeyInfo is 91 bytes).
 const MAX_PUBLIC_KEY_LEN: usize = 512;
+
+/// How long a credential answer waits for this replica's copy to hold the node's change.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// Audit kind written when the root signs an MCP server SVID for a node.
 const KIND_SERVER_SVID: &str = "node.server_svid";
@@ -48,6 +52,7 @@ pub(crate) struct NodeService {
     config: NodeApiConfig,
     server_svid_ttl: Duration,
     sign_limit: Arc<rate::PerNode>,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeService {
@@ -58,6 +63,7 @@ impl NodeService {
         attestors: Attestors,
         config: NodeApiConfig,
         server_svid_ttl: Duration,
+        metrics: Arc<Metrics>,
     ) -> NodeService {
         let trust_domain = ca.authority().trust_domain().clone();
         let sign_limit = Arc::new(rate::PerNode::per_minute(
@@ -71,11 +77,21 @@ impl NodeService {
             config,
             server_svid_ttl,
             sign_limit,
+            metrics,
         }
     }
 
-    fn caller<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
-        caller::node_of(req, &self.trust_domain, &self.ca.bundle(), &self.replica)
+    /// Counts a call's outcome.
+    fn counted<T>(&self, rpc: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.node_call(rpc, code);
+        result
+    }
+
+    async fn caller<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
+        caller::node_of(req, &self.trust_domain, &self.ca.bundle(), &self.replica).await
     }
 
     /// Signs a node SVID and a node CA for `node`'s two keys and records the CA, which
@@ -105,7 +121,8 @@ impl NodeService {
                 svid_key,
             )
             .map_err(authority_status)?;
-        self.replica
+        let written = self
+            .replica
             .store()
             .record_node_ca(
                 node.name.as_str(),
@@ -120,6 +137,10 @@ impl NodeService {
                 }
                 e => store_status(e),
             })?;
+        // The node's next call may well come right back here: let this replica's copy
+        // hold it first (bounded; the caller check falls back to PostgreSQL anyway).
+        let _ =
+            tokio::time::timeout(APPLY_WAIT, self.replica.wait_for_version(written.version)).await;
         tracing::info!(node = %node.name, ca_serial = node_ca.serial_hex, svid_serial = svid.serial_hex, "node credentials issued");
         Ok(pb::NodeCredentials {
             node_id,
@@ -131,9 +152,10 @@ impl NodeService {
     }
 }
 
-#[tonic::async_trait]
-impl NodeRpc for NodeService {
-    async fn attest(
+// === impl NodeService: the RPCs ===
+
+impl NodeService {
+    async fn attest_inner(
         &self,
         request: Request<pb::AttestRequest>,
     ) -> Result<Response<pb::AttestResponse>, Status> {
@@ -199,12 +221,11 @@ impl NodeRpc for NodeService {
             credentials: Some(credentials),
         }))
     }
-
-    async fn renew(
+    async fn renew_inner(
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        let node = self.caller(&request)?;
+        let node = self.caller(&request).await?;
         let r = request.into_inner();
         check_public_key("node_svid_public_key", &r.node_svid_public_key)?;
         check_public_key("node_ca_public_key", &r.node_ca_public_key)?;
@@ -215,12 +236,11 @@ impl NodeRpc for NodeService {
             credentials: Some(credentials),
         }))
     }
-
-    async fn sign_server_svid(
+    async fn sign_server_svid_inner(
         &self,
         request: Request<pb::SignServerSvidRequest>,
     ) -> Result<Response<pb::SignServerSvidResponse>, Status> {
-        let node = self.caller(&request)?;
+        let node = self.caller(&request).await?;
         let r = request.into_inner();
         if !self.sign_limit.take(node.name.as_str()) {
             return Err(Status::resource_exhausted(format!(
@@ -279,6 +299,33 @@ impl NodeRpc for NodeService {
             svid_chain: svid.chain_der,
         }))
     }
+}
+
+#[tonic::async_trait]
+impl NodeRpc for NodeService {
+    async fn attest(
+        &self,
+        request: Request<pb::AttestRequest>,
+    ) -> Result<Response<pb::AttestResponse>, Status> {
+        let result = self.attest_inner(request).await;
+        self.counted("Attest", result)
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let result = self.renew_inner(request).await;
+        self.counted("Renew", result)
+    }
+
+    async fn sign_server_svid(
+        &self,
+        request: Request<pb::SignServerSvidRequest>,
+    ) -> Result<Response<pb::SignServerSvidResponse>, Status> {
+        let result = self.sign_server_svid_inner(request).await;
+        self.counted("SignServerSvid", result)
+    }
 
     type SyncStream = sync::SyncStream;
 
@@ -286,7 +333,7 @@ impl NodeRpc for NodeService {
         &self,
         request: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let node = self.caller(&request)?;
+        let node = self.counted("Sync", self.caller(&request).await)?;
         let since = request.into_inner().since_version;
         if since < 0 {
             return Err(Status::invalid_argument(
@@ -299,6 +346,7 @@ impl NodeRpc for NodeService {
             node,
             since,
             self.config.heartbeat_interval,
+            self.metrics.sync_stream(),
         )))
     }
 }

@@ -5,8 +5,8 @@
 //! Each stream follows the replica's broadcast ([`Replica::subscribe`]), so a change costs
 //! no query per node; a stream that falls behind the broadcast (a slow node) starts over
 //! from the replica's copy with a snapshot, and never holds back the others. Messages are
-//! kept under [`MAX_MESSAGE_BYTES`]: a large snapshot goes out as a `Snapshot` with the
-//! first records, then `Changes` at the snapshot's version carrying the rest as puts.
+//! kept under [`MAX_MESSAGE_BYTES`]: a large snapshot goes out as several `Snapshot`
+//! messages of one version, all but the last marked `more`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +28,9 @@ use crate::{
 /// Largest message a stream sends (encoded), well under gRPC's common 4 MiB default.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// How long a stream waits for this replica to reach a node's version that is ahead of it.
+const AHEAD_WAIT: Duration = Duration::from_secs(5);
+
 /// Messages buffered per stream; a node slower than this only slows its own producer.
 const STREAM_BUFFER: usize = 8;
 
@@ -42,6 +45,7 @@ pub(crate) fn start(
     node: NodeId,
     since: i64,
     heartbeat: Duration,
+    open: crate::metrics::SyncStreamGuard,
 ) -> SyncStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let producer = Producer {
@@ -50,6 +54,7 @@ pub(crate) fn start(
         node,
         tx,
         sent: since,
+        _open: open,
     };
     tokio::spawn(producer.run(heartbeat));
     Box::pin(ReceiverStream::new(rx))
@@ -62,6 +67,7 @@ struct Producer {
     tx: mpsc::Sender<Result<pb::SyncMessage, Status>>,
     /// The version the node holds once it has applied what was sent.
     sent: i64,
+    _open: crate::metrics::SyncStreamGuard,
 }
 
 /// Why a producer stops: the node went away, or it was evicted (told so).
@@ -121,7 +127,15 @@ impl Producer {
     /// Brings the node from `sent` to the replica's version: nothing if it is there,
     /// the changes in between if the log still has them, else a snapshot.
     async fn catch_up(&mut self) -> Result<(), Stop> {
-        let state = self.replica.state();
+        let mut state = self.replica.state();
+        if self.sent > state.version {
+            // The node was served by a replica further along: let this one catch up
+            // rather than move the node back. Still behind after that, the node's
+            // version is not the database's (restored from a backup): a snapshot.
+            state = tokio::time::timeout(AHEAD_WAIT, self.replica.wait_for_version(self.sent))
+                .await
+                .unwrap_or_else(|_| self.replica.state());
+        }
         self.check_node(&state).await?;
         if self.sent == state.version {
             return self.heartbeat().await;
@@ -164,51 +178,10 @@ impl Producer {
     }
 
     async fn snapshot(&mut self, state: &ReplicaState) -> Result<(), Stop> {
-        let version = state.version;
-        let mut puts: Vec<pb::change::Change> = Vec::new();
-        puts.extend(
-            state.entries.values().map(|e| {
-                pb::change::Change::EntryPut(entry_to_proto(&self.trust_domain, e.clone()))
-            }),
-        );
-        puts.extend(
-            state
-                .consents
-                .values()
-                .map(|c| pb::change::Change::ConsentPut(consent_to_proto(c.clone()))),
-        );
-        puts.extend(
-            state
-                .nodes
-                .values()
-                .map(|n| pb::change::Change::NodePut(node_to_proto(n))),
-        );
-        let mut snapshot = pb::Snapshot {
-            version,
-            ..Default::default()
-        };
-        let mut rest = puts.into_iter().peekable();
-        while let Some(put) = rest.peek() {
-            if snapshot.encoded_len() + put_len(put) > MAX_MESSAGE_BYTES && !is_empty(&snapshot) {
-                break;
-            }
-            match rest.next().expect("peeked") {
-                pb::change::Change::EntryPut(e) => snapshot.entries.push(e),
-                pb::change::Change::ConsentPut(c) => snapshot.consents.push(c),
-                pb::change::Change::NodePut(n) => snapshot.nodes.push(n),
-                pb::change::Change::EntryDeleted(_) => {}
-            }
+        for message in snapshot_messages(&self.trust_domain, state, MAX_MESSAGE_BYTES) {
+            self.send(message).await?;
         }
-        self.send(pb::sync_message::Message::Snapshot(snapshot))
-            .await?;
-        let rest: Vec<pb::Change> = rest
-            .map(|change| pb::Change {
-                version,
-                change: Some(change),
-            })
-            .collect();
-        self.send_paged(version, rest).await?;
-        self.sent = version;
+        self.sent = state.version;
         Ok(())
     }
 
@@ -224,26 +197,13 @@ impl Producer {
         };
         // An eviction of this node ends its stream: check the copy as it now stands.
         self.check_node(&self.replica.state()).await?;
-        self.send_paged(last, fresh).await?;
+        self.send_paged(fresh).await?;
         self.sent = last;
         Ok(())
     }
 
-    async fn send_paged(&self, last: i64, changes: Vec<pb::Change>) -> Result<(), Stop> {
-        let mut page = pb::Changes::default();
-        for change in changes {
-            let len = change.encoded_len() + 8;
-            if !page.changes.is_empty() && page.encoded_len() + len > MAX_MESSAGE_BYTES {
-                page.version = page.changes.last().map_or(last, |c| c.version);
-                self.send(pb::sync_message::Message::Changes(std::mem::take(
-                    &mut page,
-                )))
-                .await?;
-            }
-            page.changes.push(change);
-        }
-        if !page.changes.is_empty() {
-            page.version = page.changes.last().map_or(last, |c| c.version);
+    async fn send_paged(&self, changes: Vec<pb::Change>) -> Result<(), Stop> {
+        for page in pages(changes, MAX_MESSAGE_BYTES) {
             self.send(pb::sync_message::Message::Changes(page)).await?;
         }
         Ok(())
@@ -266,6 +226,73 @@ impl Producer {
             .await
             .map_err(|_| Stop)
     }
+}
+
+/// The messages of a snapshot of `state`: `Snapshot`s of the same version, each at most
+/// `max_bytes` encoded (unless one record alone is larger), all but the last with `more`.
+fn snapshot_messages(
+    td: &TrustDomain,
+    state: &ReplicaState,
+    max_bytes: usize,
+) -> Vec<pb::sync_message::Message> {
+    let puts = state
+        .entries
+        .values()
+        .map(|e| pb::change::Change::EntryPut(entry_to_proto(td, e.clone())))
+        .chain(
+            state
+                .consents
+                .values()
+                .map(|c| pb::change::Change::ConsentPut(consent_to_proto(c.clone()))),
+        )
+        .chain(
+            state
+                .nodes
+                .values()
+                .map(|n| pb::change::Change::NodePut(node_to_proto(n))),
+        );
+    let empty = || pb::Snapshot {
+        version: state.version,
+        ..Default::default()
+    };
+    let mut pages = Vec::new();
+    let mut page = empty();
+    for put in puts {
+        if !is_empty(&page) && page.encoded_len() + put_len(&put) > max_bytes {
+            page.more = true;
+            pages.push(std::mem::replace(&mut page, empty()));
+        }
+        match put {
+            pb::change::Change::EntryPut(e) => page.entries.push(e),
+            pb::change::Change::ConsentPut(c) => page.consents.push(c),
+            pb::change::Change::NodePut(n) => page.nodes.push(n),
+            pb::change::Change::EntryDeleted(_) => {}
+        }
+    }
+    pages.push(page);
+    pages
+        .into_iter()
+        .map(pb::sync_message::Message::Snapshot)
+        .collect()
+}
+
+/// `changes` in `Changes` messages of at most `max_bytes` encoded (unless one change
+/// alone is larger), each naming its last change's version.
+fn pages(changes: Vec<pb::Change>, max_bytes: usize) -> impl Iterator<Item = pb::Changes> {
+    let mut pages = Vec::new();
+    let mut page = pb::Changes::default();
+    for change in changes {
+        let len = change.encoded_len() + 8;
+        if !page.changes.is_empty() && page.encoded_len() + len > max_bytes {
+            pages.push(std::mem::take(&mut page));
+        }
+        page.version = change.version;
+        page.changes.push(change);
+    }
+    if !page.changes.is_empty() {
+        pages.push(page);
+    }
+    pages.into_iter()
 }
 
 fn is_empty(s: &pb::Snapshot) -> bool {
@@ -338,5 +365,69 @@ pub(crate) fn node_to_proto(n: &Node) -> pb::NodeRecord {
         ca_serial: n.ca_serial.clone().unwrap_or_default(),
         ca_not_after_unix: n.ca_not_after.unwrap_or(0),
         evicted_at_unix: n.evicted_at.unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(entries: usize) -> ReplicaState {
+        let mut state = ReplicaState {
+            version: 42,
+            ..Default::default()
+        };
+        for i in 0..entries {
+            let id = format!("{i:026}");
+            state.entries.insert(
+                id.clone(),
+                tessera_store::Entry {
+                    id,
+                    kind: tessera_store::EntryKind::Client,
+                    client: format!("client-{i}"),
+                    selectors: vec![
+                        format!("unix:uid:{i}"),
+                        format!("unix:sha256:{}", "a".repeat(64)),
+                    ],
+                    svid_ttl_secs: None,
+                    created_at: 1,
+                },
+            );
+        }
+        state
+    }
+
+    #[test]
+    fn a_large_snapshot_is_paged_under_the_bound_and_loses_nothing() {
+        let td: TrustDomain = "acme.corp".parse().unwrap();
+        let state = state(500);
+        let messages = snapshot_messages(&td, &state, 4096);
+        assert!(messages.len() > 2, "{} messages", messages.len());
+        let mut ids = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            let len = pb::SyncMessage {
+                message: Some(message.clone()),
+            }
+            .encoded_len();
+            assert!(len <= 4096 + 16, "message {i} is {len} bytes");
+            let pb::sync_message::Message::Snapshot(s) = message else {
+                panic!("message {i} is not a snapshot page");
+            };
+            assert_eq!(s.version, 42);
+            assert_eq!(s.more, i + 1 < messages.len(), "only the last page ends it");
+            ids.extend(s.entries.iter().map(|e| e.id.clone()));
+        }
+        assert_eq!(ids, state.entries.keys().cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_small_snapshot_is_one_message() {
+        let td: TrustDomain = "acme.corp".parse().unwrap();
+        let messages = snapshot_messages(&td, &state(3), MAX_MESSAGE_BYTES);
+        assert_eq!(messages.len(), 1);
+        let messages = snapshot_messages(&td, &state(0), MAX_MESSAGE_BYTES);
+        assert!(
+            matches!(&messages[..], [pb::sync_message::Message::Snapshot(s)] if s.version == 42 && s.entries.is_empty())
+        );
     }
 }
