@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tessera_identity::{ClientName, ServerName};
 use tessera_proto::tessera::v1::{
-    Change, Consent as ProtoConsent, Entry as ProtoEntry, SyncMessage, SyncRequest, change,
-    sync_message,
+    Change, Consent as ProtoConsent, Entry as ProtoEntry, Snapshot, SyncMessage, SyncRequest,
+    change, sync_message,
 };
 use tessera_store::{Consent, ConsentFilter, Entry, EntryKind, Store, StoreError, SyncBatch};
 
@@ -27,6 +27,10 @@ use crate::tasks::{EndReason, TaskManager};
 
 /// The actor named in the task ends and audit records sync causes.
 const ACTOR: &str = "tessera-server";
+
+/// Most entries and consents a snapshot may gather over its pages: memory the server's
+/// stream can make the agent hold before anything is applied.
+const MAX_SNAPSHOT_ITEMS: usize = 2_000_000;
 
 /// A stream that says nothing (not even a heartbeat) for this long is presumed dead and
 /// reopened: well above any heartbeat interval a server would choose.
@@ -100,6 +104,8 @@ impl Syncer {
             .map_err(|s| SyncError::Invalid(format!("an error opening Sync: {s}")))?
             .into_inner();
         tracing::info!(since, "syncing registrations from the server");
+        // Pages of a snapshot gathered so far; applied once the last arrives.
+        let mut pending: Option<Snapshot> = None;
         loop {
             let message = tokio::time::timeout(SILENCE_LIMIT, stream.message())
                 .await
@@ -108,16 +114,45 @@ impl Syncer {
             let Some(message) = message else {
                 return Ok(());
             };
-            self.apply(message).await?;
+            self.apply(message, &mut pending).await?;
             // A stream that delivers is a healthy one: the next break retries quickly.
             backoff.reset();
         }
     }
 
-    /// Applies one message of the stream.
-    pub(crate) async fn apply(&self, message: SyncMessage) -> Result<(), SyncError> {
+    /// Applies one message of the stream; snapshot pages wait in `pending` for the last.
+    pub(crate) async fn apply(
+        &self,
+        message: SyncMessage,
+        pending: &mut Option<Snapshot>,
+    ) -> Result<(), SyncError> {
         match message.message {
-            Some(sync_message::Message::Snapshot(s)) => {
+            Some(sync_message::Message::Snapshot(page)) => {
+                let more = page.more;
+                let s = match pending.take() {
+                    None => page,
+                    Some(mut s) if s.version == page.version => {
+                        s.entries.extend(page.entries);
+                        s.consents.extend(page.consents);
+                        s.nodes.extend(page.nodes);
+                        s
+                    }
+                    Some(s) => {
+                        return Err(SyncError::Invalid(format!(
+                            "a snapshot page of version {} within one of version {}",
+                            page.version, s.version
+                        )));
+                    }
+                };
+                if s.entries.len() + s.consents.len() > MAX_SNAPSHOT_ITEMS {
+                    return Err(SyncError::Invalid(format!(
+                        "a snapshot of more than {MAX_SNAPSHOT_ITEMS} entries and consents"
+                    )));
+                }
+                if more {
+                    *pending = Some(s);
+                    return Ok(());
+                }
                 let entries = s
                     .entries
                     .into_iter()
@@ -131,6 +166,9 @@ impl Syncer {
                 self.apply_snapshot(s.version, entries, consents).await?;
             }
             Some(sync_message::Message::Changes(c)) => {
+                if pending.is_some() {
+                    return Err(SyncError::Invalid("changes inside a paged snapshot".into()));
+                }
                 for change in c.changes {
                     self.apply_change(change).await?;
                 }
