@@ -30,6 +30,8 @@ pub(crate) struct AdminService {
     tasks: Arc<TaskManager>,
     authority: Arc<Authority>,
     allowed_uids: Arc<Vec<u32>>,
+    /// Cluster mode: the server that owns entries and consents (its address).
+    managed_by: Option<String>,
 }
 
 /// Most audit records returned in one page.
@@ -54,6 +56,25 @@ impl AdminService {
             tasks,
             authority,
             allowed_uids: Arc::new(allowed),
+            managed_by: None,
+        }
+    }
+
+    /// Cluster mode: entries and consents are the server's at `address`, and this
+    /// agent's copy follows it; writing them here is refused (reads still answer).
+    pub(crate) fn managed_by_server(mut self, address: String) -> Self {
+        self.managed_by = Some(address);
+        self
+    }
+
+    /// Refuses a registration write in cluster mode, naming where to make it.
+    fn refuse_in_cluster(&self, rpc: &str) -> Result<(), Status> {
+        match &self.managed_by {
+            None => Ok(()),
+            Some(server) => Err(Status::failed_precondition(format!(
+                "{rpc}: this agent is in cluster mode; entries and consents are managed at \
+                 the tessera-server ({server}) and reach every agent from there"
+            ))),
         }
     }
 
@@ -170,6 +191,7 @@ impl Admin for AdminService {
         req: Request<CreateEntryRequest>,
     ) -> Result<Response<Entry>, Status> {
         let actor = self.authorize("CreateEntry", &req)?;
+        self.refuse_in_cluster("CreateEntry")?;
         let r = req.into_inner();
         let (kind, name) = match (r.client.is_empty(), r.server.is_empty()) {
             (false, true) => {
@@ -244,6 +266,7 @@ impl Admin for AdminService {
         req: Request<DeleteEntryRequest>,
     ) -> Result<Response<DeleteEntryResponse>, Status> {
         let actor = self.authorize("DeleteEntry", &req)?;
+        self.refuse_in_cluster("DeleteEntry")?;
         let id = req.into_inner().id;
         let this = self.clone();
         // On a task of its own: once the entry is gone from the store, its client's
@@ -292,6 +315,7 @@ impl Admin for AdminService {
         req: Request<GrantConsentRequest>,
     ) -> Result<Response<Consent>, Status> {
         let actor = self.authorize("GrantConsent", &req)?;
+        self.refuse_in_cluster("GrantConsent")?;
         let r = req.into_inner();
         r.client
             .parse::<ClientName>()
@@ -393,6 +417,7 @@ impl Admin for AdminService {
         req: Request<WithdrawConsentRequest>,
     ) -> Result<Response<WithdrawConsentResponse>, Status> {
         let actor = self.authorize("WithdrawConsent", &req)?;
+        self.refuse_in_cluster("WithdrawConsent")?;
         let id = req.into_inner().id;
         match self
             .tasks

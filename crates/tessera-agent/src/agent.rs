@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::drain;
 use crate::http::{self, Health};
 use crate::metrics::{ADMIN_SOCKET_RPCS, Metrics, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
+use crate::node::{NodeLink, Syncer};
 use crate::retention;
 use crate::socket::{self, InConnSpanLayer};
 use crate::svids::SvidCache;
@@ -49,18 +50,64 @@ pub async fn run(
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     }
 
-    let authority = Arc::new(
-        Authority::open(AuthorityConfig {
-            trust_domain: trust_domain.clone(),
-            dir: config.data_dir.join("ca"),
-            mode: config.ca.mode.clone(),
-            rotation: RotationPolicy {
-                ca_ttl: config.ca.ttl,
-                max_svid_ttl: config.client_svid_ttl.max(config.task_svid_ttl),
-            },
-        })
-        .context("opening the signing authority")?,
-    );
+    let store = Store::open(&config.data_dir.join("tessera.db"))
+        .await
+        .context("opening the store")?;
+
+    let mut metrics = Metrics::default();
+    metrics.observe_store(store.clone());
+    let metrics = Arc::new(metrics);
+    let (drain_trigger, drain) = drain::channel();
+
+    // Health first: in cluster mode joining can wait on the server, and `/readyz` says
+    // not ready until it has.
+    let health = Health::new(Arc::clone(&metrics));
+    let (http_addr, http_fut) = http::serve(
+        config.http_listen,
+        Arc::clone(&health),
+        drain.clone().into_signal(),
+    )
+    .await?;
+    tokio::spawn(drain.clone().track(http_fut));
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (authority, node) = match &config.server {
+        Some(server) => {
+            let join = NodeLink::join(
+                server.clone(),
+                &config.data_dir,
+                trust_domain.clone(),
+                &drain,
+            );
+            let link = tokio::select! {
+                link = join => link.context("joining the cluster")?,
+                () = &mut shutdown => {
+                    tracing::info!("shut down before joining the cluster");
+                    drain_trigger.drain(DRAIN_DEADLINE).await;
+                    store.close().await;
+                    return Ok(());
+                }
+            };
+            tokio::spawn(Arc::clone(&link).run_renewal(drain.clone()));
+            (link.authority(), Some(link))
+        }
+        None => (
+            Arc::new(
+                Authority::open(AuthorityConfig {
+                    trust_domain: trust_domain.clone(),
+                    dir: config.data_dir.join("ca"),
+                    mode: config.ca.mode.clone(),
+                    rotation: RotationPolicy {
+                        ca_ttl: config.ca.ttl,
+                        max_svid_ttl: config.client_svid_ttl.max(config.task_svid_ttl),
+                    },
+                })
+                .context("opening the signing authority")?,
+            ),
+            None,
+        ),
+    };
+    metrics.ca_not_after.set(authority.active_ca_not_after());
     let jwt_authority = Arc::new(
         JwtAuthority::open(
             trust_domain.clone(),
@@ -72,21 +119,14 @@ pub async fn run(
         )
         .context("opening the JWT signing keys")?,
     );
-    let store = Store::open(&config.data_dir.join("tessera.db"))
-        .await
-        .context("opening the store")?;
 
-    let mut metrics = Metrics::default();
-    metrics.observe_store(store.clone());
-    let metrics = Arc::new(metrics);
-    metrics.ca_not_after.set(authority.active_ca_not_after());
-    let (drain_trigger, drain) = drain::channel();
-
-    let cache = SvidCache::new(
+    let cache = SvidCache::with_server_signer(
         Arc::clone(&authority),
         store.clone(),
         config.client_svid_ttl,
         Arc::clone(&metrics),
+        node.clone()
+            .map(|n| n as Arc<dyn crate::svids::ServerSvidSigner>),
     )
     .await
     .context("issuing SVIDs for registered entries")?;
@@ -130,15 +170,6 @@ pub async fn run(
         ));
     }
 
-    let health = Health::new(Arc::clone(&metrics));
-    let (http_addr, http_fut) = http::serve(
-        config.http_listen,
-        Arc::clone(&health),
-        drain.clone().into_signal(),
-    )
-    .await?;
-    tokio::spawn(drain.clone().track(http_fut));
-
     let workload_listener = socket::bind(&config.workload_socket, 0o777)?;
     let admin_listener = socket::bind(&config.admin_socket, 0o600)?;
 
@@ -181,14 +212,24 @@ pub async fn run(
         config.revocation_max_watchers_per_identity,
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin = AdminServer::new(AdminService::new(
+    let mut admin_service = AdminService::new(
         store.clone(),
         Arc::clone(&cache),
         Arc::clone(&tasks),
         Arc::clone(&authority),
         &config.admin_uids,
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    );
+    if let Some(link) = &node {
+        admin_service = admin_service.managed_by_server(link.server_address().to_string());
+        let syncer = Syncer::new(
+            Arc::clone(link),
+            store.clone(),
+            Arc::clone(&cache),
+            Arc::clone(&tasks),
+        );
+        tokio::spawn(syncer.run(drain.clone()));
+    }
+    let admin = AdminServer::new(admin_service).max_decoding_message_size(MAX_REQUEST_BYTES);
 
     let workload_task = tokio::spawn(
         tonic::transport::Server::builder()
@@ -229,6 +270,7 @@ pub async fn run(
     health.set_ready(true);
     tracing::info!(
         trust_domain = %trust_domain,
+        node = node.as_ref().map(|n| n.node().to_string()),
         workload_socket = %config.workload_socket.display(),
         admin_socket = %config.admin_socket.display(),
         http = %http_addr,

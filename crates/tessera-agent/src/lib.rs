@@ -15,6 +15,7 @@
 //! * `workload`: the SPIFFE Workload API.
 //! * `svids`: the SVID cache: client SVIDs per entry, rotated, republished on change.
 //! * `tasks`: the Tasks API, task lifecycle, consent checks and the revocation feed.
+//! * `node`: cluster mode: node attestation, the node CA, renewal, mTLS to the server.
 //! * `admin`: the Admin API on the admin socket.
 //! * `audit_log`: the optional JSON-lines audit sink.
 //! * `retention`: deleting ended tasks and audit records past their age.
@@ -40,6 +41,7 @@ mod http;
 mod jwt_keys;
 pub mod logging;
 mod metrics;
+mod node;
 mod retention;
 mod socket;
 mod status;

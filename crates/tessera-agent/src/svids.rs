@@ -61,6 +61,18 @@ impl Snapshot {
     }
 }
 
+/// Signs MCP server SVIDs somewhere else than this agent's authority: in cluster mode
+/// the cluster's root does, through the node's link to the server (a node CA may not).
+/// A trait so the cache does not depend on how the node reaches its server.
+pub(crate) trait ServerSvidSigner: Send + Sync + std::fmt::Debug {
+    /// An SVID (and its key, made here) for `spiffe://<td>/mcp/<server>`, living `ttl`.
+    fn sign<'a>(
+        &'a self,
+        server: &'a str,
+        ttl: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<IssuedSvid>> + Send + 'a>>;
+}
+
 /// Keeps [`Snapshot`] current. Streams subscribe with [`SvidCache::subscribe`].
 #[derive(Debug)]
 pub(crate) struct SvidCache {
@@ -71,15 +83,31 @@ pub(crate) struct SvidCache {
     tx: watch::Sender<Arc<Snapshot>>,
     /// The store's entries revision the published snapshot reflects.
     applied: watch::Sender<u64>,
+    /// Cluster mode: MCP server SVIDs come from the server (`SignServerSvid`), since a
+    /// node CA may not sign them; the key stays here.
+    server_signer: Option<Arc<dyn ServerSvidSigner>>,
 }
 
 impl SvidCache {
     /// Loads entries and issues their SVIDs.
+    #[cfg(test)]
     pub(crate) async fn new(
         authority: Arc<Authority>,
         store: Store,
         client_ttl: Duration,
         metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<SvidCache>> {
+        Self::with_server_signer(authority, store, client_ttl, metrics, None).await
+    }
+
+    /// [`SvidCache::new`], with server SVIDs signed by the cluster's server through
+    /// `server_signer` when given.
+    pub(crate) async fn with_server_signer(
+        authority: Arc<Authority>,
+        store: Store,
+        client_ttl: Duration,
+        metrics: Arc<Metrics>,
+        server_signer: Option<Arc<dyn ServerSvidSigner>>,
     ) -> anyhow::Result<Arc<SvidCache>> {
         let (tx, _) = watch::channel(Arc::new(Snapshot {
             entries: Vec::new(),
@@ -93,6 +121,7 @@ impl SvidCache {
             metrics,
             tx,
             applied: watch::channel(0).0,
+            server_signer,
         });
         cache.reconcile(OffsetDateTime::now_utc()).await?;
         Ok(cache)
@@ -170,7 +199,7 @@ impl SvidCache {
                 // Keep a current SVID unless it is due or the signing CA changed.
                 Some(e) if e.rotate_at > t && !ca_changed => next.push(Arc::clone(e)),
                 _ => {
-                    next.push(Arc::new(self.issue(entry, now)?));
+                    next.push(Arc::new(self.issue(entry, now).await?));
                     changed = true;
                 }
             }
@@ -206,7 +235,7 @@ impl SvidCache {
             .is_ok_and(|r| r.is_ok())
     }
 
-    fn issue(&self, entry: Entry, now: OffsetDateTime) -> anyhow::Result<EntrySvid> {
+    async fn issue(&self, entry: Entry, now: OffsetDateTime) -> anyhow::Result<EntrySvid> {
         let td = self.authority.trust_domain().clone();
         let (spiffe_id, client_id) = match entry.kind {
             EntryKind::Client => {
@@ -223,15 +252,18 @@ impl SvidCache {
             .map(|s| Duration::from_secs(s.into()))
             .unwrap_or(self.client_ttl);
         let id = spiffe_id.clone();
-        let svid = self.authority.issue_at(
-            &SvidSpec {
-                spiffe_id: &id,
-                ttl,
-                not_after_cap: None,
-                claims: None,
-            },
-            now,
-        )?;
+        let svid = match (&self.server_signer, entry.kind) {
+            (Some(signer), EntryKind::Server) => signer.sign(&entry.client, ttl).await?,
+            _ => self.authority.issue_at(
+                &SvidSpec {
+                    spiffe_id: &id,
+                    ttl,
+                    not_after_cap: None,
+                    claims: None,
+                },
+                now,
+            )?,
+        };
         let kind = match entry.kind {
             EntryKind::Client => "client",
             EntryKind::Server => "server",

@@ -73,7 +73,7 @@ pub struct Entry {
 
 impl NewEntry {
     /// Checks the limits and returns the canonical (sorted, deduplicated) selector set.
-    fn validate(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn validate(&self) -> Result<Vec<String>, StoreError> {
         if self.client.is_empty() || self.client.len() > MAX_CLIENT_LEN {
             return Err(StoreError::Invalid(InvalidInput::Client {
                 len: self.client.len(),

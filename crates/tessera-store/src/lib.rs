@@ -22,6 +22,7 @@
 //!   checkpoints off the commit path.
 //! * `entry`, `consent`, `task`: registration entries; consent records; tasks, their
 //!   SVIDs and revocations.
+//! * `sync`: cluster mode's copy of the server's entries and consents, by version.
 //! * `sealed`: the guard holding new tasks off a consent being withdrawn.
 //! * `audit`, `audit_record`: the append-only audit log and one record of it.
 //! * `limits`, `validate`: every size limit, and the length checks against them.
@@ -41,6 +42,7 @@ mod migrate;
 mod row;
 mod sealed;
 mod store;
+mod sync;
 mod task;
 mod validate;
 mod writer;
@@ -58,6 +60,7 @@ pub use limits::{
 };
 pub use migrate::SCHEMA_VERSION;
 pub use store::{Store, WriterStats};
+pub use sync::{SyncApplied, SyncBatch};
 pub use task::{
     END_REASON_CONSENT_WITHDRAWN, EndOutcome, Revocation, SvidIssued, TaskFilter, TaskRecord,
 };

@@ -35,10 +35,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "retention",
         sql: include_str!("../migrations/0003_retention.sql"),
     },
+    Migration {
+        version: 4,
+        description: "sync",
+        sql: include_str!("../migrations/0004_sync.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
@@ -207,7 +212,7 @@ mod tests {
             .fetch_all(&store.inner.pool)
             .await
             .unwrap();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
 
         // Issuance order was the rowid: cc, aa, bb.
         let live = store.get_task(&task_id("t-live")).await.unwrap().unwrap();

@@ -467,6 +467,7 @@ mod tests {
                 "entries",
                 "revocations",
                 "schema_migrations",
+                "sync_state",
                 "task_svids",
                 "tasks"
             ]

@@ -163,6 +163,49 @@ pub(super) fn apply(layers: &mut Layers, env: &dyn Env) {
     if let Some(v) = l.text("TESSERA_KUBERNETES_CGROUP_ROOT", "kubernetes.cgroup_root") {
         l.layers.raw.kubernetes.cgroup_root = v.into();
     }
+
+    if let Some(v) = l.text("TESSERA_SERVER_ADDRESS", "server.address") {
+        l.layers.raw.server.address = v;
+    }
+    if let Some(v) = l.text("TESSERA_SERVER_ID", "server.server_id") {
+        l.layers.raw.server.server_id = v;
+    }
+    if let Some(v) = l.text("TESSERA_SERVER_BUNDLE_FILE", "server.bundle_file") {
+        l.layers.raw.server.bundle_file = (!v.is_empty()).then(|| v.into());
+    }
+    // The token's value must not end up in an error message: recorded as set, never
+    // echoed (`Origin::Env` prints values).
+    if let Some(v) = l.env.var("TESSERA_SERVER_JOIN_TOKEN") {
+        match v.into_string() {
+            Ok(v) => {
+                l.layers.set(
+                    "server.join_token",
+                    Origin::Env {
+                        var: "TESSERA_SERVER_JOIN_TOKEN",
+                        value: "<redacted>".into(),
+                    },
+                );
+                l.layers.raw.server.join_token = (!v.is_empty()).then_some(v);
+            }
+            Err(_) => l.refuse(
+                "TESSERA_SERVER_JOIN_TOKEN",
+                "<redacted>".into(),
+                "not valid UTF-8",
+            ),
+        }
+    }
+    if let Some(v) = l.text("TESSERA_SERVER_JOIN_TOKEN_FILE", "server.join_token_file") {
+        l.layers.raw.server.join_token_file = (!v.is_empty()).then(|| v.into());
+    }
+    if let Some(v) = l.text(
+        "TESSERA_SERVER_K8S_PSAT_TOKEN_FILE",
+        "server.k8s_psat_token_file",
+    ) {
+        l.layers.raw.server.k8s_psat_token_file = (!v.is_empty()).then(|| v.into());
+    }
+    if let Some(v) = l.text("TESSERA_SERVER_NODE_NAME", "server.node_name") {
+        l.layers.raw.server.node_name = v;
+    }
 }
 
 struct Reader<'a> {

@@ -91,6 +91,7 @@ pub(super) struct FileConfig {
     pub ca: FileCa,
     pub log: LogConfig,
     pub kubernetes: FileKubernetes,
+    pub server: FileServer,
 }
 
 /// `[ca]`.
@@ -113,6 +114,20 @@ pub(super) struct FileCa {
 pub(super) enum CaModeName {
     SelfSigned,
     Upstream,
+}
+
+/// `[server]`: cluster mode. Empty strings mean "unset" so every key has a TOML form
+/// (`print-config` writes them back).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileServer {
+    pub address: String,
+    pub server_id: String,
+    pub bundle_file: Option<PathBuf>,
+    pub join_token: Option<String>,
+    pub join_token_file: Option<PathBuf>,
+    pub k8s_psat_token_file: Option<PathBuf>,
+    pub node_name: String,
 }
 
 /// `[kubernetes]`.
@@ -160,6 +175,7 @@ impl Default for FileConfig {
             ca: FileCa::default(),
             log: LogConfig::default(),
             kubernetes: FileKubernetes::default(),
+            server: FileServer::default(),
         }
     }
 }

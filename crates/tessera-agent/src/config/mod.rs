@@ -9,6 +9,7 @@
 mod env;
 mod error;
 mod file;
+mod server;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,8 @@ pub use file::{
     DEFAULT_CGROUP_ROOT, DEFAULT_EXE_HASH_MAX_BYTES, DEFAULT_MAX_LIVE_PER_PROCESS,
     DEFAULT_MAX_WATCHERS_PER_IDENTITY, IN_CLUSTER_CA, IN_CLUSTER_TOKEN, LogConfig, LogFormat,
 };
+
+pub use server::{AttestProof, DEFAULT_SERVER_ID_PATH, ServerConfig};
 
 use crate::retention::Retention;
 use file::{CaModeName, FileCa, FileConfig, FileKubernetes, Layers};
@@ -85,6 +88,9 @@ pub struct Config {
     pub log: LogConfig,
     /// The Kubernetes workload attestor (`k8s:*` selectors); `None` unless enabled.
     pub kubernetes: Option<KubernetesConfig>,
+    /// Cluster mode: the tessera-server this agent joins; `None` for a standalone agent
+    /// (its own CA, entries and consents).
+    pub server: Option<ServerConfig>,
 }
 
 /// Where the CA comes from, and for how long a self-signed one lives.
@@ -334,6 +340,8 @@ impl Config {
             None
         };
 
+        let server = server::parse(&mut l, raw.server, trust_domain.as_ref());
+
         if let Some(e) = ConfigError::from_problems(std::mem::take(&mut l.problems)) {
             return Err(e);
         }
@@ -369,6 +377,7 @@ impl Config {
             } else {
                 None
             },
+            server,
         })
     }
 
@@ -432,6 +441,7 @@ impl Config {
             },
             log: self.log.clone(),
             kubernetes,
+            server: server::to_file(self.server.as_ref()),
         }
     }
 }

@@ -327,3 +327,85 @@ fn a_file_that_does_not_parse_does_not_hide_bad_variables() {
     assert_eq!(err.problems().len(), 2, "{err}");
     assert!(err.to_string().contains("TESSERA_LOG_FORMAT"), "{err}");
 }
+
+#[test]
+fn without_a_server_address_the_agent_is_standalone() {
+    assert!(Config::default().server.is_none());
+    // Other [server] keys alone do not switch cluster mode on.
+    let c = Config::from_toml("[server]\nnode_name = \"n1\"\n").unwrap();
+    assert!(c.server.is_none());
+}
+
+#[test]
+fn server_section_parses_with_defaults_from_the_trust_domain() {
+    let c = Config::from_toml(
+        "trust_domain = \"acme.corp\"\n[server]\naddress = \"tessera-server:8081\"\n\
+         bundle_file = \"/etc/tessera/root.pem\"\njoin_token_file = \"/etc/tessera/token\"\n\
+         node_name = \"node-a\"\n",
+    )
+    .unwrap();
+    let s = c.server.clone().unwrap();
+    assert_eq!(s.address.as_str(), "tessera-server:8081");
+    assert_eq!(s.server_id, "spiffe://acme.corp/tessera/server");
+    assert_eq!(s.node_name.as_str(), "node-a");
+    assert_eq!(
+        s.proof,
+        Some(AttestProof::JoinTokenFile("/etc/tessera/token".into()))
+    );
+    assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+}
+
+#[test]
+fn server_env_overrides_and_the_join_token_is_never_echoed() {
+    let vars = env(&[
+        ("TESSERA_SERVER_ADDRESS", "10.0.0.1:8081"),
+        ("TESSERA_SERVER_BUNDLE_FILE", "/b.pem"),
+        ("TESSERA_SERVER_JOIN_TOKEN", "s3cr3t-token"),
+        ("TESSERA_SERVER_NODE_NAME", "n2"),
+        ("TESSERA_SERVER_ID", "spiffe://tessera.local/tessera/server"),
+    ]);
+    let c = Config::from_toml_and_env("", &vars).unwrap();
+    let s = c.server.clone().unwrap();
+    assert_eq!(s.proof, Some(AttestProof::JoinToken("s3cr3t-token".into())));
+    assert!(!format!("{s:?}").contains("s3cr3t"));
+    assert!(!c.to_toml().contains("s3cr3t"));
+
+    // Two proofs at once are refused, naming where the token came from, not its value.
+    let both = env(&[
+        ("TESSERA_SERVER_ADDRESS", "10.0.0.1:8081"),
+        ("TESSERA_SERVER_BUNDLE_FILE", "/b.pem"),
+        ("TESSERA_SERVER_JOIN_TOKEN", "s3cr3t-token"),
+        ("TESSERA_SERVER_JOIN_TOKEN_FILE", "/t"),
+        ("TESSERA_SERVER_NODE_NAME", "n2"),
+    ]);
+    let err = Config::from_toml_and_env("", &both)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("TESSERA_SERVER_JOIN_TOKEN"), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
+}
+
+#[test]
+fn bad_server_settings_are_refused_together() {
+    let err = Config::from_toml(
+        "[server]\naddress = \"no-port\"\nserver_id = \"spiffe://other.td/tessera/server\"\n\
+         node_name = \"bad/name\"\n",
+    )
+    .unwrap_err();
+    let keys: Vec<String> = err
+        .problems()
+        .iter()
+        .map(|p| p.origin.to_string())
+        .collect();
+    for key in [
+        "server.address",
+        "server.server_id",
+        "server.bundle_file",
+        "server.node_name",
+    ] {
+        assert!(
+            keys.iter().any(|k| k.contains(key)),
+            "{key} not in {keys:?}"
+        );
+    }
+}
