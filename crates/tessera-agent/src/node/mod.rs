@@ -236,7 +236,7 @@ impl NodeLink {
         let leaf = chain
             .first()
             .ok_or_else(|| NodeError::Invalid("an empty server SVID chain".into()))?;
-        let named = tls::only_uri_san(leaf).map_err(NodeError::Invalid)?;
+        let named = tls::svid_spiffe_id(leaf).map_err(NodeError::Invalid)?;
         if named != expected {
             return Err(NodeError::Invalid(format!(
                 "a server SVID for {named:?}, asked for {expected:?}"

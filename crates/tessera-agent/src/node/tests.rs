@@ -96,7 +96,7 @@ impl Node for Double {
         let Some(PeerCerts(Some(leaf))) = request.extensions().get::<PeerCerts>().cloned() else {
             return Err(Status::unauthenticated("a node SVID is required"));
         };
-        let node: NodeId = tls::only_uri_san(&leaf)
+        let node: NodeId = tls::svid_spiffe_id(&leaf)
             .ok()
             .and_then(|id| id.parse().ok())
             .ok_or_else(|| Status::permission_denied("not a node SVID"))?;

@@ -51,7 +51,7 @@ impl ServerCertVerifier for PinnedServer {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = only_uri_san(end_entity.as_ref())
+        let presented = svid_spiffe_id(end_entity.as_ref())
             .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
         if presented != self.server_id {
             return Err(rustls::Error::General(format!(
@@ -105,23 +105,13 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
-/// The single URI SAN of a certificate (a SPIFFE SVID has exactly one).
-pub(super) fn only_uri_san(der: &[u8]) -> Result<String, String> {
-    use x509_parser::extensions::GeneralName;
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| e.to_string())?
-        .ok_or("no subject alternative name")?;
-    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
-        GeneralName::URI(u) => Some(*u),
-        _ => None,
-    });
-    match (uris.next(), uris.next()) {
-        (Some(u), None) => Ok(u.to_owned()),
-        _ => Err("not exactly one URI SAN".into()),
-    }
+/// The SPIFFE ID of an X.509-SVID leaf, after the project's profile checks (exactly one
+/// URI SAN, a valid SPIFFE ID, leaf constraints): the server's certificate and the
+/// certificates it signs for this node are held to the same rules as every other SVID.
+pub(super) fn svid_spiffe_id(der: &[u8]) -> Result<String, String> {
+    tessera_identity::check_leaf_svid(der)
+        .map(|leaf| leaf.spiffe_id)
+        .map_err(|e| e.to_string())
 }
 
 /// The client TLS configuration for the server: `roots` pinned, `server_id` expected,
