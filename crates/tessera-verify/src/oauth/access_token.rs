@@ -488,6 +488,8 @@ pub struct VerifiedAccessToken {
     peer: Arc<Peer>,
     scopes: Vec<Scope>,
     task_scopes: Vec<Scope>,
+    /// Some task scope is missing from the token's: only then can a call need a step-up.
+    narrower_than_task: bool,
     cnf: Option<CertThumbprint>,
     jti: String,
     exp_unix: i64,
@@ -504,6 +506,13 @@ impl VerifiedAccessToken {
     /// The token's scopes (within the task's).
     pub fn scopes(&self) -> &[Scope] {
         &self.scopes
+    }
+
+    /// Whether the token grants less than its task, decided once when it was verified.
+    /// The token's scopes are a subset of the task's (checked then), so "less" is "some
+    /// task scope is missing": only such a token can meet a call that needs a step-up.
+    pub fn narrower_than_task(&self) -> bool {
+        self.narrower_than_task
     }
 
     /// The task's signed scopes (what a client may step up to); empty for a client.
@@ -888,7 +897,9 @@ fn check_claims(
             ));
         }
     };
+    let narrower_than_task = task_scopes.iter().any(|t| !scopes.contains(t));
     Ok(VerifiedAccessToken {
+        narrower_than_task,
         peer: Arc::new(Peer::from_access_token(
             peer_subject,
             &claims.jti,

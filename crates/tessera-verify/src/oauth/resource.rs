@@ -296,7 +296,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // A token holding all of its task's scopes (the default grant) can never need a
         // step-up: its body is not read here, only by rmcp.
-        let Some(token) = token.filter(|t| req.method() == Method::POST && narrower_than_task(t))
+        let Some(token) = token.filter(|t| req.method() == Method::POST && t.narrower_than_task())
         else {
             return Box::pin(async move {
                 let resp = inner.call(req.map(Either::Left)).await?;
@@ -324,14 +324,6 @@ where
             Ok(resp.map(Either::Left))
         })
     }
-}
-
-/// Whether `token` grants less than its task: only then can a call be within the task's
-/// scopes but not the token's. The token's scopes are a subset of the task's (checked
-/// when it was verified), so "less" is "some task scope is missing".
-fn narrower_than_task(token: &VerifiedAccessToken) -> bool {
-    let held = token.scopes();
-    token.task_scopes().iter().any(|t| !held.contains(t))
 }
 
 // === impl Shared ===
