@@ -122,6 +122,28 @@ impl Node for Double {
     async fn sync(&self, _: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
         Err(Status::unimplemented("not in this stand-in"))
     }
+
+    async fn report_task_events(
+        &self,
+        _: Request<tessera_proto::tessera::v1::ReportTaskEventsRequest>,
+    ) -> Result<Response<tessera_proto::tessera::v1::ReportTaskEventsResponse>, Status> {
+        Err(Status::unimplemented("not in this stand-in"))
+    }
+
+    type FollowRevocationsStream = Pin<
+        Box<
+            dyn futures::Stream<Item = Result<tessera_proto::tessera::v1::RevocationUpdate, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    async fn follow_revocations(
+        &self,
+        _: Request<tessera_proto::tessera::v1::FollowRevocationsRequest>,
+    ) -> Result<Response<Self::FollowRevocationsStream>, Status> {
+        Err(Status::unimplemented("not in this stand-in"))
+    }
 }
 
 /// The client's verified leaf, as the connection saw it.

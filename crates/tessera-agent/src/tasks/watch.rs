@@ -204,6 +204,7 @@ fn to_proto(set: &RevokedSet, trust_domain: &str) -> RevocationSet {
                 reason: r.reason.clone(),
                 revoked_at_unix_ms: r.revoked_at_ms,
                 until_unix: r.until,
+                node: String::new(),
             })
             .collect(),
     }

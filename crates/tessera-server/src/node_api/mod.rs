@@ -349,6 +349,26 @@ impl NodeRpc for NodeService {
             self.metrics.sync_stream(),
         )))
     }
+
+    async fn report_task_events(
+        &self,
+        request: Request<pb::ReportTaskEventsRequest>,
+    ) -> Result<Response<pb::ReportTaskEventsResponse>, Status> {
+        self.counted("ReportTaskEvents", self.caller(&request).await)?;
+        Err(Status::unimplemented("ReportTaskEvents: not yet (issue 16)"))
+    }
+
+    type FollowRevocationsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::RevocationUpdate, Status>> + Send + 'static>,
+    >;
+
+    async fn follow_revocations(
+        &self,
+        request: Request<pb::FollowRevocationsRequest>,
+    ) -> Result<Response<Self::FollowRevocationsStream>, Status> {
+        self.counted("FollowRevocations", self.caller(&request).await)?;
+        Err(Status::unimplemented("FollowRevocations: not yet (issue 16)"))
+    }
 }
 
 /// Refuses anything but a DER SubjectPublicKeyInfo of an ECDSA P-256 key, before a

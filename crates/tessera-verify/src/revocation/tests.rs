@@ -57,6 +57,23 @@ impl Revocations for Feed {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+
+    type FollowStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<
+                    Item = Result<tessera_proto::tessera::v1::RevocationUpdate, tonic::Status>,
+                > + Send
+                + 'static,
+        >,
+    >;
+
+    // An agent from before Follow: the watcher falls back to Watch.
+    async fn follow(
+        &self,
+        _: tonic::Request<tessera_proto::tessera::v1::FollowRevocationsRequest>,
+    ) -> Result<tonic::Response<Self::FollowStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("Follow"))
+    }
 }
 
 struct TestServer {
@@ -111,6 +128,7 @@ fn set(version: u64, revoked: &[&str]) -> RevocationSet {
                 reason: "ended".into(),
                 revoked_at_unix_ms: 0,
                 until_unix: 0,
+                node: String::new(),
             })
             .collect(),
     }
