@@ -302,12 +302,39 @@ async fn both_protocol_generations_pass_and_a_header_that_disagrees_with_the_bod
 }
 
 #[tokio::test]
-async fn a_call_on_an_open_connection_after_end_task_is_refused() {
+async fn after_end_task_a_call_on_an_open_connection_is_refused_and_open_streams_close() {
     let gw = Gw::start().await;
     let (w, task, cred) = gw.begin(CONSENTED).await;
     let conn = gw.connect(&cred).await;
     let pr = || args(json!({"repo": "acme/api", "number": 42}));
     assert!(conn.call("get_pull_request", pr()).await.is_ok());
+    // A session's server-to-client stream, held open through the gateway.
+    let http = raw(&cred);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "gateway-test", "version": "1"}}});
+    let resp = http
+        .post(&gw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(init.to_string())
+        .send()
+        .await
+        .unwrap();
+    let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(resp.text().await);
+    let mut stream = http
+        .get(&gw.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let stream_end = tokio::spawn(async move {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    });
     w.end_task(&task.id).await.unwrap();
     // The revocation reaches the gateway through the agent's feed: wait for it (bounded).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -335,6 +362,11 @@ async fn a_call_on_an_open_connection_after_end_task_is_refused() {
         "{msg}"
     );
     assert!(!gw.upstream_saw("acme/after-end"));
+    // The open stream was ended by the gateway when the revocation arrived.
+    tokio::time::timeout(Duration::from_secs(10), stream_end)
+        .await
+        .expect("the revoked task's open stream is closed")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -422,6 +454,7 @@ async fn hostile_certificates_are_refused_at_the_tls_handshake() {
     let mut foreign_claims = leaf.claims.clone().unwrap();
     foreign_claims.client_id = "spiffe://evil.test/client/code-reviewer".parse().unwrap();
     foreign_claims.server = "spiffe://evil.test/mcp/github".parse().unwrap();
+    let foreign_id = task.spiffe_id.replace(TRUST_DOMAIN, "evil.test");
     let now = time::OffsetDateTime::now_utc();
     let good = || Leaf {
         claims_der: Some(claims_der.clone()),
@@ -440,7 +473,7 @@ async fn hostile_certificates_are_refused_at_the_tls_handshake() {
             "another trust domain",
             Leaf {
                 claims_der: Some(foreign_claims.to_der()),
-                ..Leaf::new(&task.spiffe_id.replace(TRUST_DOMAIN, "evil.test"), &evil)
+                ..Leaf::new(&foreign_id, &evil)
             },
         ),
         (
