@@ -207,9 +207,18 @@ impl ProxyRules {
                 let d = self.authz.check(peer, &req);
                 if !d.allowed {
                     return Err(match call_tool_denial(&d, &p.name, self.hide_denied_tools) {
-                        Ok(result) => Denial::Result(
-                            serde_json::to_value(result).expect("a CallToolResult serializes"),
-                        ),
+                        Ok(result) => {
+                            let mut v =
+                                serde_json::to_value(result).expect("a CallToolResult serializes");
+                            // rmcp writes `resultType` (SEP-2322) only for 2026-07-28 and
+                            // later, which a request declares in its `_meta`.
+                            if !declares_2026(params)
+                                && let Some(o) = v.as_object_mut()
+                            {
+                                o.remove("resultType");
+                            }
+                            Denial::Result(v)
+                        }
                         Err(e) => Denial::Error(e),
                     });
                 }
@@ -328,6 +337,16 @@ impl ProxyRules {
             Err(Denial::Error(decision_error(&d)))
         }
     }
+}
+
+/// Whether a request's `_meta` declares protocol 2026-07-28 or later (where results
+/// carry `resultType`).
+fn declares_2026(params: Option<&Value>) -> bool {
+    params
+        .and_then(|p| p.get("_meta"))
+        .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+        .and_then(Value::as_str)
+        .is_some_and(|v| v >= "2026-07-28")
 }
 
 /// `params` as rmcp's type for the method: what rmcp refuses as `-32602` for a linked
