@@ -124,8 +124,14 @@ async fn run() {
             }
         }
     }
-    println!("tools/call, {} calls each, sequential, release, same run:", rounds * per_round);
-    println!("{:<24} {:>10} {:>10} {:>10}", "target", "p50", "p99", "mean");
+    println!(
+        "tools/call, {} calls each, sequential, release, same run:",
+        rounds * per_round
+    );
+    println!(
+        "{:<24} {:>10} {:>10} {:>10}",
+        "target", "p50", "p99", "mean"
+    );
     let mut p = Vec::new();
     for (t, (name, _, _)) in targets.iter().enumerate() {
         let s = Samples(samples[t].clone());
@@ -172,7 +178,10 @@ async fn run() {
             t.await.unwrap();
         }
         let secs = start.elapsed().as_secs_f64();
-        println!("{name:<24} {:>8.0} calls/s ({inflight} in flight)", n as f64 / secs);
+        println!(
+            "{name:<24} {:>8.0} calls/s ({inflight} in flight)",
+            n as f64 / secs
+        );
     }
 
     // 1,000 open client streams through the checking gateway.
@@ -195,7 +204,10 @@ async fn run() {
             .send()
             .await
             .unwrap();
-        let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let session = resp.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         drop(resp.bytes().await);
         let stream = http
             .get(&gw.url)

@@ -263,7 +263,11 @@ impl GatewayConfig {
         }
         over!("TESSERA_GATEWAY_TRUST_DOMAIN", self.trust_domain, string);
         over!("TESSERA_GATEWAY_SERVER_NAME", self.server_name, string);
-        over!("TESSERA_GATEWAY_WORKLOAD_SOCKET", self.workload_socket, string);
+        over!(
+            "TESSERA_GATEWAY_WORKLOAD_SOCKET",
+            self.workload_socket,
+            string
+        );
         over!("TESSERA_GATEWAY_LISTEN", self.listen, parsed);
         over!("TESSERA_GATEWAY_OPS_LISTEN", self.ops_listen, some);
         over!("TESSERA_GATEWAY_POLICIES", self.policies, parsed);
@@ -272,13 +276,37 @@ impl GatewayConfig {
         over!("TESSERA_GATEWAY_UPSTREAM_HTTP", self.upstream.http, some);
         over!("TESSERA_GATEWAY_UPSTREAM_UNIX", self.upstream.unix, some);
         over!("TESSERA_GATEWAY_UPSTREAM_PATH", self.upstream.path, string);
-        over!("TESSERA_GATEWAY_MAX_REQUEST_BYTES", self.max_request_bytes, parsed);
-        over!("TESSERA_GATEWAY_MAX_RESPONSE_BYTES", self.max_response_bytes, parsed);
+        over!(
+            "TESSERA_GATEWAY_MAX_REQUEST_BYTES",
+            self.max_request_bytes,
+            parsed
+        );
+        over!(
+            "TESSERA_GATEWAY_MAX_RESPONSE_BYTES",
+            self.max_response_bytes,
+            parsed
+        );
         over!("TESSERA_GATEWAY_MAX_SESSIONS", self.max_sessions, some);
-        over!("TESSERA_GATEWAY_MAX_SESSIONS_PER_PEER", self.max_sessions_per_peer, some);
-        over!("TESSERA_GATEWAY_HIDE_DENIED_TOOLS", self.hide_denied_tools, parsed);
-        over!("TESSERA_GATEWAY_REVOCATION_STALENESS_SECS", self.revocation_staleness_secs, parsed);
-        over!("TESSERA_GATEWAY_READY_TIMEOUT_SECS", self.ready_timeout_secs, parsed);
+        over!(
+            "TESSERA_GATEWAY_MAX_SESSIONS_PER_PEER",
+            self.max_sessions_per_peer,
+            some
+        );
+        over!(
+            "TESSERA_GATEWAY_HIDE_DENIED_TOOLS",
+            self.hide_denied_tools,
+            parsed
+        );
+        over!(
+            "TESSERA_GATEWAY_REVOCATION_STALENESS_SECS",
+            self.revocation_staleness_secs,
+            parsed
+        );
+        over!(
+            "TESSERA_GATEWAY_READY_TIMEOUT_SECS",
+            self.ready_timeout_secs,
+            parsed
+        );
         over!(
             "TESSERA_GATEWAY_IDENTITY_HEADERS_TO_REMOTE",
             self.identity_headers_to_remote,
@@ -294,9 +322,9 @@ impl GatewayConfig {
         let u = &self.upstream;
         match (&u.http, &u.unix, &u.stdio) {
             (Some(url), None, None) => {
-                let uri: http::Uri = url.parse().map_err(|e| {
-                    ConfigError::Invalid(format!("upstream.http {url:?}: {e}"))
-                })?;
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|e| ConfigError::Invalid(format!("upstream.http {url:?}: {e}")))?;
                 if uri.scheme_str() != Some("http") || uri.host().is_none() {
                     return Err(ConfigError::Invalid(format!(
                         "upstream.http {url:?}: give an http://host:port/path URL (TLS to \
@@ -359,7 +387,10 @@ mod tests {
     fn two_upstreams_or_none_are_refused() {
         let both = "[upstream]\nhttp = \"http://127.0.0.1:1/mcp\"\nunix = \"/x.sock\"";
         assert!(matches!(load(both, &[]), Err(ConfigError::Invalid(_))));
-        assert!(matches!(load("[upstream]", &[]), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            load("[upstream]", &[]),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -372,7 +403,10 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_refused_not_ignored() {
-        let r = load("[upstream]\nhttp = \"http://127.0.0.1:1/\"\nhttps = \"x\"", &[]);
+        let r = load(
+            "[upstream]\nhttp = \"http://127.0.0.1:1/\"\nhttps = \"x\"",
+            &[],
+        );
         assert!(matches!(r, Err(ConfigError::Parse { .. })));
     }
 

@@ -169,7 +169,8 @@ async fn run(cfg: GatewayConfig, check_only: bool) -> anyhow::Result<()> {
                     .await
                     .context("starting the stdio upstream")?;
                 let probe = up.clone();
-                let ready: Probe = Arc::new(move || futures::future::ready(probe.is_ready()).boxed());
+                let ready: Probe =
+                    Arc::new(move || futures::future::ready(probe.is_ready()).boxed());
                 // Identity headers reach the bridge, never the child (it speaks stdio).
                 (up.service(), true, ready, Some(guard))
             }
@@ -242,7 +243,9 @@ async fn run(cfg: GatewayConfig, check_only: bool) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let count = ids.len();
             for id in ids {
-                let Ok(v) = http::HeaderValue::from_str(&id) else { continue };
+                let Ok(v) = http::HeaderValue::from_str(&id) else {
+                    continue;
+                };
                 let mut req = http::Request::new(axum::body::Body::empty());
                 *req.method_mut() = http::Method::DELETE;
                 req.headers_mut().insert("mcp-session-id", v);
@@ -259,7 +262,8 @@ async fn run(cfg: GatewayConfig, check_only: bool) -> anyhow::Result<()> {
     let ready: ops::ReadyCheck = {
         let (trust, revocations) = (trust.clone(), revocations.clone());
         Arc::new(move || {
-            let (trust, revocations, up) = (trust.clone(), revocations.clone(), ready_upstream.clone());
+            let (trust, revocations, up) =
+                (trust.clone(), revocations.clone(), ready_upstream.clone());
             async move {
                 if trust.current().is_none() {
                     return Err("no SVID".into());

@@ -94,7 +94,13 @@ mod tests {
         m.count(Outcome::Denied);
         m.count(Outcome::Forwarded);
         let text = m.encode();
-        assert!(text.contains("tessera_gateway_requests_total{outcome=\"denied\"} 2"), "{text}");
-        assert!(text.contains("tessera_gateway_requests_total{outcome=\"forwarded\"} 1"), "{text}");
+        assert!(
+            text.contains("tessera_gateway_requests_total{outcome=\"denied\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tessera_gateway_requests_total{outcome=\"forwarded\"} 1"),
+            "{text}"
+        );
     }
 }

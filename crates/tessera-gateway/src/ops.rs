@@ -31,7 +31,10 @@ pub async fn serve(
                 async move {
                     match ready().await {
                         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
                     }
                 }
             }),

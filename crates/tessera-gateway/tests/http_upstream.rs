@@ -7,11 +7,11 @@
 //! The upstream logs every request it receives (headers and body), so each test also
 //! checks what reached it: identity headers, never a credential, never a refused call.
 
+#[path = "support/gateway.rs"]
+mod gateway;
 #[path = "../../../tests/tests/support/mcp.rs"]
 #[allow(dead_code, unused_imports)]
 mod support;
-#[path = "support/gateway.rs"]
-mod gateway;
 
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,12 @@ async fn an_allowed_call_reaches_the_python_server_with_the_callers_identity_and
     for r in gw.upstream_requests() {
         assert!(r["headers"].get("authorization").is_none(), "{r}");
         assert!(r["headers"].get("cookie").is_none(), "{r}");
-        assert!(!r["body"].as_str().unwrap_or("").contains("not-for-the-upstream"));
+        assert!(
+            !r["body"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not-for-the-upstream")
+        );
     }
     // The ops listener: live, ready, and counting.
     let plain = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -172,7 +177,10 @@ async fn tools_list_is_filtered_in_sse_answers_of_a_session_and_json_answers_of_
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     drop(resp.text().await);
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
     let (status, ctype, body) = post(
@@ -190,9 +198,11 @@ async fn tools_list_is_filtered_in_sse_answers_of_a_session_and_json_answers_of_
     assert_eq!(tool_names(&json_of(&body)), ALLOWED_TOOLS, "{body}");
 
     // The upstream did list search_code: it is the gateway that took it out.
-    assert!(gw.upstream_requests().iter().any(|r| r["body"]
-        .as_str()
-        .is_some_and(|b| b.contains("tools/list"))));
+    assert!(
+        gw.upstream_requests()
+            .iter()
+            .any(|r| r["body"].as_str().is_some_and(|b| b.contains("tools/list")))
+    );
 
     // A 2026-07-28 stateless request: the Python server answers JSON.
     let (status, ctype, msg) = post2026(
@@ -227,16 +237,17 @@ async fn both_protocol_generations_pass_and_a_header_that_disagrees_with_the_bod
     let gw = Gw::start().await;
     let (_w, _task, cred) = gw.begin(CONSENTED).await;
     let http = raw(&cred);
-    let call = |name: &str, marker: &str| {
-        json!({"name": name, "arguments": {"repo": marker, "number": 1}})
-    };
+    let call = |name: &str, marker: &str| json!({"name": name, "arguments": {"repo": marker, "number": 1}});
     // 2026-07-28, headers agreeing with the body: passes.
     let (status, _, msg) = post2026(
         &http,
         &gw.url,
         "tools/call",
         call("get_pull_request", "acme/agreeing"),
-        &[("mcp-method", "tools/call"), ("mcp-name", "get_pull_request")],
+        &[
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "get_pull_request"),
+        ],
     )
     .await;
     assert_eq!(status, 200, "{msg}");
@@ -259,7 +270,10 @@ async fn both_protocol_generations_pass_and_a_header_that_disagrees_with_the_bod
         &gw.url,
         "tools/call",
         call("get_pull_request", "acme/method-mismatch"),
-        &[("mcp-method", "tools/list"), ("mcp-name", "get_pull_request")],
+        &[
+            ("mcp-method", "tools/list"),
+            ("mcp-name", "get_pull_request"),
+        ],
     )
     .await;
     assert_eq!((status, msg["error"]["code"].clone()), (400, json!(-32020)));
@@ -321,7 +335,10 @@ async fn after_end_task_a_call_on_an_open_connection_is_refused_and_open_streams
         .send()
         .await
         .unwrap();
-    let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     drop(resp.text().await);
     let mut stream = http
         .get(&gw.url)
@@ -332,9 +349,7 @@ async fn after_end_task_a_call_on_an_open_connection_is_refused_and_open_streams
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    let stream_end = tokio::spawn(async move {
-        while let Ok(Some(_)) = stream.chunk().await {}
-    });
+    let stream_end = tokio::spawn(async move { while let Ok(Some(_)) = stream.chunk().await {} });
     w.end_task(&task.id).await.unwrap();
     // The revocation reaches the gateway through the agent's feed: wait for it (bounded).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -430,16 +445,29 @@ async fn hostile_json_rpc_is_refused_clearly_and_never_reaches_the_upstream() {
         assert_eq!(status, want_status, "{what}: {text}");
         assert_eq!(msg["error"]["code"], json!(want_code), "{what}: {text}");
         assert!(
-            msg["error"]["message"].as_str().unwrap_or("").contains(want_text),
+            msg["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(want_text),
             "{what}: {text}"
         );
     }
-    for marker in ["acme/batch", "acme/no-id", "acme/huge", "acme/array", "acme/nameless"] {
+    for marker in [
+        "acme/batch",
+        "acme/no-id",
+        "acme/huge",
+        "acme/array",
+        "acme/nameless",
+    ] {
         assert!(!gw.upstream_saw(marker), "{marker} reached the upstream");
     }
     // The gateway still serves after all that.
     let conn = gw.connect(&cred).await;
-    assert!(conn.call("list_pulls", args(json!({"repo": "acme/api"}))).await.is_ok());
+    assert!(
+        conn.call("list_pulls", args(json!({"repo": "acme/api"})))
+            .await
+            .is_ok()
+    );
     conn.close().await;
 }
 
@@ -491,12 +519,20 @@ async fn hostile_certificates_are_refused_at_the_tls_handshake() {
         assert!(r.is_err(), "{what}: accepted");
     }
     // No client certificate at all.
-    let expected = format!("spiffe://{TRUST_DOMAIN}/mcp/github").parse().unwrap();
-    let mut anon = tessera_verify::tls::client_config_without_certificate(&expected, ca.bundle.clone()).unwrap();
+    let expected = format!("spiffe://{TRUST_DOMAIN}/mcp/github")
+        .parse()
+        .unwrap();
+    let mut anon =
+        tessera_verify::tls::client_config_without_certificate(&expected, ca.bundle.clone())
+            .unwrap();
     anon.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let r = McpConnection::connect(&gw.url, anon).await;
     assert!(r.is_err(), "no certificate: accepted");
     let log = gw.gateway.log_text();
     assert!(log.contains("TLS handshake refused"), "{log}");
-    assert_eq!(gw.upstream_requests().len(), before, "a refused handshake reached the upstream");
+    assert_eq!(
+        gw.upstream_requests().len(),
+        before,
+        "a refused handshake reached the upstream"
+    );
 }

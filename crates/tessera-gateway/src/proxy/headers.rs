@@ -61,9 +61,10 @@ pub fn check_standard_headers(
     }
     let expected = name_of(method, params);
     match (single(headers, "mcp-name")?, expected) {
-        (None, Some(_)) if required => {
-            Err(format!("missing required Mcp-Name header for `{}`", short(method)))
-        }
+        (None, Some(_)) if required => Err(format!(
+            "missing required Mcp-Name header for `{}`",
+            short(method)
+        )),
         (Some(raw), Some(expected)) => {
             let decoded = decode(raw).ok_or("Mcp-Name header is not valid Base64")?;
             if decoded != expected {
@@ -107,9 +108,14 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Str
 
 /// SEP-2243's `=?base64?…?=` form, or the value itself.
 fn decode(v: &str) -> Option<String> {
-    match v.strip_prefix("=?base64?").and_then(|i| i.strip_suffix("?=")) {
+    match v
+        .strip_prefix("=?base64?")
+        .and_then(|i| i.strip_suffix("?="))
+    {
         Some(inner) => {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(inner).ok()?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(inner)
+                .ok()?;
             String::from_utf8(bytes).ok()
         }
         None => Some(v.to_owned()),
@@ -146,7 +152,10 @@ pub fn upstream_request_headers(
 
 fn add_identity(out: &mut HeaderMap, peer: &Peer) {
     let put = |out: &mut HeaderMap, name: HeaderName, v: &str| {
-        out.insert(name, HeaderValue::from_str(&encode(v)).expect("encoded is visible ASCII"));
+        out.insert(
+            name,
+            HeaderValue::from_str(&encode(v)).expect("encoded is visible ASCII"),
+        );
     };
     if let Some(client) = peer.client() {
         put(out, TESSERA_CLIENT, &client.to_string());
@@ -204,17 +213,50 @@ mod tests {
     fn a_2026_request_needs_headers_that_agree_with_the_body() {
         let p = json!({"name": "get_pull_request"});
         let v = ("mcp-protocol-version", "2026-07-28");
-        let ok = headers(&[v, ("mcp-method", "tools/call"), ("mcp-name", "get_pull_request")]);
+        let ok = headers(&[
+            v,
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "get_pull_request"),
+        ]);
         assert!(check_standard_headers(&ok, "tools/call", Some(&p)).is_ok());
-        let b64 = headers(&[v, ("mcp-method", "tools/call"), ("mcp-name", "=?base64?Z2V0X3B1bGxfcmVxdWVzdA==?=")]);
+        let b64 = headers(&[
+            v,
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "=?base64?Z2V0X3B1bGxfcmVxdWVzdA==?="),
+        ]);
         assert!(check_standard_headers(&b64, "tools/call", Some(&p)).is_ok());
-        let other = headers(&[v, ("mcp-method", "tools/call"), ("mcp-name", "delete_branch")]);
-        assert!(check_standard_headers(&other, "tools/call", Some(&p)).unwrap_err().contains("does not match"));
-        let method = headers(&[v, ("mcp-method", "tools/list"), ("mcp-name", "get_pull_request")]);
+        let other = headers(&[
+            v,
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "delete_branch"),
+        ]);
+        assert!(
+            check_standard_headers(&other, "tools/call", Some(&p))
+                .unwrap_err()
+                .contains("does not match")
+        );
+        let method = headers(&[
+            v,
+            ("mcp-method", "tools/list"),
+            ("mcp-name", "get_pull_request"),
+        ]);
         assert!(check_standard_headers(&method, "tools/call", Some(&p)).is_err());
-        assert!(check_standard_headers(&headers(&[v]), "tools/call", Some(&p)).unwrap_err().contains("missing"));
-        let dup = headers(&[v, ("mcp-method", "tools/call"), ("mcp-method", "tools/call"), ("mcp-name", "get_pull_request")]);
-        assert!(check_standard_headers(&dup, "tools/call", Some(&p)).unwrap_err().contains("duplicate"));
+        assert!(
+            check_standard_headers(&headers(&[v]), "tools/call", Some(&p))
+                .unwrap_err()
+                .contains("missing")
+        );
+        let dup = headers(&[
+            v,
+            ("mcp-method", "tools/call"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "get_pull_request"),
+        ]);
+        assert!(
+            check_standard_headers(&dup, "tools/call", Some(&p))
+                .unwrap_err()
+                .contains("duplicate")
+        );
     }
 
     #[test]
@@ -239,7 +281,13 @@ mod tests {
             ("mcp-param-region", "eu"),
         ]);
         let out = upstream_request_headers(&inbound, None, true);
-        for gone in ["authorization", "cookie", "tessera-task", "tessera-subject", "proxy-authorization"] {
+        for gone in [
+            "authorization",
+            "cookie",
+            "tessera-task",
+            "tessera-subject",
+            "proxy-authorization",
+        ] {
             assert!(out.get(gone).is_none(), "{gone} forwarded");
         }
         assert_eq!(out["mcp-session-id"], "abc");

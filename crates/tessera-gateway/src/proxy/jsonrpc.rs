@@ -77,9 +77,8 @@ impl Invalid {
 impl Message {
     /// Parses `bytes` as exactly one JSON-RPC 2.0 message.
     pub fn parse(bytes: &[u8]) -> Result<Self, Invalid> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            Invalid::new(PARSE_ERROR, format!("parse error: {e}"), Value::Null)
-        })?;
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| Invalid::new(PARSE_ERROR, format!("parse error: {e}"), Value::Null))?;
         let body = match value {
             Value::Object(m) => m,
             Value::Array(_) => {
@@ -140,7 +139,10 @@ impl Message {
                     // the caller can match: refuse it rather than forward it.
                     return Err(Invalid::new(
                         INVALID_REQUEST,
-                        format!("\"{}\" is not a notification: a request needs an \"id\"", short(&method)),
+                        format!(
+                            "\"{}\" is not a notification: a request needs an \"id\"",
+                            short(&method)
+                        ),
                         Value::Null,
                     ));
                 }
@@ -173,9 +175,9 @@ impl Message {
     /// The whole message.
     pub fn body(&self) -> &Map<String, Value> {
         match self {
-            Self::Request { body, .. } | Self::Notification { body, .. } | Self::Response { body } => {
-                body
-            }
+            Self::Request { body, .. }
+            | Self::Notification { body, .. }
+            | Self::Response { body } => body,
         }
     }
 
@@ -238,13 +240,28 @@ mod tests {
 
     #[test]
     fn wrong_version_odd_ids_and_non_object_params_are_refused() {
-        assert_eq!(invalid(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#).code, INVALID_REQUEST);
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#).code, INVALID_REQUEST);
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).code, INVALID_REQUEST);
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#).code, INVALID_REQUEST);
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#).code,
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#).code,
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).code,
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#).code,
+            INVALID_REQUEST
+        );
         let e = invalid(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":[1]}"#);
         assert_eq!(e.id, json!(7));
-        assert_eq!(invalid(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#).code, INVALID_REQUEST);
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#).code,
+            INVALID_REQUEST
+        );
         assert_eq!(invalid("42").code, INVALID_REQUEST);
     }
 
@@ -252,7 +269,8 @@ mod tests {
     fn requests_notifications_and_responses_are_told_apart() {
         let m = Message::parse(br#"{"jsonrpc":"2.0","id":"a","method":"tools/list"}"#).unwrap();
         assert!(matches!(m, Message::Request { ref method, .. } if method == "tools/list"));
-        let m = Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        let m =
+            Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
         assert!(matches!(m, Message::Notification { .. }));
         let m = Message::parse(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#).unwrap();
         assert!(matches!(m, Message::Response { .. }));

@@ -174,11 +174,16 @@ impl Inner {
                 "Content-Type must be application/json",
             );
         }
-        let bytes = match Limited::new(body, self.config.max_request_bytes).collect().await {
+        let bytes = match Limited::new(body, self.config.max_request_bytes)
+            .collect()
+            .await
+        {
             Ok(c) => c.to_bytes(),
             Err(e) => {
                 self.metrics.count(Outcome::Invalid);
-                let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+                let too_large = e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
                 return if too_large {
                     invalid(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -231,13 +236,13 @@ impl Inner {
         let lister = match &msg {
             Message::Request { id, method, .. } => {
                 match rules.decide_request(peer.as_deref(), method, msg.params()) {
-                    Verdict::Forward { filter } => filter.zip(peer.clone()).map(|(filter, peer)| {
-                        Lister {
+                    Verdict::Forward { filter } => {
+                        filter.zip(peer.clone()).map(|(filter, peer)| Lister {
                             filter,
                             authz: rules.authorizer().clone(),
                             peer,
-                        }
-                    }),
+                        })
+                    }
                     Verdict::Deny(denial) => {
                         self.metrics.count(Outcome::Denied);
                         return denied(id, denial);
@@ -278,7 +283,12 @@ impl Inner {
     }
 
     /// Sends a request upstream; its answer with the allowlisted headers.
-    async fn forward(&self, method: Method, headers: http::HeaderMap, body: Body) -> Response<Body> {
+    async fn forward(
+        &self,
+        method: Method,
+        headers: http::HeaderMap,
+        body: Body,
+    ) -> Response<Body> {
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.headers_mut() = headers;
@@ -314,7 +324,10 @@ impl Inner {
             tracing::warn!(content_type = %kind, "list answer of an unexpected type withheld");
             return crate::upstream::http::bad_gateway("unexpected upstream answer");
         }
-        let bytes = match Limited::new(body, self.config.max_response_bytes).collect().await {
+        let bytes = match Limited::new(body, self.config.max_response_bytes)
+            .collect()
+            .await
+        {
             Ok(c) => c.to_bytes(),
             Err(e) => {
                 tracing::warn!(error = %e, "list answer unreadable or over the bound; withheld");

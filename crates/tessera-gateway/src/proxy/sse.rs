@@ -76,7 +76,10 @@ pub fn filter_stream(body: Body, lister: Lister, max_event: usize) -> Body {
                 out.extend_from_slice(b"\n");
             }
             if !out.is_empty() {
-                return Some((Ok::<Bytes, Box<dyn std::error::Error + Send + Sync>>(out.freeze()), st));
+                return Some((
+                    Ok::<Bytes, Box<dyn std::error::Error + Send + Sync>>(out.freeze()),
+                    st,
+                ));
             }
             if st.buf.len() > st.max {
                 st.done = true;

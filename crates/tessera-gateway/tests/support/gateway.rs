@@ -295,13 +295,19 @@ pub fn tool_names(msg: &Value) -> Vec<String> {
     names
 }
 
-
 impl Gw {
     /// A second gateway on the same agent and upstream, with `flags` (the bench's
     /// `--dangerous-pass-through`); its `https://…/mcp` URL.
-    pub async fn another_gateway(&self, tag: &str, flags: &[&str]) -> anyhow::Result<(Proc, String)> {
+    pub async fn another_gateway(
+        &self,
+        tag: &str,
+        flags: &[&str],
+    ) -> anyhow::Result<(Proc, String)> {
         let mut gw = Command::new(bin(GATEWAY_BIN));
-        gw.arg("--config").arg(&self.config).args(flags).env("RUST_LOG", "warn");
+        gw.arg("--config")
+            .arg(&self.config)
+            .args(flags)
+            .env("RUST_LOG", "warn");
         let log = self.agent.dir.path().join(format!("gateway-{tag}.log"));
         let p = Proc::start(gw, log, 2).await?;
         let url = format!("https://{}/mcp", p.addr("listening on "));

@@ -44,7 +44,10 @@ pub(super) fn call_tool_denial(
     hide: bool,
 ) -> Result<CallToolResult, McpError> {
     if hide {
-        return Err(McpError::invalid_params(format!("Unknown tool: {name}"), None));
+        return Err(McpError::invalid_params(
+            format!("Unknown tool: {name}"),
+            None,
+        ));
     }
     let mut text = format!("access denied: {}", d.reason.as_str());
     if !d.policy_ids.is_empty() {

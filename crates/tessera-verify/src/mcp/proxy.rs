@@ -19,8 +19,7 @@ use std::time::SystemTime;
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
     CallToolRequestParams, CompleteRequestParams, GetPromptRequestParams,
-    ReadResourceRequestParams, Reference, SubscribeRequestParams,
-    SubscriptionsListenRequestParams,
+    ReadResourceRequestParams, Reference, SubscribeRequestParams, SubscriptionsListenRequestParams,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -189,7 +188,11 @@ impl ProxyRules {
     pub fn admit_response(&self, peer: Option<&Peer>) -> bool {
         peer.is_some_and(|peer| {
             self.authz
-                .decide(peer, &McpRequest::untargeted("response", ""), SystemTime::now())
+                .decide(
+                    peer,
+                    &McpRequest::untargeted("response", ""),
+                    SystemTime::now(),
+                )
                 .allowed
         })
     }
@@ -206,21 +209,23 @@ impl ProxyRules {
                 let req = McpRequest::call_tool(p.name.to_string(), p.arguments);
                 let d = self.authz.check(peer, &req);
                 if !d.allowed {
-                    return Err(match call_tool_denial(&d, &p.name, self.hide_denied_tools) {
-                        Ok(result) => {
-                            let mut v =
-                                serde_json::to_value(result).expect("a CallToolResult serializes");
-                            // rmcp writes `resultType` (SEP-2322) only for 2026-07-28 and
-                            // later, which a request declares in its `_meta`.
-                            if !declares_2026(params)
-                                && let Some(o) = v.as_object_mut()
-                            {
-                                o.remove("resultType");
+                    return Err(
+                        match call_tool_denial(&d, &p.name, self.hide_denied_tools) {
+                            Ok(result) => {
+                                let mut v = serde_json::to_value(result)
+                                    .expect("a CallToolResult serializes");
+                                // rmcp writes `resultType` (SEP-2322) only for 2026-07-28 and
+                                // later, which a request declares in its `_meta`.
+                                if !declares_2026(params)
+                                    && let Some(o) = v.as_object_mut()
+                                {
+                                    o.remove("resultType");
+                                }
+                                Denial::Result(v)
                             }
-                            Denial::Result(v)
-                        }
-                        Err(e) => Denial::Error(e),
-                    });
+                            Err(e) => Denial::Error(e),
+                        },
+                    );
                 }
                 Ok(None)
             }
@@ -240,9 +245,10 @@ impl ProxyRules {
                 let p: CompleteRequestParams = parse(params)?;
                 let arguments = Some(completion_arguments(&p));
                 match &p.r#ref {
-                    Reference::Prompt(prompt) => {
-                        self.full(peer, &McpRequest::get_prompt(prompt.name.clone(), arguments))
-                    }
+                    Reference::Prompt(prompt) => self.full(
+                        peer,
+                        &McpRequest::get_prompt(prompt.name.clone(), arguments),
+                    ),
                     Reference::Resource(r) => self.full(
                         peer,
                         &McpRequest {
@@ -260,7 +266,9 @@ impl ProxyRules {
                 let uris = p.notifications.resource_subscriptions.unwrap_or_default();
                 if uris.len() > MAX_SUBSCRIPTION_URIS {
                     return Err(Denial::Error(McpError::invalid_params(
-                        format!("at most {MAX_SUBSCRIPTION_URIS} resource subscriptions per request"),
+                        format!(
+                            "at most {MAX_SUBSCRIPTION_URIS} resource subscriptions per request"
+                        ),
                         None,
                     )));
                 }
@@ -355,6 +363,10 @@ fn parse<'a, T: Deserialize<'a>>(params: Option<&'a Value>) -> Result<T, Denial>
     static EMPTY: std::sync::LazyLock<Value> =
         std::sync::LazyLock::new(|| Value::Object(Default::default()));
     let params = params.unwrap_or(&EMPTY);
-    T::deserialize(params)
-        .map_err(|e| Denial::Error(McpError::invalid_params(format!("invalid params: {e}"), None)))
+    T::deserialize(params).map_err(|e| {
+        Denial::Error(McpError::invalid_params(
+            format!("invalid params: {e}"),
+            None,
+        ))
+    })
 }

@@ -1132,7 +1132,12 @@ async fn the_proxy_rules_decide_every_method_of_both_schemas_as_enforced_does() 
             };
             let params = sent_params(&c.params, c.v2026);
             let verdict = rules.decide_request(peer.map(|p| &**p), c.method, params.as_ref());
-            let what = format!("{:?} {} {}", peer.map(|p| p.spiffe_id()), c.method, c.params);
+            let what = format!(
+                "{:?} {} {}",
+                peer.map(|p| p.spiffe_id()),
+                c.method,
+                c.params
+            );
             compared += 1;
             match (&verdict, answer.get("error"), answer.get("result")) {
                 (Verdict::Forward { .. }, None, Some(_)) if denial_reason(&answer).is_none() => {}
