@@ -18,7 +18,6 @@
 //!     GATEWAY_BENCH_CALLS=3000 GATEWAY_BENCH_STREAMS=1000 ...   # knobs
 
 #[path = "../tests/support/gateway.rs"]
-#[allow(dead_code)]
 mod gateway;
 
 use std::sync::Arc;
@@ -125,8 +124,13 @@ async fn run() {
         }
     }
     println!(
-        "tools/call, {} calls each, sequential, release, same run:",
-        rounds * per_round
+        "tools/call, {} calls each, sequential, {} build, same run:",
+        rounds * per_round,
+        if cfg!(debug_assertions) {
+            "DEBUG"
+        } else {
+            "release"
+        }
     );
     println!(
         "{:<24} {:>10} {:>10} {:>10}",

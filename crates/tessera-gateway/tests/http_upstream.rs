@@ -10,7 +10,6 @@
 #[path = "support/gateway.rs"]
 mod gateway;
 #[path = "../../../tests/tests/support/mcp.rs"]
-#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::time::{Duration, Instant};
