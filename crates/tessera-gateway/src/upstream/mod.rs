@@ -10,7 +10,7 @@ pub mod stdio;
 /// server-to-client stream of a session; DELETE → the end of a session. Both protocol
 /// generations (2025-11-25 sessions, 2026-07-28 stateless requests).
 pub type UpstreamService = tower::util::BoxCloneSyncService<
-    http::Request<axum::body::Body>,
-    http::Response<axum::body::Body>,
+    ::http::Request<axum::body::Body>,
+    ::http::Response<axum::body::Body>,
     std::convert::Infallible,
 >;

@@ -2,7 +2,7 @@
 //! reason in its `data` (the shape of draft SEP-2643), never an HTTP 403.
 
 use rmcp::ErrorData as McpError;
-use rmcp::model::ErrorCode;
+use rmcp::model::{CallToolResult, ContentBlock, ErrorCode};
 use serde_json::json;
 
 use crate::decision::Decision;
@@ -32,4 +32,27 @@ pub(super) fn unauthenticated() -> McpError {
         "request without a peer identity refused (is the per-connection Arc<Peer> inserted?)"
     );
     denial("unauthenticated", &[])
+}
+
+/// The answer to a `tools/call` that `d` refused: a tool result with `isError: true`, the
+/// reason as text (for the model) and in `structuredContent`; with `hide`, JSON-RPC
+/// `-32602` "Unknown tool: <name>", as for a tool that does not exist. Shared by
+/// [`super::Enforced`] and [`super::proxy`].
+pub(super) fn call_tool_denial(
+    d: &Decision,
+    name: &str,
+    hide: bool,
+) -> Result<CallToolResult, McpError> {
+    if hide {
+        return Err(McpError::invalid_params(format!("Unknown tool: {name}"), None));
+    }
+    let mut text = format!("access denied: {}", d.reason.as_str());
+    if !d.policy_ids.is_empty() {
+        text.push_str(&format!(" (policies: {})", d.policy_ids.join(", ")));
+    }
+    let mut result = CallToolResult::error(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(json!({
+        "authorization": {"reason": d.reason.as_str(), "policy_ids": d.policy_ids}
+    }));
+    Ok(result)
 }

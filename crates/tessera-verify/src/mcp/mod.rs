@@ -15,6 +15,9 @@
 //!   credential stops passing, so a revoked task's streams close when the revocation
 //!   arrives, not at its next request.
 //!
+//! - [`proxy::ProxyRules`] applies [`Enforced`]'s table to JSON-RPC messages, for a
+//!   proxy in front of a server that does not link this crate (tessera-gateway).
+//!
 //! ## Where the peer comes from
 //!
 //! The server parses [`crate::Peer`] once per TLS connection and inserts it as an
@@ -40,6 +43,7 @@
 mod context;
 mod denial;
 mod enforce;
+pub mod proxy;
 mod session;
 mod streams;
 

@@ -7,12 +7,11 @@ use std::time::Duration;
 use rmcp::model::*;
 use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData as McpError, ServerHandler};
-use serde_json::json;
 use tessera_identity::ScopeKind;
 
 use super::{Enforced, MAX_SUBSCRIPTION_URIS, completion_arguments};
 use crate::mcp::context::{connection_of, in_connection, peer_from_context};
-use crate::mcp::denial::{decision_error, unauthenticated};
+use crate::mcp::denial::{call_tool_denial, decision_error, unauthenticated};
 use crate::request::{McpMethod, McpRequest};
 
 // Logging (`logging/setLevel`) and legacy `resources/subscribe` are deprecated in rmcp but
@@ -237,21 +236,8 @@ impl<H: ServerHandler> ServerHandler for Enforced<H> {
         let req = McpRequest::call_tool(request.name.to_string(), request.arguments.clone());
         let d = in_connection(&context.extensions, || self.authz.check(&peer, &req));
         if !d.allowed {
-            if self.hide_denied_tools {
-                return Err(McpError::invalid_params(
-                    format!("Unknown tool: {}", request.name),
-                    None,
-                ));
-            }
-            let mut text = format!("access denied: {}", d.reason.as_str());
-            if !d.policy_ids.is_empty() {
-                text.push_str(&format!(" (policies: {})", d.policy_ids.join(", ")));
-            }
-            let mut result = CallToolResult::error(vec![ContentBlock::text(text)]);
-            result.structured_content = Some(json!({
-                "authorization": {"reason": d.reason.as_str(), "policy_ids": d.policy_ids}
-            }));
-            return Ok(CallToolResponse::Complete(result));
+            return call_tool_denial(&d, &request.name, self.hide_denied_tools)
+                .map(CallToolResponse::Complete);
         }
         self.inner.call_tool(request, context).await
     }

@@ -64,7 +64,7 @@ fn loggable(method: &str) -> &str {
 
 /// A completion's arguments as the call's: the already resolved ones from its context,
 /// and the one being completed (its partial value).
-fn completion_arguments(
+pub(crate) fn completion_arguments(
     request: &CompleteRequestParams,
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut arguments: serde_json::Map<_, _> = request
@@ -80,6 +80,37 @@ fn completion_arguments(
         serde_json::Value::String(request.argument.value.clone()),
     );
     arguments
+}
+
+/// Decides and records an untargeted `method` acting on `target`: the credential checks,
+/// then, unless `enforceable` or `forward_unchecked`, a refusal
+/// (`method_not_enforceable`). Shared by [`Enforced`] and [`crate::mcp::proxy`].
+pub(crate) fn decide_untargeted(
+    authz: &Authorizer,
+    peer: &Peer,
+    method: &'static str,
+    target: &str,
+    enforceable: bool,
+    forward_unchecked: bool,
+) -> Decision {
+    let started = Instant::now();
+    let req = McpRequest::untargeted(method, loggable(target));
+    let mut d = authz.decide(peer, &req, SystemTime::now());
+    if d.allowed && !enforceable && !forward_unchecked {
+        d = Decision::deny(
+            Reason::MethodNotEnforceable,
+            "names no tool, resource or prompt to decide on",
+        );
+    }
+    authz.record(peer, &req, &d, started.elapsed());
+    if d.reason == Reason::MethodNotEnforceable {
+        tracing::info!(
+            method,
+            target = loggable(target),
+            "method refused (not attributable to a scoped target)"
+        );
+    }
+    d
 }
 
 // === impl Enforced ===
@@ -141,8 +172,8 @@ impl<H: ServerHandler> Enforced<H> {
         self.authorize(ctx, &McpRequest::untargeted(method, ""))
     }
 
-    /// Decides and records an untargeted `method` acting on `target`: the credential
-    /// checks, then, unless `enforceable` or forwarding unchecked methods, a refusal.
+    /// Decides and records an untargeted `method` acting on `target` (see
+    /// [`decide_untargeted`]).
     fn untargeted(
         &self,
         peer: &Peer,
@@ -150,17 +181,14 @@ impl<H: ServerHandler> Enforced<H> {
         target: &str,
         enforceable: bool,
     ) -> Decision {
-        let started = Instant::now();
-        let req = McpRequest::untargeted(method, loggable(target));
-        let mut d = self.authz.decide(peer, &req, SystemTime::now());
-        if d.allowed && !enforceable && !self.forward_unchecked {
-            d = Decision::deny(
-                Reason::MethodNotEnforceable,
-                "names no tool, resource or prompt to decide on",
-            );
-        }
-        self.authz.record(peer, &req, &d, started.elapsed());
-        d
+        decide_untargeted(
+            &self.authz,
+            peer,
+            method,
+            target,
+            enforceable,
+            self.forward_unchecked,
+        )
     }
 
     /// A method that cannot be attributed to a scoped target: refused, or with
@@ -176,13 +204,6 @@ impl<H: ServerHandler> Enforced<H> {
             let d = self.untargeted(&peer, method, target, false);
             if d.allowed {
                 return Ok(());
-            }
-            if d.reason == Reason::MethodNotEnforceable {
-                tracing::info!(
-                    method,
-                    target = loggable(target),
-                    "method refused (not attributable to a scoped target)"
-                );
             }
             Err(decision_error(&d))
         })
