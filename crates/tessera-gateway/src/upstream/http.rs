@@ -158,7 +158,9 @@ impl tower::Service<Uri> for Connector {
         Box::pin(async move {
             tokio::time::timeout(CONNECT_TIMEOUT, connect(&target))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })?
         })
     }
 }
@@ -173,7 +175,9 @@ async fn connect(target: &Target) -> std::io::Result<Io> {
             let _ = tcp.set_nodelay(true);
             Ok(Io::Tcp(TokioIo::new(tcp)))
         }
-        Target::Unix { socket, .. } => Ok(Io::Unix(TokioIo::new(UnixStream::connect(socket).await?))),
+        Target::Unix { socket, .. } => {
+            Ok(Io::Unix(TokioIo::new(UnixStream::connect(socket).await?)))
+        }
     }
 }
 
@@ -257,9 +261,10 @@ mod tests {
         let listener = tokio::net::UnixListener::bind(&sock).unwrap();
         tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                Ok::<_, Infallible>(Response::new(Body::from(req.uri().path().to_owned())))
-            });
+            let svc =
+                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    Ok::<_, Infallible>(Response::new(Body::from(req.uri().path().to_owned())))
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(s), svc)
                 .await;
@@ -269,9 +274,14 @@ mod tests {
             path: "/mcp".into(),
         })
         .unwrap();
-        let resp = up.send(Request::post("/ignored").body(Body::empty()).unwrap()).await;
+        let resp = up
+            .send(Request::post("/ignored").body(Body::empty()).unwrap())
+            .await;
         assert_eq!(resp.status(), StatusCode::OK);
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
         assert_eq!(&body[..], b"/mcp");
     }
 }

@@ -164,7 +164,10 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 impl StdioConfig {
     /// A config running `command args…` with every bound at its default.
-    pub fn new(command: impl Into<String>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        command: impl Into<String>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         StdioConfig {
             command: command.into(),
             args: args.into_iter().map(Into::into).collect(),
@@ -203,7 +206,10 @@ impl StdioConfig {
         }
         for key in self.env.keys().chain(&self.inherit_env) {
             if key.is_empty() || key.contains(['=', '\0']) {
-                return bad("env", format!("{key:?} is not an environment variable name"));
+                return bad(
+                    "env",
+                    format!("{key:?} is not an environment variable name"),
+                );
             }
         }
         if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {

@@ -13,8 +13,8 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::jsonrpc::{
-    self, Malformed, Message, METHOD_NOT_FOUND, REQUEST_CANCELLED, UPSTREAM_BUSY,
-    UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE,
+    self, METHOD_NOT_FOUND, Malformed, Message, REQUEST_CANCELLED, UPSTREAM_BUSY, UPSTREAM_TIMEOUT,
+    UPSTREAM_UNAVAILABLE,
 };
 use super::lines::{Line, sanitize_for_log};
 use super::session::{Orphaned, Sessions};
@@ -95,7 +95,8 @@ pub(super) struct Call {
 impl Drop for Call {
     fn drop(&mut self) {
         if self.run.take(self.id).is_some() {
-            self.run.send_now(&cancelled(self.id, "the caller went away"));
+            self.run
+                .send_now(&cancelled(self.id, "the caller went away"));
         }
     }
 }
@@ -134,7 +135,9 @@ impl Generation {
         if let Ok(line) = serde_json::to_vec(msg)
             && self.writer.try_send(line).is_err()
         {
-            tracing::debug!("stdio bridge: the child's stdin queue is full or closed; dropped a message");
+            tracing::debug!(
+                "stdio bridge: the child's stdin queue is full or closed; dropped a message"
+            );
         }
     }
 
@@ -159,7 +162,9 @@ impl Generation {
     /// The child's answer to request `id`: back to its caller with the caller's id.
     fn complete(&self, id: &Value, mut msg: Map<String, Value>) {
         let Some(w) = jsonrpc::bridge_id(id).and_then(|id| self.take(id)) else {
-            tracing::debug!("stdio bridge: an answer to no pending request (cancelled or timed out); dropped");
+            tracing::debug!(
+                "stdio bridge: an answer to no pending request (cancelled or timed out); dropped"
+            );
             return;
         };
         msg.insert("id".into(), w.caller_id);
@@ -448,7 +453,10 @@ impl Bridge {
                 }
             }
             other => {
-                tracing::debug!(method = other, "stdio bridge: a caller's notification the child does not get; dropped");
+                tracing::debug!(
+                    method = other,
+                    "stdio bridge: a caller's notification the child does not get; dropped"
+                );
             }
         }
     }
@@ -580,7 +588,10 @@ impl Bridge {
             }
         };
         let Some(result) = answer.get("result").and_then(Value::as_object) else {
-            let err = answer.get("error").map(Value::to_string).unwrap_or_default();
+            let err = answer
+                .get("error")
+                .map(Value::to_string)
+                .unwrap_or_default();
             return Err(format!(
                 "it refused initialize: {}",
                 sanitize_for_log(err.as_bytes(), 512)

@@ -82,7 +82,11 @@ pub(super) async fn supervise(bridge: Arc<Bridge>, first: Spawned, stop: Cancell
                     "could not start the stdio upstream; retrying in {}",
                     humantime::format_duration(backoff)
                 );
-                if stop.run_until_cancelled(tokio::time::sleep(backoff)).await.is_none() {
+                if stop
+                    .run_until_cancelled(tokio::time::sleep(backoff))
+                    .await
+                    .is_none()
+                {
                     break;
                 }
                 backoff = (backoff * 2).min(config.restart_backoff_max);
@@ -102,7 +106,11 @@ pub(super) async fn supervise(bridge: Arc<Bridge>, first: Spawned, stop: Cancell
             "stdio upstream {why}; restarting in {}",
             humantime::format_duration(backoff)
         );
-        if stop.run_until_cancelled(tokio::time::sleep(backoff)).await.is_none() {
+        if stop
+            .run_until_cancelled(tokio::time::sleep(backoff))
+            .await
+            .is_none()
+        {
             break;
         }
         backoff = (backoff * 2).min(config.restart_backoff_max);
@@ -111,7 +119,11 @@ pub(super) async fn supervise(bridge: Arc<Bridge>, first: Spawned, stop: Cancell
 }
 
 /// Serves one child until it exits (`Some(what happened)`) or `stop` (`None`).
-async fn serve_child(bridge: &Arc<Bridge>, spawned: Spawned, stop: &CancellationToken) -> Option<String> {
+async fn serve_child(
+    bridge: &Arc<Bridge>,
+    spawned: Spawned,
+    stop: &CancellationToken,
+) -> Option<String> {
     let Spawned {
         mut child,
         stdin,
@@ -124,11 +136,7 @@ async fn serve_child(bridge: &Arc<Bridge>, spawned: Spawned, stop: &Cancellation
     let run = Arc::new(Generation::new(pid, tx));
     let writer = tokio::spawn(write_lines(stdin, rx));
     tokio::spawn(log_stderr(stderr, bridge.name.clone(), pid));
-    let mut reader = tokio::spawn(read_stdout(
-        Arc::clone(bridge),
-        Arc::clone(&run),
-        stdout,
-    ));
+    let mut reader = tokio::spawn(read_stdout(Arc::clone(bridge), Arc::clone(&run), stdout));
     let serve = async {
         match bridge.initialize(&run).await {
             Ok(()) => {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::bridge::{Bridge, Call, sse_event};
-use super::jsonrpc::{self, INVALID_REQUEST, Message, Malformed, PARSE_ERROR, SESSION_NOT_FOUND};
+use super::jsonrpc::{self, INVALID_REQUEST, Malformed, Message, PARSE_ERROR, SESSION_NOT_FOUND};
 use super::session::SubscribeError;
 use crate::upstream::UpstreamService;
 
@@ -63,7 +63,12 @@ fn session_header(req: &Request<Body>) -> Result<Option<String>, Response<Body>>
     {
         return Err(json(
             StatusCode::BAD_REQUEST,
-            &jsonrpc::error(Value::Null, INVALID_REQUEST, "malformed Mcp-Session-Id", "bad_session_id"),
+            &jsonrpc::error(
+                Value::Null,
+                INVALID_REQUEST,
+                "malformed Mcp-Session-Id",
+                "bad_session_id",
+            ),
         ));
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
@@ -337,7 +342,12 @@ fn delete(bridge: &Arc<Bridge>, session: Option<String>) -> Response<Body> {
     let Some(session) = session else {
         return json(
             StatusCode::BAD_REQUEST,
-            &jsonrpc::error(Value::Null, INVALID_REQUEST, "DELETE needs an Mcp-Session-Id", "no_session"),
+            &jsonrpc::error(
+                Value::Null,
+                INVALID_REQUEST,
+                "DELETE needs an Mcp-Session-Id",
+                "no_session",
+            ),
         );
     };
     match bridge.sessions.remove(&session) {
@@ -369,7 +379,10 @@ fn json(code: StatusCode, msg: &Value) -> Response<Body> {
 fn event_stream(body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }

@@ -128,9 +128,14 @@ mod tests {
     #[test]
     fn messages_are_classified_by_their_members() {
         let req = br#"{"jsonrpc":"2.0","id":"a","method":"tools/list"}"#;
-        assert!(matches!(Message::parse(req), Ok(Message::Request { method, .. }) if method == "tools/list"));
+        assert!(
+            matches!(Message::parse(req), Ok(Message::Request { method, .. }) if method == "tools/list")
+        );
         let note = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-        assert!(matches!(Message::parse(note), Ok(Message::Notification { .. })));
+        assert!(matches!(
+            Message::parse(note),
+            Ok(Message::Notification { .. })
+        ));
         let resp = br#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
         assert!(matches!(Message::parse(resp), Ok(Message::Response { id, .. }) if id == 7));
     }

@@ -141,10 +141,7 @@ mod tests {
             ]
         );
         // Exactly at the bound is still a line.
-        assert_eq!(
-            all(b"abcd\n", 4).await,
-            [Line::Complete(b"abcd".to_vec())]
-        );
+        assert_eq!(all(b"abcd\n", 4).await, [Line::Complete(b"abcd".to_vec())]);
         assert_eq!(all(b"abcde\n", 4).await, [Line::Oversized { bytes: 5 }]);
     }
 

@@ -205,7 +205,9 @@ fn deliver(session: &mut Session, event: &Bytes) {
     match tx.try_send(event.clone()) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!("stdio bridge: a session's GET stream is not being read; dropped a notification");
+            tracing::warn!(
+                "stdio bridge: a session's GET stream is not being read; dropped a notification"
+            );
         }
         Err(mpsc::error::TrySendError::Closed(_)) => session.stream = None,
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -274,6 +274,13 @@ async fn sse_messages(resp: Response<Body>) -> Vec<Value> {
         .collect()
 }
 
+/// The next chunk of an SSE stream, as text (bounded wait).
+async fn next(stream: &mut axum::body::BodyDataStream) -> String {
+    use futures::StreamExt;
+    let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+    String::from_utf8(chunk.unwrap().unwrap().unwrap().to_vec()).unwrap()
+}
+
 /// Waits (bounded, generously) for `cond`.
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -302,13 +309,31 @@ async fn callers_initialize_is_answered_from_the_cache_with_a_session_the_bridge
     // A session's requests reach the child; an unknown session is 404; DELETE ends one.
     let out = tiny.call(Some(&a), json!(2), "echo", json!({"n": 1})).await;
     assert_eq!(tool_text(&out)["args"]["n"], 1);
-    let resp = tiny.post(Some("f00"), json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})).await;
+    let resp = tiny
+        .post(
+            Some("f00"),
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let delete = Request::delete("/mcp").header("mcp-session-id", &a).body(Body::empty()).unwrap();
+    let delete = Request::delete("/mcp")
+        .header("mcp-session-id", &a)
+        .body(Body::empty())
+        .unwrap();
     assert_eq!(tiny.send(delete).await.status(), StatusCode::OK);
-    let resp = tiny.post(Some(&a), json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"})).await;
+    let resp = tiny
+        .post(
+            Some(&a),
+            json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let resp = tiny.post(Some(&b), json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"})).await;
+    let resp = tiny
+        .post(
+            Some(&b),
+            json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+        )
+        .await;
     assert_eq!(json_body(resp).await["result"]["method"], "tools/list");
 }
 
@@ -328,7 +353,10 @@ async fn stateless_requests_and_server_discover_reach_the_initialized_child() {
     assert_eq!(tool_text(&out)["args"]["x"], "y");
 
     let discover = tiny
-        .post(None, json!({"jsonrpc": "2.0", "id": 9, "method": "server/discover", "params": {}}))
+        .post(
+            None,
+            json!({"jsonrpc": "2.0", "id": 9, "method": "server/discover", "params": {}}),
+        )
         .await;
     let discover = json_body(discover).await;
     assert_eq!(
@@ -340,7 +368,11 @@ async fn stateless_requests_and_server_discover_reach_the_initialized_child() {
         discover["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
         "tiny"
     );
-    assert_eq!(tiny.state().await["inits"], 1, "no initialize per stateless request");
+    assert_eq!(
+        tiny.state().await["inits"],
+        1,
+        "no initialize per stateless request"
+    );
 }
 
 #[tokio::test]
@@ -355,7 +387,12 @@ async fn concurrent_callers_with_colliding_ids_each_get_their_own_answer() {
         calls.push(tokio::spawn(async move {
             // Every caller uses id 1; slower ones first, so answers come back out of order.
             let out = tiny
-                .call(Some(&session), json!(1), "slow", json!({"n": n, "ms": 200 - n * 4}))
+                .call(
+                    Some(&session),
+                    json!(1),
+                    "slow",
+                    json!({"n": n, "ms": 200 - n * 4}),
+                )
                 .await;
             (n, out)
         }));
@@ -365,8 +402,14 @@ async fn concurrent_callers_with_colliding_ids_each_get_their_own_answer() {
         let (n, out) = call.await.unwrap();
         assert_eq!(out["id"], 1, "the caller's own id comes back");
         let text = tool_text(&out);
-        assert_eq!(text["args"]["n"], n, "caller {n} got another caller's answer");
-        assert!(child_ids.insert(text["child_saw_id"].to_string()), "ids collided at the child");
+        assert_eq!(
+            text["args"]["n"], n,
+            "caller {n} got another caller's answer"
+        );
+        assert!(
+            child_ids.insert(text["child_saw_id"].to_string()),
+            "ids collided at the child"
+        );
     }
 }
 
@@ -381,8 +424,13 @@ async fn garbage_and_oversized_lines_from_the_child_are_dropped_and_the_bridge_g
     assert!(logged("bytes=100"), "the size is logged");
     assert!(logged("that is not JSON; dropped"));
     assert!(logged("that is not a JSON-RPC 2.0 message; dropped"));
-    assert!(!logged("this is not json"), "content of a dropped line is never logged");
-    let out = tiny.call(None, json!(6), "echo", json!({"still": "works"})).await;
+    assert!(
+        !logged("this is not json"),
+        "content of a dropped line is never logged"
+    );
+    let out = tiny
+        .call(None, json!(6), "echo", json!({"still": "works"}))
+        .await;
     assert_eq!(tool_text(&out)["args"]["still"], "works");
 }
 
@@ -393,26 +441,42 @@ async fn a_child_that_dies_answers_its_in_flight_requests_and_is_restarted() {
     // A slow request in flight when the child crashes gets an error, not a hang.
     let slow = {
         let tiny = Arc::clone(&tiny);
-        tokio::spawn(async move { tiny.call(None, json!("slow"), "slow", json!({"ms": 20000})).await })
+        tokio::spawn(async move {
+            tiny.call(None, json!("slow"), "slow", json!({"ms": 20000}))
+                .await
+        })
     };
-    wait_until("the slow call is in flight", || tiny.upstream.bridge.in_flight() == 1).await;
+    wait_until("the slow call is in flight", || {
+        tiny.upstream.bridge.in_flight() == 1
+    })
+    .await;
     let crash = tiny.call(None, json!("crash"), "crash", json!({})).await;
     assert_eq!(crash["error"]["code"], UPSTREAM_UNAVAILABLE, "{crash}");
     assert_eq!(crash["id"], "crash");
     let slow = slow.await.unwrap();
     assert_eq!(slow["error"]["code"], UPSTREAM_UNAVAILABLE, "{slow}");
     assert_eq!(slow["error"]["data"]["reason"], "upstream_exited");
-    assert!(logged("crashing on purpose"), "the child's stderr is in the log");
+    assert!(
+        logged("crashing on purpose"),
+        "the child's stderr is in the log"
+    );
 
     // Restarted, initialized again, and calls work.
     wait_until("a new child is up", || {
-        tiny.upstream.child_pid().is_some_and(|pid| pid != first_pid)
+        tiny.upstream
+            .child_pid()
+            .is_some_and(|pid| pid != first_pid)
     })
     .await;
-    let out = tiny.call(None, json!(7), "echo", json!({"after": "restart"})).await;
+    let out = tiny
+        .call(None, json!(7), "echo", json!({"after": "restart"}))
+        .await;
     assert_eq!(tool_text(&out)["args"]["after"], "restart");
     let state = tiny.state().await;
-    assert_eq!(state["inits"], 1, "the new child was initialized by the bridge");
+    assert_eq!(
+        state["inits"], 1,
+        "the new child was initialized by the bridge"
+    );
     assert_ne!(state["pid"], first_pid);
     assert!(logged("restarting in"));
 }
@@ -436,7 +500,10 @@ async fn progress_turns_the_answer_into_an_sse_stream_with_the_callers_token() {
     }
     assert_eq!(messages[2]["id"], "p");
     let child_token = &tool_text(&messages[2])["child_saw_token"];
-    assert!(child_token.is_u64(), "the child saw the bridge's token, not the caller's: {child_token}");
+    assert!(
+        child_token.is_u64(),
+        "the child saw the bridge's token, not the caller's: {child_token}"
+    );
 }
 
 #[tokio::test]
@@ -453,7 +520,11 @@ async fn a_caller_that_goes_away_cancels_its_request_at_the_child() {
     let tiny = Tiny::start(|_| {}).await;
     let pending = tiny.call(None, json!(1), "slow", json!({"ms": 30000}));
     // The caller gives up before the answer.
-    assert!(tokio::time::timeout(Duration::from_millis(300), pending).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), pending)
+            .await
+            .is_err()
+    );
     let mut cancelled = Value::Null;
     for _ in 0..100 {
         cancelled = tiny.state().await["cancelled"].clone();
@@ -479,14 +550,11 @@ async fn requests_past_max_in_flight_are_refused_at_once() {
         let tiny = Arc::clone(&tiny);
         tokio::spawn(async move { tiny.call(None, json!(1), "slow", json!({"ms": 1000})).await })
     };
-    let mut busy = Value::Null;
-    for _ in 0..50 {
-        busy = tiny.call(None, json!(2), "echo", json!({})).await;
-        if busy.get("error").is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the slow call is in flight", || {
+        tiny.upstream.bridge.in_flight() == 1
+    })
+    .await;
+    let busy = tiny.call(None, json!(2), "echo", json!({})).await;
     assert_eq!(busy["error"]["code"], UPSTREAM_BUSY, "{busy}");
     assert!(first.await.unwrap().get("result").is_some());
 }
@@ -500,26 +568,51 @@ async fn hostile_caller_messages_are_refused_before_the_child() {
             .body(Body::from(body))
             .unwrap()
     };
-    assert_eq!(tiny.send(raw("{not json")).await.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
-        tiny.send(raw(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#)).await.status(),
+        tiny.send(raw("{not json")).await.status(),
         StatusCode::BAD_REQUEST
     );
-    let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":"{}"}}}}"#, "a".repeat(70_000));
+    assert_eq!(
+        tiny.send(raw(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#))
+            .await
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":"{}"}}}}"#,
+        "a".repeat(70_000)
+    );
     let resp = tiny
         .send(Request::post("/mcp").body(Body::from(big)).unwrap())
         .await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let resp = tiny
-        .send(Request::post("/mcp").header("mcp-session-id", "bad id").body(Body::empty()).unwrap())
+        .send(
+            Request::post("/mcp")
+                .header("mcp-session-id", "bad id")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let resp = tiny.send(Request::put("/mcp").body(Body::empty()).unwrap()).await;
+    let resp = tiny
+        .send(Request::put("/mcp").body(Body::empty()).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     // A caller's notifications and responses are accepted and go nowhere.
-    let resp = tiny.post(None, json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    let resp = tiny
+        .post(
+            None,
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let resp = tiny.post(None, json!({"jsonrpc": "2.0", "id": "child-1", "result": {"roots": []}})).await;
+    let resp = tiny
+        .post(
+            None,
+            json!({"jsonrpc": "2.0", "id": "child-1", "result": {"roots": []}}),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     assert_eq!(tiny.state().await["inits"], 1);
 }
@@ -529,31 +622,54 @@ async fn resource_updates_reach_only_the_subscribed_session_and_list_changes_rea
     let tiny = Tiny::start(|_| {}).await;
     let (a, _) = tiny.initialize(json!(1)).await;
     let (b, _) = tiny.initialize(json!(1)).await;
-    let stream = |s: &str| Request::get("/mcp").header("mcp-session-id", s).body(Body::empty()).unwrap();
+    let stream = |s: &str| {
+        Request::get("/mcp")
+            .header("mcp-session-id", s)
+            .body(Body::empty())
+            .unwrap()
+    };
     let mut stream_a = tiny.send(stream(&a)).await.into_body().into_data_stream();
     let mut stream_b = tiny.send(stream(&b)).await.into_body().into_data_stream();
-    let subscribe = |id: u64| json!({"jsonrpc": "2.0", "id": id, "method": "resources/subscribe",
-                                     "params": {"uri": "file:///watched"}});
+    let subscribe = |id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "resources/subscribe",
+                                     "params": {"uri": "file:///watched"}})
+    };
     assert!(json_body(tiny.post(Some(&a), subscribe(2)).await).await["result"].is_object());
 
-    tiny.call(Some(&a), json!(3), "touch", json!({"uri": "file:///watched"})).await;
-    tiny.call(Some(&a), json!(4), "list_changed", json!({})).await;
-    use futures::StreamExt;
-    let next = |s: &mut axum::body::BodyDataStream| {
-        let s = s;
-        async move {
-            let chunk = tokio::time::timeout(Duration::from_secs(10), s.next()).await;
-            String::from_utf8(chunk.unwrap().unwrap().unwrap().to_vec()).unwrap()
-        }
-    };
-    assert!(next(&mut stream_a).await.contains("notifications/resources/updated"));
-    assert!(next(&mut stream_a).await.contains("notifications/tools/list_changed"));
+    tiny.call(
+        Some(&a),
+        json!(3),
+        "touch",
+        json!({"uri": "file:///watched"}),
+    )
+    .await;
+    tiny.call(Some(&a), json!(4), "list_changed", json!({}))
+        .await;
+    assert!(
+        next(&mut stream_a)
+            .await
+            .contains("notifications/resources/updated")
+    );
+    assert!(
+        next(&mut stream_a)
+            .await
+            .contains("notifications/tools/list_changed")
+    );
     // b did not subscribe: its first event is the list change.
-    assert!(next(&mut stream_b).await.contains("notifications/tools/list_changed"));
+    assert!(
+        next(&mut stream_b)
+            .await
+            .contains("notifications/tools/list_changed")
+    );
 
     // The child was asked once, and told when the last subscriber left.
     assert!(json_body(tiny.post(Some(&b), subscribe(5)).await).await["result"].is_object());
-    let delete = |s: &str| Request::delete("/mcp").header("mcp-session-id", s).body(Body::empty()).unwrap();
+    let delete = |s: &str| {
+        Request::delete("/mcp")
+            .header("mcp-session-id", s)
+            .body(Body::empty())
+            .unwrap()
+    };
     tiny.send(delete(&a)).await;
     tiny.send(delete(&b)).await;
     wait_until("the child is told to unsubscribe", || {
@@ -561,7 +677,10 @@ async fn resource_updates_reach_only_the_subscribed_session_and_list_changes_rea
     })
     .await;
     let logs = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
-    assert_eq!(logs.matches("resources/subscribe file:///watched").count(), 1);
+    assert_eq!(
+        logs.matches("resources/subscribe file:///watched").count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -570,7 +689,10 @@ async fn the_childs_stderr_is_logged_with_its_name_and_escapes_neutralized() {
     tiny.call(None, json!(1), "stderr", json!({})).await;
     wait_until("the stderr line is logged", || logged("a line on stderr")).await;
     let logs = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
-    let line = logs.lines().find(|l| l.contains("a line on stderr")).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("a line on stderr"))
+        .unwrap();
     assert!(line.contains("child=tiny"), "{line}");
     assert!(line.contains("\\u{1b}[31mwith an escape"), "{line}");
 }
@@ -580,7 +702,10 @@ async fn the_child_gets_only_the_environment_it_is_given() {
     let python = python().expect("python3");
     let mut config = StdioConfig::new(
         python.display().to_string(),
-        ["-c", "import os, sys; sys.stderr.write(' '.join(sorted(os.environ)))"],
+        [
+            "-c",
+            "import os, sys; sys.stderr.write(' '.join(sorted(os.environ)))",
+        ],
     );
     config.env.insert("GIVEN".into(), "yes".into());
     let stderr = child::spawn(&config).unwrap().stderr_for_test().await;
@@ -588,18 +713,25 @@ async fn the_child_gets_only_the_environment_it_is_given() {
     assert!(names.contains(&"GIVEN"), "{names:?}");
     // Nothing of the gateway's own environment beyond what inherit_env names (Python
     // itself may add LC_CTYPE).
-    let allowed = ["GIVEN", "PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "LC_CTYPE"];
+    let allowed = [
+        "GIVEN", "PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "LC_CTYPE",
+    ];
     assert!(names.iter().all(|n| allowed.contains(n)), "{names:?}");
 }
 
 #[tokio::test]
 async fn a_command_that_does_not_exist_fails_start_naming_it() {
-    let err = StdioUpstream::start(StdioConfig::new("/nonexistent/mcp-server", Vec::<String>::new()))
-        .await
-        .unwrap_err();
+    let err = StdioUpstream::start(StdioConfig::new(
+        "/nonexistent/mcp-server",
+        Vec::<String>::new(),
+    ))
+    .await
+    .unwrap_err();
     assert!(matches!(err, StdioError::Spawn { .. }));
     assert!(err.to_string().contains("/nonexistent/mcp-server"), "{err}");
-    let err = StdioUpstream::start(StdioConfig::new("", Vec::<String>::new())).await.unwrap_err();
+    let err = StdioUpstream::start(StdioConfig::new("", Vec::<String>::new()))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("command"), "{err}");
 }
 
@@ -611,7 +743,8 @@ async fn dropping_the_guard_stops_the_child_and_fails_requests_at_once() {
     assert!(!tiny.upstream.is_ready());
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")),
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")),
         "the child is gone"
     );
     let out = tiny.call(None, json!(1), "echo", json!({})).await;
@@ -633,5 +766,10 @@ fn config_parses_from_toml_with_defaults_and_refuses_unknown_keys() {
     assert!(toml::from_str::<StdioConfig>("command = \"x\"\nshell = true").is_err());
     let mut c = StdioConfig::new("x", ["y"]);
     c.max_message_bytes = 10;
-    assert!(c.validate().unwrap_err().to_string().contains("max_message_bytes"));
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_message_bytes")
+    );
 }
