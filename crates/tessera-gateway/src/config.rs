@@ -228,8 +228,9 @@ impl GatewayConfig {
         Ok(cfg)
     }
 
-    /// `TESSERA_GATEWAY_<KEY>` overrides the key (and `SPIFFE_ENDPOINT_SOCKET` the
-    /// workload socket, as for every Tessera workload).
+    /// `TESSERA_GATEWAY_<KEY>` overrides every scalar key (`upstream.http` as
+    /// `TESSERA_GATEWAY_UPSTREAM_HTTP`), except `dangerous_pass_through`; and
+    /// `SPIFFE_ENDPOINT_SOCKET` the workload socket, as for every Tessera workload.
     fn apply_env(&mut self, env: &impl Env) -> Result<(), ConfigError> {
         fn parse<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError>
         where
@@ -270,7 +271,21 @@ impl GatewayConfig {
         over!("TESSERA_GATEWAY_AUDIT_LOG", self.audit_log, some);
         over!("TESSERA_GATEWAY_UPSTREAM_HTTP", self.upstream.http, some);
         over!("TESSERA_GATEWAY_UPSTREAM_UNIX", self.upstream.unix, some);
+        over!("TESSERA_GATEWAY_UPSTREAM_PATH", self.upstream.path, string);
         over!("TESSERA_GATEWAY_MAX_REQUEST_BYTES", self.max_request_bytes, parsed);
+        over!("TESSERA_GATEWAY_MAX_RESPONSE_BYTES", self.max_response_bytes, parsed);
+        over!("TESSERA_GATEWAY_MAX_SESSIONS", self.max_sessions, some);
+        over!("TESSERA_GATEWAY_MAX_SESSIONS_PER_PEER", self.max_sessions_per_peer, some);
+        over!("TESSERA_GATEWAY_HIDE_DENIED_TOOLS", self.hide_denied_tools, parsed);
+        over!("TESSERA_GATEWAY_REVOCATION_STALENESS_SECS", self.revocation_staleness_secs, parsed);
+        over!("TESSERA_GATEWAY_READY_TIMEOUT_SECS", self.ready_timeout_secs, parsed);
+        over!(
+            "TESSERA_GATEWAY_IDENTITY_HEADERS_TO_REMOTE",
+            self.identity_headers_to_remote,
+            parsed
+        );
+        // `dangerous_pass_through` has no variable on purpose: only the file or the loud
+        // `--dangerous-pass-through` flag turn the checks off.
         Ok(())
     }
 

@@ -51,9 +51,10 @@ use tower::ServiceExt;
 ///   Tessera-Subject  the user the task acts for (percent-encoded outside visible ASCII)
 ///   Tessera-Scopes   the task's scopes, space-separated
 ///
-/// Everything is in the TOML file (--config); each key can be overridden by
-/// TESSERA_GATEWAY_<KEY> (e.g. TESSERA_GATEWAY_LISTEN, TESSERA_GATEWAY_UPSTREAM_HTTP), and
-/// the workload socket by SPIFFE_ENDPOINT_SOCKET. Example:
+/// Everything is in the TOML file (--config); every scalar key but dangerous_pass_through
+/// can be overridden by TESSERA_GATEWAY_<KEY> (e.g. TESSERA_GATEWAY_LISTEN,
+/// TESSERA_GATEWAY_UPSTREAM_HTTP), and the workload socket by SPIFFE_ENDPOINT_SOCKET.
+/// Example:
 ///
 ///   trust_domain = "acme.corp"
 ///   server_name = "github"

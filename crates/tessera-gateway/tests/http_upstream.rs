@@ -10,274 +10,16 @@
 #[path = "../../../tests/tests/support/mcp.rs"]
 #[allow(dead_code, unused_imports)]
 mod support;
+#[path = "support/gateway.rs"]
+mod gateway;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use gateway::{CONSENTED, Gw, SUBJECT, json_of, post, post2026, raw, tool_names};
 use serde_json::{Value, json};
-use support::{AgentCa, CONSENTED, Leaf, SUBJECT, args, foreign_ca, hostile_tls, mint};
-use tessera_e2e::{TRUST_DOMAIN, TestAgent, bin};
-use tessera_example_agent_runtime::{
-    CallOutcome, McpConnection, TaskCredential, TaskRequest, Workload, http_client,
-    install_crypto_provider, tls_config,
-};
-use tessera_proto::tessera::v1::Task;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-const GATEWAY_BIN: &str = "tessera-gateway";
-const POLICIES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../examples/mcp-server/policies/github.cedar"
-);
-const SCHEMA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../examples/mcp-server/policies/github.cedarschema"
-);
-const UPSTREAM_PY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/interop/python/upstream_server.py"
-);
-const V2026: &str = "2026-07-28";
-
-/// A child process with its announced address, killed on drop.
-struct Proc {
-    child: Child,
-    lines: Vec<String>,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `cmd`, stderr to `log`, and waits for `want` lines on stdout.
-    async fn start(mut cmd: Command, log: PathBuf, want: usize) -> anyhow::Result<Proc> {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut out = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let mut lines = Vec::new();
-        while lines.len() < want {
-            match tokio::time::timeout(Duration::from_secs(60), out.next_line()).await {
-                Ok(Ok(Some(l))) => lines.push(l),
-                _ => bail!(
-                    "{cmd:?} did not announce itself (got {lines:?}):\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                ),
-            }
-        }
-        // Keep reading stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-        Ok(Proc { child, lines, log })
-    }
-
-    fn addr(&self, prefix: &str) -> String {
-        self.lines
-            .iter()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} line in {:?}", self.lines))
-            .trim()
-            .to_owned()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// An agent, the Python upstream and the gateway in front of it.
-struct Gw {
-    agent: TestAgent,
-    upstream: Proc,
-    gateway: Proc,
-    /// `https://<gateway>/mcp`
-    url: String,
-    ops: String,
-    requests_log: PathBuf,
-    audit: PathBuf,
-}
-
-impl Gw {
-    async fn start() -> Gw {
-        Self::try_start().await.unwrap()
-    }
-
-    async fn try_start() -> anyhow::Result<Gw> {
-        install_crypto_provider();
-        let python = tessera_e2e::interop::python().context("the interop venv")?;
-        let agent = TestAgent::start("").await?;
-        agent.register_self("code-reviewer").await?;
-        agent.register_exe("", "github", &bin(GATEWAY_BIN)).await?;
-        agent
-            .grant("code-reviewer", SUBJECT, "github", CONSENTED)
-            .await?;
-        let dir = agent.dir.path().to_owned();
-        let requests_log = dir.join("upstream-requests.jsonl");
-        let mut up = Command::new(&python);
-        up.arg(UPSTREAM_PY).arg(&requests_log);
-        let upstream = Proc::start(up, dir.join("upstream.log"), 1).await?;
-        let upstream_addr = upstream.addr("listening on ");
-        let audit = dir.join("gateway-audit.jsonl");
-        let config = dir.join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "trust_domain = \"{TRUST_DOMAIN}\"\n\
-                 server_name = \"github\"\n\
-                 workload_socket = \"{}\"\n\
-                 listen = \"127.0.0.1:0\"\n\
-                 ops_listen = \"127.0.0.1:0\"\n\
-                 policies = \"{POLICIES}\"\n\
-                 schema = \"{SCHEMA}\"\n\
-                 audit_log = \"{}\"\n\
-                 [upstream]\n\
-                 http = \"http://{upstream_addr}/mcp\"\n",
-                agent.workload.display(),
-                audit.display()
-            ),
-        )?;
-        let mut gw = Command::new(bin(GATEWAY_BIN));
-        gw.arg("--config").arg(&config).env("RUST_LOG", "info");
-        let gateway = Proc::start(gw, dir.join("gateway.log"), 2).await?;
-        let url = format!("https://{}/mcp", gateway.addr("listening on "));
-        let ops = format!("http://{}", gateway.addr("ops on "));
-        Ok(Gw {
-            agent,
-            upstream,
-            gateway,
-            url,
-            ops,
-            requests_log,
-            audit,
-        })
-    }
-
-    /// Begins a task with `scopes` as this (registered) test process.
-    async fn begin(&self, scopes: &[&str]) -> (Workload, Task, TaskCredential) {
-        let w = Workload::connect(&self.agent.endpoint()).await.unwrap();
-        let task = w
-            .begin_task(&TaskRequest {
-                server: "github".into(),
-                scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                subject: SUBJECT.into(),
-                purpose: "review PR 42".into(),
-                lifetime_secs: 0,
-            })
-            .await
-            .unwrap();
-        let cred = w
-            .task_credential(&task.id, Duration::from_secs(5))
-            .await
-            .unwrap();
-        (w, task, cred)
-    }
-
-    async fn connect(&self, cred: &TaskCredential) -> McpConnection {
-        McpConnection::connect(&self.url, tls_config(cred, "github").unwrap())
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", self.gateway.log_text()))
-    }
-
-    /// Every request the upstream received so far.
-    fn upstream_requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.requests_log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Whether the upstream ever received a body containing `needle`.
-    fn upstream_saw(&self, needle: &str) -> bool {
-        self.upstream_requests()
-            .iter()
-            .any(|r| r["body"].as_str().is_some_and(|b| b.contains(needle)))
-    }
-}
-
-/// A raw HTTP client presenting `cred`.
-fn raw(cred: &TaskCredential) -> reqwest::Client {
-    http_client(tls_config(cred, "github").unwrap()).unwrap()
-}
-
-/// `_meta` of a 2026-07-28 stateless request.
-fn meta2026() -> Value {
-    json!({
-        "io.modelcontextprotocol/protocolVersion": V2026,
-        "io.modelcontextprotocol/clientCapabilities": {},
-        "io.modelcontextprotocol/clientInfo": {"name": "gateway-test", "version": "1"}
-    })
-}
-
-/// POSTs `body` (a JSON value or raw bytes) with `headers`; (status, content type, body).
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> (u16, String, String) {
-    let mut req = http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let ctype = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    (status, ctype, resp.text().await.unwrap_or_default())
-}
-
-/// A 2026-07-28 stateless request of `method` naming `name`, with matching headers
-/// unless `headers` says otherwise.
-async fn post2026(
-    http: &reqwest::Client,
-    url: &str,
-    method: &str,
-    params: Value,
-    headers: &[(&str, &str)],
-) -> (u16, String, Value) {
-    let mut p = params;
-    p["_meta"] = meta2026();
-    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": p});
-    let mut h = vec![("mcp-protocol-version", V2026)];
-    h.extend_from_slice(headers);
-    let (status, ctype, text) = post(http, url, &h, body.to_string().into_bytes()).await;
-    (status, ctype, json_of(&text))
-}
-
-/// The JSON-RPC message of a JSON body, or of the one `data:` event of an SSE body.
-fn json_of(text: &str) -> Value {
-    if let Ok(v) = serde_json::from_str(text) {
-        return v;
-    }
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .find(|v| v.get("id").is_some())
-        .unwrap_or(Value::Null)
-}
-
-fn tool_names(msg: &Value) -> Vec<String> {
-    let mut names: Vec<String> = msg["result"]["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no tools in {msg}"))
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    names
-}
+use support::{AgentCa, Leaf, args, foreign_ca, hostile_tls, mint};
+use tessera_e2e::TRUST_DOMAIN;
+use tessera_example_agent_runtime::{CallOutcome, McpConnection};
 
 const ALLOWED_TOOLS: &[&str] = &["delete_branch", "get_pull_request", "list_pulls"];
 
@@ -560,12 +302,39 @@ async fn both_protocol_generations_pass_and_a_header_that_disagrees_with_the_bod
 }
 
 #[tokio::test]
-async fn a_call_on_an_open_connection_after_end_task_is_refused() {
+async fn after_end_task_a_call_on_an_open_connection_is_refused_and_open_streams_close() {
     let gw = Gw::start().await;
     let (w, task, cred) = gw.begin(CONSENTED).await;
     let conn = gw.connect(&cred).await;
     let pr = || args(json!({"repo": "acme/api", "number": 42}));
     assert!(conn.call("get_pull_request", pr()).await.is_ok());
+    // A session's server-to-client stream, held open through the gateway.
+    let http = raw(&cred);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "gateway-test", "version": "1"}}});
+    let resp = http
+        .post(&gw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(init.to_string())
+        .send()
+        .await
+        .unwrap();
+    let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(resp.text().await);
+    let mut stream = http
+        .get(&gw.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let stream_end = tokio::spawn(async move {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    });
     w.end_task(&task.id).await.unwrap();
     // The revocation reaches the gateway through the agent's feed: wait for it (bounded).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -593,6 +362,11 @@ async fn a_call_on_an_open_connection_after_end_task_is_refused() {
         "{msg}"
     );
     assert!(!gw.upstream_saw("acme/after-end"));
+    // The open stream was ended by the gateway when the revocation arrived.
+    tokio::time::timeout(Duration::from_secs(10), stream_end)
+        .await
+        .expect("the revoked task's open stream is closed")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -680,6 +454,7 @@ async fn hostile_certificates_are_refused_at_the_tls_handshake() {
     let mut foreign_claims = leaf.claims.clone().unwrap();
     foreign_claims.client_id = "spiffe://evil.test/client/code-reviewer".parse().unwrap();
     foreign_claims.server = "spiffe://evil.test/mcp/github".parse().unwrap();
+    let foreign_id = task.spiffe_id.replace(TRUST_DOMAIN, "evil.test");
     let now = time::OffsetDateTime::now_utc();
     let good = || Leaf {
         claims_der: Some(claims_der.clone()),
@@ -698,7 +473,7 @@ async fn hostile_certificates_are_refused_at_the_tls_handshake() {
             "another trust domain",
             Leaf {
                 claims_der: Some(foreign_claims.to_der()),
-                ..Leaf::new(&task.spiffe_id.replace(TRUST_DOMAIN, "evil.test"), &evil)
+                ..Leaf::new(&foreign_id, &evil)
             },
         ),
         (

@@ -1094,3 +1094,94 @@ async fn a_decision_names_the_connection_its_request_came_on() {
         assert!(line.contains(&want), "{want} missing: {line}");
     }
 }
+
+// === the proxy's rules (tessera-gateway) against Enforced ===
+
+/// `params` as [`Harness::send`] sends them for `v2026`.
+fn sent_params(params: &Value, v2026: bool) -> Option<Value> {
+    let mut p = params.clone();
+    if v2026 {
+        if p.is_null() {
+            p = json!({});
+        }
+        p["_meta"] = meta_2026();
+    }
+    (!p.is_null()).then_some(p)
+}
+
+#[tokio::test]
+async fn the_proxy_rules_decide_every_method_of_both_schemas_as_enforced_does() {
+    use super::proxy::{Denial, ProxyRules, Verdict};
+    let revoked = Arc::new(live_task());
+    let authz = authorizer(RevocationWatcher::from_static([task_id(&revoked)], []));
+    let rules = ProxyRules::new(authz.clone());
+    let mut h = Harness::start(authz);
+    let live = Arc::new(live_task());
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for peer in [Some(&live), Some(&revoked), None] {
+        for c in requests() {
+            if c.live == Want::NotInVersion {
+                // rmcp refuses it before any handler; a proxy does not know versions.
+                continue;
+            }
+            h.probe.clear();
+            let call = h.call(c.method, c.params.clone(), peer, c.v2026);
+            let Ok(answer) = tokio::time::timeout(Duration::from_secs(5), call).await else {
+                continue; // an accepted subscription stays open
+            };
+            let params = sent_params(&c.params, c.v2026);
+            let verdict = rules.decide_request(peer.map(|p| &**p), c.method, params.as_ref());
+            let what = format!("{:?} {} {}", peer.map(|p| p.spiffe_id()), c.method, c.params);
+            compared += 1;
+            match (&verdict, answer.get("error"), answer.get("result")) {
+                (Verdict::Forward { .. }, None, Some(_)) if denial_reason(&answer).is_none() => {}
+                (Verdict::Deny(Denial::Error(e)), Some(err), _) => {
+                    let mine = serde_json::to_value(e).unwrap();
+                    if &mine != err {
+                        failures.push(format!("{what}: proxy {mine}, Enforced {err}"));
+                    }
+                }
+                (Verdict::Deny(Denial::Result(mine)), None, Some(result)) => {
+                    if mine != result {
+                        failures.push(format!("{what}: proxy {mine}, Enforced {result}"));
+                    }
+                }
+                (v, _, _) => failures.push(format!("{what}: proxy {v:?}, Enforced {answer}")),
+            }
+        }
+    }
+    assert!(compared > 60, "only {compared} cases compared");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_proxy_filters_json_lists_as_enforced_filters_typed_ones() {
+    use super::proxy::ListFilter;
+    let authz = authorizer(RevocationWatcher::from_static([], []));
+    let live = live_task();
+    let mut tools = json!({"tools": [
+        {"name": "get_pull_request"}, {"name": "search_code"}, {"title": "nameless"}, {"name": 7}
+    ]});
+    let filter = ListFilter::for_method("tools/list").unwrap();
+    assert_eq!(filter.retain(&authz, &live, &mut tools), 3);
+    assert_eq!(tools, json!({"tools": [{"name": "get_pull_request"}]}));
+    let mut templates = json!({"resourceTemplates": [
+        {"uriTemplate": "file:///handbook/{page}"}, {"uriTemplate": "file:///secrets/{page}"}
+    ]});
+    let filter = ListFilter::for_method("resources/templates/list").unwrap();
+    filter.retain(&authz, &live, &mut templates);
+    assert_eq!(
+        templates,
+        json!({"resourceTemplates": [{"uriTemplate": "file:///handbook/{page}"}]})
+    );
+    // A revoked task sees nothing.
+    let revoked = live_task();
+    let authz = authorizer(RevocationWatcher::from_static([task_id(&revoked)], []));
+    let mut tools = json!({"tools": [{"name": "get_pull_request"}]});
+    ListFilter::for_method("tools/list")
+        .unwrap()
+        .retain(&authz, &revoked, &mut tools);
+    assert_eq!(tools, json!({"tools": []}));
+    assert!(ListFilter::for_method("tools/call").is_none());
+}
