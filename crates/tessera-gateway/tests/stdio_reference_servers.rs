@@ -32,7 +32,8 @@ use tokio::process::{Child, Command};
 const GATEWAY_BIN: &str = "tessera-gateway";
 
 /// Which tools the client may use at all; writes only under a `drafts` directory and
-/// never through a path that climbs out of it (a policy on the call's arguments).
+/// never through a path that climbs out of it (a policy on the call's arguments; a
+/// call without a path is the server's to refuse, so `tools/list` still shows the tool).
 const POLICIES: &str = r#"
 @id("reference-tools")
 permit (
@@ -48,9 +49,8 @@ forbid (
   resource == Tool::"write_file"
 )
 when {
-  !(context.arguments has path) ||
-  !(context.arguments.path like "*/drafts/*") ||
-  context.arguments.path like "*..*"
+  context.arguments has path &&
+  (!(context.arguments.path like "*/drafts/*") || context.arguments.path like "*..*")
 };
 "#;
 
