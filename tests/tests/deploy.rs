@@ -1207,7 +1207,15 @@ fn gateway_config(
 ) {
     let dep = find(objs, |o| match o {
         Object::Deployment(d)
-            if d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].name
+            if d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .name
                 == "gateway" =>
         {
             Some(d)
@@ -1229,7 +1237,12 @@ fn gateway_config(
     });
     let data = cm.data.as_ref().unwrap();
     let file = |path: &Path| -> &str {
-        assert_eq!(path.parent(), Some(dir), "{} is not in the config mount", path.display());
+        assert_eq!(
+            path.parent(),
+            Some(dir),
+            "{} is not in the config mount",
+            path.display()
+        );
         &data[path.file_name().unwrap().to_str().unwrap()]
     };
     let overrides: HashMap<&str, &str> = c
@@ -1308,10 +1321,18 @@ fn check_gateway(objs: &[Object], origin: &str) -> tessera_gateway::config::Gate
     });
     let svc_spec = svc.spec.as_ref().unwrap();
     for (k, v) in svc_spec.selector.as_ref().unwrap() {
-        assert_eq!(pod_labels.get(k), Some(v), "{origin}: the Service selects the pods");
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "{origin}: the Service selects the pods"
+        );
     }
     let svc_ports = svc_spec.ports.as_ref().unwrap();
-    assert_eq!(svc_ports.len(), 1, "{origin}: the Service exposes the gateway alone");
+    assert_eq!(
+        svc_ports.len(),
+        1,
+        "{origin}: the Service exposes the gateway alone"
+    );
     assert_eq!(
         svc_ports[0].target_port,
         Some(IntOrString::String("mcp".into()))
@@ -1328,8 +1349,18 @@ fn check_gateway(objs: &[Object], origin: &str) -> tessera_gateway::config::Gate
     );
     for c in &spec.containers {
         let sc = c.security_context.as_ref().unwrap();
-        assert_eq!(sc.read_only_root_filesystem, Some(true), "{origin}: {}", c.name);
-        assert_eq!(sc.allow_privilege_escalation, Some(false), "{origin}: {}", c.name);
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "{origin}: {}",
+            c.name
+        );
+        assert_eq!(
+            sc.allow_privilege_escalation,
+            Some(false),
+            "{origin}: {}",
+            c.name
+        );
         assert_eq!(
             sc.capabilities.as_ref().unwrap().drop.as_deref(),
             Some(&["ALL".to_string()][..]),
@@ -1352,7 +1383,11 @@ fn kustomize_gateway_base_runs_the_stdio_server_inside_the_gateway_with_nothing_
     let (_, ids, dep) = gateway_config(&objs);
     assert_eq!(ids, ["docs-tools", "writes-only-to-drafts"]);
     let spec = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    assert_eq!(spec.containers.len(), 1, "the server is the gateway's child, not a container");
+    assert_eq!(
+        spec.containers.len(),
+        1,
+        "the server is the gateway's child, not a container"
+    );
     let c = &spec.containers[0];
     // What the server serves is mounted where its argument says, and the child's HOME
     // and TMPDIR are writable under a read-only root.
@@ -1394,7 +1429,10 @@ fn kustomize_gateway_sidecar_keeps_the_upstream_on_the_pods_loopback() {
     assert!(upstream.ports.is_none(), "the upstream declares no port");
     let args = upstream.args.as_ref().unwrap().join(" ");
     assert!(args.contains("--host 127.0.0.1"), "{args}");
-    assert!(args.contains(&format!("--port {}", uri.port_u16().unwrap())), "{args}");
+    assert!(
+        args.contains(&format!("--port {}", uri.port_u16().unwrap())),
+        "{args}"
+    );
 }
 
 /// The gateway's objects of a chart rendering (those in its namespace).
@@ -1455,7 +1493,10 @@ fn helm_gateway_values_choose_the_upstream_and_reach_the_config() {
     ));
     let (_, _, dep) = gateway_config(&objs);
     let spec = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    assert_eq!(spec.containers[1].image.as_deref(), Some("ghcr.io/acme/wiki-mcp:1.0.0"));
+    assert_eq!(
+        spec.containers[1].image.as_deref(),
+        Some("ghcr.io/acme/wiki-mcp:1.0.0")
+    );
     assert!(spec.containers[1].ports.is_none());
 
     // A stdio server with its own args and TOML, and a claim for what it serves.

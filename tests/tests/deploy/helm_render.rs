@@ -150,9 +150,9 @@ fn pipeline(src: &str, ctx: &Context) -> Result<Value, String> {
     let mut v = match words.as_slice() {
         ["toYaml", arg] => Value::String(to_yaml(&lookup(arg, ctx)?)),
         // A JSON array of strings is also a TOML array (the gateway's stdio args).
-        ["toJson", arg] => Value::String(
-            serde_json::to_string(&lookup(arg, ctx)?).map_err(|e| e.to_string())?,
-        ),
+        ["toJson", arg] => {
+            Value::String(serde_json::to_string(&lookup(arg, ctx)?).map_err(|e| e.to_string())?)
+        }
         [arg] => lookup(arg, ctx)?,
         _ => return Err(format!("unsupported expression {first:?}")),
     };
