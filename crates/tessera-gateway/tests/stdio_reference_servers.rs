@@ -1,8 +1,8 @@
 //! The real `tessera-gateway` binary in front of stdio MCP servers no one here wrote:
 //! the npm reference servers `@modelcontextprotocol/server-filesystem` and
 //! `@modelcontextprotocol/server-everything` (pinned in `tests/interop/node/package.json`
-//! + lock, installed with `npm ci` under `target/`), run and supervised by the gateway as
-//! its child. A real agent issues the gateway's SVID and the callers' task SVIDs; the
+//! and its lock, installed with `npm ci` under `target/`), run and supervised by the
+//! gateway as its child. A real agent issues the gateway's SVID and the callers' task SVIDs; the
 //! caller is rmcp's client over mTLS (a 2025-11-25 session, whose `initialize` the bridge
 //! answers from the child's cached result).
 //!
@@ -10,7 +10,7 @@
 //! `TESSERA_REQUIRE_INTEROP=1` (CI) makes that a failure.
 
 #[path = "../../../tests/tests/support/mcp.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -415,7 +415,12 @@ impl Bridge {
     }
 
     /// A notification a caller posted.
-    pub(super) fn from_caller(&self, session: Option<&str>, method: &str, msg: Map<String, Value>) {
+    pub(super) fn on_caller_notification(
+        &self,
+        session: Option<&str>,
+        method: &str,
+        msg: Map<String, Value>,
+    ) {
         match method {
             // The child was initialized once, by the bridge.
             "notifications/initialized" => {}
@@ -462,7 +467,7 @@ impl Bridge {
     }
 
     /// One line from the child's stdout.
-    pub(super) fn from_child(&self, run: &Generation, line: Line) {
+    pub(super) fn on_child_line(&self, run: &Generation, line: Line) {
         let bytes = match line {
             Line::Complete(bytes) => bytes,
             Line::Oversized { bytes } => {

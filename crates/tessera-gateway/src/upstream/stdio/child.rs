@@ -218,7 +218,7 @@ async fn read_stdout(bridge: Arc<Bridge>, run: Arc<Generation>, stdout: ChildStd
     let mut lines = LineReader::new(stdout, bridge.config.max_message_bytes);
     loop {
         match lines.next_line().await {
-            Ok(Some(line)) => bridge.from_child(&run, line),
+            Ok(Some(line)) => bridge.on_child_line(&run, line),
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(child = %bridge.name, pid = run.pid, error = %e, "reading the stdio upstream's stdout");

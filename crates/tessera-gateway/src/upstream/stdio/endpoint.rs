@@ -132,7 +132,7 @@ async fn post(bridge: &Arc<Bridge>, session: Option<String>, req: Request<Body>)
     match msg {
         Message::Request { id, method, msg } => request(bridge, session, id, &method, msg).await,
         Message::Notification { method, msg } => {
-            bridge.from_caller(session.as_deref(), &method, msg);
+            bridge.on_caller_notification(session.as_deref(), &method, msg);
             status(StatusCode::ACCEPTED)
         }
         Message::Response { .. } => {
