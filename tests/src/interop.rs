@@ -295,6 +295,14 @@ pub struct GrpcJs {
     node_modules: PathBuf,
 }
 
+impl GrpcJs {
+    /// The installed `node_modules` (every package of `tests/interop/node/package.json`,
+    /// e.g. the MCP reference servers the gateway's stdio tests run).
+    pub fn node_modules(&self) -> &Path {
+        &self.node_modules
+    }
+}
+
 /// The stock Node client, or `None` (after saying why) when this machine has
 /// no `node` or `npm` and CI did not require them.
 pub fn grpc_js() -> Option<GrpcJs> {

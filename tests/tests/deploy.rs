@@ -1191,3 +1191,334 @@ fn helm_cluster_values_reach_the_server_and_the_agents() {
         "acme-bundle"
     );
 }
+
+// === tessera-gateway (issue 18): the standalone and sidecar manifests and the chart ===
+
+/// The gateway's effective config inside a Deployment: the ConfigMap's TOML named by
+/// `TESSERA_GATEWAY_CONFIG`, with the container's literal environment as overrides, as
+/// the gateway loads it; and its Cedar policies, validated against its schema, from
+/// the same ConfigMap.
+fn gateway_config(
+    objs: &[Object],
+) -> (
+    tessera_gateway::config::GatewayConfig,
+    Vec<String>,
+    Deployment,
+) {
+    let dep = find(objs, |o| match o {
+        Object::Deployment(d)
+            if d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .name
+                == "gateway" =>
+        {
+            Some(d)
+        }
+        _ => None,
+    })
+    .clone();
+    let spec = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &spec.containers[0];
+    let config_path =
+        PathBuf::from(env(c, "TESSERA_GATEWAY_CONFIG").expect("TESSERA_GATEWAY_CONFIG is set"));
+    let dir = config_path.parent().unwrap();
+    let (vol, ro) = mount_at(spec, c, dir);
+    assert!(ro, "the gateway's config mount is read-only");
+    let cm_name = vol.config_map.as_ref().expect("a ConfigMap").name.clone();
+    let cm = find(objs, |o| match o {
+        Object::ConfigMap(m) if m.metadata.name.as_deref() == Some(cm_name.as_str()) => Some(m),
+        _ => None,
+    });
+    let data = cm.data.as_ref().unwrap();
+    let file = |path: &Path| -> &str {
+        assert_eq!(
+            path.parent(),
+            Some(dir),
+            "{} is not in the config mount",
+            path.display()
+        );
+        &data[path.file_name().unwrap().to_str().unwrap()]
+    };
+    let overrides: HashMap<&str, &str> = c
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+        .collect();
+    let config = tessera_gateway::config::GatewayConfig::from_toml(
+        file(&config_path),
+        &config_path,
+        &overrides,
+    )
+    .unwrap_or_else(|e| panic!("the gateway refuses its config: {e}"));
+    let store = tessera_verify::authz::policy::PolicyStore::from_strs(
+        file(&config.policies),
+        file(&config.schema),
+    )
+    .unwrap_or_else(|e| panic!("the policies do not validate against the schema: {e}"));
+    let mut ids = store.policy_ids();
+    ids.sort();
+    (config, ids, dep)
+}
+
+/// What every gateway Deployment must hold, whatever its upstream: the agent's socket
+/// where the config says, ports and probes where the listeners are, the Service on the
+/// gateway's port alone, a locked-down container. Returns the config.
+fn check_gateway(objs: &[Object], origin: &str) -> tessera_gateway::config::GatewayConfig {
+    let (config, _, dep) = gateway_config(objs);
+    let spec = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &spec.containers[0];
+    let socket = config
+        .workload_socket
+        .strip_prefix("unix://")
+        .unwrap_or(&config.workload_socket);
+    let (vol, ro) = mount_at(spec, c, Path::new(socket).parent().unwrap());
+    assert!(ro, "{origin}: the agent socket is mounted read-only");
+    assert_eq!(
+        vol.host_path.as_ref().map(|h| h.path.as_str()),
+        Some("/run/tessera"),
+        "{origin}: the node agent's socket directory"
+    );
+    let port = |name: &str| {
+        c.ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{origin}: no port {name}"))
+            .container_port
+    };
+    assert_eq!(port("mcp"), i32::from(config.listen.port()), "{origin}");
+    let ops = config.ops_listen.expect("an ops listener for the probes");
+    assert_eq!(port("http-metrics"), i32::from(ops.port()), "{origin}");
+    for (probe, path) in [
+        (c.liveness_probe.as_ref(), "/healthz"),
+        (c.readiness_probe.as_ref(), "/readyz"),
+    ] {
+        let get = probe.unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some(path), "{origin}");
+        assert_eq!(port_number(&get.port, c), i32::from(ops.port()), "{origin}");
+    }
+    let pod_labels = dep
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let svc = find(objs, |o| match o {
+        Object::Service(s) if s.metadata.name == dep.metadata.name => Some(s),
+        _ => None,
+    });
+    let svc_spec = svc.spec.as_ref().unwrap();
+    for (k, v) in svc_spec.selector.as_ref().unwrap() {
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "{origin}: the Service selects the pods"
+        );
+    }
+    let svc_ports = svc_spec.ports.as_ref().unwrap();
+    assert_eq!(
+        svc_ports.len(),
+        1,
+        "{origin}: the Service exposes the gateway alone"
+    );
+    assert_eq!(
+        svc_ports[0].target_port,
+        Some(IntOrString::String("mcp".into()))
+    );
+    let sa = find(objs, |o| match o {
+        Object::ServiceAccount(s) if s.metadata.name == spec.service_account_name => Some(s),
+        _ => None,
+    });
+    assert_eq!(sa.automount_service_account_token, Some(false), "{origin}");
+    assert_eq!(
+        spec.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true),
+        "{origin}"
+    );
+    for c in &spec.containers {
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "{origin}: {}",
+            c.name
+        );
+        assert_eq!(
+            sc.allow_privilege_escalation,
+            Some(false),
+            "{origin}: {}",
+            c.name
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..]),
+            "{origin}: {}",
+            c.name
+        );
+    }
+    config
+}
+
+#[test]
+fn kustomize_gateway_base_runs_the_stdio_server_inside_the_gateway_with_nothing_to_bypass_it() {
+    let objs = kustomize(&repo().join("deploy/kubernetes/gateway/base"));
+    let config = check_gateway(&objs, "gateway base");
+    let tessera_gateway::config::Upstream::Stdio(stdio) = config.upstream().unwrap() else {
+        panic!("a stdio upstream")
+    };
+    assert_eq!(stdio.command, "node");
+    stdio.validate().unwrap();
+    let (_, ids, dep) = gateway_config(&objs);
+    assert_eq!(ids, ["docs-tools", "writes-only-to-drafts"]);
+    let spec = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.containers.len(),
+        1,
+        "the server is the gateway's child, not a container"
+    );
+    let c = &spec.containers[0];
+    // What the server serves is mounted where its argument says, and the child's HOME
+    // and TMPDIR are writable under a read-only root.
+    let served = stdio.args.last().unwrap();
+    mount_at(spec, c, Path::new(served));
+    assert_eq!(env(c, "HOME"), Some("/tmp"));
+    mount_at(spec, c, Path::new("/tmp"));
+    // The image that runs it installs the server where the args point, at the version
+    // the interop tests pin.
+    let dockerfile =
+        std::fs::read_to_string(repo().join("deploy/docker/Dockerfile.gateway-node")).unwrap();
+    let package = stdio.args[0]
+        .strip_prefix("/opt/mcp/node_modules/")
+        .and_then(|p| p.strip_suffix("/dist/index.js"))
+        .expect("the package under /opt/mcp");
+    let pinned: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/interop/node/package.json")).unwrap(),
+    )
+    .unwrap();
+    let version = pinned["dependencies"][package].as_str().unwrap();
+    assert!(
+        dockerfile.contains(&format!("{package}@{version}")),
+        "Dockerfile.gateway-node installs {package}@{version}"
+    );
+}
+
+#[test]
+fn kustomize_gateway_sidecar_keeps_the_upstream_on_the_pods_loopback() {
+    let objs = kustomize(&repo().join("deploy/kubernetes/gateway/sidecar"));
+    let config = check_gateway(&objs, "gateway sidecar");
+    let tessera_gateway::config::Upstream::Http(uri) = config.upstream().unwrap() else {
+        panic!("an HTTP upstream")
+    };
+    assert_eq!(uri.host(), Some("127.0.0.1"));
+    let (_, _, dep) = gateway_config(&objs);
+    let spec = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(spec.containers.len(), 2);
+    let upstream = &spec.containers[1];
+    assert!(upstream.ports.is_none(), "the upstream declares no port");
+    let args = upstream.args.as_ref().unwrap().join(" ");
+    assert!(args.contains("--host 127.0.0.1"), "{args}");
+    assert!(
+        args.contains(&format!("--port {}", uri.port_u16().unwrap())),
+        "{args}"
+    );
+}
+
+/// The gateway's objects of a chart rendering (those in its namespace).
+fn gateway_objects(objs: &[Object]) -> BTreeMap<(&'static str, String), Object> {
+    objs.iter()
+        .filter(|o| o.namespace() == Some("mcp"))
+        .map(|o| {
+            let mut o = o.clone();
+            if let Object::ConfigMap(m) = &mut o {
+                m.data = None;
+            }
+            (o.key(), o)
+        })
+        .collect()
+}
+
+#[test]
+fn helm_chart_with_the_gateway_enabled_renders_the_kustomize_gateway_base() {
+    assert!(
+        gateway_objects(&helm(None)).is_empty(),
+        "no gateway unless gateway.enabled"
+    );
+    let chart = helm(Some("gateway: {enabled: true}"));
+    let base = kustomize(&repo().join("deploy/kubernetes/gateway/base"));
+    let (want, got) = (gateway_objects(&base), gateway_objects(&chart));
+    let want: BTreeMap<_, _> = want
+        .into_iter()
+        .filter(|(k, _)| k.0 != "Namespace")
+        .collect();
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>()
+    );
+    for (k, w) in &want {
+        assert_eq!(&got[k], w, "{k:?} differs between kustomize and helm");
+    }
+    let (helm_config, helm_ids, _) = gateway_config(&chart);
+    let (base_config, base_ids, _) = gateway_config(&base);
+    assert_eq!(format!("{helm_config:?}"), format!("{base_config:?}"));
+    assert_eq!(helm_ids, base_ids);
+}
+
+#[test]
+fn helm_gateway_values_choose_the_upstream_and_reach_the_config() {
+    let objs = helm(Some(
+        "trustDomain: prod.acme.corp\n\
+         gateway:\n  enabled: true\n  serverName: wiki\n  port: 9443\n  opsPort: 9191\n\
+         \x20 image: {repository: tessera, tag: 0.2.0}\n\
+         \x20 upstream:\n    http: http://127.0.0.1:8080/mcp\n\
+         \x20   sidecar: {image: ghcr.io/acme/wiki-mcp:1.0.0, args: [--host, 127.0.0.1, --port, '8080']}\n",
+    ));
+    let config = check_gateway(&objs, "helm sidecar");
+    assert_eq!(config.trust_domain, "prod.acme.corp");
+    assert_eq!(config.server_name, "wiki");
+    assert!(matches!(
+        config.upstream().unwrap(),
+        tessera_gateway::config::Upstream::Http(u) if u.host() == Some("127.0.0.1")
+    ));
+    let (_, _, dep) = gateway_config(&objs);
+    let spec = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.containers[1].image.as_deref(),
+        Some("ghcr.io/acme/wiki-mcp:1.0.0")
+    );
+    assert!(spec.containers[1].ports.is_none());
+
+    // A stdio server with its own args and TOML, and a claim for what it serves.
+    let objs = helm(Some(
+        "gateway:\n  enabled: true\n  dataClaimName: docs\n\
+         \x20 upstream:\n    stdio:\n      command: npx\n      args: ['-y', '@modelcontextprotocol/server-everything@2026.8.31', 'stdio']\n\
+         \x20     extraToml: |\n        request_timeout = \"2m\"\n",
+    ));
+    let config = check_gateway(&objs, "helm stdio");
+    let tessera_gateway::config::Upstream::Stdio(stdio) = config.upstream().unwrap() else {
+        panic!("a stdio upstream")
+    };
+    assert_eq!(stdio.command, "npx");
+    assert_eq!(stdio.args[2], "stdio");
+    assert_eq!(stdio.request_timeout.as_secs(), 120);
+    let (_, _, dep) = gateway_config(&objs);
+    let spec = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(
+        volume(spec, "data")
+            .persistent_volume_claim
+            .as_ref()
+            .map(|c| c.claim_name.as_str()),
+        Some("docs")
+    );
+}

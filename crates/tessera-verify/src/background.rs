@@ -48,8 +48,9 @@ impl Background {
     ///
     /// The task selects on [`CancellationToken::cancelled`] (or uses
     /// [`CancellationToken::run_until_cancelled`]) around its waits, and releases what it
-    /// holds before it returns.
-    pub(crate) fn spawn<F>(name: &'static str, task: impl FnOnce(CancellationToken) -> F) -> Self
+    /// holds before it returns. Public so that crates built on this one (the gateway's
+    /// stdio upstream supervisor) hand out the same kind of guard for their own tasks.
+    pub fn spawn<F>(name: &'static str, task: impl FnOnce(CancellationToken) -> F) -> Self
     where
         F: Future<Output = ()> + Send + 'static,
     {

@@ -6,7 +6,7 @@
 //! Supported: text; `{{ PIPELINE }}` and `{{- … -}}` whitespace trimming;
 //! `{{ if PIPELINE }} … {{ else }} … {{ end }}`; pipelines over `.Values.a.b`,
 //! `.Release.Name`, `.Release.Namespace`, `.Chart.Name`, `.Chart.Version`,
-//! `.Chart.AppVersion`, with `quote`, `toYaml X`, `nindent N`, `indent N`.
+//! `.Chart.AppVersion`, with `quote`, `toYaml X`, `toJson X`, `nindent N`, `indent N`.
 //! Comments (`{{/* … */}}`) are dropped.
 
 use serde_norway::Value;
@@ -149,6 +149,10 @@ fn pipeline(src: &str, ctx: &Context) -> Result<Value, String> {
     let words: Vec<&str> = first.split_whitespace().collect();
     let mut v = match words.as_slice() {
         ["toYaml", arg] => Value::String(to_yaml(&lookup(arg, ctx)?)),
+        // A JSON array of strings is also a TOML array (the gateway's stdio args).
+        ["toJson", arg] => {
+            Value::String(serde_json::to_string(&lookup(arg, ctx)?).map_err(|e| e.to_string())?)
+        }
         [arg] => lookup(arg, ctx)?,
         _ => return Err(format!("unsupported expression {first:?}")),
     };
