@@ -169,6 +169,6 @@ pub use conn::ConnectionSpan;
 pub use decision::{Decision, Reason};
 pub use peer::{AuthMethod, Credential, Peer, PeerError, TokenCredential};
 pub use request::{McpMethod, McpRequest};
-pub use revocation::{RevocationStatus, RevocationWatcher};
+pub use revocation::{NodeCaStatus, RevocationStatus, RevocationWatcher};
 pub use tls::{ServerTlsBuilder, TlsError};
 pub use trust::{TrustError, TrustMaterial, TrustSource};
