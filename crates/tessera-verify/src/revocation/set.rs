@@ -80,7 +80,7 @@ pub fn normalize_serial(serial: &str) -> String {
         .count();
     let drop = (zeros * 2).min(s.len().saturating_sub(2));
     // Whole pairs only: an odd-length text is left as the sender wrote it (never matches).
-    if s.len() % 2 == 0 {
+    if s.len().is_multiple_of(2) {
         s.drain(..drop);
     }
     s
