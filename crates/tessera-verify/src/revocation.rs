@@ -137,6 +137,9 @@ struct Inner {
     everyone: watch::Sender<()>,
     /// Whether the refusal of the legacy `Watch` was logged (it is, once, at error).
     legacy_refusal_logged: AtomicBool,
+    /// The held version when a heartbeat ahead of it arrived (`u64::MAX`: none since the
+    /// last one in step).
+    heartbeat_ahead_at: AtomicU64,
 }
 
 /// Waits for changes of the feed's answer about one peer (its task and the node CAs
@@ -226,6 +229,7 @@ impl RevocationWatcher {
                 waiters: Mutex::new(HashMap::new()),
                 everyone: watch::Sender::new(()),
                 legacy_refusal_logged: AtomicBool::new(false),
+                heartbeat_ahead_at: AtomicU64::new(u64::MAX),
             }),
         }
     }
@@ -420,8 +424,9 @@ impl RevocationWatcher {
 
     /// Applies one `Follow` message: a snapshot page (the set is replaced once the last
     /// page is in), a delta (only when it starts at the held version of the same feed)
-    /// or a heartbeat (which must name the held version). A message that keeps the set
-    /// in step vouches for it up to its `current_as_of_unix_ms`.
+    /// or a heartbeat (which must name the held version; one naming a later version is
+    /// let pass once, unvouched, as the deltas it names may be on their way). A message
+    /// that keeps the set in step vouches for it up to its `current_as_of_unix_ms`.
     ///
     /// # Errors
     /// [`FeedError`] when the message does not follow from what is held (a gap, another
@@ -494,15 +499,35 @@ impl RevocationWatcher {
                     return Ok(());
                 }
                 let held = self.held();
-                follow::check_in_step(
+                let checked = follow::check_in_step(
                     &held.feed_id,
                     held.version,
                     self.inner.complete.load(Ordering::Acquire),
                     &msg.feed_id,
                     beat.version,
-                )?;
+                );
+                let held_version = held.version;
                 drop(held);
-                self.vouch(msg.current_as_of_unix_ms);
+                match checked {
+                    Ok(()) => {
+                        self.inner
+                            .heartbeat_ahead_at
+                            .store(u64::MAX, Ordering::Release);
+                        self.vouch(msg.current_as_of_unix_ms);
+                    }
+                    // A sender names its newest version, which it may have made after
+                    // the last delta it sent this follower: the deltas are on their
+                    // way. Such a heartbeat vouches for nothing; a second one with no
+                    // delta in between is a gap.
+                    Err(FeedError::OutOfStep { held, sender })
+                        if sender > held
+                            && self
+                                .inner
+                                .heartbeat_ahead_at
+                                .swap(held_version, Ordering::AcqRel)
+                                != held_version => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         self.note_update();
@@ -554,6 +579,9 @@ impl RevocationWatcher {
             added
         };
         self.inner.complete.store(true, Ordering::Release);
+        self.inner
+            .heartbeat_ahead_at
+            .store(u64::MAX, Ordering::Release);
         self.wake(&added);
     }
 
@@ -634,6 +662,9 @@ impl RevocationWatcher {
             self.vouch_now();
         }
         *self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.inner
+            .heartbeat_ahead_at
+            .store(u64::MAX, Ordering::Release);
         let was = self.inner.connected.swap(false, Ordering::AcqRel);
         if was {
             // Waiters re-check: down, the set goes stale at a time they must wait for.

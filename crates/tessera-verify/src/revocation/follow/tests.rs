@@ -275,13 +275,23 @@ async fn a_gap_drops_the_stream_and_follows_again_from_the_held_version() {
     assert_eq!(w.version(), 1, "nothing of the gapped delta applied");
     assert_eq!(w.status(&a, "99"), RevocationStatus::NotRevoked);
 
-    // A heartbeat ahead of the held version is a gap too.
-    tx2.send(Ok(heartbeat(3))).await.unwrap();
-    let (req, tx3) = agent.next_stream().await;
-    assert_eq!(req.since_version, 1);
-    tx3.send(Ok(delta(1, 2, vec![revoked(&b, "0B")], Vec::new())))
+    // A heartbeat ahead of the held version: the agent made version 2 after choosing
+    // what to send; its delta follows on the same stream.
+    tx2.send(Ok(heartbeat(2))).await.unwrap();
+    tx2.send(Ok(delta(1, 2, vec![revoked(&b, "0B")], Vec::new())))
         .await
         .unwrap();
+    eventually("version 2 on the same stream", || w.version() == 2).await;
+    // Two heartbeats ahead with no delta between: a gap.
+    tx2.send(Ok(heartbeat(3))).await.unwrap();
+    tx2.send(Ok(heartbeat(3))).await.unwrap();
+    let (req, tx3) = agent.next_stream().await;
+    assert_eq!(req.since_version, 2);
+    assert_eq!(
+        w.reconnects(),
+        2,
+        "the heartbeat ahead once dropped nothing"
+    );
     tx3.send(Ok(delta(2, 3, vec![revoked(&a, "0A")], Vec::new())))
         .await
         .unwrap();
@@ -537,6 +547,15 @@ async fn messages_out_of_step_are_refused_and_change_nothing() {
         w.apply_update(&delta(5, 5, vec![revoked(&a, "0A")], Vec::new())),
         Err(FeedError::VersionNotIncreasing { .. })
     ));
+    assert_eq!(
+        w.apply_update(&heartbeat(4)),
+        Err(FeedError::OutOfStep { held: 5, sender: 4 })
+    );
+    assert_eq!(
+        w.apply_update(&heartbeat(6)),
+        Ok(()),
+        "once: the delta may follow"
+    );
     assert_eq!(
         w.apply_update(&heartbeat(6)),
         Err(FeedError::OutOfStep { held: 5, sender: 6 })
