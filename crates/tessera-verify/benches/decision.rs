@@ -92,6 +92,7 @@ fn setup(case: &Case) -> (Authorizer, Peer, McpRequest) {
         credential: Credential::Certificate {
             serial_hex: "42".into(),
             not_after_unix: now + 3600,
+            node_ca_serials: Vec::new(),
         },
     };
     let req = McpRequest::call_tool(

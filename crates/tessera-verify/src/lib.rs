@@ -9,7 +9,7 @@
 //! | [`trust`] | where the own SVID and the bundles come from (Workload API or PEM files), published through one `watch` seam |
 //! | [`tls`] | rustls `ServerConfig` that requires (or, beside bearer tokens, allows) a SPIFFE client certificate; client configs pinning a server id |
 //! | [`peer`] | the caller's identity ([`Peer`]) and what proved it ([`Credential`]): parsed once from the verified leaf, or from a verified access token |
-//! | [`revocation`] | the agent's revocation feed, with a staleness bound that fails closed |
+//! | [`revocation`] | the agent's revocation feed (`Revocations.Follow`: snapshot, deltas, heartbeats; evicted node CAs), with a staleness bound that fails closed |
 //! | [`authz`] | the per-request [`Decision`]: expiry, revocation, scopes, Cedar |
 //! | [`mcp`] | enforcement for rmcp 3 servers ([`mcp::Enforced`]) and MCP session binding |
 //! | [`oauth`] | MCP authorization: access tokens, the co-located token endpoint, metadata, the resource server ([`oauth::BearerAuthLayer`]: Protected Resource Metadata, `WWW-Authenticate` challenges, step-up) |
@@ -33,13 +33,19 @@
 //! //    ... or from PEM files, polled for changes:
 //! // let (trust, _t) = tessera_verify::trust::files::spawn(FileTrustConfig::new(server_id.clone(), bundle, chain, key))?;
 //!
-//! // 2. TLS: client certificate required; own trust domain only unless allow_trust_domain(..).
-//! let mut tls = ServerTlsBuilder::new(trust).build()?;
+//! // 2. Revocations: Revocations.Follow on the agent's socket (stale, so refusing task
+//! //    credentials, until its first complete snapshot and past its staleness bound).
+//! let (revocations, _r) = RevocationWatcher::spawn(WatcherConfig::new("/run/tessera/workload.sock"));
+//!
+//! // 3. TLS: client certificate required; own trust domain only unless allow_trust_domain(..);
+//! //    a chain through an evicted node's CA refused in the handshake.
+//! let mut tls = ServerTlsBuilder::new(trust)
+//!     .refuse_evicted_node_cas(revocations.clone())
+//!     .build()?;
 //! tls.alpn_protocols = vec![b"http/1.1".to_vec()];
 //! let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 //!
-//! // 3. Revocations, policies, authorizer.
-//! let (revocations, _r) = RevocationWatcher::spawn(WatcherConfig::new("/run/tessera/workload.sock"));
+//! // Policies, authorizer.
 //! let policies = Arc::new(PolicyStore::load(PolicyFiles { policies, schema })?);
 //! let _p = policies.spawn_watch(std::time::Duration::from_secs(2));
 //! let authz = Arc::new(Authorizer::new(server_id, policies, revocations).with_audit(AuditLog::tracing_only()));
@@ -169,6 +175,6 @@ pub use conn::ConnectionSpan;
 pub use decision::{Decision, Reason};
 pub use peer::{AuthMethod, Credential, Peer, PeerError, TokenCredential};
 pub use request::{McpMethod, McpRequest};
-pub use revocation::{RevocationStatus, RevocationWatcher};
+pub use revocation::{NodeCaStatus, RevocationStatus, RevocationWatcher};
 pub use tls::{ServerTlsBuilder, TlsError};
 pub use trust::{TrustError, TrustMaterial, TrustSource};

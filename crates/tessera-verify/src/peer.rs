@@ -11,8 +11,9 @@ use std::fmt;
 use rustls_pki_types::CertificateDer;
 use tessera_identity::{
     ClientId, ProfileError, Scope, ServerId, TaskClaims, TaskSpiffeId, TesseraId, TrustDomain,
-    check_leaf_svid,
+    check_intermediate, check_leaf_svid,
 };
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Who is on the other end of a request, as proven by its verified client certificate
 /// or by an access token minted for it.
@@ -70,6 +71,11 @@ pub enum Credential {
         serial_hex: String,
         /// End of the leaf's validity, seconds since the Unix epoch.
         not_after_unix: i64,
+        /// Serial numbers (lowercase hex, as in the revocation feed) of the node CAs
+        /// the peer presented in its chain (cluster mode: the CA of the node whose
+        /// agent issued the SVID). An evicted node's CA is refused on every request.
+        /// Empty for a chain without node CAs, or a peer parsed from its leaf alone.
+        node_ca_serials: Vec<String>,
     },
     /// An access token this server's authorization server minted (RFC 9068), in an
     /// `Authorization: Bearer` header.
@@ -146,10 +152,15 @@ impl Peer {
     /// # Errors
     /// [`PeerError`] for a profile violation, a non-Tessera id, or a task without claims.
     pub fn from_leaf_der(der: &[u8]) -> Result<Self, PeerError> {
+        Self::from_leaf_and_node_cas(der, Vec::new())
+    }
+
+    fn from_leaf_and_node_cas(der: &[u8], node_ca_serials: Vec<String>) -> Result<Self, PeerError> {
         let leaf = check_leaf_svid(der)?;
         let credential = Credential::Certificate {
             serial_hex: leaf.serial_hex,
             not_after_unix: leaf.not_after_unix,
+            node_ca_serials,
         };
         match leaf.tessera_id {
             Some(TesseraId::Task(task)) => {
@@ -172,16 +183,22 @@ impl Peer {
     }
 
     /// Parses the peer from a TLS connection's presented chain (leaf first), as returned
-    /// by `rustls::ServerConnection::peer_certificates()`.
+    /// by `rustls::ServerConnection::peer_certificates()`, remembering the serials of the
+    /// node CAs in it ([`Peer::node_ca_serials`]) so that the authorizer can refuse the
+    /// connection once the node is evicted.
     ///
     /// # Errors
     /// [`PeerError::NoCertificate`] when the chain is absent or empty, else as
-    /// [`Peer::from_leaf_der`].
+    /// [`Peer::from_leaf_der`]; [`PeerError::Profile`] for an intermediate that breaks
+    /// the rules [`tessera_identity::check_intermediate`] checks (the TLS verifier has
+    /// refused such a chain already).
     pub fn from_chain(chain: Option<&[CertificateDer<'_>]>) -> Result<Self, PeerError> {
-        let leaf = chain
-            .and_then(<[_]>::first)
+        let (leaf, intermediates) = chain
+            .and_then(<[_]>::split_first)
             .ok_or(PeerError::NoCertificate)?;
-        Self::from_leaf_der(leaf.as_ref())
+        let td = check_leaf_svid(leaf.as_ref())?.trust_domain;
+        let node_cas = node_ca_serials(intermediates, &td)?;
+        Self::from_leaf_and_node_cas(leaf.as_ref(), node_cas)
     }
 
     /// A task peer proven by an access token: the task's signed `claims` (from the
@@ -277,6 +294,17 @@ impl Peer {
         }
     }
 
+    /// Serial numbers (lowercase hex) of the node CAs in the peer's certificate chain;
+    /// empty for an access token or a chain without node CAs.
+    pub fn node_ca_serials(&self) -> &[String] {
+        match self.credential() {
+            Credential::Certificate {
+                node_ca_serials, ..
+            } => node_ca_serials,
+            Credential::AccessToken(_) => &[],
+        }
+    }
+
     /// When the credential stops proving the peer, seconds since the Unix epoch: the
     /// leaf's notAfter, or the access token's `exp`.
     pub fn not_after_unix(&self) -> i64 {
@@ -304,6 +332,39 @@ impl Peer {
             Peer::Server { .. } => "server",
         }
     }
+}
+
+/// The serials (lowercase hex without leading zero bytes, as the revocation feed and
+/// [`tessera_identity`] write them) of the node CAs among `intermediates`: those
+/// carrying Tessera's node-CA extension. A plain intermediate is the trust domain's own
+/// CA and is never evicted.
+fn node_ca_serials(
+    intermediates: &[CertificateDer<'_>],
+    td: &TrustDomain,
+) -> Result<Vec<String>, PeerError> {
+    let mut serials = Vec::new();
+    for der in intermediates {
+        if check_intermediate(der.as_ref(), td)?.node.is_none() {
+            continue;
+        }
+        serials.push(serial_hex_of(der.as_ref())?);
+    }
+    Ok(serials)
+}
+
+/// The serial of the certificate `der`, lowercase hex without leading zero bytes.
+pub(crate) fn serial_hex_of(der: &[u8]) -> Result<String, PeerError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| {
+        PeerError::Profile(ProfileError::Malformed {
+            reason: e.to_string(),
+        })
+    })?;
+    let serial = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    Ok(crate::revocation::normalize_serial(&serial))
 }
 
 // === impl Credential ===
@@ -440,6 +501,7 @@ mod tests {
         let cert = Credential::Certificate {
             serial_hex: "01".into(),
             not_after_unix: 5,
+            node_ca_serials: Vec::new(),
         };
         assert_eq!(cert.auth_method().as_str(), "mtls");
         assert_eq!(cert.not_after_unix(), 5);

@@ -1,41 +1,67 @@
-//! The revocation feed: which tasks (and SVID serials) are revoked, and whether we know.
+//! The revocation feed: which tasks, SVID serials and node CAs are revoked, and whether
+//! we know.
 //!
-//! [`RevocationWatcher`] subscribes to the agent's `tessera.v1.Revocations/Watch` stream on
-//! the workload socket. Every message carries the full set; it replaces the previous one
-//! in an `ArcSwap`, so a lookup is one atomic load and a hash probe.
+//! [`RevocationWatcher`] follows the agent's `tessera.v1.Revocations/Follow` stream on
+//! the workload socket (see [`follow`](self) for the protocol): a snapshot (paged,
+//! replacing the held set only once its last page arrives), then deltas that only add,
+//! and heartbeats. Each message says up to when its sender vouches for the set
+//! (`current_as_of_unix_ms`: for a cluster-mode agent, how current the server's feed
+//! was). After a reconnect the watcher resumes from the feed id and version it holds
+//! and gets only what it missed. An agent from before `Follow` answers `UNIMPLEMENTED`;
+//! the watcher then uses the legacy full-set `Watch` on that connection.
 //!
-//! Freshness: while the stream is open and has delivered its first message, the set is
-//! current (the agent pushes every change within milliseconds). After the stream breaks,
-//! the last set stays usable for the staleness bound (default 30 s) while the watcher
-//! reconnects with exponential backoff and jitter; past it, [`RevocationWatcher::status`]
-//! answers [`RevocationStatus::Stale`] and the authorizer refuses task credentials (fail
-//! closed). Before the first message the feed is stale too. HTTP/2 keep-alive on the
-//! channel detects a hung agent that keeps the socket open.
+//! Freshness (fail closed): the set is current while the watcher holds a complete
+//! snapshot AND less than the staleness bound (default 30 s) has passed since the
+//! `current_as_of` of the newest message that kept it in step. A stream that stays open
+//! but whose `current_as_of` stops advancing (an agent cut off from the server) goes
+//! stale like a broken one. On the legacy `Watch`, an open stream that delivered a set
+//! counts as current (the old protocol has no other clock), and a broken one ages from
+//! the moment it broke. Past the bound [`RevocationWatcher::status`] answers
+//! [`RevocationStatus::Stale`] and the authorizer refuses task credentials.
 //!
-//! Long-lived streams (subscriptions, SSE) wait on [`RevocationWatcher::watch_task`]
-//! rather than on every feed message: a message wakes only the waiters of the tasks it
-//! newly revokes (a feed message carries the whole set, and a server with thousands of
-//! open streams must not re-check all of them on every task that ends anywhere), and
-//! the stream going down or coming back wakes everyone.
+//! Lookups take a read lock on the set (a hash probe); a delta takes the write lock for
+//! as long as adding its entries takes, whatever the size of the set. Entries leave the
+//! set once their `until_unix` (+ 60 s grace) has passed, in a sweep every 10 s.
+//!
+//! Long-lived streams (subscriptions, SSE) wait on [`RevocationWatcher::watch`] rather
+//! than on every feed message: an update wakes only the waiters of the tasks (and node
+//! CAs) it newly revokes, so a server with thousands of open streams does not re-check
+//! all of them on every task that ends anywhere; the stream going down or coming back
+//! wakes everyone.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod follow;
+mod set;
 
-use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use tessera_identity::TaskId;
-use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
-use tessera_proto::tessera::v1::{RevocationSet, WatchRevocationsRequest};
-use tokio::sync::watch;
+use tessera_proto::tessera::v1::revocation_update::Update;
+use tessera_proto::tessera::v1::{RevocationSet, RevocationUpdate};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::background::Background;
+pub use follow::{FeedError, MAX_SNAPSHOT_ENTRIES};
+use set::{Added, RevokedSet};
+pub use set::{EXPIRY_GRACE_SECS, normalize_serial};
 
 /// The default staleness bound.
 pub const DEFAULT_STALENESS: Duration = Duration::from_secs(30);
+
+/// Default [`WatcherConfig::max_message_bytes`]: four times the 1 MiB a snapshot page
+/// is kept under, so one message of an agent that pages a little over is still read.
+pub const DEFAULT_MAX_FEED_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Default [`WatcherConfig::legacy_max_message_bytes`]: the whole set in one message of
+/// the legacy `Watch`, some 400,000 revocations.
+pub const DEFAULT_LEGACY_MAX_FEED_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How often entries past their expiry are swept out.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// What the feed says about one credential.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,41 +77,76 @@ pub enum RevocationStatus {
     Stale,
 }
 
-/// The revoked set as of one feed message.
+/// What the feed says about a node CA in a peer's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeCaStatus {
+    /// Not evicted, and the set is fresh.
+    NotRevoked,
+    /// The node was evicted: every chain through this CA is refused.
+    Revoked {
+        /// The node's name, as the feed gives it (`spiffe://<td>/node/<name>`).
+        node: String,
+    },
+    /// The feed is past its staleness bound (or never delivered): unknown, fail closed.
+    Stale,
+}
+
+/// The set held, and which feed and version it reflects.
 #[derive(Debug, Default)]
-struct RevokedSet {
+struct Held {
+    set: RevokedSet,
+    /// The feed incarnation the set came from; empty for a legacy `Watch` set or none.
+    feed_id: String,
     version: u64,
-    tasks: HashMap<TaskId, String>,
-    serials: HashSet<String>,
+}
+
+/// What a waiter waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum WaitKey {
+    Task(TaskId),
+    /// A node CA, by normalized serial.
+    NodeCa(String),
 }
 
 #[derive(Debug)]
 struct Inner {
-    set: ArcSwap<RevokedSet>,
-    /// Whether a stream is open and delivered at least one message.
-    live: AtomicBool,
+    held: RwLock<Held>,
+    /// Whether `held` is a complete set (a snapshot's last page, or a legacy set).
+    complete: AtomicBool,
+    /// Legacy `Watch`: a stream is open and delivered a set; the set counts as current.
+    legacy_live: AtomicBool,
+    /// Whether a feed stream (either) is open and delivered at least one message.
+    connected: AtomicBool,
     /// Whether the set is fixed (tests): always fresh.
     fixed: bool,
-    /// When the set was last known current: nanos since `base`; `u64::MAX` = never.
-    known_at_nanos: AtomicU64,
+    /// Up to when the set is vouched current: nanos since `base` on the monotonic clock
+    /// (negative for before it); `i64::MIN` = never.
+    known_at_nanos: AtomicI64,
     base: Instant,
     staleness: Duration,
     reconnects: AtomicU64,
     last_update_unix_ms: AtomicU64,
-    /// Per task with a waiter: a signal and the number of waiters.
-    waiters: Mutex<HashMap<TaskId, (watch::Sender<()>, usize)>>,
-    /// Signals every waiter: the stream went down or came back, or a message held an
+    /// A snapshot being gathered page by page (dropped when its stream ends).
+    pending: Mutex<Option<follow::PendingSnapshot>>,
+    last_prune: Mutex<Option<Instant>>,
+    /// Per task or node CA with a waiter: each waiter's signal.
+    waiters: Mutex<HashMap<WaitKey, Vec<Arc<Notify>>>>,
+    /// Signals every waiter: the stream went down or came back, or an update held an
     /// entry whose task id does not parse (its serials could be anyone's).
     everyone: watch::Sender<()>,
+    /// Whether the refusal of the legacy `Watch` was logged (it is, once, at error).
+    legacy_refusal_logged: AtomicBool,
 }
 
-/// Waits for changes of the feed's answer about one task; see
-/// [`RevocationWatcher::watch_task`]. Stops counting as a waiter when dropped.
+/// Waits for changes of the feed's answer about one peer (its task and the node CAs
+/// of its chain); see [`RevocationWatcher::watch`]. Stops counting as a waiter when
+/// dropped.
 #[derive(Debug)]
 pub struct TaskWatch {
     inner: Arc<Inner>,
-    task: TaskId,
-    mine: watch::Receiver<()>,
+    keys: Vec<WaitKey>,
+    signal: Arc<Notify>,
     everyone: watch::Receiver<()>,
 }
 
@@ -95,31 +156,33 @@ pub struct RevocationWatcher {
     inner: Arc<Inner>,
 }
 
-/// Reconnect and staleness settings for [`RevocationWatcher::spawn`].
+/// Reconnect, staleness and size settings for [`RevocationWatcher::spawn`].
 #[derive(Clone, Debug)]
 pub struct WatcherConfig {
     /// The agent's workload socket.
     pub socket: PathBuf,
-    /// After this long without a live stream, task credentials are refused.
+    /// Once the set is older than this (by the feed's `current_as_of`, or since the
+    /// legacy stream broke), task credentials are refused.
     pub staleness: Duration,
     /// First reconnect delay; doubles up to `max_backoff`, with full jitter.
     pub min_backoff: Duration,
     /// Largest reconnect delay.
     pub max_backoff: Duration,
-    /// Largest feed message accepted. Every message carries the whole revoked set
-    /// (about 160 bytes per task, kept until its SVIDs expire): 64 MiB holds some
-    /// 400,000 revocations, where tonic's 4 MiB default would stop a verifier at
-    /// about 26,000 (under a minute and a half of 300 task ends a second with 5-minute
-    /// SVIDs). A message over the limit ends the stream, and the watcher fails closed
-    /// once stale.
+    /// Largest `Follow` message accepted (default 4 MiB). Agents page snapshots under
+    /// 1 MiB and a delta holds what changed since the last one, so this bounds what a
+    /// hostile or broken agent can make the verifier buffer, not the size of the set. A
+    /// message over the limit ends the stream; the watcher reconnects and, if it keeps
+    /// happening, goes stale (fail closed).
     pub max_message_bytes: usize,
+    /// Largest legacy `Watch` message accepted (an agent from before `Follow`; default
+    /// 64 MiB): each carries the whole revoked set, about 160 bytes per task, so 64 MiB
+    /// holds some 400,000 revocations where tonic's 4 MiB default stops at about 26,000.
+    pub legacy_max_message_bytes: usize,
 }
 
-/// Default [`WatcherConfig::max_message_bytes`].
-pub const DEFAULT_MAX_FEED_MESSAGE_BYTES: usize = 64 << 20;
-
 impl WatcherConfig {
-    /// Defaults for `socket`: 30 s staleness, backoff 50 ms .. 5 s.
+    /// Defaults for `socket`: 30 s staleness, backoff 50 ms .. 5 s, 4 MiB messages
+    /// (64 MiB on the legacy `Watch`).
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
@@ -127,8 +190,16 @@ impl WatcherConfig {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             max_message_bytes: DEFAULT_MAX_FEED_MESSAGE_BYTES,
+            legacy_max_message_bytes: DEFAULT_LEGACY_MAX_FEED_MESSAGE_BYTES,
         }
     }
+}
+
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 // === impl RevocationWatcher ===
@@ -137,16 +208,24 @@ impl RevocationWatcher {
     fn with(fixed: bool, staleness: Duration, set: RevokedSet) -> Self {
         Self {
             inner: Arc::new(Inner {
-                set: ArcSwap::from_pointee(set),
-                live: AtomicBool::new(false),
+                held: RwLock::new(Held {
+                    set,
+                    ..Held::default()
+                }),
+                complete: AtomicBool::new(fixed),
+                legacy_live: AtomicBool::new(false),
+                connected: AtomicBool::new(false),
                 fixed,
-                known_at_nanos: AtomicU64::new(u64::MAX),
+                known_at_nanos: AtomicI64::new(i64::MIN),
                 base: Instant::now(),
                 staleness,
                 reconnects: AtomicU64::new(0),
                 last_update_unix_ms: AtomicU64::new(0),
+                pending: Mutex::new(None),
+                last_prune: Mutex::new(None),
                 waiters: Mutex::new(HashMap::new()),
                 everyone: watch::Sender::new(()),
+                legacy_refusal_logged: AtomicBool::new(false),
             }),
         }
     }
@@ -156,25 +235,37 @@ impl RevocationWatcher {
         tasks: impl IntoIterator<Item = TaskId>,
         serials: impl IntoIterator<Item = String>,
     ) -> Self {
-        let set = RevokedSet {
-            version: 0,
-            tasks: tasks
-                .into_iter()
-                .map(|t| (t, "static".to_owned()))
-                .collect(),
-            serials: serials.into_iter().collect(),
-        };
+        let mut set = RevokedSet::default();
+        for t in tasks {
+            set.tasks.insert(
+                t,
+                set::TaskEntry {
+                    reason: "static".to_owned(),
+                    until_unix: 0,
+                },
+            );
+        }
+        for s in serials {
+            set.serials.insert(
+                normalize_serial(&s),
+                set::SerialEntry {
+                    task: None,
+                    until_unix: 0,
+                },
+            );
+        }
         Self::with(true, Duration::MAX, set)
     }
 
-    /// A watcher that has not heard from any feed yet (stale until [`Self::apply`] is
-    /// called); for tests and for feeding the set from elsewhere.
+    /// A watcher that has not heard from any feed yet (stale until [`Self::apply`] or
+    /// [`Self::apply_update`] gives it a complete set); for tests and for feeding the
+    /// set from elsewhere.
     pub fn detached(staleness: Duration) -> Self {
         Self::with(false, staleness, RevokedSet::default())
     }
 
-    /// Starts watching the agent's feed on `config.socket`; returns at once (stale until
-    /// the first message arrives).
+    /// Starts following the agent's feed on `config.socket`; returns at once (stale
+    /// until a complete set arrives).
     ///
     /// The feed is followed for as long as the returned guard lives (see
     /// [`crate::background`]); once it is dropped or shut down, the stream to the agent
@@ -184,11 +275,20 @@ impl RevocationWatcher {
         let watcher = Self::detached(config.staleness);
         let w = watcher.clone();
         let task = Background::spawn("revocation-feed", move |stop| async move {
-            stop.run_until_cancelled(w.clone().run(config)).await;
+            stop.run_until_cancelled(follow::run(w.clone(), config))
+                .await;
             // The set was current until now; from here it ages like a broken stream.
-            w.set_live(false);
+            w.set_disconnected();
         });
         (watcher, task)
+    }
+
+    fn held(&self) -> std::sync::RwLockReadGuard<'_, Held> {
+        self.inner.held.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn held_mut(&self) -> std::sync::RwLockWriteGuard<'_, Held> {
+        self.inner.held.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What the feed says about a task's credential with leaf serial `serial_hex`.
@@ -196,13 +296,13 @@ impl RevocationWatcher {
         if !self.is_fresh() {
             return RevocationStatus::Stale;
         }
-        let set = self.inner.set.load();
-        if let Some(reason) = set.tasks.get(task) {
+        let held = self.held();
+        if let Some(e) = held.set.tasks.get(task) {
             return RevocationStatus::Revoked {
-                reason: reason.clone(),
+                reason: e.reason.clone(),
             };
         }
-        if set.serials.contains(serial_hex) {
+        if held.set.serials.contains_key(serial_hex) {
             return RevocationStatus::Revoked {
                 reason: "serial revoked".to_owned(),
             };
@@ -216,9 +316,9 @@ impl RevocationWatcher {
         if !self.is_fresh() {
             return RevocationStatus::Stale;
         }
-        match self.inner.set.load().tasks.get(task) {
-            Some(reason) => RevocationStatus::Revoked {
-                reason: reason.clone(),
+        match self.held().set.tasks.get(task) {
+            Some(e) => RevocationStatus::Revoked {
+                reason: e.reason.clone(),
             },
             None => RevocationStatus::NotRevoked,
         }
@@ -230,7 +330,7 @@ impl RevocationWatcher {
         if !self.is_fresh() {
             return RevocationStatus::Stale;
         }
-        if self.inner.set.load().serials.contains(serial_hex) {
+        if self.held().set.serials.contains_key(serial_hex) {
             return RevocationStatus::Revoked {
                 reason: "serial revoked".to_owned(),
             };
@@ -238,25 +338,45 @@ impl RevocationWatcher {
         RevocationStatus::NotRevoked
     }
 
-    /// Whether the set is current: fixed, a live stream, or lost for less than the bound.
+    /// What the feed says about the node CA with serial `serial_hex` (lower-case hex, as
+    /// [`crate::Peer::node_ca_serials`] gives it): whether its node was evicted.
+    pub fn node_ca_status(&self, serial_hex: &str) -> NodeCaStatus {
+        if !self.is_fresh() {
+            return NodeCaStatus::Stale;
+        }
+        match self.held().set.node_cas.get(serial_hex) {
+            Some(e) => NodeCaStatus::Revoked {
+                node: e.node.clone(),
+            },
+            None => NodeCaStatus::NotRevoked,
+        }
+    }
+
+    /// The first of `serials` (node CAs of one chain) the feed holds as evicted, with
+    /// its node, whether or not the set is fresh: for refusing a handshake through a CA
+    /// already known evicted (a stale set still refuses what it knows).
+    pub fn evicted_node_ca<'a>(
+        &self,
+        serials: impl IntoIterator<Item = &'a str>,
+    ) -> Option<(String, String)> {
+        let held = self.held();
+        serials.into_iter().find_map(|s| {
+            held.set
+                .node_cas
+                .get(s)
+                .map(|e| (s.to_owned(), e.node.clone()))
+        })
+    }
+
+    /// Whether the set is current: fixed, or complete and vouched for within the bound
+    /// (or, on the legacy `Watch`, its stream open).
     pub fn is_fresh(&self) -> bool {
-        let inner = &self.inner;
-        if inner.fixed || inner.live.load(Ordering::Acquire) {
-            return true;
-        }
-        let known = inner.known_at_nanos.load(Ordering::Acquire);
-        if known == u64::MAX {
-            return false;
-        }
-        let now = Instant::now()
-            .saturating_duration_since(inner.base)
-            .as_nanos() as u64;
-        now.saturating_sub(known) <= inner.staleness.as_nanos().min(u64::MAX as u128) as u64
+        self.stale_in().is_none_or(|d| !d.is_zero())
     }
 
     /// Whether a feed stream is open right now.
     pub fn is_connected(&self) -> bool {
-        self.inner.live.load(Ordering::Acquire)
+        self.inner.connected.load(Ordering::Acquire)
     }
 
     /// How many times the watcher reconnected (for metrics).
@@ -269,123 +389,309 @@ impl RevocationWatcher {
         self.inner.last_update_unix_ms.load(Ordering::Relaxed)
     }
 
-    /// The version of the last applied set (0 before any).
+    /// The version of the held set (0 before any).
     pub fn version(&self) -> u64 {
-        self.inner.set.load().version
+        self.held().version
+    }
+
+    /// The feed incarnation the held set came from (empty before any, or on the legacy
+    /// `Watch`).
+    pub fn feed_id(&self) -> String {
+        self.held().feed_id.clone()
     }
 
     /// Number of revoked tasks in the current set.
     pub fn revoked_count(&self) -> usize {
-        self.inner.set.load().tasks.len()
+        self.held().set.tasks.len()
     }
 
-    /// Replaces the set with one feed message and marks it current as of now.
+    /// Number of evicted node CAs in the current set.
+    pub fn revoked_node_ca_count(&self) -> usize {
+        self.held().set.node_cas.len()
+    }
+
+    /// Replaces the set with one legacy `Watch` message and marks it current as of now.
     pub fn apply(&self, msg: &RevocationSet) {
-        let mut set = RevokedSet {
-            version: msg.version,
-            ..RevokedSet::default()
+        let set = RevokedSet::from_entries(&msg.revoked, []);
+        self.replace(set, String::new(), msg.version);
+        self.vouch_now();
+        self.note_update();
+    }
+
+    /// Applies one `Follow` message: a snapshot page (the set is replaced once the last
+    /// page is in), a delta (only when it starts at the held version of the same feed)
+    /// or a heartbeat (which must name the held version). A message that keeps the set
+    /// in step vouches for it up to its `current_as_of_unix_ms`.
+    ///
+    /// # Errors
+    /// [`FeedError`] when the message does not follow from what is held (a gap, another
+    /// feed, a page of another snapshot, an oversized snapshot): the follower must drop
+    /// its stream and follow again from what it holds. Nothing of the message is
+    /// applied then.
+    pub fn apply_update(&self, msg: &RevocationUpdate) -> Result<(), FeedError> {
+        let Some(update) = &msg.update else {
+            return Err(FeedError::Empty);
         };
-        let old = self.inner.set.load();
-        // Tasks this message revokes (or whose serials it adds), to wake their waiters.
-        let mut newly = Vec::new();
-        let mut wake_everyone = false;
-        for r in &msg.revoked {
-            let mut new_serial = false;
-            for serial in &r.serials {
-                let serial = serial.to_ascii_lowercase();
-                new_serial |= !old.serials.contains(&serial);
-                set.serials.insert(serial);
+        match update {
+            Update::Snapshot(page) => {
+                let done = {
+                    let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    follow::gather(&mut pending, &msg.feed_id, page)?
+                };
+                if let Some(snapshot) = done {
+                    self.replace(snapshot.set, msg.feed_id.clone(), snapshot.version);
+                    self.vouch(msg.current_as_of_unix_ms);
+                }
             }
-            match r.task_id.parse::<TaskId>() {
-                Ok(id) => {
-                    if new_serial || !old.tasks.contains_key(&id) {
-                        newly.push(id);
+            Update::Delta(delta) => {
+                if self
+                    .inner
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some()
+                {
+                    return Err(FeedError::DeltaInsideSnapshot);
+                }
+                let added = {
+                    let mut held = self.held_mut();
+                    follow::check_in_step(
+                        &held.feed_id,
+                        held.version,
+                        self.inner.complete.load(Ordering::Acquire),
+                        &msg.feed_id,
+                        delta.from_version,
+                    )?;
+                    if delta.version <= delta.from_version {
+                        return Err(FeedError::VersionNotIncreasing {
+                            from: delta.from_version,
+                            to: delta.version,
+                        });
                     }
-                    set.tasks.insert(id, r.reason.clone());
+                    let mut added = Added::default();
+                    for t in &delta.revoked {
+                        held.set.add_task(t, &mut added);
+                    }
+                    for ca in &delta.revoked_node_cas {
+                        held.set.add_node_ca(ca, &mut added);
+                    }
+                    held.version = delta.version;
+                    added
+                };
+                self.wake(&added);
+                self.vouch(msg.current_as_of_unix_ms);
+            }
+            Update::Heartbeat(beat) => {
+                if self
+                    .inner
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some()
+                {
+                    // Heartbeats between pages keep the stream alive; they vouch for
+                    // nothing until the snapshot is whole.
+                    return Ok(());
                 }
-                Err(e) => {
-                    wake_everyone |= new_serial;
-                    tracing::warn!(task_id = %r.task_id, error = %e, "revocation entry with an invalid task id; keeping its serials");
-                }
+                let held = self.held();
+                follow::check_in_step(
+                    &held.feed_id,
+                    held.version,
+                    self.inner.complete.load(Ordering::Acquire),
+                    &msg.feed_id,
+                    beat.version,
+                )?;
+                drop(held);
+                self.vouch(msg.current_as_of_unix_ms);
             }
         }
-        drop(old);
-        self.inner.set.store(Arc::new(set));
-        self.mark_known();
-        if !newly.is_empty() {
+        self.note_update();
+        Ok(())
+    }
+
+    /// Drops every entry whose `until_unix` (+ [`EXPIRY_GRACE_SECS`]) has passed at
+    /// `now_unix`; returns how many went. The watcher does this itself every 10 s while
+    /// it follows a feed.
+    pub fn prune_expired(&self, now_unix: i64) -> usize {
+        if !self.held().set.any_expired(now_unix) {
+            return 0;
+        }
+        let n = self.held_mut().set.prune(now_unix);
+        if n > 0 {
+            tracing::debug!(entries = n, "expired revocations dropped");
+        }
+        n
+    }
+
+    /// Prunes if the last sweep was [`PRUNE_EVERY`] ago.
+    fn maybe_prune(&self) {
+        let now = Instant::now();
+        {
+            let mut last = self
+                .inner
+                .last_prune
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| now.saturating_duration_since(at) < PRUNE_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.prune_expired(unix_now_ms() / 1000);
+    }
+
+    /// Replaces the held set (complete from now on) and wakes the waiters of what it
+    /// newly revokes.
+    fn replace(&self, set: RevokedSet, feed_id: String, version: u64) {
+        let added = {
+            let mut held = self.held_mut();
+            let added = set.added_since(&held.set);
+            *held = Held {
+                set,
+                feed_id,
+                version,
+            };
+            added
+        };
+        self.inner.complete.store(true, Ordering::Release);
+        self.wake(&added);
+    }
+
+    fn wake(&self, added: &Added) {
+        if added.is_empty() {
+            return;
+        }
+        if !added.tasks.is_empty() || !added.node_cas.is_empty() {
             let waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
             if !waiters.is_empty() {
-                for id in &newly {
-                    if let Some((signal, _)) = waiters.get(id) {
-                        signal.send_replace(());
+                let keys = added
+                    .tasks
+                    .iter()
+                    .map(|t| WaitKey::Task(*t))
+                    .chain(added.node_cas.iter().map(|s| WaitKey::NodeCa(s.clone())));
+                for key in keys {
+                    for signal in waiters.get(&key).into_iter().flatten() {
+                        signal.notify_one();
                     }
                 }
             }
         }
-        if wake_everyone {
+        if added.everyone {
             self.inner.everyone.send_replace(());
         }
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        self.inner.last_update_unix_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn mark_known(&self) {
-        let now = Instant::now()
+    fn note_update(&self) {
+        self.inner
+            .last_update_unix_ms
+            .store(unix_now_ms().max(0) as u64, Ordering::Relaxed);
+    }
+
+    fn mono_now_nanos(&self) -> i64 {
+        Instant::now()
             .saturating_duration_since(self.inner.base)
-            .as_nanos() as u64;
-        self.inner.known_at_nanos.store(now, Ordering::Release);
+            .as_nanos()
+            .min(i64::MAX as u128) as i64
     }
 
-    fn set_live(&self, live: bool) {
-        if !live && self.inner.live.load(Ordering::Acquire) {
-            // The set was current up to the moment the stream broke.
-            self.mark_known();
+    /// The set is current as of now (the legacy feed's only clock).
+    fn vouch_now(&self) {
+        let now = self.mono_now_nanos();
+        self.inner.known_at_nanos.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// The sender vouches for the set up to `current_as_of_unix_ms` (its clock): the set
+    /// is as old as that is behind this host's clock (never younger than now, should the
+    /// sender's clock be ahead), and ages on the monotonic clock from here.
+    fn vouch(&self, current_as_of_unix_ms: i64) {
+        if current_as_of_unix_ms <= 0 {
+            // Vouches for nothing: the set ages from what was vouched before.
+            return;
         }
-        if self.inner.live.swap(live, Ordering::AcqRel) != live {
+        let lag_ms = unix_now_ms().saturating_sub(current_as_of_unix_ms).max(0);
+        let at = self
+            .mono_now_nanos()
+            .saturating_sub(lag_ms.saturating_mul(1_000_000));
+        self.inner.known_at_nanos.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// A stream delivered its first message.
+    fn set_connected(&self, legacy: bool) {
+        if legacy {
+            self.inner.legacy_live.store(true, Ordering::Release);
+        }
+        if !self.inner.connected.swap(true, Ordering::AcqRel) {
+            // Waiters re-check: a legacy stream coming back makes the set current.
+            self.inner.everyone.send_replace(());
+        }
+    }
+
+    /// The stream ended; returns whether it had been connected (to reset the backoff).
+    /// A snapshot half gathered is dropped.
+    fn set_disconnected(&self) -> bool {
+        if self.inner.legacy_live.swap(false, Ordering::AcqRel) {
+            // The legacy set was current up to the moment the stream broke.
+            self.vouch_now();
+        }
+        *self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let was = self.inner.connected.swap(false, Ordering::AcqRel);
+        if was {
             // Waiters re-check: down, the set goes stale at a time they must wait for.
             self.inner.everyone.send_replace(());
         }
+        was
     }
 
     /// How long until the set goes stale if nothing arrives meanwhile: `None` while it
-    /// cannot (fixed, or a live stream), zero when it already is.
+    /// cannot (fixed, or an open legacy stream), zero when it already is.
     pub fn stale_in(&self) -> Option<Duration> {
         let inner = &self.inner;
-        if inner.fixed || inner.live.load(Ordering::Acquire) {
+        if inner.fixed {
+            return None;
+        }
+        if !inner.complete.load(Ordering::Acquire) {
+            return Some(Duration::ZERO);
+        }
+        if inner.legacy_live.load(Ordering::Acquire) {
             return None;
         }
         let known = inner.known_at_nanos.load(Ordering::Acquire);
-        if known == u64::MAX {
+        if known == i64::MIN {
             return Some(Duration::ZERO);
         }
-        let now = Instant::now()
-            .saturating_duration_since(inner.base)
-            .as_nanos() as u64;
-        let age = Duration::from_nanos(now.saturating_sub(known));
+        let age = Duration::from_nanos(self.mono_now_nanos().saturating_sub(known).max(0) as u64);
         Some(inner.staleness.saturating_sub(age))
     }
 
-    /// A waiter for changes of the feed's answer about `task`: [`TaskWatch::changed`]
-    /// returns when a message newly revokes the task (or a serial of it), when the
-    /// stream goes down or comes back, or when a message held an entry without a valid
-    /// task id. It may return when nothing changed for the task: check
-    /// [`Self::status`] after it. Take the watch before the first check, so that no
-    /// change falls between the two.
-    pub fn watch_task(&self, task: &TaskId) -> TaskWatch {
+    /// A waiter for changes of the feed's answer about a peer of `task` whose chain holds
+    /// the node CAs `node_ca_serials`: [`TaskWatch::changed`] returns when an update
+    /// newly revokes the task (or a serial of it) or one of those node CAs, when the
+    /// stream goes down or comes back, or when an update held an entry without a valid
+    /// task id. It may return when nothing changed for the peer: check after it. Take
+    /// the watch before the first check, so that no change falls between the two.
+    pub fn watch(&self, task: &TaskId, node_ca_serials: &[String]) -> TaskWatch {
+        let keys: Vec<WaitKey> = std::iter::once(WaitKey::Task(*task))
+            .chain(node_ca_serials.iter().map(|s| WaitKey::NodeCa(s.clone())))
+            .collect();
+        let signal = Arc::new(Notify::new());
         let mut waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        let (signal, count) = waiters
-            .entry(*task)
-            .or_insert_with(|| (watch::Sender::new(()), 0));
-        *count += 1;
+        for key in &keys {
+            waiters
+                .entry(key.clone())
+                .or_default()
+                .push(Arc::clone(&signal));
+        }
         TaskWatch {
             inner: self.inner.clone(),
-            task: *task,
-            mine: signal.subscribe(),
+            keys,
+            signal,
             everyone: self.inner.everyone.subscribe(),
         }
+    }
+
+    /// [`Self::watch`] for a task alone (a peer without node CAs in its chain).
+    pub fn watch_task(&self, task: &TaskId) -> TaskWatch {
+        self.watch(task, &[])
     }
 
     /// Number of tasks with a waiter (for tests and metrics).
@@ -394,84 +700,21 @@ impl RevocationWatcher {
             .waiters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .len()
-    }
-
-    async fn run(self, config: WatcherConfig) {
-        let mut attempt: u32 = 0;
-        loop {
-            match self
-                .stream_once(&config.socket, config.max_message_bytes)
-                .await
-            {
-                Ok(()) => tracing::warn!("revocation feed ended; reconnecting"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "revocation feed failed; reconnecting")
-                }
-            }
-            if self.set_live_false_was_live() {
-                attempt = 0;
-            }
-            let delay = backoff(attempt, config.min_backoff, config.max_backoff);
-            attempt = attempt.saturating_add(1);
-            if !self.is_fresh() {
-                tracing::error!(
-                    staleness_secs = config.staleness.as_secs_f64(),
-                    "revocation feed is stale; task credentials are refused until it is back"
-                );
-            }
-            tokio::time::sleep(delay).await;
-            self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Marks the stream down; returns whether it had been live (to reset the backoff).
-    fn set_live_false_was_live(&self) -> bool {
-        let was = self.inner.live.load(Ordering::Acquire);
-        self.set_live(false);
-        was
-    }
-
-    async fn stream_once(
-        &self,
-        socket: &Path,
-        max_message_bytes: usize,
-    ) -> Result<(), tonic::Status> {
-        let channel = connect(socket)
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut client =
-            RevocationsClient::new(channel).max_decoding_message_size(max_message_bytes);
-        let mut req = tonic::Request::new(WatchRevocationsRequest {});
-        req.metadata_mut().insert(
-            "workload.spiffe.io",
-            tonic::metadata::MetadataValue::from_static("true"),
-        );
-        let mut stream = client.watch(req).await?.into_inner();
-        while let Some(msg) = stream.message().await? {
-            self.apply(&msg);
-            if !self.inner.live.load(Ordering::Acquire) {
-                self.set_live(true);
-                tracing::info!(
-                    version = msg.version,
-                    revoked = msg.revoked.len(),
-                    "revocation feed live"
-                );
-            }
-        }
-        Ok(())
+            .keys()
+            .filter(|k| matches!(k, WaitKey::Task(_)))
+            .count()
     }
 }
 
 // === impl TaskWatch ===
 
 impl TaskWatch {
-    /// Returns when the feed's answer about the task may have changed (see
-    /// [`RevocationWatcher::watch_task`]).
+    /// Returns when the feed's answer about the peer may have changed (see
+    /// [`RevocationWatcher::watch`]).
     pub async fn changed(&mut self) {
-        // Neither sender is dropped while `inner` (held here) lives.
+        // `everyone`'s sender lives in `inner`, held here: it never closes.
         tokio::select! {
-            _ = self.mine.changed() => {}
+            _ = self.signal.notified() => {}
             _ = self.everyone.changed() => {}
         }
     }
@@ -480,41 +723,15 @@ impl TaskWatch {
 impl Drop for TaskWatch {
     fn drop(&mut self) {
         let mut waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, count)) = waiters.get_mut(&self.task) {
-            *count -= 1;
-            if *count == 0 {
-                waiters.remove(&self.task);
+        for key in &self.keys {
+            if let Some(signals) = waiters.get_mut(key) {
+                signals.retain(|s| !Arc::ptr_eq(s, &self.signal));
+                if signals.is_empty() {
+                    waiters.remove(key);
+                }
             }
         }
     }
-}
-
-/// Exponential backoff with full jitter: a uniform delay in `[min, min * 2^attempt]`,
-/// capped at `max`.
-fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
-    let ceiling = min
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(max)
-        .max(min);
-    let span = ceiling.saturating_sub(min).as_millis() as u64;
-    let jitter = if span == 0 {
-        0
-    } else {
-        rand::random_range(0..=span)
-    };
-    min + Duration::from_millis(jitter)
-}
-
-async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-    tessera_proto::connect_unix(
-        tessera_proto::unix_endpoint()
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_timeout(Duration::from_secs(5)),
-        socket,
-    )
-    .await
 }
 
 #[cfg(test)]

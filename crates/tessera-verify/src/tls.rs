@@ -31,7 +31,8 @@ use tessera_identity::{
     CaBinding, IdKind, ServerId, TrustDomain, check_intermediate, check_leaf_svid,
 };
 
-use crate::peer::Peer;
+use crate::peer::{Peer, serial_hex_of};
+use crate::revocation::RevocationWatcher;
 use crate::trust::TrustSource;
 use crate::trust::anchor_limits::AnchorLimits;
 use crate::trust::provider;
@@ -80,6 +81,7 @@ pub struct ServerTlsBuilder {
     policy: TrustDomainPolicy,
     intermediates: IntermediatePolicy,
     mandatory: bool,
+    revocations: Option<RevocationWatcher>,
 }
 
 // === impl ServerTlsBuilder ===
@@ -92,7 +94,18 @@ impl ServerTlsBuilder {
             policy: TrustDomainPolicy::AllowList(BTreeSet::new()),
             intermediates: IntermediatePolicy::AllowUnnamed,
             mandatory: true,
+            revocations: None,
         }
+    }
+
+    /// Refuses, in the handshake, a client chain through the CA of a node `revocations`
+    /// already holds as evicted (cluster mode). The authorizer refuses such a peer on
+    /// every request anyway (and so a connection made before the eviction); this
+    /// spares the connection. A stale feed refuses here only what it knows; the
+    /// authorizer then fails closed.
+    pub fn refuse_evicted_node_cas(mut self, revocations: RevocationWatcher) -> Self {
+        self.revocations = Some(revocations);
+        self
     }
 
     /// Lets a client connect without a certificate, for a server that also accepts
@@ -145,6 +158,7 @@ impl ServerTlsBuilder {
             policy: self.policy.clone(),
             intermediates: self.intermediates,
             mandatory: self.mandatory,
+            revocations: self.revocations.clone(),
             provider: provider(),
         })
     }
@@ -183,6 +197,7 @@ pub struct SpiffeClientVerifier {
     policy: TrustDomainPolicy,
     intermediates: IntermediatePolicy,
     mandatory: bool,
+    revocations: Option<RevocationWatcher>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -222,12 +237,15 @@ struct UnnamedIntermediate(TrustDomain);
 /// intermediate (no node-CA extension) is the trust domain's own CA, as an upstream PKI
 /// issues it to the server or a standalone agent, and may sign any leaf: Tessera's
 /// root signs no plain intermediates, only node CAs, each with the extension.
+///
+/// Returns the serials of the node CAs among them (for the eviction check).
 fn check_intermediates(
     intermediates: &[CertificateDer<'_>],
     td: &TrustDomain,
     policy: IntermediatePolicy,
     leaf_kind: Option<IdKind>,
-) -> Result<(), rustls::Error> {
+) -> Result<Vec<String>, rustls::Error> {
+    let mut node_cas = Vec::new();
     for der in intermediates {
         let ca = check_intermediate(der.as_ref(), td).map_err(refuse)?;
         match ca.binding {
@@ -236,8 +254,19 @@ fn check_intermediates(
             CaBinding::Unnamed => return Err(refuse(UnnamedIntermediate(td.clone()))),
         }
         ca.check_may_issue(leaf_kind).map_err(refuse)?;
+        if ca.node.is_some() {
+            node_cas.push(serial_hex_of(der.as_ref()).map_err(refuse)?);
+        }
     }
-    Ok(())
+    Ok(node_cas)
+}
+
+/// A chain through the CA of a node the revocation feed holds as evicted.
+#[derive(Debug, thiserror::Error)]
+#[error("issued through the CA of evicted node {node} (serial {serial})")]
+struct EvictedNodeCa {
+    node: String,
+    serial: String,
 }
 
 /// The identity kind of a peer, for the issuance split.
@@ -336,12 +365,19 @@ impl SpiffeClientVerifier {
                 "trust domain {td} is not allowed (own: {own})"
             ))));
         }
-        check_intermediates(
+        let node_cas = check_intermediates(
             intermediates,
             td,
             self.intermediates,
             Some(peer_kind(&peer)),
         )?;
+        // Refused at once when the feed already holds the node as evicted; the
+        // authorizer refuses every request of a connection made before it did.
+        if let Some(feed) = &self.revocations
+            && let Some((serial, node)) = feed.evicted_node_ca(node_cas.iter().map(String::as_str))
+        {
+            return Err(refuse(EvictedNodeCa { node, serial }));
+        }
         // Anchored in the leaf's own trust domain's bundle, never another allowed one.
         let verifier = material
             .client_verifier(td)

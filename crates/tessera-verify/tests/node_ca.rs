@@ -124,6 +124,14 @@ async fn handshake(
 
 /// The MCP server's TLS config: its SVID from the cluster's root, the root's bundle.
 fn mcp_server(root: &Authority) -> rustls::ServerConfig {
+    mcp_server_with(root, |b| b)
+}
+
+/// [`mcp_server`] with `tweak` applied to its builder.
+fn mcp_server_with(
+    root: &Authority,
+    tweak: impl FnOnce(ServerTlsBuilder) -> ServerTlsBuilder,
+) -> rustls::ServerConfig {
     let svid = root
         .issue(&SvidSpec {
             spiffe_id: SERVER,
@@ -142,7 +150,7 @@ fn mcp_server(root: &Authority) -> rustls::ServerConfig {
         OffsetDateTime::now_utc().unix_timestamp(),
     )
     .unwrap();
-    ServerTlsBuilder::new(TrustSource::from_static(material))
+    tweak(ServerTlsBuilder::new(TrustSource::from_static(material)))
         .build()
         .unwrap()
 }
@@ -222,4 +230,147 @@ async fn a_server_svid_from_a_stolen_node_ca_key_is_refused_by_the_runtime() {
     .unwrap();
     let (connected, _) = handshake(mcp_server(&c.root), client).await;
     connected.unwrap();
+}
+
+/// Revocation feed messages for the eviction tests.
+mod feed {
+    use tessera_proto::tessera::v1::revocation_update::Update;
+    use tessera_proto::tessera::v1::{
+        RevocationDelta, RevocationSnapshot, RevocationUpdate, RevokedNodeCa,
+    };
+
+    pub const FEED: &str = "feed-1";
+
+    fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    }
+
+    pub fn empty_snapshot() -> RevocationUpdate {
+        RevocationUpdate {
+            feed_id: FEED.into(),
+            update: Some(Update::Snapshot(RevocationSnapshot {
+                version: 1,
+                trust_domain: "acme.corp".into(),
+                ..Default::default()
+            })),
+            current_as_of_unix_ms: now_ms(),
+        }
+    }
+
+    pub fn evict(node: &str, serial: &str) -> RevocationUpdate {
+        RevocationUpdate {
+            feed_id: FEED.into(),
+            update: Some(Update::Delta(RevocationDelta {
+                from_version: 1,
+                version: 2,
+                revoked: Vec::new(),
+                revoked_node_cas: vec![RevokedNodeCa {
+                    node: node.into(),
+                    serial: serial.into(),
+                    revoked_at_unix_ms: now_ms(),
+                    until_unix: now_ms() / 1000 + 3600,
+                }],
+            })),
+            current_as_of_unix_ms: now_ms(),
+        }
+    }
+}
+
+/// Evicting a node: a connection already open through its CA is refused at its next
+/// request (reason `revoked`, naming the node), a long-lived stream's guard wakes, and
+/// a new handshake through the CA is refused outright. Real authority, real TLS.
+#[tokio::test]
+async fn an_evicted_node_ca_is_refused_on_an_open_connection_and_at_the_handshake() {
+    use tessera_verify::authz::BASE_SCHEMA;
+    use tessera_verify::authz::policy::PolicyStore;
+    use tessera_verify::{Authorizer, McpMethod, McpRequest, Reason, RevocationWatcher};
+
+    let dir = tempfile::tempdir().unwrap();
+    let td: TrustDomain = TD.parse().unwrap();
+    let root = Authority::open_cluster(
+        AuthorityConfig {
+            trust_domain: td.clone(),
+            dir: dir.path().join("ca"),
+            mode: CaMode::SelfSigned,
+            rotation: RotationPolicy::default(),
+        },
+        ClusterPolicy::default(),
+    )
+    .unwrap();
+    let node_key = NodeCaKey::generate().unwrap();
+    let issued = root
+        .sign_node_ca(&NODE.parse().unwrap(), &node_key.public_key_der())
+        .unwrap();
+    let node = Authority::from_node_ca(
+        td,
+        issued.chain_der.clone(),
+        node_key,
+        root.bundle().certs.clone(),
+    )
+    .unwrap();
+
+    let watcher = RevocationWatcher::detached(Duration::from_secs(3600));
+    watcher.apply_update(&feed::empty_snapshot()).unwrap();
+    let server = mcp_server_with(&root, |b: ServerTlsBuilder| {
+        b.refuse_evicted_node_cas(watcher.clone())
+    });
+
+    let task = task_svid(&node);
+    let client = || {
+        client_config(
+            &SERVER.parse().unwrap(),
+            ders(&root.bundle().certs),
+            ders(&task.chain_der),
+            key(&task),
+        )
+        .unwrap()
+    };
+    let (connected, peer) = handshake(server.clone(), client()).await;
+    connected.unwrap();
+    let peer = peer.unwrap();
+    assert_eq!(
+        peer.node_ca_serials(),
+        std::slice::from_ref(&issued.serial_hex)
+    );
+
+    let policies = Arc::new(
+        PolicyStore::from_strs("permit(principal, action, resource);", BASE_SCHEMA).unwrap(),
+    );
+    let authz = Arc::new(Authorizer::new(
+        SERVER.parse().unwrap(),
+        policies,
+        watcher.clone(),
+    ));
+    let call = McpRequest {
+        method: McpMethod::ToolsCall,
+        target: "get_pull_request".into(),
+        arguments: None,
+    };
+    assert!(authz.check(&peer, &call).allowed, "before the eviction");
+    let guard = tokio::spawn({
+        let (authz, peer) = (authz.clone(), peer.clone());
+        async move { authz.until_denied(&peer).await }
+    });
+
+    watcher
+        .apply_update(&feed::evict(NODE, &issued.serial_hex))
+        .unwrap();
+    let d = authz.check(&peer, &call);
+    assert!(!d.allowed);
+    assert_eq!(d.reason, Reason::Revoked);
+    assert!(d.detail.contains(NODE), "{}", d.detail);
+    let ended = tokio::time::timeout(Duration::from_secs(10), guard)
+        .await
+        .expect("the stream guard wakes on the eviction")
+        .unwrap();
+    assert_eq!(ended.reason, Reason::Revoked);
+
+    // TLS 1.3: the client finishes its side before the server reads its certificate,
+    // so only the server's side tells.
+    let (_, peer) = handshake(server, client()).await;
+    let err = peer.unwrap_err();
+    assert!(err.contains("EvictedNodeCa") && err.contains(NODE), "{err}");
 }

@@ -29,6 +29,7 @@ fn client_peer() -> Peer {
         credential: Credential::Certificate {
             serial_hex: "01".into(),
             not_after_unix: i64::MAX,
+            node_ca_serials: Vec::new(),
         },
     }
 }

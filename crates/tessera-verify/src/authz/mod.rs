@@ -5,8 +5,9 @@
 //! 2. the credential (the leaf, or the access token) and the task deadline have not
 //!    passed ([`Reason::Expired`]);
 //! 3. the task was granted for this server ([`Reason::WrongServer`]);
-//! 4. the revocation feed is fresh and lists neither the task nor (for a certificate)
-//!    the leaf's serial ([`Reason::RevocationFeedStale`], [`Reason::Revoked`]);
+//! 4. the revocation feed is fresh and lists neither a node CA in the peer's chain (an
+//!    evicted node), nor the task, nor (for a certificate) the leaf's serial
+//!    ([`Reason::RevocationFeedStale`], [`Reason::Revoked`]);
 //! 5. a granted scope permits `server/kind/target` ([`Reason::OutOfScope`]);
 //! 6. the arguments convert to Cedar ([`Reason::UnsupportedArguments`]);
 //! 7. Cedar: principal `Task::"<task id>"` (child of `Client::"<client>"`, with the
@@ -43,7 +44,7 @@ use crate::audit::AuditLog;
 use crate::decision::{Decision, Reason};
 use crate::peer::{Credential, Peer};
 use crate::request::{McpMethod, McpRequest};
-use crate::revocation::{RevocationStatus, RevocationWatcher};
+use crate::revocation::{NodeCaStatus, RevocationStatus, RevocationWatcher};
 use entities::{EntityStore, Types};
 use policy::PolicyStore;
 
@@ -313,6 +314,26 @@ impl Authorizer {
                 ),
             ));
         }
+        // A chain through an evicted node's CA is refused whatever its leaf says: the
+        // node's key may be in other hands. Checked on every request, so an open
+        // connection through it is refused at its next call.
+        for serial in peer.node_ca_serials() {
+            match self.revocations.node_ca_status(serial) {
+                NodeCaStatus::NotRevoked => {}
+                NodeCaStatus::Revoked { node } => {
+                    return Err(Decision::deny(
+                        Reason::Revoked,
+                        format!("issued through the CA of evicted node {node} (serial {serial})"),
+                    ));
+                }
+                _ => {
+                    return Err(Decision::deny(
+                        Reason::RevocationFeedStale,
+                        "revocation feed is stale; task credentials refused",
+                    ));
+                }
+            }
+        }
         // A certificate is also looked up by its serial; an access token by its task
         // alone, never by anything of its own that could collide with a serial.
         let status = match credential {
@@ -338,11 +359,13 @@ impl Authorizer {
     /// (revoked, expired, past the task deadline, feed stale, or never a task of this
     /// server), and returns that denial. For long-lived streams: a revoked task's open
     /// subscriptions and SSE streams must end when the revocation arrives, not at the
-    /// next request. Wakes on the task's revocation (see
-    /// [`RevocationWatcher::watch_task`]), at expiry, and when a broken feed goes
+    /// next request. Wakes on the task's revocation or the eviction of a node CA in its
+    /// chain (see [`RevocationWatcher::watch`]), at expiry, and when the feed goes
     /// stale. Not audited: the caller records what it ends.
     pub async fn until_denied(&self, peer: &Peer) -> Decision {
-        let mut watch = peer.task().map(|t| self.revocations.watch_task(&t.task));
+        let mut watch = peer
+            .task()
+            .map(|t| self.revocations.watch(&t.task, peer.node_ca_serials()));
         loop {
             let now = SystemTime::now();
             if let Err(denied) = self.credential(peer, unix_secs(now)) {

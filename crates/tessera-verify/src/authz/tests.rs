@@ -280,6 +280,7 @@ fn non_task_peers_and_other_servers_are_refused() {
         credential: Credential::Certificate {
             serial_hex: "01".into(),
             not_after_unix: i64::MAX,
+            node_ca_serials: Vec::new(),
         },
     };
     let d = a.authorize(
@@ -774,6 +775,7 @@ async fn until_denied_ends_on_revocation_and_staleness() {
         credential: Credential::Certificate {
             serial_hex: "1".into(),
             not_after_unix: i64::MAX,
+            node_ca_serials: Vec::new(),
         },
     };
     assert_eq!(

@@ -1,18 +1,26 @@
 //! Ending a peer's open response streams when its credential stops passing.
 //!
 //! [`Enforced`](super::Enforced) refuses a revoked task's next request, and ends its
-//! `subscriptions/listen` streams; but an MCP server also holds streams open that no
-//! request of the task will pass through again: the standalone `GET` SSE stream of a
-//! 2025-11-25 session (where `resources/subscribe` updates and list changes go), and the
-//! SSE response of a long tool call. [`StreamGuardLayer`] wraps every response body of
-//! a peer: once the body has had to wait (so, only bodies that stream), it also waits on
-//! [`Authorizer::until_denied`], and ends the body (a clean end of stream) when the task
-//! is revoked, expires, or the revocation feed goes stale. A request made while the
-//! credential already fails is not guarded (its JSON-RPC denial must arrive whole); a
-//! `GET` (opening a stream) then is answered without reaching the server, 401
+//! `subscriptions/listen` streams (with a JSON-RPC error the client reads); but an MCP
+//! server also holds a stream open that no request of the task will pass through again:
+//! the standalone `GET` SSE stream of a 2025-11-25 session (where `resources/subscribe`
+//! updates and list changes go). [`StreamGuardLayer`] wraps the response body of every
+//! `GET` of a peer: once the body has had to wait (so, only bodies that stream), it also
+//! waits on [`Authorizer::until_denied`], and ends the body (a clean end of stream) when
+//! the task is revoked, expires, or the revocation feed goes stale. A `GET` made while
+//! the credential already fails is answered without reaching the server, 401
 //! `invalid_token` (503 while the feed is stale): there is no JSON-RPC message to
 //! answer with a denial, and a stream that ended at once would only have its client
 //! reconnect.
+//!
+//! The response to a `POST` (one JSON-RPC request, decided by `Enforced` when it
+//! arrived) is not cut: ending it on a revocation that arrived after the call was
+//! allowed cost the caller the answer to an allowed call ("Transport closed" in rmcp's
+//! client), where a plain JSON answer would have arrived whole. Such a stream lasts as
+//! long as its call: a tool call allowed before the revocation runs to its end, as it
+//! would without SSE, and the task's next request is refused. `subscriptions/listen`,
+//! the one `POST` that streams for as long as the client likes, is ended by `Enforced`
+//! itself.
 //!
 //! Put it outside [`SessionBindingLayer`](super::SessionBindingLayer), inside the
 //! per-connection service that inserts the `Arc<Peer>`.
@@ -47,7 +55,8 @@ pub struct StreamGuardService<S> {
 
 type Guard = Pin<Box<dyn Future<Output = Decision> + Send>>;
 
-/// A response body that ends when its peer's credential stops passing.
+/// A response body that ends when its peer's credential stops passing (a `GET`'s), or
+/// never early (any other).
 pub struct GuardedBody<B> {
     inner: B,
     /// The peer and the authorizer; `None` for a response not to guard.
@@ -103,20 +112,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mut peer = req.extensions().get::<Arc<Peer>>().cloned();
-        if let Some(p) = &peer {
+        // Only a GET opens a stream that outlives its request; a POST's answer (its
+        // request decided by `Enforced`, denial or not) is never cut short.
+        let mut peer = None;
+        if req.method() == Method::GET
+            && let Some(p) = req.extensions().get::<Arc<Peer>>()
+        {
             let started = std::time::Instant::now();
             let stream = McpRequest::untargeted("stream", "GET");
             let d = self.authz.decide(p, &stream, SystemTime::now());
             if !d.allowed {
-                if req.method() == Method::GET {
-                    self.authz.record(p, &stream, &d, started.elapsed());
-                    return Box::pin(async move { Ok(refusal(&d)) });
-                }
-                // A request made with a credential that already fails gets its own
-                // JSON-RPC denial from `Enforced`: its answer is not cut short.
-                peer = None;
+                self.authz.record(p, &stream, &d, started.elapsed());
+                return Box::pin(async move { Ok(refusal(&d)) });
             }
+            peer = Some(p.clone());
         }
         // The clone that was polled ready serves this call; a fresh clone is left behind.
         let clone = self.inner.clone();
@@ -324,7 +333,7 @@ mod tests {
         };
         let mut body = svc
             .clone()
-            .oneshot(request(Method::POST))
+            .oneshot(request(Method::GET))
             .await
             .unwrap()
             .into_body();
@@ -377,5 +386,81 @@ mod tests {
                 .await;
         assert!(waits);
         assert_eq!(watcher.watched_tasks(), 0, "not guarded");
+    }
+
+    /// The flake of session 8: the SSE answer of a call allowed just before its task's
+    /// revocation arrived was cut ("Transport closed"). A POST's stream now carries its
+    /// answer to the end, while the task's GET stream closes at once.
+    #[tokio::test]
+    async fn the_answer_to_a_call_allowed_before_the_revocation_still_arrives() {
+        let watcher = RevocationWatcher::detached(Duration::from_secs(3600));
+        watcher.apply(&RevocationSet::default());
+        let store = Arc::new(PolicyStore::from_strs("", crate::authz::BASE_SCHEMA).unwrap());
+        let authz = Arc::new(Authorizer::new(
+            SERVER.parse().unwrap(),
+            store,
+            watcher.clone(),
+        ));
+        let senders = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let svc = StreamGuardLayer::new(authz).layer(tower::service_fn({
+            let senders = senders.clone();
+            move |_: Request<()>| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                senders.lock().unwrap().push(tx);
+                async move { Ok::<_, Infallible>(Response::new(Channel(rx))) }
+            }
+        }));
+        let peer = Arc::new(task_peer(&["github/tool/*"]));
+        let request = |method: Method| {
+            let mut r = Request::builder().method(method).body(()).unwrap();
+            r.extensions_mut().insert(peer.clone());
+            r
+        };
+        let mut call = svc
+            .clone()
+            .oneshot(request(Method::POST))
+            .await
+            .unwrap()
+            .into_body();
+        let mut listen = svc
+            .clone()
+            .oneshot(request(Method::GET))
+            .await
+            .unwrap()
+            .into_body();
+        let (call_tx, listen_tx) = {
+            let mut s = std::mem::take(&mut *senders.lock().unwrap());
+            let listen = s.pop().unwrap();
+            (s.pop().unwrap(), listen)
+        };
+        // Both wait: the tool is running, the GET stream idles.
+        for body in [&mut call, &mut listen] {
+            let waits = std::future::poll_fn(|cx| {
+                Poll::Ready(Pin::new(&mut *body).poll_frame(cx).is_pending())
+            })
+            .await;
+            assert!(waits);
+        }
+        assert_eq!(watcher.watched_tasks(), 1, "only the GET stream is watched");
+
+        revoke(&watcher, 2);
+        assert_eq!(next(&mut listen).await, None, "the GET stream ends at once");
+        listen_tx.send(b"event: late").unwrap();
+        assert_eq!(next(&mut listen).await, None);
+
+        call_tx
+            .send(b"event: message\ndata: {\"result\":{}}")
+            .unwrap();
+        assert_eq!(
+            next(&mut call).await,
+            Some(&b"event: message\ndata: {\"result\":{}}"[..]),
+            "the allowed call's answer arrives"
+        );
+        drop(call_tx);
+        assert_eq!(
+            next(&mut call).await,
+            None,
+            "and the stream ends with its call"
+        );
     }
 }

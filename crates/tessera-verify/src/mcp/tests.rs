@@ -1046,6 +1046,7 @@ async fn a_subscription_ends_when_its_svid_expires() {
         credential: Credential::Certificate {
             serial_hex: "42".into(),
             not_after_unix: now + 2,
+            node_ca_serials: Vec::new(),
         },
     });
     let id = listen(&mut h, &short, json!({"toolsListChanged": true})).await;

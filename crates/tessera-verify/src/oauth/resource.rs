@@ -62,7 +62,7 @@ use crate::authz::Authorizer;
 use crate::decision::{Decision, Reason};
 use crate::peer::{Credential, Peer};
 use crate::request::{McpMethod, McpRequest};
-use crate::revocation::RevocationStatus;
+use crate::revocation::{NodeCaStatus, RevocationStatus};
 
 /// Default bound of a JSON-RPC body read for the step-up check: rmcp's own default
 /// bound of a POST body (4 MiB), so the layer refuses nothing rmcp would take.
@@ -418,6 +418,7 @@ impl Shared {
         let Credential::Certificate {
             serial_hex,
             not_after_unix,
+            node_ca_serials,
         } = cert.credential()
         else {
             return Ok(());
@@ -429,6 +430,19 @@ impl Shared {
             .into());
         }
         let feed = self.authz.revocations();
+        for serial in node_ca_serials {
+            match feed.node_ca_status(serial) {
+                NodeCaStatus::NotRevoked => {}
+                NodeCaStatus::Revoked { node } => {
+                    return Err(Challenge::InvalidToken(format!(
+                        "the certificate the token is bound to was issued through the CA of evicted node {node}"
+                    ))
+                    .into());
+                }
+                // Covered below, and fail-closed either way.
+                _ => return Err(Refusal::Unavailable),
+            }
+        }
         let status = match cert.task() {
             Some(task) => feed.status(&task.task, serial_hex),
             None => feed.serial_status(serial_hex),

@@ -1,5 +1,6 @@
 //! The watcher against a real tonic `Revocations` server on a unix socket.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -266,13 +267,13 @@ fn backoff_stays_within_bounds() {
     let min = Duration::from_millis(50);
     let max = Duration::from_secs(5);
     for attempt in 0..40 {
-        let d = backoff(attempt, min, max);
+        let d = follow::backoff(attempt, min, max);
         assert!(d >= min && d <= max, "{attempt}: {d:?}");
     }
 }
 
-/// A revoked set past tonic's 4 MiB default still reaches the verifier; past the
-/// configured limit the stream ends and nothing is applied.
+/// On the legacy `Watch`, a revoked set past tonic's 4 MiB default still reaches the
+/// verifier; past the configured limit the stream ends and nothing is applied.
 #[tokio::test]
 async fn feed_messages_beyond_four_mib_are_accepted_up_to_the_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -300,7 +301,7 @@ async fn feed_messages_beyond_four_mib_are_accepted_up_to_the_limit() {
     handle.shutdown().await;
 
     // With tonic's default limit the same message never applies.
-    config.max_message_bytes = 4 << 20;
+    config.legacy_max_message_bytes = 4 << 20;
     let (small, handle) = RevocationWatcher::spawn(config);
     // Waiting for a retry (not a fixed time: encoding 6.5 MiB is slow on a loaded
     // machine) shows the stream was opened and ended by the oversized message.

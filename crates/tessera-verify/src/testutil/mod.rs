@@ -44,6 +44,7 @@ pub(crate) fn task_peer(scopes: &[&str]) -> Peer {
         credential: Credential::Certificate {
             serial_hex: "42".into(),
             not_after_unix: now + 3600,
+            node_ca_serials: Vec::new(),
         },
     }
 }

@@ -44,6 +44,7 @@ async fn hijacked_session_id_is_refused_with_404() {
         credential: Credential::Certificate {
             serial_hex: "01".into(),
             not_after_unix: i64::MAX,
+            node_ca_serials: Vec::new(),
         },
     });
 
@@ -117,6 +118,7 @@ fn sessions_belong_to_the_spiffe_id() {
         credential: Credential::Certificate {
             serial_hex: "43".into(),
             not_after_unix: credential.not_after_unix() + 60,
+            node_ca_serials: Vec::new(),
         },
     };
     assert!(binding.check("s", &task));
