@@ -164,6 +164,8 @@ async fn an_old_verifier_watching_a_cluster_mode_agent_fails_closed_with_an_upgr
         return;
     };
     let c = cl.agent("node-c", &cl.r1().node, "").await;
+    // A verifier is an attested workload; this process stands in for one.
+    cl.register(&[&c]).await;
     // What every tessera-verify before Follow does: Revocations.Watch, the full set.
     let mut old = RevocationsClient::new(TestAgent::channel(&c.workload).await.unwrap());
     let refused = match old.watch(WatchRevocationsRequest {}).await {
