@@ -45,7 +45,9 @@ const GRPC_FRAME: usize = 5;
 const TARGET_P99: Duration = Duration::from_millis(100);
 
 #[derive(Parser, Debug)]
-#[command(about = "EndTask on node A → refusal at node C; feed bytes per EndTask; CPU per revocation")]
+#[command(
+    about = "EndTask on node A → refusal at node C; feed bytes per EndTask; CPU per revocation"
+)]
 struct Args {
     /// Tasks for the latency phase (a).
     #[arg(long, default_value_t = 200)]
@@ -237,12 +239,14 @@ async fn run(args: Args) {
     let a = cl.agent("node-a", &cl.r1().node, "").await;
     let c = cl.agent("node-c", &cl.r2().node, "").await;
     cl.register(&[&a, &c]).await;
-    let server_a = mcp::McpServer::start_with_log(&a, "a", mcp::Trust::Workload, &[], "warn", false)
-        .await
-        .unwrap();
-    let server_c = mcp::McpServer::start_with_log(&c, "c", mcp::Trust::Workload, &[], "warn", false)
-        .await
-        .unwrap();
+    let server_a =
+        mcp::McpServer::start_with_log(&a, "a", mcp::Trust::Workload, &[], "warn", false)
+            .await
+            .unwrap();
+    let server_c =
+        mcp::McpServer::start_with_log(&c, "c", mcp::Trust::Workload, &[], "warn", false)
+            .await
+            .unwrap();
 
     println!("\n== (b1) feed bytes per EndTask per follower, 100 revoked ==");
     seed(&a, 100, 4).await;
@@ -271,7 +275,10 @@ async fn run(args: Args) {
         task.end().await;
         let answered = Instant::now();
         end_rtt.0.push(answered - sent);
-        let (l, r) = tokio::join!(refused_after(&at_a, answered), refused_after(&at_c, answered));
+        let (l, r) = tokio::join!(
+            refused_after(&at_a, answered),
+            refused_after(&at_c, answered)
+        );
         local.0.push(l);
         remote.0.push(r);
         at_a.close().await;
@@ -350,5 +357,8 @@ async fn run(args: Args) {
     let large = delta_bytes(&a, &mut big, args.deltas).await;
     bytes_line(&format!("{} revoked", big.revoked.len()), &large, snap_big);
     let ratio = large.iter().sum::<usize>() as f64 / small.iter().sum::<usize>().max(1) as f64;
-    println!("per-EndTask bytes at {} vs 100 revoked: {ratio:.2}x (target: independent of the set)", args.large);
+    println!(
+        "per-EndTask bytes at {} vs 100 revoked: {ratio:.2}x (target: independent of the set)",
+        args.large
+    );
 }

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, RunningTask, call, task_on, until, until_allowed, until_refused};
+use cluster::{
+    Cluster, RunningTask, call, task_on, until, until_allowed, until_refused, until_refused_as,
+};
 use forwarder::Forwarder;
 use futures::StreamExt;
 use mcp::{McpServer, Trust};
@@ -111,13 +113,14 @@ async fn forwarder_cut_drops_open_connections_and_refuses_new_ones_until_healed(
     let refused = tokio::time::timeout(Duration::from_secs(5), roundtrip(new))
         .await
         .expect("refused, not hung");
-    assert!(refused.is_err(), "a connection went through a cut forwarder");
+    assert!(
+        refused.is_err(),
+        "a connection went through a cut forwarder"
+    );
 
     fwd.heal();
     let again = tokio::net::TcpStream::connect(fwd.address()).await.unwrap();
-    roundtrip(again)
-        .await
-        .expect("forwarded again after heal");
+    roundtrip(again).await.expect("forwarded again after heal");
     let (accepted, refused) = fwd.counts();
     assert_eq!((accepted, refused), (2, 1));
 }
@@ -136,7 +139,10 @@ async fn end_task_on_node_a_refuses_the_next_call_on_an_open_connection_at_node_
     let task = RunningTask::begin(&a).await;
     let conn = task.connect(&server_c.url).await.unwrap();
     let out = call(&conn).await;
-    assert!(out.is_ok(), "A's task at C's server before EndTask: {out:?}");
+    assert!(
+        out.is_ok(),
+        "A's task at C's server before EndTask: {out:?}"
+    );
 
     let start = Instant::now();
     task.end().await;
@@ -176,7 +182,11 @@ async fn an_old_verifier_watching_a_cluster_mode_agent_fails_closed_with_an_upgr
             other => panic!("a cluster-mode agent served the legacy Watch: {other:?}"),
         },
     };
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     let msg = refused.message().to_lowercase();
     assert!(
         msg.contains("cluster") && msg.contains("follow") && msg.contains("upgrade"),
@@ -233,7 +243,10 @@ async fn consent_withdrawn_at_the_server_refuses_its_tasks_from_every_node() {
     for (agent, task, conn) in &open {
         let (out, after) = until_refused(conn, GENEROUS).await;
         assert!(refused_as(&out, "revoked"), "{out:?}");
-        eprintln!("withdrawal -> task {} refused at C after {after:?}", task.task.id);
+        eprintln!(
+            "withdrawal -> task {} refused at C after {after:?}",
+            task.task.id
+        );
         // Each node ended its own task, with the reason.
         until(
             "the task ends on its node, as consent_withdrawn",
@@ -287,11 +300,15 @@ async fn tessera_task_revoke_at_the_server_is_refused_everywhere_while_the_node_
     // Healed, A learns it too: ends the task itself (reason "revoked") and its own
     // verifiers refuse.
     fa.heal();
-    until("A ends the task the server revoked", GENEROUS * 2, || async {
-        task_on(&a, &task.task.id)
-            .await
-            .is_some_and(|t| t.ended_at_unix != 0 && t.end_reason == "revoked")
-    })
+    until(
+        "A ends the task the server revoked",
+        GENEROUS * 2,
+        || async {
+            task_on(&a, &task.task.id)
+                .await
+                .is_some_and(|t| t.ended_at_unix != 0 && t.end_reason == "revoked")
+        },
+    )
     .await;
     let (out, _) = until_refused(&at_a, GENEROUS).await;
     assert!(refused_as(&out, "revoked"), "{out:?}");
@@ -333,15 +350,22 @@ async fn an_evicted_nodes_svids_are_refused_everywhere_even_on_open_connections(
     for (name, conn) in [("A", &b_at_a), ("C", &b_at_c)] {
         let (out, after) = until_refused(conn, GENEROUS).await;
         assert!(refused_as(&out, "revoked"), "{out:?}");
-        let tessera_example_agent_runtime::CallOutcome::Denied { message, .. } = &out else {
-            unreachable!()
-        };
-        assert!(
-            message.contains("node-b"),
-            "the refusal names the evicted node: {message}"
-        );
         eprintln!("eviction -> B's task refused at {name}'s server after {after:?}");
     }
+    // The audit record of the refusal names the evicted node (the caller is told only
+    // "revoked"). The server writes its audit file a moment after the decision.
+    until("the audit names node-b", GENEROUS, || async {
+        std::fs::read_to_string(&server_c.audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|e| {
+                e["reason"] == "revoked"
+                    && e["task"] == on_b.task.id.as_str()
+                    && e["detail"].as_str().is_some_and(|d| d.contains("node-b"))
+            })
+    })
+    .await;
     // A new connection with B's SVID does not get a call through either.
     if let Ok(conn) = on_b.connect(&server_c.url).await {
         let out = call(&conn).await;
@@ -381,7 +405,7 @@ async fn a_30s_partition_ends_tasks_locally_at_once_fails_closed_past_the_bound_
     let cut_at = Instant::now();
     ended.end().await; // A keeps serving: EndTask works cut off.
     // A's own verifier refuses at once: the end is in A's feed, not waiting on the server.
-    let (out, local) = until_refused(&ended_at_a, Duration::from_secs(2)).await;
+    let (out, local) = until_refused(&ended_at_a, Duration::from_secs(3)).await;
     assert!(refused_as(&out, "revoked"), "{out:?}");
     // C has not heard (the only way there is through the server): still allowed.
     assert!(call(&ended_at_c).await.is_ok());
@@ -445,7 +469,11 @@ async fn an_end_journaled_before_kill_9_of_the_agent_reaches_node_c_after_restar
     fa.heal();
     a.spawn().await.unwrap();
     let (out, after) = until_refused(&at_c, GENEROUS * 2).await;
-    assert!(refused_as(&out, "revoked"), "{out:?}\nagent log:\n{}", a.log_text());
+    assert!(
+        refused_as(&out, "revoked"),
+        "{out:?}\nagent log:\n{}",
+        a.log_text()
+    );
     eprintln!("kill -9 after EndTask: refused at C {after:?} after A's restart began");
 }
 
@@ -536,7 +564,8 @@ async fn killing_a_server_replica_under_load_loses_no_revocation() {
         seen.extend(revoked.into_iter().map(|r| r.task_id));
     }
     // And the surviving replica holds every one as ended, in PostgreSQL.
-    let tasks = cl.r2()
+    let tasks = cl
+        .r2()
         .admin()
         .await
         .list_all_tasks(ListAllTasksRequest {
@@ -554,8 +583,10 @@ async fn killing_a_server_replica_under_load_loses_no_revocation() {
         .collect();
     let missing = ended.difference(&stored).count();
     assert_eq!(missing, 0, "ended tasks missing at the server");
-    eprintln!("replica killed under load: all {} ended tasks reached C and the server", ended.len());
-    drop(cl.replicas.remove(0));
+    eprintln!(
+        "replica killed under load: all {} ended tasks reached C and the server",
+        ended.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -582,8 +613,9 @@ async fn a_postgres_restart_fails_closed_meanwhile_and_recovers_by_itself() {
     assert!(refused_as(&out, "revocation_feed_stale"), "{out:?}");
 
     cl.pg.start_again().await.unwrap();
-    let (out, recovered) = until_refused(&ended_at_c, GENEROUS * 2).await;
-    assert!(refused_as(&out, "revoked"), "{out:?}\n{}", cl.logs());
+    // Stale until the replicas vouch again, then revoked: the end A journaled during the
+    // outage reached the server and C.
+    let recovered = until_refused_as(&ended_at_c, "revoked", GENEROUS * 2).await;
     until_allowed(&live_at_c, GENEROUS * 2).await;
     // Writes work again at the server, and reach the agents.
     let consent = cl.r1().grant(&["github/tool/list_pulls"]).await;

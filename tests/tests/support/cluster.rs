@@ -118,7 +118,11 @@ impl Cluster {
         for (client, server, path) in [
             (CLIENT, "", exe),
             (CLIENT, "", std::fs::canonicalize(bin(RUNTIME_BIN)).unwrap()),
-            ("", "github", std::fs::canonicalize(bin(SERVER_BIN)).unwrap()),
+            (
+                "",
+                "github",
+                std::fs::canonicalize(bin(SERVER_BIN)).unwrap(),
+            ),
         ] {
             let entry = self
                 .r1()
@@ -141,9 +145,11 @@ impl Cluster {
         let consent = self.r2().grant(CONSENTED).await;
         for agent in agents {
             for id in &entries {
-                until("an entry reaches every agent", Duration::from_secs(20), || {
-                    has_entry(agent, id)
-                })
+                until(
+                    "an entry reaches every agent",
+                    Duration::from_secs(20),
+                    || has_entry(agent, id),
+                )
                 .await;
             }
             until(
@@ -443,6 +449,23 @@ pub async fn until_refused(conn: &McpConnection, within: Duration) -> (CallOutco
             "still allowed {within:?} later: {out:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Calls on `conn` until a call is refused with `reason` (a verifier may refuse for
+/// another reason first, e.g. stale before the revocation arrives); how long it took.
+pub async fn until_refused_as(conn: &McpConnection, reason: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let out = call(conn).await;
+        if out.denial_reason() == Some(reason) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "not refused as {reason} {within:?} later: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
