@@ -618,3 +618,6 @@ fn decode(row: &PgRow) -> Result<ServerTask, ServerStoreError> {
         until: row.try_get("until")?,
     })
 }
+
+#[cfg(test)]
+mod tests;
