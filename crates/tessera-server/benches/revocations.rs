@@ -10,8 +10,7 @@
 //!   against the baseline of the legacy full-set message (what `Revocations.Watch` sends on
 //!   every change: the whole set), and report → follower's delta p50/p99.
 //!
-//!     cargo build --release -p tessera-server && \
-//!     cargo bench -p tessera-server --bench revocations
+//! Run it with `cargo bench -p tessera-server --bench revocations` (a release build).
 //!
 //! `TESSERA_BENCH_SECONDS` (default 3) is the length of each throughput run. Without
 //! PostgreSQL's binaries it prints why and exits (see tessera-pgtest).

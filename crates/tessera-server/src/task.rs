@@ -320,62 +320,29 @@ impl PgStore {
                         });
                     }
                 }
-                TaskEvent::Ended(e) => {
-                    // The end carries every serial and the real expiry: they replace the
-                    // begin's.
-                    let updated = sqlx::query(
-                        "UPDATE tasks SET ended_at_ms = $2, end_reason = $3, serials = $4,
-                                          until = $5
-                         WHERE id = $1 AND node = $6 AND ended_at_ms IS NULL",
-                    )
-                    .bind(&e.task_id)
-                    .bind(e.ended_at_ms)
-                    .bind(&e.reason)
-                    .bind(join_serials(&e.serials))
-                    .bind(e.until)
-                    .bind(node)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if updated == 0 {
-                        // Ended before (a repeat, or by the server), another node's, or a
-                        // task whose begin the server never stored (pruned): record it
-                        // ended, so it is revoked and stays this node's.
-                        let inserted = sqlx::query(
-                            "INSERT INTO tasks (id, node, spiffe_id, client, subject, server,
-                                                scopes, consent_id, begun_at_ms, deadline,
-                                                ended_at_ms, end_reason, serials, until)
-                             VALUES ($1, $2, $3, $4, '', '', '{}', '', $5, $6, $5, $7, $8, $6)
-                             ON CONFLICT (id) DO NOTHING",
-                        )
-                        .bind(&e.task_id)
-                        .bind(node)
-                        .bind(&e.spiffe_id)
-                        .bind(&e.client)
-                        .bind(e.ended_at_ms)
-                        .bind(e.until)
-                        .bind(&e.reason)
-                        .bind(join_serials(&e.serials))
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if inserted == 0 {
-                            owner_must_be(&mut tx, &e.task_id, node).await?;
-                            continue;
-                        }
-                    }
-                    reported.ended += 1;
-                    revocations.push(RevokedTask {
-                        task_id: e.task_id.clone(),
-                        node: node.to_owned(),
-                        spiffe_id: e.spiffe_id.clone(),
-                        serials: e.serials.clone(),
-                        reason: e.reason.clone(),
-                        revoked_at_ms: e.ended_at_ms,
-                        until: e.until,
-                    });
-                }
+                // Ends are stored together, after every begin (see `end_tasks`).
+                TaskEvent::Ended(_) => {}
             }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let ends: Vec<&TaskEnded> = events
+            .iter()
+            .filter_map(|e| match e {
+                TaskEvent::Ended(e) if seen.insert(e.task_id.as_str()) => Some(e),
+                _ => None,
+            })
+            .collect();
+        for e in end_tasks(&mut tx, node, &ends).await? {
+            reported.ended += 1;
+            revocations.push(RevokedTask {
+                task_id: e.task_id.clone(),
+                node: node.to_owned(),
+                spiffe_id: e.spiffe_id.clone(),
+                serials: e.serials.clone(),
+                reason: e.reason.clone(),
+                revoked_at_ms: e.ended_at_ms,
+                until: e.until,
+            });
         }
         if reported.begun > 0 || reported.ended > 0 {
             audit::write(
@@ -511,6 +478,107 @@ fn revoked(task: &ServerTask, reason: &str) -> RevokedTask {
     }
 }
 
+/// Ends `ends` (distinct tasks) for `node` in a few statements whatever their number, and
+/// returns those that took effect, in order. Storing every begin of a request before its
+/// ends gives the journal's result (a task's begin precedes its end), with the statement
+/// count of a request independent of its size.
+///
+/// An end replaces the begin's serials and expiry (it carries every serial and when the
+/// last SVID expires). A task not stored yet (its begin was pruned, or never stored) is
+/// stored ended, so it is revoked and stays this node's. A task that already ended (a
+/// repeat, or revoked by the server) is left as it is. Another node's task refuses the
+/// request ([`Conflict::TaskOfAnotherNode`]).
+async fn end_tasks<'e>(
+    conn: &mut PgConnection,
+    node: &str,
+    ends: &[&'e TaskEnded],
+) -> Result<Vec<&'e TaskEnded>, ServerStoreError> {
+    if ends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let column = |f: fn(&TaskEnded) -> String| ends.iter().map(|&e| f(e)).collect::<Vec<_>>();
+    let ids = column(|e| e.task_id.clone());
+    let spiffe_ids = column(|e| e.spiffe_id.clone());
+    let clients = column(|e| e.client.clone());
+    let reasons = column(|e| e.reason.clone());
+    let serials = column(|e| join_serials(&e.serials));
+    let ended_at: Vec<i64> = ends.iter().map(|e| e.ended_at_ms).collect();
+    let until: Vec<i64> = ends.iter().map(|e| e.until).collect();
+    let updated: Vec<String> = sqlx::query_scalar(
+        "UPDATE tasks t SET ended_at_ms = i.ended_at_ms, end_reason = i.reason,
+                            serials = i.serials, until = i.until
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])
+              AS i(id, ended_at_ms, reason, serials, until)
+         WHERE t.id = i.id AND t.node = $6 AND t.ended_at_ms IS NULL
+         RETURNING t.id",
+    )
+    .bind(&ids)
+    .bind(&ended_at)
+    .bind(&reasons)
+    .bind(&serials)
+    .bind(&until)
+    .bind(node)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut took: std::collections::HashSet<String> = updated.into_iter().collect();
+    let rest: Vec<usize> = (0..ends.len())
+        .filter(|&i| !took.contains(&ids[i]))
+        .collect();
+    if !rest.is_empty() {
+        let pick = |v: &[String]| rest.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
+        let pick_i64 = |v: &[i64]| rest.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO tasks (id, node, spiffe_id, client, subject, server, scopes, consent_id,
+                                begun_at_ms, deadline, ended_at_ms, end_reason, serials, until)
+             SELECT i.id, $8, i.spiffe_id, i.client, '', '', '{}', '', i.ended_at_ms, i.until,
+                    i.ended_at_ms, i.reason, i.serials, i.until
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                         $6::text[], $7::bigint[])
+                  AS i(id, spiffe_id, client, ended_at_ms, reason, serials, until)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(pick(&ids))
+        .bind(pick(&spiffe_ids))
+        .bind(pick(&clients))
+        .bind(pick_i64(&ended_at))
+        .bind(pick(&reasons))
+        .bind(pick(&serials))
+        .bind(pick_i64(&until))
+        .bind(node)
+        .fetch_all(&mut *conn)
+        .await?;
+        took.extend(inserted);
+        let untouched = rest
+            .iter()
+            .map(|&i| ids[i].clone())
+            .filter(|id| !took.contains(id))
+            .collect::<Vec<_>>();
+        if !untouched.is_empty() {
+            let foreign: Option<(String, String)> = sqlx::query_as(
+                "SELECT id, node FROM tasks WHERE id = ANY($1) AND node <> $2 ORDER BY id LIMIT 1",
+            )
+            .bind(&untouched)
+            .bind(node)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((task_id, owner)) = foreign {
+                return Err(Conflict::TaskOfAnotherNode {
+                    task_id,
+                    owner,
+                    node: node.to_owned(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(ends
+        .iter()
+        .copied()
+        .filter(|e| took.contains(&e.task_id))
+        .collect())
+}
+
 /// Refuses an event of a task another node reported.
 async fn owner_must_be(
     conn: &mut PgConnection,
@@ -550,3 +618,6 @@ fn decode(row: &PgRow) -> Result<ServerTask, ServerStoreError> {
         until: row.try_get("until")?,
     })
 }
+
+#[cfg(test)]
+mod tests;

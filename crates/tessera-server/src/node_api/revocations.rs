@@ -172,7 +172,17 @@ impl Follower {
                     continue;
                 }
             }
-            message = Some(pb::RevocationDelta::clone(delta));
+            let mut first = pb::RevocationDelta::clone(delta);
+            // Replicas cut deltas where their catch-ups fell, so a node that moved here
+            // may hold a version inside this one's span: what it adds from before that
+            // version the node holds already (adding is idempotent), and the delta must
+            // start at the node's version for it to apply it.
+            if let Some(sent) = self.sent.and_then(|v| u64::try_from(v).ok())
+                && first.from_version < sent
+            {
+                first.from_version = sent;
+            }
+            message = Some(first);
         }
         if let Some(m) = message {
             self.send_delta(m).await?;
