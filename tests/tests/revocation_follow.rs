@@ -3,13 +3,14 @@
 //! EndTask whatever the size of the set, heartbeats that say how current the feed is,
 //! resuming by feed id and version, and a snapshot again from a restarted agent.
 
+#[path = "support/tasks.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use prost::Message;
-use support::tasks::{begin, begin_req, setup, tasks};
+use support::{begin, begin_req, setup, tasks};
 use tessera_e2e::TestAgent;
 use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
 use tessera_proto::tessera::v1::{
@@ -21,7 +22,11 @@ const SCOPES: &[&str] = &["github/tool/get_pull_request"];
 /// Fast heartbeats, so the tests see them without waiting a second each.
 const CONFIG: &str = "revocation_heartbeat_interval = \"200ms\"";
 
-async fn follow(agent: &TestAgent, feed_id: &str, since: u64) -> tonic::Streaming<RevocationUpdate> {
+async fn follow(
+    agent: &TestAgent,
+    feed_id: &str,
+    since: u64,
+) -> tonic::Streaming<RevocationUpdate> {
     RevocationsClient::new(TestAgent::channel(&agent.workload).await.unwrap())
         .follow(FollowRevocationsRequest {
             feed_id: feed_id.into(),
@@ -93,7 +98,10 @@ async fn follow_gets_a_snapshot_then_one_small_delta_per_end_task_whatever_the_s
     };
     assert_eq!((d.from_version, d.revoked.len()), (version, 1));
     assert_eq!(d.revoked[0].task_id, first);
-    assert!(!d.revoked[0].serials.is_empty(), "it names the task's serials");
+    assert!(
+        !d.revoked[0].serials.is_empty(),
+        "it names the task's serials"
+    );
     assert_eq!(u.feed_id, feed_id);
     let small = u.encoded_len();
     version = d.version;
@@ -105,7 +113,10 @@ async fn follow_gets_a_snapshot_then_one_small_delta_per_end_task_whatever_the_s
         let Some(revocation_update::Update::Delta(d)) = u.update else {
             panic!("a delta, got {u:?}")
         };
-        assert_eq!(d.from_version, version, "deltas come in order, none skipped");
+        assert_eq!(
+            d.from_version, version,
+            "deltas come in order, none skipped"
+        );
         version = d.version;
     }
     let last = begin_and_end(&agent).await;
@@ -190,14 +201,20 @@ async fn a_follower_resumes_by_version_and_a_restarted_agent_sends_a_new_snapsho
     let started = Instant::now();
     let mut after = follow(&agent, &feed_id, at).await;
     let first = next_change(&mut after).await;
-    assert_ne!(first.feed_id, feed_id, "a restarted agent's feed is a new one");
+    assert_ne!(
+        first.feed_id, feed_id,
+        "a restarted agent's feed is a new one"
+    );
     let Some(revocation_update::Update::Snapshot(s)) = first.update else {
         panic!("a snapshot from a restarted agent, got {first:?}")
     };
     assert!(!s.more);
     let ids: Vec<&str> = s.revoked.iter().map(|r| r.task_id.as_str()).collect();
     for id in [&before, &a, &b] {
-        assert!(ids.contains(&id.as_str()), "{id} revoked before the restart is still: {ids:?}");
+        assert!(
+            ids.contains(&id.as_str()),
+            "{id} revoked before the restart is still: {ids:?}"
+        );
     }
     assert!(started.elapsed() < Duration::from_secs(30));
 }
