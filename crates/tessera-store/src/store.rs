@@ -471,6 +471,7 @@ mod tests {
                 "revocations",
                 "schema_migrations",
                 "sync_state",
+                "task_events",
                 "task_svids",
                 "tasks"
             ]

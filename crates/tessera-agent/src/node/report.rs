@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_proto::tessera::v1::{
-    ReportTaskEventsRequest, TaskBegun as ProtoBegun, TaskEnded as ProtoEnded,
-    TaskEvent as ProtoEvent, task_event,
+    ReportTaskEventsRequest, ReportTaskEventsResponse, TaskBegun as ProtoBegun,
+    TaskEnded as ProtoEnded, TaskEvent as ProtoEvent, task_event,
 };
 use tessera_store::{JournalEntry, MAX_JOURNAL_BATCH, Store, StoreError, TaskEvent};
 
@@ -92,39 +92,56 @@ impl Reporter {
     }
 
     /// Sends batches until the journal is empty.
-    pub(crate) async fn send_pending(&self) -> Result<(), ReportError> {
-        let mut after = 0;
-        loop {
-            let batch = self.store.journal_batch(after, MAX_JOURNAL_BATCH).await?;
-            self.metrics
-                .journal_depth
-                .set(i64::try_from(self.store.journal_depth().await?).unwrap_or(i64::MAX));
-            let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-                return Ok(());
-            };
-            let (first, last) = (first.seq, last.seq);
-            let n = batch.len() as u64;
-            let request = ReportTaskEventsRequest {
-                events: batch.into_iter().map(to_proto).collect(),
-            };
-            self.metrics.task_events_sent.inc_by(n);
-            let mut client = self.link.client();
-            let answer = tokio::time::timeout(REPORT_TIMEOUT, client.report_task_events(request))
+    async fn send_pending(&self) -> Result<(), ReportError> {
+        let link = &self.link;
+        send_journal(&self.store, &self.metrics, |request| async move {
+            let mut client = link.client();
+            tokio::time::timeout(REPORT_TIMEOUT, client.report_task_events(request))
                 .await
                 .map_err(|_| ReportError::Timeout)?
-                .map_err(ReportError::Refused)?
-                .into_inner();
-            let acked = answer.acknowledged_seq;
-            // An answer outside the batch is a server bug; deleting on it could drop
-            // events never sent. Nothing is deleted and the batch is sent again.
-            if acked < first || acked > last {
-                return Err(ReportError::BadAck { acked, first, last });
-            }
-            let deleted = self.store.journal_ack(acked).await?;
-            self.metrics.task_events_acked.inc_by(deleted);
-            tracing::debug!(first, acked, deleted, "task events reported");
-            after = acked;
+                .map(tonic::Response::into_inner)
+                .map_err(ReportError::Refused)
+        })
+        .await
+    }
+}
+
+/// Sends the journal, batch by batch, through `send` until it is empty; deletes what
+/// each answer acknowledges. A failed send leaves the journal as it was.
+async fn send_journal<F, Fut>(
+    store: &Store,
+    metrics: &Metrics,
+    mut send: F,
+) -> Result<(), ReportError>
+where
+    F: FnMut(ReportTaskEventsRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<ReportTaskEventsResponse, ReportError>>,
+{
+    let mut after = 0;
+    loop {
+        let batch = store.journal_batch(after, MAX_JOURNAL_BATCH).await?;
+        metrics
+            .journal_depth
+            .set(i64::try_from(store.journal_depth().await?).unwrap_or(i64::MAX));
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.seq, last.seq);
+        let n = batch.len() as u64;
+        let request = ReportTaskEventsRequest {
+            events: batch.into_iter().map(to_proto).collect(),
+        };
+        metrics.task_events_sent.inc_by(n);
+        let acked = send(request).await?.acknowledged_seq;
+        // An answer outside the batch is a server bug; deleting on it could drop events
+        // never sent. Nothing is deleted and the batch is sent again.
+        if acked < first || acked > last {
+            return Err(ReportError::BadAck { acked, first, last });
         }
+        let deleted = store.journal_ack(acked).await?;
+        metrics.task_events_acked.inc_by(deleted);
+        tracing::debug!(first, acked, deleted, "task events reported");
+        after = acked;
     }
 }
 
@@ -156,3 +173,6 @@ fn to_proto(entry: JournalEntry) -> ProtoEvent {
         event: Some(event),
     }
 }
+
+#[cfg(test)]
+mod tests;

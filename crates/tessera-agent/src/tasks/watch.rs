@@ -340,3 +340,81 @@ impl<D: Message + Default> Decoder for ProstDecoder<D> {
             .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::Service;
+
+    use super::*;
+    use crate::attest::UnixAttestor;
+    use crate::tasks::fixture_with;
+
+    async fn service(node: Option<&str>) -> (crate::tasks::Fixture, RevocationsService) {
+        let f = fixture_with(node).await;
+        let metrics = Arc::new(Metrics::default());
+        let cache = SvidCache::new(
+            Arc::clone(&f.authority),
+            f.store.clone(),
+            Duration::from_secs(3600),
+            Arc::clone(&metrics),
+        )
+        .await
+        .unwrap();
+        let (_trigger, drain) = crate::drain::channel();
+        let service = RevocationsService::new(
+            Arc::clone(&f.manager),
+            cache,
+            Arc::new(Attestor::new(UnixAttestor::default(), None)),
+            metrics,
+            drain,
+            4,
+        );
+        (f, service)
+    }
+
+    fn grpc_request(path: &str) -> http::Request<tonic::body::Body> {
+        // An empty message: the 5-byte gRPC frame header of a zero-length message.
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("http://agent{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                Bytes::from_static(&[0, 0, 0, 0, 0]),
+            )))
+            .unwrap()
+    }
+
+    fn status_of(response: &http::Response<tonic::body::Body>) -> Option<Status> {
+        Status::from_header_map(response.headers())
+    }
+
+    #[tokio::test]
+    async fn a_cluster_mode_agent_refuses_the_legacy_watch_saying_to_upgrade_the_verifier() {
+        let (_f, mut service) = service(Some("spiffe://tasks.test/node/a")).await;
+        let response = service.call(grpc_request(WATCH_PATH)).await.unwrap();
+        let status = status_of(&response).expect("a trailers-only refusal");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains("upgrade the verifier"),
+            "{status:?}"
+        );
+        assert!(
+            status.message().contains("Revocations.Follow"),
+            "{status:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_standalone_agent_still_serves_watch_to_attested_callers_only() {
+        // No peer credentials on this request: Watch goes on to attest the caller (and
+        // refuses it), rather than refusing the method as a cluster-mode agent does.
+        let (_f, mut service) = service(None).await;
+        let response = service.call(grpc_request(WATCH_PATH)).await.unwrap();
+        let status = status_of(&response).expect("a refusal");
+        assert_ne!(status.code(), tonic::Code::FailedPrecondition);
+        assert_ne!(status.code(), tonic::Code::Unimplemented);
+    }
+}
