@@ -236,7 +236,14 @@ async fn run(args: Args) {
     let Some(cl) = Cluster::start("cluster_revocation bench").await else {
         return;
     };
-    let a = cl.agent("node-a", &cl.r1().node, "").await;
+    // Phase (c) holds `--cpu-tasks` tasks live in this one process.
+    let a = cl
+        .agent(
+            "node-a",
+            &cl.r1().node,
+            &format!("task_max_live_per_process = {}", args.cpu_tasks.max(128)),
+        )
+        .await;
     let c = cl.agent("node-c", &cl.r2().node, "").await;
     cl.register(&[&a, &c]).await;
     let server_a =
