@@ -17,11 +17,13 @@ use crate::config::Config;
 use crate::drain;
 use crate::http::{self, Health};
 use crate::metrics::{ADMIN_SOCKET_RPCS, Metrics, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
-use crate::node::{NodeLink, Syncer};
+use crate::node::{NodeLink, Reporter, ServerRevocations, Syncer};
 use crate::retention;
 use crate::socket::{self, InConnSpanLayer};
 use crate::svids::SvidCache;
-use crate::tasks::{ConsentCache, RevocationsService, TaskConfig, TaskManager, TasksService};
+use crate::tasks::{
+    ConsentCache, FeedConfig, RevocationsService, TaskConfig, TaskManager, TasksService,
+};
 use crate::workload::WorkloadService;
 use tessera_proto::tessera::v1::tasks_server::TasksServer;
 
@@ -53,6 +55,9 @@ pub async fn run(
     let store = Store::open(&config.data_dir.join("tessera.db"))
         .await
         .context("opening the store")?;
+    // Cluster mode reports every task begin and end to the server: journaled with the
+    // task's own write, so a crash loses none. Standalone, nothing is journaled.
+    store.set_journal_task_events(config.server.is_some());
 
     let mut metrics = Metrics::default();
     metrics.observe_store(store.clone());
@@ -147,6 +152,11 @@ pub async fn run(
             max_live_per_process: config.task_max_live_per_process,
             jwt_svid_ttl: config.jwt_svid_ttl,
         },
+        FeedConfig {
+            trust_domain: trust_domain.as_str().to_owned(),
+            node: node.as_ref().map(|n| n.node().to_string()),
+            heartbeat_interval: config.revocation_heartbeat_interval,
+        },
     )
     .await
     .context("recovering tasks")?;
@@ -228,6 +238,13 @@ pub async fn run(
             Arc::clone(&tasks),
         );
         tokio::spawn(syncer.run(drain.clone()));
+        // Issue 16: this node's task events to the server, the cluster's revocations
+        // into this node's feed.
+        let reporter = Reporter::new(Arc::clone(link), store.clone(), Arc::clone(&metrics));
+        tokio::spawn(reporter.run(drain.clone()));
+        let revocations =
+            ServerRevocations::new(Arc::clone(link), Arc::clone(&tasks), Arc::clone(&metrics));
+        tokio::spawn(revocations.run(drain.clone()));
     }
     let admin = AdminServer::new(admin_service).max_decoding_message_size(MAX_REQUEST_BYTES);
 

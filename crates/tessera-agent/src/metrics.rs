@@ -76,6 +76,24 @@ pub(crate) struct Metrics {
     pub revocation_watchers: Gauge,
     /// Ended tasks and audit records deleted past their retention.
     pub pruned: Family<PrunedLabel, Counter>,
+    /// Open `Revocations.Follow` streams.
+    pub revocation_followers: Gauge,
+    /// Follow messages sent, by kind ("snapshot", "delta", "heartbeat").
+    pub revocation_updates_sent: Family<KindLabel, Counter>,
+    /// Bytes of Follow and Watch messages sent (before gRPC framing).
+    pub revocation_bytes_sent: Counter,
+    /// Cluster mode: task events journaled and not yet acknowledged by the server.
+    pub journal_depth: Gauge,
+    /// Cluster mode: task events sent to the server (resends counted again).
+    pub task_events_sent: Counter,
+    /// Cluster mode: task events the server acknowledged durable.
+    pub task_events_acked: Counter,
+    /// Cluster mode: the server feed's newest `current_as_of`, unix milliseconds.
+    pub server_feed_current_as_of: Gauge,
+    /// Cluster mode: the server feed version this agent's copy reflects.
+    pub server_feed_version: Gauge,
+    /// Cluster mode: how many versions the copy is behind the server's last heartbeat.
+    pub server_feed_lag: Gauge,
 }
 
 impl Default for Metrics {
@@ -93,6 +111,15 @@ impl Default for Metrics {
             live_tasks: Gauge::default(),
             revocation_watchers: Gauge::default(),
             pruned: Family::default(),
+            revocation_followers: Gauge::default(),
+            revocation_updates_sent: Family::default(),
+            revocation_bytes_sent: Counter::default(),
+            journal_depth: Gauge::default(),
+            task_events_sent: Counter::default(),
+            task_events_acked: Counter::default(),
+            server_feed_current_as_of: Gauge::default(),
+            server_feed_version: Gauge::default(),
+            server_feed_lag: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("svids_issued", "X.509-SVIDs issued", m.svids_issued.clone());
@@ -133,6 +160,51 @@ impl Default for Metrics {
             "store_pruned",
             "Ended tasks and audit records deleted past their retention, by what",
             m.pruned.clone(),
+        );
+        registry.register(
+            "revocation_followers",
+            "Open Revocations.Follow streams",
+            m.revocation_followers.clone(),
+        );
+        registry.register(
+            "revocation_updates_sent",
+            "Revocations.Follow messages sent, by kind (snapshot, delta, heartbeat)",
+            m.revocation_updates_sent.clone(),
+        );
+        registry.register(
+            "revocation_bytes_sent",
+            "Bytes of revocation feed messages sent (Follow and Watch)",
+            m.revocation_bytes_sent.clone(),
+        );
+        registry.register(
+            "task_journal_depth",
+            "Cluster mode: task events journaled, not yet acknowledged by the server",
+            m.journal_depth.clone(),
+        );
+        registry.register(
+            "task_events_sent",
+            "Cluster mode: task events sent to the server (resends counted again)",
+            m.task_events_sent.clone(),
+        );
+        registry.register(
+            "task_events_acked",
+            "Cluster mode: task events the server acknowledged durable",
+            m.task_events_acked.clone(),
+        );
+        registry.register(
+            "server_revocations_current_as_of_ms",
+            "Cluster mode: the server revocation feed's newest current_as_of, unix ms (age: now minus this)",
+            m.server_feed_current_as_of.clone(),
+        );
+        registry.register(
+            "server_revocations_version",
+            "Cluster mode: the server revocation feed version the agent's copy reflects",
+            m.server_feed_version.clone(),
+        );
+        registry.register(
+            "server_revocations_lag",
+            "Cluster mode: server feed versions the copy is behind the server's last heartbeat",
+            m.server_feed_lag.clone(),
         );
         Metrics { registry, ..m }
     }

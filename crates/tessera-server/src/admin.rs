@@ -5,8 +5,9 @@
 //! Reads (entries, consents) come from the replica's memory, so they answer while
 //! PostgreSQL is down; writes go to PostgreSQL (UNAVAILABLE while it is down) and answer
 //! once this replica's memory holds them, so the next read on this socket sees them.
-//! Tasks live on agents: the task RPCs are refused (UNIMPLEMENTED) until the task events
-//! reach the server.
+//! Tasks are the ones the nodes reported (`task.rs`): `ListAllTasks` reads them from
+//! PostgreSQL; `RevokeTask` and `WithdrawConsent` revoke them on the cluster's feed at
+//! once, whether or not the task's node is reachable (it ends the task when it hears).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,9 @@ const MAX_CONSENT_SECS: i64 = 366 * 24 * 3600;
 /// How long a write waits for this replica's memory to hold it before answering anyway
 /// (the change is committed either way; only read-your-writes on this socket is late).
 const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// Most tasks `ListAllTasks` returns.
+const MAX_LIST_TASKS: u32 = 10_000;
 
 /// The `tessera.v1.Admin` service of a server replica.
 #[derive(Clone, Debug)]
@@ -108,6 +112,20 @@ impl AdminService {
         written.value
     }
 
+    /// Waits (bounded) until this replica's revocation copy holds feed version `version`.
+    pub(crate) async fn published(&self, version: i64) {
+        let feed = self.replica.revocations();
+        if tokio::time::timeout(APPLY_WAIT, feed.wait_for_version(version))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                version,
+                "revocation not yet in this replica's feed after 5 s"
+            );
+        }
+    }
+
     fn entry_to_proto(&self, e: tessera_store::Entry) -> pb::Entry {
         entry_to_proto(&self.trust_domain, e)
     }
@@ -157,6 +175,26 @@ pub(crate) fn consent_to_proto(c: tessera_store::Consent) -> pb::Consent {
         granted_by: c.granted_by,
         granted_at_unix: c.granted_at,
         withdrawn_at_unix: c.withdrawn_at.unwrap_or(0),
+    }
+}
+
+/// A task the nodes reported, as `tessera.v1` sends it (no purpose nor pid: those stay
+/// on the node).
+pub(crate) fn task_to_proto(t: crate::ServerTask) -> pb::Task {
+    pb::Task {
+        id: t.id,
+        spiffe_id: t.spiffe_id,
+        client: t.client,
+        subject: t.subject,
+        server: t.server,
+        scopes: t.scopes,
+        purpose: String::new(),
+        consent_id: t.consent_id,
+        begun_at_unix: t.begun_at_ms / 1000,
+        deadline_unix: t.deadline,
+        ended_at_unix: t.ended_at_ms.map_or(0, |ms| (ms / 1000).max(1)),
+        end_reason: t.end_reason.unwrap_or_default(),
+        pid: 0,
     }
 }
 
@@ -456,10 +494,17 @@ impl Admin for AdminService {
             .withdraw_consent(&id, &actor)
             .await
             .map_err(store_status)?;
-        // Each agent ends the tasks relying on it when the withdrawal reaches it.
+        // The tasks the nodes reported under it are revoked on the feed now; each agent
+        // also ends the tasks relying on it when the withdrawal reaches it.
+        let withdrawal = self.applied(written).await;
+        if let Some(version) = withdrawal.revocation_version {
+            self.metrics
+                .revocations_published(withdrawal.ended_tasks.len());
+            self.published(version).await;
+        }
         Ok(Response::new(pb::WithdrawConsentResponse {
-            consent: Some(consent_to_proto(self.applied(written).await)),
-            ended_tasks: Vec::new(),
+            consent: Some(consent_to_proto(withdrawal.consent)),
+            ended_tasks: withdrawal.ended_tasks,
         }))
     }
 
@@ -468,18 +513,46 @@ impl Admin for AdminService {
         req: Request<pb::ListAllTasksRequest>,
     ) -> Result<Response<pb::ListAllTasksResponse>, Status> {
         self.authorize("ListAllTasks", &req)?;
-        Err(Status::unimplemented(
-            "tasks live on the agents; ask an agent's admin socket",
-        ))
+        let r = req.into_inner();
+        let tasks = self
+            .replica
+            .store()
+            .list_tasks(
+                (!r.client.is_empty()).then_some(r.client.as_str()),
+                r.include_ended,
+                MAX_LIST_TASKS,
+            )
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ListAllTasksResponse {
+            tasks: tasks.into_iter().map(task_to_proto).collect(),
+        }))
     }
 
     async fn revoke_task(
         &self,
         req: Request<pb::RevokeTaskRequest>,
     ) -> Result<Response<pb::RevokeTaskResponse>, Status> {
-        self.authorize("RevokeTask", &req)?;
-        Err(Status::unimplemented(
-            "tasks live on the agents; ask an agent's admin socket",
-        ))
+        let actor = self.authorize("RevokeTask", &req)?;
+        let id = req.into_inner().task_id;
+        if id.is_empty() || id.len() > tessera_store::MAX_TASK_ID_LEN {
+            return Err(Status::invalid_argument(format!(
+                "task_id must be 1..={} bytes",
+                tessera_store::MAX_TASK_ID_LEN
+            )));
+        }
+        let written = self
+            .replica
+            .store()
+            .revoke_task(&id, &actor)
+            .await
+            .map_err(store_status)?;
+        if written.version > 0 {
+            self.metrics.revocations_published(1);
+            self.published(written.version).await;
+        }
+        Ok(Response::new(pb::RevokeTaskResponse {
+            task: Some(task_to_proto(written.value)),
+        }))
     }
 }

@@ -1,6 +1,7 @@
 //! Consent records, the agent store's, kept once for the whole cluster. Withdrawing one
-//! here ends no task by itself: the withdrawal reaches every agent as a change, and each
-//! agent ends the tasks relying on it (the task events issue carries the rest).
+//! ends, in the same transaction, every live task the nodes reported under it, and
+//! publishes their revocations on the feed (`task.rs`, `revocation.rs`); the withdrawal
+//! also reaches every agent as a change, and each ends the tasks relying on it.
 
 use serde_json::json;
 use sqlx::postgres::PgRow;
@@ -12,7 +13,19 @@ use tessera_store::{
 
 use crate::error::{Conflict, NotFound};
 use crate::version::{self, Kind};
-use crate::{PgStore, ServerStoreError, Written, audit};
+use crate::{PgStore, ServerStoreError, Written, audit, revocation, task};
+
+/// A withdrawn consent and the tasks its withdrawal ended.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Withdrawal {
+    /// The consent as withdrawn.
+    pub consent: Consent,
+    /// Ids of the live tasks the nodes had reported under it, now revoked.
+    pub ended_tasks: Vec<String>,
+    /// The revocation feed's version that published them (`None`: there were none).
+    pub revocation_version: Option<i64>,
+}
 
 /// Audit kind written when a consent is granted.
 const KIND_GRANT: &str = "consent.grant";
@@ -97,14 +110,15 @@ impl PgStore {
     }
 
     /// Withdraws a consent (`withdrawn_at` = now), with its `consent.withdraw` audit
-    /// record and its change, in one transaction. [`NotFound::Consent`] if there is none;
+    /// record, its change, and the revocation of every live task reported under it, in
+    /// one transaction. [`NotFound::Consent`] if there is none;
     /// [`Conflict::ConsentWithdrawn`] if it already was (of concurrent withdrawals,
-    /// exactly one succeeds).
+    /// exactly one succeeds). The version is the change log's.
     pub async fn withdraw_consent(
         &self,
         id: &str,
         actor: &str,
-    ) -> Result<Written<Consent>, ServerStoreError> {
+    ) -> Result<Written<Withdrawal>, ServerStoreError> {
         audit::validate_actor(actor)?;
         let now = crate::clock::unix_secs();
         let mut tx = self.begin().await?;
@@ -133,18 +147,33 @@ impl PgStore {
             });
         };
         let consent = decode(&row)?;
+        let revoked = task::end_under_consent(&mut tx, id, crate::clock::unix_millis()).await?;
+        let ended_tasks: Vec<String> = revoked.iter().map(|r| r.task_id.clone()).collect();
         audit::write(
             &mut tx,
             KIND_WITHDRAW,
             actor,
-            &json!({ "consent": &consent }),
+            &json!({ "consent": &consent, "ended_tasks": &ended_tasks }),
         )
         .await?;
+        // The change counter, then the feed's: every writer taking both takes them in
+        // this order, so none waits on the other in a cycle.
         let version = version::record(&mut tx, Kind::Consent, &consent.id).await?;
+        let revocation_version = revocation::publish(&mut tx, &revoked, &[]).await?;
         tx.commit().await?;
-        tracing::info!(id, actor, version, "consent withdrawn");
+        tracing::info!(
+            id,
+            actor,
+            version,
+            ended = ended_tasks.len(),
+            "consent withdrawn"
+        );
         Ok(Written {
-            value: consent,
+            value: Withdrawal {
+                consent,
+                ended_tasks,
+                revocation_version,
+            },
             version,
         })
     }

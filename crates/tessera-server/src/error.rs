@@ -98,6 +98,15 @@ pub enum InvalidInput {
         /// What is wrong.
         reason: String,
     },
+
+    /// A reported task event is malformed (the index is its position in the request).
+    #[error("task event {index}: {reason}")]
+    TaskEvent {
+        /// Its position in the request, from 0.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A named record that does not exist: [`ServerStoreError::NotFound`].
@@ -125,6 +134,12 @@ pub enum NotFound {
     /// No join token hashes to what was presented.
     #[error("no such join token")]
     JoinToken,
+    /// No node has reported a task with this id (or it was pruned).
+    #[error("no task {id}")]
+    Task {
+        /// The id asked for.
+        id: String,
+    },
 }
 
 /// A request that contradicts the stored state: [`ServerStoreError::Conflict`].
@@ -178,6 +193,17 @@ pub enum Conflict {
     JoinTokenForOtherNode {
         /// The token's id (not the token).
         id: String,
+    },
+    /// A node reported an event of a task another node reported first: a node may only
+    /// report its own tasks.
+    #[error("task {task_id} belongs to node {owner}, not {node}")]
+    TaskOfAnotherNode {
+        /// The task's id.
+        task_id: String,
+        /// The node that reported it first.
+        owner: String,
+        /// The node reporting now.
+        node: String,
     },
 }
 

@@ -18,7 +18,11 @@
 //! * `version`: how a write gets its version, in order; `change`: the log's readers
 //!   (snapshots, changes since a version, pruning).
 //! * `entry`, `consent`, `node`, `join_token`, `audit`: one record kind each.
-//! * `replica`: the in-memory copy and its sync loop.
+//! * `task`: the tasks nodes report (`Node.ReportTaskEvents`) and the server's own
+//!   revocations of them; `revocation`: the cluster's revoked set (tasks and evicted
+//!   node CAs) under a version counter of its own.
+//! * `replica`: the in-memory copy and its sync loop; `revocation_feed`: the revoked
+//!   set's copy, with a ring of recent deltas, that `Node.FollowRevocations` serves.
 //! * [`attest`]: node attestors (join tokens; Kubernetes PSAT) behind [`attest::NodeAttestor`].
 //!
 //! The `tessera-server` binary is [`server::run`] with a [`config::Config`]: `admin`
@@ -51,13 +55,17 @@ mod node;
 mod node_api;
 mod node_name;
 mod replica;
+mod revocation;
+mod revocation_feed;
 pub mod server;
 mod socket;
 mod store;
+mod task;
 mod version;
 
 pub use ca::SERVER_ID_PATH;
 pub use change::{Change, Changes, MAX_CHANGES_PAGE, Snapshot};
+pub use consent::Withdrawal;
 pub use error::{Conflict, InvalidInput, MigrationError, NotFound, ServerStoreError, Unavailable};
 pub use join_token::{IssuedJoinToken, JoinToken, NewJoinToken};
 pub use limits::{
@@ -66,7 +74,15 @@ pub use limits::{
 pub use migrate::SCHEMA_VERSION;
 pub use node::{AttestationKind, NewNode, Node, NodeStatus};
 pub use replica::{Replica, ReplicaOptions, ReplicaState, ReplicaUpdate};
+pub use revocation::{
+    EXPIRY_GRACE_SECS, RevocationDelta, RevocationSnapshot, RevocationsSince, RevokedNodeCa,
+    RevokedTask,
+};
+pub use revocation_feed::{MAX_RING_BYTES, MAX_RING_DELTAS, RevocationFeed, VOUCH_WINDOW};
 pub use store::{PgStore, PgStoreOptions, Written};
+pub use task::{
+    REASON_CONSENT_WITHDRAWN, REASON_REVOKED, Reported, ServerTask, TaskBegun, TaskEnded, TaskEvent,
+};
 pub use tessera_store::{
     AuditRecord, Consent, ConsentFilter, Entry, EntryKind, NewConsent, NewEntry,
 };

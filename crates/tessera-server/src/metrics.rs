@@ -39,6 +39,15 @@ pub(crate) struct Metrics {
     pruned_changes: Counter,
     node_calls: Family<NodeCallLabel, Counter>,
     sync_streams: Gauge,
+    revocations_published: Counter,
+    revocation_followers: Gauge,
+    revocation_deltas_sent: Counter,
+    revocation_bytes_sent: Counter,
+    revocation_version: Gauge,
+    revoked_tasks: Gauge,
+    revocation_stream_up: Gauge,
+    report_batches: Counter,
+    report_events: Counter,
 }
 
 impl Default for Metrics {
@@ -55,7 +64,62 @@ impl Default for Metrics {
             pruned_changes: Counter::default(),
             node_calls: Family::default(),
             sync_streams: Gauge::default(),
+            revocations_published: Counter::default(),
+            revocation_followers: Gauge::default(),
+            revocation_deltas_sent: Counter::default(),
+            revocation_bytes_sent: Counter::default(),
+            revocation_version: Gauge::default(),
+            revoked_tasks: Gauge::default(),
+            revocation_stream_up: Gauge::default(),
+            report_batches: Counter::default(),
+            report_events: Counter::default(),
         };
+        registry.register(
+            "revocations_published",
+            "Revocations this replica committed (task ends reported, server revocations, \
+             evicted node CAs)",
+            metrics.revocations_published.clone(),
+        );
+        registry.register(
+            "revocation_followers",
+            "FollowRevocations streams open on this replica",
+            metrics.revocation_followers.clone(),
+        );
+        registry.register(
+            "revocation_deltas_sent",
+            "Delta messages sent on FollowRevocations streams",
+            metrics.revocation_deltas_sent.clone(),
+        );
+        registry.register(
+            "revocation_bytes_sent",
+            "Bytes (encoded messages) sent on FollowRevocations streams",
+            metrics.revocation_bytes_sent.clone(),
+        );
+        registry.register(
+            "revocation_version",
+            "The revocation feed version this replica's copy holds",
+            metrics.revocation_version.clone(),
+        );
+        registry.register(
+            "revoked_tasks",
+            "Revoked tasks in this replica's copy (not yet expired)",
+            metrics.revoked_tasks.clone(),
+        );
+        registry.register(
+            "revocation_stream_up",
+            "1 while this replica follows the revocation notifications (and vouches for its copy)",
+            metrics.revocation_stream_up.clone(),
+        );
+        registry.register(
+            "report_batches",
+            "ReportTaskEvents requests stored",
+            metrics.report_batches.clone(),
+        );
+        registry.register(
+            "report_events",
+            "Task events received in stored ReportTaskEvents requests",
+            metrics.report_events.clone(),
+        );
         registry.register(
             "node_calls",
             "Node API calls, by RPC and gRPC status (Sync: when the stream starts)",
@@ -129,6 +193,36 @@ impl Metrics {
         SyncStreamGuard(std::sync::Arc::clone(self))
     }
 
+    /// Counts revocations committed by this replica.
+    pub(crate) fn revocations_published(&self, n: usize) {
+        self.revocations_published
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Counts a stored ReportTaskEvents request of `events` events.
+    pub(crate) fn report(&self, events: usize) {
+        self.report_batches.inc();
+        self.report_events
+            .inc_by(u64::try_from(events).unwrap_or(u64::MAX));
+    }
+
+    /// Counts a FollowRevocations stream open until the guard is dropped.
+    pub(crate) fn follower(self: &std::sync::Arc<Self>) -> FollowerGuard {
+        self.revocation_followers.inc();
+        FollowerGuard(std::sync::Arc::clone(self))
+    }
+
+    /// Counts a delta message sent to a follower.
+    pub(crate) fn delta_sent(&self) {
+        self.revocation_deltas_sent.inc();
+    }
+
+    /// Counts the bytes of a message sent to a follower.
+    pub(crate) fn feed_bytes(&self, n: usize) {
+        self.revocation_bytes_sent
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
     /// Counts change log rows pruned.
     pub(crate) fn pruned_changes(&self, n: u64) {
         self.pruned_changes.inc_by(n);
@@ -144,11 +238,26 @@ impl Metrics {
             self.entries.set(count(state.entries.len()));
             self.consents.set(count(state.consents.len()));
             self.nodes.set(count(state.nodes.len()));
+            let feed = replica.revocations();
+            self.revocation_version.set(feed.version());
+            self.revoked_tasks.set(count(feed.revoked_tasks()));
+            self.revocation_stream_up
+                .set(i64::from(feed.is_listening()));
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// An open FollowRevocations stream, for the `revocation_followers` gauge.
+#[derive(Debug)]
+pub(crate) struct FollowerGuard(std::sync::Arc<Metrics>);
+
+impl Drop for FollowerGuard {
+    fn drop(&mut self) {
+        self.0.revocation_followers.dec();
     }
 }
 

@@ -16,14 +16,21 @@ struct Migration {
 }
 
 /// All migrations, in version order: 1, 2, 3, ... with no gaps.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "task events and the revocation feed",
+        sql: include_str!("../migrations/0002_task_events.sql"),
+    },
+];
 
 /// The schema version this binary creates and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 

@@ -15,6 +15,7 @@ use tessera_store::{MAX_SELECTOR_LEN, MAX_SELECTORS};
 use crate::error::{Conflict, InvalidInput, NotFound};
 use crate::limits::MAX_ATTESTATION_LEN;
 use crate::node_name::validate_node_name;
+use crate::revocation::{self, RevokedNodeCa};
 use crate::version::{self, Kind};
 use crate::{PgStore, ServerStoreError, Written, audit, join_token};
 
@@ -183,6 +184,17 @@ impl PgStore {
             return Err(not_active(&mut tx, name).await);
         };
         let node = decode(&row)?;
+        // Every CA of the node is remembered until it expires: evicting it revokes them
+        // all, not only the newest.
+        sqlx::query(
+            "INSERT INTO node_cas (serial, node, not_after) VALUES ($1, $2, $3)
+             ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(&serial)
+        .bind(name)
+        .bind(not_after)
+        .execute(&mut *tx)
+        .await?;
         audit::write(
             &mut tx,
             KIND_CA,
@@ -198,8 +210,9 @@ impl PgStore {
         })
     }
 
-    /// Evicts a node: no more attestations or CA renewals under its name, and its current
-    /// CA (in the returned record) is to be published as revoked. With a `node.evict`
+    /// Evicts a node: no more attestations or CA renewals under its name, and every CA
+    /// of it still valid (the current one, in the returned record, and any earlier one) is
+    /// published on the revocation feed in the same transaction. With a `node.evict`
     /// audit record and a change. [`NotFound::Node`], or [`Conflict::NodeEvicted`] if it
     /// already was.
     pub async fn evict_node(
@@ -222,14 +235,45 @@ impl PgStore {
             return Err(not_active(&mut tx, name).await);
         };
         let node = decode(&row)?;
+        let now_ms = crate::clock::unix_millis();
+        let cas: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT serial, not_after FROM node_cas WHERE node = $1 AND not_after > $2
+             ORDER BY serial",
+        )
+        .bind(name)
+        .bind(now_ms / 1000 - revocation::EXPIRY_GRACE_SECS)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut revoked: Vec<RevokedNodeCa> = cas
+            .into_iter()
+            .map(|(serial, until)| RevokedNodeCa {
+                serial,
+                node: name.to_owned(),
+                revoked_at_ms: now_ms,
+                until,
+            })
+            .collect();
+        // A CA recorded before `node_cas` existed is still in the node's row.
+        if let (Some(serial), Some(until)) = (&node.ca_serial, node.ca_not_after)
+            && !revoked.iter().any(|c| &c.serial == serial)
+        {
+            revoked.push(RevokedNodeCa {
+                serial: serial.clone(),
+                node: name.to_owned(),
+                revoked_at_ms: now_ms,
+                until,
+            });
+        }
+        let serials: Vec<&str> = revoked.iter().map(|c| c.serial.as_str()).collect();
         audit::write(
             &mut tx,
             KIND_EVICT,
             actor,
-            &json!({ "node": name, "ca_serial": node.ca_serial }),
+            &json!({ "node": name, "ca_serial": node.ca_serial, "revoked_ca_serials": serials }),
         )
         .await?;
         let version = version::record(&mut tx, Kind::Node, name).await?;
+        revocation::publish(&mut tx, &[], &revoked).await?;
         tx.commit().await?;
         tracing::info!(node = name, actor, version, "node evicted");
         Ok(Written {

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::change::{Change, MAX_CHANGES_PAGE};
 use crate::node::Node;
+use crate::revocation_feed::RevocationFeed;
 use crate::version::CHANNEL;
 use crate::{PgStore, ServerStoreError};
 
@@ -133,6 +134,7 @@ fn upsert<T>(map: &mut BTreeMap<String, T>, key: String, value: Option<T>) {
 #[derive(Debug)]
 pub struct Replica {
     store: PgStore,
+    revocations: Arc<RevocationFeed>,
     state: watch::Receiver<Arc<ReplicaState>>,
     updates: broadcast::Sender<ReplicaUpdate>,
     listening: watch::Receiver<bool>,
@@ -145,11 +147,13 @@ pub struct Replica {
 impl Replica {
     /// Loads a snapshot (so this fails, [`crate::Unavailable`], if PostgreSQL cannot be
     /// reached: a replica with nothing to serve should not start), then keeps it current
-    /// in a task of its own.
+    /// in a task of its own; the same for the revocation feed's copy
+    /// ([`Replica::revocations`]).
     pub async fn start(
         store: PgStore,
         options: ReplicaOptions,
     ) -> Result<Replica, ServerStoreError> {
+        let revocations = Arc::new(RevocationFeed::start(store.clone(), &options).await?);
         let snapshot = store.snapshot().await?;
         let initial = ReplicaState {
             version: snapshot.version,
@@ -179,6 +183,7 @@ impl Replica {
         let task = tokio::spawn(sync.run());
         Ok(Replica {
             store,
+            revocations,
             state,
             updates,
             listening,
@@ -229,8 +234,14 @@ impl Replica {
         &self.store
     }
 
-    /// Stops the sync task and waits for it.
+    /// This replica's copy of the cluster's revoked set.
+    pub fn revocations(&self) -> &Arc<RevocationFeed> {
+        &self.revocations
+    }
+
+    /// Stops the sync tasks and waits for them.
     pub async fn shutdown(&self) {
+        self.revocations.shutdown().await;
         let _ = self.stop.send(true);
         let task = self
             .task

@@ -20,7 +20,8 @@ use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::{PgStore, PgStoreOptions, Replica, ReplicaOptions, ServerStoreError, socket};
 
-/// How often expired change log rows, audit records and join tokens are deleted.
+/// How often expired change log rows, audit records, join tokens, revocations and tasks
+/// are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// How long an expired join token is kept (for the audit trail's sake) before deletion.
@@ -273,6 +274,10 @@ async fn prune(
                 .await
         {
             tracing::warn!(%error, "pruning the audit log failed");
+        }
+        let expired = crate::clock::unix_secs().saturating_sub(crate::EXPIRY_GRACE_SECS);
+        if let Err(error) = store.prune_revocations(expired).await {
+            tracing::warn!(%error, "pruning expired revocations and tasks failed");
         }
         let before = crate::clock::unix_secs().saturating_sub(JOIN_TOKEN_KEEP_SECS);
         if let Err(error) = store.prune_join_tokens(before).await {

@@ -23,6 +23,7 @@
 //! * `entry`, `consent`, `task`: registration entries; consent records; tasks, their
 //!   SVIDs and revocations.
 //! * `sync`: cluster mode's copy of the server's entries and consents, by version.
+//! * `journal`: cluster mode's outbox of task begins and ends for the server.
 //! * `sealed`: the guard holding new tasks off a consent being withdrawn.
 //! * `audit`, `audit_record`: the append-only audit log and one record of it.
 //! * `limits`, `validate`: every size limit, and the length checks against them.
@@ -37,6 +38,7 @@ mod clock;
 mod consent;
 mod entry;
 mod error;
+mod journal;
 mod limits;
 mod migrate;
 mod row;
@@ -53,6 +55,7 @@ pub use entry::{Entry, EntryKind, NewEntry};
 pub use error::{
     Conflict, DatabaseError, InvalidInput, NotFound, OpenError, StoreError, Unavailable,
 };
+pub use journal::{JournalEntry, MAX_JOURNAL_BATCH, TaskBegun, TaskEnded, TaskEvent};
 pub use limits::{
     MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_PAGE, MAX_CLIENT_LEN, MAX_PURPOSE_LEN,
     MAX_REASON_LEN, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SELECTOR_LEN, MAX_SELECTORS, MAX_SERIAL_HEX_LEN,

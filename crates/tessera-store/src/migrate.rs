@@ -40,10 +40,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "sync",
         sql: include_str!("../migrations/0004_sync.sql"),
     },
+    Migration {
+        version: 5,
+        description: "task journal",
+        sql: include_str!("../migrations/0005_task_journal.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 

@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     pub(crate) notifier: Arc<Notifier>,
     /// Consents being withdrawn; see [`crate::Store::withdraw_consent`].
     pub(crate) sealed: Arc<crate::sealed::Sealed>,
+    /// Whether task begins and ends are journaled for the server (cluster mode).
+    pub(crate) journal: std::sync::atomic::AtomicBool,
     path: PathBuf,
 }
 
@@ -169,6 +171,7 @@ impl Store {
                 checkpointer: std::sync::Mutex::new(Some((stop_checkpoints, checkpointer))),
                 notifier,
                 sealed: Arc::default(),
+                journal: std::sync::atomic::AtomicBool::new(false),
                 path: path.to_owned(),
             }),
         })
@@ -468,6 +471,7 @@ mod tests {
                 "revocations",
                 "schema_migrations",
                 "sync_state",
+                "task_events",
                 "task_svids",
                 "tasks"
             ]

@@ -13,6 +13,7 @@ use sqlx::SqlitePool;
 use tessera_identity::{ClientName, TaskId};
 
 use crate::error::{Conflict, InvalidInput, NotFound};
+use crate::journal::{self, TaskBegun, TaskEnded, TaskEvent};
 use crate::limits::{
     MAX_PURPOSE_LEN, MAX_REASON_LEN, MAX_SERIAL_HEX_LEN, MAX_SPIFFE_ID_LEN, MAX_TASK_ID_LEN,
     PRUNE_CHUNK,
@@ -213,6 +214,7 @@ impl Store {
             svid,
             actor: actor.to_owned(),
             sealed: Arc::clone(&self.inner.sealed),
+            journal: self.journals_task_events(),
         };
         self.inner.writer.write(KIND_BEGIN, state, begin_op).await
     }
@@ -244,6 +246,9 @@ impl Store {
     ///
     /// Of concurrent calls for one task exactly one gets [`EndOutcome::Ended`]; the others
     /// get [`EndOutcome::AlreadyEnded`] and write nothing.
+    ///
+    /// With journaling on (cluster mode), the end is journaled for the server in the same
+    /// transaction ([`crate::TaskEvent::Ended`]).
     pub async fn end_task(
         &self,
         task_id: &TaskId,
@@ -251,6 +256,34 @@ impl Store {
         ended_at: i64,
         revocation: Revocation,
         actor: &str,
+    ) -> Result<EndOutcome, StoreError> {
+        let journal = self.journals_task_events();
+        self.end_task_inner(task_id, reason, ended_at, revocation, actor, journal)
+            .await
+    }
+
+    /// [`Store::end_task`] for an end the server decided (a revocation on its feed): never
+    /// journaled, since reporting it back would only echo it.
+    pub async fn end_task_from_server(
+        &self,
+        task_id: &TaskId,
+        reason: &str,
+        ended_at: i64,
+        revocation: Revocation,
+        actor: &str,
+    ) -> Result<EndOutcome, StoreError> {
+        self.end_task_inner(task_id, reason, ended_at, revocation, actor, false)
+            .await
+    }
+
+    async fn end_task_inner(
+        &self,
+        task_id: &TaskId,
+        reason: &str,
+        ended_at: i64,
+        revocation: Revocation,
+        actor: &str,
+        journal: bool,
     ) -> Result<EndOutcome, StoreError> {
         check_len("end reason", reason, 1, MAX_REASON_LEN)?;
         validate_revocation(&revocation)?;
@@ -261,6 +294,7 @@ impl Store {
             ended_at,
             revocation: Some(revocation),
             actor: actor.to_owned(),
+            journal,
         };
         self.inner.writer.write(KIND_END, state, end_op).await
     }
@@ -347,6 +381,8 @@ struct BeginTask {
     svid: SvidIssued,
     actor: String,
     sealed: Arc<Sealed>,
+    /// Journal the begin for the server (cluster mode).
+    journal: bool,
 }
 
 fn begin_op(
@@ -359,6 +395,7 @@ fn begin_op(
         svid,
         actor,
         sealed,
+        journal,
     } = state;
     if let Some(withdrawn_at) = sealed.check(&task.consent_id) {
         return Err(StoreError::Conflict(Conflict::ConsentWithdrawn {
@@ -401,6 +438,21 @@ fn begin_op(
         },
     });
     audit::write(conn, effects, KIND_BEGIN, actor, detail)?;
+    if *journal {
+        let event = TaskEvent::Begun(TaskBegun {
+            task_id: task.id.to_string(),
+            spiffe_id: svid.spiffe_id.clone(),
+            client: task.client.as_str().to_owned(),
+            subject: task.subject.clone(),
+            server: task.server.clone(),
+            scopes: task.scopes.clone(),
+            consent_id: task.consent_id.clone(),
+            begun_at_ms: task.begun_at.saturating_mul(1000),
+            deadline: task.deadline,
+            serials: task.serials.clone(),
+        });
+        journal::append(conn, effects, &event)?;
+    }
     Ok(())
 }
 
@@ -516,6 +568,8 @@ struct EndTask {
     ended_at: i64,
     revocation: Option<Revocation>,
     actor: String,
+    /// Journal the end for the server (cluster mode, an end decided here).
+    journal: bool,
 }
 
 fn end_op(
@@ -548,6 +602,18 @@ fn end_op(
         revocation,
         &state.actor,
     )?;
+    if state.journal {
+        let event = TaskEvent::Ended(TaskEnded {
+            task_id: revocation.task_id.clone(),
+            spiffe_id: revocation.spiffe_id.clone(),
+            reason: state.reason.clone(),
+            // The moment it was revoked, to the millisecond (`ended_at` is whole seconds).
+            ended_at_ms: revocation.revoked_at_ms,
+            serials: revocation.serials.clone(),
+            until: revocation.until,
+        });
+        journal::append(conn, effects, &event)?;
+    }
     Ok(EndOutcome::Ended(task, revocation))
 }
 

@@ -100,6 +100,8 @@ pub(crate) struct Effects {
     pub(crate) entries_changed: u64,
     /// Consents granted or withdrawn.
     pub(crate) consents_changed: u64,
+    /// Task events journaled (cluster mode; see [`crate::journal`]).
+    pub(crate) journaled: u64,
 }
 
 /// The change notifications the writer publishes after each commit; shared with the
@@ -108,6 +110,8 @@ pub(crate) struct Effects {
 pub(crate) struct Notifier {
     pub(crate) entries: watch::Sender<u64>,
     pub(crate) consents: watch::Sender<u64>,
+    /// Bumped after a commit that journaled task events.
+    pub(crate) journal: watch::Sender<u64>,
     pub(crate) audit: broadcast::Sender<AuditRecord>,
     /// Transactions committed by the writer (see [`crate::WriterStats`]).
     pub(crate) commits: AtomicU64,
@@ -122,6 +126,7 @@ impl Notifier {
         Notifier {
             entries: watch::channel(0).0,
             consents: watch::channel(0).0,
+            journal: watch::channel(0).0,
             audit: broadcast::channel(AUDIT_CHANNEL_CAPACITY).0,
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -142,6 +147,10 @@ impl Notifier {
         if effects.consents_changed > 0 {
             self.consents
                 .send_modify(|revision| *revision += effects.consents_changed);
+        }
+        if effects.journaled > 0 {
+            self.journal
+                .send_modify(|revision| *revision += effects.journaled);
         }
     }
 }

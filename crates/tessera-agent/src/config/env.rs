@@ -110,6 +110,12 @@ pub(super) fn apply(layers: &mut Layers, env: &dyn Env) {
     ) {
         l.layers.raw.revocation_max_watchers_per_identity = v;
     }
+    if let Some(v) = l.duration(
+        "TESSERA_REVOCATION_HEARTBEAT_INTERVAL",
+        "revocation_heartbeat_interval",
+    ) {
+        l.layers.raw.revocation_heartbeat_interval = v;
+    }
     if let Some(v) = l.duration("TESSERA_TASK_RETENTION", "task_retention") {
         l.layers.raw.task_retention = v;
     }

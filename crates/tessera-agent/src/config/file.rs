@@ -32,6 +32,11 @@ pub const DEFAULT_EXE_HASH_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// rest is room for reconnects overlapping a stream the agent has not yet seen close.
 pub const DEFAULT_MAX_WATCHERS_PER_IDENTITY: usize = 32;
 
+/// Default for [`super::Config::revocation_heartbeat_interval`]: a follower's staleness
+/// bound (30 s by default) is many heartbeats long, so one lost heartbeat never makes
+/// a verifier refuse.
+pub const DEFAULT_REVOCATION_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Where the agent looks for the cgroup hierarchies unless told otherwise.
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -82,6 +87,8 @@ pub(super) struct FileConfig {
     pub task_max_lifetime: Duration,
     pub task_max_live_per_process: usize,
     pub revocation_max_watchers_per_identity: usize,
+    #[serde(with = "humantime_serde")]
+    pub revocation_heartbeat_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub task_retention: Duration,
     #[serde(with = "humantime_serde")]
@@ -168,6 +175,7 @@ impl Default for FileConfig {
             task_max_lifetime: Duration::from_secs(24 * 3600),
             task_max_live_per_process: DEFAULT_MAX_LIVE_PER_PROCESS,
             revocation_max_watchers_per_identity: DEFAULT_MAX_WATCHERS_PER_IDENTITY,
+            revocation_heartbeat_interval: DEFAULT_REVOCATION_HEARTBEAT_INTERVAL,
             task_retention: Duration::from_secs(7 * 24 * 3600),
             audit_retention: Duration::ZERO,
             audit_log: None,

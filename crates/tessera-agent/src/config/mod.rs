@@ -24,7 +24,8 @@ pub use env::{Env, ProcessEnv};
 pub use error::{ConfigError, Origin, Problem};
 pub use file::{
     DEFAULT_CGROUP_ROOT, DEFAULT_EXE_HASH_MAX_BYTES, DEFAULT_MAX_LIVE_PER_PROCESS,
-    DEFAULT_MAX_WATCHERS_PER_IDENTITY, IN_CLUSTER_CA, IN_CLUSTER_TOKEN, LogConfig, LogFormat,
+    DEFAULT_MAX_WATCHERS_PER_IDENTITY, DEFAULT_REVOCATION_HEARTBEAT_INTERVAL, IN_CLUSTER_CA,
+    IN_CLUSTER_TOKEN, LogConfig, LogFormat,
 };
 
 pub use server::{AttestProof, DEFAULT_SERVER_ID_PATH, ServerConfig};
@@ -72,6 +73,11 @@ pub struct Config {
     /// costs the agent a task and, while it sends, a copy of the revoked set in its
     /// buffers; a verifier needs one.
     pub revocation_max_watchers_per_identity: usize,
+    /// How often an idle `Revocations.Follow` stream gets a heartbeat carrying how
+    /// current the feed is; between [`MIN_HEARTBEAT_INTERVAL`] and
+    /// [`MAX_HEARTBEAT_INTERVAL`]. Verifiers refuse task credentials once the feed is
+    /// older than their staleness bound (30 s by default): keep it well under that.
+    pub revocation_heartbeat_interval: Duration,
     /// What retention deletes (`task_retention`, `audit_retention`; "0s" is `None`,
     /// kept forever). A task whose revocation is still in force is kept regardless.
     pub retention: Retention,
@@ -182,6 +188,13 @@ const EXE_HASH_MAX_BYTES_LIMIT: u64 = 16 * 1024 * 1024 * 1024;
 /// (past the default, the process's clients must accept larger messages).
 const MAX_LIVE_PER_PROCESS_LIMIT: usize = 1_000_000;
 
+/// Shortest [`Config::revocation_heartbeat_interval`] accepted.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Longest [`Config::revocation_heartbeat_interval`] accepted: a third of the
+/// verifiers' default staleness bound.
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Highest [`Config::revocation_max_watchers_per_identity`] accepted.
 const MAX_WATCHERS_PER_IDENTITY_LIMIT: usize = 100_000;
 
@@ -280,6 +293,18 @@ impl Config {
                 format!("must be between 1 and {MAX_WATCHERS_PER_IDENTITY_LIMIT}"),
             );
         }
+        if !(MIN_HEARTBEAT_INTERVAL..=MAX_HEARTBEAT_INTERVAL)
+            .contains(&raw.revocation_heartbeat_interval)
+        {
+            l.refuse(
+                "revocation_heartbeat_interval",
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(MIN_HEARTBEAT_INTERVAL),
+                    humantime::format_duration(MAX_HEARTBEAT_INTERVAL)
+                ),
+            );
+        }
         if !(1..=EXE_HASH_MAX_BYTES_LIMIT).contains(&raw.exe_hash_max_bytes) {
             l.refuse(
                 "exe_hash_max_bytes",
@@ -360,6 +385,7 @@ impl Config {
             task_max_lifetime: raw.task_max_lifetime,
             task_max_live_per_process: raw.task_max_live_per_process,
             revocation_max_watchers_per_identity: raw.revocation_max_watchers_per_identity,
+            revocation_heartbeat_interval: raw.revocation_heartbeat_interval,
             retention: Retention {
                 ended_tasks: keep(raw.task_retention),
                 audit: keep(raw.audit_retention),
@@ -427,6 +453,7 @@ impl Config {
             task_max_lifetime: self.task_max_lifetime,
             task_max_live_per_process: self.task_max_live_per_process,
             revocation_max_watchers_per_identity: self.revocation_max_watchers_per_identity,
+            revocation_heartbeat_interval: self.revocation_heartbeat_interval,
             task_retention: self.retention.ended_tasks.unwrap_or_default(),
             audit_retention: self.retention.audit.unwrap_or_default(),
             audit_log: self.audit_log.clone(),

@@ -30,6 +30,7 @@ fn file_values_override_defaults_and_env_overrides_file() {
         ("TESSERA_AUDIT_RETENTION", "90d"),
         ("TESSERA_EXE_HASH_MAX_BYTES", "1048576"),
         ("TESSERA_REVOCATION_MAX_WATCHERS_PER_IDENTITY", "4"),
+        ("TESSERA_REVOCATION_HEARTBEAT_INTERVAL", "250ms"),
         ("TESSERA_JWT_SVID_TTL", "2m"),
         ("TESSERA_CA_JWT_KEY_TTL", "12h"),
     ]);
@@ -41,6 +42,7 @@ fn file_values_override_defaults_and_env_overrides_file() {
     assert_eq!(c.task_max_live_per_process, 500);
     assert_eq!(c.exe_hash_max_bytes, 1 << 20);
     assert_eq!(c.revocation_max_watchers_per_identity, 4);
+    assert_eq!(c.revocation_heartbeat_interval, Duration::from_millis(250));
     assert_eq!(c.jwt_svid_ttl, Duration::from_secs(120));
     assert_eq!(c.ca.jwt_key_ttl, Duration::from_secs(12 * 3600));
     assert_eq!(
@@ -142,6 +144,14 @@ fn invalid_settings_are_refused() {
         (
             "revocation_max_watchers_per_identity = 0",
             "revocation_max_watchers_per_identity",
+        ),
+        (
+            "revocation_heartbeat_interval = \"50ms\"",
+            "revocation_heartbeat_interval",
+        ),
+        (
+            "revocation_heartbeat_interval = \"11s\"",
+            "revocation_heartbeat_interval",
         ),
         (
             "workload_socket = \"/tmp/x.sock\"\nadmin_socket = \"/tmp/x.sock\"",

@@ -52,6 +52,7 @@ pub(crate) const WORKLOAD_SOCKET_RPCS: &[RpcName] = &[
     ("/tessera.v1.Tasks/EndTask", "EndTask"),
     ("/tessera.v1.Tasks/ListTasks", "ListTasks"),
     ("/tessera.v1.Revocations/Watch", "WatchRevocations"),
+    ("/tessera.v1.Revocations/Follow", "FollowRevocations"),
 ];
 
 /// The RPCs of the admin socket.

@@ -7,6 +7,8 @@
 //! Both credentials are renewed at the server's `renew_after_unix` with fresh keys; the
 //! node SVID is the client certificate of every later RPC (`tls`).
 
+mod report;
+mod revocations;
 mod state;
 mod sync;
 mod tls;
@@ -29,6 +31,8 @@ use tonic::transport::Channel;
 
 use crate::config::{AttestProof, ServerConfig};
 use crate::drain;
+pub(crate) use report::Reporter;
+pub(crate) use revocations::ServerRevocations;
 pub(crate) use state::{NodeState, StateError};
 pub(crate) use sync::Syncer;
 use tls::TlsSetupError;

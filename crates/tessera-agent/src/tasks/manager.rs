@@ -30,7 +30,7 @@ pub(crate) use error::TaskError;
 pub(crate) use owners::TaskView;
 
 use super::consent::ConsentCache;
-use super::revocation::RevocationFeed;
+use super::revocation::{FeedConfig, RevocationFeed};
 use crate::metrics::Metrics;
 use live::LiveTask;
 use owners::Owners;
@@ -71,6 +71,23 @@ pub(crate) enum EndReason {
 }
 
 impl EndReason {
+    /// The reason a revocation from the server's feed gives, as this agent records it;
+    /// one it does not know is an administrator's revocation.
+    pub(crate) fn from_feed(reason: &str) -> EndReason {
+        [
+            EndReason::Ended,
+            EndReason::ProcessExited,
+            EndReason::Deadline,
+            EndReason::ConsentWithdrawn,
+            EndReason::Revoked,
+            EndReason::AgentRestart,
+            EndReason::EntryDeleted,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == reason)
+        .unwrap_or(EndReason::Revoked)
+    }
+
     /// The stable string.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -163,6 +180,9 @@ impl std::fmt::Debug for TaskManager {
     }
 }
 
+/// The actor named in the records of ends the server decided.
+pub(crate) const SERVER_ACTOR: &str = "tessera-server";
+
 fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -181,6 +201,7 @@ impl TaskManager {
         consents: Arc<ConsentCache>,
         metrics: Arc<Metrics>,
         config: TaskConfig,
+        feed: FeedConfig,
     ) -> Result<Arc<TaskManager>, StoreError> {
         let now = now_unix();
         for task in store.live_tasks().await? {
@@ -207,7 +228,7 @@ impl TaskManager {
                 .await?;
             tracing::info!(task = %task.id, "ended task left live by a previous run");
         }
-        let feed = Arc::new(RevocationFeed::new(store.revocations(now).await?));
+        let feed = Arc::new(RevocationFeed::new(feed, store.revocations(now).await?));
         Ok(Arc::new(TaskManager {
             authority,
             store,
@@ -294,4 +315,4 @@ fn task_spiffe_id(authority: &Authority, t: &TaskRecord) -> String {
 
 mod jwt;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,13 +1,19 @@
-//! `tessera.v1.Revocations` on the workload socket: the revoked set, to every attested
-//! caller that watches it, within bounds.
+//! `tessera.v1.Revocations` on the workload socket: the revocation feed, to every
+//! attested caller that follows it, within bounds.
+//!
+//! Two RPCs: `Follow` (a snapshot, then deltas and heartbeats; resumable by feed id and
+//! version) and the legacy `Watch` (the whole set on every change), which a cluster-mode
+//! agent refuses: its message cannot carry evicted node CAs nor the cluster's
+//! freshness, so an old verifier must fail closed, never open.
 //!
 //! Two costs grow with the callers an authenticated peer can open: each stream holds a
-//! task and its buffers, and each change of the set is sent on every stream. So an
-//! identity may hold at most `revocation_max_watchers_per_identity` streams at once
-//! (RESOURCE_EXHAUSTED past it), and each version of the set is encoded once and its
-//! bytes shared by every stream, which tonic's generated server cannot do (it encodes a
-//! message per stream, from a copy per stream): hence this hand-written service, with a
-//! codec that sends those bytes as they are. The wire format is the proto's.
+//! task and its buffers, and each change is sent on every stream. So an identity may
+//! hold at most `revocation_max_watchers_per_identity` streams at once, Follow and Watch
+//! together (RESOURCE_EXHAUSTED past it), and each delta, snapshot page and legacy set
+//! is encoded once and its bytes shared by every stream, which tonic's generated server
+//! cannot do (it encodes a message per stream, from a copy per stream): hence this
+//! hand-written service, with a codec that sends those bytes as they are. The wire
+//! format is the proto's.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,11 +26,11 @@ use futures::Stream;
 use prost::Message;
 use prost::bytes::{BufMut, Bytes};
 use tessera_proto::tessera::v1::revocations_server::SERVICE_NAME;
-use tessera_proto::tessera::v1::{RevocationSet, RevokedTask, WatchRevocationsRequest};
+use tessera_proto::tessera::v1::{FollowRevocationsRequest, WatchRevocationsRequest};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};
 
-use super::{RevokedSet, TaskManager};
+use super::TaskManager;
 use crate::attest::Attestor;
 use crate::caller::{Caller, NO_IDENTITY};
 use crate::metrics::Metrics;
@@ -119,28 +125,12 @@ impl Inner {
         self: Arc<Self>,
         req: Request<WatchRevocationsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let snap = self.cache.current();
-        let att = Caller::admit(&req, &self.attestor, &self.metrics, snap.needs)
-            .await?
-            .attestation;
-        // Verifiers (MCP servers) and clients alike may watch.
-        let identities: Vec<String> = snap
-            .identities_for(&att)
-            .iter()
-            .map(|e| e.spiffe_id.clone())
-            .collect();
-        if identities.is_empty() {
-            return Err(Status::permission_denied(NO_IDENTITY));
+        if self.manager.feed().is_cluster() {
+            return Err(Status::failed_precondition(WATCH_IN_CLUSTER_MODE));
         }
-        let slot = match self.reserve(identities) {
-            Ok(slot) => slot,
-            Err(status) => {
-                tracing::warn!(pid = att.pid, uid = att.uid, error = %status.message(), "revocation watch refused");
-                return Err(status);
-            }
-        };
-        let td = snap.bundle.trust_domain.as_str().to_owned();
+        let slot = self.admit(&req, "watch").await?;
         let mut rx = self.manager.feed().subscribe();
+        let feed = Arc::clone(self.manager.feed());
         let shutdown = self.shutdown.clone();
         let metrics = Arc::clone(&self.metrics);
         let (tx, out) = tokio::sync::mpsc::channel(4);
@@ -149,9 +139,9 @@ impl Inner {
             // Held as long as the stream: its place is given back when it ends.
             let _slot = slot;
             loop {
-                let set = rx.borrow_and_update().clone();
-                let bytes = set.encoded(|set| to_proto(set, &td).encode_to_vec().into());
-                drop(set);
+                rx.borrow_and_update();
+                let bytes = feed.legacy_set();
+                metrics.revocation_bytes_sent.inc_by(bytes.len() as u64);
                 if tx.send(Ok(bytes)).await.is_err() {
                     break;
                 }
@@ -162,6 +152,51 @@ impl Inner {
                 }
             }
             metrics.revocation_watchers.dec();
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    /// Attests the caller and reserves a stream under each of its identities.
+    async fn admit<T>(self: &Arc<Self>, req: &Request<T>, rpc: &str) -> Result<Slot, Status> {
+        let snap = self.cache.current();
+        let att = Caller::admit(req, &self.attestor, &self.metrics, snap.needs)
+            .await?
+            .attestation;
+        // Verifiers (MCP servers) and clients alike may follow.
+        let identities: Vec<String> = snap
+            .identities_for(&att)
+            .iter()
+            .map(|e| e.spiffe_id.clone())
+            .collect();
+        if identities.is_empty() {
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        self.reserve(identities).inspect_err(|status| {
+            tracing::warn!(pid = att.pid, uid = att.uid, error = %status.message(), "revocation {rpc} refused");
+        })
+    }
+
+    async fn follow(
+        self: Arc<Self>,
+        req: Request<FollowRevocationsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let slot = self.admit(&req, "follow").await?;
+        let FollowRevocationsRequest {
+            feed_id,
+            since_version,
+        } = req.into_inner();
+        let stream = super::follow::FollowStream {
+            feed: Arc::clone(self.manager.feed()),
+            metrics: Arc::clone(&self.metrics),
+            shutdown: self.shutdown.clone(),
+        };
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        crate::socket::spawn_in_conn_span(async move {
+            // Held as long as the stream: its place is given back when it ends.
+            let _slot = slot;
+            stream.run(&feed_id, since_version, tx).await;
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(out),
@@ -190,29 +225,14 @@ impl Drop for Slot {
     }
 }
 
-fn to_proto(set: &RevokedSet, trust_domain: &str) -> RevocationSet {
-    RevocationSet {
-        version: set.version,
-        trust_domain: trust_domain.to_owned(),
-        revoked: set
-            .revoked
-            .iter()
-            .map(|r| RevokedTask {
-                task_id: r.task_id.clone(),
-                spiffe_id: r.spiffe_id.clone(),
-                serials: r.serials.clone(),
-                reason: r.reason.clone(),
-                revoked_at_unix_ms: r.revoked_at_ms,
-                until_unix: r.until,
-                node: String::new(),
-            })
-            .collect(),
-    }
-}
-
 // === impl RevocationsService: the tower service tonic routes to ===
 
 const WATCH_PATH: &str = "/tessera.v1.Revocations/Watch";
+const FOLLOW_PATH: &str = "/tessera.v1.Revocations/Follow";
+
+/// Why a cluster-mode agent refuses the legacy Watch: says what to do about it.
+pub(crate) const WATCH_IN_CLUSTER_MODE: &str = "this agent runs in cluster mode: its revocation \
+     feed needs tessera-verify with Revocations.Follow; upgrade the verifier";
 
 impl tonic::server::NamedService for RevocationsService {
     const NAME: &'static str = SERVICE_NAME;
@@ -232,19 +252,25 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != WATCH_PATH {
-            return Box::pin(
-                async move { Ok(Status::unimplemented("no such method").into_http()) },
-            );
-        }
         let inner = Arc::clone(&self.inner);
         let max_request_bytes = self.max_request_bytes;
-        Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(SharedBytesCodec::<WatchRevocationsRequest>(PhantomData))
-                    .max_decoding_message_size(max_request_bytes);
-            Ok(grpc.server_streaming(WatchMethod(inner), req).await)
-        })
+        match req.uri().path() {
+            WATCH_PATH => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(
+                    SharedBytesCodec::<WatchRevocationsRequest>(PhantomData),
+                )
+                .max_decoding_message_size(max_request_bytes);
+                Ok(grpc.server_streaming(WatchMethod(inner), req).await)
+            }),
+            FOLLOW_PATH => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(
+                    SharedBytesCodec::<FollowRevocationsRequest>(PhantomData),
+                )
+                .max_decoding_message_size(max_request_bytes);
+                Ok(grpc.server_streaming(FollowMethod(inner), req).await)
+            }),
+            _ => Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) }),
+        }
     }
 }
 
@@ -257,6 +283,18 @@ impl tonic::server::ServerStreamingService<WatchRevocationsRequest> for WatchMet
 
     fn call(&mut self, req: Request<WatchRevocationsRequest>) -> Self::Future {
         Box::pin(Arc::clone(&self.0).watch(req))
+    }
+}
+
+struct FollowMethod(Arc<Inner>);
+
+impl tonic::server::ServerStreamingService<FollowRevocationsRequest> for FollowMethod {
+    type Response = Bytes;
+    type ResponseStream = WatchStream;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<WatchStream>, Status>> + Send>>;
+
+    fn call(&mut self, req: Request<FollowRevocationsRequest>) -> Self::Future {
+        Box::pin(Arc::clone(&self.0).follow(req))
     }
 }
 
@@ -305,23 +343,78 @@ impl<D: Message + Default> Decoder for ProstDecoder<D> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn shared_bytes_are_the_proto_encoding_of_the_set() {
-        let revocation = tessera_store::Revocation {
-            task_id: "01J".into(),
-            spiffe_id: "spiffe://td/client/c/task/01J".into(),
-            serials: vec!["0a".into(), "0b".into()],
-            reason: "ended".into(),
-            revoked_at_ms: 7,
-            until: 100,
-        };
-        let feed = super::super::revocation::RevocationFeed::new(vec![revocation]);
-        let set = feed.current();
-        let bytes = set.encoded(|set| to_proto(set, "td").encode_to_vec().into());
-        let decoded = RevocationSet::decode(bytes).unwrap();
-        assert_eq!(decoded, to_proto(&set, "td"));
-        assert_eq!(decoded.revoked[0].serials, ["0a", "0b"]);
+    use tower::Service;
+
+    use super::*;
+    use crate::attest::UnixAttestor;
+    use crate::tasks::fixture_with;
+
+    async fn service(node: Option<&str>) -> (crate::tasks::Fixture, RevocationsService) {
+        let f = fixture_with(node).await;
+        let metrics = Arc::new(Metrics::default());
+        let cache = SvidCache::new(
+            Arc::clone(&f.authority),
+            f.store.clone(),
+            Duration::from_secs(3600),
+            Arc::clone(&metrics),
+        )
+        .await
+        .unwrap();
+        let (_trigger, drain) = crate::drain::channel();
+        let service = RevocationsService::new(
+            Arc::clone(&f.manager),
+            cache,
+            Arc::new(Attestor::new(UnixAttestor::default(), None)),
+            metrics,
+            drain,
+            4,
+        );
+        (f, service)
+    }
+
+    fn grpc_request(path: &str) -> http::Request<tonic::body::Body> {
+        // An empty message: the 5-byte gRPC frame header of a zero-length message.
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("http://agent{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                Bytes::from_static(&[0, 0, 0, 0, 0]),
+            )))
+            .unwrap()
+    }
+
+    fn status_of(response: &http::Response<tonic::body::Body>) -> Option<Status> {
+        Status::from_header_map(response.headers())
+    }
+
+    #[tokio::test]
+    async fn a_cluster_mode_agent_refuses_the_legacy_watch_saying_to_upgrade_the_verifier() {
+        let (_f, mut service) = service(Some("spiffe://tasks.test/node/a")).await;
+        let response = service.call(grpc_request(WATCH_PATH)).await.unwrap();
+        let status = status_of(&response).expect("a trailers-only refusal");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains("upgrade the verifier"),
+            "{status:?}"
+        );
+        assert!(
+            status.message().contains("Revocations.Follow"),
+            "{status:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_standalone_agent_still_serves_watch_to_attested_callers_only() {
+        // No peer credentials on this request: Watch goes on to attest the caller (and
+        // refuses it), rather than refusing the method as a cluster-mode agent does.
+        let (_f, mut service) = service(None).await;
+        let response = service.call(grpc_request(WATCH_PATH)).await.unwrap();
+        let status = status_of(&response).expect("a refusal");
+        assert_ne!(status.code(), tonic::Code::FailedPrecondition);
+        assert_ne!(status.code(), tonic::Code::Unimplemented);
     }
 }

@@ -38,7 +38,8 @@ async fn consents_are_granted_listed_and_withdrawn_once() {
     );
 
     let withdrawn = store.withdraw_consent(&a.value.id, "alice").await.unwrap();
-    assert!(withdrawn.value.withdrawn_at.is_some());
+    assert!(withdrawn.value.consent.withdrawn_at.is_some());
+    assert!(withdrawn.value.ended_tasks.is_empty());
     assert!(withdrawn.version > b.version);
     assert_eq!(
         store.list_consents(&all).await.unwrap(),
@@ -51,7 +52,7 @@ async fn consents_are_granted_listed_and_withdrawn_once() {
     assert_eq!(store.list_consents(&with_withdrawn).await.unwrap().len(), 2);
     assert_eq!(
         store.get_consent(&a.value.id).await.unwrap(),
-        Some(withdrawn.value.clone())
+        Some(withdrawn.value.consent.clone())
     );
 
     let again = store

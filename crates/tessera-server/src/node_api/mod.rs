@@ -1,9 +1,12 @@
-//! `tessera.v1.Node` on the server's TLS listener: attestation, renewal, MCP server SVIDs
-//! and the registration stream (`sync`). Every RPC but `Attest` requires an active node's
+//! `tessera.v1.Node` on the server's TLS listener: attestation, renewal, MCP server SVIDs,
+//! the registration stream (`sync`), task events from the nodes (`report`) and the
+//! cluster's revocation feed (`revocations`). Every RPC but `Attest` requires an active node's
 //! SVID (`caller`); `tls` is the listener.
 
 mod caller;
 mod rate;
+mod report;
+mod revocations;
 mod sync;
 pub(crate) mod tls;
 
@@ -38,9 +41,10 @@ const APPLY_WAIT: Duration = Duration::from_secs(2);
 /// Audit kind written when the root signs an MCP server SVID for a node.
 const KIND_SERVER_SVID: &str = "node.server_svid";
 
-/// Largest request the Node service decodes: attestation evidence and two keys fit with
-/// room to spare; anything larger is refused before it is parsed.
-pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest request the Node service decodes, refused before it is parsed: a
+/// `ReportTaskEvents` batch of 1,000 events (a few hundred bytes each, typically) fits with
+/// room to spare; the other requests are far smaller and bounded field by field.
+pub(crate) const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// The `tessera.v1.Node` service of a replica.
 #[derive(Clone)]
@@ -301,6 +305,50 @@ impl NodeService {
     }
 }
 
+impl NodeService {
+    async fn report_task_events_inner(
+        &self,
+        request: Request<pb::ReportTaskEventsRequest>,
+    ) -> Result<Response<pb::ReportTaskEventsResponse>, Status> {
+        let node = self.caller(&request).await?;
+        let (events, acknowledged_seq) = report::parse(request.into_inner(), &self.trust_domain)?;
+        if events.is_empty() {
+            return Ok(Response::new(pb::ReportTaskEventsResponse {
+                acknowledged_seq,
+            }));
+        }
+        let reported = self
+            .replica
+            .store()
+            .report_task_events(node.name.as_str(), &events)
+            .await
+            .map_err(|e| match e {
+                crate::ServerStoreError::Conflict(
+                    conflict @ crate::Conflict::TaskOfAnotherNode { .. },
+                ) => {
+                    tracing::warn!(node = %node.name, %conflict, "task event of another node refused");
+                    Status::permission_denied(conflict.to_string())
+                }
+                e => store_status(e),
+            })?;
+        self.metrics.report(events.len());
+        self.metrics.revocations_published(reported.published);
+        tracing::debug!(
+            node = %node.name,
+            events = events.len(),
+            begun = reported.begun,
+            ended = reported.ended,
+            revoked_at_begin = reported.revoked_at_begin.len(),
+            version = reported.revocation_version,
+            "task events stored"
+        );
+        // Committed: the agent may drop these from its journal.
+        Ok(Response::new(pb::ReportTaskEventsResponse {
+            acknowledged_seq,
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl NodeRpc for NodeService {
     async fn attest(
@@ -354,20 +402,25 @@ impl NodeRpc for NodeService {
         &self,
         request: Request<pb::ReportTaskEventsRequest>,
     ) -> Result<Response<pb::ReportTaskEventsResponse>, Status> {
-        self.counted("ReportTaskEvents", self.caller(&request).await)?;
-        Err(Status::unimplemented("ReportTaskEvents: not yet (issue 16)"))
+        let result = self.report_task_events_inner(request).await;
+        self.counted("ReportTaskEvents", result)
     }
 
-    type FollowRevocationsStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<pb::RevocationUpdate, Status>> + Send + 'static>,
-    >;
+    type FollowRevocationsStream = revocations::FollowStream;
 
     async fn follow_revocations(
         &self,
         request: Request<pb::FollowRevocationsRequest>,
     ) -> Result<Response<Self::FollowRevocationsStream>, Status> {
-        self.counted("FollowRevocations", self.caller(&request).await)?;
-        Err(Status::unimplemented("FollowRevocations: not yet (issue 16)"))
+        let node = self.counted("FollowRevocations", self.caller(&request).await)?;
+        Ok(Response::new(revocations::start(
+            Arc::clone(&self.replica),
+            self.trust_domain.clone(),
+            node,
+            request.into_inner(),
+            self.config.heartbeat_interval,
+            Arc::clone(&self.metrics),
+        )))
     }
 }
 

@@ -76,7 +76,7 @@ async fn a_write_on_one_replica_reaches_the_others_memory() {
     }
     let withdrawn = two.withdraw_consent(&consents[0], "").await.unwrap();
     let state = reach(&first, withdrawn.version).await;
-    assert_eq!(state.consents[&consents[0]], withdrawn.value);
+    assert_eq!(state.consents[&consents[0]], withdrawn.value.consent);
 
     delays.sort();
     eprintln!(

@@ -15,6 +15,14 @@ use super::live::{LiveTask, TaskState};
 use super::owners::{Reservation, TaskView};
 use super::{BeginRequest, EndReason, TaskManager, detached, now_ms, now_unix, task_spiffe_id};
 
+/// Who decided an end: this agent (journaled for the server in cluster mode) or the
+/// server (never echoed back to it).
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    Here,
+    Server,
+}
+
 /// How long a task waits to try again after its SVID failed to rotate (the CA or the
 /// store refused); the current SVID stays in use meanwhile.
 const ROTATION_RETRY: Duration = Duration::from_secs(5);
@@ -189,6 +197,40 @@ impl TaskManager {
         actor: &str,
         client: Option<&str>,
     ) -> Result<TaskRecord, TaskError> {
+        self.end_from(task_id, reason, actor, client, Origin::Here)
+            .await
+    }
+
+    /// Ends a task the server revoked (its revocation feed named it), if it is live
+    /// here: revoked, dropped from its process's streams and recorded like any end, but
+    /// not journaled for the server, which decided it. `Ok(None)`: not a task of this
+    /// node, or already ended.
+    pub(crate) async fn end_from_server(
+        self: &Arc<Self>,
+        task_id: &str,
+        reason: EndReason,
+    ) -> Result<Option<TaskRecord>, TaskError> {
+        if !self.lock_live().contains_key(task_id) {
+            return Ok(None);
+        }
+        match self
+            .end_from(task_id, reason, super::SERVER_ACTOR, None, Origin::Server)
+            .await
+        {
+            Ok(task) => Ok(Some(task)),
+            Err(TaskError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn end_from(
+        self: &Arc<Self>,
+        task_id: &str,
+        reason: EndReason,
+        actor: &str,
+        client: Option<&str>,
+        origin: Origin,
+    ) -> Result<TaskRecord, TaskError> {
         let not_found = || TaskError::NotFound {
             id: task_id.to_owned(),
             client: client.map(str::to_owned),
@@ -250,9 +292,18 @@ impl TaskManager {
         let store = self.store.clone();
         let (id, by) = (typed_id, actor.to_owned());
         let outcome = detached(async move {
-            Ok(store
-                .end_task(&id, reason.as_str(), now_unix(), revocation, &by)
-                .await?)
+            Ok(match origin {
+                Origin::Here => {
+                    store
+                        .end_task(&id, reason.as_str(), now_unix(), revocation, &by)
+                        .await?
+                }
+                Origin::Server => {
+                    store
+                        .end_task_from_server(&id, reason.as_str(), now_unix(), revocation, &by)
+                        .await?
+                }
+            })
         })
         .await?;
         tracing::info!(task = %task_id, reason = reason.as_str(), %actor, "task ended");

@@ -22,12 +22,14 @@ use crate::svids::SvidCache;
 
 const CLIENT: &str = "code-reviewer";
 
-struct Fixture {
+/// A task manager on a real CA and store, with a consent for [`CLIENT`]; shared with
+/// other modules' tests (the server feed's follower).
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    authority: Arc<Authority>,
-    store: Store,
-    manager: Arc<TaskManager>,
-    consent: String,
+    pub(crate) authority: Arc<Authority>,
+    pub(crate) store: Store,
+    pub(crate) manager: Arc<TaskManager>,
+    pub(crate) consent: String,
 }
 
 fn now() -> i64 {
@@ -43,6 +45,11 @@ fn client() -> ClientId {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(None).await
+}
+
+/// [`fixture`], in cluster mode as node `node` when given (its store journals).
+pub(crate) async fn fixture_with(node: Option<&str>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let authority = Arc::new(
         Authority::open(AuthorityConfig {
@@ -57,6 +64,7 @@ async fn fixture() -> Fixture {
         .unwrap(),
     );
     let store = Store::open(&dir.path().join("tessera.db")).await.unwrap();
+    store.set_journal_task_events(node.is_some());
     let consent = store
         .grant_consent(
             NewConsent {
@@ -85,6 +93,11 @@ async fn fixture() -> Fixture {
             max_live_per_process: 16,
             jwt_svid_ttl: Duration::from_secs(300),
         },
+        crate::tasks::FeedConfig {
+            trust_domain: trust_domain().as_str().to_owned(),
+            node: node.map(str::to_owned),
+            heartbeat_interval: Duration::from_secs(1),
+        },
     )
     .await
     .unwrap();
@@ -101,7 +114,8 @@ fn pid() -> i32 {
     i32::try_from(std::process::id()).unwrap()
 }
 
-fn request(entitled: Entitlement) -> BeginRequest {
+/// A BeginTask for [`CLIENT`] under the fixture's consent.
+pub(crate) fn request(entitled: Entitlement) -> BeginRequest {
     BeginRequest {
         client: client(),
         subject: "alice".into(),

@@ -1,0 +1,178 @@
+//! Cluster mode: the node's task begins and ends, from the store's durable journal to the
+//! server (`Node.ReportTaskEvents`).
+//!
+//! The journal is written in the same transaction as each task change (see
+//! `tessera_store::journal`), so nothing is lost to a crash; this loop sends it in
+//! journal order, at most [`MAX_JOURNAL_BATCH`] events a request, and deletes what the
+//! server acknowledged durable. The server stores each event idempotently, so a batch
+//! sent twice (the answer lost, the agent killed before deleting) is harmless. While the
+//! server is away the journal grows and tasks keep beginning and ending here; the loop
+//! retries with backoff and the backlog flows once it is back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_proto::tessera::v1::{
+    ReportTaskEventsRequest, ReportTaskEventsResponse, TaskBegun as ProtoBegun,
+    TaskEnded as ProtoEnded, TaskEvent as ProtoEvent, task_event,
+};
+use tessera_store::{JournalEntry, MAX_JOURNAL_BATCH, Store, StoreError, TaskEvent};
+
+use super::{Backoff, NodeLink};
+use crate::drain;
+use crate::metrics::Metrics;
+
+/// How long one report may take before it is abandoned and retried.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A journal the loop was not woken for is looked at this often anyway (a wake-up is
+/// only a hint; the journal is the truth).
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Why a round of reporting stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReportError {
+    #[error("the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the server refused ReportTaskEvents: {0}")]
+    Refused(tonic::Status),
+    #[error("ReportTaskEvents took longer than {REPORT_TIMEOUT:?}")]
+    Timeout,
+    #[error("the server acknowledged {acked} of a batch of seqs {first}..={last}")]
+    BadAck { acked: u64, first: u64, last: u64 },
+}
+
+/// Sends the journal to the server.
+#[derive(Debug)]
+pub(crate) struct Reporter {
+    link: Arc<NodeLink>,
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+impl Reporter {
+    pub(crate) fn new(link: Arc<NodeLink>, store: Store, metrics: Arc<Metrics>) -> Reporter {
+        Reporter {
+            link,
+            store,
+            metrics,
+        }
+    }
+
+    /// Reports until `drain` starts: whatever is journaled, then whatever is journaled
+    /// next, retrying with backoff while the server is away.
+    pub(crate) async fn run(self, drain: drain::Watch) {
+        let mut journaled = self.store.watch_journal();
+        let mut backoff = Backoff::default();
+        loop {
+            journaled.borrow_and_update();
+            let wait = match self.send_pending().await {
+                Ok(()) => {
+                    backoff.reset();
+                    None
+                }
+                Err(e) => {
+                    let wait = backoff.next();
+                    tracing::warn!(error = %e, retry_in = ?wait, server = %self.link.server_address(), "reporting task events to the server failed; they stay journaled");
+                    Some(wait)
+                }
+            };
+            match wait {
+                Some(wait) => tokio::select! {
+                    () = drain.signaled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                },
+                None => tokio::select! {
+                    () = drain.signaled() => return,
+                    r = journaled.changed() => if r.is_err() { return },
+                    () = tokio::time::sleep(RECHECK) => {}
+                },
+            }
+        }
+    }
+
+    /// Sends batches until the journal is empty.
+    async fn send_pending(&self) -> Result<(), ReportError> {
+        let link = &self.link;
+        send_journal(&self.store, &self.metrics, |request| async move {
+            let mut client = link.client();
+            tokio::time::timeout(REPORT_TIMEOUT, client.report_task_events(request))
+                .await
+                .map_err(|_| ReportError::Timeout)?
+                .map(tonic::Response::into_inner)
+                .map_err(ReportError::Refused)
+        })
+        .await
+    }
+}
+
+/// Sends the journal, batch by batch, through `send` until it is empty; deletes what
+/// each answer acknowledges. A failed send leaves the journal as it was.
+async fn send_journal<F, Fut>(
+    store: &Store,
+    metrics: &Metrics,
+    mut send: F,
+) -> Result<(), ReportError>
+where
+    F: FnMut(ReportTaskEventsRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<ReportTaskEventsResponse, ReportError>>,
+{
+    let mut after = 0;
+    loop {
+        let batch = store.journal_batch(after, MAX_JOURNAL_BATCH).await?;
+        metrics
+            .journal_depth
+            .set(i64::try_from(store.journal_depth().await?).unwrap_or(i64::MAX));
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.seq, last.seq);
+        let n = batch.len() as u64;
+        let request = ReportTaskEventsRequest {
+            events: batch.into_iter().map(to_proto).collect(),
+        };
+        metrics.task_events_sent.inc_by(n);
+        let acked = send(request).await?.acknowledged_seq;
+        // An answer outside the batch is a server bug; deleting on it could drop events
+        // never sent. Nothing is deleted and the batch is sent again.
+        if acked < first || acked > last {
+            return Err(ReportError::BadAck { acked, first, last });
+        }
+        let deleted = store.journal_ack(acked).await?;
+        metrics.task_events_acked.inc_by(deleted);
+        tracing::debug!(first, acked, deleted, "task events reported");
+        after = acked;
+    }
+}
+
+fn to_proto(entry: JournalEntry) -> ProtoEvent {
+    let event = match entry.event {
+        TaskEvent::Begun(b) => task_event::Event::Begun(ProtoBegun {
+            task_id: b.task_id,
+            spiffe_id: b.spiffe_id,
+            client: b.client,
+            subject: b.subject,
+            server: b.server,
+            scopes: b.scopes,
+            consent_id: b.consent_id,
+            begun_at_unix_ms: b.begun_at_ms,
+            deadline_unix: b.deadline,
+            serials: b.serials,
+        }),
+        TaskEvent::Ended(e) => task_event::Event::Ended(ProtoEnded {
+            task_id: e.task_id,
+            spiffe_id: e.spiffe_id,
+            reason: e.reason,
+            ended_at_unix_ms: e.ended_at_ms,
+            serials: e.serials,
+            until_unix: e.until,
+        }),
+    };
+    ProtoEvent {
+        seq: entry.seq,
+        event: Some(event),
+    }
+}
+
+#[cfg(test)]
+mod tests;
