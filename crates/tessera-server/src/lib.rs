@@ -32,6 +32,8 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod admin;
+mod admin_svid;
+mod admin_tls;
 pub mod attest;
 mod audit;
 mod ca;
@@ -56,6 +58,7 @@ mod socket;
 mod store;
 mod version;
 
+pub use admin_svid::{AdminSvidFiles, MAX_ADMIN_SVID_TTL, issue_admin_svid};
 pub use ca::SERVER_ID_PATH;
 pub use change::{Change, Changes, MAX_CHANGES_PAGE, Snapshot};
 pub use error::{Conflict, InvalidInput, MigrationError, NotFound, ServerStoreError, Unavailable};

@@ -355,7 +355,9 @@ impl NodeRpc for NodeService {
         request: Request<pb::ReportTaskEventsRequest>,
     ) -> Result<Response<pb::ReportTaskEventsResponse>, Status> {
         self.counted("ReportTaskEvents", self.caller(&request).await)?;
-        Err(Status::unimplemented("ReportTaskEvents: not yet (issue 16)"))
+        Err(Status::unimplemented(
+            "ReportTaskEvents: not yet (issue 16)",
+        ))
     }
 
     type FollowRevocationsStream = std::pin::Pin<
@@ -367,7 +369,9 @@ impl NodeRpc for NodeService {
         request: Request<pb::FollowRevocationsRequest>,
     ) -> Result<Response<Self::FollowRevocationsStream>, Status> {
         self.counted("FollowRevocations", self.caller(&request).await)?;
-        Err(Status::unimplemented("FollowRevocations: not yet (issue 16)"))
+        Err(Status::unimplemented(
+            "FollowRevocations: not yet (issue 16)",
+        ))
     }
 }
 
