@@ -186,9 +186,8 @@ async fn failover_agent(replicas: &[&Replica], ca: &Path, node: &str) -> TestAge
 
 /// The replica address an agent's log says it last connected to.
 fn connected_to(agent: &TestAgent) -> Option<String> {
-    agent
-        .log_text()
-        .lines()
+    let log = strip_ansi(&agent.log_text());
+    log.lines()
         .rfind(|l| l.contains("connected to tessera-server"))
         .and_then(|l| l.split("server=").nth(1))
         .map(|rest| {
@@ -197,6 +196,24 @@ fn connected_to(agent: &TestAgent) -> Option<String> {
                 .unwrap_or_default()
                 .to_owned()
         })
+}
+
+/// The text of a log without its terminal colour codes (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// PostgreSQL, a cluster root, and a directory for replicas' files.
