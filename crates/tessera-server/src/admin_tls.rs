@@ -107,6 +107,11 @@ mod tests {
         let files = Authority::generate_cluster_root(td, Duration::from_secs(3600)).unwrap();
         std::fs::write(dir.path().join("ca.crt"), files.cert_pem).unwrap();
         std::fs::write(dir.path().join("ca.key"), files.key_pem).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("ca.key"),
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )
+        .unwrap();
         let a = Authority::open_cluster_root(
             td.clone(),
             &dir.path().join("ca.crt"),
