@@ -339,21 +339,18 @@ fn agent_config(objs: &[Object]) -> (Config, DaemonSet, ConfigMap) {
             Some((e.name.clone(), value))
         })
         .collect();
-    let (toml, _) = without_server_table(toml);
-    let config = Config::from_toml_and_env(&toml, &vars)
+    // The whole file, `[server]` included, through the agent's own parser.
+    let config = Config::from_toml_and_env(toml, &vars)
         .unwrap_or_else(|e| panic!("ConfigMap {key} with the container's env: {e}"));
     (config, ds, cm)
 }
 
-/// The agent's TOML without its `[server]` table, and that table. The agent parses
-/// `[server]` once cluster mode is on main (wt-cl-agent); until then the table is checked
-/// here against the objects it names, and the rest through the agent's own parser.
-fn without_server_table(text: &str) -> (String, Option<toml::Table>) {
-    let mut table: toml::Table = text.parse().unwrap_or_else(|e| panic!("agent TOML: {e}"));
-    let server = table
-        .remove("server")
-        .map(|v| v.as_table().cloned().expect("[server] is a table"));
-    (toml::to_string(&table).unwrap(), server)
+/// The agent's parsed `[server]` section (cluster mode), as its config holds it.
+fn joined(objs: &[Object], origin: &str) -> tessera_agent::config::ServerConfig {
+    let (config, _, _) = agent_config(objs);
+    config
+        .server
+        .unwrap_or_else(|| panic!("{origin}: the agent has a [server] section"))
 }
 
 fn port_number(p: &IntOrString, c: &Container) -> i32 {
@@ -941,10 +938,24 @@ fn check_cluster(objs: &[Object], origin: &str) {
         c,
         server.ca.key_file.as_ref().unwrap().parent().unwrap(),
     );
+    // Not root: the pod's own uid and group; the Secret's files are root's, 0440 to the
+    // pod's fsGroup, the one group-readable shape the server's key check accepts.
+    let pod_sc = spec.security_context.as_ref().unwrap();
+    let uid = pod_sc.run_as_user.expect("a uid");
+    assert_ne!(uid, 0, "{origin}: the server does not run as root");
+    assert_eq!(pod_sc.run_as_non_root, Some(true), "{origin}");
+    assert_eq!(
+        pod_sc.fs_group, pod_sc.run_as_group,
+        "{origin}: fsGroup is the server's own group"
+    );
+    assert!(pod_sc.fs_group.is_some_and(|g| g != 0), "{origin}");
+    let csc = c.security_context.as_ref().unwrap();
+    assert_ne!(csc.run_as_user, Some(0), "{origin}");
+    assert_eq!(csc.allow_privilege_escalation, Some(false), "{origin}");
     assert_eq!(
         ca_vol.secret.as_ref().unwrap().default_mode,
-        Some(0o400),
-        "{origin}: the root key is the owner's alone"
+        Some(0o440),
+        "{origin}: the root key is root's and the server's group's alone"
     );
     let password_file = PathBuf::from(_table["database"]["password_file"].as_str().unwrap());
     secret_at(spec, c, &password_file);
@@ -1020,23 +1031,46 @@ fn check_cluster(objs: &[Object], origin: &str) {
 
     // The agent joins the server: its Service, the root pinned from a ConfigMap (the
     // agents never reference the CA's Secret), a projected token for tessera-server.
-    let (_, _, cm) = agent_config(objs);
-    let (_, joined) = without_server_table(&cm.data.as_ref().unwrap()["agent.toml"]);
-    let joined = joined.expect("the agent has a [server] section");
+    let joined = joined(objs, origin);
     let svc_name = svc.metadata.name.as_deref().unwrap();
     assert_eq!(
-        joined["address"].as_str(),
-        Some(format!("{svc_name}.{ns}.svc:{}", svc_port.port).as_str()),
+        joined
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [format!("{svc_name}.{ns}.svc:{}", svc_port.port)],
         "{origin}: the agent points at the Service"
     );
+    assert_eq!(
+        joined.server_id,
+        format!("spiffe://{}/tessera/server", server.trust_domain),
+        "{origin}: the agent expects the server's own SPIFFE ID"
+    );
     let ac = &ds_spec.containers[0];
-    let bundle = Path::new(joined["bundle_file"].as_str().unwrap());
+    // The node name comes from the pod's node (the PSAT attests it anyway), under the
+    // agent's own prefix, not the server's TESSERA_SERVER_*.
+    assert!(
+        ac.env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "TESSERA_CLUSTER_NODE_NAME"
+                && e.value_from
+                    .as_ref()
+                    .and_then(|v| v.field_ref.as_ref())
+                    .is_some_and(|f| f.field_path == "spec.nodeName")),
+        "{origin}: TESSERA_CLUSTER_NODE_NAME from spec.nodeName"
+    );
+    let bundle = joined.bundle_file.as_path();
     let (vol, ro) = mount_at(ds_spec, ac, bundle.parent().unwrap());
     assert!(
         ro && vol.config_map.is_some(),
         "{origin}: the bundle from a ConfigMap"
     );
-    let token = Path::new(joined["k8s_psat_token_file"].as_str().unwrap());
+    let token = match &joined.proof {
+        Some(tessera_agent::config::AttestProof::K8sPsatFile(p)) => p.as_path(),
+        other => panic!("{origin}: the agent attests with a projected token, not {other:?}"),
+    };
     let (vol, ro) = mount_at(ds_spec, ac, token.parent().unwrap());
     assert!(ro);
     let projected = &vol
@@ -1073,7 +1107,9 @@ fn kustomize_cluster_overlay_runs_the_server_and_joins_the_agents() {
     check_cluster(&objs, "kustomize cluster");
     // The agent's settings are the base's; the overlay only adds [server].
     let (base, _, _) = agent_config(&kustomize(&repo().join("deploy/kubernetes/base")));
-    let (cluster, _, _) = agent_config(&objs);
+    let (mut cluster, _, _) = agent_config(&objs);
+    assert!(base.server.is_none() && cluster.server.is_some());
+    cluster.server = None;
     assert_eq!(cluster, base);
 }
 
@@ -1175,12 +1211,17 @@ fn helm_cluster_values_reach_the_server_and_the_agents() {
         svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
         9443
     );
-    let (_, ds, cm) = agent_config(&objs);
-    let (_, joined) = without_server_table(&cm.data.as_ref().unwrap()["agent.toml"]);
+    let (_, ds, _) = agent_config(&objs);
+    let joined = joined(&objs, "helm values");
     assert_eq!(
-        joined.unwrap()["address"].as_str(),
-        Some("tessera-server.tessera-system.svc:9443")
+        joined
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["tessera-server.tessera-system.svc:9443"]
     );
+    assert_eq!(joined.server_id, "spiffe://prod.acme.corp/tessera/server");
     let ds_spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert_eq!(
         volume(ds_spec, "server-bundle")

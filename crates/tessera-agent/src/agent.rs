@@ -94,6 +94,8 @@ pub async fn run(
                 }
             };
             tokio::spawn(Arc::clone(&link).run_renewal(drain.clone()));
+            // Records gathered from many nodes say where each was written.
+            store.set_audit_node(&link.node().to_string());
             (link.authority(), Some(link))
         }
         None => (
@@ -230,7 +232,7 @@ pub async fn run(
         &config.admin_uids,
     );
     if let Some(link) = &node {
-        admin_service = admin_service.managed_by_server(link.server_address().to_string());
+        admin_service = admin_service.managed_by_server(link.server_addresses());
         let syncer = Syncer::new(
             Arc::clone(link),
             store.clone(),

@@ -78,6 +78,13 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tessera_agent::logging::init(&config.log)?;
+    for (new, old) in tessera_agent::config::deprecated_cluster_vars(&ProcessEnv) {
+        tracing::warn!(
+            variable = old,
+            replacement = new,
+            "deprecated environment variable: TESSERA_SERVER_* is the server's prefix; the agent's [server] section reads TESSERA_CLUSTER_*"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -51,6 +51,7 @@ pub use issue::{IssuedSvid, SignedSvid, SvidSpec};
 pub use jwt::{IssuedJwtSvid, JwtAuthority, JwtKeyPolicy, JwtSvidSpec};
 pub use keys::NodeCaKey;
 pub use node_ca::{ClusterPolicy, IssuedNodeCa, MAX_NODE_CA_TTL, MIN_NODE_CA_TTL};
+pub use pem::is_private_file;
 
 #[cfg(test)]
 mod tests;

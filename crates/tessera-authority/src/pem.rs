@@ -28,11 +28,29 @@ pub(crate) fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>, AuthorityError> {
     Ok(certs)
 }
 
+/// Whether a file holding a secret is private enough to use: readable by its owner only
+/// (0600 or stricter), or, as PostgreSQL allows for its server key, owned by root and
+/// readable by our own group only (0640 or stricter, the file's group our effective
+/// gid, and we are not root). The second is what a Kubernetes Secret mounted with
+/// `fsGroup` looks like (root-owned, 0440, group = fsGroup): it lets a server run as a
+/// non-root uid without loosening anything else. Never writable or readable by others.
+pub fn is_private_file(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return true;
+    }
+    meta.uid() == 0
+        && mode & 0o037 == 0
+        && !nix::unistd::geteuid().is_root()
+        && meta.gid() == nix::unistd::getegid().as_raw()
+}
+
 /// Reads a private key PEM file, refusing one that others can read.
 pub(crate) fn read_key(path: &Path) -> Result<String, AuthorityError> {
     let meta = fs::metadata(path).map_err(|e| AuthorityError::io("reading", path, e))?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if !is_private_file(&meta) {
         return Err(AuthorityError::InsecureKeyFile {
             path: path.to_owned(),
             mode,
@@ -70,4 +88,36 @@ pub(crate) fn certs_to_pem(certs: &[Vec<u8>]) -> String {
         .iter()
         .map(|der| ::pem::encode(&::pem::Pem::new("CERTIFICATE", der.clone())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn only_owner_only_files_or_roots_files_for_our_group_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "k").unwrap();
+        let with_mode = |mode| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            is_private_file(&std::fs::metadata(&path).unwrap())
+        };
+        assert!(with_mode(0o600));
+        assert!(with_mode(0o400));
+        assert!(!with_mode(0o644));
+        assert!(!with_mode(0o604));
+        assert!(!with_mode(0o660), "group-writable never");
+        // 0440 passes only for a non-root process whose group the root-owned file
+        // names (a Kubernetes Secret with fsGroup); a file we own ourselves that our
+        // group may read does not.
+        use std::os::unix::fs::MetadataExt as _;
+        let meta_uid = std::fs::metadata(&path).unwrap().uid();
+        let ours_and_not_root = meta_uid != 0;
+        if ours_and_not_root || nix::unistd::geteuid().is_root() {
+            assert!(!with_mode(0o440));
+        }
+    }
 }

@@ -8,24 +8,69 @@ use tessera_proto::tessera::v1 as pb;
 use tessera_proto::tessera::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
 
+use crate::remote::RemoteServer;
 use crate::transport::connect_unix;
 
-/// A connected Admin API client that knows which socket it talks to, for error messages.
+/// Where the Admin API is: an agent's or server's unix socket, or a server's TLS
+/// listener reached with an admin SVID.
+#[derive(Debug, Clone)]
+pub enum AdminTarget {
+    /// `--admin-socket`.
+    Socket(PathBuf),
+    /// `--server` with `--cert`, `--key`, `--ca`.
+    Server(RemoteServer),
+}
+
+impl AdminTarget {
+    /// A channel to the target, connected now.
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        match self {
+            AdminTarget::Socket(socket) => connect_unix(socket)
+                .await
+                .map_err(|err| connect_error(socket, &err)),
+            AdminTarget::Server(server) => server.connect().await,
+        }
+    }
+
+    /// A status from the target as a sentence that says what to do.
+    pub fn status_error(&self, status: &tonic::Status) -> anyhow::Error {
+        match self {
+            AdminTarget::Socket(socket) => status_error(status, socket),
+            AdminTarget::Server(server) => crate::remote::status_error(status, server),
+        }
+    }
+}
+
+impl From<&Path> for AdminTarget {
+    fn from(socket: &Path) -> Self {
+        AdminTarget::Socket(socket.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for AdminTarget {
+    fn from(socket: &PathBuf) -> Self {
+        AdminTarget::Socket(socket.clone())
+    }
+}
+
+/// A connected Admin API client that knows what it talks to, for error messages.
 #[derive(Debug, Clone)]
 pub struct Admin {
     client: AdminClient<Channel>,
-    socket: PathBuf,
+    target: AdminTarget,
 }
 
 impl Admin {
     /// Connects to the Admin API on the unix socket at `socket`.
     pub async fn connect(socket: &Path) -> anyhow::Result<Self> {
-        let channel = connect_unix(socket)
-            .await
-            .map_err(|err| connect_error(socket, &err))?;
+        Self::open(&AdminTarget::Socket(socket.to_path_buf())).await
+    }
+
+    /// Connects to the Admin API at `target`.
+    pub async fn open(target: &AdminTarget) -> anyhow::Result<Self> {
         Ok(Self {
-            client: AdminClient::new(channel),
-            socket: socket.to_path_buf(),
+            client: AdminClient::new(target.connect().await?),
+            target: target.clone(),
         })
     }
 
@@ -35,7 +80,7 @@ impl Admin {
             .create_entry(req)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| status_error(&s, &self.socket))
+            .map_err(|s| self.target.status_error(&s))
     }
 
     /// `ListEntries`.
@@ -44,7 +89,7 @@ impl Admin {
             .list_entries(pb::ListEntriesRequest {})
             .await
             .map(|r| r.into_inner().entries)
-            .map_err(|s| status_error(&s, &self.socket))
+            .map_err(|s| self.target.status_error(&s))
     }
 
     /// `GetEntry`; `None` when the agent has no entry with that id.
@@ -56,7 +101,7 @@ impl Admin {
         {
             Ok(resp) => Ok(Some(resp.into_inner())),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(status_error(&s, &self.socket)),
+            Err(s) => Err(self.target.status_error(&s)),
         }
     }
 
@@ -73,7 +118,7 @@ impl Admin {
                 Ok(resp.deleted.then_some(resp.ended_tasks))
             }
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(status_error(&s, &self.socket)),
+            Err(s) => Err(self.target.status_error(&s)),
         }
     }
 
@@ -87,7 +132,7 @@ impl Admin {
             .list_audit(pb::ListAuditRequest { after_seq, limit })
             .await
             .map(|r| r.into_inner().records)
-            .map_err(|s| status_error(&s, &self.socket))
+            .map_err(|s| self.target.status_error(&s))
     }
 
     /// `GrantConsent`.
@@ -99,7 +144,7 @@ impl Admin {
             .grant_consent(req)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| status_error(&s, &self.socket))
+            .map_err(|s| self.target.status_error(&s))
     }
 
     /// `ListConsents`: for one client (empty: every client), optionally with withdrawn ones.
@@ -115,7 +160,7 @@ impl Admin {
             })
             .await
             .map(|r| r.into_inner().consents)
-            .map_err(|s| status_error(&s, &self.socket))
+            .map_err(|s| self.target.status_error(&s))
     }
 
     /// `GetConsent`; `None` when the agent has no consent with that id.
@@ -127,7 +172,7 @@ impl Admin {
         {
             Ok(resp) => Ok(Some(resp.into_inner())),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(status_error(&s, &self.socket)),
+            Err(s) => Err(self.target.status_error(&s)),
         }
     }
 
@@ -143,7 +188,7 @@ impl Admin {
         {
             Ok(resp) => Ok(Some(resp.into_inner())),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(status_error(&s, &self.socket)),
+            Err(s) => Err(self.target.status_error(&s)),
         }
     }
 
@@ -160,7 +205,7 @@ impl Admin {
             })
             .await
             .map(|r| r.into_inner().tasks)
-            .map_err(|s| status_error(&s, &self.socket))
+            .map_err(|s| self.target.status_error(&s))
     }
 
     /// `RevokeTask`; `None` when the agent has no task with that id.
@@ -178,7 +223,7 @@ impl Admin {
                 .map(Some)
                 .ok_or_else(|| anyhow!("tessera-agent answered RevokeTask without the task")),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(status_error(&s, &self.socket)),
+            Err(s) => Err(self.target.status_error(&s)),
         }
     }
 
@@ -188,7 +233,7 @@ impl Admin {
             .get_status(pb::GetStatusRequest {})
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| status_error(&s, &self.socket))
+            .map_err(|s| self.target.status_error(&s))
     }
 }
 

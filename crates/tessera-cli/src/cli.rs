@@ -34,7 +34,11 @@ Examples:
   # As that runtime's user, see the identity it gets:
   tessera svid fetch --write /tmp/svid && tessera svid inspect /tmp/svid/svid.0.pem
   # Watch what the agent decides:
-  sudo tessera audit --follow";
+  sudo tessera audit --follow
+  # Cluster mode: register once at a tessera-server, over mTLS with an admin SVID
+  # (`tessera-server admin-svid issue --name alice --out ./alice`):
+  tessera --server-url https://tessera-server:8081 --cert ./alice/admin.crt \\
+      --key ./alice/admin.key --ca ./alice/bundle.crt entry list";
 
 /// The `tessera` command.
 #[derive(Debug, Parser)]
@@ -69,6 +73,54 @@ pub struct GlobalArgs {
     )]
     pub admin_socket: PathBuf,
 
+    /// A tessera-server's TLS listener, https://host:port: admin commands go there over
+    /// mTLS with an admin SVID (--cert, --key, --ca) instead of to --admin-socket.
+    /// (Not --server: `entry create --server` and `consent grant --server` name MCP
+    /// servers.)
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "URL",
+        env = "TESSERA_ADMIN_SERVER",
+        requires_all = ["cert", "key", "ca"]
+    )]
+    pub server_url: Option<String>,
+
+    /// With --server-url: the admin SVID (PEM), from `tessera-server admin-svid issue`.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PATH",
+        env = "TESSERA_ADMIN_CERT",
+        requires = "server_url"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// With --server-url: the admin SVID's key (PEM, mode 0600).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PATH",
+        env = "TESSERA_ADMIN_KEY",
+        requires = "server_url"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// With --server-url: the cluster's root(s) (PEM); the server must present
+    /// spiffe://<td>/tessera/server under them.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PATH",
+        env = "TESSERA_ADMIN_CA",
+        requires = "server_url"
+    )]
+    pub ca: Option<PathBuf>,
+
     /// The workload socket (SPIFFE Workload API and Tasks API): unix:///abs/path or /abs/path.
     #[arg(
         long,
@@ -90,6 +142,25 @@ pub struct GlobalArgs {
         default_value_t = OutputFormat::Text
     )]
     pub output: OutputFormat,
+}
+
+impl GlobalArgs {
+    /// Where admin commands go: the server over mTLS when --server-url is given, else the
+    /// admin socket.
+    pub fn admin_target(&self) -> crate::admin::AdminTarget {
+        match (&self.server_url, &self.cert, &self.key, &self.ca) {
+            (Some(url), Some(cert), Some(key), Some(ca)) => {
+                crate::admin::AdminTarget::Server(crate::remote::RemoteServer {
+                    url: url.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: ca.clone(),
+                })
+            }
+            // clap's `requires` makes --server-url come with all three.
+            _ => crate::admin::AdminTarget::Socket(self.admin_socket.clone()),
+        }
+    }
 }
 
 /// The subcommands.

@@ -10,7 +10,8 @@
 //! * `svid`: `svid fetch` and the `svid` command tree; `inspect`: `svid inspect`.
 //! * `demo`: `tessera demo`: its stage, its story and its Python and Node part.
 //! * `admin`, `tasks_api`, `transport`: the Admin API and Tasks API connections over
-//!   unix sockets, and their failures as sentences.
+//!   unix sockets, and their failures as sentences; `remote`: a server's Admin API over
+//!   mTLS with an admin SVID (`--server-url`).
 //! * `cert`: certificate files and what a certificate says; `files`: writing SVIDs
 //!   to disk privately; `output`: tables, key/value blocks, JSON and time formats.
 
@@ -27,6 +28,7 @@ mod files;
 mod inspect;
 mod node;
 mod output;
+mod remote;
 mod status;
 mod svid;
 mod task;
@@ -69,20 +71,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let format = cli.global.output;
     match cli.command {
         Command::Entry(command) => {
-            let mut admin = Admin::connect(&cli.global.admin_socket).await?;
+            let mut admin = Admin::open(&cli.global.admin_target()).await?;
             output::print(&entry::run(&mut admin, command, format).await?)?;
         }
         Command::Consent(command) => {
-            let mut admin = Admin::connect(&cli.global.admin_socket).await?;
+            let mut admin = Admin::open(&cli.global.admin_target()).await?;
             output::print(&consent::run(&mut admin, command, format).await?)?;
         }
         Command::Node(command) => {
-            output::print(&node::run(&cli.global.admin_socket, command, format).await?)?;
+            output::print(&node::run(&cli.global.admin_target(), command, format).await?)?;
         }
         Command::Task(command) => {
             let text = task::run(
                 command,
-                &cli.global.admin_socket,
+                cli.global.admin_target(),
                 &cli.global.socket,
                 format,
             )
@@ -90,11 +92,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output::print(&text)?;
         }
         Command::Status => {
-            let mut admin = Admin::connect(&cli.global.admin_socket).await?;
+            let mut admin = Admin::open(&cli.global.admin_target()).await?;
             output::print(&status::run(&mut admin, format).await?)?;
         }
         Command::Audit(args) => {
-            let mut admin = Admin::connect(&cli.global.admin_socket).await?;
+            let mut admin = Admin::open(&cli.global.admin_target()).await?;
             audit::run(&mut admin, args, format).await?;
         }
         Command::Svid(SvidCommand::Fetch(args)) => {

@@ -2,7 +2,6 @@
 //! (`tessera.v1.ClusterAdmin`): join tokens for agents to attest with, the node list, and
 //! eviction.
 
-use std::path::Path;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -10,10 +9,9 @@ use serde_json::json;
 use tessera_proto::tessera::v1 as pb;
 use tessera_proto::tessera::v1::cluster_admin_client::ClusterAdminClient;
 
-use crate::admin::{connect_error, status_error};
+use crate::admin::AdminTarget;
 use crate::duration::parse_ttl;
 use crate::output::{self, OutputFormat, Table};
-use crate::transport::connect_unix;
 
 const TOKEN_EXAMPLES: &str = "\
 Examples:
@@ -71,15 +69,12 @@ pub enum TokenCommand {
 
 /// Runs `tessera node …` against the server's admin socket.
 pub async fn run(
-    socket: &Path,
+    target: &AdminTarget,
     command: NodeCommand,
     format: OutputFormat,
 ) -> anyhow::Result<String> {
-    let channel = connect_unix(socket)
-        .await
-        .map_err(|err| connect_error(socket, &err))?;
-    let mut client = ClusterAdminClient::new(channel);
-    let status = |s: tonic::Status| status_error(&s, socket);
+    let mut client = ClusterAdminClient::new(target.connect().await?);
+    let status = |s: tonic::Status| target.status_error(&s);
     match command {
         NodeCommand::Token(TokenCommand::Create { ttl, node }) => {
             let r = client

@@ -14,7 +14,7 @@ use tessera_identity::{ClientName, Scope};
 use tessera_proto::tessera::v1 as pb;
 use zeroize::Zeroizing;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminTarget};
 use crate::args::{
     Checked, ServerArg, Validate, check_scope_servers, parse_purpose, parse_subject,
 };
@@ -171,20 +171,21 @@ impl Validate for BeginArgs {
 /// subcommand needs.
 pub async fn run(
     command: TaskCommand,
-    admin_socket: &Path,
+    admin: impl Into<AdminTarget>,
     socket: &str,
     format: OutputFormat,
 ) -> anyhow::Result<String> {
     let now = output::now_unix();
+    let admin = admin.into();
     match command {
         TaskCommand::List { client, all } => {
-            let mut admin = Admin::connect(admin_socket).await?;
+            let mut admin = Admin::open(&admin).await?;
             let client = client.map(|c| c.to_string()).unwrap_or_default();
             let tasks = admin.list_all_tasks(client, all).await?;
             Ok(render_list(&tasks, format, now, all))
         }
         TaskCommand::Revoke { id } => {
-            let mut admin = Admin::connect(admin_socket).await?;
+            let mut admin = Admin::open(&admin).await?;
             match admin.revoke_task(&id).await? {
                 Some(task) => Ok(render_task(&task, format, now)),
                 None => bail!("no task with id {id:?}; `tessera task list --all` shows them"),

@@ -77,6 +77,11 @@ impl AdminService {
         rpc: &'static str,
         req: &Request<T>,
     ) -> Result<String, Status> {
+        // Over TLS: the admin SVID check's verdict (`admin_tls`).
+        if let Some(crate::admin_tls::TlsAdminCaller(verdict)) = req.extensions().get() {
+            self.metrics.admin_call(rpc, verdict.is_ok());
+            return verdict.clone();
+        }
         let uid = req
             .extensions()
             .get::<UdsConnectInfo>()

@@ -504,14 +504,17 @@ fn database_options(url: &str) -> Result<PgConnectOptions, String> {
     PgConnectOptions::from_str(url).map_err(|e| e.to_string())
 }
 
-/// Reads the password file: owner-only (0600 or stricter), its first line.
+/// Reads the password file: owner-only (0600 or stricter; or root's and our group's
+/// only, as a Kubernetes Secret with `fsGroup` mounts it: see
+/// [`tessera_authority::is_private_file`]), its first line.
 fn read_password(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    if !tessera_authority::is_private_file(&meta) {
         return Err(format!(
-            "{} has mode {mode:04o}; it holds a password and must be 0600 or stricter",
+            "{} has mode {mode:04o}; it holds a password and must be 0600 or stricter \
+             (or root's and 0440 to our own group, as a Secret mounted with fsGroup)",
             path.display()
         ));
     }

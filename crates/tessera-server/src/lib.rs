@@ -36,6 +36,8 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod admin;
+mod admin_svid;
+mod admin_tls;
 pub mod attest;
 mod audit;
 mod ca;
@@ -63,6 +65,7 @@ mod store;
 mod task;
 mod version;
 
+pub use admin_svid::{AdminSvidFiles, MAX_ADMIN_SVID_TTL, issue_admin_svid};
 pub use ca::SERVER_ID_PATH;
 pub use change::{Change, Changes, MAX_CHANGES_PAGE, Snapshot};
 pub use consent::Withdrawal;

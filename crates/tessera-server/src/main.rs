@@ -65,6 +65,36 @@ enum Command {
     /// Cluster root CA files.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Administrators' SVIDs for the Admin API over TLS.
+    #[command(subcommand)]
+    AdminSvid(AdminSvidCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminSvidCommand {
+    /// Issue spiffe://<td>/admin/NAME, signed by the cluster root (ca.cert_file,
+    /// ca.key_file), into DIR: admin.crt, admin.key (0600) and bundle.crt. The server
+    /// serves tessera.v1.Admin and ClusterAdmin on its TLS listener (listen.node) to
+    /// callers presenting such an SVID; node, client, task and server identities are
+    /// refused.
+    ///
+    /// Example:
+    ///
+    ///   tessera-server --config server.toml admin-svid issue --name alice --out ./alice
+    ///   tessera --server-url https://tessera-server:8081 --cert ./alice/admin.crt \
+    ///     --key ./alice/admin.key --ca ./alice/bundle.crt entry list
+    #[command(verbatim_doc_comment)]
+    Issue {
+        /// The administrator's name (the last segment of the SPIFFE ID).
+        #[arg(long)]
+        name: String,
+        /// Directory to write into (created 0700); existing files are never replaced.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime of the SVID (at most 30d).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +163,25 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::Ca(CaCommand::Init { dir, ttl })) => return ca_init(&config, dir, *ttl),
+        Some(Command::AdminSvid(AdminSvidCommand::Issue { name, out, ttl })) => {
+            let (Some(cert), Some(key)) = (&config.ca.cert_file, &config.ca.key_file) else {
+                anyhow::bail!(
+                    "admin-svid issue needs the cluster root: set ca.cert_file and ca.key_file \
+                     (TESSERA_SERVER_CA_CERT_FILE, TESSERA_SERVER_CA_KEY_FILE)"
+                );
+            };
+            let files =
+                tessera_server::issue_admin_svid(&config.trust_domain, cert, key, name, *ttl, out)?;
+            println!(
+                "{} issued, valid until unix {}:\n  --cert {}\n  --key {}\n  --ca {}",
+                files.spiffe_id,
+                files.not_after_unix,
+                files.cert.display(),
+                files.key.display(),
+                files.bundle.display()
+            );
+            return Ok(());
+        }
         Some(Command::Run) | None => {}
     }
     tessera_agent::logging::init(&config.log)?;

@@ -97,14 +97,24 @@ pub async fn run(
         &config.admin_uids,
         Arc::clone(&metrics),
     );
+    let node_server = match &ca {
+        Some(ca) => Some(
+            serve_node_api(
+                &config,
+                &replica,
+                ca,
+                admin_service.clone(),
+                &metrics,
+                stop.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let admin_server = tonic::transport::Server::builder()
         .add_service(AdminServer::new(admin_service.clone()))
         .add_service(ClusterAdminServer::new(admin_service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop.clone()));
-    let node_server = match &ca {
-        Some(ca) => Some(serve_node_api(&config, &replica, ca, &metrics, stop.clone()).await?),
-        None => None,
-    };
     let pruner = tokio::spawn(prune(
         replica.store().clone(),
         config.clone(),
@@ -138,11 +148,14 @@ pub async fn run(
 }
 
 /// Binds `listen.node` and serves `tessera.v1.Node` over TLS until `stop`; renews the
-/// server's SVID meanwhile.
+/// server's SVID meanwhile. `tessera.v1.Admin` and `ClusterAdmin` are served there too,
+/// to callers presenting an admin SVID signed by the root (`admin_tls`): the admin
+/// socket needs a shell in the pod, this needs only the network and a credential.
 async fn serve_node_api(
     config: &Config,
     replica: &Arc<Replica>,
     ca: &Arc<ServerCa>,
+    admin_service: AdminService,
     metrics: &Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
@@ -184,6 +197,14 @@ async fn serve_node_api(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(service)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            AdminServer::new(admin_service.clone()),
+            crate::admin_tls::interceptor(Arc::clone(ca)),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            ClusterAdminServer::new(admin_service),
+            crate::admin_tls::interceptor(Arc::clone(ca)),
+        ))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|s| *s).await;
         });

@@ -72,6 +72,13 @@ impl Store {
     pub fn subscribe_audit(&self) -> broadcast::Receiver<AuditRecord> {
         self.inner.notifier.audit.subscribe()
     }
+
+    /// Cluster mode: every audit record written from now on carries `"node": node` in its
+    /// detail (SVID issuance, task begin and end, ...), so records gathered from many
+    /// nodes say where each happened. Set once; `false` if it was set already.
+    pub fn set_audit_node(&self, node: &str) -> bool {
+        self.inner.notifier.audit_node.set(node.to_owned()).is_ok()
+    }
 }
 
 fn append_op(
@@ -94,6 +101,10 @@ pub(crate) fn write(
 ) -> Result<i64, StoreError> {
     validate_kind(kind)?;
     validate_actor(actor)?;
+    let mut detail = detail;
+    if let (Some(node), serde_json::Value::Object(fields)) = (&effects.node, &mut detail) {
+        fields.insert("node".into(), serde_json::Value::String(node.clone()));
+    }
     let text = serde_json::to_string(&detail).expect("a serde_json::Value always serialises");
     let at = crate::clock::unix_millis();
     conn.prepare_cached("INSERT INTO audit (at, kind, actor, detail) VALUES (?, ?, ?, ?)")?
@@ -215,6 +226,36 @@ mod tests {
         assert_eq!(details, [json!(2), json!(3), json!(4)]);
         assert!(store.list_audit(seqs[4], 100).await.unwrap().is_empty());
         assert!(store.list_audit(0, 0).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn in_cluster_mode_every_record_names_the_node_that_wrote_it() {
+        let (_dir, _path, store) = open_temp().await;
+        store
+            .append_audit("svid.issue", "", &json!({ "i": 0 }))
+            .await
+            .unwrap();
+        assert!(store.set_audit_node("spiffe://acme.corp/node/n1"));
+        assert!(
+            !store.set_audit_node("spiffe://acme.corp/node/n2"),
+            "set once"
+        );
+        let mut follow = store.subscribe_audit();
+        store
+            .append_audit("svid.issue", "", &json!({ "i": 1 }))
+            .await
+            .unwrap();
+        let records = store.list_audit(0, 10).await.unwrap();
+        assert_eq!(
+            records[0].detail,
+            json!({ "i": 0 }),
+            "written before: unchanged"
+        );
+        assert_eq!(
+            records[1].detail,
+            json!({ "i": 1, "node": "spiffe://acme.corp/node/n1" })
+        );
+        assert_eq!(follow.recv().await.unwrap().detail, records[1].detail);
     }
 
     /// Pruning deletes the oldest run of old records, stops at the first newer one, in

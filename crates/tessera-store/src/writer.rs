@@ -102,6 +102,8 @@ pub(crate) struct Effects {
     pub(crate) consents_changed: u64,
     /// Task events journaled (cluster mode; see [`crate::journal`]).
     pub(crate) journaled: u64,
+    /// The node audit records name ([`crate::Store::set_audit_node`]).
+    pub(crate) node: Option<String>,
 }
 
 /// The change notifications the writer publishes after each commit; shared with the
@@ -119,6 +121,8 @@ pub(crate) struct Notifier {
     pub(crate) writes: AtomicU64,
     /// Microseconds from `BEGIN` to `COMMIT`'s return, summed over committed batches.
     pub(crate) commit_micros: AtomicU64,
+    /// Cluster mode: the node every audit record written from now on names.
+    pub(crate) audit_node: std::sync::OnceLock<String>,
 }
 
 impl Notifier {
@@ -131,6 +135,7 @@ impl Notifier {
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             commit_micros: AtomicU64::new(0),
+            audit_node: std::sync::OnceLock::new(),
         }
     }
 
@@ -415,7 +420,10 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>, notifier: &Notifie
         let step = |sql| execute(conn, sql).map_err(|error| error.to_string());
         step("BEGIN IMMEDIATE")?;
         for mut op in pending.by_ref() {
-            let mut effects = Effects::default();
+            let mut effects = Effects {
+                node: notifier.audit_node.get().cloned(),
+                ..Effects::default()
+            };
             if let Err(error) = step("SAVEPOINT op") {
                 unreached.push(op);
                 return Err(error);

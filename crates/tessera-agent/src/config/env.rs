@@ -170,49 +170,97 @@ pub(super) fn apply(layers: &mut Layers, env: &dyn Env) {
         l.layers.raw.kubernetes.cgroup_root = v.into();
     }
 
-    if let Some(v) = l.text("TESSERA_SERVER_ADDRESS", "server.address") {
+    // `[server]` is read from TESSERA_CLUSTER_*: TESSERA_SERVER_* is the server's own
+    // prefix (the two run side by side in one pod spec or shell). The old names still
+    // work, below the new ones; the agent warns at start when it sees them.
+    if let Some(v) = l.cluster_text("ADDRESSES", "server.addresses") {
+        l.layers.raw.server.addresses = v
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        // The variable names the whole list: a single address from the file goes.
+        l.layers.raw.server.address.clear();
+    } else if let Some(v) = l.cluster_text("ADDRESS", "server.address") {
         l.layers.raw.server.address = v;
+        l.layers.raw.server.addresses.clear();
     }
-    if let Some(v) = l.text("TESSERA_SERVER_ID", "server.server_id") {
+    if let Some(v) = l.cluster_text("ID", "server.server_id") {
         l.layers.raw.server.server_id = v;
     }
-    if let Some(v) = l.text("TESSERA_SERVER_BUNDLE_FILE", "server.bundle_file") {
+    if let Some(v) = l.cluster_text("BUNDLE_FILE", "server.bundle_file") {
         l.layers.raw.server.bundle_file = (!v.is_empty()).then(|| v.into());
     }
     // The token's value must not end up in an error message: recorded as set, never
     // echoed (`Origin::Env` prints values).
-    if let Some(v) = l.env.var("TESSERA_SERVER_JOIN_TOKEN") {
+    let token = [
+        (
+            "TESSERA_CLUSTER_JOIN_TOKEN",
+            l.env.var("TESSERA_CLUSTER_JOIN_TOKEN"),
+        ),
+        (
+            "TESSERA_SERVER_JOIN_TOKEN",
+            l.env.var("TESSERA_SERVER_JOIN_TOKEN"),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(var, v)| v.map(|v| (var, v)));
+    if let Some((var, v)) = token {
         match v.into_string() {
             Ok(v) => {
                 l.layers.set(
                     "server.join_token",
                     Origin::Env {
-                        var: "TESSERA_SERVER_JOIN_TOKEN",
+                        var,
                         value: "<redacted>".into(),
                     },
                 );
                 l.layers.raw.server.join_token = (!v.is_empty()).then_some(v);
             }
-            Err(_) => l.refuse(
-                "TESSERA_SERVER_JOIN_TOKEN",
-                "<redacted>".into(),
-                "not valid UTF-8",
-            ),
+            Err(_) => l.refuse(var, "<redacted>".into(), "not valid UTF-8"),
         }
     }
-    if let Some(v) = l.text("TESSERA_SERVER_JOIN_TOKEN_FILE", "server.join_token_file") {
+    if let Some(v) = l.cluster_text("JOIN_TOKEN_FILE", "server.join_token_file") {
         l.layers.raw.server.join_token_file = (!v.is_empty()).then(|| v.into());
     }
-    if let Some(v) = l.text(
-        "TESSERA_SERVER_K8S_PSAT_TOKEN_FILE",
-        "server.k8s_psat_token_file",
-    ) {
+    if let Some(v) = l.cluster_text("K8S_PSAT_TOKEN_FILE", "server.k8s_psat_token_file") {
         l.layers.raw.server.k8s_psat_token_file = (!v.is_empty()).then(|| v.into());
     }
-    if let Some(v) = l.text("TESSERA_SERVER_NODE_NAME", "server.node_name") {
+    if let Some(v) = l.cluster_text("NODE_NAME", "server.node_name") {
         l.layers.raw.server.node_name = v;
     }
 }
+
+/// The `[server]` variables under their old `TESSERA_SERVER_*` names that `env` sets
+/// (each with its new `TESSERA_CLUSTER_*` name): still read, but the prefix is the
+/// server's own, so the agent warns at start.
+pub fn deprecated_cluster_vars(env: &dyn Env) -> Vec<(&'static str, &'static str)> {
+    CLUSTER_VARS
+        .iter()
+        .filter(|(_, old)| !old.is_empty() && env.var(old).is_some())
+        .copied()
+        .collect()
+}
+
+/// Each `[server]` variable: (new name, deprecated name).
+const CLUSTER_VARS: &[(&str, &str)] = &[
+    // No old name: the list is new (an empty name is never set).
+    ("TESSERA_CLUSTER_ADDRESSES", ""),
+    ("TESSERA_CLUSTER_ADDRESS", "TESSERA_SERVER_ADDRESS"),
+    ("TESSERA_CLUSTER_ID", "TESSERA_SERVER_ID"),
+    ("TESSERA_CLUSTER_BUNDLE_FILE", "TESSERA_SERVER_BUNDLE_FILE"),
+    ("TESSERA_CLUSTER_JOIN_TOKEN", "TESSERA_SERVER_JOIN_TOKEN"),
+    (
+        "TESSERA_CLUSTER_JOIN_TOKEN_FILE",
+        "TESSERA_SERVER_JOIN_TOKEN_FILE",
+    ),
+    (
+        "TESSERA_CLUSTER_K8S_PSAT_TOKEN_FILE",
+        "TESSERA_SERVER_K8S_PSAT_TOKEN_FILE",
+    ),
+    ("TESSERA_CLUSTER_NODE_NAME", "TESSERA_SERVER_NODE_NAME"),
+];
 
 struct Reader<'a> {
     layers: &'a mut Layers,
@@ -240,6 +288,17 @@ impl Reader<'_> {
                 None
             }
         }
+    }
+
+    /// `TESSERA_CLUSTER_<suffix>`, else its deprecated `TESSERA_SERVER_<suffix>`.
+    fn cluster_text(&mut self, suffix: &str, key: &'static str) -> Option<String> {
+        let (new, old) = CLUSTER_VARS
+            .iter()
+            .find(|(new, _)| new.strip_prefix("TESSERA_CLUSTER_") == Some(suffix))
+            .copied()
+            .expect("a known [server] variable");
+        self.text(new, key)
+            .or_else(|| (!old.is_empty()).then(|| self.text(old, key)).flatten())
     }
 
     fn parsed<T>(

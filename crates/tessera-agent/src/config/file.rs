@@ -129,6 +129,8 @@ pub(super) enum CaModeName {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileServer {
     pub address: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
     pub server_id: String,
     pub bundle_file: Option<PathBuf>,
     pub join_token: Option<String>,

@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use tessera_authority::CaMode;
 use tessera_identity::TrustDomain;
 
-pub use env::{Env, ProcessEnv};
+pub use env::{Env, ProcessEnv, deprecated_cluster_vars};
 pub use error::{ConfigError, Origin, Problem};
 pub use file::{
     DEFAULT_CGROUP_ROOT, DEFAULT_EXE_HASH_MAX_BYTES, DEFAULT_MAX_LIVE_PER_PROCESS,

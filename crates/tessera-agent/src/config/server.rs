@@ -1,6 +1,6 @@
-//! `[server]`: cluster mode. With `server.address` set the agent joins a tessera-server
-//! (node attestation, a node CA, registrations synchronized from the server); unset, it
-//! is the standalone agent.
+//! `[server]`: cluster mode. With `server.addresses` (or the single `server.address`)
+//! set the agent joins a tessera-server (node attestation, a node CA, registrations
+//! synchronized from the server); unset, it is the standalone agent.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,14 +12,20 @@ use super::file::{FileServer, Layers};
 /// Path of the server's own SPIFFE ID under the trust domain, its default `server_id`.
 pub const DEFAULT_SERVER_ID_PATH: &str = "/tessera/server";
 
+/// Most server addresses one agent may list: replicas of one control plane, not a
+/// directory of hosts.
+pub(crate) const MAX_SERVER_ADDRESSES: usize = 32;
+
 /// Where the kernel keeps the host name; `server.node_name` defaults to it.
 const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
 
 /// The cluster's control plane and how this node proves itself to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// `host:port` of the server's node listener (TLS).
-    pub address: http::uri::Authority,
+    /// `host:port` of each server replica's node listener (TLS), never empty. The agent
+    /// talks to one at a time and moves to another (in an order shuffled per agent, so a
+    /// fleet spreads out) when a connection cannot be made or breaks.
+    pub addresses: Vec<http::uri::Authority>,
     /// The SPIFFE ID the server must present; `spiffe://<td>/tessera/server` by default.
     pub server_id: String,
     /// PEM root certificate(s) of the cluster, pinned at first contact. Later the bundle
@@ -63,21 +69,50 @@ pub(super) fn parse(
     s: FileServer,
     trust_domain: Option<&TrustDomain>,
 ) -> Option<ServerConfig> {
-    if s.address.is_empty() {
-        return None;
-    }
-    let mut ok = true;
-    let address = match s.address.parse::<http::uri::Authority>() {
-        Ok(a) if a.port_u16().is_some() && !a.host().is_empty() => Some(a),
-        Ok(_) => {
-            l.refuse("server.address", "must be host:port");
-            None
-        }
-        Err(e) => {
-            l.refuse("server.address", format!("must be host:port: {e}"));
-            None
+    let listed: Vec<&str> = match (s.address.is_empty(), s.addresses.is_empty()) {
+        (true, true) => return None,
+        (false, true) => vec![s.address.as_str()],
+        (true, false) => s.addresses.iter().map(String::as_str).collect(),
+        (false, false) => {
+            l.refuse(
+                "server.addresses",
+                "server.address and server.addresses exclude each other: list every replica in server.addresses",
+            );
+            return None;
         }
     };
+    let mut ok = true;
+    let key = if s.addresses.is_empty() {
+        "server.address"
+    } else {
+        "server.addresses"
+    };
+    let mut addresses = Vec::with_capacity(listed.len());
+    if listed.len() > MAX_SERVER_ADDRESSES {
+        l.refuse(key, format!("at most {MAX_SERVER_ADDRESSES} addresses"));
+        ok = false;
+    }
+    for text in listed {
+        match text.trim().parse::<http::uri::Authority>() {
+            Ok(a) if a.port_u16().is_some() && !a.host().is_empty() => {
+                if addresses.contains(&a) {
+                    l.refuse(key, format!("{a} is listed twice"));
+                    ok = false;
+                } else {
+                    addresses.push(a);
+                }
+            }
+            Ok(_) => {
+                l.refuse(key, format!("{text:?} must be host:port"));
+                ok = false;
+            }
+            Err(e) => {
+                l.refuse(key, format!("{text:?} must be host:port: {e}"));
+                ok = false;
+            }
+        }
+    }
+    let addresses = (!addresses.is_empty()).then_some(addresses);
     let server_id = match (trust_domain, s.server_id.as_str()) {
         (Some(td), "") => Some(format!("{}{DEFAULT_SERVER_ID_PATH}", td.id_string())),
         (Some(td), id) => {
@@ -141,7 +176,7 @@ pub(super) fn parse(
         }
     };
     Some(ServerConfig {
-        address: address?,
+        addresses: addresses?,
         server_id: server_id?,
         bundle_file: bundle_file?,
         proof,
@@ -156,8 +191,16 @@ pub(super) fn to_file(s: Option<&ServerConfig>) -> FileServer {
     let Some(s) = s else {
         return FileServer::default();
     };
+    let (address, addresses) = match s.addresses.as_slice() {
+        [one] => (one.to_string(), Vec::new()),
+        many => (
+            String::new(),
+            many.iter().map(ToString::to_string).collect(),
+        ),
+    };
     let mut f = FileServer {
-        address: s.address.to_string(),
+        address,
+        addresses,
         server_id: s.server_id.clone(),
         bundle_file: Some(s.bundle_file.clone()),
         node_name: s.node_name.to_string(),

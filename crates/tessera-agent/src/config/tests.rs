@@ -355,7 +355,14 @@ fn server_section_parses_with_defaults_from_the_trust_domain() {
     )
     .unwrap();
     let s = c.server.clone().unwrap();
-    assert_eq!(s.address.as_str(), "tessera-server:8081");
+    assert_eq!(
+        s.addresses,
+        vec![
+            "tessera-server:8081"
+                .parse::<http::uri::Authority>()
+                .unwrap()
+        ]
+    );
     assert_eq!(s.server_id, "spiffe://acme.corp/tessera/server");
     assert_eq!(s.node_name.as_str(), "node-a");
     assert_eq!(
@@ -418,4 +425,86 @@ fn bad_server_settings_are_refused_together() {
             "{key} not in {keys:?}"
         );
     }
+}
+
+#[test]
+fn several_server_addresses_parse_and_round_trip() {
+    let c = Config::from_toml(
+        "trust_domain = \"acme.corp\"\n[server]\naddresses = [\"r1:8081\", \"r2:8081\"]\n\
+         bundle_file = \"/b.pem\"\nnode_name = \"node-a\"\n",
+    )
+    .unwrap();
+    let s = c.server.clone().unwrap();
+    assert_eq!(
+        s.addresses,
+        vec![
+            "r1:8081".parse::<http::uri::Authority>().unwrap(),
+            "r2:8081".parse().unwrap()
+        ]
+    );
+    assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+}
+
+#[test]
+fn address_and_addresses_together_or_a_repeated_address_are_refused() {
+    let err = Config::from_toml(
+        "[server]\naddress = \"r1:8081\"\naddresses = [\"r2:8081\"]\nbundle_file = \"/b\"\n\
+         node_name = \"n\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("exclude each other"), "{err}");
+    let err = Config::from_toml(
+        "[server]\naddresses = [\"r1:8081\", \"r1:8081\"]\nbundle_file = \"/b\"\nnode_name = \"n\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("listed twice"), "{err}");
+}
+
+#[test]
+fn cluster_env_lists_the_replicas_and_the_old_server_names_still_work() {
+    let vars = env(&[
+        ("TESSERA_CLUSTER_ADDRESSES", "10.0.0.1:8081, 10.0.0.2:8081"),
+        ("TESSERA_CLUSTER_BUNDLE_FILE", "/b.pem"),
+        ("TESSERA_CLUSTER_NODE_NAME", "n2"),
+    ]);
+    let c = Config::from_toml_and_env("[server]\naddress = \"file:1\"\n", &vars).unwrap();
+    let s = c.server.unwrap();
+    assert_eq!(
+        s.addresses.len(),
+        2,
+        "the variable replaces the file's address"
+    );
+    assert_eq!(s.node_name.as_str(), "n2");
+    assert!(crate::config::deprecated_cluster_vars(&vars).is_empty());
+
+    // The new name wins over the old one; the old one alone still works and is reported.
+    let both = env(&[
+        ("TESSERA_CLUSTER_ADDRESS", "new:1"),
+        ("TESSERA_SERVER_ADDRESS", "old:1"),
+        ("TESSERA_SERVER_BUNDLE_FILE", "/b.pem"),
+        ("TESSERA_SERVER_NODE_NAME", "n3"),
+    ]);
+    let s = Config::from_toml_and_env("", &both)
+        .unwrap()
+        .server
+        .unwrap();
+    assert_eq!(
+        s.addresses,
+        vec!["new:1".parse::<http::uri::Authority>().unwrap()]
+    );
+    assert_eq!(s.node_name.as_str(), "n3");
+    let old: Vec<&str> = crate::config::deprecated_cluster_vars(&both)
+        .into_iter()
+        .map(|(_, old)| old)
+        .collect();
+    assert_eq!(
+        old,
+        [
+            "TESSERA_SERVER_ADDRESS",
+            "TESSERA_SERVER_BUNDLE_FILE",
+            "TESSERA_SERVER_NODE_NAME"
+        ]
+    );
 }

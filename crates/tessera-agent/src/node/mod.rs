@@ -9,6 +9,7 @@
 
 mod report;
 mod revocations;
+mod failover;
 mod state;
 mod sync;
 mod tls;
@@ -33,6 +34,7 @@ use crate::config::{AttestProof, ServerConfig};
 use crate::drain;
 pub(crate) use report::Reporter;
 pub(crate) use revocations::ServerRevocations;
+use failover::{ConnectError, Replicas};
 pub(crate) use state::{NodeState, StateError};
 pub(crate) use sync::Syncer;
 use tls::TlsSetupError;
@@ -57,6 +59,9 @@ pub(crate) enum NodeError {
     /// TLS towards the server.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// The server's addresses.
+    #[error(transparent)]
+    Address(#[from] ConnectError),
     /// The server answered with an error.
     #[error("the server refused {rpc}: {status}")]
     Refused {
@@ -97,6 +102,7 @@ pub(crate) struct NodeLink {
     node: NodeId,
     authority: Arc<Authority>,
     state: Mutex<NodeState>,
+    replicas: Arc<Replicas>,
     channel: watch::Sender<Channel>,
 }
 
@@ -104,7 +110,7 @@ impl std::fmt::Debug for NodeLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeLink")
             .field("node", &self.node.to_string())
-            .field("server", &self.config.address)
+            .field("server", &self.replicas.current())
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +126,7 @@ impl NodeLink {
         drain: &drain::Watch,
     ) -> Result<Arc<NodeLink>, NodeError> {
         let dir = data_dir.join("node");
+        let replicas = Replicas::new(&config.addresses)?;
         let saved = match NodeState::load(&dir) {
             Ok(s) => s,
             // A corrupt file is replaced by attesting again; an insecure one is not
@@ -138,7 +145,10 @@ impl NodeLink {
         let (state, fresh) = match usable {
             Some(s) => (s, false),
             None => {
-                let s = retry(drain, "attest", || attest(&config, &trust_domain)).await?;
+                let s = retry(drain, "attest", || {
+                    attest(&config, &replicas, &trust_domain)
+                })
+                .await?;
                 (s, true)
             }
         };
@@ -152,22 +162,36 @@ impl NodeLink {
             Ok(a) => a,
             // The node SVID still works but the node CA expired: renew before serving.
             Err(AuthorityError::CaExpired { .. }) if !fresh => {
-                let s = retry(drain, "renew", || renew(&config, &trust_domain, &state)).await?;
+                let s = retry(drain, "renew", || {
+                    renew(&config, &replicas, &trust_domain, &state)
+                })
+                .await?;
                 let a = Authority::from_node_ca(
                     trust_domain.clone(),
                     s.credentials.node_ca_chain.clone(),
                     s.ca_key_copy(),
                     s.credentials.bundle.clone(),
                 )?;
-                return Self::assemble(config, dir, trust_domain, node, a, s, true);
+                return Self::assemble(config, replicas, dir, trust_domain, node, a, s, true);
             }
             Err(e) => return Err(e.into()),
         };
-        Self::assemble(config, dir, trust_domain, node, authority, state, fresh)
+        Self::assemble(
+            config,
+            replicas,
+            dir,
+            trust_domain,
+            node,
+            authority,
+            state,
+            fresh,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: ServerConfig,
+        replicas: Arc<Replicas>,
         dir: PathBuf,
         trust_domain: TrustDomain,
         node: NodeId,
@@ -178,8 +202,8 @@ impl NodeLink {
         if save {
             state.save(&dir)?;
         }
-        let channel = mtls_channel(&config, &state)?;
-        tracing::info!(node = %node, server = %config.address, "joined the cluster");
+        let channel = mtls_channel(&config, &replicas, &state)?;
+        tracing::info!(node = %node, servers = %replicas.describe(), "joined the cluster");
         Ok(Arc::new(NodeLink {
             config,
             dir,
@@ -187,6 +211,7 @@ impl NodeLink {
             node,
             authority: Arc::new(authority),
             state: Mutex::new(state),
+            replicas,
             channel: watch::Sender::new(channel),
         }))
     }
@@ -201,14 +226,28 @@ impl NodeLink {
         &self.node
     }
 
-    /// The server's address, for messages naming it.
+    /// The replica in use (or to be tried next), for messages naming it.
     pub(crate) fn server_address(&self) -> &http::uri::Authority {
-        &self.config.address
+        self.replicas.current()
     }
 
-    /// A client on the channel of the current node SVID.
+    /// Every replica's address, for messages naming "the server".
+    pub(crate) fn server_addresses(&self) -> String {
+        self.replicas.describe()
+    }
+
+    /// The channel of the current node SVID, shared by every RPC and stream to the
+    /// server (Sync, Renew, SignServerSvid, task events, the revocation feed): its
+    /// connections fail over between the replicas together. Take a fresh one for each
+    /// new call or stream: renewal replaces it (a stream on the old one keeps working
+    /// until it ends).
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.borrow().clone()
+    }
+
+    /// A client on [`NodeLink::channel`].
     pub(crate) fn client(&self) -> NodeClient<Channel> {
-        NodeClient::new(self.channel.borrow().clone())
+        NodeClient::new(self.channel())
     }
 
     /// An MCP server SVID for `server` (`spiffe://<td>/mcp/<server>`), signed by the
@@ -310,7 +349,7 @@ impl NodeLink {
                 credentials: current.credentials.clone(),
             }
         };
-        let renewed = renew(&self.config, &self.trust_domain, &next).await?;
+        let renewed = renew(&self.config, &self.replicas, &self.trust_domain, &next).await?;
         let node = node_id(&renewed.credentials, &self.trust_domain)?;
         if node != self.node {
             return Err(NodeError::Invalid(format!(
@@ -324,7 +363,7 @@ impl NodeLink {
             renewed.credentials.bundle.clone(),
         )?;
         renewed.save(&self.dir)?;
-        let channel = mtls_channel(&self.config, &renewed)?;
+        let channel = mtls_channel(&self.config, &self.replicas, &renewed)?;
         *self.state.lock().expect("node state lock") = renewed;
         self.channel.send_replace(channel);
         tracing::info!(node = %self.node, "renewed the node credentials");
@@ -346,17 +385,25 @@ impl crate::svids::ServerSvidSigner for NodeLink {
 /// The channel authenticated with `state`'s node SVID, pinned to the roots of the
 /// bundle the server returned (which verified under the configured ones at first
 /// contact).
-fn mtls_channel(config: &ServerConfig, state: &NodeState) -> Result<Channel, NodeError> {
+fn mtls_channel(
+    config: &ServerConfig,
+    replicas: &Arc<Replicas>,
+    state: &NodeState,
+) -> Result<Channel, NodeError> {
     let tls = tls::client_config(
         &config.server_id,
         &state.credentials.bundle,
         Some((&state.credentials.node_svid_chain, &state.svid_key)),
     )?;
-    Ok(tls::channel(&config.address, tls)?)
+    Ok(tls::channel(replicas, tls)?)
 }
 
 /// `Attest` with the configured proof and fresh keys, TLS pinned to `bundle_file`.
-async fn attest(config: &ServerConfig, trust_domain: &TrustDomain) -> Result<NodeState, NodeError> {
+async fn attest(
+    config: &ServerConfig,
+    replicas: &Arc<Replicas>,
+    trust_domain: &TrustDomain,
+) -> Result<NodeState, NodeError> {
     let proof = match &config.proof {
         None => {
             return Err(NodeError::Proof(
@@ -371,7 +418,7 @@ async fn attest(config: &ServerConfig, trust_domain: &TrustDomain) -> Result<Nod
     };
     let roots = read_bundle(&config.bundle_file)?;
     let tls = tls::client_config(&config.server_id, &roots, None)?;
-    let mut client = NodeClient::new(tls::channel(&config.address, tls)?);
+    let mut client = NodeClient::new(tls::channel(replicas, tls)?);
     let svid_key = NodeCaKey::generate()?;
     let ca_key = NodeCaKey::generate()?;
     let response = client
@@ -402,10 +449,11 @@ async fn attest(config: &ServerConfig, trust_domain: &TrustDomain) -> Result<Nod
 /// `Renew` over mTLS with `current`'s node SVID, for fresh keys.
 async fn renew(
     config: &ServerConfig,
+    replicas: &Arc<Replicas>,
     trust_domain: &TrustDomain,
     current: &NodeState,
 ) -> Result<NodeState, NodeError> {
-    let mut client = NodeClient::new(mtls_channel(config, current)?);
+    let mut client = NodeClient::new(mtls_channel(config, replicas, current)?);
     let svid_key = NodeCaKey::generate()?;
     let ca_key = NodeCaKey::generate()?;
     let response = client

@@ -279,7 +279,7 @@ async fn fixture(presented_id: &str) -> Fixture {
     let data_dir = dir.path().join("agent");
     Fixture {
         server: ServerConfig {
-            address: addr.to_string().parse().unwrap(),
+            addresses: vec![addr.to_string().parse().unwrap()],
             server_id: format!("{}/tessera/server", td.id_string()),
             bundle_file,
             proof: Some(AttestProof::JoinToken(TOKEN.into())),
@@ -416,7 +416,8 @@ async fn a_server_presenting_another_identity_gets_no_join_token() {
     // Signed by the right root, but not the server's ID: a node's stolen certificate
     // must not collect join tokens.
     let f = fixture("spiffe://cluster.test/node/impostor").await;
-    let err = attest(&f.server, &f.td).await.unwrap_err();
+    let replicas = failover::Replicas::new(&f.server.addresses).unwrap();
+    let err = attest(&f.server, &replicas, &f.td).await.unwrap_err();
     assert!(format!("{err:?}").contains("expected"), "{err:?}");
     assert_eq!(f.double.attests.load(Ordering::SeqCst), 0);
 }

@@ -15,8 +15,11 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tessera_authority::NodeCaKey;
 use tonic::transport::{Channel, Endpoint};
 
-/// Deadline for TCP + TLS to a server replica.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use super::failover::Replicas;
+
+/// Deadline for a whole connection attempt (every replica tried once, each bounded by
+/// its own deadline in `failover`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a TLS setup for the server was refused.
 #[derive(Debug, thiserror::Error)]
@@ -154,36 +157,24 @@ pub(crate) fn client_config(
     Ok(Arc::new(config))
 }
 
-/// A lazily connecting gRPC channel to the server at `address` over `tls`.
+/// A lazily connecting gRPC channel to the server over `tls`: each connection it makes
+/// goes to a replica [`Replicas::connect`] picks, so a broken connection is replaced by
+/// one to a live replica at the next call.
 pub(crate) fn channel(
-    address: &http::uri::Authority,
+    replicas: &Arc<Replicas>,
     tls: Arc<ClientConfig>,
 ) -> Result<Channel, TlsSetupError> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+    // The URI only fills the :authority header; where to dial is the connector's choice.
+    let endpoint = Endpoint::from_shared(format!("http://{}", replicas.current()))
         .map_err(|e| TlsSetupError::Address(e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    let target = address.as_str().to_owned();
-    let host = address
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let server_name =
-        ServerName::try_from(host).map_err(|e| TlsSetupError::Address(e.to_string()))?;
+    let replicas = Arc::clone(replicas);
     let connector = tower::service_fn(move |_: http::Uri| {
         let tls = Arc::clone(&tls);
-        let target = target.clone();
-        let server_name = server_name.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(target.as_str()).await?;
-            tcp.set_nodelay(true)?;
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(server_name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
+        let replicas = Arc::clone(&replicas);
+        async move { Ok::<_, std::io::Error>(TokioIo::new(replicas.connect(tls).await?)) }
     });
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
