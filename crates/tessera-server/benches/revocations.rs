@@ -169,7 +169,15 @@ async fn per_revocation_bytes(
     follower: &mut NodeClient<Channel>,
     held: usize,
 ) {
-    let (snapshot_bytes, entries, feed_id, version) = snapshot(follower).await;
+    // Once the replica's copy holds the whole preload (it applies a report a moment after
+    // acknowledging it), so the deltas measured carry only the samples.
+    let (snapshot_bytes, entries, feed_id, version) = loop {
+        let taken = snapshot(follower).await;
+        if taken.1 >= held {
+            break taken;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let mut stream = follower
         .follow_revocations(pb::FollowRevocationsRequest {
             feed_id,
