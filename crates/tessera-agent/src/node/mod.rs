@@ -7,9 +7,9 @@
 //! Both credentials are renewed at the server's `renew_after_unix` with fresh keys; the
 //! node SVID is the client certificate of every later RPC (`tls`).
 
+mod failover;
 mod report;
 mod revocations;
-mod failover;
 mod state;
 mod sync;
 mod tls;
@@ -32,9 +32,9 @@ use tonic::transport::Channel;
 
 use crate::config::{AttestProof, ServerConfig};
 use crate::drain;
+use failover::{ConnectError, Replicas};
 pub(crate) use report::Reporter;
 pub(crate) use revocations::ServerRevocations;
-use failover::{ConnectError, Replicas};
 pub(crate) use state::{NodeState, StateError};
 pub(crate) use sync::Syncer;
 use tls::TlsSetupError;
