@@ -5,8 +5,9 @@ use tessera_proto::tessera::v1 as pb;
 use tessera_proto::tessera::v1::cluster_admin_server::ClusterAdmin;
 use tonic::{Request, Response, Status};
 
-use crate::admin::{AdminService, store_status};
+use crate::admin::AdminService;
 use crate::node_api::node_to_proto;
+use crate::wire::store_status;
 use crate::{MAX_JOIN_TOKEN_TTL_SECS, NewJoinToken};
 
 /// Lifetime of a join token when the request names none.

@@ -64,6 +64,7 @@ mod socket;
 mod store;
 mod task;
 mod version;
+mod wire;
 
 pub use admin_svid::{AdminSvidFiles, MAX_ADMIN_SVID_TTL, issue_admin_svid};
 pub use ca::SERVER_ID_PATH;

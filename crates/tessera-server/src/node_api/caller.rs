@@ -59,7 +59,7 @@ pub(crate) async fn node_of<T>(
             .store()
             .get_node(node.name.as_str())
             .await
-            .map_err(crate::admin::store_status)?
+            .map_err(crate::wire::store_status)?
             .map(|n| n.status),
     };
     match status {

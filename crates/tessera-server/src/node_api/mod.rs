@@ -25,11 +25,11 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use crate::admin::store_status;
 use crate::attest::{AttestError, Attestors};
 use crate::ca::ServerCa;
 use crate::config::NodeApiConfig;
 use crate::metrics::Metrics;
+use crate::wire::store_status;
 use crate::{AttestationKind, EntryKind, MAX_ATTESTATION_EVIDENCE_LEN, Replica};
 
 /// Largest public key accepted (a P-256 SubjectPublicKeyInfo is 91 bytes).

@@ -19,8 +19,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::admin::{consent_to_proto, entry_to_proto};
 use crate::change::Change;
+use crate::wire::{consent_to_proto, entry_to_proto};
 use crate::{
     MAX_CHANGES_PAGE, Node, NodeStatus, Replica, ReplicaState, ReplicaUpdate, ServerStoreError,
 };
