@@ -184,7 +184,19 @@ async fn run(cfg: GatewayConfig, check_only: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let mut tls = ServerTlsBuilder::new(trust.clone()).build()?;
+    // The bearer path, if any, is checked before anything is served; a client certificate
+    // stays required unless tokens that need none are accepted, and one that is presented
+    // is always verified in full.
+    let oauth = cfg.bearer(addr)?;
+    let mut tls_builder = ServerTlsBuilder::new(trust.clone());
+    let peers = match &oauth {
+        Some(o) if o.accepted().allows_connections_without_certificate() => {
+            tls_builder = tls_builder.client_certificate_optional();
+            PeerMode::Optional
+        }
+        _ => PeerMode::Required,
+    };
+    let mut tls = tls_builder.build()?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let metrics = Metrics::new();
@@ -258,7 +270,6 @@ async fn run(cfg: GatewayConfig, check_only: bool) -> anyhow::Result<()> {
         .layer(StreamGuardLayer::new(authz.clone()))
         .layer(SessionBindingLayer::with_binding(Arc::new(binding)))
         .service(proxy);
-
     let ready: ops::ReadyCheck = {
         let (trust, revocations) = (trust.clone(), revocations.clone());
         Arc::new(move || {
@@ -280,9 +291,25 @@ async fn run(cfg: GatewayConfig, check_only: bool) -> anyhow::Result<()> {
         })
     };
     let ops_addr = start_ops(&cfg, metrics, ready).await?;
-    tracing::info!(%server_id, %addr, identity_headers, "gateway serving MCP over mTLS");
+    // The bearer path in front: the token endpoint and its metadata, then the resource
+    // server (metadata, the token check, step-up), so a bearer caller reaches the session
+    // binding and the proxy with a Peer exactly where a certificate would have put one.
+    let Some(oauth) = oauth else {
+        tracing::info!(%server_id, %addr, identity_headers, "gateway serving MCP over mTLS");
+        announce(addr, ops_addr)?;
+        return Ok(front::serve(listener, acceptor, service, peers).await?);
+    };
+    let (token_endpoint, bearer) = oauth.layers(trust, revocations, authz)?;
+    let service = tower::ServiceBuilder::new()
+        .layer(token_endpoint)
+        .layer(bearer)
+        .service(service);
+    tracing::info!(
+        %server_id, %addr, identity_headers, resource = oauth.resource(), issuer = oauth.issuer(),
+        "gateway serving MCP (bearer tokens from {}/oauth/token)", oauth.issuer()
+    );
     announce(addr, ops_addr)?;
-    Ok(front::serve(listener, acceptor, service, PeerMode::Required).await?)
+    Ok(front::serve(listener, acceptor, service, peers).await?)
 }
 
 async fn start_ops(
