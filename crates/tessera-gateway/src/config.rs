@@ -8,6 +8,12 @@
 //! # The agent's workload socket: the gateway's SVID, the bundle, the revocation feed.
 //! workload_socket = "/run/tessera/workload.sock"
 //! listen = "0.0.0.0:8443"          # TLS (mTLS with task SVIDs)
+//! # Bearer tokens too (optional): mtls (default), bearer or both. With bearer or both the
+//! # gateway serves /oauth/token and the RFC 8414 / RFC 9728 metadata.
+//! # accept = "both"
+//! # require_cert_bound_tokens = false   # true: tokens bound to the connection's cert (RFC 8705)
+//! # resource_url = "https://github-mcp.internal:8443/mcp"   # default https://<listen>/mcp
+//! # token_ttl_secs = 300                # 10 ..= 3600
 //! ops_listen = "127.0.0.1:9090"    # plain HTTP: /healthz, /readyz, /metrics
 //! policies = "/etc/tessera/github.cedar"
 //! schema = "/etc/tessera/github.cedarschema"
@@ -368,7 +374,11 @@ impl GatewayConfig {
             parsed
         );
         over!("TESSERA_GATEWAY_RESOURCE_URL", self.resource_url, some);
-        over!("TESSERA_GATEWAY_TOKEN_TTL_SECS", self.token_ttl_secs, parsed);
+        over!(
+            "TESSERA_GATEWAY_TOKEN_TTL_SECS",
+            self.token_ttl_secs,
+            parsed
+        );
         // `dangerous_pass_through` has no variable on purpose: only the file or the loud
         // `--dangerous-pass-through` flag turn the checks off.
         Ok(())
@@ -546,7 +556,10 @@ mod tests {
     #[test]
     fn bearer_defaults_its_resource_to_the_listen_address() {
         let cfg = load(&format!("accept = \"both\"\n{UP}"), &[]).unwrap();
-        let server = cfg.bearer("127.0.0.1:8443".parse().unwrap()).unwrap().unwrap();
+        let server = cfg
+            .bearer("127.0.0.1:8443".parse().unwrap())
+            .unwrap()
+            .unwrap();
         assert_eq!(server.resource(), "https://127.0.0.1:8443/mcp");
         assert_eq!(server.issuer(), "https://127.0.0.1:8443");
         assert!(server.accepted().mtls);
@@ -554,7 +567,10 @@ mod tests {
             UP,
             &[
                 ("TESSERA_GATEWAY_ACCEPT", "bearer"),
-                ("TESSERA_GATEWAY_RESOURCE_URL", "https://gw.acme.corp/github/mcp"),
+                (
+                    "TESSERA_GATEWAY_RESOURCE_URL",
+                    "https://gw.acme.corp/github/mcp",
+                ),
             ],
         )
         .unwrap();

@@ -35,7 +35,10 @@ use tower::ServiceExt;
 /// An MCP-aware reverse proxy that gives an MCP server you did not write (any language,
 /// streamable HTTP or stdio) the checks a server linking tessera-verify makes.
 ///
-/// Clients connect over TLS presenting their task SVID (mTLS); the gateway's own SVID,
+/// Clients connect over TLS presenting their task SVID (mTLS), or, with accept = "bearer"
+/// or "both", an access token from the gateway's own token endpoint (<issuer>/oauth/token:
+/// a task's JWT-SVID in, a token out; a request with no credential gets 401 naming the
+/// Protected Resource Metadata). The gateway's own SVID,
 /// spiffe://<trust_domain>/mcp/<server_name>, comes from the agent's workload socket, so
 /// register the gateway binary with the agent as that MCP server. Every request is then
 /// parsed once and decided exactly as a linked server decides it (revocation, task scopes,
@@ -43,8 +46,9 @@ use tower::ServiceExt;
 /// shape; tools/resources/prompts lists come back filtered; a task that ends is refused on
 /// its next request and its open streams close.
 ///
-/// What reaches the upstream: never the caller's credential (Authorization, Cookie and any
-/// inbound Tessera-* header are dropped; only MCP headers pass), and, for a loopback or
+/// What reaches the upstream: never the caller's credential, bearer token included
+/// (Authorization, Cookie and any inbound Tessera-* header are dropped; only MCP headers
+/// pass), and, for a loopback or
 /// unix-socket upstream, the caller's identity as headers an upstream can log or scope by:
 ///   Tessera-Client   spiffe://<td>/client/<client>
 ///   Tessera-Task     spiffe://<td>/client/<client>/task/<id>
@@ -60,6 +64,9 @@ use tower::ServiceExt;
 ///   server_name = "github"
 ///   workload_socket = "/run/tessera/workload.sock"
 ///   listen = "0.0.0.0:8443"
+///   accept = "both"                    # mtls (default) | bearer | both
+///   resource_url = "https://github-mcp.internal:8443/mcp"   # default https://<listen>/mcp
+///   token_ttl_secs = 300               # require_cert_bound_tokens = true: RFC 8705 tokens only
 ///   ops_listen = "127.0.0.1:9090"      # /healthz /readyz /metrics
 ///   policies = "github.cedar"
 ///   schema = "github.cedarschema"

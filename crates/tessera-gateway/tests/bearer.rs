@@ -57,13 +57,20 @@ async fn a_task_without_a_certificate_calls_with_a_token_the_upstream_never_sees
     let requests = gw.upstream_requests();
     let call = requests
         .iter()
-        .find(|r| r["body"].as_str().is_some_and(|b| b.contains("get_pull_request")))
+        .find(|r| {
+            r["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("get_pull_request"))
+        })
         .expect("the allowed call reached the upstream");
     assert_eq!(call["headers"]["tessera-task"], json!(task.spiffe_id));
     assert!(!requests.is_empty());
     for r in &requests {
         assert!(r["headers"].get("authorization").is_none(), "{r}");
-        assert!(!r.to_string().contains(&token.token), "the token reached the upstream");
+        assert!(
+            !r.to_string().contains(&token.token),
+            "the token reached the upstream"
+        );
     }
 
     // EndTask: the still-unexpired token is refused before the proxy, as 401 invalid_token.
@@ -126,8 +133,11 @@ async fn with_accept_both_a_certificate_still_works_and_no_credential_is_challen
     let out = conn.call("get_pull_request", pr()).await;
     assert!(out.is_ok(), "{out:?}\n{}", gw.gateway.log_text());
     conn.close().await;
-    assert!(gw.upstream_requests().iter().any(|r| r["headers"]["tessera-task"]
-        == json!(task.spiffe_id)));
+    assert!(
+        gw.upstream_requests()
+            .iter()
+            .any(|r| r["headers"]["tessera-task"] == json!(task.spiffe_id))
+    );
 
     // Neither a certificate nor a token: 401 naming the Protected Resource Metadata, and
     // nothing forwarded.

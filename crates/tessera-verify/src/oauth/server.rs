@@ -150,8 +150,8 @@ mod tests {
 
     #[test]
     fn the_issuer_is_the_resource_origin() {
-        let s = OAuthServer::new("https://mcp.acme.corp:8443/github/mcp", AcceptedAuth::BOTH)
-            .unwrap();
+        let s =
+            OAuthServer::new("https://mcp.acme.corp:8443/github/mcp", AcceptedAuth::BOTH).unwrap();
         assert_eq!(s.issuer(), "https://mcp.acme.corp:8443");
         assert_eq!(s.resource(), "https://mcp.acme.corp:8443/github/mcp");
     }
