@@ -48,8 +48,8 @@ use tower::ServiceExt;
 ///
 /// What reaches the upstream: never the caller's credential, bearer token included
 /// (Authorization, Cookie and any inbound Tessera-* header are dropped; only MCP headers
-/// pass), and, for a loopback or
-/// unix-socket upstream, the caller's identity as headers an upstream can log or scope by:
+/// pass), and, for a loopback or unix-socket upstream, the caller's
+/// identity as headers an upstream can log or scope by:
 ///   Tessera-Client   spiffe://<td>/client/<client>
 ///   Tessera-Task     spiffe://<td>/client/<client>/task/<id>
 ///   Tessera-Subject  the user the task acts for (percent-encoded outside visible ASCII)
