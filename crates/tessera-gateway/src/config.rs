@@ -8,6 +8,12 @@
 //! # The agent's workload socket: the gateway's SVID, the bundle, the revocation feed.
 //! workload_socket = "/run/tessera/workload.sock"
 //! listen = "0.0.0.0:8443"          # TLS (mTLS with task SVIDs)
+//! # Bearer tokens too (optional): mtls (default), bearer or both. With bearer or both the
+//! # gateway serves /oauth/token and the RFC 8414 / RFC 9728 metadata.
+//! # accept = "both"
+//! # require_cert_bound_tokens = false   # true: tokens bound to the connection's cert (RFC 8705)
+//! # resource_url = "https://github-mcp.internal:8443/mcp"   # default https://<listen>/mcp
+//! # token_ttl_secs = 300                # 10 ..= 3600
 //! ops_listen = "127.0.0.1:9090"    # plain HTTP: /healthz, /readyz, /metrics
 //! policies = "/etc/tessera/github.cedar"
 //! schema = "/etc/tessera/github.cedarschema"
@@ -26,6 +32,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tessera_verify::oauth::{AcceptedAuth, OAuthServer};
 
 use crate::upstream::stdio::StdioConfig;
 
@@ -87,8 +94,52 @@ pub struct GatewayConfig {
     /// forward every request unparsed and unchecked. Never protects anything.
     #[serde(default)]
     pub dangerous_pass_through: bool,
+    /// Which credentials callers may present: `mtls` (a task SVID as the TLS client
+    /// certificate), `bearer` (an access token from the gateway's own token endpoint;
+    /// a client certificate is optional and never enough alone) or `both`.
+    #[serde(default)]
+    pub accept: Accept,
+    /// Refuse access tokens not bound to the client certificate of the connection they
+    /// arrive on (RFC 8705): a stolen bound token is useless without the task's key.
+    /// Needs `accept = "both"` (or `"bearer"`, which then still requires a certificate).
+    #[serde(default)]
+    pub require_cert_bound_tokens: bool,
+    /// The URL clients dial, e.g. `https://github-mcp.internal:8443/mcp`: the OAuth
+    /// resource every token is for; its origin is the issuer (the audience of the
+    /// JWT-SVIDs tasks trade at the token endpoint). Default `https://<listen>/mcp`.
+    #[serde(default)]
+    pub resource_url: Option<String>,
+    /// Lifetime of the access tokens the gateway issues, 10 to 3600 seconds (a token
+    /// never outlives its assertion, the task's deadline or the gateway's SVID).
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_secs: u64,
     /// The upstream MCP server.
     pub upstream: UpstreamConfig,
+}
+
+/// Which credentials callers may present (`accept`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accept {
+    /// A task (or client) X.509-SVID as the TLS client certificate; no token endpoint.
+    #[default]
+    Mtls,
+    /// An access token from the gateway's token endpoint (`Authorization: Bearer`).
+    Bearer,
+    /// Either; a request with both must carry a token bound to that certificate.
+    Both,
+}
+
+impl std::str::FromStr for Accept {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mtls" => Ok(Self::Mtls),
+            "bearer" => Ok(Self::Bearer),
+            "both" => Ok(Self::Both),
+            _ => Err(format!("{s:?}: expected mtls, bearer or both")),
+        }
+    }
 }
 
 /// `[upstream]`: exactly one of `http`, `unix` (+ `path`) or `[upstream.stdio]`.
@@ -173,6 +224,9 @@ fn default_max_request_bytes() -> usize {
 fn default_max_response_bytes() -> usize {
     DEFAULT_MAX_RESPONSE_BYTES
 }
+fn default_token_ttl() -> u64 {
+    300
+}
 fn default_unix_path() -> String {
     "/mcp".to_owned()
 }
@@ -220,6 +274,7 @@ impl GatewayConfig {
         })?;
         cfg.apply_env(env)?;
         cfg.upstream()?;
+        cfg.bearer(cfg.listen)?;
         if cfg.max_request_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "max_request_bytes below 1024 cannot carry an MCP request".into(),
@@ -312,9 +367,67 @@ impl GatewayConfig {
             self.identity_headers_to_remote,
             parsed
         );
+        over!("TESSERA_GATEWAY_ACCEPT", self.accept, parsed);
+        over!(
+            "TESSERA_GATEWAY_REQUIRE_CERT_BOUND_TOKENS",
+            self.require_cert_bound_tokens,
+            parsed
+        );
+        over!("TESSERA_GATEWAY_RESOURCE_URL", self.resource_url, some);
+        over!(
+            "TESSERA_GATEWAY_TOKEN_TTL_SECS",
+            self.token_ttl_secs,
+            parsed
+        );
         // `dangerous_pass_through` has no variable on purpose: only the file or the loud
         // `--dangerous-pass-through` flag turn the checks off.
         Ok(())
+    }
+
+    /// The bearer path for a gateway listening on `listen` (the default resource URL's
+    /// origin), checked; `None` when only client certificates are accepted.
+    ///
+    /// # Errors
+    /// Bearer keys on an mTLS-only gateway, bearer with `dangerous_pass_through`, a
+    /// token lifetime outside 10 s ..= 1 h, or a resource URL that is not plain `https`.
+    pub fn bearer(&self, listen: SocketAddr) -> Result<Option<OAuthServer>, ConfigError> {
+        if self.accept == Accept::Mtls {
+            if self.require_cert_bound_tokens || self.resource_url.is_some() {
+                return Err(ConfigError::Invalid(
+                    "require_cert_bound_tokens and resource_url are for bearer tokens; \
+                     set accept = \"both\" (or \"bearer\")"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        if self.dangerous_pass_through {
+            return Err(ConfigError::Invalid(
+                "dangerous_pass_through is an mTLS benchmark baseline; drop accept".into(),
+            ));
+        }
+        if !(10..=3600).contains(&self.token_ttl_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "token_ttl_secs {}: must be between 10 and 3600",
+                self.token_ttl_secs
+            )));
+        }
+        let resource = match &self.resource_url {
+            Some(u) => u.clone(),
+            None => format!("https://{listen}/mcp"),
+        };
+        let mut accepted = match self.accept {
+            Accept::Both => AcceptedAuth::BOTH,
+            _ => AcceptedAuth::BEARER,
+        };
+        if self.require_cert_bound_tokens {
+            accepted = accepted.require_cert_bound_tokens();
+        }
+        let server = OAuthServer::new(&resource, accepted)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?
+            .with_token_ttl(std::time::Duration::from_secs(self.token_ttl_secs))
+            .with_resource_name(format!("tessera-gateway ({})", self.server_name));
+        Ok(Some(server))
     }
 
     /// The upstream, checked: exactly one kind, an `http://` URL with a host.
@@ -429,5 +542,65 @@ mod tests {
             &[("TESSERA_GATEWAY_LISTEN", "nope")],
         );
         assert!(matches!(bad, Err(ConfigError::Env { .. })));
+    }
+
+    const UP: &str = "[upstream]\nhttp = \"http://127.0.0.1:1/mcp\"";
+
+    #[test]
+    fn bearer_tokens_are_off_unless_asked_for() {
+        let cfg = load(UP, &[]).unwrap();
+        assert_eq!(cfg.accept, Accept::Mtls);
+        assert!(cfg.bearer(cfg.listen).unwrap().is_none());
+    }
+
+    #[test]
+    fn bearer_defaults_its_resource_to_the_listen_address() {
+        let cfg = load(&format!("accept = \"both\"\n{UP}"), &[]).unwrap();
+        let server = cfg
+            .bearer("127.0.0.1:8443".parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(server.resource(), "https://127.0.0.1:8443/mcp");
+        assert_eq!(server.issuer(), "https://127.0.0.1:8443");
+        assert!(server.accepted().mtls);
+        let cfg = load(
+            UP,
+            &[
+                ("TESSERA_GATEWAY_ACCEPT", "bearer"),
+                (
+                    "TESSERA_GATEWAY_RESOURCE_URL",
+                    "https://gw.acme.corp/github/mcp",
+                ),
+            ],
+        )
+        .unwrap();
+        let server = cfg.bearer(cfg.listen).unwrap().unwrap();
+        assert_eq!(server.issuer(), "https://gw.acme.corp");
+        assert!(!server.accepted().mtls);
+        assert!(server.accepted().allows_connections_without_certificate());
+    }
+
+    #[test]
+    fn bearer_settings_that_cannot_work_are_refused_at_load() {
+        for extra in [
+            "require_cert_bound_tokens = true",
+            "resource_url = \"https://h/mcp\"",
+            "accept = \"both\"\nresource_url = \"http://h/mcp\"",
+            "accept = \"both\"\nresource_url = \"https://u@h/mcp\"",
+            "accept = \"both\"\ntoken_ttl_secs = 5",
+            "accept = \"both\"\ntoken_ttl_secs = 7200",
+            "accept = \"both\"\ndangerous_pass_through = true",
+        ] {
+            let r = load(&format!("{extra}\n{UP}"), &[]);
+            assert!(matches!(r, Err(ConfigError::Invalid(_))), "{extra}");
+        }
+        assert!(matches!(
+            load(&format!("accept = \"oauth\"\n{UP}"), &[]),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            load(UP, &[("TESSERA_GATEWAY_ACCEPT", "any")]),
+            Err(ConfigError::Env { .. })
+        ));
     }
 }

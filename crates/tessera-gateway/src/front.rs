@@ -2,10 +2,14 @@
 //! SVID verified against the trust domain's bundle by tessera-verify's `ServerTlsBuilder`
 //! config), parses the peer once per connection, and serves HTTP/1.1 or HTTP/2 with the
 //! `Arc<Peer>` and the connection's span in every request, as a linked server does.
+//! With bearer tokens accepted the certificate may be optional: then the token endpoint
+//! and the bearer layer in front of the proxy put the token's peer where the
+//! certificate's would be.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use tessera_verify::oauth::CertThumbprint;
 use tessera_verify::{ConnectionSpan, Peer, unread};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -16,6 +20,9 @@ use tracing::Instrument;
 pub enum PeerMode {
     /// Required, verified at the handshake, parsed; its peer goes into every request.
     Required,
+    /// Optional (bearer tokens accepted): when presented, verified at the handshake and
+    /// parsed as when required; when not, the request's token has to prove the caller.
+    Optional,
     /// Verified at the handshake, not parsed (the pass-through benchmark baseline).
     Skip,
 }
@@ -69,9 +76,12 @@ where
                         return;
                     }
                 };
+                let chain = tls.get_ref().1.peer_certificates();
+                let presented = chain.is_some_and(|c| !c.is_empty());
                 let peer = match peers {
                     PeerMode::Skip => None,
-                    PeerMode::Required => match Peer::from_chain(tls.get_ref().1.peer_certificates()) {
+                    PeerMode::Optional if !presented => None,
+                    PeerMode::Required | PeerMode::Optional => match Peer::from_chain(chain) {
                         Ok(p) => {
                             conn.record_peer(&p);
                             Some(Arc::new(p))
@@ -82,6 +92,12 @@ where
                         }
                     },
                 };
+                // What a token issued on, or presented over, this connection is bound to
+                // (RFC 8705).
+                let thumbprint = peer
+                    .as_ref()
+                    .and(chain.and_then(|c| c.first()))
+                    .map(|leaf| CertThumbprint::of_der(leaf));
                 tracing::debug!("connection accepted");
                 let executor = InConnection(conn.span().clone());
                 let svc = tower::ServiceBuilder::new()
@@ -89,6 +105,9 @@ where
                         req.extensions_mut().insert(conn.clone());
                         if let Some(p) = &peer {
                             req.extensions_mut().insert(p.clone());
+                        }
+                        if let Some(t) = thumbprint {
+                            req.extensions_mut().insert(t);
                         }
                         req
                     })

@@ -35,7 +35,10 @@ use tower::ServiceExt;
 /// An MCP-aware reverse proxy that gives an MCP server you did not write (any language,
 /// streamable HTTP or stdio) the checks a server linking tessera-verify makes.
 ///
-/// Clients connect over TLS presenting their task SVID (mTLS); the gateway's own SVID,
+/// Clients connect over TLS presenting their task SVID (mTLS), or, with accept = "bearer"
+/// or "both", an access token from the gateway's own token endpoint (<issuer>/oauth/token:
+/// a task's JWT-SVID in, a token out; a request with no credential gets 401 naming the
+/// Protected Resource Metadata). The gateway's own SVID,
 /// spiffe://<trust_domain>/mcp/<server_name>, comes from the agent's workload socket, so
 /// register the gateway binary with the agent as that MCP server. Every request is then
 /// parsed once and decided exactly as a linked server decides it (revocation, task scopes,
@@ -43,9 +46,10 @@ use tower::ServiceExt;
 /// shape; tools/resources/prompts lists come back filtered; a task that ends is refused on
 /// its next request and its open streams close.
 ///
-/// What reaches the upstream: never the caller's credential (Authorization, Cookie and any
-/// inbound Tessera-* header are dropped; only MCP headers pass), and, for a loopback or
-/// unix-socket upstream, the caller's identity as headers an upstream can log or scope by:
+/// What reaches the upstream: never the caller's credential, bearer token included
+/// (Authorization, Cookie and any inbound Tessera-* header are dropped; only MCP headers
+/// pass), and, for a loopback or unix-socket upstream, the caller's
+/// identity as headers an upstream can log or scope by:
 ///   Tessera-Client   spiffe://<td>/client/<client>
 ///   Tessera-Task     spiffe://<td>/client/<client>/task/<id>
 ///   Tessera-Subject  the user the task acts for (percent-encoded outside visible ASCII)
@@ -60,6 +64,9 @@ use tower::ServiceExt;
 ///   server_name = "github"
 ///   workload_socket = "/run/tessera/workload.sock"
 ///   listen = "0.0.0.0:8443"
+///   accept = "both"                    # mtls (default) | bearer | both
+///   resource_url = "https://github-mcp.internal:8443/mcp"   # default https://<listen>/mcp
+///   token_ttl_secs = 300               # require_cert_bound_tokens = true: RFC 8705 tokens only
 ///   ops_listen = "127.0.0.1:9090"      # /healthz /readyz /metrics
 ///   policies = "github.cedar"
 ///   schema = "github.cedarschema"
@@ -184,7 +191,19 @@ async fn run(cfg: GatewayConfig, check_only: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let mut tls = ServerTlsBuilder::new(trust.clone()).build()?;
+    // The bearer path, if any, is checked before anything is served; a client certificate
+    // stays required unless tokens that need none are accepted, and one that is presented
+    // is always verified in full.
+    let oauth = cfg.bearer(addr)?;
+    let mut tls_builder = ServerTlsBuilder::new(trust.clone());
+    let peers = match &oauth {
+        Some(o) if o.accepted().allows_connections_without_certificate() => {
+            tls_builder = tls_builder.client_certificate_optional();
+            PeerMode::Optional
+        }
+        _ => PeerMode::Required,
+    };
+    let mut tls = tls_builder.build()?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let metrics = Metrics::new();
@@ -258,7 +277,6 @@ async fn run(cfg: GatewayConfig, check_only: bool) -> anyhow::Result<()> {
         .layer(StreamGuardLayer::new(authz.clone()))
         .layer(SessionBindingLayer::with_binding(Arc::new(binding)))
         .service(proxy);
-
     let ready: ops::ReadyCheck = {
         let (trust, revocations) = (trust.clone(), revocations.clone());
         Arc::new(move || {
@@ -280,9 +298,25 @@ async fn run(cfg: GatewayConfig, check_only: bool) -> anyhow::Result<()> {
         })
     };
     let ops_addr = start_ops(&cfg, metrics, ready).await?;
-    tracing::info!(%server_id, %addr, identity_headers, "gateway serving MCP over mTLS");
+    // The bearer path in front: the token endpoint and its metadata, then the resource
+    // server (metadata, the token check, step-up), so a bearer caller reaches the session
+    // binding and the proxy with a Peer exactly where a certificate would have put one.
+    let Some(oauth) = oauth else {
+        tracing::info!(%server_id, %addr, identity_headers, "gateway serving MCP over mTLS");
+        announce(addr, ops_addr)?;
+        return Ok(front::serve(listener, acceptor, service, peers).await?);
+    };
+    let (token_endpoint, bearer) = oauth.layers(trust, revocations, authz)?;
+    let service = tower::ServiceBuilder::new()
+        .layer(token_endpoint)
+        .layer(bearer)
+        .service(service);
+    tracing::info!(
+        %server_id, %addr, identity_headers, resource = oauth.resource(), issuer = oauth.issuer(),
+        "gateway serving MCP (bearer tokens from {}/oauth/token)", oauth.issuer()
+    );
     announce(addr, ops_addr)?;
-    Ok(front::serve(listener, acceptor, service, PeerMode::Required).await?)
+    Ok(front::serve(listener, acceptor, service, peers).await?)
 }
 
 async fn start_ops(

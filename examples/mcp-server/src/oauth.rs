@@ -8,10 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use tessera_verify::oauth::{
-    AcceptedAuth, AccessTokenVerifier, BearerAuthLayer, ProtectedResourceMetadata,
-    TokenEndpointConfig, TokenEndpointLayer,
-};
+use tessera_verify::oauth::{AcceptedAuth, BearerAuthLayer, OAuthServer, TokenEndpointLayer};
 use tessera_verify::{Authorizer, RevocationWatcher, TrustSource};
 
 /// Shortest and longest access-token lifetime this server issues: below 10 s a client
@@ -95,8 +92,7 @@ impl OAuthPlan {
 
     /// The token endpoint (with its RFC 8414 metadata) and the resource server (RFC 9728
     /// metadata, the bearer check, step-up), to stack in that order in front of the MCP
-    /// service. Both sign or check with this server's own SVID from `trust`, and follow
-    /// `revocations`; the resource server decides with `authz`, as `Enforced` does.
+    /// service: tessera-verify's [`OAuthServer`], as tessera-gateway builds it too.
     ///
     /// # Errors
     /// A resource or issuer the library refuses.
@@ -106,21 +102,10 @@ impl OAuthPlan {
         revocations: RevocationWatcher,
         authz: Arc<Authorizer>,
     ) -> anyhow::Result<(TokenEndpointLayer, BearerAuthLayer)> {
-        let config = TokenEndpointConfig::new(&self.resource)
-            .and_then(|c| c.with_issuer(&self.issuer))
-            .and_then(|c| c.with_token_ttl(self.token_ttl))
-            .context("the token endpoint's configuration")?;
-        let token_endpoint = TokenEndpointLayer::new(config, trust.clone(), revocations.clone());
-        let verifier = AccessTokenVerifier::new(trust, &self.issuer, &self.resource)
-            .with_revocations(revocations);
-        // No scopes_supported: an SDK asks for all it lists when a challenge names none,
-        // and a task holds only some; without it the token gets the task's own scopes.
-        let metadata = ProtectedResourceMetadata::new(&self.resource, &self.issuer)
-            .context("the protected resource metadata")?
-            .with_resource_name("tessera example MCP server (github)");
-        let bearer = BearerAuthLayer::new(verifier, authz, metadata, self.accepted())
-            .context("the bearer layer")?;
-        Ok((token_endpoint, bearer))
+        Ok(OAuthServer::new(&self.resource, self.accepted())?
+            .with_token_ttl(self.token_ttl)
+            .with_resource_name("tessera example MCP server (github)")
+            .layers(trust, revocations, authz)?)
     }
 }
 
@@ -156,31 +141,20 @@ impl OAuthArgs {
             Some(u) => u.clone(),
             None => format!("https://{listen}/mcp"),
         };
-        let issuer = origin(&resource)?;
+        let mtls = self.accept == Accept::Both;
+        // The library checks the URL and derives the issuer, as it will when serving.
+        let issuer = OAuthServer::new(&resource, AcceptedAuth::BOTH)
+            .with_context(|| format!("--resource-url {resource:?}"))?
+            .issuer()
+            .to_owned();
         Ok(Some(OAuthPlan {
-            mtls: self.accept == Accept::Both,
+            mtls,
             require_cert_bound_tokens: self.require_cert_bound_tokens,
             resource,
             issuer,
             token_ttl: self.token_ttl,
         }))
     }
-}
-
-/// `https://host:port` of an `https://host:port/path` resource URL, refusing anything a
-/// client could not dial as written (userinfo, query, fragment, another scheme).
-fn origin(resource: &str) -> anyhow::Result<String> {
-    let Some(rest) = resource.strip_prefix("https://") else {
-        bail!("--resource-url {resource:?}: must be an https:// URL");
-    };
-    if rest.contains(['?', '#', '@']) || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!("--resource-url {resource:?}: no userinfo, query or fragment (RFC 8707)");
-    }
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() {
-        bail!("--resource-url {resource:?}: no host");
-    }
-    Ok(format!("https://{authority}"))
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {

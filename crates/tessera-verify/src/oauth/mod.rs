@@ -9,6 +9,7 @@
 //! | [`prm`] | RFC 9728 Protected Resource Metadata: which authorization server mints tokens for this resource |
 //! | [`challenge`] | the `WWW-Authenticate: Bearer` challenges (401, 403 `insufficient_scope`) |
 //! | [`resource`] | [`BearerAuthLayer`]: the resource server in front of rmcp (which credentials, token checks, step-up) |
+//! | [`server`] | [`OAuthServer`]: both of the above for one resource URL, as every Tessera front wires them |
 //!
 //! Why the server's own X.509-SVID key signs: replicas of one server share an identity,
 //! not keys. A token carries its signer's chain (`x5c`); any replica accepts it when the
@@ -21,6 +22,7 @@ pub mod metadata;
 mod peer;
 pub mod prm;
 pub mod resource;
+pub mod server;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod token_endpoint;
@@ -38,6 +40,7 @@ pub use access_token::{
 pub use metadata::AuthorizationServerMetadata;
 pub use prm::{ProtectedResourceMetadata, ResourceMetadataError};
 pub use resource::{AcceptedAuth, BearerAuthLayer, BearerAuthService, BearerConfigError};
+pub use server::{OAuthServer, OAuthServerError};
 pub use token_endpoint::{
     TokenEndpointConfig, TokenEndpointConfigError, TokenEndpointLayer, TokenEndpointService,
 };
