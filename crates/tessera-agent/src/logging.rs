@@ -10,8 +10,11 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<()> {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
         _ => EnvFilter::try_new(&cfg.level)?,
     };
+    // Colour codes only for a terminal: in a file or a collector's pipe they are noise
+    // that breaks grep and log parsers.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.format {
         LogFormat::Json => builder

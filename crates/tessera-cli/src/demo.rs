@@ -7,14 +7,20 @@
 //! step's outcome is checked; the first one that does not behave as told fails the
 //! demo, naming the step.
 //!
+//! With `--cluster` the stage is a cluster on this machine (a real PostgreSQL, two
+//! `tessera-server` replicas, three agents), the runtime and the MCP server run on
+//! different nodes, and two more steps show what only a cluster has.
+//!
 //! | module | what it holds |
 //! |---|---|
 //! | `stage` | the binaries, the agent, the registrations, the consent and the MCP server |
+//! | `cluster` | `--cluster`: PostgreSQL, the replicas, the nodes, and steps 9 and 10 |
 //! | `story` | the eight steps, each checked |
 //! | `clients` | the same story from the Python and Node runtimes, when ready |
 //! | `narration` | how the demo speaks: steps, checks, details |
 
 mod clients;
+mod cluster;
 mod narration;
 mod stage;
 mod story;
@@ -32,6 +38,9 @@ Examples:
   cargo run --release --bin tessera -- demo
   # Leave the agent and MCP server running afterwards, to poke at them by hand:
   cargo run --release --bin tessera -- demo --keep
+  # The same story across a cluster on this machine: PostgreSQL, two tessera-server
+  # replicas, three agents (needs PostgreSQL's server binaries: Debian's `postgresql`):
+  cargo run --release --bin tessera -- demo --cluster
 
 After the eight steps, the Python and Node example runtimes (clients/) tell the same
 story when they are ready: a Python with tessera-client and mcp installed
@@ -52,6 +61,14 @@ pub struct DemoArgs {
     /// (also when TESSERA_DEMO_NO_BUILD is set).
     #[arg(long)]
     pub no_build: bool,
+
+    /// Tell the story across a cluster on this machine: a throwaway PostgreSQL (Debian's
+    /// `postgresql` binaries, or TESSERA_POSTGRES_BIN; run as the `postgres` user when
+    /// this is root), two tessera-server replicas and three agents ("nodes"). The runtime
+    /// runs on node-a, the MCP server on node-c; then a node is evicted and a replica
+    /// killed.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// Runs the demo.
@@ -61,19 +78,18 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     say("and an MCP server checks client, task, scope and policy on every single call.\n");
 
     let no_build = args.no_build || std::env::var_os("TESSERA_DEMO_NO_BUILD").is_some();
-    let bins = Binaries::locate(!no_build)?;
+    let bins = Binaries::locate(!no_build, args.cluster)?;
     let started = Instant::now();
-    let mut stage = Stage::start(&bins).await?;
+    let mut stage = if args.cluster {
+        cluster::start(&bins).await?
+    } else {
+        Stage::start(&bins).await?
+    };
     story::tell(&mut stage, &bins).await?;
-    clients::run(
-        &mut stage.admin,
-        CLIENT,
-        &stage.workload,
-        &stage.url,
-        SERVER,
-        SUBJECT,
-    )
-    .await?;
+    clients::run(&mut stage, CLIENT, SERVER, SUBJECT).await?;
+    if args.cluster {
+        cluster::tell(&mut stage, &bins).await?;
+    }
 
     say(&format!(
         "\nEvery step behaved as shown ({:.1} s).",
@@ -83,16 +99,39 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let dir = stage.dir.keep();
         let (workload, admin_socket) = (&stage.workload, &stage.admin_socket);
         let (url, http_port) = (&stage.url, stage.http_port);
-        say("\nStill running (Ctrl-C stops both):");
+        say("\nStill running (Ctrl-C stops everything):");
         say(&format!(
             "  agent admin socket     {}",
             admin_socket.display()
         ));
         say(&format!("  workload socket        {}", workload.display()));
         say(&format!("  MCP server             {url}"));
-        say(&format!(
-            "  metrics                http://127.0.0.1:{http_port}/metrics"
-        ));
+        if let Some(cluster) = &stage.cluster {
+            say(&format!(
+                "  PostgreSQL             127.0.0.1:{} (user postgres, password in {})",
+                cluster.pg.port(),
+                dir.join("pgpassword").display()
+            ));
+            for r in &cluster.replicas {
+                say(&format!(
+                    "  tessera-server {}      admin socket {}, nodes at {}",
+                    r.name,
+                    r.admin_socket.display(),
+                    r.node_listen
+                ));
+            }
+            for n in &cluster.nodes {
+                say(&format!(
+                    "  agent {}           admin socket {}",
+                    n.name,
+                    n.admin_socket.display()
+                ));
+            }
+        } else {
+            say(&format!(
+                "  metrics                http://127.0.0.1:{http_port}/metrics"
+            ));
+        }
         say(&format!("  files                  {}", dir.display()));
         say("Try:");
         say(&format!(

@@ -1,5 +1,4 @@
-//! `tools/call` through tessera-gateway, in one run, against the same Python MCP SDK
-//! upstream three ways:
+//! `tools/call` through tessera-gateway, in one run, against the same upstream three ways:
 //!
 //! - **direct**: the upstream over plain HTTP/1.1 on loopback (no TLS, no gateway);
 //! - **pass-through**: a gateway with `--dangerous-pass-through` (mTLS, nothing parsed or
@@ -14,6 +13,10 @@
 //! RSS and open fds with 1,000 client SSE streams open (2025-11-25 sessions, each with
 //! its `GET` stream held, 100 streams per HTTP/2 connection).
 //!
+//! The upstream is rmcp's streamable-HTTP server in this process (tens of microseconds a
+//! call, so the gateway's share shows); `GATEWAY_BENCH_UPSTREAM=python` puts the Python
+//! MCP SDK's server there instead (milliseconds a call of its own).
+//!
 //!     cargo bench -p tessera-gateway --bench gateway            # release
 //!     GATEWAY_BENCH_CALLS=3000 GATEWAY_BENCH_STREAMS=1000 ...   # knobs
 
@@ -23,7 +26,7 @@ mod gateway;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::{CONSENTED, Gw, V2026, meta2026, raw};
+use gateway::{CONSENTED, Gw, UpstreamKind, V2026, meta2026, raw};
 use serde_json::json;
 use tessera_e2e::{Samples, proc_cpu_time, proc_memory, proc_open_fds};
 
@@ -73,12 +76,20 @@ fn main() {
 async fn run() {
     let calls = knob("GATEWAY_BENCH_CALLS", 3000);
     let streams = knob("GATEWAY_BENCH_STREAMS", 1000);
-    let gw = Gw::try_start(
+    let kind = match std::env::var("GATEWAY_BENCH_UPSTREAM").as_deref() {
+        Ok("python") => UpstreamKind::Python {
+            log_requests: false,
+        },
+        Ok("rmcp") | Err(_) => UpstreamKind::Rmcp,
+        Ok(other) => panic!("GATEWAY_BENCH_UPSTREAM={other}: expected rmcp or python"),
+    };
+    let gw = Gw::try_start_with(
         "max_sessions_per_peer = 4000\nrevocation_staleness_secs = 600",
-        false,
+        kind,
     )
     .await
     .unwrap();
+    println!("upstream: {kind:?}");
     let (pt, pt_url) = gw
         .another_gateway("pass-through", &["--dangerous-pass-through"])
         .await

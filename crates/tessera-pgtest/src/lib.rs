@@ -1,4 +1,6 @@
-//! Test-only: a real, throwaway PostgreSQL server for the tests of `tessera-server`.
+//! A real, throwaway PostgreSQL server: for the tests of `tessera-server` and the
+//! cross-process suites, and for `tessera demo --cluster`. Never for a deployment (it
+//! runs with `fsync=off` and lives in a temporary directory).
 //!
 //! [`PgServer::start`] runs Debian's own binaries (`initdb`, then `postgres`, from
 //! `/usr/lib/postgresql/<highest version>/bin`, or the directory `TESSERA_POSTGRES_BIN`

@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::stage::Stage;
 use anyhow::{Context, bail};
 use serde_json::Value;
-use tessera_proto::tessera::v1 as pb;
-
-use crate::admin::Admin;
 
 /// Where to look for the clients: `TESSERA_DEMO_CLIENTS`, else the `clients/` of the
 /// repository this binary was built from.
@@ -78,13 +76,13 @@ fn node(clients: &Path) -> Result<(PathBuf, PathBuf), String> {
 
 /// Runs each client present as `client`, checks it told the story, and prints it.
 pub async fn run(
-    admin: &mut Admin,
+    stage: &mut Stage,
     client: &str,
-    workload: &Path,
-    url: &str,
     server: &str,
     subject: &str,
 ) -> anyhow::Result<()> {
+    let (workload, url) = (stage.workload.clone(), stage.url.clone());
+    let (workload, url) = (workload.as_path(), url.as_str());
     super::narration::say(
         "\n── Also in Python and Node (clients/): the same story through tessera-client and @tessera/client",
     );
@@ -137,16 +135,7 @@ pub async fn run(
         // The interpreter is the attested executable: register it as the same client,
         // which the consent already covers.
         let exe = std::fs::canonicalize(cmd.get_program())?;
-        admin
-            .create_entry(pb::CreateEntryRequest {
-                client: client.into(),
-                selectors: vec![
-                    format!("unix:uid:{}", crate::admin::current_uid().unwrap_or(0)),
-                    format!("unix:path:{}", exe.display()),
-                ],
-                ..Default::default()
-            })
-            .await?;
+        stage.register_client_exe(client, &exe).await?;
         let out = tokio::time::timeout(
             Duration::from_secs(60),
             tokio::task::spawn_blocking(move || cmd.output()),

@@ -293,31 +293,33 @@ pub(super) async fn tell(stage: &mut Stage, bins: &Binaries) -> anyhow::Result<(
     ));
 
     step(8, "The audit trail");
-    let records = stage.admin.list_audit(0, 1000).await?;
-    say("   agent (tessera audit):");
-    for r in &records {
-        detail(&format!(
-            "#{:<3} {:<18} {}",
-            r.seq,
-            r.kind,
-            summarize(&r.detail_json)
-        ));
-    }
-    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
-    for needed in ["entry.create", "consent.grant", "task.begin", "task.end"] {
-        if !kinds.contains(&needed) {
-            return Err(fail(
-                8,
-                format!("the agent's audit log has no {needed} record"),
+    let mut kinds: Vec<String> = Vec::new();
+    let mut begin_names_serial = false;
+    for (who, admin) in &mut stage.audits {
+        let records = admin.list_audit(0, 1000).await?;
+        say(&format!("   {who} (tessera audit):"));
+        for r in &records {
+            detail(&format!(
+                "#{:<3} {:<18} {}",
+                r.seq,
+                r.kind,
+                summarize(&r.detail_json)
             ));
         }
+        kinds.extend(records.iter().map(|r| r.kind.clone()));
+        // The task's first SVID is audited inside its task.begin record.
+        begin_names_serial |= records.iter().any(|r| {
+            r.kind == "task.begin"
+                && serde_json::from_str::<Value>(&r.detail_json)
+                    .is_ok_and(|d| d["svid"]["serial"].is_string())
+        });
     }
-    // The task's first SVID is audited inside its task.begin record.
-    if !records.iter().any(|r| {
-        r.kind == "task.begin"
-            && serde_json::from_str::<Value>(&r.detail_json)
-                .is_ok_and(|d| d["svid"]["serial"].is_string())
-    }) {
+    for needed in ["entry.create", "consent.grant", "task.begin", "task.end"] {
+        if !kinds.iter().any(|k| k == needed) {
+            return Err(fail(8, format!("the audit trail has no {needed} record")));
+        }
+    }
+    if !begin_names_serial {
         return Err(fail(
             8,
             "the agent's task.begin record names no SVID serial",
@@ -403,6 +405,7 @@ fn summarize(detail_json: &str) -> String {
         .and_then(Value::as_str)
         == Some("server");
     let line = pick(&[
+        "node",
         "client",
         "server",
         "spiffe_id",

@@ -1,7 +1,11 @@
-//! Shared by `tests/http_upstream.rs` and `benches/gateway.rs`: a real agent, the Python
-//! MCP SDK upstream (`tests/interop/python/upstream_server.py`) and the real
-//! `tessera-gateway` binary in front of it, plus raw MCP requests over mTLS.
+//! Shared by `tests/http_upstream.rs` and `benches/gateway.rs`: a real agent, an upstream
+//! (the Python MCP SDK's, `tests/interop/python/upstream_server.py`, or for the bench
+//! rmcp's in this process, [`rmcp_upstream`]) and the real `tessera-gateway` binary in
+//! front of it, plus raw MCP requests over mTLS.
 #![allow(dead_code)]
+
+#[path = "rmcp_upstream.rs"]
+pub mod rmcp_upstream;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -88,10 +92,34 @@ impl Proc {
     }
 }
 
-/// An agent, the Python upstream and the gateway in front of it.
+/// Which MCP server the gateway fronts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// The Python MCP SDK's server, a process of its own; with `log_requests` it writes
+    /// every request it receives to `Gw::requests_log`.
+    Python { log_requests: bool },
+    /// rmcp's server in this process (fast; logs nothing).
+    Rmcp,
+}
+
+/// A running upstream, stopped on drop.
+pub enum Upstream {
+    Python(Proc),
+    Rmcp(tokio::task::JoinHandle<()>),
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Upstream::Rmcp(task) = self {
+            task.abort();
+        }
+    }
+}
+
+/// An agent, an upstream and the gateway in front of it.
 pub struct Gw {
     pub agent: TestAgent,
-    pub upstream: Proc,
+    pub upstream: Upstream,
     pub gateway: Proc,
     /// `https://<gateway>/mcp`
     pub url: String,
@@ -110,11 +138,15 @@ impl Gw {
         Self::try_start("", true).await.unwrap()
     }
 
-    /// Starts everything; `extra_toml` goes into the gateway's file (before
-    /// `[upstream]`); without `log_requests` the upstream logs nothing (the bench).
+    /// Starts everything with the Python upstream; `extra_toml` goes into the gateway's
+    /// file (before `[upstream]`); without `log_requests` the upstream logs nothing.
     pub async fn try_start(extra_toml: &str, log_requests: bool) -> anyhow::Result<Gw> {
+        Self::try_start_with(extra_toml, UpstreamKind::Python { log_requests }).await
+    }
+
+    /// Starts everything with the upstream `kind`.
+    pub async fn try_start_with(extra_toml: &str, kind: UpstreamKind) -> anyhow::Result<Gw> {
         install_crypto_provider();
-        let python = tessera_e2e::interop::python().context("the interop venv")?;
         let agent = TestAgent::start("").await?;
         agent.register_self("code-reviewer").await?;
         agent.register_exe("", "github", &bin(GATEWAY_BIN)).await?;
@@ -123,15 +155,25 @@ impl Gw {
             .await?;
         let dir = agent.dir.path().to_owned();
         let requests_log = dir.join("upstream-requests.jsonl");
-        let mut up = Command::new(&python);
-        up.arg(UPSTREAM_PY);
-        if log_requests {
-            up.arg(&requests_log);
-        } else {
-            up.arg("-");
-        }
-        let upstream = Proc::start(up, dir.join("upstream.log"), 1).await?;
-        let upstream_addr = upstream.addr("listening on ");
+        let (upstream, upstream_addr) = match kind {
+            UpstreamKind::Python { log_requests } => {
+                let python = tessera_e2e::interop::python().context("the interop venv")?;
+                let mut up = Command::new(&python);
+                up.arg(UPSTREAM_PY);
+                if log_requests {
+                    up.arg(&requests_log);
+                } else {
+                    up.arg("-");
+                }
+                let proc = Proc::start(up, dir.join("upstream.log"), 1).await?;
+                let addr = proc.addr("listening on ");
+                (Upstream::Python(proc), addr)
+            }
+            UpstreamKind::Rmcp => {
+                let (addr, task) = rmcp_upstream::start().await?;
+                (Upstream::Rmcp(task), addr.to_string())
+            }
+        };
         let audit = dir.join("gateway-audit.jsonl");
         let config = dir.join("gateway.toml");
         std::fs::write(

@@ -177,23 +177,13 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
 /// Kills the child and whatever it started in its process group (`npx` runs the
 /// server as a grandchild, which killing `npx` alone would leave behind).
 async fn kill(child: &mut Child, pid: Option<u32>) {
-    if let Some(pid) = pid {
-        // The gateway links no libc binding (unsafe code is forbidden), so the group
-        // is signalled by the system's kill(1); where there is none (a distroless
-        // image), the child alone is killed below and a grandchild sees its stdin close.
-        for kill in ["/bin/kill", "/usr/bin/kill"] {
-            if std::path::Path::new(kill).is_file() {
-                let _ = Command::new(kill)
-                    .args(["-s", "KILL", "--", &format!("-{pid}")])
-                    .env_clear()
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .await;
-                break;
-            }
-        }
+    // The child leads its own group (`process_group(0)` at spawn) and is not reaped yet,
+    // so its pid, the group's id, cannot have been reused by another process.
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     let _ = child.start_kill();
     let _ = child.wait().await;
