@@ -124,6 +124,15 @@ fn ack_op(up_to: &mut u64, conn: &Connection, _effects: &mut Effects) -> Result<
     Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
 }
 
+/// What [`Store::journal_pending`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalPending {
+    /// Events waiting to be acknowledged.
+    pub events: u64,
+    /// How many of them are ends.
+    pub ends: u64,
+}
+
 // === impl Store: the journal ===
 
 impl Store {
@@ -165,6 +174,19 @@ impl Store {
             .fetch_one(&self.inner.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// How many events wait to be acknowledged, and whether any of them is an end (the
+    /// reporter sends ends at once and lets lone begins gather into one request).
+    pub async fn journal_pending(&self) -> Result<JournalPending, StoreError> {
+        let (events, ends): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(kind = 'ended'), 0) FROM task_events")
+                .fetch_one(&self.inner.pool)
+                .await?;
+        Ok(JournalPending {
+            events: u64::try_from(events).unwrap_or(0),
+            ends: u64::try_from(ends).unwrap_or(0),
+        })
     }
 
     /// Deletes every event up to and including `seq` (the server acknowledged them

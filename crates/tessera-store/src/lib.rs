@@ -55,7 +55,9 @@ pub use entry::{Entry, EntryKind, NewEntry};
 pub use error::{
     Conflict, DatabaseError, InvalidInput, NotFound, OpenError, StoreError, Unavailable,
 };
-pub use journal::{JournalEntry, MAX_JOURNAL_BATCH, TaskBegun, TaskEnded, TaskEvent};
+pub use journal::{
+    JournalEntry, JournalPending, MAX_JOURNAL_BATCH, TaskBegun, TaskEnded, TaskEvent,
+};
 pub use limits::{
     MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_KIND_LEN, MAX_AUDIT_PAGE, MAX_CLIENT_LEN, MAX_PURPOSE_LEN,
     MAX_REASON_LEN, MAX_SCOPE_LEN, MAX_SCOPES, MAX_SELECTOR_LEN, MAX_SELECTORS, MAX_SERIAL_HEX_LEN,

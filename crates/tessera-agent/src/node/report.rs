@@ -8,6 +8,13 @@
 //! sent twice (the answer lost, the agent killed before deleting) is harmless. While the
 //! server is away the journal grows and tasks keep beginning and ending here; the loop
 //! retries with backoff and the backlog flows once it is back.
+//!
+//! Ends are what other nodes wait for (a task's revocation crosses the cluster through
+//! the server), so a journal holding an end is sent at once. Begins only tell the server
+//! which node owns a task, so lone begins wait up to [`BEGIN_LINGER`] for company: under
+//! load they go as one request (the server's cost per event falls ~30× from a batch of 1
+//! to one of 100), instead of one report per BeginTask competing with the next
+//! BeginTask for the node's CPU.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +35,9 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A journal the loop was not woken for is looked at this often anyway (a wake-up is
 /// only a hint; the journal is the truth).
 const RECHECK: Duration = Duration::from_secs(5);
+
+/// How long journaled begins with no end among them wait before they are sent.
+const BEGIN_LINGER: Duration = Duration::from_millis(250);
 
 /// Why a round of reporting stopped.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +76,9 @@ impl Reporter {
         let mut backoff = Backoff::default();
         loop {
             journaled.borrow_and_update();
+            if !self.linger(&mut journaled, &drain).await {
+                return;
+            }
             let wait = match self.send_pending().await {
                 Ok(()) => {
                     backoff.reset();
@@ -87,6 +100,35 @@ impl Reporter {
                     r = journaled.changed() => if r.is_err() { return },
                     () = tokio::time::sleep(RECHECK) => {}
                 },
+            }
+        }
+    }
+
+    /// Waits while the journal holds only begins, fewer than a batch, for at most
+    /// [`BEGIN_LINGER`]; returns at once when an end is journaled. False when the drain
+    /// started (or the journal's sender is gone) and the loop should stop.
+    async fn linger(
+        &self,
+        journaled: &mut tokio::sync::watch::Receiver<u64>,
+        drain: &drain::Watch,
+    ) -> bool {
+        let until = tokio::time::Instant::now() + BEGIN_LINGER;
+        loop {
+            match self.store.journal_pending().await {
+                Ok(p) if p.events > 0 && p.ends == 0 && p.events < MAX_JOURNAL_BATCH as u64 => {}
+                // Nothing to wait for, an end to send, a full batch, or a store error
+                // that sending will report.
+                _ => return true,
+            }
+            tokio::select! {
+                () = drain.signaled() => return false,
+                r = journaled.changed() => {
+                    if r.is_err() {
+                        return false;
+                    }
+                    journaled.borrow_and_update();
+                }
+                () = tokio::time::sleep_until(until) => return true,
             }
         }
     }

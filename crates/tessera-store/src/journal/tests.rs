@@ -171,3 +171,33 @@ async fn the_journal_survives_a_restart() {
     let reopened = crate::Store::open(&path).await.unwrap();
     assert_eq!(reopened.journal_batch(0, 10).await.unwrap(), before);
 }
+
+#[tokio::test]
+async fn pending_counts_events_and_ends_so_the_reporter_can_send_ends_at_once() {
+    let (_dir, _path, store) = open_temp().await;
+    store.set_journal_task_events(true);
+    let consent = granted_consent(&store, "c").await;
+    assert_eq!(
+        store.journal_pending().await.unwrap(),
+        crate::JournalPending::default()
+    );
+    begin(&store, "t1", "c", &consent.id, "0a").await;
+    begin(&store, "t2", "c", &consent.id, "0b").await;
+    let p = store.journal_pending().await.unwrap();
+    assert_eq!((p.events, p.ends), (2, 0), "begins only: may linger");
+    end(&store, "t1").await;
+    let p = store.journal_pending().await.unwrap();
+    assert_eq!((p.events, p.ends), (3, 1), "an end: send now");
+    let last = store
+        .journal_batch(0, 10)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .seq;
+    store.journal_ack(last).await.unwrap();
+    assert_eq!(
+        store.journal_pending().await.unwrap(),
+        crate::JournalPending::default()
+    );
+}

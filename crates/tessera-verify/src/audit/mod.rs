@@ -1,5 +1,9 @@
 //! Audit events: every decision as a `tracing` event (target `tessera_verify::audit`),
-//! and optionally as one JSON object per line in a file.
+//! and optionally as one JSON object per line in a file. With a file the event is at
+//! DEBUG, else at INFO: the file is then the record, and formatting and writing the
+//! same decision to the log as well cost ~40 µs of CPU per request at INFO (measured in
+//! tessera-gateway's bench: 230 µs per call against 187 µs), a fifth of the gateway's
+//! whole share.
 //!
 //! Fields: `client`, `task`, `subject`, `server`, `method`, `target`, `decision`
 //! (`allow`/`deny`), `reason` (stable, see [`crate::Reason::as_str`]), `policy_ids`,
@@ -116,8 +120,11 @@ impl AuditLog {
         decision: &Decision,
         latency: Duration,
     ) {
-        trace(server, peer, request, decision, latency);
-        let Some(file) = &self.file else { return };
+        let Some(file) = &self.file else {
+            trace(server, peer, request, decision, latency);
+            return;
+        };
+        trace_debug(server, peer, request, decision, latency);
         let line = Line {
             ts_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -209,7 +216,36 @@ fn write_lines(file: File, lines: Receiver<Message>) {
     let _ = out.flush();
 }
 
-/// Emits the `tracing` audit event.
+/// The `tracing` audit event at `$level` (`info` or `debug`); one field list for both.
+macro_rules! decision_event {
+    ($level:ident, $server:expr, $peer:expr, $request:expr, $decision:expr, $latency:expr) => {{
+        let (server, peer, request, decision, latency) =
+            ($server, $peer, $request, $decision, $latency);
+        tracing::$level!(
+            target: AUDIT_TARGET,
+            peer = %SpiffeId(peer),
+            auth = peer.auth_method().as_str(),
+            client = peer.client().map(|c| c.name.as_str()).unwrap_or(""),
+            task = %OrEmpty(peer.task().map(|t| &t.task)),
+            subject = peer.claims().map(|c| c.subject.as_str()).unwrap_or(""),
+            server = %server.name,
+            method = request.method.as_str(),
+            // The target (tool name, resource URI) and the detail (which can quote
+            // argument names) come from the peer: recorded as `str`, which text
+            // formatters quote and escape like `subject`, so a `\n` in them cannot end
+            // the line and forge another.
+            target = request.target.as_str(),
+            decision = if decision.allowed { "allow" } else { "deny" },
+            reason = decision.reason.as_str(),
+            policy_ids = ?decision.policy_ids,
+            detail = decision.detail.as_str(),
+            latency_us = latency.as_micros() as u64,
+            "authorization decision"
+        )
+    }};
+}
+
+/// Emits the `tracing` audit event at INFO: the record, when there is no audit file.
 pub(crate) fn trace(
     server: &ServerId,
     peer: &Peer,
@@ -217,26 +253,18 @@ pub(crate) fn trace(
     decision: &Decision,
     latency: Duration,
 ) {
-    tracing::info!(
-        target: AUDIT_TARGET,
-        peer = %SpiffeId(peer),
-        auth = peer.auth_method().as_str(),
-        client = peer.client().map(|c| c.name.as_str()).unwrap_or(""),
-        task = %OrEmpty(peer.task().map(|t| &t.task)),
-        subject = peer.claims().map(|c| c.subject.as_str()).unwrap_or(""),
-        server = %server.name,
-        method = request.method.as_str(),
-        // The target (tool name, resource URI) and the detail (which can quote argument
-        // names) come from the peer: recorded as `str`, which text formatters quote and
-        // escape like `subject`, so a `\n` in them cannot end the line and forge another.
-        target = request.target.as_str(),
-        decision = if decision.allowed { "allow" } else { "deny" },
-        reason = decision.reason.as_str(),
-        policy_ids = ?decision.policy_ids,
-        detail = decision.detail.as_str(),
-        latency_us = latency.as_micros() as u64,
-        "authorization decision"
-    );
+    decision_event!(info, server, peer, request, decision, latency);
+}
+
+/// The same event at DEBUG, beside an audit file that holds the record.
+fn trace_debug(
+    server: &ServerId,
+    peer: &Peer,
+    request: &McpRequest,
+    decision: &Decision,
+    latency: Duration,
+) {
+    decision_event!(debug, server, peer, request, decision, latency);
 }
 
 /// A peer's SPIFFE ID, written straight into the event or line that records it: the
