@@ -312,6 +312,36 @@ async fn main() {
         "server entry writes/s                            1 caller {one:.0}/s, {WRITERS} callers over both replicas {eight:.0}/s"
     );
 
+    // The writes above leave every agent applying their entries (and minting an SVID for
+    // each: an agent holds one per entry, matching workload or not) for a while after
+    // the last answer; BeginTask measured meanwhile measured that backlog (2x). Wait
+    // until the cluster agents' CPU is quiet, and say how long the catch-up took.
+    let settle = Instant::now();
+    let pids: Vec<u32> = agents.iter().filter_map(TestAgent::pid).collect();
+    let cpu = |pids: &[u32]| -> Duration {
+        pids.iter()
+            .filter_map(|p| tessera_e2e::proc_cpu_time(*p).ok())
+            .sum()
+    };
+    let busy_before = cpu(&pids);
+    loop {
+        let before = cpu(&pids);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if cpu(&pids) - before < Duration::from_millis(25) {
+            break;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(120),
+            "the agents never went quiet after the writes"
+        );
+    }
+    println!(
+        "agents applying the {} written entries: quiet {:.1?} after the last write, {:.1?} CPU over the 3 agents meanwhile",
+        WRITES + WRITES / WRITERS * WRITERS,
+        settle.elapsed().saturating_sub(Duration::from_millis(500)),
+        cpu(&pids) - busy_before
+    );
+
     // BeginTask: cluster agent vs standalone, interleaved in one loop.
     let standalone = TestAgent::start("task_max_live_per_process = 100000")
         .await
