@@ -14,13 +14,15 @@
 //! | module | what it holds |
 //! |---|---|
 //! | `stage` | the binaries, the agent, the registrations, the consent and the MCP server |
-//! | `cluster` | `--cluster`: PostgreSQL, the replicas, the nodes, and steps 9 and 10 |
+//! | `cluster` | `--cluster`: starts PostgreSQL, the replicas and the nodes; steps 9 and 10 |
+//! | `cluster_parts` | what a cluster stage holds: PostgreSQL, the replicas, the nodes |
 //! | `story` | the eight steps, each checked |
 //! | `clients` | the same story from the Python and Node runtimes, when ready |
 //! | `narration` | how the demo speaks: steps, checks, details |
 
 mod clients;
 mod cluster;
+mod cluster_parts;
 mod narration;
 mod stage;
 mod story;

@@ -7,7 +7,7 @@
 //! a cluster has: a node is evicted and its credentials stop working on the other nodes,
 //! and a replica is killed while a consent is withdrawn at the other.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use tessera_pgtest::PgServer;
 use tessera_proto::tessera::v1 as pb;
 use tessera_proto::tessera::v1::cluster_admin_client::ClusterAdminClient;
 
+use super::cluster_parts::{ClusterParts, NodeParts, ReplicaParts};
 use super::narration::{detail, ok, say, step};
 use super::stage::{
     Binaries, Children, PROPAGATION_PATIENCE, SERVER, SUBJECT, Stage, TRUST_DOMAIN, free_port,
@@ -27,41 +28,6 @@ use crate::transport::connect_unix;
 
 /// The nodes, in the order they are started.
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
-
-/// What only a cluster stage has.
-pub(super) struct ClusterParts {
-    /// Dropped after the stage's processes (see [`Stage`]'s field order).
-    pub(super) pg: PgServer,
-    pub(super) replicas: Vec<ReplicaParts>,
-    pub(super) nodes: Vec<NodeParts>,
-    /// The consent the story runs under.
-    pub(super) consent: String,
-}
-
-/// One `tessera-server` replica.
-pub(super) struct ReplicaParts {
-    pub(super) name: String,
-    pub(super) admin_socket: PathBuf,
-    /// Its Node API listener, `host:port`.
-    pub(super) node_listen: String,
-}
-
-/// One node's agent.
-pub(super) struct NodeParts {
-    pub(super) name: String,
-    pub(super) workload: PathBuf,
-    pub(super) admin_socket: PathBuf,
-    pub(super) admin: Admin,
-}
-
-impl ClusterParts {
-    fn node(&self, name: &str) -> &NodeParts {
-        self.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .expect("a node the demo started")
-    }
-}
 
 /// Starts PostgreSQL, the root, two replicas and three agents; registers once at
 /// replica r1 and grants at replica r2; waits until every agent holds all of it; starts

@@ -134,7 +134,7 @@ pub(super) struct Stage {
     /// directory is removed.
     pub(super) children: Children,
     /// With `--cluster`: PostgreSQL, the replicas and the nodes.
-    pub(super) cluster: Option<super::cluster::ClusterParts>,
+    pub(super) cluster: Option<super::cluster_parts::ClusterParts>,
     /// The temporary directory holding every file of the demo.
     pub(super) dir: TempDir,
     /// The workload socket of the agent the runtime runs beside.

@@ -104,7 +104,7 @@ pub enum UpstreamKind {
 
 /// A running upstream, stopped on drop.
 pub enum Upstream {
-    Python(Proc),
+    Python(Box<Proc>),
     Rmcp(tokio::task::JoinHandle<()>),
 }
 
@@ -167,7 +167,7 @@ impl Gw {
                 }
                 let proc = Proc::start(up, dir.join("upstream.log"), 1).await?;
                 let addr = proc.addr("listening on ");
-                (Upstream::Python(proc), addr)
+                (Upstream::Python(Box::new(proc)), addr)
             }
             UpstreamKind::Rmcp => {
                 let (addr, task) = rmcp_upstream::start().await?;
