@@ -20,8 +20,8 @@ use tessera_proto::tessera::v1::cluster_admin_client::ClusterAdminClient;
 use super::cluster_parts::{ClusterParts, NodeParts, ReplicaParts};
 use super::narration::{detail, ok, say, step};
 use super::stage::{
-    Binaries, Children, PROPAGATION_PATIENCE, SERVER, SUBJECT, Stage, TRUST_DOMAIN, free_port,
-    grant, register_entries, spawn, start_mcp_server, wait_for_admin,
+    Binaries, Children, PROPAGATION_PATIENCE, SERVER, SUBJECT, Stage, TRUST_DOMAIN, agent_toml,
+    free_port, grant, register_entries, spawn, start_mcp_server, wait_for_admin,
 };
 use crate::admin::Admin;
 use crate::transport::connect_unix;
@@ -127,22 +127,12 @@ pub(super) async fn start(bins: &Binaries) -> anyhow::Result<Stage> {
         std::fs::write(
             &config,
             format!(
-                "trust_domain = \"{TRUST_DOMAIN}\"\n\
-                 data_dir = \"{}\"\n\
-                 workload_socket = \"{}\"\n\
-                 admin_socket = \"{}\"\n\
-                 http_listen = \"127.0.0.1:{}\"\n\
-                 audit_log = \"{}\"\n\
-                 [server]\n\
+                "{}[server]\n\
                  addresses = [\"{}\", \"{}\"]\n\
                  bundle_file = \"{}\"\n\
                  join_token = \"{token}\"\n\
                  node_name = \"{name}\"\n",
-                node_root.join("data").display(),
-                workload.display(),
-                admin_socket.display(),
-                free_port()?,
-                node_root.join("audit.jsonl").display(),
+                agent_toml(&node_root, free_port()?),
                 replicas[first].node_listen,
                 replicas[second].node_listen,
                 ca.join("ca.crt").display(),

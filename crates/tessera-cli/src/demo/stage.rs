@@ -168,21 +168,7 @@ impl Stage {
         let admin_socket = root.join("run/admin.sock");
         let http_port = free_port()?;
         let config = root.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "trust_domain = \"{TRUST_DOMAIN}\"\n\
-                 data_dir = \"{}\"\n\
-                 workload_socket = \"{}\"\n\
-                 admin_socket = \"{}\"\n\
-                 http_listen = \"127.0.0.1:{http_port}\"\n\
-                 audit_log = \"{}\"\n",
-                root.join("data").display(),
-                workload.display(),
-                admin_socket.display(),
-                root.join("agent-audit.jsonl").display(),
-            ),
-        )?;
+        std::fs::write(&config, agent_toml(&root, http_port))?;
 
         // The agent.
         let mut children = Children(Vec::new());
@@ -250,6 +236,23 @@ impl Stage {
         }
         Ok(())
     }
+}
+
+/// The agent configuration both stages start from: its data, sockets and audit file
+/// under `root` (`data/`, `run/workload.sock`, `run/admin.sock`, `agent-audit.jsonl`).
+pub(super) fn agent_toml(root: &Path, http_port: u16) -> String {
+    format!(
+        "trust_domain = \"{TRUST_DOMAIN}\"\n\
+         data_dir = \"{}\"\n\
+         workload_socket = \"{}\"\n\
+         admin_socket = \"{}\"\n\
+         http_listen = \"127.0.0.1:{http_port}\"\n\
+         audit_log = \"{}\"\n",
+        root.join("data").display(),
+        root.join("run/workload.sock").display(),
+        root.join("run/admin.sock").display(),
+        root.join("agent-audit.jsonl").display(),
+    )
 }
 
 /// How long a registration may take to reach an agent before the demo gives up; the
