@@ -75,6 +75,17 @@ async fn report(
         .map(|r| r.into_inner().acknowledged_seq)
 }
 
+/// The whole answer: what was acknowledged and what was rejected.
+async fn report_answer(
+    node: &mut NodeClient<Channel>,
+    events: Vec<pb::TaskEvent>,
+) -> pb::ReportTaskEventsResponse {
+    node.report_task_events(pb::ReportTaskEventsRequest { events })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn follow(
     node: &mut NodeClient<Channel>,
     feed_id: &str,
@@ -240,26 +251,51 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
         (task.as_str(), "ended")
     );
 
-    // A node may only report its own tasks.
-    let refused = report(&mut b, vec![ended(1, &task)]).await.unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    assert!(refused.message().contains("worker-a"), "{refused:?}");
+    // A node may only report its own tasks: B's end of A's task is rejected by seq (the
+    // task, already ended, stays A's and revoked), and does not refuse the request.
+    let answer = report_answer(&mut b, vec![ended(1, &task)]).await;
+    assert_eq!(answer.acknowledged_seq, 1);
+    let [rejected] = &answer.rejected[..] else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(
+        (rejected.seq, rejected.reason()),
+        (1, pb::TaskEventRejection::TaskOfAnotherNode)
+    );
+    assert!(rejected.message.contains(&task), "{rejected:?}");
+    let (_, contested) = delta_revoking(&mut stream, &task).await;
+    assert_eq!(contested.revoked[0].node, "worker-a");
+    assert_eq!(
+        contested.revoked[0].reason, "ended",
+        "an ended task keeps its first reason"
+    );
+    let after_first = contested.version;
 
-    // Hostile input is refused by name, and stores nothing of the request.
+    // Hostile input is rejected by name, and the rest of the request is stored.
     let good = TaskId::new().to_string();
     let mut foreign = ended(2, &TaskId::new().to_string());
     if let Some(pb::task_event::Event::Ended(e)) = &mut foreign.event {
         e.spiffe_id = e.spiffe_id.replace(TD, "evil.test");
     }
-    let refused = report(&mut a, vec![ended(1, &good), foreign])
+    let answer = report_answer(&mut a, vec![ended(1, &good), foreign]).await;
+    assert_eq!(answer.acknowledged_seq, 2);
+    let [rejected] = &answer.rejected[..] else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(
+        (rejected.seq, rejected.reason()),
+        (2, pb::TaskEventRejection::Malformed)
+    );
+    assert!(rejected.message.starts_with("event 1 (seq 2)"), "{rejected:?}");
+    assert!(all_tasks(&one).await.iter().any(|t| t.id == good));
+    let (_, delta) = delta_revoking(&mut stream, &good).await;
+    assert_eq!(delta.from_version, after_first);
+    let after_first = delta.version;
+    // A request that is wrong as a whole is still refused.
+    let refused = report(&mut a, vec![ended(3, &good), ended(3, &good)])
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(
-        refused.message().starts_with("event 1 (seq 2)"),
-        "{refused:?}"
-    );
-    assert!(all_tasks(&one).await.iter().all(|t| t.id != good));
 
     // The next revocation follows the first directly: the resend published nothing.
     let second = TaskId::new().to_string();
@@ -306,22 +342,23 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
         .iter()
         .flat_map(|p| snapshot_of(p).revoked.iter().map(|t| t.task_id.clone()))
         .collect();
-    assert_eq!(ids, BTreeSet::from([task.clone(), second.clone()]));
+    assert_eq!(ids, BTreeSet::from([task.clone(), good.clone(), second.clone()]));
 
     let metrics = one.metrics();
     for line in [
-        "tessera_server_report_batches_total 3",
-        "tessera_server_revocations_published_total 2",
+        "tessera_server_report_batches_total 4",
+        "tessera_server_revocations_published_total 3",
+        "tessera_server_task_events_rejected_total{reason=\"malformed\"} 1",
         "tessera_server_node_calls_total{rpc=\"ReportTaskEvents\",code=\"InvalidArgument\"} 1",
         "tessera_server_revocation_stream_up 1",
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
-    // Node B, on replica two, was refused there and followed there.
+    // Node B, on replica two, was rejected there and followed there.
     let metrics = two.metrics();
     for line in [
-        "tessera_server_node_calls_total{rpc=\"ReportTaskEvents\",code=\"PermissionDenied\"} 1",
-        "tessera_server_revocation_deltas_sent_total 2",
+        "tessera_server_task_events_rejected_total{reason=\"task_of_another_node\"} 1",
+        "tessera_server_revocation_deltas_sent_total 4",
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
