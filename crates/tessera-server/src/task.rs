@@ -384,7 +384,7 @@ impl PgStore {
             )
             .collect();
         if !unsettled.is_empty() {
-            let owners: HashMap<String, String> = sqlx::query_as(
+            let owners: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
                 "SELECT id, node FROM tasks WHERE id = ANY($1) AND node <> $2",
             )
             .bind(unsettled.into_iter().collect::<Vec<_>>())
