@@ -264,6 +264,10 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
     );
     assert!(rejected.message.contains(&task), "{rejected:?}");
     let (_, contested) = delta_revoking(&mut stream, &task).await;
+    assert_eq!(
+        contested.from_version, after_first,
+        "the resend published nothing"
+    );
     assert_eq!(contested.revoked[0].node, "worker-a");
     assert_eq!(
         contested.revoked[0].reason, "ended",
@@ -297,7 +301,7 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
 
-    // The next revocation follows the first directly: the resend published nothing.
+    // The next revocation follows the one before directly.
     let second = TaskId::new().to_string();
     assert_eq!(report(&mut a, vec![ended(3, &second)]).await.unwrap(), 3);
     let (_, delta) = delta_revoking(&mut stream, &second).await;
