@@ -275,6 +275,55 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
     );
     let after_first = contested.version;
 
+    // B claiming a task A holds live: rejected, the task id revoked at once (contested),
+    // audited naming both nodes; the task stays A's.
+    let live = TaskId::new().to_string();
+    assert_eq!(
+        report(&mut a, vec![begun(3, &live, &consent)]).await.unwrap(),
+        3
+    );
+    let answer = report_answer(&mut b, vec![begun(2, &live, &consent)]).await;
+    assert_eq!(
+        answer
+            .rejected
+            .iter()
+            .map(|r| (r.seq, r.reason()))
+            .collect::<Vec<_>>(),
+        [(2, pb::TaskEventRejection::TaskOfAnotherNode)]
+    );
+    let (_, delta) = delta_revoking(&mut stream, &live).await;
+    assert_eq!(delta.from_version, after_first);
+    assert_eq!(
+        (delta.revoked[0].reason.as_str(), delta.revoked[0].node.as_str()),
+        ("contested", "worker-a")
+    );
+    let after_first = delta.version;
+    let held = all_tasks(&one).await;
+    let held = held.iter().find(|t| t.id == live).unwrap();
+    assert_eq!(held.end_reason, "contested");
+    // Still A's: its own end of the task is taken without a word (a no-op: revoked).
+    let answer = report_answer(&mut a, vec![ended(4, &live)]).await;
+    assert_eq!((answer.acknowledged_seq, answer.rejected.len()), (4, 0));
+    let audit = one
+        .admin()
+        .await
+        .list_audit(pb::ListAuditRequest {
+            after_seq: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let contested: Vec<serde_json::Value> = audit
+        .iter()
+        .filter(|r| r.kind == "task.contested")
+        .map(|r| serde_json::from_str(&r.detail_json).unwrap())
+        .collect();
+    assert_eq!(contested.len(), 2, "{audit:?}");
+    let detail = contested.iter().find(|d| d["task"] == live.as_str()).unwrap();
+    assert_eq!((&detail["owner"], &detail["node"]), (&"worker-a".into(), &"worker-b".into()));
+
     // Hostile input is rejected by name, and the rest of the request is stored.
     let good = TaskId::new().to_string();
     let mut foreign = ended(2, &TaskId::new().to_string());
@@ -346,11 +395,14 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
         .iter()
         .flat_map(|p| snapshot_of(p).revoked.iter().map(|t| t.task_id.clone()))
         .collect();
-    assert_eq!(ids, BTreeSet::from([task.clone(), good.clone(), second.clone()]));
+    assert_eq!(
+        ids,
+        BTreeSet::from([task.clone(), live.clone(), good.clone(), second.clone()])
+    );
 
     let metrics = one.metrics();
     for line in [
-        "tessera_server_report_batches_total 4",
+        "tessera_server_report_batches_total 6",
         "tessera_server_revocations_published_total 3",
         "tessera_server_task_events_rejected_total{reason=\"malformed\"} 1",
         "tessera_server_node_calls_total{rpc=\"ReportTaskEvents\",code=\"InvalidArgument\"} 1",
@@ -361,8 +413,8 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
     // Node B, on replica two, was rejected there and followed there.
     let metrics = two.metrics();
     for line in [
-        "tessera_server_task_events_rejected_total{reason=\"task_of_another_node\"} 1",
-        "tessera_server_revocation_deltas_sent_total 4",
+        "tessera_server_task_events_rejected_total{reason=\"task_of_another_node\"} 2",
+        "tessera_server_revocation_deltas_sent_total 5",
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
