@@ -40,8 +40,8 @@ use tessera_proto::tessera::v1::revocation_update::Update;
 use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
 use tessera_proto::tessera::v1::{
     EvictNodeRequest, FollowRevocationsRequest, ListAllTasksRequest, ListAuditRequest,
-    ReportTaskEventsRequest, TaskBegun, TaskEvent, WatchRevocationsRequest,
-    WithdrawConsentRequest, task_event,
+    ReportTaskEventsRequest, TaskBegun, TaskEvent, WatchRevocationsRequest, WithdrawConsentRequest,
+    task_event,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -394,7 +394,8 @@ async fn a_task_id_another_node_reported_first_is_revoked_and_the_owner_reports_
     let line = "tessera_task_events_rejected_total{reason=\"task_of_another_node\"} 1";
     assert!(text.contains(line), "{line} not in:\n{text}");
     assert!(
-        a.log_text().contains("the server rejected a task event for good"),
+        a.log_text()
+            .contains("the server rejected a task event for good"),
         "A warns of the rejection:\n{}",
         a.log_text()
     );

@@ -279,7 +279,9 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
     // audited naming both nodes; the task stays A's.
     let live = TaskId::new().to_string();
     assert_eq!(
-        report(&mut a, vec![begun(3, &live, &consent)]).await.unwrap(),
+        report(&mut a, vec![begun(3, &live, &consent)])
+            .await
+            .unwrap(),
         3
     );
     let answer = report_answer(&mut b, vec![begun(2, &live, &consent)]).await;
@@ -294,7 +296,10 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
     let (_, delta) = delta_revoking(&mut stream, &live).await;
     assert_eq!(delta.from_version, after_first);
     assert_eq!(
-        (delta.revoked[0].reason.as_str(), delta.revoked[0].node.as_str()),
+        (
+            delta.revoked[0].reason.as_str(),
+            delta.revoked[0].node.as_str()
+        ),
         ("contested", "worker-a")
     );
     let after_first = delta.version;
@@ -321,8 +326,14 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
         .map(|r| serde_json::from_str(&r.detail_json).unwrap())
         .collect();
     assert_eq!(contested.len(), 2, "{audit:?}");
-    let detail = contested.iter().find(|d| d["task"] == live.as_str()).unwrap();
-    assert_eq!((&detail["owner"], &detail["node"]), (&"worker-a".into(), &"worker-b".into()));
+    let detail = contested
+        .iter()
+        .find(|d| d["task"] == live.as_str())
+        .unwrap();
+    assert_eq!(
+        (&detail["owner"], &detail["node"]),
+        (&"worker-a".into(), &"worker-b".into())
+    );
 
     // Hostile input is rejected by name, and the rest of the request is stored.
     let good = TaskId::new().to_string();
@@ -339,7 +350,10 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
         (rejected.seq, rejected.reason()),
         (2, pb::TaskEventRejection::Malformed)
     );
-    assert!(rejected.message.starts_with("event 1 (seq 2)"), "{rejected:?}");
+    assert!(
+        rejected.message.starts_with("event 1 (seq 2)"),
+        "{rejected:?}"
+    );
     assert!(all_tasks(&one).await.iter().any(|t| t.id == good));
     let (_, delta) = delta_revoking(&mut stream, &good).await;
     assert_eq!(delta.from_version, after_first);

@@ -174,10 +174,7 @@ impl Store {
     }
 
     /// The newest `limit` rejected events, newest first.
-    pub async fn rejected_task_events(
-        &self,
-        limit: u32,
-    ) -> Result<Vec<RejectedEvent>, StoreError> {
+    pub async fn rejected_task_events(&self, limit: u32) -> Result<Vec<RejectedEvent>, StoreError> {
         let rows: Vec<(i64, i64, String, String, String, String, i64)> = sqlx::query_as(
             "SELECT id, seq, kind, body, reason, message, rejected_at FROM task_events_rejected
              ORDER BY id DESC LIMIT ?",
@@ -187,11 +184,12 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(|(id, seq, kind, body, reason, message, rejected_at_ms)| {
-                let reason = RejectionReason::parse(&reason).ok_or_else(|| StoreError::Corrupt {
-                    table: "task_events_rejected",
-                    id: id.to_string(),
-                    reason: format!("reason {reason:?}"),
-                })?;
+                let reason =
+                    RejectionReason::parse(&reason).ok_or_else(|| StoreError::Corrupt {
+                        table: "task_events_rejected",
+                        id: id.to_string(),
+                        reason: format!("reason {reason:?}"),
+                    })?;
                 Ok(RejectedEvent {
                     entry: journal::decode(seq, &kind, &body)?,
                     reason,

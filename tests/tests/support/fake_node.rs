@@ -19,7 +19,12 @@ use tonic::transport::{Channel, Endpoint};
 /// A node attested at a replica's node listener `address` (`host:port`) with `token`
 /// under `name`, pinning the cluster root(s) `bundle` (DER): a Node API client presenting
 /// its node SVID.
-pub async fn attest(address: &str, bundle: &[Vec<u8>], token: &str, name: &str) -> NodeClient<Channel> {
+pub async fn attest(
+    address: &str,
+    bundle: &[Vec<u8>],
+    token: &str,
+    name: &str,
+) -> NodeClient<Channel> {
     let svid_key = NodeCaKey::generate().unwrap();
     let ca_key = NodeCaKey::generate().unwrap();
     let mut anonymous = client(address, bundle, None).await;
@@ -38,7 +43,10 @@ pub async fn attest(address: &str, bundle: &[Vec<u8>], token: &str, name: &str) 
     client(
         address,
         bundle,
-        Some((credentials.node_svid_chain, svid_key.to_pkcs8_der().to_vec())),
+        Some((
+            credentials.node_svid_chain,
+            svid_key.to_pkcs8_der().to_vec(),
+        )),
     )
     .await
 }

@@ -281,14 +281,21 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.last_seq, 3, "the rejected event is acknowledged too");
         assert_eq!(
-            parsed.events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            parsed
+                .events
+                .iter()
+                .map(|(seq, _)| *seq)
+                .collect::<Vec<_>>(),
             [1, 3]
         );
         let [rejected] = &parsed.rejected[..] else {
             panic!("{parsed:?}");
         };
         assert_eq!(rejected.seq, 2);
-        assert!(rejected.message.starts_with("event 1 (seq 2)"), "{rejected:?}");
+        assert!(
+            rejected.message.starts_with("event 1 (seq 2)"),
+            "{rejected:?}"
+        );
         assert!(rejected.message.contains("trust domain"), "{rejected:?}");
 
         let mut other_task = begun_event(1, &a);

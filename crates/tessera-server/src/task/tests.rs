@@ -232,9 +232,19 @@ async fn an_event_for_another_nodes_task_revokes_it_and_the_rest_is_stored() {
     // On the feed: the live one revoked as contested with both sides' serials, until the
     // later claim; the one ended before keeps its reason but now lasts as long.
     let snapshot = store.revocation_snapshot().await.unwrap();
-    let revoked = |id: &str| snapshot.tasks.iter().find(|t| t.task_id == id).unwrap().clone();
+    let revoked = |id: &str| {
+        snapshot
+            .tasks
+            .iter()
+            .find(|t| t.task_id == id)
+            .unwrap()
+            .clone()
+    };
     let r = revoked(&owned);
-    assert_eq!((r.reason.as_str(), r.node.as_str()), (REASON_CONTESTED, "worker-1"));
+    assert_eq!(
+        (r.reason.as_str(), r.node.as_str()),
+        (REASON_CONTESTED, "worker-1")
+    );
     assert_eq!(r.until, far);
     assert!(r.serials.contains(&"0a".to_owned()) && r.serials.contains(&"ff01".to_owned()));
     let r = revoked(&other_ended);
@@ -252,7 +262,10 @@ async fn an_event_for_another_nodes_task_revokes_it_and_the_rest_is_stored() {
 
     // One audit record per contested task, naming both nodes.
     let audit = store.list_audit(0, 100).await.unwrap();
-    let contested: Vec<_> = audit.iter().filter(|r| r.kind == "task.contested").collect();
+    let contested: Vec<_> = audit
+        .iter()
+        .filter(|r| r.kind == "task.contested")
+        .collect();
     assert_eq!(contested.len(), 2, "{audit:?}");
     let detail = &contested[0].detail;
     assert_eq!(detail["owner"], "worker-1");

@@ -60,7 +60,11 @@ async fn a_rejected_event_leaves_the_journal_for_the_dead_letters_and_the_rest_f
     let again = store
         .journal_settle(
             all[2].seq,
-            vec![rejection(all[1].seq, RejectionReason::TaskOfAnotherNode, "x")],
+            vec![rejection(
+                all[1].seq,
+                RejectionReason::TaskOfAnotherNode,
+                "x",
+            )],
         )
         .await
         .unwrap();

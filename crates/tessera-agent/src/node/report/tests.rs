@@ -174,7 +174,11 @@ async fn a_rejected_event_leaves_the_journal_and_the_events_after_it_flow_on() {
     .unwrap();
     assert_eq!(requests, 1);
     assert_eq!(sent.len(), 6);
-    assert_eq!(f.store.journal_depth().await.unwrap(), 0, "nothing is stuck");
+    assert_eq!(
+        f.store.journal_depth().await.unwrap(),
+        0,
+        "nothing is stuck"
+    );
     let dead = f.store.rejected_task_events(10).await.unwrap();
     assert_eq!(dead.len(), 2);
     assert!(dead.iter().all(|d| match &d.entry.event {
