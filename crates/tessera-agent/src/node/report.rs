@@ -160,6 +160,9 @@ where
             return Err(ReportError::BadAck { acked, first, last });
         }
         let rejections = rejections(response.rejected, &sent, acked)?;
+        // Settled first: a store failure retries the batch, and must not count or warn
+        // of the same rejection twice.
+        let settled = store.journal_settle(acked, rejections.clone()).await?;
         for r in &rejections {
             let (kind, task) = &sent[&r.seq];
             tracing::warn!(
@@ -172,7 +175,6 @@ where
             );
             metrics.task_event_rejected(r.reason);
         }
-        let settled = store.journal_settle(acked, rejections).await?;
         metrics
             .task_events_acked
             .inc_by(settled.deleted.saturating_sub(settled.rejected));
