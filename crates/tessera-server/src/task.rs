@@ -6,15 +6,8 @@
 //! and publishes its revocation (`revocation.rs`); repeats are no-ops, so a resend after a
 //! lost answer changes nothing. A task belongs to the node that reported it first.
 //!
-//! Another node's event for a task is *contested*: it is not stored (ownership is never
-//! handed over) and the task id is revoked cluster-wide at once (reason `contested`),
-//! audited as `task.contested` naming both nodes. Revoking is the safe answer whichever
-//! node is lying: the first reporter could end the task itself anyway, so an attacker who
-//! pre-reports a task id it saw in a SPIFFE ID gains nothing, while the true owner, whose
-//! later begin and end can no longer be stored, would otherwise have its end never
-//! revoke the task elsewhere. The revocation is kept as long as the longer of the two
-//! claims (a pre-claim with a short deadline must not let the revocation lapse before
-//! the true owner's SVIDs expire).
+//! Another node's event for a task is *contested* (`contested.rs`): it is not stored and
+//! the task id is revoked cluster-wide.
 //!
 //! Server-side revocations end tasks the server knows whichever node holds them: a begin
 //! under a consent the server holds as withdrawn, expired or unknown (the node had not
@@ -24,7 +17,7 @@
 //! reports, exclusively by a withdrawal) so a begin racing a withdrawal is ended by
 //! exactly one of the two, never by neither.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::json;
 use sqlx::postgres::PgRow;
@@ -44,11 +37,6 @@ pub const REASON_REVOKED: &str = "revoked";
 const KIND_REPORT: &str = "task.report";
 /// Audit kind of an administrator's revocation.
 const KIND_REVOKE: &str = "task.revoke";
-/// Audit kind of an event for a task another node reported (one record per task).
-const KIND_CONTESTED: &str = "task.contested";
-
-/// End reason, and revocation reason, of a task id two nodes reported.
-pub const REASON_CONTESTED: &str = "contested";
 
 const COLUMNS: &str = "id, node, spiffe_id, client, subject, server, scopes, consent_id, \
                        begun_at_ms, deadline, ended_at_ms, end_reason, serials, until";
@@ -226,18 +214,6 @@ pub struct Reported {
     pub contested: Vec<Contested>,
 }
 
-/// A reported event for a task another node reported first.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Contested {
-    /// The event's position among the request's events.
-    pub index: usize,
-    /// The task's id.
-    pub task_id: String,
-    /// The node the server holds the task for.
-    pub owner: String,
-}
-
 /// A consent's fields a begin is checked against.
 struct ConsentCheck {
     client: String,
@@ -383,33 +359,11 @@ impl PgStore {
                     .filter(|id| !took.contains(id)),
             )
             .collect();
-        if !unsettled.is_empty() {
-            let owners: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
-                "SELECT id, node FROM tasks WHERE id = ANY($1) AND node <> $2",
-            )
-            .bind(unsettled.into_iter().collect::<Vec<_>>())
-            .bind(node)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-            reported.contested = events
-                .iter()
-                .enumerate()
-                .filter_map(|(index, e)| {
-                    let task_id = e.task_id();
-                    owners.get(task_id).map(|owner| Contested {
-                        index,
-                        task_id: task_id.to_owned(),
-                        owner: owner.clone(),
-                    })
-                })
-                .collect();
-            if !reported.contested.is_empty() {
-                revocations.extend(
-                    revoke_contested(&mut tx, node, events, &reported.contested, now_ms).await?,
-                );
-            }
+        reported.contested = contested::find(&mut tx, node, events, unsettled).await?;
+        if !reported.contested.is_empty() {
+            revocations.extend(
+                contested::revoke(&mut tx, node, events, &reported.contested, now_ms).await?,
+            );
         }
 
         if reported.begun > 0 || reported.ended > 0 {
@@ -591,89 +545,6 @@ async fn insert_begins(
     Ok(inserted.into_iter().collect())
 }
 
-/// Ends every task of `contested` (live or not; its owner stays as it is) and returns
-/// their revocations: kept until the latest of the stored task's deadline and expiry and
-/// what the contesting events claim (see the module's comment), naming every serial
-/// either side reported. Audits one `task.contested` record per task.
-async fn revoke_contested(
-    conn: &mut PgConnection,
-    node: &str,
-    events: &[TaskEvent],
-    contested: &[Contested],
-    now_ms: i64,
-) -> Result<Vec<RevokedTask>, ServerStoreError> {
-    // Per task: the latest expiry the contesting events claim, their serials and kinds.
-    let mut claims: BTreeMap<&str, (i64, BTreeSet<&str>, Vec<&str>)> = BTreeMap::new();
-    for c in contested {
-        let claim = claims.entry(c.task_id.as_str()).or_default();
-        match &events[c.index] {
-            TaskEvent::Begun(b) => {
-                claim.0 = claim.0.max(b.deadline);
-                claim.1.extend(b.serials.iter().map(String::as_str));
-                claim.2.push("begun");
-            }
-            TaskEvent::Ended(e) => {
-                claim.0 = claim.0.max(e.until);
-                claim.1.extend(e.serials.iter().map(String::as_str));
-                claim.2.push("ended");
-            }
-        }
-    }
-    let ids: Vec<&str> = claims.keys().copied().collect();
-    let until: Vec<i64> = claims.values().map(|c| c.0).collect();
-    let rows = sqlx::query(
-        "UPDATE tasks t SET ended_at_ms = COALESCE(t.ended_at_ms, $3),
-                            end_reason = COALESCE(t.end_reason, $4),
-                            until = GREATEST(t.until, t.deadline, i.until)
-         FROM UNNEST($1::text[], $2::bigint[]) AS i(id, until)
-         WHERE t.id = i.id
-         RETURNING t.*",
-    )
-    .bind(&ids)
-    .bind(&until)
-    .bind(now_ms)
-    .bind(REASON_CONTESTED)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut revoked_tasks = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let task = decode(row)?;
-        let (_, serials, kinds) = &claims[task.id.as_str()];
-        tracing::warn!(
-            task = task.id,
-            owner = task.node,
-            node,
-            events = ?kinds,
-            "task events for another node's task: refused, and the task id revoked"
-        );
-        audit::write(
-            conn,
-            KIND_CONTESTED,
-            &format!("node:{node}"),
-            &json!({
-                "task": &task.id,
-                "owner": &task.node,
-                "node": node,
-                "events": kinds,
-                "spiffe_id": &task.spiffe_id,
-            }),
-        )
-        .await?;
-        let mut all_serials: BTreeSet<String> = task.serials.iter().cloned().collect();
-        all_serials.extend(serials.iter().map(|s| (*s).to_owned()));
-        revoked_tasks.push(RevokedTask {
-            task_id: task.id.clone(),
-            node: task.node.clone(),
-            spiffe_id: task.spiffe_id.clone(),
-            serials: all_serials.into_iter().collect(),
-            reason: REASON_CONTESTED.to_owned(),
-            revoked_at_ms: now_ms,
-            until: task.until,
-        });
-    }
-    Ok(revoked_tasks)
-}
-
 /// Ends `ends` (distinct tasks) for `node` in a few statements whatever their number, and
 /// returns those that took effect, in order. Storing every begin of a request before its
 /// ends gives the journal's result (a task's begin precedes its end), with the statement
@@ -771,6 +642,10 @@ fn decode(row: &PgRow) -> Result<ServerTask, ServerStoreError> {
         until: row.try_get("until")?,
     })
 }
+
+mod contested;
+
+pub use contested::{Contested, REASON_CONTESTED};
 
 #[cfg(test)]
 mod tests;
