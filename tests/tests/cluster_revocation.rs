@@ -17,6 +17,8 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/fake_node.rs"]
+mod fake_node;
 #[path = "support/forwarder.rs"]
 mod forwarder;
 #[path = "support/mcp.rs"]
@@ -37,8 +39,9 @@ use tessera_e2e::TestAgent;
 use tessera_proto::tessera::v1::revocation_update::Update;
 use tessera_proto::tessera::v1::revocations_client::RevocationsClient;
 use tessera_proto::tessera::v1::{
-    EvictNodeRequest, FollowRevocationsRequest, ListAllTasksRequest, WatchRevocationsRequest,
-    WithdrawConsentRequest,
+    EvictNodeRequest, FollowRevocationsRequest, ListAllTasksRequest, ListAuditRequest,
+    ReportTaskEventsRequest, TaskBegun, TaskEvent, WatchRevocationsRequest, WithdrawConsentRequest,
+    task_event,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -259,6 +262,171 @@ async fn consent_withdrawn_at_the_server_refuses_its_tasks_from_every_node() {
         )
         .await;
     }
+}
+
+/// The task `id` as the server (replica `r`) holds it.
+async fn server_task(cl: &Cluster, r: usize, id: &str) -> Option<tessera_proto::tessera::v1::Task> {
+    cl.replicas[r]
+        .admin()
+        .await
+        .list_all_tasks(ListAllTasksRequest {
+            client: String::new(),
+            include_ended: true,
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .tasks
+        .into_iter()
+        .find(|t| t.id == id)
+}
+
+/// A compromised node learns task ids from the SPIFFE IDs presented to it, and reports one
+/// of them as its own before the owner does (here: while the owner is cut off). It gains
+/// nothing: the owner's begin is rejected alone, so the owner's reporting goes on (a task
+/// begun and ended there afterwards is refused at C), and the contested task id is
+/// revoked everywhere at once (fail closed), audited naming both nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_id_another_node_reported_first_is_revoked_and_the_owner_reports_on() {
+    let _one = SERIAL.lock().await;
+    let Some(cl) = Cluster::start("cluster_revocation").await else {
+        return;
+    };
+    let fa = Forwarder::start(&[&cl.r1().node]).await.unwrap();
+    let a = cl.agent("node-a", &fa.address(), "").await;
+    let c = cl.agent("node-c", &cl.r2().node, "").await;
+    let consent = cl.register(&[&a, &c]).await;
+    let server_c = mcp_server(&c, "c", &[]).await;
+    let token = cl.r1().join_token("node-f").await;
+    let mut fake = fake_node::attest(
+        &cl.r2().node,
+        &fake_node::bundle_of(&cl.ca.join("ca.crt")),
+        &token,
+        "node-f",
+    )
+    .await;
+
+    // A is cut off: its begin waits in its journal.
+    fa.cut();
+    let task = RunningTask::begin(&a).await;
+    let at_c = task.connect(&server_c.url).await.unwrap();
+    assert!(call(&at_c).await.is_ok());
+    // The fake node claims the id first, with a deadline seconds away (were the
+    // revocation kept only that long, the task would be valid again after it).
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let claim = TaskEvent {
+        seq: 1,
+        event: Some(task_event::Event::Begun(TaskBegun {
+            task_id: task.task.id.clone(),
+            spiffe_id: task.task.spiffe_id.clone(),
+            client: task.task.client.clone(),
+            subject: task.task.subject.clone(),
+            server: task.task.server.clone(),
+            scopes: task.task.scopes.clone(),
+            consent_id: consent.clone(),
+            begun_at_unix_ms: now_ms,
+            deadline_unix: now_ms / 1000 + 5,
+            serials: Vec::new(),
+        })),
+    };
+    let answer = fake
+        .report_task_events(ReportTaskEventsRequest {
+            events: vec![claim.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((answer.acknowledged_seq, answer.rejected.len()), (1, 0));
+    assert!(server_knows(&cl, 0, &task.task.id).await);
+
+    // Healed: A's begin reaches the server, which revokes the contested id everywhere.
+    fa.heal();
+    let (out, after) = until_refused(&at_c, GENEROUS * 2).await;
+    assert!(refused_as(&out, "revoked"), "{out:?}");
+    eprintln!("heal -> contested task refused at C after {after:?}");
+    let held = server_task(&cl, 0, &task.task.id).await.unwrap();
+    assert_eq!(held.end_reason, "contested");
+    // Ownership is not handed over: the task is still the fake node's to report.
+    let again = fake
+        .report_task_events(ReportTaskEventsRequest {
+            events: vec![claim],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.rejected.is_empty(), "{again:?}");
+    until("A ends the task the server revoked", GENEROUS, || async {
+        task_on(&a, &task.task.id)
+            .await
+            .is_some_and(|t| t.ended_at_unix != 0)
+    })
+    .await;
+
+    // A's reporting is not stuck behind the rejected begin: a task begun and ended on A
+    // now is refused at C through A's journal and the server.
+    let second = RunningTask::begin(&a).await;
+    let second_at_c = second.connect(&server_c.url).await.unwrap();
+    assert!(call(&second_at_c).await.is_ok());
+    second.end().await;
+    let (out, after) = until_refused(&second_at_c, GENEROUS).await;
+    assert!(refused_as(&out, "revoked"), "{out:?}");
+    eprintln!("A's next EndTask -> refused at C after {after:?}");
+
+    let metrics = || async {
+        reqwest::get(format!("http://{}/metrics", a.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    until("A's journal is empty", GENEROUS, || async {
+        metrics().await.contains("tessera_task_journal_depth 0")
+    })
+    .await;
+    let text = metrics().await;
+    let line = "tessera_task_events_rejected_total{reason=\"task_of_another_node\"} 1";
+    assert!(text.contains(line), "{line} not in:\n{text}");
+    assert!(
+        a.log_text()
+            .contains("the server rejected a task event for good"),
+        "A warns of the rejection:\n{}",
+        a.log_text()
+    );
+    let audit = cl
+        .r1()
+        .admin()
+        .await
+        .list_audit(ListAuditRequest {
+            after_seq: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let contested: Vec<serde_json::Value> = audit
+        .iter()
+        .filter(|r| r.kind == "task.contested")
+        .map(|r| serde_json::from_str(&r.detail_json).unwrap())
+        .collect();
+    let [detail] = &contested[..] else {
+        panic!("one task.contested record: {audit:?}");
+    };
+    assert_eq!(
+        (&detail["task"], &detail["owner"], &detail["node"]),
+        (
+            &serde_json::json!(task.task.id),
+            &serde_json::json!("node-f"),
+            &serde_json::json!("node-a")
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

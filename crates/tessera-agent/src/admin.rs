@@ -480,11 +480,19 @@ impl Admin for AdminService {
     ) -> Result<Response<AgentStatus>, Status> {
         self.authorize("GetStatus", &req)?;
         let entries = self.store.list_entries().await.map_err(store_status)?.len();
+        let task_events_journaled = self.store.journal_depth().await.map_err(store_status)?;
+        let task_events_rejected = self
+            .store
+            .rejected_task_event_count()
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(AgentStatus {
             trust_domain: self.authority.trust_domain().as_str().to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             bundle: self.authority.bundle().concat_der(),
             entries: u32::try_from(entries).unwrap_or(u32::MAX),
+            task_events_journaled,
+            task_events_rejected,
         }))
     }
 }

@@ -26,6 +26,13 @@ pub(crate) struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label: why the server rejected a task event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RejectionLabel {
+    /// "malformed", "task_of_another_node" or "unknown".
+    pub reason: &'static str,
+}
+
 /// Labels of an RPC outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RpcLabel {
@@ -88,6 +95,9 @@ pub(crate) struct Metrics {
     pub task_events_sent: Counter,
     /// Cluster mode: task events the server acknowledged durable.
     pub task_events_acked: Counter,
+    /// Cluster mode: task events the server rejected for good, by reason (moved to the
+    /// store's rejected events).
+    pub task_events_rejected: Family<RejectionLabel, Counter>,
     /// Cluster mode: the server feed's newest `current_as_of`, unix milliseconds.
     pub server_feed_current_as_of: Gauge,
     /// Cluster mode: the server feed version this agent's copy reflects.
@@ -117,6 +127,7 @@ impl Default for Metrics {
             journal_depth: Gauge::default(),
             task_events_sent: Counter::default(),
             task_events_acked: Counter::default(),
+            task_events_rejected: Family::default(),
             server_feed_current_as_of: Gauge::default(),
             server_feed_version: Gauge::default(),
             server_feed_lag: Gauge::default(),
@@ -190,6 +201,12 @@ impl Default for Metrics {
             "task_events_acked",
             "Cluster mode: task events the server acknowledged durable",
             m.task_events_acked.clone(),
+        );
+        registry.register(
+            "task_events_rejected",
+            "Cluster mode: task events the server rejected for good, by reason \
+             (malformed, task_of_another_node, unknown); kept in the store, out of the journal",
+            m.task_events_rejected.clone(),
         );
         registry.register(
             "server_revocations_current_as_of_ms",
@@ -283,6 +300,15 @@ impl Metrics {
             .get_or_create(&RpcLabel {
                 rpc,
                 code: code_name(code),
+            })
+            .inc();
+    }
+
+    /// Counts one task event the server rejected.
+    pub(crate) fn task_event_rejected(&self, reason: tessera_store::RejectionReason) {
+        self.task_events_rejected
+            .get_or_create(&RejectionLabel {
+                reason: reason.as_str(),
             })
             .inc();
     }

@@ -286,6 +286,9 @@ impl Admin for AdminService {
             // The server's CA is the node CA issue's; until then there is no bundle.
             bundle: Vec::new(),
             entries: u32::try_from(entries).unwrap_or(u32::MAX),
+            // A node agent's journal; the server has none.
+            task_events_journaled: 0,
+            task_events_rejected: 0,
         }))
     }
 

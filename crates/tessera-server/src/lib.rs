@@ -85,7 +85,8 @@ pub use revocation::{
 pub use revocation_feed::{MAX_RING_BYTES, MAX_RING_DELTAS, RevocationFeed, VOUCH_WINDOW};
 pub use store::{PgStore, PgStoreOptions, Written};
 pub use task::{
-    REASON_CONSENT_WITHDRAWN, REASON_REVOKED, Reported, ServerTask, TaskBegun, TaskEnded, TaskEvent,
+    Contested, REASON_CONSENT_WITHDRAWN, REASON_CONTESTED, REASON_REVOKED, Reported, ServerTask,
+    TaskBegun, TaskEnded, TaskEvent,
 };
 pub use tessera_store::{
     AuditRecord, Consent, ConsentFilter, Entry, EntryKind, NewConsent, NewEntry,

@@ -26,6 +26,13 @@ struct NodeCallLabel {
     code: String,
 }
 
+/// Label: why a task event was rejected.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabel {
+    /// "malformed" or "task_of_another_node".
+    reason: &'static str,
+}
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -48,6 +55,7 @@ pub(crate) struct Metrics {
     revocation_stream_up: Gauge,
     report_batches: Counter,
     report_events: Counter,
+    task_events_rejected: Family<RejectionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,7 +81,14 @@ impl Default for Metrics {
             revocation_stream_up: Gauge::default(),
             report_batches: Counter::default(),
             report_events: Counter::default(),
+            task_events_rejected: Family::default(),
         };
+        registry.register(
+            "task_events_rejected",
+            "Task events rejected one by one (never stored), by reason: malformed, or \
+             task_of_another_node (contested: the task id is revoked)",
+            metrics.task_events_rejected.clone(),
+        );
         registry.register(
             "revocations_published",
             "Revocations this replica committed (task ends reported, server revocations, \
@@ -204,6 +219,26 @@ impl Metrics {
         self.report_batches.inc();
         self.report_events
             .inc_by(u64::try_from(events).unwrap_or(u64::MAX));
+    }
+
+    /// Counts `n` task events rejected for `reason`.
+    pub(crate) fn task_events_rejected(
+        &self,
+        reason: tessera_proto::tessera::v1::TaskEventRejection,
+        n: usize,
+    ) {
+        use tessera_proto::tessera::v1::TaskEventRejection as R;
+        if n == 0 {
+            return;
+        }
+        let reason = match reason {
+            R::Malformed => "malformed",
+            R::TaskOfAnotherNode => "task_of_another_node",
+            R::Unspecified => "unspecified",
+        };
+        self.task_events_rejected
+            .get_or_create(&RejectionLabel { reason })
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// Counts a FollowRevocations stream open until the guard is dropped.

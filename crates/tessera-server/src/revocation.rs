@@ -103,7 +103,9 @@ pub struct RevocationsSince {
 
 /// Adds `tasks` and `node_cas` to the feed under a new version, in the caller's
 /// transaction: call it last (see the module's comment). Nothing to add: no version.
-/// A task or CA already revoked keeps its first row (and version).
+/// A task or CA already revoked keeps its first row (and version), unless the new one is
+/// kept longer (a contested task id, see `task.rs`): then the row's `until` grows and it
+/// moves to the new version, so followers get it again with the later expiry.
 pub(crate) async fn publish(
     conn: &mut PgConnection,
     tasks: &[RevokedTask],
@@ -122,7 +124,8 @@ pub(crate) async fn publish(
                  (task_id, node, spiffe_id, serials, reason, revoked_at_ms, until, version)
              SELECT t.*, $8 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
                                         $5::text[], $6::bigint[], $7::bigint[]) AS t
-             ON CONFLICT (task_id) DO NOTHING",
+             ON CONFLICT (task_id) DO UPDATE SET until = EXCLUDED.until, version = EXCLUDED.version
+             WHERE revocations.until < EXCLUDED.until",
         )
         .bind(tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>())
         .bind(tasks.iter().map(|t| t.node.as_str()).collect::<Vec<_>>())

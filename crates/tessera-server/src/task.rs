@@ -4,8 +4,10 @@
 //! `Node.ReportTaskEvents`, at least once, in journal order. [`PgStore::report_task_events`]
 //! stores a request in one transaction: a begin inserts the task once, an end ends it once
 //! and publishes its revocation (`revocation.rs`); repeats are no-ops, so a resend after a
-//! lost answer changes nothing. A task belongs to the node that reported it first: another
-//! node's event for it refuses the whole request.
+//! lost answer changes nothing. A task belongs to the node that reported it first.
+//!
+//! Another node's event for a task is *contested* (`contested.rs`): it is not stored and
+//! the task id is revoked cluster-wide.
 //!
 //! Server-side revocations end tasks the server knows whichever node holds them: a begin
 //! under a consent the server holds as withdrawn, expired or unknown (the node had not
@@ -15,13 +17,13 @@
 //! reports, exclusively by a withdrawal) so a begin racing a withdrawal is ended by
 //! exactly one of the two, never by neither.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::json;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row as _};
 
-use crate::error::{Conflict, NotFound};
+use crate::error::NotFound;
 use crate::revocation::{self, RevokedTask, join_serials, split_serials};
 use crate::{PgStore, ServerStoreError, Written, audit};
 
@@ -94,6 +96,16 @@ pub enum TaskEvent {
     Begun(TaskBegun),
     /// A task ended.
     Ended(TaskEnded),
+}
+
+impl TaskEvent {
+    /// The task the event is about.
+    pub fn task_id(&self) -> &str {
+        match self {
+            TaskEvent::Begun(b) => &b.task_id,
+            TaskEvent::Ended(e) => &e.task_id,
+        }
+    }
 }
 
 impl TaskBegun {
@@ -198,6 +210,8 @@ pub struct Reported {
     pub revocation_version: Option<i64>,
     /// Revocations published.
     pub published: usize,
+    /// Events for tasks another node reported first: not stored, their tasks revoked.
+    pub contested: Vec<Contested>,
 }
 
 /// A consent's fields a begin is checked against.
@@ -213,8 +227,8 @@ struct ConsentCheck {
 
 impl PgStore {
     /// Stores a node's events in one transaction (see the module's comment) and returns
-    /// what changed. [`Conflict::TaskOfAnotherNode`] (nothing stored) if an event names a
-    /// task another node reported.
+    /// what changed. An event of a task another node reported is not stored but
+    /// [`Contested`]: its task is revoked in the same transaction.
     pub async fn report_task_events(
         &self,
         node: &str,
@@ -258,73 +272,60 @@ impl PgStore {
 
         let mut reported = Reported::default();
         let mut revocations = Vec::new();
-        for event in events {
-            match event {
-                TaskEvent::Begun(b) => {
-                    let inserted = sqlx::query(
-                        "INSERT INTO tasks (id, node, spiffe_id, client, subject, server, scopes,
-                                            consent_id, begun_at_ms, deadline, serials, until)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10)
-                         ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(&b.task_id)
-                    .bind(node)
-                    .bind(&b.spiffe_id)
-                    .bind(&b.client)
-                    .bind(&b.subject)
-                    .bind(&b.server)
-                    .bind(&b.scopes)
-                    .bind(&b.consent_id)
-                    .bind(b.begun_at_ms)
-                    .bind(b.deadline)
-                    .bind(join_serials(&b.serials))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if inserted == 0 {
-                        owner_must_be(&mut tx, &b.task_id, node).await?;
-                        continue;
-                    }
-                    reported.begun += 1;
-                    let covered = consents.get(&b.consent_id).is_some_and(|c| {
-                        !c.withdrawn
-                            && c.expires_at > now
-                            && c.client == b.client
-                            && c.subject == b.subject
-                            && c.server == b.server
-                    });
-                    if !covered {
-                        tracing::info!(
-                            task = b.task_id,
-                            node,
-                            consent = b.consent_id,
-                            "task begun under a consent withdrawn, expired or unknown here: revoked"
-                        );
-                        sqlx::query(
-                            "UPDATE tasks SET ended_at_ms = $2, end_reason = $3 WHERE id = $1",
-                        )
-                        .bind(&b.task_id)
-                        .bind(now_ms)
-                        .bind(REASON_CONSENT_WITHDRAWN)
-                        .execute(&mut *tx)
-                        .await?;
-                        reported.revoked_at_begin.push(b.task_id.clone());
-                        revocations.push(RevokedTask {
-                            task_id: b.task_id.clone(),
-                            node: node.to_owned(),
-                            spiffe_id: b.spiffe_id.clone(),
-                            serials: b.serials.clone(),
-                            reason: REASON_CONSENT_WITHDRAWN.to_owned(),
-                            revoked_at_ms: now_ms,
-                            until: b.deadline,
-                        });
-                    }
-                }
-                // Ends are stored together, after every begin (see `end_tasks`).
-                TaskEvent::Ended(_) => {}
+        // A request's first begin of each task (a repeat within it changes nothing).
+        let mut seen = HashSet::new();
+        let begins: Vec<&TaskBegun> = events
+            .iter()
+            .filter_map(|e| match e {
+                TaskEvent::Begun(b) if seen.insert(b.task_id.as_str()) => Some(b),
+                _ => None,
+            })
+            .collect();
+        let inserted = insert_begins(&mut tx, node, &begins).await?;
+        let uncovered: Vec<&TaskBegun> = begins
+            .iter()
+            .copied()
+            .filter(|b| inserted.contains(&b.task_id))
+            .filter(|b| {
+                !consents.get(&b.consent_id).is_some_and(|c| {
+                    !c.withdrawn
+                        && c.expires_at > now
+                        && c.client == b.client
+                        && c.subject == b.subject
+                        && c.server == b.server
+                })
+            })
+            .collect();
+        reported.begun = inserted.len();
+        if !uncovered.is_empty() {
+            let ids: Vec<&str> = uncovered.iter().map(|b| b.task_id.as_str()).collect();
+            sqlx::query("UPDATE tasks SET ended_at_ms = $2, end_reason = $3 WHERE id = ANY($1)")
+                .bind(&ids)
+                .bind(now_ms)
+                .bind(REASON_CONSENT_WITHDRAWN)
+                .execute(&mut *tx)
+                .await?;
+            for b in uncovered {
+                tracing::info!(
+                    task = b.task_id,
+                    node,
+                    consent = b.consent_id,
+                    "task begun under a consent withdrawn, expired or unknown here: revoked"
+                );
+                reported.revoked_at_begin.push(b.task_id.clone());
+                revocations.push(RevokedTask {
+                    task_id: b.task_id.clone(),
+                    node: node.to_owned(),
+                    spiffe_id: b.spiffe_id.clone(),
+                    serials: b.serials.clone(),
+                    reason: REASON_CONSENT_WITHDRAWN.to_owned(),
+                    revoked_at_ms: now_ms,
+                    until: b.deadline,
+                });
             }
         }
-        let mut seen = std::collections::HashSet::new();
+
+        let mut seen = HashSet::new();
         let ends: Vec<&TaskEnded> = events
             .iter()
             .filter_map(|e| match e {
@@ -332,7 +333,8 @@ impl PgStore {
                 _ => None,
             })
             .collect();
-        for e in end_tasks(&mut tx, node, &ends).await? {
+        let took = end_tasks(&mut tx, node, &ends).await?;
+        for e in &took {
             reported.ended += 1;
             revocations.push(RevokedTask {
                 task_id: e.task_id.clone(),
@@ -344,6 +346,26 @@ impl PgStore {
                 until: e.until,
             });
         }
+
+        // What took no effect is a repeat of this node's, or another node's task.
+        let took: HashSet<&str> = took.iter().map(|e| e.task_id.as_str()).collect();
+        let unsettled: BTreeSet<&str> = begins
+            .iter()
+            .map(|b| b.task_id.as_str())
+            .filter(|id| !inserted.contains(*id))
+            .chain(
+                ends.iter()
+                    .map(|e| e.task_id.as_str())
+                    .filter(|id| !took.contains(id)),
+            )
+            .collect();
+        reported.contested = contested::find(&mut tx, node, events, unsettled).await?;
+        if !reported.contested.is_empty() {
+            revocations.extend(
+                contested::revoke(&mut tx, node, events, &reported.contested, now_ms).await?,
+            );
+        }
+
         if reported.begun > 0 || reported.ended > 0 {
             audit::write(
                 &mut tx,
@@ -478,6 +500,51 @@ fn revoked(task: &ServerTask, reason: &str) -> RevokedTask {
     }
 }
 
+/// Stores `begins` (distinct tasks) for `node` in one statement whatever their number, and
+/// returns the ids that were new. A task already stored (a repeat, or another node's) is
+/// left as it is.
+async fn insert_begins(
+    conn: &mut PgConnection,
+    node: &str,
+    begins: &[&TaskBegun],
+) -> Result<HashSet<String>, ServerStoreError> {
+    if begins.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let column = |f: fn(&TaskBegun) -> String| begins.iter().map(|&b| f(b)).collect::<Vec<_>>();
+    let column_i64 = |f: fn(&TaskBegun) -> i64| begins.iter().map(|&b| f(b)).collect::<Vec<_>>();
+    // A task's scopes are an array of their own, and UNNEST cannot take an array of
+    // arrays of different lengths: each travels as a JSON array.
+    let scopes = column(|b| serde_json::Value::from(b.scopes.clone()).to_string());
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO tasks (id, node, spiffe_id, client, subject, server, scopes, consent_id,
+                            begun_at_ms, deadline, serials, until)
+         SELECT i.id, $11, i.spiffe_id, i.client, i.subject, i.server,
+                ARRAY(SELECT jsonb_array_elements_text(i.scopes::jsonb)), i.consent_id,
+                i.begun_at_ms, i.deadline, i.serials, i.deadline
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::bigint[], $9::bigint[], $10::text[])
+              AS i(id, spiffe_id, client, subject, server, scopes, consent_id, begun_at_ms,
+                   deadline, serials)
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(column(|b| b.task_id.clone()))
+    .bind(column(|b| b.spiffe_id.clone()))
+    .bind(column(|b| b.client.clone()))
+    .bind(column(|b| b.subject.clone()))
+    .bind(column(|b| b.server.clone()))
+    .bind(&scopes)
+    .bind(column(|b| b.consent_id.clone()))
+    .bind(column_i64(|b| b.begun_at_ms))
+    .bind(column_i64(|b| b.deadline))
+    .bind(column(|b| join_serials(&b.serials)))
+    .bind(node)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(inserted.into_iter().collect())
+}
+
 /// Ends `ends` (distinct tasks) for `node` in a few statements whatever their number, and
 /// returns those that took effect, in order. Storing every begin of a request before its
 /// ends gives the journal's result (a task's begin precedes its end), with the statement
@@ -486,8 +553,8 @@ fn revoked(task: &ServerTask, reason: &str) -> RevokedTask {
 /// An end replaces the begin's serials and expiry (it carries every serial and when the
 /// last SVID expires). A task not stored yet (its begin was pruned, or never stored) is
 /// stored ended, so it is revoked and stays this node's. A task that already ended (a
-/// repeat, or revoked by the server) is left as it is. Another node's task refuses the
-/// request ([`Conflict::TaskOfAnotherNode`]).
+/// repeat, or revoked by the server) is left as it is, and so is another node's task (the
+/// caller finds it contested).
 async fn end_tasks<'e>(
     conn: &mut PgConnection,
     node: &str,
@@ -549,55 +616,12 @@ async fn end_tasks<'e>(
         .fetch_all(&mut *conn)
         .await?;
         took.extend(inserted);
-        let untouched = rest
-            .iter()
-            .map(|&i| ids[i].clone())
-            .filter(|id| !took.contains(id))
-            .collect::<Vec<_>>();
-        if !untouched.is_empty() {
-            let foreign: Option<(String, String)> = sqlx::query_as(
-                "SELECT id, node FROM tasks WHERE id = ANY($1) AND node <> $2 ORDER BY id LIMIT 1",
-            )
-            .bind(&untouched)
-            .bind(node)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some((task_id, owner)) = foreign {
-                return Err(Conflict::TaskOfAnotherNode {
-                    task_id,
-                    owner,
-                    node: node.to_owned(),
-                }
-                .into());
-            }
-        }
     }
     Ok(ends
         .iter()
         .copied()
         .filter(|e| took.contains(&e.task_id))
         .collect())
-}
-
-/// Refuses an event of a task another node reported.
-async fn owner_must_be(
-    conn: &mut PgConnection,
-    task_id: &str,
-    node: &str,
-) -> Result<(), ServerStoreError> {
-    let owner: Option<String> = sqlx::query_scalar("SELECT node FROM tasks WHERE id = $1")
-        .bind(task_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match owner {
-        Some(owner) if owner != node => Err(Conflict::TaskOfAnotherNode {
-            task_id: task_id.to_owned(),
-            owner,
-            node: node.to_owned(),
-        }
-        .into()),
-        _ => Ok(()),
-    }
 }
 
 fn decode(row: &PgRow) -> Result<ServerTask, ServerStoreError> {
@@ -618,6 +642,10 @@ fn decode(row: &PgRow) -> Result<ServerTask, ServerStoreError> {
         until: row.try_get("until")?,
     })
 }
+
+mod contested;
+
+pub use contested::{Contested, REASON_CONTESTED};
 
 #[cfg(test)]
 mod tests;

@@ -75,6 +75,17 @@ async fn report(
         .map(|r| r.into_inner().acknowledged_seq)
 }
 
+/// The whole answer: what was acknowledged and what was rejected.
+async fn report_answer(
+    node: &mut NodeClient<Channel>,
+    events: Vec<pb::TaskEvent>,
+) -> pb::ReportTaskEventsResponse {
+    node.report_task_events(pb::ReportTaskEventsRequest { events })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn follow(
     node: &mut NodeClient<Channel>,
     feed_id: &str,
@@ -240,28 +251,120 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
         (task.as_str(), "ended")
     );
 
-    // A node may only report its own tasks.
-    let refused = report(&mut b, vec![ended(1, &task)]).await.unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    assert!(refused.message().contains("worker-a"), "{refused:?}");
+    // A node may only report its own tasks: B's end of A's task is rejected by seq (the
+    // task, already ended, stays A's and revoked), and does not refuse the request.
+    let answer = report_answer(&mut b, vec![ended(1, &task)]).await;
+    assert_eq!(answer.acknowledged_seq, 1);
+    let [rejected] = &answer.rejected[..] else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(
+        (rejected.seq, rejected.reason()),
+        (1, pb::TaskEventRejection::TaskOfAnotherNode)
+    );
+    assert!(rejected.message.contains(&task), "{rejected:?}");
+    let (_, contested) = delta_revoking(&mut stream, &task).await;
+    assert_eq!(
+        contested.from_version, after_first,
+        "the resend published nothing"
+    );
+    assert_eq!(contested.revoked[0].node, "worker-a");
+    assert_eq!(
+        contested.revoked[0].reason, "ended",
+        "an ended task keeps its first reason"
+    );
+    let after_first = contested.version;
 
-    // Hostile input is refused by name, and stores nothing of the request.
+    // B claiming a task A holds live: rejected, the task id revoked at once (contested),
+    // audited naming both nodes; the task stays A's.
+    let live = TaskId::new().to_string();
+    assert_eq!(
+        report(&mut a, vec![begun(3, &live, &consent)])
+            .await
+            .unwrap(),
+        3
+    );
+    let answer = report_answer(&mut b, vec![begun(2, &live, &consent)]).await;
+    assert_eq!(
+        answer
+            .rejected
+            .iter()
+            .map(|r| (r.seq, r.reason()))
+            .collect::<Vec<_>>(),
+        [(2, pb::TaskEventRejection::TaskOfAnotherNode)]
+    );
+    let (_, delta) = delta_revoking(&mut stream, &live).await;
+    assert_eq!(delta.from_version, after_first);
+    assert_eq!(
+        (
+            delta.revoked[0].reason.as_str(),
+            delta.revoked[0].node.as_str()
+        ),
+        ("contested", "worker-a")
+    );
+    let after_first = delta.version;
+    let held = all_tasks(&one).await;
+    let held = held.iter().find(|t| t.id == live).unwrap();
+    assert_eq!(held.end_reason, "contested");
+    // Still A's: its own end of the task is taken without a word (a no-op: revoked).
+    let answer = report_answer(&mut a, vec![ended(4, &live)]).await;
+    assert_eq!((answer.acknowledged_seq, answer.rejected.len()), (4, 0));
+    let audit = one
+        .admin()
+        .await
+        .list_audit(pb::ListAuditRequest {
+            after_seq: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let contested: Vec<serde_json::Value> = audit
+        .iter()
+        .filter(|r| r.kind == "task.contested")
+        .map(|r| serde_json::from_str(&r.detail_json).unwrap())
+        .collect();
+    assert_eq!(contested.len(), 2, "{audit:?}");
+    let detail = contested
+        .iter()
+        .find(|d| d["task"] == live.as_str())
+        .unwrap();
+    assert_eq!(
+        (&detail["owner"], &detail["node"]),
+        (&"worker-a".into(), &"worker-b".into())
+    );
+
+    // Hostile input is rejected by name, and the rest of the request is stored.
     let good = TaskId::new().to_string();
     let mut foreign = ended(2, &TaskId::new().to_string());
     if let Some(pb::task_event::Event::Ended(e)) = &mut foreign.event {
         e.spiffe_id = e.spiffe_id.replace(TD, "evil.test");
     }
-    let refused = report(&mut a, vec![ended(1, &good), foreign])
+    let answer = report_answer(&mut a, vec![ended(1, &good), foreign]).await;
+    assert_eq!(answer.acknowledged_seq, 2);
+    let [rejected] = &answer.rejected[..] else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(
+        (rejected.seq, rejected.reason()),
+        (2, pb::TaskEventRejection::Malformed)
+    );
+    assert!(
+        rejected.message.starts_with("event 1 (seq 2)"),
+        "{rejected:?}"
+    );
+    assert!(all_tasks(&one).await.iter().any(|t| t.id == good));
+    let (_, delta) = delta_revoking(&mut stream, &good).await;
+    assert_eq!(delta.from_version, after_first);
+    let after_first = delta.version;
+    // A request that is wrong as a whole is still refused.
+    let refused = report(&mut a, vec![ended(3, &good), ended(3, &good)])
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(
-        refused.message().starts_with("event 1 (seq 2)"),
-        "{refused:?}"
-    );
-    assert!(all_tasks(&one).await.iter().all(|t| t.id != good));
 
-    // The next revocation follows the first directly: the resend published nothing.
+    // The next revocation follows the one before directly.
     let second = TaskId::new().to_string();
     assert_eq!(report(&mut a, vec![ended(3, &second)]).await.unwrap(), 3);
     let (_, delta) = delta_revoking(&mut stream, &second).await;
@@ -306,22 +409,26 @@ async fn a_task_ended_on_one_node_reaches_a_follower_on_another_replica_and_resu
         .iter()
         .flat_map(|p| snapshot_of(p).revoked.iter().map(|t| t.task_id.clone()))
         .collect();
-    assert_eq!(ids, BTreeSet::from([task.clone(), second.clone()]));
+    assert_eq!(
+        ids,
+        BTreeSet::from([task.clone(), live.clone(), good.clone(), second.clone()])
+    );
 
     let metrics = one.metrics();
     for line in [
-        "tessera_server_report_batches_total 3",
-        "tessera_server_revocations_published_total 2",
+        "tessera_server_report_batches_total 6",
+        "tessera_server_revocations_published_total 3",
+        "tessera_server_task_events_rejected_total{reason=\"malformed\"} 1",
         "tessera_server_node_calls_total{rpc=\"ReportTaskEvents\",code=\"InvalidArgument\"} 1",
         "tessera_server_revocation_stream_up 1",
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
-    // Node B, on replica two, was refused there and followed there.
+    // Node B, on replica two, was rejected there and followed there.
     let metrics = two.metrics();
     for line in [
-        "tessera_server_node_calls_total{rpc=\"ReportTaskEvents\",code=\"PermissionDenied\"} 1",
-        "tessera_server_revocation_deltas_sent_total 2",
+        "tessera_server_task_events_rejected_total{reason=\"task_of_another_node\"} 2",
+        "tessera_server_revocation_deltas_sent_total 5",
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }

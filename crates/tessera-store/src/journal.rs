@@ -4,7 +4,8 @@
 //! not lose one to a crash: a lost end would leave the task valid on every other node.
 //! So each event is written in the same transaction as the task row's change (the
 //! writer's group commit makes that one more row in a commit that happens anyway), read
-//! back in `seq` order by the reporter and deleted once the server acknowledged it.
+//! back in `seq` order by the reporter and deleted once the server acknowledged it (an
+//! event the server rejected moves to `rejected_events` instead, in the same transaction).
 //!
 //! Journaling is off until [`Store::set_journal_task_events`] turns it on: a standalone
 //! agent has no server to report to, and its BeginTask writes no row more than before.
@@ -202,7 +203,7 @@ impl Store {
     }
 }
 
-fn decode(seq: i64, kind: &str, body: &str) -> Result<JournalEntry, StoreError> {
+pub(crate) fn decode(seq: i64, kind: &str, body: &str) -> Result<JournalEntry, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         table: "task_events",
         id: seq.to_string(),

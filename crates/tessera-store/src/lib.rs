@@ -23,7 +23,8 @@
 //! * `entry`, `consent`, `task`: registration entries; consent records; tasks, their
 //!   SVIDs and revocations.
 //! * `sync`: cluster mode's copy of the server's entries and consents, by version.
-//! * `journal`: cluster mode's outbox of task begins and ends for the server.
+//! * `journal`: cluster mode's outbox of task begins and ends for the server;
+//!   `rejected_events`: the events the server rejected for good, moved out of it.
 //! * `sealed`: the guard holding new tasks off a consent being withdrawn.
 //! * `audit`, `audit_record`: the append-only audit log and one record of it.
 //! * `limits`, `validate`: every size limit, and the length checks against them.
@@ -41,6 +42,7 @@ mod error;
 mod journal;
 mod limits;
 mod migrate;
+mod rejected_events;
 mod row;
 mod sealed;
 mod store;
@@ -64,6 +66,10 @@ pub use limits::{
     MAX_SERVER_LEN, MAX_SPIFFE_ID_LEN, MAX_SUBJECT_LEN, MAX_TASK_ID_LEN, PRUNE_CHUNK,
 };
 pub use migrate::SCHEMA_VERSION;
+pub use rejected_events::{
+    MAX_REJECTED_EVENTS, MAX_REJECTION_MESSAGE_LEN, RejectedEvent, Rejection, RejectionReason,
+    Settled,
+};
 pub use store::{Store, WriterStats};
 pub use sync::{SyncApplied, SyncBatch};
 pub use task::{

@@ -45,10 +45,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "task journal",
         sql: include_str!("../migrations/0005_task_journal.sql"),
     },
+    Migration {
+        version: 6,
+        description: "rejected task events",
+        sql: include_str!("../migrations/0006_rejected_task_events.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 

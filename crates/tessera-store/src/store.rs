@@ -472,6 +472,7 @@ mod tests {
                 "schema_migrations",
                 "sync_state",
                 "task_events",
+                "task_events_rejected",
                 "task_svids",
                 "tasks"
             ]

@@ -9,6 +9,15 @@
 //! server is away the journal grows and tasks keep beginning and ending here; the loop
 //! retries with backoff and the backlog flows once it is back.
 //!
+//! An event the server rejects for good (malformed, or for a task id another node
+//! reported first, which the server then revokes cluster-wide) is listed in its answer.
+//! Such an event leaves the journal for the store's bounded dead-letter table
+//! (`tessera_store::Store::journal_settle`), with a warning and a count by reason, so the
+//! events after it keep flowing: resending it could never succeed, and holding it at the
+//! head of the journal would keep every later task end of this node from revoking
+//! anything elsewhere. A refused call (transport failure, UNAVAILABLE, a request-level
+//! INVALID_ARGUMENT) still leaves the journal as it was, and the batch is sent again.
+//!
 //! Ends are what other nodes wait for (a task's revocation crosses the cluster through
 //! the server), so a journal holding an end is sent at once. Begins only tell the server
 //! which node owns a task, so lone begins wait up to [`BEGIN_LINGER`] for company: under
@@ -16,14 +25,17 @@
 //! to one of 100), instead of one report per BeginTask competing with the next
 //! BeginTask for the node's CPU.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_proto::tessera::v1::{
-    ReportTaskEventsRequest, ReportTaskEventsResponse, TaskBegun as ProtoBegun,
-    TaskEnded as ProtoEnded, TaskEvent as ProtoEvent, task_event,
+    RejectedTaskEvent, ReportTaskEventsRequest, ReportTaskEventsResponse, TaskBegun as ProtoBegun,
+    TaskEnded as ProtoEnded, TaskEvent as ProtoEvent, TaskEventRejection, task_event,
 };
-use tessera_store::{JournalEntry, MAX_JOURNAL_BATCH, Store, StoreError, TaskEvent};
+use tessera_store::{
+    JournalEntry, MAX_JOURNAL_BATCH, Rejection, RejectionReason, Store, StoreError, TaskEvent,
+};
 
 use super::{Backoff, NodeLink};
 use crate::drain;
@@ -50,6 +62,8 @@ pub(crate) enum ReportError {
     Timeout,
     #[error("the server acknowledged {acked} of a batch of seqs {first}..={last}")]
     BadAck { acked: u64, first: u64, last: u64 },
+    #[error("the server rejected seq {seq}, which is not an acknowledged event of the batch")]
+    BadRejection { seq: u64 },
 }
 
 /// Sends the journal to the server.
@@ -170,20 +184,95 @@ where
         };
         let (first, last) = (first.seq, last.seq);
         let n = batch.len() as u64;
+        // What a rejection is logged with: the task and the kind, never the event's body.
+        let sent: HashMap<u64, (&'static str, String)> = batch
+            .iter()
+            .map(|e| (e.seq, (kind_of(&e.event), task_of(&e.event).to_owned())))
+            .collect();
         let request = ReportTaskEventsRequest {
             events: batch.into_iter().map(to_proto).collect(),
         };
         metrics.task_events_sent.inc_by(n);
-        let acked = send(request).await?.acknowledged_seq;
+        let response = send(request).await?;
+        let acked = response.acknowledged_seq;
         // An answer outside the batch is a server bug; deleting on it could drop events
         // never sent. Nothing is deleted and the batch is sent again.
         if acked < first || acked > last {
             return Err(ReportError::BadAck { acked, first, last });
         }
-        let deleted = store.journal_ack(acked).await?;
-        metrics.task_events_acked.inc_by(deleted);
-        tracing::debug!(first, acked, deleted, "task events reported");
+        let rejections = rejections(response.rejected, &sent, acked)?;
+        // Settled first: a store failure retries the batch, and must not count or warn
+        // of the same rejection twice.
+        let settled = store.journal_settle(acked, rejections.clone()).await?;
+        for r in &rejections {
+            let (kind, task) = &sent[&r.seq];
+            tracing::warn!(
+                task = %task,
+                event = kind,
+                seq = r.seq,
+                reason = r.reason.as_str(),
+                detail = ?r.message,
+                "the server rejected a task event for good; it leaves the journal for the rejected events"
+            );
+            metrics.task_event_rejected(r.reason);
+        }
+        metrics
+            .task_events_acked
+            .inc_by(settled.deleted.saturating_sub(settled.rejected));
+        tracing::debug!(
+            first,
+            acked,
+            deleted = settled.deleted,
+            rejected = settled.rejected,
+            "task events reported"
+        );
         after = acked;
+    }
+}
+
+/// The answer's rejections, checked against the batch: each must name an event sent in
+/// it and covered by the acknowledgement, or nothing is settled (a server bug must not
+/// move an event that was never judged out of the journal).
+fn rejections(
+    rejected: Vec<RejectedTaskEvent>,
+    sent: &HashMap<u64, (&'static str, String)>,
+    acked: u64,
+) -> Result<Vec<Rejection>, ReportError> {
+    let mut seen = std::collections::HashSet::new();
+    rejected
+        .into_iter()
+        // A seq named twice is kept once.
+        .filter(|r| seen.insert(r.seq))
+        .map(|r| {
+            if r.seq > acked || !sent.contains_key(&r.seq) {
+                return Err(ReportError::BadRejection { seq: r.seq });
+            }
+            let reason = match TaskEventRejection::try_from(r.reason) {
+                Ok(TaskEventRejection::Malformed) => RejectionReason::Malformed,
+                Ok(TaskEventRejection::TaskOfAnotherNode) => RejectionReason::TaskOfAnotherNode,
+                // Unspecified, or a reason newer than this agent: still rejected for good.
+                Ok(TaskEventRejection::Unspecified) | Err(_) => RejectionReason::Unknown,
+            };
+            Ok(Rejection {
+                seq: r.seq,
+                reason,
+                message: r.message,
+            })
+        })
+        .collect()
+}
+
+fn kind_of(event: &TaskEvent) -> &'static str {
+    match event {
+        TaskEvent::Begun(_) => "begun",
+        TaskEvent::Ended(_) => "ended",
+    }
+}
+
+fn task_of(event: &TaskEvent) -> &str {
+    match event {
+        TaskEvent::Begun(b) => &b.task_id,
+        TaskEvent::Ended(e) => &e.task_id,
     }
 }
 

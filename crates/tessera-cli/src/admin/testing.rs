@@ -267,6 +267,7 @@ impl admin_server::Admin for Mock {
             version: "test".into(),
             bundle: Vec::new(),
             entries,
+            ..Default::default()
         }))
     }
 }

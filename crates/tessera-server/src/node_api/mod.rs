@@ -311,40 +311,55 @@ impl NodeService {
         request: Request<pb::ReportTaskEventsRequest>,
     ) -> Result<Response<pb::ReportTaskEventsResponse>, Status> {
         let node = self.caller(&request).await?;
-        let (events, acknowledged_seq) = report::parse(request.into_inner(), &self.trust_domain)?;
-        if events.is_empty() {
-            return Ok(Response::new(pb::ReportTaskEventsResponse {
-                acknowledged_seq,
-            }));
+        let report::Parsed {
+            events,
+            mut rejected,
+            last_seq,
+        } = report::parse(request.into_inner(), &self.trust_domain)?;
+        for r in &rejected {
+            tracing::warn!(node = %node.name, seq = r.seq, reason = r.message, "malformed task event rejected");
         }
-        let reported = self
-            .replica
-            .store()
-            .report_task_events(node.name.as_str(), &events)
-            .await
-            .map_err(|e| match e {
-                crate::ServerStoreError::Conflict(
-                    conflict @ crate::Conflict::TaskOfAnotherNode { .. },
-                ) => {
-                    tracing::warn!(node = %node.name, %conflict, "task event of another node refused");
-                    Status::permission_denied(conflict.to_string())
-                }
-                e => store_status(e),
-            })?;
-        self.metrics.report(events.len());
-        self.metrics.revocations_published(reported.published);
-        tracing::debug!(
-            node = %node.name,
-            events = events.len(),
-            begun = reported.begun,
-            ended = reported.ended,
-            revoked_at_begin = reported.revoked_at_begin.len(),
-            version = reported.revocation_version,
-            "task events stored"
-        );
-        // Committed: the agent may drop these from its journal.
+        self.metrics
+            .task_events_rejected(pb::TaskEventRejection::Malformed, rejected.len());
+        let (seqs, events): (Vec<u64>, Vec<crate::TaskEvent>) = events.into_iter().unzip();
+        if !events.is_empty() {
+            let reported = self
+                .replica
+                .store()
+                .report_task_events(node.name.as_str(), &events)
+                .await
+                .map_err(store_status)?;
+            self.metrics.report(events.len());
+            self.metrics.revocations_published(reported.published);
+            self.metrics.task_events_rejected(
+                pb::TaskEventRejection::TaskOfAnotherNode,
+                reported.contested.len(),
+            );
+            tracing::debug!(
+                node = %node.name,
+                events = events.len(),
+                begun = reported.begun,
+                ended = reported.ended,
+                revoked_at_begin = reported.revoked_at_begin.len(),
+                contested = reported.contested.len(),
+                version = reported.revocation_version,
+                "task events stored"
+            );
+            rejected.extend(reported.contested.iter().map(|c| pb::RejectedTaskEvent {
+                seq: seqs[c.index],
+                reason: pb::TaskEventRejection::TaskOfAnotherNode.into(),
+                message: format!(
+                    "task {} was reported by another node first; it is revoked (reason \"{}\")",
+                    c.task_id,
+                    crate::REASON_CONTESTED
+                ),
+            }));
+            rejected.sort_by_key(|r| r.seq);
+        }
+        // Committed (or rejected for good): the agent may drop these from its journal.
         Ok(Response::new(pb::ReportTaskEventsResponse {
-            acknowledged_seq,
+            acknowledged_seq: last_seq,
+            rejected,
         }))
     }
 }

@@ -1,7 +1,13 @@
 //! `ReportTaskEvents`: a node's task begins and ends, from its journal, checked here
 //! (every field hostile until parsed: ids, the trust domain, sizes) and stored in one
-//! transaction (`task.rs`). A bad event refuses the whole request (INVALID_ARGUMENT naming
-//! it): the agent must not drop events it could not deliver, so nothing is half-stored.
+//! transaction (`task.rs`).
+//!
+//! Each event is judged on its own: a malformed one is rejected by its `seq` and the
+//! others are stored. Refusing the whole request instead would have the agent resend the
+//! same batch forever (the event can never become well-formed), and every later event of
+//! that node, every task end among them, would never reach the server. Only what is wrong
+//! with the request as a whole (too many events, seqs not increasing: the acknowledgement
+//! would be meaningless) refuses it.
 
 use std::str::FromStr;
 
@@ -22,41 +28,57 @@ pub(crate) const MAX_SERIALS: usize = 4096;
 /// Longest consent id accepted (the server's are 26-character ULIDs).
 const MAX_CONSENT_ID_LEN: usize = 64;
 
-/// The request's events, checked, and the highest `seq` among them (0 for none).
+/// A request's events, each checked on its own.
+#[derive(Debug, Default)]
+pub(crate) struct Parsed {
+    /// The well-formed events, in request order, each with its `seq`.
+    pub(crate) events: Vec<(u64, TaskEvent)>,
+    /// The malformed ones, by `seq`.
+    pub(crate) rejected: Vec<pb::RejectedTaskEvent>,
+    /// The highest `seq` of the request (0 for none): what the answer acknowledges.
+    pub(crate) last_seq: u64,
+}
+
+/// The request's events, checked: a malformed event is rejected alone (see the module's
+/// comment); a request of too many events, or of seqs not increasing, is refused.
 pub(crate) fn parse(
     request: pb::ReportTaskEventsRequest,
     trust_domain: &TrustDomain,
-) -> Result<(Vec<TaskEvent>, u64), Status> {
+) -> Result<Parsed, Status> {
     if request.events.len() > MAX_EVENTS {
         return Err(Status::invalid_argument(format!(
             "{} events; at most {MAX_EVENTS} per request",
             request.events.len()
         )));
     }
-    let mut events = Vec::with_capacity(request.events.len());
-    let mut last_seq = 0;
+    let mut parsed = Parsed {
+        events: Vec::with_capacity(request.events.len()),
+        ..Parsed::default()
+    };
     for (index, event) in request.events.into_iter().enumerate() {
-        let refuse = |what: String| {
-            Status::invalid_argument(format!("event {index} (seq {}): {what}", event.seq))
-        };
-        if event.seq == 0 || event.seq <= last_seq {
-            return Err(refuse(format!(
-                "seq must be positive and increase within a request (the one before was {last_seq})"
+        if event.seq == 0 || event.seq <= parsed.last_seq {
+            return Err(Status::invalid_argument(format!(
+                "event {index} (seq {}): seq must be positive and increase within a request \
+                 (the one before was {})",
+                event.seq, parsed.last_seq
             )));
         }
-        last_seq = event.seq;
-        let parsed = match &event.event {
-            Some(pb::task_event::Event::Begun(b)) => {
-                TaskEvent::Begun(begun(b, trust_domain).map_err(refuse)?)
-            }
-            Some(pb::task_event::Event::Ended(e)) => {
-                TaskEvent::Ended(ended(e, trust_domain).map_err(refuse)?)
-            }
-            None => return Err(refuse("neither begun nor ended".to_owned())),
+        parsed.last_seq = event.seq;
+        let checked = match &event.event {
+            Some(pb::task_event::Event::Begun(b)) => begun(b, trust_domain).map(TaskEvent::Begun),
+            Some(pb::task_event::Event::Ended(e)) => ended(e, trust_domain).map(TaskEvent::Ended),
+            None => Err("neither begun nor ended".to_owned()),
         };
-        events.push(parsed);
+        match checked {
+            Ok(checked) => parsed.events.push((event.seq, checked)),
+            Err(message) => parsed.rejected.push(pb::RejectedTaskEvent {
+                seq: event.seq,
+                reason: pb::TaskEventRejection::Malformed.into(),
+                message: format!("event {index} (seq {}): {message}", event.seq),
+            }),
+        }
     }
-    Ok((events, last_seq))
+    Ok(parsed)
 }
 
 fn begun(b: &pb::TaskBegun, td: &TrustDomain) -> Result<TaskBegun, String> {
@@ -214,6 +236,16 @@ mod tests {
         status.message().to_owned()
     }
 
+    /// The message the one event of `events` is rejected with.
+    fn rejection(events: Vec<pb::TaskEvent>) -> String {
+        let parsed = parse(request(events), &td()).unwrap();
+        let [rejected] = &parsed.rejected[..] else {
+            panic!("one rejection: {parsed:?}");
+        };
+        assert_eq!(rejected.reason(), pb::TaskEventRejection::Malformed);
+        rejected.message.clone()
+    }
+
     #[test]
     fn well_formed_events_parse_and_the_highest_seq_is_acknowledged() {
         let a = TaskId::new();
@@ -226,51 +258,77 @@ mod tests {
             serials: vec!["0a1b".into(), "ff".into()],
             until_unix: 1_700_000_300,
         }));
-        let (events, seq) = parse(request(vec![begun_event(7, &a), end]), &td()).unwrap();
-        assert_eq!(seq, 9);
+        let parsed = parse(request(vec![begun_event(7, &a), end]), &td()).unwrap();
+        assert_eq!(parsed.last_seq, 9);
+        assert!(parsed.rejected.is_empty());
         assert!(
-            matches!(&events[..], [TaskEvent::Begun(_), TaskEvent::Ended(e)] if e.client == "reviewer")
+            matches!(&parsed.events[..], [(7, TaskEvent::Begun(_)), (9, TaskEvent::Ended(e))] if e.client == "reviewer")
         );
-        assert_eq!(parse(request(Vec::new()), &td()).unwrap().1, 0);
+        assert_eq!(parse(request(Vec::new()), &td()).unwrap().last_seq, 0);
     }
 
     #[test]
-    fn a_bad_event_refuses_the_request_and_names_the_event() {
+    fn a_bad_event_is_rejected_by_seq_and_the_others_still_parse() {
         let a = TaskId::new();
         let mut foreign = begun_event(2, &a);
         if let Some(pb::task_event::Event::Begun(b)) = &mut foreign.event {
             b.spiffe_id = format!("spiffe://evil.corp/client/reviewer/task/{a}");
         }
-        let message = refusal(vec![begun_event(1, &a), foreign]);
-        assert!(message.starts_with("event 1 (seq 2)"), "{message}");
-        assert!(message.contains("trust domain"), "{message}");
+        let parsed = parse(
+            request(vec![begun_event(1, &a), foreign, begun_event(3, &a)]),
+            &td(),
+        )
+        .unwrap();
+        assert_eq!(parsed.last_seq, 3, "the rejected event is acknowledged too");
+        assert_eq!(
+            parsed
+                .events
+                .iter()
+                .map(|(seq, _)| *seq)
+                .collect::<Vec<_>>(),
+            [1, 3]
+        );
+        let [rejected] = &parsed.rejected[..] else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(rejected.seq, 2);
+        assert!(
+            rejected.message.starts_with("event 1 (seq 2)"),
+            "{rejected:?}"
+        );
+        assert!(rejected.message.contains("trust domain"), "{rejected:?}");
 
         let mut other_task = begun_event(1, &a);
         if let Some(pb::task_event::Event::Begun(b)) = &mut other_task.event {
             b.task_id = TaskId::new().to_string();
         }
-        assert!(refusal(vec![other_task]).contains("is not task"));
+        assert!(rejection(vec![other_task]).contains("is not task"));
 
         let mut upper = begun_event(1, &a);
         if let Some(pb::task_event::Event::Begun(b)) = &mut upper.event {
             b.serials = vec!["0A".into()];
         }
-        assert!(refusal(vec![upper]).contains("serial"));
+        assert!(rejection(vec![upper]).contains("serial"));
 
         let mut huge = begun_event(1, &a);
         if let Some(pb::task_event::Event::Begun(b)) = &mut huge.event {
             b.subject = "x".repeat(MAX_SUBJECT_LEN + 1);
         }
-        assert!(refusal(vec![huge]).contains("subject"));
-
-        assert!(refusal(vec![begun_event(3, &a), begun_event(3, &a)]).contains("seq"));
+        assert!(rejection(vec![huge]).contains("subject"));
         assert!(
-            refusal(vec![pb::TaskEvent {
+            rejection(vec![pb::TaskEvent {
                 seq: 1,
                 event: None
             }])
             .contains("neither")
         );
+    }
+
+    #[test]
+    fn a_request_of_too_many_events_or_unordered_seqs_is_refused_whole() {
+        let a = TaskId::new();
+        assert!(refusal(vec![begun_event(3, &a), begun_event(3, &a)]).contains("seq"));
+        assert!(refusal(vec![begun_event(0, &a)]).contains("seq must be positive"));
         let many: Vec<_> = (1..=MAX_EVENTS as u64 + 1)
             .map(|seq| begun_event(seq, &a))
             .collect();
