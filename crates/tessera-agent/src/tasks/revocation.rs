@@ -197,7 +197,10 @@ impl RevocationFeed {
     }
 
     /// Adds revocations and revoked node CAs (from the server's feed, or local ones);
-    /// entries already in the set are skipped. Returns the task ids that were new.
+    /// entries already in the set are skipped, except a task revocation that now runs
+    /// longer (`until_unix` later: the server extends a contested task id's revocation
+    /// to the latest deadline either claimant gave), which replaces the held one and is
+    /// passed on in the delta. Returns the task ids that were new.
     pub(crate) fn add_remote(
         &self,
         tasks: Vec<RevokedTask>,
@@ -205,17 +208,27 @@ impl RevocationFeed {
     ) -> Vec<String> {
         let as_of = self.current_as_of_ms();
         let mut state = self.state();
-        let tasks: Vec<Arc<RevokedTask>> = tasks
-            .into_iter()
-            .filter(|t| state.task_ids.insert(t.task_id.clone()))
-            .map(Arc::new)
-            .collect();
+        let mut fresh: Vec<Arc<RevokedTask>> = Vec::new();
+        let mut extended: Vec<Arc<RevokedTask>> = Vec::new();
+        for t in tasks {
+            if state.task_ids.insert(t.task_id.clone()) {
+                fresh.push(Arc::new(t));
+            } else if let Some(held) = state
+                .tasks
+                .iter_mut()
+                .find(|h| h.task_id == t.task_id && h.until_unix < t.until_unix)
+            {
+                *held = Arc::new(t);
+                extended.push(Arc::clone(held));
+            }
+        }
+        let tasks = fresh;
         let node_cas: Vec<Arc<RevokedNodeCa>> = node_cas
             .into_iter()
             .filter(|c| state.ca_serials.insert(c.serial.clone()))
             .map(Arc::new)
             .collect();
-        if tasks.is_empty() && node_cas.is_empty() {
+        if tasks.is_empty() && extended.is_empty() && node_cas.is_empty() {
             return Vec::new();
         }
         let added: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
@@ -223,7 +236,7 @@ impl RevocationFeed {
         state.node_cas.extend(node_cas.iter().cloned());
         // One delta per message's worth.
         let mut page = DeltaPage::default();
-        for t in tasks {
+        for t in tasks.into_iter().chain(extended) {
             if !page.fits(field_len(&*t)) {
                 self.push_delta(&mut state, std::mem::take(&mut page), as_of);
             }

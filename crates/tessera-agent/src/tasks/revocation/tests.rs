@@ -51,6 +51,25 @@ fn add_is_idempotent_per_task_and_makes_one_delta_per_change() {
 }
 
 #[test]
+fn a_later_expiry_for_a_held_task_replaces_it_and_is_passed_on() {
+    let feed = RevocationFeed::new(config(None), vec![rev("a", 100)]);
+    // An earlier or equal expiry is nothing new.
+    feed.add([rev("a", 50), rev("a", 100)]);
+    assert_eq!(feed.version(), 1);
+    // A later one (a contested id's revocation growing to the latest claimed deadline)
+    // is a delta of its own, so verifiers behind this agent keep refusing that long.
+    feed.add([rev("a", 900)]);
+    assert_eq!(feed.version(), 2);
+    let d = delta_of(&feed.deltas_after(1).unwrap()[0].bytes);
+    assert_eq!(d.revoked.len(), 1);
+    assert_eq!(
+        (d.revoked[0].task_id.as_str(), d.revoked[0].until_unix),
+        ("a", 900)
+    );
+    assert!(feed.contains("a"));
+}
+
+#[test]
 fn a_delta_is_encoded_once_and_its_bytes_do_not_grow_with_the_set() {
     let feed = RevocationFeed::new(config(None), Vec::new());
     feed.add([rev("first", 100)]);
