@@ -64,10 +64,12 @@ impl WorkloadService {
     pub(crate) fn with_jwt(
         mut self,
         authority: Arc<tessera_authority::JwtAuthority>,
+        trust: crate::jwt_trust::JwtTrust,
         ttl: Duration,
     ) -> Self {
         self.jwt = Some(jwt::JwtApi::new(
             authority,
+            trust,
             ttl,
             Arc::clone(&self.cache),
             Arc::clone(&self.tasks),
