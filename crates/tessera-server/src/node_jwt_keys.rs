@@ -214,6 +214,30 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Deletes the keys that expired before `before` (unix seconds), logging a change for
+    /// each node that lost some, so a node that went away leaves no keys behind. Agents
+    /// drop an expired key by themselves; this keeps snapshots small. Returns how many.
+    pub async fn prune_node_jwt_keys(&self, before: i64) -> Result<u64, ServerStoreError> {
+        let mut tx = self.begin().await?;
+        let nodes: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM node_jwt_keys WHERE not_after < $1 RETURNING node",
+        )
+        .bind(before)
+        .fetch_all(&mut *tx)
+        .await?;
+        let deleted = nodes.len() as u64;
+        let mut nodes = nodes;
+        nodes.sort_unstable();
+        nodes.dedup();
+        for node in &nodes {
+            version::record(&mut tx, Kind::JwtKeys, node).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}
+
 /// Deletes node `node`'s keys (its eviction, in the eviction's transaction) and logs the
 /// change when there were any. Returns the change's version, if there was one.
 pub(crate) async fn withdraw(
