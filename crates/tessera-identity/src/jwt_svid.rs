@@ -334,6 +334,10 @@ impl JwtKey {
         }
         let x: [u8; 32] = x.try_into().map_err(|_| "x is not 32 bytes")?;
         let y: [u8; 32] = y.try_into().map_err(|_| "y is not 32 bytes")?;
+        // A point off the curve (an invalid-curve attack's tool) is refused here, whatever
+        // the JOSE library would make of it later.
+        let sec1 = [&[4u8][..], &x, &y].concat();
+        p256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| "not a point on P-256")?;
         let decoding =
             DecodingKey::from_ec_components(&URL_SAFE_NO_PAD.encode(x), &URL_SAFE_NO_PAD.encode(y))
                 .map_err(|_| "not a P-256 public key")?;
