@@ -124,7 +124,10 @@ async fn a_task_jwt_svid_from_node_a_is_accepted_at_node_c_until_its_task_ends_o
     let task = RunningTask::begin(&a).await;
     let token = task_jwt(&a, &task.task.spiffe_id, AUD).await;
     let kid = kid_of(&token);
-    assert!(kid.starts_with(NODE_KEY_ID_PREFIX), "A's key is a node's: {kid}");
+    assert!(
+        kid.starts_with(NODE_KEY_ID_PREFIX),
+        "A's key is a node's: {kid}"
+    );
     let arrived = until_jwks_holds(&c, &kid, true).await;
     eprintln!("A's JWT key reached C's JWKS {arrived:?} after A's token was minted");
 
@@ -168,7 +171,10 @@ async fn a_task_jwt_svid_from_node_a_is_accepted_at_node_c_until_its_task_ends_o
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("EndTask on A -> refused by C's ValidateJWTSVID after {:?}", start.elapsed());
+    eprintln!(
+        "EndTask on A -> refused by C's ValidateJWTSVID after {:?}",
+        start.elapsed()
+    );
 
     // Evicting A withdraws its keys at once: C's JWKS drops them, and a fresh token of A
     // (A's agent still signs locally) is refused at C.
@@ -186,7 +192,10 @@ async fn a_task_jwt_svid_from_node_a_is_accepted_at_node_c_until_its_task_ends_o
         .await
         .unwrap();
     until_jwks_holds(&c, &kid, false).await;
-    eprintln!("eviction of A -> its key left C's JWKS after {:?}", start.elapsed());
+    eprintln!(
+        "eviction of A -> its key left C's JWKS after {:?}",
+        start.elapsed()
+    );
     let refused = validate_at(&c, &fresh_token).await.unwrap_err();
     assert!(refused.contains("jwt_unknown_kid"), "{refused}");
 }
@@ -201,7 +210,8 @@ fn forge_server_token(a: &TestAgent, kid: &str) -> String {
             .join(format!("jwt-{kid}.key.pem")),
     )
     .expect("A's active JWT key");
-    let key = jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap();
+    let der = pem::parse(&pem).unwrap().into_contents();
+    let key = jsonwebtoken::EncodingKey::from_ec_der(&der);
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(kid.to_owned());
     let now = now_unix();

@@ -18,8 +18,8 @@ use crate::audit_log;
 use crate::config::Config;
 use crate::drain;
 use crate::http::{self, Health};
-use crate::metrics::{ADMIN_SOCKET_RPCS, Metrics, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
 use crate::jwt_trust::JwtTrust;
+use crate::metrics::{ADMIN_SOCKET_RPCS, Metrics, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
 use crate::node::{ClusterJwtKeys, NodeLink, Reporter, ServerRevocations, Syncer};
 use crate::retention;
 use crate::socket::{self, InConnSpanLayer};
@@ -146,7 +146,11 @@ pub async fn run(
                 Arc::clone(&jwt_authority),
                 drain.clone(),
             ));
-            JwtTrust::cluster(Arc::clone(&jwt_authority), others.subscribe(), drain.clone())
+            JwtTrust::cluster(
+                Arc::clone(&jwt_authority),
+                others.subscribe(),
+                drain.clone(),
+            )
         }
         _ => JwtTrust::standalone(Arc::clone(&jwt_authority)),
     };

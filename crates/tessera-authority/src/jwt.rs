@@ -518,11 +518,7 @@ fn load(dir: &Path, record: &KeyRecord) -> Result<SigningKey, AuthorityError> {
     signing_key(record.clone(), &key)
 }
 
-fn load_or_create(
-    dir: &Path,
-    now: i64,
-    policy: &JwtKeyPolicy,
-) -> Result<KeySet, AuthorityError> {
+fn load_or_create(dir: &Path, now: i64, policy: &JwtKeyPolicy) -> Result<KeySet, AuthorityError> {
     let state_path = dir.join(STATE_FILE);
     if !state_path.exists() {
         let active = generate(dir, now, policy.owner)?;
@@ -580,7 +576,10 @@ fn change_owner(
     policy: &JwtKeyPolicy,
     mut keys: KeySet,
 ) -> Result<KeySet, AuthorityError> {
-    let old = std::mem::replace(&mut keys.active, Arc::new(generate(dir, now, policy.owner)?));
+    let old = std::mem::replace(
+        &mut keys.active,
+        Arc::new(generate(dir, now, policy.owner)?),
+    );
     let max = i64::try_from(policy.max_token_ttl.as_secs()).unwrap_or(i64::MAX);
     keys.retiring.push(RetiringKey {
         kid: old.record.kid.clone(),

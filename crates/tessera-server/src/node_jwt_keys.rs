@@ -94,8 +94,9 @@ fn validate(keys: &[NodeJwtKey], now: i64, ca_not_after: i64) -> Result<(), Inva
         if !seen.insert(key.kid.as_str()) {
             return Err(bad("kid repeated".into()));
         }
-        JwtKey::from_xy(&key.kid, &key.x, &key.y)
-            .map_err(|_| bad("not a P-256 public key (x, y: 32 bytes each, on the curve)".into()))?;
+        JwtKey::from_xy(&key.kid, &key.x, &key.y).map_err(|_| {
+            bad("not a P-256 public key (x, y: 32 bytes each, on the curve)".into())
+        })?;
         if key.not_after <= now {
             return Err(bad(format!("not_after {} has passed", key.not_after)));
         }
@@ -220,12 +221,11 @@ impl PgStore {
     /// drop an expired key by themselves; this keeps snapshots small. Returns how many.
     pub async fn prune_node_jwt_keys(&self, before: i64) -> Result<u64, ServerStoreError> {
         let mut tx = self.begin().await?;
-        let nodes: Vec<String> = sqlx::query_scalar(
-            "DELETE FROM node_jwt_keys WHERE not_after < $1 RETURNING node",
-        )
-        .bind(before)
-        .fetch_all(&mut *tx)
-        .await?;
+        let nodes: Vec<String> =
+            sqlx::query_scalar("DELETE FROM node_jwt_keys WHERE not_after < $1 RETURNING node")
+                .bind(before)
+                .fetch_all(&mut *tx)
+                .await?;
         let deleted = nodes.len() as u64;
         let mut nodes = nodes;
         nodes.sort_unstable();
@@ -257,11 +257,10 @@ pub(crate) async fn withdraw(
 
 /// Every node's keys (nodes with none left out), by node name.
 pub(crate) async fn list(conn: &mut PgConnection) -> Result<Vec<NodeJwtKeys>, ServerStoreError> {
-    let rows: Vec<(String, String, Vec<u8>, Vec<u8>, i64)> = sqlx::query_as(
-        "SELECT node, kid, x, y, not_after FROM node_jwt_keys ORDER BY node, kid",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<(String, String, Vec<u8>, Vec<u8>, i64)> =
+        sqlx::query_as("SELECT node, kid, x, y, not_after FROM node_jwt_keys ORDER BY node, kid")
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(group(rows))
 }
 

@@ -105,14 +105,30 @@ async fn published_jwt_keys_are_bounded_reach_other_nodes_and_leave_with_evictio
         ("too many", too_many, "at most 8"),
         ("no node mark", vec![key("a1", good)], "must start with"),
         ("a bad kid", vec![key("node-a/1", good)], "[A-Za-z0-9_-]"),
-        ("an overlong kid", vec![key(&format!("node-{}", "a".repeat(60)), good)], "[A-Za-z0-9_-]"),
-        ("a repeated kid", vec![key("node-a1", good), key("node-a1", good)], "repeated"),
+        (
+            "an overlong kid",
+            vec![key(&format!("node-{}", "a".repeat(60)), good)],
+            "[A-Za-z0-9_-]",
+        ),
+        (
+            "a repeated kid",
+            vec![key("node-a1", good), key("node-a1", good)],
+            "repeated",
+        ),
         ("expired", vec![key("node-a1", now() - 1)], "has passed"),
-        ("past the node CA", vec![key("node-a1", ca_end + 1)], "past the node CA"),
+        (
+            "past the node CA",
+            vec![key("node-a1", ca_end + 1)],
+            "past the node CA",
+        ),
     ] {
         let status = a.publish_jwt_keys(publish(keys)).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-        assert!(status.message().contains(says), "{what}: {}", status.message());
+        assert!(
+            status.message().contains(says),
+            "{what}: {}",
+            status.message()
+        );
     }
 
     // B follows the registrations through replica two.
@@ -122,7 +138,9 @@ async fn published_jwt_keys_are_bounded_reach_other_nodes_and_leave_with_evictio
         .unwrap()
         .into_inner();
     let first = stream.message().await.unwrap().unwrap();
-    assert!(matches!(first.message, Some(pb::sync_message::Message::Snapshot(ref s)) if s.jwt_keys.is_empty()));
+    assert!(
+        matches!(first.message, Some(pb::sync_message::Message::Snapshot(ref s)) if s.jwt_keys.is_empty())
+    );
 
     // A publishes through replica one; B's stream on replica two gets the set.
     let published = vec![key("node-a1", good), key("node-a2", good - 10)];
@@ -132,7 +150,10 @@ async fn published_jwt_keys_are_bounded_reach_other_nodes_and_leave_with_evictio
         .unwrap()
         .into_inner()
         .version;
-    assert_eq!(next_keys_of(&mut stream, "worker-a").await, ["node-a1", "node-a2"]);
+    assert_eq!(
+        next_keys_of(&mut stream, "worker-a").await,
+        ["node-a1", "node-a2"]
+    );
     // The same set again writes nothing.
     let again = a
         .publish_jwt_keys(publish(published.clone()))
@@ -148,7 +169,11 @@ async fn published_jwt_keys_are_bounded_reach_other_nodes_and_leave_with_evictio
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("another node's"), "{}", status.message());
+    assert!(
+        status.message().contains("another node's"),
+        "{}",
+        status.message()
+    );
     b.publish_jwt_keys(publish(vec![key("node-b1", good)]))
         .await
         .unwrap();
@@ -168,13 +193,21 @@ async fn published_jwt_keys_are_bounded_reach_other_nodes_and_leave_with_evictio
     let mut held: Vec<(String, Vec<String>)> = snapshot
         .jwt_keys
         .iter()
-        .map(|k| (k.node.clone(), k.keys.iter().map(|k| k.kid.clone()).collect()))
+        .map(|k| {
+            (
+                k.node.clone(),
+                k.keys.iter().map(|k| k.kid.clone()).collect(),
+            )
+        })
         .collect();
     held.sort();
     assert_eq!(
         held,
         [
-            ("worker-a".to_owned(), vec!["node-a1".to_owned(), "node-a2".to_owned()]),
+            (
+                "worker-a".to_owned(),
+                vec!["node-a1".to_owned(), "node-a2".to_owned()]
+            ),
             ("worker-b".to_owned(), vec!["node-b1".to_owned()]),
         ]
     );
@@ -207,7 +240,11 @@ async fn published_jwt_keys_are_bounded_reach_other_nodes_and_leave_with_evictio
         .iter()
         .filter(|r| r["kind"] == "node.jwt_keys")
         .collect();
-    assert_eq!(published.len(), 2, "A once (the repeat wrote nothing), B once");
+    assert_eq!(
+        published.len(),
+        2,
+        "A once (the repeat wrote nothing), B once"
+    );
     assert!(published.iter().any(|r| r["actor"] == "node:worker-a"
         && r["detail"]["node"] == "worker-a"
         && r["detail"]["kids"] == serde_json::json!(["node-a1", "node-a2"])));

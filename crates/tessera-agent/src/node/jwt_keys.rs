@@ -229,8 +229,8 @@ fn read(path: &Path) -> Result<Option<OtherNodesKeys>, String> {
             if !is_node_key_id(&k.kid) {
                 return Err(format!("key {} of {node} is not a node's", k.kid));
             }
-            let key = JwtKey::from_xy(&k.kid, &coord(&k.x)?, &coord(&k.y)?)
-                .map_err(|e| e.to_string())?;
+            let key =
+                JwtKey::from_xy(&k.kid, &coord(&k.x)?, &coord(&k.y)?).map_err(|e| e.to_string())?;
             parsed.push(NodeKey {
                 key,
                 not_after: k.not_after,
@@ -263,7 +263,10 @@ fn write(path: &Path, keys: &OtherNodesKeys) -> Result<(), std::io::Error> {
     };
     let text = serde_json::to_vec(&saved).expect("serializes");
     if let Some(dir) = path.parent() {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
@@ -311,12 +314,9 @@ pub(crate) fn union(
             "the cluster's JWT keys exceed the JWKS bound; some nodes' tokens will be refused here"
         );
     }
-    let bundle = tessera_identity::JwtBundle::new(
-        own.trust_domain().clone(),
-        keys,
-        own.refresh_hint_secs(),
-    )
-    .expect("kids deduplicated and bounded above");
+    let bundle =
+        tessera_identity::JwtBundle::new(own.trust_domain().clone(), keys, own.refresh_hint_secs())
+            .expect("kids deduplicated and bounded above");
     (bundle, next_expiry)
 }
 
@@ -355,7 +355,11 @@ pub(crate) async fn run_publisher(
 
 /// The keys to publish now: this node's marked keys (an unmarked one, left from
 /// standalone days, stays local), each `not_after` capped at the node CA's.
-pub(crate) fn keys_to_publish(authority: &JwtAuthority, ca_not_after: i64, now: i64) -> Vec<JwtSigningKey> {
+pub(crate) fn keys_to_publish(
+    authority: &JwtAuthority,
+    ca_not_after: i64,
+    now: i64,
+) -> Vec<JwtSigningKey> {
     authority
         .published_keys()
         .into_iter()

@@ -34,7 +34,9 @@ use tonic::transport::Channel;
 use crate::config::{AttestProof, ServerConfig};
 use crate::drain;
 use failover::{ConnectError, Replicas};
-pub(crate) use jwt_keys::{ClusterJwtKeys, OtherNodesKeys, run_publisher as publish_jwt_keys, union as jwt_union};
+pub(crate) use jwt_keys::{
+    ClusterJwtKeys, OtherNodesKeys, run_publisher as publish_jwt_keys, union as jwt_union,
+};
 pub(crate) use report::Reporter;
 pub(crate) use revocations::ServerRevocations;
 pub(crate) use state::{NodeState, StateError};

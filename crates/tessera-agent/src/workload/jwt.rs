@@ -24,11 +24,11 @@ use tessera_authority::{JwtAuthority, JwtKeyOwner, JwtSvidSpec};
 use tessera_identity::{
     JwtSvidError, MAX_AUDIENCE_LEN, MAX_AUDIENCES, TaskSpiffeId, TesseraId, validate_jwt_svid,
 };
-use tessera_store::EntryKind;
 use tessera_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
     ValidateJwtsvidRequest, ValidateJwtsvidResponse,
 };
+use tessera_store::EntryKind;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -153,8 +153,7 @@ impl JwtApi {
         let node_keys = self.authority.owner() == JwtKeyOwner::Node;
         if node_keys && named.iter().any(|e| e.entry.kind == EntryKind::Server) {
             // Named explicitly, or the caller's only identities: say why there is none.
-            if !spiffe_id.is_empty() || named.iter().all(|e| e.entry.kind == EntryKind::Server)
-            {
+            if !spiffe_id.is_empty() || named.iter().all(|e| e.entry.kind == EntryKind::Server) {
                 return Err(Status::permission_denied(NODE_KEY_MAY_NOT_SIGN));
             }
         }
@@ -277,9 +276,8 @@ impl JwtApi {
                 "invalid JWT-SVID: jwt_task_ended: its task has ended (revoked in the cluster)",
             ));
         }
-        let now_ms =
-            i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(i64::MAX);
+        let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+            .unwrap_or(i64::MAX);
         let age_ms = now_ms.saturating_sub(feed.current_as_of_ms());
         if age_ms > FOREIGN_TASK_STALENESS_MS {
             return Err(Status::invalid_argument(format!(

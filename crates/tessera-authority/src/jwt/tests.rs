@@ -276,7 +276,11 @@ fn a_nodes_keys_are_marked_and_sign_clients_and_tasks_only() {
     let dir = tempfile::tempdir().unwrap();
     let auth = JwtAuthority::open_at(td(), dir.path().join("ca"), node_policy(), t0()).unwrap();
     let issued = sign(&auth, t0());
-    assert!(issued.kid.starts_with(tessera_identity::NODE_KEY_ID_PREFIX), "{}", issued.kid);
+    assert!(
+        issued.kid.starts_with(tessera_identity::NODE_KEY_ID_PREFIX),
+        "{}",
+        issued.kid
+    );
     valid(&auth, &issued.token, t0()).unwrap();
     let err = auth
         .sign(
@@ -290,7 +294,10 @@ fn a_nodes_keys_are_marked_and_sign_clients_and_tasks_only() {
             t0(),
         )
         .unwrap_err();
-    assert!(matches!(err, AuthorityError::NodeJwtKeyMayNotSign { .. }), "{err}");
+    assert!(
+        matches!(err, AuthorityError::NodeJwtKeyMayNotSign { .. }),
+        "{err}"
+    );
     // Rotation keeps the mark.
     auth.prepare_next(t0()).unwrap();
     assert!(
@@ -308,7 +315,10 @@ fn published_keys_say_when_their_last_token_expires() {
     let t = t0().unix_timestamp();
     let published = auth.published_keys();
     assert_eq!(published.len(), 1);
-    assert_eq!(published[0].not_after_unix, t + 24 * 3600 + 300 + JWT_LEEWAY_SECS);
+    assert_eq!(
+        published[0].not_after_unix,
+        t + 24 * 3600 + 300 + JWT_LEEWAY_SECS
+    );
     let later = t0() + time::Duration::hours(16);
     auth.prepare_next(later).unwrap();
     auth.activate_prepared(later).unwrap();

@@ -559,11 +559,7 @@ fn a_node_key_validates_client_and_task_tokens() {
             .to_string(),
         CLIENT_SUB
     );
-    let v = check(
-        &node.token(&task_claims_json(&task(), NOW + 300)),
-        &bundle,
-    )
-    .unwrap();
+    let v = check(&node.token(&task_claims_json(&task(), NOW + 300)), &bundle).unwrap();
     assert_eq!(v.subject.to_string(), TASK_SUB);
 }
 
@@ -591,7 +587,12 @@ fn the_node_mark_survives_the_jwks() {
     // What a verifier parses from the Workload API: standard members only.
     let doc: Value = serde_json::from_slice(&served).unwrap();
     for jwk in doc["keys"].as_array().unwrap() {
-        let mut members: Vec<&str> = jwk.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut members: Vec<&str> = jwk
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         members.sort_unstable();
         assert_eq!(members, ["crv", "kid", "kty", "use", "x", "y"]);
     }
