@@ -384,3 +384,169 @@ async fn publish_once(link: &NodeLink, authority: &JwtAuthority) -> Result<usize
         .await?;
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_identity::{JwtBundle, TrustDomain};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn td() -> TrustDomain {
+        "acme.corp".parse().unwrap()
+    }
+
+    fn wire_key(kid: &str, not_after: i64) -> JwtSigningKey {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let point = pair.public_key_raw();
+        JwtSigningKey {
+            kid: kid.into(),
+            x: point[1..33].to_vec(),
+            y: point[33..].to_vec(),
+            not_after_unix: not_after,
+        }
+    }
+
+    fn set(node: &str, keys: Vec<JwtSigningKey>) -> NodeJwtKeys {
+        NodeJwtKeys {
+            node: node.into(),
+            keys,
+        }
+    }
+
+    fn kids(keys: &ClusterJwtKeys) -> Vec<(String, Vec<String>)> {
+        keys.subscribe()
+            .borrow()
+            .iter()
+            .map(|(n, k)| (n.clone(), k.iter().map(|k| k.key.kid().to_owned()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn unmarked_malformed_and_own_keys_are_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ClusterJwtKeys::load(dir.path(), "node-c");
+        let mut off_curve = wire_key("node-bad", NOW + 60);
+        off_curve.y[0] ^= 0x55;
+        keys.replace_all(
+            vec![
+                set(
+                    "node-a",
+                    vec![
+                        wire_key("node-a1", NOW + 60),
+                        // A key that could sign MCP servers if trusted: skipped.
+                        wire_key("0123456789abcdef", NOW + 60),
+                        off_curve,
+                    ],
+                ),
+                // This node's own set comes from its authority, never from the server.
+                set("node-c", vec![wire_key("node-c1", NOW + 60)]),
+                set("node-gone", vec![wire_key("node-g1", NOW + 60)]),
+            ],
+            &["node-gone"],
+        )
+        .unwrap();
+        assert_eq!(kids(&keys), [("node-a".into(), vec!["node-a1".into()])]);
+    }
+
+    #[test]
+    fn the_copy_survives_a_restart_and_only_a_snapshot_makes_it_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ClusterJwtKeys::load(dir.path(), "node-c");
+        assert!(keys.needs_snapshot(), "no saved copy: a snapshot first");
+        keys.put(set("node-a", vec![wire_key("node-a1", NOW + 60)]))
+            .unwrap();
+        assert!(keys.needs_snapshot(), "a change alone is not the whole copy");
+        keys.replace_all(vec![set("node-a", vec![wire_key("node-a1", NOW + 60)])], &[])
+            .unwrap();
+        keys.put(set("node-b", vec![wire_key("node-b1", NOW + 60)]))
+            .unwrap();
+        assert!(!keys.needs_snapshot());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(dir.path().join(FILE_NAME)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+
+        let again = ClusterJwtKeys::load(dir.path(), "node-c");
+        assert!(!again.needs_snapshot(), "resumes Sync by version");
+        assert_eq!(kids(&again), kids(&keys));
+
+        // Eviction and an empty set both remove a node.
+        again.drop_node("node-a").unwrap();
+        again.put(set("node-b", Vec::new())).unwrap();
+        assert!(kids(&again).is_empty());
+        assert!(kids(&ClusterJwtKeys::load(dir.path(), "node-c")).is_empty());
+
+        // A corrupt file is not trusted: a snapshot refills the copy.
+        fs::write(dir.path().join(FILE_NAME), b"{not json").unwrap();
+        let corrupt = ClusterJwtKeys::load(dir.path(), "node-c");
+        assert!(corrupt.needs_snapshot());
+        assert!(kids(&corrupt).is_empty());
+    }
+
+    #[test]
+    fn the_union_holds_own_keys_then_other_nodes_unexpired_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let others = ClusterJwtKeys::load(dir.path(), "node-c");
+        let own_key = wire_key("node-c1", NOW + 600);
+        let own = JwtBundle::new(
+            td(),
+            vec![JwtKey::from_xy(&own_key.kid, &own_key.x, &own_key.y).unwrap()],
+            Some(7200),
+        )
+        .unwrap();
+        // Another node claiming this node's kid does not replace it.
+        let shadow = wire_key("node-c1", NOW + 600);
+        others
+            .replace_all(
+                vec![
+                    set(
+                        "node-a",
+                        vec![wire_key("node-a1", NOW + 100), wire_key("node-a0", NOW)],
+                    ),
+                    set("node-b", vec![wire_key("node-b1", NOW + 50), shadow]),
+                ],
+                &[],
+            )
+            .unwrap();
+        let (union, next) = union(&own, &others.subscribe().borrow(), NOW);
+        let kids: Vec<&str> = union.keys().iter().map(|k| k.kid()).collect();
+        assert_eq!(kids, ["node-c1", "node-a1", "node-b1"]);
+        assert_eq!(union.key("node-c1"), own.key("node-c1"), "own key wins");
+        assert_eq!(union.refresh_hint_secs(), Some(7200));
+        assert_eq!(next, Some(NOW + 50), "wake when node-b1 expires");
+        let (later, next) = union_at(&own, &others, NOW + 50);
+        assert_eq!(later, ["node-c1", "node-a1"]);
+        assert_eq!(next, Some(NOW + 100));
+    }
+
+    fn union_at(
+        own: &JwtBundle,
+        others: &ClusterJwtKeys,
+        now: i64,
+    ) -> (Vec<String>, Option<i64>) {
+        let (u, next) = union(own, &others.subscribe().borrow(), now);
+        (u.keys().iter().map(|k| k.kid().to_owned()).collect(), next)
+    }
+
+    #[test]
+    fn only_marked_keys_are_published_capped_at_the_node_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = JwtAuthority::open(
+            td(),
+            dir.path().join("ca"),
+            tessera_authority::JwtKeyPolicy {
+                owner: tessera_authority::JwtKeyOwner::Node,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let published = keys_to_publish(&authority, now + 100, now);
+        assert_eq!(published.len(), 1);
+        assert!(published[0].kid.starts_with("node-"));
+        assert_eq!(published[0].not_after_unix, now + 100, "capped at the CA");
+        // A node CA already expired leaves nothing worth publishing.
+        assert!(keys_to_publish(&authority, now, now).is_empty());
+    }
+}
