@@ -143,6 +143,23 @@ async fn a_task_jwt_svid_from_node_a_is_accepted_at_node_c_until_its_task_ends_o
     let valid = validate_jwt_svid(&token, [&jwks_of(&c).await], AUD, now_unix()).unwrap();
     assert!(matches!(valid.subject, TesseraId::Task(_)));
     assert_eq!(valid.task.unwrap().task_id.to_string(), task.task.id);
+    // A stock SPIFFE client fed by C (the `spiffe` crate) parses C's JWKS, node-marked
+    // kids and all, and validates A's token offline and through C.
+    let stock = spiffe::WorkloadApiClient::connect_to(c.endpoint())
+        .await
+        .unwrap();
+    let bundles = stock.fetch_jwt_bundles().await.unwrap();
+    let checked = spiffe::JwtSvid::parse_and_validate(&token, &bundles, &[AUD]).unwrap();
+    assert_eq!(checked.spiffe_id().to_string(), task.task.spiffe_id);
+    assert_eq!(
+        stock
+            .validate_jwt_token(AUD, &token)
+            .await
+            .unwrap()
+            .spiffe_id()
+            .to_string(),
+        task.task.spiffe_id
+    );
     // C's own keys are still there, and A's JWKS holds C's key too.
     let c_token_kid = jwks_of(&c)
         .await
@@ -272,5 +289,25 @@ async fn the_runtimes_bearer_path_on_node_a_is_served_by_an_mcp_server_fed_by_no
         server.log_text().contains("at_revoked"),
         "{}",
         server.log_text()
+    );
+
+    // A node joining now: how long until its tokens are accepted at C, from the start of
+    // its agent (join token, process start, Attest) and from when it first answers.
+    let before = jwks_of(&c).await;
+    let started = Instant::now();
+    let b = cl.agent("node-b", &cl.r1().node, "").await;
+    let serving = Instant::now();
+    let own_b = jwks_of(&b)
+        .await
+        .keys()
+        .iter()
+        .find(|k| before.key(k.kid()).is_none())
+        .map(|k| k.kid().to_owned())
+        .expect("B's own key");
+    until_jwks_holds(&c, &own_b, true).await;
+    eprintln!(
+        "new node B: its JWT key in C's JWKS {:?} after its agent started, {:?} after it first answered",
+        started.elapsed(),
+        serving.elapsed()
     );
 }

@@ -418,7 +418,12 @@ mod tests {
         keys.subscribe()
             .borrow()
             .iter()
-            .map(|(n, k)| (n.clone(), k.iter().map(|k| k.key.kid().to_owned()).collect()))
+            .map(|(n, k)| {
+                (
+                    n.clone(),
+                    k.iter().map(|k| k.key.kid().to_owned()).collect(),
+                )
+            })
             .collect()
     }
 
@@ -456,14 +461,22 @@ mod tests {
         assert!(keys.needs_snapshot(), "no saved copy: a snapshot first");
         keys.put(set("node-a", vec![wire_key("node-a1", NOW + 60)]))
             .unwrap();
-        assert!(keys.needs_snapshot(), "a change alone is not the whole copy");
-        keys.replace_all(vec![set("node-a", vec![wire_key("node-a1", NOW + 60)])], &[])
-            .unwrap();
+        assert!(
+            keys.needs_snapshot(),
+            "a change alone is not the whole copy"
+        );
+        keys.replace_all(
+            vec![set("node-a", vec![wire_key("node-a1", NOW + 60)])],
+            &[],
+        )
+        .unwrap();
         keys.put(set("node-b", vec![wire_key("node-b1", NOW + 60)]))
             .unwrap();
         assert!(!keys.needs_snapshot());
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &fs::metadata(dir.path().join(FILE_NAME)).unwrap().permissions(),
+            &fs::metadata(dir.path().join(FILE_NAME))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
 
@@ -520,11 +533,7 @@ mod tests {
         assert_eq!(next, Some(NOW + 100));
     }
 
-    fn union_at(
-        own: &JwtBundle,
-        others: &ClusterJwtKeys,
-        now: i64,
-    ) -> (Vec<String>, Option<i64>) {
+    fn union_at(own: &JwtBundle, others: &ClusterJwtKeys, now: i64) -> (Vec<String>, Option<i64>) {
         let (u, next) = union(own, &others.subscribe().borrow(), now);
         (u.keys().iter().map(|k| k.kid().to_owned()).collect(), next)
     }
