@@ -233,7 +233,7 @@ pub async fn run(
             Arc::clone(&metrics),
             drain.clone(),
         )
-        .with_jwt(Arc::clone(&jwt_authority), jwt_trust, config.jwt_svid_ttl),
+        .with_jwt(jwt_trust, config.jwt_svid_ttl),
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let tasks_api = TasksServer::new(TasksService::new(

@@ -47,6 +47,11 @@ impl JwtTrust {
         JwtTrust { authority, bundle }
     }
 
+    /// This agent's signer.
+    pub(crate) fn authority(&self) -> &Arc<JwtAuthority> {
+        &self.authority
+    }
+
     /// The bundle now.
     pub(crate) fn bundle(&self) -> Arc<JwtBundle> {
         Arc::clone(&self.bundle.borrow())

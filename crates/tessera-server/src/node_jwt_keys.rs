@@ -255,9 +255,12 @@ pub(crate) async fn withdraw(
     Ok(Some(version::record(conn, Kind::JwtKeys, node).await?))
 }
 
+/// A stored key as read: node, kid, x, y, not_after.
+type KeyRow = (String, String, Vec<u8>, Vec<u8>, i64);
+
 /// Every node's keys (nodes with none left out), by node name.
 pub(crate) async fn list(conn: &mut PgConnection) -> Result<Vec<NodeJwtKeys>, ServerStoreError> {
-    let rows: Vec<(String, String, Vec<u8>, Vec<u8>, i64)> =
+    let rows: Vec<KeyRow> =
         sqlx::query_as("SELECT node, kid, x, y, not_after FROM node_jwt_keys ORDER BY node, kid")
             .fetch_all(&mut *conn)
             .await?;
@@ -272,7 +275,7 @@ pub(crate) async fn by_nodes(
     if nodes.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(String, String, Vec<u8>, Vec<u8>, i64)> = sqlx::query_as(
+    let rows: Vec<KeyRow> = sqlx::query_as(
         "SELECT node, kid, x, y, not_after FROM node_jwt_keys WHERE node = ANY($1)
          ORDER BY node, kid",
     )
@@ -282,7 +285,7 @@ pub(crate) async fn by_nodes(
     Ok(group(rows))
 }
 
-fn group(rows: Vec<(String, String, Vec<u8>, Vec<u8>, i64)>) -> Vec<NodeJwtKeys> {
+fn group(rows: Vec<KeyRow>) -> Vec<NodeJwtKeys> {
     let mut by_node: BTreeMap<String, Vec<NodeJwtKey>> = BTreeMap::new();
     for (node, kid, x, y, not_after) in rows {
         by_node.entry(node).or_default().push(NodeJwtKey {

@@ -272,19 +272,17 @@ impl Syncer {
             }
             // An evicted node's JWT keys go at once (the server withdraws them too);
             // its CAs reach verifiers through the revocation feed.
-            Some(change::Change::NodePut(n)) => {
-                if n.status != "active" {
-                    self.jwt_keys
-                        .drop_node(&n.name)
-                        .map_err(|e| SyncError::JwtKeys(e.to_string()))?;
-                }
+            Some(change::Change::NodePut(n)) if n.status != "active" => {
+                self.jwt_keys
+                    .drop_node(&n.name)
+                    .map_err(|e| SyncError::JwtKeys(e.to_string()))?;
             }
             Some(change::Change::JwtKeysPut(k)) => {
                 self.jwt_keys
                     .put(k)
                     .map_err(|e| SyncError::JwtKeys(e.to_string()))?;
             }
-            None => {}
+            Some(change::Change::NodePut(_)) | None => {}
         }
         let touched_entries = !batch.entries.is_empty();
         self.store.apply_sync(batch).await?;

@@ -65,9 +65,9 @@ pub(crate) struct JwtApi {
 }
 
 impl JwtApi {
-    /// Serves JWT-SVIDs lasting `ttl` (capped by a task's deadline), signed by `authority`.
+    /// Serves JWT-SVIDs lasting `ttl` (capped by a task's deadline), signed by `trust`'s
+    /// authority, validated against `trust`'s bundle.
     pub(crate) fn new(
-        authority: Arc<JwtAuthority>,
         trust: JwtTrust,
         ttl: Duration,
         cache: Arc<SvidCache>,
@@ -77,7 +77,7 @@ impl JwtApi {
         shutdown: crate::drain::Watch,
     ) -> JwtApi {
         JwtApi {
-            authority,
+            authority: Arc::clone(trust.authority()),
             trust,
             ttl,
             cache,
