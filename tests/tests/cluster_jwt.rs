@@ -310,4 +310,52 @@ async fn the_runtimes_bearer_path_on_node_a_is_served_by_an_mcp_server_fed_by_no
         started.elapsed(),
         serving.elapsed()
     );
+
+    // A node's key signs no MCP server: this process registered as server `self-mcp` too
+    // gets its X.509-SVID on C (signed by the root) but no JWT-SVID for it.
+    let uid = nix::unistd::geteuid();
+    let exe = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+    let entry = cl
+        .r1()
+        .admin()
+        .await
+        .create_entry(tessera_proto::tessera::v1::CreateEntryRequest {
+            client: String::new(),
+            selectors: vec![
+                format!("unix:uid:{uid}"),
+                format!("unix:path:{}", exe.display()),
+            ],
+            svid_ttl_secs: 0,
+            server: "self-mcp".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    until("the server entry reaches C", GENEROUS, || {
+        cluster::has_entry(&c, &entry.id)
+    })
+    .await;
+    let server_id = format!("spiffe://{TRUST_DOMAIN}/mcp/self-mcp");
+    let start = Instant::now();
+    loop {
+        let mut raw = SpiffeWorkloadApiClient::new(TestAgent::channel(&c.workload).await.unwrap());
+        let refused = raw
+            .fetch_jwtsvid(with_header(tessera_proto::workload::JwtsvidRequest {
+                audience: vec![AUD.into()],
+                spiffe_id: server_id.clone(),
+            }))
+            .await
+            .expect_err("a node key signs no MCP server");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        // Until C holds the server's X.509-SVID the identity is simply not the caller's.
+        if refused.message().contains("jwt_node_key_may_not_sign") {
+            break;
+        }
+        assert!(
+            start.elapsed() < GENEROUS,
+            "{refused:?}\nC: {}",
+            c.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -347,6 +347,66 @@ mod tests {
         assert!(reason(&too_many).contains("at most"));
     }
 
+    /// Publication, the change log, pruning of expired keys and eviction, on PostgreSQL.
+    #[tokio::test]
+    async fn keys_are_changes_expire_out_of_the_store_and_leave_with_their_node() {
+        let Some((_pg, store)) = crate::testing::store("node jwt keys").await else {
+            return;
+        };
+        let now = crate::clock::unix_secs();
+        let node = crate::NewNode {
+            name: "worker-1".into(),
+            attested_by: crate::AttestationKind::K8sPsat,
+            selectors: vec!["k8s:node-name:worker-1".into()],
+            attestation: json!({}),
+        };
+        store.register_node(node, "server").await.unwrap();
+        // No CA yet: nothing may outlive it.
+        let mut soon = key("node-a1");
+        soon.not_after = now + 30;
+        let err = store
+            .publish_node_jwt_keys("worker-1", vec![soon.clone()], "node:worker-1")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ServerStoreError::Invalid(_)), "{err:?}");
+        store
+            .record_node_ca("worker-1", "0a", now + 86_400, "server")
+            .await
+            .unwrap();
+        let mut later = key("node-a2");
+        later.not_after = now + 3600;
+        let written = store
+            .publish_node_jwt_keys(
+                "worker-1",
+                vec![later.clone(), soon.clone()],
+                "node:worker-1",
+            )
+            .await
+            .unwrap();
+        let changes = store.changes_since(written.version - 1, 10).await.unwrap();
+        assert!(matches!(
+            &changes.changes[..],
+            [crate::Change::JwtKeys { node, keys: Some(k), .. }]
+                if node == "worker-1" && k.keys == [soon.clone(), later.clone()]
+        ));
+
+        // Pruning takes the expired key out, as a change.
+        assert_eq!(store.prune_node_jwt_keys(now + 60).await.unwrap(), 1);
+        let snapshot = store.snapshot().await.unwrap();
+        assert_eq!(snapshot.jwt_keys.len(), 1);
+        assert_eq!(snapshot.jwt_keys[0].keys, [later.clone()]);
+        assert!(snapshot.version > written.version);
+
+        // Eviction withdraws the rest in its own transaction.
+        let evicted = store.evict_node("worker-1", "uid:0").await.unwrap();
+        let changes = store.changes_since(snapshot.version, 10).await.unwrap();
+        assert!(matches!(
+            changes.changes.last(),
+            Some(crate::Change::JwtKeys { keys: None, version, .. }) if *version == evicted.version
+        ));
+        assert!(store.snapshot().await.unwrap().jwt_keys.is_empty());
+    }
+
     #[test]
     fn a_key_must_expire_in_the_future_and_within_the_node_ca() {
         let mut past = key("node-a");
