@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tessera_authority::{Authority, AuthorityConfig, JwtAuthority, JwtKeyPolicy, RotationPolicy};
+use tessera_authority::{
+    Authority, AuthorityConfig, JwtAuthority, JwtKeyOwner, JwtKeyPolicy, RotationPolicy,
+};
 use tessera_proto::tessera::v1::admin_server::AdminServer;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tessera_store::Store;
@@ -16,8 +18,9 @@ use crate::audit_log;
 use crate::config::Config;
 use crate::drain;
 use crate::http::{self, Health};
+use crate::jwt_trust::JwtTrust;
 use crate::metrics::{ADMIN_SOCKET_RPCS, Metrics, RpcMetricsLayer, WORKLOAD_SOCKET_RPCS};
-use crate::node::{NodeLink, Reporter, ServerRevocations, Syncer};
+use crate::node::{ClusterJwtKeys, NodeLink, Reporter, ServerRevocations, Syncer};
 use crate::retention;
 use crate::socket::{self, InConnSpanLayer};
 use crate::svids::SvidCache;
@@ -122,10 +125,35 @@ pub async fn run(
             JwtKeyPolicy {
                 key_ttl: config.ca.jwt_key_ttl,
                 max_token_ttl: config.jwt_svid_ttl,
+                // In a cluster the keys are this node's: marked, clients and tasks only.
+                owner: if node.is_some() {
+                    JwtKeyOwner::Node
+                } else {
+                    JwtKeyOwner::TrustDomain
+                },
             },
         )
         .context("opening the JWT signing keys")?,
     );
+    // Cluster mode: the other nodes' JWT keys (from Sync), and this node's published.
+    let cluster_jwt_keys = node
+        .as_ref()
+        .map(|link| ClusterJwtKeys::load(link.dir(), link.node().name.as_str()));
+    let jwt_trust = match (&node, &cluster_jwt_keys) {
+        (Some(link), Some(others)) => {
+            tokio::spawn(crate::node::publish_jwt_keys(
+                Arc::clone(link),
+                Arc::clone(&jwt_authority),
+                drain.clone(),
+            ));
+            JwtTrust::cluster(
+                Arc::clone(&jwt_authority),
+                others.subscribe(),
+                drain.clone(),
+            )
+        }
+        _ => JwtTrust::standalone(Arc::clone(&jwt_authority)),
+    };
 
     let cache = SvidCache::with_server_signer(
         Arc::clone(&authority),
@@ -205,7 +233,7 @@ pub async fn run(
             Arc::clone(&metrics),
             drain.clone(),
         )
-        .with_jwt(Arc::clone(&jwt_authority), config.jwt_svid_ttl),
+        .with_jwt(jwt_trust, config.jwt_svid_ttl),
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let tasks_api = TasksServer::new(TasksService::new(
@@ -238,6 +266,11 @@ pub async fn run(
             store.clone(),
             Arc::clone(&cache),
             Arc::clone(&tasks),
+            Arc::clone(
+                cluster_jwt_keys
+                    .as_ref()
+                    .expect("cluster mode loads the other nodes' JWT keys"),
+            ),
         );
         tokio::spawn(syncer.run(drain.clone()));
         // Issue 16: this node's task events to the server, the cluster's revocations

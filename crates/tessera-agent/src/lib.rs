@@ -39,6 +39,7 @@ mod drain;
 pub mod h2_authority;
 mod http;
 mod jwt_keys;
+mod jwt_trust;
 pub mod logging;
 mod metrics;
 mod node;

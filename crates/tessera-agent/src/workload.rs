@@ -61,13 +61,9 @@ impl WorkloadService {
 
     /// Also serves JWT-SVIDs signed by `authority`, lasting `ttl` (capped by a task's
     /// deadline).
-    pub(crate) fn with_jwt(
-        mut self,
-        authority: Arc<tessera_authority::JwtAuthority>,
-        ttl: Duration,
-    ) -> Self {
+    pub(crate) fn with_jwt(mut self, trust: crate::jwt_trust::JwtTrust, ttl: Duration) -> Self {
         self.jwt = Some(jwt::JwtApi::new(
-            authority,
+            trust,
             ttl,
             Arc::clone(&self.cache),
             Arc::clone(&self.tasks),

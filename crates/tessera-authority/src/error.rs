@@ -77,6 +77,14 @@ pub enum AuthorityError {
         /// Its kind, `None` for a SPIFFE ID of no Tessera shape.
         kind: Option<IdKind>,
     },
+    /// A node's JWT signing key (cluster mode) was asked to sign a token for an identity
+    /// nodes do not issue (an MCP server): verifiers refuse such a token
+    /// (`jwt_node_key_may_not_sign`), so it is not made.
+    #[error("a node's JWT key may sign client and task tokens only, not {spiffe_id}")]
+    NodeJwtKeyMayNotSign {
+        /// The SPIFFE ID requested.
+        spiffe_id: String,
+    },
     /// Only a cluster's root (or upstream) authority signs node CAs and certifies keys
     /// for other identities; this one is standalone or a node's.
     #[error("this authority is not a cluster root: {0}")]

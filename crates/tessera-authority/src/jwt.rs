@@ -8,6 +8,11 @@
 //! least once per sixth of a key's life therefore always knows a key before it meets a
 //! token signed with it; `spiffe_refresh_hint` tells it how often to look.
 //!
+//! Whose keys they are ([`JwtKeyOwner`]): a standalone agent's keys are the trust
+//! domain's own; a cluster-mode agent's are its node's, their `kid`s carry
+//! [`NODE_KEY_ID_PREFIX`], and they sign client and task tokens only (the issuance split,
+//! as for node CAs). Opening a key directory for the other owner retires its keys at once.
+//!
 //! Files, beside the CA's in the authority directory (mode 0700): `jwt-<kid>.key.pem`
 //! (PKCS#8, mode 0600) for the active and prepared keys, and `jwt-state.json` (0600)
 //! naming them and holding the retiring keys' public halves.
@@ -20,8 +25,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::KeyPair;
 use serde::{Deserialize, Serialize};
 use tessera_identity::{
-    JWT_LEEWAY_SECS, JwtBundle, JwtKey, JwtSvidClaims, TaskClaims, TesseraId, TrustDomain,
-    check_audiences,
+    JWT_LEEWAY_SECS, JwtBundle, JwtKey, JwtSvidClaims, NODE_KEY_ID_PREFIX, TaskClaims, TesseraId,
+    TrustDomain, check_audiences, is_node_key_id,
 };
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -37,6 +42,8 @@ pub struct JwtKeyPolicy {
     /// The longest JWT-SVID lifetime handed out: a retired key stays published this long
     /// (plus the validation leeway) after it stops signing.
     pub max_token_ttl: Duration,
+    /// Whose keys these are.
+    pub owner: JwtKeyOwner,
 }
 
 impl Default for JwtKeyPolicy {
@@ -44,8 +51,49 @@ impl Default for JwtKeyPolicy {
         JwtKeyPolicy {
             key_ttl: Duration::from_secs(24 * 3600),
             max_token_ttl: Duration::from_secs(3600),
+            owner: JwtKeyOwner::TrustDomain,
         }
     }
+}
+
+/// Whose JWT signing keys an authority holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JwtKeyOwner {
+    /// The trust domain's own (a standalone agent): any Tessera identity.
+    #[default]
+    TrustDomain,
+    /// A node's (cluster mode): `kid`s start with [`NODE_KEY_ID_PREFIX`], and only client
+    /// and task identities are signed.
+    Node,
+}
+
+impl JwtKeyOwner {
+    /// Whether `kid` is the id of a key this owner makes.
+    fn owns(self, kid: &str) -> bool {
+        is_node_key_id(kid) == (self == JwtKeyOwner::Node)
+    }
+
+    /// A fresh key id of this owner: 128 random bits, hex, marked for a node.
+    fn new_kid(self) -> String {
+        let random = hex::encode(rand::random::<[u8; 16]>());
+        match self {
+            JwtKeyOwner::TrustDomain => random,
+            JwtKeyOwner::Node => format!("{NODE_KEY_ID_PREFIX}{random}"),
+        }
+    }
+}
+
+/// The public half of a signing key as a node publishes it to the cluster, with the
+/// last moment a token it signed can be valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedJwtKey {
+    /// The key.
+    pub key: JwtKey,
+    /// Unix seconds after which no token this key signed is valid: for a retiring key
+    /// when its last token expires; for the active and prepared keys, the end of their
+    /// schedule (created + key life + the longest token + leeway), which rotation keeps.
+    pub not_after_unix: i64,
 }
 
 /// What to sign.
@@ -172,7 +220,7 @@ impl JwtAuthority {
             ));
         }
         crate::authority::ensure_private_dir(&dir)?;
-        let keys = load_or_create(&dir, now.unix_timestamp())?;
+        let keys = load_or_create(&dir, now.unix_timestamp(), &policy)?;
         let bundle = Arc::new(make_bundle(&trust_domain, &policy, &keys));
         let (bundle_tx, _) = watch::channel(bundle);
         Ok(JwtAuthority {
@@ -220,6 +268,11 @@ impl JwtAuthority {
                 "JWT-SVID subject is in another trust domain".into(),
             ));
         }
+        if self.policy.owner == JwtKeyOwner::Node && matches!(subject, TesseraId::Server(_)) {
+            return Err(AuthorityError::NodeJwtKeyMayNotSign {
+                spiffe_id: spec.spiffe_id.to_owned(),
+            });
+        }
         check_audiences(spec.audience).map_err(|e| invalid(e.to_string()))?;
         match (&subject, spec.task) {
             (TesseraId::Task(id), Some(c)) if c.task_id == id.task && c.client_id == id.client => {}
@@ -266,6 +319,41 @@ impl JwtAuthority {
         })
     }
 
+    /// Whose keys these are.
+    pub fn owner(&self) -> JwtKeyOwner {
+        self.policy.owner
+    }
+
+    /// Every key in the bundle with the time its last token expires, for publication to
+    /// the cluster (cluster mode): active, prepared, then retiring keys.
+    pub fn published_keys(&self) -> Vec<PublishedJwtKey> {
+        let k = self.read();
+        let life = i64::try_from(self.policy.key_ttl.as_secs()).unwrap_or(i64::MAX);
+        let token = i64::try_from(self.policy.max_token_ttl.as_secs()).unwrap_or(i64::MAX);
+        // Activation comes at two thirds of a key's life and its last token expires a
+        // token's life after it stops signing; the whole key life bounds that with room
+        // for a late tick.
+        let scheduled = |key: &SigningKey| PublishedJwtKey {
+            key: key.public.clone(),
+            not_after_unix: key
+                .record
+                .created_unix
+                .saturating_add(life)
+                .saturating_add(token)
+                .saturating_add(JWT_LEEWAY_SECS),
+        };
+        let mut out = vec![scheduled(&k.active)];
+        out.extend(k.prepared.as_deref().map(scheduled));
+        out.extend(k.retiring.iter().filter_map(|r| {
+            let point = hex::decode(&r.point_hex).ok()?;
+            Some(PublishedJwtKey {
+                key: JwtKey::from_sec1(&r.kid, &point).ok()?,
+                not_after_unix: r.until_unix,
+            })
+        }));
+        out
+    }
+
     /// Applies the rotation schedule as of `now`: prepare the next key at half of the
     /// active one's life, make it the signing key at two thirds, and drop retired keys
     /// once their last token has expired. Returns whether the bundle changed.
@@ -291,7 +379,7 @@ impl JwtAuthority {
 
     /// Creates the next key and publishes it without signing with it yet.
     pub fn prepare_next(&self, now: OffsetDateTime) -> Result<(), AuthorityError> {
-        let key = generate(&self.dir, now.unix_timestamp())?;
+        let key = generate(&self.dir, now.unix_timestamp(), self.policy.owner)?;
         let mut k = self.write();
         if let Some(old) = k.prepared.replace(Arc::new(key)) {
             let _ = std::fs::remove_file(key_path(&self.dir, &old.record.kid));
@@ -390,9 +478,9 @@ fn make_bundle(td: &TrustDomain, policy: &JwtKeyPolicy, k: &KeySet) -> JwtBundle
     JwtBundle::new(td.clone(), keys, Some(hint)).expect("key ids are random and few")
 }
 
-fn generate(dir: &Path, now: i64) -> Result<SigningKey, AuthorityError> {
+fn generate(dir: &Path, now: i64, owner: JwtKeyOwner) -> Result<SigningKey, AuthorityError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let kid = hex::encode(rand::random::<[u8; 16]>());
+    let kid = owner.new_kid();
     let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
     pem::write_atomic(&key_path(dir, &kid), key_pem.as_bytes(), 0o600)?;
     signing_key(
@@ -430,10 +518,10 @@ fn load(dir: &Path, record: &KeyRecord) -> Result<SigningKey, AuthorityError> {
     signing_key(record.clone(), &key)
 }
 
-fn load_or_create(dir: &Path, now: i64) -> Result<KeySet, AuthorityError> {
+fn load_or_create(dir: &Path, now: i64, policy: &JwtKeyPolicy) -> Result<KeySet, AuthorityError> {
     let state_path = dir.join(STATE_FILE);
     if !state_path.exists() {
-        let active = generate(dir, now)?;
+        let active = generate(dir, now, policy.owner)?;
         let keys = KeySet {
             active: Arc::new(active),
             prepared: None,
@@ -466,11 +554,55 @@ fn load_or_create(dir: &Path, now: i64) -> Result<KeySet, AuthorityError> {
     let active = load(dir, &state.active)?;
     let prepared = state.prepared.as_ref().map(|r| load(dir, r)).transpose()?;
     tracing::info!(kid = %active.record.kid, "loaded JWT signing key");
-    Ok(KeySet {
+    let keys = KeySet {
         active: Arc::new(active),
         prepared: prepared.map(Arc::new),
         retiring: state.retiring,
-    })
+    };
+    if policy.owner.owns(&keys.active.record.kid) {
+        return Ok(keys);
+    }
+    change_owner(dir, now, policy, keys)
+}
+
+/// The keys of an agent that moved between standalone and cluster mode: a standalone
+/// key must not go on signing unmarked in a cluster (it could sign MCP servers, and the
+/// server refuses to publish it), and a node's marked key would be refused for servers
+/// standalone. A new key of the right owner signs from now on; the old active one is
+/// retired (published until its last token expires), a prepared one dropped.
+fn change_owner(
+    dir: &Path,
+    now: i64,
+    policy: &JwtKeyPolicy,
+    mut keys: KeySet,
+) -> Result<KeySet, AuthorityError> {
+    let old = std::mem::replace(
+        &mut keys.active,
+        Arc::new(generate(dir, now, policy.owner)?),
+    );
+    let max = i64::try_from(policy.max_token_ttl.as_secs()).unwrap_or(i64::MAX);
+    keys.retiring.push(RetiringKey {
+        kid: old.record.kid.clone(),
+        point_hex: hex::encode(old.public.to_sec1()),
+        until_unix: now.saturating_add(max).saturating_add(JWT_LEEWAY_SECS),
+    });
+    let dropped = keys.prepared.take();
+    let state = StateFile {
+        version: 1,
+        active: keys.active.record.clone(),
+        prepared: None,
+        retiring: keys.retiring.clone(),
+    };
+    pem::write_atomic(
+        &dir.join(STATE_FILE),
+        &serde_json::to_vec_pretty(&state).expect("state serializes"),
+        0o600,
+    )?;
+    for gone in std::iter::once(&old).chain(dropped.as_ref()) {
+        let _ = std::fs::remove_file(key_path(dir, &gone.record.kid));
+    }
+    tracing::info!(retired = %old.record.kid, active = %keys.active.record.kid, owner = ?policy.owner, "JWT signing keys changed owner; new key made");
+    Ok(keys)
 }
 
 #[cfg(test)]

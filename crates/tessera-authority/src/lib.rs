@@ -48,7 +48,9 @@ pub use authority::{Authority, AuthorityConfig, CaMode, GeneratedRoot, RotationP
 pub use bundle::TrustBundle;
 pub use error::AuthorityError;
 pub use issue::{IssuedSvid, SignedSvid, SvidSpec};
-pub use jwt::{IssuedJwtSvid, JwtAuthority, JwtKeyPolicy, JwtSvidSpec};
+pub use jwt::{
+    IssuedJwtSvid, JwtAuthority, JwtKeyOwner, JwtKeyPolicy, JwtSvidSpec, PublishedJwtKey,
+};
 pub use keys::NodeCaKey;
 pub use node_ca::{ClusterPolicy, IssuedNodeCa, MAX_NODE_CA_TTL, MIN_NODE_CA_TTL};
 pub use pem::is_private_file;

@@ -57,11 +57,36 @@ pub const MAX_KID_LEN: usize = 64;
 /// Longest `jti` or `iss`, in bytes.
 const MAX_TEXT_CLAIM_LEN: usize = 256;
 
-/// Most keys one JWKS may hold: an active, a prepared and a few retiring keys per domain.
-pub const MAX_JWKS_KEYS: usize = 64;
+/// Most keys one JWKS may hold. A standalone agent publishes an active, a prepared and a
+/// few retiring keys; in cluster mode a trust domain's JWKS is the union of every node's
+/// (at most [`MAX_NODE_JWT_KEYS`] each), so this bounds a cluster at 512 nodes publishing
+/// their full allowance (about 1,300 at the usual two or three keys).
+pub const MAX_JWKS_KEYS: usize = 4096;
 
-/// Largest JWKS document accepted, in bytes.
-pub const MAX_JWKS_LEN: usize = 64 * 1024;
+/// Largest JWKS document accepted, in bytes: [`MAX_JWKS_KEYS`] keys of about 200 bytes.
+pub const MAX_JWKS_LEN: usize = 1024 * 1024;
+
+/// Most JWT signing keys one node may publish at a time (an active, a prepared and
+/// retiring ones).
+pub const MAX_NODE_JWT_KEYS: usize = 8;
+
+/// The `kid` prefix that marks a JWT signing key as a node's (cluster mode).
+///
+/// A node's key lives on that node, so, as for node CAs, what its theft buys must be
+/// bounded to the identities the node issues anyway: clients and tasks.
+/// [`validate_jwt_svid`] refuses a token signed by a key whose id starts with this
+/// prefix unless its subject is a client or a task (reason `jwt_node_key_may_not_sign`).
+/// The mark travels in the `kid`, which every JWKS consumer (the `spiffe` crate,
+/// go-spiffe, py-spiffe) treats as an opaque string, so the JWKS stays standard; an
+/// extra JWK member would not (some consumers refuse unknown members). Keys of the trust
+/// domain itself (a standalone agent's) are 32 hex digits and never carry it; the server
+/// refuses a node's key without it, and an agent marks every key it takes from the server.
+pub const NODE_KEY_ID_PREFIX: &str = "node-";
+
+/// Whether `kid` names a node's JWT signing key ([`NODE_KEY_ID_PREFIX`]).
+pub fn is_node_key_id(kid: &str) -> bool {
+    kid.starts_with(NODE_KEY_ID_PREFIX)
+}
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds. Small on purpose: a
 /// JWT-SVID is a bearer token, and every second of leeway is a second a stolen or
@@ -180,6 +205,13 @@ pub enum JwtSvidError {
         /// The task's deadline.
         deadline: i64,
     },
+    /// A node's key ([`NODE_KEY_ID_PREFIX`]) signed a token for an identity nodes do not
+    /// issue (an MCP server): only the trust domain's own keys may.
+    #[error("a node's JWT key may sign client and task tokens only, not {subject}")]
+    NodeKeyMayNotSign {
+        /// The subject it signed.
+        subject: String,
+    },
 }
 
 impl JwtSvidError {
@@ -206,6 +238,7 @@ impl JwtSvidError {
             Self::UnexpectedTaskClaims => "jwt_task_claim_unexpected",
             Self::TaskClaimsMismatch => "jwt_task_claim_mismatch",
             Self::OutlivesTask { .. } => "jwt_outlives_task",
+            Self::NodeKeyMayNotSign { .. } => "jwt_node_key_may_not_sign",
         }
     }
 }
@@ -286,12 +319,25 @@ impl JwtKey {
         JwtKey::from_coordinates(kid, x, y).map_err(bad)
     }
 
+    /// A key from its id and its affine coordinates (32 bytes each, big-endian), as a JWK
+    /// or the Node API carries them.
+    ///
+    /// # Errors
+    /// [`JwksError::BadKey`] if the id or the point is unusable (not on P-256 included).
+    pub fn from_xy(kid: &str, x: &[u8], y: &[u8]) -> Result<JwtKey, JwksError> {
+        JwtKey::from_coordinates(kid, x, y).map_err(|reason| JwksError::BadKey { index: 0, reason })
+    }
+
     fn from_coordinates(kid: &str, x: &[u8], y: &[u8]) -> Result<JwtKey, &'static str> {
         if kid.is_empty() || kid.len() > MAX_KID_LEN {
             return Err("kid is empty or too long");
         }
         let x: [u8; 32] = x.try_into().map_err(|_| "x is not 32 bytes")?;
         let y: [u8; 32] = y.try_into().map_err(|_| "y is not 32 bytes")?;
+        // A point off the curve (an invalid-curve attack's tool) is refused here, whatever
+        // the JOSE library would make of it later.
+        let sec1 = [&[4u8][..], &x, &y].concat();
+        p256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| "not a point on P-256")?;
         let decoding =
             DecodingKey::from_ec_components(&URL_SAFE_NO_PAD.encode(x), &URL_SAFE_NO_PAD.encode(y))
                 .map_err(|_| "not a P-256 public key")?;
@@ -306,6 +352,16 @@ impl JwtKey {
     /// The key id (`kid`).
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// The point's x coordinate (big-endian).
+    pub fn x(&self) -> &[u8; 32] {
+        &self.x
+    }
+
+    /// The point's y coordinate (big-endian).
+    pub fn y(&self) -> &[u8; 32] {
+        &self.y
     }
 
     /// The uncompressed SEC1 point (`04 || x || y`).
@@ -347,8 +403,10 @@ impl JwtBundle {
         if keys.len() > MAX_JWKS_KEYS {
             return Err(JwksError::TooManyKeys { max: MAX_JWKS_KEYS });
         }
-        for (i, k) in keys.iter().enumerate() {
-            if keys[..i].iter().any(|o| o.kid == k.kid) {
+        // A cluster's JWKS holds thousands of keys: a set, not a quadratic scan.
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        for k in &keys {
+            if !seen.insert(k.kid.as_str()) {
                 return Err(JwksError::DuplicateKeyId { kid: k.kid.clone() });
             }
         }
@@ -436,6 +494,11 @@ impl JwtBundle {
     /// The keys.
     pub fn keys(&self) -> &[JwtKey] {
         &self.keys
+    }
+
+    /// How often verifiers are asked to refresh (`spiffe_refresh_hint`), seconds.
+    pub fn refresh_hint_secs(&self) -> Option<u64> {
+        self.refresh_hint_secs
     }
 
     /// The key with id `kid`.
@@ -617,6 +680,7 @@ fn truncated(s: &str) -> String {
 /// signing key's trust domain, `aud` containing `audience`, `exp` in the future and
 /// `nbf`/`iat` not in it (with [`JWT_LEEWAY_SECS`]), and a task token's claims matching
 /// its `sub` and deadline. Claims are decoded only from a token whose signature verified.
+/// A node's key ([`NODE_KEY_ID_PREFIX`]) validates client and task tokens only.
 ///
 /// # Errors
 /// The first rule the token breaks, as a [`JwtSvidError`].
@@ -700,6 +764,11 @@ pub fn validate_jwt_svid<'b>(
     };
 
     let subject: TesseraId = claims.sub.parse().map_err(JwtSvidError::BadSubject)?;
+    if is_node_key_id(&kid) && !matches!(subject, TesseraId::Client(_) | TesseraId::Task(_)) {
+        return Err(JwtSvidError::NodeKeyMayNotSign {
+            subject: subject.to_string(),
+        });
+    }
     if subject.trust_domain() != key_domain {
         return Err(JwtSvidError::SubjectDomainMismatch {
             subject: subject.trust_domain().clone(),

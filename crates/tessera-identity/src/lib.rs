@@ -46,7 +46,8 @@ pub use id::{AdminId, AnyId, ClientId, IdKind, NodeId, ServerId, TaskSpiffeId, T
 pub use jwt_svid::{
     Audience, JWT_LEEWAY_SECS, JWT_SVID_ALGORITHM, JwksError, JwtBundle, JwtKey, JwtSvidClaims,
     JwtSvidError, MAX_AUDIENCE_LEN, MAX_AUDIENCES, MAX_JWKS_KEYS, MAX_JWKS_LEN, MAX_JWT_SVID_LEN,
-    MAX_KID_LEN, TASK_CLAIM, ValidJwtSvid, check_audiences, validate_jwt_svid,
+    MAX_KID_LEN, MAX_NODE_JWT_KEYS, NODE_KEY_ID_PREFIX, TASK_CLAIM, ValidJwtSvid, check_audiences,
+    is_node_key_id, validate_jwt_svid,
 };
 pub use name::{AdminName, ClientName, MAX_NAME_LEN, NodeName, ServerName};
 pub use node_ca::{

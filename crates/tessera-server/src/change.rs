@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 
 use crate::node::Node;
-use crate::{PgStore, ServerStoreError, consent, entry, node};
+use crate::node_jwt_keys::NodeJwtKeys;
+use crate::{PgStore, ServerStoreError, consent, entry, node, node_jwt_keys};
 use tessera_store::{Consent, Entry};
 
 /// Most changes one [`PgStore::changes_since`] call returns.
@@ -28,6 +29,8 @@ pub struct Snapshot {
     pub consents: Vec<Consent>,
     /// Every node, evicted ones included (their CAs are revoked), by name.
     pub nodes: Vec<Node>,
+    /// Every node's published JWT signing keys (nodes with none left out), by node name.
+    pub jwt_keys: Vec<NodeJwtKeys>,
 }
 
 /// One changed record, as it is at the end of the batch that reports it.
@@ -61,6 +64,15 @@ pub enum Change {
         /// The node as it is now.
         node: Option<Node>,
     },
+    /// A node published its JWT keys, or they were withdrawn (`None`: it has none).
+    JwtKeys {
+        /// The change's version.
+        version: i64,
+        /// The node's name.
+        node: String,
+        /// Its keys as they are now.
+        keys: Option<NodeJwtKeys>,
+    },
 }
 
 impl Change {
@@ -69,7 +81,8 @@ impl Change {
         match self {
             Change::Entry { version, .. }
             | Change::Consent { version, .. }
-            | Change::Node { version, .. } => *version,
+            | Change::Node { version, .. }
+            | Change::JwtKeys { version, .. } => *version,
         }
     }
 }
@@ -105,12 +118,14 @@ impl PgStore {
         )
         .await?;
         let nodes = node::list(&mut tx).await?;
+        let jwt_keys = node_jwt_keys::list(&mut tx).await?;
         tx.commit().await?;
         Ok(Snapshot {
             version,
             entries,
             consents,
             nodes,
+            jwt_keys,
         })
     }
 
@@ -163,6 +178,12 @@ impl PgStore {
             .into_iter()
             .map(|n| (n.name.clone(), n))
             .collect();
+        let jwt_keys: HashMap<String, NodeJwtKeys> =
+            node_jwt_keys::by_nodes(&mut tx, &keys("jwt_keys"))
+                .await?
+                .into_iter()
+                .map(|k| (k.node.clone(), k))
+                .collect();
         tx.commit().await?;
 
         let mut changes = Vec::with_capacity(rows.len());
@@ -182,6 +203,11 @@ impl PgStore {
                     version,
                     node: nodes.get(&key).cloned(),
                     name: key,
+                },
+                "jwt_keys" => Change::JwtKeys {
+                    version,
+                    keys: jwt_keys.get(&key).cloned(),
+                    node: key,
                 },
                 other => {
                     return Err(ServerStoreError::Corrupt {

@@ -99,6 +99,16 @@ pub enum InvalidInput {
         reason: String,
     },
 
+    /// A node's published JWT signing keys are out of bounds (count, `kid` shape, point,
+    /// `not_after`).
+    #[error("JWT key {index}: {reason}")]
+    JwtKey {
+        /// Its position in the request, from 0.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A reported task event is malformed (the index is its position in the request).
     #[error("task event {index}: {reason}")]
     TaskEvent {
@@ -193,6 +203,13 @@ pub enum Conflict {
     JoinTokenForOtherNode {
         /// The token's id (not the token).
         id: String,
+    },
+    /// A node published a JWT key id another node holds: key ids are unique in the
+    /// cluster, so no node can shadow another's key.
+    #[error("JWT key id {kid} is another node's")]
+    JwtKeyOfAnotherNode {
+        /// The key id.
+        kid: String,
     },
     /// A node reported an event of a task another node reported first: a node may only
     /// report its own tasks.

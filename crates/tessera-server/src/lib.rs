@@ -17,7 +17,8 @@
 //! * `store`: connecting, the pool, migrations (`migrate`).
 //! * `version`: how a write gets its version, in order; `change`: the log's readers
 //!   (snapshots, changes since a version, pruning).
-//! * `entry`, `consent`, `node`, `join_token`, `audit`: one record kind each.
+//! * `entry`, `consent`, `node`, `node_jwt_keys`, `join_token`, `audit`: one record kind
+//!   each.
 //! * `task`: the tasks nodes report (`Node.ReportTaskEvents`) and the server's own
 //!   revocations of them; `revocation`: the cluster's revoked set (tasks and evicted
 //!   node CAs) under a version counter of its own.
@@ -55,6 +56,7 @@ mod metrics;
 mod migrate;
 mod node;
 mod node_api;
+mod node_jwt_keys;
 mod node_name;
 mod replica;
 mod revocation;
@@ -77,6 +79,7 @@ pub use limits::{
 };
 pub use migrate::SCHEMA_VERSION;
 pub use node::{AttestationKind, NewNode, Node, NodeStatus};
+pub use node_jwt_keys::{NodeJwtKey, NodeJwtKeys};
 pub use replica::{Replica, ReplicaOptions, ReplicaState, ReplicaUpdate};
 pub use revocation::{
     EXPIRY_GRACE_SECS, RevocationDelta, RevocationSnapshot, RevocationsSince, RevokedNodeCa,

@@ -27,10 +27,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "task events and the revocation feed",
         sql: include_str!("../migrations/0002_task_events.sql"),
     },
+    Migration {
+        version: 3,
+        description: "the nodes' JWT signing keys",
+        sql: include_str!("../migrations/0003_node_jwt_keys.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 

@@ -273,6 +273,10 @@ impl PgStore {
         )
         .await?;
         let version = version::record(&mut tx, Kind::Node, name).await?;
+        // Its JWT keys go with it: every agent stops trusting its tokens at once.
+        let version = crate::node_jwt_keys::withdraw(&mut tx, name)
+            .await?
+            .unwrap_or(version);
         revocation::publish(&mut tx, &[], &revoked).await?;
         tx.commit().await?;
         tracing::info!(node = name, actor, version, "node evicted");

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::change::{Change, MAX_CHANGES_PAGE};
 use crate::node::Node;
+use crate::node_jwt_keys::NodeJwtKeys;
 use crate::revocation_feed::RevocationFeed;
 use crate::version::CHANNEL;
 use crate::{PgStore, ServerStoreError};
@@ -82,6 +83,8 @@ pub struct ReplicaState {
     pub consents: BTreeMap<String, Consent>,
     /// Nodes by name, evicted ones included.
     pub nodes: BTreeMap<String, Node>,
+    /// Nodes' published JWT signing keys, by node name (nodes with none left out).
+    pub jwt_keys: BTreeMap<String, NodeJwtKeys>,
 }
 
 impl ReplicaState {
@@ -90,6 +93,7 @@ impl ReplicaState {
             Change::Entry { id, entry, .. } => upsert(&mut self.entries, id, entry),
             Change::Consent { id, consent, .. } => upsert(&mut self.consents, id, consent),
             Change::Node { name, node, .. } => upsert(&mut self.nodes, name, node),
+            Change::JwtKeys { node, keys, .. } => upsert(&mut self.jwt_keys, node, keys),
         }
     }
 }
@@ -160,6 +164,7 @@ impl Replica {
             entries: by_key(snapshot.entries, |e| e.id.clone()),
             consents: by_key(snapshot.consents, |c| c.id.clone()),
             nodes: by_key(snapshot.nodes, |n| n.name.clone()),
+            jwt_keys: by_key(snapshot.jwt_keys, |k| k.node.clone()),
         };
         let (state_tx, state) = watch::channel(Arc::new(initial));
         let (updates, _) = broadcast::channel(UPDATES_BUFFER);
@@ -400,6 +405,7 @@ impl Sync {
                         entries: by_key(snapshot.entries, |e| e.id.clone()),
                         consents: by_key(snapshot.consents, |c| c.id.clone()),
                         nodes: by_key(snapshot.nodes, |n| n.name.clone()),
+                        jwt_keys: by_key(snapshot.jwt_keys, |k| k.node.clone()),
                     }));
                     let _ = self.updates.send(ReplicaUpdate::Reloaded {
                         version: snapshot.version,

@@ -300,6 +300,9 @@ async fn prune(
         if let Err(error) = store.prune_revocations(expired).await {
             tracing::warn!(%error, "pruning expired revocations and tasks failed");
         }
+        if let Err(error) = store.prune_node_jwt_keys(expired).await {
+            tracing::warn!(%error, "pruning expired node JWT keys failed");
+        }
         let before = crate::clock::unix_secs().saturating_sub(JOIN_TOKEN_KEEP_SECS);
         if let Err(error) = store.prune_join_tokens(before).await {
             tracing::warn!(%error, "pruning join tokens failed");

@@ -30,6 +30,8 @@ pub(crate) enum Kind {
     Entry,
     Consent,
     Node,
+    /// A node's JWT signing keys, keyed by the node's name.
+    JwtKeys,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             Kind::Entry => "entry",
             Kind::Consent => "consent",
             Kind::Node => "node",
+            Kind::JwtKeys => "jwt_keys",
         }
     }
 }

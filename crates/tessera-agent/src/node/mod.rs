@@ -8,6 +8,7 @@
 //! node SVID is the client certificate of every later RPC (`tls`).
 
 mod failover;
+mod jwt_keys;
 mod report;
 mod revocations;
 mod state;
@@ -33,6 +34,9 @@ use tonic::transport::Channel;
 use crate::config::{AttestProof, ServerConfig};
 use crate::drain;
 use failover::{ConnectError, Replicas};
+pub(crate) use jwt_keys::{
+    ClusterJwtKeys, OtherNodesKeys, run_publisher as publish_jwt_keys, union as jwt_union,
+};
 pub(crate) use report::Reporter;
 pub(crate) use revocations::ServerRevocations;
 pub(crate) use state::{NodeState, StateError};
@@ -248,6 +252,17 @@ impl NodeLink {
     /// until it ends).
     pub(crate) fn channel(&self) -> Channel {
         self.channel.borrow().clone()
+    }
+
+    /// Changes at every renewal of the node's credentials (a new node CA, so a new cap
+    /// on what it publishes).
+    pub(crate) fn subscribe_renewals(&self) -> watch::Receiver<Channel> {
+        self.channel.subscribe()
+    }
+
+    /// The node directory (saved credentials, the other nodes' JWT keys).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A client on [`NodeLink::channel`].

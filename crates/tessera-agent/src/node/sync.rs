@@ -19,7 +19,7 @@ use tessera_proto::tessera::v1::{
 };
 use tessera_store::{Consent, ConsentFilter, Entry, EntryKind, Store, StoreError, SyncBatch};
 
-use super::{Backoff, NodeLink};
+use super::{Backoff, ClusterJwtKeys, NodeLink};
 use crate::attest::Selector;
 use crate::drain;
 use crate::svids::SvidCache;
@@ -46,6 +46,8 @@ pub(crate) enum SyncError {
     Tasks(String),
     #[error("the server sent {0}")]
     Invalid(String),
+    #[error("saving the other nodes' JWT keys: {0}")]
+    JwtKeys(String),
 }
 
 /// Keeps the store's copy in step with the server.
@@ -55,6 +57,7 @@ pub(crate) struct Syncer {
     store: Store,
     cache: Arc<SvidCache>,
     tasks: Arc<TaskManager>,
+    jwt_keys: Arc<ClusterJwtKeys>,
 }
 
 impl Syncer {
@@ -63,12 +66,14 @@ impl Syncer {
         store: Store,
         cache: Arc<SvidCache>,
         tasks: Arc<TaskManager>,
+        jwt_keys: Arc<ClusterJwtKeys>,
     ) -> Arc<Syncer> {
         Arc::new(Syncer {
             link,
             store,
             cache,
             tasks,
+            jwt_keys,
         })
     }
 
@@ -93,7 +98,13 @@ impl Syncer {
 
     /// One stream: open it from the copy's version and apply what arrives.
     async fn follow(&self, backoff: &mut Backoff) -> Result<(), SyncError> {
-        let since = self.store.sync_version().await?;
+        // The other nodes' JWT keys live beside the store; without their saved copy (first
+        // start, an upgrade, a lost file) only a snapshot fills it.
+        let since = if self.jwt_keys.needs_snapshot() {
+            0
+        } else {
+            self.store.sync_version().await?
+        };
         let mut stream = self
             .link
             .client()
@@ -135,6 +146,7 @@ impl Syncer {
                         s.entries.extend(page.entries);
                         s.consents.extend(page.consents);
                         s.nodes.extend(page.nodes);
+                        s.jwt_keys.extend(page.jwt_keys);
                         s
                     }
                     Some(s) => {
@@ -144,7 +156,7 @@ impl Syncer {
                         )));
                     }
                 };
-                if s.entries.len() + s.consents.len() > MAX_SNAPSHOT_ITEMS {
+                if s.entries.len() + s.consents.len() + s.jwt_keys.len() > MAX_SNAPSHOT_ITEMS {
                     return Err(SyncError::Invalid(format!(
                         "a snapshot of more than {MAX_SNAPSHOT_ITEMS} entries and consents"
                     )));
@@ -163,6 +175,17 @@ impl Syncer {
                     .into_iter()
                     .map(consent_from_proto)
                     .collect::<Result<Vec<_>, _>>()?;
+                let evicted: Vec<&str> = s
+                    .nodes
+                    .iter()
+                    .filter(|n| n.status != "active")
+                    .map(|n| n.name.as_str())
+                    .collect();
+                // Before the store records the snapshot's version (a crash in between
+                // replays it).
+                self.jwt_keys
+                    .replace_all(s.jwt_keys, &evicted)
+                    .map_err(|e| SyncError::JwtKeys(e.to_string()))?;
                 self.apply_snapshot(s.version, entries, consents).await?;
             }
             Some(sync_message::Message::Changes(c)) => {
@@ -247,7 +270,18 @@ impl Syncer {
                 }
                 batch.consents.push(c);
             }
-            // Node records matter to verifiers (evicted node CAs), not to this copy yet.
+            // An evicted node's JWT keys go at once (the server withdraws them too);
+            // its CAs reach verifiers through the revocation feed.
+            Some(change::Change::NodePut(n)) if n.status != "active" => {
+                self.jwt_keys
+                    .drop_node(&n.name)
+                    .map_err(|e| SyncError::JwtKeys(e.to_string()))?;
+            }
+            Some(change::Change::JwtKeysPut(k)) => {
+                self.jwt_keys
+                    .put(k)
+                    .map_err(|e| SyncError::JwtKeys(e.to_string()))?;
+            }
             Some(change::Change::NodePut(_)) | None => {}
         }
         let touched_entries = !batch.entries.is_empty();

@@ -144,6 +144,13 @@ impl Node for Double {
     ) -> Result<Response<Self::FollowRevocationsStream>, Status> {
         Err(Status::unimplemented("not in this stand-in"))
     }
+
+    async fn publish_jwt_keys(
+        &self,
+        _: Request<tessera_proto::tessera::v1::PublishJwtKeysRequest>,
+    ) -> Result<Response<tessera_proto::tessera::v1::PublishJwtKeysResponse>, Status> {
+        Err(Status::unimplemented("not in this stand-in"))
+    }
 }
 
 /// The client's verified leaf, as the connection saw it.

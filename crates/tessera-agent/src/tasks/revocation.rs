@@ -460,8 +460,7 @@ impl RevocationFeed {
         bytes
     }
 
-    /// Whether `task_id` is revoked.
-    #[cfg(test)]
+    /// Whether `task_id` is revoked (locally, or anywhere in the cluster in cluster mode).
     pub(crate) fn contains(&self, task_id: &str) -> bool {
         self.state().task_ids.contains(task_id)
     }

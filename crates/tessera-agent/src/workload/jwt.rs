@@ -6,6 +6,13 @@
 //! ID, a task token if that task is live and bound to the calling process. Anything else
 //! is `PERMISSION_DENIED` with the same message, so a caller cannot probe which tasks
 //! exist.
+//!
+//! In cluster mode the keys are the node's ([`tessera_authority::JwtKeyOwner::Node`]):
+//! they sign client and task tokens only (an MCP server's JWT-SVID is refused with
+//! `jwt_node_key_may_not_sign`), and the bundle served and validated against is the
+//! union of every node's keys ([`JwtTrust`]). A task token signed by another node's key
+//! names a task this agent does not hold: the cluster's revocation set, which this agent
+//! follows from the server, decides whether it has ended.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -13,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tessera_authority::{JwtAuthority, JwtSvidSpec};
+use tessera_authority::{JwtAuthority, JwtKeyOwner, JwtSvidSpec};
 use tessera_identity::{
     JwtSvidError, MAX_AUDIENCE_LEN, MAX_AUDIENCES, TaskSpiffeId, TesseraId, validate_jwt_svid,
 };
@@ -21,6 +28,7 @@ use tessera_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
     ValidateJwtsvidRequest, ValidateJwtsvidResponse,
 };
+use tessera_store::EntryKind;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,16 +36,26 @@ use tonic::{Request, Response, Status};
 
 use crate::attest::{Attestation, Attestor, PeerInfo};
 use crate::caller::{Caller, NO_IDENTITY, check_header};
+use crate::jwt_trust::JwtTrust;
 use crate::metrics::Metrics;
 use crate::svids::SvidCache;
 use crate::tasks::TaskManager;
 
 type BundleStream = Pin<Box<dyn Stream<Item = Result<JwtBundlesResponse, Status>> + Send>>;
 
+/// How old the cluster's revocation set may be (its `current_as_of`) for this agent to
+/// vouch that another node's task has not ended: the verifiers' default staleness bound.
+const FOREIGN_TASK_STALENESS_MS: i64 = 30_000;
+
+/// The refusal of an MCP server JWT-SVID in cluster mode.
+const NODE_KEY_MAY_NOT_SIGN: &str = "jwt_node_key_may_not_sign: in cluster mode this node's JWT \
+     keys sign client and task identities only; an MCP server authenticates with its X.509-SVID";
+
 /// The JWT half of the Workload API.
 #[derive(Clone, Debug)]
 pub(crate) struct JwtApi {
     authority: Arc<JwtAuthority>,
+    trust: JwtTrust,
     ttl: Duration,
     cache: Arc<SvidCache>,
     tasks: Arc<TaskManager>,
@@ -47,9 +65,10 @@ pub(crate) struct JwtApi {
 }
 
 impl JwtApi {
-    /// Serves JWT-SVIDs lasting `ttl` (capped by a task's deadline), signed by `authority`.
+    /// Serves JWT-SVIDs lasting `ttl` (capped by a task's deadline), signed by `trust`'s
+    /// authority, validated against `trust`'s bundle.
     pub(crate) fn new(
-        authority: Arc<JwtAuthority>,
+        trust: JwtTrust,
         ttl: Duration,
         cache: Arc<SvidCache>,
         tasks: Arc<TaskManager>,
@@ -58,7 +77,8 @@ impl JwtApi {
         shutdown: crate::drain::Watch,
     ) -> JwtApi {
         JwtApi {
-            authority,
+            authority: Arc::clone(trust.authority()),
+            trust,
             ttl,
             cache,
             tasks,
@@ -126,10 +146,21 @@ impl JwtApi {
                     Status::internal("signing the JWT-SVID failed")
                 })
         };
-        let named = identities
+        let named: Vec<_> = identities
             .iter()
-            .filter(|e| spiffe_id.is_empty() || e.spiffe_id == spiffe_id);
-        for entry in named {
+            .filter(|e| spiffe_id.is_empty() || e.spiffe_id == spiffe_id)
+            .collect();
+        let node_keys = self.authority.owner() == JwtKeyOwner::Node;
+        if node_keys && named.iter().any(|e| e.entry.kind == EntryKind::Server) {
+            // Named explicitly, or the caller's only identities: say why there is none.
+            if !spiffe_id.is_empty() || named.iter().all(|e| e.entry.kind == EntryKind::Server) {
+                return Err(Status::permission_denied(NODE_KEY_MAY_NOT_SIGN));
+            }
+        }
+        for entry in named
+            .into_iter()
+            .filter(|e| !node_keys || e.entry.kind != EntryKind::Server)
+        {
             let issued = sign(&entry.spiffe_id, None, None)?;
             svids.push(Jwtsvid {
                 spiffe_id: entry.spiffe_id.clone(),
@@ -164,7 +195,7 @@ impl JwtApi {
     ) -> Result<Response<BundleStream>, Status> {
         check_header(&req)?;
         let (peer, _) = self.admit("FetchJWTBundles", &req).await?;
-        let mut bundles = self.authority.subscribe_bundle();
+        let mut bundles = self.trust.subscribe();
         let first = bundles_response(&bundles.borrow_and_update());
         let (tx, out) = mpsc::channel(4);
         tx.try_send(Ok(first)).expect("fresh channel has room");
@@ -213,21 +244,49 @@ impl JwtApi {
         }
         self.admit("ValidateJWTSVID", &req).await?;
         let ValidateJwtsvidRequest { audience, svid } = req.into_inner();
-        let bundle = self.authority.bundle();
+        let bundle = self.trust.bundle();
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let valid = validate_jwt_svid(&svid, [&*bundle], &audience, now).map_err(refused)?;
-        if let TesseraId::Task(id) = &valid.subject
-            && !self.tasks.is_live(&id.task.to_string())
-        {
-            // Revoked with its task, whatever its `exp` says.
-            return Err(Status::invalid_argument(
-                "invalid JWT-SVID: jwt_task_ended: its task has ended",
-            ));
+        if let TesseraId::Task(id) = &valid.subject {
+            self.check_task_not_ended(&id.task.to_string(), &valid.kid)?;
         }
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id: valid.subject.to_string(),
             claims: Some(to_struct(valid.claims.to_json_map())),
         }))
+    }
+}
+
+impl JwtApi {
+    /// A task token is revoked with its task, whatever its `exp` says. This node's own
+    /// tokens: its task table says. Another node's (cluster mode): the cluster's revoked
+    /// set, which must be current, or the answer is a refusal (fail closed).
+    fn check_task_not_ended(&self, task_id: &str, kid: &str) -> Result<(), Status> {
+        if self.trust.is_own_key(kid) {
+            if self.tasks.is_live(task_id) {
+                return Ok(());
+            }
+            return Err(Status::invalid_argument(
+                "invalid JWT-SVID: jwt_task_ended: its task has ended",
+            ));
+        }
+        let feed = self.tasks.feed();
+        if feed.contains(task_id) {
+            return Err(Status::invalid_argument(
+                "invalid JWT-SVID: jwt_task_ended: its task has ended (revoked in the cluster)",
+            ));
+        }
+        let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+            .unwrap_or(i64::MAX);
+        let age_ms = now_ms.saturating_sub(feed.current_as_of_ms());
+        if age_ms > FOREIGN_TASK_STALENESS_MS {
+            return Err(Status::invalid_argument(format!(
+                "invalid JWT-SVID: jwt_revocations_stale: the task is another node's and this \
+                 agent has not heard the cluster's revocations for {} s",
+                age_ms / 1000
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@ fn policy() -> JwtKeyPolicy {
     JwtKeyPolicy {
         key_ttl: Duration::from_secs(24 * 3600),
         max_token_ttl: Duration::from_secs(300),
+        owner: JwtKeyOwner::TrustDomain,
     }
 }
 
@@ -259,4 +260,95 @@ fn the_jwks_is_the_spiffe_bundle_shape() {
     assert_eq!(key["kid"].as_str().unwrap().len(), 32);
     assert!(key.get("d").is_none());
     assert_eq!(doc["spiffe_refresh_hint"], 2 * 3600);
+}
+
+// === a node's keys (cluster mode) ===
+
+fn node_policy() -> JwtKeyPolicy {
+    JwtKeyPolicy {
+        owner: JwtKeyOwner::Node,
+        ..policy()
+    }
+}
+
+#[test]
+fn a_nodes_keys_are_marked_and_sign_clients_and_tasks_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = JwtAuthority::open_at(td(), dir.path().join("ca"), node_policy(), t0()).unwrap();
+    let issued = sign(&auth, t0());
+    assert!(
+        issued.kid.starts_with(tessera_identity::NODE_KEY_ID_PREFIX),
+        "{}",
+        issued.kid
+    );
+    valid(&auth, &issued.token, t0()).unwrap();
+    let err = auth
+        .sign(
+            &JwtSvidSpec {
+                spiffe_id: "spiffe://acme.corp/mcp/github",
+                audience: &aud(),
+                ttl: Duration::from_secs(300),
+                not_after_cap: None,
+                task: None,
+            },
+            t0(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, AuthorityError::NodeJwtKeyMayNotSign { .. }),
+        "{err}"
+    );
+    // Rotation keeps the mark.
+    auth.prepare_next(t0()).unwrap();
+    assert!(
+        auth.bundle()
+            .keys()
+            .iter()
+            .all(|k| tessera_identity::is_node_key_id(k.kid()))
+    );
+}
+
+#[test]
+fn published_keys_say_when_their_last_token_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = JwtAuthority::open_at(td(), dir.path().join("ca"), node_policy(), t0()).unwrap();
+    let t = t0().unix_timestamp();
+    let published = auth.published_keys();
+    assert_eq!(published.len(), 1);
+    assert_eq!(
+        published[0].not_after_unix,
+        t + 24 * 3600 + 300 + JWT_LEEWAY_SECS
+    );
+    let later = t0() + time::Duration::hours(16);
+    auth.prepare_next(later).unwrap();
+    auth.activate_prepared(later).unwrap();
+    let published = auth.published_keys();
+    assert_eq!(published.len(), 2);
+    // The retired key: until its last token (300 s) has expired.
+    assert_eq!(
+        published[1].not_after_unix,
+        later.unix_timestamp() + 300 + JWT_LEEWAY_SECS
+    );
+}
+
+#[test]
+fn a_standalone_key_is_retired_when_the_agent_joins_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let standalone = open(dir.path(), t0());
+    let old = sign(&standalone, t0());
+    drop(standalone);
+    let node = JwtAuthority::open_at(td(), dir.path().join("ca"), node_policy(), t0()).unwrap();
+    let new = sign(&node, t0());
+    assert!(tessera_identity::is_node_key_id(&new.kid));
+    assert_ne!(new.kid, old.kid);
+    // Tokens of the old key stay valid here until they expire; it no longer signs.
+    valid(&node, &old.token, t0()).unwrap();
+    assert!(!key_path(&dir.path().join("ca"), &old.kid).exists());
+    let after = t0() + time::Duration::seconds(300 + JWT_LEEWAY_SECS + 1);
+    node.prune(after).unwrap();
+    assert!(node.bundle().key(&old.kid).is_none());
+    // And back: a node key does not sign standalone.
+    drop(node);
+    let again = open(dir.path(), after);
+    assert!(!tessera_identity::is_node_key_id(&sign(&again, after).kid));
 }

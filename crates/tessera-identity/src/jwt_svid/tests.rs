@@ -539,3 +539,93 @@ fn jwks_with_a_private_key_a_duplicate_kid_or_another_curve_is_refused() {
         JwksError::DuplicateKeyId { .. }
     ));
 }
+
+// === the issuance split: a node's key signs clients and tasks only ===
+
+const SERVER_SUB: &str = "spiffe://acme.corp/mcp/github";
+
+fn server_claims() -> Value {
+    json!({"sub": SERVER_SUB, "aud": AUD, "exp": NOW + 300, "iat": NOW})
+}
+
+#[test]
+fn a_node_key_validates_client_and_task_tokens() {
+    let node = Signer::new("node-0123456789abcdef0123456789abcdef");
+    let bundle = acme(&[&node]);
+    assert_eq!(
+        check(&node.token(&client_claims()), &bundle)
+            .unwrap()
+            .subject
+            .to_string(),
+        CLIENT_SUB
+    );
+    let v = check(&node.token(&task_claims_json(&task(), NOW + 300)), &bundle).unwrap();
+    assert_eq!(v.subject.to_string(), TASK_SUB);
+}
+
+#[test]
+fn a_node_key_forging_an_mcp_server_subject_is_refused() {
+    let node = Signer::new("node-0123456789abcdef0123456789abcdef");
+    let err = check(&node.token(&server_claims()), &acme(&[&node])).unwrap_err();
+    assert_eq!(err.reason(), "jwt_node_key_may_not_sign");
+    assert!(err.to_string().contains(SERVER_SUB), "{err}");
+}
+
+#[test]
+fn the_trust_domains_own_key_still_signs_mcp_servers() {
+    // A standalone agent's keys (32 hex digits) are the trust domain's: unchanged.
+    let own = Signer::new("0123456789abcdef0123456789abcdef");
+    let v = check(&own.token(&server_claims()), &acme(&[&own])).unwrap();
+    assert_eq!(v.subject.to_string(), SERVER_SUB);
+}
+
+#[test]
+fn the_node_mark_survives_the_jwks() {
+    let node = Signer::new("node-0123456789abcdef0123456789abcdef");
+    let own = Signer::new("0123456789abcdef0123456789abcdef");
+    let served = acme(&[&own, &node]).to_jwks();
+    // What a verifier parses from the Workload API: standard members only.
+    let doc: Value = serde_json::from_slice(&served).unwrap();
+    for jwk in doc["keys"].as_array().unwrap() {
+        let mut members: Vec<&str> = jwk
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        members.sort_unstable();
+        assert_eq!(members, ["crv", "kid", "kty", "use", "x", "y"]);
+    }
+    let parsed = JwtBundle::from_jwks("acme.corp".parse().unwrap(), &served).unwrap();
+    let err = check(&node.token(&server_claims()), &parsed).unwrap_err();
+    assert_eq!(err.reason(), "jwt_node_key_may_not_sign");
+    check(&own.token(&server_claims()), &parsed).unwrap();
+}
+
+#[test]
+fn a_cluster_sized_jwks_parses() {
+    // Hundreds of nodes' keys in one trust domain's JWKS.
+    let keys: Vec<JwtKey> = (0..1500)
+        .map(|i| {
+            let s = Signer::new(&format!("node-{i:032x}"));
+            s.public
+        })
+        .collect();
+    let bundle = JwtBundle::new("acme.corp".parse().unwrap(), keys, Some(7200)).unwrap();
+    let jwks = bundle.to_jwks();
+    assert!(jwks.len() <= MAX_JWKS_LEN, "{} bytes", jwks.len());
+    let parsed = JwtBundle::from_jwks("acme.corp".parse().unwrap(), &jwks).unwrap();
+    assert_eq!(parsed.keys().len(), 1500);
+}
+
+#[test]
+fn a_point_off_the_curve_is_not_a_key() {
+    let s = Signer::new("k1");
+    let (x, y) = s.point[1..].split_at(32);
+    assert!(JwtKey::from_xy("k1", x, y).is_ok());
+    let mut bad_y = y.to_vec();
+    bad_y[31] ^= 1;
+    assert!(JwtKey::from_xy("k1", x, &bad_y).is_err());
+    assert!(JwtKey::from_xy("k1", &x[..31], y).is_err());
+    assert!(JwtKey::from_xy("", x, y).is_err());
+}

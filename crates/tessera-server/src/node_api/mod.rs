@@ -1,6 +1,7 @@
 //! `tessera.v1.Node` on the server's TLS listener: attestation, renewal, MCP server SVIDs,
-//! the registration stream (`sync`), task events from the nodes (`report`) and the
-//! cluster's revocation feed (`revocations`). Every RPC but `Attest` requires an active node's
+//! the registration stream (`sync`), task events from the nodes (`report`), the
+//! cluster's revocation feed (`revocations`) and the nodes' JWT keys (`PublishJwtKeys`,
+//! stored by `node_jwt_keys`). Every RPC but `Attest` requires an active node's
 //! SVID (`caller`); `tls` is the listener.
 
 mod caller;
@@ -364,8 +365,57 @@ impl NodeService {
     }
 }
 
+impl NodeService {
+    async fn publish_jwt_keys_inner(
+        &self,
+        request: Request<pb::PublishJwtKeysRequest>,
+    ) -> Result<Response<pb::PublishJwtKeysResponse>, Status> {
+        let node = self.caller(&request).await?;
+        let keys = request.into_inner().keys;
+        // Counted before anything is parsed; the store checks each key's shape.
+        if keys.len() > tessera_identity::MAX_NODE_JWT_KEYS {
+            return Err(Status::invalid_argument(format!(
+                "at most {} JWT keys a node",
+                tessera_identity::MAX_NODE_JWT_KEYS
+            )));
+        }
+        let keys = keys
+            .into_iter()
+            .map(|k| crate::NodeJwtKey::new(k.kid, k.x, k.y, k.not_after_unix))
+            .collect();
+        let written = self
+            .replica
+            .store()
+            .publish_node_jwt_keys(node.name.as_str(), keys, &format!("node:{}", node.name))
+            .await
+            .map_err(|e| match e {
+                crate::ServerStoreError::Conflict(
+                    conflict @ crate::Conflict::JwtKeyOfAnotherNode { .. },
+                ) => {
+                    tracing::warn!(node = %node.name, %conflict, "JWT key of another node refused");
+                    Status::permission_denied(conflict.to_string())
+                }
+                crate::ServerStoreError::Conflict(crate::Conflict::NodeEvicted { .. }) => {
+                    Status::permission_denied(format!("node {} was evicted", node.name))
+                }
+                e => store_status(e),
+            })?;
+        Ok(Response::new(pb::PublishJwtKeysResponse {
+            version: written.version,
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl NodeRpc for NodeService {
+    async fn publish_jwt_keys(
+        &self,
+        request: Request<pb::PublishJwtKeysRequest>,
+    ) -> Result<Response<pb::PublishJwtKeysResponse>, Status> {
+        let result = self.publish_jwt_keys_inner(request).await;
+        self.counted("PublishJwtKeys", result)
+    }
+
     async fn attest(
         &self,
         request: Request<pb::AttestRequest>,

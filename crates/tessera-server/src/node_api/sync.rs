@@ -22,7 +22,8 @@ use tonic::Status;
 use crate::change::Change;
 use crate::wire::{consent_to_proto, entry_to_proto};
 use crate::{
-    MAX_CHANGES_PAGE, Node, NodeStatus, Replica, ReplicaState, ReplicaUpdate, ServerStoreError,
+    MAX_CHANGES_PAGE, Node, NodeJwtKeys, NodeStatus, Replica, ReplicaState, ReplicaUpdate,
+    ServerStoreError,
 };
 
 /// Largest message a stream sends (encoded), well under gRPC's common 4 MiB default.
@@ -250,6 +251,12 @@ fn snapshot_messages(
                 .nodes
                 .values()
                 .map(|n| pb::change::Change::NodePut(node_to_proto(n))),
+        )
+        .chain(
+            state
+                .jwt_keys
+                .values()
+                .map(|k| pb::change::Change::JwtKeysPut(jwt_keys_to_proto(k))),
         );
     let empty = || pb::Snapshot {
         version: state.version,
@@ -266,6 +273,7 @@ fn snapshot_messages(
             pb::change::Change::EntryPut(e) => page.entries.push(e),
             pb::change::Change::ConsentPut(c) => page.consents.push(c),
             pb::change::Change::NodePut(n) => page.nodes.push(n),
+            pb::change::Change::JwtKeysPut(k) => page.jwt_keys.push(k),
             pb::change::Change::EntryDeleted(_) => {}
         }
     }
@@ -296,7 +304,7 @@ fn pages(changes: Vec<pb::Change>, max_bytes: usize) -> impl Iterator<Item = pb:
 }
 
 fn is_empty(s: &pb::Snapshot) -> bool {
-    s.entries.is_empty() && s.consents.is_empty() && s.nodes.is_empty()
+    s.entries.is_empty() && s.consents.is_empty() && s.nodes.is_empty() && s.jwt_keys.is_empty()
 }
 
 fn put_len(put: &pb::change::Change) -> usize {
@@ -304,6 +312,7 @@ fn put_len(put: &pb::change::Change) -> usize {
         pb::change::Change::EntryPut(e) => e.encoded_len(),
         pb::change::Change::ConsentPut(c) => c.encoded_len(),
         pb::change::Change::NodePut(n) => n.encoded_len(),
+        pb::change::Change::JwtKeysPut(k) => k.encoded_len(),
         pb::change::Change::EntryDeleted(id) => id.len(),
     }
 }
@@ -346,10 +355,42 @@ fn change_to_proto(td: &TrustDomain, change: &Change) -> pb::Change {
                 }
             },
         ),
+        // A node without keys (withdrawn, evicted) is an empty set: agents drop its keys.
+        Change::JwtKeys {
+            version,
+            node,
+            keys,
+        } => (
+            *version,
+            pb::change::Change::JwtKeysPut(match keys {
+                Some(k) => jwt_keys_to_proto(k),
+                None => pb::NodeJwtKeys {
+                    node: node.clone(),
+                    keys: Vec::new(),
+                },
+            }),
+        ),
     };
     pb::Change {
         version,
         change: Some(change),
+    }
+}
+
+/// A node's JWT keys as `tessera.v1` sends them.
+fn jwt_keys_to_proto(k: &NodeJwtKeys) -> pb::NodeJwtKeys {
+    pb::NodeJwtKeys {
+        node: k.node.clone(),
+        keys: k
+            .keys
+            .iter()
+            .map(|key| pb::JwtSigningKey {
+                kid: key.kid.clone(),
+                x: key.x.clone(),
+                y: key.y.clone(),
+                not_after_unix: key.not_after,
+            })
+            .collect(),
     }
 }
 
