@@ -199,8 +199,9 @@ impl RevocationFeed {
     /// Adds revocations and revoked node CAs (from the server's feed, or local ones);
     /// entries already in the set are skipped, except a task revocation that now runs
     /// longer (`until_unix` later: the server extends a contested task id's revocation
-    /// to the latest deadline either claimant gave), which replaces the held one and is
-    /// passed on in the delta. Returns the task ids that were new.
+    /// to the latest deadline either claimant gave), which extends the held one (its
+    /// expiry, and any serial it lacked) and is passed on in the delta. Returns the task
+    /// ids that were new.
     pub(crate) fn add_remote(
         &self,
         tasks: Vec<RevokedTask>,
@@ -218,7 +219,16 @@ impl RevocationFeed {
                 .iter_mut()
                 .find(|h| h.task_id == t.task_id && h.until_unix < t.until_unix)
             {
-                *held = Arc::new(t);
+                // Extend what is held (its node, reason, serials: a local end knows every
+                // serial, the server's view may list fewer) rather than replace it.
+                let mut merged = (**held).clone();
+                merged.until_unix = t.until_unix;
+                for serial in t.serials {
+                    if !merged.serials.contains(&serial) {
+                        merged.serials.push(serial);
+                    }
+                }
+                *held = Arc::new(merged);
                 extended.push(Arc::clone(held));
             }
         }
