@@ -120,7 +120,17 @@ impl McpServer {
         trust: Trust,
         extra: &[&str],
     ) -> anyhow::Result<McpServer> {
-        Self::start_with_log(agent, tag, trust, extra, "info", true).await
+        // With an audit file, decisions are DEBUG events of `tessera_verify::audit`;
+        // `audit` counts them in the log to know when the file has caught up.
+        Self::start_with_log(
+            agent,
+            tag,
+            trust,
+            extra,
+            "info,tessera_verify::audit=debug",
+            true,
+        )
+        .await
     }
 
     /// As [`Self::start`], with `RUST_LOG=<log_filter>` for the server, and the JSON-lines
@@ -274,7 +284,8 @@ pub async fn connect(env: &Env, cred: &TaskCredential) -> McpConnection {
 /// The server's audit trail so far, one JSON object per decision.
 ///
 /// The server writes the file from a background thread, a moment after each decision;
-/// the same decision's `tracing` event is on its stderr synchronously. So this waits
+/// the same decision's `tracing` event (DEBUG beside a file; [`McpServer::start`] logs
+/// it) is on its stderr synchronously. So this waits
 /// (up to 5 s) until the file holds as many records as the log shows decisions.
 pub fn audit(env: &Env) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(5);
