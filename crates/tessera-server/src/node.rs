@@ -211,9 +211,9 @@ impl PgStore {
     }
 
     /// Evicts a node: no more attestations or CA renewals under its name, and every CA
-    /// of it still valid (the current one, in the returned record, and any earlier one) is
-    /// published on the revocation feed in the same transaction. With a `node.evict`
-    /// audit record and a change. [`NotFound::Node`], or [`Conflict::NodeEvicted`] if it
+    /// of it still valid (the current one, in the returned record, and any earlier one)
+    /// and every live task it reported are published on the revocation feed in the same
+    /// transaction. With a `node.evict` audit record and a change. [`NotFound::Node`], or [`Conflict::NodeEvicted`] if it
     /// already was.
     pub async fn evict_node(
         &self,
@@ -265,11 +265,18 @@ impl PgStore {
             });
         }
         let serials: Vec<&str> = revoked.iter().map(|c| c.serial.as_str()).collect();
+        let ended = crate::task::end_on_node(&mut tx, name, now_ms).await?;
+        let ended_tasks: Vec<&str> = ended.iter().map(|t| t.task_id.as_str()).collect();
         audit::write(
             &mut tx,
             KIND_EVICT,
             actor,
-            &json!({ "node": name, "ca_serial": node.ca_serial, "revoked_ca_serials": serials }),
+            &json!({
+                "node": name,
+                "ca_serial": node.ca_serial,
+                "revoked_ca_serials": serials,
+                "ended_tasks": ended_tasks,
+            }),
         )
         .await?;
         let version = version::record(&mut tx, Kind::Node, name).await?;
@@ -277,9 +284,15 @@ impl PgStore {
         let version = crate::node_jwt_keys::withdraw(&mut tx, name)
             .await?
             .unwrap_or(version);
-        revocation::publish(&mut tx, &[], &revoked).await?;
+        revocation::publish(&mut tx, &ended, &revoked).await?;
         tx.commit().await?;
-        tracing::info!(node = name, actor, version, "node evicted");
+        tracing::info!(
+            node = name,
+            actor,
+            version,
+            ended_tasks = ended.len(),
+            "node evicted"
+        );
         Ok(Written {
             value: node,
             version,

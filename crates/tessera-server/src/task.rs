@@ -30,6 +30,8 @@ use crate::{PgStore, ServerStoreError, Written, audit};
 /// End reason of a task begun under a consent the server holds as withdrawn, expired or
 /// unknown, and of the tasks a withdrawal ends (the agents' own word for it).
 pub const REASON_CONSENT_WITHDRAWN: &str = tessera_store::END_REASON_CONSENT_WITHDRAWN;
+/// The end reason of a task whose node was evicted.
+pub(crate) const REASON_NODE_EVICTED: &str = "node_evicted";
 /// End reason of an administrator's `RevokeTask`.
 pub const REASON_REVOKED: &str = "revoked";
 
@@ -483,6 +485,29 @@ pub(crate) async fn end_under_consent(
     .await?;
     rows.iter()
         .map(|row| Ok(revoked(&decode(row)?, REASON_CONSENT_WITHDRAWN)))
+        .collect()
+}
+
+/// Ends every live task `node` reported (its eviction, in the same transaction); their
+/// revocations. Its X.509 chains are refused through its revoked CAs and its JWT-SVIDs
+/// through its withdrawn keys, but an access token a token endpoint issued for one of its
+/// tasks carries neither: it is refused because its task is revoked.
+pub(crate) async fn end_on_node(
+    conn: &mut PgConnection,
+    node: &str,
+    now_ms: i64,
+) -> Result<Vec<RevokedTask>, ServerStoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE tasks SET ended_at_ms = $2, end_reason = $3
+         WHERE node = $1 AND ended_at_ms IS NULL RETURNING {COLUMNS}"
+    )))
+    .bind(node)
+    .bind(now_ms)
+    .bind(REASON_NODE_EVICTED)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok(revoked(&decode(row)?, REASON_NODE_EVICTED)))
         .collect()
 }
 

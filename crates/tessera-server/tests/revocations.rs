@@ -556,6 +556,12 @@ async fn server_side_revocations_and_evictions_are_published_at_once() {
         .unwrap();
     let second_ca = serial_of(&renewed.node_ca_chain[0]);
     assert_ne!(first_ca, second_ca);
+    // A task of the node still live when it is evicted ends with it, in the same delta:
+    // an access token issued for it carries no chain to refuse.
+    let on_evicted = TaskId::new().to_string();
+    report(&mut a, vec![begun(7, &on_evicted, &live_consent)])
+        .await
+        .unwrap();
     let mut a_stream = follow(&mut a, "", 0).await;
     snapshot(&mut a_stream).await;
     one.cli(&["node", "evict", "worker-a"]);
@@ -569,6 +575,12 @@ async fn server_side_revocations_and_evictions_are_published_at_once() {
                     .iter()
                     .all(|c| c.node == "worker-a" && c.until_unix > 0)
             );
+            let ended: Vec<(&str, &str)> = d
+                .revoked
+                .iter()
+                .map(|t| (t.task_id.as_str(), t.reason.as_str()))
+                .collect();
+            assert_eq!(ended, [(on_evicted.as_str(), "node_evicted")]);
             break d
                 .revoked_node_cas
                 .iter()
