@@ -211,17 +211,6 @@ pub enum Conflict {
         /// The key id.
         kid: String,
     },
-    /// A node reported an event of a task another node reported first: a node may only
-    /// report its own tasks.
-    #[error("task {task_id} belongs to node {owner}, not {node}")]
-    TaskOfAnotherNode {
-        /// The task's id.
-        task_id: String,
-        /// The node that reported it first.
-        owner: String,
-        /// The node reporting now.
-        node: String,
-    },
 }
 
 /// PostgreSQL could not be used now: [`ServerStoreError::Unavailable`].

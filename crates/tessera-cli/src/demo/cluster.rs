@@ -68,7 +68,7 @@ pub(super) async fn start(bins: &Binaries) -> anyhow::Result<Stage> {
     }
     let password = root.join("pgpassword");
     write_private(&password, pg.password())?;
-    let mut replicas = Vec::new();
+    let (mut replicas, mut admins) = (Vec::new(), Vec::new());
     for name in ["r1", "r2"] {
         let admin_socket = root.join(format!("{name}/admin.sock"));
         let node_listen = format!("127.0.0.1:{}", free_port()?);
@@ -93,7 +93,7 @@ pub(super) async fn start(bins: &Binaries) -> anyhow::Result<Stage> {
             ),
         )?;
         spawn(&mut children, name, control_plane, &config, &root)?;
-        wait_for_admin(&admin_socket, &mut children, &root, "tessera-server").await?;
+        admins.push(wait_for_admin(&admin_socket, &mut children, &root, "tessera-server").await?);
         replicas.push(ReplicaParts {
             name: name.to_owned(),
             admin_socket,
@@ -171,8 +171,7 @@ pub(super) async fn start(bins: &Binaries) -> anyhow::Result<Stage> {
 
     // Registration once, at the server: entries at r1, the consent at r2 (both reach
     // every agent over the server's stream, whichever replica wrote them).
-    let mut r1 = Admin::connect(&replicas[0].admin_socket).await?;
-    let mut r2 = Admin::connect(&replicas[1].admin_socket).await?;
+    let (mut r1, mut r2) = (admins[0].clone(), admins[1].clone());
     say("registering once, at the server (entries at r1, the consent below at r2):");
     let (shadow, entries) = register_entries(&mut r1, bins, &root).await?;
     let consent = grant(&mut r2).await?;

@@ -109,8 +109,8 @@ impl Children {
             if let Some(status) = child.try_wait()? {
                 let log =
                     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(20)..];
                 bail!("{name} exited with {status}:\n{}", tail.join("\n"));
             }
         }
